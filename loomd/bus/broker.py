@@ -1,0 +1,510 @@
+"""The in-process broker: subscriptions, fan-out by QoS class, durability, credits, counters.
+
+Everything here runs on the event loop thread. Socket clients and in-process
+agents are both just subscriptions with a sink; the broker never touches a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loomd.bus.envelope import Event, QoS
+from loomd.bus.qos import BatchedQueue, RealtimeQueue, ReliableQueue
+from loomd.bus.topics import TopicTrie, matches, validate_pattern, validate_topic
+from loomd.errors import LoomdError
+
+log = logging.getLogger(__name__)
+
+AckCallback = Callable[[str | None], None]  # called with None when accepted, else an error code
+MAX_TOPIC_STATS = 1024
+OTHER_TOPICS = "_other"
+
+
+class JournalLike(Protocol):
+    def append(self, topic: bytes, header: bytes, body: bytes) -> tuple[int, asyncio.Future[int]]: ...
+
+    def read(self, after_seq: int, limit: int = 256) -> list[Any]: ...
+
+    @property
+    def head(self) -> int: ...
+
+
+class Sink(Protocol):
+    """Where a subscription's events go when they are ready (a socket session)."""
+
+    def wake(self, sub: Subscription) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BusLimits:
+    realtime_queue: int = 1024
+    realtime_policy: str = "drop_oldest"
+    reliable_queue: int = 4096
+    batch_max: int = 100
+    batch_interval_ms: float = 100.0
+    batch_budget: int = 10000
+    durable: tuple[str, ...] = ()
+    default_qos: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class TopicStats:
+    events_in: int = 0
+    events_out: int = 0
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class SubStats:
+    delivered: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class Subscription:
+    """One pattern, one QoS class, one queue. In-process subscriptions are async iterators."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        sid: int,
+        pattern: str,
+        qos: QoS,
+        sink: Sink | None,
+        owner: str,
+    ) -> None:
+        self.broker = broker
+        self.sid = sid
+        self.pattern = pattern
+        self.qos = qos
+        self.sink = sink
+        self.owner = owner
+        self.stats = SubStats()
+        self.closed = False
+        self.seq = 0  # per-subscription counter for reliable, non-durable deliveries
+        self.last_journal_seq = 0  # highest durable seq handed to this subscription
+        self.catching_up = False
+        lim = broker.limits
+        self.realtime: RealtimeQueue[Event] | None = None
+        self.batched: BatchedQueue[tuple[int, Event]] | None = None
+        self.reliable: ReliableQueue[tuple[int, Event]] | None = None
+        self._ready: deque[tuple[int, Event]] = deque()  # released batches
+        self._batch_timer: asyncio.TimerHandle | None = None
+        if qos is QoS.REALTIME:
+            self.realtime = RealtimeQueue(lim.realtime_queue, lim.realtime_policy)
+        elif qos is QoS.BATCHED:
+            self.batched = BatchedQueue(lim.batch_max, lim.batch_interval_ms / 1000, lim.batch_budget)
+        else:
+            self.reliable = ReliableQueue(lim.reliable_queue)
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- queue side ---------------------------------------------------------------------------
+    def depth(self) -> int:
+        q = self.realtime or self.batched or self.reliable
+        return len(q or ()) + len(self._ready)
+
+    def _drop(self, reason: str, n: int = 1) -> None:
+        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + n
+        self.broker.count_drop(self, reason, n)
+
+    def push(self, ev: Event, seq: int) -> bool:
+        """Queue one event; return True if the reliable queue is now over its limit."""
+        if self.realtime is not None:
+            dropped = self.realtime.push(ev)
+            if dropped:
+                self._drop("queue_full", dropped)
+            self._wake()
+            return False
+        if self.batched is not None:
+            now = self.broker.clock()
+            if self.batched.push((seq, ev), now):
+                self._drop("sampled")
+            if self.batched.due(now):
+                self._release_batch()
+            elif self._batch_timer is None:
+                deadline = self.batched.deadline()
+                if deadline is not None:
+                    delay = max(0.0, deadline - now)
+                    self._batch_timer = self.broker.loop.call_later(delay, self._on_batch_timer)
+            return False
+        assert self.reliable is not None
+        if not seq:
+            self.seq += 1
+            seq = -self.seq  # negative: a per-subscription counter, not a journal seq
+        self.reliable.push((seq, ev))
+        self._wake()
+        return self.reliable.pressured
+
+    def _on_batch_timer(self) -> None:
+        self._batch_timer = None
+        if self.batched is not None and not self.closed:
+            self._release_batch()
+
+    def _release_batch(self) -> None:
+        assert self.batched is not None
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        self._ready.extend(self.batched.take())
+        self._wake()
+
+    def pending(self) -> int:
+        """How many events can be taken right now."""
+        if self.realtime is not None:
+            return len(self.realtime)
+        if self.reliable is not None:
+            return len(self.reliable)
+        return len(self._ready)
+
+    def take(self, n: int) -> list[tuple[int, Event]]:
+        """Remove up to n deliverable events as (seq, event)."""
+        if self.realtime is not None:
+            out = [(0, ev) for ev in self.realtime.pop_many(n)]
+        elif self.reliable is not None:
+            was_pressured = self.reliable.pressured
+            out = self.reliable.pop_many(n)
+            if was_pressured and not self.reliable.pressured:
+                self.broker.release_credits()
+            if self.catching_up and len(self.reliable) < self.reliable.limit // 2:
+                self.broker.continue_replay(self)
+        else:
+            out = [self._ready.popleft() for _ in range(min(n, len(self._ready)))]
+        if out:
+            self.stats.delivered += len(out)
+            self.broker.count_out(out)
+        return out
+
+    def unpop(self, items: list[tuple[int, Event]]) -> None:
+        """Put events back at the head (a socket refused them); never reorders."""
+        if self.reliable is not None:
+            self.reliable._items.extendleft(reversed(items))
+        elif self.realtime is not None and self.realtime.policy == "drop_oldest":
+            self.realtime._items.extendleft(reversed([ev for _, ev in items]))
+        else:
+            self._ready.extendleft(reversed(items))
+        self.stats.delivered -= len(items)
+        self.broker.count_out(items, -1)
+
+    def _wake(self) -> None:
+        if self.sink is not None:
+            self.sink.wake(self)
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- in-process consumer side -------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self.closed:
+                raise StopAsyncIteration
+            items = self.take(1)
+            if items:
+                return items[0][1]
+            self._waiter = self.broker.loop.create_future()
+            await self._waiter
+            self._waiter = None
+
+    async def get(self, timeout: float | None = None) -> Event:
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+    def close(self) -> None:
+        self.broker.unsubscribe(self)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "pattern": self.pattern,
+            "qos": str(self.qos),
+            "owner": self.owner,
+            "depth": self.depth(),
+            "delivered": self.stats.delivered,
+            "dropped": dict(self.stats.dropped),
+        }
+
+
+class Broker:
+    """Routes events to subscriptions. Reliable publishes get an ack callback once durable
+    (journaled topics) and once no target reliable queue is over its limit (credit)."""
+
+    def __init__(
+        self,
+        limits: BusLimits,
+        journal: JournalLike | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.limits = limits
+        self.journal = journal
+        self.clock = clock
+        self.loop = loop or asyncio.get_running_loop()
+        self._trie: TopicTrie[Subscription] = TopicTrie()
+        self.reconfigure(limits)
+        self._subs: dict[int, Subscription] = {}
+        self._next_sid = 1
+        self._parked: list[tuple[list[Subscription], AckCallback]] = []
+        self.topics: dict[str, TopicStats] = {}
+        self.drops: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self.events_in = 0
+        self.events_out = 0
+        self._replaying: set[Subscription] = set()
+        self._error_budget = _RateLimit(20, 1.0, clock)
+        self.on_deliver: Callable[[Event], None] | None = None
+
+    def reconfigure(self, limits: BusLimits) -> None:
+        """Apply new limits: durable patterns at once, queue sizes to new subscriptions."""
+        self.limits = limits
+        self._durable: TopicTrie[int] = TopicTrie()
+        for i, pattern in enumerate(limits.durable):
+            self._durable.add(pattern, i)
+        self._default_qos: TopicTrie[int] = TopicTrie()
+        for i, (pattern, _qos) in enumerate(limits.default_qos):
+            self._default_qos.add(pattern, i)
+        self._durable_cache: dict[str, bool] = {}
+
+    # -- subscriptions ------------------------------------------------------------------------
+    def default_qos(self, pattern: str) -> QoS:
+        hits = self._default_qos.match(pattern) if "*" not in pattern and "#" not in pattern else ()
+        if hits:
+            return QoS(self.limits.default_qos[min(hits)][1])
+        return QoS.REALTIME
+
+    def subscribe(
+        self,
+        pattern: str,
+        qos: QoS | str | None = None,
+        *,
+        sink: Sink | None = None,
+        owner: str = "local",
+        after_seq: int | None = None,
+    ) -> Subscription:
+        validate_pattern(pattern)
+        q = QoS(qos) if qos else self.default_qos(pattern)
+        sub = Subscription(self, self._next_sid, pattern, q, sink, owner)
+        self._next_sid += 1
+        self._subs[sub.sid] = sub
+        self._trie.add(pattern, sub)
+        if after_seq is not None and self.journal is not None:
+            sub.last_journal_seq = after_seq
+            if after_seq < self.journal.head:
+                sub.catching_up = True
+                self.continue_replay(sub)
+        elif self.journal is not None:
+            sub.last_journal_seq = self.journal.head
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.closed:
+            return
+        sub.closed = True
+        self._trie.remove(sub.pattern, sub)
+        self._subs.pop(sub.sid, None)
+        self._replaying.discard(sub)
+        if sub._batch_timer is not None:
+            sub._batch_timer.cancel()
+        if sub._waiter is not None and not sub._waiter.done():
+            sub._waiter.set_result(None)
+        self.release_credits()
+
+    def subscriptions(self) -> Iterable[Subscription]:
+        return self._subs.values()
+
+    # -- publishing ---------------------------------------------------------------------------
+    def is_durable(self, topic: str) -> bool:
+        hit = self._durable_cache.get(topic)
+        if hit is None:
+            hit = bool(self._durable.match(topic))
+            if len(self._durable_cache) > 4096:
+                self._durable_cache.clear()
+            self._durable_cache[topic] = hit
+        return hit
+
+    def publish(self, ev: Event, on_ack: AckCallback | None = None) -> None:
+        """Route one event. `on_ack` (reliable publishers) is called exactly once."""
+        self.events_in += 1
+        st = self._topic_stats(ev.topic)
+        st.events_in += 1
+        if ev.ttl <= 0:
+            st.dropped += 1
+            self.drops["ttl"] = self.drops.get("ttl", 0) + 1
+            if on_ack is not None:
+                on_ack("ttl_expired")
+            return
+        if self.journal is not None and self.is_durable(ev.topic):
+            try:
+                seq, fut = self.journal.append(ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
+            except LoomdError as exc:
+                self._journal_failed(ev, exc, on_ack)
+                return
+            fut.add_done_callback(lambda f: self._committed(ev, seq, f, on_ack))
+            return
+        self._route(ev, 0, on_ack)
+
+    async def publish_wait(self, ev: Event) -> None:
+        """Publish and wait for the ack (durable + credit); raise on error."""
+        fut: asyncio.Future[str | None] = self.loop.create_future()
+
+        def done(err: str | None) -> None:
+            if not fut.done():
+                fut.set_result(err)
+
+        self.publish(ev, done)
+        err = await fut
+        if err is not None:
+            raise LoomdError(f"publish on {ev.topic} failed: {err}")
+
+    def _committed(
+        self, ev: Event, seq: int, fut: asyncio.Future[int], on_ack: AckCallback | None
+    ) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self._journal_failed(ev, exc, on_ack)
+            return
+        self._route(ev, seq, on_ack)
+
+    def _journal_failed(self, ev: Event, exc: BaseException, on_ack: AckCallback | None) -> None:
+        self.drops["journal"] = self.drops.get("journal", 0) + 1
+        log.error("journal write failed for %s: %s", ev.topic, exc)
+        self.error("journal", f"journal write failed for {ev.topic}: {exc}")
+        if on_ack is not None:
+            on_ack("journal_failed")
+
+    def _route(self, ev: Event, seq: int, on_ack: AckCallback | None) -> None:
+        blocked: list[Subscription] | None = None
+        for sub in self._trie.match(ev.topic):
+            if seq:
+                if sub.catching_up or seq <= sub.last_journal_seq:
+                    continue  # the replay reads it from the journal
+                sub.last_journal_seq = seq
+            if sub.push(ev, seq):
+                if blocked is None:
+                    blocked = []
+                blocked.append(sub)
+        if self.on_deliver is not None:
+            self.on_deliver(ev)
+        if on_ack is not None:
+            if blocked:
+                self._parked.append((blocked, on_ack))
+            else:
+                on_ack(None)
+
+    def release_credits(self) -> None:
+        """Ack parked publishes whose target queues have drained below their limits."""
+        if not self._parked:
+            return
+        still: list[tuple[list[Subscription], AckCallback]] = []
+        ready: list[AckCallback] = []
+        for subs, cb in self._parked:
+            if any(s.reliable is not None and s.reliable.pressured and not s.closed for s in subs):
+                still.append((subs, cb))
+            else:
+                ready.append(cb)
+        self._parked = still
+        for cb in ready:
+            cb(None)
+
+    def parked(self) -> int:
+        return len(self._parked)
+
+    # -- durable replay -----------------------------------------------------------------------
+    def continue_replay(self, sub: Subscription) -> None:
+        """Feed a resuming reliable subscription from the journal, a chunk at a time."""
+        if self.journal is None or sub.closed or sub in self._replaying:
+            return
+        self._replaying.add(sub)
+        self.loop.call_soon(self._replay_step, sub)
+
+    def _replay_step(self, sub: Subscription) -> None:
+        self._replaying.discard(sub)
+        if sub.closed or self.journal is None:
+            return
+        assert sub.reliable is not None
+        while len(sub.reliable) < sub.reliable.limit:
+            entries = self.journal.read(sub.last_journal_seq, 256)
+            if not entries:
+                break
+            for entry in entries:
+                sub.last_journal_seq = entry.seq
+                topic = entry.topic.decode()
+                if matches(sub.pattern, topic):
+                    sub.push(Event.from_frames(entry.topic, entry.header, entry.body), entry.seq)
+        if sub.last_journal_seq >= self.journal.head:
+            sub.catching_up = False  # caught up: live delivery from here, no gap, no overlap
+            log.debug("subscription %d caught up at seq %d", sub.sid, sub.last_journal_seq)
+        # else: take() calls continue_replay when the queue drains
+
+    # -- counters -----------------------------------------------------------------------------
+    def _topic_stats(self, topic: str) -> TopicStats:
+        st = self.topics.get(topic)
+        if st is None:
+            if len(self.topics) >= MAX_TOPIC_STATS:
+                topic = OTHER_TOPICS
+                st = self.topics.get(topic)
+            if st is None:
+                st = self.topics[topic] = TopicStats()
+        return st
+
+    def count_drop(self, sub: Subscription, reason: str, n: int) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def count_out(self, items: list[tuple[int, Event]], sign: int = 1) -> None:
+        self.events_out += sign * len(items)
+        for _, ev in items:
+            self._topic_stats(ev.topic).events_out += sign
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    # -- system events ------------------------------------------------------------------------
+    def error(self, code: str, message: str, **details: Any) -> None:
+        """Publish a `loomd.error` event (rate limited so a flood of bad input stays cheap)."""
+        if not self._error_budget.take():
+            self.drops["error_rate"] = self.drops.get("error_rate", 0) + 1
+            return
+        payload = {"code": code, "message": message, **details}
+        self.publish(Event.create("loomd.error", payload, type="loomd.error", sender="loomd", qos=QoS.REALTIME))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "events_in": self.events_in,
+            "events_out": self.events_out,
+            "drops": dict(self.drops),
+            "rejected": dict(self.rejected),
+            "parked_acks": len(self._parked),
+            "subscriptions": [s.info() for s in self._subs.values()],
+            "topics": {
+                t: {"in": s.events_in, "out": s.events_out, "dropped": s.dropped}
+                for t, s in self.topics.items()
+            },
+        }
+
+
+class _RateLimit:
+    """Token bucket: `rate` events per `per` seconds."""
+
+    def __init__(self, rate: int, per: float, clock: Callable[[], float]) -> None:
+        self.rate, self.per, self.clock = rate, per, clock
+        self.tokens = float(rate)
+        self.last = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate / self.per)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def check_topic(topic: str) -> str:
+    return validate_topic(topic)

@@ -1,0 +1,247 @@
+"""The Event and its Envelope.
+
+An Event built from the wire keeps its header and body bytes and decodes them
+only when a field is read, so routing never pays for decoding; an Event built
+in-process keeps its values and encodes only when it has to leave the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from enum import StrEnum
+from typing import Any
+
+import cbor2
+
+from loomd.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+DEFAULT_TTL = 16
+
+_ID_PREFIX = os.urandom(8)
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+class QoS(StrEnum):
+    REALTIME = "realtime"
+    BATCHED = "batched"
+    RELIABLE = "reliable"
+
+
+QOS_VALUES = frozenset(q.value for q in QoS)
+
+
+def new_id() -> bytes:
+    """16 bytes, unique: a random per-process prefix plus a counter (no syscall per event)."""
+    return _ID_PREFIX + (next(_id_counter) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+
+
+class _Missing:
+    __slots__ = ()
+
+
+_MISSING: Any = _Missing()
+
+
+class Event:
+    """A bus event: topic, type, payload and the envelope fields (header)."""
+
+    __slots__ = ("_body", "_header_bytes", "_hdr", "_payload", "_topic_b", "topic")
+
+    def __init__(self, topic: str, header: dict[str, Any], payload: Any = None) -> None:
+        self.topic = topic
+        self._hdr: dict[str, Any] | None = header
+        self._payload: Any = payload
+        self._header_bytes: bytes | None = None
+        self._body: bytes | None = None
+        self._topic_b: bytes | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        topic: str,
+        payload: Any = None,
+        *,
+        type: str | None = None,
+        sender: str = "",
+        qos: str = QoS.RELIABLE,
+        thread_id: bytes | None = None,
+        correlation_id: bytes | None = None,
+        reply_to: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        hop: int = 0,
+        meta: dict[str, Any] | None = None,
+        id: bytes | None = None,
+    ) -> Event:
+        eid = id or new_id()
+        header: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "type": type or topic,
+            "id": eid,
+            "thread_id": thread_id or eid,
+            "correlation_id": correlation_id,
+            "sender": sender,
+            "reply_to": reply_to,
+            "ttl": ttl,
+            "hop": hop,
+            "ts": time.time_ns(),
+            "qos": str(qos),
+            "enc": "raw" if isinstance(payload, bytes | bytearray | memoryview) else "cbor",
+            "meta": meta or {},
+        }
+        return cls(topic, header, payload)
+
+    @classmethod
+    def from_frames(
+        cls, topic: bytes, header: bytes, body: bytes, hdr: dict[str, Any] | None = None
+    ) -> Event:
+        """An event received from the wire: bytes kept, decoded only when read."""
+        ev = cls.__new__(cls)
+        ev.topic = topic.decode()
+        ev._topic_b = topic
+        ev._hdr = hdr
+        ev._payload = _MISSING
+        ev._header_bytes = header
+        ev._body = body
+        return ev
+
+    # -- wire ---------------------------------------------------------------------------------
+    @property
+    def header(self) -> dict[str, Any]:
+        if self._hdr is None:
+            self._hdr = decode_header(self._header_bytes or b"")
+        return self._hdr
+
+    def header_bytes(self) -> bytes:
+        if self._header_bytes is None:
+            self._header_bytes = cbor2.dumps(self.header)
+        return self._header_bytes
+
+    def body_bytes(self) -> bytes:
+        if self._body is None:
+            p = self._payload
+            if isinstance(p, bytes):
+                self._body = p
+            elif isinstance(p, bytearray | memoryview):
+                self._body = bytes(p)
+            else:
+                self._body = cbor2.dumps(p)
+        return self._body
+
+    def topic_bytes(self) -> bytes:
+        if self._topic_b is None:
+            self._topic_b = self.topic.encode()
+        return self._topic_b
+
+    def frames(self) -> list[bytes]:
+        return [self.topic_bytes(), self.header_bytes(), self.body_bytes()]
+
+    # -- fields -------------------------------------------------------------------------------
+    @property
+    def payload(self) -> Any:
+        if self._payload is _MISSING:
+            body = self._body or b""
+            if self.header.get("enc") == "raw":
+                self._payload = body
+            else:
+                try:
+                    self._payload = cbor2.loads(body)
+                except Exception as exc:  # cbor2 raises several types for garbage
+                    raise ProtocolError("malformed body", str(exc)) from exc
+        return self._payload
+
+    @property
+    def type(self) -> str:
+        return str(self.header.get("type") or self.topic)
+
+    @property
+    def id(self) -> bytes:
+        return bytes(self.header.get("id") or b"")
+
+    @property
+    def thread_id(self) -> bytes:
+        return bytes(self.header.get("thread_id") or self.id)
+
+    @property
+    def correlation_id(self) -> bytes | None:
+        return self.header.get("correlation_id")
+
+    @property
+    def sender(self) -> str:
+        return str(self.header.get("sender") or "")
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.header.get("reply_to")
+
+    @property
+    def ttl(self) -> int:
+        return int(self.header.get("ttl", DEFAULT_TTL))
+
+    @property
+    def hop(self) -> int:
+        return int(self.header.get("hop", 0))
+
+    @property
+    def ts(self) -> int:
+        return int(self.header.get("ts", 0))
+
+    @property
+    def qos(self) -> str:
+        return str(self.header.get("qos", QoS.RELIABLE))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        m = self.header.get("meta")
+        return m if isinstance(m, dict) else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view (ids as hex, raw payloads as their length)."""
+        payload = self.payload
+        if isinstance(payload, bytes):
+            payload = {"raw_bytes": len(payload)}
+        cid = self.correlation_id
+        return {
+            "topic": self.topic,
+            "type": self.type,
+            "id": self.id.hex(),
+            "thread_id": self.thread_id.hex(),
+            "correlation_id": cid.hex() if cid else None,
+            "sender": self.sender,
+            "reply_to": self.reply_to,
+            "ttl": self.ttl,
+            "hop": self.hop,
+            "ts": self.ts,
+            "qos": self.qos,
+            "meta": self.meta,
+            "payload": payload,
+        }
+
+    def __repr__(self) -> str:
+        return f"Event(topic={self.topic!r}, id={self.id.hex()[:12]})"
+
+
+def decode_header(data: bytes) -> dict[str, Any]:
+    """Decode and check a header; raise ProtocolError on anything off-contract."""
+    try:
+        hdr = cbor2.loads(data)
+    except Exception as exc:
+        raise ProtocolError("malformed header", str(exc)) from exc
+    if not isinstance(hdr, dict):
+        raise ProtocolError("malformed header", "not a CBOR map")
+    v = hdr.get("v")
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError("unsupported protocol version", f"{v!r} (this daemon speaks {PROTOCOL_VERSION})")
+    ttl = hdr.get("ttl", DEFAULT_TTL)
+    hop = hdr.get("hop", 0)
+    if type(ttl) is not int or type(hop) is not int or not 0 <= hop <= 255 or not -1 <= ttl <= 255:
+        raise ProtocolError("malformed header", "ttl and hop must be small integers")
+    qos = hdr.get("qos", QoS.RELIABLE)
+    if qos not in QOS_VALUES:
+        raise ProtocolError("malformed header", f"unknown qos {qos!r}")
+    if hdr.get("enc", "cbor") not in ("cbor", "raw"):
+        raise ProtocolError("malformed header", f"unknown body encoding {hdr.get('enc')!r}")
+    return hdr

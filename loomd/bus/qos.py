@@ -1,0 +1,156 @@
+"""Per-subscription queues, one per QoS class. Pure: no I/O, the clock is an argument."""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict, deque
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class HasTopic(Protocol):
+    topic: str
+
+
+E = TypeVar("E", bound=HasTopic)
+
+
+class RealtimeQueue(Generic[E]):
+    """Bounded; when full, drop the oldest event (`drop_oldest`) or keep only the newest
+    event per topic (`keep_latest`). Pushing never blocks. Returns how many were dropped."""
+
+    __slots__ = ("_items", "_latest", "maxlen", "policy")
+
+    def __init__(self, maxlen: int, policy: str = "drop_oldest") -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
+        if policy not in ("drop_oldest", "keep_latest"):
+            raise ValueError(f"unknown realtime policy {policy!r}")
+        self.maxlen = maxlen
+        self.policy = policy
+        self._items: deque[E] = deque()
+        self._latest: OrderedDict[str, E] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._latest) if self.policy == "keep_latest" else len(self._items)
+
+    def push(self, item: E) -> int:
+        if self.policy == "keep_latest":
+            dropped = 1 if item.topic in self._latest else 0
+            self._latest[item.topic] = item
+            self._latest.move_to_end(item.topic)
+            if len(self._latest) > self.maxlen:
+                self._latest.popitem(last=False)
+                dropped += 1
+            return dropped
+        self._items.append(item)
+        if len(self._items) > self.maxlen:
+            self._items.popleft()
+            return 1
+        return 0
+
+    def pop(self) -> E:
+        if self.policy == "keep_latest":
+            return self._latest.popitem(last=False)[1]
+        return self._items.popleft()
+
+    def peek(self) -> E:
+        if self.policy == "keep_latest":
+            return next(iter(self._latest.values()))
+        return self._items[0]
+
+    def pop_many(self, n: int) -> list[E]:
+        out: list[E] = []
+        while len(out) < n and len(self):
+            out.append(self.pop())
+        return out
+
+
+class BatchedQueue(Generic[T]):
+    """Collects events and releases them as a batch of `batch_max` or after `interval_s`.
+
+    Over `budget` events in one interval, a uniform random sample of `budget` is kept
+    (reservoir sampling, arrival order restored at release); the rest count as sampled out.
+    """
+
+    __slots__ = ("_buf", "_rng", "_seen", "_started", "batch_max", "budget", "interval_s")
+
+    def __init__(
+        self, batch_max: int, interval_s: float, budget: int, rng: random.Random | None = None
+    ) -> None:
+        self.batch_max = batch_max
+        self.interval_s = interval_s
+        self.budget = max(budget, batch_max)
+        self._buf: list[tuple[int, T]] = []
+        self._seen = 0
+        self._started: float | None = None
+        self._rng = rng or random.Random()
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def push(self, item: T, now: float) -> int:
+        """Add one event; return 1 if an event was sampled out, else 0."""
+        if self._started is None:
+            self._started = now
+        self._seen += 1
+        if len(self._buf) < self.budget:
+            self._buf.append((self._seen, item))
+            return 0
+        j = self._rng.randrange(self._seen)
+        if j < self.budget:
+            self._buf[j] = (self._seen, item)
+        return 1
+
+    def due(self, now: float) -> bool:
+        if not self._buf:
+            return False
+        assert self._started is not None
+        return len(self._buf) >= self.batch_max or now - self._started >= self.interval_s
+
+    def deadline(self) -> float | None:
+        """When the current batch is due by time (None if empty)."""
+        return None if self._started is None or not self._buf else self._started + self.interval_s
+
+    def take(self) -> list[T]:
+        """Release everything buffered (in arrival order) and start a new interval."""
+        if self._seen > len(self._buf):  # sampling replaced slots: restore arrival order
+            self._buf.sort(key=lambda pair: pair[0])
+        items = [item for _, item in self._buf]
+        self._buf = []
+        self._seen = 0
+        self._started = None
+        return items
+
+
+class ReliableQueue(Generic[T]):
+    """Never drops. `limit` is a soft bound: above it the queue reports pressure and the
+    broker withholds publish credits until the subscriber catches up."""
+
+    __slots__ = ("_items", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[T] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def pressured(self) -> bool:
+        return len(self._items) >= self.limit
+
+    def push(self, item: T) -> int:
+        self._items.append(item)
+        return 0
+
+    def pop(self) -> T:
+        return self._items.popleft()
+
+    def peek(self) -> T:
+        return self._items[0]
+
+    def pop_many(self, n: int) -> list[T]:
+        items = self._items
+        return [items.popleft() for _ in range(min(n, len(items)))]

@@ -1,0 +1,523 @@
+"""The agent author's client: `async with loomd.sdk.connect() as bus: ...`.
+
+One DEALER socket to the daemon. `ZMQ_IMMEDIATE` keeps nothing queued for a dead
+connection, so after a daemon restart the client knows exactly what the new daemon
+has not seen: it re-sends its subscriptions (durable reliable ones resume from the
+last journal sequence it consumed) and its unacknowledged reliable publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import struct
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cbor2
+import zmq
+
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
+from loomd.bus.topics import validate_pattern, validate_topic
+from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError, RequestTimeout
+
+log = logging.getLogger(__name__)
+
+TAG = struct.Struct(">IqB")
+DEFAULT_SOCKET = "/run/loomd/bus.sock"
+RECV_BATCH = 1024
+
+
+def default_endpoint() -> str:
+    """$LOOMD_SOCKET, else the packaged socket if present, else the per-user one."""
+    env = os.environ.get("LOOMD_SOCKET")
+    if env:
+        return env
+    if Path(DEFAULT_SOCKET).exists():
+        return DEFAULT_SOCKET
+    from loomd.config import Settings  # the same resolution rules as the daemon
+
+    return str(Settings().bus_socket)
+
+
+def to_endpoint(where: str) -> str:
+    return where if "://" in where else f"ipc://{where}"
+
+
+def check_reachable(endpoint: str) -> None:
+    """Fail fast with one clear line when an ipc socket is missing or not ours to use."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = Path(endpoint[len("ipc://") :])
+    if not path.exists():
+        raise NotRunning(f"loomd is not running (no socket at {path})")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionDenied(
+            f"permission denied on {path}: add your user to the 'loomd' group "
+            f"(sudo adduser $USER loomd, then log in again)"
+        )
+
+
+class Subscription:
+    """An async iterator of events for one pattern, created by `Client.subscribe`."""
+
+    def __init__(self, client: Client, sid: int, pattern: str, qos: QoS | None, window: int, after: int | None) -> None:
+        self.client = client
+        self.sid = sid
+        self.pattern = pattern
+        self.qos = qos
+        self.window = window
+        self.last_seq = after  # highest durable journal seq consumed (resume point)
+        self.gen = 0  # bumped at every (re)subscribe: acks count only this generation
+        self.received = 0
+        self.consumed = 0
+        self.acked = 0
+        self.dropped = 0
+        self.closed = False
+        self._queue: deque[tuple[int, int, Event]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[dict[str, Any]] = client.loop.create_future()
+
+    def _sub_msg(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"op": "sub", "sid": self.sid, "pattern": self.pattern, "window": self.window}
+        if self.qos is not None:
+            msg["qos"] = str(self.qos)
+        if self.last_seq is not None:
+            msg["after"] = self.last_seq
+        return msg
+
+    def _resubscribed(self) -> None:
+        self.gen += 1
+        self.received = self.consumed = self.acked = 0
+        # durable items will be replayed from last_seq: drop the local copies
+        self._queue = deque(item for item in self._queue if item[1] <= 0)
+
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        if self.qos is None:
+            self.qos = QoS(reply.get("qos", "realtime"))
+        if self.qos is QoS.RELIABLE and self.last_seq is None:
+            self.last_seq = int(reply.get("head", 0))
+        if not self._ready.done():
+            self._ready.set_result(reply)
+
+    def _deliver(self, seq: int, ev: Event) -> None:
+        self.received += 1
+        q = self._queue
+        q.append((self.gen, seq, ev))
+        if self.qos is not QoS.RELIABLE and len(q) > self.client.local_queue:
+            q.popleft()
+            self.dropped += 1
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def ready(self) -> Subscription:
+        """Wait until the daemon confirmed the subscription."""
+        await self.client._wait(self._ready, self.client.timeout, "subscribe")
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._queue:
+            if self.closed:
+                raise StopAsyncIteration
+            self._waiter = self.client.loop.create_future()
+            await self._waiter
+            self._waiter = None
+        gen, seq, ev = self._queue.popleft()
+        if seq > 0:
+            self.last_seq = seq
+        if gen == self.gen:
+            self.consumed += 1
+            if self.qos is QoS.RELIABLE and (
+                self.consumed - self.acked >= max(1, self.window // 4) or not self._queue
+            ):
+                self.acked = self.consumed
+                self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
+        return ev
+
+    async def get(self, timeout: float | None = None) -> Event:
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.client._subs.pop(self.sid, None)
+        self.client._send_ctl({"op": "unsub", "sid": self.sid})
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def __aenter__(self) -> Subscription:
+        return await self.ready()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Client:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        name: str = "",
+        timeout: float = 5.0,
+        heartbeat_s: float = 1.0,
+        reconnect_max_s: float = 2.0,
+        local_queue: int = 10000,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.endpoint = to_endpoint(endpoint or default_endpoint())
+        self.name = name or f"sdk-{os.getpid()}"
+        self.timeout = timeout
+        self.heartbeat_s = heartbeat_s
+        self.reconnect_max_s = reconnect_max_s
+        self.local_queue = local_queue
+        self.ctx = ctx or zmq.Context.instance()
+        self.loop = asyncio.get_running_loop()
+        self.boot_id: str | None = None
+        self.credit_window = 1024
+        self.connected = False
+        self.reconnects = 0
+        self.dropped = 0  # realtime publishes dropped locally (daemon away or pipe full)
+        self._sock: zmq.Socket[bytes] | None = None
+        self._fd = -1
+        self._rids = itertools.count(1)
+        self._sids = itertools.count(1)
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._unacked: deque[tuple[list[bytes], asyncio.Future[None]]] = deque()
+        self._unsent = 0  # tail of _unacked that could not be sent (daemon away)
+        self._acked_base = 0  # ack counter value matching the head of _unacked
+        self._credit: asyncio.Event = asyncio.Event()
+        self._credit.set()
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def __aenter__(self) -> Client:
+        check_reachable(self.endpoint)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, os.urandom(12))
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 20000)
+        sock.setsockopt(zmq.RCVHWM, 20000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self.loop.add_reader(self._fd, self._schedule)
+        try:
+            hello = await self._hello(first=True)
+        except BaseException:
+            self._close_socket()
+            raise
+        self.connected = True
+        self.boot_id = hello["boot_id"]
+        task = asyncio.create_task(self._heartbeat(), name="loomd.sdk.heartbeat")
+        self._tasks.add(task)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.connected:
+            self._send_ctl({"op": "bye"})
+        for sub in list(self._subs.values()):
+            sub.closed = True
+            if sub._waiter is not None and not sub._waiter.done():
+                sub._waiter.set_result(None)
+        for _, fut in self._unacked:
+            if not fut.done():
+                fut.set_exception(LoomdError("client closed before the daemon acknowledged"))
+                fut.exception()  # mark retrieved: nobody may be awaiting it
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self._fd)
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def _writable(self, timeout: float) -> bool:
+        """Wait (bounded) until the connection is up: with ZMQ_IMMEDIATE a send before
+        that would fail. libzmq has no awaitable 'connected' signal, so poll EVENTS."""
+        assert self._sock is not None
+        deadline = self.loop.time() + timeout
+        delay = 0.001
+        while not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            if self.loop.time() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    async def _hello(self, first: bool = False) -> dict[str, Any]:
+        if not await self._writable(self.timeout):
+            raise (NotRunning if first else RequestTimeout)(
+                f"loomd did not accept a connection on {self.endpoint} within {self.timeout:g} s"
+            )
+        try:
+            return await self.call("hello", name=self.name)
+        except RequestTimeout as exc:
+            if first:
+                raise NotRunning(f"loomd did not answer on {self.endpoint} within {self.timeout:g} s") from exc
+            raise
+
+    # -- publishing ---------------------------------------------------------------------------
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        qos: QoS | str = QoS.RELIABLE,
+        wait: bool = True,
+        type: str | None = None,
+        thread_id: bytes | None = None,
+        correlation_id: bytes | None = None,
+        reply_to: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        meta: dict[str, Any] | None = None,
+    ) -> Event:
+        """Publish one event. Realtime/batched: never waits (dropped and counted if the daemon
+        is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack."""
+        validate_topic(topic)
+        ev = Event.create(
+            topic, payload, type=type, sender=self.name, qos=qos, thread_id=thread_id,
+            correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, meta=meta,
+        )
+        frames = ev.frames()
+        if qos != QoS.RELIABLE:
+            self._send_event(frames)
+            return ev
+        while len(self._unacked) >= self.credit_window:
+            self._credit.clear()
+            await self._credit.wait()
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._unacked.append((frames, fut))
+        if self._unsent or not self._send_event(frames, count_drop=False):
+            self._unsent += 1
+        if wait:
+            await fut
+        return ev
+
+    def _send_event(self, frames: list[bytes], count_drop: bool = True) -> bool:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            if count_drop:
+                self.dropped += 1
+            return False
+        self._schedule()  # a send can swallow the fd's edge: re-check for input
+        return True
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every reliable publish so far is acknowledged."""
+        futs = [f for _, f in self._unacked]
+        if futs:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*futs)
+
+    # -- subscribing --------------------------------------------------------------------------
+    def subscribe(
+        self, pattern: str, qos: QoS | str | None = None, *, window: int = 1024, since: int | None = None
+    ) -> Subscription:
+        """Subscribe; iterate the result with `async for`. Reliable subscriptions resume from
+        the journal after a daemon restart; `since` replays durable events after that seq."""
+        validate_pattern(pattern)
+        sub = Subscription(self, next(self._sids), pattern, QoS(qos) if qos else None, window, since)
+        self._subs[sub.sid] = sub
+        self._call_nowait(sub._sub_msg(), sub._on_reply)
+        return sub
+
+    # -- request / reply ----------------------------------------------------------------------
+    async def request(self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any) -> Event:
+        """Publish a request and return the first reply that matches its correlation id."""
+        thread_id = os.urandom(16)
+        reply_topic = f"thread.{thread_id.hex()}.reply"
+        sub = self.subscribe(reply_topic, QoS.RELIABLE)
+        try:
+            ev = await self.publish(topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw)
+            try:
+                async with asyncio.timeout(timeout):
+                    async for reply in sub:
+                        if reply.correlation_id == ev.id:
+                            return reply
+            except TimeoutError:
+                raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
+            raise LoomdError("client closed while waiting for a reply")
+        finally:
+            await sub.close()
+
+    async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
+        if not request.reply_to:
+            raise LoomdError(f"event {request.id.hex()} on {request.topic} has no reply_to")
+        return await self.publish(
+            request.reply_to, payload, correlation_id=request.id, thread_id=request.thread_id, **kw
+        )
+
+    # -- control ------------------------------------------------------------------------------
+    async def call(self, op: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+        """Send a control request and return the daemon's answer (raises RemoteError)."""
+        fut = self._call_nowait({"op": op, **args})
+        reply = await self._wait(fut, timeout or self.timeout, op)
+        if not reply.get("ok"):
+            raise RemoteError(str(reply.get("code", "error")), str(reply.get("error", "")))
+        return reply
+
+    async def status(self) -> dict[str, Any]:
+        return await self.call("status")
+
+    def _call_nowait(self, msg: dict[str, Any], cb: Any = None) -> asyncio.Future[dict[str, Any]]:
+        rid = next(self._rids)
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self._calls[rid] = fut
+        if cb is not None:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception() or cb(f.result()))
+        self._send_ctl({**msg, "rid": rid})
+        return fut
+
+    async def _wait(self, fut: asyncio.Future[dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            fut.cancel()
+            self._calls = {r: f for r, f in self._calls.items() if not f.done()}
+            raise RequestTimeout(f"loomd did not answer {what!r} within {timeout:g} s") from None
+
+    def _send_ctl(self, msg: dict[str, Any]) -> bool:
+        if self._sock is None:
+            return False
+        return self._send_event([b"", cbor2.dumps(msg)], count_drop=False)
+
+    # -- receiving ----------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                self._handle(frames)
+            except Exception:  # one bad frame from a newer daemon must not kill the client
+                log.exception("bad frame from loomd ignored")
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._schedule()
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) == 4:
+            sid, seq, _durable = TAG.unpack(frames[3])
+            sub = self._subs.get(sid)
+            if sub is not None:
+                sub._deliver(seq, Event.from_frames(frames[0], frames[1], frames[2]))
+            return
+        if len(frames) == 2 and not frames[0]:
+            msg = cbor2.loads(frames[1])
+            rid = msg.get("rid")
+            if rid is not None:
+                fut = self._calls.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            elif msg.get("op") == "ack":
+                self._on_ack(int(msg["n"]), msg.get("errors") or [])
+            elif not msg.get("ok", True):
+                log.warning("loomd: %s", msg.get("error"))
+
+    def _on_ack(self, n: int, errors: list[Any]) -> None:
+        failed = {int(i): str(code) for i, code in errors}
+        while self._acked_base < n and self._unacked:
+            self._acked_base += 1
+            _, fut = self._unacked.popleft()
+            if not fut.done():
+                code = failed.get(self._acked_base)
+                if code is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(RemoteError(code, f"publish rejected: {code}"))
+        if len(self._unacked) < self.credit_window:
+            self._credit.set()
+
+    # -- liveness and resync ------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        misses = 0
+        while True:
+            delay = self.heartbeat_s
+            if misses:
+                # capped exponential backoff with jitter, so a fleet of clients spreads out
+                delay = min(self.reconnect_max_s, self.heartbeat_s * 0.25 * 2**misses)
+                delay *= random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+            fut = self._call_nowait({"op": "ping"})
+            try:
+                reply = await self._wait(fut, self.heartbeat_s * 2, "ping")
+            except RequestTimeout:
+                misses += 1
+                if self.connected:
+                    log.warning("loomd at %s stopped answering; reconnecting", self.endpoint)
+                    self.connected = False
+                continue
+            misses = 0
+            if not self.connected or reply.get("boot_id") != self.boot_id:
+                await self._resync(reply)
+            elif self._unsent:
+                self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        """Retry reliable publishes that found the pipe full, oldest first."""
+        tail = list(self._unacked)[len(self._unacked) - self._unsent :]
+        for frames, _ in tail:
+            if not self._send_event(frames, count_drop=False):
+                break
+            self._unsent -= 1
+
+    async def _resync(self, ping: dict[str, Any]) -> None:
+        hello = await self._hello()
+        self.boot_id = hello["boot_id"]
+        self.credit_window = int(hello.get("credit_window", self.credit_window))
+        for sub in self._subs.values():
+            sub._resubscribed()
+            self._call_nowait(sub._sub_msg(), sub._on_reply)
+        # The new daemon has seen none of our unacked publishes: send them again, in order.
+        self._acked_base = 0
+        self._unsent = 0
+        for frames, _ in list(self._unacked):
+            if not self._send_event(frames, count_drop=False):
+                self._unsent += 1
+        self.connected = True
+        self.reconnects += 1
+        log.info("reconnected to loomd at %s (boot %s)", self.endpoint, self.boot_id)
+
+
+def connect(endpoint: str | None = None, **kw: Any) -> Client:
+    """`async with loomd.sdk.connect() as bus:` — see Client for the options."""
+    return Client(endpoint, **kw)
