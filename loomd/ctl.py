@@ -45,11 +45,15 @@ def parse_payload(arg: str | None, raw: bool = False) -> Any:
     try:
         return json.loads(arg)
     except json.JSONDecodeError as exc:
-        raise LoomdError(f"payload is not JSON ({exc.msg}); quote strings like '\"hello\"' or use --raw") from None
+        raise LoomdError(
+            f"payload is not JSON ({exc.msg}); quote strings like '\"hello\"' or use --raw"
+        ) from None
 
 
 def format_event(ev: Event) -> str:
-    ts = time.strftime("%H:%M:%S", time.localtime(ev.ts / 1e9)) + f".{ev.ts // 1_000_000 % 1000:03d}"
+    ts = (
+        time.strftime("%H:%M:%S", time.localtime(ev.ts / 1e9)) + f".{ev.ts // 1_000_000 % 1000:03d}"
+    )
     payload = ev.payload
     body = f"<{len(payload)} raw bytes>" if isinstance(payload, bytes) else _dumps(payload)
     typ = "" if ev.type == ev.topic else f" [{ev.type}]"
@@ -61,6 +65,7 @@ def format_status(st: dict[str, Any]) -> str:
     drops = sum(st.get("drops", {}).values())
     state = st.get("state", {})
     lat = st.get("latency_ms", {})
+    lag = st["loop_lag_ms"]
     lines = [
         f"loomd {st['version']} on {st['device_id']} (pid {st['pid']}), up {st['uptime_s']:.0f} s, "
         f"{st['reloads']} reloads",
@@ -71,7 +76,7 @@ def format_status(st: dict[str, Any]) -> str:
         + (f" ({_dumps(st['drops'])})" if drops else ""),
         f"  rejected:      {sum(st.get('rejected', {}).values())} frames"
         + (f" ({_dumps(st['rejected'])})" if st.get("rejected") else ""),
-        f"  loop lag:      {st['loop_lag_ms']['last']:.2f} ms (max {st['loop_lag_ms']['max']:.2f} ms)",
+        f"  loop lag:      {lag['last']:.2f} ms (max {lag['max']:.2f} ms)",
         f"  latency:       p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms",
         f"  state:         {state.get('used_bytes', 0) / 1e6:.1f} MB used, "
         f"{state.get('journal_entries', 0)} journal entries",
@@ -81,7 +86,9 @@ def format_status(st: dict[str, Any]) -> str:
     if topics:
         lines.append("  topics:")
         for name, t in sorted(topics.items(), key=lambda kv: -kv[1]["in"])[:20]:
-            lines.append(f"    {name:40} in {t['in']:>9}  out {t['out']:>9}  dropped {t['dropped']}")
+            lines.append(
+                f"    {name:40} in {t['in']:>9}  out {t['out']:>9}  dropped {t['dropped']}"
+            )
     subs = st.get("subscriptions", [])
     if subs:
         lines.append("  subscriptions:")
@@ -143,11 +150,17 @@ async def _state(bus: Client, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loomctl", description="Inspect and drive a running loomd.")
-    p.add_argument("--socket", help="daemon socket path or endpoint (default: $LOOMD_SOCKET, /run/loomd/bus.sock, or the per-user one)")
+    p.add_argument(
+        "--socket",
+        help="daemon socket path or endpoint "
+        "(default: $LOOMD_SOCKET, /run/loomd/bus.sock, else the per-user one)",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
     p.add_argument("--version", action="version", version=f"loomctl {__version__}")
     cmds = p.add_subparsers(dest="cmd", required=True)
-    st = cmds.add_parser("status", help="uptime, topics, subscribers, rates, drops, loop lag, state size")
+    st = cmds.add_parser(
+        "status", help="uptime, topics, subscribers, rates, drops, loop lag, state size"
+    )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     pub = cmds.add_parser("pub", help="publish one event")
     pub.add_argument("topic")
@@ -160,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--qos", choices=("realtime", "batched", "reliable"))
     sub.add_argument("--json", action="store_true", help="one JSON object per line")
     sub.add_argument("--count", type=int, help="exit after N events")
-    sub.add_argument("--wait", type=float, default=None, help="exit 1 if no event arrives within S seconds")
+    sub.add_argument(
+        "--wait", type=float, default=None, help="exit 1 if no event arrives within S seconds"
+    )
     state = cmds.add_parser("state", help="the daemon's key-value state")
     state.add_argument("--ns", default="user", help="namespace (default: user)")
     sc = state.add_subparsers(dest="state_cmd", required=True)

@@ -26,7 +26,6 @@ import zmq
 
 from loomd import __version__
 from loomd.bus.broker import Broker, BusLimits
-from loomd.bus.envelope import Event, QoS
 from loomd.bus.server import BusServer, Session
 from loomd.config import Settings, changed_keys, default_config_path, load_config
 from loomd.errors import ConfigError, LoomdError
@@ -41,8 +40,16 @@ log = logging.getLogger("loomd.daemon")
 RELOADABLE_SECTIONS = ("daemon", "metrics")
 RELOADABLE_BUS_KEYS = frozenset(
     {
-        "realtime_queue", "realtime_policy", "reliable_queue", "batch_max", "batch_interval_ms",
-        "batch_budget", "default_ttl", "client_timeout_s", "durable", "default_qos",
+        "realtime_queue",
+        "realtime_policy",
+        "reliable_queue",
+        "batch_max",
+        "batch_interval_ms",
+        "batch_budget",
+        "default_ttl",
+        "client_timeout_s",
+        "durable",
+        "default_qos",
     }
 )
 
@@ -94,9 +101,12 @@ class LoopLag:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, config_path: Path | None) -> None:
+    def __init__(
+        self, settings: Settings, config_path: Path | None, overrides: dict[str, Any] | None = None
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
+        self.overrides = overrides
         self.notifier = Notifier()
         self.started = time.monotonic()
         self.reloads = 0
@@ -121,7 +131,9 @@ class Daemon:
             await self._start()
             self.notifier.ready(self.summary())
             log.info(
-                "loomd %s ready: bus at %s", __version__, ", ".join(self.server.bound if self.server else ())
+                "loomd %s ready: bus at %s",
+                __version__,
+                ", ".join(self.server.bound if self.server else ()),
             )
             await self._serve()
             self.notifier.stopping("draining")
@@ -228,7 +240,7 @@ class Daemon:
     async def reload(self) -> None:
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, overrides=self.overrides)
         except ConfigError as exc:
             log.error("reload failed: %s; keeping the running configuration", exc)
             assert self.broker is not None
@@ -244,7 +256,7 @@ class Daemon:
             else:
                 ignored.append(key)
         # Only the reloadable keys change; the rest keep their running values.
-        kept = {
+        kept: dict[str, Any] = {
             "paths": self.settings.paths,
             "state": self.settings.state,
             "bus": dataclasses.replace(
@@ -358,29 +370,67 @@ class Daemon:
             depth.append(({"sid": str(sub.sid), "pattern": sub.pattern, "qos": q}, sub.depth()))
         qos_in["all"] = b.events_in
         st = self.state.stats() if self.state else {}
-        yield Family("loomd_events_in_total", "counter", "Events published into the bus.",
-                     [({}, float(b.events_in))])
-        yield Family("loomd_events_out_total", "counter", "Events delivered, by subscription QoS class.",
-                     [({"qos": q}, v) for q, v in qos_out.items()])
-        yield Family("loomd_events_dropped_total", "counter", "Events dropped, by reason.",
-                     [({"reason": r}, float(v)) for r, v in b.drops.items()])
-        yield Family("loomd_subscription_dropped_total", "counter",
-                     "Events dropped, by subscription QoS class.",
-                     [({"qos": q}, v) for q, v in qos_drop.items()])
-        yield Family("loomd_frames_rejected_total", "counter", "Malformed frames rejected, by reason.",
-                     [({"reason": r}, float(v)) for r, v in b.rejected.items()])
+        yield Family(
+            "loomd_events_in_total",
+            "counter",
+            "Events published into the bus.",
+            [({}, float(b.events_in))],
+        )
+        yield Family(
+            "loomd_events_out_total",
+            "counter",
+            "Events delivered, by subscription QoS class.",
+            [({"qos": q}, v) for q, v in qos_out.items()],
+        )
+        yield Family(
+            "loomd_events_dropped_total",
+            "counter",
+            "Events dropped, by reason.",
+            [({"reason": r}, float(v)) for r, v in b.drops.items()],
+        )
+        yield Family(
+            "loomd_subscription_dropped_total",
+            "counter",
+            "Events dropped, by subscription QoS class.",
+            [({"qos": q}, v) for q, v in qos_drop.items()],
+        )
+        yield Family(
+            "loomd_frames_rejected_total",
+            "counter",
+            "Malformed frames rejected, by reason.",
+            [({"reason": r}, float(v)) for r, v in b.rejected.items()],
+        )
         yield Family("loomd_queue_depth", "gauge", "Events queued per subscription.", depth)
-        yield Family("loomd_clients", "gauge", "Connected socket clients.", [({}, float(len(srv.sessions)))])
-        yield Family("loomd_loop_lag_seconds", "histogram", "Event loop wake-up lag.", [({}, self.lag.hist)])
-        yield Family("loomd_publish_deliver_seconds", "histogram",
-                     "Latency from publish (header ts) to hand-off to a socket subscriber.",
-                     [({}, self.latency)])
-        yield Family("loomd_state_used_bytes", "gauge", "LMDB bytes in use.",
-                     [({}, float(st.get("used_bytes", 0)))])
-        yield Family("loomd_journal_entries", "gauge", "Durable journal entries retained.",
-                     [({}, float(st.get("journal_entries", 0)))])
-        yield Family("loomd_uptime_seconds", "gauge", "Seconds since start.",
-                     [({}, time.monotonic() - self.started)])
+        yield Family(
+            "loomd_clients", "gauge", "Connected socket clients.", [({}, float(len(srv.sessions)))]
+        )
+        yield Family(
+            "loomd_loop_lag_seconds", "histogram", "Event loop wake-up lag.", [({}, self.lag.hist)]
+        )
+        yield Family(
+            "loomd_publish_deliver_seconds",
+            "histogram",
+            "Latency from publish (header ts) to hand-off to a socket subscriber.",
+            [({}, self.latency)],
+        )
+        yield Family(
+            "loomd_state_used_bytes",
+            "gauge",
+            "LMDB bytes in use.",
+            [({}, float(st.get("used_bytes", 0)))],
+        )
+        yield Family(
+            "loomd_journal_entries",
+            "gauge",
+            "Durable journal entries retained.",
+            [({}, float(st.get("journal_entries", 0)))],
+        )
+        yield Family(
+            "loomd_uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            [({}, time.monotonic() - self.started)],
+        )
 
 
 def _bus_restart_keys() -> list[str]:
@@ -402,8 +452,7 @@ def _refuse_if_running(sock_path: Path) -> None:
     """A live daemon on our socket is an error; a stale socket file is removed by bind."""
     if not sock_path.exists():
         return
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
+    s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.IMMEDIATE, 1)
     try:
@@ -422,7 +471,8 @@ def check(settings: Settings, path: Path | None) -> int:
     print(f"config OK: {path or 'embedded defaults'}")
     print(f"  bus socket: {settings.bus_socket}")
     print(f"  state dir:  {settings.state_dir}")
-    print(f"  metrics:    {'http://%s:%d/metrics' % (settings.metrics.bind, settings.metrics.port) if settings.metrics.enabled else 'off'}")
+    m = settings.metrics
+    print(f"  metrics:    {f'http://{m.bind}:{m.port}/metrics' if m.enabled else 'off'}")
     print("optional features:")
     for feature, (extra, modules) in OPTIONAL_FEATURES.items():
         missing = [m for m in modules if not _importable(m)]
@@ -441,10 +491,22 @@ def _importable(module: str) -> bool:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="loomd", description="loomd: an edge daemon for private AI agents")
-    p.add_argument("--config", type=Path, help="config file (default: $LOOMD_CONFIG, /etc/loomd/loomd.toml, else built-in defaults)")
-    p.add_argument("--check", action="store_true", help="validate the config, report optional features, exit")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
+    p = argparse.ArgumentParser(
+        prog="loomd", description="loomd: an edge daemon for private AI agents"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="config file (default: $LOOMD_CONFIG, /etc/loomd/loomd.toml, else built-in defaults)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="validate the config, report optional features, exit"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="override daemon.log_level",
+    )
     p.add_argument("--version", action="version", version=f"loomd {__version__}")
     return p.parse_args(argv)
 
@@ -462,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(settings, path)
     setup_logging(settings.daemon.log_level)
     try:
-        return _run(Daemon(settings, path))
+        return _run(Daemon(settings, path, overrides))
     except LoomdError as exc:
         log.error("%s", exc)
         return 1

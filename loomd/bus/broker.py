@@ -27,7 +27,9 @@ OTHER_TOPICS = "_other"
 
 
 class JournalLike(Protocol):
-    def append(self, topic: bytes, header: bytes, body: bytes) -> tuple[int, asyncio.Future[int]]: ...
+    def append(
+        self, topic: bytes, header: bytes, body: bytes
+    ) -> tuple[int, asyncio.Future[int]]: ...
 
     def read(self, after_seq: int, limit: int = 256) -> list[Any]: ...
 
@@ -98,7 +100,9 @@ class Subscription:
         if qos is QoS.REALTIME:
             self.realtime = RealtimeQueue(lim.realtime_queue, lim.realtime_policy)
         elif qos is QoS.BATCHED:
-            self.batched = BatchedQueue(lim.batch_max, lim.batch_interval_ms / 1000, lim.batch_budget)
+            self.batched = BatchedQueue(
+                lim.batch_max, lim.batch_interval_ms / 1000, lim.batch_budget
+            )
         else:
             self.reliable = ReliableQueue(lim.reliable_queue)
         self._waiter: asyncio.Future[None] | None = None
@@ -471,7 +475,11 @@ class Broker:
             self.drops["error_rate"] = self.drops.get("error_rate", 0) + 1
             return
         payload = {"code": code, "message": message, **details}
-        self.publish(Event.create("loomd.error", payload, type="loomd.error", sender="loomd", qos=QoS.REALTIME))
+        self.publish(
+            Event.create(
+                "loomd.error", payload, type="loomd.error", sender="loomd", qos=QoS.REALTIME
+            )
+        )
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -48,7 +48,7 @@ _MISSING: Any = _Missing()
 class Event:
     """A bus event: topic, type, payload and the envelope fields (header)."""
 
-    __slots__ = ("_body", "_header_bytes", "_hdr", "_payload", "_topic_b", "topic")
+    __slots__ = ("_body", "_hdr", "_header_bytes", "_payload", "_topic_b", "topic")
 
     def __init__(self, topic: str, header: dict[str, Any], payload: Any = None) -> None:
         self.topic = topic
@@ -234,7 +234,9 @@ def decode_header(data: bytes) -> dict[str, Any]:
         raise ProtocolError("malformed header", "not a CBOR map")
     v = hdr.get("v")
     if v != PROTOCOL_VERSION:
-        raise ProtocolError("unsupported protocol version", f"{v!r} (this daemon speaks {PROTOCOL_VERSION})")
+        raise ProtocolError(
+            "unsupported protocol version", f"{v!r} (this daemon speaks {PROTOCOL_VERSION})"
+        )
     ttl = hdr.get("ttl", DEFAULT_TTL)
     hop = hdr.get("hop", 0)
     if type(ttl) is not int or type(hop) is not int or not 0 <= hop <= 255 or not -1 <= ttl <= 255:

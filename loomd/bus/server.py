@@ -25,6 +25,7 @@ from loomd import __version__
 from loomd.bus.broker import Broker, Subscription
 from loomd.bus.envelope import Event, QoS, decode_header
 from loomd.bus.topics import validate_topic
+from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -152,13 +153,13 @@ class BusServer:
         else:
             sock.bind(ep)
         self._socks.append(sock)
-        self.loop.add_reader(sock.getsockopt(zmq.FD), self._schedule)
+        self.loop.add_reader(socket_fd(sock), self._schedule)
         log.info("bus listening on %s", ep)
 
     def _close_sockets(self) -> None:
         for sock in self._socks:
             try:
-                self.loop.remove_reader(sock.getsockopt(zmq.FD))
+                self.loop.remove_reader(socket_fd(sock))
             except (zmq.ZMQError, ValueError):
                 pass
             sock.close(linger=0)
@@ -190,13 +191,13 @@ class BusServer:
         for sock in self._socks:
             for _ in range(BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_frames(sock)
                 except zmq.Again:
                     break
                 self._handle(sock, frames)
         self._flush()
         for sock in self._socks:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if readable(sock):
                 self._schedule()
                 break
 
@@ -227,7 +228,9 @@ class BusServer:
         _, topic_b, header, body = frames
         size = len(topic_b) + len(header) + len(body)
         if size > self.max_frame_bytes:
-            raise ProtocolError("frame too large", f"{size} bytes > bus.max_frame_bytes {self.max_frame_bytes}")
+            raise ProtocolError(
+                "frame too large", f"{size} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
+            )
         try:
             topic = topic_b.decode()
         except UnicodeDecodeError as exc:
@@ -273,7 +276,12 @@ class BusServer:
             reply = {"rid": rid, "ok": False, "code": exc.code, "error": str(exc)}
         except Exception as exc:  # a control bug must not take the bus down
             log.exception("control op %r failed", msg.get("op"))
-            reply = {"rid": rid, "ok": False, "code": "internal", "error": f"{type(exc).__name__}: {exc}"}
+            reply = {
+                "rid": rid,
+                "ok": False,
+                "code": "internal",
+                "error": f"{type(exc).__name__}: {exc}",
+            }
         self._reply(session, reply)
         self._flush()
 
@@ -293,13 +301,15 @@ class BusServer:
         }
 
     def _op_ping(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"boot_id": self.boot_id}
+        return {"boot_id": self.boot_id, "subs": len(session.subs)}
 
     def _op_sub(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         csid, pattern, qos = msg.get("sid"), msg.get("pattern"), msg.get("qos")
         after = msg.get("after")
         if type(csid) is not int or not isinstance(pattern, str):
-            raise ProtocolError("malformed control message", "sub needs an int 'sid' and a 'pattern'")
+            raise ProtocolError(
+                "malformed control message", "sub needs an int 'sid' and a 'pattern'"
+            )
         if qos is not None and qos not in ("realtime", "batched", "reliable"):
             raise LoomdError(f"unknown qos {qos!r}: expected realtime, batched or reliable")
         if after is not None and type(after) is not int:
@@ -357,7 +367,7 @@ class BusServer:
     # -- sending ------------------------------------------------------------------------------
     def _reply(self, session: Session, msg: dict[str, Any]) -> None:
         try:
-            session.sock.send_multipart([session.ident, b"", cbor2.dumps(msg)], zmq.NOBLOCK)
+            send_frames(session.sock, [session.ident, b"", cbor2.dumps(msg)])
         except zmq.ZMQError as exc:
             log.debug("reply to %s lost: %s", session.ident.hex(), exc)
 
@@ -398,9 +408,15 @@ class BusServer:
         while room > 0 and sub.pending():
             items = sub.take(min(room, 256))
             for i, (seq, ev) in enumerate(items):
-                frames = [ident, ev.topic_bytes(), ev.header_bytes(), ev.body_bytes(), pack(csid, seq, seq > 0)]
+                frames = [
+                    ident,
+                    ev.topic_bytes(),
+                    ev.header_bytes(),
+                    ev.body_bytes(),
+                    pack(csid, seq, seq > 0),
+                ]
                 try:
-                    sock.send_multipart(frames, zmq.NOBLOCK)
+                    send_frames(sock, frames)
                 except zmq.Again:
                     sub.unpop(items[i:])
                     return False
@@ -440,9 +456,15 @@ class BusServer:
             await asyncio.sleep(max(0.5, self.client_timeout_s / 3))
             cutoff = time.monotonic() - self.client_timeout_s
             for session in [s for s in self.sessions.values() if s.last_seen < cutoff]:
-                log.info("client %s silent for %.0f s: dropped", session.name or session.ident.hex(), self.client_timeout_s)
+                log.info(
+                    "client %s silent for %.0f s: dropped",
+                    session.name or session.ident.hex(),
+                    self.client_timeout_s,
+                )
                 self.drop_session(session)
-                self.broker.error("client_timeout", f"client {session.name or session.ident.hex()} timed out")
+                self.broker.error(
+                    "client_timeout", f"client {session.name or session.ident.hex()} timed out"
+                )
 
     def stats(self) -> dict[str, Any]:
         return {"clients": len(self.sessions), "endpoints": self.bound}

@@ -40,9 +40,17 @@ def _check_segments(name: str, what: str, *, wildcards: bool) -> list[str]:
     return parts
 
 
+_valid_topics: set[str] = set()
+
+
 def validate_topic(topic: str) -> str:
     """Return `topic` if it is a valid concrete topic, else raise ProtocolError."""
+    if topic in _valid_topics:  # hot path: a publisher reuses a handful of topics
+        return topic
     _check_segments(topic, "topic", wildcards=False)
+    if len(_valid_topics) > 8192:
+        _valid_topics.clear()
+    _valid_topics.add(topic)
     return topic
 
 

@@ -23,9 +23,11 @@ from typing import Any
 
 import cbor2
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.topics import validate_pattern, validate_topic
+from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd, writable
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,15 @@ def check_reachable(endpoint: str) -> None:
 class Subscription:
     """An async iterator of events for one pattern, created by `Client.subscribe`."""
 
-    def __init__(self, client: Client, sid: int, pattern: str, qos: QoS | None, window: int, after: int | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        sid: int,
+        pattern: str,
+        qos: QoS | None,
+        window: int,
+        after: int | None,
+    ) -> None:
         self.client = client
         self.sid = sid
         self.pattern = pattern
@@ -86,7 +96,12 @@ class Subscription:
         self._ready: asyncio.Future[dict[str, Any]] = client.loop.create_future()
 
     def _sub_msg(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"op": "sub", "sid": self.sid, "pattern": self.pattern, "window": self.window}
+        msg: dict[str, Any] = {
+            "op": "sub",
+            "sid": self.sid,
+            "pattern": self.pattern,
+            "window": self.window,
+        }
         if self.qos is not None:
             msg["qos"] = str(self.qos)
         if self.last_seq is not None:
@@ -203,6 +218,8 @@ class Client:
         self._scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._kick = asyncio.Event()
+        self._monitor: zmq.Socket[bytes] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Client:
@@ -217,8 +234,12 @@ class Client:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
         sock.connect(self.endpoint)
         self._sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = socket_fd(sock)
         self.loop.add_reader(self._fd, self._schedule)
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self.loop.add_reader(socket_fd(self._monitor), self._on_monitor)
         try:
             hello = await self._hello(first=True)
         except BaseException:
@@ -252,6 +273,14 @@ class Client:
         self._close_socket()
 
     def _close_socket(self) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(ValueError, OSError, zmq.ZMQError):
+                self.loop.remove_reader(socket_fd(self._monitor))
+            assert self._sock is not None
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._sock is not None:
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(self._fd)
@@ -264,7 +293,7 @@ class Client:
         assert self._sock is not None
         deadline = self.loop.time() + timeout
         delay = 0.001
-        while not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+        while not writable(self._sock):
             if self.loop.time() >= deadline:
                 return False
             await asyncio.sleep(delay)
@@ -280,7 +309,9 @@ class Client:
             return await self.call("hello", name=self.name)
         except RequestTimeout as exc:
             if first:
-                raise NotRunning(f"loomd did not answer on {self.endpoint} within {self.timeout:g} s") from exc
+                raise NotRunning(
+                    f"loomd did not answer on {self.endpoint} within {self.timeout:g} s"
+                ) from exc
             raise
 
     # -- publishing ---------------------------------------------------------------------------
@@ -302,8 +333,16 @@ class Client:
         is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack."""
         validate_topic(topic)
         ev = Event.create(
-            topic, payload, type=type, sender=self.name, qos=qos, thread_id=thread_id,
-            correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, meta=meta,
+            topic,
+            payload,
+            type=type,
+            sender=self.name,
+            qos=qos,
+            thread_id=thread_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            ttl=ttl,
+            meta=meta,
         )
         frames = ev.frames()
         if qos != QoS.RELIABLE:
@@ -323,7 +362,7 @@ class Client:
     def _send_event(self, frames: list[bytes], count_drop: bool = True) -> bool:
         assert self._sock is not None
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self._sock, frames)
         except zmq.Again:
             if count_drop:
                 self.dropped += 1
@@ -340,24 +379,35 @@ class Client:
 
     # -- subscribing --------------------------------------------------------------------------
     def subscribe(
-        self, pattern: str, qos: QoS | str | None = None, *, window: int = 1024, since: int | None = None
+        self,
+        pattern: str,
+        qos: QoS | str | None = None,
+        *,
+        window: int = 1024,
+        since: int | None = None,
     ) -> Subscription:
         """Subscribe; iterate the result with `async for`. Reliable subscriptions resume from
         the journal after a daemon restart; `since` replays durable events after that seq."""
         validate_pattern(pattern)
-        sub = Subscription(self, next(self._sids), pattern, QoS(qos) if qos else None, window, since)
+        sub = Subscription(
+            self, next(self._sids), pattern, QoS(qos) if qos else None, window, since
+        )
         self._subs[sub.sid] = sub
         self._call_nowait(sub._sub_msg(), sub._on_reply)
         return sub
 
     # -- request / reply ----------------------------------------------------------------------
-    async def request(self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any) -> Event:
+    async def request(
+        self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
+    ) -> Event:
         """Publish a request and return the first reply that matches its correlation id."""
         thread_id = os.urandom(16)
         reply_topic = f"thread.{thread_id.hex()}.reply"
         sub = self.subscribe(reply_topic, QoS.RELIABLE)
         try:
-            ev = await self.publish(topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw)
+            ev = await self.publish(
+                topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw
+            )
             try:
                 async with asyncio.timeout(timeout):
                     async for reply in sub:
@@ -397,7 +447,9 @@ class Client:
         self._send_ctl({**msg, "rid": rid})
         return fut
 
-    async def _wait(self, fut: asyncio.Future[dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:
+    async def _wait(
+        self, fut: asyncio.Future[dict[str, Any]], timeout: float, what: str
+    ) -> dict[str, Any]:
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(fut)
@@ -424,14 +476,14 @@ class Client:
             return
         for _ in range(RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 break
             try:
                 self._handle(frames)
             except Exception:  # one bad frame from a newer daemon must not kill the client
                 log.exception("bad frame from loomd ignored")
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if readable(sock):
             self._schedule()
 
     def _handle(self, frames: list[bytes]) -> None:
@@ -469,6 +521,9 @@ class Client:
 
     # -- liveness and resync ------------------------------------------------------------------
     async def _heartbeat(self) -> None:
+        """Ping the daemon: keeps our session alive and notices a restart (new boot id) or
+        a session the daemon forgot (it reports fewer subscriptions than we hold). A slow
+        answer alone (a flood queued ahead of the ping) never triggers a resync."""
         misses = 0
         while True:
             delay = self.heartbeat_s
@@ -476,21 +531,29 @@ class Client:
                 # capped exponential backoff with jitter, so a fleet of clients spreads out
                 delay = min(self.reconnect_max_s, self.heartbeat_s * 0.25 * 2**misses)
                 delay *= random.uniform(0.5, 1.0)
-            await asyncio.sleep(delay)
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._kick.wait()  # the monitor saw a (re)connect: ping now
             fut = self._call_nowait({"op": "ping"})
             try:
-                reply = await self._wait(fut, self.heartbeat_s * 2, "ping")
+                reply = await self._wait(fut, max(self.heartbeat_s * 3, 1.0), "ping")
             except RequestTimeout:
                 misses += 1
                 if self.connected:
-                    log.warning("loomd at %s stopped answering; reconnecting", self.endpoint)
+                    log.warning(
+                        "loomd at %s is not answering; will resync when it does", self.endpoint
+                    )
                     self.connected = False
                 continue
             misses = 0
-            if not self.connected or reply.get("boot_id") != self.boot_id:
+            active = sum(1 for sub in self._subs.values() if not sub.closed)
+            if reply.get("boot_id") != self.boot_id or int(reply.get("subs", active)) < active:
                 await self._resync(reply)
-            elif self._unsent:
-                self._send_unsent()
+            else:
+                self.connected = True
+                if self._unsent:
+                    self._send_unsent()
 
     def _send_unsent(self) -> None:
         """Retry reliable publishes that found the pipe full, oldest first."""
@@ -499,6 +562,21 @@ class Client:
             if not self._send_event(frames, count_drop=False):
                 break
             self._unsent -= 1
+
+    def _on_monitor(self) -> None:
+        mon = self._monitor
+        if mon is None:
+            return
+        while True:
+            try:
+                msg = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if msg["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._kick.set()
+            elif msg["event"] == zmq.EVENT_DISCONNECTED and self.connected:
+                log.info("connection to loomd at %s lost", self.endpoint)
+                self.connected = False
 
     async def _resync(self, ping: dict[str, Any]) -> None:
         hello = await self._hello()
