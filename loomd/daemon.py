@@ -149,6 +149,7 @@ class Daemon:
         s = self.settings
         runtime = s.runtime_dir
         _ensure_runtime_dir(runtime)
+        _refuse_if_running(s.bus_socket)  # before opening state: never touch a live daemon's
         self.state = await self._stack.enter_async_context(
             State(
                 s.state_dir / "db",
@@ -163,7 +164,6 @@ class Daemon:
         endpoints = [f"ipc://{s.bus_socket}"]
         if s.bus.tcp_enabled:
             endpoints.append(f"tcp://{s.bus.tcp_bind}:{s.bus.tcp_port}")
-        _refuse_if_running(s.bus_socket)
         self.server = BusServer(
             self.broker,
             endpoints,
@@ -454,7 +454,6 @@ def _refuse_if_running(sock_path: Path) -> None:
         return
     s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.IMMEDIATE, 1)
     try:
         s.connect(f"ipc://{sock_path}")
         import cbor2

@@ -1,0 +1,158 @@
+"""Shared fixtures: a real loomd daemon in a subprocess, watched through its sd_notify socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Notifications:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+
+    def wait_for(self, line: str, timeout: float = 10.0) -> list[str]:
+        """Block until a datagram containing `line` arrives; return that datagram's lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {line!r} from loomd within {timeout} s; got {self.seen}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536).decode()
+            except TimeoutError:
+                continue
+            lines = data.split("\n")
+            self.seen.extend(lines)
+            if line in lines:
+                return lines
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LoomdProcess:
+    """One daemon with its own config, state and socket under a short temp dir."""
+
+    def __init__(self, root: Path, extra_toml: str = "", env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.socket = root / "run" / "bus.sock"
+        self.config = root / "loomd.toml"
+        self.log = root / "loomd.log"
+        self.extra_toml = extra_toml
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify: Notifications | None = None
+        self.write_config(extra_toml)
+
+    @property
+    def endpoint(self) -> str:
+        return f"ipc://{self.socket}"
+
+    def write_config(self, extra: str = "", device_id: str = "test-box") -> None:
+        base = (
+            f'[daemon]\ndevice_id = "{device_id}"\ndrain_timeout_s = 2.0\n'
+            f'[paths]\nruntime_dir = "{self.root}/run"\nstate_dir = "{self.root}/state"\n'
+            f'cache_dir = "{self.root}/cache"\n'
+        )
+        if "[metrics]" not in extra:
+            base += "[metrics]\nenabled = false\n"
+        self.config.write_text(base + extra)
+
+    def start(self, timeout: float = 15.0, extra_env: dict[str, str] | None = None) -> None:
+        if self.notify is None:
+            self.notify = Notifications(self.root / "notify.sock")
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.env, **(extra_env or {})}
+        env.pop("JOURNAL_STREAM", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loomd.daemon", "--config", str(self.config)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self.notify.wait_for("READY=1", timeout)
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"loomd did not become ready:\n{self.log.read_text()}") from None
+
+    def pid(self) -> int:
+        assert self.proc is not None and self.proc.pid > 0
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.pid(), sig)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self.notify is not None:
+            self.notify.close()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp dir with a short path: ipc socket paths must stay under 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ld-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def loomd_proc(short_tmp: Path) -> Iterator[LoomdProcess]:
+    d = LoomdProcess(short_tmp)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def daemon(loomd_proc: LoomdProcess) -> LoomdProcess:
+    loomd_proc.start()
+    return loomd_proc
