@@ -48,7 +48,7 @@ _MISSING: Any = _Missing()
 class Event:
     """A bus event: topic, type, payload and the envelope fields (header)."""
 
-    __slots__ = ("_body", "_hdr", "_header_bytes", "_payload", "_topic_b", "topic")
+    __slots__ = ("_body", "_hdr", "_header_bytes", "_payload", "_topic_b", "topic", "wire")
 
     def __init__(self, topic: str, header: dict[str, Any], payload: Any = None) -> None:
         self.topic = topic
@@ -57,6 +57,7 @@ class Event:
         self._header_bytes: bytes | None = None
         self._body: bytes | None = None
         self._topic_b: bytes | None = None
+        self.wire: bytes | None = None  # the event frame as received, if it came off a socket
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -106,6 +107,7 @@ class Event:
         ev._payload = _MISSING
         ev._header_bytes = header
         ev._body = body
+        ev.wire = None
         return ev
 
     # -- wire ---------------------------------------------------------------------------------
@@ -137,7 +139,16 @@ class Event:
         return self._topic_b
 
     def frames(self) -> list[bytes]:
+        """The logical wire parts `[topic, header, body]`."""
         return [self.topic_bytes(), self.header_bytes(), self.body_bytes()]
+
+    def to_wire(self) -> bytes:
+        """The single socket frame for this event (see loomd.bus.wire)."""
+        if self.wire is None:
+            from loomd.bus.wire import pack_event
+
+            self.wire = pack_event(self.topic_bytes(), self.header_bytes(), self.body_bytes())
+        return self.wire
 
     # -- fields -------------------------------------------------------------------------------
     @property

@@ -11,17 +11,16 @@ import asyncio
 import errno
 import logging
 import os
-import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import zmq
 
 from loomd import __version__
+from loomd.bus import wire
 from loomd.bus.broker import Broker, Subscription
 from loomd.bus.envelope import Event, QoS, decode_header
 from loomd.bus.topics import validate_topic
@@ -31,7 +30,6 @@ from loomd.errors import LoomdError, ProtocolError
 log = logging.getLogger(__name__)
 
 BATCH = 512  # messages per socket per pump round: bounds loop latency under flood
-TAG = struct.Struct(">IqB")  # client sid, seq, durable flag
 RETRY_S = 0.002  # back-off when a client's pipe is full
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
 
@@ -208,13 +206,16 @@ class BusServer:
             session = self.sessions[ident] = Session(self, sock, ident)
         session.last_seen = time.monotonic()
         try:
-            n = len(frames)
-            if n == 4 and frames[1]:
-                self._on_publish(session, frames)
-            elif n == 3 and not frames[1]:
-                self._on_control(session, frames[2])
+            if len(frames) != 2:
+                raise ProtocolError("bad frame count", f"{len(frames) - 1} frames (expected 1)")
+            data = frames[1]
+            kind = data[0] if data else -1
+            if kind == wire.EVENT:
+                self._on_publish(session, data)
+            elif kind == wire.CONTROL:
+                self._on_control(session, data)
             else:
-                raise ProtocolError("bad frame count", f"{n - 1} frames (expected 3 for publish)")
+                raise ProtocolError("unknown frame kind", f"{kind}")
         except ProtocolError as exc:
             self._reject(session, exc)
 
@@ -224,13 +225,12 @@ class BusServer:
         log.debug("rejected frame from %s: %s", session.ident.hex(), exc)
         self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
 
-    def _on_publish(self, session: Session, frames: list[bytes]) -> None:
-        _, topic_b, header, body = frames
-        size = len(topic_b) + len(header) + len(body)
-        if size > self.max_frame_bytes:
+    def _on_publish(self, session: Session, data: bytes) -> None:
+        if len(data) > self.max_frame_bytes:
             raise ProtocolError(
-                "frame too large", f"{size} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
+                "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
             )
+        topic_b, header, body = wire.unpack_event(data)
         try:
             topic = topic_b.decode()
         except UnicodeDecodeError as exc:
@@ -238,17 +238,15 @@ class BusServer:
         validate_topic(topic)
         hdr = decode_header(header)
         ev = Event.from_frames(topic_b, header, body, hdr)
+        ev.wire = data  # forwarded to socket subscribers as is, behind a delivery tag
         if hdr.get("qos") == QoS.RELIABLE:
             self.broker.publish(ev, session.ack_callback())
         else:
             self.broker.publish(ev)
 
     def _on_control(self, session: Session, raw: bytes) -> None:
-        try:
-            msg = cbor2.loads(raw)
-        except Exception as exc:
-            raise ProtocolError("malformed control message", str(exc)) from exc
-        if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+        msg = wire.unpack_control(raw)
+        if not isinstance(msg.get("op"), str):
             raise ProtocolError("malformed control message", "expected a map with an 'op'")
         op, rid = msg["op"], msg.get("rid")
         try:
@@ -367,7 +365,7 @@ class BusServer:
     # -- sending ------------------------------------------------------------------------------
     def _reply(self, session: Session, msg: dict[str, Any]) -> None:
         try:
-            send_frames(session.sock, [session.ident, b"", cbor2.dumps(msg)])
+            send_frames(session.sock, [session.ident, wire.pack_control(msg)])
         except zmq.ZMQError as exc:
             log.debug("reply to %s lost: %s", session.ident.hex(), exc)
 
@@ -402,19 +400,13 @@ class BusServer:
             room = session.windows[sub.sid] - (session.sent[sub.sid] - session.acked[sub.sid])
             if room <= 0:
                 return True  # the client's ack re-marks it dirty
-        sock, ident, pack = session.sock, session.ident, TAG.pack
+        sock, ident = session.sock, session.ident
         on_deliver_ns = time.time_ns
         hist = self.latency
         while room > 0 and sub.pending():
             items = sub.take(min(room, 256))
             for i, (seq, ev) in enumerate(items):
-                frames = [
-                    ident,
-                    ev.topic_bytes(),
-                    ev.header_bytes(),
-                    ev.body_bytes(),
-                    pack(csid, seq, seq > 0),
-                ]
+                frames = [ident, wire.delivery_of(ev, csid, seq)]
                 try:
                     send_frames(sock, frames)
                 except zmq.Again:

@@ -27,6 +27,16 @@ def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
     _send(sock, frames[last], NOBLOCK)
 
 
+def send_frame(sock: zmq.Socket[bytes], frame: bytes) -> None:
+    _send(sock, frame, NOBLOCK)
+
+
+def recv_frame(sock: zmq.Socket[bytes]) -> bytes:
+    """Receive a single-frame message (what loomd's DEALER clients get)."""
+    data: bytes = _recv(sock, NOBLOCK)
+    return data
+
+
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     """Receive one whole multipart message without blocking (or raise zmq.Again)."""
     frame = _recv(sock, NOBLOCK, False)

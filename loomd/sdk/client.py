@@ -14,25 +14,23 @@ import itertools
 import logging
 import os
 import random
-import struct
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import cbor2
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from loomd.bus import wire
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.topics import validate_pattern, validate_topic
-from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd, writable
+from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError, RequestTimeout
 
 log = logging.getLogger(__name__)
 
-TAG = struct.Struct(">IqB")
 DEFAULT_SOCKET = "/run/loomd/bus.sock"
 RECV_BATCH = 1024
 
@@ -210,7 +208,7 @@ class Client:
         self._sids = itertools.count(1)
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._subs: dict[int, Subscription] = {}
-        self._unacked: deque[tuple[list[bytes], asyncio.Future[None]]] = deque()
+        self._unacked: deque[tuple[bytes, asyncio.Future[None]]] = deque()
         self._unsent = 0  # tail of _unacked that could not be sent (daemon away)
         self._acked_base = 0  # ack counter value matching the head of _unacked
         self._credit: asyncio.Event = asyncio.Event()
@@ -247,6 +245,7 @@ class Client:
             raise
         self.connected = True
         self.boot_id = hello["boot_id"]
+        self.credit_window = int(hello.get("credit_window", self.credit_window))
         task = asyncio.create_task(self._heartbeat(), name="loomd.sdk.heartbeat")
         self._tasks.add(task)
         return self
@@ -344,25 +343,25 @@ class Client:
             ttl=ttl,
             meta=meta,
         )
-        frames = ev.frames()
+        frame = ev.to_wire()
         if qos != QoS.RELIABLE:
-            self._send_event(frames)
+            self._send_event(frame)
             return ev
         while len(self._unacked) >= self.credit_window:
             self._credit.clear()
             await self._credit.wait()
         fut: asyncio.Future[None] = self.loop.create_future()
-        self._unacked.append((frames, fut))
-        if self._unsent or not self._send_event(frames, count_drop=False):
+        self._unacked.append((frame, fut))
+        if self._unsent or not self._send_event(frame, count_drop=False):
             self._unsent += 1
         if wait:
             await fut
         return ev
 
-    def _send_event(self, frames: list[bytes], count_drop: bool = True) -> bool:
+    def _send_event(self, frame: bytes, count_drop: bool = True) -> bool:
         assert self._sock is not None
         try:
-            send_frames(self._sock, frames)
+            send_frame(self._sock, frame)
         except zmq.Again:
             if count_drop:
                 self.dropped += 1
@@ -461,7 +460,7 @@ class Client:
     def _send_ctl(self, msg: dict[str, Any]) -> bool:
         if self._sock is None:
             return False
-        return self._send_event([b"", cbor2.dumps(msg)], count_drop=False)
+        return self._send_event(wire.pack_control(msg), count_drop=False)
 
     # -- receiving ----------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -476,25 +475,25 @@ class Client:
             return
         for _ in range(RECV_BATCH):
             try:
-                frames = recv_frames(sock)
+                frame = recv_frame(sock)
             except zmq.Again:
                 break
             try:
-                self._handle(frames)
+                self._handle(frame)
             except Exception:  # one bad frame from a newer daemon must not kill the client
                 log.exception("bad frame from loomd ignored")
         if readable(sock):
             self._schedule()
 
-    def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) == 4:
-            sid, seq, _durable = TAG.unpack(frames[3])
+    def _handle(self, frame: bytes) -> None:
+        kind = frame[0] if frame else -1
+        if kind == wire.DELIVERY:
+            sid, seq, topic, header, body = wire.unpack_delivery(frame)
             sub = self._subs.get(sid)
             if sub is not None:
-                sub._deliver(seq, Event.from_frames(frames[0], frames[1], frames[2]))
-            return
-        if len(frames) == 2 and not frames[0]:
-            msg = cbor2.loads(frames[1])
+                sub._deliver(seq, Event.from_frames(topic, header, body))
+        elif kind == wire.CONTROL:
+            msg = wire.unpack_control(frame)
             rid = msg.get("rid")
             if rid is not None:
                 fut = self._calls.pop(rid, None)
@@ -558,8 +557,8 @@ class Client:
     def _send_unsent(self) -> None:
         """Retry reliable publishes that found the pipe full, oldest first."""
         tail = list(self._unacked)[len(self._unacked) - self._unsent :]
-        for frames, _ in tail:
-            if not self._send_event(frames, count_drop=False):
+        for frame, _ in tail:
+            if not self._send_event(frame, count_drop=False):
                 break
             self._unsent -= 1
 
@@ -588,8 +587,8 @@ class Client:
         # The new daemon has seen none of our unacked publishes: send them again, in order.
         self._acked_base = 0
         self._unsent = 0
-        for frames, _ in list(self._unacked):
-            if not self._send_event(frames, count_drop=False):
+        for frame, _ in list(self._unacked):
+            if not self._send_event(frame, count_drop=False):
                 self._unsent += 1
         self.connected = True
         self.reconnects += 1

@@ -1,0 +1,99 @@
+"""The socket wire: each message is ONE ZeroMQ frame holding `[topic, header, body]`.
+
+Why not a ZeroMQ multipart message per event: libzmq (4.3.5, bundled with pyzmq 27)
+aborts the *reading* process with `Assertion failed: !_more (src/fq.cpp:80)` when a
+peer dies in the middle of a multipart message (a kill -9 under load cuts the stream
+between parts). The daemon must survive any client crash, and clients any daemon
+crash, so every message is a single frame, which libzmq delivers whole or not at all.
+See docs/design/wire.md.
+
+Layout (big-endian):
+    event    0x01 | topic_len u8 | topic | header_len u32 | header (CBOR) | body
+    control  0x02 | CBOR map
+    delivery 0x03 | sid u32 | seq i64 | flags u8 | then as an event after its kind byte
+The topic stays first after the kind byte, so a prefix match on bytes still works.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import cbor2
+
+from loomd.errors import ProtocolError
+
+EVENT = 0x01
+CONTROL = 0x02
+DELIVERY = 0x03
+
+_TAG = struct.Struct(">BIqB")  # kind, sid, seq, flags
+_HLEN = struct.Struct(">I")
+DURABLE = 0x01
+
+
+def pack_event(topic: bytes, header: bytes, body: bytes) -> bytes:
+    return b"".join((bytes((EVENT, len(topic))), topic, _HLEN.pack(len(header)), header, body))
+
+
+def pack_delivery(sid: int, seq: int, topic: bytes, header: bytes, body: bytes) -> bytes:
+    return b"".join(
+        (
+            _TAG.pack(DELIVERY, sid, seq, DURABLE if seq > 0 else 0),
+            bytes((len(topic),)),
+            topic,
+            _HLEN.pack(len(header)),
+            header,
+            body,
+        )
+    )
+
+
+def delivery_of(ev: Any, sid: int, seq: int) -> bytes:
+    """A delivery frame for an Event: reuses the publisher's frame when there is one."""
+    frame = ev.wire
+    if frame is not None:
+        return _TAG.pack(DELIVERY, sid, seq, DURABLE if seq > 0 else 0) + memoryview(frame)[1:]
+    return pack_delivery(sid, seq, ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
+
+
+def pack_control(msg: dict[str, Any]) -> bytes:
+    return bytes((CONTROL,)) + cbor2.dumps(msg)
+
+
+def _split(data: bytes, at: int) -> tuple[bytes, bytes, bytes]:
+    """topic, header, body from `data[at:]` (topic_len u8 | topic | header_len u32 | ...)."""
+    try:
+        tl = data[at]
+        t_end = at + 1 + tl
+        (hl,) = _HLEN.unpack_from(data, t_end)
+    except (IndexError, struct.error):
+        raise ProtocolError("truncated frame", f"{len(data)} bytes") from None
+    h_start = t_end + 4
+    h_end = h_start + hl
+    if tl == 0 or h_end > len(data):
+        raise ProtocolError("truncated frame", f"{len(data)} bytes, header says {h_end}")
+    return data[at + 1 : t_end], data[h_start:h_end], data[h_end:]
+
+
+def unpack_event(data: bytes) -> tuple[bytes, bytes, bytes]:
+    return _split(data, 1)
+
+
+def unpack_delivery(data: bytes) -> tuple[int, int, bytes, bytes, bytes]:
+    try:
+        _, sid, seq, _flags = _TAG.unpack_from(data, 0)
+    except struct.error:
+        raise ProtocolError("truncated frame", f"{len(data)} bytes") from None
+    topic, header, body = _split(data, _TAG.size)
+    return sid, seq, topic, header, body
+
+
+def unpack_control(data: bytes) -> dict[str, Any]:
+    try:
+        msg = cbor2.loads(data[1:])
+    except Exception as exc:  # cbor2 raises several types for garbage
+        raise ProtocolError("malformed control message", str(exc)) from exc
+    if not isinstance(msg, dict):
+        raise ProtocolError("malformed control message", "not a CBOR map")
+    return msg

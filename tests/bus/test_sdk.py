@@ -1,0 +1,299 @@
+"""SDK <-> daemon over real ipc sockets: pub/sub, request/reply, reconnect, bad input, floods."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import cbor2
+import psutil
+import pytest
+import uvloop
+import zmq
+
+from loomd.bus import wire
+from loomd.bus.envelope import Event
+from loomd.errors import RequestTimeout
+from loomd.sdk import Client, connect
+from tests.conftest import LoomdProcess
+
+T = TypeVar("T")
+
+
+def arun(fn: Callable[[], Awaitable[T]]) -> T:
+    return uvloop.run(fn())  # type: ignore[arg-type]
+
+
+async def status(bus: Client) -> dict[str, Any]:
+    return (await bus.status())["status"]
+
+
+def test_pub_sub_every_qos_and_raw_bytes(daemon: LoomdProcess) -> None:
+    async def main() -> None:
+        async with connect(daemon.endpoint, name="sub") as sb, connect(daemon.endpoint, name="pub") as pb:
+            rt = await sb.subscribe("sensor.*.temp", "realtime").ready()
+            rel = await sb.subscribe("control.#", "reliable").ready()
+            bat = await sb.subscribe("telemetry.#", "batched").ready()
+            await pb.publish("sensor.kitchen.temp", {"c": 21.5}, qos="realtime")
+            await pb.publish("sensor.kitchen.humidity", {"rh": 40}, qos="realtime")  # no match
+            pcm = os.urandom(640)
+            await pb.publish("sensor.hall.temp", pcm, qos="realtime")
+            await pb.publish("control.lights.on", {"room": "hall"})  # reliable, durable
+            for i in range(5):
+                await pb.publish("telemetry.cpu", i, qos="batched")
+            e1, e2 = await rt.get(5), await rt.get(5)
+            assert (e1.topic, e1.payload) == ("sensor.kitchen.temp", {"c": 21.5})
+            assert e2.payload == pcm and e2.header["enc"] == "raw"
+            c = await rel.get(5)
+            assert (c.topic, c.payload, c.sender) == ("control.lights.on", {"room": "hall"}, "pub")
+            got = [(await bat.get(5)).payload for _ in range(5)]
+            assert got == [0, 1, 2, 3, 4]
+            st = await status(pb)
+            assert st["state"]["journal_entries"] >= 1  # control.# is durable by default
+
+    arun(main)
+
+
+def test_request_reply_and_timeout(daemon: LoomdProcess) -> None:
+    async def main() -> None:
+        async with connect(daemon.endpoint, name="agent") as agent, connect(daemon.endpoint) as caller:
+            inbox = await agent.subscribe("agent.calc.inbox", "reliable").ready()
+
+            async def serve() -> None:
+                async for req in inbox:
+                    await agent.reply(req, {"sum": sum(req.payload)})
+
+            task = asyncio.create_task(serve())
+            try:
+                reply = await caller.request("agent.calc.inbox", [1, 2, 3], timeout=5)
+                assert reply.payload == {"sum": 6}
+                assert reply.topic.startswith("thread.") and reply.topic.endswith(".reply")
+                with pytest.raises(RequestTimeout):
+                    await caller.request("agent.nobody.inbox", [1], timeout=0.3)
+            finally:
+                task.cancel()
+
+    arun(main)
+
+
+def test_reconnect_across_daemon_restart(daemon: LoomdProcess) -> None:
+    async def main() -> None:
+        async with connect(daemon.endpoint, heartbeat_s=0.2) as sb, connect(
+            daemon.endpoint, heartbeat_s=0.2
+        ) as pb:
+            sub = await sb.subscribe("control.door.#", "reliable").ready()
+            await pb.publish("control.door.front", "before")
+            assert (await sub.get(5)).payload == "before"
+            boot = sb.boot_id
+            await asyncio.to_thread(daemon.restart)
+            # published while the subscriber may not be resubscribed yet: durable, so replayed
+            await asyncio.wait_for(pb.publish("control.door.front", "after"), 10)
+            ev = await sub.get(10)
+            assert ev.payload == "after"
+            async with asyncio.timeout(10):
+                while sb.boot_id == boot or pb.reconnects < 1:
+                    await asyncio.sleep(0.05)
+            assert sb.reconnects >= 1
+            await pb.publish("sensor.x.y", "live", qos="realtime")
+            live = await sb.subscribe("sensor.#", "realtime").ready()
+            await pb.publish("sensor.x.y", "live2", qos="realtime")
+            assert (await live.get(5)).payload == "live2"
+
+    arun(main)
+
+
+def test_fuzzed_frames_are_rejected_and_the_bus_keeps_working(daemon: LoomdProcess) -> None:
+    async def main() -> None:
+        async with connect(daemon.endpoint, name="watch") as watch:
+            errors = await watch.subscribe("loomd.error", "realtime").ready()
+            good = await watch.subscribe("fuzz.ok", "reliable").ready()
+            ctx = zmq.Context.instance()
+            raw = ctx.socket(zmq.DEALER)
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(daemon.endpoint)
+            rng = random.Random(1234)
+            t, h, b = Event.create("fuzz.ok", {"n": 1}, qos="realtime").frames()
+            bad_messages: list[list[bytes]] = [
+                [wire.pack_event(t, b"\xff\xfe garbage", b"")],  # header not CBOR
+                [wire.pack_event(t, h[:-3], b)],  # truncated CBOR header
+                [wire.pack_event(t, cbor2.dumps([1, 2]), b"")],  # header not a map
+                [wire.pack_event(t, cbor2.dumps({"v": 99}), b"")],  # unknown protocol version
+                [wire.pack_event(t, h, b)[:12]],  # frame cut inside the header
+                [wire.pack_event(t, h, b), b"extra"],  # a second frame
+                [wire.pack_event(b"fuzz..bad", h, b)],  # invalid topic
+                [wire.pack_event(b"\xff\xfe", h, b)],  # topic not UTF-8
+                [wire.pack_event(t, h, b"x" * (2 << 20))],  # over max_frame_bytes (1 MiB)
+                [b"\x02not cbor at all"],  # control, malformed
+                [wire.pack_control({"no": "op"})],  # control without op
+                [b"\x09whatever"],  # unknown frame kind
+                [b""],  # empty frame
+            ]
+            for _ in range(300):
+                n = rng.choice([1, 1, 1, 2, 3])
+                bad_messages.append([rng.randbytes(rng.randint(0, 64)) for _ in range(n)])
+            for msg in bad_messages:
+                raw.send_multipart(msg)
+            alive = Event.create("fuzz.ok", "still alive")
+            raw.send(alive.to_wire())
+            ev = await good.get(10)
+            assert ev.payload == "still alive"
+            err = await errors.get(5)
+            assert err.payload["code"] == "protocol"
+            st = await status(watch)
+            rejected = st["rejected"]
+            assert sum(rejected.values()) >= 11
+            for reason in ("malformed header", "unsupported protocol version", "bad frame count",
+                           "invalid topic", "frame too large", "malformed control message",
+                           "truncated frame", "unknown frame kind"):
+                assert rejected.get(reason, 0) >= 1, (reason, rejected)
+            # the raw client got error replies, and the daemon still serves everyone
+            assert raw.poll(5000)
+            reply = wire.unpack_control(raw.recv())
+            assert reply["ok"] is False and reply["code"] == "protocol"
+            raw.close(0)
+            assert daemon.proc is not None and daemon.proc.poll() is None
+
+    arun(main)
+
+
+def _rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 1e6
+
+
+def _stalled_subscriber(endpoint: str, pattern: str, qos: str) -> zmq.Socket[bytes]:
+    """A client that subscribes and then never reads: the worst consumer there is."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100)
+    sock.connect(endpoint)
+    sock.send(wire.pack_control({"op": "sub", "sid": 1, "pattern": pattern, "qos": qos,
+                                 "window": 64, "rid": 1}))
+    assert sock.poll(5000)
+    assert wire.unpack_control(sock.recv())["ok"]
+    return sock
+
+
+def test_realtime_flood_into_stalled_subscriber_is_bounded_and_counted(daemon: LoomdProcess) -> None:
+    async def main() -> None:
+        stalled = _stalled_subscriber(daemon.endpoint, "flood.#", "realtime")
+        async with connect(daemon.endpoint, name="flooder") as pb:
+            before = _rss_mb(daemon.pid())
+            body = os.urandom(1024)
+            sent = 0
+            for i in range(60_000):
+                await pb.publish("flood.rt", body, qos="realtime")
+                sent += 1
+                if i % 500 == 0:
+                    await pb.call("ping")  # pace to what the daemon takes: never blocks it
+            await pb.call("ping")
+            st = await status(pb)
+            sub = next(s for s in st["subscriptions"] if s["pattern"] == "flood.#")
+            assert sub["depth"] <= 1024  # bus.realtime_queue
+            assert sub["dropped"].get("queue_full", 0) > 0
+            assert st["drops"]["queue_full"] == sub["dropped"]["queue_full"]
+            # 60 MB went through; the daemon holds at most its queue plus the socket buffers
+            assert _rss_mb(daemon.pid()) - before < 40
+        stalled.close(0)
+
+    arun(main)
+
+
+def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProcess) -> None:
+    daemon.write_config("[bus]\nreliable_queue = 500\ncredit_window = 100\n")
+    daemon.restart()
+
+    async def main() -> None:
+        async with connect(daemon.endpoint, name="consumer") as cb, connect(
+            daemon.endpoint, name="producer"
+        ) as pb:
+            sub = cb.subscribe("work.#", "reliable", window=50)
+            await sub.ready()
+            # The subscriber does not read yet: the daemon fills 50 in flight + 500 queued,
+            # then withholds credits; 100 more are in the publisher's window.
+            async def produce() -> int:
+                for i in range(2000):
+                    await pb.publish("work.item", i, wait=False)
+                await pb.flush()
+                return 2000
+
+            producer = asyncio.create_task(produce())
+            done, _ = await asyncio.wait({producer}, timeout=2.0)  # a deadline, not a sleep
+            assert not done, "the publisher should be held back by credits"
+            assert len(pb._unacked) == pb.credit_window == 100
+            st = await status(cb)
+            assert sum(st["drops"].values()) == 0
+            got = []
+            async with asyncio.timeout(30):
+                while len(got) < 2000:
+                    got.append((await sub.get()).payload)
+            assert await producer == 2000
+            assert got == list(range(2000))  # nothing lost, in order
+            st = await status(cb)
+            assert sum(st["drops"].values()) == 0
+
+    arun(main)
+
+
+def _drain_kill_cycle_count() -> int:
+    return int(os.environ.get("LOOMD_KILL_CYCLES", "20"))
+
+
+@pytest.mark.slow
+def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
+    """kill -9 during a stream of acknowledged reliable publishes, restart, repeat: every
+    acknowledged event is in the journal and reaches the resuming subscriber."""
+
+    async def main() -> None:
+        acked: set[bytes] = set()
+        received: set[bytes] = set()
+        async with connect(daemon.endpoint, heartbeat_s=0.2, name="survivor") as sb:
+            sub = await sb.subscribe("control.stream", "reliable").ready()
+
+            async def consume() -> None:
+                async for ev in sub:
+                    received.add(ev.id)
+
+            consumer = asyncio.create_task(consume())
+            try:
+                for cycle in range(_drain_kill_cycle_count()):
+                    async with connect(daemon.endpoint, heartbeat_s=0.2, name=f"pub{cycle}") as pb:
+                        stop = asyncio.Event()
+
+                        async def produce() -> None:
+                            n = 0
+                            while not stop.is_set():
+                                ev = await pb.publish("control.stream", {"cycle": cycle, "n": n},
+                                                      wait=False)
+                                fut = pb._unacked[-1][1]
+                                fut.add_done_callback(
+                                    lambda f, i=ev.id: acked.add(i) if not f.exception() else None
+                                )
+                                n += 1
+                                if n % 64 == 0:
+                                    await asyncio.sleep(0)
+
+                        producer = asyncio.create_task(produce())
+                        target = len(acked) + 300
+                        async with asyncio.timeout(20):
+                            while len(acked) < target:
+                                await asyncio.sleep(0.005)
+                        await asyncio.to_thread(daemon.kill9)
+                        stop.set()
+                        snapshot = set(acked)  # acked before the kill
+                        await asyncio.to_thread(daemon.start)
+                        await asyncio.wait_for(producer, 10)
+                        await pb.flush(timeout=20)  # unacked ones are re-sent after reconnect
+                    async with asyncio.timeout(30):
+                        while not snapshot <= received:
+                            await asyncio.sleep(0.01)
+                async with asyncio.timeout(30):
+                    while not acked <= received:
+                        await asyncio.sleep(0.01)
+            finally:
+                consumer.cancel()
+        assert acked and acked <= received
+
+    arun(main)
