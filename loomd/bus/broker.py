@@ -112,22 +112,25 @@ class Subscription:
         q = self.realtime or self.batched or self.reliable
         return len(q or ()) + len(self._ready)
 
-    def _drop(self, reason: str, n: int = 1) -> None:
+    def _drop(self, reason: str, topic: str, n: int = 1) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + n
-        self.broker.count_drop(self, reason, n)
+        self.broker.count_drop(topic, reason, n)
 
     def push(self, ev: Event, seq: int) -> bool:
         """Queue one event; return True if the reliable queue is now over its limit."""
-        if self.realtime is not None:
-            dropped = self.realtime.push(ev)
+        q = self.realtime
+        if q is not None:
+            # which topic loses an event: the oldest one queued, or this one's (keep_latest)
+            victim = q.peek().topic if len(q) >= q.maxlen else ev.topic
+            dropped = q.push(ev)
             if dropped:
-                self._drop("queue_full", dropped)
+                self._drop("queue_full", victim if q.policy == "drop_oldest" else ev.topic, dropped)
             self._wake()
             return False
         if self.batched is not None:
             now = self.broker.clock()
             if self.batched.push((seq, ev), now):
-                self._drop("sampled")
+                self._drop("sampled", ev.topic)
             if self.batched.due(now):
                 self._release_batch()
             elif self._batch_timer is None:
@@ -174,7 +177,7 @@ class Subscription:
             out = self.reliable.pop_many(n)
             if was_pressured and not self.reliable.pressured:
                 self.broker.release_credits()
-            if self.catching_up and len(self.reliable) < self.reliable.limit // 2:
+            if self.catching_up and len(self.reliable) <= self.reliable.limit // 2:
                 self.broker.continue_replay(self)
         else:
             out = [self._ready.popleft() for _ in range(min(n, len(self._ready)))]
@@ -376,7 +379,7 @@ class Broker:
         self._route(ev, seq, on_ack)
 
     def _journal_failed(self, ev: Event, exc: BaseException, on_ack: AckCallback | None) -> None:
-        self.drops["journal"] = self.drops.get("journal", 0) + 1
+        self.count_drop(ev.topic, "journal")
         log.error("journal write failed for %s: %s", ev.topic, exc)
         self.error("journal", f"journal write failed for {ev.topic}: {exc}")
         if on_ack is not None:
@@ -457,8 +460,9 @@ class Broker:
                 st = self.topics[topic] = TopicStats()
         return st
 
-    def count_drop(self, sub: Subscription, reason: str, n: int) -> None:
+    def count_drop(self, topic: str, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+        self._topic_stats(topic).dropped += n
 
     def count_out(self, items: list[tuple[int, Event]], sign: int = 1) -> None:
         self.events_out += sign * len(items)
@@ -472,7 +476,7 @@ class Broker:
     def error(self, code: str, message: str, **details: Any) -> None:
         """Publish a `loomd.error` event (rate limited so a flood of bad input stays cheap)."""
         if not self._error_budget.take():
-            self.drops["error_rate"] = self.drops.get("error_rate", 0) + 1
+            self.count_drop("loomd.error", "error_rate")
             return
         payload = {"code": code, "message": message, **details}
         self.publish(

@@ -93,7 +93,10 @@ class Event:
             "enc": "raw" if isinstance(payload, bytes | bytearray | memoryview) else "cbor",
             "meta": meta or {},
         }
-        return cls(topic, header, payload)
+        ev = cls(topic, header, payload)
+        if thread_id is None and correlation_id is None and reply_to is None and not meta:
+            ev._header_bytes = _fast_header(header)
+        return ev
 
     @classmethod
     def from_frames(
@@ -235,6 +238,41 @@ class Event:
         return f"Event(topic={self.topic!r}, id={self.id.hex()[:12]})"
 
 
+# Encoding a 13-key CBOR map costs more than everything else on the publish path, and
+# a plain event differs from the previous one only in id, thread_id and ts. So the
+# header is encoded once per shape with placeholders, and later events patch bytes.
+_ID_MARK = b"\x01" * 16
+_THREAD_MARK = b"\x02" * 16
+_TS_MARK = 0x7FEEDDCCBBAA9988  # >= 2**32, so CBOR uses the 8-byte form, as for any real ts
+_templates: dict[tuple[Any, ...], tuple[bytes, int, int, int]] = {}
+
+
+def _fast_header(header: dict[str, Any]) -> bytes:
+    key = (
+        header["type"],
+        header["sender"],
+        header["qos"],
+        header["enc"],
+        header["ttl"],
+        header["hop"],
+    )
+    tpl = _templates.get(key)
+    if tpl is None:
+        raw = cbor2.dumps({**header, "id": _ID_MARK, "thread_id": _THREAD_MARK, "ts": _TS_MARK})
+        ts_at = raw.index(_TS_MARK.to_bytes(8, "big"))
+        tpl = (raw, raw.index(_ID_MARK), raw.index(_THREAD_MARK), ts_at)
+        if len(_templates) > 256:
+            _templates.clear()
+        _templates[key] = tpl
+    raw, id_at, thread_at, ts_at = tpl
+    buf = bytearray(raw)
+    eid = header["id"]
+    buf[id_at : id_at + 16] = eid
+    buf[thread_at : thread_at + 16] = eid
+    buf[ts_at : ts_at + 8] = header["ts"].to_bytes(8, "big")
+    return bytes(buf)
+
+
 def decode_header(data: bytes) -> dict[str, Any]:
     """Decode and check a header; raise ProtocolError on anything off-contract."""
     try:
@@ -253,8 +291,12 @@ def decode_header(data: bytes) -> dict[str, Any]:
     if type(ttl) is not int or type(hop) is not int or not 0 <= hop <= 255 or not -1 <= ttl <= 255:
         raise ProtocolError("malformed header", "ttl and hop must be small integers")
     qos = hdr.get("qos", QoS.RELIABLE)
-    if qos not in QOS_VALUES:
+    if not isinstance(qos, str) or qos not in QOS_VALUES:
         raise ProtocolError("malformed header", f"unknown qos {qos!r}")
+    for key in ("id", "thread_id", "correlation_id"):
+        value = hdr.get(key)
+        if value is not None and not isinstance(value, bytes):
+            raise ProtocolError("malformed header", f"{key} must be bytes")
     if hdr.get("enc", "cbor") not in ("cbor", "raw"):
         raise ProtocolError("malformed header", f"unknown body encoding {hdr.get('enc')!r}")
     return hdr

@@ -14,7 +14,7 @@ from loomd.errors import ProtocolError
 
 MAX_TOPIC_BYTES = 255
 MAX_SEGMENTS = 32
-_BAD_CHARS = frozenset(" \t\r\n\x00/+")
+_BAD_CHARS = frozenset("/+\x7f")
 
 K = TypeVar("K", bound=Hashable)
 
@@ -30,8 +30,8 @@ def _check_segments(name: str, what: str, *, wildcards: bool) -> list[str]:
     for part in parts:
         if not part:
             raise ProtocolError(f"invalid {what}", f"{name!r} has an empty segment")
-        if _BAD_CHARS.intersection(part):
-            raise ProtocolError(f"invalid {what}", f"{name!r} contains whitespace, '/', '+' or NUL")
+        if _BAD_CHARS.intersection(part) or any(c.isspace() or c < " " for c in part):
+            raise ProtocolError(f"invalid {what}", f"{name!r} contains whitespace, a control character, '/' or '+'")
         if part in ("*", "#"):
             if not wildcards:
                 raise ProtocolError(f"invalid {what}", f"{name!r}: wildcards only in patterns")

@@ -11,6 +11,7 @@ Layout (big-endian):
     event    0x01 | topic_len u8 | topic | header_len u32 | header (CBOR) | body
     control  0x02 | CBOR map
     delivery 0x03 | sid u32 | seq i64 | flags u8 | then as an event after its kind byte
+    batch    0x04 | (len u32 | event or delivery frame)*   several messages in one frame
 The topic stays first after the kind byte, so a prefix match on bytes still works.
 """
 
@@ -26,6 +27,7 @@ from loomd.errors import ProtocolError
 EVENT = 0x01
 CONTROL = 0x02
 DELIVERY = 0x03
+BATCH = 0x04
 
 _TAG = struct.Struct(">BIqB")  # kind, sid, seq, flags
 _HLEN = struct.Struct(">I")
@@ -97,3 +99,35 @@ def unpack_control(data: bytes) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise ProtocolError("malformed control message", "not a CBOR map")
     return msg
+
+
+_LEN = struct.Struct(">I")
+
+
+def pack_batch(frames: list[bytes]) -> bytes:
+    """Several event or delivery frames in one: the per-message cost of ZeroMQ and of the
+    Python calls around it is paid once per batch (see docs/design/wire.md)."""
+    parts = [b"\x04"]
+    pack = _LEN.pack
+    for f in frames:
+        parts.append(pack(len(f)))
+        parts.append(f)
+    return b"".join(parts)
+
+
+def unpack_batch(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    pos, end = 1, len(data)
+    unpack = _LEN.unpack_from
+    while pos < end:
+        if pos + 4 > end:
+            raise ProtocolError("truncated frame", "batch length cut")
+        (n,) = unpack(data, pos)
+        pos += 4
+        if n == 0 or pos + n > end:
+            raise ProtocolError("truncated frame", f"batch item of {n} bytes at {pos}")
+        out.append(data[pos : pos + n])
+        pos += n
+    if not out:
+        raise ProtocolError("truncated frame", "empty batch")
+    return out

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/loomd/bus.sock"
 RECV_BATCH = 1024
+OUTBOX_MAX = 256  # events per outgoing batch frame
+OUTBOX_BYTES = 64 * 1024
 
 
 def default_endpoint() -> str:
@@ -40,11 +42,19 @@ def default_endpoint() -> str:
     env = os.environ.get("LOOMD_SOCKET")
     if env:
         return env
-    if Path(DEFAULT_SOCKET).exists():
+    if _exists(Path(DEFAULT_SOCKET)):
         return DEFAULT_SOCKET
     from loomd.config import Settings  # the same resolution rules as the daemon
 
     return str(Settings().bus_socket)
+
+
+def _exists(path: Path) -> bool:
+    """True also when we may not look: /run/loomd is 0750, so outsiders get EACCES."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return True
 
 
 def to_endpoint(where: str) -> str:
@@ -56,7 +66,7 @@ def check_reachable(endpoint: str) -> None:
     if not endpoint.startswith("ipc://"):
         return
     path = Path(endpoint[len("ipc://") :])
-    if not path.exists():
+    if not _exists(path):
         raise NotRunning(f"loomd is not running (no socket at {path})")
     if not os.access(path, os.R_OK | os.W_OK):
         raise PermissionDenied(
@@ -217,6 +227,9 @@ class Client:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._kick = asyncio.Event()
+        self._outbox: list[bytes] = []
+        self._outbox_reliable = 0
+        self._outbox_bytes = 0
         self._monitor: zmq.Socket[bytes] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -345,18 +358,41 @@ class Client:
         )
         frame = ev.to_wire()
         if qos != QoS.RELIABLE:
-            self._send_event(frame)
+            self._queue_frame(frame, reliable=False)
             return ev
         while len(self._unacked) >= self.credit_window:
             self._credit.clear()
             await self._credit.wait()
         fut: asyncio.Future[None] = self.loop.create_future()
         self._unacked.append((frame, fut))
-        if self._unsent or not self._send_event(frame, count_drop=False):
+        if self._unsent:
             self._unsent += 1
+        else:
+            self._queue_frame(frame, reliable=True)
         if wait:
             await fut
         return ev
+
+    def _queue_frame(self, frame: bytes, reliable: bool) -> None:
+        """Events leave in batches: everything published in one loop turn goes in one frame."""
+        if not self._outbox:
+            self.loop.call_soon(self._flush_outbox)
+        self._outbox.append(frame)
+        self._outbox_reliable += reliable
+        self._outbox_bytes += len(frame)
+        if len(self._outbox) >= OUTBOX_MAX or self._outbox_bytes >= OUTBOX_BYTES:
+            self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        box = self._outbox
+        if not box or self._sock is None:
+            return
+        reliable = self._outbox_reliable
+        self._outbox, self._outbox_reliable, self._outbox_bytes = [], 0, 0
+        frame = box[0] if len(box) == 1 else wire.pack_batch(box)
+        if not self._send_event(frame, count_drop=False):
+            self.dropped += len(box) - reliable  # realtime: the publisher never waits
+            self._unsent += reliable  # reliable: re-sent in order once the daemon is back
 
     def _send_event(self, frame: bytes, count_drop: bool = True) -> bool:
         assert self._sock is not None
@@ -460,6 +496,7 @@ class Client:
     def _send_ctl(self, msg: dict[str, Any]) -> bool:
         if self._sock is None:
             return False
+        self._flush_outbox()  # control messages never overtake earlier publishes
         return self._send_event(wire.pack_control(msg), count_drop=False)
 
     # -- receiving ----------------------------------------------------------------------------
@@ -487,7 +524,10 @@ class Client:
 
     def _handle(self, frame: bytes) -> None:
         kind = frame[0] if frame else -1
-        if kind == wire.DELIVERY:
+        if kind == wire.BATCH:
+            for item in wire.unpack_batch(frame):
+                self._handle(item)
+        elif kind == wire.DELIVERY:
             sid, seq, topic, header, body = wire.unpack_delivery(frame)
             sub = self._subs.get(sid)
             if sub is not None:
@@ -578,6 +618,9 @@ class Client:
                 self.connected = False
 
     async def _resync(self, ping: dict[str, Any]) -> None:
+        # Unsent realtime events are stale by now; unacked reliable ones are re-sent below.
+        self.dropped += len(self._outbox) - self._outbox_reliable
+        self._outbox, self._outbox_reliable, self._outbox_bytes = [], 0, 0
         hello = await self._hello()
         self.boot_id = hello["boot_id"]
         self.credit_window = int(hello.get("credit_window", self.credit_window))
