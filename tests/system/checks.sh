@@ -1,0 +1,283 @@
+#!/bin/bash
+# The checks of scripts/system-test, run INSIDE the booted container (systemd
+# is PID 1 there), one per call:  bash checks.sh NAME
+# A check prints what it saw; its last line is the summary shown by the host.
+# Exit 0 = pass. Every wait has a deadline; nothing here leaves the container.
+set -uo pipefail
+
+REPO_DIR=/srv/loomd-apt         # the signed repository, bind-mounted read-only
+HTTP_PORT=8765                  # served on the container's own loopback
+CONF=/etc/loomd/loomd.toml
+STATUS_TIMEOUT=${STATUS_TIMEOUT:-20}
+
+fail() { echo "$*"; exit 1; }
+say() { echo "$*"; }
+
+# wait_for SECONDS COMMAND...: poll every 0.2 s until COMMAND succeeds.
+wait_for() {
+    local deadline=$(( $(date +%s) + $1 )); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt $deadline ] || return 1
+        sleep 0.2
+    done
+}
+
+prop() { systemctl show -p "$1" --value loomd.service; }
+
+# The daemon's main pid, only if it is a real process of loomd.service.
+main_pid() {
+    local pid
+    pid=$(prop MainPID)
+    case $pid in ''|*[!0-9]*) return 1 ;; esac
+    [ "$pid" -gt 1 ] || return 1
+    grep -q 'loomd.service' "/proc/$pid/cgroup" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+is_active() { [ "$(systemctl is-active loomd.service)" = active ]; }
+
+wait_active() {
+    wait_for "${1:-30}" is_active || fail "loomd.service is $(systemctl is-active loomd.service) after ${1:-30}s: $(journalctl -u loomd -n 5 -o cat --no-pager | tr '\n' '|')"
+}
+
+as_user() { local u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups env HOME="/home/$u" "$@"; }
+
+status_json() { loomctl --timeout 5 status --json; }
+
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+cursor() { journalctl --show-cursor -n 0 -q 2>/dev/null | sed -n 's/^-- cursor: //p'; }
+journal_since() { journalctl -u loomd.service --after-cursor="$1" -o cat --no-pager; }
+
+# Set daemon.device_id in the config, keeping everything else.
+set_device_id() {
+    python3 - "$CONF" "$1" <<'EOF'
+import re, sys
+path, value = sys.argv[1], sys.argv[2]
+text = open(path).read()
+line = f'device_id = "{value}"'
+head = re.search(r"^\[daemon\][^\n]*\n", text, re.M)
+new, n = re.subn(r'^#?\s*device_id\s*=.*$', line, text, count=1, flags=re.M)
+if n == 0:
+    new = text[: head.end()] + line + "\n" + text[head.end():] if head else text + f"\n[daemon]\n{line}\n"
+open(path, "w").write(new)
+EOF
+}
+
+# --- 1. apt install loomd by name from the signed repository -------------------
+check_install() {
+    install -m 0644 "$REPO_DIR/loomd-archive-keyring.gpg" /usr/share/keyrings/
+    # The container has no network but loopback: only our repository.
+    rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
+    cat > /etc/apt/sources.list.d/loomd.sources <<EOF
+Types: deb
+URIs: http://127.0.0.1:$HTTP_PORT/
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/loomd-archive-keyring.gpg
+EOF
+    systemd-run --quiet --unit=loomd-apt-http --property=DynamicUser=yes \
+        /usr/bin/python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory "$REPO_DIR" \
+        || fail "could not start the repository's HTTP server"
+    wait_for 10 python3 -c "import socket; socket.create_connection(('127.0.0.1', $HTTP_PORT), 1)" \
+        || fail "repository HTTP server not listening on 127.0.0.1:$HTTP_PORT"
+    apt-get update -q 2>&1 | tail -n 3
+    # apt keeps an InRelease only once its signature checked out.
+    ls /var/lib/apt/lists/127.0.0.1*_InRelease >/dev/null 2>&1 \
+        || fail "apt-get update did not accept the signed InRelease"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q loomd > /tmp/apt-install.log 2>&1 \
+        || { tail -n 15 /tmp/apt-install.log; fail "apt-get install loomd failed"; }
+    local version origin
+    version=$(dpkg-query -W -f '${Version}' loomd) || fail "loomd not installed"
+    origin=$(apt-cache policy loomd | grep -m1 -o "http://127.0.0.1:${HTTP_PORT}[^ ]*")
+    [ -n "$origin" ] || fail "apt-cache policy does not show the repository"
+    say "installed loomd $version by name from $origin (signed, InRelease)"
+}
+
+# --- 2. the service: active, enabled, READY, socket and directories -----------
+check_service() {
+    wait_active 30
+    local enabled status f want got
+    enabled=$(systemctl is-enabled loomd.service)
+    [ "$enabled" = enabled ] || fail "is-enabled says $enabled"
+    status=$(prop StatusText)
+    [ -n "$status" ] || fail "no STATUS= from the daemon (StatusText empty)"
+    [ "$(prop Type)" = notify ] || fail "Type is $(prop Type)"
+    wait_for 10 test -S /run/loomd/bus.sock || fail "/run/loomd/bus.sock missing"
+    got=$(stat -c '%a %U %G %F' /run/loomd/bus.sock)
+    [ "$got" = "660 loomd loomd socket" ] || fail "bus.sock is '$got', want '660 loomd loomd socket'"
+    for f in /var/lib/loomd /var/cache/loomd /run/loomd; do
+        got=$(stat -c '%a %U %G' "$f" 2>&1)
+        [ "$got" = "750 loomd loomd" ] || fail "$f is '$got', want '750 loomd loomd'"
+    done
+    for f in /etc/loomd:"750 root loomd" $CONF:"640 root loomd"; do
+        want=${f#*:}; f=${f%%:*}
+        got=$(stat -c '%a %U %G' "$f" 2>&1)
+        [ "$got" = "$want" ] || fail "$f is '$got', want '$want'"
+    done
+    id -nG loomd | grep -qw audio || fail "user loomd is not in group audio"
+    got=$(systemd-analyze verify --man=no loomd.service 2>&1)
+    [ -z "$got" ] || fail "systemd-analyze verify (installed): $got"
+    python3 -c 'import urllib.request; r = urllib.request.urlopen("http://127.0.0.1:9478/metrics", timeout=5); assert r.status == 200' \
+        || fail "no metrics on http://127.0.0.1:9478/metrics"
+    say "active+enabled, READY with STATUS=\"$status\"; bus.sock 0660 loomd:loomd; state/cache/run dirs loomd:loomd 0750; metrics on 127.0.0.1:9478"
+}
+
+# --- 3. loomctl: group members may, others are refused ----------------------------
+check_loomctl() {
+    getent passwd alice >/dev/null || useradd --create-home --groups loomd alice
+    getent passwd bob >/dev/null || useradd --create-home bob
+    local out rc payload sub_pid
+    out=$(loomctl status 2>&1) || fail "loomctl status as root failed: $out"
+    out=$(as_user alice loomctl status 2>&1) || fail "loomctl status as alice (group loomd) failed: $out"
+    # sub in the background, pub until it has seen one event (no race on
+    # when the subscription is registered), both with deadlines.
+    payload="{\"n\": $RANDOM, \"who\": \"alice\"}"
+    as_user alice timeout 20 loomctl sub 'systest.#' --count 1 --json > /tmp/sub.out 2>&1 &
+    sub_pid=$!
+    for _ in $(seq 1 50); do
+        kill -0 $sub_pid 2>/dev/null || break
+        as_user alice loomctl pub systest.ping "$payload" > /tmp/pub.out 2>&1 \
+            || { cat /tmp/pub.out; fail "loomctl pub as alice failed"; }
+        sleep 0.3
+    done
+    wait $sub_pid; rc=$?
+    [ $rc = 0 ] || { cat /tmp/sub.out; fail "loomctl sub as alice exited $rc"; }
+    grep -q '"who": *"alice"' /tmp/sub.out || { cat /tmp/sub.out; fail "sub did not print the published payload"; }
+    out=$(as_user bob loomctl status 2>&1); rc=$?
+    [ $rc != 0 ] || fail "loomctl status as bob (not in group loomd) succeeded: $out"
+    [ "$(printf '%s\n' "$out" | wc -l)" = 1 ] || fail "refusal is not one line: $out"
+    printf '%s' "$out" | grep -qi 'permission denied' || fail "refusal does not say permission denied: $out"
+    printf '%s' "$out" | grep -q 'loomd' || fail "refusal does not name the group loomd: $out"
+    out=$(as_user bob loomctl pub systest.ping '{}' 2>&1) && fail "loomctl pub as bob succeeded"
+    say "status+pub/sub work as root and alice (group loomd); bob refused (exit $rc): $(as_user bob loomctl status 2>&1)"
+}
+
+# --- 4. the sandbox as the kernel sees it ---------------------------------------
+check_hardening() {
+    local pid st f v
+    pid=$(main_pid) || fail "no main pid"
+    st=/proc/$pid/status
+    for f in CapInh CapPrm CapEff CapBnd CapAmb; do
+        v=$(awk -v k="$f:" '$1 == k { print $2 }' "$st")
+        [ "$v" = 0000000000000000 ] || fail "$f is $v"
+    done
+    v=$(awk '$1 == "NoNewPrivs:" { print $2 }' "$st"); [ "$v" = 1 ] || fail "NoNewPrivs is $v"
+    v=$(awk '$1 == "Seccomp:" { print $2 }' "$st"); [ "$v" = 2 ] || fail "Seccomp is $v (2 = filter)"
+    v=$(awk '$1 == "Uid:" { print $2 }' "$st"); [ "$v" = "$(id -u loomd)" ] || fail "runs as uid $v"
+    say "pid $pid: uid loomd, all capability sets 0, NoNewPrivs 1, Seccomp 2 (filter)"
+}
+
+# --- 5. a frozen daemon is restarted by the watchdog ------------------------------
+check_watchdog() {
+    local dropin=/run/systemd/system/loomd.service.d/50-systest-watchdog.conf
+    local pid new restarts c t0 t1
+    mkdir -p "${dropin%/*}"
+    printf '[Service]\nWatchdogSec=3s\n' > "$dropin"
+    systemctl daemon-reload
+    systemctl reset-failed loomd.service
+    systemctl restart loomd.service || fail "restart with WatchdogSec=3s failed"
+    wait_active 30
+    [ "$(prop WatchdogUSec)" = 3s ] || fail "WatchdogUSec is $(prop WatchdogUSec)"
+    sleep 4   # outlive one watchdog period while healthy: pings arrive
+    pid=$(main_pid) || fail "no main pid while healthy (watchdog fired with the loop running?)"
+    restarts=$(prop NRestarts)
+    c=$(cursor)
+    t0=$(date +%s)
+    kill -STOP "$pid"
+    restarted() { new=$(main_pid) && [ "$new" != "$pid" ] && is_active; }
+    wait_for 45 restarted || fail "not restarted within 45s (state $(systemctl is-active loomd), pid $(prop MainPID))"
+    t1=$(date +%s)
+    new=$(main_pid)
+    [ "$(prop NRestarts)" = $((restarts + 1)) ] || fail "NRestarts $(prop NRestarts), want $((restarts + 1))"
+    journal_since "$c" | grep -q 'Watchdog timeout' \
+        || journalctl --after-cursor="$c" --no-pager -o cat | grep -qi 'watchdog timeout' \
+        || fail "no 'Watchdog timeout' in the journal"
+    rm -f "$dropin"
+    systemctl daemon-reload
+    systemctl reset-failed loomd.service
+    systemctl restart loomd.service
+    wait_active 30
+    say "SIGSTOP pid $pid under WatchdogSec=3s: watchdog timeout, restarted as pid $new after $((t1 - t0))s (NRestarts $restarts -> $((restarts + 1)))"
+}
+
+# --- 6. reload applies a change without a restart; a broken config is refused ---
+check_reload() {
+    local pid restarts id c before after out
+    pid=$(main_pid) || fail "no main pid"
+    restarts=$(prop NRestarts)
+    cp "$CONF" /root/loomd.toml.orig
+    id=systest-$RANDOM
+    set_device_id "$id"
+    before=$(status_json | json_field reloads) || fail "loomctl status --json failed"
+    systemctl reload loomd.service || fail "systemctl reload failed"
+    got_id() { [ "$(status_json | json_field device_id)" = "$id" ]; }
+    wait_for "$STATUS_TIMEOUT" got_id || fail "device_id is $(status_json | json_field device_id), want $id after reload"
+    [ "$(status_json | json_field pid)" = "$pid" ] || fail "pid changed: $(status_json | json_field pid) != $pid"
+    after=$(status_json | json_field reloads)
+    [ "$after" -gt "$before" ] || fail "reloads counter $before -> $after"
+
+    c=$(cursor)
+    printf '[bus]\nmax_frame_bytes = -1\n' > "$CONF"
+    systemctl reload loomd.service || fail "systemctl reload (broken config) failed"
+    logged() { journal_since "$c" | grep -q 'reload failed'; }
+    wait_for 15 logged || fail "no 'reload failed' in the journal: $(journal_since "$c" | tail -n 3 | tr '\n' '|')"
+    out=$(journal_since "$c" | grep -m1 'reload failed')
+    sleep 1
+    is_active || fail "daemon not active after a broken reload"
+    [ "$(main_pid)" = "$pid" ] || fail "daemon restarted after a broken reload"
+    [ "$(status_json | json_field device_id)" = "$id" ] || fail "running configuration changed by a broken reload"
+    [ "$(prop NRestarts)" = "$restarts" ] || fail "NRestarts changed"
+
+    cp /root/loomd.toml.orig "$CONF"
+    systemctl reload loomd.service
+    say "device_id -> $id live (pid $pid, reloads $before -> $after); broken config kept the old one: \"$out\""
+}
+
+# --- 7. stop drains within the timeout; the journal tells the story --------------
+check_stop() {
+    local c t0 t1 limit result journal start stop
+    c=$(cursor)
+    limit=$(prop TimeoutStopUSec)
+    t0=$(date +%s%N)
+    systemctl stop loomd.service || fail "systemctl stop failed"
+    t1=$(date +%s%N)
+    result=$(prop Result)
+    [ "$result" = success ] || fail "Result=$result (timeout = killed at TimeoutStopSec)"
+    [ "$(prop ExecMainStatus)" = 0 ] || fail "exit status $(prop ExecMainStatus)"
+    [ ! -e /run/loomd ] || fail "/run/loomd left behind"
+    journal=$(journalctl -u loomd.service -o cat --no-pager)
+    start=$(printf '%s\n' "$journal" | grep -m1 -E 'loomd [0-9][^ ]* ready') \
+        || fail "no start line 'loomd <version> ready...' in journalctl -u loomd"
+    stop=$(journal_since "$c" | grep -m1 'loomd stopped') \
+        || fail "no 'loomd stopped' line: $(journal_since "$c" | tail -n 3 | tr '\n' '|')"
+    # Structured entries (systemd-python's JournalHandler), not just stderr text.
+    [ -n "$(journalctl -u loomd.service LOGGER=loomd.daemon -n 1 -o cat --no-pager)" ] \
+        || fail "journal entries carry no LOGGER= field (systemd-python not used?)"
+    say "stopped in $(( (t1 - t0) / 1000000 )) ms (limit $limit), exit 0; journal: \"$start\" ... \"$stop\""
+}
+
+# --- 8. purge leaves nothing behind ------------------------------------------------
+check_purge() {
+    local left=() p f
+    systemctl start loomd.service || fail "start before purge failed"
+    wait_active 30
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd > /tmp/apt-purge.log 2>&1 \
+        || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge failed"; }
+    p=$(dpkg-query -W -f '${db:Status-Status}' loomd 2>/dev/null || echo not-installed)
+    [ "$p" = not-installed ] || fail "dpkg says loomd is $p"
+    for f in /lib/systemd/system/loomd.service /usr/lib/systemd/system/loomd.service \
+        /etc/systemd/system/multi-user.target.wants/loomd.service /etc/loomd /var/lib/loomd \
+        /var/cache/loomd /run/loomd /usr/lib/loomd /usr/bin/loomd /usr/bin/loomctl; do
+        [ -e "$f" ] || [ -L "$f" ] && left+=("$f")
+    done
+    [ "$(prop LoadState)" = not-found ] || left+=("unit LoadState=$(prop LoadState)")
+    p=$(pgrep -u loomd || true)
+    [ -z "$p" ] || left+=("processes of loomd: $p")
+    f=$(find / -xdev -user loomd 2>/dev/null; find /run /tmp /var/tmp -user loomd 2>/dev/null)
+    [ -z "$f" ] || left+=("files of loomd: $f")
+    [ ${#left[@]} = 0 ] || fail "left behind: ${left[*]}"
+    say "purged: no unit, no /etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
+}
+
+"check_${1:?usage: checks.sh NAME}"
