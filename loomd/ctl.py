@@ -72,7 +72,8 @@ def format_status(st: dict[str, Any]) -> str:
         f"  config:        {st.get('config_path') or 'built-in defaults'}",
         f"  endpoints:     {', '.join(st.get('endpoints', []))}",
         f"  clients:       {len(st.get('clients', {}))}",
-        f"  events:        {st['events_in']} in, {st['events_out']} out, {drops} dropped"
+        f"  events:        {st['events_in']} in, {st['events_out']} out, {drops} dropped; "
+        f"now {st['rates']['in_per_s']:.0f}/s in, {st['rates']['out_per_s']:.0f}/s out"
         + (f" ({_dumps(st['drops'])})" if drops else ""),
         f"  rejected:      {sum(st.get('rejected', {}).values())} frames"
         + (f" ({_dumps(st['rejected'])})" if st.get("rejected") else ""),

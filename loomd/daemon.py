@@ -110,6 +110,8 @@ class Daemon:
         self.notifier = Notifier()
         self.started = time.monotonic()
         self.reloads = 0
+        self.rate_in = 0.0
+        self.rate_out = 0.0
         self.lag = LoopLag()
         self.latency = Histogram()
         self.state: State | None = None
@@ -287,13 +289,24 @@ class Daemon:
         drops = sum(b.drops.values())
         return (
             f"{len(srv.sessions)} clients, {len(list(b.subscriptions()))} subscriptions, "
-            f"{b.events_in} events in, {drops} dropped, loop lag {self.lag.last_ms:.1f} ms"
+            f"{b.events_in} events in ({self.rate_in:.0f}/s), {drops} dropped, "
+            f"loop lag {self.lag.last_ms:.1f} ms"
         )
 
     async def _status_loop(self) -> None:
+        """Once a second: event rates (a moving average over ~5 s); every 5 s: STATUS=."""
+        last_in = last_out = 0
+        tick = 0
         while True:
-            await asyncio.sleep(5)
-            self.notifier.status(self.summary())
+            await asyncio.sleep(1.0)
+            if self.broker is not None:
+                b = self.broker
+                self.rate_in += 0.2 * ((b.events_in - last_in) - self.rate_in)
+                self.rate_out += 0.2 * ((b.events_out - last_out) - self.rate_out)
+                last_in, last_out = b.events_in, b.events_out
+            tick += 1
+            if tick % 5 == 0:
+                self.notifier.status(self.summary())
 
     def _observe_latency(self, ns: int) -> None:
         self.latency.observe(ns / 1e9)
@@ -312,6 +325,7 @@ class Daemon:
             "clients": {s.ident.hex(): s.info() for s in self.server.sessions.values()},
             "events_in": bstats["events_in"],
             "events_out": bstats["events_out"],
+            "rates": {"in_per_s": round(self.rate_in, 1), "out_per_s": round(self.rate_out, 1)},
             "drops": bstats["drops"],
             "rejected": bstats["rejected"],
             "topics": bstats["topics"],

@@ -157,7 +157,11 @@ class Subscription:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
-        self._ready.extend(self.batched.take())
+        ready = self._ready
+        ready.extend(self.batched.take())
+        excess = len(ready) - max(self.batched.budget, self.batched.batch_max)  # stalled reader
+        for _ in range(excess):
+            self._drop("queue_full", ready.popleft()[1].topic)
         self._wake()
 
     def pending(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import OrderedDict, deque
 from typing import Generic, Protocol, TypeVar
 
@@ -68,40 +67,41 @@ class RealtimeQueue(Generic[E]):
 
 
 class BatchedQueue(Generic[T]):
-    """Collects events and releases them as a batch of `batch_max` or after `interval_s`.
+    """Collects events and releases them as a batch of `batch_max`, or `interval_s` after
+    the first event of a batch.
 
-    Over `budget` events in one interval, a uniform random sample of `budget` is kept
-    (reservoir sampling, arrival order restored at release); the rest count as sampled out.
+    `budget` is how many events one interval may carry. Past it, the queue samples:
+    the n-th event of the interval is kept only if n is a multiple of ceil(n / budget),
+    so a flood is thinned more and more (every 2nd, then every 3rd, ...) instead of
+    cut off; the rest are reported as sampled out.
     """
 
-    __slots__ = ("_buf", "_rng", "_seen", "_started", "batch_max", "budget", "interval_s")
+    __slots__ = ("_buf", "_started", "_win_n", "_win_start", "batch_max", "budget", "interval_s")
 
-    def __init__(
-        self, batch_max: int, interval_s: float, budget: int, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, batch_max: int, interval_s: float, budget: int) -> None:
         self.batch_max = batch_max
         self.interval_s = interval_s
-        self.budget = max(budget, batch_max)
-        self._buf: list[tuple[int, T]] = []
-        self._seen = 0
+        self.budget = budget
+        self._buf: list[T] = []
         self._started: float | None = None
-        self._rng = rng or random.Random()
+        self._win_start = float("-inf")
+        self._win_n = 0
 
     def __len__(self) -> int:
         return len(self._buf)
 
     def push(self, item: T, now: float) -> int:
-        """Add one event; return 1 if an event was sampled out, else 0."""
+        """Add one event; return 1 if it was sampled out, else 0."""
+        if now - self._win_start >= self.interval_s:
+            self._win_start, self._win_n = now, 0
+        self._win_n += 1
+        n = self._win_n
+        if n > self.budget and n % -(-n // self.budget):
+            return 1
         if self._started is None:
             self._started = now
-        self._seen += 1
-        if len(self._buf) < self.budget:
-            self._buf.append((self._seen, item))
-            return 0
-        j = self._rng.randrange(self._seen)
-        if j < self.budget:
-            self._buf[j] = (self._seen, item)
-        return 1
+        self._buf.append(item)
+        return 0
 
     def due(self, now: float) -> bool:
         if not self._buf:
@@ -114,13 +114,8 @@ class BatchedQueue(Generic[T]):
         return None if self._started is None or not self._buf else self._started + self.interval_s
 
     def take(self) -> list[T]:
-        """Release everything buffered (in arrival order) and start a new interval."""
-        if self._seen > len(self._buf):  # sampling replaced slots: restore arrival order
-            self._buf.sort(key=lambda pair: pair[0])
-        items = [item for _, item in self._buf]
-        self._buf = []
-        self._seen = 0
-        self._started = None
+        """Release everything buffered (in arrival order) and start a new batch."""
+        items, self._buf, self._started = self._buf, [], None
         return items
 
 

@@ -31,7 +31,9 @@ def _check_segments(name: str, what: str, *, wildcards: bool) -> list[str]:
         if not part:
             raise ProtocolError(f"invalid {what}", f"{name!r} has an empty segment")
         if _BAD_CHARS.intersection(part) or any(c.isspace() or c < " " for c in part):
-            raise ProtocolError(f"invalid {what}", f"{name!r} contains whitespace, a control character, '/' or '+'")
+            raise ProtocolError(
+                f"invalid {what}", f"{name!r} contains whitespace, a control character, '/' or '+'"
+            )
         if part in ("*", "#"):
             if not wildcards:
                 raise ProtocolError(f"invalid {what}", f"{name!r}: wildcards only in patterns")

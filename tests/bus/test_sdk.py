@@ -33,7 +33,10 @@ async def status(bus: Client) -> dict[str, Any]:
 
 def test_pub_sub_every_qos_and_raw_bytes(daemon: LoomdProcess) -> None:
     async def main() -> None:
-        async with connect(daemon.endpoint, name="sub") as sb, connect(daemon.endpoint, name="pub") as pb:
+        async with (
+            connect(daemon.endpoint, name="sub") as sb,
+            connect(daemon.endpoint, name="pub") as pb,
+        ):
             rt = await sb.subscribe("sensor.*.temp", "realtime").ready()
             rel = await sb.subscribe("control.#", "reliable").ready()
             bat = await sb.subscribe("telemetry.#", "batched").ready()
@@ -59,7 +62,10 @@ def test_pub_sub_every_qos_and_raw_bytes(daemon: LoomdProcess) -> None:
 
 def test_request_reply_and_timeout(daemon: LoomdProcess) -> None:
     async def main() -> None:
-        async with connect(daemon.endpoint, name="agent") as agent, connect(daemon.endpoint) as caller:
+        async with (
+            connect(daemon.endpoint, name="agent") as agent,
+            connect(daemon.endpoint) as caller,
+        ):
             inbox = await agent.subscribe("agent.calc.inbox", "reliable").ready()
 
             async def serve() -> None:
@@ -81,9 +87,10 @@ def test_request_reply_and_timeout(daemon: LoomdProcess) -> None:
 
 def test_reconnect_across_daemon_restart(daemon: LoomdProcess) -> None:
     async def main() -> None:
-        async with connect(daemon.endpoint, heartbeat_s=0.2) as sb, connect(
-            daemon.endpoint, heartbeat_s=0.2
-        ) as pb:
+        async with (
+            connect(daemon.endpoint, heartbeat_s=0.2) as sb,
+            connect(daemon.endpoint, heartbeat_s=0.2) as pb,
+        ):
             sub = await sb.subscribe("control.door.#", "reliable").ready()
             await pb.publish("control.door.front", "before")
             assert (await sub.get(5)).payload == "before"
@@ -144,9 +151,16 @@ def test_fuzzed_frames_are_rejected_and_the_bus_keeps_working(daemon: LoomdProce
             st = await status(watch)
             rejected = st["rejected"]
             assert sum(rejected.values()) >= 11
-            for reason in ("malformed header", "unsupported protocol version", "bad frame count",
-                           "invalid topic", "frame too large", "malformed control message",
-                           "truncated frame", "unknown frame kind"):
+            for reason in (
+                "malformed header",
+                "unsupported protocol version",
+                "bad frame count",
+                "invalid topic",
+                "frame too large",
+                "malformed control message",
+                "truncated frame",
+                "unknown frame kind",
+            ):
                 assert rejected.get(reason, 0) >= 1, (reason, rejected)
             # the raw client got error replies, and the daemon still serves everyone
             assert raw.poll(5000)
@@ -168,14 +182,19 @@ def _stalled_subscriber(endpoint: str, pattern: str, qos: str) -> zmq.Socket[byt
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100)
     sock.connect(endpoint)
-    sock.send(wire.pack_control({"op": "sub", "sid": 1, "pattern": pattern, "qos": qos,
-                                 "window": 64, "rid": 1}))
+    sock.send(
+        wire.pack_control(
+            {"op": "sub", "sid": 1, "pattern": pattern, "qos": qos, "window": 64, "rid": 1}
+        )
+    )
     assert sock.poll(5000)
     assert wire.unpack_control(sock.recv())["ok"]
     return sock
 
 
-def test_realtime_flood_into_stalled_subscriber_is_bounded_and_counted(daemon: LoomdProcess) -> None:
+def test_realtime_flood_into_stalled_subscriber_is_bounded_and_counted(
+    daemon: LoomdProcess,
+) -> None:
     async def main() -> None:
         stalled = _stalled_subscriber(daemon.endpoint, "flood.#", "realtime")
         async with connect(daemon.endpoint, name="flooder") as pb:
@@ -205,11 +224,13 @@ def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProce
     daemon.restart()
 
     async def main() -> None:
-        async with connect(daemon.endpoint, name="consumer") as cb, connect(
-            daemon.endpoint, name="producer"
-        ) as pb:
+        async with (
+            connect(daemon.endpoint, name="consumer") as cb,
+            connect(daemon.endpoint, name="producer") as pb,
+        ):
             sub = cb.subscribe("work.#", "reliable", window=50)
             await sub.ready()
+
             # The subscriber does not read yet: the daemon fills 50 in flight + 500 queued,
             # then withholds credits; 100 more are in the publisher's window.
             async def produce() -> int:
@@ -264,8 +285,9 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
                         async def produce() -> None:
                             n = 0
                             while not stop.is_set():
-                                ev = await pb.publish("control.stream", {"cycle": cycle, "n": n},
-                                                      wait=False)
+                                ev = await pb.publish(
+                                    "control.stream", {"cycle": cycle, "n": n}, wait=False
+                                )
                                 fut = pb._unacked[-1][1]
                                 fut.add_done_callback(
                                     lambda f, i=ev.id: acked.add(i) if not f.exception() else None
@@ -294,5 +316,55 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
             finally:
                 consumer.cancel()
         assert acked and acked <= received
+
+    arun(main)
+
+
+def test_tcp_endpoint_on_loopback(loomd_proc: LoomdProcess) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    loomd_proc.write_config(f"[bus]\ntcp_enabled = true\ntcp_port = {port}\n")
+    loomd_proc.start()
+
+    async def main() -> None:
+        async with connect(f"tcp://127.0.0.1:{port}") as tb, connect(loomd_proc.endpoint) as ib:
+            sub = await tb.subscribe("net.#", "reliable").ready()
+            await ib.publish("net.hello", {"via": "ipc"})
+            ev = await sub.get(5)
+            assert ev.payload == {"via": "ipc"}
+            st = await status(tb)
+            assert f"tcp://127.0.0.1:{port}" in st["endpoints"]
+
+    arun(main)
+
+
+def test_batched_flood_into_stalled_subscriber_is_sampled_and_bounded(
+    loomd_proc: LoomdProcess,
+) -> None:
+    loomd_proc.write_config(
+        "[bus]\nbatch_max = 100\nbatch_interval_ms = 60000\nbatch_budget = 1000\n"
+    )
+    loomd_proc.start()
+
+    async def main() -> None:
+        stalled = _stalled_subscriber(loomd_proc.endpoint, "metrics.#", "batched")
+        async with connect(loomd_proc.endpoint, name="telemetry") as pb:
+            before = _rss_mb(loomd_proc.pid())
+            body = os.urandom(1024)
+            for i in range(30_000):
+                await pb.publish("metrics.cpu", body, qos="batched")
+                if i % 500 == 0:
+                    await pb.call("ping")
+            await pb.call("ping")
+            st = await status(pb)
+            sub = next(s for s in st["subscriptions"] if s["pattern"] == "metrics.#")
+            # 30k events in one interval against a budget of 1000: most are sampled out;
+            # the client never reads, so released batches wait in the daemon, bounded
+            assert sub["depth"] <= 1000 + 1000
+            assert sub["dropped"].get("sampled", 0) > 0
+            assert st["topics"]["metrics.cpu"]["dropped"] == sub["dropped"]["sampled"]
+            assert _rss_mb(loomd_proc.pid()) - before < 40
+        stalled.close(0)
 
     arun(main)
