@@ -121,10 +121,13 @@ class Subscription:
         q = self.realtime
         if q is not None:
             # which topic loses an event: the oldest one queued, or this one's (keep_latest)
-            victim = q.peek().topic if len(q) >= q.maxlen else ev.topic
+            if q.policy == "keep_latest" and ev.topic in q._latest:
+                victim = ev.topic  # replaced by its newer value
+            else:
+                victim = q.peek().topic if len(q) >= q.maxlen else ev.topic
             dropped = q.push(ev)
             if dropped:
-                self._drop("queue_full", victim if q.policy == "drop_oldest" else ev.topic, dropped)
+                self._drop("queue_full", victim, dropped)
             self._wake()
             return False
         if self.batched is not None:
@@ -194,8 +197,10 @@ class Subscription:
         """Put events back at the head (a socket refused them); never reorders."""
         if self.reliable is not None:
             self.reliable._items.extendleft(reversed(items))
-        elif self.realtime is not None and self.realtime.policy == "drop_oldest":
-            self.realtime._items.extendleft(reversed([ev for _, ev in items]))
+        elif self.realtime is not None:
+            lost = self.realtime.unpop([ev for _, ev in items])
+            if lost:
+                self._drop("queue_full", items[0][1].topic, lost)
         else:
             self._ready.extendleft(reversed(items))
         self.stats.delivered -= len(items)

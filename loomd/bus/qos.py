@@ -59,6 +59,21 @@ class RealtimeQueue(Generic[E]):
             return next(iter(self._latest.values()))
         return self._items[0]
 
+    def unpop(self, items: list[E]) -> int:
+        """Put taken items back at the head, oldest first; return how many could not go
+        back (keep_latest: a newer event of the same topic arrived meanwhile)."""
+        if self.policy == "drop_oldest":
+            self._items.extendleft(reversed(items))
+            return 0
+        lost = 0
+        for item in reversed(items):
+            if item.topic in self._latest:
+                lost += 1
+            else:
+                self._latest[item.topic] = item
+                self._latest.move_to_end(item.topic, last=False)
+        return lost
+
     def pop_many(self, n: int) -> list[E]:
         out: list[E] = []
         while len(out) < n and len(self):
