@@ -1,0 +1,1 @@
+"""In-process agent plugins and their lifecycle (the agents issue)."""

@@ -1,0 +1,1 @@
+"""The local/cloud model router (the router issue)."""
