@@ -83,7 +83,12 @@ class LoomdProcess:
     def start(self, timeout: float = 15.0, extra_env: dict[str, str] | None = None) -> None:
         if self.notify is None:
             self.notify = Notifications(self.root / "notify.sock")
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.env, **(extra_env or {})}
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(self.notify.path),
+            **self.env,
+            **(extra_env or {}),
+        }
         env.pop("JOURNAL_STREAM", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

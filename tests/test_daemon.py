@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -105,7 +104,11 @@ CONFIG_ERRORS = [
     ('[daemon]\nlog_level = "loud"\n', "daemon.log_level = 'loud'", "debug"),
     ('[bus]\ndurable = ["a..b"]\n', "bus.durable", "pattern"),
     ("[bus]\ntcp_enabled = yes\n", "<file>", "line"),
-    ("[state]\nmap_size_mb = 64\nmax_map_size_mb = 8\n", "state.max_map_size_mb = 8", "map_size_mb"),
+    (
+        "[state]\nmap_size_mb = 64\nmax_map_size_mb = 8\n",
+        "state.max_map_size_mb = 8",
+        "map_size_mb",
+    ),
 ]
 
 
@@ -173,8 +176,20 @@ def test_loomctl_without_daemon_says_so(short_tmp: Path) -> None:
 
 def test_loomctl_pub_sub_and_state(daemon: LoomdProcess) -> None:
     sub = subprocess.Popen(
-        [sys.executable, "-m", "loomd.ctl", "--socket", str(daemon.socket), "sub", "demo.#",
-         "--json", "--count", "2", "--wait", "20"],
+        [
+            sys.executable,
+            "-m",
+            "loomd.ctl",
+            "--socket",
+            str(daemon.socket),
+            "sub",
+            "demo.#",
+            "--json",
+            "--count",
+            "2",
+            "--wait",
+            "20",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -189,7 +204,10 @@ def test_loomctl_pub_sub_and_state(daemon: LoomdProcess) -> None:
         payload_file = daemon.root / "p.json"
         payload_file.write_text('{"temp": 21.5}')
         assert loomctl(daemon, "pub", "demo.kitchen", '{"on": true}').returncode == 0
-        assert loomctl(daemon, "pub", "demo.hall", f"@{payload_file}", "--qos", "realtime").returncode == 0
+        assert (
+            loomctl(daemon, "pub", "demo.hall", f"@{payload_file}", "--qos", "realtime").returncode
+            == 0
+        )
         out, err = sub.communicate(timeout=30)
     finally:
         sub.kill()

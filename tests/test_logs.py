@@ -10,7 +10,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -136,7 +136,7 @@ def test_a_foreign_journal_stream_means_plain_lines(tmp_path: Path) -> None:
 class FakeJournalHandler(logging.Handler):
     """Behaves like systemd.journal.JournalHandler: record attributes become fields."""
 
-    sent: list[dict[str, Any]] = []
+    sent: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, level: int = logging.NOTSET, **extra: Any) -> None:
         super().__init__(level)

@@ -305,11 +305,21 @@ class Broker:
     ) -> Subscription:
         validate_pattern(pattern)
         q = QoS(qos) if qos else self.default_qos(pattern)
+        if after_seq is not None and q is not QoS.RELIABLE:
+            raise LoomdError(f"replay (after={after_seq}) needs a reliable subscription, not {q}")
         sub = Subscription(self, self._next_sid, pattern, q, sink, owner)
         self._next_sid += 1
         self._subs[sub.sid] = sub
         self._trie.add(pattern, sub)
         if after_seq is not None and self.journal is not None:
+            if after_seq > self.journal.head:  # a seq from before the state was wiped
+                log.warning(
+                    "subscription %d asked for seq %d > head %d: live from head",
+                    sub.sid,
+                    after_seq,
+                    self.journal.head,
+                )
+                after_seq = self.journal.head
             sub.last_journal_seq = after_seq
             if after_seq < self.journal.head:
                 sub.catching_up = True

@@ -94,7 +94,13 @@ class Event:
             "meta": meta or {},
         }
         ev = cls(topic, header, payload)
-        if thread_id is None and correlation_id is None and reply_to is None and not meta:
+        if (
+            thread_id is None
+            and correlation_id is None
+            and reply_to is None
+            and not meta
+            and len(eid) == 16
+        ):
             ev._header_bytes = _fast_header(header)
         return ev
 

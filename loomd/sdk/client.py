@@ -211,6 +211,7 @@ class Client:
         self.credit_window = 1024
         self.connected = False
         self.reconnects = 0
+        self.reconnected = asyncio.Event()  # set after each resync with a (new) daemon
         self.dropped = 0  # realtime publishes dropped locally (daemon away or pipe full)
         self._sock: zmq.Socket[bytes] | None = None
         self._fd = -1
@@ -635,6 +636,7 @@ class Client:
                 self._unsent += 1
         self.connected = True
         self.reconnects += 1
+        self.reconnected.set()
         log.info("reconnected to loomd at %s (boot %s)", self.endpoint, self.boot_id)
 
 

@@ -101,9 +101,9 @@ def test_reconnect_across_daemon_restart(daemon: LoomdProcess) -> None:
             ev = await sub.get(10)
             assert ev.payload == "after"
             async with asyncio.timeout(10):
-                while sb.boot_id == boot or pb.reconnects < 1:
-                    await asyncio.sleep(0.05)
-            assert sb.reconnects >= 1
+                await sb.reconnected.wait()
+                await pb.reconnected.wait()
+            assert sb.boot_id != boot and sb.reconnects >= 1
             live = await sb.subscribe("sensor.#", "realtime").ready()
             await pb.publish("sensor.x.y", "live2", qos="realtime")
             assert (await live.get(5)).payload == "live2"
@@ -257,8 +257,38 @@ def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProce
     arun(main)
 
 
-def _drain_kill_cycle_count() -> int:
+def _kill_cycles() -> int:
     return int(os.environ.get("LOOMD_KILL_CYCLES", "20"))
+
+
+class Tally:
+    """A set of event ids that wakes waiters whenever it grows."""
+
+    def __init__(self) -> None:
+        self.ids: set[bytes] = set()
+        self.grew = asyncio.Event()
+
+    def add(self, eid: bytes) -> None:
+        self.ids.add(eid)
+        self.grew.set()
+
+    async def until(self, done: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                self.grew.clear()
+                await self.grew.wait()
+
+
+async def _produce(pb: Client, stop: asyncio.Event, acked: Tally, cycle: int) -> None:
+    n = 0
+    while not stop.is_set():
+        ev = await pb.publish("control.stream", {"cycle": cycle, "n": n}, wait=False)
+        pb._unacked[-1][1].add_done_callback(
+            lambda f, i=ev.id: None if f.cancelled() or f.exception() else acked.add(i)
+        )
+        n += 1
+        if n % 64 == 0:
+            await asyncio.sleep(0)  # yield to the loop so acks come in
 
 
 @pytest.mark.slow
@@ -267,8 +297,7 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
     acknowledged event is in the journal and reaches the resuming subscriber."""
 
     async def main() -> None:
-        acked: set[bytes] = set()
-        received: set[bytes] = set()
+        acked, received = Tally(), Tally()
         async with connect(daemon.endpoint, heartbeat_s=0.2, name="survivor") as sb:
             sub = await sb.subscribe("control.stream", "reliable").ready()
 
@@ -278,44 +307,23 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
 
             consumer = asyncio.create_task(consume())
             try:
-                for cycle in range(_drain_kill_cycle_count()):
+                for cycle in range(_kill_cycles()):
                     async with connect(daemon.endpoint, heartbeat_s=0.2, name=f"pub{cycle}") as pb:
                         stop = asyncio.Event()
-
-                        async def produce() -> None:
-                            n = 0
-                            while not stop.is_set():
-                                ev = await pb.publish(
-                                    "control.stream", {"cycle": cycle, "n": n}, wait=False
-                                )
-                                fut = pb._unacked[-1][1]
-                                fut.add_done_callback(
-                                    lambda f, i=ev.id: acked.add(i) if not f.exception() else None
-                                )
-                                n += 1
-                                if n % 64 == 0:
-                                    await asyncio.sleep(0)
-
-                        producer = asyncio.create_task(produce())
-                        target = len(acked) + 300
-                        async with asyncio.timeout(20):
-                            while len(acked) < target:
-                                await asyncio.sleep(0.005)
+                        producer = asyncio.create_task(_produce(pb, stop, acked, cycle))
+                        target = len(acked.ids) + 300
+                        await acked.until(lambda t=target: len(acked.ids) >= t, 20)
                         await asyncio.to_thread(daemon.kill9)
                         stop.set()
-                        snapshot = set(acked)  # acked before the kill
+                        snapshot = set(acked.ids)  # acknowledged before the kill
                         await asyncio.to_thread(daemon.start)
                         await asyncio.wait_for(producer, 10)
                         await pb.flush(timeout=20)  # unacked ones are re-sent after reconnect
-                    async with asyncio.timeout(30):
-                        while not snapshot <= received:
-                            await asyncio.sleep(0.01)
-                async with asyncio.timeout(30):
-                    while not acked <= received:
-                        await asyncio.sleep(0.01)
+                    await received.until(lambda s=snapshot: s <= received.ids, 30)
+                await received.until(lambda: acked.ids <= received.ids, 30)
             finally:
                 consumer.cancel()
-        assert acked and acked <= received
+        assert acked.ids and acked.ids <= received.ids
 
     arun(main)
 
