@@ -141,9 +141,11 @@ class Daemon:
             self.notifier.stopping("draining")
             log.info("stopping: draining for up to %.1f s", self.settings.daemon.drain_timeout_s)
             await self._drain()
-            for task in self._tasks:
+            pending = [t for t in self._tasks if not t.done()]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.debug("cancelled %d background tasks", len(pending))
         log.info("loomd stopped")
         return 0
 
@@ -229,14 +231,15 @@ class Daemon:
         """Give clients the queued events and pending acks, up to the drain deadline."""
         deadline = time.monotonic() + self.settings.daemon.drain_timeout_s
         assert self.broker is not None
+        busy = 0
         while time.monotonic() < deadline:
             busy = sum(
                 sub.pending() for sub in self.broker.subscriptions() if sub.sink is not None
             ) + (self.state.stats().get("pending", 0) if self.state else 0)
             if not busy:
                 return
-            await asyncio.sleep(0.01)
-        log.warning("drain deadline reached with events still queued")
+            await asyncio.sleep(0.01)  # shutdown only: a short poll bounded by the deadline
+        log.warning("drain deadline reached: %d events/writes still queued", busy)
 
     # -- reload -------------------------------------------------------------------------------
     async def reload(self) -> None:
