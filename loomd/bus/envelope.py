@@ -93,16 +93,7 @@ class Event:
             "enc": "raw" if isinstance(payload, bytes | bytearray | memoryview) else "cbor",
             "meta": meta or {},
         }
-        ev = cls(topic, header, payload)
-        if (
-            thread_id is None
-            and correlation_id is None
-            and reply_to is None
-            and not meta
-            and len(eid) == 16
-        ):
-            ev._header_bytes = _fast_header(header)
-        return ev
+        return cls(topic, header, payload)
 
     @classmethod
     def from_frames(
@@ -127,8 +118,22 @@ class Event:
         return self._hdr
 
     def header_bytes(self) -> bytes:
+        """The CBOR header, encoded on first use (in-process events may never need it)."""
         if self._header_bytes is None:
-            self._header_bytes = cbor2.dumps(self.header)
+            h = self.header
+            eid = h.get("id")
+            plain = (
+                isinstance(eid, bytes)
+                and len(eid) == 16
+                and h.get("thread_id") == eid
+                and h.get("correlation_id") is None
+                and h.get("reply_to") is None
+                and not h.get("meta")
+                and h.keys() == _HEADER_KEYS
+                and type(h.get("ts")) is int
+                and h["ts"] >= 1 << 32
+            )
+            self._header_bytes = _fast_header(h) if plain else cbor2.dumps(h)
         return self._header_bytes
 
     def body_bytes(self) -> bytes:
@@ -250,6 +255,23 @@ class Event:
 _ID_MARK = b"\x01" * 16
 _THREAD_MARK = b"\x02" * 16
 _TS_MARK = 0x7FEEDDCCBBAA9988  # >= 2**32, so CBOR uses the 8-byte form, as for any real ts
+_HEADER_KEYS = frozenset(
+    (
+        "v",
+        "type",
+        "id",
+        "thread_id",
+        "correlation_id",
+        "sender",
+        "reply_to",
+        "ttl",
+        "hop",
+        "ts",
+        "qos",
+        "enc",
+        "meta",
+    )
+)
 _templates: dict[tuple[Any, ...], tuple[bytes, int, int, int]] = {}
 
 

@@ -75,10 +75,11 @@ class RealtimeQueue(Generic[E]):
         return lost
 
     def pop_many(self, n: int) -> list[E]:
-        out: list[E] = []
-        while len(out) < n and len(self):
-            out.append(self.pop())
-        return out
+        if self.policy == "keep_latest":
+            latest = self._latest
+            return [latest.popitem(last=False)[1] for _ in range(min(n, len(latest)))]
+        items = self._items
+        return [items.popleft() for _ in range(min(n, len(items)))]
 
 
 class BatchedQueue(Generic[T]):
