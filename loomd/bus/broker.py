@@ -220,6 +220,12 @@ class Subscription:
         while True:
             if self.closed:
                 raise StopAsyncIteration
+            rt = self.realtime
+            if rt is not None and rt._items:  # hot path: drop_oldest, one event
+                ev = rt._items.popleft()
+                self.stats.delivered += 1
+                self.broker.count_out_one(ev)
+                return ev
             items = self.take(1)
             if items:
                 return items[0][1]
@@ -482,6 +488,10 @@ class Broker:
     def count_drop(self, topic: str, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
         self._topic_stats(topic).dropped += n
+
+    def count_out_one(self, ev: Event) -> None:
+        self.events_out += 1
+        self._topic_stats(ev.topic).events_out += 1
 
     def count_out(self, items: list[tuple[int, Event]], sign: int = 1) -> None:
         self.events_out += sign * len(items)

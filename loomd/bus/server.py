@@ -22,7 +22,7 @@ import zmq
 from loomd import __version__
 from loomd.bus import wire
 from loomd.bus.broker import Broker, Subscription
-from loomd.bus.envelope import Event, QoS, decode_header
+from loomd.bus.envelope import Event, QoS, check_header
 from loomd.bus.topics import validate_topic
 from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
@@ -33,7 +33,7 @@ BATCH = 512  # messages per socket per pump round...
 PUMP_BYTES = 256 * 1024  # ...or this many bytes (batches hold many events): bounds loop lag
 DELIVERY_BATCH = 256  # deliveries packed into one frame per send...
 BATCH_BYTES = 64 * 1024  # ...up to this size
-SNDHWM = 100  # messages per client pipe: with BATCH_BYTES, at most ~6.4 MB buffered per client
+SNDHWM = 100  # messages per client pipe, each way: with BATCH_BYTES, ~6.4 MB per client
 RETRY_S = 0.002  # back-off when a client's pipe is full
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
 
@@ -57,6 +57,7 @@ class Session:
         self.pub_acked = 0
         self.pub_errors: list[tuple[int, str]] = []
         self.alive = True
+        self.greeted = False  # said hello to *this* daemon: its reliable acks count from there
 
     def wake(self, sub: Subscription) -> None:
         self.server.mark_dirty(sub)
@@ -144,7 +145,7 @@ class BusServer:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, SNDHWM)
-        sock.setsockopt(zmq.RCVHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, SNDHWM)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes * HARD_LIMIT_FACTOR)
         if ep.startswith("ipc://"):
             path = Path(ep[len("ipc://") :])
@@ -255,10 +256,15 @@ class BusServer:
         except UnicodeDecodeError as exc:
             raise ProtocolError("invalid topic", "not UTF-8") from exc
         validate_topic(topic)
-        hdr = decode_header(header)
+        hdr = check_header(header)
         ev = Event.from_frames(topic_b, header, body, hdr)
         ev.wire = data  # forwarded to socket subscribers as is, behind a delivery tag
         if hdr.get("qos") == QoS.RELIABLE:
+            if not session.greeted:
+                # Acks count publishes from the client's hello on. A client we do not know
+                # (we restarted, or swept its session) must resync first and re-send this.
+                self._reply(session, {"op": "resync", "ok": False, "error": "hello first"})
+                return
             self.broker.publish(ev, session.ack_callback())
         else:
             self.broker.publish(ev)
@@ -310,6 +316,12 @@ class BusServer:
     # -- core control ops ---------------------------------------------------------------------
     def _op_hello(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         session.name = str(msg.get("name") or "")[:64]
+        # A (re)greeting client re-sends every unacked publish: count acks afresh.
+        session.greeted = True
+        session.pub_fifo = deque()
+        session.pub_acked = 0
+        session.pub_errors = []
+        self._ack_dirty.discard(session)
         return {
             "boot_id": self.boot_id,
             "version": __version__,
@@ -451,7 +463,9 @@ class BusServer:
                     room -= end - start
                 start = end
             if hist is not None:
-                hist(time.time_ns() - items[-1][1].ts)  # one sample per batch: its newest event
+                now = time.time_ns()
+                for _, ev in items:
+                    hist(now - ev.ts)
         return True
 
     latency: Callable[[int], None] | None = None  # set by the daemon: ns from publish to send

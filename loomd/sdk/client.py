@@ -160,9 +160,9 @@ class Subscription:
             self.last_seq = seq
         if gen == self.gen:
             self.consumed += 1
-            if self.qos is QoS.RELIABLE and (
-                self.consumed - self.acked >= max(1, self.window // 4) or not self._queue
-            ):
+            # Ack every quarter window: the daemon keeps sending while less than a full
+            # window is unacknowledged, so this never stalls, and costs 1 message per W/4.
+            if self.qos is QoS.RELIABLE and self.consumed - self.acked >= max(1, self.window // 4):
                 self.acked = self.consumed
                 self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
         return ev
@@ -228,6 +228,8 @@ class Client:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._kick = asyncio.Event()
+        self._holding = False  # during a resync: reliable publishes wait for the re-send
+        self._need_resync = False  # the daemon does not know us (it said "resync")
         self._outbox: list[bytes] = []
         self._outbox_reliable = 0
         self._outbox_bytes = 0
@@ -240,7 +242,8 @@ class Client:
         sock.setsockopt(zmq.IDENTITY, os.urandom(12))
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 20000)
+        # HWMs count messages and a message is a batch of up to 64 KiB: ~6 MB each way
+        sock.setsockopt(zmq.SNDHWM, 100)
         sock.setsockopt(zmq.RCVHWM, 20000)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
@@ -366,7 +369,7 @@ class Client:
             await self._credit.wait()
         fut: asyncio.Future[None] = self.loop.create_future()
         self._unacked.append((frame, fut))
-        if self._unsent:
+        if self._unsent or self._holding:
             self._unsent += 1
         else:
             self._queue_frame(frame, reliable=True)
@@ -542,6 +545,9 @@ class Client:
                     fut.set_result(msg)
             elif msg.get("op") == "ack":
                 self._on_ack(int(msg["n"]), msg.get("errors") or [])
+            elif msg.get("op") == "resync":
+                self._need_resync = True
+                self._kick.set()
             elif not msg.get("ok", True):
                 log.warning("loomd: %s", msg.get("error"))
 
@@ -556,6 +562,8 @@ class Client:
                     fut.set_result(None)
                 else:
                     fut.set_exception(RemoteError(code, f"publish rejected: {code}"))
+        if self._unsent:
+            self._send_unsent()  # the pipe had been full; acks mean it is draining
         if len(self._unacked) < self.credit_window:
             self._credit.set()
 
@@ -588,7 +596,11 @@ class Client:
                 continue
             misses = 0
             active = sum(1 for sub in self._subs.values() if not sub.closed)
-            if reply.get("boot_id") != self.boot_id or int(reply.get("subs", active)) < active:
+            if (
+                self._need_resync
+                or reply.get("boot_id") != self.boot_id
+                or int(reply.get("subs", active)) < active
+            ):
                 await self._resync(reply)
             else:
                 self.connected = True
@@ -597,6 +609,13 @@ class Client:
 
     def _send_unsent(self) -> None:
         """Retry reliable publishes that found the pipe full, oldest first."""
+        if self._holding:
+            return  # the resync re-sends everything in order
+        self._send_unsent_now()
+
+    def _send_unsent_now(self) -> None:
+        # Stop at the first refusal: the daemon counts acks in send order, so what is
+        # sent must stay a prefix of _unacked and the unsent ones its tail.
         tail = list(self._unacked)[len(self._unacked) - self._unsent :]
         for frame, _ in tail:
             if not self._send_event(frame, count_drop=False):
@@ -619,6 +638,14 @@ class Client:
                 self.connected = False
 
     async def _resync(self, ping: dict[str, Any]) -> None:
+        self._holding = True
+        try:
+            await self._resync_held()
+        finally:
+            self._holding = False
+
+    async def _resync_held(self) -> None:
+        self._need_resync = False
         # Unsent realtime events are stale by now; unacked reliable ones are re-sent below.
         self.dropped += len(self._outbox) - self._outbox_reliable
         self._outbox, self._outbox_reliable, self._outbox_bytes = [], 0, 0
@@ -630,10 +657,8 @@ class Client:
             self._call_nowait(sub._sub_msg(), sub._on_reply)
         # The new daemon has seen none of our unacked publishes: send them again, in order.
         self._acked_base = 0
-        self._unsent = 0
-        for frame, _ in list(self._unacked):
-            if not self._send_event(frame, count_drop=False):
-                self._unsent += 1
+        self._unsent = len(self._unacked)
+        self._send_unsent_now()
         self.connected = True
         self.reconnects += 1
         self.reconnected.set()

@@ -272,3 +272,35 @@ def test_ids_are_unique_and_16_bytes() -> None:
     assert all(len(i) == 16 for i in ids)
     assert len(set(ids)) == len(ids)
     assert len({Event.create("t", None).id for _ in range(1000)}) == 1000
+
+
+# -- the daemon's fast header check ------------------------------------------------------------
+def test_check_header_agrees_with_full_decode_and_learns_shapes() -> None:
+    from loomd.bus import envelope
+
+    envelope._shapes.clear()
+    for i in range(50):
+        ev = Event.create(
+            f"t.{i % 3}", i, qos=("realtime", "reliable")[i % 2], sender="s", type=f"k{i % 2}"
+        )
+        data = ev.header_bytes()
+        assert envelope.check_header(data) == envelope.decode_header(data) == ev.header
+    assert 1 <= sum(len(v) for v in envelope._shapes.values()) <= 6  # learned, not one per event
+
+
+def test_check_header_fast_path_still_rejects_what_is_not_the_same_shape() -> None:
+    from loomd.bus import envelope
+
+    envelope._shapes.clear()
+    good = Event.create("t.x", 1, qos="realtime").header_bytes()
+    envelope.check_header(good)  # learned
+    # same length, a byte changed in the fixed part (the version): not the shape, full check
+    i = good.index(b"av") + 2
+    bad = good[:i] + b"\x09" + good[i + 1 :]
+    with pytest.raises(ProtocolError, match="version"):
+        envelope.check_header(bad)
+    # a consumer mutating the meta of one header must not leak into the next
+    h1 = envelope.check_header(Event.create("t.x", 1, qos="realtime").header_bytes())
+    h1["meta"]["x"] = 1
+    h2 = envelope.check_header(Event.create("t.x", 2, qos="realtime").header_bytes())
+    assert h2["meta"] == {}
