@@ -121,10 +121,9 @@ class Subscription:
         q = self.realtime
         if q is not None:
             # which topic loses an event: the oldest one queued, or this one's (keep_latest)
-            if q.policy == "keep_latest" and ev.topic in q._latest:
-                victim = ev.topic  # replaced by its newer value
-            else:
-                victim = q.peek().topic if len(q) >= q.maxlen else ev.topic
+            victim = ev.topic
+            if len(q) >= q.maxlen and not (q.policy == "keep_latest" and ev.topic in q._latest):
+                victim = q.peek().topic  # full: the oldest one goes
             dropped = q.push(ev)
             if dropped:
                 self._drop("queue_full", victim, dropped)

@@ -297,12 +297,64 @@ def _template(header: dict[str, Any]) -> tuple[bytes, int, int, int]:
 
 def _fast_header(header: dict[str, Any]) -> bytes:
     raw, id_at, thread_at, ts_at = _template(header)
-    buf = bytearray(raw)
     eid = header["id"]
-    buf[id_at : id_at + 16] = eid
-    buf[thread_at : thread_at + 16] = eid
-    buf[ts_at : ts_at + 8] = header["ts"].to_bytes(8, "big")
-    return bytes(buf)
+    return b"".join(
+        (
+            raw[:id_at],
+            eid,
+            raw[id_at + 16 : thread_at],
+            eid,
+            raw[thread_at + 16 : ts_at],
+            header["ts"].to_bytes(8, "big"),
+            raw[ts_at + 8 :],
+        )
+    )
+
+
+_segs_cache: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]] = {}
+
+
+def plain_event(topic: str, payload: Any, type: str, sender: str, qos: str, ttl: int) -> Event:
+    """`Event.create` for the common case (no thread, correlation, reply_to or meta), as
+    the SDK's publish path uses it: the header bytes come straight from the template and
+    the header map is only built if someone reads it."""
+    enc = "raw" if isinstance(payload, bytes | bytearray | memoryview) else "cbor"
+    key = (type, sender, qos, enc, ttl, 0)
+    segs = _segs_cache.get(key)
+    if segs is None:
+        raw, id_at, th_at, ts_at = _template(
+            {
+                "v": PROTOCOL_VERSION,
+                "type": type,
+                "id": b"",
+                "thread_id": b"",
+                "correlation_id": None,
+                "sender": sender,
+                "reply_to": None,
+                "ttl": ttl,
+                "hop": 0,
+                "ts": 0,
+                "qos": qos,
+                "enc": enc,
+                "meta": {},
+            }
+        )
+        segs = (raw[:id_at], raw[id_at + 16 : th_at], raw[th_at + 16 : ts_at], raw[ts_at + 8 :])
+        if len(_segs_cache) > 256:
+            _segs_cache.clear()
+        _segs_cache[key] = segs
+    eid = new_id()
+    ev = Event.__new__(Event)
+    ev.topic = topic
+    ev._topic_b = None
+    ev._hdr = None
+    ev._payload = payload
+    ev._body = None
+    ev.wire = None
+    ev._header_bytes = b"".join(
+        (segs[0], eid, segs[1], eid, segs[2], time.time_ns().to_bytes(8, "big"), segs[3])
+    )
+    return ev
 
 
 # Known-good header shapes, by length: (segments outside id/thread_id/ts, decoded

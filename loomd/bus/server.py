@@ -464,7 +464,7 @@ class BusServer:
                 start = end
             if hist is not None:
                 now = time.time_ns()
-                for _, ev in items:
+                for _, ev in items[:: max(1, len(items) // 16)]:  # up to 16 samples a batch
                     hist(now - ev.ts)
         return True
 

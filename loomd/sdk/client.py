@@ -24,7 +24,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from loomd.bus import wire
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, plain_event
 from loomd.bus.topics import validate_pattern, validate_topic
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError, RequestTimeout
@@ -348,18 +348,21 @@ class Client:
         """Publish one event. Realtime/batched: never waits (dropped and counted if the daemon
         is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack."""
         validate_topic(topic)
-        ev = Event.create(
-            topic,
-            payload,
-            type=type,
-            sender=self.name,
-            qos=qos,
-            thread_id=thread_id,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            ttl=ttl,
-            meta=meta,
-        )
+        if thread_id is None and correlation_id is None and reply_to is None and not meta:
+            ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
+        else:
+            ev = Event.create(
+                topic,
+                payload,
+                type=type,
+                sender=self.name,
+                qos=qos,
+                thread_id=thread_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                ttl=ttl,
+                meta=meta,
+            )
         frame = ev.to_wire()
         if qos != QoS.RELIABLE:
             self._queue_frame(frame, reliable=False)

@@ -304,3 +304,19 @@ def test_check_header_fast_path_still_rejects_what_is_not_the_same_shape() -> No
     h1["meta"]["x"] = 1
     h2 = envelope.check_header(Event.create("t.x", 2, qos="realtime").header_bytes())
     assert h2["meta"] == {}
+
+
+def test_plain_event_matches_create_on_the_wire() -> None:
+    from loomd.bus.envelope import plain_event
+
+    for payload in (b"\x00raw", {"x": [1, 2]}, None):
+        fast = plain_event("t.y", payload, "kind", "me", "batched", 7)
+        slow = Event.create("t.y", payload, type="kind", sender="me", qos="batched", ttl=7)
+        hf, hs = decode_header(fast.header_bytes()), decode_header(slow.header_bytes())
+        assert hf["thread_id"] == hf["id"] and len(hf["id"]) == 16 and hf["id"] != hs["id"]
+        for k in ("id", "thread_id", "ts"):
+            hf.pop(k), hs.pop(k)
+        assert hf == hs
+        assert fast.payload == payload and fast.body_bytes() == slow.body_bytes()
+        back = Event.from_frames(*fast.frames())
+        assert back.payload == payload and back.type == "kind" and back.ttl == 7
