@@ -1,6 +1,6 @@
 """Micro-measurement behind docs/design/state.md (not a test; run by hand).
 
-    PYTHONPATH=. .venv/bin/python tests/state/bench_state.py [DIR]
+    .venv/bin/python bench/state.py [DIR]
 
 Prints commits/s and ops/s for: one txn per put (each put awaited before the next),
 group commit (many puts in flight), and sustained journal appends with a bounded
