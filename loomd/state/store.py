@@ -29,7 +29,7 @@ class State:
         *,
         map_size_mb: int = 64,
         max_map_size_mb: int = 1024,
-        commit_window_ms: float = 2.0,
+        commit_window_ms: float = 0.0,
         journal_max_mb: int = 64,
         journal_max_age_s: float = 86400.0,
         clock: Callable[[], int] = time.time_ns,
