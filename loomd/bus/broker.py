@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.qos import BatchedQueue, RealtimeQueue, ReliableQueue
 from loomd.bus.topics import TopicTrie, matches, validate_pattern, validate_topic
 from loomd.errors import LoomdError
@@ -362,15 +362,20 @@ class Broker:
     def publish(self, ev: Event, on_ack: AckCallback | None = None) -> None:
         """Route one event. `on_ack` (reliable publishers) is called exactly once."""
         self.events_in += 1
-        st = self._topic_stats(ev.topic)
+        topic = ev.topic
+        st = self.topics.get(topic) or self._topic_stats(topic)
         st.events_in += 1
-        if ev.ttl <= 0:
+        hdr = ev._hdr  # decoded already for anything that came off a socket
+        if (hdr.get("ttl", DEFAULT_TTL) if hdr is not None else ev.ttl) <= 0:
             st.dropped += 1
             self.drops["ttl"] = self.drops.get("ttl", 0) + 1
             if on_ack is not None:
                 on_ack("ttl_expired")
             return
-        if self.journal is not None and self.is_durable(ev.topic):
+        durable = self._durable_cache.get(topic)
+        if durable is None:
+            durable = self.is_durable(topic)
+        if durable and self.journal is not None:
             try:
                 seq, fut = self.journal.append(ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
             except LoomdError as exc:

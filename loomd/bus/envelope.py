@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import time
 from enum import StrEnum
 from typing import Any
@@ -33,9 +34,13 @@ class QoS(StrEnum):
 QOS_VALUES = frozenset(q.value for q in QoS)
 
 
+_U64 = struct.Struct(">Q").pack
+
+
 def new_id() -> bytes:
-    """16 bytes, unique: a random per-process prefix plus a counter (no syscall per event)."""
-    return _ID_PREFIX + (next(_id_counter) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+    """16 bytes, unique: a random per-process prefix plus a counter (no syscall per event;
+    the counter starts below 2**32 and would need centuries to reach 2**64)."""
+    return _ID_PREFIX + _U64(next(_id_counter))
 
 
 class _Missing:
@@ -108,6 +113,27 @@ class Event:
         ev._header_bytes = header
         ev._body = body
         ev.wire = None
+        return ev
+
+    @classmethod
+    def received(
+        cls,
+        topic: str,
+        topic_b: bytes,
+        header: bytes,
+        body: bytes,
+        hdr: dict[str, Any],
+        wire: bytes,
+    ) -> Event:
+        """An event the daemon took off a socket: checked header, the frame kept to forward."""
+        ev = cls.__new__(cls)
+        ev.topic = topic
+        ev._topic_b = topic_b
+        ev._hdr = hdr
+        ev._payload = _MISSING
+        ev._header_bytes = header
+        ev._body = body
+        ev.wire = wire
         return ev
 
     # -- wire ---------------------------------------------------------------------------------
@@ -352,7 +378,7 @@ def plain_event(topic: str, payload: Any, type: str, sender: str, qos: str, ttl:
     ev._body = None
     ev.wire = None
     ev._header_bytes = b"".join(
-        (segs[0], eid, segs[1], eid, segs[2], time.time_ns().to_bytes(8, "big"), segs[3])
+        (segs[0], eid, segs[1], eid, segs[2], _U64(time.time_ns()), segs[3])
     )
     return ev
 
@@ -373,7 +399,12 @@ def _segments(data: bytes, id_at: int, th_at: int, ts_at: int) -> tuple[bytes, b
 def check_header(data: bytes) -> dict[str, Any]:
     """`decode_header`, with a fast path for headers shaped like ones seen before."""
     for segs, tdict, id_at, th_at, ts_at in _shapes.get(len(data), ()):
-        if _segments(data, id_at, th_at, ts_at) == segs:
+        if (
+            data[ts_at + 8 :] == segs[3]
+            and data[:id_at] == segs[0]
+            and data[id_at + 16 : th_at] == segs[1]
+            and data[th_at + 16 : ts_at] == segs[2]
+        ):
             hdr = tdict.copy()
             hdr["id"] = data[id_at : id_at + 16]
             hdr["thread_id"] = data[th_at : th_at + 16]

@@ -257,8 +257,7 @@ class BusServer:
             raise ProtocolError("invalid topic", "not UTF-8") from exc
         validate_topic(topic)
         hdr = check_header(header)
-        ev = Event.from_frames(topic_b, header, body, hdr)
-        ev.wire = data  # forwarded to socket subscribers as is, behind a delivery tag
+        ev = Event.received(topic, topic_b, header, body, hdr, data)
         if hdr.get("qos") == QoS.RELIABLE:
             if not session.greeted:
                 # Acks count publishes from the client's hello on. A client we do not know
@@ -435,7 +434,7 @@ class BusServer:
         hist = self.latency
         while room > 0 and sub.pending():
             items = sub.take(min(room, DELIVERY_BATCH))
-            frames = [wire.delivery_of(ev, csid, seq) for seq, ev in items]
+            frames = wire.deliveries(items, csid)
             start = 0
             while start < len(frames):  # split so one message stays under BATCH_BYTES
                 end, size = start, 0

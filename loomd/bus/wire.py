@@ -59,6 +59,19 @@ def delivery_of(ev: Any, sid: int, seq: int) -> bytes:
     return pack_delivery(sid, seq, ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
 
 
+def deliveries(items: list[tuple[int, Any]], sid: int) -> list[bytes]:
+    """Delivery frames for (seq, Event) pairs, all for one subscription."""
+    pack = _TAG.pack
+    out = []
+    for seq, ev in items:
+        frame = ev.wire
+        if frame is not None:
+            out.append(pack(DELIVERY, sid, seq, DURABLE if seq > 0 else 0) + memoryview(frame)[1:])
+        else:
+            out.append(delivery_of(ev, sid, seq))
+    return out
+
+
 def pack_control(msg: dict[str, Any]) -> bytes:
     return bytes((CONTROL,)) + cbor2.dumps(msg)
 
