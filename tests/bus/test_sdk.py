@@ -239,6 +239,7 @@ def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProce
                 await pb.flush()
                 return 2000
 
+            before = _rss_mb(daemon.pid())
             producer = asyncio.create_task(produce())
             done, _ = await asyncio.wait({producer}, timeout=2.0)  # a deadline, not a sleep
             assert not done, "the publisher should be held back by credits"
@@ -251,6 +252,7 @@ def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProce
                     got.append((await sub.get()).payload)
             assert await producer == 2000
             assert got == list(range(2000))  # nothing lost, in order
+            assert _rss_mb(daemon.pid()) - before < 20  # held back, not buffered
             st = await status(cb)
             assert sum(st["drops"].values()) == 0
 
