@@ -35,7 +35,6 @@ DEFAULT_SOCKET = "/run/loomd/bus.sock"
 RECV_BATCH = 1024
 OUTBOX_MAX = 256  # events per outgoing batch frame
 OUTBOX_BYTES = 64 * 1024
-UNBLOCK_CHECK_S = 0.001
 
 
 def default_endpoint() -> str:
@@ -229,7 +228,6 @@ class Client:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._kick = asyncio.Event()
-        self._blocked = False  # the pipe to the daemon is full (realtime drops at the source)
         self._holding = False  # during a resync: reliable publishes wait for the re-send
         self._need_resync = False  # the daemon does not know us (it said "resync")
         self._outbox: list[bytes] = []
@@ -365,13 +363,10 @@ class Client:
                 ttl=ttl,
                 meta=meta,
             )
-        if qos != QoS.RELIABLE:
-            if self._blocked:
-                self.dropped += 1  # the pipe is full: drop here, before paying for encoding
-            else:
-                self._queue_frame(ev.to_wire(), reliable=False)
-            return ev
         frame = ev.to_wire()
+        if qos != QoS.RELIABLE:
+            self._queue_frame(frame, reliable=False)
+            return ev
         while len(self._unacked) >= self.credit_window:
             self._credit.clear()
             await self._credit.wait()
@@ -405,16 +400,6 @@ class Client:
         if not self._send_event(frame, count_drop=False):
             self.dropped += len(box) - reliable  # realtime: the publisher never waits
             self._unsent += reliable  # reliable: re-sent in order once the daemon is back
-            if not self._blocked:
-                self._blocked = True
-                self.loop.call_later(UNBLOCK_CHECK_S, self._check_unblock)
-
-    def _check_unblock(self) -> None:
-        """While the pipe is full, realtime publishes are dropped at once; look again soon."""
-        if self._sock is not None and not writable(self._sock):
-            self.loop.call_later(UNBLOCK_CHECK_S, self._check_unblock)
-        else:
-            self._blocked = False
 
     def _send_event(self, frame: bytes, count_drop: bool = True) -> bool:
         assert self._sock is not None
