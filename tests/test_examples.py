@@ -27,7 +27,7 @@ def test_echo_agent_example_answers_requests(daemon: LoomdProcess) -> None:
                     st = (await bus.status())["status"]
                     if any(s["pattern"] == "agent.echo.inbox" for s in st["subscriptions"]):
                         break
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # another process: status is the only signal
             reply = await bus.request("agent.echo.inbox", {"hi": 1}, timeout=5)
             assert reply.payload == {"echo": {"hi": 1}}
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.qos import BatchedQueue, RealtimeQueue, ReliableQueue
-from loomd.bus.topics import TopicTrie, matches, validate_pattern, validate_topic
+from loomd.bus.topics import TopicTrie, matches, validate_pattern
 from loomd.errors import LoomdError
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class Subscription:
     def unpop(self, items: list[tuple[int, Event]]) -> None:
         """Put events back at the head (a socket refused them); never reorders."""
         if self.reliable is not None:
-            self.reliable._items.extendleft(reversed(items))
+            self.reliable.unpop(items)
         elif self.realtime is not None:
             lost = self.realtime.unpop([ev for _, ev in items])
             if lost:
@@ -549,7 +549,3 @@ class _RateLimit:
             self.tokens -= 1
             return True
         return False
-
-
-def check_topic(topic: str) -> str:
-    return validate_topic(topic)

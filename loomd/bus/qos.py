@@ -162,6 +162,10 @@ class ReliableQueue(Generic[T]):
     def peek(self) -> T:
         return self._items[0]
 
+    def unpop(self, items: list[T]) -> None:
+        """Put taken items back at the head, in their order (a socket refused them)."""
+        self._items.extendleft(reversed(items))
+
     def pop_many(self, n: int) -> list[T]:
         items = self._items
         return [items.popleft() for _ in range(min(n, len(items)))]

@@ -114,6 +114,7 @@ class BusServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._sub_session: dict[int, tuple[Session, int]] = {}  # daemon sid -> (session, csid)
+        self.latency: Callable[[int], None] | None = None  # ns from publish to hand-off
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> BusServer:
@@ -466,8 +467,6 @@ class BusServer:
                 for _, ev in items[:: max(1, len(items) // 16)]:  # up to 16 samples a batch
                     hist(now - ev.ts)
         return True
-
-    latency: Callable[[int], None] | None = None  # set by the daemon: ns from publish to send
 
     def _flush_acks(self, session: Session) -> None:
         fifo = session.pub_fifo
