@@ -101,19 +101,28 @@ class Event:
         return cls(topic, header, payload)
 
     @classmethod
+    def _raw(
+        cls,
+        topic: str,
+        topic_b: bytes | None,
+        hdr: dict[str, Any] | None,
+        header: bytes | None,
+        payload: Any,
+        body: bytes | None,
+        wire: bytes | None,
+    ) -> Event:
+        """Every field given: the fast constructors below skip __init__'s defaults."""
+        ev = cls.__new__(cls)
+        ev.topic, ev._topic_b, ev._hdr, ev._header_bytes = topic, topic_b, hdr, header
+        ev._payload, ev._body, ev.wire = payload, body, wire
+        return ev
+
+    @classmethod
     def from_frames(
         cls, topic: bytes, header: bytes, body: bytes, hdr: dict[str, Any] | None = None
     ) -> Event:
         """An event received from the wire: bytes kept, decoded only when read."""
-        ev = cls.__new__(cls)
-        ev.topic = topic.decode()
-        ev._topic_b = topic
-        ev._hdr = hdr
-        ev._payload = _MISSING
-        ev._header_bytes = header
-        ev._body = body
-        ev.wire = None
-        return ev
+        return cls._raw(topic.decode(), topic, hdr, header, _MISSING, body, None)
 
     @classmethod
     def received(
@@ -126,15 +135,7 @@ class Event:
         wire: bytes,
     ) -> Event:
         """An event the daemon took off a socket: checked header, the frame kept to forward."""
-        ev = cls.__new__(cls)
-        ev.topic = topic
-        ev._topic_b = topic_b
-        ev._hdr = hdr
-        ev._payload = _MISSING
-        ev._header_bytes = header
-        ev._body = body
-        ev.wire = wire
-        return ev
+        return cls._raw(topic, topic_b, hdr, header, _MISSING, body, wire)
 
     # -- wire ---------------------------------------------------------------------------------
     @property
@@ -370,17 +371,8 @@ def plain_event(topic: str, payload: Any, type: str, sender: str, qos: str, ttl:
             _segs_cache.clear()
         _segs_cache[key] = segs
     eid = new_id()
-    ev = Event.__new__(Event)
-    ev.topic = topic
-    ev._topic_b = None
-    ev._hdr = None
-    ev._payload = payload
-    ev._body = None
-    ev.wire = None
-    ev._header_bytes = b"".join(
-        (segs[0], eid, segs[1], eid, segs[2], _U64(time.time_ns()), segs[3])
-    )
-    return ev
+    header = b"".join((segs[0], eid, segs[1], eid, segs[2], _U64(time.time_ns()), segs[3]))
+    return Event._raw(topic, None, None, header, payload, None, None)
 
 
 # Known-good header shapes, by length: (segments outside id/thread_id/ts, decoded
