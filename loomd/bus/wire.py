@@ -95,15 +95,6 @@ def unpack_event(data: bytes) -> tuple[bytes, bytes, bytes]:
     return _split(data, 1)
 
 
-def unpack_delivery(data: bytes) -> tuple[int, int, bytes, bytes, bytes]:
-    try:
-        _, sid, seq, _flags = _TAG.unpack_from(data, 0)
-    except struct.error:
-        raise ProtocolError("truncated frame", f"{len(data)} bytes") from None
-    topic, header, body = _split(data, _TAG.size)
-    return sid, seq, topic, header, body
-
-
 def unpack_control(data: bytes) -> dict[str, Any]:
     try:
         msg = cbor2.loads(data[1:])
@@ -143,4 +134,40 @@ def unpack_batch(data: bytes) -> list[bytes]:
         pos += n
     if not out:
         raise ProtocolError("truncated frame", "empty batch")
+    return out
+
+
+_DELIVERY_HEAD = struct.Struct(">BIqBB")  # kind, sid, seq, flags, topic_len
+
+
+def deliveries_in(data: bytes) -> list[tuple[int, int, bytes, bytes, bytes]]:
+    """(sid, seq, topic, header, body) of a delivery frame or of a batch of them, sliced
+    straight out of `data` (no intermediate copy per item: the subscriber's hot path)."""
+    if data[0] == DELIVERY:
+        spans = [(0, len(data))]
+    else:
+        spans = []
+        pos, end = 1, len(data)
+        while pos < end:
+            if pos + 4 > end:
+                raise ProtocolError("truncated frame", "batch length cut")
+            (n,) = _LEN.unpack_from(data, pos)
+            pos += 4
+            if n == 0 or pos + n > end:
+                raise ProtocolError("truncated frame", f"batch item of {n} bytes at {pos}")
+            spans.append((pos, pos + n))
+            pos += n
+    out = []
+    head, hlen = _DELIVERY_HEAD.unpack_from, _HLEN.unpack_from
+    for start, stop in spans:
+        try:
+            kind, sid, seq, _flags, tl = head(data, start)
+            t0 = start + _DELIVERY_HEAD.size
+            (hl,) = hlen(data, t0 + tl)
+        except struct.error:
+            raise ProtocolError("truncated frame", f"delivery at {start}") from None
+        h0 = t0 + tl + 4
+        if kind != DELIVERY or tl == 0 or h0 + hl > stop:
+            raise ProtocolError("truncated frame", f"delivery at {start}")
+        out.append((sid, seq, data[t0 : t0 + tl], data[h0 : h0 + hl], data[h0 + hl : stop]))
     return out

@@ -531,14 +531,12 @@ class Client:
 
     def _handle(self, frame: bytes) -> None:
         kind = frame[0] if frame else -1
-        if kind == wire.BATCH:
-            for item in wire.unpack_batch(frame):
-                self._handle(item)
-        elif kind == wire.DELIVERY:
-            sid, seq, topic, header, body = wire.unpack_delivery(frame)
-            sub = self._subs.get(sid)
-            if sub is not None:
-                sub._deliver(seq, Event.from_frames(topic, header, body))
+        if kind == wire.BATCH or kind == wire.DELIVERY:
+            subs = self._subs
+            for sid, seq, topic, header, body in wire.deliveries_in(frame):
+                sub = subs.get(sid)
+                if sub is not None:
+                    sub._deliver(seq, Event.from_frames(topic, header, body))
         elif kind == wire.CONTROL:
             msg = wire.unpack_control(frame)
             rid = msg.get("rid")
