@@ -376,7 +376,6 @@ class Daemon:
     def _collect(self) -> Iterable[Family]:
         b, srv = self.broker, self.server
         assert b is not None and srv is not None
-        qos_in: dict[str, float] = {}
         qos_out: dict[str, float] = {}
         qos_drop: dict[str, float] = {}
         depth: list[tuple[dict[str, str], float]] = []
@@ -385,7 +384,6 @@ class Daemon:
             qos_out[q] = qos_out.get(q, 0) + sub.stats.delivered
             qos_drop[q] = qos_drop.get(q, 0) + sum(sub.stats.dropped.values())
             depth.append(({"sid": str(sub.sid), "pattern": sub.pattern, "qos": q}, sub.depth()))
-        qos_in["all"] = b.events_in
         st = self.state.stats() if self.state else {}
         yield Family(
             "loomd_events_in_total",

@@ -397,17 +397,17 @@ class Client:
         reliable = self._outbox_reliable
         self._outbox, self._outbox_reliable, self._outbox_bytes = [], 0, 0
         frame = box[0] if len(box) == 1 else wire.pack_batch(box)
-        if not self._send_event(frame, count_drop=False):
+        if not self._send_event(frame):
             self.dropped += len(box) - reliable  # realtime: the publisher never waits
             self._unsent += reliable  # reliable: re-sent in order once the daemon is back
 
-    def _send_event(self, frame: bytes, count_drop: bool = True) -> bool:
+    def _send_event(self, frame: bytes) -> bool:
+        """Send one frame without blocking; False if the pipe is full or the daemon away
+        (the caller decides: realtime counts a drop, reliable keeps it unsent)."""
         assert self._sock is not None
         try:
             send_frame(self._sock, frame)
         except zmq.Again:
-            if count_drop:
-                self.dropped += 1
             return False
         self._schedule()  # a send can swallow the fd's edge: re-check for input
         return True
@@ -504,7 +504,7 @@ class Client:
         if self._sock is None:
             return False
         self._flush_outbox()  # control messages never overtake earlier publishes
-        return self._send_event(wire.pack_control(msg), count_drop=False)
+        return self._send_event(wire.pack_control(msg))
 
     # -- receiving ----------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -619,7 +619,7 @@ class Client:
         # sent must stay a prefix of _unacked and the unsent ones its tail.
         tail = list(self._unacked)[len(self._unacked) - self._unsent :]
         for frame, _ in tail:
-            if not self._send_event(frame, count_drop=False):
+            if not self._send_event(frame):
                 break
             self._unsent -= 1
 

@@ -300,7 +300,7 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
 
     async def main() -> None:
         acked, received = Tally(), Tally()
-        async with connect(daemon.endpoint, heartbeat_s=0.2, name="survivor") as sb:
+        async with connect(daemon.endpoint, heartbeat_s=0.2, timeout=20, name="survivor") as sb:
             sub = await sb.subscribe("control.stream", "reliable").ready()
 
             async def consume() -> None:
@@ -310,7 +310,9 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
             consumer = asyncio.create_task(consume())
             try:
                 for cycle in range(_kill_cycles()):
-                    async with connect(daemon.endpoint, heartbeat_s=0.2, name=f"pub{cycle}") as pb:
+                    async with connect(
+                        daemon.endpoint, heartbeat_s=0.2, timeout=20, name=f"pub{cycle}"
+                    ) as pb:
                         stop = asyncio.Event()
                         producer = asyncio.create_task(_produce(pb, stop, acked, cycle))
                         target = len(acked.ids) + 300
