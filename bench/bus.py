@@ -772,10 +772,11 @@ def inproc(conn: Connection, spec: PubSpec) -> None:
 
 
 async def _inproc(conn: Connection, spec: PubSpec) -> None:
-    from loomd.bus.broker import Broker, BusLimits
+    from loomd.bus.broker import Broker
     from loomd.bus.envelope import Event
+    from loomd.bus.settings import BusSettings
 
-    broker = Broker(BusLimits(realtime_queue=4096))
+    broker = Broker(BusSettings(realtime_queue=4096))
     sub = broker.subscribe("bench.#", "realtime")
     last = 0.0
     received = 0

@@ -26,24 +26,26 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from loomd.bus.topics import matches, validate_pattern
+from loomd.bus.topics import validate_pattern
 from loomd.errors import ConfigError, ProtocolError
 
 __all__ = [
     "QOS_CLASSES",
     "SYSTEM_CONFIG",
-    "BusSettings",
     "DaemonSettings",
-    "MetricsSettings",
     "PathSettings",
     "ResolvedPaths",
+    "Section",
     "Settings",
-    "StateSettings",
+    "build_section",
     "changed_keys",
     "default_config_path",
     "load_config",
+    "option",
     "resolve_dir",
     "resolve_paths",
+    "section_classes",
+    "split_reload",
 ]
 
 SYSTEM_CONFIG = Path("/etc/loomd/loomd.toml")
@@ -71,13 +73,16 @@ def option(
     valid: Callable[[Any], bool] | None = None,
     check: Check | None = None,
     expected: str | None = None,
+    reload: bool = False,
 ) -> Any:
     """A dataclass field whose constraints travel with it as metadata.
 
     `min`/`max`: inclusive numeric range; `at_least`: another field of the same
     section this one may not be below; `choices`: allowed strings; `max_len`:
     longest string; `valid` + `expected`: a predicate and the words for what it
-    accepts; `check`: item-level checks for lists and tables (returns a Problem).
+    accepts; `check`: item-level checks for lists and tables (returns a Problem);
+    `reload`: a running daemon applies a change of this option on SIGHUP (otherwise the
+    change is reported as "needs restart" and the running value is kept).
     """
     meta = {
         "min": min,
@@ -88,6 +93,7 @@ def option(
         "valid": valid,
         "check": check,
         "expected": expected,
+        "reload": reload,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -181,9 +187,19 @@ def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
         return "a string"
     if tp in (int, float):
         return _describe_number("an integer" if tp is int else "a number", meta)
-    origin = typing.get_origin(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_section(tp):
+        return "a table"
+    if origin is tuple and args and _is_section(args[0]):
+        return "an array of tables"
     if origin is tuple:
-        return "a list of strings"
+        return {int: "a list of integers", float: "a list of numbers"}.get(
+            args[0] if args else str, "a list of strings"
+        )
+    if origin is Mapping and len(args) == 2 and _is_section(args[1]):
+        return "a table of tables"
+    if origin is Mapping and len(args) == 2 and args[1] is Any:
+        return "a table"
     if origin is Mapping:
         return "a table of strings"
     return f"a {tp}"
@@ -204,8 +220,11 @@ class _WrongType(Exception):
     pass
 
 
-def _coerce(tp: Any, value: Any) -> Any:
-    """Check `value` against the annotation; return it in its canonical (immutable) form."""
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Section)
+
+
+def _scalar(tp: Any, value: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -217,18 +236,49 @@ def _coerce(tp: Any, value: Any) -> Any:
         # TOML allows nan and inf; neither is a usable timeout or size.
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-    elif tp is str:
-        if isinstance(value, str):
+    elif tp is str and isinstance(value, str):
+        return value
+    raise _WrongType
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation; return it in its canonical (immutable) form.
+
+    Nested tables (a `Section` type), arrays of tables (`tuple[Section, ...]`) and tables of
+    tables (`Mapping[str, Section]`) are built here, so their errors carry the full key path
+    (`mqtt.map[2].qos`)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_section(tp):
+        if isinstance(value, tp):
             return value
-    elif typing.get_origin(tp) is tuple:
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    elif typing.get_origin(tp) is Mapping:
+        if isinstance(value, Mapping):
+            return build_section(tp, value, key)
+    elif origin is tuple and args and _is_section(args[0]):
+        if isinstance(value, list | tuple):
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            return tuple(_scalar(args[0] if args else str, v) for v in value)
+    elif origin is Mapping and len(args) == 2 and _is_section(args[1]):
+        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return MappingProxyType(
+                {k: _coerce(args[1], v, f"{key}.{_table_key(k)}") for k, v in value.items()}
+            )
+    elif origin is Mapping and len(args) == 2 and args[1] is Any:
+        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return MappingProxyType(dict(value))
+    elif origin is Mapping:
         if isinstance(value, Mapping) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
             return MappingProxyType(dict(value))
+    else:
+        return _scalar(tp, value)
     raise _WrongType
+
+
+def _table_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
 
 
 def _in_range(value: Any, meta: Mapping[str, Any]) -> bool:
@@ -243,8 +293,12 @@ def _in_range(value: Any, meta: Mapping[str, Any]) -> bool:
     return not (meta["max"] is not None and value > meta["max"])
 
 
-class _Section:
-    """Mixin for section dataclasses: validates every field after construction."""
+class Section:
+    """Mixin for settings dataclasses: validates every field after construction.
+
+    A top-level section sets `SECTION` (its TOML table name); a nested table (an element of
+    `[[mqtt.map]]`, say) leaves it empty and its errors are prefixed with the path it was
+    read from."""
 
     SECTION: ClassVar[str] = ""
 
@@ -256,10 +310,13 @@ class _Section:
         for f in fields:  # cross-field checks see the final values of every field
             self._validate_relation(f)
 
+    def _key(self, name: str) -> str:
+        return f"{self.SECTION}.{name}" if self.SECTION else name
+
     def _validate_field(self, f: dataclasses.Field[Any], tp: Any) -> None:
-        key, value = f"{self.SECTION}.{f.name}", getattr(self, f.name)
+        key, value = self._key(f.name), getattr(self, f.name)
         try:
-            value = _coerce(tp, value)
+            value = _coerce(tp, value, key)
         except _WrongType:
             raise ConfigError(key, value, _describe(tp, f.metadata)) from None
         if not _in_range(value, f.metadata):
@@ -277,20 +334,55 @@ class _Section:
             return
         value, floor = getattr(self, f.name), getattr(self, other)
         if value < floor:
-            expected = f"a value of at least {self.SECTION}.{other} ({_num(floor)})"
-            raise ConfigError(f"{self.SECTION}.{f.name}", value, expected)
+            expected = f"a value of at least {self._key(other)} ({_num(floor)})"
+            raise ConfigError(self._key(f.name), value, expected)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
+    @classmethod
+    def reloadable(cls) -> frozenset[str]:
+        """Fields whose change a running daemon applies live (declared with `reload=True`)."""
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("reload"))  # type: ignore[arg-type]
+
+
+_Section = Section  # the name the schema below was written with
+
 
 def _plain(value: Any) -> Any:
     """TOML/JSON-friendly form of a stored value."""
+    if isinstance(value, Section):
+        return value.to_dict()
     if isinstance(value, tuple):
-        return list(value)
+        return [_plain(v) for v in value]
     if isinstance(value, Mapping):
-        return dict(value)
+        return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+_UNKNOWN_KEY = "a known key (unknown key; "
+
+
+def build_section(cls: type[Section], table: Mapping[str, Any], path: str = "") -> Any:
+    """Build `cls` from a TOML table: unknown keys are errors with a suggestion, and a nested
+    table's errors are prefixed with `path` (`mqtt.map[2]`)."""
+    path = path or cls.SECTION
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key, value in table.items():
+        if key not in names:
+            guess = _suggest(key, names)
+            hint = (
+                f"did you mean {path}.{guess}?"
+                if guess
+                else f"keys of [{path}]: " + ", ".join(names)
+            )
+            raise ConfigError(f"{path}.{key}", value, f"{_UNKNOWN_KEY}{hint})")
+    try:
+        return cls(**table)
+    except ConfigError as exc:
+        if cls.SECTION or not path:
+            raise
+        raise ConfigError(f"{path}.{exc.key}", exc.value, exc.expected) from None
 
 
 # --- the schema --------------------------------------------------------------
@@ -300,9 +392,11 @@ def _plain(value: Any) -> Any:
 class DaemonSettings(_Section):
     SECTION: ClassVar[str] = "daemon"
 
-    device_id: str = option("", max_len=64)  # "" means the hostname
-    log_level: str = option("info", choices=LOG_LEVELS)
-    drain_timeout_s: float = option(5.0, min=0.1, max=300.0)
+    device_id: str = option("", max_len=64, reload=True)  # "" means the hostname
+    log_level: str = option("info", choices=LOG_LEVELS, reload=True)
+    drain_timeout_s: float = option(5.0, min=0.1, max=300.0, reload=True)
+    # The watchdog ping stops while the event loop wakes up later than this.
+    max_loop_lag_s: float = option(2.0, min=0.05, max=60.0, reload=True)
 
 
 @dataclass(frozen=True)
@@ -316,73 +410,17 @@ class PathSettings(_Section):
     cache_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
 
 
-@dataclass(frozen=True)
-class BusSettings(_Section):
-    SECTION: ClassVar[str] = "bus"
-
-    # "" means <runtime_dir>/bus.sock
-    socket: str = option("", valid=_is_socket_path, expected=SOCKET_TEXT)
-    socket_mode: str = option("0660", valid=_is_octal_mode, expected=MODE_TEXT)
-    tcp_enabled: bool = option(False)
-    tcp_bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
-    tcp_port: int = option(7781, min=1, max=65535)
-    max_frame_bytes: int = option(1048576, min=1024, max=268435456)
-    realtime_queue: int = option(1024, min=1, max=1000000)
-    realtime_policy: str = option("drop_oldest", choices=("drop_oldest", "keep_latest"))
-    reliable_queue: int = option(4096, min=1, max=1000000)
-    credit_window: int = option(1024, min=1, max=100000)
-    batch_max: int = option(100, min=1, max=100000)
-    batch_interval_ms: int = option(100, min=1, max=60000)
-    batch_budget: int = option(10000, min=1, max=10000000)
-    default_ttl: int = option(16, min=1, max=255)
-    client_timeout_s: float = option(15.0, min=1.0, max=3600.0)
-    durable: tuple[str, ...] = option(
-        factory=lambda: ("control.#", "action.#"),
-        check=_check_patterns,
-        expected="a list of topic patterns",
-    )
-    default_qos: Mapping[str, str] = option(
-        factory=lambda: MappingProxyType({}),
-        check=_check_qos_map,
-        expected="a table of topic pattern = " + "|".join(QOS_CLASSES),
-    )
-
-    @property
-    def socket_mode_int(self) -> int:
-        return int(self.socket_mode, 8)
-
-    def qos_for(self, topic: str) -> str | None:
-        """The configured default QoS for `topic`: the first matching pattern, in file order."""
-        for pattern, qos in self.default_qos.items():
-            if matches(pattern, topic):
-                return qos
-        return None
-
-
-@dataclass(frozen=True)
-class StateSettings(_Section):
-    SECTION: ClassVar[str] = "state"
-
-    map_size_mb: int = option(64, min=1, max=1048576)
-    max_map_size_mb: int = option(1024, min=1, max=1048576, at_least="map_size_mb")
-    commit_window_ms: float = option(0.0, min=0.0, max=1000.0)
-    journal_max_mb: int = option(64, min=1, max=1048576)
-    journal_max_age_s: int = option(86400, min=1, max=31536000)
-
-
-@dataclass(frozen=True)
-class MetricsSettings(_Section):
-    SECTION: ClassVar[str] = "metrics"
-
-    enabled: bool = option(True)
-    bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
-    port: int = option(9478, min=1, max=65535)
-
-
-_SECTIONS: dict[str, type[_Section]] = {
-    cls.SECTION: cls
-    for cls in (DaemonSettings, PathSettings, BusSettings, StateSettings, MetricsSettings)
+CORE_SECTIONS: dict[str, type[Section]] = {
+    cls.SECTION: cls for cls in (DaemonSettings, PathSettings)
 }
+
+
+def section_classes() -> dict[str, type[Section]]:
+    """Every section a config file may hold: the daemon's own plus each registered component's
+    (the registry imports component modules, which stay light: no model libraries)."""
+    from loomd.components import registry
+
+    return {**CORE_SECTIONS, **registry().settings_classes()}
 
 
 # --- paths -------------------------------------------------------------------
@@ -450,15 +488,58 @@ def resolve_paths(
 # --- the whole ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Settings:
-    daemon: DaemonSettings = field(default_factory=DaemonSettings)
-    paths: PathSettings = field(default_factory=PathSettings)
-    bus: BusSettings = field(default_factory=BusSettings)
-    state: StateSettings = field(default_factory=StateSettings)
-    metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    # Where these settings came from; not part of equality (same values = same settings).
-    source: Path | None = field(default=None, compare=False)
+    """Every section, validated: `settings.bus`, `settings.daemon`, `settings.section("mqtt")`.
+
+    Built with no arguments it holds the defaults of every known section; keyword arguments
+    replace whole sections. Equality compares values, not where they came from."""
+
+    __slots__ = ("_sections", "source")
+
+    def __init__(self, *, source: Path | None = None, **sections: Section) -> None:
+        known = section_classes()
+        for name in sections:
+            if name not in known:
+                raise TypeError(f"unknown settings section {name!r}")
+        self._sections: dict[str, Section] = {
+            name: sections.get(name) or cls() for name, cls in known.items()
+        }
+        self.source = source
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self._sections == other._sections
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self._sections.items())})"
+
+    @property
+    def daemon(self) -> DaemonSettings:
+        return self._sections["daemon"]  # type: ignore[return-value]
+
+    @property
+    def paths(self) -> PathSettings:
+        return self._sections["paths"]  # type: ignore[return-value]
+
+    def section(self, name: str) -> Any:
+        return self._sections[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._sections)
+
+    def replace(self, *, source: Path | object | None = ..., **sections: Section) -> Settings:
+        new = Settings.__new__(Settings)
+        new._sections = {**self._sections, **sections}
+        new.source = self.source if source is ... else source  # type: ignore[assignment]
+        return new
 
     @property
     def runtime_dir(self) -> Path:
@@ -474,16 +555,35 @@ class Settings:
 
     @property
     def bus_socket(self) -> Path:
-        return Path(self.bus.socket) if self.bus.socket else self.runtime_dir / "bus.sock"
+        sock: str = self._sections["bus"].socket  # type: ignore[attr-defined]
+        return Path(sock) if sock else self.runtime_dir / "bus.sock"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: getattr(self, name).to_dict() for name in _SECTIONS}
+        return {name: section.to_dict() for name, section in self._sections.items()}
 
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
     """Dotted keys whose value differs: what a reload changed."""
     a, b = old.to_dict(), new.to_dict()
-    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b.get(s, {}).get(k)]
+
+
+def split_reload(old: Section, new: Section) -> tuple[Section, list[str], list[str]]:
+    """What a reload of one section may apply: (running settings, applied keys, keys that
+    need a restart). The running settings take the new value of every reloadable option and
+    keep the old value of the rest, so they never hold a value that is not in effect."""
+    a, b = old.to_dict(), new.to_dict()
+    changed = [k for k in a if a[k] != b[k]]
+    live = type(old).reloadable()
+    applied = [k for k in changed if k in live]
+    restart = [k for k in changed if k not in live]
+    if not restart:
+        return new, applied, restart
+    try:
+        merged = dataclasses.replace(new, **{k: getattr(old, k) for k in restart})  # type: ignore[type-var]
+    except ConfigError:  # the mix of old and new breaks a cross-field rule: keep all old
+        return old, [], changed
+    return merged, applied, restart
 
 
 def default_config_path(
@@ -500,7 +600,7 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
     """Read and validate settings; `overrides` maps dotted keys (from the CLI) to values."""
     data = _read_toml(path) if path is not None else {}
     settings = _build(data, str(path) if path is not None else "")
-    settings = dataclasses.replace(settings, source=path)
+    settings = settings.replace(source=path)
     if overrides:
         settings = _override(settings, overrides, "command line")
     return settings
@@ -525,42 +625,43 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _build(data: Mapping[str, Any], source: str) -> Settings:
+    known = section_classes()
     for name, table in data.items():
-        _check_section(name, table, source)
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        table = data.get(name, {})
-        for key in table:
-            _check_key(name, key, table[key], source)
-        sections[name] = _construct(cls, table, source)
+        _check_section(known, name, table, source)
+    sections = {name: _construct(known, name, data.get(name, {}), source) for name in known}
     return Settings(**sections)
 
 
-def _construct(cls: type[_Section], values: Mapping[str, Any], source: str) -> Any:
+def _construct(
+    known: Mapping[str, type[Section]], name: str, values: Mapping[str, Any], source: str
+) -> Any:
     try:
-        return cls(**values)
+        return build_section(known[name], values)
     except ConfigError as exc:  # add where the value came from
-        raise ConfigError(exc.key, exc.value, exc.expected, source=source) from None
+        expected = exc.expected
+        if expected.startswith(_UNKNOWN_KEY + "keys of") and exc.key.count(".") == 1:
+            guess = _suggest(exc.key, _all_keys(known))  # a key put in the wrong section
+            if guess:
+                expected = f"{_UNKNOWN_KEY}did you mean {guess}?)"
+        raise ConfigError(exc.key, exc.value, expected, source=source) from None
 
 
 def _override(settings: Settings, overrides: Mapping[str, Any], source: str) -> Settings:
+    known = section_classes()
     per_section: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
         name, _, key = dotted.partition(".")
-        _check_section(name, {}, source, dotted=dotted)
-        _check_key(name, key, value, source)
+        _check_section(known, name, {}, source, dotted=dotted)
         per_section.setdefault(name, {})[key] = value
     changes = {
-        name: _construct(
-            type(getattr(settings, name)), getattr(settings, name).to_dict() | values, source
-        )
+        name: _construct(known, name, settings.section(name).to_dict() | values, source)
         for name, values in per_section.items()
     }
-    return dataclasses.replace(settings, **changes)
+    return settings.replace(**changes)
 
 
-def _all_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+def _all_keys(known: Mapping[str, type[Section]]) -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in known.items() for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
 
 def _suggest(word: str, candidates: list[str]) -> str | None:
@@ -568,25 +669,20 @@ def _suggest(word: str, candidates: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _check_section(name: str, table: Any, source: str, *, dotted: str | None = None) -> None:
-    if name not in _SECTIONS:
-        guess = _suggest(dotted or name, list(_SECTIONS) + _all_keys())
-        hint = f"did you mean {guess}?" if guess else "sections: " + ", ".join(_SECTIONS)
+def _check_section(
+    known: Mapping[str, type[Section]],
+    name: str,
+    table: Any,
+    source: str,
+    *,
+    dotted: str | None = None,
+) -> None:
+    if name not in known:
+        guess = _suggest(dotted or name, list(known) + _all_keys(known))
+        hint = f"did you mean {guess}?" if guess else "sections: " + ", ".join(known)
         shown = _Bare("{...}") if isinstance(table, Mapping) else table
         raise ConfigError(
             dotted or name, shown, f"a known section (unknown; {hint})", source=source
         )
     if not isinstance(table, Mapping):
         raise ConfigError(name, table, f"a table ([{name}])", source=source)
-
-
-def _check_key(section: str, key: str, value: Any, source: str) -> None:
-    names = [f.name for f in dataclasses.fields(_SECTIONS[section])]  # type: ignore[arg-type]
-    if key in names:
-        return
-    local = _suggest(key, names)
-    guess = f"{section}.{local}" if local else _suggest(f"{section}.{key}", _all_keys())
-    hint = f"did you mean {guess}?" if guess else f"keys of [{section}]: " + ", ".join(names)
-    raise ConfigError(
-        f"{section}.{key}", value, f"a known key (unknown key; {hint})", source=source
-    )

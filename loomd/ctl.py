@@ -13,6 +13,7 @@ from typing import Any
 
 from loomd import __version__
 from loomd.bus.envelope import Event
+from loomd.components import registry
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError
 from loomd.sdk.client import Client, default_endpoint
 
@@ -62,61 +63,83 @@ def format_event(ev: Event) -> str:
 
 
 def format_status(st: dict[str, Any]) -> str:
-    drops = sum(st.get("drops", {}).values())
-    state = st.get("state", {})
-    lat = st.get("latency_ms", {})
-    lag = st["loop_lag_ms"]
+    d = st["daemon"]
+    lag = d["loop_lag_ms"]
     lines = [
-        f"loomd {st['version']} on {st['device_id']} (pid {st['pid']}), up {st['uptime_s']:.0f} s, "
-        f"{st['reloads']} reloads",
-        f"  config:        {st.get('config_path') or 'built-in defaults'}",
-        f"  endpoints:     {', '.join(st.get('endpoints', []))}",
-        f"  clients:       {len(st.get('clients', {}))}",
-        f"  events:        {st['events_in']} in, {st['events_out']} out, {drops} dropped; "
-        f"now {st['rates']['in_per_s']:.0f}/s in, {st['rates']['out_per_s']:.0f}/s out"
-        + (f" ({_dumps(st['drops'])})" if drops else ""),
-        f"  rejected:      {sum(st.get('rejected', {}).values())} frames"
-        + (f" ({_dumps(st['rejected'])})" if st.get("rejected") else ""),
-        f"  loop lag:      {lag['last']:.2f} ms (max {lag['max']:.2f} ms)",
-        f"  latency:       p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms",
-        f"  state:         {state.get('used_bytes', 0) / 1e6:.1f} MB used, "
-        f"{state.get('journal_entries', 0)} journal entries",
-        f"  metrics:       {st.get('metrics') or 'off'}",
+        f"loomd {d['version']} on {d['device_id']} (pid {d['pid']}), up {d['uptime_s']:.0f} s, "
+        f"{d['reloads']} reloads, {'healthy' if d['healthy'] else 'UNHEALTHY'}",
+        f"  config:   {d.get('config_path') or 'built-in defaults'}",
+        f"  loop lag: {lag['last']:.2f} ms (max {lag['max']:.2f} ms)",
     ]
-    topics = st.get("topics", {})
-    if topics:
-        lines.append("  topics:")
-        for name, t in sorted(topics.items(), key=lambda kv: -kv[1]["in"])[:20]:
-            lines.append(
-                f"    {name:40} in {t['in']:>9}  out {t['out']:>9}  dropped {t['dropped']}"
-            )
-    subs = st.get("subscriptions", [])
-    if subs:
-        lines.append("  subscriptions:")
-        for s in subs:
-            dropped = sum(s["dropped"].values())
-            lines.append(
-                f"    {s['pattern']:30} {s['qos']:9} {s['owner'][:20]:20} depth {s['depth']:>6} "
-                f"delivered {s['delivered']:>9} dropped {dropped}"
-            )
+    lines += [f"  problem:  {p}" for p in d.get("problems", [])]
+    for name, c in st["components"].items():
+        head = c["state"] if c["healthy"] is not False else "running, UNHEALTHY"
+        reason = f": {c['reason']}" if c.get("reason") else ""
+        lines.append(f"{name} ({head}{reason})")
+        lines += [f"  {line}" for line in c.get("text", [])]
     return "\n".join(lines)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line argument: JSON if it parses as JSON, else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_op_args(tokens: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """`A B key=value --key value --key=value '{"k": 1}'` -> positional and keyword args."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--") and len(tok) > 2:
+            key, eq, value = tok[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(tokens):
+                    raise LoomdError(f"{tok} needs a value")
+                i += 1
+                value = tokens[i]
+            kwargs[key.replace("-", "_")] = parse_value(value)
+        elif "=" in tok and tok.split("=", 1)[0].isidentifier():
+            key, _, value = tok.partition("=")
+            kwargs[key] = parse_value(value)
+        elif tok.startswith("{"):
+            obj = parse_payload(tok)
+            if not isinstance(obj, dict):
+                raise LoomdError("a JSON argument must be an object")
+            kwargs.update(obj)
+        else:
+            args.append(parse_value(tok))
+        i += 1
+    return args, kwargs
+
+
+async def op(bus: Client, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run `<component>.<op>` on the daemon: what every friendly command is built on."""
+    return await bus.call(name, args=list(args), **kwargs)
 
 
 async def _run(args: argparse.Namespace) -> int:
     async with Client(args.socket, name="loomctl", timeout=args.timeout) as bus:
-        if args.cmd == "status":
-            st = (await bus.status())["status"]
-            print(_dumps(st, indent=2) if args.json else format_status(st))
-        elif args.cmd == "pub":
-            payload = parse_payload(args.payload, args.raw)
-            ev = await bus.publish(args.topic, payload, qos=args.qos, type=args.type, wait=True)
-            if args.qos != "reliable":
-                await bus.call("ping")  # same socket, in order: the daemon has routed it
-            print(f"published {ev.id.hex()} on {args.topic}", file=sys.stderr)
-        elif args.cmd == "sub":
-            return await _sub(bus, args)
-        elif args.cmd == "state":
-            return await _state(bus, args)
+        result: int = await args.func(bus, args)
+        return result
+
+
+async def _status(bus: Client, args: argparse.Namespace) -> int:
+    st = (await bus.status())["status"]
+    print(_dumps(st, indent=2) if args.json else format_status(st))
+    return 0
+
+
+async def _pub(bus: Client, args: argparse.Namespace) -> int:
+    payload = parse_payload(args.payload, args.raw)
+    ev = await bus.publish(args.topic, payload, qos=args.qos, type=args.type, wait=True)
+    if args.qos != "reliable":
+        await bus.call("ping")  # same socket, in order: the daemon has routed it
+    print(f"published {ev.id.hex()} on {args.topic}", file=sys.stderr)
     return 0
 
 
@@ -134,23 +157,35 @@ async def _sub(bus: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _state(bus: Client, args: argparse.Namespace) -> int:
-    if args.state_cmd == "get":
-        r = await bus.call("state_get", ns=args.ns, key=args.key)
-        if not r.get("found"):
-            print(f"loomctl: no key {args.key!r} in namespace {args.ns!r}", file=sys.stderr)
-            return 1
-        print(_dumps(r.get("value")))
-    elif args.state_cmd == "put":
-        await bus.call("state_put", ns=args.ns, key=args.key, value=parse_payload(args.value))
-    elif args.state_cmd == "ls":
-        for key in (await bus.call("state_ls", ns=args.ns, prefix=args.prefix))["keys"]:
-            print(key)
+async def _ops(bus: Client, args: argparse.Namespace) -> int:
+    r = await bus.call("commands")
+    if args.json:
+        print(_dumps(r, indent=2))
+        return 0
+    for name, info in r["commands"].items():
+        params = " ".join(f"[{p}]" for p in info["params"])
+        print(f"{name} {params}".rstrip() + (f"  - {info['help']}" if info["help"] else ""))
+    down = {n: s for n, s in r["components"].items() if s != "running"}
+    for n, s in down.items():
+        print(f"({n}: {s})")
+    return 0
+
+
+async def _generic(bus: Client, args: argparse.Namespace) -> int:
+    pos, kw = parse_op_args(args.op_args)
+    result = await op(bus, f"{args.component}.{args.op}", *pos, **kw)
+    result = {k: v for k, v in result.items() if k not in ("rid", "ok")}
+    print(_dumps(result, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="loomctl", description="Inspect and drive a running loomd.")
+    p = argparse.ArgumentParser(
+        prog="loomctl",
+        description="Inspect and drive a running loomd. Beyond the commands below, "
+        "`loomctl COMPONENT OP [ARGS]` runs any component's operation "
+        "(ARGS: values, key=value, --key value, or a JSON object); `loomctl ops` lists them.",
+    )
     p.add_argument(
         "--socket",
         help="daemon socket path or endpoint "
@@ -158,17 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
     p.add_argument("--version", action="version", version=f"loomctl {__version__}")
-    cmds = p.add_subparsers(dest="cmd", required=True)
-    st = cmds.add_parser(
-        "status", help="uptime, topics, subscribers, rates, drops, loop lag, state size"
-    )
+    cmds = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    st = cmds.add_parser("status", help="the daemon and every component's status")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_status)
     pub = cmds.add_parser("pub", help="publish one event")
     pub.add_argument("topic")
     pub.add_argument("payload", nargs="?", help="JSON, or @FILE")
     pub.add_argument("--qos", default="reliable", choices=("realtime", "batched", "reliable"))
     pub.add_argument("--type", help="event type (default: the topic)")
     pub.add_argument("--raw", action="store_true", help="send the payload as raw bytes")
+    pub.set_defaults(func=_pub)
     sub = cmds.add_parser("sub", help="print events matching a pattern ('#' for all)")
     sub.add_argument("pattern")
     sub.add_argument("--qos", choices=("realtime", "batched", "reliable"))
@@ -177,21 +212,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--wait", type=float, default=None, help="exit 1 if no event arrives within S seconds"
     )
-    state = cmds.add_parser("state", help="the daemon's key-value state")
-    state.add_argument("--ns", default="user", help="namespace (default: user)")
-    sc = state.add_subparsers(dest="state_cmd", required=True)
-    g = sc.add_parser("get")
-    g.add_argument("key")
-    pu = sc.add_parser("put")
-    pu.add_argument("key")
-    pu.add_argument("value", help="JSON, or @FILE")
-    ls = sc.add_parser("ls")
-    ls.add_argument("prefix", nargs="?", default="")
+    sub.set_defaults(func=_sub)
+    ops = cmds.add_parser("ops", help="list every component operation the daemon serves")
+    ops.add_argument("--json", action="store_true")
+    ops.set_defaults(func=_ops)
+    for cls in registry().classes().values():  # friendly commands of the components
+        if cls.cli is not None:
+            cls.cli(cmds)
     return p
 
 
+def _generic_parser() -> argparse.ArgumentParser:
+    g = argparse.ArgumentParser(prog="loomctl")
+    g.add_argument("--socket")
+    g.add_argument("--timeout", type=float, default=5.0)
+    g.add_argument("component")
+    g.add_argument("op")
+    g.add_argument("op_args", nargs=argparse.REMAINDER)
+    g.set_defaults(func=_generic)
+    return g
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    first = _first_positional(argv)
+    friendly = set(_subcommands(parser))
+    if first is not None and first not in friendly and first in registry().names():
+        rest = argv[argv.index(first) + 2 :] if argv.index(first) + 1 < len(argv) else []
+        if any(t in ("-h", "--help") for t in rest):
+            parser.parse_args([*argv[: argv.index(first)], "--help"])
+        return _generic_parser().parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
+def _first_positional(argv: list[str]) -> str | None:
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in ("--socket", "--timeout"):
+            i += 2
+            continue
+        if tok.startswith("-"):
+            i += 1
+            continue
+        return tok
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     args.socket = args.socket or default_endpoint()
     try:
         return asyncio.run(_run(args))

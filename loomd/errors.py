@@ -36,6 +36,12 @@ class StateError(LoomdError):
     code = "state"
 
 
+class InvalidKey(StateError, ValueError):
+    """A state key or namespace that LMDB cannot store (empty, too long, NUL)."""
+
+    code = "invalid_key"
+
+
 class StateFullError(StateError):
     """The LMDB map reached its configured maximum size."""
 

@@ -18,14 +18,19 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
+
+from loomd.component import Component, StatusBlock
+from loomd.config import IP_TEXT, Section, _is_ip, option
 
 __all__ = [
     "CONTENT_TYPE",
     "LATENCY_BUCKETS",
     "Family",
     "Histogram",
+    "MetricsComponent",
     "MetricsServer",
+    "MetricsSettings",
     "Sample",
     "render",
 ]
@@ -367,3 +372,69 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         async with asyncio.timeout(_LINGER_TIMEOUT):
             while await reader.read(_MAX_LINE):
                 pass
+
+
+# --- the component ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsSettings(Section):
+    SECTION: ClassVar[str] = "metrics"
+
+    enabled: bool = option(True, reload=True)
+    bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT, reload=True)
+    port: int = option(9478, min=1, max=65535, reload=True)
+
+
+@dataclass(frozen=True)
+class MetricsStatus(StatusBlock):
+    url: str | None
+
+    def lines(self) -> list[str]:
+        return [self.url or "off"]
+
+
+class MetricsComponent(Component[MetricsSettings]):
+    """Serves every component's families (`ctx.services.collect`) as Prometheus text."""
+
+    name = "metrics"
+    Settings = MetricsSettings
+    summary = "Prometheus metrics over HTTP on localhost"
+
+    server: MetricsServer | None = None
+
+    async def start(self) -> None:
+        await self._open()
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def reload(self, new: MetricsSettings) -> list[str]:
+        changed = new != self.settings
+        self.ctx.settings = new
+        if changed:
+            await self._close()
+            await self._open()
+        return []
+
+    async def _open(self) -> None:
+        m = self.settings
+        if not m.enabled:
+            return
+        server = MetricsServer(m.bind, m.port, self.ctx.services.collect)
+        try:
+            await server.start()
+        except OSError as exc:  # the daemon runs on without metrics, and says so
+            self.ctx.error(
+                "metrics", f"metrics disabled: cannot listen on {m.bind}:{m.port}: {exc}"
+            )
+            return
+        self.server = server
+
+    async def _close(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.close()
+
+    def status(self) -> MetricsStatus:
+        return MetricsStatus(self.server.url if self.server else None)

@@ -39,6 +39,7 @@ class Notifier:
             log.debug("unsupported NOTIFY_SOCKET %r: notifications disabled", raw)
         self._watchdog_usec = env.get("WATCHDOG_USEC", "")
         self._watchdog_pid = env.get("WATCHDOG_PID", "")
+        self.dropped = 0  # messages the socket did not take
 
     @property
     def enabled(self) -> bool:
@@ -50,9 +51,13 @@ class Notifier:
             return False
         payload = "\n".join(lines).encode()
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: a service manager that stopped reading must not stall the loop;
+            # the message is dropped and counted instead.
+            flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            with socket.socket(socket.AF_UNIX, flags) as sock:
                 sock.sendto(payload, self._address)
         except OSError as exc:
+            self.dropped += 1
             log.debug("sd_notify %r failed: %s", lines, exc)
             return False
         return True
@@ -111,7 +116,12 @@ def _check(healthy: Callable[[], bool]) -> bool:
         return False
 
 
-async def watchdog_loop(notifier: Notifier, interval: float, healthy: Callable[[], bool]) -> None:
+async def watchdog_loop(
+    notifier: Notifier,
+    interval: float,
+    healthy: Callable[[], bool],
+    why: Callable[[], list[str]] | None = None,
+) -> None:
     """Ping WATCHDOG=1 every `interval` seconds while `healthy()` says so.
 
     The ping is sent from the event loop itself, so a blocked loop stops
@@ -123,7 +133,10 @@ async def watchdog_loop(notifier: Notifier, interval: float, healthy: Callable[[
         if ok:
             notifier.watchdog()
         elif was_healthy:
-            log.warning("unhealthy: withholding watchdog pings")
+            reasons = "; ".join(why()) if why is not None else ""
+            log.warning(
+                "unhealthy: withholding watchdog pings%s", f" ({reasons})" if reasons else ""
+            )
         if ok and not was_healthy:
             log.info("healthy again: watchdog pings resumed")
         was_healthy = ok

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from loomd.components import registry
 from tests.conftest import LoomdProcess, free_port
 
 
@@ -23,10 +25,16 @@ def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.Comp
     )
 
 
-def status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
+def full_status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
     r = loomctl(d, "status", "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
+    """The daemon block plus the bus block, flattened (what most tests look at)."""
+    st = full_status(d)
+    return {**st["daemon"], **st["components"]["bus"]["status"]}
 
 
 def test_sd_notify_ready_watchdog_reload_stopping(loomd_proc: LoomdProcess) -> None:
@@ -151,9 +159,11 @@ def test_check_reports_config_and_features(short_tmp: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "config OK" in r.stdout
-    for feature in ("voice", "local LLM", "MCP tools", "MQTT bridge"):
-        assert feature in r.stdout
-    assert "missing" in r.stdout or "available" in r.stdout
+    for name in registry().names():  # every registered component, from the one registry
+        assert re.search(rf"^  {name} +(enabled|disabled) +(available|missing)", r.stdout, re.M), (
+            name,
+            r.stdout,
+        )
 
 
 # -- loomctl ----------------------------------------------------------------------------------
@@ -243,10 +253,12 @@ def test_metrics_endpoint(loomd_proc: LoomdProcess) -> None:
         text = resp.read().decode()
         assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     for name in (
-        "loomd_events_in_total 1",
-        "loomd_events_dropped_total",
-        "loomd_queue_depth",
-        "loomd_loop_lag_seconds_bucket",
-        "loomd_publish_deliver_seconds_count",
+        "loomd_bus_events_in_total 1",
+        "loomd_bus_events_dropped_total",
+        "loomd_bus_queue_depth",
+        "loomd_daemon_loop_lag_seconds_bucket",
+        "loomd_bus_publish_deliver_seconds_count",
+        'loomd_daemon_component_up{component="state",state="running"} 1',
+        "loomd_state_used_bytes",
     ):
         assert name in text, name

@@ -24,7 +24,7 @@ def test_echo_agent_example_answers_requests(daemon: LoomdProcess) -> None:
         async with connect(daemon.endpoint) as bus:
             async with asyncio.timeout(20):
                 while True:  # until the agent has subscribed
-                    st = (await bus.status())["status"]
+                    st = (await bus.status())["status"]["components"]["bus"]["status"]
                     if any(s["pattern"] == "agent.echo.inbox" for s in st["subscriptions"]):
                         break
                     await asyncio.sleep(0.05)  # another process: status is the only signal

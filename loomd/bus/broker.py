@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.qos import BatchedQueue, RealtimeQueue, ReliableQueue
+from loomd.bus.settings import BusSettings
 from loomd.bus.topics import TopicTrie, matches, validate_pattern
 from loomd.errors import LoomdError
 
@@ -40,19 +41,7 @@ class JournalLike(Protocol):
 class Sink(Protocol):
     """Where a subscription's events go when they are ready (a socket session)."""
 
-    def wake(self, sub: Subscription) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class BusLimits:
-    realtime_queue: int = 1024
-    realtime_policy: str = "drop_oldest"
-    reliable_queue: int = 4096
-    batch_max: int = 100
-    batch_interval_ms: float = 100.0
-    batch_budget: int = 10000
-    durable: tuple[str, ...] = ()
-    default_qos: tuple[tuple[str, str], ...] = ()
+    def wake(self, sub: Subscriber) -> None: ...
 
 
 @dataclass(slots=True)
@@ -68,7 +57,7 @@ class SubStats:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-class Subscription:
+class Subscriber:
     """One pattern, one QoS class, one queue. In-process subscriptions are async iterators."""
 
     def __init__(
@@ -236,7 +225,18 @@ class Subscription:
         async with asyncio.timeout(timeout):
             return await self.__anext__()
 
-    def close(self) -> None:
+    async def ready(self) -> Subscriber:
+        """In process a subscription is live as soon as it exists (the SDK's waits for the
+        daemon): here for the one `Bus` API."""
+        return self
+
+    async def close(self) -> None:
+        self.broker.unsubscribe(self)
+
+    async def __aenter__(self) -> Subscriber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         self.broker.unsubscribe(self)
 
     def info(self) -> dict[str, Any]:
@@ -257,7 +257,7 @@ class Broker:
 
     def __init__(
         self,
-        limits: BusLimits,
+        limits: BusSettings,
         journal: JournalLike | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -267,37 +267,33 @@ class Broker:
         self.journal = journal
         self.clock = clock
         self.loop = loop or asyncio.get_running_loop()
-        self._trie: TopicTrie[Subscription] = TopicTrie()
+        self._trie: TopicTrie[Subscriber] = TopicTrie()
         self.reconfigure(limits)
-        self._subs: dict[int, Subscription] = {}
+        self._subs: dict[int, Subscriber] = {}
         self._next_sid = 1
-        self._parked: list[tuple[list[Subscription], AckCallback]] = []
+        self._parked: list[tuple[list[Subscriber], AckCallback]] = []
         self.topics: dict[str, TopicStats] = {}
         self.drops: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
         self.events_in = 0
         self.events_out = 0
-        self._replaying: set[Subscription] = set()
+        self._replaying: set[Subscriber] = set()
         self._error_budget = _RateLimit(20, 1.0, clock)
         self.on_deliver: Callable[[Event], None] | None = None
 
-    def reconfigure(self, limits: BusLimits) -> None:
+    def reconfigure(self, limits: BusSettings) -> None:
         """Apply new limits: durable patterns at once, queue sizes to new subscriptions."""
         self.limits = limits
         self._durable: TopicTrie[int] = TopicTrie()
         for i, pattern in enumerate(limits.durable):
             self._durable.add(pattern, i)
-        self._default_qos: TopicTrie[int] = TopicTrie()
-        for i, (pattern, _qos) in enumerate(limits.default_qos):
-            self._default_qos.add(pattern, i)
         self._durable_cache: dict[str, bool] = {}
 
     # -- subscriptions ------------------------------------------------------------------------
     def default_qos(self, pattern: str) -> QoS:
-        hits = self._default_qos.match(pattern) if "*" not in pattern and "#" not in pattern else ()
-        if hits:
-            return QoS(self.limits.default_qos[min(hits)][1])
-        return QoS.REALTIME
+        """The configured class for a subscription that names none (wildcards: realtime)."""
+        qos = None if "*" in pattern or "#" in pattern else self.limits.qos_for(pattern)
+        return QoS(qos) if qos else QoS.REALTIME
 
     def subscribe(
         self,
@@ -307,12 +303,12 @@ class Broker:
         sink: Sink | None = None,
         owner: str = "local",
         after_seq: int | None = None,
-    ) -> Subscription:
+    ) -> Subscriber:
         validate_pattern(pattern)
         q = QoS(qos) if qos else self.default_qos(pattern)
         if after_seq is not None and q is not QoS.RELIABLE:
             raise LoomdError(f"replay (after={after_seq}) needs a reliable subscription, not {q}")
-        sub = Subscription(self, self._next_sid, pattern, q, sink, owner)
+        sub = Subscriber(self, self._next_sid, pattern, q, sink, owner)
         self._next_sid += 1
         self._subs[sub.sid] = sub
         self._trie.add(pattern, sub)
@@ -333,7 +329,7 @@ class Broker:
             sub.last_journal_seq = self.journal.head
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscriber) -> None:
         if sub.closed:
             return
         sub.closed = True
@@ -346,7 +342,7 @@ class Broker:
             sub._waiter.set_result(None)
         self.release_credits()
 
-    def subscriptions(self) -> Iterable[Subscription]:
+    def subscriptions(self) -> Iterable[Subscriber]:
         return self._subs.values()
 
     # -- publishing ---------------------------------------------------------------------------
@@ -415,7 +411,7 @@ class Broker:
             on_ack("journal_failed")
 
     def _route(self, ev: Event, seq: int, on_ack: AckCallback | None) -> None:
-        blocked: list[Subscription] | None = None
+        blocked: list[Subscriber] | None = None
         for sub in self._trie.match(ev.topic):
             if seq:
                 if sub.catching_up or seq <= sub.last_journal_seq:
@@ -437,7 +433,7 @@ class Broker:
         """Ack parked publishes whose target queues have drained below their limits."""
         if not self._parked:
             return
-        still: list[tuple[list[Subscription], AckCallback]] = []
+        still: list[tuple[list[Subscriber], AckCallback]] = []
         ready: list[AckCallback] = []
         for subs, cb in self._parked:
             if any(s.reliable is not None and s.reliable.pressured and not s.closed for s in subs):
@@ -452,14 +448,14 @@ class Broker:
         return len(self._parked)
 
     # -- durable replay -----------------------------------------------------------------------
-    def continue_replay(self, sub: Subscription) -> None:
+    def continue_replay(self, sub: Subscriber) -> None:
         """Feed a resuming reliable subscription from the journal, a chunk at a time."""
         if self.journal is None or sub.closed or sub in self._replaying:
             return
         self._replaying.add(sub)
         self.loop.call_soon(self._replay_step, sub)
 
-    def _replay_step(self, sub: Subscription) -> None:
+    def _replay_step(self, sub: Subscriber) -> None:
         self._replaying.discard(sub)
         if sub.closed or self.journal is None:
             return

@@ -21,7 +21,7 @@ import zmq
 
 from loomd import __version__
 from loomd.bus import wire
-from loomd.bus.broker import Broker, Subscription
+from loomd.bus.broker import Broker, Subscriber
 from loomd.bus.envelope import Event, QoS, check_header
 from loomd.bus.topics import validate_topic
 from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
@@ -49,7 +49,7 @@ class Session:
         self.ident = ident
         self.name = ""
         self.last_seen = time.monotonic()
-        self.subs: dict[int, Subscription] = {}  # client sid -> subscription
+        self.subs: dict[int, Subscriber] = {}  # client sid -> subscription
         self.sent: dict[int, int] = {}  # daemon sid -> deliveries sent (reliable)
         self.acked: dict[int, int] = {}  # daemon sid -> deliveries acked (reliable)
         self.windows: dict[int, int] = {}
@@ -59,7 +59,7 @@ class Session:
         self.alive = True
         self.greeted = False  # said hello to *this* daemon: its reliable acks count from there
 
-    def wake(self, sub: Subscription) -> None:
+    def wake(self, sub: Subscriber) -> None:
         self.server.mark_dirty(sub)
 
     def ack_callback(self) -> Callable[[str | None], None]:
@@ -107,7 +107,7 @@ class BusServer:
         self.sessions: dict[bytes, Session] = {}
         self._socks: list[zmq.Socket[bytes]] = []
         self._ipc_paths: list[Path] = []
-        self._dirty: set[Subscription] = set()
+        self._dirty: set[Subscriber] = set()
         self._ack_dirty: set[Session] = set()
         self._scheduled = False
         self._retry: asyncio.TimerHandle | None = None
@@ -115,6 +115,12 @@ class BusServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._sub_session: dict[int, tuple[Session, int]] = {}  # daemon sid -> (session, csid)
         self.latency: Callable[[int], None] | None = None  # ns from publish to hand-off
+        self.accepting = True  # False once the daemon stops: publishes are not taken
+
+    def stop_intake(self) -> None:
+        """Take no more publishes. Unacked reliable ones stay with their clients, which
+        re-send them to the next daemon; queued deliveries and acks still go out."""
+        self.accepting = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> BusServer:
@@ -182,7 +188,7 @@ class BusServer:
             self._scheduled = True
             self.loop.call_soon(self._pump)
 
-    def mark_dirty(self, sub: Subscription) -> None:
+    def mark_dirty(self, sub: Subscriber) -> None:
         self._dirty.add(sub)
         self._schedule()
 
@@ -247,6 +253,9 @@ class BusServer:
                 self._reject(session, exc)
 
     def _on_publish(self, session: Session, data: bytes) -> None:
+        if not self.accepting:
+            self.broker.drops["shutdown"] = self.broker.drops.get("shutdown", 0) + 1
+            return
         if len(data) > self.max_frame_bytes:
             raise ProtocolError(
                 "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
@@ -376,7 +385,7 @@ class BusServer:
         self.drop_session(session)
         return {}
 
-    def _drop_sub(self, session: Session, sub: Subscription) -> None:
+    def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)
         self._sub_session.pop(sub.sid, None)
         self._dirty.discard(sub)
@@ -423,7 +432,7 @@ class BusServer:
         self._retry = None
         self._schedule()
 
-    def _flush_sub(self, session: Session, csid: int, sub: Subscription) -> bool:
+    def _flush_sub(self, session: Session, csid: int, sub: Subscriber) -> bool:
         """Send what the subscription has; False if the client's pipe is full (retry later)."""
         reliable = sub.qos is QoS.RELIABLE
         room = 1 << 30

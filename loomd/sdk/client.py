@@ -27,6 +27,7 @@ from loomd.bus import wire
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, plain_event
 from loomd.bus.topics import validate_pattern, validate_topic
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
+from loomd.config import resolve_dir
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,7 @@ def default_endpoint() -> str:
         return env
     if _exists(Path(DEFAULT_SOCKET)):
         return DEFAULT_SOCKET
-    from loomd.config import Settings  # the same resolution rules as the daemon
-
-    return str(Settings().bus_socket)
+    return str(resolve_dir("runtime") / "bus.sock")  # the daemon's own rule for its default
 
 
 def _exists(path: Path) -> bool:

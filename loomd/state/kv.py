@@ -7,6 +7,7 @@ from typing import Any
 
 import cbor2
 
+from loomd.errors import InvalidKey
 from loomd.state.env import Env
 from loomd.state.records import kv_prefix
 from loomd.state.writer import DELETE, PUT, Writer
@@ -24,10 +25,10 @@ class KV:
 
     def _key(self, key: str) -> bytes:
         if not isinstance(key, str) or not key:
-            raise ValueError(f"KV key must be a non-empty str, got {key!r}")
+            raise InvalidKey(f"KV key must be a non-empty str, got {key!r}")
         raw = self._prefix + key.encode()
         if len(raw) > self._env.max_key_size:
-            raise ValueError(
+            raise InvalidKey(
                 f"KV key too long: {len(raw)} bytes with its namespace, "
                 f"LMDB allows {self._env.max_key_size}"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from loomd.errors import InvalidKey
+
 # Big-endian so LMDB's bytewise key order is numeric order and appends stay at the tail.
 SEQ = struct.Struct(">Q")
 # ts_ns, len(topic), len(header); the body is the rest, so it needs no length of its own.
@@ -45,5 +47,5 @@ def entry_ts(raw: bytes | memoryview) -> int:
 def kv_prefix(namespace: str) -> bytes:
     """Namespaces share the `kv` database: `namespace NUL key`, NUL being barred in names."""
     if not isinstance(namespace, str) or not namespace or "\x00" in namespace:
-        raise ValueError(f"KV namespace must be a non-empty str without NUL, got {namespace!r}")
+        raise InvalidKey(f"KV namespace must be a non-empty str without NUL, got {namespace!r}")
     return namespace.encode() + KV_SEP

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from loomd.bus.broker import Broker, BusLimits, Subscription
+from loomd.bus.broker import Broker, Subscriber
 from loomd.bus.envelope import Event
+from loomd.bus.settings import BusSettings
 from loomd.errors import LoomdError
 from loomd.state import State
 
@@ -28,7 +29,7 @@ def run(fn: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
     return asyncio.run(guarded())
 
 
-async def collect(sub: Subscription, n: int, within: float = 2.0) -> list[Event]:
+async def collect(sub: Subscriber, n: int, within: float = 2.0) -> list[Event]:
     out: list[Event] = []
     async with asyncio.timeout(within):
         while len(out) < n:
@@ -47,11 +48,11 @@ class ReadySink:
         self.ready = asyncio.Event()
         self.wakes = 0
 
-    def wake(self, sub: Subscription) -> None:
+    def wake(self, sub: Subscriber) -> None:
         self.wakes += 1
         self.ready.set()
 
-    async def take(self, sub: Subscription, n: int, within: float = 5.0) -> list[tuple[int, Event]]:
+    async def take(self, sub: Subscriber, n: int, within: float = 5.0) -> list[tuple[int, Event]]:
         out: list[tuple[int, Event]] = []
         async with asyncio.timeout(within):
             while len(out) < n:
@@ -78,7 +79,7 @@ class FakeClock:
 
 def test_fan_out_to_matching_patterns() -> None:
     async def main() -> None:
-        b = Broker(BusLimits())
+        b = Broker(BusSettings())
         pats = ["sensor.*.temp", "sensor.#", "#", "sensor.kitchen.temp", "other.#", "*"]
         subs = {p: b.subscribe(p, "reliable") for p in pats}
         topics = ["sensor.kitchen.temp", "sensor.hall.hum", "other.x", "sensor", "sensor.hall.temp"]
@@ -108,7 +109,7 @@ def test_fan_out_to_matching_patterns() -> None:
 
 def test_in_process_subscriber_wakes_on_publish() -> None:
     async def main() -> None:
-        b = Broker(BusLimits())
+        b = Broker(BusSettings())
         sub = b.subscribe("a.#", "realtime")
         got: list[Any] = []
 
@@ -134,7 +135,7 @@ def test_in_process_subscriber_wakes_on_publish() -> None:
 
 def test_realtime_flood_into_stalled_subscribers_is_bounded_and_counted() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(realtime_queue=8))
+        b = Broker(BusSettings(realtime_queue=8))
         wide = b.subscribe("s.#", "realtime")
         narrow = b.subscribe("s.x", "realtime")
         for i in range(100):
@@ -160,7 +161,7 @@ def test_realtime_flood_into_stalled_subscribers_is_bounded_and_counted() -> Non
 def test_realtime_drops_are_counted_per_topic() -> None:
     # DESIGN: "Every drop is counted per topic and subscriber".
     async def main() -> None:
-        b = Broker(BusLimits(realtime_queue=4))
+        b = Broker(BusSettings(realtime_queue=4))
         b.subscribe("s.#", "realtime")
         for i in range(10):
             b.publish(Event.create("s.x", i))
@@ -176,7 +177,7 @@ def test_realtime_drops_are_counted_per_topic() -> None:
 
 def test_keep_latest_eviction_is_counted_against_the_evicted_topic() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(realtime_queue=2, realtime_policy="keep_latest"))
+        b = Broker(BusSettings(realtime_queue=2, realtime_policy="keep_latest"))
         sub = b.subscribe("s.*", "realtime")
         b.publish(Event.create("s.a", 1))
         b.publish(Event.create("s.a", 2))  # replaces s.a 1: an s.a event lost
@@ -193,7 +194,7 @@ def test_keep_latest_eviction_is_counted_against_the_evicted_topic() -> None:
 
 def test_realtime_keep_latest() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(realtime_queue=4, realtime_policy="keep_latest"))
+        b = Broker(BusSettings(realtime_queue=4, realtime_policy="keep_latest"))
         sub = b.subscribe("s.*", "realtime")
         for i in range(10):
             for t in ("a", "b", "c"):
@@ -209,14 +210,14 @@ def test_realtime_keep_latest() -> None:
 @pytest.mark.parametrize(
     ("qos", "limits"),
     [
-        ("reliable", BusLimits()),
-        ("realtime", BusLimits()),
-        ("realtime", BusLimits(realtime_policy="keep_latest")),
-        ("batched", BusLimits(batch_max=2, batch_interval_ms=60_000)),
+        ("reliable", BusSettings()),
+        ("realtime", BusSettings()),
+        ("realtime", BusSettings(realtime_policy="keep_latest")),
+        ("batched", BusSettings(batch_max=2, batch_interval_ms=60_000)),
     ],
     ids=["reliable", "drop_oldest", "keep_latest", "batched"],
 )
-def test_unpop_puts_events_back_in_order(qos: str, limits: BusLimits) -> None:
+def test_unpop_puts_events_back_in_order(qos: str, limits: BusSettings) -> None:
     # A socket session that cannot send puts events back; they must come out again.
     async def main() -> None:
         b = Broker(limits)
@@ -231,7 +232,7 @@ def test_unpop_puts_events_back_in_order(qos: str, limits: BusLimits) -> None:
         again = await sink.take(sub, 2, within=1)
         assert [e.payload for _, e in again] == [1, 2]
         assert sub.stats.delivered == 2
-        sub.close()
+        await sub.close()
 
     run(main)
 
@@ -241,7 +242,7 @@ def test_unpop_puts_events_back_in_order(qos: str, limits: BusLimits) -> None:
 
 def test_batched_delivery_by_size() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(batch_max=5, batch_interval_ms=60_000, batch_budget=1000))
+        b = Broker(BusSettings(batch_max=5, batch_interval_ms=60_000, batch_budget=1000))
         sub = b.subscribe("m.#", "batched")
         for i in range(4):
             b.publish(Event.create("m.cpu", i))
@@ -254,14 +255,14 @@ def test_batched_delivery_by_size() -> None:
         assert sub.depth() == 12
         assert payloads(await collect(sub, 10)) == list(range(10))
         assert sub.pending() == 0
-        sub.close()
+        await sub.close()
 
     run(main)
 
 
 def test_batched_delivery_by_timer() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(batch_max=100, batch_interval_ms=20))
+        b = Broker(BusSettings(batch_max=100, batch_interval_ms=20))
         sub = b.subscribe("m.#", "batched")
         for i in range(3):
             b.publish(Event.create("m.mem", i))
@@ -280,7 +281,7 @@ def test_batched_delivery_by_timer() -> None:
 def test_batched_flood_into_stalled_subscriber_is_bounded_and_counted() -> None:
     # DESIGN: "memory stays bounded under any publisher rate"; every drop is counted.
     async def main() -> None:
-        lim = BusLimits(batch_max=10, batch_interval_ms=60_000, batch_budget=100)
+        lim = BusSettings(batch_max=10, batch_interval_ms=60_000, batch_budget=100)
         b = Broker(lim)
         sub = b.subscribe("m.#", "batched")
         n = 10_000
@@ -294,7 +295,7 @@ def test_batched_flood_into_stalled_subscriber_is_bounded_and_counted() -> None:
         assert b.topics["m.cpu"].dropped == n - kept
         got = payloads(await collect(sub, sub.pending()))
         assert got == sorted(got)  # what is kept stays in arrival order
-        sub.close()
+        await sub.close()
 
     run(main)
 
@@ -304,7 +305,7 @@ def test_batched_over_budget_in_one_interval_is_sampled() -> None:
     # `sampled` -- even when the reader keeps up with every batch.
     async def main() -> None:
         clock = FakeClock()  # the interval ends only when the test says so
-        lim = BusLimits(batch_max=10, batch_interval_ms=1000, batch_budget=100)
+        lim = BusSettings(batch_max=10, batch_interval_ms=1000, batch_budget=100)
         b = Broker(lim, clock=clock)
         sink = ReadySink()
         sub = b.subscribe("m.#", "batched", sink=sink)
@@ -329,7 +330,7 @@ def test_batched_over_budget_in_one_interval_is_sampled() -> None:
         assert got[held:] == list(range(n, n + len(got) - held))
         assert sorted(delivered + got[:held]) == delivered + got[:held]
         assert sub.stats.dropped.get("sampled", 0) == sampled
-        sub.close()
+        await sub.close()
 
     run(main)
 
@@ -339,7 +340,7 @@ def test_batched_over_budget_in_one_interval_is_sampled() -> None:
 
 def test_reliable_stalled_subscriber_blocks_publish_wait_until_consumed() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(reliable_queue=4))
+        b = Broker(BusSettings(reliable_queue=4))
         sub = b.subscribe("ctl.#", "reliable")
         for i in range(3):
             async with asyncio.timeout(1):
@@ -365,7 +366,7 @@ def test_reliable_stalled_subscriber_blocks_publish_wait_until_consumed() -> Non
 def test_reliable_sequential_publisher_is_paced_by_slow_consumer() -> None:
     async def main() -> None:
         limit = 5
-        b = Broker(BusLimits(reliable_queue=limit))
+        b = Broker(BusSettings(reliable_queue=limit))
         sub = b.subscribe("ctl.#", "reliable")
         n = 300
         got: list[Any] = []
@@ -394,7 +395,7 @@ def test_reliable_sequential_publisher_is_paced_by_slow_consumer() -> None:
 
 def test_realtime_subscriber_does_not_slow_reliable_publisher() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(realtime_queue=2, reliable_queue=2))
+        b = Broker(BusSettings(realtime_queue=2, reliable_queue=2))
         b.subscribe("x.#", "realtime")  # stalled, but realtime never withholds credit
         async with asyncio.timeout(1):
             for i in range(50):
@@ -409,7 +410,7 @@ def test_realtime_subscriber_does_not_slow_reliable_publisher() -> None:
 
 def test_ttl_zero_is_dropped_and_counted() -> None:
     async def main() -> None:
-        b = Broker(BusLimits())
+        b = Broker(BusSettings())
         sub = b.subscribe("#", "reliable")
         b.publish(Event.create("t.x", 1, ttl=0))
         with pytest.raises(LoomdError, match="ttl"):
@@ -433,7 +434,7 @@ def test_ttl_zero_is_dropped_and_counted() -> None:
 
 def test_unsubscribe_stops_delivery_and_ends_iteration() -> None:
     async def main() -> None:
-        b = Broker(BusLimits())
+        b = Broker(BusSettings())
         sub = b.subscribe("u.#", "reliable")
         other = b.subscribe("u.#", "reliable")
         got: list[Any] = []
@@ -448,7 +449,7 @@ def test_unsubscribe_stops_delivery_and_ends_iteration() -> None:
         b.publish(Event.create("u.a", 1))
         async with asyncio.timeout(1):
             await first.wait()
-        sub.close()
+        await sub.close()
         async with asyncio.timeout(1):
             await task  # the parked consumer is released and the iteration ends
         b.publish(Event.create("u.a", 2))
@@ -463,7 +464,7 @@ def test_unsubscribe_stops_delivery_and_ends_iteration() -> None:
 
 def test_unsubscribe_releases_parked_acks() -> None:
     async def main() -> None:
-        b = Broker(BusLimits(reliable_queue=1))
+        b = Broker(BusSettings(reliable_queue=1))
         sub = b.subscribe("u.#", "reliable")
         task = asyncio.create_task(b.publish_wait(Event.create("u.a", 1)))
         done, _ = await asyncio.wait({task}, timeout=0.1)
@@ -485,7 +486,7 @@ def test_unsubscribe_releases_parked_acks() -> None:
 def test_error_publishes_loomd_error_and_is_rate_limited() -> None:
     async def main() -> None:
         clock = FakeClock()
-        b = Broker(BusLimits(), clock=clock)
+        b = Broker(BusSettings(), clock=clock)
         errs = b.subscribe("loomd.error", "reliable")
         for i in range(25):
             b.error("protocol", f"bad frame {i}", client="c1")
@@ -528,7 +529,7 @@ def test_durable_replay_then_live_without_gap_or_duplicate(
 
     async def main() -> None:
         async with State(tmp_path / "state", commit_window_ms=0.5) as state:
-            limits = BusLimits(durable=("control.#",), reliable_queue=reliable_queue)
+            limits = BusSettings(durable=("control.#",), reliable_queue=reliable_queue)
             b = Broker(limits, state.journal)
             acks: list[Awaitable[None]] = []
             for i in range(n):
@@ -607,7 +608,7 @@ def test_durable_replay_overlapping_commit_is_not_delivered_twice(tmp_path: Path
     async def main() -> None:
         async with State(tmp_path / "state", commit_window_ms=0.5) as state:
             journal = GatedJournal(state.journal)
-            b = Broker(BusLimits(durable=("control.#",)), journal)
+            b = Broker(BusSettings(durable=("control.#",)), journal)
             for i in range(5):
                 await b.publish_wait(Event.create("control.cmd", i))
             journal.open = False
@@ -640,7 +641,7 @@ def test_durable_replay_overlapping_commit_is_not_delivered_twice(tmp_path: Path
 def test_durable_subscriber_without_after_seq_gets_only_live(tmp_path: Path) -> None:
     async def main() -> None:
         async with State(tmp_path / "state", commit_window_ms=0.5) as state:
-            b = Broker(BusLimits(durable=("control.#",)), state.journal)
+            b = Broker(BusSettings(durable=("control.#",)), state.journal)
             for i in range(5):
                 await b.publish_wait(Event.create("control.cmd", i))
             sub = b.subscribe("control.#", "reliable")

@@ -28,7 +28,8 @@ def arun(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 async def status(bus: Client) -> dict[str, Any]:
-    return (await bus.status())["status"]
+    st = (await bus.status())["status"]["components"]
+    return {**st["bus"]["status"], "state": st["state"]["status"]}
 
 
 def test_pub_sub_every_qos_and_raw_bytes(daemon: LoomdProcess) -> None:

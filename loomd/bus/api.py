@@ -1,0 +1,90 @@
+"""The one agent-facing bus API.
+
+Everything that is not the broker itself (agents, the router, the voice pipeline, the
+bridges, plugins) talks to the bus through `Bus`. Two implementations pass the same
+contract test (`tests/bus/test_bus_contract.py`): `LocalBus`, the in-process adapter over
+the broker, and `loomd.sdk.Client`, over the daemon's socket. So any part can move out of
+process without a change to its code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, Self, runtime_checkable
+
+from loomd.bus.envelope import Event, QoS
+
+__all__ = ["Bus", "BusSubscription"]
+
+
+@runtime_checkable
+class BusSubscription(Protocol):
+    """An open subscription: iterate it (`async for ev in sub`), or `await sub.get(timeout)`.
+
+    Closing it (or leaving `async with`) unsubscribes; iteration then ends."""
+
+    pattern: str
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def __anext__(self) -> Event: ...
+
+    async def get(self, timeout: float | None = None) -> Event: ...
+
+    async def ready(self) -> Self:
+        """Return once events published from now on will reach this subscription."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """Publish, subscribe, request and reply: the whole of what a part may do with the bus."""
+
+    name: str
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        qos: QoS | str = QoS.RELIABLE,
+        wait: bool = True,
+        type: str | None = None,
+        thread_id: bytes | None = None,
+        correlation_id: bytes | None = None,
+        reply_to: str | None = None,
+        ttl: int = ...,
+        meta: dict[str, Any] | None = None,
+    ) -> Event:
+        """Publish one event. Realtime and batched never wait. Reliable waits for credit and,
+        with `wait=True`, for the durable ack (journaled first on durable topics); a refused
+        publish raises `LoomdError` naming why."""
+        ...
+
+    def subscribe(
+        self,
+        pattern: str,
+        qos: QoS | str | None = None,
+        *,
+        window: int = ...,
+        since: int | None = ...,
+    ) -> BusSubscription:
+        """Subscribe to an AMQP-style pattern (`*` one segment, `#` zero or more)."""
+        ...
+
+    async def request(
+        self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
+    ) -> Event:
+        """Publish on `topic` and return the first reply (raises `RequestTimeout`). The reply
+        subscription is gone when this returns, however it returns."""
+        ...
+
+    async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
+        """Answer `request` on its `reply_to`, with its id as the correlation id."""
+        ...

@@ -1,0 +1,225 @@
+"""The `bus` component: the broker and its sockets, their status, metrics and rates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from loomd.bus.broker import Broker
+from loomd.bus.server import BusServer
+from loomd.bus.settings import BusSettings
+from loomd.component import Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.metrics import Family, Histogram
+
+__all__ = ["BusComponent", "BusStatus"]
+
+
+@dataclass(frozen=True)
+class BusStatus(StatusBlock):
+    endpoints: list[str]
+    clients: dict[str, dict[str, Any]]
+    events_in: int
+    events_out: int
+    in_per_s: float
+    out_per_s: float
+    drops: dict[str, int]
+    rejected: dict[str, int]
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    topics: dict[str, dict[str, int]]
+    subscriptions: list[dict[str, Any]]
+
+    def lines(self) -> list[str]:
+        dropped = sum(self.drops.values())
+        out = [
+            f"endpoints: {', '.join(self.endpoints)}",
+            f"clients: {len(self.clients)}",
+            f"events: {self.events_in} in, {self.events_out} out, {dropped} dropped; "
+            f"now {self.in_per_s:.0f}/s in, {self.out_per_s:.0f}/s out"
+            + (f" ({_pairs(self.drops)})" if dropped else ""),
+            f"rejected: {sum(self.rejected.values())} frames"
+            + (f" ({_pairs(self.rejected)})" if self.rejected else ""),
+            f"latency: p50 {self.latency_p50_ms} ms, p99 {self.latency_p99_ms} ms",
+        ]
+        if self.topics:
+            out.append("topics:")
+            for name, t in sorted(self.topics.items(), key=lambda kv: -kv[1]["in"])[:20]:
+                out.append(
+                    f"  {name:40} in {t['in']:>9}  out {t['out']:>9}  dropped {t['dropped']}"
+                )
+        if self.subscriptions:
+            out.append("subscriptions:")
+            for s in self.subscriptions:
+                out.append(
+                    f"  {s['pattern']:30} {s['qos']:9} {s['owner'][:20]:20} depth {s['depth']:>6} "
+                    f"delivered {s['delivered']:>9} dropped {sum(s['dropped'].values())}"
+                )
+        return out
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+class BusComponent(Component[BusSettings]):
+    name = "bus"
+    Settings = BusSettings
+    summary = "the event bus: ipc socket (and TCP), QoS classes, durable journal"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.broker: Broker | None = None
+        self.server: BusServer | None = None
+        self.latency = Histogram()
+        self.rate_in = 0.0
+        self.rate_out = 0.0
+
+    async def start(self) -> None:
+        state = self.ctx.services.state
+        if state is None:
+            raise LoomdError("the bus needs the state component (its journal) to start first")
+        s = self.settings
+        self.broker = Broker(s, state.journal)
+        endpoints = [f"ipc://{self.ctx.services.bus_socket}"]
+        if s.tcp_enabled:
+            endpoints.append(f"tcp://{s.tcp_bind}:{s.tcp_port}")
+        self.server = BusServer(
+            self.broker,
+            endpoints,
+            max_frame_bytes=s.max_frame_bytes,
+            socket_mode=s.socket_mode_int,
+            client_timeout_s=s.client_timeout_s,
+            credit_window=s.credit_window,
+            control=self.ctx.services.control,
+        )
+        self.server.latency = self._observe_latency
+        await self.server.__aenter__()
+        self.ctx.services.broker = self.broker
+        self.spawn(self._rates, "rates")
+
+    async def stop_intake(self) -> None:
+        if self.server is not None:
+            self.server.stop_intake()
+
+    def pending(self) -> int:
+        b = self.broker
+        if b is None:
+            return 0
+        return sum(sub.pending() for sub in b.subscriptions() if sub.sink is not None)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.__aexit__(None, None, None)
+        self.ctx.services.broker = None
+
+    async def reload(self, new: BusSettings) -> list[str]:
+        self.ctx.settings = new
+        if self.broker is not None:
+            self.broker.reconfigure(new)
+        if self.server is not None:
+            self.server.client_timeout_s = new.client_timeout_s
+        return []
+
+    def _observe_latency(self, ns: int) -> None:
+        self.latency.observe(ns / 1e9)
+
+    async def _rates(self) -> None:
+        """Once a second: events in/out per second, a moving average over ~5 s."""
+        assert self.broker is not None
+        b, last_in, last_out = self.broker, self.broker.events_in, self.broker.events_out
+        while True:
+            await asyncio.sleep(1.0)
+            self.rate_in += 0.2 * ((b.events_in - last_in) - self.rate_in)
+            self.rate_out += 0.2 * ((b.events_out - last_out) - self.rate_out)
+            last_in, last_out = b.events_in, b.events_out
+
+    # -- the operator's view ------------------------------------------------------------------
+    def summary_line(self) -> str:
+        b, srv = self.broker, self.server
+        if b is None or srv is None:
+            return "bus starting"
+        return (
+            f"{len(srv.sessions)} clients, {len(list(b.subscriptions()))} subscriptions, "
+            f"{b.events_in} events in ({self.rate_in:.0f}/s), {sum(b.drops.values())} dropped"
+        )
+
+    def status(self) -> BusStatus | None:
+        b, srv = self.broker, self.server
+        if b is None or srv is None:
+            return None
+        st = b.stats()
+        lat = self.latency
+        return BusStatus(
+            endpoints=srv.bound,
+            clients={s.ident.hex(): s.info() for s in srv.sessions.values()},
+            events_in=st["events_in"],
+            events_out=st["events_out"],
+            in_per_s=round(self.rate_in, 1),
+            out_per_s=round(self.rate_out, 1),
+            drops=st["drops"],
+            rejected=st["rejected"],
+            latency_p50_ms=round(lat.quantile(0.5) * 1000, 3) if lat.count else None,
+            latency_p99_ms=round(lat.quantile(0.99) * 1000, 3) if lat.count else None,
+            topics=st["topics"],
+            subscriptions=st["subscriptions"],
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        b, srv = self.broker, self.server
+        if b is None or srv is None:
+            return
+        qos_out: dict[str, float] = {}
+        qos_drop: dict[str, float] = {}
+        depth: list[tuple[dict[str, str], float]] = []
+        for sub in b.subscriptions():
+            q = str(sub.qos)
+            qos_out[q] = qos_out.get(q, 0) + sub.stats.delivered
+            qos_drop[q] = qos_drop.get(q, 0) + sum(sub.stats.dropped.values())
+            depth.append(({"sid": str(sub.sid), "pattern": sub.pattern, "qos": q}, sub.depth()))
+        yield Family(
+            "loomd_bus_events_in_total",
+            "counter",
+            "Events published into the bus.",
+            [({}, float(b.events_in))],
+        )
+        yield Family(
+            "loomd_bus_events_out_total",
+            "counter",
+            "Events delivered, by subscription QoS class.",
+            [({"qos": q}, v) for q, v in qos_out.items()],
+        )
+        yield Family(
+            "loomd_bus_events_dropped_total",
+            "counter",
+            "Events dropped, by reason.",
+            [({"reason": r}, float(v)) for r, v in b.drops.items()],
+        )
+        yield Family(
+            "loomd_bus_subscription_dropped_total",
+            "counter",
+            "Events dropped, by subscription QoS class.",
+            [({"qos": q}, v) for q, v in qos_drop.items()],
+        )
+        yield Family(
+            "loomd_bus_frames_rejected_total",
+            "counter",
+            "Malformed frames rejected, by reason.",
+            [({"reason": r}, float(v)) for r, v in b.rejected.items()],
+        )
+        yield Family("loomd_bus_queue_depth", "gauge", "Events queued per subscription.", depth)
+        yield Family(
+            "loomd_bus_clients",
+            "gauge",
+            "Connected socket clients.",
+            [({}, float(len(srv.sessions)))],
+        )
+        yield Family(
+            "loomd_bus_publish_deliver_seconds",
+            "histogram",
+            "Latency from publish (header ts) to hand-off to a socket subscriber.",
+            [({}, self.latency)],
+        )

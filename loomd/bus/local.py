@@ -1,0 +1,95 @@
+"""`LocalBus`: the `Bus` API in process, straight onto the broker (no socket, no encoding)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from loomd.bus.broker import Broker, Subscriber
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, plain_event
+from loomd.bus.topics import validate_topic
+from loomd.errors import LoomdError, RequestTimeout
+
+__all__ = ["LocalBus"]
+
+
+class LocalBus:
+    """One part's handle on the in-process broker; `name` is the sender of what it publishes."""
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        qos: QoS | str = QoS.RELIABLE,
+        wait: bool = True,
+        type: str | None = None,
+        thread_id: bytes | None = None,
+        correlation_id: bytes | None = None,
+        reply_to: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        meta: dict[str, Any] | None = None,
+    ) -> Event:
+        validate_topic(topic)
+        if thread_id is None and correlation_id is None and reply_to is None and not meta:
+            ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
+        else:
+            ev = Event.create(
+                topic,
+                payload,
+                type=type,
+                sender=self.name,
+                qos=qos,
+                thread_id=thread_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                ttl=ttl,
+                meta=meta,
+            )
+        if qos == QoS.RELIABLE and wait:
+            await self.broker.publish_wait(ev)
+        else:
+            self.broker.publish(ev)
+        return ev
+
+    def subscribe(
+        self,
+        pattern: str,
+        qos: QoS | str | None = None,
+        *,
+        window: int = 1024,
+        since: int | None = None,
+    ) -> Subscriber:
+        # `window` is the socket's flow-control window: in process the queue bound applies.
+        del window
+        return self.broker.subscribe(pattern, qos, owner=self.name, after_seq=since)
+
+    async def request(
+        self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
+    ) -> Event:
+        thread_id = os.urandom(16)
+        reply_topic = f"thread.{thread_id.hex()}.reply"
+        async with self.subscribe(reply_topic, QoS.RELIABLE) as sub:
+            ev = await self.publish(
+                topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    async for reply in sub:
+                        if reply.correlation_id == ev.id:
+                            return reply
+            except TimeoutError:
+                raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
+            raise LoomdError("bus closed while waiting for a reply")
+
+    async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
+        if not request.reply_to:
+            raise LoomdError(f"event {request.id.hex()} on {request.topic} has no reply_to")
+        return await self.publish(
+            request.reply_to, payload, correlation_id=request.id, thread_id=request.thread_id, **kw
+        )

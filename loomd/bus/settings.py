@@ -1,0 +1,72 @@
+"""The `[bus]` section: sockets, frame and queue limits, QoS defaults, durable topics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
+
+from loomd.bus.topics import matches
+from loomd.config import (
+    IP_TEXT,
+    MODE_TEXT,
+    QOS_CLASSES,
+    SOCKET_TEXT,
+    Section,
+    _check_patterns,
+    _check_qos_map,
+    _is_ip,
+    _is_octal_mode,
+    _is_socket_path,
+    option,
+)
+
+__all__ = ["BusSettings"]
+
+
+@dataclass(frozen=True)
+class BusSettings(Section):
+    SECTION: ClassVar[str] = "bus"
+
+    # "" means <runtime_dir>/bus.sock
+    socket: str = option("", valid=_is_socket_path, expected=SOCKET_TEXT)
+    socket_mode: str = option("0660", valid=_is_octal_mode, expected=MODE_TEXT)
+    tcp_enabled: bool = option(False)
+    tcp_bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
+    tcp_port: int = option(7781, min=1, max=65535)
+    max_frame_bytes: int = option(1048576, min=1024, max=268435456)
+    realtime_queue: int = option(1024, min=1, max=1000000, reload=True)
+    realtime_policy: str = option(
+        "drop_oldest", choices=("drop_oldest", "keep_latest"), reload=True
+    )
+    reliable_queue: int = option(4096, min=1, max=1000000, reload=True)
+    credit_window: int = option(1024, min=1, max=100000)
+    batch_max: int = option(100, min=1, max=100000, reload=True)
+    batch_interval_ms: int = option(100, min=1, max=60000, reload=True)
+    batch_budget: int = option(10000, min=1, max=10000000, reload=True)
+    default_ttl: int = option(16, min=1, max=255, reload=True)
+    client_timeout_s: float = option(15.0, min=1.0, max=3600.0, reload=True)
+    durable: tuple[str, ...] = option(
+        factory=lambda: ("control.#", "action.#"),
+        check=_check_patterns,
+        expected="a list of topic patterns",
+        reload=True,
+    )
+    default_qos: Mapping[str, str] = option(
+        factory=lambda: MappingProxyType({}),
+        check=_check_qos_map,
+        expected="a table of topic pattern = " + "|".join(QOS_CLASSES),
+        reload=True,
+    )
+
+    @property
+    def socket_mode_int(self) -> int:
+        return int(self.socket_mode, 8)
+
+    def qos_for(self, topic: str) -> str | None:
+        """The configured default QoS for `topic`: the first matching pattern, in file order."""
+        for pattern, qos in self.default_qos.items():
+            if matches(pattern, topic):
+                return qos
+        return None

@@ -1,0 +1,126 @@
+"""The component registry: `name -> "module:Class"`, imported lazily.
+
+Adding a component is one line here (or, for a separate package, one entry point in the
+group `loomd.components`); `daemon.py`, `config.py` and `ctl.py` never change. A component
+module imports only light modules at its top: model libraries (llama.cpp, whisper.cpp,
+onnxruntime, Piper) are imported in `start()`, so an idle daemon never loads them and
+`loomd --check` can tell whether they are installed without importing them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from loomd.errors import LoomdError
+
+if TYPE_CHECKING:
+    from loomd.component import Component
+    from loomd.config import Section
+
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Entry", "Registry", "registry"]
+
+log = logging.getLogger(__name__)
+
+# Start order: state before the bus (the journal), the bus before everything that uses it.
+BUILTIN: dict[str, str] = {
+    "state": "loomd.state.component:StateComponent",
+    "bus": "loomd.bus.component:BusComponent",
+    "metrics": "loomd.metrics:MetricsComponent",
+}
+
+ENTRY_POINT_GROUP = "loomd.components"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "module:Class"
+    origin: str  # "builtin", or the distribution that declared the entry point
+
+
+class Registry:
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries: dict[str, Entry] = {}
+        for e in entries:
+            if e.name in self.entries:
+                log.error(
+                    "component %r from %s ignored: %r from %s has the name",
+                    e.name, e.origin, self.entries[e.name].target, self.entries[e.name].origin,
+                )  # fmt: skip
+                continue
+            self.entries[e.name] = e
+        self._classes: dict[str, type[Component[Any]]] = {}
+        self.broken: dict[str, str] = {}  # name -> why its module did not import
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def load(self, name: str) -> type[Component[Any]]:
+        """The component class; raises LoomdError if its module does not import."""
+        known = self._classes.get(name)
+        if known is not None:
+            return known
+        entry = self.entries.get(name)
+        if entry is None:
+            raise LoomdError(f"no component named {name!r}")
+        module_name, _, attr = entry.target.partition(":")
+        try:
+            cls: type[Component[Any]] = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:
+            self.broken[name] = f"{entry.target} did not import: {type(exc).__name__}: {exc}"
+            raise LoomdError(f"component {name}: {self.broken[name]}") from exc
+        if getattr(cls, "name", None) != name:
+            raise LoomdError(f"component {entry.target} calls itself {cls.name!r}, not {name!r}")
+        self._classes[name] = cls
+        return cls
+
+    def classes(self) -> dict[str, type[Component[Any]]]:
+        """Every component that imports; the others are logged and kept in `broken`."""
+        out = {}
+        for name in self.entries:
+            try:
+                out[name] = self.load(name)
+            except LoomdError as exc:
+                log.error("%s", exc)
+        return out
+
+    def settings_classes(self) -> dict[str, type[Section]]:
+        return {name: cls.Settings for name, cls in self.classes().items()}
+
+
+def missing_modules(cls: type[Component[Any]]) -> list[str]:
+    """The modules a component needs that are not installed (found without importing)."""
+    return [m for m in cls.requires if not _importable(m)]
+
+
+def install_hint(cls: type[Component[Any]]) -> str:
+    """How a user gets what `cls` needs: the apt package and the pip extra."""
+    ways = []
+    if cls.apt:
+        ways.append(f"apt install {cls.apt}")
+    if cls.extra:
+        ways.append(f"pip install 'loomd[{cls.extra}]'")
+    return " or ".join(ways) or "install " + ", ".join(cls.requires)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.cache
+def registry() -> Registry:
+    """The built-in components, then those of installed packages (entry points)."""
+    entries = [Entry(name, target, "builtin") for name, target in BUILTIN.items()]
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = ep.dist.name if ep.dist is not None else "an entry point"
+        entries.append(Entry(ep.name, ep.value, origin))
+    return Registry(entries)

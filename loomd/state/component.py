@@ -1,0 +1,180 @@
+"""The `state` component: opens the LMDB store for everyone, serves `state.get|put|del|ls`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loomd.component import Command, Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.metrics import Family
+from loomd.state.settings import StateSettings
+from loomd.state.store import State
+
+__all__ = ["StateComponent", "StateStatus"]
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class StateStatus(StatusBlock):
+    path: str
+    used_bytes: int
+    map_size: int
+    journal_entries: int
+    journal_head: int
+    commits: int
+    pending: int
+    errors: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.used_bytes / 1e6:.1f} MB used of {self.map_size / 1e6:.0f} MB, "
+            f"{self.journal_entries} journal entries (head {self.journal_head})",
+            f"{self.commits} commits, {self.pending} writes pending, {self.errors} errors",
+        ]
+
+
+def _add_cli(cmds: Any) -> None:
+    """`loomctl state get|put|del|ls`: the friendly face of `state.<op>`."""
+    state = cmds.add_parser("state", help="the daemon's key-value state")
+    state.add_argument("--ns", default="user", help="namespace (default: user)")
+    sc = state.add_subparsers(dest="state_cmd", required=True)
+    g = sc.add_parser("get", help="print one value as JSON")
+    g.add_argument("key")
+    pu = sc.add_parser("put", help="store one JSON value")
+    pu.add_argument("key")
+    pu.add_argument("value", help="JSON, or @FILE")
+    d = sc.add_parser("del", help="delete one key")
+    d.add_argument("key")
+    ls = sc.add_parser("ls", help="list keys")
+    ls.add_argument("prefix", nargs="?", default="")
+    state.set_defaults(func=_cli_state)
+
+
+async def _cli_state(bus: Any, args: Any) -> int:
+    import sys
+
+    from loomd.ctl import _dumps, op, parse_payload
+
+    cmd, ns = args.state_cmd, args.ns
+    if cmd == "get":
+        r = await op(bus, "state.get", args.key, ns=ns)
+        if not r.get("found"):
+            print(f"loomctl: no key {args.key!r} in namespace {ns!r}", file=sys.stderr)
+            return 1
+        print(_dumps(r.get("value")))
+    elif cmd == "put":
+        await op(bus, "state.put", args.key, parse_payload(args.value), ns=ns)
+    elif cmd == "del":
+        if not (await op(bus, "state.del", args.key, ns=ns))["deleted"]:
+            print(f"loomctl: no key {args.key!r} in namespace {ns!r}", file=sys.stderr)
+            return 1
+    else:
+        for key in (await op(bus, "state.ls", args.prefix, ns=ns))["keys"]:
+            print(key)
+    return 0
+
+
+class StateComponent(Component[StateSettings]):
+    name = "state"
+    Settings = StateSettings
+    summary = "LMDB key-value state and the durable journal"
+    cli = staticmethod(_add_cli)
+
+    store: State | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        store = State(
+            self.ctx.state_dir / "db",
+            map_size_mb=s.map_size_mb,
+            max_map_size_mb=s.max_map_size_mb,
+            commit_window_ms=s.commit_window_ms,
+            journal_max_mb=s.journal_max_mb,
+            journal_max_age_s=float(s.journal_max_age_s),
+        )
+        await store.__aenter__()
+        self.store = store
+        self.ctx.services.state = store
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            store, self.store = self.store, None
+            self.ctx.services.state = None
+            await store.__aexit__(None, None, None)
+
+    def pending(self) -> int:
+        return int(self.store.stats().get("pending", 0)) if self.store else 0
+
+    def status(self) -> StateStatus | None:
+        if self.store is None:
+            return None
+        st = self.store.stats()
+        return StateStatus(
+            path=st["path"],
+            used_bytes=st["used_bytes"],
+            map_size=st["map_size"],
+            journal_entries=st["journal_entries"],
+            journal_head=st["journal_head"],
+            commits=st["commits"],
+            pending=st["pending"],
+            errors=st["errors"],
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        if self.store is None:
+            return
+        st = self.store.stats()
+        yield Family(
+            "loomd_state_used_bytes", "gauge", "LMDB bytes in use.", [({}, float(st["used_bytes"]))]
+        )
+        yield Family(
+            "loomd_state_journal_entries",
+            "gauge",
+            "Durable journal entries retained.",
+            [({}, float(st["journal_entries"]))],
+        )
+        yield Family(
+            "loomd_state_commits_total",
+            "counter",
+            "LMDB write transactions.",
+            [({}, float(st["commits"]))],
+        )
+
+    # -- control ------------------------------------------------------------------------------
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "get": Command(self._get, "read one key", ("key", "ns")),
+            "put": Command(self._put, "write one key (a JSON value)", ("key", "value", "ns")),
+            "del": Command(self._del, "delete one key", ("key", "ns")),
+            "ls": Command(self._ls, "list keys, optionally by prefix", ("prefix", "ns")),
+        }
+
+    def _kv(self, ns: Any) -> Any:
+        if self.store is None:
+            raise LoomdError("state is not open")
+        if not isinstance(ns, str) or not ns:
+            raise LoomdError("state namespace must be a non-empty string")
+        return self.store.kv(ns)
+
+    @staticmethod
+    def _check_key(key: Any) -> str:
+        if not isinstance(key, str) or not key:
+            raise LoomdError("a state key must be a non-empty string")
+        return key
+
+    async def _get(self, key: Any, ns: Any = "user") -> dict[str, Any]:
+        value = self._kv(ns).get(self._check_key(key), _MISSING)
+        return {"found": False} if value is _MISSING else {"found": True, "value": value}
+
+    async def _put(self, key: Any, value: Any = None, ns: Any = "user") -> dict[str, Any]:
+        await self._kv(ns).put(self._check_key(key), value)
+        return {}
+
+    async def _del(self, key: Any, ns: Any = "user") -> dict[str, Any]:
+        return {"deleted": await self._kv(ns).delete(self._check_key(key))}
+
+    async def _ls(self, prefix: Any = "", ns: Any = "user") -> dict[str, Any]:
+        return {"keys": self._kv(ns).keys(str(prefix or ""))}
