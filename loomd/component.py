@@ -50,11 +50,6 @@ __all__ = [
 
 S = TypeVar("S", bound=Section)
 
-# A restartable task that crashes this often within the window is given up on.
-CRASH_LIMIT = 5
-CRASH_WINDOW_S = 60.0
-BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 30.0
 
 
 class StatusBlock:
@@ -214,6 +209,10 @@ class Component(Generic[S]):
     extra: ClassVar[str] = ""  # pip install 'loomd[<extra>]'
     apt: ClassVar[str] = ""  # apt install <apt>
     restart_on_crash: ClassVar[bool] = False
+    # A restartable task that crashes `crash_limit` times within the window is given up on.
+    crash_limit: ClassVar[int] = 5
+    crash_window_s: ClassVar[float] = 60.0
+    backoff_s: ClassVar[tuple[float, float]] = (0.2, 30.0)  # first and longest wait
     summary: ClassVar[str] = ""  # one line for `loomd --check`
     # Friendly `loomctl` commands: called with argparse's subparsers; each parser it adds
     # sets `func=async (client, args) -> exit code`, built on `loomd.ctl.op()`.
@@ -278,7 +277,7 @@ class Component(Generic[S]):
         """Run `work()` in this component's task group. If it raises, the crash is published
         as `loomd.error`, and the component turns unhealthy, or (`restart`, default: the
         class's `restart_on_crash`) `work()` runs again after a capped backoff; a crash loop
-        (`CRASH_LIMIT` in `CRASH_WINDOW_S`) gives up and turns it unhealthy."""
+        (`crash_limit` crashes in `crash_window_s`) gives up and turns it unhealthy."""
         if self._tg is None:
             raise LoomdError(f"{self.name}: spawn() before start or after stop")
         again = self.restart_on_crash if restart is None else restart
@@ -292,7 +291,8 @@ class Component(Generic[S]):
     async def _supervise(
         self, work: Callable[[], Awaitable[None]], name: str, restart: bool
     ) -> None:
-        delay = BACKOFF_MIN_S
+        first, longest = self.backoff_s
+        delay = first
         while True:
             began = time.monotonic()
             try:
@@ -305,19 +305,16 @@ class Component(Generic[S]):
             if not restart:
                 self.fail(f"task {name} crashed: {self.crashes[-1].error}")
                 return
-            recent = [
-                c for c in self.crashes if c.task == name and c.at > time.time() - CRASH_WINDOW_S
-            ]
-            if len(recent) >= CRASH_LIMIT:
-                self.fail(
-                    f"task {name} crashed {len(recent)} times in {CRASH_WINDOW_S:.0f} s; gave up"
-                )
+            window = self.crash_window_s
+            recent = [c for c in self.crashes if c.task == name and c.at > time.time() - window]
+            if len(recent) >= self.crash_limit:
+                self.fail(f"task {name} crashed {len(recent)} times in {window:g} s; gave up")
                 return
-            if time.monotonic() - began > CRASH_WINDOW_S:
-                delay = BACKOFF_MIN_S  # it ran fine for a while: start the backoff afresh
+            if time.monotonic() - began > window:
+                delay = first  # it ran fine for a while: start the backoff afresh
             self.log.warning("%s: restarting task %s in %.1f s", self.name, name, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            delay = min(delay * 2, longest)
 
     def _crashed(self, name: str, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"

@@ -253,6 +253,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
         if isinstance(value, Mapping):
             return build_section(tp, value, key)
+        raise ConfigError(key, value, "a table")  # names the element: `mqtt.map[2]`
     elif origin is tuple and args and _is_section(args[0]):
         if isinstance(value, list | tuple):
             return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
@@ -505,6 +506,14 @@ class Settings:
             name: sections.get(name) or cls() for name, cls in known.items()
         }
         self.source = source
+
+    @classmethod
+    def of(cls, sections: Mapping[str, Section], source: Path | None = None) -> Settings:
+        """Exactly these sections (a host with its own set of components, e.g. in tests)."""
+        new = cls.__new__(cls)
+        new._sections = dict(sections)
+        new.source = source
+        return new
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -48,6 +48,20 @@ class Notifications:
             if line in lines:
                 return lines
 
+    def drain(self) -> list[str]:
+        """Take every datagram already queued (sent before now); return their lines."""
+        lines: list[str] = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                lines += self.sock.recv(65536).decode().split("\n")
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        self.seen.extend(lines)
+        return lines
+
     def close(self) -> None:
         self.sock.close()
 

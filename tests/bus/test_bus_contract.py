@@ -1,0 +1,166 @@
+"""One contract, two implementations of the `Bus` API: `LocalBus` (in process, over the
+broker with a real LMDB journal) and `loomd.sdk.Client` (over a real daemon's socket).
+Every part of loomd talks to the bus only through this API, so it can move out of process
+unchanged; this test is what makes that true."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import uvloop
+
+from loomd.bus.api import Bus, BusSubscription
+from loomd.bus.broker import Broker
+from loomd.bus.local import LocalBus
+from loomd.bus.settings import BusSettings
+from loomd.errors import LoomdError, RequestTimeout
+from loomd.sdk import connect
+from loomd.state import State
+from tests.conftest import LoomdProcess
+
+
+class Pair(Protocol):
+    """Two handles on one bus (two parts), and a count of live subscriptions."""
+
+    a: Bus
+    b: Bus
+
+    async def subscriptions(self) -> int: ...
+
+
+class LocalPair:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.a, self.b = LocalBus(broker, "part-a"), LocalBus(broker, "part-b")
+
+    async def subscriptions(self) -> int:
+        return len(list(self.broker.subscriptions()))
+
+
+class SdkPair:
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    async def subscriptions(self) -> int:
+        st = (await self.a.status())["status"]["components"]["bus"]["status"]
+        return len(st["subscriptions"])
+
+
+@contextlib.asynccontextmanager
+async def local_pair(root: Path) -> AsyncIterator[Pair]:
+    async with State(root / "db") as state:
+        yield LocalPair(Broker(BusSettings(), state.journal))
+
+
+@contextlib.asynccontextmanager
+async def sdk_pair(d: LoomdProcess) -> AsyncIterator[Pair]:
+    async with connect(d.endpoint, name="part-a") as a, connect(d.endpoint, name="part-b") as b:
+        yield SdkPair(a, b)
+
+
+@pytest.fixture(params=["local", "sdk"])
+def pair(request: pytest.FixtureRequest, short_tmp: Path) -> Callable[[], Any]:
+    if request.param == "local":
+        return lambda: local_pair(short_tmp)
+    d = request.getfixturevalue("daemon")
+    return lambda: sdk_pair(d)
+
+
+def run(make: Callable[[], Any], body: Callable[[Pair], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with make() as p, asyncio.timeout(30):
+            await body(p)
+
+    uvloop.run(main())
+
+
+def test_both_implement_the_protocol(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        assert isinstance(p.a, Bus) and isinstance(p.b, Bus)
+        async with p.a.subscribe("x.y") as sub:
+            assert isinstance(sub, BusSubscription)
+
+    run(pair, body)
+
+
+def test_publish_and_subscribe_each_class_in_order(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        for qos in ("realtime", "batched", "reliable"):
+            async with p.b.subscribe(f"c.{qos}.#", qos) as sub:
+                await sub.ready()
+                for i in range(20):
+                    await p.a.publish(f"c.{qos}.n", {"i": i}, qos=qos)
+                got = [await sub.get(5) for _ in range(20)]
+            assert [e.payload for e in got] == [{"i": i} for i in range(20)], qos
+            assert {e.sender for e in got} == {"part-a"}
+            assert {e.topic for e in got} == {f"c.{qos}.n"}
+        raw = bytes(range(256))
+        async with p.b.subscribe("c.raw", "reliable") as sub:
+            await sub.ready()
+            await p.a.publish("c.raw", raw, type="blob")
+            ev = await sub.get(5)
+        assert (ev.payload, ev.type) == (raw, "blob")
+
+    run(pair, body)
+
+
+def test_iteration_ends_when_the_subscription_closes(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        before = await p.subscriptions()
+        sub = await p.b.subscribe("it.#", "reliable").ready()
+        await p.a.publish("it.one", 1)
+        seen = []
+        async for ev in sub:
+            seen.append(ev.payload)
+            await sub.close()
+        assert seen == [1]
+        with pytest.raises(StopAsyncIteration):
+            await sub.get(1)
+        assert await p.subscriptions() == before
+
+    run(pair, body)
+
+
+def test_request_reply_and_nothing_left_behind(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        async with p.b.subscribe("svc.double", "reliable") as inbox:
+            await inbox.ready()
+
+            async def serve() -> None:
+                async for req in inbox:
+                    await p.b.reply(req, {"n": req.payload["n"] * 2})
+
+            server = asyncio.create_task(serve())
+            before = await p.subscriptions()
+            replies = await asyncio.gather(
+                *(p.a.request("svc.double", {"n": i}, timeout=5) for i in range(10))
+            )
+            assert [r.payload for r in replies] == [{"n": 2 * i} for i in range(10)]
+            assert all(r.sender == "part-b" and r.correlation_id for r in replies)
+            assert await p.subscriptions() == before  # every reply subscription is gone
+
+            with pytest.raises(RequestTimeout):
+                await p.a.request("svc.nobody", 1, timeout=0.2)
+            assert await p.subscriptions() == before
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
+
+    run(pair, body)
+
+
+def test_reply_needs_a_request(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        async with p.b.subscribe("plain.#", "reliable") as sub:
+            await sub.ready()
+            await p.a.publish("plain.event", 1)
+            ev = await sub.get(5)
+        with pytest.raises(LoomdError, match="has no reply_to"):
+            await p.b.reply(ev, 2)
+
+    run(pair, body)
