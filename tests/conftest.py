@@ -9,61 +9,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bench.services import Notifications
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Notifications:
-    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.seen: list[str] = []
-
-    def wait_for(self, line: str, timeout: float = 10.0) -> list[str]:
-        """Block until a datagram containing `line` arrives; return that datagram's lines."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {line!r} from loomd within {timeout} s; got {self.seen}")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                continue
-            lines = data.split("\n")
-            self.seen.extend(lines)
-            if line in lines:
-                return lines
-
-    def drain(self) -> list[str]:
-        """Take every datagram already queued (sent before now); return their lines."""
-        lines: list[str] = []
-        self.sock.setblocking(False)
-        try:
-            while True:
-                lines += self.sock.recv(65536).decode().split("\n")
-        except BlockingIOError:
-            pass
-        finally:
-            self.sock.setblocking(True)
-        self.seen.extend(lines)
-        return lines
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class LoomdProcess:

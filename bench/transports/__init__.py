@@ -1,0 +1,1 @@
+"""One module per transport: raw zmq, mosquitto+paho, loomd over its socket, in process."""
