@@ -44,7 +44,7 @@ as_user() { local u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups e
 
 status_json() { loomctl --timeout 5 status --json; }
 
-json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)["daemon"][sys.argv[1]])' "$1"; }
 
 cursor() { journalctl --show-cursor -n 0 -q 2>/dev/null | sed -n 's/^-- cursor: //p'; }
 journal_since() { journalctl -u loomd.service --after-cursor="$1" -o cat --no-pager; }
