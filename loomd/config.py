@@ -551,21 +551,25 @@ class Settings:
         return new
 
     @property
+    def resolved(self) -> ResolvedPaths:
+        """Where things are, by the one set of rules (`resolve_paths`)."""
+        return resolve_paths(self)
+
+    @property
     def runtime_dir(self) -> Path:
-        return resolve_dir("runtime", self.paths.runtime_dir)
+        return self.resolved.runtime_dir
 
     @property
     def state_dir(self) -> Path:
-        return resolve_dir("state", self.paths.state_dir)
+        return self.resolved.state_dir
 
     @property
     def cache_dir(self) -> Path:
-        return resolve_dir("cache", self.paths.cache_dir)
+        return self.resolved.cache_dir
 
     @property
     def bus_socket(self) -> Path:
-        sock: str = self._sections["bus"].socket  # type: ignore[attr-defined]
-        return Path(sock) if sock else self.runtime_dir / "bus.sock"
+        return self.resolved.bus_socket
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: section.to_dict() for name, section in self._sections.items()}

@@ -63,16 +63,23 @@ class Slot:
     instance: Component[Any] | None = None
 
     def view(self) -> dict[str, Any]:
-        c = self.instance
-        block = c.status() if c is not None and self.state == "running" else None
-        healthy = c.healthy() if c is not None and self.state == "running" else None
-        reason = self.reason or (c.failure if c is not None else None) or ""
+        c = self.instance if self.state == "running" else None
+        status: dict[str, Any] | None = None
+        text: list[str] = []
+        if c is not None:
+            try:  # one component's broken status() must not break `loomctl status`
+                block = c.status()
+                if block is not None:
+                    status, text = block.to_dict(), block.lines()
+            except Exception as exc:
+                log.exception("%s: status() failed", self.name)
+                text = [f"status unavailable: {type(exc).__name__}: {exc}"]
         return {
             "state": self.state,
-            "healthy": healthy,
-            "reason": reason,
-            "status": block.to_dict() if block is not None else None,
-            "text": block.lines() if block is not None else [],
+            "healthy": _healthy(c) if c is not None else None,
+            "reason": self.reason or (c.failure if c is not None else None) or "",
+            "status": status,
+            "text": text,
         }
 
 
