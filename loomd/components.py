@@ -32,6 +32,7 @@ BUILTIN: dict[str, str] = {
     "state": "loomd.state.component:StateComponent",
     "bus": "loomd.bus.component:BusComponent",
     "metrics": "loomd.metrics:MetricsComponent",
+    "agents": "loomd.agents.component:AgentsComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

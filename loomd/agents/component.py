@@ -1,0 +1,670 @@
+"""The `agents` component: runs plugins, serves the action broker and the daemon side of the
+collaboration primitives, and keeps SDK providers on a lease."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loomd.agents.broker import ActionBroker, Provider, ProviderUnavailable
+from loomd.agents.capability import CapabilitySpec
+from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend
+from loomd.agents.plugins import PluginDef, entry_point_plugins, load_file
+from loomd.agents.runtime import AgentRunner, Policy
+from loomd.agents.settings import AgentsSettings
+from loomd.bus.envelope import Event, QoS
+from loomd.component import Command, Component, StatusBlock
+from loomd.config import Section, build_section
+from loomd.errors import ConfigError, LoomdError, RequestTimeout
+from loomd.metrics import Family
+
+__all__ = ["AgentsComponent", "AgentsStatus"]
+
+REGISTER_TOPIC = "caps.register"
+UNREGISTER_TOPIC = "caps.unregister"
+LEASE_PATTERN = "caps.lease.*"
+
+
+@dataclass(frozen=True)
+class AgentsStatus(StatusBlock):
+    agents: list[dict[str, Any]]
+    capabilities: int
+    providers: int
+    calls: int
+    broken: dict[str, str]
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{len(self.agents)} agents, {self.capabilities} capabilities, "
+            f"{self.providers} SDK providers, {self.calls} calls"
+        ]
+        for a in self.agents:
+            extra = f" ({a['last_error']})" if a["last_error"] else ""
+            out.append(f"{a['id']}: {a['state']}, {a['restarts']} restarts{extra}")
+        out.extend(f"broken {src}: {why}" for src, why in self.broken.items())
+        return out
+
+
+class RemoteProvider(Provider):
+    """Capabilities of an SDK client. It keeps a lease alive by publishing on
+    `caps.lease.<id>`; when the lease runs out (the process died) every in-flight call
+    fails with `provider_unavailable` at once."""
+
+    kind = "sdk"
+
+    def __init__(self, pid: str, bus: Any, lease_s: float) -> None:
+        self.id = pid
+        self.bus = bus
+        self.lease_s = lease_s
+        self.seen = time.monotonic()
+        self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight = 0
+
+    def die(self) -> None:
+        if not self.dead.done():
+            self.dead.set_result(None)
+
+    async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
+        if self.dead.done():
+            raise ProviderUnavailable(f"provider {self.id} is gone")
+        self.inflight += 1
+        req = asyncio.ensure_future(
+            self.bus.request(
+                f"caps.call.{self.id}",
+                {"cap": spec.full, "params": params, "timeout": left},
+                timeout=left + 1.0,
+            )
+        )
+        try:
+            await asyncio.wait((req, self.dead), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            req.cancel()
+            raise
+        finally:
+            self.inflight -= 1
+        if not req.done():
+            req.cancel()
+            await asyncio.gather(req, return_exceptions=True)
+            raise ProviderUnavailable(f"provider {self.id} went away during the call")
+        try:
+            ev = req.result()
+        except RequestTimeout:
+            raise TimeoutError from None
+        r = ev.payload if isinstance(ev.payload, dict) else {}
+        code = r.get("code")
+        if code == "ok":
+            return r.get("value")
+        from loomd.agents.broker import CapabilityError
+
+        if code == "capability_error":
+            raise CapabilityError(str(r.get("error")))
+        if code == "timeout":
+            raise TimeoutError
+        raise RuntimeError(str(r.get("error") or f"provider answered {r!r:.80}"))
+
+
+@dataclass
+class _Barrier:
+    n: int
+    waiting: list[Event]
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Slot:
+    pdef: PluginDef
+    runner: AgentRunner | None = None
+    state: str = "created"
+    why: str = ""
+
+
+def _default_dirs(state_dir: Path) -> list[Path]:
+    dirs = []
+    if os.geteuid() == 0:
+        dirs.append(Path("/etc/loomd/agents.d"))
+    dirs.append(state_dir / "agents.d")
+    return dirs
+
+
+async def _add_cli_async(bus: Any, args: Any) -> int:
+    import json
+    import sys
+
+    from loomd.ctl import _dumps, op
+
+    cmd = args.cmd
+    if cmd == "agents":
+        sub = args.agents_cmd or "list"
+        if sub == "list":
+            r = await op(bus, "agents.list")
+            if args.json:
+                print(_dumps(r["agents"], indent=2))
+                return 0
+            for a in r["agents"]:
+                err = f"  last error: {a['last_error']}" if a["last_error"] else ""
+                print(
+                    f"{a['id']:<16} {a['state']:<9} restarts={a['restarts']} "
+                    f"topics={','.join(a['topics']) or '-'} "
+                    f"caps={','.join(a['capabilities']) or '-'}  [{a['source']}]{err}"
+                )
+            for src, why in r["broken"].items():
+                print(f"(broken) {src}: {why}")
+            return 0
+        r = await op(bus, f"agents.{sub}", args.id)
+        print(f"{args.id}: {r['state']}")
+        return 0
+    if cmd == "caps":
+        r = await op(bus, "agents.caps")
+        if args.json:
+            print(_dumps(r["capabilities"], indent=2))
+            return 0
+        for c in r["capabilities"]:
+            print(f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]  {c['description']}")
+            print(f"    {json.dumps(c['schema'])}")
+        return 0
+    # call
+    from loomd.ctl import parse_payload
+
+    params = parse_payload(args.params) if args.params else {}
+    if not isinstance(params, dict):
+        print("loomctl: call parameters must be a JSON object", file=sys.stderr)
+        return 2
+    kw: dict[str, Any] = {"params": params}
+    if args.call_timeout is not None:
+        kw["timeout"] = args.call_timeout
+    if args.key:
+        kw["key"] = args.key
+    r = await op(bus, "agents.call", args.name, **kw)
+    if r["code"] == "ok":
+        print(_dumps(r.get("value")))
+        return 0
+    print(f"loomctl: {args.name}: {r['code']}: {r.get('error', '')}", file=sys.stderr)
+    return 1
+
+
+def _add_cli(cmds: Any) -> None:
+    """`loomctl agents [list|start|stop|restart ID]`, `loomctl caps`, `loomctl call`."""
+    a = cmds.add_parser("agents", help="agent plugins: list, start, stop, restart")
+    a.add_argument("--json", action="store_true")
+    sc = a.add_subparsers(dest="agents_cmd")
+    sc.add_parser("list", help="id, source, state, topics, capabilities, restarts, last error")
+    for verb in ("start", "stop", "restart"):
+        p = sc.add_parser(verb, help=f"{verb} one agent")
+        p.add_argument("id")
+    a.set_defaults(func=_add_cli_async)
+    c = cmds.add_parser("caps", help="capabilities of every provider, with their schemas")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_add_cli_async)
+    k = cmds.add_parser("call", help="call a capability: loomctl call NAME '{json params}'")
+    k.add_argument("name")
+    k.add_argument("params", nargs="?", help="a JSON object, or @FILE")
+    k.add_argument("--call-timeout", type=float, help="seconds the capability may take")
+    k.add_argument("--key", help="idempotency key")
+    k.set_defaults(func=_add_cli_async)
+
+
+class AgentsComponent(Component[AgentsSettings]):
+    name = "agents"
+    Settings = AgentsSettings
+    summary = "Python agent plugins, collaboration and the action broker"
+    cli = staticmethod(_add_cli)
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.broker = ActionBroker()
+        self.slots: dict[str, _Slot] = {}
+        self.files: dict[Path, float] = {}  # plugin file -> mtime loaded
+        self.broken: dict[str, str] = {}  # source -> why it did not load
+        self.providers: dict[str, RemoteProvider] = {}
+        self.barriers: dict[str, _Barrier] = {}
+        self._serving: set[asyncio.Task[None]] = set()
+        self.errors = 0
+        self._intake = True
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.broker = ActionBroker(
+            idem=self.ctx.state.kv("agents.idempotency"), idem_ttl_s=s.idempotency_ttl_s
+        )
+        self.spawn(self._serve_invoke, "invoke", restart=True)
+        self.spawn(self._serve_barrier, "barrier", restart=True)
+        self.spawn(self._serve_register, "register", restart=True)
+        self.spawn(self._watch_leases, "leases", restart=True)
+        self.spawn(self._sweep_idempotency, "idempotency", restart=True)
+        for pdef in self._discover():
+            await self._add(pdef)
+        self.spawn(self._watch_files, "reload", restart=True)
+
+    async def stop_intake(self) -> None:
+        self._intake = False
+
+    def pending(self) -> int:
+        return self.broker.pending() + len(self._serving)
+
+    async def stop(self) -> None:
+        for slot in list(self.slots.values()):
+            if slot.runner is not None:
+                await slot.runner.stop()
+        for b in self.barriers.values():
+            if b.timer:
+                b.timer.cancel()
+        self.barriers.clear()
+
+    def _policy(self) -> Policy:
+        s = self.settings
+        return Policy(
+            crash_limit=s.crash_limit,
+            crash_window_s=s.crash_window_s,
+            backoff_max_s=s.backoff_max_s,
+            handler_timeout_s=s.handler_timeout_s,
+            slow_ms=s.slow_handler_ms,
+        )
+
+    def _report(self, code: str, message: str, details: dict[str, Any]) -> None:
+        self.errors += 1
+        self.ctx.error(code, message, **{k: v for k, v in details.items() if k != "traceback"})
+        if code in ("agent_error", "agent_crashed"):
+            self._serve(
+                self.ctx.bus.publish("loomd.agent.error", details, qos=QoS.REALTIME, wait=False)
+            )
+
+    # -- plugins ----------------------------------------------------------------------------
+    def plugin_dirs(self) -> list[Path]:
+        if self.settings.dirs:
+            return [Path(d) for d in self.settings.dirs]
+        return _default_dirs(self.ctx.state_dir)
+
+    def _plugin_files(self) -> list[Path]:
+        out = []
+        for d in self.plugin_dirs():
+            if d.is_dir():
+                out.extend(sorted(p for p in d.glob("*.py") if not p.name.startswith("_")))
+        return out
+
+    def _discover(self) -> list[PluginDef]:
+        defs: list[PluginDef] = []
+        for path in self._plugin_files():
+            defs.extend(self._load(path) or [])
+        if self.settings.entry_points:
+            ep_defs, broken = entry_point_plugins()
+            for src, why in broken.items():
+                self._broken(src, why)
+            defs.extend(ep_defs)
+        return defs
+
+    def _load(self, path: Path) -> list[PluginDef] | None:
+        try:
+            mtime = path.stat().st_mtime
+            defs = load_file(path)
+        except BaseException as exc:  # SystemExit from a plugin too: the daemon stays
+            if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+                raise
+            self.files[path] = path.stat().st_mtime if path.exists() else 0.0
+            self._broken(str(path), f"{type(exc).__name__}: {exc}")
+            return None
+        self.files[path] = mtime
+        self.broken.pop(str(path), None)
+        if not defs:
+            self._broken(str(path), "defines no agent class and no @capability function")
+        return defs
+
+    def _broken(self, source: str, why: str) -> None:
+        self.broken[source] = why
+        self._report("plugin_broken", f"plugin {source} did not load: {why}", {"source": source})
+
+    def _agent_settings(self, pdef: PluginDef) -> tuple[bool, Any]:
+        table = dict(self.settings.agent.get(pdef.id) or {})
+        enabled = table.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"agents.agent.{pdef.id}.enabled", enabled, "true or false")
+        cls = pdef.settings_cls
+        if cls is None:
+            if table:
+                key = next(iter(table))
+                raise ConfigError(
+                    f"agents.agent.{pdef.id}.{key}", table[key],
+                    "a known key (the plugin declares no Settings)",
+                )  # fmt: skip
+            return enabled, None
+        if isinstance(cls, type) and issubclass(cls, Section):
+            return enabled, build_section(cls, table, f"agents.agent.{pdef.id}")
+        if dataclasses.is_dataclass(cls):
+            names = {f.name for f in dataclasses.fields(cls)}
+            for key in table:
+                if key not in names:
+                    raise ConfigError(
+                        f"agents.agent.{pdef.id}.{key}", table[key],
+                        "a known key (keys: " + ", ".join(sorted(names)) + ")",
+                    )  # fmt: skip
+        try:
+            return enabled, cls(**table)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"agents.agent.{pdef.id}", table, str(exc)) from None
+
+    async def _add(self, pdef: PluginDef) -> None:
+        if pdef.id in self.slots and self.slots[pdef.id].pdef.source != pdef.source:
+            other = self.slots[pdef.id].pdef.source
+            self._broken(pdef.source, f"agent id {pdef.id!r} is already taken by {other}")
+            return
+        slot = self.slots[pdef.id] = _Slot(pdef)
+        await self._start_slot(slot)
+
+    async def _start_slot(self, slot: _Slot) -> None:
+        pdef = slot.pdef
+        try:
+            enabled, settings = self._agent_settings(pdef)
+        except ConfigError as exc:
+            slot.state, slot.why = "failed", str(exc)
+            self._report("agent_config", f"agent {pdef.id}: {exc}", {"agent": pdef.id})
+            return
+        if not enabled:
+            slot.state, slot.why = "disabled", ""
+            return
+        try:
+            agent = pdef.make(settings)
+        except Exception as exc:
+            slot.state, slot.why = "failed", f"__init__ raised {type(exc).__name__}: {exc}"
+            self._report("agent_init", f"agent {pdef.id}: {slot.why}", {"agent": pdef.id})
+            return
+        ctx = AgentCtx(
+            pdef.id,
+            self.ctx.bus,
+            LocalBackend(self.broker, self.ctx.state.kv),
+            settings=settings,
+        )
+        runner = AgentRunner(
+            agent, ctx, self.broker, source=pdef.source, policy=self._policy(),
+            report=self._report,
+        )  # fmt: skip
+        if slot.runner is not None:
+            runner.restarts = slot.runner.restarts + 1
+        slot.runner, slot.state, slot.why = runner, "running", ""
+        runner.task = self.spawn(runner.run, f"agent.{pdef.id}", restart=False)
+
+    async def _stop_slot(self, slot: _Slot) -> None:
+        if slot.runner is not None:
+            await slot.runner.stop()
+        slot.state = "stopped"
+
+    def _views(self) -> list[dict[str, Any]]:
+        out = []
+        for aid, slot in sorted(self.slots.items()):
+            if slot.runner is not None and slot.state not in ("failed", "disabled"):
+                v = slot.runner.view()
+            else:
+                v = {
+                    "id": aid, "source": slot.pdef.source, "state": slot.state, "topics": [],
+                    "capabilities": [], "restarts": 0, "errors": 0, "events": 0,
+                    "last_error": slot.why, "max_step_ms": 0.0,
+                }  # fmt: skip
+            if slot.state == "stopped":
+                v["state"] = "stopped"
+            src_err = self.broken.get(slot.pdef.source)
+            if src_err:
+                v["last_error"] = f"reload failed, old version kept: {src_err}"
+            out.append(v)
+        return out
+
+    async def _watch_files(self) -> None:
+        while True:
+            interval = self.settings.reload_interval_s
+            await asyncio.sleep(interval or 1.0)
+            if interval <= 0:
+                continue
+            await self.rescan()
+
+    async def rescan(self) -> list[str]:
+        """Load new and changed plugin files; a file that no longer imports keeps its old
+        agents running. Returns the ids (re)started."""
+        changed: list[str] = []
+        seen = set()
+        for path in self._plugin_files():
+            seen.add(path)
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if self.files.get(path) == mtime:
+                continue
+            defs = self._load(path)
+            if defs is None:  # broken: keep what runs
+                continue
+            old = [s for s in self.slots.values() if s.pdef.path == path]
+            for s in old:
+                await self._stop_slot(s)
+                del self.slots[s.pdef.id]
+            for pdef in defs:
+                self.log.info("agent %s (re)loaded from %s", pdef.id, path)
+                await self._add(pdef)
+                changed.append(pdef.id)
+        for path in [p for p in self.files if p not in seen]:
+            del self.files[path]
+            self.broken.pop(str(path), None)
+            for s in [s for s in self.slots.values() if s.pdef.path == path]:
+                await self._stop_slot(s)
+                del self.slots[s.pdef.id]
+        return changed
+
+    # -- serving the bus side ---------------------------------------------------------------
+    def _serve(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve_invoke(self) -> None:
+        async with self.ctx.bus.subscribe(INVOKE_TOPIC, QoS.RELIABLE) as sub:
+            async for req in sub:
+                self._serve(self._invoke(req))
+
+    async def _invoke(self, req: Event) -> None:
+        p = req.payload if isinstance(req.payload, dict) else {}
+        params = p.get("params") or {}
+        if not isinstance(params, dict) or not isinstance(p.get("cap"), str):
+            payload = {"code": "invalid_params", "error": "expected {cap: str, params: {...}}"}
+        else:
+            timeout = float(p.get("timeout") or self.settings.call_timeout_s)
+            key = p.get("key") if isinstance(p.get("key"), str) else None
+            r = await self.broker.call(p["cap"], params, timeout=timeout, idempotency_key=key)
+            payload = r.to_payload()
+        if req.reply_to:
+            await self.ctx.bus.reply(req, payload, wait=False)
+
+    async def _serve_barrier(self) -> None:
+        async with self.ctx.bus.subscribe(BARRIER_TOPIC, QoS.RELIABLE) as sub:
+            async for req in sub:
+                self._arrive(req)
+
+    def _arrive(self, req: Event) -> None:
+        p = req.payload if isinstance(req.payload, dict) else {}
+        name, n = p.get("name"), p.get("n")
+        if not isinstance(name, str) or not isinstance(n, int) or n < 1:
+            self._serve(self.ctx.bus.reply(req, {"ok": False, "error": "need name and n >= 1"}))
+            return
+        b = self.barriers.get(name)
+        if b is None:
+            b = self.barriers[name] = _Barrier(n, [])
+            timeout = float(p.get("timeout") or 10.0)
+            b.timer = asyncio.get_running_loop().call_later(timeout, self._expire, name, b)
+        b.waiting.append(req)
+        if len(b.waiting) >= b.n:
+            del self.barriers[name]
+            if b.timer:
+                b.timer.cancel()
+            for r in b.waiting:
+                self._serve(self.ctx.bus.reply(r, {"ok": True, "arrived": len(b.waiting)}))
+
+    def _expire(self, name: str, b: _Barrier) -> None:
+        if self.barriers.get(name) is b:
+            del self.barriers[name]
+        for r in b.waiting:
+            msg = f"{len(b.waiting)} of {b.n} arrived before the timeout"
+            self._serve(self.ctx.bus.reply(r, {"ok": False, "error": msg}))
+
+    async def _serve_register(self) -> None:
+        async with (
+            self.ctx.bus.subscribe(REGISTER_TOPIC, QoS.RELIABLE) as reg,
+            self.ctx.bus.subscribe(UNREGISTER_TOPIC, QoS.RELIABLE) as unreg,
+        ):
+
+            async def unregister() -> None:
+                async for ev in unreg:
+                    pid = ev.payload.get("provider") if isinstance(ev.payload, dict) else None
+                    prov = self.providers.pop(str(pid), None)
+                    if prov is not None:
+                        self._drop(prov, "unregistered")
+
+            self._serve(unregister())
+            async for req in reg:
+                await self.ctx.bus.reply(req, self._register(req.payload), wait=False)
+
+    def _register(self, p: Any) -> dict[str, Any]:
+        if not isinstance(p, dict) or not isinstance(p.get("provider"), str):
+            return {"ok": False, "error": "expected {provider: str, caps: [...]}"}
+        pid = p["provider"]
+        old = self.providers.pop(pid, None)
+        if old is not None:
+            self._drop(old, "registered again")
+        prov = RemoteProvider(pid, self.ctx.bus, self.settings.provider_lease_s)
+        self.providers[pid] = prov
+        done, refused = [], {}
+        for d in p.get("caps") or []:
+            try:
+                spec = CapabilitySpec.from_dict(d)
+                self.broker.register(spec, prov)
+                done.append(spec.full)
+            except (LoomdError, ValueError, KeyError, TypeError) as exc:
+                refused[str(d.get("name") if isinstance(d, dict) else d)] = str(exc)
+                self._report("capability_refused", f"provider {pid}: {exc}", {"provider": pid})
+        self.log.info("SDK provider %s registered %s", pid, ", ".join(done) or "nothing")
+        return {"ok": True, "registered": done, "refused": refused, "lease_s": prov.lease_s}
+
+    def _drop(self, prov: RemoteProvider, why: str) -> None:
+        prov.die()
+        gone = self.broker.unregister_provider(prov)
+        self.log.info("SDK provider %s dropped (%s): %s", prov.id, why, ", ".join(gone) or "-")
+
+    async def _watch_leases(self) -> None:
+        async with self.ctx.bus.subscribe(LEASE_PATTERN, QoS.REALTIME) as sub:
+
+            async def expire() -> None:
+                while True:
+                    await asyncio.sleep(self.settings.provider_lease_s / 5)
+                    now = time.monotonic()
+                    for pid, prov in list(self.providers.items()):
+                        if now - prov.seen > prov.lease_s:
+                            del self.providers[pid]
+                            self._drop(prov, f"no lease renewal for {prov.lease_s:g} s")
+
+            self._serve(expire())
+            async for ev in sub:
+                pid = ev.topic.rsplit(".", 1)[1]
+                prov = self.providers.get(pid)
+                if prov is not None:
+                    prov.seen = time.monotonic()
+                else:  # a provider we do not know (the daemon restarted): ask it again
+                    await self.ctx.bus.publish(
+                        f"caps.reregister.{pid}", None, qos=QoS.REALTIME, wait=False
+                    )
+
+    async def _sweep_idempotency(self) -> None:
+        while True:
+            n = await self.broker.sweep_idempotency()
+            if n:
+                self.log.info("dropped %d expired idempotency records", n)
+            await asyncio.sleep(min(3600.0, self.settings.idempotency_ttl_s))
+
+    # -- operator ---------------------------------------------------------------------------
+    def status(self) -> AgentsStatus:
+        return AgentsStatus(
+            agents=self._views(),
+            capabilities=self.broker.count(),
+            providers=len(self.providers),
+            calls=self.broker.stats.calls,
+            broken=dict(self.broken),
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        views = self._views()
+        yield Family(
+            "loomd_agents_agents", "gauge", "Agents by state.",
+            [({"state": st}, float(sum(1 for v in views if v["state"] == st)))
+             for st in sorted({v["state"] for v in views})],
+        )  # fmt: skip
+        yield Family(
+            "loomd_agents_handler_errors_total", "counter", "Exceptions raised by on_event.",
+            [({"agent": v["id"]}, float(v["errors"])) for v in views],
+        )  # fmt: skip
+        yield Family(
+            "loomd_agents_calls_total", "counter", "Capability calls by result code.",
+            [({"code": c}, float(n)) for c, n in sorted(self.broker.stats.by_code.items())],
+        )  # fmt: skip
+        yield Family(
+            "loomd_agents_errors_total", "counter", "Errors reported by the agents component.",
+            [({}, float(self.errors))],
+        )  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "list": Command(self._cmd_list, "agents with their state"),
+            "start": Command(self._cmd_start, "start a stopped or failed agent", ("id",)),
+            "stop": Command(self._cmd_stop, "stop an agent", ("id",)),
+            "restart": Command(self._cmd_restart, "restart an agent", ("id",)),
+            "rescan": Command(self._cmd_rescan, "load new or changed plugin files now"),
+            "caps": Command(self._cmd_caps, "capabilities with their schemas"),
+            "call": Command(
+                self._cmd_call, "call a capability", ("name", "params", "timeout", "key")
+            ),
+        }
+
+    async def _cmd_list(self) -> dict[str, Any]:
+        return {"agents": self._views(), "broken": dict(self.broken)}
+
+    def _slot(self, aid: Any) -> _Slot:
+        slot = self.slots.get(str(aid))
+        if slot is None:
+            raise LoomdError(
+                f"no agent {aid!r} (agents: {', '.join(sorted(self.slots)) or 'none'})"
+            )
+        return slot
+
+    async def _cmd_start(self, id: Any) -> dict[str, Any]:
+        slot = self._slot(id)
+        if slot.runner is not None and slot.runner.state in ("running", "starting", "backoff"):
+            return {"state": slot.runner.state}
+        await self._start_slot(slot)
+        return {"state": slot.state}
+
+    async def _cmd_stop(self, id: Any) -> dict[str, Any]:
+        slot = self._slot(id)
+        await self._stop_slot(slot)
+        return {"state": slot.state}
+
+    async def _cmd_restart(self, id: Any) -> dict[str, Any]:
+        slot = self._slot(id)
+        await self._stop_slot(slot)
+        await self._start_slot(slot)
+        return {"state": slot.state}
+
+    async def _cmd_rescan(self) -> dict[str, Any]:
+        return {"reloaded": await self.rescan(), "broken": dict(self.broken)}
+
+    async def _cmd_caps(self) -> dict[str, Any]:
+        return {"capabilities": self.broker.list()}
+
+    async def _cmd_call(
+        self, name: Any, params: Any = None, timeout: Any = None, key: Any = None
+    ) -> dict[str, Any]:
+        if params is not None and not isinstance(params, dict):
+            raise LoomdError("params must be a JSON object")
+        t = float(timeout) if timeout is not None else self.settings.call_timeout_s
+        r = await self.broker.call(
+            str(name), params or {}, timeout=t, idempotency_key=str(key) if key else None
+        )
+        return r.to_payload()

@@ -1,0 +1,159 @@
+"""Agents and capability providers out of process, over `loomd.sdk.Client`.
+
+    async with loomd.sdk.connect(name="weather") as client:
+        await run_agent(client, WeatherAgent())      # the same class a plugin file holds
+
+`run_agent` runs an agent with the same runtime as the daemon (containment, timing) and the
+same `AgentCtx`; its `@capability` methods are served to the daemon's action broker with a
+lease (`caps.lease.<id>`, renewed every lease/5): if this process dies, the daemon fails its
+in-flight calls with `provider_unavailable` as soon as the lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from loomd.agents.broker import ActionBroker, LocalProvider, Result
+from loomd.agents.capability import CapabilitySpec, specs_of
+from loomd.agents.ctx import AgentCtx, SdkBackend
+from loomd.agents.runtime import AgentRunner, Policy
+from loomd.bus.envelope import Event, QoS
+from loomd.errors import LoomdError
+
+__all__ = ["run_agent", "sdk_ctx", "serve_capabilities"]
+
+log = logging.getLogger("loomd.agents.sdk")
+
+
+def sdk_ctx(client: Any, agent_id: str, settings: Any = None) -> AgentCtx:
+    """The `ctx` an in-process agent would get, over a connected `loomd.sdk.Client`."""
+    return AgentCtx(agent_id, client, SdkBackend(client), settings=settings)
+
+
+@contextlib.asynccontextmanager
+async def serve_capabilities(
+    client: Any, provider_id: str, broker: ActionBroker
+) -> AsyncIterator[dict[str, Any]]:
+    """Offer every capability in `broker` to the daemon while the block runs. Yields the
+    daemon's answer to the registration (`registered`, `refused`, `lease_s`)."""
+    caps = [
+        {"name": c["name"], "version": c["version"], "description": c["description"],
+         "schema": c["schema"]}
+        for c in broker.list()
+    ]  # fmt: skip
+    body = {"provider": provider_id, "caps": caps}
+    stop = asyncio.Event()
+
+    async def handle(req: Event) -> None:
+        p = req.payload if isinstance(req.payload, dict) else {}
+        r: Result = await broker.call(
+            str(p.get("cap")), p.get("params") or {}, timeout=float(p.get("timeout") or 10.0)
+        )
+        await client.reply(req, r.to_payload(), wait=False)
+
+    tasks: set[asyncio.Task[None]] = set()
+    async with (
+        client.subscribe(f"caps.call.{provider_id}", QoS.RELIABLE) as calls,
+        client.subscribe(f"caps.reregister.{provider_id}", QoS.REALTIME) as again,
+    ):
+        await calls.ready()
+        await again.ready()
+        answer = (await client.request("caps.register", body, timeout=10.0)).payload
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            raise LoomdError(f"the daemon refused provider {provider_id}: {answer!r:.200}")
+        lease = float(answer.get("lease_s") or 0.5)
+
+        async def serve() -> None:
+            async for req in calls:
+                t = asyncio.ensure_future(handle(req))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+
+        async def renew() -> None:
+            while not stop.is_set():
+                await client.publish(f"caps.lease.{provider_id}", None, qos=QoS.REALTIME)
+                await asyncio.sleep(lease / 5)
+
+        async def reregister() -> None:
+            async for _ in again:
+                log.info("daemon asked provider %s to register again", provider_id)
+                await client.request("caps.register", body, timeout=10.0)
+
+        workers = [asyncio.ensure_future(w()) for w in (serve, renew, reregister)]
+        try:
+            yield answer
+        finally:
+            stop.set()
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, *tasks, return_exceptions=True)
+            with contextlib.suppress(LoomdError):
+                await client.publish("caps.unregister", {"provider": provider_id}, wait=False)
+
+
+def _local_broker(agent: Any, agent_id: str) -> ActionBroker:
+    broker = ActionBroker()
+    prov = LocalProvider(agent_id)
+    found = agent.capabilities() if hasattr(agent, "capabilities") else specs_of(agent)
+    for spec, fn in found:
+        broker.register(spec, prov)
+        prov.add(spec, fn)
+    return broker
+
+
+async def run_agent(
+    client: Any,
+    agent: Any,
+    *,
+    settings: Any = None,
+    policy: Policy | None = None,
+    report: Callable[[str, str, dict[str, Any]], None] | None = None,
+) -> None:
+    """Run `agent` until cancelled, over a connected client: the same lifecycle and
+    containment as in the daemon; its capabilities are served with a lease."""
+    aid = str(getattr(agent, "id", "") or type(agent).__name__.lower())
+    if settings is not None and getattr(agent, "settings", None) is None:
+        agent.settings = settings
+    ctx = sdk_ctx(client, aid, settings)
+
+    sending: set[asyncio.Future[Any]] = set()
+
+    def publish_error(code: str, message: str, details: dict[str, Any]) -> None:
+        log.error("%s", message)
+        if code in ("agent_error", "agent_crashed"):
+            fut = asyncio.ensure_future(
+                client.publish("loomd.agent.error", details, qos=QoS.REALTIME, wait=False)
+            )
+            sending.add(fut)
+            fut.add_done_callback(sending.discard)
+
+    broker = _local_broker(agent, aid)
+    # The runner registers into its own broker; the served one is `broker`.
+    runner = AgentRunner(
+        agent, ctx, ActionBroker(), source="sdk", policy=policy or Policy(),
+        report=report or publish_error,
+    )  # fmt: skip
+    async with serve_capabilities(client, aid, broker):
+        try:
+            await runner.run()
+        finally:
+            stop = getattr(agent, "stop", None)
+            if stop is not None:
+                try:
+                    await stop(ctx)
+                except Exception:
+                    log.exception("agent %s: stop raised", aid)
+
+
+def spec_list(fns: list[tuple[CapabilitySpec, Callable[..., Any]]]) -> ActionBroker:
+    """A broker holding plain `@capability` functions, for `serve_capabilities`."""
+    broker = ActionBroker()
+    prov = LocalProvider("sdk")
+    for spec, fn in fns:
+        broker.register(spec, prov)
+        prov.add(spec, fn)
+    return broker

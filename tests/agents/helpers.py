@@ -1,0 +1,66 @@
+"""In-process daemon (a real `Host` with state, bus and agents) for the agents tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from loomd.agents.component import AgentsComponent
+from loomd.config import load_config
+from loomd.host import Host
+
+
+def settings_for(root: Path, **agents: Any) -> Any:
+    overrides: dict[str, Any] = {
+        "paths.runtime_dir": str(root / "run"),
+        "paths.state_dir": str(root / "state"),
+        "paths.cache_dir": str(root / "cache"),
+        "metrics.enabled": False,
+        "agents.dirs": [str(root / "plugins")],
+        "agents.entry_points": False,
+        "agents.reload_interval_s": 0.1,
+    }
+    overrides.update({f"agents.{k}": v for k, v in agents.items()})
+    return load_config(None, overrides=overrides)
+
+
+@contextlib.asynccontextmanager
+async def running(root: Path, **agents: Any) -> AsyncIterator[tuple[Host, AgentsComponent]]:
+    (root / "plugins").mkdir(exist_ok=True)
+    async with Host(settings_for(root, **agents), names=["state", "bus", "agents"]) as host:
+        comp = host.get("agents")
+        assert isinstance(comp, AgentsComponent), host.status()
+        yield host, comp
+
+
+def write_plugin(root: Path, name: str, code: str) -> Path:
+    path = root / "plugins" / f"{name}.py"
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(textwrap.dedent(code))
+    tmp.rename(path)  # atomic, as an editor or a package manager writes
+    return path
+
+
+async def wait_until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """Poll an in-process condition with a deadline (the state lives in this process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
+        await asyncio.sleep(0.01)
+
+
+def agent_state(comp: AgentsComponent, aid: str) -> str:
+    for v in comp._views():
+        if v["id"] == aid:
+            return str(v["state"])
+    return "absent"
