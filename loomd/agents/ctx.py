@@ -66,7 +66,7 @@ class BarrierTimeout(RequestTimeout):
 class Award:
     """The outcome of a contract net: the winning bid, its result, and every bid seen."""
 
-    winner: str  # the winning bidder's sender name
+    winner: str  # the winning bidder's agent id
     bid: Any
     result: Any
     bids: list[Event]
@@ -317,13 +317,14 @@ class AgentCtx:
             winner.reply_to, {"award": True, "cfp": cfp, "bid": winner.payload},
             timeout=timeout, type="cnet.award", meta={"bid": winner.id.hex()},
         )  # fmt: skip
-        return Award(winner.sender, winner.payload, done.payload, bids)
+        who = winner.payload.get("agent") if isinstance(winner.payload, dict) else None
+        return Award(str(who or winner.sender), winner.payload, done.payload, bids)
 
     async def bid(self, cfp: Event, score: float, **info: Any) -> Event:
         """Answer a contract-net call for proposals; an award arrives on this agent's
         inbox as an event of type `cnet.award` (reply to it with the result)."""
         return await self.bus.reply(
-            cfp, {"score": score, **info}, reply_to=self.inbox, type="cnet.bid"
+            cfp, {"score": score, "agent": self.id, **info}, reply_to=self.inbox, type="cnet.bid"
         )
 
     # -- capabilities -----------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _defs_from_module(
         aid = getattr(cls, "id", "") or cls.__name__.lower()
         settings_cls = getattr(cls, "Settings", None)
         out.append(PluginDef(aid, source, _class_factory(cls), settings_cls, path))
-    if not out and specs_of(module):
+    if specs_of(module):  # module-level @capability functions: the module is an agent too
         aid = str(getattr(module, "AGENT_ID", default_id))
         settings_cls = getattr(module, "Settings", None)
         out.append(PluginDef(aid, source, _module_factory(module, aid), settings_cls, path))
