@@ -139,7 +139,7 @@ async def _team(root: Path) -> None:
 @asynccontextmanager
 async def _daemon(root: Path) -> AsyncIterator[AgentsComponent]:
     await _team(root)
-    async with running(root) as (host, comp):
+    async with running(root) as (_host, comp):
         for aid in ("a", "b", "c", "calc"):
             await wait_until(lambda a=aid: agent_state(comp, a) == "running", what=aid)
         yield comp

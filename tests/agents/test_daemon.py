@@ -73,8 +73,8 @@ async def _caps(c: Client) -> dict[str, Any]:
 
 async def _wait_cap(c: Client, name: str, present: bool = True, timeout: float = 15) -> None:
     async with asyncio.timeout(timeout):
-        while (name in await _caps(c)) != present:
-            await asyncio.sleep(0.05)  # another process: the control op is the only signal
+        while (name in await _caps(c)) != present:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)
 
 
 def test_sdk_provider_killed_mid_call_fails_at_once(short_tmp: Path) -> None:

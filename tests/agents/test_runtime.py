@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def test_plugin_file_runs_and_contains_handler_errors(short_tmp: Path) -> None:
     write_plugin(short_tmp, "ping", PING)
 
     async def main() -> None:
-        async with running(short_tmp) as (host, comp):
+        async with running(short_tmp) as (_host, comp):
             bus = comp.ctx.bus
             await wait_until(lambda: agent_state(comp, "ping") == "running", what="ping running")
             r = await bus.request("demo.ping", 7, timeout=5)
@@ -72,14 +71,14 @@ def test_crash_loop_backs_off_then_fails_others_unaffected(short_tmp: Path) -> N
     write_plugin(short_tmp, "ping", PING)
 
     async def main() -> None:
-        async with running(short_tmp, crash_limit=3, backoff_max_s=0.2) as (host, comp):
+        async with running(short_tmp, crash_limit=3, backoff_max_s=0.2) as (_host, comp):
             await wait_until(lambda: agent_state(comp, "crashy") == "failed", what="failed")
             view = next(v for v in comp._views() if v["id"] == "crashy")
             assert view["restarts"] == 2  # 3 crashes: two restarts, then given up
             assert "crashed 3 times" in view["last_error"]
             assert "start crash 3" in view["last_error"]
             assert (await comp.ctx.bus.request("demo.ping", 1, timeout=5)).payload["pong"] == 1
-            assert host.get("agents") is comp and comp.healthy()
+            assert _host.get("agents") is comp and comp.healthy()
             # an operator can try again
             assert (await comp._cmd_start("crashy"))["state"] == "running"
             await wait_until(lambda: agent_state(comp, "crashy") == "failed", what="again")
@@ -91,18 +90,18 @@ def test_hot_reload_and_a_broken_new_version_keeps_the_old(short_tmp: Path) -> N
     path = write_plugin(short_tmp, "ping", PING)
 
     async def main() -> None:
-        async with running(short_tmp) as (host, comp):
+        async with running(short_tmp) as (_host, comp):
             bus = comp.ctx.bus
             await wait_until(lambda: agent_state(comp, "ping") == "running", what="running")
             assert (await bus.request("demo.ping", 1, timeout=5)).payload["v"] == 1
-            write_plugin(short_tmp, "ping", PING.replace("VERSION = 1", "VERSION = 2"))
 
             async def version() -> int:
                 return int((await bus.request("demo.ping", 1, timeout=5)).payload["v"])
 
-            async with asyncio.timeout(10):
-                while await version() != 2:
-                    await asyncio.sleep(0.05)
+            async with bus.subscribe("loomd.agent.up", QoS.RELIABLE) as ups:
+                write_plugin(short_tmp, "ping", PING.replace("VERSION = 1", "VERSION = 2"))
+                assert (await ups.get(timeout=10)).payload == {"agent": "ping"}
+            assert await version() == 2
             # a version that does not import: the old one keeps answering, and says why
             async with bus.subscribe("loomd.error", QoS.RELIABLE) as errs:
                 write_plugin(short_tmp, "ping", PING + "\ndef broken(:\n")
@@ -164,7 +163,7 @@ def test_bad_plugins_are_reported_and_the_rest_runs(short_tmp: Path) -> None:
     write_plugin(short_tmp, "ping", PING)
 
     async def main() -> None:
-        async with running(short_tmp, handler_timeout_s=0.3) as (host, comp):
+        async with running(short_tmp, handler_timeout_s=0.3) as (_host, comp):
             bus = comp.ctx.bus
             await wait_until(lambda: agent_state(comp, "ping") == "running", what="ping")
             assert any("noimport" in s for s in comp.broken)
@@ -214,7 +213,7 @@ def test_loop_lag_is_attributed_and_run_blocking_offloads(
     write_plugin(short_tmp, "blocker", BLOCKER)
 
     async def main() -> None:
-        async with running(short_tmp) as (host, comp):
+        async with running(short_tmp) as (_host, comp):
             await wait_until(lambda: agent_state(comp, "blocker") == "running", what="running")
             runner = comp.slots["blocker"].runner
             assert runner is not None
@@ -255,7 +254,7 @@ def test_per_agent_settings_and_lifecycle_commands(short_tmp: Path) -> None:
     conf = {"greeter": {"greeting": "hi", "times": 2}, "ping": {"enabled": False}}
 
     async def main() -> None:
-        async with running(short_tmp, agent=conf) as (host, comp):
+        async with running(short_tmp, agent=conf) as (_host, comp):
             bus = comp.ctx.bus
             await wait_until(lambda: agent_state(comp, "greeter") == "running", what="run")
             assert (await bus.request("demo.greet", None, timeout=5)).payload == "hi hi"
@@ -277,7 +276,7 @@ def test_per_agent_settings_are_validated(short_tmp: Path) -> None:
     write_plugin(short_tmp, "greeter", SETTINGS_PLUGIN)
 
     async def main() -> None:
-        async with running(short_tmp, agent={"greeter": {"greting": "typo"}}) as (host, comp):
+        async with running(short_tmp, agent={"greeter": {"greting": "typo"}}) as (_host, comp):
             view = next(v for v in comp._views() if v["id"] == "greeter")
             assert view["state"] == "failed"
             assert "agents.agent.greeter.greting" in view["last_error"]
