@@ -33,6 +33,7 @@ BUILTIN: dict[str, str] = {
     "bus": "loomd.bus.component:BusComponent",
     "metrics": "loomd.metrics:MetricsComponent",
     "agents": "loomd.agents.component:AgentsComponent",
+    "mcp": "loomd.mcp.component:McpComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

@@ -27,6 +27,7 @@ __all__ = [
     "CallError",
     "CapabilityError",
     "Code",
+    "InvalidParams",
     "LocalProvider",
     "Provider",
     "ProviderUnavailable",
@@ -52,6 +53,10 @@ class CapabilityError(Exception):
 
 class ProviderUnavailable(Exception):
     """The provider is gone (an SDK client died, an MCP server exited)."""
+
+
+class InvalidParams(Exception):
+    """A provider found the params bad after all (an MCP server's own check)."""
 
 
 class CallError(LoomdError):
@@ -293,6 +298,8 @@ class ActionBroker:
         except ProviderUnavailable as exc:
             entry.failures += 1
             return Result(Code.PROVIDER_UNAVAILABLE, error=str(exc), provider=prov.id)
+        except InvalidParams as exc:
+            return Result(Code.INVALID_PARAMS, error=str(exc), provider=prov.id)
         except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
             entry.failures += 1
             if isinstance(exc, cbor2.CBOREncodeError):

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomd.agents.broker import ActionBroker, Provider, ProviderUnavailable
+from loomd.agents.broker import (
+    ActionBroker,
+    CapabilityError,
+    InvalidParams,
+    Provider,
+    ProviderUnavailable,
+)
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend
 from loomd.agents.plugins import PluginDef, entry_point_plugins, load_file
@@ -29,6 +35,7 @@ __all__ = ["AgentsComponent", "AgentsStatus"]
 REGISTER_TOPIC = "caps.register"
 UNREGISTER_TOPIC = "caps.unregister"
 LEASE_PATTERN = "caps.lease.*"
+LIST_TOPIC = "caps.list"  # request: every capability with its schema
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class RemoteProvider(Provider):
         self.seen = time.monotonic()
         self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight = 0
+        self.token: Any = None
 
     def die(self) -> None:
         if not self.dead.done():
@@ -97,16 +105,18 @@ class RemoteProvider(Provider):
         except RequestTimeout:
             raise TimeoutError from None
         r = ev.payload if isinstance(ev.payload, dict) else {}
-        code = r.get("code")
+        code, error = r.get("code"), str(r.get("error") or "")
         if code == "ok":
             return r.get("value")
-        from loomd.agents.broker import CapabilityError
-
         if code == "capability_error":
-            raise CapabilityError(str(r.get("error")))
+            raise CapabilityError(error)
         if code == "timeout":
             raise TimeoutError
-        raise RuntimeError(str(r.get("error") or f"provider answered {r!r:.80}"))
+        if code == "provider_unavailable":
+            raise ProviderUnavailable(error)
+        if code == "invalid_params":
+            raise InvalidParams(error)
+        raise RuntimeError(error or f"provider answered {r!r:.80}")
 
 
 @dataclass
@@ -235,6 +245,7 @@ class AgentsComponent(Component[AgentsSettings]):
         )
         self.spawn(self._serve_invoke, "invoke", restart=True)
         self.spawn(self._serve_barrier, "barrier", restart=True)
+        self.spawn(self._serve_list, "list", restart=True)
         self.spawn(self._serve_register, "register", restart=True)
         self.spawn(self._watch_leases, "leases", restart=True)
         self.spawn(self._sweep_idempotency, "idempotency", restart=True)
@@ -476,6 +487,12 @@ class AgentsComponent(Component[AgentsSettings]):
         if req.reply_to:
             await self.ctx.bus.reply(req, payload, wait=False)
 
+    async def _serve_list(self) -> None:
+        async with self.ctx.bus.subscribe(LIST_TOPIC, QoS.RELIABLE) as sub:
+            async for req in sub:
+                if req.reply_to:
+                    await self.ctx.bus.reply(req, self.broker.list(), wait=False)
+
     async def _serve_barrier(self) -> None:
         async with self.ctx.bus.subscribe(BARRIER_TOPIC, QoS.RELIABLE) as sub:
             async for req in sub:
@@ -515,9 +532,10 @@ class AgentsComponent(Component[AgentsSettings]):
 
             async def unregister() -> None:
                 async for ev in unreg:
-                    pid = ev.payload.get("provider") if isinstance(ev.payload, dict) else None
-                    prov = self.providers.pop(str(pid), None)
-                    if prov is not None:
+                    p = ev.payload if isinstance(ev.payload, dict) else {}
+                    prov = self.providers.get(str(p.get("provider")))
+                    if prov is not None and prov.token == p.get("token"):
+                        del self.providers[prov.id]
                         self._drop(prov, "unregistered")
 
             self._serve(unregister())
@@ -532,6 +550,7 @@ class AgentsComponent(Component[AgentsSettings]):
         if old is not None:
             self._drop(old, "registered again")
         prov = RemoteProvider(pid, self.ctx.bus, self.settings.provider_lease_s)
+        prov.token = p.get("token")
         self.providers[pid] = prov
         done, refused = [], {}
         for d in p.get("caps") or []:

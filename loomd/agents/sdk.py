@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -45,7 +46,10 @@ async def serve_capabilities(
          "schema": c["schema"]}
         for c in broker.list()
     ]  # fmt: skip
-    body = {"provider": provider_id, "caps": caps}
+    # The token ties an unregister to this registration: a late `caps.unregister` of an
+    # earlier registration (another topic, so no ordering) must not drop this one.
+    token = os.urandom(8).hex()
+    body = {"provider": provider_id, "caps": caps, "token": token}
     stop = asyncio.Event()
 
     async def handle(req: Event) -> None:
@@ -92,7 +96,9 @@ async def serve_capabilities(
                 w.cancel()
             await asyncio.gather(*workers, *tasks, return_exceptions=True)
             with contextlib.suppress(LoomdError):
-                await client.publish("caps.unregister", {"provider": provider_id}, wait=False)
+                await client.publish(
+                    "caps.unregister", {"provider": provider_id, "token": token}, wait=False
+                )
 
 
 def _local_broker(agent: Any, agent_id: str) -> ActionBroker:

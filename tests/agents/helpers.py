@@ -15,7 +15,7 @@ from loomd.config import load_config
 from loomd.host import Host
 
 
-def settings_for(root: Path, **agents: Any) -> Any:
+def settings_for(root: Path, extra: dict[str, Any] | None = None, **agents: Any) -> Any:
     overrides: dict[str, Any] = {
         "paths.runtime_dir": str(root / "run"),
         "paths.state_dir": str(root / "state"),
@@ -26,13 +26,20 @@ def settings_for(root: Path, **agents: Any) -> Any:
         "agents.reload_interval_s": 0.1,
     }
     overrides.update({f"agents.{k}": v for k, v in agents.items()})
+    overrides.update(extra or {})
     return load_config(None, overrides=overrides)
 
 
 @contextlib.asynccontextmanager
-async def running(root: Path, **agents: Any) -> AsyncIterator[tuple[Host, AgentsComponent]]:
+async def running(
+    root: Path, extra: dict[str, Any] | None = None, **agents: Any
+) -> AsyncIterator[tuple[Host, AgentsComponent]]:
+    """state, bus and agents (and mcp, when `extra` configures it) in this process."""
     (root / "plugins").mkdir(exist_ok=True)
-    async with Host(settings_for(root, **agents), names=["state", "bus", "agents"]) as host:
+    names = ["state", "bus", "agents"] + (
+        ["mcp"] if extra and any(k.startswith("mcp.") for k in extra) else []
+    )
+    async with Host(settings_for(root, extra, **agents), names=names) as host:
         comp = host.get("agents")
         assert isinstance(comp, AgentsComponent), host.status()
         yield host, comp

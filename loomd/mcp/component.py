@@ -1,0 +1,219 @@
+"""The `mcp` component: MCP servers' tools as capabilities, and loomd as an MCP server.
+
+It runs when there is something to do (servers configured, capabilities exposed, or HTTP
+serving on): `enabled` is derived, so an idle daemon never imports `mcp`. The tools of each
+server are offered to the action broker over the bus like an SDK provider's
+(`serve_capabilities` on `LocalBus`), so this component needs no reference into `agents`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from loomd.agents.broker import ActionBroker
+from loomd.agents.sdk import serve_capabilities
+from loomd.component import Command, Component, StatusBlock
+from loomd.config import Section, option
+from loomd.mcp.client import McpServerSettings, McpSupervisor
+from loomd.metrics import Family
+
+__all__ = ["McpComponent", "McpSettings"]
+
+
+def _check_servers(value: tuple[McpServerSettings, ...]) -> tuple[str, Any, str] | None:
+    seen = set()
+    for i, s in enumerate(value):
+        if not s.name:
+            return (f"[{i}].name", s.name, "a name (tools become <name>:<tool>)")
+        if s.name in seen:
+            return (f"[{i}].name", s.name, "a name no other server has")
+        seen.add(s.name)
+    return None
+
+
+@dataclass(frozen=True)
+class McpSettings(Section):
+    SECTION: ClassVar[str] = "mcp"
+
+    servers: tuple[McpServerSettings, ...] = option(factory=tuple, check=_check_servers)
+    expose: tuple[str, ...] = option(factory=tuple, reload=True)
+    http_enabled: bool = option(False)
+    http_port: int = option(7782, min=1, max=65535)
+
+    @property
+    def enabled(self) -> bool:
+        """The host starts the component only when it has work."""
+        return bool(self.servers or self.expose or self.http_enabled)
+
+
+@dataclass(frozen=True)
+class McpStatus(StatusBlock):
+    servers: list[dict[str, Any]]
+    expose: list[str]
+    http: str
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{s['name']}: {s['state']}, {len(s['tools'])} tools, {s['restarts']} restarts"
+            + (f" ({s['last_error']})" if s["last_error"] and s["state"] != "running" else "")
+            for s in self.servers
+        ]
+        out.append(f"exposed: {', '.join(self.expose) or 'nothing'}; http: {self.http}")
+        return out
+
+
+def _add_cli(cmds: Any) -> None:
+    """`loomctl mcp` serves MCP over stdio (for an MCP host, e.g. over ssh);
+    `loomctl mcp servers` and `loomctl mcp restart NAME` drive the client side."""
+    m = cmds.add_parser("mcp", help="serve loomd as an MCP server on stdio; or: servers, restart")
+    sc = m.add_subparsers(dest="mcp_cmd")
+    sc.add_parser("serve", help="serve MCP over stdio (the default)")
+    sc.add_parser("servers", help="configured MCP servers, their state and tools")
+    r = sc.add_parser("restart", help="restart one MCP server")
+    r.add_argument("name")
+    m.set_defaults(func=_cli_mcp)
+
+
+async def _cli_mcp(bus: Any, args: Any) -> int:
+    from loomd.ctl import _dumps, op
+    from loomd.errors import LoomdError
+
+    cmd = args.mcp_cmd or "serve"
+    if cmd == "servers":
+        print(_dumps((await op(bus, "mcp.servers"))["servers"], indent=2))
+        return 0
+    if cmd == "restart":
+        await op(bus, "mcp.restart", args.name)
+        return 0
+    from mcp.server.stdio import stdio_server
+
+    from loomd.mcp.server import Bridge, build_server
+
+    try:
+        expose = (await op(bus, "mcp.expose"))["expose"]
+    except LoomdError:  # the mcp component is not running: nothing is exposed
+        expose = []
+
+    async def state_get(ns: str, key: str) -> Any:
+        r = await op(bus, "state.get", key, ns=ns)
+        return r.get("value")
+
+    server = build_server(Bridge(bus, expose, state_get))
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+    return 0
+
+
+class McpComponent(Component[McpSettings]):
+    name = "mcp"
+    cli = staticmethod(_add_cli)
+    Settings = McpSettings
+    requires = ("mcp",)
+    extra = "mcp"
+    summary = "MCP servers' tools as capabilities; loomd as an MCP server"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.supervisors: dict[str, McpSupervisor] = {}
+        self.errors = 0
+        self.http_url = ""
+
+    async def start(self) -> None:
+        for s in self.settings.servers:
+            broker = ActionBroker()
+            changed = asyncio.Event()
+            sup = McpSupervisor(s, broker, report=self._report, on_tools=changed.set)
+            self.supervisors[s.name] = sup
+            self.spawn(sup.run, f"server.{s.name}", restart=True)
+            self.spawn(functools.partial(self._offer, s.name, broker, changed), f"offer.{s.name}")
+        if self.settings.http_enabled:
+            self.spawn(self._serve_http, "http", restart=True)
+
+    def _report(self, code: str, message: str) -> None:
+        self.errors += 1
+        self.ctx.error(code, message)
+
+    async def _offer(self, name: str, broker: ActionBroker, changed: asyncio.Event) -> None:
+        """Keep the agents' broker in step with this server's tools."""
+        while True:
+            changed.clear()
+            async with serve_capabilities(self.ctx.bus, f"mcp-{name}", broker):
+                await changed.wait()
+
+    def bridge(self) -> Any:
+        from loomd.mcp.server import Bridge
+
+        async def state_get(ns: str, key: str) -> Any:
+            return self.ctx.state.kv(ns).get(key)
+
+        return Bridge(self.ctx.bus, self.settings.expose, state_get)
+
+    async def _serve_http(self) -> None:
+        import uvicorn
+
+        from loomd.mcp.server import build_server
+
+        app = build_server(self.bridge()).streamable_http_app(host="127.0.0.1")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.settings.http_port, log_level="warning",
+            lifespan="on",
+        )  # fmt: skip
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield  # the daemon owns SIGTERM/SIGHUP; uvicorn must not take them
+
+        server = Server(config)
+        self.http_url = f"http://127.0.0.1:{self.settings.http_port}/mcp"
+        try:
+            await server.serve()
+        finally:
+            self.http_url = ""
+            with contextlib.suppress(Exception):
+                server.should_exit = True
+
+    # -- operator ---------------------------------------------------------------------------
+    def status(self) -> McpStatus:
+        return McpStatus(
+            [s.view() for s in self.supervisors.values()],
+            list(self.settings.expose),
+            self.http_url or "off",
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        yield Family(
+            "loomd_mcp_server_restarts_total", "counter", "Restarts per MCP server.",
+            [({"server": n}, float(s.restarts)) for n, s in self.supervisors.items()],
+        )  # fmt: skip
+        yield Family(
+            "loomd_mcp_errors_total", "counter", "Errors reported by the MCP component.",
+            [({}, float(self.errors))],
+        )  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "servers": Command(self._servers, "MCP servers and their tools"),
+            "restart": Command(self._restart, "restart one MCP server", ("name",)),
+            "expose": Command(self._expose, "the capability patterns served over MCP"),
+        }
+
+    async def _servers(self) -> dict[str, Any]:
+        return {"servers": [s.view() for s in self.supervisors.values()]}
+
+    async def _restart(self, name: Any) -> dict[str, Any]:
+        sup = self.supervisors.get(str(name))
+        if sup is None:
+            from loomd.errors import LoomdError
+
+            raise LoomdError(f"no MCP server {name!r} (servers: {', '.join(self.supervisors)})")
+        await sup.restart()
+        return {"restarting": sup.settings.name}
+
+    async def _expose(self) -> dict[str, Any]:
+        return {"expose": list(self.settings.expose)}

@@ -1,0 +1,167 @@
+"""MCP server mode: loomd's chosen capabilities plus a few bus tools, as an MCP server.
+
+The same `build_server` runs in two places: `loomctl mcp` (stdio, so an MCP host can launch
+it on the board over ssh; it talks to the daemon with `loomd.sdk.Client`) and the daemon's
+`mcp` component (Streamable HTTP on 127.0.0.1, off by default; over `LocalBus`). Both reach
+capabilities through the bus (`caps.list`, `caps.invoke`), so they behave the same.
+
+Tools: every capability matching an `expose` pattern (fnmatch, nothing by default), named
+with `.`/`:`/`@` turned into `_` (MCP tool names are `[A-Za-z0-9_-]`), plus
+`loomd_publish`, `loomd_state_get` and `loomd_watch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from loomd.bus.envelope import QoS
+
+__all__ = ["Bridge", "build_server", "tool_name"]
+
+BUS_TOOLS: dict[str, dict[str, Any]] = {
+    "loomd_publish": {
+        "description": "Publish one event on the loomd bus (reliable).",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "description": "dot-separated topic"},
+                "payload": {"description": "any JSON value"},
+            },
+            "required": ["topic"],
+        },
+    },
+    "loomd_state_get": {
+        "description": "Read one key of loomd's key-value state.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string"},
+                "ns": {"type": "string", "description": "namespace", "default": "user"},
+            },
+            "required": ["key"],
+        },
+    },
+    "loomd_watch": {
+        "description": "Events on a topic pattern during the next few seconds (at most n).",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "pattern": {"type": "string", "description": "`*` one segment, `#` any"},
+                "n": {"type": "integer", "default": 10},
+                "wait_s": {"type": "number", "default": 1.0},
+            },
+            "required": ["pattern"],
+        },
+    },
+}
+
+
+def tool_name(capability: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", capability)
+
+
+class Bridge:
+    """What the MCP server does, over any `Bus` (plus a state reader)."""
+
+    def __init__(
+        self,
+        bus: Any,
+        expose: Sequence[str],
+        state_get: Callable[[str, str], Awaitable[Any]],
+        call_timeout_s: float = 30.0,
+    ) -> None:
+        self.bus = bus
+        self.expose = list(expose)
+        self.state_get = state_get
+        self.call_timeout_s = call_timeout_s
+        self._names: dict[str, str] = {}  # MCP tool name -> capability
+
+    async def tools(self) -> list[dict[str, Any]]:
+        out = [{"name": k, **v} for k, v in BUS_TOOLS.items()]
+        if not self.expose:
+            return out
+        caps = (await self.bus.request("caps.list", None, timeout=5.0)).payload
+        self._names.clear()
+        for c in caps:
+            full = f"{c['name']}@{c['version']}"
+            if not any(fnmatch.fnmatchcase(c["name"], p) or fnmatch.fnmatchcase(full, p)
+                       for p in self.expose):  # fmt: skip
+                continue
+            name = tool_name(c["name"])
+            self._names[name] = c["name"]
+            out.append(
+                {"name": name, "description": c["description"] or c["name"],
+                 "inputSchema": c["schema"] or {"type": "object"}}
+            )  # fmt: skip
+        return out
+
+    async def call(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+        """(ok, value or error text)."""
+        if name == "loomd_publish":
+            ev = await self.bus.publish(str(args["topic"]), args.get("payload"))
+            return True, {"id": ev.id.hex()}
+        if name == "loomd_state_get":
+            return True, await self.state_get(str(args.get("ns") or "user"), str(args["key"]))
+        if name == "loomd_watch":
+            return True, await self._watch(
+                str(args["pattern"]), int(args.get("n", 10)), float(args.get("wait_s", 1.0))
+            )
+        if name not in self._names:
+            await self.tools()
+        cap = self._names.get(name)
+        if cap is None:
+            return False, f"no tool {name!r}"
+        body = {"cap": cap, "params": args, "timeout": self.call_timeout_s}
+        r = (await self.bus.request("caps.invoke", body, timeout=self.call_timeout_s + 1)).payload
+        if r.get("code") == "ok":
+            return True, r.get("value")
+        return False, f"{r.get('code')}: {r.get('error')}"
+
+    async def _watch(self, pattern: str, n: int, wait_s: float) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async with self.bus.subscribe(pattern, QoS.REALTIME) as sub:
+            await sub.ready()
+            try:
+                async with asyncio.timeout(min(wait_s, 30.0)):
+                    while len(out) < n:
+                        ev = await sub.get()
+                        payload = ev.payload if not isinstance(ev.payload, bytes) else "<bytes>"
+                        out.append({"topic": ev.topic, "payload": payload, "sender": ev.sender})
+            except TimeoutError:
+                pass
+        return out
+
+
+def build_server(bridge: Bridge, name: str = "loomd") -> Any:
+    """A low-level `mcp` server whose tools come from `bridge` on every list."""
+    import mcp_types as types
+    from mcp.server.lowlevel import Server
+
+    async def list_tools(ctx: Any, params: Any) -> Any:
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(name=t["name"], description=t["description"],
+                           input_schema=t["inputSchema"])
+                for t in await bridge.tools()
+            ]
+        )  # fmt: skip
+
+    async def call_tool(ctx: Any, params: Any) -> Any:
+        try:
+            ok, value = await bridge.call(params.name, dict(params.arguments or {}))
+        except Exception as exc:
+            ok, value = False, f"{type(exc).__name__}: {exc}"
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        structured = value if ok and isinstance(value, dict) else None
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text)],
+            structured_content=structured,
+            is_error=not ok,
+        )
+
+    return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
