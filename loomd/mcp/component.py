@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -122,6 +123,11 @@ class McpComponent(Component[McpSettings]):
         self.supervisors: dict[str, McpSupervisor] = {}
         self.errors = 0
         self.http_url = ""
+        self._sock: socket.socket | None = None
+
+    async def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
 
     async def start(self) -> None:
         for s in self.settings.servers:
@@ -132,6 +138,9 @@ class McpComponent(Component[McpSettings]):
             self.spawn(sup.run, f"server.{s.name}", restart=True)
             self.spawn(functools.partial(self._offer, s.name, broker, changed), f"offer.{s.name}")
         if self.settings.http_enabled:
+            # Bound here, so READY means listening and a taken port fails the start clearly.
+            self._sock = socket.create_server(("127.0.0.1", self.settings.http_port))
+            self._sock.setblocking(False)
             self.spawn(self._serve_http, "http", restart=True)
 
     def _report(self, code: str, message: str) -> None:
@@ -171,12 +180,11 @@ class McpComponent(Component[McpSettings]):
 
         server = Server(config)
         self.http_url = f"http://127.0.0.1:{self.settings.http_port}/mcp"
+        assert self._sock is not None
         try:
-            await server.serve()
+            await server.serve(sockets=[self._sock])
         finally:
             self.http_url = ""
-            with contextlib.suppress(Exception):
-                server.should_exit = True
 
     # -- operator ---------------------------------------------------------------------------
     def status(self) -> McpStatus:

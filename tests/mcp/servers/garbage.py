@@ -3,6 +3,6 @@
 import sys
 import time
 
-sys.stdout.write("this is not JSON-RPC\n{\"also\": \"not a message\"}\n")
+sys.stdout.write('this is not JSON-RPC\n{"also": "not a message"}\n')
 sys.stdout.flush()
 time.sleep(3600)
