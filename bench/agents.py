@@ -275,27 +275,25 @@ async def mcp_calls(root: Path, n: int) -> dict[str, float | None]:
         "raw_mcp_call_p50_ms": pct(raw, 0.5),
         "raw_mcp_call_p99_ms": pct(raw, 0.99),
     }
-    from loomd.agents.broker import ActionBroker
-    from loomd.mcp.client import McpServerSettings, McpSupervisor
-
-    broker = ActionBroker()
-    sup = McpSupervisor(
-        McpServerSettings(name="time", command=sys.executable, args=("-m", "mcp_server_time")),
-        broker,
-    )
-    task = asyncio.ensure_future(sup.run())
-    try:
-        async with asyncio.timeout(30):
-            while broker.resolve("time:get_current_time") is None:  # noqa: ASYNC110
+    # The same tool through the daemon's path: agents broker -> bus -> mcp component -> stdio.
+    settings = _settings(root / "mcp", root / "plugins-mcp")
+    (root / "plugins-mcp").mkdir(exist_ok=True)
+    server = {"name": "time", "command": sys.executable, "args": ["-m", "mcp_server_time"],
+              "init_timeout_s": 60}  # fmt: skip
+    settings = load_config(
+        None,
+        overrides={**{f"paths.{k}": str(root / "mcp" / k.split("_")[0])
+                      for k in ("runtime_dir", "state_dir", "cache_dir")},
+                   "metrics.enabled": False, "agents.dirs": [str(root / "plugins-mcp")],
+                   "agents.entry_points": False, "mcp.servers": [server]},
+    )  # fmt: skip
+    async with Host(settings, names=["state", "bus", "agents", "mcp"]) as h:
+        comp: Any = h.get("agents")
+        async with asyncio.timeout(60):
+            while comp.broker.resolve("time:get_current_time") is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-
-        async def one() -> None:
-            (await broker.call("time:get_current_time", {"timezone": "UTC"})).unwrap()
-
-        via = await timed(n, one)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        ctx = AgentCtx("bench", comp.ctx.bus, LocalBackend(comp.broker, h.services.state.kv))  # type: ignore[union-attr]
+        via = await timed(n, lambda: ctx.call("time:get_current_time", timezone="UTC"))
     out["mcp_call_p50_ms"] = pct(via, 0.5)
     out["mcp_call_p99_ms"] = pct(via, 0.99)
     return out

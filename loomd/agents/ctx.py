@@ -148,21 +148,72 @@ class _RemoteState:
 
 
 class SdkBackend:
-    """For `loomd.sdk.Client`: capability calls go to the agents component over the bus."""
+    """For `loomd.sdk.Client`: capability calls go to the agents component over the bus.
+
+    Calls share one reply subscription (opened on the first call, kept for the life of the
+    backend) instead of a subscription per call: over the socket, subscribing and
+    unsubscribing are round trips of their own, which doubled a call's latency."""
 
     def __init__(self, client: Any) -> None:
         self._c = client
+        self._topic = f"thread.{os.urandom(16).hex()}.reply"
+        self._sub: Any = None
+        self._pump: asyncio.Task[None] | None = None
+        self._waiting: dict[bytes, asyncio.Future[Event]] = {}
+        self._early: dict[bytes, Event] = {}  # replies that beat their waiter's registration
+        self._opening: asyncio.Lock | None = None
+
+    async def _open(self) -> None:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._sub is None:
+                sub = self._c.subscribe(self._topic, QoS.RELIABLE)
+                await sub.ready()
+                self._sub = sub
+                self._pump = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        async for ev in self._sub:
+            cid = ev.correlation_id
+            fut = self._waiting.pop(cid, None) if cid is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result(ev)
+            elif cid is not None:
+                self._early[cid] = ev
+                while len(self._early) > 256:  # replies nobody waits for any more
+                    self._early.pop(next(iter(self._early)))
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        if self._sub is not None:
+            await self._sub.close()
+        self._sub = self._pump = None
 
     async def call(
         self, name: str, params: dict[str, Any], timeout: float, key: str | None
     ) -> Result:
+        if self._sub is None:
+            await self._open()
         body = {"cap": name, "params": params, "timeout": timeout, "key": key}
-        try:
-            # a little longer than the broker's own deadline, which answers `timeout`
-            ev = await self._c.request(INVOKE_TOPIC, body, timeout=timeout + 1.0)
-        except RequestTimeout:
-            return Result("timeout", error=f"no answer from the daemon within {timeout:g} s")
-        return Result.from_payload(ev.payload)
+        ev = await self._c.publish(INVOKE_TOPIC, body, reply_to=self._topic, wait=False)
+        reply = self._early.pop(ev.id, None)
+        if reply is None:
+            fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+            self._waiting[ev.id] = fut
+            try:
+                # a little longer than the broker's own deadline, which answers `timeout`
+                reply = await asyncio.wait_for(fut, timeout + 1.0)
+            except TimeoutError:
+                return Result("timeout", error=f"no answer from the daemon within {timeout:g} s")
+            finally:
+                self._waiting.pop(ev.id, None)
+        return Result.from_payload(reply.payload)
+
+    def pending(self) -> int:
+        return len(self._waiting)
 
     def state(self, namespace: str) -> AgentState:
         return _RemoteState(self._c, namespace)

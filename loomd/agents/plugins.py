@@ -72,6 +72,8 @@ def _defs_from_module(
         out.append(PluginDef(aid, source, _class_factory(cls), settings_cls, path))
     if specs_of(module):  # module-level @capability functions: the module is an agent too
         aid = str(getattr(module, "AGENT_ID", default_id))
+        if any(d.id == aid for d in out):  # a class of the file has the name already
+            aid += "-caps"
         settings_cls = getattr(module, "Settings", None)
         out.append(PluginDef(aid, source, _module_factory(module, aid), settings_cls, path))
     return out

@@ -75,6 +75,9 @@ def counts(comp: AgentsComponent) -> tuple[int, int, int]:
 
 
 async def contract(ctx: AgentCtx, comp: AgentsComponent, peers: list[AgentCtx]) -> None:
+    # A ctx keeps one reply subscription for its capability calls, opened on first use:
+    # count after that, so what is measured is what each primitive leaves behind.
+    assert await ctx.call("math.add@1", a=0, b=0) == 0
     before = counts(comp)
 
     # request / reply / publish
