@@ -1,11 +1,11 @@
 """A minimal SDK agent: answers every request on agent.echo.inbox with its payload.
 
-    .venv/bin/python examples/echo_agent.py
-    .venv/bin/python -c 'import asyncio, loomd.sdk
-    async def m():
-        async with loomd.sdk.connect() as bus:
-            print((await bus.request("agent.echo.inbox", {"hi": 1}, timeout=5)).payload)
-    asyncio.run(m())'
+.venv/bin/python examples/echo_agent.py
+.venv/bin/python -c 'import asyncio, loomd.sdk
+async def m():
+    async with loomd.sdk.connect() as bus:
+        print((await bus.request("agent.echo.inbox", {"hi": 1}, timeout=5)).payload)
+asyncio.run(m())'
 """
 
 import asyncio

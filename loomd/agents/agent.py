@@ -35,7 +35,8 @@ __all__ = ["Agent"]
 
 class Agent:
     """Base class of an agent (subclassing is optional: the runtime duck-types `id`,
-    `topics`, `on_event`, `start`, `stop`)."""
+    `topics`, `on_event`, `start`, `stop`). A class without an `id` is taken for a base of
+    other agents and not run."""
 
     id: ClassVar[str] = ""
     topics: ClassVar[tuple[str, ...]] = ()

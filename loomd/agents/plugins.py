@@ -57,9 +57,10 @@ class ModuleAgent:
 def _is_agent_class(obj: Any, module: ModuleType) -> bool:
     if not inspect.isclass(obj) or obj is Agent or obj.__module__ != module.__name__:
         return False
-    if issubclass(obj, Agent):
-        return True
-    return isinstance(getattr(obj, "id", None), str) and callable(getattr(obj, "on_event", None))
+    # A class without an `id` is a base for others (abstract), not an agent.
+    if not isinstance(getattr(obj, "id", None), str) or not obj.id:
+        return False
+    return issubclass(obj, Agent) or callable(getattr(obj, "on_event", None))
 
 
 def _defs_from_module(
@@ -67,7 +68,7 @@ def _defs_from_module(
 ) -> list[PluginDef]:
     out = []
     for _, cls in inspect.getmembers(module, lambda o: _is_agent_class(o, module)):
-        aid = getattr(cls, "id", "") or cls.__name__.lower()
+        aid = cls.id
         settings_cls = getattr(cls, "Settings", None)
         out.append(PluginDef(aid, source, _class_factory(cls), settings_cls, path))
     if specs_of(module):  # module-level @capability functions: the module is an agent too
