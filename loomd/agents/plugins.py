@@ -58,7 +58,8 @@ def _is_agent_class(obj: Any, module: ModuleType) -> bool:
     if not inspect.isclass(obj) or obj is Agent or obj.__module__ != module.__name__:
         return False
     # A class without an `id` is a base for others (abstract), not an agent.
-    if not isinstance(getattr(obj, "id", None), str) or not obj.id:
+    aid = getattr(obj, "id", None)
+    if not isinstance(aid, str) or not aid:
         return False
     return issubclass(obj, Agent) or callable(getattr(obj, "on_event", None))
 

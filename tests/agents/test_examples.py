@@ -40,11 +40,7 @@ def test_examples(short_tmp: Path) -> None:
                 assert answer["review"] == {"score": 2, "note": "good"}
                 assert answer["answered"] == 1
                 state = await c.call("state.get", args=["done"], ns="agent.planner")
-                assert state == {
-                    "found": True,
-                    "value": 1,
-                    **{k: state[k] for k in state if k not in ("found", "value")},
-                }
+                assert state["found"] and state["value"] == 1
 
         uvloop.run(trio())
 
