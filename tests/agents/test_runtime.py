@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -280,5 +281,43 @@ def test_per_agent_settings_are_validated(short_tmp: Path) -> None:
             view = next(v for v in comp._views() if v["id"] == "greeter")
             assert view["state"] == "failed"
             assert "agents.agent.greeter.greting" in view["last_error"]
+
+    uvloop.run(main())
+
+
+CAPS = """
+import asyncio
+from loomd.agents import capability
+
+@capability("odd.value")
+def odd() -> object:
+    return object()  # CBOR cannot encode this
+
+@capability("slow.nap")
+async def nap(secs: float) -> str:
+    await asyncio.sleep(secs)
+    return "rested"
+"""
+
+
+def test_capability_results_and_deadlines(short_tmp: Path) -> None:
+    write_plugin(short_tmp, "caps", CAPS)
+
+    async def main() -> None:
+        async with running(short_tmp) as (_host, comp):
+            await wait_until(lambda: comp.broker.resolve("slow.nap"), what="caps")
+            r = await comp.broker.call("odd.value", {})
+            assert r.code == "error" and "CBOR cannot encode" in r.error
+            began = asyncio.get_running_loop().time()
+            r = await comp.broker.call("slow.nap", {"secs": 5}, timeout=0.2)
+            took = asyncio.get_running_loop().time() - began
+            assert r.code == "timeout" and 0.19 < took < 1.0, (r, took)
+            assert (await comp.broker.call("slow.nap", {"secs": 0.01}, timeout=2)).value == "rested"
+            assert comp.broker.pending() == 0
+            # the schema came from the hints, and params are checked before the provider runs
+            spec = {c["name"]: c for c in comp.broker.list()}["slow.nap"]
+            assert spec["schema"]["properties"]["secs"] == {"type": "number"}
+            bad = await comp.broker.call("slow.nap", {"secs": "long"})
+            assert bad.code == "invalid_params" and bad.error.startswith("slow.nap@1: secs:")
 
     uvloop.run(main())
