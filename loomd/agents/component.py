@@ -4,7 +4,6 @@ collaboration primitives, and keeps SDK providers on a lease."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -21,12 +20,18 @@ from loomd.agents.broker import (
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend
-from loomd.agents.plugins import PluginDef, entry_point_plugins, load_file
+from loomd.agents.plugins import (
+    Placement,
+    PluginDef,
+    agent_settings,
+    entry_point_plugins,
+    load_file,
+)
+from loomd.agents.process import ProcessRunner
 from loomd.agents.runtime import AgentRunner, Policy
 from loomd.agents.settings import AgentsSettings
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
-from loomd.config import Section, build_section
 from loomd.errors import ConfigError, LoomdError, RequestTimeout
 from loomd.metrics import Family
 
@@ -129,7 +134,7 @@ class _Barrier:
 @dataclass
 class _Slot:
     pdef: PluginDef
-    runner: AgentRunner | None = None
+    runner: AgentRunner | ProcessRunner | None = None
     state: str = "created"
     why: str = ""
 
@@ -330,34 +335,8 @@ class AgentsComponent(Component[AgentsSettings]):
         self.broken[source] = why
         self._report("plugin_broken", f"plugin {source} did not load: {why}", {"source": source})
 
-    def _agent_settings(self, pdef: PluginDef) -> tuple[bool, Any]:
-        table = dict(self.settings.agent.get(pdef.id) or {})
-        enabled = table.pop("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ConfigError(f"agents.agent.{pdef.id}.enabled", enabled, "true or false")
-        cls = pdef.settings_cls
-        if cls is None:
-            if table:
-                key = next(iter(table))
-                raise ConfigError(
-                    f"agents.agent.{pdef.id}.{key}", table[key],
-                    "a known key (the plugin declares no Settings)",
-                )  # fmt: skip
-            return enabled, None
-        if isinstance(cls, type) and issubclass(cls, Section):
-            return enabled, build_section(cls, table, f"agents.agent.{pdef.id}")
-        if dataclasses.is_dataclass(cls):
-            names = {f.name for f in dataclasses.fields(cls)}
-            for key in table:
-                if key not in names:
-                    raise ConfigError(
-                        f"agents.agent.{pdef.id}.{key}", table[key],
-                        "a known key (keys: " + ", ".join(sorted(names)) + ")",
-                    )  # fmt: skip
-        try:
-            return enabled, cls(**table)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"agents.agent.{pdef.id}", table, str(exc)) from None
+    def _agent_settings(self, pdef: PluginDef) -> tuple[Placement, Any]:
+        return agent_settings(pdef, self.settings.agent.get(pdef.id))
 
     async def _add(self, pdef: PluginDef) -> None:
         if pdef.id in self.slots and self.slots[pdef.id].pdef.source != pdef.source:
@@ -370,13 +349,24 @@ class AgentsComponent(Component[AgentsSettings]):
     async def _start_slot(self, slot: _Slot) -> None:
         pdef = slot.pdef
         try:
-            enabled, settings = self._agent_settings(pdef)
+            place, settings = self._agent_settings(pdef)
         except ConfigError as exc:
             slot.state, slot.why = "failed", str(exc)
             self._report("agent_config", f"agent {pdef.id}: {exc}", {"agent": pdef.id})
             return
-        if not enabled:
+        if not place.enabled:
             slot.state, slot.why = "disabled", ""
+            return
+        if place.isolation == "process":
+            proc = ProcessRunner(
+                pdef, f"ipc://{self.ctx.services.bus_socket}",
+                self.settings.agent.get(pdef.id) or {}, place.memory_mb,
+                policy=self._policy(), report=self._report,
+            )  # fmt: skip
+            if slot.runner is not None:
+                proc.restarts = slot.runner.restarts + 1
+            slot.runner, slot.state, slot.why = proc, "running", ""
+            proc.task = self.spawn(proc.run, f"agent.{pdef.id}", restart=False)
             return
         try:
             agent = pdef.make(settings)
@@ -417,6 +407,12 @@ class AgentsComponent(Component[AgentsSettings]):
                 }  # fmt: skip
             if slot.state == "stopped":
                 v["state"] = "stopped"
+            if isinstance(slot.runner, ProcessRunner):
+                v["capabilities"] = [
+                    f"{c['name']}@{c['version']}"
+                    for c in self.broker.list()
+                    if c["provider"] == aid
+                ]
             src_err = self.broken.get(slot.pdef.source)
             if src_err:
                 v["last_error"] = f"reload failed, old version kept: {src_err}"

@@ -19,7 +19,15 @@ from typing import Any
 from loomd.agents.agent import Agent
 from loomd.agents.capability import specs_of
 
-__all__ = ["ENTRY_POINT_GROUP", "ModuleAgent", "PluginDef", "entry_point_plugins", "load_file"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ModuleAgent",
+    "Placement",
+    "PluginDef",
+    "agent_settings",
+    "entry_point_plugins",
+    "load_file",
+]
 
 log = logging.getLogger("loomd.agents.plugins")
 
@@ -139,3 +147,59 @@ def entry_point_plugins() -> tuple[list[PluginDef], dict[str, str]]:
         else:
             broken[source] = f"{ep.value} is neither an agent class nor a module"
     return defs, broken
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and whether an agent runs: the runtime's keys of `[agents.agent.<id>]`."""
+
+    enabled: bool = True
+    isolation: str = "inproc"  # or "process": a supervised child over the SDK
+    memory_mb: int = 0  # with isolation = "process": address-space limit, 0 = none
+
+
+RUNTIME_KEYS = ("enabled", "isolation", "memory_mb")
+
+
+def agent_settings(pdef: PluginDef, raw: Any) -> tuple[Placement, Any]:
+    """Split `[agents.agent.<id>]` into the runtime's keys and the plugin's own settings,
+    validated by the plugin's `Settings` (a `Section` or a dataclass). Raises ConfigError
+    naming `agents.agent.<id>.<key>`."""
+    import dataclasses
+
+    from loomd.config import Section, build_section
+    from loomd.errors import ConfigError
+
+    key = f"agents.agent.{pdef.id}"
+    table = dict(raw or {})
+    enabled = table.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{key}.enabled", enabled, "true or false")
+    isolation = table.pop("isolation", "inproc")
+    if isolation not in ("inproc", "process"):
+        raise ConfigError(f"{key}.isolation", isolation, "one of inproc, process")
+    memory_mb = table.pop("memory_mb", 0)
+    if not isinstance(memory_mb, int) or isinstance(memory_mb, bool) or memory_mb < 0:
+        raise ConfigError(f"{key}.memory_mb", memory_mb, "an integer >= 0 (0 = no limit)")
+    place = Placement(enabled, isolation, memory_mb)
+    cls = pdef.settings_cls
+    if cls is None:
+        if table:
+            k = next(iter(table))
+            raise ConfigError(
+                f"{key}.{k}", table[k], "a known key (the plugin declares no Settings)"
+            )
+        return place, None
+    if isinstance(cls, type) and issubclass(cls, Section):
+        return place, build_section(cls, table, key)
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        for k in table:
+            if k not in names:
+                raise ConfigError(
+                    f"{key}.{k}", table[k], "a known key (keys: " + ", ".join(sorted(names)) + ")"
+                )
+    try:
+        return place, cls(**table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, table, str(exc)) from None

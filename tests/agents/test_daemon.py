@@ -199,3 +199,71 @@ def test_plugin_dropped_into_a_running_daemon(short_tmp: Path) -> None:
         assert r.returncode == 0 and json.loads(r.stdout).startswith("x-"), r.stderr
     finally:
         d.close()
+
+
+ISOLATED = """
+import os
+from dataclasses import dataclass
+from loomd.agents import Agent, capability
+
+@dataclass(frozen=True)
+class Cfg:
+    greeting: str = "hi"
+
+class Iso(Agent):
+    id = "iso"
+    topics = ("demo.iso",)
+    Settings = Cfg
+
+    async def on_event(self, ctx, event):
+        if event.payload == "hog":
+            bytearray(400 * 1024 * 1024)  # over memory_mb: MemoryError, contained
+        await ctx.reply(event, {"pid": os.getpid(), "greeting": self.settings.greeting})
+
+    @capability("iso.pid")
+    def pid(self) -> int:
+        return os.getpid()
+"""
+
+
+def test_isolation_process_same_plugin_in_a_supervised_child(short_tmp: Path) -> None:
+    plugins = short_tmp / "plugins"
+    plugins.mkdir()
+    (plugins / "iso.py").write_text(ISOLATED)
+    toml = (
+        f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\nprovider_lease_s = 0.3\n'
+        '[agents.agent.iso]\nisolation = "process"\nmemory_mb = 300\ngreeting = "hello"\n'
+    )
+    d = LoomdProcess(short_tmp, toml)
+    d.start()
+    try:
+
+        async def main() -> None:
+            async with Client(d.endpoint, name="t") as c:
+                await _wait_cap(c, "iso.pid@1")
+                r = (await c.request("demo.iso", None, timeout=5)).payload
+                assert r["greeting"] == "hello"
+                child = r["pid"]
+                assert child != d.pid()
+                assert await sdk_ctx(c, "t").call("iso.pid") == child
+                async with c.subscribe("loomd.agent.error") as errs:
+                    await errs.ready()
+                    await c.publish("demo.iso", "hog")
+                    err = await errs.get(timeout=10)
+                assert "MemoryError" in err.payload["error"]
+                os.kill(child, 9)  # the child dies: restarted, the daemon unaffected
+                async with asyncio.timeout(20):
+                    while True:
+                        try:
+                            r = (await c.request("demo.iso", None, timeout=1)).payload
+                        except Exception:
+                            continue
+                        if r["pid"] != child:
+                            break
+                agents = {a["id"]: a for a in (await c.call("agents.list"))["agents"]}
+                assert agents["iso"]["restarts"] >= 1
+                assert "process exited with -9" in agents["iso"]["last_error"]
+
+        uvloop.run(main())
+    finally:
+        d.close()
