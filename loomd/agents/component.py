@@ -252,7 +252,9 @@ class AgentsComponent(Component[AgentsSettings]):
         self.spawn(self._serve_barrier, "barrier", restart=True)
         self.spawn(self._serve_list, "list", restart=True)
         self.spawn(self._serve_register, "register", restart=True)
+        self.spawn(self._serve_unregister, "unregister", restart=True)
         self.spawn(self._watch_leases, "leases", restart=True)
+        self.spawn(self._expire_leases, "lease-expiry", restart=True)
         self.spawn(self._sweep_idempotency, "idempotency", restart=True)
         for pdef in self._discover():
             await self._add(pdef)
@@ -473,7 +475,9 @@ class AgentsComponent(Component[AgentsSettings]):
     async def _invoke(self, req: Event) -> None:
         p = req.payload if isinstance(req.payload, dict) else {}
         params = p.get("params") or {}
-        if not isinstance(params, dict) or not isinstance(p.get("cap"), str):
+        if not self._intake:
+            payload = {"code": "provider_unavailable", "error": "loomd is stopping"}
+        elif not isinstance(params, dict) or not isinstance(p.get("cap"), str):
             payload = {"code": "invalid_params", "error": "expected {cap: str, params: {...}}"}
         else:
             timeout = float(p.get("timeout") or self.settings.call_timeout_s)
@@ -521,22 +525,18 @@ class AgentsComponent(Component[AgentsSettings]):
             self._serve(self.ctx.bus.reply(r, {"ok": False, "error": msg}))
 
     async def _serve_register(self) -> None:
-        async with (
-            self.ctx.bus.subscribe(REGISTER_TOPIC, QoS.RELIABLE) as reg,
-            self.ctx.bus.subscribe(UNREGISTER_TOPIC, QoS.RELIABLE) as unreg,
-        ):
-
-            async def unregister() -> None:
-                async for ev in unreg:
-                    p = ev.payload if isinstance(ev.payload, dict) else {}
-                    prov = self.providers.get(str(p.get("provider")))
-                    if prov is not None and prov.token == p.get("token"):
-                        del self.providers[prov.id]
-                        self._drop(prov, "unregistered")
-
-            self._serve(unregister())
+        async with self.ctx.bus.subscribe(REGISTER_TOPIC, QoS.RELIABLE) as reg:
             async for req in reg:
                 await self.ctx.bus.reply(req, self._register(req.payload), wait=False)
+
+    async def _serve_unregister(self) -> None:
+        async with self.ctx.bus.subscribe(UNREGISTER_TOPIC, QoS.RELIABLE) as unreg:
+            async for ev in unreg:
+                p = ev.payload if isinstance(ev.payload, dict) else {}
+                prov = self.providers.get(str(p.get("provider")))
+                if prov is not None and prov.token == p.get("token"):
+                    del self.providers[prov.id]
+                    self._drop(prov, "unregistered")
 
     def _register(self, p: Any) -> dict[str, Any]:
         if not isinstance(p, dict) or not isinstance(p.get("provider"), str):
@@ -567,17 +567,6 @@ class AgentsComponent(Component[AgentsSettings]):
 
     async def _watch_leases(self) -> None:
         async with self.ctx.bus.subscribe(LEASE_PATTERN, QoS.REALTIME) as sub:
-
-            async def expire() -> None:
-                while True:
-                    await asyncio.sleep(self.settings.provider_lease_s / 5)
-                    now = time.monotonic()
-                    for pid, prov in list(self.providers.items()):
-                        if now - prov.seen > prov.lease_s:
-                            del self.providers[pid]
-                            self._drop(prov, f"no lease renewal for {prov.lease_s:g} s")
-
-            self._serve(expire())
             async for ev in sub:
                 pid = ev.topic.rsplit(".", 1)[1]
                 prov = self.providers.get(pid)
@@ -587,6 +576,15 @@ class AgentsComponent(Component[AgentsSettings]):
                     await self.ctx.bus.publish(
                         f"caps.reregister.{pid}", None, qos=QoS.REALTIME, wait=False
                     )
+
+    async def _expire_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.provider_lease_s / 5)
+            now = time.monotonic()
+            for pid, prov in list(self.providers.items()):
+                if now - prov.seen > prov.lease_s:
+                    del self.providers[pid]
+                    self._drop(prov, f"no lease renewal for {prov.lease_s:g} s")
 
     async def _sweep_idempotency(self) -> None:
         while True:

@@ -79,6 +79,7 @@ async def contract(ctx: AgentCtx, comp: AgentsComponent, peers: list[AgentCtx]) 
     # count after that, so what is measured is what each primitive leaves behind.
     assert await ctx.call("math.add@1", a=0, b=0) == 0
     before = counts(comp)
+    assert before[1] == 0, "an idle component has nothing pending (or the drain would wait)"
 
     # request / reply / publish
     r = await ctx.request("team.a", "hi", timeout=5)
