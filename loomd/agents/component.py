@@ -19,7 +19,7 @@ from loomd.agents.broker import (
     ProviderUnavailable,
 )
 from loomd.agents.capability import CapabilitySpec
-from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend
+from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend, ReplyMux
 from loomd.agents.plugins import (
     Placement,
     PluginDef,
@@ -70,9 +70,9 @@ class RemoteProvider(Provider):
 
     kind = "sdk"
 
-    def __init__(self, pid: str, bus: Any, lease_s: float) -> None:
+    def __init__(self, pid: str, mux: ReplyMux, lease_s: float) -> None:
         self.id = pid
-        self.bus = bus
+        self.mux = mux
         self.lease_s = lease_s
         self.seen = time.monotonic()
         self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -88,10 +88,10 @@ class RemoteProvider(Provider):
             raise ProviderUnavailable(f"provider {self.id} is gone")
         self.inflight += 1
         req = asyncio.ensure_future(
-            self.bus.request(
+            self.mux.request(
                 f"caps.call.{self.id}",
                 {"cap": spec.full, "params": params, "timeout": left},
-                timeout=left + 1.0,
+                left + 1.0,
             )
         )
         try:
@@ -241,6 +241,7 @@ class AgentsComponent(Component[AgentsSettings]):
         self._serving: set[asyncio.Task[None]] = set()
         self.errors = 0
         self._intake = True
+        self._mux: ReplyMux | None = None  # replies of SDK providers, one subscription
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,6 +275,8 @@ class AgentsComponent(Component[AgentsSettings]):
             if b.timer:
                 b.timer.cancel()
         self.barriers.clear()
+        if self._mux is not None:
+            await self._mux.close()
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -545,7 +548,9 @@ class AgentsComponent(Component[AgentsSettings]):
         old = self.providers.pop(pid, None)
         if old is not None:
             self._drop(old, "registered again")
-        prov = RemoteProvider(pid, self.ctx.bus, self.settings.provider_lease_s)
+        if self._mux is None:
+            self._mux = ReplyMux(self.ctx.bus)
+        prov = RemoteProvider(pid, self._mux, self.settings.provider_lease_s)
         prov.token = p.get("token")
         self.providers[pid] = prov
         done, refused = [], {}

@@ -34,6 +34,7 @@ __all__ = [
     "BarrierTimeout",
     "FanoutTimeout",
     "LocalBackend",
+    "ReplyMux",
     "SdkBackend",
     "inbox",
 ]
@@ -147,34 +148,32 @@ class _RemoteState:
         return out
 
 
-class SdkBackend:
-    """For `loomd.sdk.Client`: capability calls go to the agents component over the bus.
+class ReplyMux:
+    """Requests that share one reply subscription, matched by correlation id.
 
-    Calls share one reply subscription (opened on the first call, kept for the life of the
-    backend) instead of a subscription per call: over the socket, subscribing and
-    unsubscribing are round trips of their own, which doubled a call's latency."""
+    `Bus.request` opens a subscription per request; over the socket, subscribing and
+    unsubscribing are round trips of their own (a call took twice as long). The one
+    subscription is opened on first use and kept until `close()`."""
 
-    def __init__(self, client: Any) -> None:
-        self._c = client
-        self._topic = f"thread.{os.urandom(16).hex()}.reply"
+    def __init__(self, bus: Any) -> None:
+        self._bus = bus
+        self.topic = f"thread.{os.urandom(16).hex()}.reply"
         self._sub: Any = None
         self._pump: asyncio.Task[None] | None = None
         self._waiting: dict[bytes, asyncio.Future[Event]] = {}
         self._early: dict[bytes, Event] = {}  # replies that beat their waiter's registration
-        self._opening: asyncio.Lock | None = None
+        self._opening = asyncio.Lock()
 
     async def _open(self) -> None:
-        if self._opening is None:
-            self._opening = asyncio.Lock()
         async with self._opening:
             if self._sub is None:
-                sub = self._c.subscribe(self._topic, QoS.RELIABLE)
+                sub = self._bus.subscribe(self.topic, QoS.RELIABLE)
                 await sub.ready()
                 self._sub = sub
-                self._pump = asyncio.ensure_future(self._run())
+                self._pump = asyncio.ensure_future(self._run(sub))
 
-    async def _run(self) -> None:
-        async for ev in self._sub:
+    async def _run(self, sub: Any) -> None:
+        async for ev in sub:
             cid = ev.correlation_id
             fut = self._waiting.pop(cid, None) if cid is not None else None
             if fut is not None and not fut.done():
@@ -184,6 +183,25 @@ class SdkBackend:
                 while len(self._early) > 256:  # replies nobody waits for any more
                     self._early.pop(next(iter(self._early)))
 
+    async def request(self, topic: str, payload: Any, timeout: float) -> Event:
+        if self._sub is None:
+            await self._open()
+        ev = await self._bus.publish(topic, payload, reply_to=self.topic, wait=False)
+        reply = self._early.pop(ev.id, None)
+        if reply is not None:
+            return reply
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiting[ev.id] = fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
+        finally:
+            self._waiting.pop(ev.id, None)
+
+    def pending(self) -> int:
+        return len(self._waiting)
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
@@ -192,28 +210,31 @@ class SdkBackend:
             await self._sub.close()
         self._sub = self._pump = None
 
+
+class SdkBackend:
+    """For `loomd.sdk.Client`: capability calls go to the agents component over the bus,
+    sharing one reply subscription (`ReplyMux`)."""
+
+    def __init__(self, client: Any) -> None:
+        self._c = client
+        self._mux = ReplyMux(client)
+
     async def call(
         self, name: str, params: dict[str, Any], timeout: float, key: str | None
     ) -> Result:
-        if self._sub is None:
-            await self._open()
         body = {"cap": name, "params": params, "timeout": timeout, "key": key}
-        ev = await self._c.publish(INVOKE_TOPIC, body, reply_to=self._topic, wait=False)
-        reply = self._early.pop(ev.id, None)
-        if reply is None:
-            fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-            self._waiting[ev.id] = fut
-            try:
-                # a little longer than the broker's own deadline, which answers `timeout`
-                reply = await asyncio.wait_for(fut, timeout + 1.0)
-            except TimeoutError:
-                return Result("timeout", error=f"no answer from the daemon within {timeout:g} s")
-            finally:
-                self._waiting.pop(ev.id, None)
+        try:
+            # a little longer than the broker's own deadline, which answers `timeout`
+            reply = await self._mux.request(INVOKE_TOPIC, body, timeout + 1.0)
+        except RequestTimeout:
+            return Result("timeout", error=f"no answer from the daemon within {timeout:g} s")
         return Result.from_payload(reply.payload)
 
     def pending(self) -> int:
-        return len(self._waiting)
+        return self._mux.pending()
+
+    async def close(self) -> None:
+        await self._mux.close()
 
     def state(self, namespace: str) -> AgentState:
         return _RemoteState(self._c, namespace)
