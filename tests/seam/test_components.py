@@ -169,3 +169,20 @@ def test_stop_drains_in_phases_and_a_second_signal_cuts_it_short(probed: LoomdPr
     log = probed.log.read_text()
     assert "second stop signal: cutting work still in flight (probe 3)" in log
     assert "loomd stopped" in log
+
+
+def test_the_registry_imports_no_model_or_protocol_library() -> None:
+    """An idle daemon never imports llama.cpp, whisper, onnxruntime and friends: loading
+    every registered component class (and its settings) must not pull them in."""
+    heavy = (
+        "llama_cpp", "pywhispercpp", "openwakeword", "onnxruntime", "piper", "numpy",
+        "paho", "mcp", "wyoming", "uvicorn", "starlette", "httpx", "aiohttp", "openai",
+    )  # fmt: skip
+    code = (
+        "import sys, loomd.components as c, loomd.config as k\n"
+        "assert c.registry().classes() and k.Settings()\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"imported at registry load: {r.stdout.strip()}"
