@@ -1,0 +1,120 @@
+"""The MQTT outbox: outbound QoS >= 1 messages in LMDB until the broker acknowledges them.
+
+Entries are keyed by a zero-padded sequence number in the state namespace `mqtt.outbox`,
+so a scan returns them in the order they were queued. Writes go through the state writer
+(group commit, off the event loop); deletes of acknowledged entries are batched into one
+commit. The outbox is bounded by count and age: a new entry over the count limit is
+refused (counted as overflow), entries older than the age limit that were never handed to
+the client are expired (counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Entry", "Outbox"]
+
+NAMESPACE = "mqtt.outbox"
+
+
+@dataclass(slots=True)
+class Entry:
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    ts: float  # time.time() when queued
+    mid: int | None = None  # paho's message id once handed to the client
+
+
+def _key(seq: int) -> str:
+    return f"{seq:016x}"
+
+
+class Outbox:
+    def __init__(self, kv: Any, max_messages: int, max_age_s: float) -> None:
+        self.kv = kv
+        self.max_messages = max_messages
+        self.max_age_s = max_age_s
+        self.entries: OrderedDict[int, Entry] = OrderedDict()
+        self.unsent: OrderedDict[int, Entry] = OrderedDict()  # not yet handed to the client
+        self.next_seq = 1
+        self.overflow = 0
+        self.expired = 0
+        self.added = 0
+        self.removed = 0
+        self._doomed: list[str] = []
+        self._deleting: asyncio.Event = asyncio.Event()
+
+    def load(self) -> int:
+        """Read what a previous run left (call off the loop: it scans LMDB)."""
+        for key, value in self.kv.items():
+            seq = int(key, 16)
+            topic, payload, qos, retain, ts = value
+            self.entries[seq] = self.unsent[seq] = Entry(seq, topic, payload, qos, retain, ts)
+            self.next_seq = max(self.next_seq, seq + 1)
+        return len(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def oldest_age_s(self) -> float:
+        if not self.entries:
+            return 0.0
+        return max(0.0, time.time() - next(iter(self.entries.values())).ts)
+
+    def add(self, topic: str, payload: bytes, qos: int, retain: bool) -> Entry | None:
+        """Queue one message (durable once the state writer commits); None when full."""
+        if len(self.entries) >= self.max_messages:
+            self.overflow += 1
+            return None
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        e = Entry(seq, topic, payload, qos, retain, time.time())
+        self.kv.put_nowait(_key(seq), [topic, payload, qos, retain, e.ts])
+        self.entries[seq] = self.unsent[seq] = e
+        self.added += 1
+        return e
+
+    def remove(self, seq: int) -> None:
+        """The broker acknowledged it: delete (batched with others into one commit)."""
+        if self.entries.pop(seq, None) is None:
+            return
+        self.unsent.pop(seq, None)
+        self.removed += 1
+        self._doomed.append(_key(seq))
+        self._deleting.set()
+
+    def expire(self) -> int:
+        """Drop unsent entries older than the age limit; return how many."""
+        cut = time.time() - self.max_age_s
+        n = 0
+        for seq, e in list(self.unsent.items()):
+            if e.ts >= cut:
+                break
+            del self.unsent[seq]
+            self.entries.pop(seq, None)
+            self._doomed.append(_key(seq))
+            n += 1
+        if n:
+            self.expired += n
+            self._deleting.set()
+        return n
+
+    async def run_deletes(self) -> None:
+        """Background: commit the deletes of acknowledged entries, many per transaction."""
+        while True:
+            await self._deleting.wait()
+            self._deleting.clear()
+            keys, self._doomed = self._doomed, []
+            if keys:
+                await asyncio.gather(*(self.kv.delete(k) for k in keys))
+
+    async def flush(self) -> None:
+        keys, self._doomed = self._doomed, []
+        if keys:
+            await asyncio.gather(*(self.kv.delete(k) for k in keys))
