@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,8 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "set_tcp_nodelay true",
+            # as root mosquitto drops to its own user, which cannot write our temp dir
+            *(["user root"] if os.geteuid() == 0 else []),
             "persistence true",
             f"persistence_location {root}/",
             f"log_dest file {self.log}",
