@@ -149,6 +149,7 @@ class MqttComponent(Component[MqttSettings]):
         self.state = "connecting"
         self.detail = ""
         self.connects = 0
+        self.attempts = 0
         self.connected = False
         self.stopping = False
         self.errors: dict[str, int] = {}
@@ -217,7 +218,12 @@ class MqttComponent(Component[MqttSettings]):
         if s.username:
             c.username_pw_set(s.username, self._password)
         if s.tls:
-            ctx = ssl.create_default_context(cafile=s.ca_file or None)
+            ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies cert and host name
+            if s.ca_file:
+                ctx.load_verify_locations(s.ca_file)
+            else:
+                ctx.load_default_certs()
+            self._tls_ctx: _TrackingContext | None = ctx
             if s.cert_file:
                 ctx.load_cert_chain(s.cert_file, s.key_file)
             ctx.check_hostname = True  # no insecure mode: a mismatch is an error
@@ -234,6 +240,8 @@ class MqttComponent(Component[MqttSettings]):
         c.on_socket_register_write = self._on_register_write
         c.on_socket_unregister_write = self._on_unregister_write
         self._props = None
+        if not s.tls:
+            self._tls_ctx = None
         if self.v5:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
@@ -285,6 +293,18 @@ class MqttComponent(Component[MqttSettings]):
         self.errors[kind] = self.errors.get(kind, 0) + n
 
     def _connect_blocking(self) -> None:
+        try:
+            self._connect_paho()
+        except BaseException:
+            # paho leaves the TLS socket of a failed handshake open: close it here.
+            if self._tls_ctx is not None and self._tls_ctx.last is not None:
+                self._tls_ctx.last.close()
+            raise
+        finally:
+            if self._tls_ctx is not None:
+                self._tls_ctx.last = None
+
+    def _connect_paho(self) -> None:
         s = self.settings
         if self.v5:
             from paho.mqtt.packettypes import PacketTypes
@@ -306,6 +326,7 @@ class MqttComponent(Component[MqttSettings]):
         while not self.stopping:
             self._lost.clear()
             self._connack = self.loop.create_future()
+            self.attempts += 1
             try:
                 await asyncio.to_thread(self._connect_blocking)
             except ssl.SSLError as exc:
@@ -639,6 +660,17 @@ class MqttComponent(Component[MqttSettings]):
 
 def _ssl_text(exc: ssl.SSLError) -> str:
     return getattr(exc, "verify_message", None) or exc.reason or str(exc)
+
+
+class _TrackingContext(ssl.SSLContext):
+    """Remembers the socket it wrapped last, so a failed handshake's socket can be closed."""
+
+    last: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kw: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kw)
+        self.last = sock
+        return sock
 
 
 class _suppress_timeout:

@@ -4,6 +4,7 @@ third-party clients on the other side."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from loomd.bridges.mqtt import MqttComponent
 from loomd.host import Host
-from tests.bridges.conftest import Mosquitto, mqtt_section, running, wait_for
+from tests.bridges.conftest import Mosquitto, make_certs, mqtt_section, running, wait_for
 
 IN_TEMP = """
 [[mqtt.map]]
@@ -190,3 +191,136 @@ async def test_outbox_survives_broker_outage_and_daemon_restart(
             await wait_for(lambda: len(c.outbox) == 0, 30)
         lines = await w.wait(n, timeout=30)
         assert first_seen([int(line.split()[1]) for line in lines]) == list(range(n))
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+async def test_unreachable_broker_logs_once_per_state_change(
+    short_tmp: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker.stop()
+    caplog.set_level(logging.INFO, logger="loomd.mqtt")
+    async with running(short_tmp / "a", mqtt_section(broker, IN_TEMP)) as host:
+        c = mqtt_of(host)
+        await wait_for(lambda: c.attempts >= 4)
+        assert c.state == "unreachable" and not c.connected
+        assert c.errors["unreachable"] == 1
+        await asyncio.to_thread(broker.start)
+        await connected(host, 20)
+    lines = [r.getMessage() for r in caplog.records if r.name == "loomd.mqtt"]
+    assert sum("unreachable" in line for line in lines) == 1, lines
+    assert sum(line.endswith(": connected") for line in lines) == 1, lines
+
+
+async def test_wrong_password_is_refused_right_one_connects(short_tmp: Path) -> None:
+    broker = Mosquitto(short_tmp / "broker", users={"loomd": "s3cret"})
+    broker.start()
+    try:
+        pw = short_tmp / "pw"
+        pw.write_text("wrong\n")
+        section = mqtt_section(broker, IN_TEMP, username="loomd", password_file=str(pw))
+        async with running(short_tmp / "a", section) as host:
+            c = mqtt_of(host)
+            await wait_for(lambda: c.attempts >= 2 and c.state == "refused")
+            assert "authori" in c.detail.lower(), c.detail
+            assert c.errors["refused"] == 1 and c.connects == 0
+        pw.write_text("s3cret\n")
+        async with running(short_tmp / "a", section) as host:
+            await connected(host)
+    finally:
+        broker.stop()
+
+
+async def test_tls_checks_the_certificate_and_the_host_name(short_tmp: Path) -> None:
+    broker = Mosquitto(short_tmp / "broker", tls=True)
+    broker.start()
+    try:
+        ca = broker.certs / "ca.pem"
+        good = mqtt_section(broker, IN_TEMP, tls=True, ca_file=str(ca), host="localhost")
+        async with running(short_tmp / "a", good) as host:
+            c = await connected(host)
+            async with c.ctx.bus.subscribe("sensor.*.temp", "reliable") as sub:
+                await asyncio.to_thread(
+                    broker.pub, "sensors/x/temp", "1", 1, "--cafile", str(ca), "-h", "localhost"
+                )
+                assert (await sub.get(10)).payload == 1
+        # the certificate names localhost, not 127.0.0.1: refused, no insecure fallback
+        wrong_name = mqtt_section(broker, IN_TEMP, tls=True, ca_file=str(ca), host="127.0.0.1")
+        async with running(short_tmp / "b", wrong_name) as host:
+            c = mqtt_of(host)
+            await wait_for(lambda: c.state == "tls error")
+            assert "mismatch" in c.detail.lower() or "match" in c.detail.lower(), c.detail
+        # a CA that did not sign the broker's certificate
+        other = make_certs(short_tmp / "other")
+        wrong_ca = mqtt_section(
+            broker, IN_TEMP, tls=True, ca_file=str(other / "ca.pem"), host="localhost"
+        )
+        async with running(short_tmp / "c", wrong_ca) as host:
+            c = mqtt_of(host)
+            await wait_for(lambda: c.state == "tls error")
+            assert "verif" in c.detail.lower() or "certificate" in c.detail.lower(), c.detail
+    finally:
+        broker.stop()
+
+
+async def test_malformed_json_and_oversize_are_counted_reported_not_forwarded(
+    short_tmp: Path, broker: Mosquitto
+) -> None:
+    section = mqtt_section(broker, IN_TEMP, max_payload_bytes=64)
+    async with running(short_tmp / "a", section) as host:
+        c = await connected(host)
+        bus = c.ctx.bus
+        async with (
+            bus.subscribe("sensor.*.temp", "reliable") as sub,
+            bus.subscribe("loomd.error", "reliable") as errors,
+        ):
+            await asyncio.to_thread(broker.pub, "sensors/a/temp", "{not json")
+            await asyncio.to_thread(broker.pub, "sensors/b/temp", '"' + "x" * 100 + '"')
+            await asyncio.to_thread(broker.pub, "sensors/c/temp", "20.5")
+            ev = await sub.get(10)  # the good one, the bad two never reach the bus
+            assert (ev.topic, ev.payload) == ("sensor.c.temp", 20.5)
+            codes = {(await errors.get(10)).payload["code"] for _ in range(2)}
+        assert codes == {"mqtt_bad_payload", "mqtt_oversize"}
+        assert c.errors["bad_payload"] == 1 and c.errors["oversize"] == 1
+        assert c.maps[0].in_count == 1 and c.maps[0].errors == 2
+
+
+BOTH_ECHO = """
+[[mqtt.map]]
+direction = "both"
+mqtt = "echo/#"
+bus = "echo.#"
+qos = 1
+codec = "text"
+"""
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_both_mapping_does_not_loop(
+    short_tmp: Path, broker: Mosquitto, protocol: str
+) -> None:
+    async with running(short_tmp / "a", mqtt_section(broker, BOTH_ECHO, protocol=protocol)) as host:
+        c = await connected(host)
+        bus = c.ctx.bus
+        with broker.sub("echo/#") as w:
+            await w.ready()
+            async with bus.subscribe("echo.#", "reliable") as sub:
+                await asyncio.to_thread(broker.pub, "echo/from/mqtt", "m1")
+                ev = await sub.get(10)
+                assert (ev.topic, ev.payload) == ("echo.from.mqtt", "m1")
+                await bus.publish("echo.from.bus", "b1")
+                assert (await sub.get(10)).payload == "b1"  # our own publish, locally
+                # a sentinel from MQTT: anything looping would have arrived before it
+                await asyncio.to_thread(broker.pub, "echo/sentinel", "s")
+                rest = [(await sub.get(10)).payload]
+                while rest[-1] != "s":
+                    rest.append((await sub.get(10)).payload)
+                assert rest == ["s"] if protocol == "5" else rest in (["s"], ["b1", "s"])
+            lines = await w.wait(3)
+            await asyncio.sleep(0.2)  # anything republished would follow within this
+            assert sorted(w.lines) == ["echo/from/bus b1", "echo/from/mqtt m1", "echo/sentinel s"]
+        if protocol == "3.1.1":
+            # no noLocal in 3.1.1: our own b1 came back, carried the origin tag, went no further
+            await wait_for(lambda: c.maps[0].looped >= 1)
+        del lines
