@@ -68,7 +68,9 @@ class Mosquitto:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            ["mosquitto", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -143,7 +145,7 @@ class Sub:
 
     async def wait(self, n: int, timeout: float = 15.0) -> list[str]:
         async with asyncio.timeout(timeout):
-            while len(self.lines) < n:
+            while len(self.lines) < n:  # noqa: ASYNC110 - filled by a reader thread
                 await asyncio.sleep(0.01)
         return self.lines
 
@@ -213,7 +215,7 @@ async def wait_for(cond: object, timeout: float = 10.0, what: str = "condition")
     """Poll a cheap predicate with a deadline (state the component exposes, no sleeps)."""
     assert callable(cond)
     async with asyncio.timeout(timeout):
-        while not cond():
+        while not cond():  # noqa: ASYNC110 - state of a component, polled with a deadline
             await asyncio.sleep(0.01)
     del what
 
@@ -222,7 +224,11 @@ def mqtt_section(broker: Mosquitto, maps: str = "", **opts: object) -> str:
     lines = ["[mqtt]", "enabled = true", f"port = {broker.port}", "reconnect_min_s = 0.1",
              "reconnect_max_s = 0.5"]  # fmt: skip
     for k, v in opts.items():
-        lines.append(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
+        lines.append(
+            f"{k} = {v!r}".replace("'", '"')
+            if not isinstance(v, bool)
+            else f"{k} = {str(v).lower()}"
+        )
     return "\n".join(lines) + "\n" + maps
 
 

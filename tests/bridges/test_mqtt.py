@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +131,30 @@ class PahoPublisher:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sensor",
                              clean_session=False)  # fmt: skip
         self.c.reconnect_delay_set(0.05, 0.2)
+        self.acked: set[int] = set()
+        self.all_acked = threading.Event()
+        self.want: set[int] | None = None
+        self.c.on_publish = self._on_publish
         self.c.connect("127.0.0.1", broker.port)
         self.c.loop_start()
 
-    def publish_all(self, topic: str, values: list[int], restart_at: int, broker: Mosquitto) -> None:
-        infos = []
+    def publish_all(
+        self, topic: str, values: list[int], restart_at: int, broker: Mosquitto
+    ) -> None:
+        mids = []
         for i in values:
-            infos.append(self.c.publish(topic, str(i), qos=1))
+            # published while the broker is away, paho keeps it and sends it on reconnect
+            mids.append(self.c.publish(topic, str(i), qos=1).mid)
             if i == restart_at:
                 broker.restart()
-        for info in infos:
-            info.wait_for_publish(30)
+        self.want = set(mids)
+        self._on_publish(None, None, -1, None, None)
+        assert self.all_acked.wait(30), f"{len(self.want - self.acked)} never acknowledged"
+
+    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:
+        self.acked.add(mid)
+        if self.want is not None and self.want <= self.acked:
+            self.all_acked.set()
 
     def close(self) -> None:
         self.c.disconnect()

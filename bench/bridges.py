@@ -1,0 +1,349 @@
+"""Bridges benchmark: the MQTT bridge against mosquitto + paho alone, same machine, same run.
+
+    .venv/bin/python bench/bridges.py            # full run
+    .venv/bin/python bench/bridges.py --quick    # under a minute
+
+One mosquitto (TCP_NODELAY on), one real loomd daemon (state, bus, mqtt) with two mappings
+that make it a relay: `rt/in` -> bus `rt.x` -> `rt/out` (QoS 1) and `tp/in` -> bus `tp.x`
+(realtime) -> `tp/out` (QoS 0). Measured:
+
+- QoS 1 round trip, one message at a time: paho -> mosquitto -> loomd -> mosquitto -> paho,
+  against paho -> mosquitto -> paho (`raw_mqtt_rtt_qos1_ms`); median of N;
+- QoS 0 throughput at the receiving paho client, through loomd and raw;
+- outbox replay: the broker is stopped, N events are published on the bus (reliable) and
+  land in the LMDB outbox; the broker is started and the time until the outbox is empty
+  gives `outbox_replay_eps`;
+- peer links: `peer_eps` against `local_eps` (null until the peers component lands).
+
+Progress goes to stderr; stdout gets a table with ratios and one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from loomd.sdk import Client  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class Broker:
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.conf = root / "mosquitto.conf"
+        user = ["user root"] if os.geteuid() == 0 else []
+        self.conf.write_text(
+            "\n".join([f"listener {self.port} 127.0.0.1", "set_tcp_nodelay true",
+                       "allow_anonymous true", "max_queued_messages 1000000",
+                       "max_inflight_messages 1000", *user]) + "\n"
+        )  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = subprocess.DEVNULL
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=out, stderr=out)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+CONFIG = """
+[daemon]
+device_id = "bench"
+[paths]
+runtime_dir = "{root}/run"
+state_dir = "{root}/state"
+cache_dir = "{root}/cache"
+[metrics]
+enabled = false
+[mqtt]
+enabled = true
+port = {port}
+reconnect_min_s = 0.05
+reconnect_max_s = 0.2
+max_inflight = 1000
+[[mqtt.map]]
+direction = "in"
+mqtt = "rt/in"
+bus = "rt.x"
+qos = 1
+codec = "raw"
+[[mqtt.map]]
+direction = "out"
+mqtt = "rt/out"
+bus = "rt.x"
+qos = 1
+codec = "raw"
+[[mqtt.map]]
+direction = "in"
+mqtt = "tp/in"
+bus = "tp.x"
+qos = 0
+codec = "raw"
+bus_qos = "realtime"
+[[mqtt.map]]
+direction = "out"
+mqtt = "tp/out"
+bus = "tp.x"
+qos = 0
+codec = "raw"
+bus_qos = "realtime"
+[[mqtt.map]]
+direction = "out"
+mqtt = "ob/out"
+bus = "ob.x"
+qos = 1
+codec = "raw"
+"""
+
+
+class Daemon:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.config = root / "loomd.toml"
+        self.config.write_text(CONFIG.format(root=root, port=port))
+        self.socket = root / "run" / "bus.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loomd.daemon", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "loomd.log", "wb"),
+            cwd=REPO,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError((self.root / "loomd.log").read_text())
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+async def mqtt_status(bus: Client) -> dict[str, Any]:
+    return await bus.call("mqtt.status")
+
+
+async def wait_status(bus: Client, pred: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await mqtt_status(bus)
+        if pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mqtt status never matched: {st}")
+        await asyncio.sleep(0.02)
+
+
+def paho_client(port: int, cid: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+    c.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def rtt(port: int, send: str, recv: str, n: int) -> float:
+    """Median QoS 1 round trip (ms): publish on `send`, wait for it on `recv`, n times."""
+    got = threading.Event()
+    c = paho_client(port, f"rtt-{send.replace('/', '-')}")
+    c.on_message = lambda c, u, m: got.set()
+    sub = threading.Event()
+    c.on_subscribe = lambda *a: sub.set()
+    c.subscribe(recv, qos=1)
+    sub.wait(5)
+    samples = []
+    for i in range(n + 20):
+        got.clear()
+        t0 = time.perf_counter()
+        c.publish(send, str(i), qos=1)
+        if not got.wait(5):
+            raise RuntimeError(f"no echo on {recv}")
+        if i >= 20:  # warm-up
+            samples.append((time.perf_counter() - t0) * 1000)
+    c.disconnect()
+    c.loop_stop()
+    return statistics.median(samples)
+
+
+def throughput(port: int, send: str, recv: str, n: int) -> tuple[float, int]:
+    """QoS 0: blast n messages on `send`; events/s and count at a subscriber of `recv`."""
+    count = 0
+    first = last = 0.0
+    done = threading.Event()
+
+    def on_message(c: Any, u: Any, m: Any) -> None:
+        nonlocal count, first, last
+        now = time.perf_counter()
+        if count == 0:
+            first = now
+        count += 1
+        last = now
+        if count >= n:
+            done.set()
+
+    rx = paho_client(port, f"rx-{recv.replace('/', '-')}")
+    rx.on_message = on_message
+    sub = threading.Event()
+    rx.on_subscribe = lambda *a: sub.set()
+    rx.subscribe(recv, qos=0)
+    sub.wait(5)
+    tx = paho_client(port, f"tx-{send.replace('/', '-')}")
+    payload = b"x" * 64
+    for _ in range(n):
+        tx.publish(send, payload, qos=0)
+    # wait until delivery stops (QoS 0 may drop under load: we report what arrived)
+    seen = -1
+    while not done.wait(1.0) and seen != count:
+        seen = count
+    for c in (tx, rx):
+        c.disconnect()
+        c.loop_stop()
+    eps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+    return eps, count
+
+
+async def outbox_replay(d: Daemon, broker: Broker, n: int) -> tuple[float, float]:
+    async with Client(str(d.socket), name="bench") as bus:
+        broker.stop()
+        await wait_status(bus, lambda s: s["state"] != "connected")
+        t0 = time.perf_counter()
+        for i in range(n):
+            await bus.publish("ob.x", i.to_bytes(8, "big"), qos="reliable", wait=False)
+        await wait_status(bus, lambda s: s["outbox_depth"] == n, 60)
+        fill = n / (time.perf_counter() - t0)
+        broker.start()
+        await wait_status(bus, lambda s: s["state"] == "connected", 30)
+        t1 = time.perf_counter()
+        await wait_status(bus, lambda s: s["outbox_depth"] == 0, 120)
+        return n / (time.perf_counter() - t1), fill
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    q = args.quick
+    n_rtt, n_tp, n_ob = (300, 20_000, 5_000) if q else (2_000, 100_000, 30_000)
+    if shutil.which("mosquitto") is None:
+        sys.exit("bench/bridges.py needs mosquitto (scripts/setup --dev)")
+    root = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
+    broker = Broker(root)
+    broker.start()
+    d = Daemon(root, broker.port)
+    results: dict[str, Any] = {}
+    try:
+        d.start()
+
+        async def ready() -> None:
+            async with Client(str(d.socket), name="bench") as bus:
+                await wait_status(bus, lambda s: s["state"] == "connected")
+
+        asyncio.run(ready())
+        log("round trips (QoS 1)")
+        results["raw_mqtt_rtt_qos1_ms"] = rtt(broker.port, "raw/rt", "raw/rt", n_rtt)
+        results["mqtt_rtt_qos1_ms"] = rtt(broker.port, "rt/in", "rt/out", n_rtt)
+        log("throughput (QoS 0)")
+        results["raw_mqtt_eps"], raw_n = throughput(broker.port, "raw/tp", "raw/tp", n_tp)
+        results["mqtt_in_eps"], got_n = throughput(broker.port, "tp/in", "tp/out", n_tp)
+        results["raw_mqtt_delivered"] = raw_n / n_tp
+        results["mqtt_delivered"] = got_n / n_tp
+        log("outbox replay")
+        results["outbox_replay_eps"], results["outbox_fill_eps"] = asyncio.run(
+            outbox_replay(d, broker, n_ob)
+        )
+        assert d.proc is not None
+        results["daemon_peak_rss_mb"] = peak_rss_mb(d.proc.pid)
+    finally:
+        d.stop()
+        broker.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)
+    results["peer_eps"] = None
+    results["local_eps"] = None
+    results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["quick"] = q
+
+    r = results
+    added = r["mqtt_rtt_qos1_ms"] - r["raw_mqtt_rtt_qos1_ms"]
+    share = r["mqtt_in_eps"] / r["raw_mqtt_eps"] if r["raw_mqtt_eps"] else 0.0
+    rows = [
+        ("QoS 1 round trip, ms (median)", r["raw_mqtt_rtt_qos1_ms"], r["mqtt_rtt_qos1_ms"],
+         f"+{added:.3f} ms"),
+        ("QoS 0 throughput, msg/s", r["raw_mqtt_eps"], r["mqtt_in_eps"], f"{share:.0%}"),
+        ("  delivered fraction", r["raw_mqtt_delivered"], r["mqtt_delivered"], ""),
+        ("outbox fill (bus -> LMDB), ev/s", None, r["outbox_fill_eps"], ""),
+        ("outbox replay (LMDB -> broker), ev/s", None, r["outbox_replay_eps"], ""),
+    ]  # fmt: skip
+    print(f"{'':<40}{'mosquitto+paho':>16}{'via loomd':>14}{'':>12}")
+    for label, raw, via, note in rows:
+        raw_s = "-" if raw is None else f"{raw:,.3f}" if raw < 100 else f"{raw:,.0f}"
+        via_s = f"{via:,.3f}" if via < 100 else f"{via:,.0f}"
+        print(f"{label:<40}{raw_s:>16}{via_s:>14}{note:>12}")
+    print(
+        f"daemon peak RSS {r['daemon_peak_rss_mb']:.1f} MB, bench {r['bench_peak_rss_mb']:.1f} MB"
+    )
+    targets = [
+        ("bridge adds <= 0.5 ms to a QoS 1 round trip", added <= 0.5),
+        (">= 80% of paho alone at QoS 0", share >= 0.8),
+        ("outbox replays >= 5k ev/s", r["outbox_replay_eps"] >= 5000),
+    ]
+    for text, ok in targets:
+        print(f"  {'PASS' if ok else 'MISS'}  {text}")
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+
+
+if __name__ == "__main__":
+    main()
