@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "agents": "loomd.agents.component:AgentsComponent",
     "mcp": "loomd.mcp.component:McpComponent",
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
+    "peers": "loomd.bridges.peers:PeersComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

@@ -203,11 +203,15 @@ def host_config(root: Path, mqtt: str, device_id: str = "test-box", extra: str =
 
 @contextlib.asynccontextmanager
 async def running(
-    root: Path, mqtt: str, device_id: str = "test-box", extra: str = ""
+    root: Path,
+    mqtt: str,
+    device_id: str = "test-box",
+    extra: str = "",
+    names: tuple[str, ...] = ("state", "bus", "mqtt"),
 ) -> AsyncIterator[Host]:
-    """state + bus + mqtt in this process, real components."""
+    """state + bus + mqtt (or `names`) in this process, real components."""
     settings = load_config(host_config(root, mqtt, device_id, extra))
-    async with Host(settings, names=["state", "bus", "mqtt"]) as host:
+    async with Host(settings, names=list(names)) as host:
         yield host
 
 

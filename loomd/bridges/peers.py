@@ -1,0 +1,496 @@
+"""The `peers` component: loomd-to-loomd links over ZeroMQ TCP with CurveZMQ.
+
+Each board has a Curve key pair (made at first start in `<state_dir>/peers/`, mode 0600).
+A board that listens (`[peers] listen`, off by default) accepts only the public keys in its
+authorized-keys folder (`<name>.key` files, like ssh's authorized_keys), checked by our own
+ZAP handler, which counts and logs every refusal with the address. A board dials the
+others it names in `[[peers.links]]` (endpoint and the peer's public key: the dialer checks
+the server too).
+
+One connection carries both directions. The dialer says HELLO with its device id and the
+patterns it wants to receive; the listener answers with its own HELLO. Events travel as
+`[b"E", seq, topic, header, body]`; reliable ones (seq > 0) are acknowledged with
+`[b"A", seq]` once the receiving bus accepted them (journaled first when durable), re-sent
+after `RESEND_S` without an ack, and bounded by a window (credit): when it is full the
+forwarder stops taking from its reliable subscription, which pushes back on publishers.
+Realtime events are sent without blocking; what the socket cannot take is dropped, counted.
+
+Loop guards: every forwarded event carries `meta.origin` (the device it started on) and
+`meta.peer_id` (its first id); a board drops what comes back to its origin, drops ids it has
+seen (a ring or a mesh delivers each event once per board), never sends an event back over
+the link it came in on, and decrements the TTL per hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils import z85
+
+from loomd.bridges.settings import PeersSettings
+from loomd.bus.api import BusSubscription
+from loomd.bus.envelope import Event, QoS
+from loomd.bus.topics import matches
+from loomd.component import Command, Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.metrics import Family
+
+__all__ = ["PeersComponent", "PeersStatus", "load_or_make_keys"]
+
+SEQ = struct.Struct(">Q")
+WINDOW = 1024  # reliable events sent and not yet acknowledged, per peer
+RESEND_S = 2.0
+SEEN_MAX = 65536
+HWM = 10000
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_Z85_KEY = re.compile(r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+
+
+def load_or_make_keys(d: Path) -> tuple[bytes, bytes]:
+    """This board's Curve key pair (public, secret), made on first use, files mode 0600."""
+    secret_file, public_file = d / "curve.secret", d / "curve.key"
+    if secret_file.exists():
+        secret = secret_file.read_bytes().strip()
+        public = zmq.curve_public(secret)
+        return public, secret
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public, secret = zmq.curve_keypair()
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret + b"\n")
+    public_file.write_bytes(public + b"\n")
+    return public, secret
+
+
+def read_authorized(d: Path) -> dict[bytes, str]:
+    """public key (z85) -> name, from `<name>.key` files holding the key (a bare z85 line,
+    or pyzmq's certificate format `public-key = "..."`)."""
+    out: dict[bytes, str] = {}
+    if not d.is_dir():
+        return out
+    for f in sorted(d.glob("*.key")):
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "secret" in line:
+                continue
+            m = _Z85_KEY.search(line)
+            if m:
+                out[m.group(0).encode()] = f.stem
+                break
+    return out
+
+
+@dataclass
+class Peer:
+    """One connected board (either side of a connection)."""
+
+    name: str  # the link name (dialer) or the key's name (listener)
+    send_frames: Any  # async (frames) -> None
+    try_send: Any  # (frames) -> bool, never blocks
+    device: str = ""
+    wants: tuple[str, ...] = ()  # patterns it asked for
+    accepts: tuple[str, ...] = ()  # patterns we take from it
+    next_seq: int = 1
+    unacked: OrderedDict[int, tuple[list[bytes], float]] = field(default_factory=OrderedDict)
+    credit: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0
+    looped: int = 0
+    resent: int = 0
+    subs: list[BusSubscription] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    hello_at: float = 0.0
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "connected": bool(self.hello_at),
+            "sent": self.sent,
+            "received": self.received,
+            "unacked": len(self.unacked),
+            "dropped": self.dropped,
+            "looped": self.looped,
+            "resent": self.resent,
+        }
+
+
+@dataclass(frozen=True)
+class PeersStatus(StatusBlock):
+    public_key: str
+    listening: str
+    refused: int
+    peers: dict[str, dict[str, Any]]
+
+    def lines(self) -> list[str]:
+        out = [
+            f"key {self.public_key}, "
+            + (f"listening on {self.listening}" if self.listening else "not listening")
+            + f", {self.refused} refused"
+        ]
+        for name, p in self.peers.items():
+            out.append(
+                f"{name} ({p['device'] or '?'}): {'up' if p['connected'] else 'down'}, "
+                f"sent {p['sent']}, received {p['received']}, unacked {p['unacked']}, "
+                f"dropped {p['dropped']}, looped {p['looped']}"
+            )
+        return out
+
+
+def _add_cli(cmds: Any) -> None:
+    """`loomctl keys show|init`: this board's public key for other boards' peers.d."""
+    p = cmds.add_parser("keys", help="this board's Curve key for peer links")
+    sc = p.add_subparsers(dest="keys_cmd", required=True)
+    sc.add_parser("show", help="print the public key")
+    sc.add_parser("init", help="make the key pair if there is none; print the public key")
+    p.set_defaults(func=_cli_keys)
+
+
+async def _cli_keys(bus: Any, args: Any) -> int:
+    from loomd.ctl import op
+
+    r = await op(bus, "peers.key")
+    print(r["public_key"])
+    return 0
+
+
+class PeersComponent(Component[PeersSettings]):
+    name = "peers"
+    Settings = PeersSettings
+    summary = "loomd-to-loomd links over ZeroMQ TCP with CurveZMQ"
+    cli = staticmethod(_add_cli)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.device = self.ctx.device_id
+        self.public, self.secret = await asyncio.to_thread(
+            load_or_make_keys, self.ctx.state_dir / "peers"
+        )
+        self.zctx = zmq.asyncio.Context()
+        self.peers: dict[str, Peer] = {}  # by name
+        self.by_route: dict[bytes, Peer] = {}
+        self.seen: OrderedDict[bytes, None] = OrderedDict()
+        self.refused = 0
+        self.counts: dict[str, int] = {}
+        self.router: zmq.asyncio.Socket | None = None
+        self._authorized: dict[bytes, str] = {}
+        self._authorized_at = 0.0
+        if s.listen:
+            zap = self.zctx.socket(zmq.REP)
+            zap.linger = 0
+            zap.bind(ZAP_ENDPOINT)
+            self.zap = zap
+            self.spawn(self._zap, "zap", restart=True)
+            r = self.zctx.socket(zmq.ROUTER)
+            r.linger = 0
+            r.curve_server = True
+            r.curve_secretkey = self.secret
+            r.curve_publickey = self.public
+            r.zap_domain = b"loomd"
+            r.sndhwm = r.rcvhwm = HWM
+            r.router_mandatory = True
+            r.router_handover = True  # a dialer that reconnects keeps its route (its id)
+            try:
+                r.bind(s.listen)
+            except zmq.ZMQError as exc:
+                r.close()
+                raise LoomdError(f"peers.listen {s.listen}: {exc}") from None
+            self.router = r
+            self.spawn(self._serve, "listener", restart=True)
+            self.log.info("peers: listening on %s", s.listen)
+        for link in s.links:
+            self._dial(link.name, link.endpoint, link.public_key, link.send, link.receive)
+        self.spawn(self._resend, "resend", restart=True)
+
+    async def stop(self) -> None:
+        for p in self.peers.values():
+            for sub in p.subs:
+                await sub.close()
+        self.zctx.destroy(linger=0)
+
+    # -- authentication -----------------------------------------------------------------------
+    def _keys(self) -> dict[bytes, str]:
+        now = time.monotonic()
+        if now - self._authorized_at > 1.0:  # the folder may change under us: re-read, rarely
+            self._authorized = read_authorized(Path(self.settings.authorized_keys_dir))
+            self._authorized_at = now
+        return self._authorized
+
+    async def _zap(self) -> None:
+        while True:
+            frames = await self.zap.recv_multipart()
+            version, request_id, _domain, address, _identity, mechanism = frames[:6]
+            creds = frames[6:]
+            ok, user = False, ""
+            if mechanism == b"CURVE" and creds:
+                key = z85.encode(creds[0])
+                user = self._keys().get(key, "")
+                ok = bool(user)
+            if ok:
+                await self.zap.send_multipart(
+                    [version, request_id, b"200", b"OK", user.encode(), b""]
+                )
+                continue
+            self.refused += 1
+            shown = z85.encode(creds[0]).decode() if creds else "-"
+            self.ctx.error(
+                "peers_refused",
+                f"peers: refused {address.decode(errors='replace')}: unknown key {shown}",
+                address=address.decode(errors="replace"),
+            )
+            await self.zap.send_multipart([version, request_id, b"400", b"unknown key", b"", b""])
+
+    # -- the two ends of a connection ---------------------------------------------------------
+    def _dial(
+        self, name: str, endpoint: str, server_key: str, send: Iterable[str], receive: Iterable[str]
+    ) -> None:
+        d = self.zctx.socket(zmq.DEALER)
+        d.linger = 0
+        d.curve_serverkey = server_key.encode()
+        d.curve_publickey = self.public
+        d.curve_secretkey = self.secret
+        d.sndhwm = d.rcvhwm = HWM
+        d.reconnect_ivl = 100
+        d.reconnect_ivl_max = 5000
+        d.routing_id = f"{self.device}/{name}".encode()[:255]
+        d.connect(endpoint)
+
+        async def send_frames(frames: list[bytes]) -> None:
+            await d.send_multipart(frames)
+
+        def try_send(frames: list[bytes]) -> bool:
+            try:
+                d.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            return True
+
+        peer = Peer(name, send_frames, try_send, accepts=tuple(receive))
+        self.peers[name] = peer
+        self._start_forwarding(peer, tuple(send))
+        hello = self._hello(tuple(receive))
+
+        async def run() -> None:
+            # HELLO until answered: a DEALER queues while the TCP/Curve handshake is pending.
+            await d.send_multipart(hello)
+            while True:
+                try:
+                    async with asyncio.timeout(2.0 if not peer.hello_at else None):
+                        frames = await d.recv_multipart()
+                except TimeoutError:
+                    await d.send_multipart(hello)
+                    continue
+                await self._on_frames(peer, frames)
+
+        self.spawn(run, f"link-{name}", restart=True)
+
+    def _hello(self, wants: tuple[str, ...]) -> list[bytes]:
+        import json
+
+        return [b"H", json.dumps({"device": self.device, "wants": list(wants)}).encode()]
+
+    async def _serve(self) -> None:
+        assert self.router is not None
+        r = self.router
+        while True:
+            frames = await r.recv_multipart(copy=False)
+            route = frames[0].bytes
+            peer = self.by_route.get(route)
+            if peer is None:
+                user = frames[1].get("User-Id") or route.hex()
+                peer = self._accept(route, str(user))
+            await self._on_frames(peer, [f.bytes for f in frames[1:]])
+
+    def _accept(self, route: bytes, name: str) -> Peer:
+        r = self.router
+        assert r is not None
+
+        async def send_frames(frames: list[bytes]) -> None:
+            await r.send_multipart([route, *frames])
+
+        def try_send(frames: list[bytes]) -> bool:
+            try:
+                r.send_multipart([route, *frames], flags=zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError):
+                return False
+            return True
+
+        peer = Peer(name, send_frames, try_send, accepts=self.settings.receive)
+        old = self.peers.get(name)
+        if old is not None:  # the same key from a new route: the board came back
+            for t in old.tasks:
+                t.cancel()
+            for sub in old.subs:
+                self.spawn(sub.close, f"close-{name}")
+            peer.unacked, peer.next_seq = old.unacked, old.next_seq
+            self.by_route = {k: v for k, v in self.by_route.items() if v is not old}
+        self.peers[name] = peer
+        self.by_route[route] = peer
+        return peer
+
+    async def _on_frames(self, peer: Peer, frames: list[bytes]) -> None:
+        kind = frames[0]
+        if kind == b"E":
+            await self._on_event(peer, frames)
+        elif kind == b"A":
+            seq = SEQ.unpack(frames[1])[0]
+            if peer.unacked.pop(seq, None) is not None and len(peer.unacked) < WINDOW:
+                peer.credit.set()
+        elif kind == b"H":
+            import json
+
+            info = json.loads(frames[1])
+            first = not peer.hello_at
+            peer.device = str(info.get("device", ""))
+            peer.hello_at = time.monotonic()
+            if self.router is not None and peer in self.by_route.values():
+                # listener side: answer, and send what the dialer asked for
+                await peer.send_frames(self._hello(()))
+                if first:
+                    peer.wants = tuple(str(p) for p in info.get("wants", ()))
+                    self._start_forwarding(peer, peer.wants)
+            self.log.info("peers: %s (%s) is up", peer.name, peer.device)
+
+    # -- events in ----------------------------------------------------------------------------
+    async def _on_event(self, peer: Peer, frames: list[bytes]) -> None:
+        _, seq_b, topic, header, body = frames
+        seq = SEQ.unpack(seq_b)[0]
+        ev = Event.from_frames(topic, header, body)
+        meta = ev.meta
+        origin = str(meta.get("origin", ""))
+        pid = meta.get("peer_id") or ev.id
+        deliver = True
+        if origin == self.device:
+            peer.looped += 1
+            deliver = False
+        elif pid in self.seen:
+            peer.looped += 1
+            deliver = False
+        elif ev.ttl <= 1:
+            self._count("ttl")
+            deliver = False
+        elif not any(matches(p, ev.topic) for p in peer.accepts):
+            self._count("not_accepted")
+            deliver = False
+        if deliver:
+            self.seen[pid] = None
+            if len(self.seen) > SEEN_MAX:
+                self.seen.popitem(last=False)
+            try:
+                await self.ctx.bus.publish(
+                    ev.topic,
+                    ev.payload,
+                    qos=ev.qos,
+                    type=ev.type,
+                    ttl=ev.ttl - 1,
+                    meta={**meta, "origin": origin, "peer_id": pid, "via": peer.name},
+                )
+            except LoomdError as exc:
+                self.seen.pop(pid, None)
+                self._count("bus_refused")
+                self.log.warning("peers: bus refused %s from %s: %s", ev.topic, peer.name, exc)
+                return  # no ack: the sender re-sends it
+            peer.received += 1
+        if seq:
+            await peer.send_frames([b"A", seq_b])
+
+    # -- events out ---------------------------------------------------------------------------
+    def _start_forwarding(self, peer: Peer, patterns: tuple[str, ...]) -> None:
+        for pattern in patterns:
+            for qos in (QoS.RELIABLE, QoS.REALTIME):
+                sub = self.ctx.bus.subscribe(pattern, qos)
+                peer.subs.append(sub)
+                task = self.spawn(
+                    lambda sub=sub, qos=qos: self._forward(peer, sub, qos),  # type: ignore[misc]
+                    f"fwd-{peer.name}-{pattern}-{qos}",
+                    restart=True,
+                )
+                peer.tasks.append(task)
+
+    async def _forward(self, peer: Peer, sub: BusSubscription, qos: QoS) -> None:
+        reliable = qos == QoS.RELIABLE
+        async for ev in sub:
+            if (ev.qos == QoS.RELIABLE) != reliable:
+                continue  # each class is carried by its own subscription
+            meta = ev.meta
+            if meta.get("via") == peer.name or (peer.device and meta.get("origin") == peer.device):
+                continue  # never back where it came from
+            if ev.ttl <= 1:
+                self._count("ttl")
+                continue
+            out = Event.create(
+                ev.topic, ev.payload, type=ev.type, sender=ev.sender, qos=ev.qos, ttl=ev.ttl,
+                meta={**meta, "origin": meta.get("origin") or self.device,
+                      "peer_id": meta.get("peer_id") or ev.id},
+            )  # fmt: skip
+            if reliable:
+                while len(peer.unacked) >= WINDOW:
+                    peer.credit.clear()
+                    await peer.credit.wait()
+                seq = peer.next_seq
+                peer.next_seq += 1
+                frames = [b"E", SEQ.pack(seq), *out.frames()]
+                peer.unacked[seq] = (frames, time.monotonic())
+                await peer.send_frames(frames)
+                peer.sent += 1
+            elif peer.try_send([b"E", SEQ.pack(0), *out.frames()]):
+                peer.sent += 1
+            else:
+                peer.dropped += 1
+
+    async def _resend(self) -> None:
+        while True:
+            await asyncio.sleep(RESEND_S / 2)
+            now = time.monotonic()
+            for peer in list(self.peers.values()):
+                for seq, (frames, at) in list(peer.unacked.items()):
+                    if now - at < RESEND_S:
+                        break
+                    peer.unacked[seq] = (frames, now)
+                    peer.unacked.move_to_end(seq)
+                    peer.resent += 1
+                    peer.try_send(frames)
+
+    def _count(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    # -- the operator's view ------------------------------------------------------------------
+    def status(self) -> PeersStatus:
+        return PeersStatus(
+            public_key=self.public.decode(),
+            listening=self.settings.listen,
+            refused=self.refused,
+            peers={name: p.view() for name, p in self.peers.items()},
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        yield Family(
+            "loomd_peers_refused_total", "counter", "Connections refused (unknown key).",
+            [({}, float(self.refused))],
+        )  # fmt: skip
+        for what in ("sent", "received", "dropped", "looped", "resent"):
+            yield Family(
+                f"loomd_peers_{what}_total", "counter", f"Events {what}, per peer.",
+                [({"peer": n}, float(getattr(p, what))) for n, p in self.peers.items()],
+            )  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {"key": Command(self._key, "this board's public key (z85)")}
+
+    async def _key(self) -> dict[str, Any]:
+        return {"public_key": self.public.decode()}

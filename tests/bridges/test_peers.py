@@ -1,0 +1,151 @@
+"""Peer links between real loomd hosts on loopback: ZeroMQ TCP, CurveZMQ, ZAP."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from loomd.bridges.peers import PeersComponent, load_or_make_keys
+from loomd.host import Host
+from tests.bridges.conftest import running, wait_for
+from tests.conftest import free_port
+
+PEERS = ("state", "bus", "peers")
+
+
+class Board:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.root = root / name
+        self.port = free_port()
+        self.public = load_or_make_keys(self.root / "state" / "peers")[0].decode()
+        self.keys_dir = self.root / "peers.d"
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        self.links: list[str] = []
+        self.listen = False
+        self.receive: list[str] = []
+
+    def authorize(self, other: Board) -> None:
+        (self.keys_dir / f"{other.name}.key").write_text(other.public + "\n")
+
+    def link(self, other: Board, send: list[str], receive: list[str]) -> None:
+        self.links.append(
+            f'[[peers.links]]\nname = "{other.name}"\n'
+            f'endpoint = "tcp://127.0.0.1:{other.port}"\npublic_key = "{other.public}"\n'
+            f"send = {send!r}\nreceive = {receive!r}\n".replace("'", '"')
+        )
+
+    def section(self) -> str:
+        head = (
+            "[peers]\nenabled = true\n"
+            f'authorized_keys_dir = "{self.keys_dir}"\n'
+            f"receive = {self.receive!r}\n".replace("'", '"')
+        )
+        if self.listen:
+            head += f'listen = "tcp://127.0.0.1:{self.port}"\n'
+        return head + "".join(self.links)
+
+
+@contextlib.asynccontextmanager
+async def boards(*bs: Board) -> AsyncIterator[list[Host]]:
+    async with contextlib.AsyncExitStack() as stack:
+        hosts = [
+            await stack.enter_async_context(
+                running(b.root, b.section(), device_id=b.name, names=PEERS)
+            )
+            for b in bs
+        ]
+        yield hosts
+
+
+def peers_of(host: Host) -> PeersComponent:
+    c = host.get("peers")
+    assert isinstance(c, PeersComponent), host.status()
+    return c
+
+
+async def up(host: Host, name: str) -> None:
+    c = peers_of(host)
+    await wait_for(lambda: name in c.peers and bool(c.peers[name].hello_at), 15)
+
+
+async def test_two_boards_share_topics_both_ways(short_tmp: Path) -> None:
+    hub, sat = Board(short_tmp, "hub"), Board(short_tmp, "sat")
+    hub.listen, hub.receive = True, ["audio.in.#"]
+    hub.authorize(sat)
+    sat.link(hub, send=["audio.in.#"], receive=["voice.say"])
+    async with boards(hub, sat) as (h, s):
+        await up(s, "hub")
+        await up(h, "sat")
+        async with (
+            h.get("bus").ctx.bus.subscribe("audio.in.#", "reliable") as at_hub,  # type: ignore[union-attr]
+            s.get("bus").ctx.bus.subscribe("voice.say", "reliable") as at_sat,  # type: ignore[union-attr]
+        ):
+            sb, hb = peers_of(s).ctx.bus, peers_of(h).ctx.bus
+            for i in range(50):
+                await sb.publish("audio.in.kitchen", bytes([i]) * 10)
+            got = [(await at_hub.get(10)).payload for _ in range(50)]
+            assert got == [bytes([i]) * 10 for i in range(50)]
+            await hb.publish("voice.say", {"text": "hello"})
+            ev = await at_sat.get(10)
+            assert ev.payload == {"text": "hello"} and ev.meta["origin"] == "hub"
+            assert ev.meta["via"] == "hub"
+            # not asked for, not sent: the hub's other topics stay home
+            await hb.publish("private.x", 1)
+            await hb.publish("voice.say", {"text": "again"})
+            assert (await at_sat.get(10)).payload == {"text": "again"}
+        await wait_for(lambda: not peers_of(s).peers["hub"].unacked)
+
+
+async def test_an_unknown_key_is_refused_counted_and_logged(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub, stranger = Board(short_tmp, "hub"), Board(short_tmp, "stranger")
+    hub.listen, hub.receive = True, ["#"]
+    stranger.link(hub, send=["#"], receive=["#"])  # it knows the hub's key; the hub not its
+    caplog.set_level(logging.ERROR, logger="loomd.peers")
+    async with boards(hub, stranger) as (h, x):
+        await wait_for(lambda: peers_of(h).refused >= 1, 15)
+        assert not peers_of(x).peers["hub"].hello_at
+        assert "stranger" not in peers_of(h).peers
+    assert any("refused 127.0.0.1" in r.getMessage() for r in caplog.records), caplog.text
+
+
+async def test_a_ring_of_three_delivers_each_event_once_per_board_and_stops(
+    short_tmp: Path,
+) -> None:
+    a, b, c = Board(short_tmp, "a"), Board(short_tmp, "b"), Board(short_tmp, "c")
+    for x, y in ((a, b), (b, c), (c, a)):  # x dials y; both forward everything
+        y.listen, y.receive = True, ["ring.#"]
+        y.authorize(x)
+        x.link(y, send=["ring.#"], receive=["ring.#"])
+    async with boards(a, b, c) as hosts:
+        for h, nxt in zip(hosts, "bca", strict=True):
+            await up(h, nxt)
+        buses = [peers_of(h).ctx.bus for h in hosts]
+        subs = [bus.subscribe("ring.#", "reliable") for bus in buses]
+        try:
+            for bus, name in zip(buses, "abc", strict=True):
+                await bus.publish(f"ring.from.{name}", name)
+            seen: list[list[str]] = [[], [], []]
+            for i, sub in enumerate(subs):
+                while len(seen[i]) < 3:
+                    seen[i].append((await sub.get(10)).payload)
+            # a last event around the ring: anything still looping would arrive before it
+            await buses[0].publish("ring.end", "end")
+            for i, sub in enumerate(subs):
+                ev = await sub.get(10)
+                while ev.payload != "end":
+                    seen[i].append(ev.payload)
+                    ev = await sub.get(10)
+            for got in seen:
+                assert sorted(got) == ["a", "b", "c"], seen
+            guarded = sum(p.looped for h in hosts for p in peers_of(h).peers.values())
+            assert guarded >= 1  # the mesh offered duplicates and the guards dropped them
+        finally:
+            for sub in subs:
+                await sub.close()
