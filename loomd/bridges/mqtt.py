@@ -22,6 +22,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = ["MqttComponent", "MqttStatus"]
 log = logging.getLogger("loomd.mqtt")
 
 CONNACK_TIMEOUT_S = 10.0
+READ_SLICE_S = 0.002  # longest the reader keeps the loop before letting others run
 
 
 def _jitter(delay: float) -> float:
@@ -484,9 +486,11 @@ class MqttComponent(Component[MqttSettings]):
             self._writer_on = False
 
     def _readable(self) -> None:
-        """Read what is there, up to a batch: paho reads one packet per call."""
+        """Read what is there, for up to READ_SLICE_S: paho's loop_read takes one packet when
+        nothing is in flight (QoS 0) and up to one per in-flight message otherwise."""
         c = self.client
-        for _ in range(64):
+        until = time.perf_counter() + READ_SLICE_S
+        while True:
             c.loop_read()
             sock = c.socket()
             if sock is None:
@@ -494,14 +498,14 @@ class MqttComponent(Component[MqttSettings]):
             if isinstance(sock, ssl.SSLSocket):
                 if not sock.pending():
                     return  # the fd signals again when more arrives
-                continue
-            try:
-                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    continue  # EOF: the next loop_read notices and closes
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+            else:
+                try:
+                    if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                        continue  # EOF: the next loop_read notices and closes
+                except OSError:  # BlockingIOError: nothing more for now
+                    return
+            if time.perf_counter() > until:
+                break
         self.loop.call_soon(self._readable)  # more waiting: let others run first
 
     async def _housekeeping(self) -> None:
