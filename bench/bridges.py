@@ -328,10 +328,16 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
     (hub_root / "peers.d").mkdir(parents=True)
     (hub_root / "peers.d" / "sat.key").write_text(sat_key + "\n")
     port = free_port()
-    hub = Daemon(hub_root, config=PEER_CONFIG.format(
-        name="hub", root=hub_root, extra=f'listen = "tcp://127.0.0.1:{port}"'))
-    link = (f'[[peers.links]]\nname = "hub"\nendpoint = "tcp://127.0.0.1:{port}"\n'
-            f'public_key = "{hub_key}"\nsend = ["peer.#"]\nreceive = []\n')
+    hub = Daemon(
+        hub_root,
+        config=PEER_CONFIG.format(
+            name="hub", root=hub_root, extra=f'listen = "tcp://127.0.0.1:{port}"'
+        ),
+    )
+    link = (
+        f'[[peers.links]]\nname = "hub"\nendpoint = "tcp://127.0.0.1:{port}"\n'
+        f'public_key = "{hub_key}"\nsend = ["peer.#"]\nreceive = []\n'
+    )
     sat = Daemon(sat_root, config=PEER_CONFIG.format(name="sat", root=sat_root, extra=link))
     try:
         hub.start()
@@ -340,9 +346,11 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
         async def run() -> tuple[float, float]:
             async with Client(str(sat.socket), name="bench") as c:
                 deadline = time.monotonic() + 20
-                while not (await c.call("status"))["status"]["components"]["peers"]["status"]["peers"].get(
-                    "hub", {}
-                ).get("connected"):
+                while (
+                    not (await c.call("status"))["status"]["components"]["peers"]["status"]["peers"]
+                    .get("hub", {})
+                    .get("connected")
+                ):
                     if time.monotonic() > deadline:
                         raise RuntimeError("peer link did not come up")
                     await asyncio.sleep(0.05)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import socket
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loomd.bridges import homeassistant as ha
 from loomd.bridges.outbox import NAMESPACE, Entry, Outbox
 from loomd.bridges.settings import MapSettings, MqttSettings
 from loomd.bridges.topics import CodecError, Translator, decode_payload, encode_payload
@@ -35,6 +37,7 @@ from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
+from loomd.messages import SayRequest, Topic
 from loomd.metrics import Family
 
 __all__ = ["MqttComponent", "MqttStatus"]
@@ -112,14 +115,20 @@ def _add_cli(cmds: Any) -> None:
     p = cmds.add_parser("mqtt", help="the MQTT bridge")
     sc = p.add_subparsers(dest="mqtt_cmd", required=True)
     sc.add_parser("status", help="connection, outbox depth and age, per-map counts")
+    sc.add_parser("forget", help="remove this board from Home Assistant (clear discovery)")
     p.set_defaults(func=_cli_mqtt)
 
 
 async def _cli_mqtt(bus: Any, args: Any) -> int:
     from loomd.ctl import op
 
+    if args.mqtt_cmd == "forget":
+        r = await op(bus, "mqtt.forget")
+        print(f"cleared {r['cleared']} Home Assistant discovery configs")
+        return 0
     r = await op(bus, "mqtt.status")
-    print("\n".join(MqttStatus(**r).lines()))
+    names = {f.name for f in dataclasses.fields(MqttStatus)}
+    print("\n".join(MqttStatus(**{k: v for k, v in r.items() if k in names}).lines()))
     return 0
 
 
@@ -160,6 +169,7 @@ class MqttComponent(Component[MqttSettings]):
         self._fd: int | None = None
         self._lost = asyncio.Event()
         self._offline_mid = -1
+        self._waiting: dict[int, asyncio.Future[None]] = {}
         self._offline_acked = asyncio.Event()
         self._connack: asyncio.Future[Any] | None = None
         self._route_cache: dict[str, tuple[MapState, str] | None] = {}
@@ -173,6 +183,7 @@ class MqttComponent(Component[MqttSettings]):
         if left:
             log.info("mqtt: %d messages left in the outbox by the last run", left)
         self.client = self._make_client()
+        self._ha_setup()
         self.subs: list[tuple[MapState, BusSubscription]] = [
             (m, self.ctx.bus.subscribe(m.s.bus, m.s.bus_qos)) for m in self.outs
         ]
@@ -378,6 +389,10 @@ class MqttComponent(Component[MqttSettings]):
             else:
                 self.client.subscribe(subs)
         self.client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.settings.discovery:
+            self.client.subscribe([(t, 1) for t in self._ha_topics])
+            self._announce()
+            self._publish_state()
         await self._event("loomd.mqtt.connected")
         self._pump()
         await self._lost.wait()
@@ -535,6 +550,9 @@ class MqttComponent(Component[MqttSettings]):
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         gen, mid, qos, topic = self._gen, msg.mid, msg.qos, msg.topic
+        if topic in self._ha_topics:
+            self._on_ha(topic, msg.payload, gen, mid, qos)
+            return
         try:
             routed = self._route_in(topic)
         except CodecError as exc:
@@ -647,9 +665,163 @@ class MqttComponent(Component[MqttSettings]):
         if e is None:
             if mid == self._offline_mid:
                 self._offline_acked.set()
+            fut = self._waiting.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
             return
         self.outbox.remove(e.seq)
         self._pump()
+
+    # -- Home Assistant -----------------------------------------------------------------------
+    def _ha_setup(self) -> None:
+        s, b = self.settings, ha.base_topic(self.device)
+        self.ha_entities: dict[str, ha.Entity] = {}
+        self._ha_topics: frozenset[str] = frozenset()
+        self.muted = False
+        if not s.discovery:
+            return
+        self.ha_entities = {e.key: e for e in ha.default_entities(self.device)}
+        self._ha_birth = f"{s.discovery_prefix}/status"
+        self._ha_say, self._ha_mute = f"{b}/say", f"{b}/mute/set"
+        self._ha_topics = frozenset((self._ha_birth, self._ha_say, self._ha_mute))
+        self._last_events = (time.monotonic(), self._broker_events())
+        bus = self.ctx.bus
+        mirrors = (
+            (Topic.VOICE_STATE, f"{b}/voice/state", lambda p: str(p.get("state", ""))),
+            (Topic.VOICE_TRANSCRIPT, f"{b}/voice/transcript", lambda p: str(p.get("text", ""))),
+        )
+        for topic, mqtt_topic, pick in mirrors:
+            sub = bus.subscribe(str(topic), QoS.RELIABLE)
+            self.spawn(
+                lambda sub=sub, t=mqtt_topic, pick=pick: self._mirror(sub, t, pick),  # type: ignore[misc]
+                f"ha-{topic}",
+                restart=True,
+            )
+        entities = bus.subscribe(ha.ENTITY_TOPIC, QoS.RELIABLE)
+        self.spawn(lambda: self._agent_entities(entities), "ha-entities", restart=True)
+        self.spawn(self._ha_state_loop, "ha-state", restart=True)
+
+    def _announce(self) -> None:
+        """Retained discovery configs for every entity (on connect and on HA's birth)."""
+        if not self.connected:
+            return
+        prefix = self.settings.discovery_prefix
+        for e in self.ha_entities.values():
+            payload = json.dumps(ha.config_payload(self.device, e), separators=(",", ":"))
+            self.client.publish(ha.config_topic(prefix, self.device, e), payload, 1, True)
+        self.client.publish(f"{ha.base_topic(self.device)}/mute", "ON" if self.muted else "OFF",
+                            1, True)  # fmt: skip
+
+    async def _forget(self) -> dict[str, Any]:
+        if not self.connected:
+            raise LoomdError("mqtt is not connected: nothing can be cleared now")
+        prefix = self.settings.discovery_prefix
+        waits = []
+        for e in self.ha_entities.values():
+            info = self.client.publish(ha.config_topic(prefix, self.device, e), b"", 1, True)
+            waits.append(self._acked(info.mid))
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*waits)  # cleared on the broker when this returns
+        except TimeoutError:
+            raise LoomdError("the broker did not acknowledge the clears within 5 s") from None
+        n = len(self.ha_entities)
+        self.ha_entities = {}  # until the next start: a birth message must not bring them back
+        return {"cleared": n}
+
+    def _acked(self, mid: int) -> asyncio.Future[None]:
+        """Resolves on the broker's PUBACK for a publish made outside the outbox."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._waiting[mid] = fut
+        return fut
+
+    def _broker_events(self) -> int:
+        broker = self.ctx.services.broker
+        return int(broker.events_in) if broker is not None else 0
+
+    def _publish_state(self) -> None:
+        if not self.connected:
+            return
+        now, events = time.monotonic(), self._broker_events()
+        then, before = self._last_events
+        self._last_events = (now, events)
+        broker = self.ctx.services.broker
+        drops = sum(broker.drops.values()) if broker is not None else 0
+        state = {
+            "events_per_s": round((events - before) / (now - then), 1) if now > then else 0.0,
+            "drops": drops,
+            "cpu_temperature": _cpu_temperature(),
+        }
+        self.client.publish(f"{ha.base_topic(self.device)}/state", json.dumps(state), 0, True)
+
+    async def _ha_state_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.state_interval_s)
+            self._publish_state()
+
+    async def _mirror(self, sub: BusSubscription, mqtt_topic: str, pick: Any) -> None:
+        async for ev in sub:
+            if self.connected and isinstance(ev.payload, dict):
+                self.client.publish(mqtt_topic, pick(ev.payload), 1, True)
+
+    async def _agent_entities(self, sub: BusSubscription) -> None:
+        async for ev in sub:
+            try:
+                e = ha.agent_entity(self.device, ev.payload)
+            except ValueError as exc:
+                self._bad_in("bad_entity", None, f"{ha.ENTITY_TOPIC}: {exc}")
+                continue
+            new = e.key not in self.ha_entities
+            self.ha_entities[e.key] = e
+            self._announce()
+            if new:
+                state = self.ctx.bus.subscribe(e.bus, QoS.RELIABLE)
+                t = str(e.extra["state_topic"])
+                self.spawn(lambda s=state, t=t: self._mirror_raw(s, t), f"ha-{e.key}", restart=True)  # type: ignore[misc]
+
+    async def _mirror_raw(self, sub: BusSubscription, mqtt_topic: str) -> None:
+        async for ev in sub:
+            if self.connected:
+                p = ev.payload
+                data = (
+                    p
+                    if isinstance(p, bytes)
+                    else p.encode()
+                    if isinstance(p, str)
+                    else json.dumps(p)
+                )
+                self.client.publish(mqtt_topic, data, 1, True)
+
+    def _on_ha(self, topic: str, data: bytes, gen: int, mid: int, qos: int) -> None:
+        text = bytes(data).decode("utf-8", "replace").strip()
+        if topic == self._ha_birth:
+            if text == "online":
+                self._announce()  # Home Assistant (re)started: it forgot non-retained state
+            self._ack(gen, mid, qos)
+            return
+        if topic == self._ha_say:
+            if not text:
+                self._ack(gen, mid, qos)
+                return
+            coro = self.ctx.bus.publish(str(Topic.VOICE_SAY), SayRequest(text=text).to_payload())
+        else:
+            if text not in ("ON", "OFF"):
+                self._bad_in("bad_payload", None, f"{topic}: {text[:32]!r} is not ON or OFF")
+                self._ack(gen, mid, qos)
+                return
+            self.muted = text == "ON"
+            self.client.publish(f"{ha.base_topic(self.device)}/mute", text, 1, True)
+            coro = self.ctx.bus.publish("voice.mute", {"muted": self.muted})
+        self.in_pending += 1
+        task = self.loop.create_task(coro)
+        task.add_done_callback(lambda t: self._ha_done(t, gen, mid, qos))
+
+    def _ha_done(self, t: asyncio.Task[Event], gen: int, mid: int, qos: int) -> None:
+        self.in_pending -= 1
+        if t.cancelled() or t.exception() is not None:
+            self.count("bus_refused")
+            return
+        self._ack(gen, mid, qos)
 
     # -- the operator's view ------------------------------------------------------------------
     def status(self) -> MqttStatus:
@@ -696,7 +868,10 @@ class MqttComponent(Component[MqttSettings]):
         )
 
     def commands(self) -> Mapping[str, Command]:
-        return {"status": Command(self._status_cmd, "connection, outbox, per-map counts")}
+        return {
+            "status": Command(self._status_cmd, "connection, outbox, per-map counts"),
+            "forget": Command(self._forget, "clear this board's Home Assistant discovery"),
+        }
 
     async def _status_cmd(self) -> dict[str, Any]:
         return dataclasses.asdict(self.status())
@@ -704,6 +879,13 @@ class MqttComponent(Component[MqttSettings]):
 
 def _ssl_text(exc: ssl.SSLError) -> str:
     return getattr(exc, "verify_message", None) or exc.reason or str(exc)
+
+
+def _cpu_temperature() -> float | None:
+    try:
+        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
+    except (OSError, ValueError):
+        return None
 
 
 class _TrackingContext(ssl.SSLContext):

@@ -64,6 +64,9 @@ class MqttSettings(Section):
     max_inflight: int = option(256, min=1, max=65535)
     outbox_max_messages: int = option(100000, min=1, max=100000000, reload=True)
     outbox_max_age_s: int = option(86400, min=1, max=31536000, reload=True)
+    discovery: bool = option(True)
+    discovery_prefix: str = option("homeassistant", max_len=64)
+    state_interval_s: int = option(10, min=1, max=3600, reload=True)
     map: tuple[MapSettings, ...] = option(factory=tuple)
 
 
