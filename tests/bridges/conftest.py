@@ -143,6 +143,13 @@ class Sub:
                     await asyncio.sleep(0.01)
         return self
 
+    async def wait_distinct(self, n: int, timeout: float = 30.0) -> list[str]:
+        """Until `n` different lines arrived: QoS 1 may repeat a message after a reconnect."""
+        async with asyncio.timeout(timeout):
+            while len(set(self.lines)) < n:  # noqa: ASYNC110 - filled by a reader thread
+                await asyncio.sleep(0.01)
+        return self.lines
+
     async def wait(self, n: int, timeout: float = 15.0) -> list[str]:
         async with asyncio.timeout(timeout):
             while len(self.lines) < n:  # noqa: ASYNC110 - filled by a reader thread

@@ -115,7 +115,7 @@ async def test_broker_restart_mid_stream_outbound(short_tmp: Path, broker: Mosqu
                 await c.ctx.bus.publish("seq.out", i)
                 if i == n // 3:
                     await asyncio.to_thread(broker.restart)
-            lines = await w.wait(n, timeout=60)
+            lines = await w.wait_distinct(n, timeout=60)
             got = first_seen([int(line.split()[1]) for line in lines])
             assert got == list(range(n))
         await wait_for(lambda: len(c.outbox) == 0)
@@ -202,7 +202,7 @@ async def test_outbox_survives_broker_outage_and_daemon_restart(
             await asyncio.to_thread(broker.start)
             await connected(host, 20)
             await wait_for(lambda: len(c.outbox) == 0, 30)
-        lines = await w.wait(n, timeout=30)
+        lines = await w.wait_distinct(n, timeout=30)
         assert first_seen([int(line.split()[1]) for line in lines]) == list(range(n))
 
 
