@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from loomd.bridges.peers import load_or_make_keys
 from tests.bridges.conftest import Mosquitto, mqtt_section, running, wait_for
 from tests.bridges.test_mqtt import connected
