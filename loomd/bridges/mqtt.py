@@ -853,6 +853,10 @@ class MqttComponent(Component[MqttSettings]):
         yield one("outbox_overflow_total", "counter", "Refused: outbox full.", self.outbox.overflow)
         yield one("outbox_expired_total", "counter", "Expired unsent.", self.outbox.expired)
         yield one("inflight", "gauge", "Published, not yet acknowledged.", len(self.inflight))
+        yield one(
+            "outbox_write_errors_total", "counter", "LMDB writes that failed.",
+            self.outbox.write_errors,
+        )  # fmt: skip
         yield Family(
             "loomd_mqtt_messages_total",
             "counter",

@@ -11,6 +11,7 @@ the client are expired (counted).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 __all__ = ["Entry", "Outbox"]
 
 NAMESPACE = "mqtt.outbox"
+log = logging.getLogger("loomd.mqtt")
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class Outbox:
         self.expired = 0
         self.added = 0
         self.removed = 0
+        self.write_errors = 0
         self._doomed: list[str] = []
         self._deleting: asyncio.Event = asyncio.Event()
 
@@ -75,10 +78,17 @@ class Outbox:
             return None
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         e = Entry(seq, topic, payload, qos, retain, time.time())
-        self.kv.put_nowait(_key(seq), [topic, payload, qos, retain, e.ts])
+        fut = self.kv.put_nowait(_key(seq), [topic, payload, qos, retain, e.ts])
+        fut.add_done_callback(self._written)
         self.entries[seq] = self.unsent[seq] = e
         self.added += 1
         return e
+
+    def _written(self, fut: asyncio.Future[None]) -> None:
+        # The message is still sent from memory; only a daemon restart could lose it now.
+        if not fut.cancelled() and fut.exception() is not None:
+            self.write_errors += 1
+            log.error("mqtt outbox: LMDB write failed: %s", fut.exception())
 
     def remove(self, seq: int) -> None:
         """The broker acknowledged it: delete (batched with others into one commit)."""
