@@ -29,7 +29,7 @@ import os
 import re
 import struct
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +125,8 @@ class Peer:
     outq: list[bytes] = field(default_factory=list)
     ackq: list[int] = field(default_factory=list)
     flush_due: bool = False
+    inq: deque[tuple[Event, dict[str, Any], int]] = field(default_factory=deque)
+    deliverer: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -285,6 +287,8 @@ class PeersComponent(Component[PeersSettings]):
 
     async def stop(self) -> None:
         for p in self.peers.values():
+            if p.deliverer is not None:
+                p.deliverer.cancel()  # what it did not publish is not acked: re-sent later
             for sub in p.subs:
                 await sub.close()
         for pipe in self.pipes:
@@ -442,19 +446,29 @@ class PeersComponent(Component[PeersSettings]):
         self.seen[pid] = None
         if len(self.seen) > SEEN_MAX:
             self.seen.popitem(last=False)
-        # Pipelined: the publish reaches the broker in arrival order when the task first
-        # runs; the ack goes back once the bus accepted it (journaled first when durable).
-        task = asyncio.get_running_loop().create_task(
-            self.ctx.bus.publish(
-                ev.topic,
-                ev.payload,
-                qos=ev.qos,
-                type=ev.type,
-                ttl=ev.ttl - 1,
-                meta={**meta, "origin": origin, "peer_id": pid, "via": peer.name},
-            )
-        )
-        task.add_done_callback(lambda t: self._delivered(t, peer, seq_b, pid))
+        peer.inq.append((ev, {**meta, "origin": origin, "peer_id": pid, "via": peer.name}, seq))
+        if peer.deliverer is None or peer.deliverer.done():
+            peer.deliverer = self.loop.create_task(self._deliver(peer))
+
+    async def _deliver(self, peer: Peer) -> None:
+        """Publish what arrived, in order, one task per burst (not per event): a publish
+        the broker accepts at once completes without suspending. The ack goes back once
+        the bus accepted the event (journaled first when durable)."""
+        bus = self.ctx.bus
+        while peer.inq:
+            ev, meta, seq = peer.inq.popleft()
+            try:
+                await bus.publish(
+                    ev.topic, ev.payload, qos=ev.qos, type=ev.type, ttl=ev.ttl - 1, meta=meta
+                )
+            except LoomdError as exc:
+                self.seen.pop(meta["peer_id"], None)
+                self._count("bus_refused")
+                self.log.warning("peers: bus refused an event from %s: %s", peer.name, exc)
+                continue  # no ack: the sender re-sends it
+            peer.received += 1
+            if seq:
+                self._ack(peer, seq)
 
     def _accepts(self, peer: Peer, topic: str) -> bool:
         hit = peer.accept_cache.get(topic)
@@ -464,18 +478,6 @@ class PeersComponent(Component[PeersSettings]):
                 peer.accept_cache.clear()
             peer.accept_cache[topic] = hit
         return hit
-
-    def _delivered(self, t: asyncio.Task[Event], peer: Peer, seq_b: bytes, pid: bytes) -> None:
-        exc = None if t.cancelled() else t.exception()
-        if t.cancelled() or exc is not None:
-            self.seen.pop(pid, None)
-            self._count("bus_refused")
-            self.log.warning("peers: bus refused an event from %s: %s", peer.name, exc)
-            return  # no ack: the sender re-sends it
-        peer.received += 1
-        seq = SEQ.unpack(seq_b)[0]
-        if seq:
-            self._ack(peer, seq)
 
     # -- events out ---------------------------------------------------------------------------
     def _start_forwarding(self, peer: Peer, patterns: tuple[str, ...]) -> None:
