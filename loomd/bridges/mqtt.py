@@ -87,6 +87,8 @@ class MqttStatus(StatusBlock):
     outbox_overflow: int
     outbox_expired: int
     inflight: int
+    connected_at: float  # time.time() of the last CONNACK (0: never)
+    outbox_emptied_at: float  # time.time() when the outbox last became empty
     errors: dict[str, int] = field(default_factory=dict)
     maps: list[dict[str, Any]] = field(default_factory=list)
 
@@ -160,6 +162,7 @@ class MqttComponent(Component[MqttSettings]):
         self.detail = ""
         self.connects = 0
         self.attempts = 0
+        self.connected_at = 0.0
         self.connected = False
         self.stopping = False
         self.errors: dict[str, int] = {}
@@ -417,6 +420,7 @@ class MqttComponent(Component[MqttSettings]):
             # batch, and their acks must count for this connection.
             self._gen += 1
             self.connected = True
+            self.connected_at = time.time()
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(rc)
 
@@ -836,6 +840,8 @@ class MqttComponent(Component[MqttSettings]):
             outbox_overflow=self.outbox.overflow,
             outbox_expired=self.outbox.expired,
             inflight=len(self.inflight),
+            connected_at=self.connected_at,
+            outbox_emptied_at=self.outbox.emptied_at,
             errors=dict(self.errors),
             maps=[m.view() for m in self.maps],
         )

@@ -51,6 +51,7 @@ class Outbox:
         self.added = 0
         self.removed = 0
         self.write_errors = 0
+        self.emptied_at = 0.0  # time.time() when the last entry left
         self._doomed: list[str] = []
         self._deleting: asyncio.Event = asyncio.Event()
 
@@ -96,6 +97,8 @@ class Outbox:
             return
         self.unsent.pop(seq, None)
         self.removed += 1
+        if not self.entries:
+            self.emptied_at = time.time()
         self._doomed.append(_key(seq))
         self._deleting.set()
 
