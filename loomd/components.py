@@ -34,6 +34,7 @@ BUILTIN: dict[str, str] = {
     "metrics": "loomd.metrics:MetricsComponent",
     "agents": "loomd.agents.component:AgentsComponent",
     "mcp": "loomd.mcp.component:McpComponent",
+    "llm": "loomd.router.component:LlmComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

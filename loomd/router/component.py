@@ -1,0 +1,438 @@
+"""The `llm` component: answers `llm.chat` on the bus through the router.
+
+Each request is decided (`decide()` over measured facts), the decision is logged as one
+line, published on `loomd.route.decision` and kept in an LMDB ring, then carried out:
+tokens stream back on the request's `reply_to` as `ChatChunk`s, then one `ChatDone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loomd.bus.envelope import Event
+from loomd.bus.topics import matches
+from loomd.component import Command, Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.messages import (
+    ChatChunk,
+    ChatDone,
+    ChatMessage,
+    ChatRequest,
+    EventType,
+    Policy,
+    Topic,
+)
+from loomd.metrics import Family
+from loomd.router.engine import Engine, Job, QueueFull
+from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb
+from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
+from loomd.router.settings import LlmSettings
+
+__all__ = ["LlmComponent", "LlmStatus"]
+
+DECISIONS_NS = "llm.decisions"
+# How often a streaming turn checks that its requester still listens on reply_to.
+LISTENER_CHECK_S = 0.1
+
+
+@dataclass(frozen=True)
+class LlmStatus(StatusBlock):
+    model: str
+    loaded: bool
+    problem: str
+    tps: float
+    ttft_ms: float
+    confidence: float
+    queue: int
+    generations: int
+    cancelled: int
+    decisions: dict[str, int]
+
+    def lines(self) -> list[str]:
+        state = "loaded" if self.loaded else "not loaded"
+        out = [f"model {self.model or '-'} ({state})"]
+        if self.problem:
+            out.append(f"problem: {self.problem}")
+        out.append(
+            f"{self.tps:.1f} tok/s, first token {self.ttft_ms:.0f} ms, confidence "
+            f"{self.confidence:.2f}, {self.queue} queued, {self.generations} generations "
+            f"({self.cancelled} cancelled)"
+        )
+        out.append("routes: " + (", ".join(f"{k}={v}" for k, v in self.decisions.items()) or "-"))
+        return out
+
+
+class LlmComponent(Component[LlmSettings]):
+    name = "llm"
+    Settings = LlmSettings
+    requires = ("llama_cpp",)
+    extra = "llm"
+    summary = "local llama.cpp inference and the policy router (llm.chat)"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.engine: Engine | None = None
+        self.problem = ""  # why the local model is unusable, if it is
+        self.system: dict[str, Any] = {"cpu_temp_c": None, "cpu_pressure": 0.0, "mem_mb": 0.0}
+        self.routes: dict[str, int] = {}
+        self.inflight: dict[str, Job] = {}
+        self.bad_requests = 0
+        self._writes: set[asyncio.Future[None]] = set()
+        self._seq = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        ring = self.ctx.state.kv(DECISIONS_NS)
+        keys = ring.keys("r/")
+        self._seq = int(keys[-1][2:]) if keys else 0
+        self._refresh_system()
+        if s.model:
+            self.engine = Engine(
+                Path(s.model),
+                context=s.context,
+                threads=s.threads,
+                gpu_layers=s.gpu_layers,
+                queue_max=s.queue_max,
+            )
+            try:
+                self.engine.check_fit()
+                if s.load_at_start:
+                    await self.engine.load()
+            except LoomdError as exc:
+                self.problem = str(exc)
+                self.ctx.error("llm_model", f"llm: {exc}")
+            self.spawn(self.engine.serve, "engine", restart=True)
+            self.spawn(self._idle_unload, "idle-unload", restart=True)
+        else:
+            self.problem = "no model configured ([llm] model)"
+            self.log.warning("llm: %s; only the cloud can answer", self.problem)
+        chat = self.ctx.bus.subscribe(Topic.LLM_CHAT, "reliable")
+        stop = self.ctx.bus.subscribe(Topic.VOICE_STOP, "reliable")
+        await chat.ready()
+        await stop.ready()
+        self._subs = [chat, stop]
+        self.spawn(lambda: self._serve_chat(chat), "chat", restart=False)
+        self.spawn(lambda: self._serve_stop(stop), "voice-stop", restart=False)
+        self.spawn(self._watch_system, "facts", restart=True)
+
+    async def stop_intake(self) -> None:
+        for sub in getattr(self, "_subs", []):
+            await sub.close()
+
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    async def stop(self) -> None:
+        for job in self.inflight.values():
+            job.cancel.set()
+        if self.engine is not None:
+            await self.engine.close()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    # -- background --------------------------------------------------------------------------
+    async def _idle_unload(self) -> None:
+        assert self.engine is not None
+        while True:
+            await asyncio.sleep(max(0.05, min(self.settings.idle_unload_s / 4, 30.0)))
+            idle = time.monotonic() - self.engine.last_used
+            limit = self.settings.idle_unload_s
+            if limit and self.engine.loaded and not self.engine.depth() and idle >= limit:
+                self.log.info("llm: idle %.0f s, unloading the model", idle)
+                await self.engine.unload()
+
+    def _refresh_system(self) -> None:
+        self.system = {
+            "cpu_temp_c": cpu_temp_c(),
+            "cpu_pressure": cpu_pressure(),
+            "mem_mb": mem_available_mb(),
+        }
+
+    async def _watch_system(self) -> None:
+        # sysfs reads can take milliseconds on some boards: off the request path, in a thread
+        while True:
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(self._refresh_system)
+
+    async def _serve_stop(self, sub: Any) -> None:
+        async for _ev in sub:
+            for job in list(self.inflight.values()):
+                if job.priority == "voice":
+                    job.cancel.set()
+
+    async def _serve_chat(self, sub: Any) -> None:
+        async for ev in sub:
+            self.spawn(lambda ev=ev: self._turn(ev), f"turn-{ev.id.hex()[:8]}", restart=False)
+
+    # -- facts and decisions -----------------------------------------------------------------
+    def facts(self) -> Facts:
+        e = self.engine
+        c = self.settings.cloud
+        return Facts(
+            local_available=e is not None and not self.problem,
+            local_loaded=e is not None and e.loaded,
+            local_tps=e.tps.value if e else 0.0,
+            local_ttft_ms=e.ttft_ms.value if e else 0.0,
+            local_confidence=e.confidence.value if e else 0.0,
+            load_ms=e.load_ms if e else 0.0,
+            queue_depth=e.depth() if e else 0,
+            cloud_configured=False,
+            price_in_per_1k=c.price_in_per_1k,
+            price_out_per_1k=c.price_out_per_1k,
+            daily_cap=c.daily_cap,
+            monthly_cap=c.monthly_cap,
+            cpu_temp_c=self.system["cpu_temp_c"],
+            cpu_pressure=self.system["cpu_pressure"],
+            mem_available_mb=self.system["mem_mb"],
+        )
+
+    def _decide(self, req: ChatRequest) -> tuple[Decision, Resolved, Facts]:
+        policy = resolve(req.policy, self.settings.policy)
+        facts = self.facts()
+        return decide(req, policy, facts), policy, facts
+
+    async def _record(
+        self, did: str, req: ChatRequest, d: Decision, policy: Resolved, facts: Facts
+    ) -> None:
+        self.routes[d.route] = self.routes.get(d.route, 0) + 1
+        record = {
+            "id": did,
+            "at": time.time(),
+            "agent": req.agent,
+            "priority": req.priority,
+            "route": str(d.route),
+            "rule": d.rule,
+            "reason": d.reason,
+            "est_latency_ms": round(d.est_latency_ms, 1),
+            "est_cost": d.est_cost,
+            "confidence": round(d.confidence, 3),
+            "policy": vars(policy),
+            "facts": facts.to_dict(),
+        }
+        self.log.info(
+            "route %s: %s (rule %s: %s; est %.0f ms, cost %.4f, confidence %.2f, privacy %s)",
+            did, d.route, d.rule, d.reason, d.est_latency_ms, d.est_cost, d.confidence,
+            policy.privacy,
+        )  # fmt: skip
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        self._seq += 1
+        for fut in (kv.put_nowait(f"d/{did}", record), kv.put_nowait(f"r/{self._seq:012d}", did)):
+            self._writes.add(fut)
+            fut.add_done_callback(self._wrote)
+        self._trim(kv)
+        await self.ctx.bus.publish(Topic.ROUTE_DECISION, record, qos="realtime")
+
+    def _wrote(self, fut: asyncio.Future[None]) -> None:
+        self._writes.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.ctx.error("llm_ledger", f"llm: decision not stored: {fut.exception()}")
+
+    def _trim(self, kv: Any) -> None:
+        over = self._seq - self.settings.decisions_kept
+        if over <= 0 or over % 64:  # trim in batches: one scan per 64 decisions
+            return
+        for key in kv.keys("r/"):
+            if int(key[2:]) > over:
+                break
+            old = kv.get(key)
+            for k in (key, f"d/{old}"):
+                fut = asyncio.ensure_future(kv.delete(k))
+                fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+
+    # -- a chat turn -------------------------------------------------------------------------
+    async def _turn(self, ev: Event) -> None:
+        did = ev.id.hex()
+        try:
+            req = ChatRequest.from_payload(ev.payload)
+        except LoomdError as exc:
+            self.bad_requests += 1
+            self.ctx.error("llm_bad_request", f"llm: bad chat request from {ev.sender}: {exc}")
+            await self._done(ev, ChatDone(error=str(exc), decision_id=did))
+            return
+        decision, policy, facts = self._decide(req)
+        await self._record(did, req, decision, policy, facts)
+        if decision.route == Route.DENY:
+            await self._done(ev, ChatDone(route="deny", error=decision.reason, decision_id=did))
+            return
+        if decision.route in (Route.LOCAL, Route.HYBRID):
+            await self._local(ev, req, did, decision)
+            return
+        await self._done(ev, ChatDone(route=str(decision.route), error="no cloud client", decision_id=did))
+
+    async def _local(self, ev: Event, req: ChatRequest, did: str, d: Decision) -> None:
+        assert self.engine is not None
+        job = Job(
+            messages=[{"role": m.role, "content": m.content} for m in req.messages],
+            max_tokens=min(req.max_tokens, self.settings.max_tokens),
+            temperature=req.temperature,
+            json_schema=req.json_schema,
+            priority=req.priority,
+        )
+        try:
+            self.engine.submit(job)
+        except QueueFull as exc:
+            self.ctx.error("llm_queue_full", f"llm: {exc}")
+            await self._done(ev, ChatDone(route="local", error=str(exc), decision_id=did))
+            return
+        self.inflight[did] = job
+        watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
+        index = 0
+        try:
+            async for text in job.stream():
+                if req.stream and ev.reply_to and not job.cancel.is_set():
+                    await self.ctx.bus.reply(
+                        ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
+                    )
+                index += 1
+            r = job.result
+            if r.cancelled:  # the contract: text is empty when error is set
+                done = ChatDone("", "local", "final", did, r.tokens, "cancelled")
+            else:
+                done = ChatDone(r.text, "local", "final", did, r.tokens)
+        except LoomdError as exc:
+            done = ChatDone(route="local", error=str(exc), decision_id=did)
+        finally:
+            self.inflight.pop(did, None)
+            if watch is not None:
+                watch.cancel()
+        await self._done(ev, done)
+
+    async def _watch_listener(self, ev: Event, job: Job) -> None:
+        """Cancel the job once nobody listens on reply_to any more (the requester left).
+        A streaming requester subscribes before it publishes (loomd/messages.py)."""
+        broker = self.ctx.services.broker
+        topic = ev.reply_to
+        while broker is not None and topic and not job.cancel.is_set():
+            await asyncio.sleep(LISTENER_CHECK_S)
+            if not any(matches(s.pattern, topic) for s in broker.subscriptions()):
+                self.log.info("llm: requester of %s left; cancelling", ev.id.hex())
+                job.cancel.set()
+
+    async def _done(self, ev: Event, done: ChatDone) -> None:
+        if not ev.reply_to:
+            return
+        with contextlib.suppress(LoomdError):
+            await self.ctx.bus.reply(ev, done.to_payload(), type=EventType.LLM_DONE)
+
+    # -- the operator's view -----------------------------------------------------------------
+    def status(self) -> LlmStatus:
+        st = self.engine.stats() if self.engine else {}
+        return LlmStatus(
+            model=str(self.settings.model),
+            loaded=bool(st.get("loaded")),
+            problem=self.problem,
+            tps=float(st.get("tps", 0.0)),
+            ttft_ms=float(st.get("ttft_ms", 0.0)),
+            confidence=float(st.get("confidence", 0.0)),
+            queue=int(st.get("queue", 0)),
+            generations=int(st.get("generations", 0)),
+            cancelled=int(st.get("cancelled", 0)),
+            decisions=dict(self.routes),
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        st = self.engine.stats() if self.engine else {}
+        yield Family(
+            "loomd_llm_decisions_total",
+            "counter",
+            "Routing decisions by route.",
+            [({"route": r}, float(n)) for r, n in self.routes.items()],
+        )
+        yield Family(
+            "loomd_llm_tokens_per_second", "gauge", "Moving average of local decode speed.",
+            [({}, float(st.get("tps", 0.0)))],
+        )  # fmt: skip
+        yield Family(
+            "loomd_llm_generations_total", "counter", "Local generations run.",
+            [({}, float(st.get("generations", 0)))],
+        )  # fmt: skip
+        yield Family(
+            "loomd_llm_bad_requests_total", "counter", "Chat requests refused as malformed.",
+            [({}, float(self.bad_requests))],
+        )  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "explain": Command(self._explain, "the facts, policy and rule of a decision", ("id",)),
+            "test": Command(
+                self._test,
+                "dry run: the decision for a prompt (nothing is generated)",
+                ("prompt", "privacy", "max_tokens", "allow_cloud"),
+            ),
+            "recent": Command(self._recent, "the latest decisions", ("n",)),
+            "stats": Command(self._stats, "the local engine's measured figures"),
+            "load": Command(self._load, "load the model now"),
+            "unload": Command(self._unload, "unload the model now"),
+        }
+
+    async def _explain(self, id: Any) -> dict[str, Any]:
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        key = str(id)
+        record = kv.get(f"d/{key}")
+        if record is None:  # accept a unique prefix, as git does
+            hits = kv.keys(f"d/{key}")
+            if len(hits) == 1:
+                record = kv.get(hits[0])
+        if record is None:
+            raise LoomdError(f"no decision {key!r} in the last {self.settings.decisions_kept}")
+        return {"decision": record}
+
+    async def _test(
+        self,
+        prompt: Any,
+        privacy: Any = None,
+        max_tokens: Any = 256,
+        allow_cloud: Any = None,
+    ) -> dict[str, Any]:
+        req = ChatRequest(
+            (ChatMessage("user", str(prompt)),),
+            policy=Policy(privacy=privacy, allow_cloud=allow_cloud),
+            max_tokens=int(max_tokens),
+        )
+        d, policy, facts = self._decide(req)
+        return {
+            "route": str(d.route),
+            "rule": d.rule,
+            "reason": d.reason,
+            "est_latency_ms": round(d.est_latency_ms, 1),
+            "est_cost": d.est_cost,
+            "confidence": round(d.confidence, 3),
+            "policy": vars(policy),
+            "facts": facts.to_dict(),
+        }
+
+    async def _recent(self, n: Any = 10) -> dict[str, Any]:
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        ids = [kv.get(k) for k in kv.keys("r/")[-int(n) :]]
+        return {"decisions": [kv.get(f"d/{i}") for i in ids if i]}
+
+    async def _stats(self) -> dict[str, Any]:
+        return {"engine": self.engine.stats() if self.engine else {}, "problem": self.problem}
+
+    async def _load(self) -> dict[str, Any]:
+        if self.engine is None:
+            raise LoomdError("no model configured ([llm] model)")
+        await self.engine.load()
+        self.problem = ""
+        return {"load_ms": round(self.engine.load_ms, 1)}
+
+    async def _unload(self) -> dict[str, Any]:
+        if self.engine is not None:
+            await self.engine.unload()
+        return {}
+
+    cli = staticmethod(lambda cmds: _add_cli(cmds))
+
+
+def _add_cli(cmds: Any) -> None:
+    from loomd.router.cli import add_cli
+
+    add_cli(cmds)
+
