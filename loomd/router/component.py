@@ -372,7 +372,13 @@ class LlmComponent(Component[LlmSettings]):
             "unload": Command(self._unload, "unload the model now"),
         }
 
+    async def _settle(self) -> None:
+        # records are written without holding up the turn; a reader waits for them
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
     async def _explain(self, id: Any) -> dict[str, Any]:
+        await self._settle()
         kv = self.ctx.state.kv(DECISIONS_NS)
         key = str(id)
         record = kv.get(f"d/{key}")
@@ -409,6 +415,7 @@ class LlmComponent(Component[LlmSettings]):
         }
 
     async def _recent(self, n: Any = 10) -> dict[str, Any]:
+        await self._settle()
         kv = self.ctx.state.kv(DECISIONS_NS)
         ids = [kv.get(k) for k in kv.keys("r/")[-int(n) :]]
         return {"decisions": [kv.get(f"d/{i}") for i in ids if i]}

@@ -48,3 +48,204 @@ async def _chat_streams(llm_host: HostFactory, tiny: Path) -> None:
         assert done.tokens > 0
         assert sink.parts and "".join(sink.parts) == done.text
         assert len(done.decision_id) == 32
+
+
+async def _events(bus: Any, pattern: str) -> Any:
+    sub = bus.subscribe(pattern, "reliable")
+    await sub.ready()
+    return sub
+
+
+async def _open_turn(bus: Any, request: ChatRequest) -> tuple[Any, Any]:
+    """Publish a turn by hand (subscribe first); return (reply subscription, request event)."""
+    import os
+
+    thread = os.urandom(16)
+    reply_to = f"thread.{thread.hex()}.reply"
+    sub = await _events(bus, reply_to)
+    ev = await bus.publish(
+        Topic.LLM_CHAT, request.to_payload(), thread_id=thread, reply_to=reply_to
+    )
+    return sub, ev
+
+
+async def _until_done(sub: Any) -> tuple[int, ChatDone]:
+    chunks = 0
+    async for reply in sub:
+        if reply.type == EventType.LLM_CHUNK:
+            chunks += 1
+        else:
+            assert reply.type == EventType.LLM_DONE
+            return chunks, ChatDone.from_payload(reply.payload)
+    raise AssertionError("reply stream ended without a ChatDone")
+
+
+LONG = 1500  # tokens: far more than a cancelled turn may produce
+
+
+def test_voice_stop_cancels_within_a_token(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny, context=2048, max_tokens=4096) as host:
+            llm = llm_of(host)
+            bus = llm.ctx.bus
+            sub, _ = await _open_turn(bus, req(max_tokens=LONG, priority="voice"))
+            first = await sub.get(timeout=20)
+            assert first.type == EventType.LLM_CHUNK
+            await bus.publish(Topic.VOICE_STOP, {})
+            chunks, done = await _until_done(sub)
+            assert done.error == "cancelled" and done.text == ""
+            assert 0 < done.tokens < LONG
+            assert llm.engine is not None and llm.engine.counts["cancelled"] == 1
+            # the model is free: the next turn runs at once
+            done2 = await ask(bus, req(max_tokens=4), timeout=20)
+            assert done2.error == "" and done2.tokens > 0
+
+    run(body())
+
+
+def test_requester_that_leaves_cancels_its_turn(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny, context=2048, max_tokens=4096) as host:
+            llm = llm_of(host)
+            bus = llm.ctx.bus
+            sub, _ = await _open_turn(bus, req(max_tokens=LONG))
+            assert (await sub.get(timeout=20)).type == EventType.LLM_CHUNK
+            await sub.close()  # the requester goes away
+            done2 = await ask(bus, req(max_tokens=4), timeout=30)
+            assert done2.error == ""
+            assert llm.engine is not None
+            assert llm.engine.counts["cancelled"] == 1
+            assert llm.engine.counts["generations"] == 2
+
+    run(body())
+
+
+def test_voice_jumps_the_queue(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny, context=2048, max_tokens=4096) as host:
+            bus = llm_of(host).ctx.bus
+            busy, _ = await _open_turn(bus, req(max_tokens=LONG, priority="voice"))
+            assert (await busy.get(timeout=20)).type == EventType.LLM_CHUNK
+            # both wait behind the running turn; the voice one was asked last
+            bg, _ = await _open_turn(bus, req(max_tokens=4, priority="background"))
+            voice, _ = await _open_turn(bus, req(max_tokens=4, priority="voice"))
+            order: list[str] = []
+
+            async def finish(name: str, sub: Any) -> None:
+                await _until_done(sub)
+                order.append(name)
+
+            await bus.publish(Topic.VOICE_STOP, {})  # ends the running one (voice)
+            await asyncio.gather(finish("bg", bg), finish("voice", voice), finish("x", busy))
+            assert order.index("voice") < order.index("bg")
+
+    run(body())
+
+
+def test_full_queue_refuses_with_a_reason(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny, context=2048, max_tokens=4096, queue_max=1) as host:
+            bus = llm_of(host).ctx.bus
+            busy, _ = await _open_turn(bus, req(max_tokens=LONG, priority="voice"))
+            assert (await busy.get(timeout=20)).type == EventType.LLM_CHUNK
+            waiting, _ = await _open_turn(bus, req(max_tokens=4))
+            refused = await ask(bus, req(max_tokens=4), timeout=10)
+            assert "queue is full" in refused.error
+            await bus.publish(Topic.VOICE_STOP, {})
+            assert (await _until_done(waiting))[1].error == ""
+
+    run(body())
+
+
+def test_bad_request_gets_an_error_and_the_rest_runs(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny) as host:
+            bus = llm_of(host).ctx.bus
+            errors = await _events(bus, Topic.ERROR)
+            reply = await bus.request(Topic.LLM_CHAT, {"messages": []}, timeout=10)
+            done = ChatDone.from_payload(reply.payload)
+            assert "messages is empty" in done.error
+            err = await errors.get(timeout=5)
+            assert err.payload["code"] == "llm_bad_request"
+            assert llm_of(host).bad_requests == 1
+            ok = await ask(bus, req(max_tokens=4), timeout=20)
+            assert ok.error == ""
+
+    run(body())
+
+
+def test_private_request_without_usable_model_is_denied(
+    llm_host: HostFactory, tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"not a model at all" * 100)
+
+    async def body() -> None:
+        async with llm_host(model=corrupt) as host:
+            llm = llm_of(host)
+            assert "not a valid GGUF file" in llm.problem
+            done = await ask(llm.ctx.bus, req(policy=Policy(privacy="private")), timeout=10)
+            assert done.route == "deny"
+            assert "no local model" in done.error
+            explained = await llm.commands()["explain"].call([done.decision_id], {})
+            assert explained["decision"]["rule"] == "privacy-no-local"
+
+    run(body())
+
+
+def test_model_too_big_is_refused_with_a_clear_message(
+    llm_host: HostFactory, tiny: Path
+) -> None:
+    from .conftest import model_dir
+
+    smol = model_dir() / "llm" / "SmolLM2-135M-Instruct.gguf"
+    if not smol.exists():
+        import pytest
+
+        pytest.skip("SmolLM2 missing")
+
+    async def body() -> None:
+        # a million-token context needs ~23 GB of KV cache for this model's shape
+        async with llm_host(model=smol, context=1048576) as host:
+            llm = llm_of(host)
+            assert llm.engine is not None and not llm.engine.loaded
+            assert "needs about" in llm.problem and "MB available" in llm.problem
+
+    run(body())
+
+
+def test_idle_unload_and_reload_on_use(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny, idle_unload_s=0.2, load_at_start=False) as host:
+            llm = llm_of(host)
+            assert llm.engine is not None and not llm.engine.loaded
+            assert (await ask(llm.ctx.bus, req(max_tokens=4), timeout=20)).error == ""
+            assert llm.engine.counts["loads"] == 1
+            async with asyncio.timeout(10):
+                while llm.engine.loaded:
+                    await asyncio.sleep(0.05)
+            assert (await ask(llm.ctx.bus, req(max_tokens=4), timeout=20)).error == ""
+            assert llm.engine.counts["loads"] == 2
+
+    run(body())
+
+
+def test_decisions_are_published_stored_and_explained(
+    llm_host: HostFactory, tiny: Path
+) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny) as host:
+            llm = llm_of(host)
+            decisions = await _events(llm.ctx.bus, Topic.ROUTE_DECISION)
+            done = await ask(llm.ctx.bus, req(max_tokens=4), timeout=20)
+            ev = await decisions.get(timeout=5)
+            assert ev.payload["id"] == done.decision_id
+            assert ev.payload["route"] == "local" and ev.payload["rule"] == "no-cloud"
+            got = await llm.commands()["explain"].call([done.decision_id[:10]], {})
+            assert got["decision"]["facts"]["local_loaded"] is True
+            recent = await llm.commands()["recent"].call([5], {})
+            assert [d["id"] for d in recent["decisions"]] == [done.decision_id]
+            dry = await llm.commands()["test"].call(["hi", "local-only"], {})
+            assert dry["route"] == "local" and dry["rule"] == "privacy"
+
+    run(body())
