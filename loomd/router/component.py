@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -68,12 +69,19 @@ class LlmStatus(StatusBlock):
         return out
 
 
+def _add_cli(cmds: Any) -> None:
+    from loomd.router.cli import add_cli
+
+    add_cli(cmds)
+
+
 class LlmComponent(Component[LlmSettings]):
     name = "llm"
     Settings = LlmSettings
     requires = ("llama_cpp",)
     extra = "llm"
     summary = "local llama.cpp inference and the policy router (llm.chat)"
+    cli = staticmethod(_add_cli)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -169,7 +177,7 @@ class LlmComponent(Component[LlmSettings]):
 
     async def _serve_chat(self, sub: Any) -> None:
         async for ev in sub:
-            self.spawn(lambda ev=ev: self._turn(ev), f"turn-{ev.id.hex()[:8]}", restart=False)
+            self.spawn(functools.partial(self._turn, ev), f"turn-{ev.id.hex()[:8]}", restart=False)
 
     # -- facts and decisions -----------------------------------------------------------------
     def facts(self) -> Facts:
@@ -264,7 +272,9 @@ class LlmComponent(Component[LlmSettings]):
         if decision.route in (Route.LOCAL, Route.HYBRID):
             await self._local(ev, req, did, decision)
             return
-        await self._done(ev, ChatDone(route=str(decision.route), error="no cloud client", decision_id=did))
+        await self._done(
+            ev, ChatDone(route=str(decision.route), error="no cloud client", decision_id=did)
+        )
 
     async def _local(self, ev: Event, req: ChatRequest, did: str, d: Decision) -> None:
         assert self.engine is not None
@@ -434,12 +444,3 @@ class LlmComponent(Component[LlmSettings]):
         if self.engine is not None:
             await self.engine.unload()
         return {}
-
-    cli = staticmethod(lambda cmds: _add_cli(cmds))
-
-
-def _add_cli(cmds: Any) -> None:
-    from loomd.router.cli import add_cli
-
-    add_cli(cmds)
-

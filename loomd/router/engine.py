@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loomd.errors import LoomdError
-from loomd.router.facts import Ema, cpu_pressure, fit_problem, mem_available_mb
+from loomd.router.facts import Ema, fit_problem, mem_available_mb
 
 __all__ = ["Engine", "GenResult", "Job", "QueueFull", "ThreadChooser"]
 
@@ -142,6 +142,8 @@ class Engine:
         self.last_used = time.monotonic()
         self.counts = {"generations": 0, "cancelled": 0, "errors": 0, "refused": 0, "loads": 0}
         self.gpu = False
+        self.unloaded = asyncio.Event()  # set while no model is in memory
+        self.unloaded.set()
 
     # -- model lifecycle ---------------------------------------------------------------------
     @property
@@ -159,6 +161,7 @@ class Engine:
             if self._llm is not None:
                 return
             await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
+            self.unloaded.clear()
 
     def _load(self) -> None:
         self.check_fit()
@@ -192,6 +195,7 @@ class Engine:
         async with self._load_lock:
             if self._llm is not None:
                 await asyncio.get_running_loop().run_in_executor(self._pool, self._unload)
+                self.unloaded.set()
 
     def _unload(self) -> None:
         llm, self._llm = self._llm, None
@@ -313,8 +317,6 @@ class Engine:
                     first = time.perf_counter()
                 pieces.append(text)
                 loop.call_soon_threadsafe(job.out.put_nowait, ("token", text))
-            else:
-                pass
         except ValueError as exc:  # llama-cpp-python's "Requested tokens exceed context"
             raise LoomdError(f"prompt does not fit the model: {exc}") from None
         end = time.perf_counter()

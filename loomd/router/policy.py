@@ -122,8 +122,7 @@ def cloud_latency_ms(request: ChatRequest, facts: Facts) -> float:
 
 def cloud_cost(request: ChatRequest, facts: Facts) -> float:
     return (
-        prompt_tokens(request) * facts.price_in_per_1k
-        + request.max_tokens * facts.price_out_per_1k
+        prompt_tokens(request) * facts.price_in_per_1k + request.max_tokens * facts.price_out_per_1k
     ) / 1000.0
 
 
@@ -154,7 +153,9 @@ def decide(request: ChatRequest, policy: Resolved, facts: Facts) -> Decision:
         return deny("cloud-unusable", f"{cloud_why} and no local model")
     cloud_ms = cloud_latency_ms(request, facts)
     if not facts.local_available:
-        return Decision(Route.CLOUD, "no local model", cloud_ms, cost, facts.cloud_quality, "no-local")
+        return Decision(
+            Route.CLOUD, "no local model", cloud_ms, cost, facts.cloud_quality, "no-local"
+        )
     if conf < policy.quality_threshold:
         if local_ms <= policy.latency_budget_ms:
             return Decision(
@@ -176,11 +177,7 @@ def decide(request: ChatRequest, policy: Resolved, facts: Facts) -> Decision:
         )
     # Only public requests go out to save time; sensitive ones go out only when the local
     # model cannot serve them (above) or its answer falls short of the quality threshold.
-    if (
-        policy.privacy == "public"
-        and local_ms > policy.latency_budget_ms
-        and cloud_ms < local_ms
-    ):
+    if policy.privacy == "public" and local_ms > policy.latency_budget_ms and cloud_ms < local_ms:
         return Decision(
             Route.CLOUD,
             f"local est {local_ms:.0f} ms > budget {policy.latency_budget_ms} ms, "

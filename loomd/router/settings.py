@@ -56,5 +56,5 @@ class LlmSettings(Section):
     queue_max: int = option(16, min=1, max=10000, reload=True)
     max_tokens: int = option(512, min=1, max=1048576, reload=True)
     decisions_kept: int = option(1000, min=1, max=1000000, reload=True)
-    policy: PolicySettings = option(factory=PolicySettings)
-    cloud: CloudSettings = option(factory=CloudSettings)
+    policy: PolicySettings = option(factory=PolicySettings)  # noqa: RUF009
+    cloud: CloudSettings = option(factory=CloudSettings)  # noqa: RUF009

@@ -92,7 +92,7 @@ def test_voice_stop_cancels_within_a_token(llm_host: HostFactory, tiny: Path) ->
             first = await sub.get(timeout=20)
             assert first.type == EventType.LLM_CHUNK
             await bus.publish(Topic.VOICE_STOP, {})
-            chunks, done = await _until_done(sub)
+            _, done = await _until_done(sub)
             assert done.error == "cancelled" and done.text == ""
             assert 0 < done.tokens < LONG
             assert llm.engine is not None and llm.engine.counts["cancelled"] == 1
@@ -193,9 +193,7 @@ def test_private_request_without_usable_model_is_denied(
     run(body())
 
 
-def test_model_too_big_is_refused_with_a_clear_message(
-    llm_host: HostFactory, tiny: Path
-) -> None:
+def test_model_too_big_is_refused_with_a_clear_message(llm_host: HostFactory, tiny: Path) -> None:
     from .conftest import model_dir
 
     smol = model_dir() / "llm" / "SmolLM2-135M-Instruct.gguf"
@@ -222,17 +220,14 @@ def test_idle_unload_and_reload_on_use(llm_host: HostFactory, tiny: Path) -> Non
             assert (await ask(llm.ctx.bus, req(max_tokens=4), timeout=20)).error == ""
             assert llm.engine.counts["loads"] == 1
             async with asyncio.timeout(10):
-                while llm.engine.loaded:
-                    await asyncio.sleep(0.05)
+                await llm.engine.unloaded.wait()
             assert (await ask(llm.ctx.bus, req(max_tokens=4), timeout=20)).error == ""
             assert llm.engine.counts["loads"] == 2
 
     run(body())
 
 
-def test_decisions_are_published_stored_and_explained(
-    llm_host: HostFactory, tiny: Path
-) -> None:
+def test_decisions_are_published_stored_and_explained(llm_host: HostFactory, tiny: Path) -> None:
     async def body() -> None:
         async with llm_host(model=tiny) as host:
             llm = llm_of(host)

@@ -59,9 +59,7 @@ def _loomctl(proc: LoomdProcess, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_daemon_answers_loomctl_ask_and_explains(tmp_path: Path, smol: Path) -> None:
-    proc = LoomdProcess(
-        tmp_path, f'[llm]\nenabled = true\nmodel = "{smol}"\nthreads = 1\n'
-    )
+    proc = LoomdProcess(tmp_path, f'[llm]\nenabled = true\nmodel = "{smol}"\nthreads = 1\n')
     try:
         proc.start(timeout=60)
         r = _loomctl(proc, "ask", "--max-tokens", "24", "Say hello.")

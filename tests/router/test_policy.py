@@ -90,7 +90,9 @@ def test_public_goes_to_cloud_when_local_misses_the_budget() -> None:
     facts = cloud_ok(local_tps=2.0)
     d = decide(REQ, pol(privacy="public", allow_cloud=True, latency_budget_ms=3000), facts)
     assert d.route == Route.CLOUD and d.rule == "latency"
-    sensitive = decide(REQ, pol(privacy="sensitive", allow_cloud=True, latency_budget_ms=3000), facts)
+    sensitive = decide(
+        REQ, pol(privacy="sensitive", allow_cloud=True, latency_budget_ms=3000), facts
+    )
     assert sensitive.route == Route.LOCAL
 
 
