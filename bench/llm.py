@@ -1,0 +1,265 @@
+"""The router against raw llama-cpp-python: same model, threads and prompts, one run.
+
+    .venv/bin/python bench/llm.py [--quick] [--model PATH] [--threads N]
+
+Measures, in this order: raw llama-cpp-python in a child process (TTFT, decode tokens/s,
+RSS with the model loaded); the real daemon with `[llm]` enabled, asked over its socket
+through the SDK (`llm.chat`, tokens streamed on the reply thread); the event loop's lag
+while a generation runs (a 5 ms ticker in a Host in this process); the cost of
+`decide()`. Prints a table with ratios and ends with ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = (
+    Path(os.environ.get("LOOMD_TEST_MODELS", "/root/.cache/loomd-test-models"))
+    / "llm"
+    / "SmolLM2-135M-Instruct.gguf"
+)
+PROMPTS = [
+    "Write two sentences about the sea.",
+    "Describe a red bicycle in two sentences.",
+    "Write two sentences about a mountain village.",
+    "Describe a rainy morning in two sentences.",
+    "Write two sentences about a lighthouse.",
+    "Describe an old library in two sentences.",
+]
+MAX_TOKENS = 64
+
+
+def rss_mb(pid: int | None = None) -> float:
+    status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+# -- raw -------------------------------------------------------------------------------------
+def raw_child(model: str, threads: int, n: int) -> None:
+    """Runs in a child process so its RSS is the raw library's alone."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model, n_ctx=2048, n_threads=threads, verbose=False)
+    runs = []
+    for prompt in PROMPTS[:n]:
+        began = time.perf_counter()
+        first = end = 0.0
+        tokens = 0
+        for chunk in llm.create_chat_completion(
+            [{"role": "user", "content": prompt}],
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            stream=True,
+        ):
+            if chunk["choices"][0]["delta"].get("content"):
+                tokens += 1
+                if tokens == 1:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        runs.append(
+            {"ttft_ms": (first - began) * 1000, "tps": (tokens - 1) / (end - first), "n": tokens}
+        )
+    print(json.dumps({"runs": runs, "rss_mb": rss_mb()}))
+
+
+def run_raw(model: Path, threads: int, n: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--raw-child", str(model), str(threads), str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# -- the daemon over the bus -----------------------------------------------------------------
+def config(root: Path, model: Path, threads: int) -> Path:
+    cfg = root / "loomd.toml"
+    cfg.write_text(
+        f'[paths]\nruntime_dir = "{root}/run"\nstate_dir = "{root}/state"\n'
+        f'cache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
+        f'[llm]\nenabled = true\nmodel = "{model}"\nthreads = {threads}\n'
+    )
+    return cfg
+
+
+async def timed_turns(bus: Any, n: int, priority: str = "interactive") -> list[dict[str, float]]:
+    from loomd.messages import ChatMessage, ChatRequest, EventType, Topic
+
+    runs = []
+    for prompt in PROMPTS[:n]:
+        thread = os.urandom(16)
+        reply_to = f"thread.{thread.hex()}.reply"
+        req = ChatRequest(
+            (ChatMessage("user", prompt),),
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            priority=priority,
+        )
+        async with bus.subscribe(reply_to, "reliable") as sub:
+            await sub.ready()
+            began = time.perf_counter()
+            await bus.publish(Topic.LLM_CHAT, req.to_payload(), thread_id=thread, reply_to=reply_to)
+            tokens, first = 0, 0.0
+            async for ev in sub:
+                if ev.type == EventType.LLM_CHUNK:
+                    tokens += 1
+                    if tokens == 1:
+                        first = time.perf_counter()
+                elif ev.type == EventType.LLM_DONE:
+                    end = time.perf_counter()
+                    break
+        runs.append(
+            {"ttft_ms": (first - began) * 1000, "tps": (tokens - 1) / (end - first), "n": tokens}
+        )
+    return runs
+
+
+async def loaded(bus: Any) -> bool:
+    from loomd.errors import RemoteError
+
+    try:  # the socket is up before the llm component has started
+        return bool((await bus.call("llm.stats"))["engine"].get("loaded"))
+    except RemoteError:
+        return False
+
+
+async def run_daemon(model: Path, threads: int, n: int) -> dict[str, Any]:
+    from loomd.sdk import Client
+
+    with tempfile.TemporaryDirectory(prefix="lb", dir="/tmp") as tmp:
+        root = Path(tmp)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loomd.daemon", "--config", str(config(root, model, threads))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            sock = root / "run" / "bus.sock"
+            async with asyncio.timeout(60):
+                while not sock.exists():
+                    await asyncio.sleep(0.05)
+            async with Client(f"ipc://{sock}", name="bench", timeout=30) as bus:
+                async with asyncio.timeout(60):
+                    while not await loaded(bus):
+                        await asyncio.sleep(0.1)
+                runs = await timed_turns(bus, n)
+            return {"runs": runs, "rss_mb": rss_mb(proc.pid)}
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+
+# -- loop lag, in process --------------------------------------------------------------------
+async def loop_lag_during_generation(model: Path, threads: int, n: int) -> list[float]:
+    from loomd.config import load_config
+    from loomd.host import Host
+
+    with tempfile.TemporaryDirectory(prefix="lb", dir="/tmp") as tmp:
+        root = Path(tmp)
+        async with Host(
+            load_config(config(root, model, threads)), names=["state", "bus", "llm"]
+        ) as host:
+            llm: Any = host.get("llm")
+            lags: list[float] = []
+            done = asyncio.Event()
+
+            async def ticker() -> None:
+                loop = asyncio.get_running_loop()
+                while not done.is_set():
+                    t = loop.time()
+                    await asyncio.sleep(0.005)
+                    lags.append(max(0.0, (loop.time() - t - 0.005) * 1000))
+
+            tick = asyncio.create_task(ticker())
+            await timed_turns(llm.ctx.bus, n)
+            done.set()
+            await tick
+            return lags
+
+
+def decide_cost_us() -> float:
+    from loomd.messages import ChatMessage, ChatRequest, Policy
+    from loomd.router.policy import Facts, decide, resolve
+    from loomd.router.settings import PolicySettings
+
+    req = ChatRequest((ChatMessage("user", "turn on the lights please"),), max_tokens=64)
+    pol = resolve(Policy(privacy="public", allow_cloud=True), PolicySettings())
+    facts = Facts(local_available=True, local_tps=50, cloud_configured=True, cloud_state="closed")
+    n = 20000
+    t = time.perf_counter()
+    for _ in range(n):
+        decide(req, pol, facts)
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def med(runs: list[dict[str, float]], key: str) -> float:
+    # the first run warms caches (and the prompt cache); it is left out of the medians
+    return statistics.median(r[key] for r in (runs[1:] or runs))
+
+
+def p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--raw-child", nargs=3)
+    a = ap.parse_args()
+    if a.raw_child:
+        raw_child(a.raw_child[0], int(a.raw_child[1]), int(a.raw_child[2]))
+        return
+    n = 3 if a.quick else len(PROMPTS)
+    raw = run_raw(a.model, a.threads, n)
+    bus = asyncio.run(run_daemon(a.model, a.threads, n))
+    lags = asyncio.run(loop_lag_during_generation(a.model, a.threads, n))
+    dus = decide_cost_us()
+    res = {
+        "model": a.model.name,
+        "threads": a.threads,
+        "runs": n,
+        "raw_tps": round(med(raw["runs"], "tps"), 1),
+        "loomd_bus_tps": round(med(bus["runs"], "tps"), 1),
+        "loomd_http_tps": None,  # the HTTP endpoint is not built yet
+        "raw_ttft_ms": round(med(raw["runs"], "ttft_ms"), 1),
+        "loomd_ttft_ms": round(med(bus["runs"], "ttft_ms"), 1),
+        "loop_lag_p99_ms_during_gen": round(p99(lags), 2),
+        "decide_us": round(dus, 2),
+        "rss_model_mb": round(bus["rss_mb"], 1),
+        "raw_rss_model_mb": round(raw["rss_mb"], 1),
+        "bench_peak_rss_mb": round(rss_mb(), 1),
+    }
+    rows = [
+        ("decode tok/s", res["raw_tps"], res["loomd_bus_tps"]),
+        ("TTFT ms", res["raw_ttft_ms"], res["loomd_ttft_ms"]),
+        ("RSS MB (model loaded)", res["raw_rss_model_mb"], res["rss_model_mb"]),
+    ]
+    print(f"{'':24}{'raw':>10}{'loomd bus':>12}{'ratio':>8}")
+    for name, r, l in rows:
+        print(f"{name:24}{r:>10.1f}{l:>12.1f}{l / r if r else 0:>8.2f}")
+    print(f"TTFT overhead: {res['loomd_ttft_ms'] - res['raw_ttft_ms']:+.1f} ms; "
+          f"loop lag p99 during generation: {res['loop_lag_p99_ms_during_gen']} ms "
+          f"({len(lags)} ticks); decide(): {res['decide_us']} us")  # fmt: skip
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
