@@ -30,6 +30,7 @@ from loomd.messages import (
     Topic,
 )
 from loomd.metrics import Family
+from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, read_key
 from loomd.router.engine import Engine, Job, QueueFull
 from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
@@ -86,6 +87,7 @@ class LlmComponent(Component[LlmSettings]):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.engine: Engine | None = None
+        self.cloud: CloudClient | None = None
         self.problem = ""  # why the local model is unusable, if it is
         self.system: dict[str, Any] = {"cpu_temp_c": None, "cpu_pressure": 0.0, "mem_mb": 0.0}
         self.routes: dict[str, int] = {}
@@ -121,6 +123,15 @@ class LlmComponent(Component[LlmSettings]):
         else:
             self.problem = "no model configured ([llm] model)"
             self.log.warning("llm: %s; only the cloud can answer", self.problem)
+        if s.cloud.base_url and s.cloud.model:
+            key = read_key(s.cloud)
+            if not key:
+                self.log.warning(
+                    "llm: no cloud key in $CREDENTIALS_DIRECTORY/%s or $%s; sending none",
+                    s.cloud.key_name, s.cloud.key_env,
+                )  # fmt: skip
+            self.cloud = CloudClient(s.cloud, Ledger(self.ctx.state.kv("llm.spend")), key)
+            await self.cloud.open()
         chat = self.ctx.bus.subscribe(Topic.LLM_CHAT, "reliable")
         stop = self.ctx.bus.subscribe(Topic.VOICE_STOP, "reliable")
         await chat.ready()
@@ -142,6 +153,8 @@ class LlmComponent(Component[LlmSettings]):
             job.cancel.set()
         if self.engine is not None:
             await self.engine.close()
+        if self.cloud is not None:
+            await self.cloud.close()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
@@ -191,7 +204,10 @@ class LlmComponent(Component[LlmSettings]):
             local_confidence=e.confidence.value if e else 0.0,
             load_ms=e.load_ms if e else 0.0,
             queue_depth=e.depth() if e else 0,
-            cloud_configured=False,
+            cloud_configured=self.cloud is not None,
+            cloud_state=self.cloud.breaker.state if self.cloud else "none",
+            spend_today=self.cloud.ledger.today() if self.cloud else 0.0,
+            spend_month=self.cloud.ledger.month() if self.cloud else 0.0,
             price_in_per_1k=c.price_in_per_1k,
             price_out_per_1k=c.price_out_per_1k,
             daily_cap=c.daily_cap,
@@ -269,15 +285,63 @@ class LlmComponent(Component[LlmSettings]):
         if decision.route == Route.DENY:
             await self._done(ev, ChatDone(route="deny", error=decision.reason, decision_id=did))
             return
-        if decision.route in (Route.LOCAL, Route.HYBRID):
-            await self._local(ev, req, did, decision)
-            return
-        await self._done(
-            ev, ChatDone(route=str(decision.route), error="no cloud client", decision_id=did)
-        )
+        if decision.route == Route.LOCAL:
+            await self._done(ev, await self._local(ev, req, did))
+        elif decision.route == Route.CLOUD:
+            await self._done(ev, await self._cloud(ev, req, did, policy, fallback=True))
+        else:  # hybrid: a local answer now, the cloud's refinement after, on one thread
+            quick = await self._local(ev, req, did, phase="quick")
+            await self._done(ev, quick)
+            if quick.error != "cancelled":
+                await self._done(ev, await self._cloud(ev, req, did, policy, phase="refine"))
 
-    async def _local(self, ev: Event, req: ChatRequest, did: str, d: Decision) -> None:
-        assert self.engine is not None
+    async def _cloud(
+        self,
+        ev: Event,
+        req: ChatRequest,
+        did: str,
+        policy: Resolved,
+        *,
+        phase: str = "final",
+        fallback: bool = False,
+    ) -> ChatDone:
+        if self.cloud is None:
+            return ChatDone(
+                route="cloud", phase=phase, error="no cloud configured", decision_id=did
+            )
+        index = 0
+
+        async def send(text: str) -> None:
+            nonlocal index
+            if req.stream and ev.reply_to:
+                await self.ctx.bus.reply(
+                    ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
+                )
+            index += 1
+
+        try:
+            r = await self.cloud.chat(
+                [{"role": m.role, "content": m.content} for m in req.messages],
+                policy,
+                max_tokens=min(req.max_tokens, self.settings.max_tokens),
+                temperature=req.temperature,
+                json_schema=req.json_schema,
+                on_token=send,
+            )
+        except CloudRefused as exc:
+            self.ctx.error("llm_cloud_refused", f"llm: {exc}")
+            return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
+        except CloudError as exc:
+            self.ctx.error("llm_cloud", f"llm: {exc}", kind=exc.kind)
+            if fallback and index == 0 and self.engine is not None and not self.problem:
+                self.log.warning("llm: %s; answering locally instead", exc)
+                return await self._local(ev, req, did)
+            return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
+        return ChatDone(r.text, "cloud", phase, did, r.completion_tokens)
+
+    async def _local(self, ev: Event, req: ChatRequest, did: str, phase: str = "final") -> ChatDone:
+        if self.engine is None:
+            return ChatDone(route="local", phase=phase, error="no local model", decision_id=did)
         job = Job(
             messages=[{"role": m.role, "content": m.content} for m in req.messages],
             max_tokens=min(req.max_tokens, self.settings.max_tokens),
@@ -289,8 +353,7 @@ class LlmComponent(Component[LlmSettings]):
             self.engine.submit(job)
         except QueueFull as exc:
             self.ctx.error("llm_queue_full", f"llm: {exc}")
-            await self._done(ev, ChatDone(route="local", error=str(exc), decision_id=did))
-            return
+            return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         self.inflight[did] = job
         watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
         index = 0
@@ -303,16 +366,14 @@ class LlmComponent(Component[LlmSettings]):
                 index += 1
             r = job.result
             if r.cancelled:  # the contract: text is empty when error is set
-                done = ChatDone("", "local", "final", did, r.tokens, "cancelled")
-            else:
-                done = ChatDone(r.text, "local", "final", did, r.tokens)
+                return ChatDone("", "local", phase, did, r.tokens, "cancelled")
+            return ChatDone(r.text, "local", phase, did, r.tokens)
         except LoomdError as exc:
-            done = ChatDone(route="local", error=str(exc), decision_id=did)
+            return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         finally:
             self.inflight.pop(did, None)
             if watch is not None:
                 watch.cancel()
-        await self._done(ev, done)
 
     async def _watch_listener(self, ev: Event, job: Job) -> None:
         """Cancel the job once nobody listens on reply_to any more (the requester left).

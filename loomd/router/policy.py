@@ -107,7 +107,7 @@ def local_latency_ms(request: ChatRequest, facts: Facts) -> float:
     tps = facts.local_tps or 20.0  # before the first measurement: a slow board's figure
     ttft = facts.local_ttft_ms or 500.0
     # CPU pressure is the share of time runnable tasks waited: decode slows by about that.
-    tps *= max(0.1, 1.0 - facts.cpu_pressure / 100.0)
+    tps = max(tps * max(0.1, 1.0 - facts.cpu_pressure / 100.0), 0.01)
     one = ttft + request.max_tokens * 1000.0 / tps
     if facts.cpu_temp_c is not None and facts.cpu_temp_c >= HOT_C:
         one *= 2.0
@@ -157,6 +157,10 @@ def decide(request: ChatRequest, policy: Resolved, facts: Facts) -> Decision:
             Route.CLOUD, "no local model", cloud_ms, cost, facts.cloud_quality, "no-local"
         )
     if conf < policy.quality_threshold:
+        if local_ms <= policy.latency_budget_ms and request.priority == "voice":
+            # a spoken turn takes one answer (one ChatDone): the quick one
+            return local("quality-voice", f"local confidence {conf:.2f} is low, but voice "
+                         "takes the quick answer")  # fmt: skip
         if local_ms <= policy.latency_budget_ms:
             return Decision(
                 Route.HYBRID,

@@ -37,6 +37,9 @@ class CloudSettings(Section):
     retries: int = option(2, min=0, max=10, reload=True)
     breaker_failures: int = option(3, min=1, max=100, reload=True)
     breaker_open_s: float = option(60.0, min=1.0, max=86400.0, reload=True)
+    # How a JSON schema is asked for: OpenAI's "json_schema", or "json_object" with a
+    # schema (llama.cpp's server, which answers 500 to the other form).
+    schema_style: str = option("json_schema", choices=("json_schema", "json_object"))
     daily_cap: float = option(1.0, min=0.0, max=100000.0, reload=True)
     monthly_cap: float = option(10.0, min=0.0, max=1000000.0, reload=True)
 
