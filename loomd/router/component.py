@@ -88,6 +88,7 @@ class LlmComponent(Component[LlmSettings]):
         super().__init__(ctx)
         self.engine: Engine | None = None
         self.cloud: CloudClient | None = None
+        self.http: Any = None
         self.problem = ""  # why the local model is unusable, if it is
         self.system: dict[str, Any] = {"cpu_temp_c": None, "cpu_pressure": 0.0, "mem_mb": 0.0}
         self.routes: dict[str, int] = {}
@@ -140,8 +141,16 @@ class LlmComponent(Component[LlmSettings]):
         self.spawn(lambda: self._serve_chat(chat), "chat", restart=False)
         self.spawn(lambda: self._serve_stop(stop), "voice-stop", restart=False)
         self.spawn(self._watch_system, "facts", restart=True)
+        if s.http_port:
+            from loomd.router.http import HttpEndpoint
+
+            name = Path(s.model).stem if s.model else s.cloud.model
+            self.http = HttpEndpoint(self.ctx.bus, s.http_bind, s.http_port, name)
+            await self.http.start()
 
     async def stop_intake(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         for sub in getattr(self, "_subs", []):
             await sub.close()
 
@@ -149,6 +158,8 @@ class LlmComponent(Component[LlmSettings]):
         return len(self.inflight)
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         for job in self.inflight.values():
             job.cancel.set()
         if self.engine is not None:

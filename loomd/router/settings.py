@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,6 +11,14 @@ from loomd.config import Section, option
 __all__ = ["PRIVACY", "CloudSettings", "LlmSettings", "PolicySettings"]
 
 PRIVACY = ("public", "sensitive", "private", "local-only")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class LlmSettings(Section):
     idle_unload_s: float = option(600.0, min=0.0, max=604800.0, reload=True)
     queue_max: int = option(16, min=1, max=10000, reload=True)
     max_tokens: int = option(512, min=1, max=1048576, reload=True)
+    # OpenAI-compatible endpoint at http://<http_bind>:<http_port>/v1; 0 = off.
+    http_port: int = option(0, min=0, max=65535)
+    http_bind: str = option("127.0.0.1", valid=_is_ip, expected='an IP address like "127.0.0.1"')
     decisions_kept: int = option(1000, min=1, max=1000000, reload=True)
     policy: PolicySettings = option(factory=PolicySettings)  # noqa: RUF009
     cloud: CloudSettings = option(factory=CloudSettings)  # noqa: RUF009
