@@ -87,14 +87,57 @@ def run_raw(model: Path, threads: int, n: int) -> dict[str, Any]:
 
 
 # -- the daemon over the bus -----------------------------------------------------------------
-def config(root: Path, model: Path, threads: int) -> Path:
+def config(root: Path, model: Path, threads: int, http_port: int = 0) -> Path:
     cfg = root / "loomd.toml"
     cfg.write_text(
         f'[paths]\nruntime_dir = "{root}/run"\nstate_dir = "{root}/state"\n'
         f'cache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
         f'[llm]\nenabled = true\nmodel = "{model}"\nthreads = {threads}\n'
+        f"http_port = {http_port}\n"
     )
     return cfg
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http_turns(port: int, n: int) -> list[dict[str, float]]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    runs = []
+    try:
+        for prompt in PROMPTS[:n]:
+            began = time.perf_counter()
+            tokens, first = 0, 0.0
+            stream = await client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=MAX_TOKENS,
+                temperature=0.0,
+                stream=True,
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    tokens += 1
+                    if tokens == 1:
+                        first = time.perf_counter()
+            end = time.perf_counter()
+            runs.append(
+                {
+                    "ttft_ms": (first - began) * 1000,
+                    "tps": (tokens - 1) / (end - first),
+                    "n": tokens,
+                }
+            )
+    finally:
+        await client.close()
+    return runs
 
 
 async def timed_turns(bus: Any, n: int, priority: str = "interactive") -> list[dict[str, float]]:
@@ -143,29 +186,35 @@ async def run_daemon(model: Path, threads: int, n: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lb", dir="/tmp") as tmp:
         root = Path(tmp)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "loomd.daemon", "--config", str(config(root, model, threads))],
+        port = free_port()
+        cfg = config(root, model, threads, port)
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
+            [sys.executable, "-m", "loomd.daemon", "--config", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
             sock = root / "run" / "bus.sock"
             async with asyncio.timeout(60):
-                while not sock.exists():
+                while not sock.exists():  # noqa: ASYNC110 - a file appears; no event
                     await asyncio.sleep(0.05)
             async with Client(f"ipc://{sock}", name="bench", timeout=30) as bus:
                 async with asyncio.timeout(60):
-                    while not await loaded(bus):
+                    while not await loaded(bus):  # noqa: ASYNC110 - polls the daemon
                         await asyncio.sleep(0.1)
                 runs = await timed_turns(bus, n)
-            return {"runs": runs, "rss_mb": rss_mb(proc.pid)}
+                http = await http_turns(port, n)
+                engine = (await bus.call("llm.stats"))["engine"]
+            return {"runs": runs, "http": http, "rss_mb": rss_mb(proc.pid), "engine": engine}
         finally:
             proc.terminate()
             proc.wait(20)
 
 
 # -- loop lag, in process --------------------------------------------------------------------
-async def loop_lag_during_generation(model: Path, threads: int, n: int) -> list[float]:
+async def loop_lag_during_generation(
+    model: Path, threads: int, n: int
+) -> tuple[list[float], list[float]]:
     from loomd.config import load_config
     from loomd.host import Host
 
@@ -186,10 +235,13 @@ async def loop_lag_during_generation(model: Path, threads: int, n: int) -> list[
                     lags.append(max(0.0, (loop.time() - t - 0.005) * 1000))
 
             tick = asyncio.create_task(ticker())
+            await asyncio.sleep(1.0)  # the same ticker with nothing generating: the baseline
+            idle = list(lags)
+            lags.clear()
             await timed_turns(llm.ctx.bus, n)
             done.set()
             await tick
-            return lags
+            return idle, lags
 
 
 def decide_cost_us() -> float:
@@ -205,6 +257,12 @@ def decide_cost_us() -> float:
     for _ in range(n):
         decide(req, pol, facts)
     return (time.perf_counter() - t) / n * 1e6
+
+
+def cpu_pressure_now() -> float:
+    from loomd.router.facts import cpu_pressure
+
+    return cpu_pressure()
 
 
 def med(runs: list[dict[str, float]], key: str) -> float:
@@ -230,7 +288,7 @@ def main() -> None:
     n = 3 if a.quick else len(PROMPTS)
     raw = run_raw(a.model, a.threads, n)
     bus = asyncio.run(run_daemon(a.model, a.threads, n))
-    lags = asyncio.run(loop_lag_during_generation(a.model, a.threads, n))
+    idle, lags = asyncio.run(loop_lag_during_generation(a.model, a.threads, n))
     dus = decide_cost_us()
     res = {
         "model": a.model.name,
@@ -238,26 +296,35 @@ def main() -> None:
         "runs": n,
         "raw_tps": round(med(raw["runs"], "tps"), 1),
         "loomd_bus_tps": round(med(bus["runs"], "tps"), 1),
-        "loomd_http_tps": None,  # the HTTP endpoint is not built yet
+        "loomd_http_tps": round(med(bus["http"], "tps"), 1),
+        "loomd_http_ttft_ms": round(med(bus["http"], "ttft_ms"), 1),
+        "engine_ttft_ms_ema": bus["engine"]["ttft_ms"],
         "raw_ttft_ms": round(med(raw["runs"], "ttft_ms"), 1),
         "loomd_ttft_ms": round(med(bus["runs"], "ttft_ms"), 1),
         "loop_lag_p99_ms_during_gen": round(p99(lags), 2),
+        "loop_lag_p99_ms_idle": round(p99(idle), 2),
+        "cpu_pressure_avg10": cpu_pressure_now(),
         "decide_us": round(dus, 2),
         "rss_model_mb": round(bus["rss_mb"], 1),
         "raw_rss_model_mb": round(raw["rss_mb"], 1),
         "bench_peak_rss_mb": round(rss_mb(), 1),
     }
     rows = [
-        ("decode tok/s", res["raw_tps"], res["loomd_bus_tps"]),
-        ("TTFT ms", res["raw_ttft_ms"], res["loomd_ttft_ms"]),
-        ("RSS MB (model loaded)", res["raw_rss_model_mb"], res["rss_model_mb"]),
+        ("decode tok/s", res["raw_tps"], res["loomd_bus_tps"], res["loomd_http_tps"]),
+        ("TTFT ms", res["raw_ttft_ms"], res["loomd_ttft_ms"], res["loomd_http_ttft_ms"]),
+        ("RSS MB (model loaded)", res["raw_rss_model_mb"], res["rss_model_mb"], None),
     ]
-    print(f"{'':24}{'raw':>10}{'loomd bus':>12}{'ratio':>8}")
-    for name, r, l in rows:
-        print(f"{name:24}{r:>10.1f}{l:>12.1f}{l / r if r else 0:>8.2f}")
+    print(f"{'':24}{'raw':>10}{'loomd bus':>12}{'ratio':>8}{'loomd http':>12}{'ratio':>8}")
+    for name, raw_v, bus_v, http_v in rows:
+        line = f"{name:24}{raw_v:>10.1f}{bus_v:>12.1f}{bus_v / raw_v if raw_v else 0:>8.2f}"
+        if http_v is not None:
+            line += f"{http_v:>12.1f}{http_v / raw_v if raw_v else 0:>8.2f}"
+        print(line)
     print(f"TTFT overhead: {res['loomd_ttft_ms'] - res['raw_ttft_ms']:+.1f} ms; "
           f"loop lag p99 during generation: {res['loop_lag_p99_ms_during_gen']} ms "
-          f"({len(lags)} ticks); decide(): {res['decide_us']} us")  # fmt: skip
+          f"({len(lags)} ticks; idle {res['loop_lag_p99_ms_idle']} ms); "
+          f"decide(): {res['decide_us']} us; "
+          f"CPU pressure {res['cpu_pressure_avg10']} %")  # fmt: skip
     print(json.dumps(res))
 
 
