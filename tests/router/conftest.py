@@ -44,6 +44,8 @@ HostFactory = Callable[..., Any]
 def llm_host(tmp_path: Path) -> HostFactory:
     """`async with llm_host(model=..., **llm_options) as host:` a Host with state, bus, llm."""
 
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra llm)")
+
     @asynccontextmanager
     async def make(extra: str = "", **options: Any) -> AsyncIterator[Host]:
         lines = ["[llm]", "enabled = true"]

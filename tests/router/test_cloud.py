@@ -28,6 +28,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     tiny = model_dir() / "llm" / "tiny-random.gguf"
     if not tiny.exists():
         pytest.skip("tiny-random.gguf missing")
+    pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed")
     server = LlamaServer(tiny, tmp_path_factory.mktemp("cloud") / "server.log", api_key=KEY)
     yield server
     server.close()
