@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
-from loomd.messages import ChatDone, ChatMessage, ChatRequest, EventType, Policy, Topic
+from loomd.messages import ChatDone, ChatMessage, ChatRequest, Policy
 
 __all__ = ["add_cli", "ask"]
 
@@ -38,27 +37,18 @@ async def ask(
     bus: Any, request: ChatRequest, *, timeout: float = 120.0, out: Any = None
 ) -> ChatDone:
     """Send one chat turn over `bus` (any `Bus`), write the tokens to `out` as they come,
-    and return the `ChatDone`. Subscribes to the reply thread before publishing."""
-    import asyncio
+    and return the last `ChatDone`."""
+    from loomd.router.client import chat_stream
 
-    thread = os.urandom(16)
-    reply_to = f"thread.{thread.hex()}.reply"
-    async with bus.subscribe(reply_to, "reliable") as sub:
-        await sub.ready()
-        ev = await bus.publish(
-            Topic.LLM_CHAT, request.to_payload(), thread_id=thread, reply_to=reply_to
-        )
-        async with asyncio.timeout(timeout):
-            async for reply in sub:
-                if reply.correlation_id != ev.id:
-                    continue
-                if reply.type == EventType.LLM_CHUNK:
-                    if out is not None:
-                        out.write(reply.payload["text"])
-                        out.flush()
-                elif reply.type == EventType.LLM_DONE:
-                    return ChatDone.from_payload(reply.payload)
-    raise TimeoutError("the reply thread closed")
+    last: ChatDone | None = None
+    async for piece in chat_stream(bus, request, timeout=timeout):
+        if isinstance(piece, ChatDone):
+            last = piece
+        elif out is not None:
+            out.write(piece.text)
+            out.flush()
+    assert last is not None
+    return last
 
 
 async def _ask(bus: Any, args: Any) -> int:

@@ -213,6 +213,7 @@ class LlmComponent(Component[LlmSettings]):
             local_tps=e.tps.value if e else 0.0,
             local_ttft_ms=e.ttft_ms.value if e else 0.0,
             local_confidence=e.confidence.value if e else 0.0,
+            local_gpu=e.gpu if e else False,
             load_ms=e.load_ms if e else 0.0,
             queue_depth=e.depth() if e else 0,
             cloud_configured=self.cloud is not None,

@@ -67,6 +67,7 @@ class Facts:
     local_tps: float = 0.0  # moving average of decode tokens/s; 0 = not measured yet
     local_ttft_ms: float = 0.0  # moving average of time to first token
     local_confidence: float = 0.0  # moving average of exp(mean token logprob), 0..1
+    local_gpu: bool = False  # layers offloaded to a GPU (a CUDA build and gpu_layers > 0)
     load_ms: float = 0.0  # what loading the model took last time
     queue_depth: int = 0  # generations waiting for the local model
     cloud_configured: bool = False

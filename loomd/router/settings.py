@@ -71,5 +71,5 @@ class LlmSettings(Section):
     http_port: int = option(0, min=0, max=65535)
     http_bind: str = option("127.0.0.1", valid=_is_ip, expected='an IP address like "127.0.0.1"')
     decisions_kept: int = option(1000, min=1, max=1000000, reload=True)
-    policy: PolicySettings = option(factory=PolicySettings)  # noqa: RUF009
-    cloud: CloudSettings = option(factory=CloudSettings)  # noqa: RUF009
+    policy: PolicySettings = option(factory=PolicySettings)
+    cloud: CloudSettings = option(factory=CloudSettings)

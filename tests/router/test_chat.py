@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -193,23 +194,30 @@ def test_private_request_without_usable_model_is_denied(
     run(body())
 
 
-def test_model_too_big_is_refused_with_a_clear_message(llm_host: HostFactory, tiny: Path) -> None:
-    from .conftest import model_dir
+def test_model_too_big_is_refused_with_a_clear_message(
+    llm_host: HostFactory, tiny: Path, tmp_path: Path
+) -> None:
+    from loomd.router.facts import fit_problem
 
-    smol = model_dir() / "llm" / "SmolLM2-135M-Instruct.gguf"
-    if not smol.exists():
-        import pytest
-
-        pytest.skip("SmolLM2 missing")
+    # a valid GGUF header in a sparse 1 TB file: bigger than any board, no disk used
+    huge = tmp_path / "huge.gguf"
+    huge.write_bytes(tiny.read_bytes())
+    with huge.open("r+b") as f:
+        f.truncate(2**40)
 
     async def body() -> None:
-        # a million-token context needs ~23 GB of KV cache for this model's shape
-        async with llm_host(model=smol, context=1048576) as host:
+        async with llm_host(model=huge) as host:
             llm = llm_of(host)
             assert llm.engine is not None and not llm.engine.loaded
             assert "needs about" in llm.problem and "MB available" in llm.problem
+            done = await ask(llm.ctx.bus, req(policy=Policy(privacy="local-only")), timeout=10)
+            assert done.route == "deny"
 
     run(body())
+    # the context counts too (KV cache from the GGUF header's shape)
+    assert fit_problem(tiny, 2048, 100.0)[0] == ""
+    problem, need = fit_problem(tiny, 1048576, 100.0)
+    assert need > 100.0 and "1048576-token context" in problem
 
 
 def test_idle_unload_and_reload_on_use(llm_host: HostFactory, tiny: Path) -> None:
@@ -244,3 +252,51 @@ def test_decisions_are_published_stored_and_explained(llm_host: HostFactory, tin
             assert dry["route"] == "local" and dry["rule"] == "privacy"
 
     run(body())
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(llm_host: HostFactory, tiny: Path) -> None:
+    async def body() -> None:
+        async with llm_host(model=tiny, context=64) as host:
+            bus = llm_of(host).ctx.bus
+            done = await ask(bus, req("word " * 400, max_tokens=4), timeout=20)
+            assert done.route == "local" and "prompt does not fit" in done.error
+            ok = await ask(bus, req("hi", max_tokens=4), timeout=20)
+            assert ok.error == ""
+
+    run(body())
+
+
+def test_chat_stream_yields_chunks_then_done_and_leaving_cancels(
+    llm_host: HostFactory, tiny: Path
+) -> None:
+    from loomd.messages import ChatChunk
+    from loomd.router.client import chat_stream
+
+    async def body() -> None:
+        async with llm_host(model=tiny, context=2048, max_tokens=4096) as host:
+            llm = llm_of(host)
+            kinds = [type(p).__name__ async for p in chat_stream(llm.ctx.bus, req(max_tokens=5))]
+            assert kinds[-1] == "ChatDone" and set(kinds[:-1]) == {"ChatChunk"}
+            async with contextlib.aclosing(chat_stream(llm.ctx.bus, req(max_tokens=LONG))) as s:
+                async for piece in s:
+                    assert isinstance(piece, ChatChunk)
+                    break  # the agent loses interest: the router cancels the generation
+            done = await ask(llm.ctx.bus, req(max_tokens=4), timeout=30)
+            assert done.error == ""
+            assert llm.engine is not None and llm.engine.counts["cancelled"] == 1
+
+    run(body())
+
+
+def test_thread_chooser_measures_then_prefers_the_fastest() -> None:
+    from loomd.router.engine import ThreadChooser
+
+    c = ThreadChooser(cores=2, explore=4)
+    tried = [c.choose(), c.choose()]
+    assert tried == [2, 2]  # nothing measured yet: the largest first
+    c.record(2, 30.0)
+    assert c.choose() == 1  # the untried count next
+    c.record(1, 70.0)  # one thread is faster when a core is busy elsewhere
+    picks = [c.choose() for _ in range(8)]
+    assert picks.count(1) >= 6 and 2 in picks  # mostly the best, sometimes a re-check
+    assert ThreadChooser(fixed=3).choose() == 3
