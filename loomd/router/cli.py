@@ -44,6 +44,8 @@ async def ask(
     async for piece in chat_stream(bus, request, timeout=timeout):
         if isinstance(piece, ChatDone):
             last = piece
+            if piece.phase == "quick" and out is not None:
+                out.write("\n[quick answer from the board; the cloud refines:]\n")
         elif out is not None:
             out.write(piece.text)
             out.flush()
@@ -52,6 +54,15 @@ async def ask(
 
 
 async def _ask(bus: Any, args: Any) -> int:
+    from loomd.ctl import op
+    from loomd.errors import RemoteError
+
+    try:  # without the component nobody answers llm.chat: say so now, not after --wait
+        await op(bus, "llm.stats")
+    except RemoteError as exc:
+        print(f"loomctl: the llm component is not running ({exc}); "
+              "set [llm] enabled = true and a model", file=sys.stderr)  # fmt: skip
+        return 1
     msgs = []
     if args.system:
         msgs.append(ChatMessage("system", args.system))

@@ -55,6 +55,7 @@ class LlmStatus(StatusBlock):
     generations: int
     cancelled: int
     decisions: dict[str, int]
+    cloud: str
 
     def lines(self) -> list[str]:
         state = "loaded" if self.loaded else "not loaded"
@@ -67,6 +68,7 @@ class LlmStatus(StatusBlock):
             f"({self.cancelled} cancelled)"
         )
         out.append("routes: " + (", ".join(f"{k}={v}" for k, v in self.decisions.items()) or "-"))
+        out.append(f"cloud: {self.cloud}")
         return out
 
 
@@ -418,6 +420,18 @@ class LlmComponent(Component[LlmSettings]):
             generations=int(st.get("generations", 0)),
             cancelled=int(st.get("cancelled", 0)),
             decisions=dict(self.routes),
+            cloud=self._cloud_line(),
+        )
+
+    def _cloud_line(self) -> str:
+        cl = self.cloud
+        if cl is None:
+            return "not configured"
+        c = cl.counts
+        return (
+            f"circuit {cl.breaker.state}, spent {cl.ledger.today():.4f} today / "
+            f"{cl.ledger.month():.4f} this month, {c['requests']} calls, {c['errors']} failed, "
+            f"{c['refused']} refused by policy"
         )
 
     def metrics(self) -> Iterable[Family]:
@@ -436,6 +450,26 @@ class LlmComponent(Component[LlmSettings]):
             "loomd_llm_generations_total", "counter", "Local generations run.",
             [({}, float(st.get("generations", 0)))],
         )  # fmt: skip
+        if self.cloud is not None:
+            cl = self.cloud
+            yield Family(
+                "loomd_llm_cloud_requests_total",
+                "counter",
+                "Cloud calls by outcome (refused = policy kept them on the board).",
+                [({"outcome": k}, float(v)) for k, v in cl.counts.items()],
+            )
+            yield Family(
+                "loomd_llm_cloud_spend",
+                "gauge",
+                "Cloud spend so far (UTC day and month).",
+                [({"period": "day"}, cl.ledger.today()), ({"period": "month"}, cl.ledger.month())],
+            )
+            yield Family(
+                "loomd_llm_cloud_circuit_open",
+                "gauge",
+                "1 while the cloud circuit breaker is open.",
+                [({}, 1.0 if cl.breaker.state == "open" else 0.0)],
+            )
         yield Family(
             "loomd_llm_bad_requests_total", "counter", "Chat requests refused as malformed.",
             [({}, float(self.bad_requests))],

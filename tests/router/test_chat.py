@@ -300,3 +300,26 @@ def test_thread_chooser_measures_then_prefers_the_fastest() -> None:
     picks = [c.choose() for _ in range(8)]
     assert picks.count(1) >= 6 and 2 in picks  # mostly the best, sometimes a re-check
     assert ThreadChooser(fixed=3).choose() == 3
+
+
+def test_loomctl_ask_without_the_component_says_so(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import LoomdProcess
+
+    proc = LoomdProcess(tmp_path)  # [llm] stays disabled, as packaged
+    try:
+        proc.start()
+        r = subprocess.run(
+            [sys.executable, "-m", "loomd.ctl", "--socket", str(proc.socket), "ask", "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ},
+        )
+        assert r.returncode == 1
+        assert "the llm component is not running" in r.stderr
+    finally:
+        proc.close()

@@ -247,3 +247,23 @@ def test_breaker_opens_and_local_takes_over(llm_host: HostFactory, tiny: Path) -
                 assert "circuit open" in ex["decision"]["reason"]
 
     run(body())
+
+
+def test_status_and_metrics_show_the_cloud(llm_host: HostFactory) -> None:
+    from loomd.metrics import render
+
+    async def body() -> None:
+        async with BadCloud() as bad:
+            async with llm_host(
+                extra=OPEN + cloud_toml(bad.url("ok"), price_out_per_1k=0.5)
+            ) as host:
+                llm = llm_of(host)
+                done = await ask(llm.ctx.bus, req(max_tokens=4), timeout=30)
+                assert done.route == "cloud" and done.text == "hello from the cloud"
+                line = llm.status().lines()[-1]
+                assert line.startswith("cloud: circuit closed, spent 0.0020 today")
+                text = render(llm.metrics())
+                assert 'loomd_llm_cloud_requests_total{outcome="requests"} 1' in text
+                assert 'loomd_llm_decisions_total{route="cloud"} 1' in text
+
+    run(body())
