@@ -8,6 +8,7 @@ tokens stream back on the request's `reply_to` as `ChatChunk`s, then one `ChatDo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import time
@@ -98,13 +99,17 @@ class LlmComponent(Component[LlmSettings]):
         self.bad_requests = 0
         self._writes: set[asyncio.Future[None]] = set()
         self._seq = 0
+        # (seq, id) of the kept decisions, oldest first: trimming needs no scan, and sees
+        # records whose writes are not yet committed
+        self._ring: collections.deque[tuple[int, str]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        ring = self.ctx.state.kv(DECISIONS_NS)
-        keys = ring.keys("r/")
-        self._seq = int(keys[-1][2:]) if keys else 0
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        self._ring.extend((int(k[2:]), str(v)) for k, v in kv.items("r/"))
+        self._seq = self._ring[-1][0] if self._ring else 0
+        self._trim(kv)  # decisions_kept may have shrunk since the last run
         self._refresh_system()
         if s.model:
             self.engine = Engine(
@@ -264,6 +269,7 @@ class LlmComponent(Component[LlmSettings]):
         for fut in (kv.put_nowait(f"d/{did}", record), kv.put_nowait(f"r/{self._seq:012d}", did)):
             self._writes.add(fut)
             fut.add_done_callback(self._wrote)
+        self._ring.append((self._seq, did))
         self._trim(kv)
         await self.ctx.bus.publish(Topic.ROUTE_DECISION, record, qos="realtime")
 
@@ -273,16 +279,13 @@ class LlmComponent(Component[LlmSettings]):
             self.ctx.error("llm_ledger", f"llm: decision not stored: {fut.exception()}")
 
     def _trim(self, kv: Any) -> None:
-        over = self._seq - self.settings.decisions_kept
-        if over <= 0 or over % 64:  # trim in batches: one scan per 64 decisions
-            return
-        for key in kv.keys("r/"):
-            if int(key[2:]) > over:
-                break
-            old = kv.get(key)
-            for k in (key, f"d/{old}"):
-                fut = asyncio.ensure_future(kv.delete(k))
-                fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        while len(self._ring) > self.settings.decisions_kept:
+            seq, old = self._ring.popleft()
+            for k in (f"r/{seq:012d}", f"d/{old}"):
+                # a task: it submits after the puts already queued, so order holds
+                fut: asyncio.Future[Any] = asyncio.ensure_future(kv.delete(k))
+                self._writes.add(fut)
+                fut.add_done_callback(self._wrote)
 
     # -- a chat turn -------------------------------------------------------------------------
     async def _turn(self, ev: Event) -> None:
@@ -373,6 +376,9 @@ class LlmComponent(Component[LlmSettings]):
         index = 0
         try:
             async for text in job.stream():
+                if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
+                    self.log.info("llm: requester of %s left; cancelling", did)
+                    job.cancel.set()  # checked per token: the model is free a token later
                 if req.stream and ev.reply_to and not job.cancel.is_set():
                     await self.ctx.bus.reply(
                         ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
@@ -388,15 +394,20 @@ class LlmComponent(Component[LlmSettings]):
             self.inflight.pop(did, None)
             if watch is not None:
                 watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+
+    def _listening(self, topic: str) -> bool:
+        broker = self.ctx.services.broker
+        return broker is None or any(matches(s.pattern, topic) for s in broker.subscriptions())
 
     async def _watch_listener(self, ev: Event, job: Job) -> None:
-        """Cancel the job once nobody listens on reply_to any more (the requester left).
-        A streaming requester subscribes before it publishes (loomd/messages.py)."""
-        broker = self.ctx.services.broker
+        """Cancel the job once nobody listens on reply_to any more (the requester left),
+        also while it waits in the queue. A streaming requester subscribes before it
+        publishes (loomd/messages.py); during generation each token checks as well."""
         topic = ev.reply_to
-        while broker is not None and topic and not job.cancel.is_set():
+        while topic and not job.cancel.is_set():
             await asyncio.sleep(LISTENER_CHECK_S)
-            if not any(matches(s.pattern, topic) for s in broker.subscriptions()):
+            if not self._listening(topic):
                 self.log.info("llm: requester of %s left; cancelling", ev.id.hex())
                 job.cancel.set()
 
@@ -405,6 +416,17 @@ class LlmComponent(Component[LlmSettings]):
             return
         with contextlib.suppress(LoomdError):
             await self.ctx.bus.reply(ev, done.to_payload(), type=EventType.LLM_DONE)
+
+    async def reload(self, new: LlmSettings) -> list[str]:
+        """Policy defaults, prices, caps, timeouts and limits apply to the next request."""
+        self.ctx.settings = new
+        if self.engine is not None:
+            self.engine.queue_max = new.queue_max
+        if self.cloud is not None:
+            self.cloud.settings = new.cloud
+            self.cloud.breaker.limit = new.cloud.breaker_failures
+            self.cloud.breaker.open_s = new.cloud.breaker_open_s
+        return []
 
     # -- the operator's view -----------------------------------------------------------------
     def status(self) -> LlmStatus:

@@ -317,8 +317,10 @@ class Engine:
                     first = time.perf_counter()
                 pieces.append(text)
                 loop.call_soon_threadsafe(job.out.put_nowait, ("token", text))
-        except ValueError as exc:  # llama-cpp-python's "Requested tokens exceed context"
-            raise LoomdError(f"prompt does not fit the model: {exc}") from None
+        except (ValueError, RuntimeError) as exc:
+            if "context window" in str(exc):  # "Requested tokens (N) exceed context window"
+                raise LoomdError(f"prompt does not fit the model: {exc}") from None
+            raise LoomdError(f"the model refused the request: {exc}") from None
         end = time.perf_counter()
         if hasattr(stream, "close"):
             stream.close()

@@ -323,3 +323,42 @@ def test_loomctl_ask_without_the_component_says_so(tmp_path: Path) -> None:
         assert "the llm component is not running" in r.stderr
     finally:
         proc.close()
+
+
+def test_decision_ring_is_bounded(llm_host: HostFactory) -> None:
+    from loomd.router.component import DECISIONS_NS
+
+    async def body() -> None:
+        async with llm_host(decisions_kept=1) as host:  # no model: every private turn denied
+            llm = llm_of(host)
+            ids = []
+            for _ in range(65):
+                done = await ask(llm.ctx.bus, req(policy=Policy(privacy="private")), timeout=10)
+                assert done.route == "deny"
+                ids.append(done.decision_id)
+            recent = await llm.commands()["recent"].call([100], {})
+            assert [d["id"] for d in recent["decisions"]] == ids[-1:]
+            kv = llm.ctx.state.kv(DECISIONS_NS)
+            assert len(kv.keys("d/")) == 1 and len(kv.keys("r/")) == 1
+
+    run(body())
+
+
+def test_reload_applies_policy_defaults_live(llm_host: HostFactory, tiny: Path) -> None:
+    import dataclasses
+
+    async def body() -> None:
+        async with llm_host(model=tiny) as host:
+            llm = llm_of(host)
+            before = await llm.commands()["test"].call(["hi"], {})
+            assert before["policy"]["privacy"] == "sensitive"
+            s = llm.settings
+            new = dataclasses.replace(
+                s, policy=dataclasses.replace(s.policy, privacy="local-only"), queue_max=3
+            )
+            assert await llm.reload(new) == []
+            after = await llm.commands()["test"].call(["hi"], {})
+            assert after["policy"]["privacy"] == "local-only" and after["rule"] == "privacy"
+            assert llm.engine is not None and llm.engine.queue_max == 3
+
+    run(body())
