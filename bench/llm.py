@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/llm.py [--quick] [--model PATH] [--threads N]
 
-Measures, in this order: raw llama-cpp-python in a child process (TTFT, decode tokens/s,
-RSS with the model loaded); the real daemon with `[llm]` enabled, asked over its socket
-through the SDK (`llm.chat`, tokens streamed on the reply thread); the event loop's lag
-while a generation runs (a 5 ms ticker in a Host in this process); the cost of
-`decide()`. Prints a table with ratios and ends with ONE JSON line.
+Measures: RSS of raw llama-cpp-python with the model loaded (a child process) against the
+daemon's; then, prompt by prompt and interleaved (so all three see the same background
+load on a shared box), TTFT and decode tokens/s of raw llama-cpp-python in this process,
+of the real daemon (`[llm]` enabled) over its socket with the SDK (`llm.chat`, tokens
+streamed on the reply thread), and of its OpenAI-compatible endpoint with the `openai`
+client; the event loop's lag while a generation runs (a 5 ms ticker in a Host in this
+process, against the same ticker idle); the cost of `decide()`. The first prompt warms
+up and is left out of the medians. Prints a table with ratios, then ONE JSON line.
 """
 
 from __future__ import annotations
@@ -49,44 +52,46 @@ def rss_mb(pid: int | None = None) -> float:
 
 
 # -- raw -------------------------------------------------------------------------------------
-def raw_child(model: str, threads: int, n: int) -> None:
-    """Runs in a child process so its RSS is the raw library's alone."""
+def raw_turn(llm: Any, prompt: str) -> dict[str, float]:
+    """One streamed generation straight on llama-cpp-python: the baseline."""
+    began = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    for chunk in llm.create_chat_completion(
+        [{"role": "user", "content": prompt}],
+        max_tokens=MAX_TOKENS,
+        temperature=0.0,
+        stream=True,
+    ):
+        if chunk["choices"][0]["delta"].get("content"):
+            tokens += 1
+            if tokens == 1:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return {"ttft_ms": (first - began) * 1000, "tps": (tokens - 1) / (end - first), "n": tokens}
+
+
+def raw_child(model: str, threads: int) -> None:
+    """In a child process, so its RSS is the raw library's alone (after one generation)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model, n_ctx=2048, n_threads=threads, verbose=False)
-    runs = []
-    for prompt in PROMPTS[:n]:
-        began = time.perf_counter()
-        first = end = 0.0
-        tokens = 0
-        for chunk in llm.create_chat_completion(
-            [{"role": "user", "content": prompt}],
-            max_tokens=MAX_TOKENS,
-            temperature=0.0,
-            stream=True,
-        ):
-            if chunk["choices"][0]["delta"].get("content"):
-                tokens += 1
-                if tokens == 1:
-                    first = time.perf_counter()
-        end = time.perf_counter()
-        runs.append(
-            {"ttft_ms": (first - began) * 1000, "tps": (tokens - 1) / (end - first), "n": tokens}
-        )
-    print(json.dumps({"runs": runs, "rss_mb": rss_mb()}))
+    llm = llama_cpp.Llama(
+        model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+    raw_turn(llm, PROMPTS[0])
+    print(json.dumps({"rss_mb": rss_mb()}))
 
 
-def run_raw(model: Path, threads: int, n: int) -> dict[str, Any]:
+def raw_rss(model: Path, threads: int) -> float:
     out = subprocess.run(
-        [sys.executable, __file__, "--raw-child", str(model), str(threads), str(n)],
+        [sys.executable, __file__, "--raw-child", str(model), str(threads)],
         capture_output=True,
         text=True,
         check=True,
     )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["rss_mb"])
 
 
-# -- the daemon over the bus -----------------------------------------------------------------
 def config(root: Path, model: Path, threads: int, http_port: int = 0) -> Path:
     cfg = root / "loomd.toml"
     cfg.write_text(
@@ -106,13 +111,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def http_turns(port: int, n: int) -> list[dict[str, float]]:
+async def http_turns(port: int, prompts: list[str]) -> list[dict[str, float]]:
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
     runs = []
     try:
-        for prompt in PROMPTS[:n]:
+        for prompt in prompts:
             began = time.perf_counter()
             tokens, first = 0, 0.0
             stream = await client.chat.completions.create(
@@ -140,11 +145,13 @@ async def http_turns(port: int, n: int) -> list[dict[str, float]]:
     return runs
 
 
-async def timed_turns(bus: Any, n: int, priority: str = "interactive") -> list[dict[str, float]]:
+async def timed_turns(
+    bus: Any, prompts: list[str], priority: str = "interactive"
+) -> list[dict[str, float]]:
     from loomd.messages import ChatMessage, ChatRequest, EventType, Topic
 
     runs = []
-    for prompt in PROMPTS[:n]:
+    for prompt in prompts:
         thread = os.urandom(16)
         reply_to = f"thread.{thread.hex()}.reply"
         req = ChatRequest(
@@ -202,10 +209,29 @@ async def run_daemon(model: Path, threads: int, n: int) -> dict[str, Any]:
                 async with asyncio.timeout(60):
                     while not await loaded(bus):  # noqa: ASYNC110 - polls the daemon
                         await asyncio.sleep(0.1)
-                runs = await timed_turns(bus, n)
-                http = await http_turns(port, n)
+                # interleaved, prompt by prompt: raw, bus, HTTP see the same background load
+                import llama_cpp
+
+                llm = llama_cpp.Llama(
+                    str(model),
+                    n_ctx=2048,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    verbose=False,
+                )
+                raw: list[dict[str, float]] = []
+                runs: list[dict[str, float]] = []
+                http: list[dict[str, float]] = []
+                for prompt in PROMPTS[:n]:
+                    raw.append(await asyncio.to_thread(raw_turn, llm, prompt))
+                    runs += await timed_turns(bus, [prompt])
+                    # a different first word: the daemon's prompt cache (the bus turn just
+                    # ran this prompt) must not give HTTP a free prefill
+                    http += await http_turns(port, ["Now: " + prompt])
+                llm.close()
                 engine = (await bus.call("llm.stats"))["engine"]
-            return {"runs": runs, "http": http, "rss_mb": rss_mb(proc.pid), "engine": engine}
+                daemon_rss = rss_mb(proc.pid)
+            return {"raw": raw, "runs": runs, "http": http, "rss_mb": daemon_rss, "engine": engine}
         finally:
             proc.terminate()
             proc.wait(20)
@@ -238,7 +264,7 @@ async def loop_lag_during_generation(
             await asyncio.sleep(1.0)  # the same ticker with nothing generating: the baseline
             idle = list(lags)
             lags.clear()
-            await timed_turns(llm.ctx.bus, n)
+            await timed_turns(llm.ctx.bus, PROMPTS[:n])
             done.set()
             await tick
             return idle, lags
@@ -280,14 +306,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--raw-child", nargs=3)
+    ap.add_argument("--raw-child", nargs=2)
     a = ap.parse_args()
     if a.raw_child:
-        raw_child(a.raw_child[0], int(a.raw_child[1]), int(a.raw_child[2]))
+        raw_child(a.raw_child[0], int(a.raw_child[1]))
         return
     n = 3 if a.quick else len(PROMPTS)
-    raw = run_raw(a.model, a.threads, n)
+    raw_rss_mb = raw_rss(a.model, a.threads)
     bus = asyncio.run(run_daemon(a.model, a.threads, n))
+    raw = {"runs": bus["raw"], "rss_mb": raw_rss_mb}
     idle, lags = asyncio.run(loop_lag_during_generation(a.model, a.threads, n))
     dus = decide_cost_us()
     res = {
