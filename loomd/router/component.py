@@ -237,7 +237,7 @@ class LlmComponent(Component[LlmSettings]):
         )
 
     def _decide(self, req: ChatRequest) -> tuple[Decision, Resolved, Facts]:
-        policy = resolve(req.policy, self.settings.policy)
+        policy = resolve(req.policy, self.settings.policy, req.agent)
         facts = self.facts()
         return decide(req, policy, facts), policy, facts
 

@@ -44,9 +44,13 @@ class Resolved:
         return self.allow_cloud and self.privacy not in ON_BOARD
 
 
-def resolve(policy: Policy, defaults: PolicySettings) -> Resolved:
+def resolve(policy: Policy, defaults: PolicySettings, agent: str = "") -> Resolved:
+    """Fill `policy`'s unset fields: the agent's default privacy, then `[llm.policy]`."""
+
     def pick(name: str) -> Any:
         value = getattr(policy, name)
+        if value is None and name == "privacy" and agent in defaults.agents:
+            return defaults.agents[agent]
         return getattr(defaults, name) if value is None else value
 
     return Resolved(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from loomd.config import Section, option
 
@@ -21,6 +23,13 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+def _check_agents(value: Mapping[str, str]) -> tuple[str, Any, str] | None:
+    for agent, privacy in value.items():
+        if privacy not in PRIVACY:
+            return (f'."{agent}"', privacy, "one of " + ", ".join(PRIVACY))
+    return None
+
+
 @dataclass(frozen=True)
 class PolicySettings(Section):
     """Defaults for requests that leave a policy field unset ([llm.policy])."""
@@ -30,6 +39,11 @@ class PolicySettings(Section):
     cost_cap: float = option(0.01, min=0.0, max=1000.0, reload=True)
     quality_threshold: float = option(0.0, min=0.0, max=1.0, reload=True)
     allow_cloud: bool = option(False, reload=True)
+    # Per-agent privacy default (agent name = level), over `privacy` above; a request's
+    # own policy still wins.
+    agents: Mapping[str, str] = option(
+        factory=lambda: MappingProxyType({}), check=_check_agents, reload=True
+    )
 
 
 @dataclass(frozen=True)

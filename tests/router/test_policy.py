@@ -116,3 +116,19 @@ def test_open_circuit_and_cost_cap_fall_back_to_local() -> None:
 def test_decide_is_deterministic() -> None:
     p, f = pol(privacy="public", allow_cloud=True), cloud_ok()
     assert decide(REQ, p, f) == decide(REQ, p, f)
+
+
+def test_agent_default_privacy_sits_between_request_and_config() -> None:
+    defaults = PolicySettings(agents={"diary": "local-only"})
+    assert resolve(Policy(), defaults, "diary").privacy == "local-only"
+    assert resolve(Policy(), defaults, "other").privacy == "sensitive"
+    assert resolve(Policy(privacy="public"), defaults, "diary").privacy == "public"
+
+
+def test_agent_privacy_is_checked() -> None:
+    import pytest
+
+    from loomd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="diary"):
+        PolicySettings(agents={"diary": "secret"})
