@@ -267,3 +267,19 @@ def test_status_and_metrics_show_the_cloud(llm_host: HostFactory) -> None:
                 assert 'loomd_llm_decisions_total{route="cloud"} 1' in text
 
     run(body())
+
+
+def test_unreachable_cloud_is_a_clear_error(llm_host: HostFactory) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+
+    async def body() -> None:
+        extra = OPEN + cloud_toml(f"http://127.0.0.1:{port}/v1", retries=1)
+        async with llm_host(extra=extra) as host:
+            llm = llm_of(host)
+            done = await ask(llm.ctx.bus, req(max_tokens=8), timeout=30)
+            assert done.route == "cloud" and "cloud unreachable" in done.error
+            assert llm.cloud is not None and llm.cloud.counts["retries"] == 1
+
+    run(body())
