@@ -210,8 +210,8 @@ class Engine:
         self._heap.clear()
         if self.busy is not None:
             self.busy.cancel.set()
-        await self.unload()
-        self._pool.shutdown(wait=True)
+        await self.unload()  # runs on the worker after the current generation stops
+        self._pool.shutdown(wait=False)  # the worker is idle now: never block the loop
 
     # -- the queue ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
