@@ -34,6 +34,7 @@ BUILTIN: dict[str, str] = {
     "metrics": "loomd.metrics:MetricsComponent",
     "agents": "loomd.agents.component:AgentsComponent",
     "mcp": "loomd.mcp.component:McpComponent",
+    "llm": "loomd.router.component:LlmComponent",
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
     "peers": "loomd.bridges.peers:PeersComponent",
 }

@@ -1,0 +1,575 @@
+"""The `llm` component: answers `llm.chat` on the bus through the router.
+
+Each request is decided (`decide()` over measured facts), the decision is logged as one
+line, published on `loomd.route.decision` and kept in an LMDB ring, then carried out:
+tokens stream back on the request's `reply_to` as `ChatChunk`s, then one `ChatDone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loomd.bus.envelope import Event
+from loomd.bus.topics import matches
+from loomd.component import Command, Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.messages import (
+    ChatChunk,
+    ChatDone,
+    ChatMessage,
+    ChatRequest,
+    EventType,
+    Policy,
+    Topic,
+)
+from loomd.metrics import Family
+from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, read_key
+from loomd.router.engine import Engine, Job, QueueFull
+from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb
+from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
+from loomd.router.settings import LlmSettings
+
+__all__ = ["LlmComponent", "LlmStatus"]
+
+DECISIONS_NS = "llm.decisions"
+# How often a streaming turn checks that its requester still listens on reply_to.
+LISTENER_CHECK_S = 0.1
+
+
+@dataclass(frozen=True)
+class LlmStatus(StatusBlock):
+    model: str
+    loaded: bool
+    problem: str
+    tps: float
+    ttft_ms: float
+    confidence: float
+    queue: int
+    generations: int
+    cancelled: int
+    decisions: dict[str, int]
+    cloud: str
+
+    def lines(self) -> list[str]:
+        state = "loaded" if self.loaded else "not loaded"
+        out = [f"model {self.model or '-'} ({state})"]
+        if self.problem:
+            out.append(f"problem: {self.problem}")
+        out.append(
+            f"{self.tps:.1f} tok/s, first token {self.ttft_ms:.0f} ms, confidence "
+            f"{self.confidence:.2f}, {self.queue} queued, {self.generations} generations "
+            f"({self.cancelled} cancelled)"
+        )
+        out.append("routes: " + (", ".join(f"{k}={v}" for k, v in self.decisions.items()) or "-"))
+        out.append(f"cloud: {self.cloud}")
+        return out
+
+
+def _add_cli(cmds: Any) -> None:
+    from loomd.router.cli import add_cli
+
+    add_cli(cmds)
+
+
+class LlmComponent(Component[LlmSettings]):
+    name = "llm"
+    Settings = LlmSettings
+    requires = ("llama_cpp",)
+    extra = "llm"
+    summary = "local llama.cpp inference and the policy router (llm.chat)"
+    cli = staticmethod(_add_cli)
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.engine: Engine | None = None
+        self.cloud: CloudClient | None = None
+        self.http: Any = None
+        self.problem = ""  # why the local model is unusable, if it is
+        self.system: dict[str, Any] = {"cpu_temp_c": None, "cpu_pressure": 0.0, "mem_mb": 0.0}
+        self.routes: dict[str, int] = {}
+        self.inflight: dict[str, Job] = {}
+        self.bad_requests = 0
+        self._writes: set[asyncio.Future[None]] = set()
+        self._seq = 0
+        # (seq, id) of the kept decisions, oldest first: trimming needs no scan, and sees
+        # records whose writes are not yet committed
+        self._ring: collections.deque[tuple[int, str]] = collections.deque()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        self._ring.extend((int(k[2:]), str(v)) for k, v in kv.items("r/"))
+        self._seq = self._ring[-1][0] if self._ring else 0
+        self._trim(kv)  # decisions_kept may have shrunk since the last run
+        self._refresh_system()
+        if s.model:
+            self.engine = Engine(
+                Path(s.model),
+                context=s.context,
+                threads=s.threads,
+                gpu_layers=s.gpu_layers,
+                queue_max=s.queue_max,
+            )
+            try:
+                self.engine.check_fit()
+                if s.load_at_start:
+                    await self.engine.load()
+            except LoomdError as exc:
+                self.problem = str(exc)
+                self.ctx.error("llm_model", f"llm: {exc}")
+            self.spawn(self.engine.serve, "engine", restart=True)
+            self.spawn(self._idle_unload, "idle-unload", restart=True)
+        else:
+            self.problem = "no model configured ([llm] model)"
+            self.log.warning("llm: %s; only the cloud can answer", self.problem)
+        if s.cloud.base_url and s.cloud.model:
+            key = read_key(s.cloud)
+            if not key:
+                self.log.warning(
+                    "llm: no cloud key in $CREDENTIALS_DIRECTORY/%s or $%s; sending none",
+                    s.cloud.key_name, s.cloud.key_env,
+                )  # fmt: skip
+            self.cloud = CloudClient(s.cloud, Ledger(self.ctx.state.kv("llm.spend")), key)
+            await self.cloud.open()
+        chat = self.ctx.bus.subscribe(Topic.LLM_CHAT, "reliable")
+        stop = self.ctx.bus.subscribe(Topic.VOICE_STOP, "reliable")
+        await chat.ready()
+        await stop.ready()
+        self._subs = [chat, stop]
+        self.spawn(lambda: self._serve_chat(chat), "chat", restart=False)
+        self.spawn(lambda: self._serve_stop(stop), "voice-stop", restart=False)
+        self.spawn(self._watch_system, "facts", restart=True)
+        if s.http_port:
+            from loomd.router.http import HttpEndpoint
+
+            name = Path(s.model).stem if s.model else s.cloud.model
+            self.http = HttpEndpoint(self.ctx.bus, s.http_bind, s.http_port, name)
+            await self.http.start()
+
+    async def stop_intake(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        for sub in getattr(self, "_subs", []):
+            await sub.close()
+
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        for job in self.inflight.values():
+            job.cancel.set()
+        if self.engine is not None:
+            await self.engine.close()
+        if self.cloud is not None:
+            await self.cloud.close()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    # -- background --------------------------------------------------------------------------
+    async def _idle_unload(self) -> None:
+        assert self.engine is not None
+        while True:
+            await asyncio.sleep(max(0.05, min(self.settings.idle_unload_s / 4, 30.0)))
+            idle = time.monotonic() - self.engine.last_used
+            limit = self.settings.idle_unload_s
+            if limit and self.engine.loaded and not self.engine.depth() and idle >= limit:
+                self.log.info("llm: idle %.0f s, unloading the model", idle)
+                await self.engine.unload()
+
+    def _refresh_system(self) -> None:
+        self.system = {
+            "cpu_temp_c": cpu_temp_c(),
+            "cpu_pressure": cpu_pressure(),
+            "mem_mb": mem_available_mb(),
+        }
+
+    async def _watch_system(self) -> None:
+        # sysfs reads can take milliseconds on some boards: off the request path, in a thread
+        while True:
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(self._refresh_system)
+
+    async def _serve_stop(self, sub: Any) -> None:
+        async for _ev in sub:
+            for job in list(self.inflight.values()):
+                if job.priority == "voice":
+                    job.cancel.set()
+
+    async def _serve_chat(self, sub: Any) -> None:
+        async for ev in sub:
+            self.spawn(functools.partial(self._turn, ev), f"turn-{ev.id.hex()[:8]}", restart=False)
+
+    # -- facts and decisions -----------------------------------------------------------------
+    def facts(self) -> Facts:
+        e = self.engine
+        c = self.settings.cloud
+        return Facts(
+            local_available=e is not None and not self.problem,
+            local_loaded=e is not None and e.loaded,
+            local_tps=e.tps.value if e else 0.0,
+            local_ttft_ms=e.ttft_ms.value if e else 0.0,
+            local_confidence=e.confidence.value if e else 0.0,
+            local_gpu=e.gpu if e else False,
+            load_ms=e.load_ms if e else 0.0,
+            queue_depth=e.depth() if e else 0,
+            cloud_configured=self.cloud is not None,
+            cloud_state=self.cloud.breaker.state if self.cloud else "none",
+            spend_today=self.cloud.ledger.today() if self.cloud else 0.0,
+            spend_month=self.cloud.ledger.month() if self.cloud else 0.0,
+            price_in_per_1k=c.price_in_per_1k,
+            price_out_per_1k=c.price_out_per_1k,
+            daily_cap=c.daily_cap,
+            monthly_cap=c.monthly_cap,
+            cpu_temp_c=self.system["cpu_temp_c"],
+            cpu_pressure=self.system["cpu_pressure"],
+            mem_available_mb=self.system["mem_mb"],
+        )
+
+    def _decide(self, req: ChatRequest) -> tuple[Decision, Resolved, Facts]:
+        policy = resolve(req.policy, self.settings.policy, req.agent)
+        facts = self.facts()
+        return decide(req, policy, facts), policy, facts
+
+    async def _record(
+        self, did: str, req: ChatRequest, d: Decision, policy: Resolved, facts: Facts
+    ) -> None:
+        self.routes[d.route] = self.routes.get(d.route, 0) + 1
+        record = {
+            "id": did,
+            "at": time.time(),
+            "agent": req.agent,
+            "priority": req.priority,
+            "route": str(d.route),
+            "rule": d.rule,
+            "reason": d.reason,
+            "est_latency_ms": round(d.est_latency_ms, 1),
+            "est_cost": d.est_cost,
+            "confidence": round(d.confidence, 3),
+            "policy": vars(policy),
+            "facts": facts.to_dict(),
+        }
+        self.log.info(
+            "route %s: %s (rule %s: %s; est %.0f ms, cost %.4f, confidence %.2f, privacy %s)",
+            did, d.route, d.rule, d.reason, d.est_latency_ms, d.est_cost, d.confidence,
+            policy.privacy,
+        )  # fmt: skip
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        self._seq += 1
+        for fut in (kv.put_nowait(f"d/{did}", record), kv.put_nowait(f"r/{self._seq:012d}", did)):
+            self._writes.add(fut)
+            fut.add_done_callback(self._wrote)
+        self._ring.append((self._seq, did))
+        self._trim(kv)
+        await self.ctx.bus.publish(Topic.ROUTE_DECISION, record, qos="realtime")
+
+    def _wrote(self, fut: asyncio.Future[None]) -> None:
+        self._writes.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.ctx.error("llm_ledger", f"llm: decision not stored: {fut.exception()}")
+
+    def _trim(self, kv: Any) -> None:
+        while len(self._ring) > self.settings.decisions_kept:
+            seq, old = self._ring.popleft()
+            for k in (f"r/{seq:012d}", f"d/{old}"):
+                # a task: it submits after the puts already queued, so order holds
+                fut: asyncio.Future[Any] = asyncio.ensure_future(kv.delete(k))
+                self._writes.add(fut)
+                fut.add_done_callback(self._wrote)
+
+    # -- a chat turn -------------------------------------------------------------------------
+    async def _turn(self, ev: Event) -> None:
+        did = ev.id.hex()
+        try:
+            req = ChatRequest.from_payload(ev.payload)
+        except LoomdError as exc:
+            self.bad_requests += 1
+            self.ctx.error("llm_bad_request", f"llm: bad chat request from {ev.sender}: {exc}")
+            await self._done(ev, ChatDone(error=str(exc), decision_id=did))
+            return
+        decision, policy, facts = self._decide(req)
+        await self._record(did, req, decision, policy, facts)
+        if decision.route == Route.DENY:
+            await self._done(ev, ChatDone(route="deny", error=decision.reason, decision_id=did))
+            return
+        if decision.route == Route.LOCAL:
+            await self._done(ev, await self._local(ev, req, did))
+        elif decision.route == Route.CLOUD:
+            await self._done(ev, await self._cloud(ev, req, did, policy, fallback=True))
+        else:  # hybrid: a local answer now, the cloud's refinement after, on one thread
+            quick = await self._local(ev, req, did, phase="quick")
+            await self._done(ev, quick)
+            if quick.error != "cancelled":
+                await self._done(ev, await self._cloud(ev, req, did, policy, phase="refine"))
+
+    async def _cloud(
+        self,
+        ev: Event,
+        req: ChatRequest,
+        did: str,
+        policy: Resolved,
+        *,
+        phase: str = "final",
+        fallback: bool = False,
+    ) -> ChatDone:
+        if self.cloud is None:
+            return ChatDone(
+                route="cloud", phase=phase, error="no cloud configured", decision_id=did
+            )
+        index = 0
+
+        async def send(text: str) -> None:
+            nonlocal index
+            if req.stream and ev.reply_to:
+                await self.ctx.bus.reply(
+                    ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
+                )
+            index += 1
+
+        try:
+            r = await self.cloud.chat(
+                [{"role": m.role, "content": m.content} for m in req.messages],
+                policy,
+                max_tokens=min(req.max_tokens, self.settings.max_tokens),
+                temperature=req.temperature,
+                json_schema=req.json_schema,
+                on_token=send,
+            )
+        except CloudRefused as exc:
+            self.ctx.error("llm_cloud_refused", f"llm: {exc}")
+            return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
+        except CloudError as exc:
+            self.ctx.error("llm_cloud", f"llm: {exc}", kind=exc.kind)
+            if fallback and index == 0 and self.engine is not None and not self.problem:
+                self.log.warning("llm: %s; answering locally instead", exc)
+                return await self._local(ev, req, did)
+            return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
+        return ChatDone(r.text, "cloud", phase, did, r.completion_tokens)
+
+    async def _local(self, ev: Event, req: ChatRequest, did: str, phase: str = "final") -> ChatDone:
+        if self.engine is None:
+            return ChatDone(route="local", phase=phase, error="no local model", decision_id=did)
+        job = Job(
+            messages=[{"role": m.role, "content": m.content} for m in req.messages],
+            max_tokens=min(req.max_tokens, self.settings.max_tokens),
+            temperature=req.temperature,
+            json_schema=req.json_schema,
+            priority=req.priority,
+        )
+        try:
+            self.engine.submit(job)
+        except QueueFull as exc:
+            self.ctx.error("llm_queue_full", f"llm: {exc}")
+            return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
+        self.inflight[did] = job
+        watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
+        index = 0
+        try:
+            async for text in job.stream():
+                if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
+                    self.log.info("llm: requester of %s left; cancelling", did)
+                    job.cancel.set()  # checked per token: the model is free a token later
+                if req.stream and ev.reply_to and not job.cancel.is_set():
+                    await self.ctx.bus.reply(
+                        ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
+                    )
+                index += 1
+            r = job.result
+            if r.cancelled:  # the contract: text is empty when error is set
+                return ChatDone("", "local", phase, did, r.tokens, "cancelled")
+            return ChatDone(r.text, "local", phase, did, r.tokens)
+        except LoomdError as exc:
+            return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
+        finally:
+            self.inflight.pop(did, None)
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+
+    def _listening(self, topic: str) -> bool:
+        broker = self.ctx.services.broker
+        return broker is None or any(matches(s.pattern, topic) for s in broker.subscriptions())
+
+    async def _watch_listener(self, ev: Event, job: Job) -> None:
+        """Cancel the job once nobody listens on reply_to any more (the requester left),
+        also while it waits in the queue. A streaming requester subscribes before it
+        publishes (loomd/messages.py); during generation each token checks as well."""
+        topic = ev.reply_to
+        while topic and not job.cancel.is_set():
+            await asyncio.sleep(LISTENER_CHECK_S)
+            if not self._listening(topic):
+                self.log.info("llm: requester of %s left; cancelling", ev.id.hex())
+                job.cancel.set()
+
+    async def _done(self, ev: Event, done: ChatDone) -> None:
+        if not ev.reply_to:
+            return
+        with contextlib.suppress(LoomdError):
+            await self.ctx.bus.reply(ev, done.to_payload(), type=EventType.LLM_DONE)
+
+    async def reload(self, new: LlmSettings) -> list[str]:
+        """Policy defaults, prices, caps, timeouts and limits apply to the next request."""
+        self.ctx.settings = new
+        if self.engine is not None:
+            self.engine.queue_max = new.queue_max
+        if self.cloud is not None:
+            self.cloud.settings = new.cloud
+            self.cloud.breaker.limit = new.cloud.breaker_failures
+            self.cloud.breaker.open_s = new.cloud.breaker_open_s
+        return []
+
+    # -- the operator's view -----------------------------------------------------------------
+    def status(self) -> LlmStatus:
+        st = self.engine.stats() if self.engine else {}
+        return LlmStatus(
+            model=str(self.settings.model),
+            loaded=bool(st.get("loaded")),
+            problem=self.problem,
+            tps=float(st.get("tps", 0.0)),
+            ttft_ms=float(st.get("ttft_ms", 0.0)),
+            confidence=float(st.get("confidence", 0.0)),
+            queue=int(st.get("queue", 0)),
+            generations=int(st.get("generations", 0)),
+            cancelled=int(st.get("cancelled", 0)),
+            decisions=dict(self.routes),
+            cloud=self._cloud_line(),
+        )
+
+    def _cloud_line(self) -> str:
+        cl = self.cloud
+        if cl is None:
+            return "not configured"
+        c = cl.counts
+        return (
+            f"circuit {cl.breaker.state}, spent {cl.ledger.today():.4f} today / "
+            f"{cl.ledger.month():.4f} this month, {c['requests']} calls, {c['errors']} failed, "
+            f"{c['refused']} refused by policy"
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        st = self.engine.stats() if self.engine else {}
+        yield Family(
+            "loomd_llm_decisions_total",
+            "counter",
+            "Routing decisions by route.",
+            [({"route": r}, float(n)) for r, n in self.routes.items()],
+        )
+        yield Family(
+            "loomd_llm_tokens_per_second", "gauge", "Moving average of local decode speed.",
+            [({}, float(st.get("tps", 0.0)))],
+        )  # fmt: skip
+        yield Family(
+            "loomd_llm_generations_total", "counter", "Local generations run.",
+            [({}, float(st.get("generations", 0)))],
+        )  # fmt: skip
+        if self.cloud is not None:
+            cl = self.cloud
+            yield Family(
+                "loomd_llm_cloud_requests_total",
+                "counter",
+                "Cloud calls by outcome (refused = policy kept them on the board).",
+                [({"outcome": k}, float(v)) for k, v in cl.counts.items()],
+            )
+            yield Family(
+                "loomd_llm_cloud_spend",
+                "gauge",
+                "Cloud spend so far (UTC day and month).",
+                [({"period": "day"}, cl.ledger.today()), ({"period": "month"}, cl.ledger.month())],
+            )
+            yield Family(
+                "loomd_llm_cloud_circuit_open",
+                "gauge",
+                "1 while the cloud circuit breaker is open.",
+                [({}, 1.0 if cl.breaker.state == "open" else 0.0)],
+            )
+        yield Family(
+            "loomd_llm_bad_requests_total", "counter", "Chat requests refused as malformed.",
+            [({}, float(self.bad_requests))],
+        )  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "explain": Command(self._explain, "the facts, policy and rule of a decision", ("id",)),
+            "test": Command(
+                self._test,
+                "dry run: the decision for a prompt (nothing is generated)",
+                ("prompt", "privacy", "max_tokens", "allow_cloud"),
+            ),
+            "recent": Command(self._recent, "the latest decisions", ("n",)),
+            "stats": Command(self._stats, "the local engine's measured figures"),
+            "load": Command(self._load, "load the model now"),
+            "unload": Command(self._unload, "unload the model now"),
+        }
+
+    async def _settle(self) -> None:
+        # records are written without holding up the turn; a reader waits for them
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def _explain(self, id: Any) -> dict[str, Any]:
+        await self._settle()
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        key = str(id)
+        record = kv.get(f"d/{key}")
+        if record is None:  # accept a unique prefix, as git does
+            hits = kv.keys(f"d/{key}")
+            if len(hits) == 1:
+                record = kv.get(hits[0])
+        if record is None:
+            raise LoomdError(f"no decision {key!r} in the last {self.settings.decisions_kept}")
+        return {"decision": record}
+
+    async def _test(
+        self,
+        prompt: Any,
+        privacy: Any = None,
+        max_tokens: Any = 256,
+        allow_cloud: Any = None,
+    ) -> dict[str, Any]:
+        req = ChatRequest(
+            (ChatMessage("user", str(prompt)),),
+            policy=Policy(privacy=privacy, allow_cloud=allow_cloud),
+            max_tokens=int(max_tokens),
+        )
+        d, policy, facts = self._decide(req)
+        return {
+            "route": str(d.route),
+            "rule": d.rule,
+            "reason": d.reason,
+            "est_latency_ms": round(d.est_latency_ms, 1),
+            "est_cost": d.est_cost,
+            "confidence": round(d.confidence, 3),
+            "policy": vars(policy),
+            "facts": facts.to_dict(),
+        }
+
+    async def _recent(self, n: Any = 10) -> dict[str, Any]:
+        await self._settle()
+        kv = self.ctx.state.kv(DECISIONS_NS)
+        ids = [kv.get(k) for k in kv.keys("r/")[-int(n) :]]
+        return {"decisions": [kv.get(f"d/{i}") for i in ids if i]}
+
+    async def _stats(self) -> dict[str, Any]:
+        return {"engine": self.engine.stats() if self.engine else {}, "problem": self.problem}
+
+    async def _load(self) -> dict[str, Any]:
+        if self.engine is None:
+            raise LoomdError("no model configured ([llm] model)")
+        await self.engine.load()
+        self.problem = ""
+        return {"load_ms": round(self.engine.load_ms, 1)}
+
+    async def _unload(self) -> dict[str, Any]:
+        if self.engine is not None:
+            await self.engine.unload()
+        return {}

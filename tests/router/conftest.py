@@ -1,0 +1,79 @@
+"""Router fixtures: a real Host (state, bus, llm) in process, and the test models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomd.config import load_config
+from loomd.host import Host
+
+MODELS = os.environ.get("LOOMD_TEST_MODELS", "")
+DEFAULT_MODELS = Path("/root/.cache/loomd-test-models")
+
+
+def model_dir() -> Path:
+    return Path(MODELS) if MODELS else DEFAULT_MODELS
+
+
+@pytest.fixture
+def tiny() -> Path:
+    """The 0.5 MB random-weight llama: fast load and streaming tests (gibberish output)."""
+    path = model_dir() / "llm" / "tiny-random.gguf"
+    if not path.exists():
+        pytest.skip(f"{path} missing: set LOOMD_TEST_MODELS (../shared/models/fetch-test-models)")
+    return path
+
+
+@pytest.fixture
+def smol() -> Path:
+    if not MODELS:
+        pytest.skip("LOOMD_TEST_MODELS is not set")
+    return Path(MODELS) / "llm" / "SmolLM2-135M-Instruct.gguf"
+
+
+HostFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def llm_host(tmp_path: Path) -> HostFactory:
+    """`async with llm_host(model=..., **llm_options) as host:` a Host with state, bus, llm."""
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra llm)")
+
+    @asynccontextmanager
+    async def make(extra: str = "", **options: Any) -> AsyncIterator[Host]:
+        lines = ["[llm]", "enabled = true"]
+        for key, value in options.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, str | Path):
+                lines.append(f'{key} = "{value}"')
+            else:
+                lines.append(f"{key} = {value}")
+        cfg = tmp_path / "loomd.toml"
+        cfg.write_text(
+            f'[paths]\nruntime_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/state"\n'
+            f'cache_dir = "{tmp_path}/cache"\n' + "\n".join(lines) + "\n" + extra
+        )
+        settings = load_config(cfg)
+        async with Host(settings, names=["state", "bus", "llm"]) as host:
+            yield host
+
+    return make
+
+
+def run(coro: Any, timeout: float = 60.0) -> Any:
+    """Run `coro` on a fresh loop with a deadline (the suite has no async plugin)."""
+    import asyncio
+
+    async def guarded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(guarded())

@@ -1,0 +1,131 @@
+"""Test clouds: llama-cpp-python's own OpenAI-compatible server (requests counted from its
+access log), and a small misbehaving server of ours (401/429/500/garbage/silence)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port
+
+CHAT_LINE = '"POST /v1/chat/completions HTTP/1.1"'
+
+
+class LlamaServer:
+    def __init__(self, model: Path, log: Path, api_key: str = "") -> None:
+        self.port = free_port()
+        self.log = log
+        self.api_key = api_key
+        args = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+            "--host", "127.0.0.1", "--port", str(self.port), "--model_alias", "cloud",
+            "--n_threads", "1", "--n_ctx", "2048", "--interrupt_requests", "False",
+        ]  # fmt: skip
+        if api_key:
+            args += ["--api_key", api_key]
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        req = urllib.request.Request(f"{self.base_url}/models")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"llama_cpp.server died:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(req, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"llama_cpp.server not ready:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def chat_requests(self) -> int:
+        """Chat completions the server has received (one access-log line each)."""
+        return self.log.read_text(errors="replace").count(CHAT_LINE)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._out.close()
+
+
+def _sse(text: str) -> bytes:
+    chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+class BadCloud:
+    """`http://127.0.0.1:PORT/<mode>/v1`: mode is one of ok, auth, rate-once, rate, error,
+    garbage, silence, cut. Runs on the test's own loop (aiohttp.web)."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.port = 0
+        self._runner: Any = None
+        self._closing = asyncio.Event()
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+
+    async def __aenter__(self) -> BadCloud:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/{mode}/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()  # releases the silent handlers
+        await self._runner.cleanup()
+
+    async def _chat(self, request: Any) -> Any:
+        from aiohttp import web
+
+        mode = request.match_info["mode"]
+        n = self.hits[mode] = self.hits.get(mode, 0) + 1
+        await request.read()
+        if mode == "auth":
+            return web.Response(status=401, text="bad key")
+        if mode == "rate" or (mode == "rate-once" and n == 1):
+            return web.Response(status=429, text="slow down")
+        if mode == "error":
+            return web.Response(status=500, text="boom")
+        if mode == "silence":
+            await self._closing.wait()
+            return web.Response(status=503)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if mode == "garbage":
+            await resp.write(b"<html>not an event stream</html>\n")
+            return resp
+        for word in ("hello", " from", " the", " cloud"):
+            await resp.write(_sse(word))
+        usage = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+        await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
