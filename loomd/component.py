@@ -51,7 +51,6 @@ __all__ = [
 S = TypeVar("S", bound=Section)
 
 
-
 class StatusBlock:
     """Base of the typed status blocks (`@dataclass(frozen=True)` subclasses).
 
@@ -272,24 +271,31 @@ class Component(Generic[S]):
 
     # -- background work ----------------------------------------------------------------------
     def spawn(
-        self, work: Callable[[], Awaitable[None]], name: str, *, restart: bool | None = None
+        self,
+        work: Callable[[], Awaitable[None]],
+        name: str,
+        *,
+        restart: bool | None = None,
+        critical: bool = True,
     ) -> asyncio.Task[None]:
         """Run `work()` in this component's task group. If it raises, the crash is published
         as `loomd.error`, and the component turns unhealthy, or (`restart`, default: the
         class's `restart_on_crash`) `work()` runs again after a capped backoff; a crash loop
-        (`crash_limit` crashes in `crash_window_s`) gives up and turns it unhealthy."""
+        (`crash_limit` crashes in `crash_window_s`) gives up and turns it unhealthy.
+        `critical=False` is for work per request or per item (one chat turn, one plugin's
+        runner): its crash is reported the same way but leaves the component healthy."""
         if self._tg is None:
             raise LoomdError(f"{self.name}: spawn() before start or after stop")
         again = self.restart_on_crash if restart is None else restart
         task = self._tg.create_task(
-            self._supervise(work, name, again), name=f"loomd.{self.name}.{name}"
+            self._supervise(work, name, again, critical), name=f"loomd.{self.name}.{name}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def _supervise(
-        self, work: Callable[[], Awaitable[None]], name: str, restart: bool
+        self, work: Callable[[], Awaitable[None]], name: str, restart: bool, critical: bool
     ) -> None:
         first, longest = self.backoff_s
         delay = first
@@ -303,11 +309,14 @@ class Component(Generic[S]):
             except Exception as exc:
                 self._crashed(name, exc)
             if not restart:
-                self.fail(f"task {name} crashed: {self.crashes[-1].error}")
+                if critical:
+                    self.fail(f"task {name} crashed: {self.crashes[-1].error}")
                 return
             window = self.crash_window_s
             recent = [c for c in self.crashes if c.task == name and c.at > time.time() - window]
             if len(recent) >= self.crash_limit:
+                if not critical:
+                    return
                 self.fail(f"task {name} crashed {len(recent)} times in {window:g} s; gave up")
                 return
             if time.monotonic() - began > window:

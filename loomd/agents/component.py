@@ -371,7 +371,7 @@ class AgentsComponent(Component[AgentsSettings]):
             if slot.runner is not None:
                 proc.restarts = slot.runner.restarts + 1
             slot.runner, slot.state, slot.why = proc, "running", ""
-            proc.task = self.spawn(proc.run, f"agent.{pdef.id}", restart=False)
+            proc.task = self.spawn(proc.run, f"agent.{pdef.id}", restart=False, critical=False)
             return
         try:
             agent = pdef.make(settings)
@@ -392,7 +392,7 @@ class AgentsComponent(Component[AgentsSettings]):
         if slot.runner is not None:
             runner.restarts = slot.runner.restarts + 1
         slot.runner, slot.state, slot.why = runner, "running", ""
-        runner.task = self.spawn(runner.run, f"agent.{pdef.id}", restart=False)
+        runner.task = self.spawn(runner.run, f"agent.{pdef.id}", restart=False, critical=False)
 
     async def _stop_slot(self, slot: _Slot) -> None:
         if slot.runner is not None:

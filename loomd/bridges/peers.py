@@ -374,7 +374,7 @@ class PeersComponent(Component[PeersSettings]):
             for t in old.tasks:
                 t.cancel()
             for sub in old.subs:
-                self.spawn(sub.close, f"close-{name}")
+                self.spawn(sub.close, f"close-{name}", critical=False)
             peer.unacked, peer.next_seq = old.unacked, old.next_seq
             self.by_route = {k: v for k, v in self.by_route.items() if v is not old}
         self.peers[name] = peer

@@ -208,7 +208,8 @@ class LlmComponent(Component[LlmSettings]):
 
     async def _serve_chat(self, sub: Any) -> None:
         async for ev in sub:
-            self.spawn(functools.partial(self._turn, ev), f"turn-{ev.id.hex()[:8]}", restart=False)
+            turn = functools.partial(self._turn, ev)
+            self.spawn(turn, f"turn-{ev.id.hex()[:8]}", restart=False, critical=False)
 
     # -- facts and decisions -----------------------------------------------------------------
     def facts(self) -> Facts:

@@ -47,7 +47,14 @@ class Flaky(Component[FlakySettings]):
         await asyncio.Event().wait()
 
     def commands(self) -> Mapping[str, Command]:
-        return {"runs": Command(self._runs, "how many runs")}
+        return {"runs": Command(self._runs, "how many runs"), "oops": Command(self._oops)}
+
+    async def _oops(self) -> dict[str, Any]:
+        async def one_request() -> None:
+            raise KeyError("bad request")
+
+        await self.spawn(one_request, "request-1", critical=False)
+        return {}
 
     async def _runs(self) -> dict[str, Any]:
         return {"runs": self.runs}
@@ -119,7 +126,7 @@ def test_control_plane_errors_are_clear(short_tmp: Path) -> None:
             for msg, text in [
                 ({"op": "nope"}, "unknown op 'nope'"),
                 ({"op": "zz.x"}, "no component named 'zz'"),
-                ({"op": "flaky.zz"}, "flaky has no operation 'zz' (operations: runs)"),
+                ({"op": "flaky.zz"}, "flaky has no operation 'zz' (operations: oops, runs)"),
                 ({"op": "flaky.runs", "extra": 1}, "bad arguments"),
                 ({"op": "state.get", "args": [""]}, "a state key must be a non-empty string"),
             ]:
@@ -129,11 +136,27 @@ def test_control_plane_errors_are_clear(short_tmp: Path) -> None:
             got = await host.control(None, {"op": "state.get", "args": ["k"]})
             assert got == {"found": True, "value": {"v": 1}}
             assert sorted(host.commands()) == [
+                "flaky.oops",
                 "flaky.runs",
                 "state.del",
                 "state.get",
                 "state.ls",
                 "state.put",
             ]
+
+    run(main)
+
+
+def test_a_crash_in_per_request_work_is_reported_and_leaves_the_component_healthy(
+    short_tmp: Path,
+) -> None:
+    async def main() -> None:
+        async with host_for(short_tmp, fails=0) as host:
+            assert host.services.broker is not None
+            errors = host.services.broker.subscribe("loomd.error", "reliable")
+            assert await host.control(None, {"op": "flaky.oops"}) == {}
+            ev = await errors.get(timeout=5)
+            assert "task request-1 crashed: KeyError" in ev.payload["message"]
+            assert host.healthy() and host.status()["components"]["flaky"]["healthy"]
 
     run(main)
