@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import random
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -379,9 +379,7 @@ def test_tcp_without_auth_must_be_asked_for_and_warns(loomd_proc: LoomdProcess) 
     from tests.conftest import free_port
 
     port = free_port()
-    loomd_proc.write_config(
-        f'[bus]\ntcp_enabled = true\ntcp_port = {port}\ntcp_auth = "none"\n'
-    )
+    loomd_proc.write_config(f'[bus]\ntcp_enabled = true\ntcp_port = {port}\ntcp_auth = "none"\n')
     loomd_proc.start()
 
     async def main() -> None:
