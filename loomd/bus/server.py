@@ -43,6 +43,7 @@ SNDHWM = 100  # messages per client pipe, each way: with BATCH_BYTES, ~6.4 MB pe
 RETRY_MIN_S = 0.002
 RETRY_MAX_S = 0.25
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
+FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
 MAX_WINDOW = 100_000  # the largest credit window a subscription may ask for
 MAX_AGE_MS = 3_600_000
 
@@ -115,7 +116,7 @@ class BusServer:
         socket_mode: int = 0o660,
         client_timeout_s: float = 15.0,
         credit_window: int = wire.DEFAULT_CREDIT_WINDOW,
-        max_subscriptions: int = 1000,
+        max_subscriptions: int = 256,
         max_clients: int = 1000,
         max_clients_per_uid: int = 256,
         pending_bytes: int = 32 << 20,
@@ -147,6 +148,7 @@ class BusServer:
         self._scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
+        self._flush_left = FLUSH_BUDGET
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._sub_session: dict[int, tuple[Session, int]] = {}  # daemon sid -> (session, csid)
@@ -588,7 +590,11 @@ class BusServer:
         dirty, self._dirty = self._dirty, set()
         now = time.monotonic()
         wake_at = None
+        self._flush_left = FLUSH_BUDGET
         for sub in dirty:
+            if self._flush_left <= 0:  # the rest next round, after the sockets are read
+                self._dirty.add(sub)
+                continue
             owner = self._sub_session.get(sub.sid)
             if owner is None or sub.closed:
                 continue
@@ -607,6 +613,8 @@ class BusServer:
                 wake_at = session.blocked_until
         if wake_at is not None:
             self._arm_retry(wake_at)
+        if self._flush_left <= 0 and self._dirty:
+            self._schedule()
 
     def _arm_retry(self, at: float) -> None:
         if self._retry is not None:
@@ -631,7 +639,11 @@ class BusServer:
         sock, ident = session.sock, session.ident
         hist = self.latency
         while room > 0 and sub.pending():
+            if self._flush_left <= 0:
+                self._dirty.add(sub)  # more next round
+                return True
             items = sub.take(min(room, DELIVERY_BATCH))
+            self._flush_left -= len(items)
             frames = wire.deliveries(items, csid)
             start = 0
             while start < len(frames):  # split so one message stays under BATCH_BYTES
