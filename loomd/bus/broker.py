@@ -95,6 +95,7 @@ class Subscriber:
         owner: str,
         budget: Budget | None = None,
         max_age_ms: int | None = None,
+        holds: bool = True,
     ) -> None:
         self.broker = broker
         self.sid = sid
@@ -113,6 +114,9 @@ class Subscriber:
         self.bytes = 0  # queued here (also counted in the shared budget)
         self.progress_at = broker.clock()  # last time the consumer took something
         self.max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
+        # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
+        # Not for a client that was just evicted: it gets the hard bounds only.
+        self.holds = holds
         self.realtime: RealtimeQueue[Event] | None = None
         self.batched: BatchedQueue[tuple[int, Event]] | None = None
         self.reliable: ReliableQueue[tuple[int, Event]] | None = None
@@ -411,6 +415,7 @@ class Broker:
         after_seq: int | None = None,
         budget: Budget | None = None,
         max_age_ms: int | None = None,
+        holds: bool = True,
     ) -> Subscriber:
         validate_pattern(pattern)
         q = QoS(qos) if qos else self.default_qos(pattern)
@@ -418,7 +423,7 @@ class Broker:
             raise LoomdError(f"replay (after={after_seq}) needs a reliable subscription, not {q}")
         if max_age_ms is not None and q is not QoS.REALTIME:
             raise LoomdError(f"max_age_ms applies to realtime subscriptions, not {q}")
-        sub = Subscriber(self, self._next_sid, pattern, q, sink, owner, budget, max_age_ms)
+        sub = Subscriber(self, self._next_sid, pattern, q, sink, owner, budget, max_age_ms, holds)
         self._next_sid += 1
         self._subs[sub.sid] = sub
         self._trie.add(pattern, sub)
@@ -600,6 +605,8 @@ class Broker:
                 if sub.overflowing():
                     self.shed(sub, "over_budget")
                     continue
+                if sub.catching_up or not sub.holds:
+                    continue  # its backlog is its own: only the hard bounds apply
                 if blocked is None:
                     blocked = []
                 blocked.append(sub)

@@ -263,8 +263,12 @@ class Event:
         return m if isinstance(m, dict) else {}
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view (ids as hex, raw payloads as their length)."""
-        payload = self.payload
+        """A JSON-friendly view (ids as hex, raw payloads as their length, a body the
+        bounded decoder refuses as the reason)."""
+        try:
+            payload = self.payload
+        except ProtocolError as exc:
+            payload = {"undecodable": str(exc), "bytes": len(self._body or b"")}
         if isinstance(payload, bytes):
             payload = {"raw_bytes": len(payload)}
         cid = self.correlation_id

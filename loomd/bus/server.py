@@ -46,6 +46,7 @@ HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_fra
 FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
 MAX_WINDOW = 100_000  # the largest credit window a subscription may ask for
 MAX_AGE_MS = 3_600_000
+EVICTED_MEMORY_S = 60.0  # how long an eviction costs a client its say in back-pressure
 
 ControlHandler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -62,6 +63,7 @@ class Session:
         self.number = number  # what status shows instead of the routing id
         self.secret: bytes | None = None  # from the first hello: later hellos must match
         self.budget = Budget(server.pending_bytes)
+        self.evicted_at = -1e9  # when the broker last shed one of its subscriptions
         self.retry_s = 0.0  # current back-off while its pipe is full (0: not blocked)
         self.blocked_until = 0.0
         self.name = ""
@@ -512,6 +514,8 @@ class BusServer:
             after_seq=after,
             budget=session.budget,
             max_age_ms=max_age,
+            # a client evicted lately does not get to hold publishers back again
+            holds=time.monotonic() - session.evicted_at > EVICTED_MEMORY_S,
         )
         session.subs[csid] = sub
         self._sub_session[sub.sid] = (session, csid)
@@ -546,6 +550,7 @@ class BusServer:
         if entry is None:
             return
         csid = entry[1]
+        session.evicted_at = time.monotonic()
         if session.subs.get(csid) is sub:
             del session.subs[csid]
         self._drop_sub(session, sub)
