@@ -122,6 +122,7 @@ class Subscriber:
         self.reliable: ReliableQueue[tuple[int, Event]] | None = None
         self._ready: deque[tuple[int, Event]] = deque()  # released batches
         self._batch_timer: asyncio.TimerHandle | None = None
+        self._oldest = lim.realtime_policy == "drop_oldest"
         if qos is QoS.REALTIME:
             self.realtime = RealtimeQueue(lim.realtime_queue, lim.realtime_policy)
         elif qos is QoS.BATCHED:
@@ -149,19 +150,26 @@ class Subscriber:
         """Queue one event; return True if the reliable queue is now over its limit."""
         size = ev.size
         q = self.realtime
+        budget = self.budget
         if q is not None:
-            gone = q.push_evict(ev)
-            freed = 0
-            for old in gone:  # the oldest, or (keep_latest) this topic's previous event
-                self.drop("queue_full", old.topic)
-                freed += old.size
-            self._add_bytes(size - freed)
-            while self.budget.over:  # the client's byte budget: shed from this queue
-                old_ev = q.pop_first()
-                if old_ev is None:
-                    break
-                self._add_bytes(-old_ev.size)
-                self.drop("over_budget", old_ev.topic)
+            if self._oldest:
+                old_one = q.append(ev)
+                if old_one is not None:
+                    self.drop("queue_full", old_one.topic)
+                    size -= old_one.size
+            else:
+                for old in q.push_evict(ev):  # (keep_latest) this topic's previous event
+                    self.drop("queue_full", old.topic)
+                    size -= old.size
+            self.bytes += size
+            budget.used += size
+            if budget.used > budget.limit:  # the client's byte budget: shed from this queue
+                while budget.used > budget.limit:
+                    old_ev = q.pop_first()
+                    if old_ev is None:
+                        break
+                    self._add_bytes(-old_ev.size)
+                    self.drop("over_budget", old_ev.topic)
             self._wake()
             return False
         if self.batched is not None:
@@ -239,8 +247,13 @@ class Subscriber:
         else:
             out = [self._ready.popleft() for _ in range(min(n, len(self._ready)))]
         if out:
-            self.progress_at = self.broker.clock()
-            self._add_bytes(-sum(ev.size for _, ev in out))
+            if self.reliable is not None:  # only a reliable one can hold publishers back
+                self.progress_at = self.broker.clock()
+            n = 0
+            for item in out:
+                n += item[1].size
+            self.bytes -= n
+            self.budget.used -= n
             self.stats.delivered += len(out)
             self.broker.count_out(out)
         return out
@@ -315,8 +328,9 @@ class Subscriber:
             if rt is not None and not self.max_age_ns:  # hot path: one event
                 ev = rt.pop_first()
                 if ev is not None:
-                    self._add_bytes(-ev.size)
-                    self.progress_at = self.broker.clock()
+                    size = ev.size
+                    self.bytes -= size
+                    self.budget.used -= size
                     self.stats.delivered += 1
                     self.broker.count_out_one(ev)
                     return ev

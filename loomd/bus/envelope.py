@@ -144,7 +144,8 @@ class Event:
     @property
     def header(self) -> dict[str, Any]:
         if self._hdr is None:
-            self._hdr = decode_header(self._header_bytes or b"")
+            # a header shaped like one seen before is checked by a few byte compares
+            self._hdr = check_header(self._header_bytes or b"")
         return self._hdr
 
     def header_bytes(self) -> bytes:

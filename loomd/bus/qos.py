@@ -37,12 +37,18 @@ class RealtimeQueue(Generic[E]):
     def push(self, item: E) -> int:
         return len(self.push_evict(item))
 
-    def push_evict(self, item: E) -> list[E]:
+    def append(self, item: E) -> E | None:
+        """drop_oldest's push: queue `item`, return the one it pushed out (if any)."""
+        items = self._items
+        items.append(item)
+        return items.popleft() if len(items) > self.maxlen else None
+
+    def push_evict(self, item: E) -> list[E] | tuple[()]:
         """Queue `item`; return the items it pushed out (the caller counts them by topic)."""
         if self.policy == "keep_latest":
             latest = self._latest
             old = latest.get(item.topic)
-            out = [] if old is None else [old]
+            out: list[E] = [] if old is None else [old]
             latest[item.topic] = item
             latest.move_to_end(item.topic)
             if len(latest) > self.maxlen:
@@ -52,7 +58,7 @@ class RealtimeQueue(Generic[E]):
         items.append(item)
         if len(items) > self.maxlen:
             return [items.popleft()]
-        return []
+        return ()
 
     def items(self) -> list[E]:
         """What is queued, oldest first (a copy)."""

@@ -36,12 +36,13 @@ PUMP_BYTES = 256 * 1024  # ...or this many bytes (batches hold many events): bou
 DELIVERY_BATCH = 256  # deliveries packed into one frame per send...
 BATCH_BYTES = 64 * 1024  # ...up to this size
 SNDHWM = 100  # messages per client pipe, each way: with BATCH_BYTES, ~6.4 MB per client
-# A client whose pipe is full is retried after a delay that doubles up to RETRY_MAX_S, and
+# A client whose pipe is full is retried after RETRY_MIN_S while it drains (some sends
+# went through), after a delay that doubles up to RETRY_MAX_S while it does not, and
 # at once when it sends anything (an ack or a ping means it is reading again). A ROUTER
 # has no per-peer "writable" signal to wait on; the back-off keeps a deaf client from
 # costing a busy loop (it was a 2 ms poll: ~18 % CPU of an idle daemon).
 RETRY_MIN_S = 0.002
-RETRY_MAX_S = 0.25
+RETRY_MAX_S = 0.1
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
 FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
 MAX_WINDOW = 100_000  # the largest credit window a subscription may ask for
@@ -65,6 +66,7 @@ class Session:
         self.budget = Budget(server.pending_bytes)
         self.evicted_at = -1e9  # when the broker last shed one of its subscriptions
         self.retry_s = 0.0  # current back-off while its pipe is full (0: not blocked)
+        self.progressed = False  # a send to it went through in this flush round
         self.blocked_until = 0.0
         self.name = ""
         self.last_seen = time.monotonic()
@@ -609,11 +611,15 @@ class BusServer:
             elif self._flush_sub(session, owner[1], sub):
                 session.retry_s = 0.0
                 continue
-            else:  # the pipe is full now: back off, doubling
+            else:  # the pipe is full now: back off (doubling while it does not drain)
                 self._dirty.add(sub)
                 if session.blocked_until <= now:
-                    session.retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, session.retry_s * 2))
+                    if session.progressed:
+                        session.retry_s = RETRY_MIN_S
+                    else:
+                        session.retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, session.retry_s * 2))
                     session.blocked_until = now + session.retry_s
+            session.progressed = False
             if wake_at is None or session.blocked_until < wake_at:
                 wake_at = session.blocked_until
         if wake_at is not None:
@@ -672,6 +678,7 @@ class BusServer:
                         self.drop_session(session)
                         return True
                     raise
+                session.progressed = True
                 if reliable:
                     session.sent[sub.sid] += end - start
                     room -= end - start
