@@ -51,7 +51,6 @@ __all__ = [
 S = TypeVar("S", bound=Section)
 
 
-
 class StatusBlock:
     """Base of the typed status blocks (`@dataclass(frozen=True)` subclasses).
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 AckCallback = Callable[[str | None], None]  # called with None when accepted, else an error code
 MAX_TOPIC_STATS = 1024
+REPLAY_CHUNK = 256
 OTHER_TOPICS = "_other"
 
 
@@ -668,15 +669,18 @@ class Broker:
         if sub.closed or self.journal is None:
             return
         assert sub.reliable is not None
-        while len(sub.reliable) < sub.reliable.limit and not sub.budget.over:
-            entries = self.journal.read(sub.last_journal_seq, 256)
-            if not entries:
-                break
+        # One chunk per loop turn: a replay (a resubscribing, or detached, subscriber far
+        # behind) never holds the loop for more than REPLAY_CHUNK journal entries.
+        if len(sub.reliable) < sub.reliable.limit and not sub.budget.over:
+            entries = self.journal.read(sub.last_journal_seq, REPLAY_CHUNK)
             for entry in entries:
                 sub.last_journal_seq = entry.seq
                 topic = entry.topic.decode()
                 if matches(sub.pattern, topic):
                     sub.push(Event.from_frames(entry.topic, entry.header, entry.body), entry.seq)
+            if len(entries) == REPLAY_CHUNK and len(sub.reliable) < sub.reliable.limit:
+                self.continue_replay(sub)
+                return
         if sub.last_journal_seq >= self.journal.head:
             sub.catching_up = False  # caught up: live delivery from here, no gap, no overlap
             log.debug("subscription %d caught up at seq %d", sub.sid, sub.last_journal_seq)

@@ -641,6 +641,14 @@ class Client:
         log.warning(
             "loomd evicted subscription %r (%s): resubscribing", sub.pattern, msg.get("reason")
         )
+        # Not at once: a consumer that is still stalled would only be shed again (and each
+        # time cost the daemon a replay). 0.2 s, doubling per eviction up to 5 s.
+        delay = min(5.0, 0.2 * 2 ** min(sub.evictions - 1, 5))
+        self.loop.call_later(delay, self._resubscribe, sub)
+
+    def _resubscribe(self, sub: Subscription) -> None:
+        if sub.closed or self._closing or self._subs.get(sub.sid) is not sub:
+            return
         sub._resubscribed()
         self._call_nowait(sub._sub_msg(), sub._on_reply)
 
