@@ -363,6 +363,8 @@ def run_attack(
         w.join(10)
         code = d.stop()
         out["exit_code"] = code
+        if os.environ.get("HOSTILE_LOG"):
+            print(d.log.read_text()[-4000:], file=sys.stderr)
         d.close()
         shutil.rmtree(root, ignore_errors=True)
     return out
@@ -374,7 +376,10 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
+    only = os.environ.get("HOSTILE_ONLY")
     for name, fn, _ in ATTACKS:
+        if only and name not in (only, "baseline_idle"):
+            continue
         print(f"[hostile] {name} ...", file=sys.stderr, flush=True)
         try:
             results[name] = run_attack(name, fn, args.quick)

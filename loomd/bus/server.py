@@ -123,7 +123,7 @@ class BusServer:
         max_subscriptions: int = 256,
         max_clients: int = 1000,
         max_clients_per_uid: int = 256,
-        pending_bytes: int = 32 << 20,
+        pending_bytes: int = 16 << 20,
         curve: CurveSetup | None = None,
         control: ControlHandler | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,

@@ -43,6 +43,7 @@ DEFAULT_SOCKET = "/run/loomd/bus.sock"
 RECV_BATCH = 1024
 OUTBOX_MAX = 256  # events per outgoing batch frame
 OUTBOX_BYTES = 64 * 1024
+CTL_RETRY_S = 0.005  # a control message that found the pipe full is retried this often
 
 
 def default_endpoint() -> str:
@@ -264,6 +265,8 @@ class Client:
         self._outbox_reliable = 0
         self._outbox_bytes = 0
         self._monitor: zmq.Socket[bytes] | None = None
+        self._ctl_pending: deque[bytes] = deque(maxlen=1024)
+        self._ctl_retry: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Client:
@@ -327,6 +330,9 @@ class Client:
         self._close_socket()
 
     def _close_socket(self) -> None:
+        if self._ctl_retry is not None:
+            self._ctl_retry.cancel()
+            self._ctl_retry = None
         if self._monitor is not None:
             with contextlib.suppress(ValueError, OSError, zmq.ZMQError):
                 self.loop.remove_reader(socket_fd(self._monitor))
@@ -578,7 +584,23 @@ class Client:
         if self._sock is None:
             return False
         self._flush_outbox()  # control messages never overtake earlier publishes
-        return self._send_event(wire.pack_control(msg))
+        frame = wire.pack_control(msg)
+        if not self._ctl_pending and self._send_event(frame):
+            return True
+        # The pipe is full (our own realtime flood, say): a control message is not dropped
+        # like a realtime event would be; it waits, in order, and goes out when there is room.
+        self._ctl_pending.append(frame)
+        if self._ctl_retry is None:
+            self._ctl_retry = self.loop.call_later(CTL_RETRY_S, self._send_ctl_pending)
+        return False
+
+    def _send_ctl_pending(self) -> None:
+        self._ctl_retry = None
+        pending = self._ctl_pending
+        while pending and self._sock is not None and self._send_event(pending[0]):
+            pending.popleft()
+        if pending and self._sock is not None:
+            self._ctl_retry = self.loop.call_later(CTL_RETRY_S, self._send_ctl_pending)
 
     # -- receiving ----------------------------------------------------------------------------
     def _schedule(self) -> None:
