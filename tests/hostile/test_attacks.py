@@ -482,3 +482,16 @@ def test_notify_reader_gone_never_blocks_the_daemon(loomd_proc: LoomdProcess) ->
     t0 = time.monotonic()
     assert loomd_proc.stop(timeout=10) == 0  # SIGTERM answered
     assert time.monotonic() - t0 < 10
+
+
+def test_unit_open_files_limit_agrees_with_the_connection_cap() -> None:
+    """The unit's LimitNOFILE leaves the default connection cap untouched (soft = hard)."""
+    from loomd.bus.conns import connection_cap
+    from loomd.bus.settings import BusSettings
+
+    unit = (Path(__file__).parents[2] / "systemd" / "loomd.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("LimitNOFILE=")]
+    soft, hard = (int(v) for v in line.split("=", 1)[1].split(":"))
+    assert soft == hard
+    default = BusSettings().max_clients
+    assert connection_cap(default, soft) == default
