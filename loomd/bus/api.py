@@ -72,10 +72,13 @@ class Bus(Protocol):
         pattern: str,
         qos: QoS | str | None = None,
         *,
-        window: int = ...,
+        window: int | None = ...,
         since: int | None = ...,
+        max_age_ms: int | None = ...,
     ) -> BusSubscription:
-        """Subscribe to an AMQP-style pattern (`*` one segment, `#` zero or more)."""
+        """Subscribe to an AMQP-style pattern (`*` one segment, `#` zero or more).
+        `max_age_ms` (realtime only): events older than this when they would be delivered
+        are dropped and counted as `too_old` (a consumer that wants fresh data)."""
         ...
 
     async def request(

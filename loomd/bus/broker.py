@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 AckCallback = Callable[[str | None], None]  # called with None when accepted, else an error code
 MAX_TOPIC_STATS = 1024
+REPLAY_CHUNK = 256
 OTHER_TOPICS = "_other"
 
 
@@ -42,6 +43,31 @@ class Sink(Protocol):
     """Where a subscription's events go when they are ready (a socket session)."""
 
     def wake(self, sub: Subscriber) -> None: ...
+
+    def evicted(self, sub: Subscriber, reason: str) -> None:
+        """The broker shed this subscription (a slow consumer): tell the client."""
+        ...
+
+
+class Budget:
+    """Bytes queued for one client, across its subscriptions (a socket session shares one
+    between its subscriptions; an in-process subscription has its own)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+
+class SlowConsumer(LoomdError):
+    """An in-process subscription was evicted for not keeping up."""
+
+    code = "evicted"
 
 
 @dataclass(slots=True)
@@ -68,6 +94,9 @@ class Subscriber:
         qos: QoS,
         sink: Sink | None,
         owner: str,
+        budget: Budget | None = None,
+        max_age_ms: int | None = None,
+        holds: bool = True,
     ) -> None:
         self.broker = broker
         self.sid = sid
@@ -77,15 +106,24 @@ class Subscriber:
         self.owner = owner
         self.stats = SubStats()
         self.closed = False
+        self.evicted: str | None = None  # why the broker shed it, if it did
         self.seq = 0  # per-subscription counter for reliable, non-durable deliveries
         self.last_journal_seq = 0  # highest durable seq handed to this subscription
         self.catching_up = False
         lim = broker.limits
+        self.budget = budget or Budget(lim.pending_bytes)
+        self.bytes = 0  # queued here (also counted in the shared budget)
+        self.progress_at = broker.clock()  # last time the consumer took something
+        self.max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
+        # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
+        # Not for a client that was just evicted: it gets the hard bounds only.
+        self.holds = holds
         self.realtime: RealtimeQueue[Event] | None = None
         self.batched: BatchedQueue[tuple[int, Event]] | None = None
         self.reliable: ReliableQueue[tuple[int, Event]] | None = None
         self._ready: deque[tuple[int, Event]] = deque()  # released batches
         self._batch_timer: asyncio.TimerHandle | None = None
+        self._oldest = lim.realtime_policy == "drop_oldest"
         if qos is QoS.REALTIME:
             self.realtime = RealtimeQueue(lim.realtime_queue, lim.realtime_policy)
         elif qos is QoS.BATCHED:
@@ -101,27 +139,49 @@ class Subscriber:
         q = self.realtime or self.batched or self.reliable
         return len(q or ()) + len(self._ready)
 
-    def _drop(self, reason: str, topic: str, n: int = 1) -> None:
+    def drop(self, reason: str, topic: str, n: int = 1) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + n
         self.broker.count_drop(topic, reason, n)
 
+    def _add_bytes(self, n: int) -> None:
+        self.bytes += n
+        self.budget.used += n
+
     def push(self, ev: Event, seq: int) -> bool:
         """Queue one event; return True if the reliable queue is now over its limit."""
+        size = ev.size
         q = self.realtime
+        budget = self.budget
         if q is not None:
-            # which topic loses an event: the oldest one queued, or this one's (keep_latest)
-            victim = ev.topic
-            if len(q) >= q.maxlen and not (q.policy == "keep_latest" and ev.topic in q._latest):
-                victim = q.peek().topic  # full: the oldest one goes
-            dropped = q.push(ev)
-            if dropped:
-                self._drop("queue_full", victim, dropped)
+            if self._oldest:
+                old_one = q.append(ev)
+                if old_one is not None:
+                    self.drop("queue_full", old_one.topic)
+                    size -= old_one.size
+            else:
+                for old in q.push_evict(ev):  # (keep_latest) this topic's previous event
+                    self.drop("queue_full", old.topic)
+                    size -= old.size
+            self.bytes += size
+            budget.used += size
+            if budget.used > budget.limit:  # the client's byte budget: shed from this queue
+                while budget.used > budget.limit:
+                    old_ev = q.pop_first()
+                    if old_ev is None:
+                        break
+                    self._add_bytes(-old_ev.size)
+                    self.drop("over_budget", old_ev.topic)
             self._wake()
             return False
         if self.batched is not None:
+            if self.budget.used + size > self.budget.limit:
+                self.drop("over_budget", ev.topic)
+                return False
             now = self.broker.clock()
             if self.batched.push((seq, ev), now):
-                self._drop("sampled", ev.topic)
+                self.drop("sampled", ev.topic)
+            else:
+                self._add_bytes(size)
             if self.batched.due(now):
                 self._release_batch()
             elif self._batch_timer is None:
@@ -135,8 +195,15 @@ class Subscriber:
             self.seq += 1
             seq = -self.seq  # negative: a per-subscription counter, not a journal seq
         self.reliable.push((seq, ev))
+        self._add_bytes(size)
         self._wake()
         return self.reliable.pressured
+
+    def overflowing(self) -> bool:
+        """A reliable queue past its hard bounds: the client's byte budget, or four times
+        the soft limit (publishers that cannot be slowed, such as realtime ones)."""
+        r = self.reliable
+        return r is not None and (self.budget.over or len(r) >= 4 * r.limit)
 
     def _on_batch_timer(self) -> None:
         self._batch_timer = None
@@ -152,7 +219,9 @@ class Subscriber:
         ready.extend(self.batched.take())
         excess = len(ready) - max(self.batched.budget, self.batched.batch_max)  # stalled reader
         for _ in range(excess):
-            self._drop("queue_full", ready.popleft()[1].topic)
+            ev = ready.popleft()[1]
+            self._add_bytes(-ev.size)
+            self.drop("queue_full", ev.topic)
         self._wake()
 
     def pending(self) -> int:
@@ -167,6 +236,8 @@ class Subscriber:
         """Remove up to n deliverable events as (seq, event)."""
         if self.realtime is not None:
             out = [(0, ev) for ev in self.realtime.pop_many(n)]
+            if self.max_age_ns and out:
+                out = self._fresh(out)
         elif self.reliable is not None:
             was_pressured = self.reliable.pressured
             out = self.reliable.pop_many(n)
@@ -177,22 +248,66 @@ class Subscriber:
         else:
             out = [self._ready.popleft() for _ in range(min(n, len(self._ready)))]
         if out:
+            if self.reliable is not None:  # only a reliable one can hold publishers back
+                self.progress_at = self.broker.clock()
+            n = 0
+            for item in out:
+                n += item[1].size
+            self.bytes -= n
+            self.budget.used -= n
             self.stats.delivered += len(out)
             self.broker.count_out(out)
         return out
 
+    def _fresh(self, items: list[tuple[int, Event]]) -> list[tuple[int, Event]]:
+        """Drop realtime events older than the subscription's max_age (counted `too_old`)."""
+        cutoff = time.time_ns() - self.max_age_ns
+        keep = []
+        for item in items:
+            ev = item[1]
+            if ev.ts < cutoff:
+                self._add_bytes(-ev.size)
+                self.drop("too_old", ev.topic)
+            else:
+                keep.append(item)
+        return keep
+
     def unpop(self, items: list[tuple[int, Event]]) -> None:
         """Put events back at the head (a socket refused them); never reorders."""
+        self._add_bytes(sum(ev.size for _, ev in items))
         if self.reliable is not None:
             self.reliable.unpop(items)
         elif self.realtime is not None:
             lost = self.realtime.unpop([ev for _, ev in items])
             if lost:
-                self._drop("queue_full", items[0][1].topic, lost)
+                self.drop("queue_full", items[0][1].topic, lost)
+                # which ones went is not known here; the budget is recounted below
+                self._recount()
         else:
             self._ready.extendleft(reversed(items))
         self.stats.delivered -= len(items)
         self.broker.count_out(items, -1)
+
+    def _recount(self) -> None:
+        q = self.realtime
+        held = sum(ev.size for ev in q.items()) if q is not None else self.bytes
+        self._add_bytes(held - self.bytes)
+
+    def clear(self) -> list[tuple[int, Event]]:
+        """Empty the reliable queue (the broker sheds it); returns what was queued."""
+        items = self.reliable.clear() if self.reliable is not None else []
+        self._add_bytes(-self.bytes)
+        return items
+
+    def shutdown(self) -> None:
+        """Called by the broker on unsubscribe: stop timers, release the budget, wake."""
+        self.closed = True
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        self._add_bytes(-self.bytes)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _wake(self) -> None:
         if self.sink is not None:
@@ -207,16 +322,24 @@ class Subscriber:
     async def __anext__(self) -> Event:
         while True:
             if self.closed:
+                if self.evicted is not None:
+                    raise SlowConsumer(f"subscription {self.pattern!r} evicted: {self.evicted}")
                 raise StopAsyncIteration
             rt = self.realtime
-            if rt is not None and rt._items:  # hot path: drop_oldest, one event
-                ev = rt._items.popleft()
-                self.stats.delivered += 1
-                self.broker.count_out_one(ev)
-                return ev
+            if rt is not None and not self.max_age_ns:  # hot path: one event
+                ev = rt.pop_first()
+                if ev is not None:
+                    size = ev.size
+                    self.bytes -= size
+                    self.budget.used -= size
+                    self.stats.delivered += 1
+                    self.broker.count_out_one(ev)
+                    return ev
             items = self.take(1)
             if items:
                 return items[0][1]
+            if rt is not None and len(rt):
+                continue  # everything taken was too old: look again
             self._waiter = self.broker.loop.create_future()
             await self._waiter
             self._waiter = None
@@ -246,6 +369,7 @@ class Subscriber:
             "qos": str(self.qos),
             "owner": self.owner,
             "depth": self.depth(),
+            "bytes": self.bytes,
             "delivered": self.stats.delivered,
             "dropped": dict(self.stats.dropped),
         }
@@ -279,7 +403,8 @@ class Broker:
         self.events_out = 0
         self._replaying: set[Subscriber] = set()
         self._error_budget = _RateLimit(20, 1.0, clock)
-        self.on_deliver: Callable[[Event], None] | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self.shed_counts: dict[str, int] = {"detached": 0, "evicted": 0}
 
     def reconfigure(self, limits: BusSettings) -> None:
         """Apply new limits: durable patterns at once, queue sizes to new subscriptions."""
@@ -303,12 +428,17 @@ class Broker:
         sink: Sink | None = None,
         owner: str = "local",
         after_seq: int | None = None,
+        budget: Budget | None = None,
+        max_age_ms: int | None = None,
+        holds: bool = True,
     ) -> Subscriber:
         validate_pattern(pattern)
         q = QoS(qos) if qos else self.default_qos(pattern)
         if after_seq is not None and q is not QoS.RELIABLE:
             raise LoomdError(f"replay (after={after_seq}) needs a reliable subscription, not {q}")
-        sub = Subscriber(self, self._next_sid, pattern, q, sink, owner)
+        if max_age_ms is not None and q is not QoS.REALTIME:
+            raise LoomdError(f"max_age_ms applies to realtime subscriptions, not {q}")
+        sub = Subscriber(self, self._next_sid, pattern, q, sink, owner, budget, max_age_ms, holds)
         self._next_sid += 1
         self._subs[sub.sid] = sub
         self._trie.add(pattern, sub)
@@ -332,15 +462,84 @@ class Broker:
     def unsubscribe(self, sub: Subscriber) -> None:
         if sub.closed:
             return
-        sub.closed = True
+        sub.shutdown()
         self._trie.remove(sub.pattern, sub)
         self._subs.pop(sub.sid, None)
         self._replaying.discard(sub)
-        if sub._batch_timer is not None:
-            sub._batch_timer.cancel()
-        if sub._waiter is not None and not sub._waiter.done():
-            sub._waiter.set_result(None)
         self.release_credits()
+
+    # -- slow consumers -----------------------------------------------------------------------
+    def shed(self, sub: Subscriber, reason: str) -> None:
+        """A reliable subscriber that cannot keep up stops costing others. If everything it
+        holds is in the journal it is *detached*: its queue is dropped and it catches up
+        from the journal at its own pace, publishers unaffected. Otherwise (non-durable
+        events would be lost) it is *evicted*: unsubscribed, counted, reported as
+        `loomd.error`, and its client told, so the SDK resubscribes."""
+        if sub.closed or sub.reliable is None:
+            return
+        items = sub.clear()
+        first_durable = next((seq for seq, _ in items if seq > 0), None)
+        transient = any(seq <= 0 for seq, _ in items)
+        if not transient and first_durable is not None and self.journal is not None:
+            self.shed_counts["detached"] += 1
+            # everything before its first queued durable event was taken; re-read from there
+            sub.last_journal_seq = first_durable - 1
+            sub.catching_up = True
+            log.info(
+                "subscriber %d (%s, %s) %s: detached to catch up from the journal at seq %d",
+                sub.sid,
+                sub.owner,
+                sub.pattern,
+                reason,
+                sub.last_journal_seq,
+            )
+            self.continue_replay(sub)
+        else:
+            self.shed_counts["evicted"] += 1
+            for _, ev in items:
+                sub.drop("evicted", ev.topic)
+            sub.evicted = reason
+            log.warning(
+                "subscriber %d (%s, %s) evicted: %s", sub.sid, sub.owner, sub.pattern, reason
+            )
+            self.error(
+                "slow_consumer",
+                f"subscription {sub.pattern!r} of {sub.owner} evicted: {reason}",
+                owner=sub.owner,
+                pattern=sub.pattern,
+                lost=len(items),
+            )
+            sink = sub.sink
+            self.unsubscribe(sub)
+            if sink is not None:
+                sink.evicted(sub, reason)
+        self.release_credits()
+
+    def _watch_stalls(self) -> None:
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(
+                self.limits.slow_consumer_ms / 2000, self._check_stalls
+            )
+
+    def _check_stalls(self) -> None:
+        """Parked acks wait on pressured subscribers; one that consumed nothing for
+        slow_consumer_ms is shed (heartbeats alone do not keep it)."""
+        self._stall_timer = None
+        cutoff = self.clock() - self.limits.slow_consumer_ms / 1000
+        stalled = {
+            s
+            for subs, _ in self._parked
+            for s in subs
+            if not s.closed
+            and s.reliable is not None
+            and s.reliable.pressured
+            and s.progress_at < cutoff
+        }
+        for s in stalled:
+            self.shed(s, "slow_consumer")
+        self.release_credits()
+        if self._parked:
+            self._watch_stalls()
 
     def subscriptions(self) -> Iterable[Subscriber]:
         return self._subs.values()
@@ -418,14 +617,18 @@ class Broker:
                     continue  # the replay reads it from the journal
                 sub.last_journal_seq = seq
             if sub.push(ev, seq):
+                if sub.overflowing():
+                    self.shed(sub, "over_budget")
+                    continue
+                if sub.catching_up or not sub.holds:
+                    continue  # its backlog is its own: only the hard bounds apply
                 if blocked is None:
                     blocked = []
                 blocked.append(sub)
-        if self.on_deliver is not None:
-            self.on_deliver(ev)
         if on_ack is not None:
             if blocked:
                 self._parked.append((blocked, on_ack))
+                self._watch_stalls()
             else:
                 on_ack(None)
 
@@ -436,7 +639,13 @@ class Broker:
         still: list[tuple[list[Subscriber], AckCallback]] = []
         ready: list[AckCallback] = []
         for subs, cb in self._parked:
-            if any(s.reliable is not None and s.reliable.pressured and not s.closed for s in subs):
+            if any(
+                s.reliable is not None
+                and s.reliable.pressured
+                and not s.closed
+                and not s.catching_up
+                for s in subs
+            ):
                 still.append((subs, cb))
             else:
                 ready.append(cb)
@@ -460,15 +669,18 @@ class Broker:
         if sub.closed or self.journal is None:
             return
         assert sub.reliable is not None
-        while len(sub.reliable) < sub.reliable.limit:
-            entries = self.journal.read(sub.last_journal_seq, 256)
-            if not entries:
-                break
+        # One chunk per loop turn: a replay (a resubscribing, or detached, subscriber far
+        # behind) never holds the loop for more than REPLAY_CHUNK journal entries.
+        if len(sub.reliable) < sub.reliable.limit and not sub.budget.over:
+            entries = self.journal.read(sub.last_journal_seq, REPLAY_CHUNK)
             for entry in entries:
                 sub.last_journal_seq = entry.seq
                 topic = entry.topic.decode()
                 if matches(sub.pattern, topic):
                     sub.push(Event.from_frames(entry.topic, entry.header, entry.body), entry.seq)
+            if len(entries) == REPLAY_CHUNK and len(sub.reliable) < sub.reliable.limit:
+                self.continue_replay(sub)
+                return
         if sub.last_journal_seq >= self.journal.head:
             sub.catching_up = False  # caught up: live delivery from here, no gap, no overlap
             log.debug("subscription %d caught up at seq %d", sub.sid, sub.last_journal_seq)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loomd.bus.broker import Broker
+from loomd.bus.conns import CurveSetup, connection_cap, raise_nofile
 from loomd.bus.server import BusServer
 from loomd.bus.settings import BusSettings
 from loomd.component import Component, StatusBlock
@@ -15,6 +18,9 @@ from loomd.errors import LoomdError
 from loomd.metrics import Family, Histogram
 
 __all__ = ["BusComponent", "BusStatus"]
+
+log = logging.getLogger(__name__)
+MAX_STATUS_SUBSCRIPTIONS = 100  # the deepest ones; the status reply stays small
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ class BusStatus(StatusBlock):
     latency_p99_ms: float | None
     topics: dict[str, dict[str, int]]
     subscriptions: list[dict[str, Any]]
+    subscriptions_total: int = 0
+    quotas: dict[str, int | str] | None = None  # the limits in force
+    refused: dict[str, int] | None = None  # over-quota refusals, by quota
+    shed: dict[str, int] | None = None  # slow consumers detached / evicted
 
     def lines(self) -> list[str]:
         dropped = sum(self.drops.values())
@@ -44,6 +54,12 @@ class BusStatus(StatusBlock):
             + (f" ({_pairs(self.rejected)})" if self.rejected else ""),
             f"latency: p50 {self.latency_p50_ms} ms, p99 {self.latency_p99_ms} ms",
         ]
+        if self.quotas:
+            out.append(f"quotas: {_pairs(self.quotas)}")
+        if self.refused:
+            out.append(f"refused: {_pairs(self.refused)}")
+        if self.shed and any(self.shed.values()):
+            out.append(f"slow consumers: {_pairs(self.shed)}")
         if self.topics:
             out.append("topics:")
             for name, t in sorted(self.topics.items(), key=lambda kv: -kv[1]["in"])[:20]:
@@ -60,7 +76,7 @@ class BusStatus(StatusBlock):
         return out
 
 
-def _pairs(counts: dict[str, int]) -> str:
+def _pairs(counts: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
@@ -76,16 +92,39 @@ class BusComponent(Component[BusSettings]):
         self.latency = Histogram()
         self.rate_in = 0.0
         self.rate_out = 0.0
+        self.nofile = (0, 0)
+        self.curve: CurveSetup | None = None
 
     async def start(self) -> None:
         state = self.ctx.services.state
         if state is None:
             raise LoomdError("the bus needs the state component (its journal) to start first")
         s = self.settings
+        # Before any socket exists: libzmq aborts the process on EMFILE, so take the hard
+        # limit and keep the connection cap well below it.
+        self.nofile = raise_nofile()
+        max_clients = connection_cap(s.max_clients, self.nofile[0])
+        if max_clients < s.max_clients:
+            log.warning(
+                "bus.max_clients %d lowered to %d: the open-files limit is %d",
+                s.max_clients,
+                max_clients,
+                self.nofile[0],
+            )
         self.broker = Broker(s, state.journal)
         endpoints = [f"ipc://{self.ctx.services.bus_socket}"]
         if s.tcp_enabled:
             endpoints.append(f"tcp://{s.tcp_bind}:{s.tcp_port}")
+            if s.tcp_auth == "none":
+                log.warning(
+                    'bus TCP endpoint %s:%d has NO authentication (bus.tcp_auth = "none"): '
+                    "anyone who can reach it may publish, subscribe and write state",
+                    s.tcp_bind,
+                    s.tcp_port,
+                )
+            else:
+                keys = Path(s.tcp_keys_dir) if s.tcp_keys_dir else self.ctx.state_dir / "curve"
+                self.curve = CurveSetup(keys)
         self.server = BusServer(
             self.broker,
             endpoints,
@@ -93,10 +132,22 @@ class BusComponent(Component[BusSettings]):
             socket_mode=s.socket_mode_int,
             client_timeout_s=s.client_timeout_s,
             credit_window=s.credit_window,
+            max_subscriptions=s.max_subscriptions,
+            max_clients=max_clients,
+            max_clients_per_uid=min(s.max_clients_per_uid, max_clients),
+            pending_bytes=s.pending_bytes,
+            curve=self.curve,
             control=self.ctx.services.control,
         )
         self.server.latency = self._observe_latency
-        await self.server.__aenter__()
+        if self.curve is not None:
+            self.curve.start(self.server.ctx)
+        try:
+            await self.server.__aenter__()
+        except BaseException:
+            if self.curve is not None:
+                self.curve.stop()
+            raise
         self.ctx.services.broker = self.broker
         self.spawn(self._rates, "rates")
 
@@ -114,6 +165,9 @@ class BusComponent(Component[BusSettings]):
         if self.server is not None:
             server, self.server = self.server, None
             await server.__aexit__(None, None, None)
+        if self.curve is not None:
+            self.curve.stop()
+            self.curve = None
         self.ctx.services.broker = None
 
     async def reload(self, new: BusSettings) -> list[str]:
@@ -121,7 +175,10 @@ class BusComponent(Component[BusSettings]):
         if self.broker is not None:
             self.broker.reconfigure(new)
         if self.server is not None:
-            self.server.client_timeout_s = new.client_timeout_s
+            srv = self.server
+            srv.client_timeout_s = new.client_timeout_s
+            srv.max_subscriptions = new.max_subscriptions
+            srv.pending_bytes = new.pending_bytes  # new sessions; live ones keep theirs
         return []
 
     def _observe_latency(self, ns: int) -> None:
@@ -155,7 +212,8 @@ class BusComponent(Component[BusSettings]):
         lat = self.latency
         return BusStatus(
             endpoints=srv.bound,
-            clients={s.ident.hex(): s.info() for s in srv.sessions.values()},
+            # by session number: routing ids are nobody's business (and unusable anyway)
+            clients={s.label: s.info() for s in srv.sessions.values()},
             events_in=st["events_in"],
             events_out=st["events_out"],
             in_per_s=round(self.rate_in, 1),
@@ -165,7 +223,22 @@ class BusComponent(Component[BusSettings]):
             latency_p50_ms=round(lat.quantile(0.5) * 1000, 3) if lat.count else None,
             latency_p99_ms=round(lat.quantile(0.99) * 1000, 3) if lat.count else None,
             topics=st["topics"],
-            subscriptions=st["subscriptions"],
+            subscriptions=sorted(st["subscriptions"], key=lambda x: -x["depth"])[
+                :MAX_STATUS_SUBSCRIPTIONS
+            ],
+            subscriptions_total=len(st["subscriptions"]),
+            quotas={
+                "max_clients": srv.conns.max_clients,
+                "max_clients_per_uid": srv.conns.max_per_uid,
+                "max_subscriptions": srv.max_subscriptions,
+                "client_pending_bytes": srv.pending_bytes,
+                "max_frame_bytes": srv.max_frame_bytes,
+                "slow_consumer_ms": self.settings.slow_consumer_ms,
+                "open_files_limit": self.nofile[0],
+                "tcp_auth": self.settings.tcp_auth if self.settings.tcp_enabled else "off",
+            },
+            refused=dict(srv.refused),
+            shed=dict(b.shed_counts),
         )
 
     def metrics(self) -> Iterable[Family]:

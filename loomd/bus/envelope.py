@@ -16,10 +16,14 @@ from typing import Any
 
 import cbor2
 
+from loomd.bus import cbor
 from loomd.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 DEFAULT_TTL = 16
+MAX_TTL = 255
+MAX_HEADER_BYTES = 16 * 1024  # checked before any decoding
+MAX_ID_BYTES = 64
 
 _ID_PREFIX = os.urandom(8)
 _id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
@@ -83,21 +87,20 @@ class Event:
         id: bytes | None = None,
     ) -> Event:
         eid = id or new_id()
-        header: dict[str, Any] = {
-            "v": PROTOCOL_VERSION,
-            "type": type or topic,
-            "id": eid,
-            "thread_id": thread_id or eid,
-            "correlation_id": correlation_id,
-            "sender": sender,
-            "reply_to": reply_to,
-            "ttl": ttl,
-            "hop": hop,
-            "ts": time.time_ns(),
-            "qos": str(qos),
-            "enc": "raw" if isinstance(payload, bytes | bytearray | memoryview) else "cbor",
-            "meta": meta or {},
-        }
+        header = _header(
+            type or topic,
+            eid,
+            thread_id or eid,
+            correlation_id,
+            sender,
+            reply_to,
+            ttl,
+            hop,
+            time.time_ns(),
+            str(qos),
+            "raw" if isinstance(payload, bytes | bytearray | memoryview) else "cbor",
+            meta or {},
+        )
         return cls(topic, header, payload)
 
     @classmethod
@@ -141,7 +144,8 @@ class Event:
     @property
     def header(self) -> dict[str, Any]:
         if self._hdr is None:
-            self._hdr = decode_header(self._header_bytes or b"")
+            # a header shaped like one seen before is checked by a few byte compares
+            self._hdr = check_header(self._header_bytes or b"")
         return self._hdr
 
     def header_bytes(self) -> bytes:
@@ -191,6 +195,18 @@ class Event:
             self.wire = pack_event(self.topic_bytes(), self.header_bytes(), self.body_bytes())
         return self.wire
 
+    @property
+    def size(self) -> int:
+        """Bytes this event holds while queued: its frame if it came off a socket, else its
+        body (when encoded) plus a flat allowance for the header and the object."""
+        w = self.wire
+        if w is not None:
+            return len(w)
+        if self._body is not None:
+            return 256 + len(self._body)
+        p = self._payload
+        return 256 + (len(p) if isinstance(p, bytes | bytearray) else 0)
+
     # -- fields -------------------------------------------------------------------------------
     @property
     def payload(self) -> Any:
@@ -199,10 +215,7 @@ class Event:
             if self.header.get("enc") == "raw":
                 self._payload = body
             else:
-                try:
-                    self._payload = cbor2.loads(body)
-                except Exception as exc:  # cbor2 raises several types for garbage
-                    raise ProtocolError("malformed body", str(exc)) from exc
+                self._payload = cbor.loads(body, cbor.BODY, "body")
         return self._payload
 
     @property
@@ -251,8 +264,12 @@ class Event:
         return m if isinstance(m, dict) else {}
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view (ids as hex, raw payloads as their length)."""
-        payload = self.payload
+        """A JSON-friendly view (ids as hex, raw payloads as their length, a body the
+        bounded decoder refuses as the reason)."""
+        try:
+            payload = self.payload
+        except ProtocolError as exc:
+            payload = {"undecodable": str(exc), "bytes": len(self._body or b"")}
         if isinstance(payload, bytes):
             payload = {"raw_bytes": len(payload)}
         cid = self.correlation_id
@@ -282,23 +299,41 @@ class Event:
 _ID_MARK = b"\x01" * 16
 _THREAD_MARK = b"\x02" * 16
 _TS_MARK = 0x7FEEDDCCBBAA9988  # >= 2**32, so CBOR uses the 8-byte form, as for any real ts
-_HEADER_KEYS = frozenset(
-    (
-        "v",
-        "type",
-        "id",
-        "thread_id",
-        "correlation_id",
-        "sender",
-        "reply_to",
-        "ttl",
-        "hop",
-        "ts",
-        "qos",
-        "enc",
-        "meta",
-    )
-)
+
+
+def _header(
+    type: str,
+    eid: bytes,
+    thread_id: bytes,
+    correlation_id: bytes | None,
+    sender: str,
+    reply_to: str | None,
+    ttl: int,
+    hop: int,
+    ts: int,
+    qos: str,
+    enc: str,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """The header map: the one place its keys are spelled out."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": type,
+        "id": eid,
+        "thread_id": thread_id,
+        "correlation_id": correlation_id,
+        "sender": sender,
+        "reply_to": reply_to,
+        "ttl": ttl,
+        "hop": hop,
+        "ts": ts,
+        "qos": qos,
+        "enc": enc,
+        "meta": meta,
+    }
+
+
+_HEADER_KEYS = frozenset(_header("", b"", b"", None, "", None, 0, 0, 0, "", "", {}))
 _templates: dict[tuple[Any, ...], tuple[bytes, int, int, int]] = {}
 
 
@@ -350,21 +385,7 @@ def plain_event(topic: str, payload: Any, type: str, sender: str, qos: str, ttl:
     segs = _segs_cache.get(key)
     if segs is None:
         raw, id_at, th_at, ts_at = _template(
-            {
-                "v": PROTOCOL_VERSION,
-                "type": type,
-                "id": b"",
-                "thread_id": b"",
-                "correlation_id": None,
-                "sender": sender,
-                "reply_to": None,
-                "ttl": ttl,
-                "hop": 0,
-                "ts": 0,
-                "qos": qos,
-                "enc": enc,
-                "meta": {},
-            }
+            _header(type, b"", b"", None, sender, None, ttl, 0, 0, qos, enc, {})
         )
         segs = (raw[:id_at], raw[id_at + 16 : th_at], raw[th_at + 16 : ts_at], raw[ts_at + 8 :])
         if len(_segs_cache) > 256:
@@ -437,29 +458,55 @@ def _learn_shape(data: bytes, hdr: dict[str, Any]) -> None:
 
 
 def decode_header(data: bytes) -> dict[str, Any]:
-    """Decode and check a header; raise ProtocolError on anything off-contract."""
-    try:
-        hdr = cbor2.loads(data)
-    except Exception as exc:
-        raise ProtocolError("malformed header", str(exc)) from exc
+    """Decode and check a header; raise ProtocolError on anything off-contract. Types are
+    checked exactly (`type(x) is int`): a version of `true` or `1.0` is not version 1."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError("malformed header", f"{len(data)} bytes > {MAX_HEADER_BYTES}")
+    hdr = cbor.loads(data, cbor.HEADER, "header")
     if not isinstance(hdr, dict):
         raise ProtocolError("malformed header", "not a CBOR map")
     v = hdr.get("v")
-    if v != PROTOCOL_VERSION:
+    if type(v) is not int or v != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported protocol version", f"{v!r} (this daemon speaks {PROTOCOL_VERSION})"
         )
     ttl = hdr.get("ttl", DEFAULT_TTL)
     hop = hdr.get("hop", 0)
-    if type(ttl) is not int or type(hop) is not int or not 0 <= hop <= 255 or not -1 <= ttl <= 255:
+    if type(ttl) is not int or type(hop) is not int or not 0 <= hop <= 255:
         raise ProtocolError("malformed header", "ttl and hop must be small integers")
-    qos = hdr.get("qos", QoS.RELIABLE)
-    if not isinstance(qos, str) or qos not in QOS_VALUES:
+    if not -1 <= ttl <= MAX_TTL:
+        raise ProtocolError("malformed header", f"ttl {ttl} outside -1..{MAX_TTL}")
+    qos = hdr.get("qos", "reliable")
+    if type(qos) is not str or qos not in QOS_VALUES:
         raise ProtocolError("malformed header", f"unknown qos {qos!r}")
     for key in ("id", "thread_id", "correlation_id"):
         value = hdr.get(key)
-        if value is not None and not isinstance(value, bytes):
-            raise ProtocolError("malformed header", f"{key} must be bytes")
-    if hdr.get("enc", "cbor") not in ("cbor", "raw"):
-        raise ProtocolError("malformed header", f"unknown body encoding {hdr.get('enc')!r}")
+        if value is not None and (type(value) is not bytes or len(value) > MAX_ID_BYTES):
+            raise ProtocolError("malformed header", f"{key} must be bytes (at most {MAX_ID_BYTES})")
+    for key in ("type", "sender", "reply_to"):
+        value = hdr.get(key)
+        if value is not None and (type(value) is not str or len(value) > 255):
+            raise ProtocolError("malformed header", f"{key} must be a string of <= 255 chars")
+    ts = hdr.get("ts", 0)
+    if type(ts) is not int or not 0 <= ts < 1 << 64:
+        raise ProtocolError("malformed header", "ts must be an unsigned 64-bit integer")
+    meta = hdr.get("meta")
+    if meta is not None and type(meta) is not dict:
+        raise ProtocolError("malformed header", "meta must be a map")
+    enc = hdr.get("enc", "cbor")
+    if type(enc) is not str or enc not in ("cbor", "raw"):
+        raise ProtocolError("malformed header", f"unknown body encoding {enc!r}")
     return hdr
+
+
+def peek_qos(data: bytes) -> str | None:
+    """The qos a (possibly invalid) header asks for, if it can be read at bounded cost: so
+    a rejected reliable publish still takes its place in the ack count."""
+    if len(data) > MAX_HEADER_BYTES:
+        return None
+    try:
+        hdr = cbor.loads(data, cbor.HEADER, "header")
+    except ProtocolError:
+        return None
+    qos = hdr.get("qos", "reliable") if isinstance(hdr, dict) else None
+    return qos if type(qos) is str else None

@@ -62,12 +62,15 @@ class LocalBus:
         pattern: str,
         qos: QoS | str | None = None,
         *,
-        window: int = 1024,
+        window: int | None = None,
         since: int | None = None,
+        max_age_ms: int | None = None,
     ) -> Subscriber:
         # `window` is the socket's flow-control window: in process the queue bound applies.
         del window
-        return self.broker.subscribe(pattern, qos, owner=self.name, after_seq=since)
+        return self.broker.subscribe(
+            pattern, qos, owner=self.name, after_seq=since, max_age_ms=max_age_ms
+        )
 
     async def request(
         self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any

@@ -35,19 +35,40 @@ class RealtimeQueue(Generic[E]):
         return len(self._latest) if self.policy == "keep_latest" else len(self._items)
 
     def push(self, item: E) -> int:
+        return len(self.push_evict(item))
+
+    def append(self, item: E) -> E | None:
+        """drop_oldest's push: queue `item`, return the one it pushed out (if any)."""
+        items = self._items
+        items.append(item)
+        return items.popleft() if len(items) > self.maxlen else None
+
+    def push_evict(self, item: E) -> list[E] | tuple[()]:
+        """Queue `item`; return the items it pushed out (the caller counts them by topic)."""
         if self.policy == "keep_latest":
-            dropped = 1 if item.topic in self._latest else 0
-            self._latest[item.topic] = item
-            self._latest.move_to_end(item.topic)
-            if len(self._latest) > self.maxlen:
-                self._latest.popitem(last=False)
-                dropped += 1
-            return dropped
-        self._items.append(item)
-        if len(self._items) > self.maxlen:
-            self._items.popleft()
-            return 1
-        return 0
+            latest = self._latest
+            old = latest.get(item.topic)
+            out: list[E] = [] if old is None else [old]
+            latest[item.topic] = item
+            latest.move_to_end(item.topic)
+            if len(latest) > self.maxlen:
+                out.append(latest.popitem(last=False)[1])
+            return out
+        items = self._items
+        items.append(item)
+        if len(items) > self.maxlen:
+            return [items.popleft()]
+        return ()
+
+    def items(self) -> list[E]:
+        """What is queued, oldest first (a copy)."""
+        return list(self._latest.values()) if self.policy == "keep_latest" else list(self._items)
+
+    def pop_first(self) -> E | None:
+        """The oldest item, or None when empty (the in-process consumer's hot path)."""
+        if self.policy == "keep_latest":
+            return self._latest.popitem(last=False)[1] if self._latest else None
+        return self._items.popleft() if self._items else None
 
     def pop(self) -> E:
         if self.policy == "keep_latest":
@@ -136,8 +157,10 @@ class BatchedQueue(Generic[T]):
 
 
 class ReliableQueue(Generic[T]):
-    """Never drops. `limit` is a soft bound: above it the queue reports pressure and the
-    broker withholds publish credits until the subscriber catches up."""
+    """Never drops by itself. `limit` is a soft bound: above it the queue reports pressure
+    and the broker withholds publish credits for a while; a subscriber that stays behind
+    (or passes its byte budget) is shed by the broker (`clear`): detached to catch up from
+    the journal, or evicted."""
 
     __slots__ = ("_items", "limit")
 
@@ -169,3 +192,9 @@ class ReliableQueue(Generic[T]):
     def pop_many(self, n: int) -> list[T]:
         items = self._items
         return [items.popleft() for _ in range(min(n, len(items)))]
+
+    def clear(self) -> list[T]:
+        """Remove and return everything queued, oldest first."""
+        items = list(self._items)
+        self._items.clear()
+        return items

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import os
 import time
@@ -21,8 +22,9 @@ import zmq
 
 from loomd import __version__
 from loomd.bus import wire
-from loomd.bus.broker import Broker, Subscriber
-from loomd.bus.envelope import Event, QoS, check_header
+from loomd.bus.broker import Broker, Budget, Subscriber
+from loomd.bus.conns import ConnectionGuard, CurveSetup, QuotaError
+from loomd.bus.envelope import Event, QoS, check_header, peek_qos
 from loomd.bus.topics import validate_topic
 from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
@@ -34,8 +36,18 @@ PUMP_BYTES = 256 * 1024  # ...or this many bytes (batches hold many events): bou
 DELIVERY_BATCH = 256  # deliveries packed into one frame per send...
 BATCH_BYTES = 64 * 1024  # ...up to this size
 SNDHWM = 100  # messages per client pipe, each way: with BATCH_BYTES, ~6.4 MB per client
-RETRY_S = 0.002  # back-off when a client's pipe is full
+# A client whose pipe is full is retried after RETRY_MIN_S while it drains (some sends
+# went through), after a delay that doubles up to RETRY_MAX_S while it does not, and
+# at once when it sends anything (an ack or a ping means it is reading again). A ROUTER
+# has no per-peer "writable" signal to wait on; the back-off keeps a deaf client from
+# costing a busy loop (it was a 2 ms poll: ~18 % CPU of an idle daemon).
+RETRY_MIN_S = 0.002
+RETRY_MAX_S = 0.1
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
+FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
+MAX_WINDOW = 100_000  # the largest credit window a subscription may ask for
+MAX_AGE_MS = 3_600_000
+EVICTED_MEMORY_S = 60.0  # how long an eviction costs a client its say in back-pressure
 
 ControlHandler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -43,10 +55,19 @@ ControlHandler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any]]
 class Session:
     """One connected client (SDK agent or loomctl), keyed by its ZeroMQ routing id."""
 
-    def __init__(self, server: BusServer, sock: zmq.Socket[bytes], ident: bytes) -> None:
+    def __init__(
+        self, server: BusServer, sock: zmq.Socket[bytes], ident: bytes, number: int
+    ) -> None:
         self.server = server
         self.sock = sock
-        self.ident = ident
+        self.ident = ident  # assigned by libzmq per connection (clients may not choose one)
+        self.number = number  # what status shows instead of the routing id
+        self.secret: bytes | None = None  # from the first hello: later hellos must match
+        self.budget = Budget(server.pending_bytes)
+        self.evicted_at = -1e9  # when the broker last shed one of its subscriptions
+        self.retry_s = 0.0  # current back-off while its pipe is full (0: not blocked)
+        self.progressed = False  # a send to it went through in this flush round
+        self.blocked_until = 0.0
         self.name = ""
         self.last_seen = time.monotonic()
         self.subs: dict[int, Subscriber] = {}  # client sid -> subscription
@@ -61,6 +82,13 @@ class Session:
 
     def wake(self, sub: Subscriber) -> None:
         self.server.mark_dirty(sub)
+
+    def evicted(self, sub: Subscriber, reason: str) -> None:
+        self.server.on_evicted(self, sub, reason)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name or 'client'}#{self.number}"
 
     def ack_callback(self) -> Callable[[str | None], None]:
         cell: list[Any] = [None, False]
@@ -78,6 +106,7 @@ class Session:
             "subscriptions": len(self.subs),
             "idle_s": round(time.monotonic() - self.last_seen, 1),
             "unacked_publishes": len(self.pub_fifo),
+            "pending_bytes": self.budget.used,
         }
 
 
@@ -90,7 +119,12 @@ class BusServer:
         max_frame_bytes: int = 1 << 20,
         socket_mode: int = 0o660,
         client_timeout_s: float = 15.0,
-        credit_window: int = 1024,
+        credit_window: int = wire.DEFAULT_CREDIT_WINDOW,
+        max_subscriptions: int = 256,
+        max_clients: int = 1000,
+        max_clients_per_uid: int = 256,
+        pending_bytes: int = 16 << 20,
+        curve: CurveSetup | None = None,
         control: ControlHandler | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
@@ -100,7 +134,13 @@ class BusServer:
         self.socket_mode = socket_mode
         self.client_timeout_s = client_timeout_s
         self.credit_window = credit_window
+        self.max_subscriptions = max_subscriptions
+        self.pending_bytes = pending_bytes
+        self.curve = curve
         self.control = control
+        self.conns = ConnectionGuard(self, max_clients, max_clients_per_uid)
+        self.refused: dict[str, int] = {}  # quota refusals, by quota
+        self._numbers = itertools.count(1)
         self.ctx = ctx or zmq.Context.instance()
         self.loop = broker.loop
         self.boot_id = os.urandom(8).hex()
@@ -111,6 +151,8 @@ class BusServer:
         self._ack_dirty: set[Session] = set()
         self._scheduled = False
         self._retry: asyncio.TimerHandle | None = None
+        self._retry_at = 0.0
+        self._flush_left = FLUSH_BUDGET
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._sub_session: dict[int, tuple[Session, int]] = {}  # daemon sid -> (session, csid)
@@ -133,6 +175,9 @@ class BusServer:
         self._sweeper = asyncio.create_task(self._sweep(), name="loomd.bus.sweeper")
         return self
 
+    def refuse(self, quota: str) -> None:
+        self.refused[quota] = self.refused.get(quota, 0) + 1
+
     async def __aexit__(self, *exc: object) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -146,6 +191,7 @@ class BusServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._flush()
         self._close_sockets()
+        self.conns.close()
 
     def _bind(self, ep: str) -> None:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -154,6 +200,9 @@ class BusServer:
         sock.setsockopt(zmq.SNDHWM, SNDHWM)
         sock.setsockopt(zmq.RCVHWM, SNDHWM)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes * HARD_LIMIT_FACTOR)
+        if ep.startswith("tcp://") and self.curve is not None:
+            self.curve.apply(sock)
+        self.conns.watch(sock)
         if ep.startswith("ipc://"):
             path = Path(ep[len("ipc://") :])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +221,7 @@ class BusServer:
                 self.loop.remove_reader(socket_fd(sock))
             except (zmq.ZMQError, ValueError):
                 pass
+            self.conns.unwatch(sock)
             sock.close(linger=0)
         self._socks.clear()
         for path in self._ipc_paths:
@@ -219,15 +269,28 @@ class BusServer:
         ident = frames[0]
         session = self.sessions.get(ident)
         if session is None:
-            session = self.sessions[ident] = Session(self, sock, ident)
+            session = self._new_session(sock, ident)
+            if session is None:
+                return
         session.last_seen = time.monotonic()
+        if session.retry_s:  # it talks, so it reads: try its pipe again now
+            session.retry_s = session.blocked_until = 0.0
+            self._dirty.update(session.subs.values())
         try:
             if len(frames) != 2:
                 raise ProtocolError("bad frame count", f"{len(frames) - 1} frames (expected 1)")
             data = frames[1]
+            # size first, for every kind (control frames and frames before hello too):
+            # nothing below does work on more than max_frame_bytes
+            if len(data) > self.max_frame_bytes:
+                self._too_large(session, data)
+                return
             kind = data[0] if data else -1
             if kind == wire.EVENT:
-                self._on_publish(session, data)
+                try:
+                    self._on_publish(session, data)
+                except ProtocolError as exc:
+                    self._reject_event(session, data, exc)
             elif kind == wire.BATCH:
                 self._on_batch(session, data)
             elif kind == wire.CONTROL:
@@ -237,29 +300,94 @@ class BusServer:
         except ProtocolError as exc:
             self._reject(session, exc)
 
+    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes) -> Session | None:
+        if not ident or ident[0] != 0:
+            # libzmq's own ids start with a zero byte and a client cannot choose one that
+            # does: so a client-chosen id (which another client could squat) is refused.
+            self.refuse("client_chosen_id")
+            self.broker.count_rejected("client-chosen routing id")
+            self._send(
+                sock,
+                ident,
+                {
+                    "rid": None,
+                    "ok": False,
+                    "code": "protocol",
+                    "error": "client-chosen routing ids are not accepted: leave ZMQ_IDENTITY unset",
+                },
+            )
+            return None
+        if len(self.sessions) >= self.conns.max_clients:
+            self.refuse("clients")
+            self._send(
+                sock,
+                ident,
+                {
+                    "rid": None,
+                    "ok": False,
+                    "code": "quota",
+                    "error": f"too many clients ({len(self.sessions)})",
+                },
+            )
+            return None
+        session = self.sessions[ident] = Session(self, sock, ident, next(self._numbers))
+        return session
+
     def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
         self.broker.count_rejected(exc.reason)
-        self.broker.error("protocol", str(exc), client=session.name or session.ident.hex())
-        log.debug("rejected frame from %s: %s", session.ident.hex(), exc)
+        self.broker.error("protocol", str(exc), client=session.label)
+        log.debug("rejected frame from %s: %s", session.label, exc)
         self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
+
+    def _too_large(self, session: Session, data: bytes) -> None:
+        exc = ProtocolError(
+            "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
+        )
+        kind = data[0]
+        if kind == wire.EVENT:
+            self._reject_event(session, data, exc)
+        elif kind == wire.BATCH and session.greeted:
+            # keep the ack count in step: each reliable event in it is refused on its own
+            try:
+                items = wire.unpack_batch(data)
+            except ProtocolError:
+                items = []
+            for item in items:
+                if item[0] == wire.EVENT:
+                    self._reject_event(session, item, exc)
+        else:
+            self._reject(session, exc)
+
+    def _reject_event(self, session: Session, data: bytes, exc: ProtocolError) -> None:
+        """A refused event. If it asked to be reliable it still takes its place in the
+        client's ack count, as an error: so the publish that caused it fails, and the acks
+        of the ones after it stay in step (an ack must only ever mean durable)."""
+        self._reject(session, exc)
+        if not session.greeted:
+            return
+        try:
+            header = wire.unpack_event(data)[1]
+        except ProtocolError:
+            return
+        if peek_qos(header) == QoS.RELIABLE:
+            session.ack_callback()(exc.reason.replace(" ", "_"))
 
     def _on_batch(self, session: Session, data: bytes) -> None:
         for item in wire.unpack_batch(data):
+            if not item or item[0] != wire.EVENT:
+                self._reject(
+                    session, ProtocolError("unknown frame kind", "a batch holds only events")
+                )
+                continue
             try:
-                if not item or item[0] != wire.EVENT:
-                    raise ProtocolError("unknown frame kind", "a batch holds only events")
                 self._on_publish(session, item)
             except ProtocolError as exc:  # one bad event does not cost the rest of the batch
-                self._reject(session, exc)
+                self._reject_event(session, item, exc)
 
     def _on_publish(self, session: Session, data: bytes) -> None:
         if not self.accepting:
             self.broker.drops["shutdown"] = self.broker.drops.get("shutdown", 0) + 1
             return
-        if len(data) > self.max_frame_bytes:
-            raise ProtocolError(
-                "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
-            )
         topic_b, header, body = wire.unpack_event(data)
         try:
             topic = topic_b.decode()
@@ -268,7 +396,7 @@ class BusServer:
         validate_topic(topic)
         hdr = check_header(header)
         ev = Event.received(topic, topic_b, header, body, hdr, data)
-        if hdr.get("qos") == QoS.RELIABLE:
+        if hdr.get("qos", QoS.RELIABLE) == QoS.RELIABLE:
             if not session.greeted:
                 # Acks count publishes from the client's hello on. A client we do not know
                 # (we restarted, or swept its session) must resync first and re-send this.
@@ -283,6 +411,8 @@ class BusServer:
         if not isinstance(msg.get("op"), str):
             raise ProtocolError("malformed control message", "expected a map with an 'op'")
         op, rid = msg["op"], msg.get("rid")
+        if rid is not None and not (type(rid) is int and 0 <= rid <= wire.MAX_I64):
+            raise ProtocolError("malformed control message", "'rid' must be an int in 0..2**63-1")
         try:
             handler = getattr(self, f"_op_{op}", None)
             if handler is not None:
@@ -324,6 +454,14 @@ class BusServer:
 
     # -- core control ops ---------------------------------------------------------------------
     def _op_hello(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        secret = msg.get("secret")
+        if secret is not None and (type(secret) is not bytes or not 16 <= len(secret) <= 64):
+            raise ProtocolError("malformed control message", "'secret' must be 16..64 bytes")
+        if session.secret is not None and secret != session.secret:
+            # the session (its subscriptions, its ack count) belongs to whoever greeted first
+            self.refuse("session_secret")
+            raise LoomdError("this session belongs to another client (secret mismatch)")
+        session.secret = secret
         session.name = str(msg.get("name") or "")[:64]
         # A (re)greeting client re-sends every unacked publish: count acks afresh.
         session.greeted = True
@@ -334,8 +472,10 @@ class BusServer:
         return {
             "boot_id": self.boot_id,
             "version": __version__,
+            "session": session.number,
             "credit_window": self.credit_window,
             "max_frame_bytes": self.max_frame_bytes,
+            "max_subscriptions": self.max_subscriptions,
         }
 
     def _op_ping(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
@@ -343,26 +483,46 @@ class BusServer:
 
     def _op_sub(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         csid, pattern, qos = msg.get("sid"), msg.get("pattern"), msg.get("qos")
-        after = msg.get("after")
-        if type(csid) is not int or not isinstance(pattern, str):
+        after, window, max_age = msg.get("after"), msg.get("window"), msg.get("max_age_ms")
+        if type(csid) is not int or not 1 <= csid <= wire.MAX_SID or type(pattern) is not str:
             raise ProtocolError(
-                "malformed control message", "sub needs an int 'sid' and a 'pattern'"
+                "malformed control message",
+                f"sub needs an int 'sid' in 1..{wire.MAX_SID} and a string 'pattern'",
             )
         if qos is not None and qos not in ("realtime", "batched", "reliable"):
             raise LoomdError(f"unknown qos {qos!r}: expected realtime, batched or reliable")
-        if after is not None and type(after) is not int:
-            raise ProtocolError("malformed control message", "'after' must be an int")
+        if after is not None and (type(after) is not int or not 0 <= after <= wire.MAX_I64):
+            raise ProtocolError("malformed control message", "'after' must be an int >= 0")
+        if window is not None and (type(window) is not int or not 1 <= window <= MAX_WINDOW):
+            raise ProtocolError("malformed control message", f"'window' must be 1..{MAX_WINDOW}")
+        if max_age is not None and (type(max_age) is not int or not 1 <= max_age <= MAX_AGE_MS):
+            raise ProtocolError(
+                "malformed control message", f"'max_age_ms' must be an int in 1..{MAX_AGE_MS}"
+            )
         old = session.subs.pop(csid, None)
         if old is not None:
             self._drop_sub(session, old)
+        if len(session.subs) >= self.max_subscriptions:
+            self.refuse("subscriptions")
+            raise QuotaError(
+                f"subscription quota reached: {len(session.subs)} "
+                f"(bus.max_subscriptions = {self.max_subscriptions})"
+            )
         sub = self.broker.subscribe(
-            pattern, qos, sink=session, owner=session.name or session.ident.hex(), after_seq=after
+            pattern,
+            qos,
+            sink=session,
+            owner=session.label,
+            after_seq=after,
+            budget=session.budget,
+            max_age_ms=max_age,
+            # a client evicted lately does not get to hold publishers back again
+            holds=time.monotonic() - session.evicted_at > EVICTED_MEMORY_S,
         )
         session.subs[csid] = sub
         self._sub_session[sub.sid] = (session, csid)
         if sub.qos is QoS.RELIABLE:
-            window = msg.get("window")
-            session.windows[sub.sid] = window if type(window) is int and window > 0 else 1024
+            session.windows[sub.sid] = window or self.credit_window
             session.sent[sub.sid] = session.acked[sub.sid] = 0
         head = self.broker.journal.head if self.broker.journal is not None else 0
         return {"sid": csid, "qos": str(sub.qos), "head": head}
@@ -376,7 +536,7 @@ class BusServer:
     def _op_ack(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         sub = session.subs.get(msg.get("sid"))  # type: ignore[arg-type]
         n = msg.get("n")
-        if sub is not None and type(n) is int and n <= session.sent.get(sub.sid, 0):
+        if sub is not None and type(n) is int and 0 <= n <= session.sent.get(sub.sid, 0):
             session.acked[sub.sid] = max(session.acked.get(sub.sid, 0), n)
             self.mark_dirty(sub)
         return {}
@@ -384,6 +544,20 @@ class BusServer:
     def _op_bye(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         self.drop_session(session)
         return {}
+
+    def on_evicted(self, session: Session, sub: Subscriber, reason: str) -> None:
+        """The broker shed one of this client's subscriptions: forget it and say so (the
+        SDK resubscribes: from the journal for durable ones, live for the rest)."""
+        entry = self._sub_session.get(sub.sid)
+        if entry is None:
+            return
+        csid = entry[1]
+        session.evicted_at = time.monotonic()
+        if session.subs.get(csid) is sub:
+            del session.subs[csid]
+        self._drop_sub(session, sub)
+        lost = sum(n for r, n in sub.stats.dropped.items() if r == "evicted")
+        self._reply(session, {"op": "evicted", "sid": csid, "reason": reason, "lost": lost})
 
     def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)
@@ -404,10 +578,14 @@ class BusServer:
 
     # -- sending ------------------------------------------------------------------------------
     def _reply(self, session: Session, msg: dict[str, Any]) -> None:
+        self._send(session.sock, session.ident, msg)
+
+    @staticmethod
+    def _send(sock: zmq.Socket[bytes], ident: bytes, msg: dict[str, Any]) -> None:
         try:
-            send_frames(session.sock, [session.ident, wire.pack_control(msg)])
+            send_frames(sock, [ident, wire.pack_control(msg)])
         except zmq.ZMQError as exc:
-            log.debug("reply to %s lost: %s", session.ident.hex(), exc)
+            log.debug("reply to %s lost: %s", ident.hex(), exc)
 
     def _flush(self) -> None:
         if self._ack_dirty:
@@ -417,16 +595,45 @@ class BusServer:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        backlog = False
+        now = time.monotonic()
+        wake_at = None
+        self._flush_left = FLUSH_BUDGET
         for sub in dirty:
+            if self._flush_left <= 0:  # the rest next round, after the sockets are read
+                self._dirty.add(sub)
+                continue
             owner = self._sub_session.get(sub.sid)
             if owner is None or sub.closed:
                 continue
-            if not self._flush_sub(owner[0], owner[1], sub):
+            session = owner[0]
+            if session.blocked_until > now:  # its pipe was full: wait out the back-off
                 self._dirty.add(sub)
-                backlog = True
-        if backlog and self._retry is None:
-            self._retry = self.loop.call_later(RETRY_S, self._on_retry)
+            elif self._flush_sub(session, owner[1], sub):
+                session.retry_s = 0.0
+                continue
+            else:  # the pipe is full now: back off (doubling while it does not drain)
+                self._dirty.add(sub)
+                if session.blocked_until <= now:
+                    if session.progressed:
+                        session.retry_s = RETRY_MIN_S
+                    else:
+                        session.retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, session.retry_s * 2))
+                    session.blocked_until = now + session.retry_s
+            session.progressed = False
+            if wake_at is None or session.blocked_until < wake_at:
+                wake_at = session.blocked_until
+        if wake_at is not None:
+            self._arm_retry(wake_at)
+        if self._flush_left <= 0 and self._dirty:
+            self._schedule()
+
+    def _arm_retry(self, at: float) -> None:
+        if self._retry is not None:
+            if self._retry_at <= at:
+                return
+            self._retry.cancel()
+        self._retry_at = at
+        self._retry = self.loop.call_later(max(0.0, at - time.monotonic()), self._on_retry)
 
     def _on_retry(self) -> None:
         self._retry = None
@@ -443,7 +650,11 @@ class BusServer:
         sock, ident = session.sock, session.ident
         hist = self.latency
         while room > 0 and sub.pending():
+            if self._flush_left <= 0:
+                self._dirty.add(sub)  # more next round
+                return True
             items = sub.take(min(room, DELIVERY_BATCH))
+            self._flush_left -= len(items)
             frames = wire.deliveries(items, csid)
             start = 0
             while start < len(frames):  # split so one message stays under BATCH_BYTES
@@ -467,6 +678,7 @@ class BusServer:
                         self.drop_session(session)
                         return True
                     raise
+                session.progressed = True
                 if reliable:
                     session.sent[sub.sid] += end - start
                     room -= end - start
@@ -499,14 +711,7 @@ class BusServer:
             cutoff = time.monotonic() - self.client_timeout_s
             for session in [s for s in self.sessions.values() if s.last_seen < cutoff]:
                 log.info(
-                    "client %s silent for %.0f s: dropped",
-                    session.name or session.ident.hex(),
-                    self.client_timeout_s,
+                    "client %s silent for %.0f s: dropped", session.label, self.client_timeout_s
                 )
                 self.drop_session(session)
-                self.broker.error(
-                    "client_timeout", f"client {session.name or session.ident.hex()} timed out"
-                )
-
-    def stats(self) -> dict[str, Any]:
-        return {"clients": len(self.sessions), "endpoints": self.bound}
+                self.broker.error("client_timeout", f"client {session.label} timed out")

@@ -35,6 +35,10 @@ class BusSettings(Section):
     tcp_enabled: bool = option(False)
     tcp_bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
     tcp_port: int = option(7781, min=1, max=65535)
+    tcp_auth: str = option("curve", choices=("curve", "none"))
+    # "" means <state_dir>/curve: server.key / server.key_secret, and authorized/ with
+    # the public keys of the clients that may connect over TCP
+    tcp_keys_dir: str = option("")
     max_frame_bytes: int = option(1048576, min=1024, max=268435456)
     realtime_queue: int = option(1024, min=1, max=1000000, reload=True)
     realtime_policy: str = option(
@@ -47,6 +51,11 @@ class BusSettings(Section):
     batch_budget: int = option(10000, min=1, max=10000000, reload=True)
     default_ttl: int = option(16, min=1, max=255, reload=True)
     client_timeout_s: float = option(15.0, min=1.0, max=3600.0, reload=True)
+    slow_consumer_ms: int = option(500, min=10, max=600000, reload=True)
+    client_pending_mb: int = option(16, min=1, max=65536, reload=True)
+    max_subscriptions: int = option(256, min=1, max=1000000, reload=True)
+    max_clients: int = option(1000, min=1, max=1000000)
+    max_clients_per_uid: int = option(256, min=1, max=1000000)
     durable: tuple[str, ...] = option(
         factory=lambda: ("control.#", "action.#"),
         check=_check_patterns,
@@ -59,6 +68,10 @@ class BusSettings(Section):
         expected="a table of topic pattern = " + "|".join(QOS_CLASSES),
         reload=True,
     )
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.client_pending_mb * 1024 * 1024
 
     @property
     def socket_mode_int(self) -> int:

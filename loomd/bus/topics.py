@@ -14,6 +14,7 @@ from loomd.errors import ProtocolError
 
 MAX_TOPIC_BYTES = 255
 MAX_SEGMENTS = 32
+MAX_HASHES = 4  # `#` segments per pattern: more adds no meaning, only matching work
 _BAD_CHARS = frozenset("/+\x7f")
 
 K = TypeVar("K", bound=Hashable)
@@ -27,6 +28,8 @@ def _check_segments(name: str, what: str, *, wildcards: bool) -> list[str]:
     parts = name.split(".")
     if len(parts) > MAX_SEGMENTS:
         raise ProtocolError(f"invalid {what}", f"more than {MAX_SEGMENTS} segments")
+    if wildcards and parts.count("#") > MAX_HASHES:
+        raise ProtocolError(f"invalid {what}", f"more than {MAX_HASHES} '#' segments")
     for part in parts:
         if not part:
             raise ProtocolError(f"invalid {what}", f"{name!r} has an empty segment")
@@ -63,19 +66,22 @@ def validate_pattern(pattern: str) -> str:
 
 
 def matches(pattern: str, topic: str) -> bool:
-    """Reference matcher (recursive), used for single checks and to cross-check the trie."""
-    return _match(pattern.split("."), topic.split("."))
-
-
-def _match(pat: list[str], top: list[str]) -> bool:
-    if not pat:
-        return not top
-    head = pat[0]
-    if head == "#":
-        return any(_match(pat[1:], top[i:]) for i in range(len(top) + 1))
-    if not top:
-        return False
-    return (head == "*" or head == top[0]) and _match(pat[1:], top[1:])
+    """Reference matcher, used for single checks and to cross-check the trie. It tracks the
+    set of topic positions each pattern prefix can reach: O(pattern x topic) whatever the
+    wildcards (a backtracking matcher is exponential in the number of `#`)."""
+    top = topic.split(".")
+    n = len(top)
+    reach = {0}
+    for seg in pattern.split("."):
+        if seg == "#":
+            reach = set(range(min(reach), n + 1))
+        elif seg == "*":
+            reach = {i + 1 for i in reach if i < n}
+        else:
+            reach = {i + 1 for i in reach if i < n and top[i] == seg}
+        if not reach:
+            return False
+    return n in reach
 
 
 class _Node(Generic[K]):
@@ -145,25 +151,33 @@ class TopicTrie(Generic[K]):
         if hit is not None:
             return hit
         found: set[K] = set()
-        self._walk(self._root, topic.split("."), 0, found)
+        self._walk(self._root, topic.split("."), 0, found, set())
         result = frozenset(found)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[topic] = result
         return result
 
-    def _walk(self, node: _Node[K], segs: list[str], i: int, found: set[K]) -> None:
+    def _walk(
+        self, node: _Node[K], segs: list[str], i: int, found: set[K], seen: set[tuple[int, int]]
+    ) -> None:
+        # Each (node, position) is visited once: without this, stacked '#' make the walk
+        # exponential; with it, the cost is at most trie nodes x segments^2.
+        mark = (id(node), i)
+        if mark in seen:
+            return
+        seen.add(mark)
         hash_node = node.children.get("#")
         if hash_node is not None:
             # '#' absorbs zero or more segments: continue below it from every later position.
             for j in range(i, len(segs) + 1):
-                self._walk(hash_node, segs, j, found)
+                self._walk(hash_node, segs, j, found, seen)
         if i == len(segs):
             found.update(node.keys)
             return
         child = node.children.get(segs[i])
         if child is not None:
-            self._walk(child, segs, i + 1, found)
+            self._walk(child, segs, i + 1, found, seen)
         star = node.children.get("*")
         if star is not None:
-            self._walk(star, segs, i + 1, found)
+            self._walk(star, segs, i + 1, found, seen)

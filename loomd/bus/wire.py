@@ -22,6 +22,7 @@ from typing import Any
 
 import cbor2
 
+from loomd.bus import cbor
 from loomd.errors import ProtocolError
 
 EVENT = 0x01
@@ -32,6 +33,13 @@ BATCH = 0x04
 _TAG = struct.Struct(">BIqB")  # kind, sid, seq, flags
 _HLEN = struct.Struct(">I")
 DURABLE = 0x01
+# Ids on the wire: a subscription id is a u32 in delivery frames; control ids (rid) and
+# sequence numbers must fit an i64. Anything outside is refused at the edge.
+MAX_SID = (1 << 32) - 1
+MAX_I64 = (1 << 63) - 1
+# Reliable deliveries a subscriber may hold unacknowledged, and reliable publishes a
+# client may have in flight, unless the hello/subscription says otherwise.
+DEFAULT_CREDIT_WINDOW = 1024
 
 
 def pack_event(topic: bytes, header: bytes, body: bytes) -> bytes:
@@ -51,16 +59,9 @@ def pack_delivery(sid: int, seq: int, topic: bytes, header: bytes, body: bytes) 
     )
 
 
-def delivery_of(ev: Any, sid: int, seq: int) -> bytes:
-    """A delivery frame for an Event: reuses the publisher's frame when there is one."""
-    frame = ev.wire
-    if frame is not None:
-        return _TAG.pack(DELIVERY, sid, seq, DURABLE if seq > 0 else 0) + memoryview(frame)[1:]
-    return pack_delivery(sid, seq, ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
-
-
 def deliveries(items: list[tuple[int, Any]], sid: int) -> list[bytes]:
-    """Delivery frames for (seq, Event) pairs, all for one subscription."""
+    """Delivery frames for (seq, Event) pairs, all for one subscription. An event that came
+    off a socket reuses the publisher's frame (only the kind byte is replaced)."""
     pack = _TAG.pack
     out = []
     for seq, ev in items:
@@ -68,7 +69,9 @@ def deliveries(items: list[tuple[int, Any]], sid: int) -> list[bytes]:
         if frame is not None:
             out.append(pack(DELIVERY, sid, seq, DURABLE if seq > 0 else 0) + memoryview(frame)[1:])
         else:
-            out.append(delivery_of(ev, sid, seq))
+            out.append(
+                pack_delivery(sid, seq, ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
+            )
     return out
 
 
@@ -95,11 +98,10 @@ def unpack_event(data: bytes) -> tuple[bytes, bytes, bytes]:
     return _split(data, 1)
 
 
-def unpack_control(data: bytes) -> dict[str, Any]:
-    try:
-        msg = cbor2.loads(data[1:])
-    except Exception as exc:  # cbor2 raises several types for garbage
-        raise ProtocolError("malformed control message", str(exc)) from exc
+def unpack_control(data: bytes, limits: cbor.Limits = cbor.CONTROL_IN) -> dict[str, Any]:
+    """A control message, decoded with bounded work (`limits`: the daemon takes less from a
+    client than a client takes from the daemon)."""
+    msg = cbor.loads(memoryview(data)[1:], limits, "control message")
     if not isinstance(msg, dict):
         raise ProtocolError("malformed control message", "not a CBOR map")
     return msg

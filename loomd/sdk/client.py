@@ -23,12 +23,19 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from loomd.bus import wire
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, plain_event
+from loomd.bus import cbor, wire
+from loomd.bus.envelope import DEFAULT_TTL, MAX_TTL, QOS_VALUES, Event, QoS, plain_event
 from loomd.bus.topics import validate_pattern, validate_topic
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
 from loomd.config import resolve_dir
-from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError, RequestTimeout
+from loomd.errors import (
+    LoomdError,
+    NotRunning,
+    PermissionDenied,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ DEFAULT_SOCKET = "/run/loomd/bus.sock"
 RECV_BATCH = 1024
 OUTBOX_MAX = 256  # events per outgoing batch frame
 OUTBOX_BYTES = 64 * 1024
+CTL_RETRY_S = 0.005  # a control message that found the pipe full is retried this often
 
 
 def default_endpoint() -> str:
@@ -85,12 +93,15 @@ class Subscription:
         qos: QoS | None,
         window: int,
         after: int | None,
+        max_age_ms: int | None = None,
     ) -> None:
         self.client = client
         self.sid = sid
         self.pattern = pattern
         self.qos = qos
         self.window = window
+        self.max_age_ms = max_age_ms
+        self.evictions = 0  # times the daemon shed it as a slow consumer (then resubscribed)
         self.last_seq = after  # highest durable journal seq consumed (resume point)
         self.gen = 0  # bumped at every (re)subscribe: acks count only this generation
         self.received = 0
@@ -113,6 +124,8 @@ class Subscription:
             msg["qos"] = str(self.qos)
         if self.last_seq is not None:
             msg["after"] = self.last_seq
+        if self.max_age_ms is not None:
+            msg["max_age_ms"] = self.max_age_ms
         return msg
 
     def _resubscribed(self) -> None:
@@ -122,6 +135,18 @@ class Subscription:
         self._queue = deque(item for item in self._queue if item[1] <= 0)
 
     def _on_reply(self, reply: dict[str, Any]) -> None:
+        if not reply.get("ok", False):
+            # refused (a quota, a bad pattern): the subscription never existed
+            err = RemoteError(str(reply.get("code", "error")), str(reply.get("error", "")))
+            self.closed = True
+            self.client._subs.pop(self.sid, None)
+            if not self._ready.done():
+                self._ready.set_exception(err)
+                self._ready.exception()  # retrieved: the caller may never call ready()
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            log.warning("subscription %r refused: %s", self.pattern, err)
+            return
         if self.qos is None:
             self.qos = QoS(reply.get("qos", "realtime"))
         if self.qos is QoS.RELIABLE and self.last_seq is None:
@@ -197,7 +222,11 @@ class Client:
         reconnect_max_s: float = 2.0,
         local_queue: int = 10000,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
+        """`curve`: (server public key, client public key, client secret key), Z85 as
+        `zmq.auth.load_certificate` returns them, for a TCP endpoint with CurveZMQ; the
+        client's public key must be in the daemon's authorized keys folder."""
         self.endpoint = to_endpoint(endpoint or default_endpoint())
         self.name = name or f"sdk-{os.getpid()}"
         self.timeout = timeout
@@ -207,7 +236,10 @@ class Client:
         self.ctx = ctx or zmq.Context.instance()
         self.loop = asyncio.get_running_loop()
         self.boot_id: str | None = None
-        self.credit_window = 1024
+        self.curve = curve
+        self.credit_window = wire.DEFAULT_CREDIT_WINDOW
+        self.max_frame_bytes = 1 << 20  # until the hello says
+        self.secret = os.urandom(16)  # proves to the daemon that a session is ours
         self.connected = False
         self.reconnects = 0
         self.reconnected = asyncio.Event()  # set after each resync with a (new) daemon
@@ -233,12 +265,16 @@ class Client:
         self._outbox_reliable = 0
         self._outbox_bytes = 0
         self._monitor: zmq.Socket[bytes] | None = None
+        self._ctl_pending: deque[bytes] = deque(maxlen=1024)
+        self._ctl_retry: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Client:
         check_reachable(self.endpoint)
         sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, os.urandom(12))
+        # No ZMQ_IDENTITY: the daemon refuses client-chosen routing ids (another client
+        # could squat them); libzmq assigns one per connection, and the session secret
+        # below ties the session to this client.
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.LINGER, 0)
         # HWMs count messages and a message is a batch of up to 64 KiB: ~6 MB each way
@@ -246,6 +282,13 @@ class Client:
         sock.setsockopt(zmq.RCVHWM, 20000)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
+        # a frame of the daemon's is at most a batch of max_frame_bytes deliveries
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+        if self.curve is not None:
+            server_key, public, secret = self.curve
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         sock.connect(self.endpoint)
         self._sock = sock
         self._fd = socket_fd(sock)
@@ -260,8 +303,7 @@ class Client:
             self._close_socket()
             raise
         self.connected = True
-        self.boot_id = hello["boot_id"]
-        self.credit_window = int(hello.get("credit_window", self.credit_window))
+        self._on_hello(hello)
         task = asyncio.create_task(self._heartbeat(), name="loomd.sdk.heartbeat")
         self._tasks.add(task)
         return self
@@ -288,6 +330,9 @@ class Client:
         self._close_socket()
 
     def _close_socket(self) -> None:
+        if self._ctl_retry is not None:
+            self._ctl_retry.cancel()
+            self._ctl_retry = None
         if self._monitor is not None:
             with contextlib.suppress(ValueError, OSError, zmq.ZMQError):
                 self.loop.remove_reader(socket_fd(self._monitor))
@@ -321,13 +366,22 @@ class Client:
                 f"loomd did not accept a connection on {self.endpoint} within {self.timeout:g} s"
             )
         try:
-            return await self.call("hello", name=self.name)
+            return await self.call("hello", name=self.name, secret=self.secret)
         except RequestTimeout as exc:
             if first:
                 raise NotRunning(
                     f"loomd did not answer on {self.endpoint} within {self.timeout:g} s"
                 ) from exc
             raise
+
+    def _on_hello(self, hello: dict[str, Any]) -> None:
+        self.boot_id = str(hello["boot_id"])
+        window = hello.get("credit_window")
+        if type(window) is int and 0 < window <= 100_000:
+            self.credit_window = window
+        size = hello.get("max_frame_bytes")
+        if type(size) is int and size > 0:
+            self.max_frame_bytes = size
 
     # -- publishing ---------------------------------------------------------------------------
     async def publish(
@@ -345,8 +399,14 @@ class Client:
         meta: dict[str, Any] | None = None,
     ) -> Event:
         """Publish one event. Realtime/batched: never waits (dropped and counted if the daemon
-        is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack."""
+        is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack.
+        What the daemon would refuse (a bad topic, ttl or qos, a frame over its size limit)
+        raises here, before anything is sent."""
         validate_topic(topic)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not -1 <= ttl <= MAX_TTL:
+            raise ProtocolError("invalid ttl", f"{ttl!r}: expected an int in -1..{MAX_TTL}")
+        if str(qos) not in QOS_VALUES:
+            raise ProtocolError("invalid qos", f"{qos!r}: expected realtime, batched or reliable")
         if thread_id is None and correlation_id is None and reply_to is None and not meta:
             ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
         else:
@@ -363,6 +423,11 @@ class Client:
                 meta=meta,
             )
         frame = ev.to_wire()
+        if len(frame) > self.max_frame_bytes:
+            raise ProtocolError(
+                "frame too large",
+                f"{len(frame)} bytes > the daemon's max_frame_bytes {self.max_frame_bytes}",
+            )
         if qos != QoS.RELIABLE:
             self._queue_frame(frame, reliable=False)
             return ev
@@ -381,6 +446,10 @@ class Client:
 
     def _queue_frame(self, frame: bytes, reliable: bool) -> None:
         """Events leave in batches: everything published in one loop turn goes in one frame."""
+        if self._outbox and (
+            self._outbox_bytes + 4 * len(self._outbox) + len(frame) + 5 > self.max_frame_bytes
+        ):
+            self._flush_outbox()  # a batch frame must stay under the daemon's size limit
         if not self._outbox:
             self.loop.call_soon(self._flush_outbox)
         self._outbox.append(frame)
@@ -424,14 +493,26 @@ class Client:
         pattern: str,
         qos: QoS | str | None = None,
         *,
-        window: int = 1024,
+        window: int | None = None,
         since: int | None = None,
+        max_age_ms: int | None = None,
     ) -> Subscription:
         """Subscribe; iterate the result with `async for`. Reliable subscriptions resume from
-        the journal after a daemon restart; `since` replays durable events after that seq."""
+        the journal after a daemon restart; `since` replays durable events after that seq.
+        `window`: unacknowledged reliable deliveries (default: the daemon's credit window).
+        `max_age_ms` (realtime): events older than this when they would be delivered are
+        dropped by the daemon (counted `too_old`): fresh frames, not a backlog."""
         validate_pattern(pattern)
+        if max_age_ms is not None and (type(max_age_ms) is not int or max_age_ms < 1):
+            raise ProtocolError("invalid max_age_ms", f"{max_age_ms!r}: expected an int >= 1")
         sub = Subscription(
-            self, next(self._sids), pattern, QoS(qos) if qos else None, window, since
+            self,
+            next(self._sids),
+            pattern,
+            QoS(qos) if qos else None,
+            window or self.credit_window,
+            since,
+            max_age_ms,
         )
         self._subs[sub.sid] = sub
         self._call_nowait(sub._sub_msg(), sub._on_reply)
@@ -503,7 +584,23 @@ class Client:
         if self._sock is None:
             return False
         self._flush_outbox()  # control messages never overtake earlier publishes
-        return self._send_event(wire.pack_control(msg))
+        frame = wire.pack_control(msg)
+        if not self._ctl_pending and self._send_event(frame):
+            return True
+        # The pipe is full (our own realtime flood, say): a control message is not dropped
+        # like a realtime event would be; it waits, in order, and goes out when there is room.
+        self._ctl_pending.append(frame)
+        if self._ctl_retry is None:
+            self._ctl_retry = self.loop.call_later(CTL_RETRY_S, self._send_ctl_pending)
+        return False
+
+    def _send_ctl_pending(self) -> None:
+        self._ctl_retry = None
+        pending = self._ctl_pending
+        while pending and self._sock is not None and self._send_event(pending[0]):
+            pending.popleft()
+        if pending and self._sock is not None:
+            self._ctl_retry = self.loop.call_later(CTL_RETRY_S, self._send_ctl_pending)
 
     # -- receiving ----------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -537,7 +634,7 @@ class Client:
                 if sub is not None:
                     sub._deliver(seq, Event.from_frames(topic, header, body))
         elif kind == wire.CONTROL:
-            msg = wire.unpack_control(frame)
+            msg = wire.unpack_control(frame, cbor.CONTROL_OUT)
             rid = msg.get("rid")
             if rid is not None:
                 fut = self._calls.pop(rid, None)
@@ -548,8 +645,34 @@ class Client:
             elif msg.get("op") == "resync":
                 self._need_resync = True
                 self._kick.set()
+            elif msg.get("op") == "evicted":
+                self._on_evicted(msg)
             elif not msg.get("ok", True):
                 log.warning("loomd: %s", msg.get("error"))
+
+    def _on_evicted(self, msg: dict[str, Any]) -> None:
+        """The daemon shed a subscription of ours that fell too far behind: resubscribe
+        (a reliable one resumes from the last journal seq consumed; what the daemon could
+        not keep is counted in `dropped`)."""
+        sub = self._subs.get(msg.get("sid"))  # type: ignore[arg-type]
+        if sub is None or sub.closed:
+            return
+        lost = msg.get("lost")
+        sub.evictions += 1
+        sub.dropped += lost if type(lost) is int and lost > 0 else 0
+        log.warning(
+            "loomd evicted subscription %r (%s): resubscribing", sub.pattern, msg.get("reason")
+        )
+        # Not at once: a consumer that is still stalled would only be shed again (and each
+        # time cost the daemon a replay). 0.2 s, doubling per eviction up to 5 s.
+        delay = min(5.0, 0.2 * 2 ** min(sub.evictions - 1, 5))
+        self.loop.call_later(delay, self._resubscribe, sub)
+
+    def _resubscribe(self, sub: Subscription) -> None:
+        if sub.closed or self._closing or self._subs.get(sub.sid) is not sub:
+            return
+        sub._resubscribed()
+        self._call_nowait(sub._sub_msg(), sub._on_reply)
 
     def _on_ack(self, n: int, errors: list[Any]) -> None:
         failed = {int(i): str(code) for i, code in errors}
@@ -650,8 +773,7 @@ class Client:
         self.dropped += len(self._outbox) - self._outbox_reliable
         self._outbox, self._outbox_reliable, self._outbox_bytes = [], 0, 0
         hello = await self._hello()
-        self.boot_id = hello["boot_id"]
-        self.credit_window = int(hello.get("credit_window", self.credit_window))
+        self._on_hello(hello)
         for sub in self._subs.values():
             sub._resubscribed()
             self._call_nowait(sub._sub_msg(), sub._on_reply)

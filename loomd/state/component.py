@@ -27,9 +27,16 @@ class StateStatus(StatusBlock):
     commits: int
     pending: int
     errors: int
+    kv_bytes: int = 0
+    quotas: dict[str, int] | None = None
+    quota_refused: int = 0
 
     def lines(self) -> list[str]:
+        quota = self.quotas or {}
         return [
+            f"kv {self.kv_bytes / 1e6:.1f} MB of {quota.get('kv_max_bytes', 0) / 1e6:.0f} MB, "
+            f"{quota.get('namespace_max_bytes', 0) / 1e6:.0f} MB per namespace; "
+            f"{self.quota_refused} writes refused over quota",
             f"{self.used_bytes / 1e6:.1f} MB used of {self.map_size / 1e6:.0f} MB, "
             f"{self.journal_entries} journal entries (head {self.journal_head})",
             f"{self.commits} commits, {self.pending} writes pending, {self.errors} errors",
@@ -94,6 +101,8 @@ class StateComponent(Component[StateSettings]):
             commit_window_ms=s.commit_window_ms,
             journal_max_mb=s.journal_max_mb,
             journal_max_age_s=float(s.journal_max_age_s),
+            namespace_max_mb=s.namespace_max_mb,
+            kv_max_mb=s.kv_max_mb,
         )
         await store.__aenter__()
         self.store = store
@@ -104,6 +113,13 @@ class StateComponent(Component[StateSettings]):
             store, self.store = self.store, None
             self.ctx.services.state = None
             await store.__aexit__(None, None, None)
+
+    async def reload(self, new: StateSettings) -> list[str]:
+        self.ctx.settings = new
+        if self.store is not None:
+            self.store.quota.namespace_limit = new.namespace_max_mb * 1024 * 1024
+            self.store.quota.total_limit = new.kv_max_mb * 1024 * 1024
+        return []
 
     def pending(self) -> int:
         return int(self.store.stats().get("pending", 0)) if self.store else 0
@@ -121,6 +137,12 @@ class StateComponent(Component[StateSettings]):
             commits=st["commits"],
             pending=st["pending"],
             errors=st["errors"],
+            kv_bytes=st["kv_bytes"],
+            quotas={
+                "namespace_max_bytes": self.store.quota.namespace_limit,
+                "kv_max_bytes": self.store.quota.total_limit,
+            },
+            quota_refused=st["quota_refused"],
         )
 
     def metrics(self) -> Iterable[Family]:

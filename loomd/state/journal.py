@@ -21,30 +21,18 @@ class Journal:
         # Seqs are handed out here, in the loop thread, so a publisher knows its seq
         # before the commit and futures settle in seq order (the queue is FIFO).
         self._next_seq = writer.ledger.head + 1
-        self._create_future = writer.loop.create_future
-        self._enqueue = writer.enqueue
+        self._submit = writer.submit  # the one way onto the writer's queue
 
     def append(self, topic: bytes, header: bytes, body: bytes) -> tuple[int, asyncio.Future[int]]:
         """Queue an entry; returns its seq now and a future that resolves with it once
         durable. Call from the event loop thread. A failed append (StateFullError,
         StateError) leaves its seq unused: seqs are monotonic, not necessarily dense."""
-        writer = self._writer
-        if writer.closing:
+        if self._writer.closing:
             raise StateError("state is closed")
         seq = self._next_seq
         self._next_seq = seq + 1
-        fut: asyncio.Future[int] = self._create_future()
-        self._enqueue(
-            (
-                APPEND,
-                seq,
-                (self._clock(), topic, header, body),
-                fut,
-                len(topic) + len(header) + len(body),
-            )
-        )
-        writer.pending += 1
-        return seq, fut
+        size = len(topic) + len(header) + len(body)
+        return seq, self._submit(APPEND, seq, (self._clock(), topic, header, body), size)
 
     def read(self, after_seq: int, limit: int = 256) -> list[JournalEntry]:
         """Committed entries with seq > after_seq, oldest first, at most `limit`."""

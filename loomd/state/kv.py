@@ -7,21 +7,71 @@ from typing import Any
 
 import cbor2
 
-from loomd.errors import InvalidKey
+from loomd.errors import InvalidKey, StateError
 from loomd.state.env import Env
-from loomd.state.records import kv_prefix
+from loomd.state.records import KV_SEP, kv_prefix
 from loomd.state.writer import DELETE, PUT, Writer
+
+
+class StateQuotaError(StateError):
+    """A write would take a namespace, or the KV as a whole, over its byte quota."""
+
+    code = "quota"
+
+
+class Quota:
+    """Bytes held per namespace (keys + values) and in all of the KV, with their limits.
+    Counted once at open, then kept by every put and delete, so that no one namespace, and
+    not the KV as a whole, can fill the store that the durable journal needs too."""
+
+    def __init__(self, namespace_limit: int, total_limit: int) -> None:
+        self.namespace_limit = namespace_limit
+        self.total_limit = total_limit
+        self.used: dict[str, int] = {}
+        self.total = 0
+        self.refused = 0
+
+    def load(self, env: Env) -> None:
+        """Sum what is stored (call off the loop at open: it reads every key)."""
+        used: dict[str, int] = {}
+        with env.reading() as txn:
+            cur = txn.cursor(db=env.kv)
+            for key, value in cur.iternext(keys=True, values=True):
+                ns = bytes(key).split(KV_SEP, 1)[0].decode(errors="replace")
+                used[ns] = used.get(ns, 0) + len(key) + len(value)
+        self.used, self.total = used, sum(used.values())
+
+    def charge(self, namespace: str, delta: int) -> None:
+        if delta > 0:
+            ns_used = self.used.get(namespace, 0)
+            if ns_used + delta > self.namespace_limit:
+                self.refused += 1
+                raise StateQuotaError(
+                    f"namespace {namespace!r} would hold {ns_used + delta} bytes "
+                    f"(state.namespace_max_mb allows {self.namespace_limit})"
+                )
+            if self.total + delta > self.total_limit:
+                self.refused += 1
+                raise StateQuotaError(
+                    f"the key-value store would hold {self.total + delta} bytes "
+                    f"(state.kv_max_mb allows {self.total_limit})"
+                )
+        self.used[namespace] = self.used.get(namespace, 0) + delta
+        self.total += delta
 
 
 class KV:
     """One namespace. Reads are direct; writes go through the group-commit writer and
     their futures resolve only once durable. Write from the event loop thread."""
 
-    def __init__(self, env: Env, writer: Writer, namespace: str) -> None:
+    def __init__(
+        self, env: Env, writer: Writer, namespace: str, quota: Quota | None = None
+    ) -> None:
         self._env = env
         self._writer = writer
         self.namespace = namespace
         self._prefix = kv_prefix(namespace)
+        self._quota = quota
 
     def _key(self, key: str) -> bytes:
         if not isinstance(key, str) or not key:
@@ -79,8 +129,35 @@ class KV:
         so a value CBOR cannot encode raises here (cbor2.CBOREncodeError)."""
         raw_key = self._key(key)
         raw = cbor2.dumps(value)
-        fut: asyncio.Future[None] = self._writer.submit(PUT, raw_key, raw, len(raw_key) + len(raw))
+        size = len(raw_key) + len(raw)
+        delta = size - self._stored(raw_key)
+        self._charge(delta)
+        fut: asyncio.Future[None] = self._writer.submit(PUT, raw_key, raw, size)
+        self._refund_on_failure(fut, delta)
         return fut
+
+    def _stored(self, raw_key: bytes) -> int:
+        """Bytes `raw_key` holds now (0 if absent): what a write replaces."""
+        if self._quota is None:
+            return 0
+        with self._env.reading() as txn:
+            old = txn.get(raw_key, db=self._env.kv)
+        return 0 if old is None else len(raw_key) + len(old)
+
+    def _charge(self, delta: int) -> None:
+        if self._quota is not None:
+            self._quota.charge(self.namespace, delta)
+
+    def _refund_on_failure(self, fut: asyncio.Future[Any], delta: int) -> None:
+        quota = self._quota
+        if quota is None or not delta:
+            return
+
+        def settled(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                quota.charge(self.namespace, -delta)
+
+        fut.add_done_callback(settled)
 
     async def put(self, key: str, value: Any) -> None:
         """Store `value`; returns once the txn holding it is fsynced."""
@@ -88,5 +165,9 @@ class KV:
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; True if it existed. Returns once durable."""
-        fut: asyncio.Future[bool] = self._writer.submit(DELETE, self._key(key), None, 0)
+        raw_key = self._key(key)
+        delta = -self._stored(raw_key)
+        self._charge(delta)
+        fut: asyncio.Future[bool] = self._writer.submit(DELETE, raw_key, None, 0)
+        self._refund_on_failure(fut, delta)
         return await fut

@@ -19,3 +19,5 @@ class StateSettings(Section):
     commit_window_ms: float = option(0.0, min=0.0, max=1000.0)
     journal_max_mb: int = option(64, min=1, max=1048576)
     journal_max_age_s: int = option(86400, min=1, max=31536000)
+    namespace_max_mb: int = option(16, min=1, max=1048576, reload=True)
+    kv_max_mb: int = option(256, min=1, max=1048576, reload=True)

@@ -13,7 +13,7 @@ from typing import Any
 from loomd.errors import ConfigError, StateError
 from loomd.state.env import MIB, Env
 from loomd.state.journal import Journal
-from loomd.state.kv import KV
+from loomd.state.kv import KV, Quota
 from loomd.state.ledger import Ledger, Retention, load_ledger
 from loomd.state.writer import Writer
 
@@ -32,6 +32,8 @@ class State:
         commit_window_ms: float = 0.0,
         journal_max_mb: int = 64,
         journal_max_age_s: float = 86400.0,
+        namespace_max_mb: int = 16,
+        kv_max_mb: int = 256,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if map_size_mb < 1:
@@ -56,12 +58,14 @@ class State:
         self._writer: Writer | None = None
         self._journal: Journal | None = None
         self._kvs: dict[str, KV] = {}
+        self.quota = Quota(namespace_max_mb * MIB, kv_max_mb * MIB)
 
     def _open(self) -> tuple[Env, Ledger]:
         env = Env(self.path, self._map_size, self._max_map_size)
         try:
             with env.reading() as txn:
                 ledger = load_ledger(txn, env.journal, env.meta)
+            self.quota.load(env)
         except BaseException:
             env.close()
             raise
@@ -123,7 +127,7 @@ class State:
         env, writer = self._require()
         kv = self._kvs.get(namespace)
         if kv is None:
-            kv = self._kvs[namespace] = KV(env, writer, namespace)
+            kv = self._kvs[namespace] = KV(env, writer, namespace, self.quota)
         return kv
 
     @property
@@ -151,4 +155,7 @@ class State:
             "last_commit_ms": writer.last_commit_ms,
             "errors": writer.errors,
             "pending": writer.pending,
+            "kv_bytes": self.quota.total,
+            "kv_namespaces": len(self.quota.used),
+            "quota_refused": self.quota.refused,
         }

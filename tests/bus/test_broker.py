@@ -655,3 +655,64 @@ def test_durable_subscriber_without_after_seq_gets_only_live(tmp_path: Path) -> 
             assert state.journal.head == 6
 
     run(main, timeout=15)
+
+
+def test_realtime_max_age_drops_stale_events_as_too_old() -> None:
+    """The voice pipeline wants fresh frames, not a backlog: events older than max_age_ms
+    when they would be delivered are dropped and counted; fresh ones still arrive."""
+
+    async def main() -> None:
+        broker = Broker(BusSettings())
+        sub = broker.subscribe("audio.#", "realtime", max_age_ms=30)
+        for i in range(5):
+            broker.publish(Event.create("audio.frame", i, qos="realtime"))
+        old = Event.create("audio.frame", "stale", qos="realtime")
+        old.header["ts"] -= 10**9  # a frame that spent a second somewhere
+        broker.publish(old)
+        await asyncio.sleep(0.06)  # the consumer was busy for longer than max_age
+        broker.publish(Event.create("audio.frame", "fresh", qos="realtime"))
+        assert (await sub.get(1)).payload == "fresh"
+        assert sub.stats.dropped == {"too_old": 6}
+        assert broker.drops["too_old"] == 6
+        assert sub.bytes == 0 and sub.budget.used == 0
+        with pytest.raises(LoomdError, match="realtime"):
+            broker.subscribe("audio.#", "reliable", max_age_ms=30)
+
+    run(main)
+
+
+def test_stalled_reliable_subscriber_is_shed_and_parked_acks_released() -> None:
+    """A reliable subscriber that takes nothing while publishers wait on it is evicted
+    after slow_consumer_ms (non-durable events: it would lose them) and its sink told."""
+
+    class Sink(ReadySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.evictions: list[str] = []
+
+        def evicted(self, sub: Subscriber, reason: str) -> None:
+            self.evictions.append(reason)
+
+    async def main() -> None:
+        broker = Broker(BusSettings(reliable_queue=10, slow_consumer_ms=50))
+        sink = Sink()
+        sub = broker.subscribe("work.#", "reliable", sink=sink)
+        acks: list[str | None] = []
+        all_acked = asyncio.Event()
+
+        def on_ack(err: str | None) -> None:
+            acks.append(err)
+            if len(acks) == 20:
+                all_acked.set()
+
+        for i in range(20):
+            broker.publish(Event.create("work.x", i), on_ack)
+        assert len(acks) < 20  # held back while the queue is over its limit
+        async with asyncio.timeout(2):
+            await all_acked.wait()
+        assert acks == [None] * 20 and sink.evictions == ["slow_consumer"]
+        assert sub.closed and sub.stats.dropped["evicted"] == 20
+        assert broker.shed_counts == {"detached": 0, "evicted": 1}
+        assert sub.budget.used == 0
+
+    run(main)

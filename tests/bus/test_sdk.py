@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -221,7 +222,11 @@ def test_realtime_flood_into_stalled_subscriber_is_bounded_and_counted(
 
 
 def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProcess) -> None:
-    daemon.write_config("[bus]\nreliable_queue = 500\ncredit_window = 100\n")
+    # slow_consumer_ms: a consumer that takes nothing for that long is shed (tests/hostile);
+    # here it starts reading after 2 s, so it is only slow, and the publisher is held back.
+    daemon.write_config(
+        "[bus]\nreliable_queue = 500\ncredit_window = 100\nslow_consumer_ms = 8000\n"
+    )
     daemon.restart()
 
     async def main() -> None:
@@ -334,22 +339,55 @@ def test_kill9_loses_no_acknowledged_event(daemon: LoomdProcess) -> None:
 
 
 def test_tcp_endpoint_on_loopback(loomd_proc: LoomdProcess) -> None:
+    """TCP needs CurveZMQ: an authorized client key gets in; the server key is the one the
+    daemon created in its keys folder."""
+    import zmq.auth
+
     from tests.conftest import free_port
 
     port = free_port()
+    keys = loomd_proc.root / "state" / "curve"
+    (keys / "authorized").mkdir(parents=True)
+    mine = loomd_proc.root / "client-keys"
+    mine.mkdir()
+    pub_file, secret_file = zmq.auth.create_certificates(str(mine), "agent")
+    shutil.copy(pub_file, keys / "authorized" / "agent.key")
     loomd_proc.write_config(f"[bus]\ntcp_enabled = true\ntcp_port = {port}\n")
     loomd_proc.start()
+    server_pub, _ = zmq.auth.load_certificate(str(keys / "server.key"))
+    pub, secret = zmq.auth.load_certificate(secret_file)
+    assert secret is not None
 
     async def main() -> None:
-        async with connect(f"tcp://127.0.0.1:{port}") as tb, connect(loomd_proc.endpoint) as ib:
+        curve = (server_pub, pub, secret)
+        async with (
+            connect(f"tcp://127.0.0.1:{port}", curve=curve) as tb,
+            connect(loomd_proc.endpoint) as ib,
+        ):
             sub = await tb.subscribe("net.#", "reliable").ready()
             await ib.publish("net.hello", {"via": "ipc"})
             ev = await sub.get(5)
             assert ev.payload == {"via": "ipc"}
             st = await status(tb)
             assert f"tcp://127.0.0.1:{port}" in st["endpoints"]
+            assert st["quotas"]["tcp_auth"] == "curve"
 
     arun(main)
+
+
+def test_tcp_without_auth_must_be_asked_for_and_warns(loomd_proc: LoomdProcess) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    loomd_proc.write_config(f'[bus]\ntcp_enabled = true\ntcp_port = {port}\ntcp_auth = "none"\n')
+    loomd_proc.start()
+
+    async def main() -> None:
+        async with connect(f"tcp://127.0.0.1:{port}") as tb:
+            assert (await status(tb))["quotas"]["tcp_auth"] == "none"
+
+    arun(main)
+    assert "has NO authentication" in loomd_proc.log.read_text()
 
 
 def test_batched_flood_into_stalled_subscriber_is_sampled_and_bounded(

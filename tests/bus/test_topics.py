@@ -325,9 +325,9 @@ class CountingTrie(TopicTrie[int]):
 
     visits = 0
 
-    def _walk(self, node, segs, i, found):  # type: ignore[no-untyped-def]
+    def _walk(self, node, segs, i, found, seen):  # type: ignore[no-untyped-def]
         self.visits += 1
-        super()._walk(node, segs, i, found)
+        super()._walk(node, segs, i, found, seen)
 
 
 def test_match_cost_independent_of_unrelated_subscriptions() -> None:
@@ -413,3 +413,20 @@ def test_trie_against_model_with_cache(ops: list[tuple[str, str, int]]) -> None:
     for _p, k in list(model):
         trie.remove_key(k)
     assert count_nodes(trie) == 0
+
+
+def test_stacked_hashes_match_in_polynomial_time() -> None:
+    """Repeated '#' used to make both matchers exponential (16 of them: > 45 s)."""
+    from loomd.bus.topics import MAX_HASHES
+
+    pattern = ".".join(["#"] * MAX_HASHES + ["x"])
+    topic = ".".join(["a"] * 31)
+    trie = CountingTrie()
+    trie.add(pattern, 1)
+    assert trie.match(topic) == frozenset()
+    n = 32
+    assert trie.visits <= (MAX_HASHES + 2) * (n + 1) ** 2  # (node, position) once each
+    assert not matches(pattern, topic)
+    assert matches(pattern, topic + ".x")
+    with pytest.raises(ProtocolError, match="'#' segments"):
+        validate_pattern(".".join(["#"] * (MAX_HASHES + 1)))

@@ -33,7 +33,7 @@ def test_deliveries_single_and_batched_round_trip() -> None:
 @pytest.mark.parametrize("cut", [3, 10, 15, 20, -1])
 def test_truncated_deliveries_are_protocol_errors(cut: int) -> None:
     ev = Event.create("t.x", b"payload", qos="realtime")
-    frame = wire.delivery_of(ev, 1, 5)
+    (frame,) = wire.deliveries([(5, ev)], 1)
     with pytest.raises(ProtocolError, match="truncated"):
         wire.deliveries_in(wire.pack_batch([frame])[:cut] if cut > 0 else frame[:-40])
 

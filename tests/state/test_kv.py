@@ -172,8 +172,9 @@ def test_stats_keys(tmp_path: Path) -> None:
     assert set(stats) == {
         "path", "map_size", "used_bytes", "journal_entries", "journal_bytes",
         "journal_first_seq", "journal_head", "commits", "writes", "last_commit_ms", "errors",
-        "pending",
+        "pending", "kv_bytes", "kv_namespaces", "quota_refused",
     }  # fmt: skip
+    assert stats["kv_bytes"] == len(b"s\x00k") + 1 and stats["kv_namespaces"] == 1
     assert stats["path"] == str(tmp_path)
     assert stats["map_size"] == 64 << 20
     assert stats["commits"] == 1 and stats["writes"] == 1 and stats["pending"] == 0
@@ -203,5 +204,37 @@ def test_second_open_of_the_same_dir_is_refused(tmp_path: Path) -> None:
                     pass
             await st.kv("k").put("still", "works")
             assert st.kv("k").get("still") == "works"
+
+    arun(main)
+
+
+def test_namespace_and_kv_quotas_refuse_writes_and_count_replacements(tmp_path: Path) -> None:
+    """One namespace cannot fill the store (the journal needs room too); a replacement is
+    charged only its growth, a delete gives bytes back, and the count survives a reopen."""
+    from loomd.state.kv import StateQuotaError
+
+    big = b"x" * (300 * 1024)
+
+    async def main() -> None:
+        async with State(tmp_path, namespace_max_mb=1, kv_max_mb=2) as st:
+            a = st.kv("a")
+            for i in range(3):
+                await a.put(f"k{i}", big)
+            await a.put("k0", big)  # a replacement of the same size fits
+            with pytest.raises(StateQuotaError, match="namespace 'a'"):
+                await a.put("k3", big)
+            assert await a.delete("k2")
+            await a.put("k3", big)  # room again
+            for ns in ("b", "c"):
+                for i in range(2):
+                    try:
+                        await st.kv(ns).put(f"k{i}", big)
+                    except StateQuotaError as exc:
+                        assert "kv_max_mb" in str(exc)
+            assert st.quota.total <= 2 << 20
+            assert st.stats()["quota_refused"] >= 2
+            used = dict(st.quota.used)
+        async with State(tmp_path, namespace_max_mb=1, kv_max_mb=2) as st:
+            assert st.quota.used == used  # recounted from the store at open
 
     arun(main)
