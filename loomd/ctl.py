@@ -14,7 +14,7 @@ from typing import Any
 from loomd import __version__
 from loomd.bus.envelope import Event
 from loomd.components import registry
-from loomd.errors import LoomdError, NotRunning, PermissionDenied, RemoteError
+from loomd.errors import LoomdError, NotRunning, PermissionDenied, ProtocolError, RemoteError
 from loomd.sdk.client import Client, default_endpoint
 
 
@@ -55,8 +55,11 @@ def format_event(ev: Event) -> str:
     ts = (
         time.strftime("%H:%M:%S", time.localtime(ev.ts / 1e9)) + f".{ev.ts // 1_000_000 % 1000:03d}"
     )
-    payload = ev.payload
-    body = f"<{len(payload)} raw bytes>" if isinstance(payload, bytes) else _dumps(payload)
+    try:
+        payload = ev.payload
+        body = f"<{len(payload)} raw bytes>" if isinstance(payload, bytes) else _dumps(payload)
+    except ProtocolError as exc:  # a hostile body: say so and keep tailing
+        body = f"<undecodable body: {exc}>"
     typ = "" if ev.type == ev.topic else f" [{ev.type}]"
     sender = f" from {ev.sender}" if ev.sender else ""
     return f"{ts} {ev.topic}{typ}{sender}: {body}"
@@ -89,7 +92,8 @@ def parse_value(text: str) -> Any:
 
 
 def parse_op_args(tokens: list[str]) -> tuple[list[Any], dict[str, Any]]:
-    """`A B key=value --key value --key=value '{"k": 1}'` -> positional and keyword args."""
+    """`A B key=value --key value --key=value` -> positional and keyword args; a single
+    JSON object argument is the whole keyword map (`'{"key": "lamp"}'`)."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     i = 0
@@ -106,7 +110,7 @@ def parse_op_args(tokens: list[str]) -> tuple[list[Any], dict[str, Any]]:
         elif "=" in tok and tok.split("=", 1)[0].isidentifier():
             key, _, value = tok.partition("=")
             kwargs[key] = parse_value(value)
-        elif tok.startswith("{"):
+        elif tok.startswith("{") and len(tokens) == 1:  # the whole argument map at once
             obj = parse_payload(tok)
             if not isinstance(obj, dict):
                 raise LoomdError("a JSON argument must be an object")
