@@ -37,6 +37,7 @@ BUILTIN: dict[str, str] = {
     "llm": "loomd.router.component:LlmComponent",
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
     "peers": "loomd.bridges.peers:PeersComponent",
+    "voice": "loomd.audio.component:VoiceComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

@@ -1,0 +1,85 @@
+"""`loomctl say TEXT` and `loomctl voice last|test|stop`: built on `loomd.ctl.op()`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["add_cli"]
+
+_ORDER = ("vad_end", "stt_start", "stt_end", "first_token", "first_sentence", "first_audio",
+          "spoken")  # fmt: skip
+
+
+def add_cli(cmds: Any) -> None:
+    say = cmds.add_parser("say", help="speak text on the board")
+    say.add_argument("text")
+    say.add_argument("--announce", action="store_true", help="interrupt what is playing")
+    say.set_defaults(func=_say)
+    voice = cmds.add_parser("voice", help="the voice pipeline: last, test, stop")
+    vc = voice.add_subparsers(dest="voice_cmd", required=True)
+    last = vc.add_parser("last", help="the last interactions with their timings (waterfall)")
+    last.add_argument("n", nargs="?", type=int, default=5)
+    test = vc.add_parser("test", help="run the whole pipeline on a WAV file")
+    test.add_argument("clip")
+    test.add_argument("--out", default="", help="where to write the reply audio")
+    vc.add_parser("stop", help="stop speaking and cancel the current turn")
+    voice.set_defaults(func=_voice)
+
+
+async def _say(bus: Any, args: Any) -> int:
+    from loomd.ctl import op
+
+    r = await op(bus, "voice.say", args.text, "announcement" if args.announce else "normal",
+                 timeout=120.0)  # fmt: skip
+    print(f"spoke {r['seconds']} s ({r['engine']}, synthesis {r['tts_ms']} ms)")
+    return 0
+
+
+def waterfall(turn: dict[str, Any]) -> list[str]:
+    """One line per stage: ms since the end of speech, with a bar."""
+    t = turn.get("timings", {})
+    end = max(t.values(), default=1.0) or 1.0
+    out = []
+    for key in _ORDER:
+        if key in t:
+            bar = "#" * max(1, int(40 * t[key] / end)) if t[key] > 0 else ""
+            out.append(f"  {key:<15}{t[key]:>9.0f} ms {bar}")
+    return out
+
+
+def _print_turn(turn: dict[str, Any]) -> None:
+    wake = f"{turn['wake']} ({turn['wake_score']})" if turn.get("wake") else "-"
+    print(f"utterance {turn['utterance_id']}: {turn['outcome']}"
+          + (f" ({turn['error']})" if turn.get("error") else ""))  # fmt: skip
+    print(f"  wake:       {wake}")
+    print(f"  transcript: {turn.get('transcript') or '-'}")
+    print(f"  reply:      {turn.get('reply') or '-'}")
+    for line in waterfall(turn):
+        print(line)
+
+
+async def _voice(bus: Any, args: Any) -> int:
+    import os
+
+    from loomd.ctl import op
+
+    if args.voice_cmd == "last":
+        turns = (await op(bus, "voice.last", args.n))["turns"]
+        if not turns:
+            print("no interactions recorded yet")
+        for turn in turns:
+            _print_turn(turn)
+        return 0
+    if args.voice_cmd == "stop":
+        await op(bus, "voice.stop")
+        return 0
+    clip, out = os.path.abspath(args.clip), os.path.abspath(args.out) if args.out else ""  # noqa: ASYNC240 (no I/O: pure string work)
+    r = await op(bus, "voice.test", clip, out, timeout=300.0)
+    if not r["turns"]:
+        print("no wake word heard")
+        return 1
+    for turn in r["turns"]:
+        _print_turn(turn)
+    if r["reply_audio"]:
+        print(f"reply audio: {r['reply_audio']} ({r['reply_seconds']} s)")
+    return 0 if all(t["outcome"] == "ok" for t in r["turns"]) else 1

@@ -1,0 +1,546 @@
+"""The `voice` component: the pipeline of stages, the default voice agent, the operator
+commands (`loomctl say`, `loomctl voice last|test|stop`) and the flight recorder.
+
+Per frame: wake word (openWakeWord, in its own thread) while idle or speaking; after a wake,
+the VAD segmenter cuts the utterance; STT runs in its own thread while the wake word keeps
+listening; the transcript is published on `voice.transcript` and, by default, sent to the
+router as a chat turn (`llm.chat`, priority "voice"); the reply is spoken sentence by
+sentence while it streams. The wake word during playback stops it (barge-in) and
+publishes `voice.stop`."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loomd.audio.cli import add_cli
+from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
+from loomd.audio.settings import VoiceSettings
+from loomd.component import Command, Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.messages import (
+    ChatDone,
+    ChatMessage,
+    ChatRequest,
+    EventType,
+    SayRequest,
+    Topic,
+    Transcript,
+    VoiceState,
+    VoiceStateEvent,
+)
+from loomd.metrics import Family
+
+if TYPE_CHECKING:
+    from loomd.audio.io import Sink, Source
+    from loomd.audio.stt import SttWorker
+    from loomd.audio.tts import Tts
+    from loomd.audio.vad import Segment
+    from loomd.audio.wake import Detection, WakeDetector
+
+__all__ = ["VoiceComponent", "VoiceStatus"]
+
+# Wake scoring runs on 80 ms; collecting 4 frames before each thread hop keeps it cheap.
+_WAKE_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class VoiceStatus(StatusBlock):
+    state: str
+    source: str
+    tts: str
+    wakes: int
+    utterances: int
+    failed: int
+    dropped_frames: int
+
+
+@dataclass
+class TurnRecord:
+    """One interaction in the flight recorder. Timings: ms since the end of speech."""
+
+    utterance_id: str
+    site: str
+    started: float  # time.time()
+    wake: str = ""
+    wake_score: float = 0.0
+    transcript: str = ""
+    reply: str = ""
+    outcome: str = "open"  # ok | no_speech | failed | interrupted | open
+    error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class _Clock:
+    """Turns wall-clock moments into ms since the end of speech."""
+
+    def __init__(self, speech_end: float) -> None:
+        self.speech_end = speech_end
+
+    def ms(self) -> float:
+        return round((time.monotonic() - self.speech_end) * 1000, 1)
+
+
+class VoiceComponent(Component[VoiceSettings]):
+    name = "voice"
+    Settings = VoiceSettings
+    requires = ("numpy", "pywhispercpp", "openwakeword", "onnxruntime", "webrtcvad", "piper")
+    extra = "voice"
+    apt = "espeak-ng libspeexdsp1"
+    summary = "local wake word, STT and TTS: mic -> wake -> whisper.cpp -> router -> Piper"
+    cli = staticmethod(add_cli)
+
+    wake: WakeDetector
+    stt: SttWorker
+    tts: Tts
+    sink: Sink
+
+    async def start(self) -> None:
+        from loomd.audio.io import BufferSink, BusSink, PyAudioSpeaker, WavSink
+        from loomd.audio.stt import SttWorker
+        from loomd.audio.tts import load_tts
+        from loomd.audio.vad import WebRtcVad
+        from loomd.audio.wake import WakeDetector
+
+        s = self.settings
+        self._wake_pool = concurrent.futures.ThreadPoolExecutor(1, "loomd-wake")
+        self._tts_pool = concurrent.futures.ThreadPoolExecutor(1, "loomd-tts")
+        loop = asyncio.get_running_loop()
+        self.wake = await loop.run_in_executor(
+            self._wake_pool,
+            lambda: WakeDetector(
+                s.models_dir,
+                s.wake.models,
+                threshold=s.wake.threshold,
+                refractory_s=s.wake.refractory_s,
+            ),
+        )
+        self.stt = SttWorker(
+            s.models_dir, s.stt.model, threads=s.stt.threads, vocabulary=s.stt.vocabulary
+        )
+        await self.stt.load()
+        self.tts, why = await asyncio.to_thread(load_tts, s.tts.engine, s.models_dir, s.tts.voice)
+        if why:
+            self.ctx.error("tts_fallback", why)
+        self.vad = WebRtcVad(s.vad.mode)
+        if s.sink == "speaker":
+            self.sink = PyAudioSpeaker(s.mic.device)
+        elif s.sink == "wav":
+            self.sink = WavSink(s.sink_dir or self.ctx.cache_dir / "voice")
+        elif s.sink == "bus":
+            self.sink = BusSink(self.ctx.bus, s.site)
+        else:
+            self.sink = BufferSink(realtime=s.sink == "buffer")
+        self.state = VoiceState.IDLE
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._seq = itertools.count(int(time.time() * 1000))
+        self._turn_task: asyncio.Task[None] | None = None
+        self._speak_lock = asyncio.Lock()
+        self._fresh: FreshQueue | None = None
+        self._live_lock = asyncio.Lock()
+        self._stt_hist: list[float] = []
+        self.spawn(self._follow_say, "say", restart=True)
+        self.spawn(self._follow_stop, "stop", restart=True)
+        if s.source != "none":
+            self.spawn(self._listen_live, "listen", restart=True)
+
+    async def stop(self) -> None:
+        if self._turn_task is not None:
+            self._turn_task.cancel()
+        self.sink.stop()
+        self.stt.close()
+        self._wake_pool.shutdown(wait=False, cancel_futures=True)
+        self._tts_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- state and events ---------------------------------------------------------------------
+    async def _set_state(self, state: VoiceState, uid: str = "") -> None:
+        if state == self.state:
+            return
+        self.state = state
+        ev = VoiceStateEvent(state, self.settings.site, uid)
+        await self.ctx.bus.publish(Topic.VOICE_STATE, ev.to_payload(), qos="realtime")
+
+    # -- the live pipeline --------------------------------------------------------------------
+    def _source(self) -> Source:
+        from loomd.audio.io import BusSource, PyAudioMic, WavSource
+
+        s = self.settings
+        if s.source == "mic":
+            return PyAudioMic(s.mic.device)
+        if s.source == "wav":
+            return WavSource(s.source_path, realtime=True)
+        return BusSource(self.ctx.bus, s.site)
+
+    async def _listen_live(self) -> None:
+        """A device is realtime: frames go through a queue bounded by age and count, so a
+        stage that fell behind resumes on fresh audio."""
+        fresh = self._fresh = FreshQueue(max_frames=50, max_age_s=0.5)
+        source = self._source()
+
+        async def feed() -> None:
+            async for frame in source.frames():
+                fresh.put(frame)
+            fresh.put(Frame(b"", -1.0, time.monotonic()))  # the end of a finite source
+
+        async def frames() -> AsyncIterator[Frame]:
+            while True:
+                frame = await fresh.get()
+                if not frame.pcm:
+                    return
+                yield frame
+
+        feeder = asyncio.create_task(feed())
+        try:
+            async with self._live_lock:
+                await self._run(frames(), wait_turns=False)
+            await feeder
+        finally:
+            feeder.cancel()
+
+    async def _run(self, frames: AsyncIterator[Frame], *, wait_turns: bool) -> list[TurnRecord]:
+        """Frames -> wake -> VAD -> turns. Returns the turns started (for `voice test`)."""
+        from loomd.audio.vad import Segmenter
+
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._wake_pool, self.wake.reset)
+        seg = Segmenter(
+            preroll_ms=s.vad.preroll_ms,
+            hangover_ms=s.vad.hangover_ms,
+            min_speech_ms=s.vad.min_speech_ms,
+            max_utterance_s=s.vad.max_utterance_s,
+            no_speech_s=s.vad.no_speech_s,
+        )
+        listening = False
+        wake_buf: list[bytes] = []
+        turns: list[TurnRecord] = []
+        detection: Detection | None = None
+        async for frame in frames:
+            if listening:
+                cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
+                if cut is not None:
+                    listening = False
+                    rec = self._new_record(detection)
+                    turns.append(rec)
+                    self._start_turn(cut, rec, frame)
+                    if wait_turns and self._turn_task is not None:
+                        await asyncio.shield(self._turn_task)
+                continue
+            wake_buf.append(frame.pcm)
+            if len(wake_buf) < _WAKE_FRAMES:
+                continue
+            pcm, wake_buf = b"".join(wake_buf), []
+            t_end = frame.t + FRAME_MS / 1000
+            hit = await loop.run_in_executor(self._wake_pool, self.wake.process, pcm, t_end)
+            if hit is None:
+                continue
+            detection = hit
+            self.counts["wakes"] += 1
+            if self.state == VoiceState.SPEAKING or (
+                self._turn_task is not None and not self._turn_task.done()
+            ):
+                await self._barge_in()
+            listening = True
+            seg.open(t_end)
+            await self._set_state(VoiceState.LISTENING)
+        if wait_turns and self._turn_task is not None:
+            await asyncio.shield(self._turn_task)
+        return turns
+
+    def _new_record(self, det: Detection | None) -> TurnRecord:
+        rec = TurnRecord(uuid.uuid4().hex[:12], self.settings.site, time.time())
+        if det is not None:
+            rec.wake, rec.wake_score = det.word, round(det.score, 3)
+        return rec
+
+    def _start_turn(self, cut: Segment, rec: TurnRecord, frame: Frame) -> None:
+        # The segmenter decided `cut.end - cut.speech_end` of stream time after speech ended.
+        speech_end = frame.at - (cut.end - cut.speech_end)
+        clock = _Clock(speech_end)
+        rec.timings["vad_end"] = clock.ms()
+        self.counts["utterances"] += 1
+        self._turn_task = asyncio.get_running_loop().create_task(self._turn(cut, rec, clock))
+
+    async def _turn(self, cut: Segment, rec: TurnRecord, clock: _Clock) -> None:
+        try:
+            await self._set_state(VoiceState.THINKING, rec.utterance_id)
+            if cut.reason == "no_speech":
+                rec.outcome = "no_speech"
+                return
+            rec.timings["stt_start"] = clock.ms()
+            try:
+                res = await self.stt.transcribe(cut.pcm)
+            except Exception as exc:
+                rec.outcome, rec.error = "failed", f"STT failed: {type(exc).__name__}: {exc}"
+                self.counts["failed"] += 1
+                self.ctx.error("stt_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+                return
+            rec.timings["stt_end"] = clock.ms()
+            self._stt_hist.append(res.ms)
+            del self._stt_hist[:-200]
+            if not res.text:
+                rec.outcome = "no_speech"
+                return
+            rec.transcript = res.text
+            tr = Transcript(
+                res.text,
+                rec.utterance_id,
+                self.settings.site,
+                confidence=1.0,
+                timings=dict(rec.timings),
+            )
+            await self.ctx.bus.publish(Topic.VOICE_TRANSCRIPT, tr.to_payload(), wait=False)
+            await self._converse(rec, clock)
+        except asyncio.CancelledError:
+            rec.outcome = "interrupted"
+            raise
+        finally:
+            if rec.outcome == "open":
+                rec.outcome = "ok"
+            await self._record(rec)
+            if self._turn_task is asyncio.current_task():
+                await self._set_state(VoiceState.IDLE, rec.utterance_id)
+
+    async def _converse(self, rec: TurnRecord, clock: _Clock) -> None:
+        """The default voice agent: ask the router, speak the reply while it streams."""
+        from loomd.audio.tts import SentenceSplitter
+
+        s = self.settings
+        reply_to = f"voice.reply.{rec.utterance_id}"
+        req = ChatRequest(
+            (ChatMessage("system", s.system_prompt), ChatMessage("user", rec.transcript)),
+            priority="voice",
+            stream=True,
+            max_tokens=96,
+            agent="voice",
+        )
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak_queue(sentences, rec, clock))
+        split = SentenceSplitter()
+        text = ""
+        try:
+            async with self.ctx.bus.subscribe(reply_to) as sub:
+                await sub.ready()
+                await self.ctx.bus.publish(
+                    Topic.LLM_CHAT, req.to_payload(), reply_to=reply_to, wait=False
+                )
+                deadline = time.monotonic() + s.reply_timeout_s
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise LoomdError(f"no reply from the router within {s.reply_timeout_s} s")
+                    ev = await sub.get(timeout=left)
+                    if ev.type == EventType.LLM_CHUNK:
+                        piece = str(ev.payload.get("text", ""))
+                        if "first_token" not in rec.timings:
+                            rec.timings["first_token"] = clock.ms()
+                        text += piece
+                        for sentence in split.feed(piece):
+                            rec.timings.setdefault("first_sentence", clock.ms())
+                            sentences.put_nowait(sentence)
+                    elif ev.type == EventType.LLM_DONE:
+                        done = ChatDone.from_payload(ev.payload)
+                        if done.error:
+                            raise LoomdError(f"the router said: {done.error}")
+                        if not text and done.text:  # a router that did not stream
+                            text = done.text
+                            split.feed(done.text)
+                        break
+            for sentence in split.flush():
+                rec.timings.setdefault("first_sentence", clock.ms())
+                sentences.put_nowait(sentence)
+            rec.reply = text.strip()
+        except (LoomdError, TimeoutError) as exc:
+            rec.outcome, rec.error = "failed", str(exc) or "no reply from the router"
+            self.counts["failed"] += 1
+            self.ctx.error("reply_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+        finally:
+            sentences.put_nowait(None)
+            try:
+                await speaker
+            except asyncio.CancelledError:
+                speaker.cancel()
+                raise
+
+    async def _speak_queue(
+        self, sentences: asyncio.Queue[str | None], rec: TurnRecord, clock: _Clock
+    ) -> None:
+        """Synthesise the next sentence while the current one plays."""
+        loop = asyncio.get_running_loop()
+        audio_q: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def synth() -> None:
+            while (text := await sentences.get()) is not None:
+                audio_q.put_nowait(
+                    await loop.run_in_executor(self._tts_pool, self.tts.synthesize, text)
+                )
+            audio_q.put_nowait(None)
+
+        maker = asyncio.create_task(synth())
+        try:
+            while (audio := await audio_q.get()) is not None:
+                rec.timings.setdefault("first_audio", clock.ms())
+                await self._set_state(VoiceState.SPEAKING, rec.utterance_id)
+                async with self._speak_lock:
+                    if not await self.sink.play(audio):
+                        rec.outcome = "interrupted"
+                        return
+            rec.timings["spoken"] = clock.ms()
+        finally:
+            maker.cancel()
+
+    async def _barge_in(self) -> None:
+        """The wake word while speaking or thinking: cut playback, cancel the turn."""
+        self.counts["barge_ins"] += 1
+        self.sink.stop()
+        task = self._turn_task
+        if task is not None and not task.done():
+            task.cancel()
+        await self.ctx.bus.publish(
+            Topic.VOICE_STOP, {"site": self.settings.site, "reason": "barge-in"}, qos="realtime"
+        )
+
+    # -- flight recorder ----------------------------------------------------------------------
+    async def _record(self, rec: TurnRecord) -> None:
+        try:
+            kv = self.ctx.state.kv("voice")
+            await kv.put(f"turn/{next(self._seq):016d}", rec.to_dict())
+            keys = kv.keys("turn/")
+            for old in keys[: max(0, len(keys) - self.settings.recorder_size)]:
+                await kv.delete(old)
+        except LoomdError as exc:
+            self.ctx.error("recorder", f"voice: flight recorder write failed: {exc}")
+
+    # -- say ----------------------------------------------------------------------------------
+    async def speak(self, req: SayRequest) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        if req.priority == "announcement":
+            self.sink.stop()
+        began = time.monotonic()
+        audio = await loop.run_in_executor(self._tts_pool, self.tts.synthesize, req.text)
+        synth_ms = (time.monotonic() - began) * 1000
+        async with self._speak_lock:
+            await self._set_state(VoiceState.SPEAKING, req.utterance_id)
+            done = await self.sink.play(audio)
+            if self._turn_task is None or self._turn_task.done():
+                await self._set_state(VoiceState.IDLE, req.utterance_id)
+        self.counts["said"] += 1
+        return {
+            "spoken": done,
+            "seconds": round(len(audio) / 32000, 2),
+            "tts_ms": round(synth_ms, 1),
+            "engine": self.tts.name,
+        }
+
+    async def _follow_say(self) -> None:
+        async with self.ctx.bus.subscribe(Topic.VOICE_SAY) as sub:
+            async for ev in sub:
+                try:
+                    req = SayRequest.from_payload(ev.payload)
+                except LoomdError as exc:
+                    self.counts["bad_say"] += 1
+                    self.ctx.error("bad_say", f"voice: bad voice.say payload: {exc}")
+                    continue
+                if req.site == self.settings.site:
+                    self.spawn(lambda r=req: self._say_task(r), "say-one")  # type: ignore[misc]
+
+    async def _say_task(self, req: SayRequest) -> None:
+        await self.speak(req)
+
+    async def _follow_stop(self) -> None:
+        async with self.ctx.bus.subscribe(Topic.VOICE_STOP) as sub:
+            async for ev in sub:
+                if ev.sender == self.ctx.bus.name:
+                    continue
+                self.sink.stop()
+                if self._turn_task is not None:
+                    self._turn_task.cancel()
+
+    # -- operator view ------------------------------------------------------------------------
+    def status(self) -> VoiceStatus | None:
+        if not hasattr(self, "counts"):
+            return None
+        return VoiceStatus(
+            state=str(self.state),
+            source=self.settings.source,
+            tts=self.tts.name,
+            wakes=self.counts["wakes"],
+            utterances=self.counts["utterances"],
+            failed=self.counts["failed"],
+            dropped_frames=self._fresh.dropped if self._fresh else 0,
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        if not hasattr(self, "counts"):
+            return
+        for key in ("wakes", "utterances", "failed", "barge_ins", "said"):
+            yield Family(
+                f"loomd_voice_{key}_total", "counter", f"Voice {key}.", [({}, self.counts[key])]
+            )
+        yield Family(
+            "loomd_voice_dropped_frames_total",
+            "counter",
+            "Frames dropped as stale before a stage read them.",
+            [({}, float(self._fresh.dropped if self._fresh else 0))],
+        )
+        yield Family(
+            "loomd_voice_stt_failures_total", "counter", "STT calls that failed.",
+            [({}, float(self.stt.failures))],
+        )  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "say": Command(self._op_say, "speak text", ("text", "priority")),
+            "test": Command(self._op_test, "run the whole pipeline on a WAV file", ("path", "out")),
+            "last": Command(self._op_last, "the last N interactions with timings", ("n",)),
+            "stop": Command(self._op_stop, "stop speaking and cancel the turn"),
+        }
+
+    async def _op_say(self, text: Any, priority: Any = "normal") -> dict[str, Any]:
+        if not isinstance(text, str) or not text.strip():
+            raise LoomdError("say: give the text to speak")
+        return await self.speak(SayRequest(text, str(priority), self.settings.site))
+
+    async def _op_test(self, path: Any, out: Any = "") -> dict[str, Any]:
+        from loomd.audio.io import BufferSink, WavSource, write_wav
+
+        clip = Path(str(path))
+        if not await asyncio.to_thread(clip.is_file):
+            raise LoomdError(f"voice test: no file {clip}")
+        sink, test_sink = self.sink, BufferSink()
+        self.sink = test_sink
+        try:
+            began = time.monotonic()
+            turns = await self._run(WavSource(clip).frames(), wait_turns=True)
+        finally:
+            self.sink = sink
+        audio = bytes(test_sink.audio)
+        target = Path(str(out)) if out else clip.with_name(clip.stem + ".reply.wav")
+        if audio:
+            await asyncio.to_thread(write_wav, target, audio)
+        return {
+            "turns": [t.to_dict() for t in turns],
+            "wake": bool(turns and turns[0].wake),
+            "reply_audio": str(target) if audio else "",
+            "reply_seconds": round(len(audio) / 32000, 2),
+            "wall_ms": round((time.monotonic() - began) * 1000, 1),
+        }
+
+    async def _op_last(self, n: Any = 5) -> dict[str, Any]:
+        items = self.ctx.state.kv("voice").items("turn/")
+        return {"turns": [v for _, v in items[-int(n) :]]}
+
+    async def _op_stop(self) -> dict[str, Any]:
+        await self._barge_in()
+        return {}

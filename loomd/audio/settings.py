@@ -1,0 +1,81 @@
+"""`[voice]` and its nested stage tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from loomd.config import Section, option
+
+__all__ = [
+    "MicSettings",
+    "SttSettings",
+    "TtsSettings",
+    "VadSettings",
+    "VoiceSettings",
+    "WakeSettings",
+]
+
+SOURCES = ("none", "mic", "wav", "bus")
+SINKS = ("none", "speaker", "wav", "bus", "buffer")
+
+
+@dataclass(frozen=True)
+class WakeSettings(Section):
+    models: tuple[str, ...] = option(factory=lambda: ("openwakeword/hey_jarvis_v0.1.onnx",))
+    threshold: float = option(0.5, min=0.01, max=1.0, reload=True)
+    refractory_s: float = option(2.0, min=0.0, max=60.0, reload=True)
+
+
+@dataclass(frozen=True)
+class VadSettings(Section):
+    mode: int = option(2, min=0, max=3)
+    preroll_ms: int = option(300, min=0, max=2000)
+    hangover_ms: int = option(500, min=100, max=5000)
+    min_speech_ms: int = option(200, min=20, max=5000)
+    max_utterance_s: float = option(15.0, min=1.0, max=60.0)
+    no_speech_s: float = option(5.0, min=0.5, max=60.0)
+
+
+@dataclass(frozen=True)
+class SttSettings(Section):
+    model: str = option("whisper/ggml-tiny.en.bin", max_len=4096)
+    threads: int = option(1, min=1, max=16)
+    vocabulary: tuple[str, ...] = option(factory=tuple)
+
+
+@dataclass(frozen=True)
+class TtsSettings(Section):
+    engine: str = option("piper", choices=("piper", "espeak"))
+    voice: str = option("piper/en_US-joe-medium.onnx", max_len=4096)
+
+
+@dataclass(frozen=True)
+class MicSettings(Section):
+    device: str = option("", max_len=256)
+
+
+@dataclass(frozen=True)
+class VoiceSettings(Section):
+    SECTION: ClassVar[str] = "voice"
+
+    enabled: bool = option(False)
+    site: str = option("local", max_len=64)
+    source: str = option("none", choices=SOURCES)
+    source_path: str = option("", max_len=4096)
+    sink: str = option("none", choices=SINKS)
+    sink_dir: str = option("", max_len=4096)
+    models_dir: str = option("/usr/share/loomd/models", max_len=4096)
+    system_prompt: str = option(
+        "You are a voice assistant on a small board. Answer in one or two short sentences.",
+        max_len=4096,
+        reload=True,
+    )
+    reply_timeout_s: float = option(30.0, min=1.0, max=600.0, reload=True)
+    followup_s: float = option(5.0, min=0.0, max=60.0, reload=True)
+    recorder_size: int = option(50, min=1, max=10000)
+    wake: WakeSettings = option(factory=WakeSettings)  # noqa: RUF009 (option() is a field())
+    vad: VadSettings = option(factory=VadSettings)  # noqa: RUF009 (option() is a field())
+    stt: SttSettings = option(factory=SttSettings)  # noqa: RUF009 (option() is a field())
+    tts: TtsSettings = option(factory=TtsSettings)  # noqa: RUF009 (option() is a field())
+    mic: MicSettings = option(factory=MicSettings)  # noqa: RUF009 (option() is a field())

@@ -1,0 +1,137 @@
+"""Text to speech: Piper, with espeak-ng when Piper or its voice is missing.
+
+Both give 16 kHz mono s16 (the pipeline's format) so every sink, the echo reference and the
+bus carry one format. `sentences()` cuts streamed LLM text at sentence ends so the first
+sentence is spoken while the rest is still being generated."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import subprocess
+import wave
+from typing import Any, Protocol
+
+from loomd.audio.frames import RATE
+from loomd.audio.models import ModelError, model_path
+
+__all__ = ["EspeakTts", "PiperTts", "SentenceSplitter", "Tts", "load_tts", "resample"]
+
+log = logging.getLogger("loomd.voice.tts")
+
+
+class Tts(Protocol):
+    name: str
+
+    def synthesize(self, text: str) -> bytes:
+        """16 kHz mono s16le audio for `text` (blocking: call it off the loop)."""
+        ...
+
+
+def resample(pcm: bytes, rate: int) -> bytes:
+    """s16le mono at `rate` -> 16 kHz (polyphase, scipy; linear if scipy is missing)."""
+    import numpy as np
+
+    if rate == RATE or not pcm:
+        return pcm
+    x = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+    try:
+        from math import gcd
+
+        from scipy.signal import resample_poly  # type: ignore[import-untyped]
+
+        g = gcd(RATE, rate)
+        y = resample_poly(x, RATE // g, rate // g)
+    except ImportError:
+        n = int(len(x) * RATE / rate)
+        y = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
+    return bytes(np.clip(y, -32768, 32767).astype(np.int16).tobytes())
+
+
+class PiperTts:
+    name = "piper"
+
+    def __init__(self, models_dir: str, voice: str) -> None:
+        from piper import PiperVoice
+
+        path = model_path(models_dir, voice, "piper")
+        config = path.with_name(path.name + ".json")
+        if not config.is_file():
+            raise ModelError(
+                f"piper voice config {config} is missing: put the voice's "
+                ".onnx.json beside it (https://huggingface.co/rhasspy/piper-voices)"
+            )
+        try:
+            self._voice: Any = PiperVoice.load(str(path), config_path=str(config))
+        except Exception as exc:
+            raise ModelError(
+                f"piper voice {path} did not load ({type(exc).__name__}: {exc}); "
+                "get it again from https://huggingface.co/rhasspy/piper-voices"
+            ) from None
+
+    def synthesize(self, text: str) -> bytes:
+        out = []
+        for chunk in self._voice.synthesize(text):
+            out.append(resample(chunk.audio_int16_bytes, chunk.sample_rate))
+        return b"".join(out)
+
+
+class EspeakTts:
+    name = "espeak"
+
+    def __init__(self, voice: str = "en-us", speed: int = 160) -> None:
+        exe = shutil.which("espeak-ng")
+        if exe is None:
+            raise ModelError("espeak-ng is missing: apt install espeak-ng")
+        self.exe, self.voice, self.speed = exe, voice, speed
+
+    def synthesize(self, text: str) -> bytes:
+        wav = subprocess.run(
+            [self.exe, "-v", self.voice, "-s", str(self.speed), "--stdout", text],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        with wave.open(io.BytesIO(wav)) as w:
+            return resample(w.readframes(w.getnframes()), w.getframerate())
+
+
+def load_tts(engine: str, models_dir: str, voice: str) -> tuple[Tts, str]:
+    """The configured engine, or espeak-ng with the reason Piper was not used."""
+    if engine == "piper":
+        try:
+            return PiperTts(models_dir, voice), ""
+        except (ModelError, ImportError) as exc:
+            why = f"Piper unavailable ({exc}); speaking with espeak-ng"
+            log.warning("%s", why)
+            return EspeakTts(), why
+    return EspeakTts(), ""
+
+
+_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+class SentenceSplitter:
+    """Feed streamed text; get whole sentences as soon as they end."""
+
+    def __init__(self, min_chars: int = 12) -> None:
+        self.min_chars = min_chars
+        self._buf = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._buf += text
+        out: list[str] = []
+        start = 0
+        for m in _END.finditer(self._buf):
+            piece = self._buf[start : m.start()].strip()
+            if len(piece) >= self.min_chars:  # "Dr." or "1." alone is not a sentence
+                out.append(piece)
+                start = m.end()
+        self._buf = self._buf[start:]
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf.strip(), ""
+        return [rest] if rest else []

@@ -1,0 +1,86 @@
+"""Wake word: openWakeWord with the ONNX runtime and explicit model paths.
+
+Fed 20 ms frames; scores every 80 ms (1280 samples, what openWakeWord wants). A detection
+needs a score at or above the threshold, then nothing fires again for the refractory
+period (in stream time, so replays and live audio behave the same)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loomd.audio.models import ModelError, model_path
+
+__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector"]
+
+CHUNK_SAMPLES = 1280
+
+
+@dataclass(frozen=True)
+class Detection:
+    word: str
+    score: float
+    t: float  # stream time at the end of the chunk that fired
+
+
+class WakeDetector:
+    def __init__(
+        self,
+        models_dir: str,
+        words: tuple[str, ...],
+        *,
+        threshold: float = 0.5,
+        refractory_s: float = 2.0,
+    ) -> None:
+        import numpy as np
+        from openwakeword.model import Model  # type: ignore[import-untyped]  # heavy: scipy, sklearn, onnxruntime
+
+        self._np = np
+        paths = [model_path(models_dir, w, "openwakeword") for w in words]
+        folder = paths[0].parent
+        mel = model_path(str(folder), "melspectrogram.onnx", "openwakeword")
+        emb = model_path(str(folder), "embedding_model.onnx", "openwakeword")
+        try:
+            self._model: Any = Model(
+                wakeword_models=[str(p) for p in paths],
+                inference_framework="onnx",
+                melspec_model_path=str(mel),
+                embedding_model_path=str(emb),
+            )
+        except Exception as exc:  # onnxruntime's errors for a truncated or foreign file
+            raise ModelError(
+                f"openwakeword models in {folder} did not load ({type(exc).__name__}: {exc}); "
+                "replace them with the files of the openwakeword 0.5.1 release"
+            ) from None
+        self.words = tuple(Path(p).stem for p in paths)
+        self.threshold = threshold
+        self.refractory_s = refractory_s
+        self._pending = b""
+        self._quiet_until = -1e9
+        self.chunks = 0
+        self.peak = 0.0
+
+    def reset(self) -> None:
+        """Forget the audio heard so far (after the board spoke, or a new clip)."""
+        self._pending = b""
+        self._model.reset()
+
+    def process(self, pcm: bytes, t_end: float) -> Detection | None:
+        """Feed s16le audio that ends at stream time `t_end`; returns a detection or None.
+        Blocking (ONNX): run it off the event loop."""
+        self._pending += pcm
+        hit: Detection | None = None
+        step = CHUNK_SAMPLES * 2
+        while len(self._pending) >= step:
+            chunk, self._pending = self._pending[:step], self._pending[step:]
+            audio = self._np.frombuffer(chunk, dtype=self._np.int16)
+            scores: dict[str, float] = self._model.predict(audio)
+            self.chunks += 1
+            t = t_end - len(self._pending) / 2 / 16000
+            for word, score in scores.items():
+                self.peak = max(self.peak, float(score))
+                if score >= self.threshold and t >= self._quiet_until and hit is None:
+                    hit = Detection(word, float(score), t)
+                    self._quiet_until = t + self.refractory_s
+        return hit

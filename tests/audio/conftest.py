@@ -1,0 +1,130 @@
+"""Voice fixtures: model folder, speech made at test time (espeak-ng + sox), and a chat
+responder that serves `llm.chat` with real llama.cpp on SmolLM2 per the messages.py
+contract (stands in for the router until it lands)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic
+
+
+@pytest.fixture(scope="session")
+def models() -> Path:
+    root = os.environ.get("LOOMD_TEST_MODELS")
+    if not root:
+        pytest.skip("LOOMD_TEST_MODELS is not set (see ../shared/models/README.md)")
+    return Path(root)
+
+
+def say_wav(text: str, out: Path, *, pad: tuple[float, float] = (0.5, 0.5)) -> Path:
+    """Speech for `text` as 16 kHz mono s16 WAV (espeak-ng, then sox)."""
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are needed to make test speech")
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", *map(str, pad)],
+        check=True,
+    )
+    raw.unlink()
+    return out
+
+
+def join_wavs(parts: list[Path], out: Path) -> Path:
+    subprocess.run(["sox", *map(str, parts), str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="session")
+def command_clip(speech_dir: Path) -> Path:
+    """ "hey jarvis, turn on the kitchen lights" with a short pause after the wake word."""
+    wake = say_wav("hey jarvis", speech_dir / "wake.wav", pad=(0.5, 0.6))
+    cmd = say_wav("turn on the kitchen lights", speech_dir / "cmd.wav", pad=(0.0, 0.8))
+    return join_wavs([wake, cmd], speech_dir / "command.wav")
+
+
+def voice_toml(models: Path, **extra: str) -> str:
+    lines = ["[voice]", "enabled = true", f'models_dir = "{models}"']
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Responder:
+    """Serves `llm.chat` over the daemon's socket with llama.cpp (SmolLM2), streaming
+    `ChatChunk`s then one `ChatDone` on the request's `reply_to`."""
+
+    def __init__(self, model_path: Path) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(str(model_path), n_ctx=1024, n_threads=1, verbose=False, seed=7)
+        self.requests: list[ChatRequest] = []
+        self.replies: list[str] = []
+
+    def _stream(self, req: ChatRequest, out: asyncio.Queue[Any], loop: Any) -> None:
+        msgs = [{"role": m.role, "content": m.content} for m in req.messages]
+        try:
+            for part in self.llm.create_chat_completion(
+                msgs, max_tokens=req.max_tokens, temperature=0.0, stream=True
+            ):
+                text = part["choices"][0]["delta"].get("content")  # type: ignore[index]
+                if text:
+                    loop.call_soon_threadsafe(out.put_nowait, text)
+        finally:
+            loop.call_soon_threadsafe(out.put_nowait, None)
+
+    async def serve(self, bus: Any) -> None:
+        async with bus.subscribe(Topic.LLM_CHAT) as sub:
+            await sub.ready()
+            self.ready.set()
+            async for ev in sub:
+                req = ChatRequest.from_payload(ev.payload)
+                self.requests.append(req)
+                out: asyncio.Queue[str | None] = asyncio.Queue()
+                loop = asyncio.get_running_loop()
+                threading.Thread(target=self._stream, args=(req, out, loop), daemon=True).start()
+                text, index = "", 0
+                while (piece := await out.get()) is not None:
+                    text += piece
+                    await bus.reply(ev, ChatChunk(piece, index).to_payload(),
+                                    type=EventType.LLM_CHUNK)  # fmt: skip
+                    index += 1
+                self.replies.append(text)
+                await bus.reply(ev, ChatDone(text, route="local", tokens=index).to_payload(),
+                                type=EventType.LLM_DONE)  # fmt: skip
+
+    ready: asyncio.Event
+
+
+@pytest.fixture(scope="session")
+def llm(models: Path) -> Iterator[Responder]:
+    yield Responder(models / "llm" / "SmolLM2-135M-Instruct.gguf")
+
+
+def words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() or c == "'" else " " for c in text).split()
+
+
+def wer(ref: str, hyp: str) -> float:
+    r, h = words(ref), words(hyp)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)] / max(1, len(r))
