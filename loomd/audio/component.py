@@ -226,7 +226,9 @@ class VoiceComponent(Component[VoiceSettings]):
         wake_buf: list[bytes] = []
         turns: list[TurnRecord] = []
         detection: Detection | None = None
+        last: Frame | None = None
         async for frame in frames:
+            last = frame
             if listening:
                 cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
                 if cut is not None:
@@ -254,6 +256,19 @@ class VoiceComponent(Component[VoiceSettings]):
             listening = True
             seg.open(t_end)
             await self._set_state(VoiceState.LISTENING)
+        if listening and last is not None:
+            # A finite source ended while listening: let the segmenter's clock run on over
+            # silence so the utterance (or its absence) is decided as it would be live.
+            t, silence = last.t, b"\0" * len(last.pcm)
+            limit = s.vad.no_speech_s + s.vad.max_utterance_s
+            cut = None
+            while cut is None and t - last.t < limit:
+                t += FRAME_MS / 1000
+                cut = seg.push(silence, t, False)
+            if cut is not None:
+                rec = self._new_record(detection)
+                turns.append(rec)
+                self._start_turn(cut, rec, Frame(silence, t, time.monotonic()))
         if wait_turns and self._turn_task is not None:
             await asyncio.shield(self._turn_task)
         return turns
