@@ -1,0 +1,317 @@
+"""Voice: each raw library call against the same stage inside loomd, in one run.
+
+    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/voice.py [--quick]
+
+Raw: pywhispercpp transcribe (default call, and with the audio_ctx loomd picks),
+openWakeWord predict per 80 ms frame, Piper to the first chunk, llama.cpp (SmolLM2) to the
+first token. loomd: the same stages through their loomd classes and threads, the wake word's
+CPU share while fed 20 ms frames, and a whole turn on the real daemon (`voice.test` with a
+llama.cpp responder on `llm.chat`): VAD end -> first TTS audio. WER on espeak-ng clips,
+clean / 20 dB / 10 dB white noise, raw whisper vs loomd's STT stage (vocabulary prompt).
+Ends with one JSON line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loomd.audio.io import read_wav
+from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
+from loomd.audio.tts import PiperTts
+from loomd.audio.wake import WakeDetector
+
+QUICK = "--quick" in sys.argv
+MODELS = Path(os.environ.get("LOOMD_TEST_MODELS", "/root/.cache/loomd-test-models"))
+SENTENCES = [
+    "turn on the kitchen lights",
+    "set the thermostat to twenty one degrees",
+    "what is the weather like in Lisbon tomorrow",
+    "close the garage door",
+    "play some jazz in the living room",
+    "remind me to water the plants at six",
+]
+VOCAB = ("kitchen", "thermostat", "garage", "living room", "Lisbon", "jazz", "plants")
+
+
+def speak(text: str, out: Path, pad: tuple[float, float] = (0.5, 0.5)) -> Path:
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad",
+                    *map(str, pad)], check=True)  # fmt: skip
+    return out
+
+
+def noisy(pcm: bytes, snr_db: float | None, seed: int) -> bytes:
+    if snr_db is None:
+        return pcm
+    x = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
+    voiced = x[np.abs(x) > 100]
+    p_sig = float(np.mean(voiced**2)) if voiced.size else 1.0
+    noise = np.random.default_rng(seed).normal(0, np.sqrt(p_sig / 10 ** (snr_db / 10)), x.size)
+    return bytes(np.clip(x + noise, -32768, 32767).astype(np.int16).tobytes())
+
+
+def words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() else " " for c in text).split()
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    errs = total = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        r, h = words(ref), words(hyp)
+        d = list(range(len(h) + 1))
+        for i in range(1, len(r) + 1):
+            prev, d[0] = d[0], i
+            for j in range(1, len(h) + 1):
+                cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+                prev, d[j] = d[j], cur
+        errs += d[len(h)]
+        total += len(r)
+    return round(errs / max(1, total), 3)
+
+
+def f32(pcm: bytes) -> Any:
+    return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def median_ms(fn: Any, n: int) -> float:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(out), 1)
+
+
+# --- raw libraries -----------------------------------------------------------------------
+def raw_whisper() -> Any:
+    from pywhispercpp.model import Model
+
+    return Model(str(MODELS / "whisper/ggml-tiny.en.bin"), n_threads=1, print_progress=False,
+                 print_realtime=False, redirect_whispercpp_logs_to=None)  # fmt: skip
+
+
+def raw_text(model: Any, pcm: bytes, **kw: Any) -> str:
+    return clean_text(" ".join(s.text for s in model.transcribe(f32(pcm), **kw)))
+
+
+def main() -> None:
+    rounds = 3 if QUICK else 7
+    tmp = Path(tempfile.mkdtemp(prefix="vb-"))
+    res: dict[str, Any] = {}
+    clip = read_wav(speak(SENTENCES[0], tmp / "cmd.wav"))
+    # STT
+    model = raw_whisper()
+    res["raw_stt_ms"] = median_ms(lambda: raw_text(model, clip), rounds)
+    ctx = audio_ctx_for(len(clip) / 32000)
+    res["raw_stt_ctx_ms"] = median_ms(lambda: raw_text(model, clip, audio_ctx=ctx), rounds)
+
+    async def loomd_stt(worker: SttWorker, pcm: bytes) -> str:
+        return (await worker.transcribe(pcm)).text
+
+    worker = SttWorker(str(MODELS), "whisper/ggml-tiny.en.bin", vocabulary=VOCAB)
+    asyncio.run(worker.load())
+    res["loomd_stt_ms"] = median_ms(lambda: asyncio.run(loomd_stt(worker, clip)), rounds)
+    # wake
+    from openwakeword.model import Model as Oww
+
+    ow = MODELS / "openwakeword"
+    oww = Oww(wakeword_models=[str(ow / "hey_jarvis_v0.1.onnx")], inference_framework="onnx",
+              melspec_model_path=str(ow / "melspectrogram.onnx"),
+              embedding_model_path=str(ow / "embedding_model.onnx"))  # fmt: skip
+    audio = np.frombuffer(read_wav(speak("hey jarvis " + SENTENCES[1], tmp / "w.wav")), np.int16)
+    frames = [audio[i : i + 1280] for i in range(0, len(audio) - 1280, 1280)] * (2 if QUICK else 6)
+    t = time.perf_counter()
+    for fr in frames:
+        oww.predict(fr)
+    res["raw_wake_ms_per_frame"] = round((time.perf_counter() - t) * 1000 / len(frames), 3)
+    det = WakeDetector(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
+    pcm = audio.tobytes() * (2 if QUICK else 6)
+
+    async def loomd_wake() -> float:
+        # As the component does: 4 frames of 20 ms per hop to the wake thread.
+        import concurrent.futures
+
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        loop = asyncio.get_running_loop()
+        cpu = time.process_time()
+        for i in range(0, len(pcm) - 2560, 2560):
+            await loop.run_in_executor(pool, det.process, pcm[i : i + 2560], i / 32000)
+        pool.shutdown()
+        return time.process_time() - cpu
+
+    cpu_s = asyncio.run(loomd_wake())
+    res["loomd_wake_cpu_pct"] = round(100 * cpu_s / (len(pcm) / 32000), 2)
+    # TTS
+    from piper import PiperVoice
+
+    voice = PiperVoice.load(str(MODELS / "piper/en_US-joe-medium.onnx"),
+                            config_path=str(MODELS / "piper/en_US-joe-medium.onnx.json"))  # fmt: skip
+    sentence = "The kitchen lights are on now."
+    res["raw_tts_first_ms"] = median_ms(lambda: next(iter(voice.synthesize(sentence))), rounds)
+    tts = PiperTts(str(MODELS), "piper/en_US-joe-medium.onnx")
+    res["loomd_tts_first_ms"] = median_ms(lambda: tts.synthesize(sentence), rounds)
+    # LLM first token
+    from llama_cpp import Llama
+
+    llm = Llama(str(MODELS / "llm/SmolLM2-135M-Instruct.gguf"), n_ctx=1024, n_threads=1,
+                verbose=False, seed=7)  # fmt: skip
+    msgs = [{"role": "system", "content": "You are a voice assistant. Answer briefly."},
+            {"role": "user", "content": "Turn on the kitchen lights."}]  # fmt: skip
+
+    def first_token() -> None:
+        for part in llm.create_chat_completion(msgs, max_tokens=8, stream=True):  # type: ignore[arg-type]
+            if part["choices"][0]["delta"].get("content"):  # type: ignore[index]
+                break
+
+    res["raw_llm_first_ms"] = median_ms(first_token, rounds)
+    res["raw_stage_sum_ms"] = round(
+        res["raw_stt_ctx_ms"] + res["raw_llm_first_ms"] + res["raw_tts_first_ms"], 1
+    )
+    # WER
+    n = 3 if QUICK else len(SENTENCES)
+    clips = [read_wav(speak(s, tmp / f"s{i}.wav")) for i, s in enumerate(SENTENCES[:n])]
+    for label, snr in (("clean", None), ("20db", 20.0), ("10db", 10.0)):
+        pcms = [noisy(c, snr, i) for i, c in enumerate(clips)]
+        res[f"raw_wer_{label}"] = wer(SENTENCES[:n], [raw_text(model, p) for p in pcms])
+        res[f"wer_{label}"] = wer(
+            SENTENCES[:n], [asyncio.run(loomd_stt(worker, p)) for p in pcms]
+        )
+    worker.close()
+    del model, oww, llm
+    # A whole turn on the daemon.
+    turn, rss = daemon_turn(tmp)
+    t = turn["timings"]
+    res["eos_to_audio_ms"] = round(t["first_audio"], 1)
+    res["vad_end_to_audio_ms"] = round(t["first_audio"] - t["vad_end"], 1)
+    res["rss_voice_mb"] = rss
+    res["peer_stt_ms"] = None  # wyoming-bench peers not run (see docs/design/voice.md)
+    res["peer_tts_first_ms"] = None
+    res["bench_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    shutil.rmtree(tmp, ignore_errors=True)
+    table(res)
+    print(json.dumps(res))
+
+
+def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float]:
+    """`voice.test` on the real daemon with a llama.cpp responder on `llm.chat`."""
+    import psutil
+
+    from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic
+    from loomd.sdk import Client
+
+    wake = speak("hey jarvis", tmp / "wake.wav", (0.5, 0.6))
+    cmd = speak(SENTENCES[0], tmp / "c.wav", (0.0, 0.8))
+    subprocess.run(["sox", str(wake), str(cmd), str(tmp / "turn.wav")], check=True)
+    root = Path(tempfile.mkdtemp(prefix="vd-", dir="/tmp"))
+    conf = root / "loomd.toml"
+    conf.write_text(
+        f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
+        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
+        f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    from llama_cpp import Llama
+
+    llm = Llama(str(MODELS / "llm/SmolLM2-135M-Instruct.gguf"), n_ctx=1024, n_threads=1,
+                verbose=False, seed=7)  # fmt: skip
+
+    async def run() -> dict[str, Any]:
+        endpoint = f"ipc://{root}/run/bus.sock"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                async with Client(endpoint, name="bench", timeout=2) as bus:
+                    await bus.call("voice.last")
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+        async with Client(endpoint, name="bench", timeout=10) as bus:
+
+            async def serve() -> None:
+                async with bus.subscribe(Topic.LLM_CHAT) as sub:
+                    async for ev in sub:
+                        req = ChatRequest.from_payload(ev.payload)
+                        q: asyncio.Queue[str | None] = asyncio.Queue()
+                        loop = asyncio.get_running_loop()
+
+                        def gen(req: ChatRequest = req, loop: Any = loop,
+                                q: asyncio.Queue[str | None] = q) -> None:  # fmt: skip
+                            for part in llm.create_chat_completion(
+                                [{"role": m.role, "content": m.content} for m in req.messages],  # type: ignore[misc]
+                                max_tokens=req.max_tokens, stream=True, temperature=0.0,
+                            ):  # fmt: skip
+                                text = part["choices"][0]["delta"].get("content")  # type: ignore[index]
+                                if text:
+                                    loop.call_soon_threadsafe(q.put_nowait, text)
+                            loop.call_soon_threadsafe(q.put_nowait, None)
+
+                        threading.Thread(target=gen, daemon=True).start()
+                        i, full = 0, ""
+                        while (piece := await q.get()) is not None:
+                            full += piece
+                            await bus.reply(ev, ChatChunk(piece, i).to_payload(),
+                                            type=EventType.LLM_CHUNK)  # fmt: skip
+                            i += 1
+                        await bus.reply(ev, ChatDone(full).to_payload(), type=EventType.LLM_DONE)
+
+            server = asyncio.create_task(serve())
+            await asyncio.sleep(0.3)
+            r = await bus.call("voice.test", args=[str(tmp / "turn.wav")], timeout=240)
+            server.cancel()
+            return dict(r["turns"][0])
+
+    try:
+        turn = asyncio.run(run())
+        rss = round(psutil.Process(proc.pid).memory_info().rss / 1e6, 1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        shutil.rmtree(root, ignore_errors=True)
+    return turn, rss
+
+
+def table(r: dict[str, Any]) -> None:
+    def ratio(a: str, b: str) -> str:
+        return f"{r[a] / r[b]:.2f}x" if r.get(b) else "-"
+
+    rows = [
+        ("STT (3 s clip)", "raw default", r["raw_stt_ms"], "loomd", r["loomd_stt_ms"],
+         ratio("loomd_stt_ms", "raw_stt_ms")),
+        ("STT, same audio_ctx", "raw", r["raw_stt_ctx_ms"], "loomd", r["loomd_stt_ms"],
+         ratio("loomd_stt_ms", "raw_stt_ctx_ms")),
+        ("TTS first audio", "raw Piper", r["raw_tts_first_ms"], "loomd",
+         r["loomd_tts_first_ms"], ratio("loomd_tts_first_ms", "raw_tts_first_ms")),
+        ("speech end -> audio", "raw sum", r["raw_stage_sum_ms"], "loomd (VAD end)",
+         r["vad_end_to_audio_ms"], ratio("vad_end_to_audio_ms", "raw_stage_sum_ms")),
+    ]  # fmt: skip
+    print(f"{'stage':<22}{'baseline':<14}{'ms':>9}  {'loomd':<16}{'ms':>9}  ratio")
+    for name, a, av, b, bv, rt in rows:
+        print(f"{name:<22}{a:<14}{av:>9.1f}  {b:<16}{bv:>9.1f}  {rt}")
+    print(f"wake: raw {r['raw_wake_ms_per_frame']} ms per 80 ms frame; "
+          f"loomd {r['loomd_wake_cpu_pct']} % of a core")  # fmt: skip
+    print(f"llama.cpp first token {r['raw_llm_first_ms']} ms; speech end -> first audio "
+          f"{r['eos_to_audio_ms']} ms incl. the VAD hangover")  # fmt: skip
+    print(f"WER clean/20/10 dB: raw {r['raw_wer_clean']}/{r['raw_wer_20db']}/"
+          f"{r['raw_wer_10db']}  loomd {r['wer_clean']}/{r['wer_20db']}/{r['wer_10db']}")  # fmt: skip
+    print(f"RSS: daemon with voice {r['rss_voice_mb']} MB; bench {r['bench_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()
