@@ -158,8 +158,8 @@ def main() -> None:
     # TTS
     from piper import PiperVoice
 
-    voice = PiperVoice.load(str(MODELS / "piper/en_US-joe-medium.onnx"),
-                            config_path=str(MODELS / "piper/en_US-joe-medium.onnx.json"))  # fmt: skip
+    onnx = MODELS / "piper/en_US-joe-medium.onnx"
+    voice = PiperVoice.load(str(onnx), config_path=str(onnx) + ".json")
     sentence = "The kitchen lights are on now."
     res["raw_tts_first_ms"] = median_ms(lambda: next(iter(voice.synthesize(sentence))), rounds)
     tts = PiperTts(str(MODELS), "piper/en_US-joe-medium.onnx")
@@ -187,11 +187,8 @@ def main() -> None:
     for label, snr in (("clean", None), ("20db", 20.0), ("10db", 10.0)):
         pcms = [noisy(c, snr, i) for i, c in enumerate(clips)]
         res[f"raw_wer_{label}"] = wer(SENTENCES[:n], [raw_text(model, p) for p in pcms])
-        res[f"wer_{label}"] = wer(
-            SENTENCES[:n], [asyncio.run(loomd_stt(worker, p)) for p in pcms]
-        )
+        res[f"wer_{label}"] = wer(SENTENCES[:n], [asyncio.run(loomd_stt(worker, p)) for p in pcms])
     worker.close()
-    del model, oww, llm
     # A whole turn on the daemon.
     turn, rss = daemon_turn(tmp)
     t = turn["timings"]
@@ -308,8 +305,9 @@ def table(r: dict[str, Any]) -> None:
           f"loomd {r['loomd_wake_cpu_pct']} % of a core")  # fmt: skip
     print(f"llama.cpp first token {r['raw_llm_first_ms']} ms; speech end -> first audio "
           f"{r['eos_to_audio_ms']} ms incl. the VAD hangover")  # fmt: skip
-    print(f"WER clean/20/10 dB: raw {r['raw_wer_clean']}/{r['raw_wer_20db']}/"
-          f"{r['raw_wer_10db']}  loomd {r['wer_clean']}/{r['wer_20db']}/{r['wer_10db']}")  # fmt: skip
+    raw = "/".join(str(r[f"raw_wer_{k}"]) for k in ("clean", "20db", "10db"))
+    ours = "/".join(str(r[f"wer_{k}"]) for k in ("clean", "20db", "10db"))
+    print(f"WER clean/20/10 dB: raw {raw}  loomd {ours}")
     print(f"RSS: daemon with voice {r['rss_voice_mb']} MB; bench {r['bench_rss_mb']} MB")
 
 

@@ -67,9 +67,10 @@ def test_wake_transcript_reply_and_spoken_answer(
                 r = await bus.call("voice.test", args=[str(command_clip), str(out)], timeout=240)
                 tr = Transcript.from_payload((await transcripts.get(timeout=10)).payload)
                 seen = []
-                while VoiceStateEvent.from_payload(
-                    (ev := await states.get(timeout=10)).payload
-                ).state != "idle":
+                while (
+                    VoiceStateEvent.from_payload((ev := await states.get(timeout=10)).payload).state
+                    != "idle"
+                ):
                     seen.append(VoiceStateEvent.from_payload(ev.payload).state)
             server.cancel()
             return {"result": r, "transcript": tr, "states": seen}
