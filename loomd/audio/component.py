@@ -249,6 +249,9 @@ class VoiceComponent(Component[VoiceSettings]):
                 continue
             detection = hit
             self.counts["wakes"] += 1
+            # Its feature window still holds the wake word: it would fire again on it once
+            # the refractory period is over (it hears no new audio while the VAD listens).
+            await loop.run_in_executor(self._wake_pool, self.wake.reset)
             if self.state == VoiceState.SPEAKING or (
                 self._turn_task is not None and not self._turn_task.done()
             ):

@@ -78,6 +78,7 @@ def test_wake_transcript_reply_and_spoken_answer(
     got = asyncio.run(scenario())
     r, tr = got["result"], got["transcript"]
     assert r["wake"] is True
+    assert len(r["turns"]) == 1, r["turns"]
     (turn,) = r["turns"]
     assert turn["wake"] == "hey_jarvis_v0.1" and turn["wake_score"] >= 0.5
     assert wer("turn on the kitchen lights", turn["transcript"]) == 0.0, turn
