@@ -60,6 +60,8 @@ class VoiceStatus(StatusBlock):
     wakes: int
     utterances: int
     failed: int
+    barge_ins: int
+    said: int
     dropped_frames: int
 
 
@@ -453,7 +455,7 @@ class VoiceComponent(Component[VoiceSettings]):
             done = await self.sink.play(audio)
             if self._turn_task is None or self._turn_task.done():
                 await self._set_state(VoiceState.IDLE, req.utterance_id)
-        self.counts["said"] += 1
+        self.counts["said" if done else "said_cut"] += 1
         return {
             "spoken": done,
             "seconds": round(len(audio) / 32000, 2),
@@ -496,6 +498,8 @@ class VoiceComponent(Component[VoiceSettings]):
             wakes=self.counts["wakes"],
             utterances=self.counts["utterances"],
             failed=self.counts["failed"],
+            barge_ins=self.counts["barge_ins"],
+            said=self.counts["said"],
             dropped_frames=self._fresh.dropped if self._fresh else 0,
         )
 
