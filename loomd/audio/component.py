@@ -40,6 +40,7 @@ from loomd.messages import (
 from loomd.metrics import Family
 
 if TYPE_CHECKING:
+    from loomd.audio.aec import EchoCanceller
     from loomd.audio.io import Sink, Source
     from loomd.audio.stt import SttWorker
     from loomd.audio.tts import Tts
@@ -61,6 +62,7 @@ class VoiceStatus(StatusBlock):
     utterances: int
     failed: int
     barge_ins: int
+    self_wakes_blocked: int
     said: int
     dropped_frames: int
 
@@ -109,6 +111,7 @@ class VoiceComponent(Component[VoiceSettings]):
     sink: Sink
 
     async def start(self) -> None:
+        from loomd.audio.aec import EchoCanceller, Reference
         from loomd.audio.io import BufferSink, BusSink, PyAudioSpeaker, WavSink
         from loomd.audio.stt import SttWorker
         from loomd.audio.tts import load_tts
@@ -136,6 +139,21 @@ class VoiceComponent(Component[VoiceSettings]):
         if why:
             self.ctx.error("tts_fallback", why)
         self.vad = WebRtcVad(s.vad.mode)
+        # The same wake word model on what the board is about to play: while its own voice
+        # says the wake word, a wake from the microphone is its echo (self-wake guard).
+        self.ref_wake = await loop.run_in_executor(
+            self._wake_pool,
+            lambda: WakeDetector(s.models_dir, s.wake.models, threshold=1.0, refractory_s=0.0),
+        )
+        self._clip_started = -1e9
+        self._clip_hot: list[tuple[float, float]] = []
+        self.reference = Reference()
+        self.aec: EchoCanceller | None = None
+        if s.aec.enabled:
+            try:
+                self.aec = EchoCanceller(s.aec.tail_ms)
+            except LoomdError as exc:
+                self.ctx.error("aec_missing", f"voice: {exc}; the wake word is gated instead")
         if s.sink == "speaker":
             self.sink = PyAudioSpeaker(s.mic.device)
         elif s.sink == "wav":
@@ -144,6 +162,7 @@ class VoiceComponent(Component[VoiceSettings]):
             self.sink = BusSink(self.ctx.bus, s.site)
         else:
             self.sink = BufferSink(realtime=s.sink == "buffer")
+        self.sink.listeners.append(self.reference.played)
         self.state = VoiceState.IDLE
         self.counts: collections.Counter[str] = collections.Counter()
         self._seq = itertools.count(int(time.time() * 1000))
@@ -231,6 +250,10 @@ class VoiceComponent(Component[VoiceSettings]):
         last: Frame | None = None
         async for frame in frames:
             last = frame
+            echo = self.reference.active
+            played = self.reference.take()
+            if echo and self.aec is not None:
+                frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
             if listening:
                 cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
                 if cut is not None:
@@ -246,11 +269,28 @@ class VoiceComponent(Component[VoiceSettings]):
                 continue
             pcm, wake_buf = b"".join(wake_buf), []
             t_end = frame.t + FRAME_MS / 1000
-            hit = await loop.run_in_executor(self._wake_pool, self.wake.process, pcm, t_end)
+            if echo and self.aec is None and s.aec.gate:
+                continue  # no echo cancellation: the board would hear itself
+            if (
+                echo
+                and self.aec is not None
+                and self.reference.playing_frames * FRAME_MS < (s.aec.converge_ms)
+            ):
+                continue  # the canceller has not converged yet: its residue can wake it
+            limit = s.wake.speaking_threshold if echo else s.wake.threshold
+            hit = await loop.run_in_executor(self._wake_pool, self.wake.process, pcm, t_end, limit)
             if hit is None:
+                continue
+            if self._said_it(time.monotonic()):
+                self.counts["self_wakes_blocked"] += 1
+                self.log.info("voice: ignored a wake (score %.2f): the board said it", hit.score)
                 continue
             detection = hit
             self.counts["wakes"] += 1
+            self.log.info(
+                "voice: wake %s (score %.2f)%s", hit.word, hit.score,
+                f" {self.reference.playing_frames * FRAME_MS} ms into playback" if echo else "",
+            )  # fmt: skip
             # Its feature window still holds the wake word: it would fire again on it once
             # the refractory period is over (it hears no new audio while the VAD listens).
             await loop.run_in_executor(self._wake_pool, self.wake.reset)
@@ -413,12 +453,45 @@ class VoiceComponent(Component[VoiceSettings]):
                 rec.timings.setdefault("first_audio", clock.ms())
                 await self._set_state(VoiceState.SPEAKING, rec.utterance_id)
                 async with self._speak_lock:
-                    if not await self.sink.play(audio):
+                    if not await self._play(audio):
                         rec.outcome = "interrupted"
                         return
             rec.timings["spoken"] = clock.ms()
         finally:
             maker.cancel()
+
+    def _hot_spans(self, pcm: bytes) -> list[tuple[float, float]]:
+        """Where in `pcm` the board itself says the wake word: (start, end) in seconds.
+        The wake model scores at the end of a word; a span covers the second before it."""
+        spans: list[tuple[float, float]] = []
+        det = self.ref_wake
+        det.reset()
+        step = 2560  # 80 ms
+        for i in range(0, len(pcm), step):
+            det.process(pcm[i : i + step], 0.0)
+            if det.last >= self.settings.aec.guard_score:
+                end = (i + step) / 32000
+                if spans and spans[-1][1] >= end - 1.0:
+                    spans[-1] = (spans[-1][0], end)
+                else:
+                    spans.append((end - 1.0, end))
+        return spans
+
+    def _said_it(self, now: float) -> bool:
+        """True while the board's own wake word may still be echoing in the room."""
+        at = now - self._clip_started
+        guard = self.settings.aec.guard_s
+        return any(a - 0.2 <= at <= b + guard for a, b in self._clip_hot)
+
+    async def _play(self, pcm: bytes) -> bool:
+        """Play through the sink, knowing where the board says its own wake word."""
+        if self.settings.aec.self_wake_guard:
+            loop = asyncio.get_running_loop()
+            hot = await loop.run_in_executor(self._tts_pool, self._hot_spans, pcm)
+        else:
+            hot = []
+        self._clip_hot, self._clip_started = hot, time.monotonic()
+        return await self.sink.play(pcm)
 
     async def _barge_in(self) -> None:
         """The wake word while speaking or thinking: cut playback, cancel the turn."""
@@ -452,7 +525,7 @@ class VoiceComponent(Component[VoiceSettings]):
         synth_ms = (time.monotonic() - began) * 1000
         async with self._speak_lock:
             await self._set_state(VoiceState.SPEAKING, req.utterance_id)
-            done = await self.sink.play(audio)
+            done = await self._play(audio)
             if self._turn_task is None or self._turn_task.done():
                 await self._set_state(VoiceState.IDLE, req.utterance_id)
         self.counts["said" if done else "said_cut"] += 1
@@ -499,6 +572,7 @@ class VoiceComponent(Component[VoiceSettings]):
             utterances=self.counts["utterances"],
             failed=self.counts["failed"],
             barge_ins=self.counts["barge_ins"],
+            self_wakes_blocked=self.counts["self_wakes_blocked"],
             said=self.counts["said"],
             dropped_frames=self._fresh.dropped if self._fresh else 0,
         )

@@ -37,6 +37,8 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
+    listeners: list[Any]  # called with each 20 ms frame as it plays (the echo reference)
+
     async def play(self, pcm: bytes) -> bool:
         """Play 16 kHz s16 audio; True if it played to the end, False if stopped."""
         ...
@@ -247,6 +249,7 @@ class PyAudioSpeaker:
     def __init__(self, device: str = "") -> None:
         self.device = device
         self._stop = False
+        self.listeners: list[Any] = []  # each frame as it is written (the echo reference)
 
     async def play(self, pcm: bytes) -> bool:
         import pyaudio
@@ -263,6 +266,8 @@ class PyAudioSpeaker:
                     if self._stop:
                         return False
                     stream.write(chunk)
+                    for listen in self.listeners:
+                        listen(chunk)
                 return True
             finally:
                 stream.close()

@@ -8,6 +8,7 @@ from typing import ClassVar
 from loomd.config import Section, option
 
 __all__ = [
+    "AecSettings",
     "MicSettings",
     "SttSettings",
     "TtsSettings",
@@ -24,7 +25,20 @@ SINKS = ("none", "speaker", "wav", "bus", "buffer")
 class WakeSettings(Section):
     models: tuple[str, ...] = option(factory=lambda: ("openwakeword/hey_jarvis_v0.1.onnx",))
     threshold: float = option(0.5, min=0.01, max=1.0, reload=True)
+    # While the board plays audio: echo cancellation leaves a residue for its first second.
+    speaking_threshold: float = option(0.6, min=0.01, max=1.0, reload=True)
     refractory_s: float = option(2.0, min=0.0, max=60.0, reload=True)
+
+
+@dataclass(frozen=True)
+class AecSettings(Section):
+    enabled: bool = option(True)
+    tail_ms: int = option(200, min=20, max=1000)
+    converge_ms: int = option(0, min=0, max=10000, reload=True)
+    self_wake_guard: bool = option(True, reload=True)
+    guard_score: float = option(0.3, min=0.01, max=1.0, reload=True)
+    guard_s: float = option(1.5, min=0.1, max=10.0, reload=True)
+    gate: bool = option(True)
 
 
 @dataclass(frozen=True)
@@ -79,3 +93,4 @@ class VoiceSettings(Section):
     stt: SttSettings = option(factory=SttSettings)
     tts: TtsSettings = option(factory=TtsSettings)
     mic: MicSettings = option(factory=MicSettings)
+    aec: AecSettings = option(factory=AecSettings)

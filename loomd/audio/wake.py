@@ -60,17 +60,20 @@ class WakeDetector:
         self._quiet_until = -1e9
         self.chunks = 0
         self.peak = 0.0
+        self.last = 0.0  # the highest score of the last process() call
 
     def reset(self) -> None:
         """Forget the audio heard so far (after the board spoke, or a new clip)."""
         self._pending = b""
         self._model.reset()
 
-    def process(self, pcm: bytes, t_end: float) -> Detection | None:
+    def process(self, pcm: bytes, t_end: float, threshold: float | None = None) -> Detection | None:
         """Feed s16le audio that ends at stream time `t_end`; returns a detection or None.
         Blocking (ONNX): run it off the event loop."""
         self._pending += pcm
         hit: Detection | None = None
+        limit = self.threshold if threshold is None else threshold
+        self.last = 0.0
         step = CHUNK_SAMPLES * 2
         while len(self._pending) >= step:
             chunk, self._pending = self._pending[:step], self._pending[step:]
@@ -80,7 +83,8 @@ class WakeDetector:
             t = t_end - len(self._pending) / 2 / 16000
             for word, score in scores.items():
                 self.peak = max(self.peak, float(score))
-                if score >= self.threshold and t >= self._quiet_until and hit is None:
+                self.last = max(self.last, float(score))
+                if score >= limit and t >= self._quiet_until and hit is None:
                     hit = Detection(word, float(score), t)
                     self._quiet_until = t + self.refractory_s
         return hit

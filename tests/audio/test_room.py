@@ -1,0 +1,102 @@
+"""No self-wake, and barge-in, in a fake room on the real daemon: the board's own voice comes
+back to its microphone (60 ms later, 6 dB down, over noise)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomd.audio.io import read_wav
+from loomd.messages import Topic, VoiceStateEvent
+from loomd.sdk import Client
+from tests.audio.conftest import say_wav, voice_toml
+from tests.audio.room import FakeRoom
+from tests.conftest import LoomdProcess
+
+pytestmark = pytest.mark.models
+
+SELF_WAKE = "Hey Jarvis. I said hey Jarvis, turn on the lights. Hey Jarvis!"
+
+
+async def voice_status(bus: Any) -> dict[str, int]:
+    st: dict[str, int] = (await bus.status())["status"]["components"]["voice"]["status"]
+    return st
+
+
+def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[str, Any]:
+    """Say `text` in the room (and have a person speak `person` a second in); return the
+    voice status and whether voice.stop was published."""
+
+    async def scenario() -> dict[str, Any]:
+        async with Client(d.endpoint, name="room", timeout=10) as bus:
+            room = FakeRoom(bus)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(room.run(stop))
+            async with (
+                bus.subscribe(Topic.VOICE_STOP) as stops,
+                bus.subscribe(Topic.VOICE_STATE) as states,
+            ):
+                await stops.ready()
+                await states.ready()
+                await asyncio.sleep(1.0)  # the room's noise floor before the board speaks
+                said = asyncio.create_task(bus.call("voice.say", args=[text], timeout=120))
+                if person is not None:
+                    async with asyncio.timeout(30):  # two seconds into the playback
+                        while (
+                            VoiceStateEvent.from_payload((await states.get()).payload).state
+                            != "speaking"
+                        ):
+                            pass
+                    await asyncio.sleep(2.0)
+                    room.speak(person)
+                result = await said
+                await asyncio.sleep(1.0)  # the echo tail and the wake word's last chunks
+                stopped = True
+                try:
+                    await stops.get(timeout=0.1)
+                except TimeoutError:
+                    stopped = False
+                status = await voice_status(bus)
+            stop.set()
+            await runner
+            assert room.echo_frames > 25, "the room fed the board's voice back"
+            return {"status": status, "said": result, "stopped": stopped}
+
+    return asyncio.run(scenario())
+
+
+def test_the_board_never_wakes_itself(loomd_proc: LoomdProcess, models: Path) -> None:
+    loomd_proc.write_config(voice_toml(models, source='"bus"', sink='"bus"'))
+    loomd_proc.start(timeout=60)
+    got = run_room(loomd_proc, SELF_WAKE)
+    assert got["said"]["spoken"] is True, (got, loomd_proc.log.read_text()[-1500:])
+    assert got["status"]["wakes"] == 0, (got, loomd_proc.log.read_text()[-1500:])
+    assert got["stopped"] is False
+
+
+def test_control_without_echo_cancellation_it_does_wake(
+    loomd_proc: LoomdProcess, models: Path
+) -> None:
+    """The same room with echo cancellation, gating and the self-wake guard off: the board
+    hears itself. (This is
+    what makes the test above able to fail.)"""
+    loomd_proc.write_config(
+        voice_toml(models, source='"bus"', sink='"bus"')
+        + "[voice.aec]\nenabled = false\ngate = false\nself_wake_guard = false\n"
+    )
+    loomd_proc.start(timeout=60)
+    got = run_room(loomd_proc, SELF_WAKE)
+    assert got["status"]["wakes"] >= 1, got
+
+
+def test_barge_in_over_the_echo(loomd_proc: LoomdProcess, models: Path, speech_dir: Path) -> None:
+    person = read_wav(say_wav("hey jarvis", speech_dir / "person.wav", pad=(0.0, 0.3)))
+    loomd_proc.write_config(voice_toml(models, source='"bus"', sink='"bus"'))
+    loomd_proc.start(timeout=60)
+    long = " ".join(["The weather tomorrow will be mild with a light breeze."] * 4)
+    got = run_room(loomd_proc, long, person=person)
+    assert got["said"]["spoken"] is False, (got["status"], loomd_proc.log.read_text()[-800:])
+    assert got["status"]["barge_ins"] == 1 and got["status"]["wakes"] == 1, got
