@@ -100,6 +100,7 @@ class VoiceComponent(Component[VoiceSettings]):
     name = "voice"
     Settings = VoiceSettings
     requires = ("numpy", "pywhispercpp", "openwakeword", "onnxruntime", "webrtcvad", "piper")
+    # (`wyoming` is imported only when [voice.wyoming] is enabled.)
     extra = "voice"
     apt = "espeak-ng libspeexdsp1"
     summary = "local wake word, STT and TTS: mic -> wake -> whisper.cpp -> router -> Piper"
@@ -171,12 +172,19 @@ class VoiceComponent(Component[VoiceSettings]):
         self._fresh: FreshQueue | None = None
         self._live_lock = asyncio.Lock()
         self._stt_hist: list[float] = []
+        self._wyoming: Any = None
+        if s.wyoming.enabled:
+            from loomd.audio.wyoming_server import serve
+
+            self._wyoming = await serve(self, s.wyoming.host, s.wyoming.port)
         self.spawn(self._follow_say, "say", restart=True)
         self.spawn(self._follow_stop, "stop", restart=True)
         if s.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
 
     async def stop(self) -> None:
+        if self._wyoming is not None:
+            await self._wyoming.stop()
         if self._turn_task is not None:
             self._turn_task.cancel()
         self.sink.stop()

@@ -15,6 +15,7 @@ __all__ = [
     "VadSettings",
     "VoiceSettings",
     "WakeSettings",
+    "WyomingSettings",
 ]
 
 SOURCES = ("none", "mic", "wav", "bus")
@@ -39,6 +40,13 @@ class AecSettings(Section):
     guard_score: float = option(0.3, min=0.01, max=1.0, reload=True)
     guard_s: float = option(1.5, min=0.1, max=10.0, reload=True)
     gate: bool = option(True)
+
+
+@dataclass(frozen=True)
+class WyomingSettings(Section):
+    enabled: bool = option(False)
+    host: str = option("127.0.0.1", max_len=255)
+    port: int = option(10700, min=1, max=65535)
 
 
 @dataclass(frozen=True)
@@ -94,3 +102,4 @@ class VoiceSettings(Section):
     tts: TtsSettings = option(factory=TtsSettings)
     mic: MicSettings = option(factory=MicSettings)
     aec: AecSettings = option(factory=AecSettings)
+    wyoming: WyomingSettings = option(factory=WyomingSettings)

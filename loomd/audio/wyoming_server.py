@@ -1,0 +1,139 @@
+"""The voice stages as Wyoming services (the `wyoming` package), on one TCP port: STT
+(`Transcribe` + audio -> `Transcript`), TTS (`Synthesize` -> audio) and wake word (`Detect`
++ audio -> `Detection` / `NotDetected`), with `Describe` -> `Info`. So Home Assistant's
+Assist (and `wyoming-bench`) can use the board's local models. Off by default."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loomd.audio.component import VoiceComponent
+
+__all__ = ["serve"]
+
+log = logging.getLogger("loomd.voice.wyoming")
+
+_TTS_CHUNK = 2048  # bytes of audio per AudioChunk
+
+
+async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
+    """Start the server; returns it (call `await server.stop()`)."""
+    from wyoming.asr import Transcribe, Transcript
+    from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+    from wyoming.event import Event
+    from wyoming.info import (
+        AsrModel,
+        AsrProgram,
+        Attribution,
+        Describe,
+        Info,
+        TtsProgram,
+        TtsVoice,
+        WakeModel,
+        WakeProgram,
+    )
+    from wyoming.server import AsyncEventHandler, AsyncTcpServer
+    from wyoming.tts import Synthesize
+    from wyoming.wake import Detect, Detection, NotDetected
+
+    from loomd.audio.wake import WakeDetector
+
+    s = comp.settings
+    who = Attribution(name="loomd", url="https://github.com/loomd/loomd")
+
+    def info() -> Info:
+        return Info(
+            asr=[AsrProgram(name="loomd-whisper", attribution=who, installed=True,
+                            description="whisper.cpp in loomd", version=None,
+                            models=[AsrModel(name=str(comp.stt.path.stem), attribution=who,
+                                             installed=True, description=None, version=None,
+                                             languages=["en"])])],
+            tts=[TtsProgram(name=f"loomd-{comp.tts.name}", attribution=who, installed=True,
+                            description="Piper in loomd", version=None,
+                            voices=[TtsVoice(name=s.tts.voice.rsplit("/", 1)[-1].removesuffix(
+                                ".onnx"), attribution=who, installed=True, description=None,
+                                version=None, languages=["en"])])],
+            wake=[WakeProgram(name="loomd-openwakeword", attribution=who, installed=True,
+                              description="openWakeWord in loomd", version=None,
+                              models=[WakeModel(name=w, attribution=who, installed=True,
+                                                description=None, version=None,
+                                                languages=["en"], phrase=w.split("_v")[0]
+                                                .replace("_", " "))
+                                      for w in comp.wake.words])],
+        )  # fmt: skip
+
+    class Handler(AsyncEventHandler):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.mode = ""
+            self.audio = bytearray()
+            self.convert = AudioChunkConverter(rate=16000, width=2, channels=1)
+            self.detector: WakeDetector | None = None
+            self.detected = False
+            self.t = 0.0
+
+        async def handle_event(self, event: Event) -> bool:
+            loop = asyncio.get_running_loop()
+            if Describe.is_type(event.type):
+                await self.write_event(info().event())
+            elif Transcribe.is_type(event.type):
+                self.mode = "stt"
+            elif Detect.is_type(event.type):
+                self.mode, self.detected, self.t = "wake", False, 0.0
+                if self.detector is None:
+                    self.detector = await loop.run_in_executor(
+                        comp._wake_pool,
+                        lambda: WakeDetector(
+                            s.models_dir, s.wake.models, threshold=s.wake.threshold
+                        ),
+                    )
+                else:
+                    await loop.run_in_executor(comp._wake_pool, self.detector.reset)
+            elif AudioStart.is_type(event.type):
+                self.audio.clear()
+            elif AudioChunk.is_type(event.type):
+                chunk = self.convert.convert(AudioChunk.from_event(event))
+                if self.mode == "wake" and self.detector is not None and not self.detected:
+                    self.t += len(chunk.audio) / 32000
+                    hit = await loop.run_in_executor(
+                        comp._wake_pool, self.detector.process, chunk.audio, self.t
+                    )
+                    if hit is not None:
+                        self.detected = True
+                        await self.write_event(
+                            Detection(name=hit.word, timestamp=int(hit.t * 1000)).event()
+                        )
+                else:
+                    self.audio += chunk.audio
+            elif AudioStop.is_type(event.type):
+                if self.mode == "stt":
+                    try:
+                        text = (await comp.stt.transcribe(bytes(self.audio))).text
+                    except Exception as exc:
+                        comp.ctx.error("wyoming_stt", f"voice: wyoming STT failed: {exc}")
+                        text = ""
+                    await self.write_event(Transcript(text=text).event())
+                elif self.mode == "wake" and not self.detected:
+                    await self.write_event(NotDetected().event())
+                self.audio.clear()
+                self.mode = ""
+            elif Synthesize.is_type(event.type):
+                text = Synthesize.from_event(event).text
+                pcm = await loop.run_in_executor(comp._tts_pool, comp.tts.synthesize, text)
+                await self.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+                for i in range(0, len(pcm), _TTS_CHUNK):
+                    await self.write_event(
+                        AudioChunk(
+                            rate=16000, width=2, channels=1, audio=pcm[i : i + _TTS_CHUNK]
+                        ).event()
+                    )
+                await self.write_event(AudioStop().event())
+            return True
+
+    server = AsyncTcpServer(host, port)
+    await server.start(Handler)
+    log.info("wyoming services on %s:%d (stt, tts, wake)", host, port)
+    return server
