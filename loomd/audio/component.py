@@ -65,6 +65,8 @@ class VoiceStatus(StatusBlock):
     self_wakes_blocked: int
     said: int
     dropped_frames: int
+    stt_pid: int
+    stt_restarts: int
 
 
 @dataclass
@@ -188,7 +190,7 @@ class VoiceComponent(Component[VoiceSettings]):
         if self._turn_task is not None:
             self._turn_task.cancel()
         self.sink.stop()
-        self.stt.close()
+        await asyncio.to_thread(self.stt.close)
         self._wake_pool.shutdown(wait=False, cancel_futures=True)
         self._tts_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -301,7 +303,7 @@ class VoiceComponent(Component[VoiceSettings]):
             )  # fmt: skip
             # Its feature window still holds the wake word: it would fire again on it once
             # the refractory period is over (it hears no new audio while the VAD listens).
-            await loop.run_in_executor(self._wake_pool, self.wake.reset)
+            await loop.run_in_executor(self._wake_pool, lambda: self.wake.reset(clock=False))
             if self.state == VoiceState.SPEAKING or (
                 self._turn_task is not None and not self._turn_task.done()
             ):
@@ -583,6 +585,8 @@ class VoiceComponent(Component[VoiceSettings]):
             self_wakes_blocked=self.counts["self_wakes_blocked"],
             said=self.counts["said"],
             dropped_frames=self._fresh.dropped if self._fresh else 0,
+            stt_pid=self.stt.pid or 0,
+            stt_restarts=self.stt.restarts,
         )
 
     def metrics(self) -> Iterable[Family]:

@@ -1,4 +1,4 @@
-"""Speech to text: pywhispercpp in a worker thread, never on the event loop.
+"""Speech to text: pywhispercpp in a worker process, never on the event loop.
 
 whisper.cpp encodes a 30 s window unless told otherwise; `audio_ctx` is sized to the
 utterance (50 encoder frames a second, at least 512: below ~300 it repeats words). The
@@ -17,6 +17,7 @@ from typing import Any
 
 from loomd.audio.frames import RATE
 from loomd.audio.models import ModelError, model_path
+from loomd.errors import LoomdError
 
 __all__ = ["SttResult", "SttWorker", "audio_ctx_for", "clean_text"]
 
@@ -43,9 +44,42 @@ class SttResult:
     ms: float
 
 
+def _serve(conn: Any, path: str, threads: int) -> None:
+    """The worker process: load the model once, then transcribe what the pipe brings."""
+    import time
+
+    import numpy as np
+    from pywhispercpp.model import Model
+
+    try:
+        model = Model(path, n_threads=threads, print_progress=False, print_realtime=False,
+                      redirect_whispercpp_logs_to=None)  # fmt: skip
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            pcm, prompt, ctx = conn.recv()
+        except EOFError:
+            return
+        began = time.perf_counter()
+        audio = np.frombuffer(pcm, dtype=np.float32)
+        kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True}
+        if prompt:
+            kw["initial_prompt"] = prompt
+        try:
+            text = " ".join(seg.text for seg in model.transcribe(audio, **kw)).strip()
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("ok", (text, (time.perf_counter() - began) * 1000)))
+
+
 class SttWorker:
-    """One whisper model in one dedicated thread. A crash in a call is reported to the caller
-    (the utterance is marked failed) and the model is loaded afresh before the next call."""
+    """One whisper model in a worker process, driven from one dedicated thread. If the
+    process dies mid-utterance (a native crash, the OOM killer), that utterance fails with
+    a clear error and a fresh process is started for the next one."""
 
     def __init__(
         self, models_dir: str, model: str, *, threads: int = 1, vocabulary: tuple[str, ...] = ()
@@ -54,15 +88,18 @@ class SttWorker:
         self.threads = threads
         self.prompt = ", ".join(vocabulary)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loomd-stt")
-        self._model: Any = None
+        self._proc: Any = None
+        self._conn: Any = None
         self.calls = 0
         self.failures = 0
-        self.restarts = 0
+        self.restarts = -1  # the first start is not a restart
         self.busy = threading.Event()
 
-    def _load(self) -> Any:
-        from pywhispercpp.model import Model
+    @property
+    def pid(self) -> int | None:
+        return int(self._proc.pid) if self._proc is not None and self._proc.is_alive() else None
 
+    def _check(self) -> None:
         with open(self.path, "rb") as f:
             magic = f.read(4)
         if self.path.stat().st_size < 1_000_000 or magic not in (b"lmgg", b"ggml"):
@@ -70,40 +107,65 @@ class SttWorker:
                 f"whisper model {self.path} is not a ggml model (corrupt or truncated?): "
                 "get ggml-tiny.en.bin from https://huggingface.co/ggerganov/whisper.cpp"
             )
-        return Model(
-            str(self.path),
-            n_threads=self.threads,
-            print_progress=False,
-            print_realtime=False,
-            redirect_whispercpp_logs_to=None,
-        )
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        self._check()
+        mp = multiprocessing.get_context("spawn")  # no fork of a threaded daemon
+        parent, child = mp.Pipe()
+        proc = mp.Process(
+            target=_serve, args=(child, str(self.path), self.threads), daemon=True,
+            name="loomd-stt",
+        )  # fmt: skip
+        proc.start()
+        child.close()
+        try:
+            status, detail = parent.recv()
+        except EOFError:
+            proc.join(5)
+            status, detail = "error", f"the worker exited with code {proc.exitcode}"
+        if status != "ready":
+            proc.kill()
+            raise ModelError(
+                f"whisper model {self.path} did not load ({detail}): "
+                "get ggml-tiny.en.bin from https://huggingface.co/ggerganov/whisper.cpp"
+            )
+        self._proc, self._conn = proc, parent
+        self.restarts += 1
 
     async def load(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._model = await loop.run_in_executor(self._pool, self._load)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._start)
 
     def _run(self, audio: Any, prompt: str) -> SttResult:
-        import time
-
-        if self._model is None:
-            self.restarts += 1
-            self._model = self._load()
+        if self._proc is None or not self._proc.is_alive():
+            self._stop_proc()
+            self._start()
         seconds = len(audio) / RATE
         ctx = audio_ctx_for(seconds)
-        began = time.perf_counter()
         self.busy.set()
         try:
-            kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True}
-            if prompt:
-                kw["initial_prompt"] = prompt
-            segments = self._model.transcribe(audio, **kw)
-        except BaseException:
-            self._model = None  # a broken context is not reused
-            raise
+            self._conn.send((audio.tobytes(), prompt, ctx))
+            status, detail = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            code = self._proc.exitcode if self._proc is not None else None
+            self._stop_proc()
+            raise LoomdError(f"the STT worker died (exit code {code}); restarting it") from None
         finally:
             self.busy.clear()
-        raw = " ".join(s.text for s in segments).strip()
-        return SttResult(clean_text(raw), raw, ctx, (time.perf_counter() - began) * 1000)
+        if status != "ok":
+            raise LoomdError(f"whisper failed: {detail}")
+        raw, ms = detail
+        return SttResult(clean_text(raw), raw, ctx, ms)
+
+    def _stop_proc(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+            self._proc = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def transcribe(self, pcm: bytes, extra_prompt: str = "") -> SttResult:
         import numpy as np
@@ -122,4 +184,5 @@ class SttWorker:
             raise
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.submit(self._stop_proc)
+        self._pool.shutdown(wait=True, cancel_futures=False)

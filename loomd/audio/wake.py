@@ -62,10 +62,13 @@ class WakeDetector:
         self.peak = 0.0
         self.last = 0.0  # the highest score of the last process() call
 
-    def reset(self) -> None:
-        """Forget the audio heard so far (after the board spoke, or a new clip)."""
+    def reset(self, *, clock: bool = True) -> None:
+        """Forget the audio heard so far; with `clock`, also the refractory period (a new
+        stream whose clock starts again at 0)."""
         self._pending = b""
         self._model.reset()
+        if clock:
+            self._quiet_until = -1e9
 
     def process(self, pcm: bytes, t_end: float, threshold: float | None = None) -> Detection | None:
         """Feed s16le audio that ends at stream time `t_end`; returns a detection or None.
