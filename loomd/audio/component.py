@@ -149,6 +149,7 @@ class VoiceComponent(Component[VoiceSettings]):
             lambda: WakeDetector(s.models_dir, s.wake.models, threshold=1.0, refractory_s=0.0),
         )
         self._clip_started = -1e9
+        self._follow_up = False
         self._clip_hot: list[tuple[float, float]] = []
         self.reference = Reference()
         self.aec: EchoCanceller | None = None
@@ -254,6 +255,7 @@ class VoiceComponent(Component[VoiceSettings]):
             no_speech_s=s.vad.no_speech_s,
         )
         listening = False
+        self._follow_up = False
         wake_buf: list[bytes] = []
         turns: list[TurnRecord] = []
         detection: Detection | None = None
@@ -273,6 +275,12 @@ class VoiceComponent(Component[VoiceSettings]):
                     self._start_turn(cut, rec, frame)
                     if wait_turns and self._turn_task is not None:
                         await asyncio.shield(self._turn_task)
+                continue
+            if self._follow_up:  # the board just asked a question: listen without the wake
+                self._follow_up = False
+                listening, detection, wake_buf = True, None, []
+                seg.open(frame.t, no_speech_s=s.followup_s)
+                await self._set_state(VoiceState.LISTENING)
                 continue
             wake_buf.append(frame.pcm)
             if len(wake_buf) < _WAKE_FRAMES:
@@ -332,6 +340,8 @@ class VoiceComponent(Component[VoiceSettings]):
         rec = TurnRecord(uuid.uuid4().hex[:12], self.settings.site, time.time())
         if det is not None:
             rec.wake, rec.wake_score = det.word, round(det.score, 3)
+        else:
+            rec.wake = "(follow-up)"
         return rec
 
     def _start_turn(self, cut: Segment, rec: TurnRecord, frame: Frame) -> None:
@@ -431,6 +441,7 @@ class VoiceComponent(Component[VoiceSettings]):
                 rec.timings.setdefault("first_sentence", clock.ms())
                 sentences.put_nowait(sentence)
             rec.reply = text.strip()
+            self._asked(rec.reply)
         except (LoomdError, TimeoutError) as exc:
             rec.outcome, rec.error = "failed", str(exc) or "no reply from the router"
             self.counts["failed"] += 1
@@ -503,6 +514,11 @@ class VoiceComponent(Component[VoiceSettings]):
         self._clip_hot, self._clip_started = hot, time.monotonic()
         return await self.sink.play(pcm)
 
+    def _asked(self, text: str) -> None:
+        """After the board asks a question, the next words need no wake word."""
+        if self.settings.followup_s > 0 and text.rstrip().endswith("?"):
+            self._follow_up = True
+
     async def _barge_in(self) -> None:
         """The wake word while speaking or thinking: cut playback, cancel the turn."""
         self.counts["barge_ins"] += 1
@@ -539,6 +555,8 @@ class VoiceComponent(Component[VoiceSettings]):
             if self._turn_task is None or self._turn_task.done():
                 await self._set_state(VoiceState.IDLE, req.utterance_id)
         self.counts["said" if done else "said_cut"] += 1
+        if done:
+            self._asked(req.text)
         return {
             "spoken": done,
             "seconds": round(len(audio) / 32000, 2),

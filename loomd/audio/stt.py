@@ -44,7 +44,7 @@ class SttResult:
     ms: float
 
 
-def _serve(conn: Any, path: str, threads: int) -> None:
+def _serve(inbox: Any, conn: Any, path: str, threads: int) -> None:
     """The worker process: load the model once, then transcribe what the pipe brings."""
     import time
 
@@ -60,7 +60,7 @@ def _serve(conn: Any, path: str, threads: int) -> None:
     conn.send(("ready", None))
     while True:
         try:
-            pcm, prompt, ctx = conn.recv()
+            pcm, prompt, ctx = inbox.recv()
         except EOFError:
             return
         began = time.perf_counter()
@@ -89,7 +89,8 @@ class SttWorker:
         self.prompt = ", ".join(vocabulary)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loomd-stt")
         self._proc: Any = None
-        self._conn: Any = None
+        self._send: Any = None
+        self._recv: Any = None
         self.calls = 0
         self.failures = 0
         self.restarts = -1  # the first start is not a restart
@@ -97,7 +98,8 @@ class SttWorker:
 
     @property
     def pid(self) -> int | None:
-        return int(self._proc.pid) if self._proc is not None and self._proc.is_alive() else None
+        alive = self._proc is not None and self._proc.poll() is None
+        return int(self._proc.pid) if alive else None
 
     def _check(self) -> None:
         with open(self.path, "rb") as f:
@@ -109,46 +111,56 @@ class SttWorker:
             )
 
     def _start(self) -> None:
-        import multiprocessing
+        import os
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
 
         self._check()
-        mp = multiprocessing.get_context("spawn")  # no fork of a threaded daemon
-        parent, child = mp.Pipe()
-        proc = mp.Process(
-            target=_serve, args=(child, str(self.path), self.threads), daemon=True,
-            name="loomd-stt",
+        # A plain subprocess (not multiprocessing's spawn, which re-imports the parent's
+        # __main__): two pipes, framed by multiprocessing's Connection.
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loomd.audio.stt", str(down_r), str(up_w), str(self.path),
+             str(self.threads)],
+            pass_fds=(down_r, up_w),
+            stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        proc.start()
-        child.close()
+        os.close(down_r)
+        os.close(up_w)
+        send, recv = Connection(down_w, readable=False), Connection(up_r, writable=False)
         try:
-            status, detail = parent.recv()
+            status, detail = recv.recv()
         except EOFError:
-            proc.join(5)
-            status, detail = "error", f"the worker exited with code {proc.exitcode}"
+            status, detail = "error", f"the worker exited with code {proc.wait(5)}"
         if status != "ready":
             proc.kill()
+            proc.wait(5)
+            send.close()
+            recv.close()
             raise ModelError(
                 f"whisper model {self.path} did not load ({detail}): "
                 "get ggml-tiny.en.bin from https://huggingface.co/ggerganov/whisper.cpp"
             )
-        self._proc, self._conn = proc, parent
+        self._proc, self._send, self._recv = proc, send, recv
         self.restarts += 1
 
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._start)
 
     def _run(self, audio: Any, prompt: str) -> SttResult:
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or self._proc.poll() is not None:
             self._stop_proc()
             self._start()
         seconds = len(audio) / RATE
         ctx = audio_ctx_for(seconds)
         self.busy.set()
         try:
-            self._conn.send((audio.tobytes(), prompt, ctx))
-            status, detail = self._conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            code = self._proc.exitcode if self._proc is not None else None
+            self._send.send((audio.tobytes(), prompt, ctx))
+            status, detail = self._recv.recv()
+        except (EOFError, OSError):
+            code = self._proc.wait(5) if self._proc is not None else None
             self._stop_proc()
             raise LoomdError(f"the STT worker died (exit code {code}); restarting it") from None
         finally:
@@ -161,11 +173,12 @@ class SttWorker:
     def _stop_proc(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join(5)
+            self._proc.wait(5)
             self._proc = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                conn.close()
+        self._send = self._recv = None
 
     async def transcribe(self, pcm: bytes, extra_prompt: str = "") -> SttResult:
         import numpy as np
@@ -186,3 +199,15 @@ class SttWorker:
     def close(self) -> None:
         self._pool.submit(self._stop_proc)
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+if __name__ == "__main__":  # the worker: python -m loomd.audio.stt IN_FD OUT_FD MODEL THREADS
+    import sys
+    from multiprocessing.connection import Connection
+
+    _serve(
+        Connection(int(sys.argv[1]), writable=False),
+        Connection(int(sys.argv[2]), readable=False),
+        sys.argv[3],
+        int(sys.argv[4]),
+    )

@@ -53,6 +53,7 @@ class Segmenter:
             maxlen=max(0, preroll_ms // frame_ms)
         )
         self._opened: float | None = None
+        self._no_speech_s = no_speech_s
         self._buf: list[bytes] = []
         self._start: float | None = None
         self._last: float = 0.0
@@ -62,9 +63,13 @@ class Segmenter:
     def in_speech(self) -> bool:
         return self._start is not None
 
-    def open(self, t: float, preroll: list[bytes] | None = None) -> None:
-        """Start waiting for speech at stream time `t`, with audio heard just before."""
+    def open(
+        self, t: float, preroll: list[bytes] | None = None, *, no_speech_s: float | None = None
+    ) -> None:
+        """Start waiting for speech at stream time `t`, with audio heard just before; give up
+        after `no_speech_s` (default: the constructor's) without speech."""
         self._opened = t
+        self._no_speech_s = self.no_speech_s if no_speech_s is None else no_speech_s
         self._preroll.clear()
         for pcm in preroll or ():
             self._preroll.append(pcm)
@@ -77,7 +82,7 @@ class Segmenter:
         if self._start is None:
             if not speech:
                 self._preroll.append(pcm)
-                if t + self.frame_s - self._opened >= self.no_speech_s - _EPS:
+                if t + self.frame_s - self._opened >= self._no_speech_s - _EPS:
                     return self._finish(t, "no_speech")
                 return None
             self._start = t
