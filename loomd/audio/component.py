@@ -141,6 +141,10 @@ class VoiceComponent(Component[VoiceSettings]):
         self.tts, why = await asyncio.to_thread(load_tts, s.tts.engine, s.models_dir, s.tts.voice)
         if why:
             self.ctx.error("tts_fallback", why)
+        # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
+        # whisper call allocates its buffers; neither should land on the first reply.
+        await loop.run_in_executor(self._tts_pool, self.tts.synthesize, "Ready.")
+        await self.stt.transcribe(b"\0" * 16000)
         self.vad = WebRtcVad(s.vad.mode)
         # The same wake word model on what the board is about to play: while its own voice
         # says the wake word, a wake from the microphone is its echo (self-wake guard).
@@ -505,13 +509,17 @@ class VoiceComponent(Component[VoiceSettings]):
         return any(a - 0.2 <= at <= b + guard for a, b in self._clip_hot)
 
     async def _play(self, pcm: bytes) -> bool:
-        """Play through the sink, knowing where the board says its own wake word."""
+        """Play through the sink, knowing where the board says its own wake word. The scan
+        runs beside the playback, not before it: it is ~40x faster than real time and a
+        wake word takes longer than that to say, so the spans are known before they play."""
+        self._clip_hot, self._clip_started = [], time.monotonic()
+        scan: asyncio.Future[list[tuple[float, float]]] | None = None
         if self.settings.aec.self_wake_guard:
             loop = asyncio.get_running_loop()
-            hot = await loop.run_in_executor(self._tts_pool, self._hot_spans, pcm)
-        else:
-            hot = []
-        self._clip_hot, self._clip_started = hot, time.monotonic()
+            scan = loop.run_in_executor(self._tts_pool, self._hot_spans, pcm)
+            scan.add_done_callback(
+                lambda f: setattr(self, "_clip_hot", f.result()) if not f.cancelled() else None
+            )
         return await self.sink.play(pcm)
 
     def _asked(self, text: str) -> None:
