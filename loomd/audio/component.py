@@ -492,6 +492,8 @@ class VoiceComponent(Component[VoiceSettings]):
         det = self.ref_wake
         det.reset()
         step = 2560  # 80 ms
+        # The score peaks after the word: a clip that ends on it peaks in the silence after.
+        pcm = pcm + b"\0" * 32000
         for i in range(0, len(pcm), step):
             det.process(pcm[i : i + step], 0.0)
             if det.last >= self.settings.aec.guard_score:
