@@ -8,13 +8,16 @@ first token. loomd: the same stages through their loomd classes and threads, the
 CPU share while fed 20 ms frames, and a whole turn on the real daemon (`voice.test` with a
 llama.cpp responder on `llm.chat`): VAD end -> first TTS audio. WER on espeak-ng clips,
 clean / 20 dB / 10 dB white noise, raw whisper vs loomd's STT stage (vocabulary prompt).
-Ends with one JSON line."""
+Peers: with LOOMD_WYOMING_PEERS (a venv bin/ holding wyoming-bench, wyoming-faster-whisper
+and wyoming-piper) and LOOMD_CT2_TINY_EN (the CTranslate2 tiny.en folder), wyoming-bench
+measures loomd's Wyoming port next to them. Ends with one JSON line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -206,22 +209,101 @@ def main() -> None:
         res[f"wer_{label}"] = wer(SENTENCES[:n], [asyncio.run(loomd_stt(worker, p)) for p in pcms])
     worker.close()
     # A whole turn on the daemon.
-    turn, rss = daemon_turn(tmp)
+    turn, rss, peer = daemon_turn(tmp)
     t = turn["timings"]
     res["eos_to_audio_ms"] = round(t["first_audio"], 1)
     res["vad_end_to_audio_ms"] = round(t["first_audio"] - t["vad_end"], 1)
     res["turn_timings_ms"] = t
     res["rss_voice_mb"] = rss
-    res["peer_stt_ms"] = None  # wyoming-bench peers not run (see docs/design/voice.md)
-    res["peer_tts_first_ms"] = None
+    res.update(peer)
     res["bench_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     shutil.rmtree(tmp, ignore_errors=True)
     table(res)
     print(json.dumps(res))
 
 
-def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float]:
-    """`voice.test` on the real daemon with a llama.cpp responder on `llm.chat`."""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PEERS = Path(os.environ.get("LOOMD_WYOMING_PEERS", ""))  # a venv bin/ with the peer servers
+
+
+def _summary(out: str, column: int) -> dict[str, float]:
+    """wyoming-bench's summary rows: server -> the numeric `column` after its name."""
+    rows: dict[str, float] = {}
+    for line in out.split("Summary")[-1].splitlines():
+        m = re.match(r"\s+(\S+) \(([^)]*)\)\s+(.*)", line)
+        if m:
+            cells = m.group(3).split()
+            try:
+                rows[m.group(1)] = float(cells[column].rstrip("%"))
+            except (IndexError, ValueError):
+                pass
+    return rows
+
+
+def peers(tmp: Path, loomd_port: int) -> dict[str, Any]:
+    """`wyoming-bench stt|tts` against loomd's Wyoming port and the peer servers users run
+    (wyoming-faster-whisper, wyoming-piper), started here from LOOMD_WYOMING_PEERS."""
+    keys = (
+        "peer_stt_ms",
+        "peer_tts_first_ms",
+        "loomd_wyoming_stt_ms",
+        "loomd_wyoming_tts_first_ms",
+    )
+    out: dict[str, Any] = dict.fromkeys(keys)
+    bench = PEERS / "wyoming-bench"
+    ct2 = Path(os.environ.get("LOOMD_CT2_TINY_EN", ""))
+    if not bench.exists() or not (ct2 / "model.bin").exists():
+        print("peers: set LOOMD_WYOMING_PEERS (a venv bin/ with wyoming-bench, "
+              "wyoming-faster-whisper, wyoming-piper) and LOOMD_CT2_TINY_EN; skipped")  # fmt: skip
+        return out
+    corpus = tmp / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(SENTENCES[: 3 if QUICK else 6]):
+        speak(text, corpus / f"c{i}.wav")
+        (corpus / f"c{i}.txt").write_text(text + "\n")
+    fw, pp = free_port(), free_port()
+    procs = [
+        subprocess.Popen([str(PEERS / "wyoming-faster-whisper"), "--model", str(ct2),
+                          "--data-dir", str(tmp / "fw"), "--local-files-only", "--compute-type",
+                          "int8", "--beam-size", "1", "--uri", f"tcp://127.0.0.1:{fw}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([str(PEERS / "wyoming-piper"), "--voice", "en_US-joe-medium",
+                          "--data-dir", str(MODELS / "piper"), "--uri", f"tcp://127.0.0.1:{pp}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]  # fmt: skip
+    try:
+        time.sleep(8)  # both print "Ready" within a few seconds; wyoming-bench retries nothing
+        loomd = f"127.0.0.1:{loomd_port}"
+        r = subprocess.run([str(bench), "stt", loomd, f"127.0.0.1:{fw}", "--corpus", str(corpus),
+                            "--mode", "non_streaming", "--rounds", "1", "--warmup", "1"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        stt = _summary(r.stdout, 4)  # ok WER CER SAR Total_mean
+        out["loomd_wyoming_stt_ms"] = stt.get(loomd)
+        out["peer_stt_ms"] = stt.get(f"127.0.0.1:{fw}")
+        r = subprocess.run([str(bench), "tts", loomd, f"127.0.0.1:{pp}", "--mode",
+                            "non_streaming", "--rounds", "2" if QUICK else "5", "--warmup", "1",
+                            "--texts", "The kitchen lights are on now."],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        tts = _summary(r.stdout, 1)  # ok TTFT_mean
+        out["loomd_wyoming_tts_first_ms"] = tts.get(loomd)
+        out["peer_tts_first_ms"] = tts.get(f"127.0.0.1:{pp}")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(20)
+    return out
+
+
+def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float, dict[str, Any]]:
+    """`voice.test` on the real daemon with a llama.cpp responder on `llm.chat`; then the
+    peers against its Wyoming port."""
     import psutil
 
     from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic
@@ -231,11 +313,13 @@ def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float]:
     cmd = speak(SENTENCES[0], tmp / "c.wav", (0.0, 0.8))
     subprocess.run(["sox", str(wake), str(cmd), str(tmp / "turn.wav")], check=True)
     root = Path(tempfile.mkdtemp(prefix="vd-", dir="/tmp"))
+    wport = free_port()
     conf = root / "loomd.toml"
     conf.write_text(
         f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
         f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
         f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\n'
+        f"[voice.wyoming]\nenabled = true\nport = {wport}\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -294,11 +378,12 @@ def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float]:
     try:
         turn = asyncio.run(run())
         rss = round(psutil.Process(proc.pid).memory_info().rss / 1e6, 1)
+        peer = peers(tmp, wport)
     finally:
         proc.terminate()
         proc.wait(20)
         shutil.rmtree(root, ignore_errors=True)
-    return turn, rss
+    return turn, rss, peer
 
 
 def table(r: dict[str, Any]) -> None:
@@ -327,6 +412,11 @@ def table(r: dict[str, Any]) -> None:
     raw = "/".join(str(r[f"raw_wer_{k}"]) for k in ("clean", "20db", "10db"))
     ours = "/".join(str(r[f"wer_{k}"]) for k in ("clean", "20db", "10db"))
     print(f"WER clean/20/10 dB: raw {raw}  loomd {ours}")
+    print(
+        f"wyoming-bench: STT mean loomd {r['loomd_wyoming_stt_ms']} ms vs "
+        f"wyoming-faster-whisper {r['peer_stt_ms']} ms; TTS first audio loomd "
+        f"{r['loomd_wyoming_tts_first_ms']} ms vs wyoming-piper {r['peer_tts_first_ms']} ms"
+    )
     print(f"RSS: daemon with voice {r['rss_voice_mb']} MB; bench {r['bench_rss_mb']} MB")
 
 
