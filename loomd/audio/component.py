@@ -58,6 +58,7 @@ class VoiceStatus(StatusBlock):
     state: str
     source: str
     tts: str
+    frames: int
     wakes: int
     utterances: int
     failed: int
@@ -152,7 +153,7 @@ class VoiceComponent(Component[VoiceSettings]):
             self._wake_pool,
             lambda: WakeDetector(s.models_dir, s.wake.models, threshold=1.0, refractory_s=0.0),
         )
-        self._clip_started = -1e9
+        self._clip_frames = 10**9
         self._follow_up = False
         self._clip_hot: list[tuple[float, float]] = []
         self.reference = Reference()
@@ -266,6 +267,8 @@ class VoiceComponent(Component[VoiceSettings]):
         last: Frame | None = None
         async for frame in frames:
             last = frame
+            self.counts["frames"] += 1
+            self._clip_frames += 1
             echo = self.reference.active
             played = self.reference.take()
             if echo and self.aec is not None:
@@ -303,7 +306,7 @@ class VoiceComponent(Component[VoiceSettings]):
             hit = await loop.run_in_executor(self._wake_pool, self.wake.process, pcm, t_end, limit)
             if hit is None:
                 continue
-            if self._said_it(time.monotonic()):
+            if self._said_it():
                 self.counts["self_wakes_blocked"] += 1
                 self.log.info("voice: ignored a wake (score %.2f): the board said it", hit.score)
                 continue
@@ -504,9 +507,11 @@ class VoiceComponent(Component[VoiceSettings]):
                     spans.append((end - 1.0, end))
         return spans
 
-    def _said_it(self, now: float) -> bool:
-        """True while the board's own wake word may still be echoing in the room."""
-        at = now - self._clip_started
+    def _said_it(self) -> bool:
+        """True while the board's own wake word may still be echoing in the room. Time is
+        counted in microphone frames since the clip started, not on the wall clock: a
+        starved machine delivers late audio, but its position in the stream holds."""
+        at = self._clip_frames * FRAME_MS / 1000
         guard = self.settings.aec.guard_s
         return any(a - 0.2 <= at <= b + guard for a, b in self._clip_hot)
 
@@ -514,7 +519,7 @@ class VoiceComponent(Component[VoiceSettings]):
         """Play through the sink, knowing where the board says its own wake word. The scan
         runs beside the playback, not before it: it is ~40x faster than real time and a
         wake word takes longer than that to say, so the spans are known before they play."""
-        self._clip_hot, self._clip_started = [], time.monotonic()
+        self._clip_hot, self._clip_frames = [], 0
         scan: asyncio.Future[list[tuple[float, float]]] | None = None
         if self.settings.aec.self_wake_guard:
             loop = asyncio.get_running_loop()
@@ -606,6 +611,7 @@ class VoiceComponent(Component[VoiceSettings]):
             state=str(self.state),
             source=self.settings.source,
             tts=self.tts.name,
+            frames=self.counts["frames"],
             wakes=self.counts["wakes"],
             utterances=self.counts["utterances"],
             failed=self.counts["failed"],

@@ -57,16 +57,19 @@ def test_flood_while_stt_runs_keeps_the_wake_word_fresh(
                 # network stall): far more than the pipeline should work through.
                 for i in range(0, len(noise), 32000):
                     await bus.publish("audio.in.local", noise[i : i + 32000], qos="realtime")
+                published = (len(read_wav(command_clip)) + len(noise) + len(wake)) // 640
                 waiter = asyncio.create_task(next_state("listening"))
                 said = await paced(bus, wake)
                 heard = await waiter
                 status = (await bus.status())["status"]["components"]["voice"]["status"]
+                status["published"] = published
                 return heard - said, status
 
     lag, status = asyncio.run(scenario())
     assert status["wakes"] == 2, status
     # Most of the flood was dropped as stale, not worked through.
-    assert status["dropped_frames"] >= 500, status
+    # (here or, bounded by count, in the bus's realtime subscription before it).
+    assert status["frames"] <= status["published"] - 500, status
     # Heard within the wake word's own scoring delay, not after 20 s of backlog (the clip
     # has 1 s of silence after the word, so the state changes before `said`).
     assert lag < 2.0, (lag, status)
