@@ -147,3 +147,23 @@ def test_no_speech_after_wake(loomd_proc: LoomdProcess, models: Path, speech_dir
     loomd_proc.start(timeout=60)
     p = loomctl(loomd_proc, "voice", "test", str(clip))
     assert "no_speech" in p.stdout, p.stdout + p.stderr
+
+
+def test_through_the_real_router(
+    loomd_proc: LoomdProcess, models: Path, command_clip: Path, tmp_path: Path
+) -> None:
+    """The same turn with loomd's own `llm` component (SmolLM2) answering `llm.chat`."""
+    llm = models / "llm" / "SmolLM2-135M-Instruct.gguf"
+    loomd_proc.write_config(
+        voice_toml(models) + f'[llm]\nenabled = true\nmodel = "{llm}"\nthreads = 1\n'
+    )
+    loomd_proc.start(timeout=90)
+    out = tmp_path / "reply.wav"
+    p = loomctl(loomd_proc, "voice", "test", str(command_clip), "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "turn on the kitchen lights" in p.stdout.lower(), p.stdout
+    reply = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("reply:"))
+    reply = reply.split(":", 1)[1].strip()
+    assert reply and reply != "-", p.stdout
+    heard = transcribe(models, read_wav(out))
+    assert wer(reply, heard) <= 0.35, (reply, heard)
