@@ -357,7 +357,9 @@ class VoiceComponent(Component[VoiceSettings]):
         clock = _Clock(speech_end)
         rec.timings["vad_end"] = clock.ms()
         self.counts["utterances"] += 1
-        self._turn_task = asyncio.get_running_loop().create_task(self._turn(cut, rec, clock))
+        self._turn_task = self.spawn(
+            lambda: self._turn(cut, rec, clock), f"turn-{rec.utterance_id}", critical=False
+        )
 
     async def _turn(self, cut: Segment, rec: TurnRecord, clock: _Clock) -> None:
         try:
@@ -589,7 +591,7 @@ class VoiceComponent(Component[VoiceSettings]):
                     self.ctx.error("bad_say", f"voice: bad voice.say payload: {exc}")
                     continue
                 if req.site == self.settings.site:
-                    self.spawn(lambda r=req: self._say_task(r), "say-one")  # type: ignore[misc]
+                    self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
 
     async def _say_task(self, req: SayRequest) -> None:
         await self.speak(req)
