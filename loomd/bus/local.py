@@ -7,8 +7,7 @@ import os
 from typing import Any
 
 from loomd.bus.broker import Broker, Subscriber
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, plain_event
-from loomd.bus.topics import validate_topic
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
 from loomd.errors import LoomdError, RequestTimeout
 
 __all__ = ["LocalBus"]
@@ -35,22 +34,18 @@ class LocalBus:
         ttl: int = DEFAULT_TTL,
         meta: dict[str, Any] | None = None,
     ) -> Event:
-        validate_topic(topic)
-        if thread_id is None and correlation_id is None and reply_to is None and not meta:
-            ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
-        else:
-            ev = Event.create(
-                topic,
-                payload,
-                type=type,
-                sender=self.name,
-                qos=qos,
-                thread_id=thread_id,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-                ttl=ttl,
-                meta=meta,
-            )
+        ev = outgoing(
+            topic,
+            payload,
+            sender=self.name,
+            qos=qos,
+            type=type,
+            thread_id=thread_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            ttl=ttl,
+            meta=meta,
+        )
         if qos == QoS.RELIABLE and wait:
             await self.broker.publish_wait(ev)
         else:

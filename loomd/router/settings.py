@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from loomd.config import Section, option
+from loomd.config import IP_TEXT, Section, _is_ip, option
 
 __all__ = ["PRIVACY", "CloudSettings", "LlmSettings", "PolicySettings"]
 
 PRIVACY = ("public", "sensitive", "private", "local-only")
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_agents(value: Mapping[str, str]) -> tuple[str, Any, str] | None:
@@ -83,7 +74,7 @@ class LlmSettings(Section):
     max_tokens: int = option(512, min=1, max=1048576, reload=True)
     # OpenAI-compatible endpoint at http://<http_bind>:<http_port>/v1; 0 = off.
     http_port: int = option(0, min=0, max=65535)
-    http_bind: str = option("127.0.0.1", valid=_is_ip, expected='an IP address like "127.0.0.1"')
+    http_bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
     decisions_kept: int = option(1000, min=1, max=1000000, reload=True)
     policy: PolicySettings = option(factory=PolicySettings)
     cloud: CloudSettings = option(factory=CloudSettings)

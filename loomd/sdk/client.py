@@ -24,8 +24,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from loomd.bus import cbor, wire
-from loomd.bus.envelope import DEFAULT_TTL, MAX_TTL, QOS_VALUES, Event, QoS, plain_event
-from loomd.bus.topics import validate_pattern, validate_topic
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
+from loomd.bus.topics import validate_pattern
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
 from loomd.config import resolve_dir
 from loomd.errors import (
@@ -402,26 +402,18 @@ class Client:
         is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack.
         What the daemon would refuse (a bad topic, ttl or qos, a frame over its size limit)
         raises here, before anything is sent."""
-        validate_topic(topic)
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not -1 <= ttl <= MAX_TTL:
-            raise ProtocolError("invalid ttl", f"{ttl!r}: expected an int in -1..{MAX_TTL}")
-        if str(qos) not in QOS_VALUES:
-            raise ProtocolError("invalid qos", f"{qos!r}: expected realtime, batched or reliable")
-        if thread_id is None and correlation_id is None and reply_to is None and not meta:
-            ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
-        else:
-            ev = Event.create(
-                topic,
-                payload,
-                type=type,
-                sender=self.name,
-                qos=qos,
-                thread_id=thread_id,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-                ttl=ttl,
-                meta=meta,
-            )
+        ev = outgoing(
+            topic,
+            payload,
+            sender=self.name,
+            qos=qos,
+            type=type,
+            thread_id=thread_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            ttl=ttl,
+            meta=meta,
+        )
         frame = ev.to_wire()
         if len(frame) > self.max_frame_bytes:
             raise ProtocolError(
