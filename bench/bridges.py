@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from bench.harness import free_port, peak_rss_mb  # noqa: E402
 from loomd.errors import RemoteError, RequestTimeout  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
 
@@ -49,22 +50,6 @@ LOST_CALLS = [0]
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 class Broker:

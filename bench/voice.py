@@ -35,6 +35,7 @@ from loomd.audio.io import read_wav
 from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
 from loomd.audio.tts import PiperTts
 from loomd.audio.wake import WakeDetector
+from loomd.audio.wer import wer as corpus_wer
 
 QUICK = "--quick" in sys.argv
 MODELS = Path(os.environ.get("LOOMD_TEST_MODELS", "/root/.cache/loomd-test-models"))
@@ -67,23 +68,8 @@ def noisy(pcm: bytes, snr_db: float | None, seed: int) -> bytes:
     return bytes(np.clip(x + noise, -32768, 32767).astype(np.int16).tobytes())
 
 
-def words(text: str) -> list[str]:
-    return "".join(c.lower() if c.isalnum() else " " for c in text).split()
-
-
 def wer(refs: list[str], hyps: list[str]) -> float:
-    errs = total = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        r, h = words(ref), words(hyp)
-        d = list(range(len(h) + 1))
-        for i in range(1, len(r) + 1):
-            prev, d[0] = d[0], i
-            for j in range(1, len(h) + 1):
-                cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-                prev, d[j] = d[j], cur
-        errs += d[len(h)]
-        total += len(r)
-    return round(errs / max(1, total), 3)
+    return round(corpus_wer(refs, hyps), 3)
 
 
 def f32(pcm: bytes) -> Any:

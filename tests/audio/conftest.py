@@ -113,18 +113,3 @@ class Responder:
 @pytest.fixture(scope="session")
 def llm(models: Path) -> Iterator[Responder]:
     yield Responder(models / "llm" / "SmolLM2-135M-Instruct.gguf")
-
-
-def words(text: str) -> list[str]:
-    return "".join(c.lower() if c.isalnum() or c == "'" else " " for c in text).split()
-
-
-def wer(ref: str, hyp: str) -> float:
-    r, h = words(ref), words(hyp)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)] / max(1, len(r))

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from loomd.audio.io import read_wav
+from loomd.audio.wer import wer
 from loomd.messages import Topic, Transcript, VoiceStateEvent
 from loomd.sdk import Client
-from tests.audio.conftest import Responder, say_wav, voice_toml, wer
+from tests.audio.conftest import Responder, say_wav, voice_toml
 from tests.conftest import LoomdProcess
 
 pytestmark = pytest.mark.models

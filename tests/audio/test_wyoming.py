@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from loomd.audio.io import read_wav
-from tests.audio.conftest import say_wav, voice_toml, wer
+from loomd.audio.wer import wer
+from tests.audio.conftest import say_wav, voice_toml
 from tests.conftest import LoomdProcess, free_port
 
 pytestmark = pytest.mark.models
