@@ -26,6 +26,9 @@ def free_port() -> int:
 class LoomdProcess:
     """One daemon with its own config, state and socket under a short temp dir."""
 
+    def preexec(self) -> None:
+        """Runs in the child before the daemon starts (resource limits, in subclasses)."""
+
     def __init__(self, root: Path, extra_toml: str = "", env: dict[str, str] | None = None) -> None:
         self.root = root
         self.socket = root / "run" / "bus.sock"
@@ -67,6 +70,7 @@ class LoomdProcess:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec,
             )
         try:
             self.notify.wait_for("READY=1", timeout)

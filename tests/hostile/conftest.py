@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -107,19 +106,8 @@ class LimitedLoomd(LoomdProcess):
 
     nofile = 1024
 
-    def start(self, timeout: float = 15.0, extra_env: dict[str, str] | None = None) -> None:
-        limit = self.nofile
-        real_popen = subprocess.Popen
-
-        def popen(*args: Any, **kw: Any) -> Any:
-            kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-            return real_popen(*args, **kw)
-
-        subprocess.Popen = popen  # type: ignore[misc]
-        try:
-            super().start(timeout, extra_env)
-        finally:
-            subprocess.Popen = real_popen  # type: ignore[misc]
+    def preexec(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
 
 @pytest.fixture
