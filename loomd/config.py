@@ -302,6 +302,10 @@ class Section:
     read from."""
 
     SECTION: ClassVar[str] = ""
+    # The name of a `Mapping[str, Any]` field that takes every sub-table not named by a
+    # field: `[agents.butler]` lands in `AgentsSettings.agent["butler"]`, validated later
+    # by whoever owns it (the plugin); `to_dict()` puts them back at the top.
+    TABLES: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -339,7 +343,10 @@ class Section:
             raise ConfigError(self._key(f.name), value, expected)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        if self.TABLES:
+            out.update(out.pop(self.TABLES))
+        return out
 
     @classmethod
     def reloadable(cls) -> frozenset[str]:
@@ -369,7 +376,14 @@ def build_section(cls: type[Section], table: Mapping[str, Any], path: str = "") 
     table's errors are prefixed with `path` (`mqtt.map[2]`)."""
     path = path or cls.SECTION
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if cls.TABLES:  # unknown sub-tables belong to the catch-all field
+        tables = {k: v for k, v in table.items() if k not in names and isinstance(v, Mapping)}
+        table = {k: v for k, v in table.items() if k not in tables}
+        table[cls.TABLES] = {**tables, **table.get(cls.TABLES, {})}
+        names.remove(cls.TABLES)  # not a key of its own in the file
     for key, value in table.items():
+        if key == cls.TABLES:
+            continue
         if key not in names:
             guess = _suggest(key, names)
             hint = (
@@ -585,8 +599,8 @@ def split_reload(old: Section, new: Section) -> tuple[Section, list[str], list[s
     """What a reload of one section may apply: (running settings, applied keys, keys that
     need a restart). The running settings take the new value of every reloadable option and
     keep the old value of the rest, so they never hold a value that is not in effect."""
-    a, b = old.to_dict(), new.to_dict()
-    changed = [k for k in a if a[k] != b[k]]
+    fields = [f.name for f in dataclasses.fields(old)]  # type: ignore[arg-type]
+    changed = [k for k in fields if getattr(old, k) != getattr(new, k)]
     live = type(old).reloadable()
     applied = [k for k in changed if k in live]
     restart = [k for k in changed if k not in live]

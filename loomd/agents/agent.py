@@ -18,7 +18,7 @@
             \"\"\"
             return f"hello {name}"
 
-A plugin may declare `Settings`, a dataclass; its section `[agents.agent.<id>]` is
+A plugin may declare `Settings`, a dataclass; its section `[agents.<id>]` is
 validated by building it (unknown keys and wrong types are errors naming the key).
 """
 

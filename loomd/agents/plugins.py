@@ -151,7 +151,7 @@ def entry_point_plugins() -> tuple[list[PluginDef], dict[str, str]]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where and whether an agent runs: the runtime's keys of `[agents.agent.<id>]`."""
+    """Where and whether an agent runs: the runtime's keys of `[agents.<id>]`."""
 
     enabled: bool = True
     isolation: str = "inproc"  # or "process": a supervised child over the SDK
@@ -162,15 +162,15 @@ RUNTIME_KEYS = ("enabled", "isolation", "memory_mb")
 
 
 def agent_settings(pdef: PluginDef, raw: Any) -> tuple[Placement, Any]:
-    """Split `[agents.agent.<id>]` into the runtime's keys and the plugin's own settings,
+    """Split `[agents.<id>]` into the runtime's keys and the plugin's own settings,
     validated by the plugin's `Settings` (a `Section` or a dataclass). Raises ConfigError
-    naming `agents.agent.<id>.<key>`."""
+    naming `agents.<id>.<key>`."""
     import dataclasses
 
     from loomd.config import Section, build_section
     from loomd.errors import ConfigError
 
-    key = f"agents.agent.{pdef.id}"
+    key = f"agents.{pdef.id}"
     table = dict(raw or {})
     enabled = table.pop("enabled", True)
     if not isinstance(enabled, bool):

@@ -14,6 +14,7 @@ __all__ = ["AgentsSettings"]
 @dataclass(frozen=True)
 class AgentsSettings(Section):
     SECTION: ClassVar[str] = "agents"
+    TABLES: ClassVar[str] = "agent"  # [agents.<id>] tables: one per agent
 
     enabled: bool = option(True, reload=True)
     # Plugin directories; empty = /etc/loomd/agents.d (as root) and <state_dir>/agents.d.
@@ -28,5 +29,5 @@ class AgentsSettings(Section):
     call_timeout_s: float = option(10.0, min=0.01, max=3600.0, reload=True)
     idempotency_ttl_s: float = option(86400.0, min=1.0, max=31536000.0, reload=True)
     provider_lease_s: float = option(0.5, min=0.05, max=60.0, reload=True)
-    # Per agent: [agents.agent.<id>], `enabled` plus the keys of the plugin's Settings.
+    # Per agent: [agents.<id>], `enabled` plus the keys of the plugin's Settings.
     agent: Mapping[str, Any] = option(factory=dict)

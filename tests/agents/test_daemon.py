@@ -232,7 +232,7 @@ def test_isolation_process_same_plugin_in_a_supervised_child(short_tmp: Path) ->
     (plugins / "iso.py").write_text(ISOLATED)
     toml = (
         f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\nprovider_lease_s = 0.3\n'
-        '[agents.agent.iso]\nisolation = "process"\nmemory_mb = 300\ngreeting = "hello"\n'
+        '[agents.iso]\nisolation = "process"\nmemory_mb = 300\ngreeting = "hello"\n'
     )
     d = LoomdProcess(short_tmp, toml)
     d.start()

@@ -280,7 +280,7 @@ def test_per_agent_settings_are_validated(short_tmp: Path) -> None:
         async with running(short_tmp, agent={"greeter": {"greting": "typo"}}) as (_host, comp):
             view = next(v for v in comp._views() if v["id"] == "greeter")
             assert view["state"] == "failed"
-            assert "agents.agent.greeter.greting" in view["last_error"]
+            assert "agents.greeter.greting" in view["last_error"]
 
     uvloop.run(main())
 

@@ -104,3 +104,23 @@ def test_reload_takes_only_reloadable_options() -> None:
     assert running == Demo(level=5, port=80)  # the port keeps the value in effect
     assert split_reload(old, Demo(level=3)) == (Demo(level=3), ["level"], [])
     assert Demo.reloadable() == frozenset({"level"})
+
+
+@dataclass(frozen=True)
+class Plugins(Section):
+    SECTION: ClassVar[str] = "plugins"
+    TABLES: ClassVar[str] = "each"
+
+    dirs: tuple[str, ...] = option(factory=tuple)
+    each: Mapping[str, Any] = option(factory=dict)
+
+
+def test_free_sub_tables_land_in_the_catch_all_field() -> None:
+    p = build_section(Plugins, {"dirs": ["/x"], "butler": {"model": "tiny"}, "pa": {}})
+    assert p.dirs == ("/x",) and dict(p.each) == {"butler": {"model": "tiny"}, "pa": {}}
+    assert p.to_dict() == {"dirs": ["/x"], "butler": {"model": "tiny"}, "pa": {}}
+    assert build_section(Plugins, p.to_dict()) == p
+    with pytest.raises(ConfigError, match=r"plugins\.dirz = 1: expected a known key"):
+        build_section(Plugins, {"dirz": 1})  # not a table: still a typo
+    old, new = Plugins(), build_section(Plugins, {"butler": {"model": "x"}})
+    assert split_reload(old, new)[2] == ["each"]  # a changed table needs a restart here
