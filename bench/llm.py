@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = (
-    Path(os.environ.get("LOOMD_TEST_MODELS", "/root/.cache/loomd-test-models"))
+    Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
     / "llm"
     / "SmolLM2-135M-Instruct.gguf"
 )

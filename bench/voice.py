@@ -38,7 +38,7 @@ from loomd.audio.wake import WakeDetector
 from loomd.audio.wer import wer as corpus_wer
 
 QUICK = "--quick" in sys.argv
-MODELS = Path(os.environ.get("LOOMD_TEST_MODELS", "/root/.cache/loomd-test-models"))
+MODELS = Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
 SENTENCES = [
     "turn on the kitchen lights",
     "set the thermostat to twenty one degrees",

@@ -217,6 +217,12 @@ class Component(Generic[S]):
     # sets `func=async (client, args) -> exit code`, built on `loomd.ctl.op()`.
     cli: ClassVar[Callable[..., None] | None] = None
 
+    @classmethod
+    def check(cls, settings: Any) -> list[str]:
+        """Problems found without starting (a missing or corrupt model file, say), for
+        `loomd --check`. Must be cheap and import nothing heavy."""
+        return []
+
     def __init__(self, ctx: Context[S]) -> None:
         self.ctx = ctx
         self.log = ctx.log

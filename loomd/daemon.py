@@ -163,12 +163,15 @@ def refuse_if_running(sock_path: Path) -> None:
 
 
 def check(settings: Settings, path: Path | None) -> int:
-    """`loomd --check`: the config is valid; which components run, which cannot and why."""
+    """`loomd --check`: the config is valid; which components run, which cannot and why.
+    Exit 1 when an enabled component reports a problem (a missing optional package is
+    not one: the daemon runs on without that component and says how to get it)."""
     print(f"config OK: {path or 'embedded defaults'}")
     print(f"  bus socket: {settings.bus_socket}")
     print(f"  state dir:  {settings.state_dir}")
     print("components:")
     reg = registry()
+    problems = 0
     for name in reg.names():
         try:
             cls = reg.load(name)
@@ -182,7 +185,11 @@ def check(settings: Settings, path: Path | None) -> int:
         else:
             state = "available"
         print(f"  {name:9} {'enabled ' if enabled else 'disabled'}  {state}  - {cls.summary}")
-    return 0
+        if enabled:
+            for problem in cls.check(settings.section(name)):
+                print(f"  {'':9} problem: {problem}")
+                problems += 1
+    return 1 if problems else 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

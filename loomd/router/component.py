@@ -33,7 +33,7 @@ from loomd.messages import (
 from loomd.metrics import Family
 from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, read_key
 from loomd.router.engine import Engine, Job, QueueFull
-from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb
+from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb, read_gguf_shape
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
 from loomd.router.settings import LlmSettings
 
@@ -86,6 +86,19 @@ class LlmComponent(Component[LlmSettings]):
     extra = "llm"
     summary = "local llama.cpp inference and the policy router (llm.chat)"
     cli = staticmethod(_add_cli)
+
+    @classmethod
+    def check(cls, settings: LlmSettings) -> list[str]:
+        """The model file is there and is a GGUF file (its header only), or a cloud is set."""
+        if not settings.model:
+            if settings.cloud.base_url and settings.cloud.model:
+                return []
+            return ["no model configured ([llm] model) and no cloud ([llm.cloud])"]
+        try:
+            read_gguf_shape(Path(settings.model))
+        except LoomdError as exc:
+            return [str(exc)]
+        return []
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)

@@ -14,17 +14,14 @@ from loomd.config import load_config
 from loomd.host import Host
 
 MODELS = os.environ.get("LOOMD_TEST_MODELS", "")
-DEFAULT_MODELS = Path("/root/.cache/loomd-test-models")
-
-
-def model_dir() -> Path:
-    return Path(MODELS) if MODELS else DEFAULT_MODELS
 
 
 @pytest.fixture
 def tiny() -> Path:
     """The 0.5 MB random-weight llama: fast load and streaming tests (gibberish output)."""
-    path = model_dir() / "llm" / "tiny-random.gguf"
+    if not MODELS:
+        pytest.skip("LOOMD_TEST_MODELS is not set")
+    path = Path(MODELS) / "llm" / "tiny-random.gguf"
     if not path.exists():
         pytest.skip(f"{path} missing: set LOOMD_TEST_MODELS (../shared/models/fetch-test-models)")
     return path

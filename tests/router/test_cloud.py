@@ -16,7 +16,7 @@ from loomd.router.cloud import Breaker, CloudRefused, read_key
 from loomd.router.policy import Resolved
 from loomd.router.settings import CloudSettings
 
-from .conftest import HostFactory, model_dir, run
+from .conftest import MODELS, HostFactory, run
 from .servers import BadCloud, LlamaServer
 from .test_chat import _events, _open_turn, _until_done, llm_of, req
 
@@ -25,9 +25,9 @@ KEY = "s3cret-test-key"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    tiny = model_dir() / "llm" / "tiny-random.gguf"
-    if not tiny.exists():
-        pytest.skip("tiny-random.gguf missing")
+    if not MODELS:
+        pytest.skip("LOOMD_TEST_MODELS is not set")
+    tiny = Path(MODELS) / "llm" / "tiny-random.gguf"
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed")
     server = LlamaServer(tiny, tmp_path_factory.mktemp("cloud") / "server.log", api_key=KEY)
     yield server
@@ -143,7 +143,7 @@ def test_private_and_local_only_never_reach_the_cloud(
     llm_host: HostFactory, cloud: LlamaServer, creds: Path, policies: list[Policy], local: bool
 ) -> None:
     before = cloud.chat_requests()
-    tiny = model_dir() / "llm" / "tiny-random.gguf"
+    tiny = Path(MODELS) / "llm" / "tiny-random.gguf"
     options = {"model": tiny} if local else {}
 
     async def body() -> None:

@@ -1,0 +1,45 @@
+"""`loomd --check` names a missing or corrupt model file (read from the GGUF header only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import MODELS
+
+
+def check(tmp_path: Path, llm: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "loomd.toml"
+    cfg.write_text(f"[llm]\nenabled = true\n{llm}")
+    return subprocess.run(
+        [sys.executable, "-m", "loomd.daemon", "--config", str(cfg), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_names_a_missing_and_a_corrupt_model(tmp_path: Path) -> None:
+    r = check(tmp_path, f'model = "{tmp_path}/nope.gguf"\n')
+    assert r.returncode == 1
+    assert f"problem: model {tmp_path}/nope.gguf: No such file or directory" in r.stdout
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all" * 100)
+    r = check(tmp_path, f'model = "{bad}"\n')
+    assert r.returncode == 1
+    assert f"problem: model {bad} is not a valid GGUF file" in r.stdout
+
+    r = check(tmp_path, "")
+    assert r.returncode == 1 and "no model configured ([llm] model)" in r.stdout
+
+
+def test_check_passes_a_real_model(tmp_path: Path) -> None:
+    if not MODELS:
+        pytest.skip("LOOMD_TEST_MODELS is not set")
+    r = check(tmp_path, f'model = "{MODELS}/llm/tiny-random.gguf"\n')
+    assert r.returncode == 0, r.stdout
+    assert "problem" not in r.stdout and "config OK" in r.stdout
