@@ -264,14 +264,7 @@ class LlmComponent(Component[LlmSettings]):
             "at": time.time(),
             "agent": req.agent,
             "priority": req.priority,
-            "route": str(d.route),
-            "rule": d.rule,
-            "reason": d.reason,
-            "est_latency_ms": round(d.est_latency_ms, 1),
-            "est_cost": d.est_cost,
-            "confidence": round(d.confidence, 3),
-            "policy": vars(policy),
-            "facts": facts.to_dict(),
+            **_explained(d, policy, facts),
         }
         self.log.info(
             "route %s: %s (rule %s: %s; est %.0f ms, cost %.4f, confidence %.2f, privacy %s)",
@@ -555,17 +548,7 @@ class LlmComponent(Component[LlmSettings]):
             policy=Policy(privacy=privacy, allow_cloud=allow_cloud),
             max_tokens=int(max_tokens),
         )
-        d, policy, facts = self._decide(req)
-        return {
-            "route": str(d.route),
-            "rule": d.rule,
-            "reason": d.reason,
-            "est_latency_ms": round(d.est_latency_ms, 1),
-            "est_cost": d.est_cost,
-            "confidence": round(d.confidence, 3),
-            "policy": vars(policy),
-            "facts": facts.to_dict(),
-        }
+        return _explained(*self._decide(req))
 
     async def _recent(self, n: Any = 10) -> dict[str, Any]:
         await self._settle()
@@ -587,3 +570,17 @@ class LlmComponent(Component[LlmSettings]):
         if self.engine is not None:
             await self.engine.unload()
         return {}
+
+
+def _explained(d: Decision, policy: Resolved, facts: Facts) -> dict[str, Any]:
+    """A decision with what it was made from: the ring's record and the dry run's answer."""
+    return {
+        "route": str(d.route),
+        "rule": d.rule,
+        "reason": d.reason,
+        "est_latency_ms": round(d.est_latency_ms, 1),
+        "est_cost": d.est_cost,
+        "confidence": round(d.confidence, 3),
+        "policy": vars(policy),
+        "facts": facts.to_dict(),
+    }
