@@ -115,6 +115,17 @@ class LoomdProcess:
             self.notify.close()
 
 
+def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """`loomctl --socket <d's socket> ARGS`, as a user runs it (with the daemon's extra env)."""
+    return subprocess.run(
+        [sys.executable, "-m", "loomd.ctl", "--socket", str(d.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **d.env},
+    )
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path: ipc socket paths must stay under 107 bytes."""

@@ -13,16 +13,7 @@ from pathlib import Path
 import pytest
 
 from loomd.components import registry
-from tests.conftest import LoomdProcess, free_port
-
-
-def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loomd.ctl", "--socket", str(d.socket), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.conftest import LoomdProcess, free_port, loomctl
 
 
 def full_status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,13 @@ from loomd.messages import Topic, Transcript, VoiceStateEvent
 from loomd.sdk import Client
 from tests.audio.conftest import Responder, say_wav, voice_toml
 from tests.conftest import LoomdProcess
+from tests.conftest import loomctl as run_loomctl
 
 pytestmark = pytest.mark.models
 
 
 def loomctl(d: LoomdProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loomd.ctl", "--socket", d.endpoint, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_loomctl(d, *args, timeout=300)  # a whole voice turn on a slow machine
 
 
 def transcribe(models: Path, pcm: bytes) -> str:

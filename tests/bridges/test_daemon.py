@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from loomd.bridges.peers import load_or_make_keys
 from tests.bridges.conftest import Mosquitto, mqtt_section, running, wait_for
 from tests.bridges.test_mqtt import connected
-from tests.conftest import LoomdProcess
-
-
-def loomctl(d: LoomdProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loomd.ctl", "--socket", str(d.socket), *args],
-        capture_output=True, text=True, timeout=20,
-    )  # fmt: skip
+from tests.conftest import LoomdProcess, loomctl
 
 
 def test_loomctl_mqtt_status_forget_and_keys_show(short_tmp: Path, broker: Mosquitto) -> None:

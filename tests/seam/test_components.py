@@ -17,20 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LoomdProcess, free_port
+from tests.conftest import LoomdProcess, free_port, loomctl
 
 PLUGIN = Path(__file__).parent / "plugin"
 ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGIN), os.environ.get("PYTHONPATH", "")])}
-
-
-def loomctl(d: LoomdProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loomd.ctl", "--socket", str(d.socket), *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={**os.environ, **ENV},
-    )
 
 
 def status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
