@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from loomd.config import Section
+from loomd.config import ResolvedPaths, Section
 from loomd.errors import LoomdError
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ class Context(Generic[S]):
         runtime_dir: Path,
         cache_dir: Path,
         device_id: str,
+        models_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -162,6 +163,7 @@ class Context(Generic[S]):
         self.state_dir = state_dir
         self.runtime_dir = runtime_dir
         self.cache_dir = cache_dir
+        self.models_dir = models_dir if models_dir is not None else state_dir / "models"
         self.device_id = device_id
         self.log = logging.getLogger(f"loomd.{name}")
         self._bus: Bus | None = None
@@ -218,9 +220,10 @@ class Component(Generic[S]):
     cli: ClassVar[Callable[..., None] | None] = None
 
     @classmethod
-    def check(cls, settings: Any) -> list[str]:
+    def check(cls, settings: Any, paths: ResolvedPaths) -> list[str]:
         """Problems found without starting (a missing or corrupt model file, say), for
-        `loomd --check`. Must be cheap and import nothing heavy."""
+        `loomd --check` and for `enabled = "auto"` (no problem: the component starts).
+        Must be cheap and import nothing heavy."""
         return []
 
     def __init__(self, ctx: Context[S]) -> None:

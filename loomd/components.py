@@ -21,7 +21,7 @@ from loomd.errors import LoomdError
 
 if TYPE_CHECKING:
     from loomd.component import Component
-    from loomd.config import Section
+    from loomd.config import ResolvedPaths, Section
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Entry", "Registry", "registry"]
 
@@ -113,6 +113,23 @@ def install_hint(cls: type[Component[Any]]) -> str:
     if cls.extra:
         ways.append(f"pip install 'loomd[{cls.extra}]'")
     return " or ".join(ways) or "install " + ", ".join(cls.requires)
+
+
+def auto_off_reason(cls: type[Component[Any]], section: Any, paths: ResolvedPaths) -> str:
+    """Why a component with `enabled = "auto"` stays off; "" when it may start (its
+    packages import and its `check()` finds nothing wrong, e.g. its models are installed)."""
+    missing = missing_modules(cls)
+    if missing:
+        return f"missing {', '.join(missing)} ({install_hint(cls)})"
+    return "; ".join(cls.check(section, paths))
+
+
+def wanted(cls: type[Component[Any]] | None, section: Any, paths: ResolvedPaths) -> bool:
+    """Whether the settings ask for the component to run now."""
+    enabled = getattr(section, "enabled", True)
+    if enabled == "auto":
+        return cls is not None and not auto_off_reason(cls, section, paths)
+    return enabled is not False
 
 
 def _importable(module: str) -> bool:

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from loomd.bus.topics import validate_pattern
 from loomd.errors import ConfigError, ProtocolError
 
 __all__ = [
+    "AUTO",
     "QOS_CLASSES",
     "SYSTEM_CONFIG",
     "DaemonSettings",
@@ -37,6 +39,7 @@ __all__ = [
     "ResolvedPaths",
     "Section",
     "Settings",
+    "Switch",
     "build_section",
     "changed_keys",
     "default_config_path",
@@ -46,6 +49,7 @@ __all__ = [
     "resolve_paths",
     "section_classes",
     "split_reload",
+    "switch",
 ]
 
 SYSTEM_CONFIG = Path("/etc/loomd/loomd.toml")
@@ -98,6 +102,21 @@ def option(
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# A component that may run "auto"matically: on when what it needs is there.
+Switch = bool | str
+AUTO = "auto"
+
+
+def switch(default: bool | str = AUTO, **kw: Any) -> Any:
+    """`enabled = true | false | "auto"`: "auto" starts the component only when its
+    packages import and its `check()` finds no problem (its models are installed, say);
+    otherwise it stays off, and says why in `loomctl status`."""
+    return option(default, valid=lambda v: v in (True, False, AUTO), expected=SWITCH_TEXT, **kw)
+
+
+SWITCH_TEXT = 'true, false or "auto"'
 
 
 # --- custom checks -----------------------------------------------------------
@@ -273,6 +292,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
             return MappingProxyType(dict(value))
+    elif origin is types.UnionType:  # `bool | str` (a switch): the first type that fits
+        for alternative in args:
+            try:
+                return _scalar(alternative, value)
+            except _WrongType:
+                pass
     else:
         return _scalar(tp, value)
     raise _WrongType
@@ -423,6 +448,8 @@ class PathSettings(_Section):
     runtime_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
     state_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
     cache_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
+    # Models (`loomctl models`): "" = <state_dir>/models.
+    models_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
 
 
 CORE_SECTIONS: dict[str, type[Section]] = {
@@ -485,6 +512,7 @@ class ResolvedPaths:
     state_dir: Path
     cache_dir: Path
     bus_socket: Path
+    models_dir: Path
 
 
 def resolve_paths(
@@ -492,11 +520,13 @@ def resolve_paths(
 ) -> ResolvedPaths:
     p = settings.paths
     runtime = resolve_dir("runtime", p.runtime_dir, env=env, euid=euid)
+    state = resolve_dir("state", p.state_dir, env=env, euid=euid)
     return ResolvedPaths(
         runtime_dir=runtime,
-        state_dir=resolve_dir("state", p.state_dir, env=env, euid=euid),
+        state_dir=state,
         cache_dir=resolve_dir("cache", p.cache_dir, env=env, euid=euid),
         bus_socket=Path(settings.bus.socket) if settings.bus.socket else runtime / "bus.sock",
+        models_dir=Path(p.models_dir) if p.models_dir else state / "models",
     )
 
 

@@ -21,8 +21,8 @@ import zmq
 
 from loomd import __version__
 from loomd.bus import wire
-from loomd.components import install_hint, missing_modules, registry
-from loomd.config import Settings, default_config_path, load_config
+from loomd.components import auto_off_reason, install_hint, missing_modules, registry
+from loomd.config import AUTO, Settings, default_config_path, load_config
 from loomd.errors import ConfigError, LoomdError
 from loomd.host import Host
 from loomd.logs import setup_logging
@@ -169,6 +169,7 @@ def check(settings: Settings, path: Path | None) -> int:
     print(f"config OK: {path or 'embedded defaults'}")
     print(f"  bus socket: {settings.bus_socket}")
     print(f"  state dir:  {settings.state_dir}")
+    print(f"  models dir: {settings.resolved.models_dir}")
     print("components:")
     reg = registry()
     problems = 0
@@ -178,15 +179,23 @@ def check(settings: Settings, path: Path | None) -> int:
         except LoomdError as exc:
             print(f"  {name:9} broken: {exc}")
             continue
-        enabled = getattr(settings.section(name), "enabled", True)
+        section = settings.section(name)
+        enabled = getattr(section, "enabled", True)
         missing = missing_modules(cls)
         if missing:
             state = f"missing {', '.join(missing)} ({install_hint(cls)})"
         else:
             state = "available"
-        print(f"  {name:9} {'enabled ' if enabled else 'disabled'}  {state}  - {cls.summary}")
+        if enabled == AUTO:
+            why_not = auto_off_reason(cls, section, settings.resolved)
+            switch = "auto: off" if why_not else "auto: on"
+            print(f"  {name:9} {switch:9}  {state}  - {cls.summary}")
+            if why_not and not missing:  # not a problem: "auto" waits for the models
+                print(f"  {'':9} off because: {why_not}")
+            continue
+        print(f"  {name:9} {'enabled' if enabled else 'disabled':9}  {state}  - {cls.summary}")
         if enabled:
-            for problem in cls.check(settings.section(name)):
+            for problem in cls.check(section, settings.resolved):
                 print(f"  {'':9} problem: {problem}")
                 problems += 1
     return 1 if problems else 0

@@ -19,8 +19,15 @@ from typing import Any
 
 from loomd import __version__
 from loomd.component import Command, Component, Context, Services
-from loomd.components import Registry, install_hint, missing_modules, registry
-from loomd.config import Settings, split_reload
+from loomd.components import (
+    Registry,
+    auto_off_reason,
+    install_hint,
+    missing_modules,
+    registry,
+    wanted,
+)
+from loomd.config import AUTO, Settings, split_reload
 from loomd.errors import LoomdError
 from loomd.metrics import Family, Histogram
 
@@ -137,6 +144,7 @@ class Host:
             runtime_dir=s.runtime_dir,
             cache_dir=s.cache_dir,
             device_id=device_id(s),
+            models_dir=s.resolved.models_dir,
         )
 
     async def _start(self, name: str) -> None:
@@ -149,9 +157,16 @@ class Host:
             self._report(name, "component_broken", slot.reason)
             return
         cls = slot.cls
-        if getattr(self.settings.section(name), "enabled", True) is False:
+        enabled = getattr(self.settings.section(name), "enabled", True)
+        if enabled is False:
             slot.state, slot.reason = "disabled", ""
             return
+        if enabled == AUTO:
+            why_not = auto_off_reason(cls, self.settings.section(name), self.settings.resolved)
+            if why_not:
+                slot.state, slot.reason = "disabled", f"auto: {why_not}"
+                log.info('%s is off (enabled = "auto"): %s', name, why_not)
+                return
         missing = missing_modules(cls)
         if missing:
             slot.state = "unavailable"
@@ -340,11 +355,20 @@ class Host:
         sections: dict[str, Any] = {}
         for name in new.names:
             old_sec, new_sec = self.settings.section(name), new.section(name)
-            if old_sec == new_sec:
-                continue
-            was_on = getattr(old_sec, "enabled", True)
-            now_on = getattr(new_sec, "enabled", True)
             slot = self.slots.get(name)
+            cls = slot.cls if slot is not None else None
+            old_on = getattr(old_sec, "enabled", True)
+            new_on = getattr(new_sec, "enabled", True)
+            # "auto" is looked at again on every reload: models installed since the start
+            # (`loomctl models fetch`) bring the component up without a restart, and
+            # removed ones take it down.
+            if old_sec == new_sec and not (new_on == AUTO and slot is not None):
+                continue
+            if AUTO in (old_on, new_on):
+                was_on = slot is not None and slot.instance is not None
+                now_on = wanted(cls, new_sec, new.resolved)
+            else:
+                was_on, now_on = old_on, new_on
             if slot is not None and name not in ESSENTIAL and was_on != now_on:
                 # Switching a component on or off takes effect at once.
                 sections[name] = new_sec

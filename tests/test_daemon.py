@@ -151,7 +151,8 @@ def test_check_reports_config_and_features(short_tmp: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "config OK" in r.stdout
     for name in registry().names():  # every registered component, from the one registry
-        assert re.search(rf"^  {name} +(enabled|disabled) +(available|missing)", r.stdout, re.M), (
+        state = r"(enabled|disabled|auto: on|auto: off)"
+        assert re.search(rf"^  {name} +{state} +(available|missing)", r.stdout, re.M), (
             name,
             r.stdout,
         )

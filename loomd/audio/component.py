@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.audio.cli import add_cli
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
+from loomd.audio.models import missing_models
 from loomd.audio.settings import VoiceSettings
 from loomd.component import Command, Component, StatusBlock
+from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
 from loomd.messages import (
     ChatDone,
@@ -111,6 +113,13 @@ class VoiceComponent(Component[VoiceSettings]):
 
     wake: WakeDetector
     stt: SttWorker
+
+    @classmethod
+    def check(cls, settings: VoiceSettings, paths: ResolvedPaths) -> list[str]:
+        """The speech-to-text and wake word models are installed (Piper falls back to
+        espeak-ng, so a missing voice is a problem only without espeak-ng)."""
+        return missing_models(settings, Path(settings.models_dir or paths.models_dir))
+
     tts: Tts
     sink: Sink
 
@@ -123,23 +132,26 @@ class VoiceComponent(Component[VoiceSettings]):
         from loomd.audio.wake import WakeDetector
 
         s = self.settings
+        self.models_dir = s.models_dir or str(self.ctx.models_dir)
         self._wake_pool = concurrent.futures.ThreadPoolExecutor(1, "loomd-wake")
         self._tts_pool = concurrent.futures.ThreadPoolExecutor(1, "loomd-tts")
         loop = asyncio.get_running_loop()
         self.wake = await loop.run_in_executor(
             self._wake_pool,
             lambda: WakeDetector(
-                s.models_dir,
+                self.models_dir,
                 s.wake.models,
                 threshold=s.wake.threshold,
                 refractory_s=s.wake.refractory_s,
             ),
         )
         self.stt = SttWorker(
-            s.models_dir, s.stt.model, threads=s.stt.threads, vocabulary=s.stt.vocabulary
+            self.models_dir, s.stt.model, threads=s.stt.threads, vocabulary=s.stt.vocabulary
         )
         await self.stt.load()
-        self.tts, why = await asyncio.to_thread(load_tts, s.tts.engine, s.models_dir, s.tts.voice)
+        self.tts, why = await asyncio.to_thread(
+            load_tts, s.tts.engine, self.models_dir, s.tts.voice
+        )
         if why:
             self.ctx.error("tts_fallback", why)
         # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
@@ -151,7 +163,7 @@ class VoiceComponent(Component[VoiceSettings]):
         # says the wake word, a wake from the microphone is its echo (self-wake guard).
         self.ref_wake = await loop.run_in_executor(
             self._wake_pool,
-            lambda: WakeDetector(s.models_dir, s.wake.models, threshold=1.0, refractory_s=0.0),
+            lambda: WakeDetector(self.models_dir, s.wake.models, threshold=1.0, refractory_s=0.0),
         )
         self._clip_frames = 10**9
         self._follow_up = False

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loomd.errors import LoomdError
 
-__all__ = ["ModelError", "model_path"]
+if TYPE_CHECKING:
+    from loomd.audio.settings import VoiceSettings
+
+__all__ = ["ModelError", "missing_models", "model_path"]
 
 HOW = {
     "whisper": "a whisper.cpp ggml model, e.g. ggml-tiny.en.bin from "
@@ -15,6 +20,9 @@ HOW = {
     "openwakeword": "openWakeWord ONNX models (melspectrogram.onnx, embedding_model.onnx and "
     "the wake word) from the openwakeword 0.5.1 release",
 }
+
+
+FEATURE_MODELS = ("melspectrogram.onnx", "embedding_model.onnx")
 
 
 class ModelError(LoomdError):
@@ -27,3 +35,17 @@ def model_path(models_dir: str, name: str, kind: str) -> Path:
     if not path.is_file():
         raise ModelError(f"{kind} model {path} is missing: put {HOW.get(kind, kind)} there")
     return path
+
+
+def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:
+    """What the voice pipeline needs and does not find (one line), without loading."""
+    wanted = [settings.stt.model, *settings.wake.models]
+    if settings.wake.models:  # the feature models sit beside the first wake word model
+        folder = Path(settings.wake.models[0]).parent
+        wanted += [str(folder / f) for f in FEATURE_MODELS]
+    if settings.tts.engine == "piper" and shutil.which("espeak-ng") is None:
+        wanted.append(settings.tts.voice)  # else Piper falls back to espeak-ng
+    missing = [name for name in wanted if not (models_dir / name).is_file()]
+    if not missing:
+        return []
+    return [f"missing {', '.join(missing)} in {models_dir} (`loomctl models fetch`)"]

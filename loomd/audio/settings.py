@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from loomd.config import Section, option
+from loomd.config import Section, Switch, option, switch
 
 __all__ = [
     "AecSettings",
@@ -81,13 +81,14 @@ class MicSettings(Section):
 class VoiceSettings(Section):
     SECTION: ClassVar[str] = "voice"
 
-    enabled: bool = option(False)
+    enabled: Switch = switch()
     site: str = option("local", max_len=64)
     source: str = option("none", choices=SOURCES)
     source_path: str = option("", max_len=4096)
     sink: str = option("none", choices=SINKS)
     sink_dir: str = option("", max_len=4096)
-    models_dir: str = option("/usr/share/loomd/models", max_len=4096)
+    # "" = [paths] models_dir, where `loomctl models fetch` puts them.
+    models_dir: str = option("", max_len=4096)
     system_prompt: str = option(
         "You are a voice assistant on a small board. Answer in one or two short sentences.",
         max_len=4096,

@@ -87,7 +87,7 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
                     self.detector = await loop.run_in_executor(
                         comp._wake_pool,
                         lambda: WakeDetector(
-                            s.models_dir, s.wake.models, threshold=s.wake.threshold
+                            comp.models_dir, s.wake.models, threshold=s.wake.threshold
                         ),
                     )
                 else:

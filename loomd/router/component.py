@@ -14,12 +14,12 @@ import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from loomd.bus.envelope import Event
 from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
+from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
 from loomd.messages import (
     ChatChunk,
@@ -35,7 +35,7 @@ from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, re
 from loomd.router.engine import Engine, Job, QueueFull
 from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb, read_gguf_shape
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
-from loomd.router.settings import LlmSettings
+from loomd.router.settings import LlmSettings, model_file
 
 __all__ = ["LlmComponent", "LlmStatus"]
 
@@ -88,14 +88,18 @@ class LlmComponent(Component[LlmSettings]):
     cli = staticmethod(_add_cli)
 
     @classmethod
-    def check(cls, settings: LlmSettings) -> list[str]:
+    def check(cls, settings: LlmSettings, paths: ResolvedPaths) -> list[str]:
         """The model file is there and is a GGUF file (its header only), or a cloud is set."""
-        if not settings.model:
-            if settings.cloud.base_url and settings.cloud.model:
-                return []
-            return ["no model configured ([llm] model) and no cloud ([llm.cloud])"]
+        path = model_file(settings.model, paths.models_dir)
+        cloud = bool(settings.cloud.base_url and settings.cloud.model)
+        if path is None:
+            return [] if cloud else ["no model configured ([llm] model) and no cloud ([llm.cloud])"]
+        if not path.exists() and cloud:
+            return []  # runs on the cloud alone, and says so in its status
+        if not path.exists():
+            return [f"no model at {path}: `loomctl models fetch` (or set [llm] model)"]
         try:
-            read_gguf_shape(Path(settings.model))
+            read_gguf_shape(path)
         except LoomdError as exc:
             return [str(exc)]
         return []
@@ -124,9 +128,10 @@ class LlmComponent(Component[LlmSettings]):
         self._seq = self._ring[-1][0] if self._ring else 0
         self._trim(kv)  # decisions_kept may have shrunk since the last run
         self._refresh_system()
-        if s.model:
+        path = model_file(s.model, self.ctx.models_dir)
+        if path is not None:
             self.engine = Engine(
-                Path(s.model),
+                path,
                 context=s.context,
                 threads=s.threads,
                 gpu_layers=s.gpu_layers,
@@ -164,7 +169,7 @@ class LlmComponent(Component[LlmSettings]):
         if s.http_port:
             from loomd.router.http import HttpEndpoint
 
-            name = Path(s.model).stem if s.model else s.cloud.model
+            name = path.stem if path is not None else s.cloud.model
             self.http = HttpEndpoint(self.ctx.bus, s.http_bind, s.http_port, name)
             await self.http.start()
 

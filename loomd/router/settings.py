@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from loomd.config import IP_TEXT, Section, _is_ip, option
+from loomd.config import IP_TEXT, Section, Switch, _is_ip, option, switch
 
-__all__ = ["PRIVACY", "CloudSettings", "LlmSettings", "PolicySettings"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "PRIVACY",
+    "CloudSettings",
+    "LlmSettings",
+    "PolicySettings",
+    "model_file",
+]
 
 PRIVACY = ("public", "sensitive", "private", "local-only")
 
@@ -58,12 +66,24 @@ class CloudSettings(Section):
     monthly_cap: float = option(10.0, min=0.0, max=1000000.0, reload=True)
 
 
+DEFAULT_MODEL = "llm/SmolLM2-135M-Instruct.gguf"
+
+
+def model_file(model: str, models_dir: Path) -> Path | None:
+    """The GGUF file `[llm] model` names ("" = none), relative names under the models dir."""
+    if not model:
+        return None
+    path = Path(model)
+    return path if path.is_absolute() else models_dir / path
+
+
 @dataclass(frozen=True)
 class LlmSettings(Section):
     SECTION: ClassVar[str] = "llm"
 
-    enabled: bool = option(False)
-    model: str = option("", max_len=4096)
+    enabled: Switch = switch()
+    # Relative to [paths] models_dir, where `loomctl models fetch` puts the default one.
+    model: str = option(DEFAULT_MODEL, max_len=4096)
     context: int = option(2048, min=64, max=1048576)
     # 0 = chosen per generation from measured tokens/s under the current load.
     threads: int = option(0, min=0, max=256)

@@ -25,7 +25,7 @@ def check(tmp_path: Path, llm: str) -> subprocess.CompletedProcess[str]:
 def test_check_names_a_missing_and_a_corrupt_model(tmp_path: Path) -> None:
     r = check(tmp_path, f'model = "{tmp_path}/nope.gguf"\n')
     assert r.returncode == 1
-    assert f"problem: model {tmp_path}/nope.gguf: No such file or directory" in r.stdout
+    assert f"problem: no model at {tmp_path}/nope.gguf: `loomctl models fetch`" in r.stdout
 
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a model at all" * 100)
@@ -33,8 +33,13 @@ def test_check_names_a_missing_and_a_corrupt_model(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert f"problem: model {bad} is not a valid GGUF file" in r.stdout
 
-    r = check(tmp_path, "")
+    r = check(tmp_path, 'model = ""\n')
     assert r.returncode == 1 and "no model configured ([llm] model)" in r.stdout
+
+    # The default model is looked for under [paths] models_dir.
+    r = check(tmp_path, f'[paths]\nmodels_dir = "{tmp_path}/models"\n')
+    assert r.returncode == 1
+    assert f"no model at {tmp_path}/models/llm/SmolLM2-135M-Instruct.gguf" in r.stdout
 
 
 def test_check_passes_a_real_model(tmp_path: Path) -> None:

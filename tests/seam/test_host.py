@@ -15,8 +15,8 @@ import uvloop
 
 from loomd.component import Command, Component
 from loomd.components import BUILTIN, Entry, Registry
-from loomd.config import PathSettings, Section, Settings, option
-from loomd.errors import LoomdError
+from loomd.config import PathSettings, ResolvedPaths, Section, Settings, Switch, option, switch
+from loomd.errors import ConfigError, LoomdError
 from loomd.host import Host
 
 
@@ -160,3 +160,83 @@ def test_a_crash_in_per_request_work_is_reported_and_leaves_the_component_health
             assert host.healthy() and host.status()["components"]["flaky"]["healthy"]
 
     run(main)
+
+
+@dataclass(frozen=True)
+class ModelUserSettings(Section):
+    SECTION: ClassVar[str] = "modeluser"
+    enabled: Switch = switch()
+    model: str = option("kind/model.bin")
+
+
+class ModelUser(Component[ModelUserSettings]):
+    """Needs one model file under the models dir, as voice and llm do."""
+
+    name = "modeluser"
+    Settings = ModelUserSettings
+
+    @classmethod
+    def check(cls, settings: ModelUserSettings, paths: ResolvedPaths) -> list[str]:
+        path = paths.models_dir / settings.model
+        return [] if path.is_file() else [f"no model at {path}"]
+
+    async def start(self) -> None:
+        self.loaded = (self.ctx.models_dir / self.settings.model).read_bytes()
+
+
+def test_auto_starts_a_component_when_its_models_arrive_and_stops_it_when_they_go(
+    short_tmp: Path,
+) -> None:
+    reg = Registry(
+        [Entry(n, BUILTIN[n], "builtin") for n in ("state", "bus")]
+        + [Entry("modeluser", f"{__name__}:ModelUser", "test")]
+    )
+    defaults = Settings()
+    models = short_tmp / "models"
+    settings = Settings.of(
+        {
+            "daemon": defaults.daemon,
+            "paths": PathSettings(
+                runtime_dir=str(short_tmp / "run"),
+                state_dir=str(short_tmp / "st"),
+                models_dir=str(models),
+            ),
+            "bus": defaults.bus,
+            "state": defaults.state,
+            "modeluser": ModelUserSettings(),
+        }
+    )
+
+    async def main() -> None:
+        async with Host(settings, reg=reg) as host:
+            slot = host.slots["modeluser"]
+            assert (slot.state, slot.reason) == (
+                "disabled",
+                f"auto: no model at {models / 'kind/model.bin'}",
+            )
+            (models / "kind").mkdir(parents=True)
+            (models / "kind/model.bin").write_bytes(b"weights")
+            applied, _ = await host.reload(settings)  # nothing in the file changed
+            assert applied == ["modeluser.enabled"] and slot.state == "running"
+            assert host.get("modeluser").loaded == b"weights"  # type: ignore[union-attr]
+            (models / "kind/model.bin").unlink()
+            applied, _ = await host.reload(settings)
+            assert applied == ["modeluser.enabled"] and slot.state == "disabled"
+            # Explicit false stays off whatever is installed.
+            (models / "kind/model.bin").write_bytes(b"weights")
+            off = settings.replace(modeluser=ModelUserSettings(enabled=False))
+            await host.reload(off)
+            assert slot.state == "disabled" and host.get("modeluser") is None
+
+    run(main)
+
+
+def test_a_switch_takes_true_false_or_auto_only() -> None:
+    assert ModelUserSettings(enabled=True).enabled is True
+    assert ModelUserSettings(enabled="auto").enabled == "auto"
+    with pytest.raises(
+        ConfigError, match=r'modeluser.enabled = .*: expected true, false or "auto"'
+    ):
+        ModelUserSettings(enabled="yes")
+    with pytest.raises(ConfigError):
+        ModelUserSettings(enabled=1)
