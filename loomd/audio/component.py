@@ -125,7 +125,7 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def start(self) -> None:
         from loomd.audio.aec import EchoCanceller, Reference
-        from loomd.audio.io import BufferSink, BusSink, PyAudioSpeaker, WavSink
+        from loomd.audio.io import BufferSink, BusSink, PyAudioSpeaker, WavSink, count_devices
         from loomd.audio.stt import SttWorker
         from loomd.audio.tts import load_tts
         from loomd.audio.vad import WebRtcVad
@@ -175,14 +175,20 @@ class VoiceComponent(Component[VoiceSettings]):
                 self.aec = EchoCanceller(s.aec.tail_ms)
             except LoomdError as exc:
                 self.ctx.error("aec_missing", f"voice: {exc}; the wake word is gated instead")
-        if s.sink == "speaker":
+        self.source, sink = s.source, s.sink
+        if "auto" in (s.source, s.sink):  # a board with a mic and a speaker just works
+            ins, outs = await asyncio.to_thread(count_devices, s.mic.device)
+            self.source = ("mic" if ins else "none") if s.source == "auto" else s.source
+            sink = ("speaker" if outs else "none") if s.sink == "auto" else s.sink
+            self.log.info("voice: audio from %s, speech to %s (auto)", self.source, sink)
+        if sink == "speaker":
             self.sink = PyAudioSpeaker(s.mic.device)
-        elif s.sink == "wav":
+        elif sink == "wav":
             self.sink = WavSink(s.sink_dir or self.ctx.cache_dir / "voice")
-        elif s.sink == "bus":
+        elif sink == "bus":
             self.sink = BusSink(self.ctx.bus, s.site)
         else:
-            self.sink = BufferSink(realtime=s.sink == "buffer")
+            self.sink = BufferSink(realtime=sink == "buffer")
         self.sink.listeners.append(self.reference.played)
         self.state = VoiceState.IDLE
         self.counts: collections.Counter[str] = collections.Counter()
@@ -199,7 +205,7 @@ class VoiceComponent(Component[VoiceSettings]):
             self._wyoming = await serve(self, s.wyoming.host, s.wyoming.port)
         self.spawn(self._follow_say, "say", restart=True)
         self.spawn(self._follow_stop, "stop", restart=True)
-        if s.source != "none":
+        if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
 
     async def stop(self) -> None:
@@ -225,9 +231,9 @@ class VoiceComponent(Component[VoiceSettings]):
         from loomd.audio.io import BusSource, PyAudioMic, WavSource
 
         s = self.settings
-        if s.source == "mic":
+        if self.source == "mic":
             return PyAudioMic(s.mic.device)
-        if s.source == "wav":
+        if self.source == "wav":
             return WavSource(s.source_path, realtime=True)
         return BusSource(self.ctx.bus, s.site)
 
@@ -623,7 +629,7 @@ class VoiceComponent(Component[VoiceSettings]):
             return None
         return VoiceStatus(
             state=str(self.state),
-            source=self.settings.source,
+            source=self.source,
             tts=self.tts.name,
             frames=self.counts["frames"],
             wakes=self.counts["wakes"],

@@ -125,6 +125,27 @@ class BusSource:
                     samples += FRAME_SAMPLES
 
 
+def count_devices(name: str = "") -> tuple[int, int]:
+    """Input and output devices PyAudio sees (name: a substring to match), (0, 0) without
+    PyAudio: what `source = "auto"` and `sink = "auto"` choose by."""
+    try:
+        import pyaudio  # type: ignore[import-untyped]
+    except ImportError:
+        return 0, 0
+    pa = pyaudio.PyAudio()
+    try:
+        ins = outs = 0
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            if name.lower() not in str(info.get("name", "")).lower():
+                continue
+            ins += info.get("maxInputChannels", 0) > 0
+            outs += info.get("maxOutputChannels", 0) > 0
+        return ins, outs
+    finally:
+        pa.terminate()
+
+
 class PyAudioMic:
     """The board's microphone (PyAudio), chosen by a device-name substring; 16 kHz mono s16.
     Tested on a board by hw-tests/mic.py: there is no sound device in CI."""
@@ -133,7 +154,7 @@ class PyAudioMic:
         self.device = device
 
     def _open(self) -> tuple[Any, Any]:
-        import pyaudio  # type: ignore[import-untyped]
+        import pyaudio
 
         pa = pyaudio.PyAudio()
         index = None

@@ -18,8 +18,8 @@ __all__ = [
     "WyomingSettings",
 ]
 
-SOURCES = ("none", "mic", "wav", "bus")
-SINKS = ("none", "speaker", "wav", "bus", "buffer")
+SOURCES = ("auto", "none", "mic", "wav", "bus")
+SINKS = ("auto", "none", "speaker", "wav", "bus", "buffer")
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class VoiceSettings(Section):
 
     enabled: Switch = switch()
     site: str = option("local", max_len=64)
-    source: str = option("none", choices=SOURCES)
+    source: str = option("auto", choices=SOURCES)
     source_path: str = option("", max_len=4096)
-    sink: str = option("none", choices=SINKS)
+    sink: str = option("auto", choices=SINKS)
     sink_dir: str = option("", max_len=4096)
     # "" = [paths] models_dir, where `loomctl models fetch` puts them.
     models_dir: str = option("", max_len=4096)
