@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import grp
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -126,6 +127,7 @@ class Context:
     disk_fail_bytes: int = 200 * MB
     mqtt_timeout_s: float = 2.0
     daemon_timeout_s: float = 3.0
+    group: str = GROUP  # the group whose members may use the socket
     _status: dict[str, Any] | None = None
     _status_error: LoomdError | None = None
     _status_done: bool = False
@@ -279,7 +281,7 @@ def check_daemon(ctx: Context) -> Verdict:
         return fail(f"not running (nothing answers on {ctx.endpoint})", _start_fix(ctx))
     except PermissionDenied as exc:
         return fail(
-            f"may not connect: {exc}", "sudo adduser $USER loomd, then log out and in again"
+            f"may not connect: {exc}", f"sudo adduser $USER {ctx.group}, then log out and in again"
         )
     d = st["daemon"]
     comps: dict[str, Any] = st.get("components", {})
@@ -347,16 +349,16 @@ def check_group(ctx: Context) -> Verdict:
         return ok(f"{user} owns the socket")
     if gid in os.getgroups() or gid == os.getegid():
         return ok(f"{user} is in group {group.gr_name}")
-    if group.gr_name != GROUP:
-        return skip(f"socket group is {group.gr_name}, not {GROUP}")
+    if group.gr_name != ctx.group:
+        return skip(f"socket group is {group.gr_name}, not {ctx.group}")
     if user in group.gr_mem:
         return warn(
-            f"{user} was added to group {GROUP} but this login predates it",
-            "log out and in again (or: newgrp loomd)",
+            f"{user} was added to group {ctx.group} but this login predates it",
+            f"log out and in again (or: newgrp {ctx.group})",
         )
     return fail(
-        f"{user} is not in group {GROUP}: loomctl may not use the socket",
-        "sudo adduser $USER loomd, then log out and in again",
+        f"{user} is not in group {ctx.group}: loomctl may not use the socket",
+        f"sudo adduser $USER {ctx.group}, then log out and in again",
     )
 
 
@@ -375,23 +377,23 @@ def check_socket(ctx: Context) -> Verdict:
     if mode != want:
         problems.append(f"mode {mode:04o}, [bus] socket_mode says {want:04o}")
         fixes.append(f"sudo chmod {want:04o} {path}")
-    loomd_gid = _gid(GROUP)
+    loomd_gid = _gid(ctx.group)
     shared = loomd_gid is not None and (ctx.packaged or st.st_gid == loomd_gid)
     if shared:
         assert loomd_gid is not None
         if st.st_gid != loomd_gid:
-            problems.append(f"group {_group_name(st.st_gid)}, not {GROUP}")
-            fixes.append(f"sudo chgrp {GROUP} {path}")
-        if _uid(GROUP) is not None and ctx.packaged and st.st_uid != _uid(GROUP):
-            problems.append(f"owner {_user_name(st.st_uid)}, not {GROUP}")
-            fixes.append(f"sudo chown {GROUP} {path}")
+            problems.append(f"group {_group_name(st.st_gid)}, not {ctx.group}")
+            fixes.append(f"sudo chgrp {ctx.group} {path}")
+        if _uid(ctx.group) is not None and ctx.packaged and st.st_uid != _uid(ctx.group):
+            problems.append(f"owner {_user_name(st.st_uid)}, not {ctx.group}")
+            fixes.append(f"sudo chown {ctx.group} {path}")
         if want & 0o060 != 0o060:
-            problems.append(f"socket_mode {want:04o} shuts out group {GROUP}")
+            problems.append(f"socket_mode {want:04o} shuts out group {ctx.group}")
             fixes.append(f'set [bus] socket_mode = "0660" in {ctx.config_path or "loomd.toml"}')
         try:
             dst = path.parent.stat()
             if dst.st_gid == loomd_gid and not dst.st_mode & stat.S_IXGRP:
-                problems.append(f"{path.parent} is not searchable by group {GROUP}")
+                problems.append(f"{path.parent} is not searchable by group {ctx.group}")
                 fixes.append(f"sudo chmod g+x {path.parent}")
         except OSError:
             pass
@@ -463,19 +465,35 @@ def _pyaudio_devices() -> tuple[list[str], list[str]]:
     """Input and output devices that accept 16 kHz mono s16 (what the voice pipeline opens)."""
     import pyaudio  # type: ignore[import-untyped]
 
-    pa = pyaudio.PyAudio()
     ins, outs = [], []
-    try:
-        for i in range(pa.get_device_count()):
-            info = pa.get_device_info_by_index(i)
-            name = str(info.get("name", i))
-            if int(info.get("maxInputChannels", 0)) > 0 and _supported(pa, pyaudio, i, True):
-                ins.append(name)
-            if int(info.get("maxOutputChannels", 0)) > 0 and _supported(pa, pyaudio, i, False):
-                outs.append(name)
-    finally:
-        pa.terminate()
+    with _quiet_stderr():  # ALSA and JACK print dozens of lines while PortAudio looks around
+        pa = pyaudio.PyAudio()
+        try:
+            for i in range(pa.get_device_count()):
+                info = pa.get_device_info_by_index(i)
+                name = str(info.get("name", i))
+                if int(info.get("maxInputChannels", 0)) > 0 and _supported(pa, pyaudio, i, True):
+                    ins.append(name)
+                if int(info.get("maxOutputChannels", 0)) > 0 and _supported(pa, pyaudio, i, False):
+                    outs.append(name)
+        finally:
+            pa.terminate()
     return ins, outs
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """fd 2 to /dev/null: the C libraries write there directly, below Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _supported(pa: Any, pyaudio: Any, index: int, inp: bool) -> bool:
@@ -631,9 +649,12 @@ def _model_problem(m: ModelFile) -> str:
 
 # -- memory ------------------------------------------------------------------------------
 
-# Resident memory beyond the file size, measured on the test models (docs/design/doctor.md):
-# whisper.cpp's buffers, onnxruntime sessions, openWakeWord's imports (scipy, sklearn).
-OVERHEAD = {"llm": 32 * MB, "stt": 60 * MB, "tts": 60 * MB, "wake": 150 * MB}
+# Resident memory beyond the model file (weights are mapped, so the file counts in full),
+# imports included, measured with the test models in a fresh process (docs/design/doctor.md):
+# llama.cpp ~56 MB besides its KV cache, whisper.cpp ~100 MB, Piper ~80 MB, openWakeWord
+# ~180 MB (it imports scipy and scikit-learn). The daemon itself is BASE.
+OVERHEAD = {"llm": 56 * MB, "stt": 100 * MB, "tts": 80 * MB, "wake": 180 * MB}
+BASE = 60 * MB
 
 
 def model_need_bytes(ctx: Context) -> dict[str, int]:
@@ -701,7 +722,6 @@ def _rss(pid: int) -> int:
 
 def check_memory(ctx: Context) -> Verdict:
     need = model_need_bytes(ctx)
-    total_need = sum(need.values())
     mem = meminfo()
     pid = None
     try:
@@ -721,10 +741,12 @@ def check_memory(ctx: Context) -> Verdict:
         cap = int(mem["MemTotal"] * 0.8)  # the unit's MemoryMax=80%, not yet in effect
         if cap < budget:
             budget, where = cap, "MemoryMax=80% of RAM"
-    parts = ", ".join(f"{k} {_size(v)}" for k, v in need.items()) or "no local models"
-    head = f"models need ~{_size(total_need)} ({parts}); {_size(budget)} available ({where})"
     if not need:
-        return ok(head)
+        return ok(f"no local models configured; {_size(budget)} available ({where})")
+    need = {"loomd": BASE, **need}
+    total_need = sum(need.values())
+    parts = ", ".join(f"{k} {_size(v)}" for k, v in need.items())
+    head = f"need ~{_size(total_need)} ({parts}); {_size(budget)} available ({where})"
     if total_need > budget:
         return fail(
             head,

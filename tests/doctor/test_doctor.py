@@ -4,12 +4,16 @@ zones, the Raspberry Pi throttle file, /proc/asound)."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,10 @@ from loomd.doctor import (
     Context,
     Result,
     Status,
+    Verdict,
     check_disk,
+    check_group,
+    check_socket,
     check_temperature,
     check_throttling,
     decode_throttled,
@@ -457,3 +464,63 @@ def test_models_present_then_corrupted(short_tmp: Path) -> None:
     assert r.status == Status.FAIL, r
     assert "SmolLM2" in r.finding and "ggml-tiny.en.bin" in r.finding, r
     assert "loomctl models fetch" in r.fix
+
+
+# --- group and socket permissions, seen by a user who is not root ------------------------
+
+
+def _as_nobody(ctx: Context, fn: Callable[[Context], Verdict], groups: list[int]) -> Verdict:
+    """Run one check in a forked child that dropped to `nobody` (with `groups`)."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, run the check, report, exit
+        try:
+            os.close(r)
+            os.setgroups(groups)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            v = fn(ctx)
+            os.write(w, json.dumps([str(v.status), v.finding, v.fix]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    status, finding, fix = json.loads(data)
+    return Verdict(Status(status), finding, fix)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody: needs root")
+def test_group_membership_as_another_user(short_tmp: Path) -> None:
+    users = grp.getgrnam("users").gr_gid
+    os.chmod(short_tmp, 0o755)
+    run = short_tmp / "run"
+    run.mkdir(mode=0o750)
+    os.chown(run, 0, users)
+    path = run / "bus.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    try:
+        os.chown(path, 0, users)
+        os.chmod(path, 0o660)
+        ctx = load_context(None, f"ipc://{path}")
+        ctx.group = "users"
+        v = _as_nobody(ctx, check_group, [])
+        assert v.status == Status.FAIL, v
+        assert "nobody is not in group users" in v.finding
+        assert v.fix == "sudo adduser $USER users, then log out and in again"
+        v = _as_nobody(ctx, check_group, [users])
+        assert v.status == Status.OK and "in group users" in v.finding, v
+        assert check_group(ctx).finding == "root"
+        # the group's member may look, and the socket is right: ok
+        assert _as_nobody(ctx, check_socket, [users]).status == Status.OK
+        # a run directory the group cannot search: named, with the chmod that fixes it
+        os.chmod(run, 0o700)
+        v = check_socket(ctx)
+        assert v.status == Status.FAIL, v
+        assert f"{run} is not searchable by group users" in v.finding
+        assert f"sudo chmod g+x {run}" in v.fix
+    finally:
+        sock.close()
