@@ -297,6 +297,12 @@ def check_daemon(ctx: Context) -> Verdict:
         if c["state"] == "unavailable"
     ]
     sick = [n for n, c in comps.items() if c["state"] == "running" and c.get("healthy") is False]
+    # A running component may still say it cannot do its job (the llm with a bad model).
+    sick += [
+        f"{n}: {(c.get('status') or {}).get('problem')}"
+        for n, c in comps.items()
+        if isinstance(c.get("status"), dict) and c["status"].get("problem")
+    ]
     head = (
         f"loomd {d['version']} up {_duration(d['uptime_s'])}, "
         f"{len(running)}/{len(comps)} components running"
@@ -308,7 +314,7 @@ def check_daemon(ctx: Context) -> Verdict:
             f"loomctl status; {logs}; then sudo systemctl restart loomd",
         )
     if sick or not d.get("healthy", True):
-        problems = d.get("problems") or sick
+        problems = [*d.get("problems", []), *sick]
         return warn(f"{head}; unhealthy: {', '.join(problems)}", f"loomctl status; {logs}")
     if missing:
         return warn(
@@ -919,18 +925,14 @@ def mqtt_connect_packet(
     return b"\x10" + _varint(len(body)) + body
 
 
-def mqtt_probe(s: Any, timeout: float, env: Mapping[str, str] | None = None) -> int:
+def mqtt_probe(
+    s: Any, timeout: float, *, password: bytes = b"", tls: ssl.SSLContext | None = None
+) -> int:
     """CONNECT to the broker `s` ([mqtt] settings) and return the CONNACK code (0 = accepted).
     Raises OSError/ssl.SSLError/TimeoutError on a network or TLS failure."""
-    password = b""
-    if s.password_file:
-        password = Path(s.password_file).read_bytes().strip()
     sock = socket.create_connection((s.host, s.port), timeout=timeout)
     try:
-        if s.tls:
-            tls = ssl.create_default_context(cafile=s.ca_file or None)
-            if s.cert_file:
-                tls.load_cert_chain(s.cert_file, s.key_file or None)
+        if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=s.host)
         v5 = str(s.protocol) == "5"
         # Our own client id: reusing the daemon's would make the broker drop the daemon.
@@ -971,10 +973,23 @@ def check_mqtt(ctx: Context) -> Verdict:
         return skip("MQTT bridge is disabled ([mqtt] enabled)")
     where = f"{'mqtts' if s.tls else 'mqtt'}://{s.host}:{s.port}"
     cfg = ctx.config_path or "loomd.toml"
+    # The files first: a missing password or CA file is not the broker's fault.
     try:
-        code = mqtt_probe(s, ctx.mqtt_timeout_s)
+        password = Path(s.password_file).read_bytes().strip() if s.password_file else b""
+        tls = None
+        if s.tls:
+            tls = ssl.create_default_context(cafile=s.ca_file or None)
+            if s.cert_file:
+                tls.load_cert_chain(s.cert_file, s.key_file or None)
     except PermissionError as exc:
-        return fail(f"cannot read {exc.filename}", "sudo loomctl doctor (the file is for loomd)")
+        return fail(f"may not read {exc.filename}", "sudo loomctl doctor (the file is loomd's)")
+    except OSError as exc:
+        return fail(
+            f"{exc.filename or '[mqtt] TLS files'}: {exc.strerror or exc}",
+            f"fix [mqtt] password_file/ca_file/cert_file/key_file in {cfg}",
+        )
+    try:
+        code = mqtt_probe(s, ctx.mqtt_timeout_s, password=password, tls=tls)
     except ssl.SSLError as exc:
         return fail(
             f"{where}: TLS failed: {exc.reason or exc}",

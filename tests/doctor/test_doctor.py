@@ -26,6 +26,7 @@ from loomd.doctor import (
     Status,
     Verdict,
     check_disk,
+    check_gpu,
     check_group,
     check_socket,
     check_temperature,
@@ -524,3 +525,47 @@ def test_group_membership_as_another_user(short_tmp: Path) -> None:
         assert f"sudo chmod g+x {run}" in v.fix
     finally:
         sock.close()
+
+
+def test_failed_and_troubled_components_are_named(
+    loomd_proc: LoomdProcess, short_tmp: Path
+) -> None:
+    bad = short_tmp / "not-a-model.gguf"
+    bad.write_bytes(b"this is not GGUF")
+    loomd_proc.write_config(f'[llm]\nenabled = true\nmodel = "{bad}"\n')
+    loomd_proc.start()
+    code, out = doctor(loomd_proc)
+    got = lines(out)
+    assert code == 1, out  # the models check fails: the configured GGUF is not one
+    assert got["models"].startswith("FAIL") and "not-a-model.gguf" in got["models"], out
+    # the llm runs (the cloud could still answer) but says why its model is unusable
+    assert got["daemon"].startswith("WARN"), out
+    assert "llm: " in got["daemon"] and "not a valid GGUF" in got["daemon"]
+    loomd_proc.stop()
+    # a component that cannot start at all is a failure of the daemon check
+    loomd_proc.write_config(
+        f'[mqtt]\nenabled = true\nport = {free_port()}\npassword_file = "{short_tmp}/nope"\n'
+        'username = "u"\n'
+    )
+    loomd_proc.start()
+    code, out = doctor(loomd_proc)
+    got = lines(out)
+    assert code == 1, out
+    assert got["daemon"].startswith("FAIL"), out
+    assert "failed: mqtt (failed: start failed" in got["daemon"], out
+    assert "loomctl status" in got["daemon"]
+    assert got["mqtt"].startswith("FAIL") and f"{short_tmp}/nope" in got["mqtt"], out
+    assert "password_file" in got["mqtt"]
+
+
+def test_gpu_board_with_a_cpu_only_build(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/nvhost-ctrl").write_text("")
+    (tmp_path / "dev/nvhost-gpu").write_text("")
+    v = check_gpu(_ctx(tmp_path))
+    # the portable wheel installed here has no CUDA: on a Jetson that is the finding
+    assert v.status == Status.WARN, v
+    assert "Jetson (nvhost-ctrl, nvhost-gpu)" in v.finding and "no GPU offload" in v.finding
+    assert "CUDA flavour of loomd-llm" in v.fix
+    assert check_gpu(_ctx(tmp_path / "nothing")).status == Status.SKIP
