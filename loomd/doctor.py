@@ -128,6 +128,7 @@ class Context:
     mqtt_timeout_s: float = 2.0
     daemon_timeout_s: float = 3.0
     group: str = GROUP  # the group whose members may use the socket
+    config_denied: bool = False  # the config file exists but this user may not read it
     _status: dict[str, Any] | None = None
     _status_error: LoomdError | None = None
     _status_done: bool = False
@@ -207,13 +208,17 @@ def load_context(
     else the same default loomctl uses."""
     from loomd.sdk.client import default_endpoint
 
-    path = config if config is not None else default_config_path()
+    try:
+        path = config if config is not None else default_config_path()
+    except PermissionError:  # /etc/loomd is 0750 root:loomd: outsiders may not even look
+        path = SYSTEM_CONFIG
     error = ""
     try:
         settings = load_config(path)
     except LoomdError as exc:
         settings, error = Settings(), str(exc)
     ctx = Context(settings=settings, config_path=path, config_error=error, hw_root=hw_root)
+    ctx.config_denied = path is not None and bool(error) and not _readable(path)
     if endpoint:
         ctx.endpoint = endpoint
     elif os.environ.get("LOOMD_SOCKET"):
@@ -223,6 +228,16 @@ def load_context(
     else:
         ctx.endpoint = default_endpoint()
     return ctx
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with path.open("rb"):
+            return True
+    except PermissionError:
+        return False
+    except OSError:
+        return True  # missing or broken: the config check says so in its own words
 
 
 def _exists(path: Path) -> bool:
@@ -267,6 +282,11 @@ def _duration(s: float) -> str:
 
 
 def check_config(ctx: Context) -> Verdict:
+    if ctx.config_denied:
+        return fail(
+            f"may not read {ctx.config_path}: the other checks assume the defaults",
+            f"sudo adduser $USER {ctx.group}, then log out and in again (or: sudo loomctl doctor)",
+        )
     if ctx.config_error:
         return fail(
             ctx.config_error, f"edit {ctx.config_path}, then: loomd --check{_config_arg(ctx)}"
@@ -602,7 +622,13 @@ def check_models(ctx: Context) -> Verdict:
     """Installed models verified against their checksums (loomd.models), and the files the
     configuration names present (and, for a GGUF, readable as one)."""
     problems, fixes, notes = [], [], []
-    states = _installed(ctx.models_dir)
+    try:
+        states = _installed(ctx.models_dir)
+    except PermissionError as exc:
+        return fail(
+            f"may not look at {exc.filename or ctx.models_dir}",
+            f"sudo adduser $USER {ctx.group}, then log out and in again (or: sudo loomctl doctor)",
+        )
     if states is not None:
         bad = [s for s in states if getattr(s, "verified", "") == "bad"]
         present = [s for s in states if getattr(s, "present", False)]
@@ -641,8 +667,11 @@ def _installed(models_dir: Path) -> list[Any] | None:
 
 
 def _model_problem(m: ModelFile) -> str:
-    if not m.path.is_file():
-        return f"{m.path} is missing"
+    try:
+        if not m.path.is_file():
+            return f"{m.path} is missing"
+    except PermissionError:
+        return f"may not look at {m.path} (run as a member of group loomd, or with sudo)"
     if m.path.suffix == ".gguf":
         from loomd.router.facts import read_gguf_shape
 
@@ -668,7 +697,10 @@ def model_need_bytes(ctx: Context) -> dict[str, int]:
     they count in full) plus its runtime's overhead, plus the LLM's KV cache."""
     need: dict[str, int] = {}
     for m in configured_models(ctx):
-        if not m.path.is_file():
+        try:
+            if not m.path.is_file():
+                continue
+        except PermissionError:  # the models check names it; count what can be seen
             continue
         need[m.role] = need.get(m.role, OVERHEAD[m.role]) + m.path.stat().st_size
         if m.role == "llm":
@@ -854,12 +886,15 @@ def check_disk(ctx: Context) -> Verdict:
     worst: tuple[int, Path] | None = None
     for d in dirs:
         probe = d
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent  # not created yet: the filesystem it will land on
-        try:
-            free = shutil.disk_usage(probe).free
-        except PermissionError:
-            continue
+        while True:
+            try:
+                free = shutil.disk_usage(probe).free
+                break
+            except (FileNotFoundError, PermissionError):
+                # not created yet, or not ours to enter: the filesystem it is (will be) on
+                if probe == probe.parent:
+                    raise
+                probe = probe.parent
         if worst is None or free < worst[0]:
             worst = (free, d)
     if worst is None:

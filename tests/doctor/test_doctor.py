@@ -470,8 +470,8 @@ def test_models_present_then_corrupted(short_tmp: Path) -> None:
 # --- group and socket permissions, seen by a user who is not root ------------------------
 
 
-def _as_nobody(ctx: Context, fn: Callable[[Context], Verdict], groups: list[int]) -> Verdict:
-    """Run one check in a forked child that dropped to `nobody` (with `groups`)."""
+def _as_nobody(fn: Callable[[], Verdict], groups: list[int]) -> Verdict:
+    """Run `fn` in a forked child that dropped to `nobody` (with `groups`)."""
     nobody = pwd.getpwnam("nobody")
     r, w = os.pipe()
     pid = os.fork()
@@ -481,7 +481,7 @@ def _as_nobody(ctx: Context, fn: Callable[[Context], Verdict], groups: list[int]
             os.setgroups(groups)
             os.setgid(nobody.pw_gid)
             os.setuid(nobody.pw_uid)
-            v = fn(ctx)
+            v = fn()
             os.write(w, json.dumps([str(v.status), v.finding, v.fix]).encode())
         finally:
             os._exit(0)
@@ -508,15 +508,15 @@ def test_group_membership_as_another_user(short_tmp: Path) -> None:
         os.chmod(path, 0o660)
         ctx = load_context(None, f"ipc://{path}")
         ctx.group = "users"
-        v = _as_nobody(ctx, check_group, [])
+        v = _as_nobody(lambda: check_group(ctx), [])
         assert v.status == Status.FAIL, v
         assert "nobody is not in group users" in v.finding
         assert v.fix == "sudo adduser $USER users, then log out and in again"
-        v = _as_nobody(ctx, check_group, [users])
+        v = _as_nobody(lambda: check_group(ctx), [users])
         assert v.status == Status.OK and "in group users" in v.finding, v
         assert check_group(ctx).finding == "root"
         # the group's member may look, and the socket is right: ok
-        assert _as_nobody(ctx, check_socket, [users]).status == Status.OK
+        assert _as_nobody(lambda: check_socket(ctx), [users]).status == Status.OK
         # a run directory the group cannot search: named, with the chmod that fixes it
         os.chmod(run, 0o700)
         v = check_socket(ctx)
@@ -569,3 +569,39 @@ def test_gpu_board_with_a_cpu_only_build(tmp_path: Path) -> None:
     assert "Jetson (nvhost-ctrl, nvhost-gpu)" in v.finding and "no GPU offload" in v.finding
     assert "CUDA flavour of loomd-llm" in v.fix
     assert check_gpu(_ctx(tmp_path / "nothing")).status == Status.SKIP
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody: needs root")
+def test_unreadable_config_and_models_as_another_user(short_tmp: Path) -> None:
+    """Like /etc/loomd and /var/lib/loomd (0750 root:loomd) seen by a user outside the group."""
+    users = grp.getgrnam("users").gr_gid
+    os.chmod(short_tmp, 0o755)
+    etc, state = short_tmp / "etc", short_tmp / "state"
+    for d in (etc, state, state / "models"):
+        d.mkdir(mode=0o750)
+        os.chown(d, 0, users)
+    toml = f'[paths]\nstate_dir = "{state}"\n[llm]\nenabled = true\nmodel = "llm/m.gguf"\n'
+    hidden, public = etc / "loomd.toml", short_tmp / "loomd.toml"
+    for cfg in (hidden, public):
+        cfg.write_text(toml)
+        cfg.chmod(0o644)
+
+    def run(cfg: Path, name: str) -> Callable[[], Verdict]:
+        def one() -> Verdict:
+            ctx = load_context(cfg, "ipc:///nonexistent")
+            ctx.group = "users"
+            r = by_name(run_checks(ctx, [c for c in CHECKS if c.name == name]))[name]
+            return Verdict(r.status, r.finding, r.fix)
+
+        return one
+
+    v = _as_nobody(run(hidden, "config"), [])
+    assert v.status == Status.FAIL, v
+    assert f"may not read {hidden}" in v.finding
+    assert "sudo adduser $USER users" in v.fix
+    assert _as_nobody(run(hidden, "config"), [users]).status == Status.OK
+    v = _as_nobody(run(public, "models"), [])
+    assert v.status == Status.FAIL, v
+    assert f"may not look at {state}/models/llm/m.gguf" in v.finding
+    v = _as_nobody(run(public, "disk"), [])  # the filesystem of what it may not enter
+    assert "free for " in v.finding and str(state) in v.finding, v
