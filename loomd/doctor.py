@@ -195,9 +195,14 @@ class Context:
     async def _fetch_status(self) -> dict[str, Any]:
         from loomd.sdk.client import Client
 
-        async with Client(self.endpoint, name="loomctl-doctor", timeout=self.daemon_timeout_s) as c:
-            st: dict[str, Any] = (await c.status())["status"]
-            return st
+        t = self.daemon_timeout_s
+        try:
+            async with asyncio.timeout(t):  # the whole exchange, connect included
+                async with Client(self.endpoint, name="loomctl-doctor", timeout=t) as c:
+                    st: dict[str, Any] = (await c.status())["status"]
+                    return st
+        except TimeoutError:
+            raise LoomdError(f"no answer within {t:g} s (a wedged or stopped daemon)") from None
 
 
 def load_context(
@@ -261,6 +266,12 @@ def _start_fix(ctx: Context) -> str:
     return f"loomd{_config_arg(ctx)} &"
 
 
+def _restart_fix(ctx: Context) -> str:
+    if _unit_installed() or ctx.packaged:
+        return "sudo systemctl restart loomd; journalctl -u loomd -e (what it logged before)"
+    return f"stop it (kill its pid), then: loomd{_config_arg(ctx)} &"
+
+
 def _size(n: float) -> str:
     for unit, scale in (("GB", GB), ("MB", MB), ("kB", 1024)):
         if n >= scale:
@@ -303,6 +314,8 @@ def check_daemon(ctx: Context) -> Verdict:
         return fail(
             f"may not connect: {exc}", f"sudo adduser $USER {ctx.group}, then log out and in again"
         )
+    except LoomdError as exc:  # it answered, but not as a daemon should (wedged, garbled)
+        return fail(f"{ctx.endpoint}: {exc}", _restart_fix(ctx))
     d = st["daemon"]
     comps: dict[str, Any] = st.get("components", {})
     running = [n for n, c in comps.items() if c["state"] == "running"]
@@ -1234,12 +1247,12 @@ class Check:
 
 CHECKS: tuple[Check, ...] = (
     Check("config", check_config),
-    Check("daemon", check_daemon),
+    Check("daemon", check_daemon, 6.0),  # daemon_timeout_s (3 s) and a margin
     Check("group", check_group),
     Check("socket", check_socket),
     Check("audio", check_audio, 10.0),
     Check("models", check_models, 120.0),  # sha256 of a few hundred MB on a Pi
-    Check("memory", check_memory),
+    Check("memory", check_memory, 6.0),  # may wait for the daemon's status
     Check("temperature", check_temperature),
     Check("throttling", check_throttling),
     Check("disk", check_disk),
@@ -1331,7 +1344,7 @@ def add_parser(cmds: Any) -> None:
 def main_args(args: argparse.Namespace) -> int:
     ctx = load_context(args.config, getattr(args, "socket", None))
     if getattr(args, "timeout", None):
-        ctx.daemon_timeout_s = min(float(args.timeout), 5.0)
+        ctx.daemon_timeout_s = min(float(args.timeout), 3.0)
     results = run_checks(ctx)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))

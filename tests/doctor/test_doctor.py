@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -605,3 +606,17 @@ def test_unreadable_config_and_models_as_another_user(short_tmp: Path) -> None:
     assert f"may not look at {state}/models/llm/m.gguf" in v.finding
     v = _as_nobody(run(public, "disk"), [])  # the filesystem of what it may not enter
     assert "free for " in v.finding and str(state) in v.finding, v
+
+
+def test_stopped_daemon_is_named_not_waited_for(daemon: LoomdProcess) -> None:
+    daemon.signal(signal.SIGSTOP)
+    try:
+        r = loomctl(daemon, "--timeout", "1", "doctor", "--config", str(daemon.config))
+    finally:
+        daemon.signal(signal.SIGCONT)
+    got = lines(r.stdout)
+    assert r.returncode == 1, r.stdout
+    assert got["daemon"].startswith("FAIL"), r.stdout
+    assert "no answer within 1 s" in got["daemon"]
+    assert got["memory"][:4].strip() in ("ok", "WARN"), r.stdout  # did not wait it out
+    assert got["socket"].startswith("ok"), r.stdout
