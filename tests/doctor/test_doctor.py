@@ -26,12 +26,14 @@ from loomd.doctor import (
     Result,
     Status,
     Verdict,
+    adjtimex,
     check_disk,
     check_gpu,
     check_group,
     check_socket,
     check_temperature,
     check_throttling,
+    clock_synced,
     decode_throttled,
     exit_code,
     load_context,
@@ -620,3 +622,21 @@ def test_stopped_daemon_is_named_not_waited_for(daemon: LoomdProcess) -> None:
     assert "no answer within 1 s" in got["daemon"]
     assert got["memory"][:4].strip() in ("ok", "WARN"), r.stdout  # did not wait it out
     assert got["socket"].startswith("ok"), r.stdout
+
+
+def test_clock_from_the_real_kernel() -> None:
+    kernel = adjtimex()
+    assert kernel is not None  # read-only adjtimex needs no privilege
+    state, status, maxerror = kernel
+    assert 0 <= state <= 5 and maxerror >= 0
+    assert clock_synced(state, status, maxerror) == (
+        state != 5 and not status & 0x40 and maxerror < 16_000_000
+    )
+    assert clock_synced(0, 0x2001, 120_000)  # PLL | NANO, 120 ms: synchronised
+    assert not clock_synced(5, 0x40, 16_000_000)  # TIME_ERROR, STA_UNSYNC
+    assert not clock_synced(0, 0, 16_000_000)  # max error at NTP's "unsynchronised"
+    v = by_name(run_checks(_ctx(Path("/")), [c for c in CHECKS if c.name == "clock"]))["clock"]
+    assert v.status in (Status.OK, Status.WARN, Status.SKIP), v
+    assert (v.status == Status.OK) == clock_synced(state, status, maxerror) or "timedatectl" in (
+        v.finding
+    )
