@@ -59,6 +59,7 @@ MB = 1 << 20
 GROUP = "loomd"
 UNIT_FILES = (Path("/lib/systemd/system/loomd.service"), Path("/etc/systemd/system/loomd.service"))
 PACKAGED_SOCKET = Path("/run/loomd/bus.sock")
+NOT_IN_GROUP = "run as a member of group loomd, or with sudo"
 
 
 class Status(StrEnum):
@@ -159,13 +160,7 @@ class Context:
 
     @property
     def models_dir(self) -> Path:
-        # The contract: `[paths] models_dir`, "" = <state_dir>/models, resolved by
-        # resolve_paths(). Until that lands on main, compute it the same way here.
-        resolved = getattr(self.paths, "models_dir", None)
-        if resolved:
-            return Path(resolved)
-        configured = getattr(self.settings.paths, "models_dir", "")
-        return Path(configured) if configured else self.state_dir / "models"
+        return Path(self.paths.models_dir)
 
     def hw(self, path: str) -> Path:
         return self.hw_root / path.lstrip("/")
@@ -476,14 +471,31 @@ def _user_name(uid: int) -> str:
 RATE = 16000
 
 
-def _enabled(section: Any, module: str) -> bool:
-    """A component's `enabled`: true, false, or "auto" (on when its extra imports)."""
+def component_on(ctx: Context, name: str) -> tuple[bool, str]:
+    """Whether the daemon runs component `name` with these settings (the daemon's own rule
+    for `enabled = "auto"`: its packages import and its `check()` finds nothing), and if
+    not, why: ("", when on)."""
+    section = ctx.section(name)
     if section is None:
-        return False
-    value = getattr(section, "enabled", False)
-    if value == "auto":
-        return importlib.util.find_spec(module) is not None
-    return bool(value)
+        return False, f"no component {name}"
+    enabled = getattr(section, "enabled", True)
+    if enabled is False:
+        return False, f"[{name}] enabled = false"
+    if enabled is True:
+        return True, ""
+    from loomd.components import missing_modules, registry
+
+    cls = registry().classes().get(name)
+    if cls is None:
+        return False, f"the {name} component does not import"
+    missing = missing_modules(cls)
+    if missing:
+        return False, f'[{name}] enabled = "auto" and {", ".join(missing)} not installed'
+    try:
+        problems = cls.check(section, ctx.paths)
+    except PermissionError as exc:  # the models dir is loomd's (0750): the daemon may see more
+        return False, f"cannot tell: may not look at {exc.filename} ({NOT_IN_GROUP})"
+    return not problems, "; ".join(problems)
 
 
 def sound_cards(root: Path) -> list[str]:
@@ -549,8 +561,9 @@ def _supported(pa: Any, pyaudio: Any, index: int, inp: bool) -> bool:
 
 def check_audio(ctx: Context) -> Verdict:
     voice = ctx.section("voice")
-    if not _enabled(voice, "pywhispercpp"):
-        return skip("voice is disabled ([voice] enabled)")
+    on, why = component_on(ctx, "voice")
+    if not on:
+        return skip(f"voice is off: {why}")
     cards = sound_cards(ctx.hw_root)
     cards_text = f"cards: {', '.join(cards)}" if cards else "no sound cards in /proc/asound/cards"
     needs_mic, needs_spk = voice.source == "mic", voice.sink == "speaker"
@@ -591,44 +604,49 @@ class ModelFile:
 
     role: str  # llm, stt, tts, wake
     path: Path
-    required: bool  # its component is on (false: configured, component off or "auto")
+    required: bool  # false: the component manages without it (Piper falls back to espeak-ng)
 
 
 def configured_models(ctx: Context) -> list[ModelFile]:
     """The model files the configuration actually names, for the components that are on."""
+    from loomd.router.settings import model_file
+
     out: list[ModelFile] = []
-    base = ctx.models_dir
     llm = ctx.section("llm")
-    if llm is not None and llm.model and _enabled(llm, "llama_cpp"):
-        out.append(ModelFile("llm", _under(base, llm.model), llm.enabled is True))
+    llm_path = model_file(llm.model, ctx.models_dir) if llm is not None else None
+    if llm_path is not None and component_on(ctx, "llm")[0]:
+        out.append(ModelFile("llm", llm_path, True))
     voice = ctx.section("voice")
-    if voice is not None and _enabled(voice, "pywhispercpp"):
-        vbase = _voice_base(voice, base)
-        req = voice.enabled is True
-        out.append(ModelFile("stt", _under(vbase, voice.stt.model), req))
-        if voice.tts.engine == "piper":
-            tts = _under(vbase, voice.tts.voice)
+    if voice is not None and component_on(ctx, "voice")[0]:
+        base = Path(voice.models_dir) if voice.models_dir else ctx.models_dir
+        out.append(ModelFile("stt", base / voice.stt.model, True))
+        if voice.tts.engine == "piper":  # without its voice Piper falls back to espeak-ng
+            tts = base / voice.tts.voice
             out += [ModelFile("tts", tts, False), ModelFile("tts", Path(f"{tts}.json"), False)]
-        wakes = [_under(vbase, m) for m in voice.wake.models]
+        wakes = [base / m for m in voice.wake.models]
         if wakes:
             d = wakes[0].parent
             out += [
-                ModelFile("wake", d / "melspectrogram.onnx", req),
-                ModelFile("wake", d / "embedding_model.onnx", req),
+                ModelFile("wake", d / "melspectrogram.onnx", True),
+                ModelFile("wake", d / "embedding_model.onnx", True),
             ]
-        out += [ModelFile("wake", w, req) for w in wakes]
+        out += [ModelFile("wake", w, True) for w in wakes]
     return out
 
 
-def _under(base: Path, name: str) -> Path:
-    return Path(name) if Path(name).is_absolute() else base / name
-
-
-def _voice_base(voice: Any, models_dir: Path) -> Path:
-    # Voice still has its own `models_dir` (default /usr/share/loomd/models) until the
-    # shared [paths] models_dir lands; use it when it exists, else the shared one.
-    own = getattr(voice, "models_dir", "")
-    return Path(own) if own and Path(own).is_dir() else models_dir
+def auto_off(ctx: Context) -> list[str]:
+    """Components left "auto" that stay off for a reason other than a missing extra (their
+    models are missing, say): the user installed the package and probably expects them."""
+    out = []
+    for name in ("llm", "voice"):
+        section = ctx.section(name)
+        on, why = component_on(ctx, name)
+        if section is not None and section.enabled == "auto" and not on:
+            if why.startswith("cannot tell"):
+                out.append(f"{name} ({section.enabled}): {why}")
+            elif "not installed" not in why and "does not import" not in why:
+                out.append(f"{name} stays off: {why}")
+    return out
 
 
 def check_models(ctx: Context) -> Verdict:
@@ -658,12 +676,15 @@ def check_models(ctx: Context) -> Verdict:
         why = _model_problem(m)
         if not why:
             continue
-        (problems if m.required else soft).append(f"{m.role}: {why}")
+        (problems if m.required else soft).append(
+            f"{m.role}: {why}" + ("" if m.required else " (it falls back)")
+        )
     fix_fetch = "loomctl models fetch (or offline: loomctl models install DIR|TARBALL)"
     if problems:
         return fail("; ".join(problems), "; ".join(dict.fromkeys([*fixes, fix_fetch])))
+    soft += auto_off(ctx)
     if soft:
-        return warn("; ".join(soft) + " (that component falls back or stays off)", fix_fetch)
+        return warn("; ".join(soft), fix_fetch)
     if not files and states is None:
         return skip("no component that uses models is on")
     notes.append(f"{len(files)} configured file(s) present")
@@ -684,7 +705,7 @@ def _model_problem(m: ModelFile) -> str:
         if not m.path.is_file():
             return f"{m.path} is missing"
     except PermissionError:
-        return f"may not look at {m.path} (run as a member of group loomd, or with sudo)"
+        return f"may not look at {m.path} ({NOT_IN_GROUP})"
     if m.path.suffix == ".gguf":
         from loomd.router.facts import read_gguf_shape
 

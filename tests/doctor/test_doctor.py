@@ -449,6 +449,14 @@ def test_models_present_then_corrupted(short_tmp: Path) -> None:
     cfg.write_text(f'[paths]\nstate_dir = "{short_tmp}/state"\n' + MODELS_TOML)
     ctx = load_context(cfg, "ipc:///nonexistent")
     assert ctx.models_dir == short_tmp / "state" / "models"
+    # the defaults ("auto") with no models: a warning that names what keeps them off
+    auto = short_tmp / "auto.toml"
+    auto.write_text(f'[paths]\nstate_dir = "{short_tmp}/state"\n')
+    actx = load_context(auto, "ipc:///nonexistent")
+    r = by_name(run_checks(actx, [c for c in CHECKS if c.name == "models"]))["models"]
+    assert r.status == Status.WARN, r
+    assert "llm stays off" in r.finding and "voice stays off" in r.finding
+    assert "ggml-tiny.en.bin" in r.finding and "loomctl models fetch" in r.fix
     # nothing there yet: enabled components without their models fail
     r = by_name(run_checks(ctx, [c for c in CHECKS if c.name == "models"]))["models"]
     assert r.status == Status.FAIL and "missing" in r.finding and "loomctl models" in r.fix
@@ -456,6 +464,9 @@ def test_models_present_then_corrupted(short_tmp: Path) -> None:
     got = by_name(run_checks(ctx, [c for c in CHECKS if c.name in ("models", "memory")]))
     assert got["models"].status == Status.OK, got["models"]
     assert "present" in got["models"].finding
+    # "auto" now finds them: on, and their files count
+    r = by_name(run_checks(actx, [c for c in CHECKS if c.name == "models"]))["models"]
+    assert r.status == Status.OK and "7 configured file(s) present" in r.finding, r
     mem = got["memory"]
     assert "llm" in mem.finding and "stt" in mem.finding and "wake" in mem.finding, mem
     assert mem.status == Status.OK, mem  # ~400 MB of models, far below this machine's RAM
