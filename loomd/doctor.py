@@ -432,7 +432,11 @@ def check_socket(ctx: Context) -> Verdict:
         except OSError:
             pass
     if problems:
-        fixes.append("(the daemon sets these at start: sudo systemctl restart loomd)")
+        fixes.append(
+            "(the daemon sets them when it starts: sudo systemctl restart loomd)"
+            if _unit_installed() or ctx.packaged
+            else "(the daemon sets them when it starts)"
+        )
         return fail("; ".join(problems), "; ".join(fixes))
     owner = f"{_user_name(st.st_uid)}:{_group_name(st.st_gid)}"
     return ok(f"{path} {mode:04o} {owner}")
@@ -1109,7 +1113,7 @@ def check_cloud_key(ctx: Context) -> Verdict:
         return ok(f"key present in ${c.key_env} (not shown)")
     return warn(
         f"no key for {c.base_url}: none in $CREDENTIALS_DIRECTORY/{c.key_name} or ${c.key_env}",
-        f"sudo install -m 0600 /dev/stdin /etc/credstore/{c.key_name} (paste the key, "
+        f"sudo install -D -m 0600 /dev/stdin /etc/credstore/{c.key_name} (paste the key, "
         f"Ctrl-D); add LoadCredential={c.key_name} to the unit (systemctl edit loomd)",
     )
 
