@@ -1356,11 +1356,14 @@ def add_parser(cmds: Any) -> None:
         "doctor",
         help="check this board: daemon, permissions, audio, models, "
         "memory, temperature, disk, MQTT, cloud key, clock, GPU",
+        description="One line per check with its fix. Runs without the daemon (it is one "
+        "of the checks). Exit 1 when a check fails; warnings do not fail.",
     )
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
     p.add_argument(
         "--config",
         type=Path,
+        metavar="PATH",
         help="the daemon's configuration (default: $LOOMD_CONFIG, else /etc/loomd/loomd.toml)",
     )
     p.set_defaults(func=main_args, local=True)
