@@ -14,6 +14,7 @@ from typing import Any
 from loomd import __version__
 from loomd.bus.envelope import Event
 from loomd.components import registry
+from loomd.doctor import add_parser as add_doctor
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, ProtocolError, RemoteError
 from loomd.sdk.client import Client, default_endpoint
 
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops = cmds.add_parser("ops", help="list every component operation the daemon serves")
     ops.add_argument("--json", action="store_true")
     ops.set_defaults(func=_ops)
+    add_doctor(cmds)
     for cls in registry().classes().values():  # friendly commands of the components
         if cls.cli is not None:
             cls.cli(cmds)
@@ -273,6 +275,15 @@ def _first_positional(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if getattr(args, "local", False):  # models, doctor: run here, no daemon needed up front
+        try:
+            code: int = args.func(args)
+        except LoomdError as exc:
+            print(f"loomctl: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        return code
     args.socket = args.socket or default_endpoint()
     try:
         return asyncio.run(_run(args))
