@@ -1244,20 +1244,18 @@ def check_gpu(ctx: Context) -> Verdict:
 
 
 def _gpu_in_use(ctx: Context) -> str:
-    """What the running llm component says about offload. Its status has no offload field
-    yet (the engine knows: Engine.stats()['gpu']), so say what is missing."""
+    """What the running llm component says about offload (`LlmStatus.gpu_layers`)."""
     try:
         comp = ctx.daemon_status()["components"].get("llm") or {}
     except LoomdError:
         return "daemon not running: cannot tell whether layers are offloaded"
     st = comp.get("status") or {}
-    for key in ("gpu_layers_offloaded", "offloaded_layers", "gpu"):
-        if key in st:
-            return f"llm reports {key} = {st[key]}"
-    return (
-        "llm status does not report offloaded layers (needs a gpu/offloaded-layers "
-        "field in LlmStatus)"
-    )
+    if not st.get("loaded"):
+        return "the model is not loaded yet: no layers offloaded"
+    layers = int(st.get("gpu_layers") or 0)
+    if layers:
+        return f"GPU used: {layers} layers offloaded"
+    return "GPU not used: all layers on the CPU"
 
 
 # --- running ----------------------------------------------------------------------------

@@ -45,7 +45,10 @@ def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:
         wanted += [str(folder / f) for f in FEATURE_MODELS]
     if settings.tts.engine == "piper" and shutil.which("espeak-ng") is None:
         wanted.append(settings.tts.voice)  # else Piper falls back to espeak-ng
-    missing = [name for name in wanted if not (models_dir / name).is_file()]
+    try:
+        missing = [name for name in wanted if not (models_dir / name).is_file()]
+    except PermissionError:  # a user outside group loomd asking about /var/lib/loomd
+        return [f"cannot look into {models_dir}: permission denied"]
     if not missing:
         return []
     return [f"missing {', '.join(missing)} in {models_dir} (`loomctl models fetch`)"]

@@ -57,9 +57,12 @@ class LlmStatus(StatusBlock):
     cancelled: int
     decisions: dict[str, int]
     cloud: str
+    gpu_layers: int = 0  # offloaded to the GPU by the loaded model (0: all on the CPU)
 
     def lines(self) -> list[str]:
         state = "loaded" if self.loaded else "not loaded"
+        if self.gpu_layers:
+            state += f", {self.gpu_layers} layers on the GPU"
         out = [f"model {self.model or '-'} ({state})"]
         if self.problem:
             out.append(f"problem: {self.problem}")
@@ -94,9 +97,13 @@ class LlmComponent(Component[LlmSettings]):
         cloud = bool(settings.cloud.base_url and settings.cloud.model)
         if path is None:
             return [] if cloud else ["no model configured ([llm] model) and no cloud ([llm.cloud])"]
-        if not path.exists() and cloud:
+        try:
+            exists = path.exists()
+        except PermissionError:
+            return [f"cannot look into {path.parent}: permission denied"]
+        if not exists and cloud:
             return []  # runs on the cloud alone, and says so in its status
-        if not path.exists():
+        if not exists:
             return [f"no model at {path}: `loomctl models fetch` (or set [llm] model)"]
         try:
             read_gguf_shape(path)
@@ -455,6 +462,7 @@ class LlmComponent(Component[LlmSettings]):
             cancelled=int(st.get("cancelled", 0)),
             decisions=dict(self.routes),
             cloud=self._cloud_line(),
+            gpu_layers=int(st.get("gpu_layers", 0)),
         )
 
     def _cloud_line(self) -> str:

@@ -142,6 +142,7 @@ class Engine:
         self.last_used = time.monotonic()
         self.counts = {"generations": 0, "cancelled": 0, "errors": 0, "refused": 0, "loads": 0}
         self.gpu = False
+        self.gpu_layers_used = 0  # layers llama.cpp was asked to offload at the last load
         self.unloaded = asyncio.Event()  # set while no model is in memory
         self.unloaded.set()
 
@@ -176,6 +177,7 @@ class Engine:
             )  # fmt: skip
             gpu_layers = 0
         self.gpu = gpu_layers > 0
+        self.gpu_layers_used = gpu_layers
         try:
             self._llm = llama_cpp.Llama(
                 str(self.path),
@@ -339,6 +341,7 @@ class Engine:
             "model": self.path.name,
             "loaded": self.loaded,
             "gpu": self.gpu,
+            "gpu_layers": self.gpu_layers_used if self.loaded else 0,
             "tps": round(self.tps.value, 1),
             "ttft_ms": round(self.ttft_ms.value, 1),
             "confidence": round(self.confidence.value, 3),
