@@ -211,7 +211,7 @@ def _attempt(
             f.seek(start)
             f.truncate()
             try:
-                while chunk := resp.read(_CHUNK):
+                while chunk := resp.read1(_CHUNK):  # what has arrived: a kill loses little
                     f.write(chunk)
                     done += len(chunk)
                     progress.update(done)
