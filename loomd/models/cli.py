@@ -173,7 +173,7 @@ def _install(args: argparse.Namespace) -> int:
     report = install(Path(args.source), store, models)
     by_path = {mf.path: m.id for m in models for mf in m.files}
     for path, src in report.installed.items():
-        print(f"installed {path} ({by_path[path]}) from {src}")
+        print(f"installed {path} ({by_path[path]})" + ("" if src == path else f" from {src}"))
     for path in report.already:
         print(f"already installed and verified: {path}")
     for name, why in report.bad.items():

@@ -39,14 +39,16 @@ def _catalogue(tmp: Path, server: ModelServer, models: Path, **serve: object) ->
     mel, emb, alexa = (_oww(models, n) for n in ("melspectrogram", "embedding_model", "alexa_v0.1"))
     wheel = make_wheel({"pkg/mel.onnx": mel, "pkg/emb.onnx": emb, "pkg/__init__.py": b""})
     wurl = server.add(WHEEL_PATH, wheel)
-    aurl = server.add("/files/alexa_v0.1.onnx", alexa, **serve)  # type: ignore[arg-type]
+    aurl = server.add("/files/alexa_v0.1.onnx", alexa, **serve)
     whl = {"url": wurl, "archive_bytes": len(wheel), "archive_sha256": sha256(wheel)}
     text = model_toml(
         "feat",
         "wake",
         [
             file_toml("openwakeword/melspectrogram.onnx", mel, [{**whl, "member": "pkg/mel.onnx"}]),
-            file_toml("openwakeword/embedding_model.onnx", emb, [{**whl, "member": "pkg/emb.onnx"}]),
+            file_toml(
+                "openwakeword/embedding_model.onnx", emb, [{**whl, "member": "pkg/emb.onnx"}]
+            ),
         ],
         default=True,
     )
@@ -83,7 +85,9 @@ def test_fetch_installs_verified_files_and_a_second_fetch_downloads_nothing(
     v = loomctl_models("verify", catalogue=cat, models_dir=mdir)
     assert v.returncode == 0, v.stderr
     assert "feat: ok" in v.stdout and "alexa: ok" in v.stdout
-    listed = json.loads(loomctl_models("list", "--verify", "--json", catalogue=cat, models_dir=mdir).stdout)
+    listed = json.loads(
+        loomctl_models("list", "--verify", "--json", catalogue=cat, models_dir=mdir).stdout
+    )
     assert {m["id"]: m["verified"] for m in listed["models"]} == {"feat": "ok", "alexa": "ok"}
 
     before = len(server.log)
@@ -124,7 +128,9 @@ def test_an_interrupted_fetch_resumes_in_the_next_run(
         assert spec.holding.wait(30), "the transfer never started"
         partial = mdir / "openwakeword/alexa_v0.1.onnx.partial"
         deadline = time.monotonic() + 10
-        while (not partial.exists() or partial.stat().st_size < held) and time.monotonic() < deadline:
+        while (
+            not partial.exists() or partial.stat().st_size < held
+        ) and time.monotonic() < deadline:
             time.sleep(0.02)  # the client writes what it got; poll the file with a deadline
         proc.send_signal(signal.SIGKILL)  # a power cut, as far as the client knows
         proc.wait(10)
@@ -200,7 +206,7 @@ def test_not_enough_disk_is_refused_before_any_download(
     alexa = _oww(models, "alexa_v0.1")
     url = server.add("/files/huge.bin", alexa)
     huge = 1 << 50  # a petabyte: no disk here has it
-    text = "[[model]]\nid = \"huge\"\nkind = \"llm\"\n[[model.file]]\npath = \"llm/huge.gguf\"\n"
+    text = '[[model]]\nid = "huge"\nkind = "llm"\n[[model.file]]\npath = "llm/huge.gguf"\n'
     text += f'bytes = {huge}\nsha256 = "{sha256(alexa)}"\n[[model.file.source]]\nurl = "{url}"\n'
     cat = tmp_path / "c.toml"
     cat.write_text(text)
