@@ -157,11 +157,15 @@ def _remove(args: argparse.Namespace) -> int:
     models = select(_models(args), args.ids)
     store = Store(models_dir(args))
     store.check_writable("remove")
-    for m in models:
-        if m.id not in args.ids:
-            continue  # select() adds what a model requires; remove only what was named
-        gone = store.remove(m)
-        print(f"{m.id}: removed {', '.join(gone)}" if gone else f"{m.id}: was not installed")
+    if not store.root.is_dir():
+        print(f"nothing is installed in {store.root}")
+        return 0
+    with store.locked("remove"):
+        for m in models:
+            if m.id not in args.ids:
+                continue  # select() adds what a model requires; remove only what was named
+            gone = store.remove(m)
+            print(f"{m.id}: removed {', '.join(gone)}" if gone else f"{m.id}: was not installed")
     return 0
 
 

@@ -116,12 +116,13 @@ class Fetcher:
         if not todo:
             return self.report
         self.store.check_writable("fetch")
-        self.store.check_space(self.bytes_needed([f for _, fs in todo for f in fs]), "fetch")
-        try:
-            for m, files in todo:
-                self._fetch_model(m, files)
-        finally:
-            self._drop_archives()
+        with self.store.locked("fetch"):
+            self.store.check_space(self.bytes_needed([f for _, fs in todo for f in fs]), "fetch")
+            try:
+                for m, files in todo:
+                    self._fetch_model(m, files)
+            finally:
+                self._drop_archives()
         return self.report
 
     def _fetch_model(self, model: Model, files: list[ModelFile]) -> None:

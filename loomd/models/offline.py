@@ -18,7 +18,15 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from loomd.models.catalogue import Model, ModelFile
-from loomd.models.store import PARTIAL, ModelsError, Store, algos_of, check_file, match
+from loomd.models.store import (
+    DOWNLOADS,
+    PARTIAL,
+    ModelsError,
+    Store,
+    algos_of,
+    check_file,
+    match,
+)
 
 _CHUNK = 1 << 20
 _HINT_SLACK = 0.10  # a file whose size is unknown is looked at within 10 % of its size hint
@@ -115,17 +123,24 @@ def install(source: Path, store: Store, models: list[Model]) -> InstallReport:
         if e not in wanted:
             report.unmatched.append(e.name)
     todo = [e for e in wanted if (t := _layout_target(e.name, files)) is None or t.path not in done]
-    if todo:
-        store.check_writable("install")
+    if not todo:
+        report.already = sorted({t.path for e in wanted if (t := _layout_target(e.name, files))})
+        return report
+    store.check_writable("install")
+    with store.locked("install"):
         store.check_space(sum(e.size for e in todo), "install")
-    algos = algos_of(files)
-    for e in wanted:
-        target = _layout_target(e.name, files)
-        if target is not None and target.path in done:
-            if target.path not in report.already:
-                report.already.append(target.path)
-            continue
-        _take(reader, e, target, files, done, algos, store, report)
+        algos = algos_of(files)
+        for e in wanted:
+            target = _layout_target(e.name, files)
+            if target is not None and target.path in done:
+                if target.path not in report.already:
+                    report.already.append(target.path)
+                continue
+            _take(reader, e, target, files, done, algos, store, report)
+        try:
+            (store.root / DOWNLOADS).rmdir()  # only when empty
+        except OSError:
+            pass
     return report
 
 

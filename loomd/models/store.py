@@ -9,11 +9,13 @@ nobody else can change them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pwd
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -186,18 +188,34 @@ class Store:
             )
 
     def mkdir(self, path: Path) -> None:
-        """`path` and its missing parents up to the models dir, owned and 0750."""
+        """`path` and its missing parents, owned and 0750 (the state dir too when the unit has
+        not made it yet: systemd keeps its owner, it is already the daemon's)."""
         missing = []
         p = path
-        while not p.exists():
+        while not p.exists() and p != p.parent:
             missing.append(p)
-            if p == self.root or p == p.parent:
-                break
             p = p.parent
         for d in reversed(missing):
             d.mkdir(exist_ok=True)
-            if d == self.root or self.root in d.parents:
-                self.owner.apply(d, DIR_MODE)
+            self.owner.apply(d, DIR_MODE)
+
+    @contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """One writer at a time: two fetches would write the same `.partial` files. The lock is
+        on the directory itself, so nothing is left behind in it."""
+        self.mkdir(self.root)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ModelsError(
+                    f"another `loomctl models` is changing {self.root}; wait for it to finish "
+                    f"(this was `{command}`)"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
     def downloads(self) -> Path:
         d = self.root / DOWNLOADS

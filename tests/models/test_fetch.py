@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from loomd.models.store import Store
 from tests.models.conftest import (
     ModelServer,
     file_toml,
@@ -300,3 +301,32 @@ def _as_nobody(shared: Path, server: ModelServer, models: Path) -> None:
         "run it as root: sudo loomctl models fetch"
     ]
     assert server.log == []
+
+
+def test_a_second_writer_is_refused_while_one_works(
+    tmp_path: Path, server: ModelServer, models: Path
+) -> None:
+    cat = _catalogue(tmp_path, server, models)
+    mdir = tmp_path / "m"
+    with Store(mdir).locked("fetch"):
+        r = loomctl_models("fetch", catalogue=cat, models_dir=mdir)
+    assert r.returncode == 1
+    assert f"another `loomctl models` is changing {mdir}" in r.stderr
+    assert server.log == []
+    assert loomctl_models("fetch", catalogue=cat, models_dir=mdir).returncode == 0
+
+
+def test_the_models_dir_follows_the_config_state_dir(tmp_path: Path) -> None:
+    conf = tmp_path / "loomd.toml"
+    conf.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n')
+    r = loomctl_models("list", "--json", "--config", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["models_dir"] == str(tmp_path / "state" / "models")
+    env_run = subprocess.run(
+        [sys.executable, "-m", "loomd.ctl", "models", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LOOMD_CONFIG": str(conf)},
+    )
+    assert json.loads(env_run.stdout)["models_dir"] == str(tmp_path / "state" / "models")
