@@ -59,7 +59,8 @@ class Progress:
 
     def begin(self, label: str, done: int, total: int | None) -> None:
         self._label, self._total = label, total or 0
-        self._start = self._last = time.monotonic()
+        self._start = time.monotonic()
+        self._last = self._start - 1.0  # draw the first update at once
         self._base = done
         self._quarter = 0
         if not self.tty:
@@ -95,6 +96,8 @@ class Progress:
         secs = time.monotonic() - self._start
         rate = (done - self._base) / max(secs, 1e-6) / 1e6
         if self.tty:
+            self._last = 0.0
+            self.update(done)  # the final state, then keep the bar on its own line
             print(file=self.out, flush=True)
         if ok:
             print(

@@ -169,14 +169,21 @@ class Fetcher:
                 if not marker.exists() or marker.read_text() != src.url:
                     staged.unlink()
             self._mark(staged, src.url)
-            t = download(
-                src.url,
-                staged,
-                expected_bytes=_direct_size(mf),
-                progress=self.progress,
-                policy=self.policy,
-                label=mf.path,
-            )
+            try:
+                t = download(
+                    src.url,
+                    staged,
+                    expected_bytes=_direct_size(mf),
+                    progress=self.progress,
+                    policy=self.policy,
+                    label=mf.path,
+                )
+            except ModelsError:
+                if not staged.exists() or staged.stat().st_size == 0:  # nothing to resume
+                    staged.unlink(missing_ok=True)
+                    staged.with_name(staged.name + ".url").unlink(missing_ok=True)
+                    self._prune(staged.parent)
+                raise
             self.report.transfers.append(t)
             what = f"{mf.path} from {src.url}"
         try:
@@ -184,6 +191,15 @@ class Fetcher:
         finally:
             staged.with_name(staged.name + ".url").unlink(missing_ok=True)
         return staged
+
+    def _prune(self, folder: Path) -> None:
+        """Drop a folder this fetch made for nothing (empty), up to the models dir."""
+        while folder != self.store.root and self.store.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
 
     def _mark(self, staged: Path, url: str) -> None:
         staged.with_name(staged.name + ".url").write_text(url)
