@@ -10,15 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loomd.config import SYSTEM_CONFIG, default_config_path, load_config, resolve_paths
+from loomd.config import default_config_path, load_config, resolve_paths
 from loomd.models.catalogue import Model, catalogue, select
 from loomd.models.store import ModelsError, ModelState, Store, installed, mb
 
 # The packaged daemon's state directory (systemd's StateDirectory=loomd).
 SYSTEM_STATE_DIR = Path("/var/lib/loomd")
 RESTART_HINT = (
-    "a running loomd loads models when it starts: `sudo systemctl restart loomd` "
-    "(a reload is not enough)"
+    "a running loomd picks them up on `sudo systemctl reload loomd` (voice and llm, "
+    'enabled = "auto", start once their models are there); a component already running '
+    "keeps the files it loaded until `sudo systemctl restart loomd`"
 )
 
 
@@ -30,18 +31,15 @@ def models_dir(args: argparse.Namespace) -> Path:
         return Path(args.models_dir)
     path = Path(args.config) if args.config else default_config_path()
     settings = load_config(path)
-    paths = resolve_paths(settings)
-    configured = getattr(settings.paths, "models_dir", "") or settings.paths.state_dir
-    found = getattr(paths, "models_dir", None)
-    if configured or os.environ.get("STATE_DIRECTORY"):
-        return Path(found) if found else paths.state_dir / "models"
-    if os.geteuid() != 0 and (path is None or path == SYSTEM_CONFIG):
-        try:
-            if SYSTEM_STATE_DIR.exists():
-                return SYSTEM_STATE_DIR / "models"
-        except PermissionError:
-            return SYSTEM_STATE_DIR / "models"
-    return Path(found) if found else paths.state_dir / "models"
+    resolved = resolve_paths(settings).models_dir
+    explicit = settings.paths.models_dir or settings.paths.state_dir
+    if explicit or os.environ.get("STATE_DIRECTORY") or os.geteuid() == 0:
+        return resolved
+    try:
+        packaged = SYSTEM_STATE_DIR.exists()
+    except PermissionError:
+        packaged = True
+    return SYSTEM_STATE_DIR / "models" if packaged else resolved
 
 
 def _models(args: argparse.Namespace) -> list[Model]:

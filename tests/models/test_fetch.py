@@ -73,7 +73,7 @@ def test_fetch_installs_verified_files_and_a_second_fetch_downloads_nothing(
     r = loomctl_models("fetch", catalogue=cat, models_dir=mdir)
     assert r.returncode == 0, r.stderr
     assert "feat: installed" in r.stdout and "alexa: installed" in r.stdout
-    assert "systemctl restart loomd" in r.stdout
+    assert "systemctl reload loomd" in r.stdout
     for name in ("melspectrogram", "embedding_model", "alexa_v0.1"):
         got = mdir / "openwakeword" / f"{name}.onnx"
         assert got.read_bytes() == _oww(models, name)
