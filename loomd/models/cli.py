@@ -12,7 +12,7 @@ from typing import Any
 
 from loomd.config import default_config_path, load_config, resolve_paths
 from loomd.models.catalogue import Model, catalogue, select
-from loomd.models.store import ModelsError, ModelState, Store, installed, mb
+from loomd.models.store import ModelsError, ModelState, Store, check_readable, installed, mb
 
 # The packaged daemon's state directory (systemd's StateDirectory=loomd).
 SYSTEM_STATE_DIR = Path("/var/lib/loomd")
@@ -55,6 +55,7 @@ def _state_word(st: ModelState) -> str:
 def _list(args: argparse.Namespace) -> int:
     models = _models(args)
     root = models_dir(args)
+    check_readable(root)
     states = {s.id: s for s in installed(root, verify=args.verify, models=models)}
     if args.json:
         out: list[dict[str, Any]] = []
@@ -131,6 +132,7 @@ def _fetch(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     all_models = _models(args)
     root = models_dir(args)
+    check_readable(root)
     chosen = select(all_models, args.ids) if args.ids else all_models
     states = installed(root, verify=True, models=chosen)
     bad = 0

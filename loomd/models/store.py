@@ -134,7 +134,23 @@ def installed(
     or with `verify` every checksum."""
     from loomd.models.catalogue import catalogue
 
-    return [model_state(models_dir, m, verify=verify) for m in models or catalogue()]
+    return [
+        model_state(models_dir, m, verify=verify)
+        for m in (catalogue() if models is None else models)
+    ]
+
+
+def check_readable(models_dir: Path) -> None:
+    """One line when the folder exists but is closed to us (0750 loomd:loomd)."""
+    try:
+        exists = models_dir.exists()
+    except PermissionError:
+        exists = True
+    if exists and not os.access(models_dir, os.R_OK | os.X_OK):
+        raise ModelsError(
+            f"cannot read {models_dir}: join the group loomd (`sudo adduser $USER loomd`, "
+            "then log in again) or use sudo"
+        )
 
 
 # --- writing -----------------------------------------------------------------------------

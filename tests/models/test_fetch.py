@@ -301,6 +301,15 @@ def _as_nobody(shared: Path, server: ModelServer, models: Path) -> None:
         "run it as root: sudo loomctl models fetch"
     ]
     assert server.log == []
+    closed = shared / "closed"  # like /var/lib/loomd/models (0750 loomd:loomd) to an outsider
+    closed.mkdir(mode=0o750)
+    cmd = [*cmd[:5], "-m", "loomd.ctl", "models", "list", "--catalogue", str(cat)]
+    r = subprocess.run([*cmd, "--models-dir", str(closed)], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"loomctl: cannot read {closed}: join the group loomd (`sudo adduser $USER loomd`, "
+        "then log in again) or use sudo"
+    ]
 
 
 def test_a_second_writer_is_refused_while_one_works(
