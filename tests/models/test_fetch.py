@@ -3,6 +3,7 @@ model files (openWakeWord's, the smallest) from LOOMD_TEST_MODELS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -339,3 +340,47 @@ def test_the_models_dir_follows_the_config_state_dir(tmp_path: Path) -> None:
         env={**os.environ, "LOOMD_CONFIG": str(conf)},
     )
     assert json.loads(env_run.stdout)["models_dir"] == str(tmp_path / "state" / "models")
+
+
+def test_a_stalled_transfer_times_out_and_resumes(
+    tmp_path: Path, server: ModelServer, models: Path
+) -> None:
+    held = 200_000
+    cat = _catalogue(tmp_path, server, models, hold_after=held)
+    mdir = tmp_path / "m"
+    r = loomctl_models("fetch", "alexa", "--http-timeout", "1", catalogue=cat, models_dir=mdir)
+    assert r.returncode == 0, r.stderr
+    assert "timed out" in r.stderr and "retrying" in r.stderr
+    reqs = server.requests("/files/alexa_v0.1.onnx")
+    assert [(q.range, q.sent) for q in reqs] == [
+        (None, held),
+        (f"bytes={held}-", len(_oww(models, "alexa_v0.1")) - held),
+    ]
+
+
+def test_sources_are_tried_in_order_and_another_accepted_hash_verifies(
+    tmp_path: Path, server: ModelServer, models: Path
+) -> None:
+    """The first source is gone (404); the second serves a file the catalogue accepts by its
+    SHA-1 only, with no size known (how whisper base.en is listed)."""
+    alexa = _oww(models, "alexa_v0.1")
+    good = server.add("/mirror/alexa.onnx", alexa)
+    gone = f"{server.base}/gone/alexa.onnx"
+    sha1 = hashlib.sha1(alexa).hexdigest()
+    text = '[[model]]\nid = "a"\nkind = "wake"\n[[model.file]]\npath = "openwakeword/a.onnx"\n'
+    text += f'sha1 = "{sha1}"\norigin = "upstream SHA-1"\nsize_hint = {len(alexa)}\n'
+    text += f'[[model.file.source]]\nurl = "{gone}"\n[[model.file.source]]\nurl = "{good}"\n'
+    cat = tmp_path / "c.toml"
+    cat.write_text(text)
+    mdir = tmp_path / "m"
+    r = loomctl_models("fetch", "a", catalogue=cat, models_dir=mdir)
+    assert r.returncode == 0, r.stderr
+    assert f"{gone}: HTTP 404" in r.stderr  # said, then the next source
+    assert [q.path for q in server.log] == ["/gone/alexa.onnx", "/mirror/alexa.onnx"]
+    assert (mdir / "openwakeword/a.onnx").read_bytes() == alexa
+    v = loomctl_models("verify", catalogue=cat, models_dir=mdir)
+    assert v.returncode == 0 and "a: ok" in v.stdout
+    listed = json.loads(loomctl_models("list", "--json", catalogue=cat, models_dir=mdir).stdout)
+    assert listed["models"][0]["files"][0]["accepts"] == [
+        {"algo": "sha1", "hash": sha1, "origin": "upstream SHA-1"}
+    ]
