@@ -16,6 +16,7 @@ from loomd.bus.envelope import Event
 from loomd.components import registry
 from loomd.doctor import add_parser as add_doctor
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, ProtocolError, RemoteError
+from loomd.models.cli import add_parser as add_models_parser
 from loomd.sdk.client import Client, default_endpoint
 
 
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--json", action="store_true")
     ops.set_defaults(func=_ops)
     add_doctor(cmds)
+    add_models_parser(cmds)
     for cls in registry().classes().values():  # friendly commands of the components
         if cls.cli is not None:
             cls.cli(cmds)
