@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -130,6 +131,68 @@ def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+CHROMIUM = "/usr/bin/chromium"
+DRIVER = "/usr/bin/chromedriver"
+WIDTH, HEIGHT = 1280, 1400
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", f"--window-size={WIDTH},{HEIGHT}",
+)  # fmt: skip
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromedriver missing in CI: scripts/setup --dev installs them")
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path / 'profile'}")  # fresh every run
+    # The given driver path: selenium never looks for, or downloads, a driver of its own.
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_js(driver: Any, js: str, timeout: float = 20.0, what: str = "") -> Any:
+    """Wait (with a deadline) until the script `return ...` gives a truthy value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+        lambda d: d.execute_script(js), message=what or js
+    )
+
+
+def check_screenshot(driver: Any, shot: Path) -> None:
+    """A real PNG of the window's size that is not blank (text, tables, plots)."""
+    from PIL import Image, ImageStat
+
+    assert driver.save_screenshot(str(shot))
+    w, h, dpr = driver.execute_script(
+        "return [window.innerWidth, window.innerHeight, window.devicePixelRatio]"
+    )
+    with Image.open(shot) as img:
+        assert img.format == "PNG"
+        assert img.size == (round(w * dpr), round(h * dpr))
+        assert w >= WIDTH * 0.9
+        assert ImageStat.Stat(img.convert("L")).var[0] > 100  # not one colour
+        assert len(img.convert("RGB").getcolors(1 << 20) or ()) > 32
+    print(f"screenshot: {shot}")
+    keep = os.environ.get("LOOMD_SCREENSHOT_DIR")  # for a human to look at; never committed
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)
 
 
 @pytest.fixture(scope="module")
