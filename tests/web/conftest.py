@@ -22,14 +22,14 @@ class PageDaemon(LoomdProcess):
     """A daemon whose metrics port serves the status page; `base` is its URL."""
 
     def __init__(self, root: Path, page: str = "local", bind: str = "127.0.0.1",
-                 clients: int = 2, extra: str = "") -> None:  # fmt: skip
+                 clients: int = 2, extra: str = "", llm: bool = True) -> None:  # fmt: skip
         self.port = free_port()
         self.bind = bind
         toml = (
             f'[metrics]\nbind = "{bind}"\nport = {self.port}\npage = "{page}"\n'
             f"page_clients = {clients}\n"
             # The router with no model still decides (route "deny"): /api/routes has data.
-            "[llm]\nenabled = true\n[voice]\nenabled = false\n" + extra
+            f"[llm]\nenabled = {str(llm).lower()}\n[voice]\nenabled = false\n" + extra
         )
         super().__init__(root, toml)
 

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,26 @@ def test_exposure_with_a_real_peer(make_daemon: Any, page: str) -> None:
     else:
         assert status == 200 and json.loads(body)["page"]["mode"] == "on"
         assert sse_status == 200
+
+
+def test_llm_disabled_says_so(make_daemon: Any) -> None:
+    d = make_daemon(llm=False)
+    routes = get_json(d.port, "/api/routes")
+    assert routes == {"state": "disabled", "reason": "", "decisions": []}
+
+
+def test_reload_turns_the_page_off_and_on(make_daemon: Any) -> None:
+    d = make_daemon()
+    assert get(d.port, "/api/status")[0] == 200
+    assert d.notify is not None
+    for page, expect in (("off", 404), ("local", 200)):
+        d.config.write_text(d.config.read_text().replace(
+            'page = "local"' if page == "off" else 'page = "off"', f'page = "{page}"'
+        ))  # fmt: skip
+        d.notify.drain()
+        d.signal(signal.SIGHUP)
+        d.notify.wait_for("READY=1")
+        assert get(d.port, "/api/status")[0] == expect, page
 
 
 def test_page_off_serves_metrics_only(make_daemon: Any) -> None:
