@@ -20,7 +20,7 @@ from loomd.bus.topics import validate_pattern
 from loomd.errors import LoomdError, ProtocolError
 from loomd.metrics import Family, Request, Response, Streamer
 from loomd.web.history import History
-from loomd.web.sse import KEEPALIVE_S, EventStream, summarise
+from loomd.web.sse import KEEPALIVE_S, WRITE_STALL_S, EventStream, summarise
 
 if TYPE_CHECKING:
     from loomd.component import Context
@@ -101,6 +101,7 @@ class StatusPage:
         self.mode = mode
         self.max_clients = max_clients
         self.keepalive_s = KEEPALIVE_S
+        self.stall_s = WRITE_STALL_S
         self.history = History(lambda: ctx.services.broker)
         self.streams: set[EventStream] = set()
         self.requests = 0
@@ -244,7 +245,12 @@ class StatusPage:
         if head:
             return Response(200, b"", "text/event-stream; charset=utf-8", head_only=True)
         stream = EventStream(
-            self.ctx.bus, pattern, queue=QUEUE, on_drop=self._dropped, keepalive_s=self.keepalive_s
+            self.ctx.bus,
+            pattern,
+            queue=QUEUE,
+            on_drop=self._dropped,
+            keepalive_s=self.keepalive_s,
+            stall_s=self.stall_s,
         )
         self.streams.add(stream)  # counted now: the cap holds even before it subscribes
 

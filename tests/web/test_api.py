@@ -8,6 +8,7 @@ import itertools
 import json
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -231,15 +232,20 @@ def test_a_slow_client_drops_and_is_told(page_daemon: PageDaemon) -> None:
         fast.close()
 
 
-def test_keepalive_comments(tmp_path: Path) -> None:
-    """An idle stream sends comment lines (a dead peer is noticed, proxies keep it open).
-    In process, with real components, to shorten the 15 s period."""
+def _in_process(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
     cfg = tmp_path / "loomd.toml"
     cfg.write_text(
         f'[paths]\nruntime_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/state"\n'
         f'cache_dir = "{tmp_path}/cache"\n[metrics]\nport = {port}\n'
     )
+    return cfg, port
+
+
+def test_keepalive_comments(tmp_path: Path) -> None:
+    """An idle stream sends comment lines (a dead peer is noticed, proxies keep it open).
+    In process, with real components, to shorten the 15 s period."""
+    cfg, port = _in_process(tmp_path)
 
     async def run() -> None:
         async with Host(load_config(cfg), names=["state", "bus", "metrics"]) as host:
@@ -262,6 +268,40 @@ def test_keepalive_comments(tmp_path: Path) -> None:
             writer.close()
 
     asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_client_that_takes_nothing_is_cut_off(tmp_path: Path) -> None:
+    """A client whose socket stays full for the stall period loses its place (in process,
+    with the 30 s period shortened), and the bus keeps flowing meanwhile."""
+    cfg, port = _in_process(tmp_path)
+
+    async def run() -> None:
+        async with Host(load_config(cfg), names=["state", "bus", "metrics"]) as host:
+            metrics = host.get("metrics")
+            assert metrics is not None
+            page = metrics.page  # type: ignore[attr-defined]
+            page.stall_s = 0.5
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            assert len(page.streams) == 1
+            bus = metrics.ctx.bus
+            blob = "z" * 190
+            async with asyncio.timeout(20):
+                # Publish until the stream gives up on the client (its socket is full).
+                while page.streams:  # each turn publishes: this is the load, not a poll
+                    for _ in range(200):
+                        await bus.publish("flood.x", {f"k{j}": blob for j in range(10)},
+                                          qos="realtime")  # fmt: skip
+                    await asyncio.sleep(0.01)
+            assert page.sse_dropped > 0
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(run(), 40))
 
 
 # -- who may see it ---------------------------------------------------------------------------
