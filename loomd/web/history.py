@@ -61,6 +61,7 @@ class History:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.take(loop.time(), 0.0)  # the baseline: events from now on count
         while True:
             before = loop.time()
             await asyncio.sleep(self.interval)

@@ -85,6 +85,7 @@ def test_history_samples_once_a_second(page_daemon: PageDaemon) -> None:
     h = get_json(page_daemon.port, "/api/history")
     assert h["fields"] == ["t", "events_in", "events_out", "drops", "lag_ms"]
     assert h["interval_s"] == 1.0 and h["keep"] == 600
+    wait_until(lambda: get_json(page_daemon.port, "/api/history")["samples"], what="a sample")
     assert loomctl(page_daemon, "pub", "demo.rate", '{"n": 1}').returncode == 0
     h = wait_until(published, timeout=10, what="a sample with events in it")
     for s in h["samples"]:
