@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from loomd.bus.api import Bus
     from loomd.bus.envelope import Event
 
-__all__ = ["EventStream", "event_record", "summarise"]
+__all__ = ["EventStream", "event_frame", "event_record", "summarise"]
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,57 @@ def summarise(value: Any, depth: int = 0) -> Any:
     return summarise(repr(value), depth)
 
 
-def event_record(ev: Event) -> dict[str, Any]:
-    """What the tail shows of one event: the envelope's plain fields and a summary."""
+def _small(value: Any) -> bool:
+    """A flat map of a few plain scalars and short strings: most bus payloads, which the
+    summary would return unchanged (so the tail skips building a copy)."""
+    if type(value) is not dict or len(value) > MAX_ITEMS:
+        return False
+    for k, v in value.items():
+        if type(k) is not str or len(k) > MAX_TEXT:
+            return False
+        t = type(v)
+        if t is str:
+            if len(v) > MAX_TEXT:
+                return False
+        elif not (v is None or t is int or t is bool or (t is float and math.isfinite(v))):
+            return False
+    return True
+
+
+def payload_json(ev: Event) -> str:
+    """The summarised payload as JSON text, at most about MAX_JSON characters."""
     try:
-        payload = summarise(ev.payload)
+        payload = ev.payload
+        if not _small(payload):
+            payload = summarise(payload)
     except ProtocolError as exc:
         payload = f"<undecodable: {exc}>"
-    text = json.dumps(payload)
+    text = json.dumps(payload, separators=(",", ":"))
     if len(text) > MAX_JSON:
-        payload = text[:MAX_JSON] + f"… (+{len(text) - MAX_JSON} chars)"
-    return {
-        "topic": ev.topic,
-        "type": ev.type,
-        "sender": summarise(ev.sender),
-        "qos": ev.qos,
-        "ts": ev.ts / 1e9,
-        "id": ev.id.hex(),
-        "payload": payload,
-    }
+        text = json.dumps(text[:MAX_JSON] + f"… (+{len(text) - MAX_JSON} chars)")
+    return text
+
+
+def event_record(ev: Event) -> dict[str, Any]:
+    """What the tail shows of one event: the envelope's plain fields and a summary."""
+    return json.loads(event_frame(ev).partition(b"data: ")[2])  # type: ignore[no-any-return]
+
+
+def event_frame(ev: Event) -> bytes:
+    """One `event: bus` frame: the envelope's plain fields and the summarised payload,
+    encoded once (the payload's JSON is spliced in, not encoded twice)."""
+    head = json.dumps(
+        {
+            "topic": ev.topic,
+            "type": ev.type,
+            "sender": summarise(ev.sender),
+            "qos": ev.qos,
+            "ts": ev.ts / 1e9,
+            "id": ev.id.hex(),
+        },
+        separators=(",", ":"),
+    )
+    return f'event: bus\ndata: {head[:-1]},"payload":{payload_json(ev)}}}\n\n'.encode()
 
 
 class EventStream:
@@ -153,7 +186,7 @@ class EventStream:
                     chunks.append(_frame("dropped", {"dropped": self.dropped}))
                     self.dropped = 0
                 while self.queue:
-                    chunks.append(_frame("bus", event_record(self.queue.popleft())))
+                    chunks.append(event_frame(self.queue.popleft()))
                     self.sent += 1
                 if not chunks:
                     chunks.append(b": keepalive\n\n")
