@@ -7,7 +7,8 @@ the baseline with the page off, then with it on. Measured: idle CPU (% of one co
 the process's CPU time over a wall-clock window) and RSS; the CPU while a browser-like
 client polls the four JSON endpoints every 2 s and holds a live tail; `/api/status` latency
 against a `/metrics` scrape on the same server; and publishing realtime events over the
-SDK with a live-tail client reading them, against the same publisher with no tail. Ends
+SDK with a live-tail client reading them (the daemon's CPU per event and the publisher's
+rate), against the same publisher with no tail. Ends
 with one JSON line.
 """
 
@@ -110,7 +111,7 @@ def latency_ms(port: int, path: str, n: int) -> float:
 
 
 class Tail(threading.Thread):
-    """A live-tail client that reads everything as fast as it comes."""
+    """A live-tail client (a thread) that reads everything as fast as it comes."""
 
     def __init__(self, port: int, pattern: str = "%23") -> None:
         super().__init__(daemon=True)
@@ -119,7 +120,6 @@ class Tail(threading.Thread):
             f"GET /api/events?pattern={pattern} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
         )
         self.events = 0
-        self.last = threading.Event()
 
     def run(self) -> None:
         buf = b""
@@ -131,8 +131,6 @@ class Tail(threading.Thread):
                 for f in frames:
                     if f.startswith(b"event: bus"):
                         self.events += 1
-                        if b'"last":true' in f:
-                            self.last.set()
         except OSError:
             pass
 
@@ -162,12 +160,35 @@ def page_open_cpu(d: Daemon, seconds: float) -> float:
         tail.close()
 
 
-def publish_rate(d: Daemon, n: int, tail: bool) -> float:
-    """Realtime events/s one SDK publisher gets through, with or without a live tail."""
-    reader = Tail(d.port, "bench.%23") if tail else None
-    if reader is not None:
-        reader.start()
-        time.sleep(0.3)  # subscribed
+READER = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+s.sendall(b"GET /api/events?pattern=bench.%23 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+buf = b""
+while b'"last":true' not in buf:
+    chunk = s.recv(1 << 16)
+    if not chunk:
+        sys.exit("the stream ended")
+    buf = buf[-64:] + chunk
+    if b"\r\n\r\n" in buf and b"ready" not in sys.argv:
+        sys.argv.append("ready")
+        print("ready", flush=True)
+"""
+
+
+def publish_cost(d: Daemon, n: int, tail: bool) -> tuple[float, float]:
+    """(events/s one SDK publisher gets through, daemon CPU µs per event), with or without
+    a live-tail client reading every event (in a process of its own: no GIL shared with
+    the publisher)."""
+    reader = None
+    if tail:
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READER, str(d.port)], stdout=subprocess.PIPE, text=True
+        )
+        assert reader.stdout is not None
+        if reader.stdout.readline().strip() != "ready":
+            raise RuntimeError("the live-tail reader did not connect")
+        time.sleep(0.2)  # subscribed (the head is written after the subscription is ready)
 
     async def run() -> float:
         async with Client(str(d.socket), name="bench-pub") as bus:
@@ -178,14 +199,12 @@ def publish_rate(d: Daemon, n: int, tail: bool) -> float:
             await bus.publish("bench.sensor", {"last": True}, qos="reliable")
             return n / (time.perf_counter() - t0)
 
-    try:
-        rate = asyncio.run(run())
-        if reader is not None and not reader.last.wait(30):
-            raise RuntimeError("the live tail never saw the last event")
-        return rate
-    finally:
-        if reader is not None:
-            reader.close()
+    c0 = d.cpu_s()
+    rate = asyncio.run(run())
+    if reader is not None and reader.wait(60) != 0:
+        raise RuntimeError("the live tail never saw the last event")
+    time.sleep(0.2)  # the daemon finishes routing what is queued
+    return rate, (d.cpu_s() - c0) / n * 1e6
 
 
 def main() -> None:
@@ -204,7 +223,9 @@ def main() -> None:
             res["idle_cpu_pct_off"] = cpu_pct(off, window)
             res["rss_mb_off"] = off.rss_mb()
             res["metrics_p50_ms"] = latency_ms(off.port, "/metrics", 50)
-            res["publish_eps_no_tail"] = publish_rate(off, n_pub, tail=False)
+            res["publish_eps_no_tail"], res["daemon_us_per_event_no_tail"] = publish_cost(
+                off, n_pub, tail=False
+            )
         finally:
             off.stop()
         on = Daemon(root / "on", "local")
@@ -216,7 +237,9 @@ def main() -> None:
             res["api_status_p50_ms"] = latency_ms(on.port, "/api/status", 50)
             res["api_history_p50_ms"] = latency_ms(on.port, "/api/history", 50)
             res["metrics_p50_ms_page_on"] = latency_ms(on.port, "/metrics", 50)
-            res["publish_eps_tail"] = publish_rate(on, n_pub, tail=True)
+            res["publish_eps_tail"], res["daemon_us_per_event_tail"] = publish_cost(
+                on, n_pub, tail=True
+            )
             res["rss_mb_on_after"] = on.rss_mb()
             res["history_samples"] = len(json.loads(get(on.port, "/api/history"))["samples"])
         finally:
@@ -241,6 +264,8 @@ def main() -> None:
          res["metrics_p50_ms_page_on"]),
         ("realtime publish with a live tail, ev/s", res["publish_eps_tail"],
          res["publish_eps_no_tail"]),
+        ("daemon CPU per event with a live tail, us", res["daemon_us_per_event_tail"],
+         res["daemon_us_per_event_no_tail"]),
     ]  # fmt: skip
     print(f"window {window:.0f} s, {n_pub} events; baseline = the same daemon with page = off"
           " (for latency: a /metrics scrape on the same server)")  # fmt: skip

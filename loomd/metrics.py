@@ -489,15 +489,15 @@ class MetricsComponent(Component[MetricsSettings]):
         m = self.settings
         if not m.enabled:
             return
-        app = None
+        page = None
         if m.page != "off":
             from loomd.web import StatusPage  # only when the page is on
 
-            self.page = StatusPage(self.ctx, m.page, max_clients=m.page_clients)
-            await self.page.load()
-            self._sampler = self.spawn(self.page.history.run, "page-history", restart=True)
-            app = self.page.handle
-        server = MetricsServer(m.bind, m.port, self.ctx.services.collect, app)
+            page = StatusPage(self.ctx, m.page, max_clients=m.page_clients)
+            await page.load()
+        server = MetricsServer(
+            m.bind, m.port, self.ctx.services.collect, page.handle if page else None
+        )
         try:
             await server.start()
         except OSError as exc:  # the daemon runs on without metrics, and says so
@@ -506,6 +506,9 @@ class MetricsComponent(Component[MetricsSettings]):
             )
             return
         self.server = server
+        if page is not None:
+            self.page = page
+            self._sampler = self.spawn(page.history.run, "page-history", restart=True)
 
     async def _close(self) -> None:
         if self.server is not None:

