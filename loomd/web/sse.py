@@ -165,11 +165,21 @@ class EventStream:
         # Leaving `async with subscribe` unsubscribed: nothing stays behind for this client.
 
     async def _pump(self, sub: Any) -> None:
+        # The in-process subscription counts what the bus itself dropped for it (its own
+        # realtime queue, when this pump falls behind): the client is told those too.
+        stats = getattr(sub, "stats", None)
+        seen = 0
         async for ev in sub:
+            lost = 0
+            if stats is not None:
+                bus_lost = sum(stats.dropped.values())
+                lost, seen = bus_lost - seen, bus_lost
             if len(self.queue) == self.queue.maxlen:
-                self.dropped += 1
-                self.dropped_total += 1
-                self._on_drop(1)
+                lost += 1
+            if lost:
+                self.dropped += lost
+                self.dropped_total += lost
+                self._on_drop(lost)
             self.queue.append(ev)  # a full deque drops its oldest
             self._wake.set()
 
