@@ -15,13 +15,16 @@ import logging
 import math
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from loomd.component import Component, StatusBlock
 from loomd.config import IP_TEXT, Section, _is_ip, option
+
+if TYPE_CHECKING:
+    from loomd.web import StatusPage
 
 __all__ = [
     "CONTENT_TYPE",
@@ -31,7 +34,10 @@ __all__ = [
     "MetricsComponent",
     "MetricsServer",
     "MetricsSettings",
+    "Request",
+    "Response",
     "Sample",
+    "Streamer",
     "render",
 ]
 
@@ -204,19 +210,22 @@ _LINGER_TIMEOUT = 1.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 _INDEX = b"loomd metrics: GET /metrics (Prometheus text format 0.0.4)\n"
 
 
 @dataclass(frozen=True)
-class _Response:
+class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     head_only: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
         headers = [
@@ -224,6 +233,7 @@ class _Response:
             f"Content-Type: {self.content_type}",
             f"Content-Length: {len(self.body)}",
             "Connection: close",
+            *(f"{k}: {v}" for k, v in self.headers),
         ]
         if self.status == 405:
             headers.append("Allow: GET, HEAD")
@@ -231,8 +241,27 @@ class _Response:
         return head if self.head_only else head + self.body
 
 
-def _error(status: int) -> _Response:
-    return _Response(status, f"{status} {_REASONS[status]}\n".encode())
+class Request(NamedTuple):
+    """What a mounted app sees of a request: `path` without the query, headers by
+    lower-case name, and the peer's IP address."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    peer: str
+
+
+# A mounted app's answer that streams (server-sent events): it writes its own head and runs
+# until the client goes; the request timeout no longer applies.
+Streamer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# An app mounted on the metrics server (the status page): it answers every path but
+# /metrics, or returns None to leave a path to the server.
+App = Callable[[Request], Awaitable["Response | Streamer | None"]]
+
+
+def _error(status: int) -> Response:
+    return Response(status, f"{status} {_REASONS[status]}\n".encode())
 
 
 class _BadRequest(Exception):
@@ -246,8 +275,14 @@ class MetricsServer:
     Port 0 picks a free port; read it back from `server.port`.
     """
 
-    def __init__(self, bind: str, port: int, collect: Callable[[], Iterable[Family]]) -> None:
-        self._bind, self._port, self._collect = bind, port, collect
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        collect: Callable[[], Iterable[Family]],
+        app: App | None = None,
+    ) -> None:
+        self._bind, self._port, self._collect, self._app = bind, port, collect, app
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -303,52 +338,74 @@ class MetricsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                await self._serve(reader, writer)
+            async with asyncio.timeout(_REQUEST_TIMEOUT) as deadline:
+                await self._serve(reader, writer, deadline)
         except (TimeoutError, ConnectionError) as exc:
             log.debug("metrics client dropped: %r", exc)
         except Exception:
             log.exception("metrics connection failed")
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        deadline: asyncio.Timeout,
+    ) -> None:
         try:
-            method, path = await _read_request(reader)
-            response = self._route(method, path)
+            method, target, headers = await _read_request(reader)
         except _BadRequest as exc:
             log.debug("bad metrics request: %s", exc)
-            response = _error(400)
+            writer.write(_error(400).encode())
+            await writer.drain()
+            await _linger(reader, writer)
+            return
+        path, _, query = target.partition("?")
+        reply: Response | Streamer | None = None
+        if self._app is not None and path != "/metrics":
+            peer = writer.get_extra_info("peername")
+            reply = await self._app(Request(method, path, query, headers, str(peer[0])))
+        if reply is not None and not isinstance(reply, Response):
+            deadline.reschedule(None)  # a stream lives as long as its client
+            await reply(reader, writer)
+            return
+        response = reply or self._route(method, path)
         writer.write(response.encode())
         await writer.drain()
         await _linger(reader, writer)
 
-    def _route(self, method: str, path: str) -> _Response:
+    def _route(self, method: str, path: str) -> Response:
         if method not in ("GET", "HEAD"):
             return _error(405)
         head = method == "HEAD"
         if path == "/metrics":
             return self._scrape(head)
         if path == "/":
-            return _Response(200, _INDEX, head_only=head)
+            return Response(200, _INDEX, head_only=head)
         return _error(404)
 
-    def _scrape(self, head: bool) -> _Response:
+    def _scrape(self, head: bool) -> Response:
         try:
             body = render(self._collect()).encode()
         except Exception:
             # A buggy collector costs one scrape, never the server.
             log.exception("collecting metrics failed")
             return _error(500)
-        return _Response(200, body, CONTENT_TYPE, head_only=head)
+        return Response(200, body, CONTENT_TYPE, head_only=head)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """Method and path of the request; headers are read and ignored."""
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
+    """Method, target (path and query) and headers (by lower-case name) of the request."""
     parts = (await _read_line(reader)).split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
         raise _BadRequest("malformed request line")
+    headers: dict[str, str] = {}
     for _ in range(_MAX_HEADERS):
-        if not await _read_line(reader):
-            return parts[0], parts[1].partition("?")[0]
+        line = await _read_line(reader)
+        if not line:
+            return parts[0], parts[1], headers
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
     raise _BadRequest("too many headers")
 
 
@@ -384,14 +441,23 @@ class MetricsSettings(Section):
     enabled: bool = option(True, reload=True)
     bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT, reload=True)
     port: int = option(9478, min=1, max=65535, reload=True)
+    # The status page at / (loomd/web): "local" answers loopback peers only, whatever
+    # `bind` says; "on" anyone who reaches the port; "off" serves metrics only.
+    page: str = option("local", choices=("local", "on", "off"), reload=True)
+    page_clients: int = option(4, min=1, max=64, reload=True)  # live-tail (SSE) clients
 
 
 @dataclass(frozen=True)
 class MetricsStatus(StatusBlock):
     url: str | None
+    page: str = "off"
 
     def lines(self) -> list[str]:
-        return [self.url or "off"]
+        if self.url is None:
+            return ["off"]
+        if self.page == "off":
+            return [self.url]
+        return [self.url, f"status page: {self.url.removesuffix('metrics')} ({self.page})"]
 
 
 class MetricsComponent(Component[MetricsSettings]):
@@ -399,9 +465,11 @@ class MetricsComponent(Component[MetricsSettings]):
 
     name = "metrics"
     Settings = MetricsSettings
-    summary = "Prometheus metrics over HTTP on localhost"
+    summary = "Prometheus metrics and the status page over HTTP on localhost"
 
     server: MetricsServer | None = None
+    page: StatusPage | None = None
+    _sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._open()
@@ -421,7 +489,15 @@ class MetricsComponent(Component[MetricsSettings]):
         m = self.settings
         if not m.enabled:
             return
-        server = MetricsServer(m.bind, m.port, self.ctx.services.collect)
+        page = None
+        if m.page != "off":
+            from loomd.web import StatusPage  # only when the page is on
+
+            page = StatusPage(self.ctx, m.page, max_clients=m.page_clients)
+            await page.load()
+        server = MetricsServer(
+            m.bind, m.port, self.ctx.services.collect, page.handle if page else None
+        )
         try:
             await server.start()
         except OSError as exc:  # the daemon runs on without metrics, and says so
@@ -430,11 +506,23 @@ class MetricsComponent(Component[MetricsSettings]):
             )
             return
         self.server = server
+        if page is not None:
+            self.page = page
+            self._sampler = self.spawn(page.history.run, "page-history", restart=True)
 
     async def _close(self) -> None:
         if self.server is not None:
             server, self.server = self.server, None
-            await server.close()
+            await server.close()  # ends the live-tail streams too
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        self.page = None
 
     def status(self) -> MetricsStatus:
-        return MetricsStatus(self.server.url if self.server else None)
+        if self.server is None:
+            return MetricsStatus(None)
+        return MetricsStatus(self.server.url, self.page.mode if self.page else "off")
+
+    def metrics(self) -> Iterable[Family]:
+        return self.page.families() if self.page is not None else ()
