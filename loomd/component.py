@@ -141,6 +141,13 @@ class Services:
         self.broker: Broker | None = None
         self.state: State | None = None
 
+    async def call(self, op: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run a control operation (`status`, `voice.last`, ...) in process, as `loomctl`
+        does over the socket: the same handler, with no socket session."""
+        if self.control is None:
+            raise LoomdError("the control plane is not running")
+        return await self.control(None, {"op": op, "args": list(args), **kwargs})
+
 
 class Context(Generic[S]):
     """What a component gets: settings, the Bus API, state, paths, and a way to report."""

@@ -49,7 +49,7 @@ MAX_WINDOW = 100_000  # the largest credit window a subscription may ask for
 MAX_AGE_MS = 3_600_000
 EVICTED_MEMORY_S = 60.0  # how long an eviction costs a client its say in back-pressure
 
-ControlHandler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any]]]
+ControlHandler = Callable[["Session | None", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class Session:

@@ -1,7 +1,7 @@
 """The status page's routes, its exposure rule, and where its data comes from.
 
 Everything it shows comes through the component seam: the host's `status` tree and the
-other components' operations (`voice.last`, `llm.recent`) through `ctx.services.control`
+other components' operations (`voice.last`, `llm.recent`) through `ctx.services.call`
 (the same entry `loomctl` uses), the broker's counters through `ctx.services.broker`, and
 the live tail through `ctx.bus`. It never imports another component's module."""
 
@@ -155,12 +155,7 @@ class StatusPage:
 
     # -- the views ----------------------------------------------------------------------------
     async def _op(self, op: str, *args: Any) -> dict[str, Any]:
-        control = self.ctx.services.control
-        if control is None:
-            raise LoomdError("the control plane is not running")
-        # The host's control handler takes the socket session of the asker and does not
-        # use it; an in-process caller has none (the seam offers no typed in-process call).
-        return await control(None, {"op": op, "args": list(args)})  # type: ignore[arg-type]
+        return await self.ctx.services.call(op, *args)
 
     async def _status(self, req: Request) -> dict[str, Any]:
         st = (await self._op("status"))["status"]
