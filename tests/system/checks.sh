@@ -6,6 +6,11 @@
 set -uo pipefail
 
 REPO_DIR=/srv/loomd-apt         # the signed repository, bind-mounted read-only
+TEST_MODELS=/srv/loomd-models   # $LOOMD_TEST_MODELS of the host, read-only (may be absent)
+SPEECH=/srv/loomd-speech        # command.wav made on the host (espeak-ng + sox), read-only
+MODELS_DIR=/var/lib/loomd/models
+PACKAGES="loomd loomd-voice loomd-llm"
+ALL_PACKAGES="loomd loomd-pylibs loomd-voice loomd-llm"
 HTTP_PORT=8765                  # served on the container's own loopback
 CONF=/etc/loomd/loomd.toml
 STATUS_TIMEOUT=${STATUS_TIMEOUT:-20}
@@ -64,7 +69,7 @@ open(path, "w").write(new)
 EOF
 }
 
-# --- 1. apt install loomd by name from the signed repository -------------------
+# --- 1. apt install loomd loomd-voice loomd-llm by name from the signed repository
 check_install() {
     install -m 0644 "$REPO_DIR/loomd-archive-keyring.gpg" /usr/share/keyrings/
     # The container has no network but loopback: only our repository.
@@ -85,13 +90,20 @@ EOF
     # apt keeps an InRelease only once its signature checked out.
     ls /var/lib/apt/lists/127.0.0.1*_InRelease >/dev/null 2>&1 \
         || fail "apt-get update did not accept the signed InRelease"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q loomd > /tmp/apt-install.log 2>&1 \
-        || { tail -n 15 /tmp/apt-install.log; fail "apt-get install loomd failed"; }
-    local version origin
+    local t0 t1 version origin p got
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES > /tmp/apt-install.log 2>&1 \
+        || { tail -n 15 /tmp/apt-install.log; fail "apt-get install $PACKAGES failed"; }
+    t1=$(date +%s)
     version=$(dpkg-query -W -f '${Version}' loomd) || fail "loomd not installed"
-    origin=$(apt-cache policy loomd | grep -m1 -o "http://127.0.0.1:${HTTP_PORT}[^ ]*")
-    [ -n "$origin" ] || fail "apt-cache policy does not show the repository"
-    say "installed loomd $version by name from $origin (signed, InRelease)"
+    for p in $ALL_PACKAGES; do
+        got=$(dpkg-query -W -f '${db:Status-Status} ${Version}' "$p" 2>&1)
+        [ "$got" = "installed $version" ] || fail "$p is '$got', want 'installed $version'"
+        origin=$(apt-cache policy "$p" | grep -m1 -o "http://127.0.0.1:${HTTP_PORT}[^ ]*")
+        [ -n "$origin" ] || fail "apt-cache policy $p does not show the repository"
+    done
+    say "installed $PACKAGES (+ loomd-pylibs) $version by name from $origin (signed, InRelease) in $((t1 - t0))s; $(du -sm /usr/lib/loomd | cut -f1) MB in /usr/lib/loomd"
 }
 
 # --- 2. the service: active, enabled, READY, socket and directories -----------
@@ -257,18 +269,32 @@ check_stop() {
     say "stopped in $(( (t1 - t0) / 1000000 )) ms (limit $limit), exit 0; journal: \"$start\" ... \"$stop\""
 }
 
-# --- 8. purge leaves nothing behind ------------------------------------------------
+# --- purge: one extra leaves the rest working; then everything goes ------------------
 check_purge() {
     local left=() p f
     systemctl start loomd.service || fail "start before purge failed"
     wait_active 30
-    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd > /tmp/apt-purge.log 2>&1 \
+    # loomd-voice alone: its files and byte code go, the daemon restarts without it.
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd-voice > /tmp/apt-purge.log 2>&1 \
+        || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge loomd-voice failed"; }
+    wait_active 60
+    llm_up() { [ "$(component_state llm)" = running ]; }
+    wait_for 60 llm_up || fail "after purging loomd-voice: llm is $(component_state llm)"
+    [ "$(component_state voice)" != running ] || fail "voice still running after purging loomd-voice"
+    [ ! -e /usr/lib/loomd/lib/python3.11/site-packages/pywhispercpp ] || fail "pywhispercpp left after purging loomd-voice"
+    [ -z "$(find /usr/lib/loomd -path '*onnxruntime*' 2>/dev/null)" ] || fail "onnxruntime files (byte code?) left after purging loomd-voice"
+    [ ! -e /lib/systemd/system/loomd.service.d/50-voice.conf ] || fail "voice drop-in left"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q $ALL_PACKAGES > /tmp/apt-purge.log 2>&1 \
         || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge failed"; }
-    p=$(dpkg-query -W -f '${db:Status-Status}' loomd 2>/dev/null || echo not-installed)
-    [ "$p" = not-installed ] || fail "dpkg says loomd is $p"
+    for p in $ALL_PACKAGES; do
+        f=$(dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null || echo not-installed)
+        [ "$f" = not-installed ] || fail "dpkg says $p is $f"
+    done
     for f in /lib/systemd/system/loomd.service /usr/lib/systemd/system/loomd.service \
         /etc/systemd/system/multi-user.target.wants/loomd.service /etc/loomd /var/lib/loomd \
-        /var/cache/loomd /run/loomd /usr/lib/loomd /usr/bin/loomd /usr/bin/loomctl; do
+        /var/cache/loomd /run/loomd /usr/lib/loomd /usr/bin/loomd /usr/bin/loomctl \
+        /lib/systemd/system/loomd.service.d /usr/lib/systemd/system/loomd.service.d; do
         [ -e "$f" ] || [ -L "$f" ] && left+=("$f")
     done
     [ "$(prop LoadState)" = not-found ] || left+=("unit LoadState=$(prop LoadState)")
@@ -277,7 +303,113 @@ check_purge() {
     f=$(find / -xdev -user loomd 2>/dev/null; find /run /tmp /var/tmp -user loomd 2>/dev/null)
     [ -z "$f" ] || left+=("files of loomd: $f")
     [ ${#left[@]} = 0 ] || fail "left behind: ${left[*]}"
-    say "purged: no unit, no /etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
+    say "purged loomd-voice alone (daemon and llm running on), then all: no unit or drop-ins, no /usr/lib|/etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
+}
+
+# --- models: the test models installed with loomctl models install ------------------
+# Set KEY = VALUE (a TOML literal) in [SECTION] of the config, keeping the rest.
+set_key() {
+    python3 - "$CONF" "$1" "$2" "$3" <<'EOF'
+import re, sys
+path, section, key, value = sys.argv[1:]
+text = open(path).read()
+line = f"{key} = {value}"
+head = re.search(rf"^\[{re.escape(section)}\][^\n]*\n", text, re.M)
+if head is None:
+    text += f"\n[{section}]\n{line}\n"
+else:
+    nxt = re.search(r"^\[", text[head.end():], re.M)
+    end = head.end() + (nxt.start() if nxt else len(text) - head.end())
+    body = text[head.end():end]
+    body, n = re.subn(rf"^#?\s*{re.escape(key)}\s*=.*$", lambda m: line, body, count=1, flags=re.M)
+    if n == 0:
+        body = line + "\n" + body
+    text = text[:head.end()] + body + text[end:]
+open(path, "w").write(text)
+EOF
+}
+
+component_state() { status_json | python3 -c 'import json, sys; print(json.load(sys.stdin)["components"].get(sys.argv[1], {}).get("state", "absent"))' "$1"; }
+
+check_models() {
+    [ -f "$TEST_MODELS/models.json" ] || fail "no test models at $TEST_MODELS (set LOOMD_TEST_MODELS on the host)"
+    local out how f
+    if loomctl models --help >/dev/null 2>&1; then
+        out=$(loomctl models install "$TEST_MODELS" 2>&1) || fail "loomctl models install failed: $(echo "$out" | tail -n 3 | tr '\n' '|')"
+        how="loomctl models install"
+    else
+        # The command is not there (yet): copy the files so that the checks
+        # after this one still run, and fail this one.
+        mkdir -p "$MODELS_DIR"
+        cp -r "$TEST_MODELS"/whisper "$TEST_MODELS"/piper "$TEST_MODELS"/openwakeword "$TEST_MODELS"/llm "$MODELS_DIR"/
+        chown -R loomd:loomd "$MODELS_DIR"
+        how="copied by hand"
+    fi
+    for f in whisper/ggml-tiny.en.bin piper/en_US-joe-medium.onnx piper/en_US-joe-medium.onnx.json \
+        openwakeword/melspectrogram.onnx openwakeword/embedding_model.onnx \
+        openwakeword/hey_jarvis_v0.1.onnx llm/SmolLM2-135M-Instruct.gguf; do
+        [ -s "$MODELS_DIR/$f" ] || fail "$MODELS_DIR/$f missing after $how"
+        setpriv --reuid=loomd --regid=loomd --init-groups test -r "$MODELS_DIR/$f" || fail "$MODELS_DIR/$f not readable by loomd"
+    done
+    # Until `enabled = "auto"` and <state_dir>/models are the defaults: say so here.
+    set_key llm enabled true
+    set_key llm model "\"$MODELS_DIR/llm/SmolLM2-135M-Instruct.gguf\""
+    set_key voice enabled true
+    set_key voice models_dir "\"$MODELS_DIR\""
+    systemctl restart loomd.service || fail "restart with the models failed: $(journalctl -u loomd -n 5 -o cat --no-pager | tr '\n' '|')"
+    wait_active 120
+    up() { [ "$(component_state voice)" = running ] && [ "$(component_state llm)" = running ]; }
+    wait_for 120 up || fail "voice is $(component_state voice), llm is $(component_state llm) after the restart: $(journalctl -u loomd -n 8 -o cat --no-pager | tr '\n' '|')"
+    [ "$how" = "loomctl models install" ] || fail "loomctl models is not there (part A): models $how; voice and llm running"
+    say "$how $TEST_MODELS -> $MODELS_DIR ($(du -sm "$MODELS_DIR" | cut -f1) MB); voice and llm running under the hardened unit"
+}
+
+# --- voice: a WAV through wake -> whisper -> SmolLM2 -> Piper, in the daemon -------
+check_voice() {
+    local out reply
+    [ -f "$SPEECH/command.wav" ] || fail "no $SPEECH/command.wav (made on the host with espeak-ng + sox)"
+    reply=/var/cache/loomd/systest-reply.wav
+    out=$(loomctl --timeout 300 voice test "$SPEECH/command.wav" --out "$reply" 2>&1) \
+        || { echo "$out"; fail "loomctl voice test failed"; }
+    echo "$out"
+    echo "$out" | grep -qi 'transcript: .*kitchen' || fail "transcript does not have 'kitchen': $(echo "$out" | grep transcript)"
+    echo "$out" | grep -q 'reply: *[^ -]' || fail "no reply text"
+    [ -s "$reply" ] || fail "no reply audio at $reply"
+    say "$(echo "$out" | grep -m1 'transcript:' | sed 's/^ *//') -> $(echo "$out" | grep -m1 'reply:' | sed 's/^ *//' | cut -c1-80); $(echo "$out" | grep -m1 'reply audio')"
+}
+
+# --- ask: SmolLM2 answers through the router ------------------------------------
+check_ask() {
+    local out
+    out=$(loomctl ask --max-tokens 24 "Say hello in three words." 2>&1) || { echo "$out"; fail "loomctl ask failed"; }
+    [ -n "$(echo "$out" | tr -d '[:space:]')" ] || fail "empty answer"
+    say "loomctl ask answered: $(echo "$out" | tr '\n' ' ' | cut -c1-100)"
+}
+
+# --- doctor: no check fails ----------------------------------------------------------
+check_doctor() {
+    local out rc
+    loomctl doctor --help >/dev/null 2>&1 || fail "loomctl doctor is not there (part B)"
+    out=$(loomctl doctor 2>&1); rc=$?
+    echo "$out"
+    [ $rc = 0 ] || fail "loomctl doctor exited $rc"
+    say "loomctl doctor: exit 0, $(echo "$out" | wc -l) lines"
+}
+
+# --- status page: HTML on the metrics port ---------------------------------------
+check_status_page() {
+    local out
+    out=$(python3 - 2>&1 <<'EOF'
+import urllib.request
+r = urllib.request.urlopen("http://127.0.0.1:9478/", timeout=5)
+body = r.read().decode("utf-8", "replace")
+assert r.status == 200, r.status
+assert "text/html" in r.headers.get("Content-Type", ""), r.headers.get("Content-Type")
+assert "<html" in body.lower(), body[:200]
+print(f"{r.status} {r.headers.get('Content-Type')}, {len(body)} bytes")
+EOF
+) || fail "no status page at http://127.0.0.1:9478/ (part C): $(echo "$out" | tail -n 1)"
+    say "status page: $out"
 }
 
 "check_${1:?usage: checks.sh NAME}"
