@@ -177,7 +177,12 @@ check_hardening() {
     v=$(awk '$1 == "NoNewPrivs:" { print $2 }' "$st"); [ "$v" = 1 ] || fail "NoNewPrivs is $v"
     v=$(awk '$1 == "Seccomp:" { print $2 }' "$st"); [ "$v" = 2 ] || fail "Seccomp is $v (2 = filter)"
     v=$(awk '$1 == "Uid:" { print $2 }' "$st"); [ "$v" = "$(id -u loomd)" ] || fail "runs as uid $v"
-    say "pid $pid: uid loomd, all capability sets 0, NoNewPrivs 1, Seccomp 2 (filter)"
+    # The extras run under the same sandbox: W^X stays on; loomd-voice's
+    # drop-in only opens /proc's non-process files (ONNX Runtime's cpuinfo).
+    [ "$(prop MemoryDenyWriteExecute)" = yes ] || fail "MemoryDenyWriteExecute is $(prop MemoryDenyWriteExecute)"
+    v=$(prop DropInPaths)
+    [ "$(prop ProcSubset)" = all ] || fail "ProcSubset is $(prop ProcSubset) with loomd-voice's drop-in ($v)"
+    say "pid $pid: uid loomd, all capability sets 0, NoNewPrivs 1, Seccomp 2 (filter), MemoryDenyWriteExecute=yes; drop-ins: $v"
 }
 
 # --- 5. a frozen daemon is restarted by the watchdog ------------------------------
@@ -375,6 +380,9 @@ check_voice() {
     echo "$out" | grep -qi 'transcript: .*kitchen' || fail "transcript does not have 'kitchen': $(echo "$out" | grep transcript)"
     echo "$out" | grep -q 'reply: *[^ -]' || fail "no reply text"
     [ -s "$reply" ] || fail "no reply audio at $reply"
+    # With ProcSubset=pid ONNX Runtime cannot read /proc/cpuinfo and says so.
+    ! journalctl -u loomd -o cat --no-pager | grep -q 'Failed to initialize PyTorch cpuinfo' \
+        || fail "ONNX Runtime could not read /proc/cpuinfo (loomd-voice's drop-in not applied?)"
     say "$(echo "$out" | grep -m1 'transcript:' | sed 's/^ *//') -> $(echo "$out" | grep -m1 'reply:' | sed 's/^ *//' | cut -c1-80); $(echo "$out" | grep -m1 'reply audio')"
 }
 
