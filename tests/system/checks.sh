@@ -312,61 +312,27 @@ check_purge() {
 }
 
 # --- models: the test models installed with loomctl models install ------------------
-# Set KEY = VALUE (a TOML literal) in [SECTION] of the config, keeping the rest.
-set_key() {
-    python3 - "$CONF" "$1" "$2" "$3" <<'EOF'
-import re, sys
-path, section, key, value = sys.argv[1:]
-text = open(path).read()
-line = f"{key} = {value}"
-head = re.search(rf"^\[{re.escape(section)}\][^\n]*\n", text, re.M)
-if head is None:
-    text += f"\n[{section}]\n{line}\n"
-else:
-    nxt = re.search(r"^\[", text[head.end():], re.M)
-    end = head.end() + (nxt.start() if nxt else len(text) - head.end())
-    body = text[head.end():end]
-    body, n = re.subn(rf"^#?\s*{re.escape(key)}\s*=.*$", lambda m: line, body, count=1, flags=re.M)
-    if n == 0:
-        body = line + "\n" + body
-    text = text[:head.end()] + body + text[end:]
-open(path, "w").write(text)
-EOF
-}
-
 component_state() { status_json | python3 -c 'import json, sys; print(json.load(sys.stdin)["components"].get(sys.argv[1], {}).get("state", "absent"))' "$1"; }
 
 check_models() {
     [ -f "$TEST_MODELS/models.json" ] || fail "no test models at $TEST_MODELS (set LOOMD_TEST_MODELS on the host)"
-    local out how f
-    if loomctl models --help >/dev/null 2>&1; then
-        out=$(loomctl models install "$TEST_MODELS" 2>&1) || fail "loomctl models install failed: $(echo "$out" | tail -n 3 | tr '\n' '|')"
-        how="loomctl models install"
-    else
-        # The command is not there (yet): copy the files so that the checks
-        # after this one still run, and fail this one.
-        mkdir -p "$MODELS_DIR"
-        cp -r "$TEST_MODELS"/whisper "$TEST_MODELS"/piper "$TEST_MODELS"/openwakeword "$TEST_MODELS"/llm "$MODELS_DIR"/
-        chown -R loomd:loomd "$MODELS_DIR"
-        how="copied by hand"
-    fi
+    local out f
+    [ "$(component_state voice)" != running ] || fail "voice running before its models are installed"
+    out=$(loomctl models install "$TEST_MODELS" 2>&1) \
+        || { echo "$out"; fail "loomctl models install failed: $(echo "$out" | tail -n 1)"; }
+    echo "$out"
     for f in whisper/ggml-tiny.en.bin piper/en_US-joe-medium.onnx piper/en_US-joe-medium.onnx.json \
         openwakeword/melspectrogram.onnx openwakeword/embedding_model.onnx \
         openwakeword/hey_jarvis_v0.1.onnx llm/SmolLM2-135M-Instruct.gguf; do
-        [ -s "$MODELS_DIR/$f" ] || fail "$MODELS_DIR/$f missing after $how"
+        [ -s "$MODELS_DIR/$f" ] || fail "$MODELS_DIR/$f missing after loomctl models install"
         setpriv --reuid=loomd --regid=loomd --init-groups test -r "$MODELS_DIR/$f" || fail "$MODELS_DIR/$f not readable by loomd"
     done
-    # Until `enabled = "auto"` and <state_dir>/models are the defaults: say so here.
-    set_key llm enabled true
-    set_key llm model "\"$MODELS_DIR/llm/SmolLM2-135M-Instruct.gguf\""
-    set_key voice enabled true
-    set_key voice models_dir "\"$MODELS_DIR\""
-    systemctl restart loomd.service || fail "restart with the models failed: $(journalctl -u loomd -n 5 -o cat --no-pager | tr '\n' '|')"
-    wait_active 120
+    # The shipped config: enabled = "auto" for both, models under <state_dir>/models;
+    # a reload looks again.
+    systemctl reload loomd.service || fail "systemctl reload failed"
     up() { [ "$(component_state voice)" = running ] && [ "$(component_state llm)" = running ]; }
-    wait_for 120 up || fail "voice is $(component_state voice), llm is $(component_state llm) after the restart: $(journalctl -u loomd -n 8 -o cat --no-pager | tr '\n' '|')"
-    [ "$how" = "loomctl models install" ] || fail "loomctl models is not there (part A): models $how; voice and llm running"
-    say "$how $TEST_MODELS -> $MODELS_DIR ($(du -sm "$MODELS_DIR" | cut -f1) MB); voice and llm running under the hardened unit"
+    wait_for 120 up || fail "voice is $(component_state voice), llm is $(component_state llm) after the reload: $(journalctl -u loomd -n 8 -o cat --no-pager | tr '\n' '|')"
+    say "loomctl models install $TEST_MODELS -> $MODELS_DIR ($(du -sm "$MODELS_DIR" | cut -f1) MB); after a reload voice and llm run (enabled = \"auto\") under the hardened unit"
 }
 
 # --- voice: a WAV through wake -> whisper -> SmolLM2 -> Piper, in the daemon -------
