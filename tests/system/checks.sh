@@ -6,6 +6,11 @@
 set -uo pipefail
 
 REPO_DIR=/srv/loomd-apt         # the signed repository, bind-mounted read-only
+TEST_MODELS=/srv/loomd-models   # $LOOMD_TEST_MODELS of the host, read-only (may be absent)
+SPEECH=/srv/loomd-speech        # command.wav made on the host (espeak-ng + sox), read-only
+MODELS_DIR=/var/lib/loomd/models
+PACKAGES="loomd loomd-voice loomd-llm"
+ALL_PACKAGES="loomd loomd-pylibs loomd-voice loomd-llm"
 HTTP_PORT=8765                  # served on the container's own loopback
 CONF=/etc/loomd/loomd.toml
 STATUS_TIMEOUT=${STATUS_TIMEOUT:-20}
@@ -64,7 +69,7 @@ open(path, "w").write(new)
 EOF
 }
 
-# --- 1. apt install loomd by name from the signed repository -------------------
+# --- 1. apt install loomd loomd-voice loomd-llm by name from the signed repository
 check_install() {
     install -m 0644 "$REPO_DIR/loomd-archive-keyring.gpg" /usr/share/keyrings/
     # The container has no network but loopback: only our repository.
@@ -85,13 +90,20 @@ EOF
     # apt keeps an InRelease only once its signature checked out.
     ls /var/lib/apt/lists/127.0.0.1*_InRelease >/dev/null 2>&1 \
         || fail "apt-get update did not accept the signed InRelease"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q loomd > /tmp/apt-install.log 2>&1 \
-        || { tail -n 15 /tmp/apt-install.log; fail "apt-get install loomd failed"; }
-    local version origin
+    local t0 t1 version origin p got
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES > /tmp/apt-install.log 2>&1 \
+        || { tail -n 15 /tmp/apt-install.log; fail "apt-get install $PACKAGES failed"; }
+    t1=$(date +%s)
     version=$(dpkg-query -W -f '${Version}' loomd) || fail "loomd not installed"
-    origin=$(apt-cache policy loomd | grep -m1 -o "http://127.0.0.1:${HTTP_PORT}[^ ]*")
-    [ -n "$origin" ] || fail "apt-cache policy does not show the repository"
-    say "installed loomd $version by name from $origin (signed, InRelease)"
+    for p in $ALL_PACKAGES; do
+        got=$(dpkg-query -W -f '${db:Status-Status} ${Version}' "$p" 2>&1)
+        [ "$got" = "installed $version" ] || fail "$p is '$got', want 'installed $version'"
+        origin=$(apt-cache policy "$p" | grep -m1 -o "http://127.0.0.1:${HTTP_PORT}[^ ]*")
+        [ -n "$origin" ] || fail "apt-cache policy $p does not show the repository"
+    done
+    say "installed $PACKAGES (+ loomd-pylibs) $version by name from $origin (signed, InRelease) in $((t1 - t0))s; $(du -sm /usr/lib/loomd | cut -f1) MB in /usr/lib/loomd"
 }
 
 # --- 2. the service: active, enabled, READY, socket and directories -----------
@@ -165,7 +177,12 @@ check_hardening() {
     v=$(awk '$1 == "NoNewPrivs:" { print $2 }' "$st"); [ "$v" = 1 ] || fail "NoNewPrivs is $v"
     v=$(awk '$1 == "Seccomp:" { print $2 }' "$st"); [ "$v" = 2 ] || fail "Seccomp is $v (2 = filter)"
     v=$(awk '$1 == "Uid:" { print $2 }' "$st"); [ "$v" = "$(id -u loomd)" ] || fail "runs as uid $v"
-    say "pid $pid: uid loomd, all capability sets 0, NoNewPrivs 1, Seccomp 2 (filter)"
+    # The extras run under the same sandbox: W^X stays on; loomd-voice's
+    # drop-in only opens /proc's non-process files (ONNX Runtime's cpuinfo).
+    [ "$(prop MemoryDenyWriteExecute)" = yes ] || fail "MemoryDenyWriteExecute is $(prop MemoryDenyWriteExecute)"
+    v=$(prop DropInPaths)
+    [ "$(prop ProcSubset)" = all ] || fail "ProcSubset is $(prop ProcSubset) with loomd-voice's drop-in ($v)"
+    say "pid $pid: uid loomd, all capability sets 0, NoNewPrivs 1, Seccomp 2 (filter), MemoryDenyWriteExecute=yes; drop-ins: $v"
 }
 
 # --- 5. a frozen daemon is restarted by the watchdog ------------------------------
@@ -190,9 +207,9 @@ check_watchdog() {
     t1=$(date +%s)
     new=$(main_pid)
     [ "$(prop NRestarts)" = $((restarts + 1)) ] || fail "NRestarts $(prop NRestarts), want $((restarts + 1))"
-    journal_since "$c" | grep -q 'Watchdog timeout' \
-        || journalctl --after-cursor="$c" --no-pager -o cat | grep -qi 'watchdog timeout' \
-        || fail "no 'Watchdog timeout' in the journal"
+    # PID 1's message reaches the journal asynchronously: wait for it too.
+    wd_logged() { journalctl --after-cursor="$c" --no-pager -o cat | grep -qi 'watchdog timeout'; }
+    wait_for 15 wd_logged || fail "no 'Watchdog timeout' in the journal: $(journalctl --after-cursor="$c" --no-pager -o cat | grep -i -m3 -e watchdog -e 'loomd.service' | tr '\n' '|')"
     rm -f "$dropin"
     systemctl daemon-reload
     systemctl reset-failed loomd.service
@@ -257,18 +274,32 @@ check_stop() {
     say "stopped in $(( (t1 - t0) / 1000000 )) ms (limit $limit), exit 0; journal: \"$start\" ... \"$stop\""
 }
 
-# --- 8. purge leaves nothing behind ------------------------------------------------
+# --- purge: one extra leaves the rest working; then everything goes ------------------
 check_purge() {
     local left=() p f
     systemctl start loomd.service || fail "start before purge failed"
     wait_active 30
-    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd > /tmp/apt-purge.log 2>&1 \
+    # loomd-voice alone: its files and byte code go, the daemon restarts without it.
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd-voice > /tmp/apt-purge.log 2>&1 \
+        || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge loomd-voice failed"; }
+    wait_active 60
+    llm_up() { [ "$(component_state llm)" = running ]; }
+    wait_for 60 llm_up || fail "after purging loomd-voice: llm is $(component_state llm)"
+    [ "$(component_state voice)" != running ] || fail "voice still running after purging loomd-voice"
+    [ ! -e /usr/lib/loomd/lib/python3.11/site-packages/pywhispercpp ] || fail "pywhispercpp left after purging loomd-voice"
+    [ -z "$(find /usr/lib/loomd -path '*onnxruntime*' 2>/dev/null)" ] || fail "onnxruntime files (byte code?) left after purging loomd-voice"
+    [ ! -e /lib/systemd/system/loomd.service.d/50-voice.conf ] || fail "voice drop-in left"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q $ALL_PACKAGES > /tmp/apt-purge.log 2>&1 \
         || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge failed"; }
-    p=$(dpkg-query -W -f '${db:Status-Status}' loomd 2>/dev/null || echo not-installed)
-    [ "$p" = not-installed ] || fail "dpkg says loomd is $p"
+    for p in $ALL_PACKAGES; do
+        f=$(dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null || echo not-installed)
+        [ "$f" = not-installed ] || fail "dpkg says $p is $f"
+    done
     for f in /lib/systemd/system/loomd.service /usr/lib/systemd/system/loomd.service \
         /etc/systemd/system/multi-user.target.wants/loomd.service /etc/loomd /var/lib/loomd \
-        /var/cache/loomd /run/loomd /usr/lib/loomd /usr/bin/loomd /usr/bin/loomctl; do
+        /var/cache/loomd /run/loomd /usr/lib/loomd /usr/bin/loomd /usr/bin/loomctl \
+        /lib/systemd/system/loomd.service.d /usr/lib/systemd/system/loomd.service.d; do
         [ -e "$f" ] || [ -L "$f" ] && left+=("$f")
     done
     [ "$(prop LoadState)" = not-found ] || left+=("unit LoadState=$(prop LoadState)")
@@ -277,7 +308,82 @@ check_purge() {
     f=$(find / -xdev -user loomd 2>/dev/null; find /run /tmp /var/tmp -user loomd 2>/dev/null)
     [ -z "$f" ] || left+=("files of loomd: $f")
     [ ${#left[@]} = 0 ] || fail "left behind: ${left[*]}"
-    say "purged: no unit, no /etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
+    say "purged loomd-voice alone (daemon and llm running on), then all: no unit or drop-ins, no /usr/lib|/etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
+}
+
+# --- models: the test models installed with loomctl models install ------------------
+component_state() { status_json | python3 -c 'import json, sys; print(json.load(sys.stdin)["components"].get(sys.argv[1], {}).get("state", "absent"))' "$1"; }
+
+check_models() {
+    [ -f "$TEST_MODELS/models.json" ] || fail "no test models at $TEST_MODELS (set LOOMD_TEST_MODELS on the host)"
+    local out f
+    [ "$(component_state voice)" != running ] || fail "voice running before its models are installed"
+    out=$(loomctl models install "$TEST_MODELS" 2>&1) \
+        || { echo "$out"; fail "loomctl models install failed: $(echo "$out" | tail -n 1)"; }
+    echo "$out"
+    for f in whisper/ggml-tiny.en.bin piper/en_US-joe-medium.onnx piper/en_US-joe-medium.onnx.json \
+        openwakeword/melspectrogram.onnx openwakeword/embedding_model.onnx \
+        openwakeword/hey_jarvis_v0.1.onnx llm/SmolLM2-135M-Instruct.gguf; do
+        [ -s "$MODELS_DIR/$f" ] || fail "$MODELS_DIR/$f missing after loomctl models install"
+        setpriv --reuid=loomd --regid=loomd --init-groups test -r "$MODELS_DIR/$f" || fail "$MODELS_DIR/$f not readable by loomd"
+    done
+    # The shipped config: enabled = "auto" for both, models under <state_dir>/models;
+    # a reload looks again.
+    systemctl reload loomd.service || fail "systemctl reload failed"
+    up() { [ "$(component_state voice)" = running ] && [ "$(component_state llm)" = running ]; }
+    wait_for 120 up || fail "voice is $(component_state voice), llm is $(component_state llm) after the reload: $(journalctl -u loomd -n 8 -o cat --no-pager | tr '\n' '|')"
+    say "loomctl models install $TEST_MODELS -> $MODELS_DIR ($(du -sm "$MODELS_DIR" | cut -f1) MB); after a reload voice and llm run (enabled = \"auto\") under the hardened unit"
+}
+
+# --- voice: a WAV through wake -> whisper -> SmolLM2 -> Piper, in the daemon -------
+check_voice() {
+    local out reply
+    [ -f "$SPEECH/command.wav" ] || fail "no $SPEECH/command.wav (made on the host with espeak-ng + sox)"
+    reply=/var/cache/loomd/systest-reply.wav
+    out=$(loomctl --timeout 300 voice test "$SPEECH/command.wav" --out "$reply" 2>&1) \
+        || { echo "$out"; fail "loomctl voice test failed"; }
+    echo "$out"
+    echo "$out" | grep -qi 'transcript: .*kitchen' || fail "transcript does not have 'kitchen': $(echo "$out" | grep transcript)"
+    echo "$out" | grep -q 'reply: *[^ -]' || fail "no reply text"
+    [ -s "$reply" ] || fail "no reply audio at $reply"
+    # With ProcSubset=pid ONNX Runtime cannot read /proc/cpuinfo and says so.
+    ! journalctl -u loomd -o cat --no-pager | grep -q 'Failed to initialize PyTorch cpuinfo' \
+        || fail "ONNX Runtime could not read /proc/cpuinfo (loomd-voice's drop-in not applied?)"
+    say "$(echo "$out" | grep -m1 'transcript:' | sed 's/^ *//') -> $(echo "$out" | grep -m1 'reply:' | sed 's/^ *//' | cut -c1-80); $(echo "$out" | grep -m1 'reply audio')"
+}
+
+# --- ask: SmolLM2 answers through the router ------------------------------------
+check_ask() {
+    local out
+    out=$(loomctl ask --max-tokens 24 "Say hello in three words." 2>&1) || { echo "$out"; fail "loomctl ask failed"; }
+    [ -n "$(echo "$out" | tr -d '[:space:]')" ] || fail "empty answer"
+    say "loomctl ask answered: $(echo "$out" | tr '\n' ' ' | cut -c1-100)"
+}
+
+# --- doctor: no check fails ----------------------------------------------------------
+check_doctor() {
+    local out rc
+    loomctl doctor --help >/dev/null 2>&1 || fail "loomctl doctor is not there (part B)"
+    out=$(loomctl doctor 2>&1); rc=$?
+    echo "$out"
+    [ $rc = 0 ] || fail "loomctl doctor exited $rc"
+    say "loomctl doctor: exit 0, $(echo "$out" | wc -l) lines"
+}
+
+# --- status page: HTML on the metrics port ---------------------------------------
+check_status_page() {
+    local out
+    out=$(python3 - 2>&1 <<'EOF'
+import urllib.request
+r = urllib.request.urlopen("http://127.0.0.1:9478/", timeout=5)
+body = r.read().decode("utf-8", "replace")
+assert r.status == 200, r.status
+assert "text/html" in r.headers.get("Content-Type", ""), r.headers.get("Content-Type")
+assert "<html" in body.lower(), body[:200]
+print(f"{r.status} {r.headers.get('Content-Type')}, {len(body)} bytes")
+EOF
+) || fail "no status page at http://127.0.0.1:9478/ (part C): $(echo "$out" | tail -n 1)"
+    say "status page: $out"
 }
 
 "check_${1:?usage: checks.sh NAME}"

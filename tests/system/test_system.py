@@ -1,9 +1,10 @@
-"""The Debian package on a real systemd: scripts/system-test under pytest.
+"""The Debian packages on a real systemd: scripts/system-test under pytest.
 
-Builds the .deb (lintian, systemd-analyze verify/security), makes a signed apt
-repository, boots Debian bookworm in systemd-nspawn and runs the eight checks
-of tests/system/checks.sh. About a minute with warm caches (~/.cache/loomd-build),
-two to three minutes cold (debootstrap, wheel downloads).
+Builds loomd, loomd-pylibs, loomd-voice and loomd-llm (lintian, systemd-analyze
+verify/security), makes a signed apt repository, boots Debian bookworm in
+systemd-nspawn and runs the thirteen checks of tests/system/checks.sh, the voice
+and ask checks on the small real models of $LOOMD_TEST_MODELS (passed through).
+Timings in docs/packaging.md.
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""packaging/debian/split-venv on a small stand-in venv: each distribution to one
+package by dependency closure, and the build stops on strays and overlaps.
+
+Runs the script as debian/rules does, with Debian's /usr/bin/python3 (it needs
+pip's vendored `packaging`), on dist-info folders written here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "split-venv"
+PY = Path("/usr/bin/python3")
+SITE = "usr/lib/loomd/lib/python3.11/site-packages"
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run([str(PY), "-c", "import pip._vendor.packaging"], check=False).returncode != 0
+    if PY.exists()
+    else True,
+    reason="needs Debian's python3 with python3-pip",
+)
+
+LOOMD_REQUIRES = [
+    "core-dep",
+    "sysd; extra == 'systemd'",
+    "whisper; extra == 'voice'",
+    "numpy; extra == 'voice'",
+    "llama; extra == 'llm'",
+    "numpy; extra == 'llm'",
+]
+
+
+def dist(site: Path, name: str, files: dict[str, bytes], requires: list[str] | None = None) -> None:
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0"]
+    meta += [f"Requires-Dist: {r}" for r in requires or []]
+    (info / "METADATA").write_text("\n".join(meta) + "\n")
+    record = [f"{name}-1.0.dist-info/METADATA,,", f"{name}-1.0.dist-info/RECORD,,"]
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+        record.append(f"{rel},,")
+    (info / "RECORD").write_text("\n".join(record) + "\n")
+
+
+@pytest.fixture()
+def venv(tmp_path: Path) -> Path:
+    stage = tmp_path / "stage"
+    site = stage / SITE
+    lib = b"\x7fELF" + b"x" * 4096
+    dist(site, "loomd", {"loomd/__init__.py": b""}, LOOMD_REQUIRES)
+    dist(site, "core-dep", {"core_dep.py": b""})
+    dist(site, "sysd", {"sysd/__init__.py": b""})
+    dist(site, "whisper", {"whisper/__init__.py": b"", "libw.so": lib, "libw.so.1": lib})
+    dist(site, "llama", {"llama/__init__.py": b""}, ["helper"])
+    dist(site, "helper", {"helper.py": b""})
+    dist(site, "numpy", {"numpy/__init__.py": b""})
+    (stage / "usr/lib/loomd/pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "debian").mkdir()
+    return tmp_path
+
+
+def split(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PY), str(SCRIPT), str(root / "stage"), str(root / "debian")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_each_distribution_lands_in_one_package(venv: Path) -> None:
+    proc = split(venv)
+    assert proc.returncode == 0, proc.stderr
+    d = venv / "debian"
+    want = {
+        "loomd": ["loomd/__init__.py", "core_dep.py", "sysd/__init__.py"],
+        "loomd-voice": ["whisper/__init__.py", "libw.so.1"],
+        "loomd-llm": ["llama/__init__.py", "helper.py"],
+        "loomd-pylibs": ["numpy/__init__.py"],
+    }
+    for pkg, files in want.items():
+        for f in files:
+            assert (d / pkg / SITE / f).is_file(), f"{f} not in {pkg}"
+    assert (d / "loomd/usr/lib/loomd/pyvenv.cfg").is_file()  # the venv's skeleton: core
+    assert (d / "loomd-pylibs.venv-dists").read_text() == "numpy==1.0\n"
+    # Identical copies of a library become one file and a relative symlink.
+    link = d / "loomd-voice" / SITE / "libw.so"
+    assert link.is_symlink() and link.resolve() == (d / "loomd-voice" / SITE / "libw.so.1")
+    assert not any(p.is_file() for p in (venv / "stage").rglob("*"))
+
+
+def test_a_distribution_nobody_needs_stops_the_build(venv: Path) -> None:
+    dist(venv / "stage" / SITE, "stray", {"stray.py": b""})
+    proc = split(venv)
+    assert proc.returncode == 1
+    assert "needed by no package: stray" in proc.stderr
+
+
+def test_a_file_claimed_by_two_distributions_stops_the_build(venv: Path) -> None:
+    site = venv / "stage" / SITE
+    with (site / "llama-1.0.dist-info" / "RECORD").open("a") as f:
+        f.write("whisper/__init__.py,,\n")
+    proc = split(venv)
+    assert proc.returncode == 1
+    assert "whisper/__init__.py is in" in proc.stderr
+
+
+def test_an_unrecorded_file_in_site_packages_stops_the_build(venv: Path) -> None:
+    (venv / "stage" / SITE / "orphan.py").write_text("")
+    proc = split(venv)
+    assert proc.returncode == 1
+    assert "orphan.py belongs to no distribution" in proc.stderr
