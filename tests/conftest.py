@@ -147,3 +147,12 @@ def loomd_proc(short_tmp: Path) -> Iterator[LoomdProcess]:
 def daemon(loomd_proc: LoomdProcess) -> LoomdProcess:
     loomd_proc.start()
     return loomd_proc
+
+
+@pytest.fixture(scope="session")
+def models() -> Path:
+    """The small real models (whisper, Piper, openWakeWord, SmolLM2): skip without them."""
+    root = os.environ.get("LOOMD_TEST_MODELS")
+    if not root:
+        pytest.skip("LOOMD_TEST_MODELS is not set (see ../shared/models/README.md)")
+    return Path(root)

@@ -5,7 +5,6 @@ contract (stands in for the router until it lands)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import threading
@@ -16,14 +15,6 @@ from typing import Any
 import pytest
 
 from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic
-
-
-@pytest.fixture(scope="session")
-def models() -> Path:
-    root = os.environ.get("LOOMD_TEST_MODELS")
-    if not root:
-        pytest.skip("LOOMD_TEST_MODELS is not set (see ../shared/models/README.md)")
-    return Path(root)
 
 
 def say_wav(text: str, out: Path, *, pad: tuple[float, float] = (0.5, 0.5)) -> Path:

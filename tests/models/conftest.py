@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import socket
 import subprocess
@@ -23,14 +22,15 @@ from typing import Any
 import pytest
 
 _RANGE = re.compile(r"bytes=(\d+)-")
-
-
-@pytest.fixture(scope="session")
-def models() -> Path:
-    root = os.environ.get("LOOMD_TEST_MODELS")
-    if not root:
-        pytest.skip("LOOMD_TEST_MODELS is not set (see ../shared/models/README.md)")
-    return Path(root)
+# The default set the shipped catalogue must list (what a board needs to hear, think, speak).
+DEFAULTS = {
+    "whisper-tiny.en",
+    "piper-en_US-joe-medium",
+    "openwakeword-features",
+    "openwakeword-hey_jarvis",
+    "openwakeword-alexa",
+    "smollm2-135m-instruct",
+}
 
 
 @dataclass

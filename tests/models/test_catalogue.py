@@ -14,6 +14,7 @@ import pytest
 from loomd.models import catalogue, installed
 from loomd.models.catalogue import CatalogueError, parse, select
 from loomd.models.download import Progress
+from tests.models.conftest import DEFAULTS
 
 GOOD = "a" * 64
 
@@ -28,14 +29,7 @@ def _one(extra: str = "", path: str = "llm/x.gguf", sha: str = GOOD, kind: str =
 def test_the_shipped_catalogue_has_the_default_set_and_base_en() -> None:
     models = {m.id: m for m in catalogue()}
     defaults = {m.id for m in models.values() if m.default}
-    assert defaults == {
-        "whisper-tiny.en",
-        "piper-en_US-joe-medium",
-        "openwakeword-features",
-        "openwakeword-hey_jarvis",
-        "openwakeword-alexa",
-        "smollm2-135m-instruct",
-    }
+    assert defaults == DEFAULTS
     assert {m.kind for m in models.values()} == {"stt", "tts", "wake", "llm"}
     for m in models.values():
         assert m.licence and m.description, m.id

@@ -10,18 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.models.conftest import loomctl_models
+from tests.models.conftest import DEFAULTS, loomctl_models
 
 pytestmark = pytest.mark.models
-
-DEFAULTS = {
-    "whisper-tiny.en",
-    "piper-en_US-joe-medium",
-    "openwakeword-features",
-    "openwakeword-hey_jarvis",
-    "openwakeword-alexa",
-    "smollm2-135m-instruct",
-}
 
 
 def _states(mdir: Path, *extra: str) -> dict[str, str]:
