@@ -107,7 +107,7 @@ class VoiceComponent(Component[VoiceSettings]):
     requires = ("numpy", "pywhispercpp", "openwakeword", "onnxruntime", "webrtcvad", "piper")
     # (`wyoming` is imported only when [voice.wyoming] is enabled.)
     extra = "voice"
-    apt = "espeak-ng libspeexdsp1"
+    apt = "loomd-voice"
     summary = "local wake word, STT and TTS: mic -> wake -> whisper.cpp -> router -> Piper"
     cli = staticmethod(add_cli)
 

@@ -8,6 +8,8 @@ buffer sink, through the same interfaces."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -125,25 +127,37 @@ class BusSource:
                     samples += FRAME_SAMPLES
 
 
+_COUNT_DEVICES = """
+import sys
+import pyaudio
+pa = pyaudio.PyAudio()
+ins = outs = 0
+for i in range(pa.get_device_count()):
+    info = pa.get_device_info_by_index(i)
+    if sys.argv[1].lower() in str(info.get("name", "")).lower():
+        ins += info.get("maxInputChannels", 0) > 0
+        outs += info.get("maxOutputChannels", 0) > 0
+pa.terminate()
+print(ins, outs)
+"""
+
+
 def count_devices(name: str = "") -> tuple[int, int]:
-    """Input and output devices PyAudio sees (name: a substring to match), (0, 0) without
-    PyAudio: what `source = "auto"` and `sink = "auto"` choose by."""
+    """Input and output devices PortAudio sees (name: a substring to match), (0, 0) without
+    PyAudio: what `source = "auto"` and `sink = "auto"` choose by. Asked in a child
+    process: PortAudio's probe of ALSA and JACK prints dozens of lines on stderr (kept out
+    of the journal), and a broken sound stack cannot take the daemon down with it."""
     try:
-        import pyaudio  # type: ignore[import-untyped]
-    except ImportError:
+        out = subprocess.run(
+            [sys.executable, "-c", _COUNT_DEVICES, name],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=True,
+        ).stdout.split()
+        return int(out[0]), int(out[1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return 0, 0
-    pa = pyaudio.PyAudio()
-    try:
-        ins = outs = 0
-        for i in range(pa.get_device_count()):
-            info = pa.get_device_info_by_index(i)
-            if name.lower() not in str(info.get("name", "")).lower():
-                continue
-            ins += info.get("maxInputChannels", 0) > 0
-            outs += info.get("maxOutputChannels", 0) > 0
-        return ins, outs
-    finally:
-        pa.terminate()
 
 
 class PyAudioMic:
@@ -154,7 +168,7 @@ class PyAudioMic:
         self.device = device
 
     def _open(self) -> tuple[Any, Any]:
-        import pyaudio
+        import pyaudio  # type: ignore[import-untyped]
 
         pa = pyaudio.PyAudio()
         index = None

@@ -87,6 +87,7 @@ class LlmComponent(Component[LlmSettings]):
     Settings = LlmSettings
     requires = ("llama_cpp",)
     extra = "llm"
+    apt = "loomd-llm"
     summary = "local llama.cpp inference and the policy router (llm.chat)"
     cli = staticmethod(_add_cli)
 
