@@ -208,7 +208,9 @@ check_watchdog() {
     new=$(main_pid)
     [ "$(prop NRestarts)" = $((restarts + 1)) ] || fail "NRestarts $(prop NRestarts), want $((restarts + 1))"
     # PID 1's message reaches the journal asynchronously: wait for it too.
-    wd_logged() { journalctl --after-cursor="$c" --no-pager -o cat | grep -qi 'watchdog timeout'; }
+    # grep < <(...), not a pipe: under pipefail the writer's SIGPIPE, when grep -q quits
+    # at the first match, would turn a match into a failure.
+    wd_logged() { grep -qi 'watchdog timeout' < <(journalctl --after-cursor="$c" --no-pager -o cat); }
     wait_for 15 wd_logged || fail "no 'Watchdog timeout' in the journal: $(journalctl --after-cursor="$c" --no-pager -o cat | grep -i -m3 -e watchdog -e 'loomd.service' | tr '\n' '|')"
     rm -f "$dropin"
     systemctl daemon-reload
@@ -237,7 +239,7 @@ check_reload() {
     c=$(cursor)
     printf '[bus]\nmax_frame_bytes = -1\n' > "$CONF"
     systemctl reload loomd.service || fail "systemctl reload (broken config) failed"
-    logged() { journal_since "$c" | grep -q 'reload failed'; }
+    logged() { grep -q 'reload failed' < <(journal_since "$c"); }
     wait_for 15 logged || fail "no 'reload failed' in the journal: $(journal_since "$c" | tail -n 3 | tr '\n' '|')"
     out=$(journal_since "$c" | grep -m1 'reload failed')
     sleep 1
@@ -347,7 +349,7 @@ check_voice() {
     echo "$out" | grep -q 'reply: *[^ -]' || fail "no reply text"
     [ -s "$reply" ] || fail "no reply audio at $reply"
     # With ProcSubset=pid ONNX Runtime cannot read /proc/cpuinfo and says so.
-    ! journalctl -u loomd -o cat --no-pager | grep -q 'Failed to initialize PyTorch cpuinfo' \
+    ! grep -q 'Failed to initialize PyTorch cpuinfo' < <(journalctl -u loomd -o cat --no-pager) \
         || fail "ONNX Runtime could not read /proc/cpuinfo (loomd-voice's drop-in not applied?)"
     say "$(echo "$out" | grep -m1 'transcript:' | sed 's/^ *//') -> $(echo "$out" | grep -m1 'reply:' | sed 's/^ *//' | cut -c1-80); $(echo "$out" | grep -m1 'reply audio')"
 }
