@@ -445,7 +445,10 @@ class BusServer:
                 "error": f"{type(exc).__name__}: {exc}",
             }
         self._reply(session, reply)
-        self._flush()
+        # Not _flush() here: this send, outside the pump, can swallow the socket's
+        # edge-triggered fd notification of input that arrived meanwhile; the pump
+        # flushes and then re-checks the sockets for input.
+        self._schedule()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -558,6 +561,7 @@ class BusServer:
         self._drop_sub(session, sub)
         lost = sum(n for r, n in sub.stats.dropped.items() if r == "evicted")
         self._reply(session, {"op": "evicted", "sid": csid, "reason": reason, "lost": lost})
+        self._schedule()  # sent from a broker timer too: the send can swallow the fd's edge
 
     def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)
