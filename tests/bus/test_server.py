@@ -22,13 +22,17 @@ def test_input_during_a_slow_control_op_is_not_lost(tmp_path: Path) -> None:
     the op ran (here a ping, in the flood test a consumer's acks) used to stay unread until
     something else woke the daemon, which stalled a held-back reliable flow for good."""
     endpoint = f"ipc://{tmp_path}/bus.sock"
-    started = threading.Event()
+    started, sent = threading.Event(), threading.Event()
     replies: list[dict[str, Any]] = []
 
     async def control(session: Session | None, msg: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.1)  # the pump that read this op is over, nothing else pending
         started.set()
-        time.sleep(0.3)  # noqa: ASYNC251 (on purpose: the ping reaches the socket meanwhile)
+        # The loop stays blocked (on purpose) until the client has sent its ping, and a
+        # moment more for the ipc hop, so the ping is queued on the socket when the reply
+        # goes out.
+        assert sent.wait(5.0), "the client never sent its ping"
+        time.sleep(0.05)  # noqa: ASYNC251
         return {}
 
     def client() -> None:
@@ -39,6 +43,7 @@ def test_input_during_a_slow_control_op_is_not_lost(tmp_path: Path) -> None:
             if not started.wait(5.0):
                 return
             sock.send(wire.pack_control({"op": "ping", "rid": 2}))
+            sent.set()
             while len(replies) < 2 and sock.poll(2000):
                 replies.append(wire.unpack_control(sock.recv()))
 
