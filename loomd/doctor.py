@@ -487,19 +487,22 @@ def component_on(ctx: Context, name: str) -> tuple[bool, str]:
         return False, f"[{name}] enabled = false"
     if enabled is True:
         return True, ""
-    from loomd.components import missing_modules, registry
+    from loomd.components import auto_off_reason
 
-    cls = registry().classes().get(name)
+    cls = _component_class(name)
     if cls is None:
         return False, f"the {name} component does not import"
-    missing = missing_modules(cls)
-    if missing:
-        return False, f'[{name}] enabled = "auto" and {", ".join(missing)} not installed'
-    try:
-        problems = cls.check(section, ctx.paths)
+    try:  # the daemon's own rule, so doctor and `loomctl status` never disagree
+        why = auto_off_reason(cls, section, ctx.paths)
     except PermissionError as exc:  # the models dir is loomd's (0750): the daemon may see more
         return False, f"cannot tell: may not look at {exc.filename} ({NOT_IN_GROUP})"
-    return not problems, "; ".join(problems)
+    return not why, why
+
+
+def _component_class(name: str) -> Any:
+    from loomd.components import registry
+
+    return registry().classes().get(name)
 
 
 def sound_cards(root: Path) -> list[str]:
@@ -646,9 +649,12 @@ def auto_off(ctx: Context) -> list[str]:
         section = ctx.section(name)
         on, why = component_on(ctx, name)
         if section is not None and section.enabled == "auto" and not on:
+            from loomd.components import missing_modules
+
+            cls = _component_class(name)
             if why.startswith("cannot tell"):
                 out.append(f"{name} ({section.enabled}): {why}")
-            elif "not installed" not in why and "does not import" not in why:
+            elif cls is not None and not missing_modules(cls):  # no extra: a choice
                 out.append(f"{name} stays off: {why}")
     return out
 
