@@ -11,8 +11,8 @@ played reference, then openWakeWord on 4-frame hops, as the voice component runs
 Baselines in the same run: the person alone over the noise (the best the wake model does),
 and the same room with no echo cancellation. For each, the peak wake score per offset and
 the share of offsets detected at 0.5 / 0.6 / 0.7. "aec_jitter" is loomd's path with the
-reference's lag wandering 0-2 frames, as the live pipeline takes it (a frame per microphone
-frame from a sink on its own clock). For the board alone, its highest score (what a speaking
+reference's lag wandering 0-2 whole frames (a step now and then, as a FIFO reference fed by
+a sink on its own clock can). For the board alone, its highest score (what a speaking
 threshold must stay above). Ends with one JSON line."""
 
 from __future__ import annotations
@@ -85,9 +85,8 @@ def room(
 
 
 def jittered(ref: list[bytes], seed: int) -> list[bytes]:
-    """The reference as the live pipeline takes it: one frame per microphone frame, its lag
-    behind the speaker wandering by a frame now and then (0-2 frames, the most `Reference`
-    allows) with the sink's and the microphone's clocks."""
+    """A FIFO reference (one frame per microphone frame) whose lag behind the speaker steps
+    by a frame now and then, within the 0-2 frames `Reference` allows."""
     rng = np.random.default_rng(seed)
     out, lag = [], 0
     for i in range(len(ref)):
