@@ -116,6 +116,7 @@ class McpComponent(Component[McpSettings]):
     Settings = McpSettings
     requires = ("mcp",)
     extra = "mcp"
+    apt = "loomd-mcp"
     summary = "MCP servers' tools as capabilities; loomd as an MCP server"
 
     def __init__(self, ctx: Any) -> None:

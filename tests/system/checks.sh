@@ -9,8 +9,8 @@ REPO_DIR=/srv/loomd-apt         # the signed repository, bind-mounted read-only
 TEST_MODELS=/srv/loomd-models   # $LOOMD_TEST_MODELS of the host, read-only (may be absent)
 SPEECH=/srv/loomd-speech        # command.wav made on the host (espeak-ng + sox), read-only
 MODELS_DIR=/var/lib/loomd/models
-PACKAGES="loomd loomd-voice loomd-llm"
-ALL_PACKAGES="loomd loomd-pylibs loomd-voice loomd-llm"
+PACKAGES="loomd loomd-voice loomd-llm loomd-mcp"
+ALL_PACKAGES="loomd loomd-pylibs loomd-voice loomd-llm loomd-mcp"
 HTTP_PORT=8765                  # served on the container's own loopback
 CONF=/etc/loomd/loomd.toml
 STATUS_TIMEOUT=${STATUS_TIMEOUT:-20}
@@ -69,7 +69,7 @@ open(path, "w").write(new)
 EOF
 }
 
-# --- 1. apt install loomd loomd-voice loomd-llm by name from the signed repository
+# --- 1. apt install loomd loomd-voice loomd-llm loomd-mcp by name from the signed repository
 check_install() {
     install -m 0644 "$REPO_DIR/loomd-archive-keyring.gpg" /usr/share/keyrings/
     # The container has no network but loopback: only our repository.
@@ -276,11 +276,70 @@ check_stop() {
     say "stopped in $(( (t1 - t0) / 1000000 )) ms (limit $limit), exit 0; journal: \"$start\" ... \"$stop\""
 }
 
+# --- mcp: the packaged daemon calls a tool of a stdio MCP server it spawned ---------
+MCP_SERVER=/srv/loomd-test/mcp_server.py   # tests/system/mcp_server.py (mcp's MCPServer)
+
+# A field of one server in `loomctl mcp servers` (lists joined by spaces).
+mcp_server_field() {
+    loomctl --timeout 5 mcp servers | python3 -c '
+import json, sys
+s = [s for s in json.load(sys.stdin) if s["name"] == sys.argv[1]]
+v = s[0][sys.argv[2]] if s else "absent"
+print(" ".join(v) if isinstance(v, list) else v)' "$1" "$2"
+}
+component_reason() { status_json | python3 -c 'import json, sys; print(json.load(sys.stdin)["components"].get(sys.argv[1], {}).get("reason", ""))' "$1"; }
+
+check_mcp() {
+    local a b out want pid uid
+    [ -r "$MCP_SERVER" ] || fail "no $MCP_SERVER"
+    # The shipped config has no MCP server: the mcp component is off until one is set.
+    [ "$(component_state mcp)" != running ] || fail "mcp running before a server is configured"
+    if ! grep -q '^\[\[mcp\.servers\]\]' "$CONF"; then
+        printf '\n[[mcp.servers]]\nname = "systest"\ncommand = "/usr/lib/loomd/bin/python"\nargs = ["%s"]\n' \
+            "$MCP_SERVER" >> "$CONF"
+    fi
+    # [[mcp.servers]] is read at start (not a reload option).
+    systemctl restart loomd.service || fail "restart with an MCP server configured failed"
+    wait_active 30
+    up() { [ "$(mcp_server_field systest state)" = running ] && [ "$(mcp_server_field systest tools)" = "systest:add systest:sandbox" ]; }
+    wait_for 60 up || fail "MCP server systest: state $(mcp_server_field systest state), tools '$(mcp_server_field systest tools)', last error '$(mcp_server_field systest last_error)'; mcp is $(component_state mcp): $(component_reason mcp)"
+    a=$RANDOM b=$RANDOM
+    out=$(loomctl call systest:add "{\"a\": $a, \"b\": $b}" 2>&1) || fail "loomctl call systest:add failed: $out"
+    want="{\"result\": $((a + b))}"
+    [ "$out" = "$want" ] || fail "systest:add $a + $b answered '$out', want '$want'"
+    # The server inherits the unit's sandbox: seccomp, no new privileges, W^X.
+    uid=$(id -u loomd)
+    out=$(loomctl call systest:sandbox 2>&1) || fail "loomctl call systest:sandbox failed: $out"
+    case $out in
+    *"uid=$uid NoNewPrivs=1 Seccomp=2 wx=denied"*) ;;
+    *) fail "the MCP server is not under loomd.service's sandbox: $out" ;;
+    esac
+    pid=$(pgrep -f "^/usr/lib/loomd/bin/python $MCP_SERVER" | head -n 1)
+    [ -n "$pid" ] || fail "no process of $MCP_SERVER"
+    grep -q 'loomd.service' "/proc/$pid/cgroup" || fail "MCP server pid $pid is not in loomd.service's cgroup: $(cat "/proc/$pid/cgroup")"
+    say "stdio MCP server pid $pid ($(dpkg-query -W -f '${Package} ${Version}' loomd-mcp)) in loomd.service: loomctl call systest:add $a+$b -> $want; sandbox: $(printf '%s' "$out" | tr -d '{}"' | sed 's/^result: //')"
+}
+
 # --- purge: one extra leaves the rest working; then everything goes ------------------
 check_purge() {
     local left=() p f
     systemctl start loomd.service || fail "start before purge failed"
     wait_active 30
+    # loomd-mcp alone, its MCP server still configured: the daemon runs on and
+    # names the package that brings mcp back; what mcp shared with the extras
+    # (in the core package) stays.
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd-mcp > /tmp/apt-purge.log 2>&1 \
+        || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge loomd-mcp failed"; }
+    wait_active 60
+    mcp_gone() { [ "$(component_state mcp)" = unavailable ]; }
+    wait_for 60 mcp_gone || fail "after purging loomd-mcp: mcp is $(component_state mcp) ($(component_reason mcp))"
+    component_reason mcp | grep -q 'apt install loomd-mcp' || fail "mcp's reason does not name loomd-mcp: $(component_reason mcp)"
+    [ "$(component_state llm)" = running ] || fail "after purging loomd-mcp: llm is $(component_state llm)"
+    f=$(find /usr/lib/loomd \( -path '*site-packages/mcp*' -o -path '*pydantic*' \) -print 2>/dev/null | head -n 3)
+    [ -z "$f" ] || fail "mcp/pydantic files (byte code?) left after purging loomd-mcp: $f"
+    ! pgrep -f "$MCP_SERVER" >/dev/null || fail "the MCP server still runs after purging loomd-mcp"
+    /usr/lib/loomd/bin/python -c 'import idna, attrs, typing_extensions' \
+        || fail "idna, attrs or typing_extensions (core, shared by mcp and the extras) went with loomd-mcp"
     # loomd-voice alone: its files and byte code go, the daemon restarts without it.
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -q loomd-voice > /tmp/apt-purge.log 2>&1 \
         || { tail -n 10 /tmp/apt-purge.log; fail "apt-get purge loomd-voice failed"; }
@@ -310,7 +369,7 @@ check_purge() {
     f=$(find / -xdev -user loomd 2>/dev/null; find /run /tmp /var/tmp -user loomd 2>/dev/null)
     [ -z "$f" ] || left+=("files of loomd: $f")
     [ ${#left[@]} = 0 ] || fail "left behind: ${left[*]}"
-    say "purged loomd-voice alone (daemon and llm running on), then all: no unit or drop-ins, no /usr/lib|/etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
+    say "purged loomd-mcp alone (mcp unavailable: apt install loomd-mcp; daemon and llm on), loomd-voice alone (daemon and llm running on), then all: no unit or drop-ins, no /usr/lib|/etc|/var/lib|/var/cache|/run/loomd, no files or processes of user loomd"
 }
 
 # --- models: the test models installed with loomctl models install ------------------

@@ -30,6 +30,7 @@ LOOMD_REQUIRES = [
     "numpy; extra == 'voice'",
     "llama; extra == 'llm'",
     "numpy; extra == 'llm'",
+    "mcp; extra == 'mcp'",
 ]
 
 
@@ -55,10 +56,15 @@ def venv(tmp_path: Path) -> Path:
     dist(site, "loomd", {"loomd/__init__.py": b""}, LOOMD_REQUIRES)
     dist(site, "core-dep", {"core_dep.py": b""})
     dist(site, "sysd", {"sysd/__init__.py": b""})
-    dist(site, "whisper", {"whisper/__init__.py": b"", "libw.so": lib, "libw.so.1": lib})
+    dist(site, "whisper", {"whisper/__init__.py": b"", "libw.so": lib, "libw.so.1": lib}, ["idna"])
     dist(site, "llama", {"llama/__init__.py": b""}, ["helper"])
     dist(site, "helper", {"helper.py": b""})
-    dist(site, "numpy", {"numpy/__init__.py": b""})
+    dist(site, "numpy", {"numpy/__init__.py": b""}, ["attrs"])
+    # mcp shares idna with voice alone and attrs with both voice and llm (via numpy).
+    dist(site, "mcp", {"mcp/__init__.py": b""}, ["pydantic", "idna", "attrs"])
+    dist(site, "pydantic", {"pydantic/__init__.py": b"", "libp.so": lib}, ["idna"])
+    dist(site, "idna", {"idna/__init__.py": b""})
+    dist(site, "attrs", {"attrs/__init__.py": b""})
     (stage / "usr/lib/loomd/pyvenv.cfg").write_text("home = /usr/bin\n")
     (tmp_path / "debian").mkdir()
     return tmp_path
@@ -76,20 +82,47 @@ def test_each_distribution_lands_in_one_package(venv: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     d = venv / "debian"
     want = {
-        "loomd": ["loomd/__init__.py", "core_dep.py", "sysd/__init__.py"],
+        "loomd": [
+            "loomd/__init__.py",
+            "core_dep.py",
+            "sysd/__init__.py",
+            "idna/__init__.py",
+            "attrs/__init__.py",
+        ],
         "loomd-voice": ["whisper/__init__.py", "libw.so.1"],
         "loomd-llm": ["llama/__init__.py", "helper.py"],
         "loomd-pylibs": ["numpy/__init__.py"],
+        "loomd-mcp": ["mcp/__init__.py", "pydantic/__init__.py", "libp.so"],
     }
     for pkg, files in want.items():
         for f in files:
             assert (d / pkg / SITE / f).is_file(), f"{f} not in {pkg}"
     assert (d / "loomd/usr/lib/loomd/pyvenv.cfg").is_file()  # the venv's skeleton: core
     assert (d / "loomd-pylibs.venv-dists").read_text() == "numpy==1.0\n"
+    assert (d / "loomd-mcp.venv-dists").read_text() == "mcp==1.0\npydantic==1.0\n"
+    core = (d / "loomd.venv-dists").read_text().split()
+    assert "attrs==1.0" in core and "idna==1.0" in core
     # Identical copies of a library become one file and a relative symlink.
     link = d / "loomd-voice" / SITE / "libw.so"
     assert link.is_symlink() and link.resolve() == (d / "loomd-voice" / SITE / "libw.so.1")
     assert not any(p.is_file() for p in (venv / "stage").rglob("*"))
+
+
+def test_what_mcp_shares_with_an_extra_goes_to_the_core(venv: Path) -> None:
+    """loomd-mcp must never need loomd-pylibs (numpy): a library mcp shares with voice
+    or llm is the core's, and each package lists only what no other one has."""
+    proc = split(venv)
+    assert proc.returncode == 0, proc.stderr
+    d = venv / "debian"
+    lists = {
+        pkg: set((d / f"{pkg}.venv-dists").read_text().split())
+        for pkg in ("loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp")
+    }
+    every = [n for names in lists.values() for n in names]
+    assert len(every) == len(set(every)), lists  # each distribution in one package
+    assert not lists["loomd-mcp"] & {"idna==1.0", "attrs==1.0", "numpy==1.0"}
+    assert lists["loomd-pylibs"] == {"numpy==1.0"}
+    assert "split-venv: loomd-mcp: " in proc.stdout
 
 
 def test_a_distribution_nobody_needs_stops_the_build(venv: Path) -> None:

@@ -1,9 +1,10 @@
 """The Debian packages on a real systemd: scripts/system-test under pytest.
 
-Builds loomd, loomd-pylibs, loomd-voice and loomd-llm (lintian, systemd-analyze
-verify/security), makes a signed apt repository, boots Debian bookworm in
-systemd-nspawn and runs the thirteen checks of tests/system/checks.sh, the voice
-and ask checks on the small real models of $LOOMD_TEST_MODELS (passed through).
+Builds loomd, loomd-pylibs, loomd-voice, loomd-llm and loomd-mcp (lintian,
+systemd-analyze verify/security), makes a signed apt repository, boots Debian bookworm
+in systemd-nspawn and runs the fourteen checks of tests/system/checks.sh, the voice
+and ask checks on the small real models of $LOOMD_TEST_MODELS (passed through), the
+mcp check on tests/system/mcp_server.py.
 Timings in docs/packaging.md.
 """
 
