@@ -90,15 +90,21 @@ class Responder:
                 threading.Thread(target=self._stream, args=(req, out, loop), daemon=True).start()
                 text, index = "", 0
                 while (piece := await out.get()) is not None:
+                    if self.pace_s:  # a slow router (a loaded board, a far cloud)
+                        await asyncio.sleep(self.pace_s)
                     text += piece
                     await bus.reply(ev, ChatChunk(piece, index).to_payload(),
                                     type=EventType.LLM_CHUNK)  # fmt: skip
                     index += 1
                 self.replies.append(text)
+                if self.replied is not None:
+                    self.replied.set()
                 await bus.reply(ev, ChatDone(text, route="local", tokens=index).to_payload(),
                                 type=EventType.LLM_DONE)  # fmt: skip
 
     ready: asyncio.Event
+    replied: asyncio.Event | None = None  # set when a whole reply has been sent
+    pace_s = 0.0
 
 
 @pytest.fixture(scope="session")

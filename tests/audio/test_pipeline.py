@@ -163,3 +163,38 @@ def test_through_the_real_router(
     assert reply and reply != "-", p.stdout
     heard = transcribe(models, read_wav(out))
     assert wer(reply, heard) <= 0.35, (reply, heard)
+
+
+def test_a_slow_reply_that_keeps_coming_is_not_cut(
+    loomd_proc: LoomdProcess, models: Path, command_clip: Path, llm: Responder, tmp_path: Path
+) -> None:
+    """`reply_timeout_s` is for a router that does not answer, not for one that streams
+    slowly: with 3 s allowed and a chunk every 0.6 s, a reply of 10 chunks or more (6 s
+    or more in all) is spoken whole."""
+    loomd_proc.write_config(voice_toml(models, reply_timeout_s="3.0"))
+    loomd_proc.start(timeout=60)
+
+    async def scenario() -> dict[str, Any]:
+        async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
+            llm.ready, llm.pace_s = asyncio.Event(), 0.6
+            server = asyncio.create_task(llm.serve(bus))
+            try:
+                async with asyncio.timeout(30):
+                    await llm.ready.wait()
+                llm.replied = asyncio.Event()
+                r: dict[str, Any] = await bus.call(
+                    "voice.test", args=[str(command_clip), str(tmp_path / "r.wav")], timeout=240
+                )
+                async with asyncio.timeout(120):  # the responder has sent its whole reply
+                    await llm.replied.wait()
+                return r
+            finally:
+                llm.pace_s, llm.replied = 0.0, None
+                server.cancel()
+
+    r = asyncio.run(scenario())
+    turn = r["turns"][-1]
+    # 10 chunks or more (a word is a token or more): twice the 3 s allowed, and more.
+    assert len(llm.replies[-1].split()) >= 10, llm.replies[-1]
+    assert turn["outcome"] == "ok", (turn.get("error"), turn.get("timings"), llm.replies[-1])
+    assert turn["reply"] == llm.replies[-1].strip(), turn
