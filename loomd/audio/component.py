@@ -442,12 +442,16 @@ class VoiceComponent(Component[VoiceSettings]):
                 await self.ctx.bus.publish(
                     Topic.LLM_CHAT, req.to_payload(), reply_to=reply_to, wait=False
                 )
+                # The limit is on silence (before the first chunk and between chunks): a
+                # router that is gone fails the turn, a slow one streaming a long reply
+                # does not.
                 deadline = time.monotonic() + s.reply_timeout_s
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise LoomdError(f"no reply from the router within {s.reply_timeout_s} s")
                     ev = await sub.get(timeout=left)
+                    deadline = time.monotonic() + s.reply_timeout_s
                     if ev.type == EventType.LLM_CHUNK:
                         piece = str(ev.payload.get("text", ""))
                         if "first_token" not in rec.timings:
