@@ -22,6 +22,9 @@ def add_cli(cmds: Any) -> None:
     test = vc.add_parser("test", help="run the whole pipeline on a WAV file")
     test.add_argument("clip")
     test.add_argument("--out", default="", help="where to write the reply audio")
+    test.add_argument(
+        "--wait", type=float, default=300.0, help="seconds to wait for the whole turn (300)"
+    )
     vc.add_parser("stop", help="stop speaking and cancel the current turn")
     voice.set_defaults(func=_voice)
 
@@ -74,7 +77,7 @@ async def _voice(bus: Any, args: Any) -> int:
         await op(bus, "voice.stop")
         return 0
     clip, out = os.path.abspath(args.clip), os.path.abspath(args.out) if args.out else ""  # noqa: ASYNC240 (no I/O: pure string work)
-    r = await op(bus, "voice.test", clip, out, timeout=300.0)
+    r = await op(bus, "voice.test", clip, out, timeout=args.wait)
     if not r["turns"]:
         print("no wake word heard")
         return 1

@@ -123,6 +123,9 @@ def test_loomctl_voice_test_and_say(
     assert "piper" in p.stdout
     heard = transcribe(models, read_wav(sink / "say-1.wav"))
     assert wer("The garage door is closed.", heard) == 0.0, heard
+    # --wait bounds the whole turn (a slow board gives it more): this one takes over 1 s.
+    p = loomctl(loomd_proc, "voice", "test", str(clip), "--wait", "0.3")
+    assert p.returncode != 0 and "within 0.3 s" in p.stderr, p.stdout + p.stderr
 
 
 def test_missing_model_is_named_and_the_daemon_runs(
