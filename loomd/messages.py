@@ -17,6 +17,7 @@ A requester that streams subscribes to `reply_to` before publishing.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Self
@@ -24,13 +25,22 @@ from typing import Any, Self
 from loomd.errors import LoomdError
 
 __all__ = [
+    "ActionRecord",
+    "AssistRequest",
+    "AssistTurn",
     "ChatChunk",
     "ChatDone",
     "ChatMessage",
     "ChatRequest",
     "EventType",
+    "IntentInfo",
+    "IntentVia",
     "Policy",
+    "Role",
     "SayRequest",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
     "Topic",
     "Transcript",
     "VoiceState",
@@ -45,6 +55,8 @@ class Topic(StrEnum):
     VOICE_SAY = "voice.say"  # SayRequest
     VOICE_STATE = "voice.state"  # VoiceStateEvent
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
+    ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
+    ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
     ERROR = "loomd.error"
 
 
@@ -95,10 +107,84 @@ class Policy(_Payload):
     allow_cloud: bool | None = None
 
 
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"  # a tool's result, answering the assistant's `tool_calls` by id
+
+
+class ToolChoice(StrEnum):
+    """OpenAI's `tool_choice` values; a tool's own name forces that tool."""
+
+    AUTO = "auto"  # a tool call or a plain answer, the model chooses
+    NONE = "none"  # a plain answer only
+    REQUIRED = "required"  # one tool call
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ToolSpec(_Payload):
+    """A tool offered to a model: OpenAI's function name rules (`[A-Za-z0-9_-]{1,64}`,
+    unique within a request), a JSON-schema object for the arguments, and the broker
+    capability (`name@version`) a call runs, when it is one."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    capability: str = ""
+
+    def __post_init__(self) -> None:
+        if not _TOOL_NAME.fullmatch(self.name):
+            raise LoomdError(f"bad tool name {self.name!r}: 1-64 of A-Z a-z 0-9 _ -")
+        if not isinstance(self.parameters, dict) or self.parameters.get("type") != "object":
+            raise LoomdError(f"tool {self.name}: parameters must be a JSON schema object")
+
+
+@dataclass(frozen=True)
+class ToolCall(_Payload):
+    """One call a model made: its id (answered by a `Role.TOOL` message with this
+    `tool_call_id`), the tool's name and the arguments, already parsed from JSON."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arguments, dict):
+            raise LoomdError(f"tool call {self.name}: arguments must be an object")
+
+
+def _tool_calls(items: Any) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall.from_payload(c) for c in (items or ()))
+
+
 @dataclass(frozen=True)
 class ChatMessage(_Payload):
-    role: str  # system | user | assistant
+    role: str  # a Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # role assistant: the calls it made
+    tool_call_id: str = ""  # role tool: the call this answers
+
+    def __post_init__(self) -> None:
+        if self.role not in Role.__members__.values():
+            raise LoomdError(f"bad message role {self.role!r}: one of {', '.join(Role)}")
+        if self.role == Role.TOOL and not self.tool_call_id:
+            raise LoomdError("a tool message needs the tool_call_id it answers")
+
+    def to_payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [c.to_payload() for c in self.tool_calls]
+        if self.tool_call_id:
+            data["tool_call_id"] = self.tool_call_id
+        return data
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> ChatMessage:
+        return cls(**{**payload, "tool_calls": _tool_calls(payload.get("tool_calls"))})
 
 
 @dataclass(frozen=True)
@@ -111,10 +197,22 @@ class ChatRequest(_Payload):
     priority: str = "background"  # voice | interactive | background
     json_schema: dict[str, Any] | None = None
     agent: str = ""  # who asks (per-agent policy defaults)
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = ToolChoice.AUTO.value  # a ToolChoice, or one tool's name
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise LoomdError(f"tool names must be unique: {sorted(names)}")
+        if self.tool_choice not in ToolChoice.__members__.values() and self.tool_choice not in names:
+            raise LoomdError(f"tool_choice {self.tool_choice!r} is no ToolChoice and no tool's name")
+        if self.tools and self.json_schema is not None:
+            raise LoomdError("a request has tools or a json_schema, not both")
 
     def to_payload(self) -> dict[str, Any]:
         data = super().to_payload()
         data["messages"] = [m.to_payload() for m in self.messages]
+        data["tools"] = [t.to_payload() for t in self.tools]
         return data
 
     @classmethod
@@ -124,6 +222,7 @@ class ChatRequest(_Payload):
         if not data["messages"]:
             raise ValueError("messages is empty")
         data["policy"] = Policy.from_payload(data.get("policy") or {})
+        data["tools"] = tuple(ToolSpec.from_payload(t) for t in data.get("tools") or ())
         return cls(**data)
 
 
@@ -141,6 +240,16 @@ class ChatDone(_Payload):
     decision_id: str = ""
     tokens: int = 0
     error: str = ""  # set when the turn failed or was denied; text is then empty
+    tool_calls: tuple[ToolCall, ...] = ()  # the model called tools instead of answering
+
+    def to_payload(self) -> dict[str, Any]:
+        data = super().to_payload()
+        data["tool_calls"] = [c.to_payload() for c in self.tool_calls]
+        return data
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> ChatDone:
+        return cls(**{**payload, "tool_calls": _tool_calls(payload.get("tool_calls"))})
 
 
 @dataclass(frozen=True)
@@ -169,3 +278,73 @@ class VoiceStateEvent(_Payload):
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> VoiceStateEvent:
         return cls(**{**payload, "state": VoiceState(str(payload.get("state")))})
+
+
+# -- assist: words to actions ---------------------------------------------------------------
+class IntentVia(StrEnum):
+    LOCAL = "local"  # a sentence matched (hassil)
+    LLM = "llm"  # the model chose a tool or answered
+    NONE = "none"  # nothing understood the request
+
+
+@dataclass(frozen=True)
+class AssistRequest(_Payload):
+    """Text for the assist, on `Topic.ASSIST_CONVERSE` (request/reply: an `AssistTurn`).
+    `conversation_id` keeps a few turns of context (a voice site, a loomctl session);
+    `speech_end_ns` (monotonic clock of the board) lets the turn time its actions from the
+    end of speech."""
+
+    text: str
+    conversation_id: str = ""
+    site: str = ""  # the voice site it was heard at ("" for typed text)
+    language: str = ""  # "" for the assist's configured language
+    speech_end_ns: int = 0
+    utterance_id: str = ""
+
+
+@dataclass(frozen=True)
+class IntentInfo(_Payload):
+    name: str = ""
+    slots: dict[str, Any] = field(default_factory=dict)
+    via: str = IntentVia.NONE.value
+
+
+@dataclass(frozen=True)
+class ActionRecord(_Payload):
+    """One action a turn ran (or asked to confirm): the capability, its params, the
+    broker's result code and result."""
+
+    capability: str
+    params: dict[str, Any] = field(default_factory=dict)
+    code: str = ""  # a broker result code; "confirm" while it waits for a yes
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class AssistTurn(_Payload):
+    """A finished turn: what was heard, understood, done and said, and when (ms from the
+    end of speech when it is known, else from the text's arrival)."""
+
+    transcript: str
+    intent: IntentInfo = field(default_factory=IntentInfo)
+    actions: tuple[ActionRecord, ...] = ()
+    reply: str = ""
+    route: str = ""  # "" (local intent), or the router's route of the LLM turn
+    timings: dict[str, float] = field(default_factory=dict)
+    conversation_id: str = ""
+    site: str = ""
+    utterance_id: str = ""
+    continue_conversation: bool = False  # the reply asks back: listen again without a wake word
+    error: str = ""
+
+    def to_payload(self) -> dict[str, Any]:
+        data = super().to_payload()
+        data["actions"] = [a.to_payload() for a in self.actions]
+        return data
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> AssistTurn:
+        data = dict(payload)
+        data["intent"] = IntentInfo.from_payload(data.get("intent") or {})
+        data["actions"] = tuple(ActionRecord.from_payload(a) for a in data.get("actions") or ())
+        return cls(**data)
