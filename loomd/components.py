@@ -37,7 +37,9 @@ BUILTIN: dict[str, str] = {
     "llm": "loomd.router.component:LlmComponent",
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
     "peers": "loomd.bridges.peers:PeersComponent",
+    "home": "loomd.home.component:HomeComponent",
     "voice": "loomd.audio.component:VoiceComponent",
+    "assist": "loomd.assist.component:AssistComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

@@ -26,6 +26,16 @@ from loomd.errors import LoomdError
 
 __all__ = [
     "ActionRecord",
+    "DeviceState",
+    "Domain",
+    "HomeArea",
+    "HomeDevice",
+    "HomeSnapshot",
+    "MqttAck",
+    "MqttFollow",
+    "MqttMessage",
+    "MqttPublish",
+    "Vocabulary",
     "AssistRequest",
     "AssistTurn",
     "ChatChunk",
@@ -57,6 +67,12 @@ class Topic(StrEnum):
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
     ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
     ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
+    ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
+    MQTT_PUBLISH = "mqtt.publish"  # MqttPublish (request/reply: MqttAck)
+    MQTT_FOLLOW = "mqtt.follow"  # MqttFollow (request/reply: MqttAck); then MqttMessage events
+    HOME_STATE = "home.state"  # home.state.<device id>: DeviceState
+    HOME_REGISTRY = "home.registry"  # request/reply: HomeSnapshot
+    HOME_CHANGED = "home.changed"  # HomeSnapshot, when devices or areas change
     ERROR = "loomd.error"
 
 
@@ -348,3 +364,150 @@ class AssistTurn(_Payload):
         data["intent"] = IntentInfo.from_payload(data.get("intent") or {})
         data["actions"] = tuple(ActionRecord.from_payload(a) for a in data.get("actions") or ())
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class Vocabulary(_Payload):
+    """Names the assist knows (devices, aliases, areas, capability words): the speech to
+    text stage's initial prompt, so whisper spells them the way the house does."""
+
+    words: tuple[str, ...] = ()
+    language: str = "en"
+
+    @property
+    def prompt(self) -> str:
+        return ", ".join(self.words)
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> Vocabulary:
+        return cls(**{**payload, "words": tuple(str(w) for w in payload.get("words") or ())})
+
+
+# -- MQTT from the bus ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MqttPublish(_Payload):
+    """Publish one message through the MQTT bridge (`Topic.MQTT_PUBLISH`, request/reply).
+    Answered with an `MqttAck` once the message is durable in the outbox (QoS >= 1) or
+    handed to the socket (QoS 0)."""
+
+    topic: str
+    payload: bytes = b""
+    qos: int = 1
+    retain: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.topic or any(c in self.topic for c in "+#\0"):
+            raise LoomdError(f"bad MQTT topic {self.topic!r}: no wildcards, not empty")
+        if self.qos not in (0, 1, 2):
+            raise LoomdError(f"bad MQTT qos {self.qos!r}: 0, 1 or 2")
+        if isinstance(self.payload, str):
+            object.__setattr__(self, "payload", self.payload.encode())
+        if not isinstance(self.payload, bytes):
+            raise LoomdError("an MQTT payload is bytes or text")
+
+
+@dataclass(frozen=True)
+class MqttFollow(_Payload):
+    """Ask the bridge to subscribe to MQTT topic filters and publish each message that
+    arrives as an `MqttMessage` on `bus_topic` (`Topic.MQTT_FOLLOW`, request/reply). The
+    bridge keeps the filters across reconnects; a new request from the same `owner`
+    replaces its filters."""
+
+    owner: str
+    filters: tuple[str, ...]
+    bus_topic: str
+    qos: int = 1
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> MqttFollow:
+        return cls(**{**payload, "filters": tuple(str(f) for f in payload.get("filters") or ())})
+
+
+@dataclass(frozen=True)
+class MqttMessage(_Payload):
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class MqttAck(_Payload):
+    ok: bool
+    error: str = ""
+
+
+# -- the home: devices, areas, state -------------------------------------------------------------
+class Domain(StrEnum):
+    """Home Assistant's device domains (the ones the board acts on or reads)."""
+
+    LIGHT = "light"
+    SWITCH = "switch"
+    COVER = "cover"
+    LOCK = "lock"
+    CLIMATE = "climate"
+    FAN = "fan"
+    MEDIA_PLAYER = "media_player"
+    SENSOR = "sensor"
+    BINARY_SENSOR = "binary_sensor"
+
+
+@dataclass(frozen=True)
+class HomeArea(_Payload):
+    id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HomeArea:
+        return cls(**{**payload, "aliases": tuple(payload.get("aliases") or ())})
+
+
+@dataclass(frozen=True)
+class HomeDevice(_Payload):
+    """A device as other parts see it: who it is, where, what kind, where it came from
+    (`config`, a `home.d` file, `agent:<provider>`), and its last known state."""
+
+    id: str
+    name: str
+    domain: Domain
+    area: str = ""
+    aliases: tuple[str, ...] = ()
+    source: str = "config"
+    sensitive: bool = False
+    confirm: tuple[str, ...] = ()  # actions asked back first ("unlock"; "*" for every one)
+    state: str = ""  # "" until known
+    unit: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HomeDevice:
+        return cls(**{**payload, "domain": Domain(str(payload.get("domain"))),
+                      "aliases": tuple(payload.get("aliases") or ()),
+                      "confirm": tuple(payload.get("confirm") or ())})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HomeSnapshot(_Payload):
+    areas: tuple[HomeArea, ...] = ()
+    devices: tuple[HomeDevice, ...] = ()
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"areas": [a.to_payload() for a in self.areas],
+                "devices": [d.to_payload() for d in self.devices]}  # fmt: skip
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HomeSnapshot:
+        return cls(
+            tuple(HomeArea.from_payload(a) for a in payload.get("areas") or ()),
+            tuple(HomeDevice.from_payload(d) for d in payload.get("devices") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceState(_Payload):
+    """A device's state as its state topic last reported it (`home.state.<device>`)."""
+
+    device: str
+    state: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0  # time.time()
