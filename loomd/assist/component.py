@@ -183,12 +183,14 @@ class AssistComponent(Component[AssistSettings]):
 
     async def _refresh(self) -> None:
         async with self.ctx.bus.subscribe(Topic.HOME_CHANGED, QoS.REALTIME) as changed:
+            wait = 0.2  # soon after start: the home may have started its serving late
             while True:
                 try:
-                    await changed.get(timeout=self.settings.refresh_s)
+                    await changed.get(timeout=wait)
                 except (TimeoutError, RequestTimeout):
                     pass
                 await self._rebuild()
+                wait = self.settings.refresh_s
 
     async def _serve_vocabulary(self) -> None:
         async with self.ctx.bus.subscribe(Topic.ASSIST_VOCABULARY, QoS.RELIABLE) as sub:
