@@ -87,9 +87,13 @@ class CapabilitySpec:
             raise ValueError(f"capability {name}: schema must be an object")
         sentences = d.get("sentences") or ()
         devices = d.get("devices") or ()
-        if not isinstance(sentences, list | tuple) or not all(isinstance(x, str) for x in sentences):
+        if not isinstance(sentences, list | tuple) or not all(
+            isinstance(x, str) for x in sentences
+        ):
             raise ValueError(f"capability {name}: sentences must be a list of strings")
-        if not isinstance(devices, list | tuple) or not all(isinstance(x, Mapping) for x in devices):
+        if not isinstance(devices, list | tuple) or not all(
+            isinstance(x, Mapping) for x in devices
+        ):
             raise ValueError(f"capability {name}: devices must be a list of tables")
         return cls(
             name, v, str(d.get("description") or ""), dict(schema), tuple(sentences),

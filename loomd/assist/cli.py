@@ -52,13 +52,25 @@ async def _assist(bus: Any, args: Any) -> int:
     try:
         t = await turn(bus, args.text, args.conversation, args.wait)
     except RequestTimeout:
-        print("loomctl: no answer from the assist (is [assist] enabled and its extra "
-              "installed: pip install 'loomd[assist]'?)", file=sys.stderr)  # fmt: skip
+        print(
+            "loomctl: no answer from the assist (is [assist] enabled and its extra "
+            "installed: pip install 'loomd[assist]'?)",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         out = t.to_payload()
-        keep = ("transcript", "intent", "actions", "reply", "route", "timings",
-                "conversation_id", "continue_conversation", "error")  # fmt: skip
+        keep = (
+            "transcript",
+            "intent",
+            "actions",
+            "reply",
+            "route",
+            "timings",
+            "conversation_id",
+            "continue_conversation",
+            "error",
+        )
         print(_dumps({k: out[k] for k in keep}))
     else:
         print("\n".join(render(t)))

@@ -130,8 +130,11 @@ class AssistComponent(Component[AssistSettings]):
     # -- the catalogue: home + capabilities -> a matcher -----------------------------------------
     def _sentence_files(self) -> list[Path]:
         d = self.settings.sentences_dir
-        folder = Path(d) if d else (self.ctx.config_path.parent / "sentences.d"
-                                    if self.ctx.config_path else None)  # fmt: skip
+        folder = (
+            Path(d)
+            if d
+            else (self.ctx.config_path.parent / "sentences.d" if self.ctx.config_path else None)
+        )
         if folder is None or not folder.is_dir():
             return []
         return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
@@ -144,8 +147,11 @@ class AssistComponent(Component[AssistSettings]):
             pass  # no home component: no devices
         try:
             ev = await self.ctx.bus.request("caps.list", None, timeout=1.0)
-            self.caps = [c for c in ev.payload if isinstance(c, dict)] if isinstance(
-                ev.payload, list) else []  # fmt: skip
+            self.caps = (
+                [c for c in ev.payload if isinstance(c, dict)]
+                if isinstance(ev.payload, list)
+                else []
+            )
         except RequestTimeout:
             self.caps = []
 
@@ -157,7 +163,11 @@ class AssistComponent(Component[AssistSettings]):
         key = (
             [dataclasses.replace(d, state="", attributes={}) for d in self.home.devices],
             self.home.areas,
-            [(c["name"], c.get("sentences"), c.get("schema")) for c in self.caps if c.get("sentences")],
+            [
+                (c["name"], c.get("sentences"), c.get("schema"))
+                for c in self.caps
+                if c.get("sentences")
+            ],
             [(str(p), p.stat().st_mtime) for p in files],
         )
         if key == self._key:
@@ -165,8 +175,9 @@ class AssistComponent(Component[AssistSettings]):
         s = self.settings
 
         def build() -> Matcher:
-            m = Matcher(s.language, self.home, self.caps, files, threshold=s.fuzzy_threshold,
-                        area=s.area)  # fmt: skip
+            m = Matcher(
+                s.language, self.home, self.caps, files, threshold=s.fuzzy_threshold, area=s.area
+            )
             m.match("turn on the light")  # hassil builds its indexes on the first match
             return m
 
@@ -199,7 +210,7 @@ class AssistComponent(Component[AssistSettings]):
                     vocab = Vocabulary(tuple(self.matcher.vocabulary()), self.settings.language)
                     await self.ctx.bus.reply(req, vocab.to_payload(), wait=False)
 
-    # -- serving ------------------------------------------------------------------------------------
+    # -- serving -------------------------------------------------------------------------------
     async def _serve(self) -> None:
         async with self.ctx.bus.subscribe(Topic.ASSIST_CONVERSE, QoS.RELIABLE) as sub:
             async for req in sub:
@@ -235,10 +246,13 @@ class AssistComponent(Component[AssistSettings]):
         mark("total")
         timings.update(turn.timings)
         turn = dataclasses.replace(
-            turn, timings=timings, conversation_id=ask.conversation_id, site=ask.site,
+            turn,
+            timings=timings,
+            conversation_id=ask.conversation_id,
+            site=ask.site,
             utterance_id=ask.utterance_id,
             continue_conversation=turn.continue_conversation or conv.pending is not None,
-        )  # fmt: skip
+        )
         if self.settings.memory_turns and ask.conversation_id:
             conv.messages.append(ChatMessage(Role.USER, ask.text))
             if turn.reply:
@@ -261,7 +275,7 @@ class AssistComponent(Component[AssistSettings]):
         conv.last = now
         return conv
 
-    # -- one turn -------------------------------------------------------------------------------------
+    # -- one turn ------------------------------------------------------------------------------
     async def _turn(self, ask: AssistRequest, conv: Conversation, mark: Any) -> AssistTurn:
         text = ask.text.strip()
         if not text:
@@ -274,8 +288,11 @@ class AssistComponent(Component[AssistSettings]):
                 intent = IntentInfo("confirm", {}, IntentVia.LOCAL.value)
                 return AssistTurn(text, intent, tuple(done), self._outcome(done, pending.reply))
             if NO.match(text):
-                return AssistTurn(text, IntentInfo("HassNevermind", {}, IntentVia.LOCAL.value),
-                                  reply="Okay, I won't.")  # fmt: skip
+                return AssistTurn(
+                    text,
+                    IntentInfo("HassNevermind", {}, IntentVia.LOCAL.value),
+                    reply="Okay, I won't.",
+                )
         match = await asyncio.to_thread(self.matcher.match, text)
         mark("matched")
         if match is not None and not match.unknown:
@@ -286,10 +303,14 @@ class AssistComponent(Component[AssistSettings]):
         if match is not None:  # a command for a device or area the home does not have
             word = next(iter(match.unknown.values()))
             key = "no_area" if "area" in match.unknown else "no_entity"
-            reply = self.responses.error(key, f"Sorry, I am not aware of any device called {word}",
-                                         entity=word, area=word)  # fmt: skip
-            return AssistTurn(text, IntentInfo(match.intent, dict(match.unknown),
-                                               IntentVia.NONE.value), reply=reply)  # fmt: skip
+            reply = self.responses.error(
+                key, f"Sorry, I am not aware of any device called {word}", entity=word, area=word
+            )
+            return AssistTurn(
+                text,
+                IntentInfo(match.intent, dict(match.unknown), IntentVia.NONE.value),
+                reply=reply,
+            )
         if self.settings.llm:
             from loomd.assist.tools import llm_turn
 
@@ -302,11 +323,17 @@ class AssistComponent(Component[AssistSettings]):
             d = devices.get(str(m.slots["name"]))
             return [d] if d is not None else []
         domain = m.slots.get("domain")
-        want = {Domain(domain)} if isinstance(domain, str) and domain in Domain.__members__.values() \
-            else set(domains)  # fmt: skip
+        want = (
+            {Domain(domain)}
+            if isinstance(domain, str) and domain in Domain.__members__.values()
+            else set(domains)
+        )
         area = m.slots.get("area")
-        return [d for d in self.home.devices
-                if (not want or d.domain in want) and (area is None or d.area == area)]  # fmt: skip
+        return [
+            d
+            for d in self.home.devices
+            if (not want or d.domain in want) and (area is None or d.area == area)
+        ]
 
     async def _handle(self, m: Match, ask: AssistRequest, conv: Conversation) -> AssistTurn:
         intent = IntentInfo(m.intent, _plain(m.slots), IntentVia.LOCAL.value)
@@ -318,8 +345,14 @@ class AssistComponent(Component[AssistSettings]):
 
         def reply_for(devs: list[HomeDevice]) -> str:
             state = _state_view(devs[0]) if devs else None
-            return r.intent(m.intent, m.response, "Done", slots=spoken, state=state,
-                            query={"matched": [], "unmatched": []})  # fmt: skip
+            return r.intent(
+                m.intent,
+                m.response,
+                "Done",
+                slots=spoken,
+                state=state,
+                query={"matched": [], "unmatched": []},
+            )
 
         if m.intent == "HassNevermind":
             conv.pending = None
@@ -329,37 +362,57 @@ class AssistComponent(Component[AssistSettings]):
 
             now = datetime.datetime.now()
             fallback = now.strftime("%H:%M")
-            return AssistTurn(text, intent, reply=r.intent(m.intent, "default", fallback,
-                                                            slots={"time": now}))  # fmt: skip
-        if m.intent in ("HassStartTimer", "HassCancelTimer", "HassTimerStatus",
-                        "HassCancelAllTimers"):  # fmt: skip
+            return AssistTurn(
+                text, intent, reply=r.intent(m.intent, "default", fallback, slots={"time": now})
+            )
+        if m.intent in (
+            "HassStartTimer",
+            "HassCancelTimer",
+            "HassTimerStatus",
+            "HassCancelAllTimers",
+        ):
             return AssistTurn(text, intent, reply=self._timer(m, ask, spoken))
         if m.intent.startswith("cap:"):
             return await self._capability(m, intent, text, conv)
         plans: list[ActionRecord] = []
         if m.intent in ("HassTurnOn", "HassTurnOff"):
             on = m.intent == "HassTurnOn"
-            devs = [d for d in self._targets(m) if d.domain not in (Domain.SENSOR,
-                                                                      Domain.BINARY_SENSOR)]
+            devs = [
+                d for d in self._targets(m) if d.domain not in (Domain.SENSOR, Domain.BINARY_SENSOR)
+            ]
             for d in devs:
-                cap = ("home.lock" if on else "home.unlock") if d.domain == Domain.LOCK else (
-                    "home.turn_on" if on else "home.turn_off")  # fmt: skip
+                cap = (
+                    ("home.lock" if on else "home.unlock")
+                    if d.domain == Domain.LOCK
+                    else ("home.turn_on" if on else "home.turn_off")
+                )
                 plans.append(ActionRecord(cap, {"device": d.id}))
         elif m.intent == "HassLightSet" and "brightness" in m.slots:
             devs = [d for d in self._targets(m, Domain.LIGHT) if d.domain == Domain.LIGHT]
-            plans = [ActionRecord("home.light_set", {"device": d.id,
-                                                     "brightness": int(m.slots["brightness"])})
-                     for d in devs]  # fmt: skip
+            plans = [
+                ActionRecord(
+                    "home.light_set", {"device": d.id, "brightness": int(m.slots["brightness"])}
+                )
+                for d in devs
+            ]
         elif m.intent == "HassClimateSetTemperature":
             devs = [d for d in self._targets(m, Domain.CLIMATE) if d.domain == Domain.CLIMATE]
-            plans = [ActionRecord("home.climate_set_temperature",
-                                  {"device": d.id, "temperature": float(m.slots["temperature"])})
-                     for d in devs]  # fmt: skip
+            plans = [
+                ActionRecord(
+                    "home.climate_set_temperature",
+                    {"device": d.id, "temperature": float(m.slots["temperature"])},
+                )
+                for d in devs
+            ]
         elif m.intent == "HassSetPosition":
             devs = [d for d in self._targets(m, Domain.COVER) if d.domain == Domain.COVER]
-            plans = [ActionRecord("home.cover_set_position",
-                                  {"device": d.id, "position": int(m.slots["position"])})
-                     for d in devs]  # fmt: skip
+            plans = [
+                ActionRecord(
+                    "home.cover_set_position",
+                    {"device": d.id, "position": int(m.slots["position"])},
+                )
+                for d in devs
+            ]
         elif m.intent == "HassGetState":
             devs = self._targets(m)
             if not devs:
@@ -369,17 +422,30 @@ class AssistComponent(Component[AssistSettings]):
             st = _state_view(devs[0], str(value.get("state") or ""))
             want = m.slots.get("state")
             matched = [st] if want is not None and str(want).lower() == st.state.lower() else []
-            reply = r.intent(m.intent, m.response, st.state_with_unit, slots=spoken, state=st,
-                             query={"matched": matched, "unmatched": [] if matched else [st]})  # fmt: skip
+            reply = r.intent(
+                m.intent,
+                m.response,
+                st.state_with_unit,
+                slots=spoken,
+                state=st,
+                query={"matched": matched, "unmatched": [] if matched else [st]},
+            )
             return AssistTurn(text, intent, tuple(got), reply)
         else:
             return AssistTurn(text, intent, reply=r.error("no_intent", NOT_UNDERSTOOD))
         if not plans:
             area = m.texts.get("area", "")
             dom = str(m.slots.get("domain") or "device")
-            reply = (r.error("no_domain_in_area", f"Sorry, I am not aware of any {dom} in the {area} area",
-                             domain=dom, area=area) if area
-                     else r.error("no_domain", f"Sorry, I am not aware of any {dom}", domain=dom))  # fmt: skip
+            reply = (
+                r.error(
+                    "no_domain_in_area",
+                    f"Sorry, I am not aware of any {dom} in the {area} area",
+                    domain=dom,
+                    area=area,
+                )
+                if area
+                else r.error("no_domain", f"Sorry, I am not aware of any {dom}", domain=dom)
+            )
             return AssistTurn(text, intent, reply=reply)
         reply = reply_for(devs)
         if self._needs_confirm(plans):
@@ -411,23 +477,39 @@ class AssistComponent(Component[AssistSettings]):
                 return True
         return False
 
-    async def _capability(self, m: Match, intent: IntentInfo, text: str,
-                          conv: Conversation) -> AssistTurn:  # fmt: skip
+    async def _capability(
+        self, m: Match, intent: IntentInfo, text: str, conv: Conversation
+    ) -> AssistTurn:
         name = m.intent.removeprefix("cap:")
         spec = next((c for c in self.caps if c["name"] == name), {})
         props = (spec.get("schema") or {}).get("properties") or {}
-        params = {k: (int(v) if isinstance(v, float) and (props.get(k) or {}).get("type") == "integer"
-                      else v) for k, v in m.slots.items() if k in props}  # fmt: skip
+        params = {
+            k: (
+                int(v)
+                if isinstance(v, float) and (props.get(k) or {}).get("type") == "integer"
+                else v
+            )
+            for k, v in m.slots.items()
+            if k in props
+        }
         plan = [ActionRecord(name, params)]
         if spec.get("confirm"):
             conv.pending = Pending(plan, "Done", time.monotonic() + self.settings.confirm_timeout_s)
             desc = spec.get("description") or name
-            return AssistTurn(text, intent, (dataclasses.replace(plan[0], code="confirm"),),
-                              f"{desc}?", continue_conversation=True)  # fmt: skip
+            return AssistTurn(
+                text,
+                intent,
+                (dataclasses.replace(plan[0], code="confirm"),),
+                f"{desc}?",
+                continue_conversation=True,
+            )
         done = await self._run(plan)
         value = done[0].result
-        said = value if isinstance(value, str) else (value.get("reply") if isinstance(value, dict)
-                                                      else None)  # fmt: skip
+        said = (
+            value
+            if isinstance(value, str)
+            else (value.get("reply") if isinstance(value, dict) else None)
+        )
         return AssistTurn(text, intent, tuple(done), self._outcome(done, str(said or "Done")))
 
     def _outcome(self, done: list[ActionRecord], reply: str) -> str:
@@ -449,25 +531,35 @@ class AssistComponent(Component[AssistSettings]):
                 return dataclasses.replace(a, code="timeout", result="no answer from the broker")
             p = ev.payload if isinstance(ev.payload, dict) else {}
             code = str(p.get("code") or "error")
-            return dataclasses.replace(a, code=code,
-                                       result=p.get("value") if code == "ok" else p.get("error"))  # fmt: skip
+            return dataclasses.replace(
+                a, code=code, result=p.get("value") if code == "ok" else p.get("error")
+            )
 
         return list(await asyncio.gather(*(one(a) for a in plans)))
 
     # -- timers -----------------------------------------------------------------------------------
     def _timer(self, m: Match, ask: AssistRequest, spoken: dict[str, Any]) -> str:
         if m.intent == "HassStartTimer":
-            secs = (float(m.slots.get("hours", 0)) * 3600 + float(m.slots.get("minutes", 0)) * 60
-                    + float(m.slots.get("seconds", 0)))  # fmt: skip
+            secs = (
+                float(m.slots.get("hours", 0)) * 3600
+                + float(m.slots.get("minutes", 0)) * 60
+                + float(m.slots.get("seconds", 0))
+            )
             if secs <= 0:
                 return "Sorry, how long should the timer run?"
             self._timer_ids += 1
-            t = Timer(self._timer_ids, secs, time.monotonic() + secs, ask.site or self.settings.site,
-                      str(m.slots.get("name") or ""))  # fmt: skip
+            t = Timer(
+                self._timer_ids,
+                secs,
+                time.monotonic() + secs,
+                ask.site or self.settings.site,
+                str(m.slots.get("name") or ""),
+            )
             t.task = self.spawn(lambda: self._ring(t), f"timer-{t.id}", critical=False)
             self.timers[t.id] = t
-            return self.responses.intent(m.intent, m.response, f"Timer set for {_span(secs)}",
-                                         slots=spoken)  # fmt: skip
+            return self.responses.intent(
+                m.intent, m.response, f"Timer set for {_span(secs)}", slots=spoken
+            )
         if m.intent in ("HassCancelTimer", "HassCancelAllTimers"):
             if not self.timers:
                 return self.responses.error("timer_not_found", "Sorry, I couldn't find that timer")
@@ -509,20 +601,33 @@ class AssistComponent(Component[AssistSettings]):
         if not hasattr(self, "matcher"):
             return None
         return AssistStatus(
-            self.settings.language, len(self.home.devices), len(self.home.areas),
-            sum(len(c.get("sentences") or ()) for c in self.caps), self.counts["turns"],
-            self.counts.get("local", 0), self.counts.get("llm", 0), self.counts.get("none", 0),
-            sum(1 for c in self.convs.values() if c.pending is not None), len(self.timers),
-        )  # fmt: skip
+            self.settings.language,
+            len(self.home.devices),
+            len(self.home.areas),
+            sum(len(c.get("sentences") or ()) for c in self.caps),
+            self.counts["turns"],
+            self.counts.get("local", 0),
+            self.counts.get("llm", 0),
+            self.counts.get("none", 0),
+            sum(1 for c in self.convs.values() if c.pending is not None),
+            len(self.timers),
+        )
 
     def metrics(self) -> Iterable[Family]:
-        yield Family("loomd_assist_turns_total", "counter", "Turns by how they were understood.",
-                     [({"via": k}, float(v)) for k, v in self.counts.items() if k != "turns"])  # fmt: skip
+        yield Family(
+            "loomd_assist_turns_total",
+            "counter",
+            "Turns by how they were understood.",
+            [({"via": k}, float(v)) for k, v in self.counts.items() if k != "turns"],
+        )
 
     def commands(self) -> Mapping[str, Command]:
         return {
-            "converse": Command(self._cmd_converse, "one turn: text -> intent -> actions -> reply",
-                                ("text", "conversation")),  # fmt: skip
+            "converse": Command(
+                self._cmd_converse,
+                "one turn: text -> intent -> actions -> reply",
+                ("text", "conversation"),
+            ),
             "vocabulary": Command(self._cmd_vocabulary, "the names given to speech to text"),
         }
 
@@ -537,8 +642,11 @@ class AssistComponent(Component[AssistSettings]):
 
 
 def _plain(slots: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in slots.items()
-            if isinstance(v, str | int | float | bool)}  # fmt: skip
+    return {
+        k: (int(v) if isinstance(v, float) and v.is_integer() else v)
+        for k, v in slots.items()
+        if isinstance(v, str | int | float | bool)
+    }
 
 
 def _state_view(d: HomeDevice, state: str = "") -> Any:
@@ -548,9 +656,12 @@ def _state_view(d: HomeDevice, state: str = "") -> Any:
 
 
 def _span(secs: float) -> str:
-    secs = int(round(secs))
+    secs = round(secs)
     h, rest = divmod(secs, 3600)
     m, s = divmod(rest, 60)
-    parts = [f"{n} {u}{'s' if n != 1 else ''}" for n, u in ((h, "hour"), (m, "minute"), (s, "second"))
-             if n]  # fmt: skip
+    parts = [
+        f"{n} {u}{'s' if n != 1 else ''}"
+        for n, u in ((h, "hour"), (m, "minute"), (s, "second"))
+        if n
+    ]
     return " and ".join(parts) or "0 seconds"

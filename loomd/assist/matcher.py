@@ -34,8 +34,9 @@ __all__ = ["CAP_PREFIX", "Match", "Matcher", "cap_intent"]
 CAP_PREFIX = "cap:"  # intent names of capability sentences: "cap:<capability name>"
 # Intents whose unknown target must never fall through to the model: "turn on the
 # garage light" with no garage light is answered "no device called ...", not guessed.
-COMMANDS = frozenset({"HassTurnOn", "HassTurnOff", "HassLightSet", "HassSetPosition",
-                      "HassClimateSetTemperature"})  # fmt: skip
+COMMANDS = frozenset(
+    {"HassTurnOn", "HassTurnOff", "HassLightSet", "HassSetPosition", "HassClimateSetTemperature"}
+)
 _SAFE = re.compile(r"[^a-z0-9_]")
 
 
@@ -105,7 +106,9 @@ class Matcher:
                 ctx["area"] = d.area
             for spoken in dict.fromkeys([d.name, *d.aliases]):
                 names.append((spoken, d.id, ctx))
-        areas = [(spoken, a.id) for a in home.areas for spoken in dict.fromkeys([a.name, *a.aliases])]
+        areas = [
+            (spoken, a.id) for a in home.areas for spoken in dict.fromkeys([a.name, *a.aliases])
+        ]
         return {
             "name": TextSlotList.from_tuples(names, allow_template=False),
             "area": TextSlotList.from_tuples(areas, allow_template=False),
@@ -123,6 +126,7 @@ class Matcher:
             props = (c.get("schema") or {}).get("properties") or {}
             rewritten = []
             for sentence in sentences:
+
                 def bind(m: re.Match[str], i: int = i, props: Any = props) -> str:
                     param = m.group(1)
                     lst = f"cap{i}_{_SAFE.sub('_', param.lower())}"
@@ -145,9 +149,13 @@ class Matcher:
     def recognize(self, text: str) -> RecognizeResult | None:
         """hassil as it is, nothing added (the bench's baseline calls this too)."""
         return recognize_best(
-            text, self.intents, slot_lists=self.lists, intent_context=self.context or None,
-            language=self.language, best_slot_name="name",
-        )  # fmt: skip
+            text,
+            self.intents,
+            slot_lists=self.lists,
+            intent_context=self.context or None,
+            language=self.language,
+            best_slot_name="name",
+        )
 
     def match(self, text: str) -> Match | None:
         r = self.recognize(text)
@@ -171,11 +179,18 @@ class Matcher:
         unknown_chunks = 1  # a refusal needs a command's words around the unknown name
         repairs: dict[str, float] = {}
         for r in recognize_all(
-            text, self.intents, slot_lists=self.lists, intent_context=self.context or None,
-            allow_unmatched_entities=True, language=self.language,
-        ):  # fmt: skip
-            said = {k: _strip(e.text) for k, e in r.unmatched_entities.items()
-                    if isinstance(e, UnmatchedTextEntity) and e.text != MISSING}  # fmt: skip
+            text,
+            self.intents,
+            slot_lists=self.lists,
+            intent_context=self.context or None,
+            allow_unmatched_entities=True,
+            language=self.language,
+        ):
+            said = {
+                k: _strip(e.text)
+                for k, e in r.unmatched_entities.items()
+                if isinstance(e, UnmatchedTextEntity) and e.text != MISSING
+            }
             if not said or not set(said) <= {"name", "area"}:
                 continue
             domain = r.entities["domain"].value if "domain" in r.entities else None
@@ -189,8 +204,12 @@ class Matcher:
                 score = min(score, best[1])
             if score:
                 repairs[fixed] = max(score, repairs.get(fixed, 0.0))
-            elif (r.intent.name in COMMANDS and r.text_chunks_matched > unknown_chunks
-                  and len(said) == 1 and all(len(w.split()) <= 4 for w in said.values())):  # fmt: skip
+            elif (
+                r.intent.name in COMMANDS
+                and r.text_chunks_matched > unknown_chunks
+                and len(said) == 1
+                and all(len(w.split()) <= 4 for w in said.values())
+            ):
                 unknown_chunks = r.text_chunks_matched
                 unknown = Match(r.intent.name, {}, said, "default", False, said, text)
         for fixed in sorted(repairs, key=lambda f: -repairs[f])[:5]:
@@ -201,8 +220,12 @@ class Matcher:
 
     def _closest(self, slot: str, said: str, domain: Any) -> tuple[str, float] | None:
         if slot == "name":
-            choices = [n for dom, names in self._names.values()
-                       if domain is None or dom.value == domain for n in names]  # fmt: skip
+            choices = [
+                n
+                for dom, names in self._names.values()
+                if domain is None or dom.value == domain
+                for n in names
+            ]
         else:
             choices = [n for names in self._areas.values() for n in names]
         if not choices or len(said) < 3:
@@ -223,8 +246,7 @@ def _strip(words: str) -> str:
 
 def _list_for(schema: Mapping[str, Any]) -> Any:
     if "enum" in schema:
-        return TextSlotList.from_tuples([(str(v), v) for v in schema["enum"]],
-                                        allow_template=False)  # fmt: skip
+        return TextSlotList.from_tuples([(str(v), v) for v in schema["enum"]], allow_template=False)
     if schema.get("type") in ("integer", "number"):
         lo, hi = int(schema.get("minimum", 0)), int(schema.get("maximum", 1000))
         return RangeSlotList(name=None, start=lo, stop=hi)
@@ -232,7 +254,7 @@ def _list_for(schema: Mapping[str, Any]) -> Any:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # (PyYAML comes with hassil)
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

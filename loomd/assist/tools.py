@@ -54,8 +54,11 @@ def tool_specs(caps: Iterable[Mapping[str, Any]]) -> list[ToolSpec]:
         used.add(tool)
         schema = dict(c.get("schema") or {"type": "object"})
         schema.setdefault("type", "object")
-        out.append(ToolSpec(tool, str(c.get("description") or name), schema,
-                            f"{name}@{c.get('version', 1)}"))  # fmt: skip
+        out.append(
+            ToolSpec(
+                tool, str(c.get("description") or name), schema, f"{name}@{c.get('version', 1)}"
+            )
+        )
     return out
 
 
@@ -68,30 +71,50 @@ async def llm_turn(
     tools = tool_specs(c for c in assist.caps if c.get("provider") != "assist")
     by_tool = {t.name: t for t in tools}
     confirm = {c["name"] for c in assist.caps if c.get("confirm")}
-    messages = [ChatMessage(Role.SYSTEM, s.system_prompt), *conv.messages,
-                ChatMessage(Role.USER, ask.text)]  # fmt: skip
+    messages = [
+        ChatMessage(Role.SYSTEM, s.system_prompt),
+        *conv.messages,
+        ChatMessage(Role.USER, ask.text),
+    ]
     actions: list[ActionRecord] = []
-    route, reply, began = "", "", time.monotonic()
+    route, reply = "", ""
     for _ in range(s.max_tool_rounds):
-        req = ChatRequest(tuple(messages), priority="voice" if ask.site else "interactive",
-                          stream=False, max_tokens=160, agent="assist", tools=tuple(tools))  # fmt: skip
+        req = ChatRequest(
+            tuple(messages),
+            priority="voice" if ask.site else "interactive",
+            stream=False,
+            max_tokens=160,
+            agent="assist",
+            tools=tuple(tools),
+        )
         done: ChatDone | None = None
         try:
             async for piece in chat_stream(assist.ctx.bus, req, timeout=s.llm_timeout_s):
                 if isinstance(piece, ChatDone):
                     done = piece
         except (TimeoutError, LoomdError) as exc:
-            return AssistTurn(ask.text, IntentInfo("", {}, IntentVia.NONE.value), tuple(actions),
-                              "Sorry, I can't answer that right now", route, error=str(exc))  # fmt: skip
-        if "llm_first" not in (t := {}):
+            return AssistTurn(
+                ask.text,
+                IntentInfo("", {}, IntentVia.NONE.value),
+                tuple(actions),
+                "Sorry, I can't answer that right now",
+                route,
+                error=str(exc),
+            )
+        if not actions:
             mark("llm_first")
-        del t
         if done is None:
             break
         route = done.route or route
         if done.error:
-            return AssistTurn(ask.text, IntentInfo("", {}, IntentVia.NONE.value), tuple(actions),
-                              "Sorry, I can't answer that right now", route, error=done.error)  # fmt: skip
+            return AssistTurn(
+                ask.text,
+                IntentInfo("", {}, IntentVia.NONE.value),
+                tuple(actions),
+                "Sorry, I can't answer that right now",
+                route,
+                error=done.error,
+            )
         if not done.tool_calls:
             reply = done.text.strip()
             break
@@ -110,16 +133,25 @@ async def llm_turn(
                 conv.pending = Pending([plan], "Done", time.monotonic() + s.confirm_timeout_s)
                 actions.append(dataclasses.replace(plan, code="confirm"))
                 intent = IntentInfo(cap, dict(call.arguments), IntentVia.LLM.value)
-                return AssistTurn(ask.text, intent, tuple(actions),
-                                  f"{spec.description or cap}?", route, continue_conversation=True)  # fmt: skip
+                return AssistTurn(
+                    ask.text,
+                    intent,
+                    tuple(actions),
+                    f"{spec.description or cap}?",
+                    route,
+                    continue_conversation=True,
+                )
             ran = (await assist._run([plan]))[0]
             actions.append(ran)
             mark("action_done")
             body = {"code": ran.code, "result": ran.result}
-            messages.append(ChatMessage(Role.TOOL, json.dumps(body, default=str),
-                                        tool_call_id=call.id))  # fmt: skip
-    del began
+            messages.append(
+                ChatMessage(Role.TOOL, json.dumps(body, default=str), tool_call_id=call.id)
+            )
     first = actions[0] if actions else None
-    intent = IntentInfo(first.capability.split("@")[0] if first else "",
-                        dict(first.params) if first else {}, IntentVia.LLM.value)  # fmt: skip
+    intent = IntentInfo(
+        first.capability.split("@")[0] if first else "",
+        dict(first.params) if first else {},
+        IntentVia.LLM.value,
+    )
     return AssistTurn(ask.text, intent, tuple(actions), reply or "Done", route)

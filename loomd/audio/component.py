@@ -38,9 +38,9 @@ from loomd.messages import (
     SayRequest,
     Topic,
     Transcript,
+    Vocabulary,
     VoiceState,
     VoiceStateEvent,
-    Vocabulary,
 )
 from loomd.metrics import Family
 

@@ -72,7 +72,8 @@ class BusRequests:
     def _request_tasks(self) -> set[asyncio.Task[None]]:
         tasks: set[asyncio.Task[None]] | None = getattr(self, "_req_tasks", None)
         if tasks is None:
-            tasks = self._req_tasks = set()
+            tasks = set()
+            self._req_tasks: set[asyncio.Task[None]] = tasks
         return tasks
 
     async def _publish_one(self, req: Event) -> None:
@@ -156,7 +157,9 @@ class BusRequests:
         if self.v5:
             from paho.mqtt.subscribeoptions import SubscribeOptions
 
-            self.client.subscribe([(t, SubscribeOptions(qos=q, noLocal=True)) for t, q in subs.items()])
+            self.client.subscribe(
+                [(t, SubscribeOptions(qos=q, noLocal=True)) for t, q in subs.items()]
+            )
         else:
             self.client.subscribe(list(subs.items()))
 
@@ -165,8 +168,11 @@ class BusRequests:
         if not self.follows:
             return False
         matches = self.mqtt.topic_matches_sub
-        targets = {f.bus_topic for f in self.follows.values()
-                   if any(matches(flt, topic) for flt in f.filters)}  # fmt: skip
+        targets = {
+            f.bus_topic
+            for f in self.follows.values()
+            if any(matches(flt, topic) for flt in f.filters)
+        }
         if not targets:
             return False
         payload = MqttMessage(topic, bytes(data), bool(retain)).to_payload()
@@ -175,6 +181,6 @@ class BusRequests:
             task = self.loop.create_task(
                 self.ctx.bus.publish(bus_topic, payload, qos=QoS.RELIABLE, wait=False)
             )
-            self._request_tasks.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(self._request_tasks.discard)  # type: ignore[arg-type]
+            self._request_tasks.add(task)
+            task.add_done_callback(self._request_tasks.discard)
         return True

@@ -37,8 +37,14 @@ from loomd.metrics import Family
 __all__ = ["HomeComponent", "HomeStatus"]
 
 FOLLOW_TOPIC = "home.mqtt"  # where the bridge publishes our devices' state messages
-SWITCHABLE = (Domain.LIGHT, Domain.SWITCH, Domain.FAN, Domain.MEDIA_PLAYER, Domain.CLIMATE,
-              Domain.COVER)  # fmt: skip
+SWITCHABLE = (
+    Domain.LIGHT,
+    Domain.SWITCH,
+    Domain.FAN,
+    Domain.MEDIA_PLAYER,
+    Domain.CLIMATE,
+    Domain.COVER,
+)
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,11 @@ class HomeComponent(Component[HomeSettings]):
             for src in load_dir(folder):
                 self.registry.set_source(src)
         self.log.info(
-            "home: %d devices in %d areas from %s", len(self.registry.devices),
-            len(self.registry.areas), ", ".join(self.registry.sources),
-        )  # fmt: skip
+            "home: %d devices in %d areas from %s",
+            len(self.registry.devices),
+            len(self.registry.areas),
+            ", ".join(self.registry.sources),
+        )
 
     # -- capabilities ---------------------------------------------------------------------------
     def _broker(self) -> ActionBroker:
@@ -127,35 +135,73 @@ class HomeComponent(Component[HomeSettings]):
         broker = ActionBroker()
         prov = LocalProvider("home")
 
-        def offer(name: str, fn: Any, desc: str, ids: list[str], extra: dict[str, Any] | None = None,
-                  *, confirm: bool = False, sensitive: bool = False) -> None:  # fmt: skip
+        def offer(
+            name: str,
+            fn: Any,
+            desc: str,
+            ids: list[str],
+            extra: dict[str, Any] | None = None,
+            *,
+            confirm: bool = False,
+            sensitive: bool = False,
+        ) -> None:
             if not ids:
                 return
             props: dict[str, Any] = {"device": {"enum": ids, "description": "the device id"}}
             props.update(extra or {})
-            schema = {"type": "object", "properties": props, "required": list(props),
-                      "additionalProperties": False}  # fmt: skip
+            schema = {
+                "type": "object",
+                "properties": props,
+                "required": list(props),
+                "additionalProperties": False,
+            }
             spec = CapabilitySpec(name, 1, desc, schema, confirm=confirm, sensitive=sensitive)
             broker.register(spec, prov)
             prov.add(spec, fn)
 
         actable = [i for i, d in reg.devices.items() if d.domain not in READ_ONLY]
-        offer("home.turn_on", self.turn_on, "Turn a device on (a cover opens, a lock locks)",
-              sorted(actable))  # fmt: skip
-        offer("home.turn_off", self.turn_off, "Turn a device off (a cover closes)",
-              sorted(i for i in actable if reg.devices[i].domain != Domain.LOCK))  # fmt: skip
-        offer("home.light_set", self.light_set, "Set a light's brightness (percent)",
-              reg.ids(Domain.LIGHT),
-              {"brightness": {"type": "integer", "minimum": 0, "maximum": 100}})  # fmt: skip
-        offer("home.climate_set_temperature", self.climate_set_temperature,
-              "Set a thermostat's target temperature", reg.ids(Domain.CLIMATE),
-              {"temperature": {"type": "number"}})  # fmt: skip
-        offer("home.cover_set_position", self.cover_set_position,
-              "Set a cover's position (percent open)", reg.ids(Domain.COVER),
-              {"position": {"type": "integer", "minimum": 0, "maximum": 100}})  # fmt: skip
+        offer(
+            "home.turn_on",
+            self.turn_on,
+            "Turn a device on (a cover opens, a lock locks)",
+            sorted(actable),
+        )
+        offer(
+            "home.turn_off",
+            self.turn_off,
+            "Turn a device off (a cover closes)",
+            sorted(i for i in actable if reg.devices[i].domain != Domain.LOCK),
+        )
+        offer(
+            "home.light_set",
+            self.light_set,
+            "Set a light's brightness (percent)",
+            reg.ids(Domain.LIGHT),
+            {"brightness": {"type": "integer", "minimum": 0, "maximum": 100}},
+        )
+        offer(
+            "home.climate_set_temperature",
+            self.climate_set_temperature,
+            "Set a thermostat's target temperature",
+            reg.ids(Domain.CLIMATE),
+            {"temperature": {"type": "number"}},
+        )
+        offer(
+            "home.cover_set_position",
+            self.cover_set_position,
+            "Set a cover's position (percent open)",
+            reg.ids(Domain.COVER),
+            {"position": {"type": "integer", "minimum": 0, "maximum": 100}},
+        )
         offer("home.lock", self.lock, "Lock a lock", reg.ids(Domain.LOCK))
-        offer("home.unlock", self.unlock, "Unlock a lock", reg.ids(Domain.LOCK),
-              confirm=True, sensitive=True)  # fmt: skip
+        offer(
+            "home.unlock",
+            self.unlock,
+            "Unlock a lock",
+            reg.ids(Domain.LOCK),
+            confirm=True,
+            sensitive=True,
+        )
         offer("home.get_state", self.get_state, "A device's last known state", reg.ids())
         return broker
 
@@ -204,10 +250,14 @@ class HomeComponent(Component[HomeSettings]):
         d = self._device(device)
         st = self.states.get(d.id)
         return {
-            "device": d.id, "name": d.name, "domain": d.domain.value, "area": d.spec.area,
-            "state": st.state if st else "", "unit": d.spec.unit,
+            "device": d.id,
+            "name": d.name,
+            "domain": d.domain.value,
+            "area": d.spec.area,
+            "state": st.state if st else "",
+            "unit": d.spec.unit,
             "attributes": dict(st.attributes) if st else {},
-        }  # fmt: skip
+        }
 
     def _device(self, device_id: str, *domains: Domain) -> Device:
         try:
@@ -221,14 +271,23 @@ class HomeComponent(Component[HomeSettings]):
     async def _act(self, d: Device, action: str, value: float | None = None) -> dict[str, Any]:
         self.counts["actions"] += 1
         try:
-            out = await (self._by_capability(d, action, value) if d.spec.capability
-                         else self._by_mqtt(d, action, value))  # fmt: skip
+            out = await (
+                self._by_capability(d, action, value)
+                if d.spec.capability
+                else self._by_mqtt(d, action, value)
+            )
         except CapabilityError:
             self.counts["failed"] += 1
             raise
         if not d.spec.state_topic:  # nothing reports back: keep what was asked
-            guess = {"turn_on": "on", "turn_off": "off", "open": "open", "close": "closed",
-                     "lock": "locked", "unlock": "unlocked"}.get(action)  # fmt: skip
+            guess = {
+                "turn_on": "on",
+                "turn_off": "off",
+                "open": "open",
+                "close": "closed",
+                "lock": "locked",
+                "unlock": "unlocked",
+            }.get(action)
             if guess is not None:
                 await self._set_state(DeviceState(d.id, guess, {}, time.time()))
         return {"device": d.id, "action": action, **out}
@@ -273,8 +332,11 @@ class HomeComponent(Component[HomeSettings]):
 
     # -- state ------------------------------------------------------------------------------------
     def _state_topics(self) -> tuple[str, ...]:
-        return tuple(sorted({d.spec.state_topic for d in self.registry.devices.values()
-                             if d.spec.state_topic}))  # fmt: skip
+        return tuple(
+            sorted(
+                {d.spec.state_topic for d in self.registry.devices.values() if d.spec.state_topic}
+            )
+        )
 
     async def _keep_following(self) -> None:
         """Ask the bridge to follow the state topics, again after each (re)connect of the
@@ -286,8 +348,9 @@ class HomeComponent(Component[HomeSettings]):
                 if topics and topics != self.following:
                     req = MqttFollow("home", topics, FOLLOW_TOPIC)
                     try:
-                        ev = await self.ctx.bus.request(Topic.MQTT_FOLLOW, req.to_payload(),
-                                                        timeout=2.0)  # fmt: skip
+                        ev = await self.ctx.bus.request(
+                            Topic.MQTT_FOLLOW, req.to_payload(), timeout=2.0
+                        )
                         ack = MqttAck.from_payload(ev.payload)
                         if ack.ok:
                             self.following = topics
@@ -295,12 +358,15 @@ class HomeComponent(Component[HomeSettings]):
                             self.ctx.error("home_follow", f"home: the bridge refused: {ack.error}")
                     except RequestTimeout:
                         pass  # no bridge (yet): ask again below
-                wait = [asyncio.ensure_future(connected.get()),
-                        asyncio.ensure_future(self._changed.wait())]  # fmt: skip
+                wait = [
+                    asyncio.ensure_future(connected.get()),
+                    asyncio.ensure_future(self._changed.wait()),
+                ]
                 done, pending = await asyncio.wait(
-                    wait, timeout=None if self.following or not topics else 2.0,
+                    wait,
+                    timeout=None if self.following or not topics else 2.0,
                     return_when=asyncio.FIRST_COMPLETED,
-                )  # fmt: skip
+                )
                 for p in pending:
                     p.cancel()
                 if wait[0] in done:
@@ -336,24 +402,35 @@ class HomeComponent(Component[HomeSettings]):
                     for part in d.spec.state_key.split("."):
                         value = value.get(part) if isinstance(value, dict) else None
                     if value is None:
-                        self.ctx.error("home_bad_state",
-                                       f"home: {d.id}: no {d.spec.state_key!r} in {text[:80]!r}")  # fmt: skip
+                        self.ctx.error(
+                            "home_bad_state",
+                            f"home: {d.id}: no {d.spec.state_key!r} in {text[:80]!r}",
+                        )
                         return None
         s = str(value)
         known = {d.spec.payload_on: "on", d.spec.payload_off: "off"}
         if d.domain == Domain.LOCK:
-            known = {"LOCKED": "locked", "UNLOCKED": "unlocked", d.spec.payload_lock: "locked",
-                     d.spec.payload_unlock: "unlocked"}  # fmt: skip
+            known = {
+                "LOCKED": "locked",
+                "UNLOCKED": "unlocked",
+                d.spec.payload_lock: "locked",
+                d.spec.payload_unlock: "unlocked",
+            }
         elif d.domain == Domain.COVER:
-            known = {"OPEN": "open", "CLOSED": "closed", d.spec.payload_open: "open",
-                     d.spec.payload_close: "closed"}  # fmt: skip
+            known = {
+                "OPEN": "open",
+                "CLOSED": "closed",
+                d.spec.payload_open: "open",
+                d.spec.payload_close: "closed",
+            }
         return DeviceState(d.id, known.get(s, s.lower() if s.isalpha() else s), attrs, time.time())
 
     async def _set_state(self, st: DeviceState) -> None:
         self.states[st.device] = st
         self.counts["states"] += 1
-        await self.ctx.bus.publish(f"{Topic.HOME_STATE}.{st.device}", st.to_payload(),
-                                   qos=QoS.RELIABLE, wait=False)  # fmt: skip
+        await self.ctx.bus.publish(
+            f"{Topic.HOME_STATE}.{st.device}", st.to_payload(), qos=QoS.RELIABLE, wait=False
+        )
 
     # -- the registry on the bus ----------------------------------------------------------------
     def snapshot(self) -> HomeSnapshot:
@@ -393,14 +470,14 @@ class HomeComponent(Component[HomeSettings]):
                 changed |= self.registry.drop_source(name)
         for name, devices in found.items():
             try:
-                src = source_from_tables(name, {"devices": devices})
+                source = source_from_tables(name, {"devices": devices})
             except LoomdError as exc:
                 self.ctx.error("home_agent_devices", f"home: {exc}")
                 continue
-            if self.registry.sources.get(name) == src:
+            if self.registry.sources.get(name) == source:
                 continue
             try:
-                self.registry.set_source(src)
+                self.registry.set_source(source)
                 changed = True
             except LoomdError as exc:
                 self.ctx.error("home_agent_devices", f"home: {exc}")
@@ -413,17 +490,34 @@ class HomeComponent(Component[HomeSettings]):
         for d in self.registry.devices.values():
             per[d.source] = per.get(d.source, 0) + 1
         return HomeStatus(
-            len(self.registry.areas), len(self.registry.devices), per, self.counts["actions"],
-            self.counts["failed"], self.counts["states"], f"{len(self.following)} state topics",
-        )  # fmt: skip
+            len(self.registry.areas),
+            len(self.registry.devices),
+            per,
+            self.counts["actions"],
+            self.counts["failed"],
+            self.counts["states"],
+            f"{len(self.following)} state topics",
+        )
 
     def metrics(self) -> Iterable[Family]:
-        yield Family("loomd_home_devices", "gauge", "Devices in the registry.",
-                     [({}, float(len(self.registry.devices)))])  # fmt: skip
-        yield Family("loomd_home_actions_total", "counter", "Device actions run.",
-                     [({}, float(self.counts["actions"]))])  # fmt: skip
-        yield Family("loomd_home_action_failures_total", "counter", "Device actions that failed.",
-                     [({}, float(self.counts["failed"]))])  # fmt: skip
+        yield Family(
+            "loomd_home_devices",
+            "gauge",
+            "Devices in the registry.",
+            [({}, float(len(self.registry.devices)))],
+        )
+        yield Family(
+            "loomd_home_actions_total",
+            "counter",
+            "Device actions run.",
+            [({}, float(self.counts["actions"]))],
+        )
+        yield Family(
+            "loomd_home_action_failures_total",
+            "counter",
+            "Device actions that failed.",
+            [({}, float(self.counts["failed"]))],
+        )
 
     def commands(self) -> Mapping[str, Command]:
         return {"list": Command(self._cmd_list, "areas, devices and their state")}

@@ -101,14 +101,19 @@ class Registry:
             st = states.get(d.id)
             devices.append(
                 HomeDevice(
-                    d.id, d.name, d.domain, d.spec.area, d.spec.aliases, d.source,
+                    d.id,
+                    d.name,
+                    d.domain,
+                    d.spec.area,
+                    d.spec.aliases,
+                    d.source,
                     d.spec.sensitive or d.domain == Domain.LOCK,
                     confirm=d.confirm_actions(),
                     state=str(getattr(st, "state", "") or ""),
                     unit=d.spec.unit,
                     attributes=dict(getattr(st, "attributes", None) or {}),
                 )
-            )  # fmt: skip
+            )
         return HomeSnapshot(areas, tuple(devices))
 
 

@@ -18,7 +18,7 @@ from tests.conftest import LoomdProcess
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "home" / "home.toml"
 
 
-def home_config(broker: Mosquitto, extra: str = "") -> str:
+def home_config(broker: Mosquitto, extra: str = "") -> str:  # noqa: F811
     return (
         f"[mqtt]\nenabled = true\nport = {broker.port}\ndiscovery = false\n"
         "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\n"
@@ -27,7 +27,7 @@ def home_config(broker: Mosquitto, extra: str = "") -> str:
 
 
 @pytest.fixture
-def home_daemon(short_tmp: Path, broker: Mosquitto) -> Iterator[LoomdProcess]:  # noqa: F811
+def home_daemon(short_tmp: Path, broker: Mosquitto) -> Iterator[LoomdProcess]:  # noqa: F811  # noqa: F811
     (short_tmp / "d").mkdir()
     d = LoomdProcess(short_tmp / "d", home_config(broker))
     (d.root / "home.d").mkdir()

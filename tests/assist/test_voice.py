@@ -20,12 +20,16 @@ pytestmark = pytest.mark.models
 
 
 async def test_spoken_command_reaches_the_broker_and_is_answered(
-    short_tmp: Path, broker: Mosquitto, models: Path, command_clip: Path  # noqa: F811
+    short_tmp: Path,
+    broker: Mosquitto,
+    models: Path,
+    command_clip: Path,  # noqa: F811
 ) -> None:
     root = short_tmp / "d"
     root.mkdir()
-    d = LoomdProcess(root, home_config(broker) + voice_toml(models, agent='"assist"',
-                                                            sink='"buffer"'))  # fmt: skip
+    d = LoomdProcess(
+        root, home_config(broker) + voice_toml(models, agent='"assist"', sink='"buffer"')
+    )
     (root / "home.d").mkdir()
     shutil.copy(EXAMPLE, root / "home.d" / "home.toml")
     try:
@@ -33,15 +37,19 @@ async def test_spoken_command_reaches_the_broker_and_is_answered(
         out = short_tmp / "reply.wav"
         with broker.sub("home/kitchen/+/set") as sub:
             await sub.ready()
-            p = loomctl(d, "voice", "test", str(command_clip), "--json", "--out", str(out),
-                        timeout=300)  # fmt: skip
+            p = loomctl(
+                d, "voice", "test", str(command_clip), "--json", "--out", str(out), timeout=300
+            )
             assert p.returncode == 0, p.stdout + p.stderr + d.log.read_text()[-3000:]
             got = await sub.wait(2)
         assert sorted(got) == ["home/kitchen/ceiling/set ON", "home/kitchen/counter/set ON"]
         turn = json.loads(p.stdout)["turns"][0]
         assert "turn on the kitchen lights" in turn["transcript"].lower()
-        assert turn["intent"] == {"name": "HassTurnOn", "via": "local",
-                                  "slots": {"area": "kitchen", "domain": "light"}}  # fmt: skip
+        assert turn["intent"] == {
+            "name": "HassTurnOn",
+            "via": "local",
+            "slots": {"area": "kitchen", "domain": "light"},
+        }
         assert [a["code"] for a in turn["actions"]] == ["ok", "ok"]
         assert turn["reply"] == "Turned on the lights"
         # From the end of speech: STT, match, the commands durable in the bridge's outbox.
