@@ -481,7 +481,10 @@ class AssistComponent(Component[AssistSettings]):
         self, m: Match, intent: IntentInfo, text: str, conv: Conversation
     ) -> AssistTurn:
         name = m.intent.removeprefix("cap:")
-        spec = next((c for c in self.caps if c["name"] == name), {})
+        versions = [c for c in self.caps if c["name"] == name and c.get("sentences")]
+        spec = max(versions, key=lambda c: int(c.get("version", 1)), default={})
+        if spec:
+            name = f"{name}@{spec.get('version', 1)}"  # the version whose sentences matched
         props = (spec.get("schema") or {}).get("properties") or {}
         params = {
             k: (

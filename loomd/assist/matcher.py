@@ -38,6 +38,7 @@ COMMANDS = frozenset(
     {"HassTurnOn", "HassTurnOff", "HassLightSet", "HassSetPosition", "HassClimateSetTemperature"}
 )
 _SAFE = re.compile(r"[^a-z0-9_]")
+BEST = "loomd_capability"  # metadata of capability sentences: they win over built-in ones
 
 
 def cap_intent(capability: str) -> str:
@@ -119,10 +120,14 @@ class Matcher:
         """`{"intents": {"cap:<name>": {"data": [{"sentences": [...]}]}}}`, each `{param}`
         bound to a list of its own built from the parameter's schema."""
         intents: dict[str, Any] = {}
-        for i, c in enumerate(caps):
+        newest: dict[str, Mapping[str, Any]] = {}
+        for c in caps:  # one version's sentences per capability: the highest that has some
+            if c.get("sentences") and int(c.get("version", 1)) >= int(
+                newest.get(str(c["name"]), {}).get("version", 0)
+            ):
+                newest[str(c["name"])] = c
+        for i, c in enumerate(newest.values()):
             sentences = c.get("sentences") or ()
-            if not sentences:
-                continue
             props = (c.get("schema") or {}).get("properties") or {}
             rewritten = []
             for sentence in sentences:
@@ -134,7 +139,8 @@ class Matcher:
                     return "{" + lst + ":" + param + "}"
 
                 rewritten.append(re.sub(r"\{(\w+)\}", bind, sentence))
-            intents[cap_intent(str(c["name"]))] = {"data": [{"sentences": rewritten}]}
+            data = {"sentences": rewritten, "metadata": {BEST: str(c["name"])}}
+            intents[cap_intent(str(c["name"]))] = {"data": [data]}
         return {"intents": intents}
 
     def vocabulary(self) -> list[str]:
@@ -154,6 +160,7 @@ class Matcher:
             slot_lists=self.lists,
             intent_context=self.context or None,
             language=self.language,
+            best_metadata_key=BEST,
             best_slot_name="name",
         )
 

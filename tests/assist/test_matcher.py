@@ -12,13 +12,19 @@ pytest.importorskip("hassil")
 
 from loomd.assist.matcher import Matcher  # noqa: E402
 
-CAPS = [{
-    "name": "garden.water",
-    "schema": {"type": "object", "properties": {
-        "zone": {"enum": ["front", "back"]},
-        "minutes": {"type": "integer", "minimum": 1, "maximum": 60}}},
-    "sentences": ["water the {zone} garden [for {minutes} minutes]"],
-}]
+CAPS = [
+    {
+        "name": "garden.water",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "zone": {"enum": ["front", "back"]},
+                "minutes": {"type": "integer", "minimum": 1, "maximum": 60},
+            },
+        },
+        "sentences": ["water the {zone} garden [for {minutes} minutes]"],
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,45 +35,66 @@ def matcher() -> Matcher:
     return Matcher("en", reg.snapshot(), CAPS)
 
 
-@pytest.mark.parametrize(("text", "intent", "slots"), [
-    ("turn on the kitchen lights", "HassTurnOn", {"area": "kitchen", "domain": "light"}),
-    ("Turn on the kitchen ceiling light.", "HassTurnOn", {"name": "kitchen_ceiling"}),
-    ("switch off the reading lamp", "HassTurnOff", {"name": "sofa_lamp"}),
-    ("turn off the lounge lights", "HassTurnOff", {"area": "living_room"}),
-    ("set the sofa lamp to 40%", "HassLightSet", {"name": "sofa_lamp", "brightness": 40}),
-    ("set the temperature to 21 degrees", "HassClimateSetTemperature", {"temperature": 21}),
-    ("unlock the front door", "HassTurnOff", {"name": "front_door", "domain": "lock"}),
-    ("what is the hall temperature", "HassGetState", {"name": "hall_temperature"}),
-    ("set a timer for 5 minutes", "HassStartTimer", {"minutes": 5}),
-    ("never mind", "HassNevermind", {}),
-    ("what time is it", "HassGetCurrentTime", {}),
-    ("water the back garden for 10 minutes", "cap:garden.water", {"zone": "back", "minutes": 10}),
-])
+@pytest.mark.parametrize(
+    ("text", "intent", "slots"),
+    [
+        ("turn on the kitchen lights", "HassTurnOn", {"area": "kitchen", "domain": "light"}),
+        ("Turn on the kitchen ceiling light.", "HassTurnOn", {"name": "kitchen_ceiling"}),
+        ("switch off the reading lamp", "HassTurnOff", {"name": "sofa_lamp"}),
+        ("turn off the lounge lights", "HassTurnOff", {"area": "living_room"}),
+        ("set the sofa lamp to 40%", "HassLightSet", {"name": "sofa_lamp", "brightness": 40}),
+        ("set the temperature to 21 degrees", "HassClimateSetTemperature", {"temperature": 21}),
+        ("unlock the front door", "HassTurnOff", {"name": "front_door", "domain": "lock"}),
+        ("what is the hall temperature", "HassGetState", {"name": "hall_temperature"}),
+        ("set a timer for 5 minutes", "HassStartTimer", {"minutes": 5}),
+        ("never mind", "HassNevermind", {}),
+        ("what time is it", "HassGetCurrentTime", {}),
+        (
+            "water the back garden for 10 minutes",
+            "cap:garden.water",
+            {"zone": "back", "minutes": 10},
+        ),
+    ],
+)
 def test_sentences(matcher: Matcher, text: str, intent: str, slots: dict) -> None:
     m = matcher.match(text)
     assert m is not None and m.intent == intent and not m.fuzzy and not m.unknown, m
     assert {k: m.slots.get(k) for k in slots} == slots
 
 
-@pytest.mark.parametrize(("heard", "device"), [
-    ("turn on the sofa lump", "sofa_lamp"),
-    ("turn on the kitchen sealing light", "kitchen_ceiling"),
-    ("turn off the bed side lamp", "bedside_lamp"),
-])
+@pytest.mark.parametrize(
+    ("heard", "device"),
+    [
+        ("turn on the sofa lump", "sofa_lamp"),
+        ("turn on the kitchen sealing light", "kitchen_ceiling"),
+        ("turn off the bed side lamp", "bedside_lamp"),
+    ],
+)
 def test_misheard_names_are_repaired(matcher: Matcher, heard: str, device: str) -> None:
     assert matcher.recognize(heard) is None  # raw hassil misses it
     m = matcher.match(heard)
     assert m is not None and m.fuzzy and m.slots["name"] == device
 
 
-@pytest.mark.parametrize("text", [
-    "turn on the garage light", "turn off the garden lights", "open the pod bay doors",
-    "tell me a joke", "what is the meaning of life", "turn on the toaster",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "turn on the garage light",
+        "turn off the garden lights",
+        "open the pod bay doors",
+        "tell me a joke",
+        "what is the meaning of life",
+        "turn on the toaster",
+    ],
+)
 def test_distractors_name_no_device(matcher: Matcher, text: str) -> None:
     m = matcher.match(text)
-    assert m is None or m.unknown or m.intent not in ("HassTurnOn", "HassTurnOff") or (
-        not m.slots.get("name") and not m.slots.get("area")), m
+    assert (
+        m is None
+        or m.unknown
+        or m.intent not in ("HassTurnOn", "HassTurnOff")
+        or (not m.slots.get("name") and not m.slots.get("area"))
+    ), m
 
 
 def test_repair_never_crosses_domains(matcher: Matcher) -> None:

@@ -37,8 +37,11 @@ def test_the_example_home_loads() -> None:
         ({"id": "x", "domain": "sensor"}, "state_topic", "a state topic"),
         ({"id": "Bad Id", "domain": "light", "command_topic": "t"}, "id", "lower-case"),
         ({"id": "x", "domain": "light", "command_topic": "a/+/b"}, "command_topic", "wildcards"),
-        ({"id": "x", "domain": "light", "command_topic": "t", "capability": "c"}, "capability",
-         "not both"),
+        (
+            {"id": "x", "domain": "light", "command_topic": "t", "capability": "c"},
+            "capability",
+            "not both",
+        ),
         ({"id": "x", "domain": "light", "command_topc": "t"}, "devices[0].command_topc", "did you"),
     ],
 )
@@ -55,8 +58,11 @@ def test_duplicates_and_unknown_areas_are_refused_and_nothing_is_lost() -> None:
     with pytest.raises(LoomdError, match="declared twice"):
         reg.set_source(Source("home.d/b.toml", (), (light,)))
     with pytest.raises(LoomdError, match="no area 'attic'"):
-        reg.set_source(Source("x", (), (DeviceSettings(id="y", domain="light", area="attic",
-                                                       command_topic="t"),)))
+        reg.set_source(
+            Source(
+                "x", (), (DeviceSettings(id="y", domain="light", area="attic", command_topic="t"),)
+            )
+        )
     assert list(reg.devices) == ["lamp"] and list(reg.sources) == ["config"]
 
 
@@ -71,7 +77,20 @@ def test_a_home_d_file_error_names_the_file(tmp_path: Path) -> None:
 
 def test_agent_devices_are_a_source_of_their_own() -> None:
     reg = Registry()
-    reg.set_source(source_from_tables("agent:garden", {"devices": [
-        {"id": "sprinkler", "name": "sprinkler", "domain": "switch", "capability": "garden.act"}]}))
+    reg.set_source(
+        source_from_tables(
+            "agent:garden",
+            {
+                "devices": [
+                    {
+                        "id": "sprinkler",
+                        "name": "sprinkler",
+                        "domain": "switch",
+                        "capability": "garden.act",
+                    }
+                ]
+            },
+        )
+    )
     assert reg.get("sprinkler").source == "agent:garden"
     assert reg.drop_source("agent:garden") and not reg.devices
