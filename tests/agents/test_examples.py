@@ -52,7 +52,8 @@ def test_examples(short_tmp: Path) -> None:
 
         r = loomctl("call", "lights.set", '{"level": 30}')
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout) == {"living": 30, "reply": "The living lights are at 30 percent"}
+        reply = "The living lights are at 30 percent"
+        assert json.loads(r.stdout) == {"living": 30, "reply": reply}
         r = loomctl("call", "lights.set@1", '{"on": true}')
         assert json.loads(r.stdout) == {"living": 100, "kitchen": 100}, r.stderr
         r = loomctl("call", "research.find", '{"topic": "lava"}')

@@ -98,7 +98,7 @@ def test_timers_ring_through_voice_say(lights_daemon: LoomdProcess) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)  # noqa: ASYNC251 - let the subscriber connect (a separate process)
+        time.sleep(1.0)
         t = assist(d, "set a timer for 2 seconds")
         assert t["intent"]["name"] == "HassStartTimer" and t["reply"] == "Timer set for 2 seconds"
         out, _ = sub.communicate(timeout=30)

@@ -10,7 +10,7 @@ from tests.assist.conftest import EXAMPLE
 
 pytest.importorskip("hassil")
 
-from loomd.assist.matcher import Matcher  # noqa: E402
+from loomd.assist.matcher import Matcher
 
 CAPS = [
     {

@@ -71,7 +71,7 @@ def test_a_home_d_file_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"home.d/a.toml: devices\[0\].domain"):
         load_dir(tmp_path)
     (tmp_path / "a.toml").write_text("[[devices]\n")
-    with pytest.raises(LoomdError, match="a.toml"):
+    with pytest.raises(LoomdError, match=r"a\.toml"):
         load_dir(tmp_path)
 
 
