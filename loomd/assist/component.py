@@ -317,24 +317,6 @@ class AssistComponent(Component[AssistSettings]):
             return await llm_turn(self, ask, conv, mark)
         return AssistTurn(text, reply=self.responses.error("no_intent", NOT_UNDERSTOOD))
 
-    def _targets(self, m: Match, *domains: Domain) -> list[HomeDevice]:
-        devices = {d.id: d for d in self.home.devices}
-        if "name" in m.slots:
-            d = devices.get(str(m.slots["name"]))
-            return [d] if d is not None else []
-        domain = m.slots.get("domain")
-        want = (
-            {Domain(domain)}
-            if isinstance(domain, str) and domain in Domain.__members__.values()
-            else set(domains)
-        )
-        area = m.slots.get("area")
-        return [
-            d
-            for d in self.home.devices
-            if (not want or d.domain in want) and (area is None or d.area == area)
-        ]
-
     async def _handle(self, m: Match, ask: AssistRequest, conv: Conversation) -> AssistTurn:
         intent = IntentInfo(m.intent, _plain(m.slots), IntentVia.LOCAL.value)
         text = ask.text
@@ -374,47 +356,12 @@ class AssistComponent(Component[AssistSettings]):
             return AssistTurn(text, intent, reply=self._timer(m, ask, spoken))
         if m.intent.startswith("cap:"):
             return await self._capability(m, intent, text, conv)
-        plans: list[ActionRecord] = []
-        if m.intent in ("HassTurnOn", "HassTurnOff"):
-            on = m.intent == "HassTurnOn"
-            devs = [
-                d for d in self._targets(m) if d.domain not in (Domain.SENSOR, Domain.BINARY_SENSOR)
-            ]
-            for d in devs:
-                cap = (
-                    ("home.lock" if on else "home.unlock")
-                    if d.domain == Domain.LOCK
-                    else ("home.turn_on" if on else "home.turn_off")
-                )
-                plans.append(ActionRecord(cap, {"device": d.id}))
-        elif m.intent == "HassLightSet" and "brightness" in m.slots:
-            devs = [d for d in self._targets(m, Domain.LIGHT) if d.domain == Domain.LIGHT]
-            plans = [
-                ActionRecord(
-                    "home.light_set", {"device": d.id, "brightness": int(m.slots["brightness"])}
-                )
-                for d in devs
-            ]
-        elif m.intent == "HassClimateSetTemperature":
-            devs = [d for d in self._targets(m, Domain.CLIMATE) if d.domain == Domain.CLIMATE]
-            plans = [
-                ActionRecord(
-                    "home.climate_set_temperature",
-                    {"device": d.id, "temperature": float(m.slots["temperature"])},
-                )
-                for d in devs
-            ]
-        elif m.intent == "HassSetPosition":
-            devs = [d for d in self._targets(m, Domain.COVER) if d.domain == Domain.COVER]
-            plans = [
-                ActionRecord(
-                    "home.cover_set_position",
-                    {"device": d.id, "position": int(m.slots["position"])},
-                )
-                for d in devs
-            ]
+        from loomd.assist.intents import ACTING, plan_actions, targets
+
+        if m.intent in ACTING:
+            plans, devs = plan_actions(m, self.home.devices)
         elif m.intent == "HassGetState":
-            devs = self._targets(m)
+            devs = targets(m, self.home.devices)
             if not devs:
                 return AssistTurn(text, intent, reply=r.error("no_entity", "I don't know"))
             got = await self._run([ActionRecord("home.get_state", {"device": devs[0].id})])
