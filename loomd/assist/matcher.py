@@ -7,6 +7,7 @@ words, the decision stays hassil's."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,19 @@ COMMANDS = frozenset(
 )
 _SAFE = re.compile(r"[^a-z0-9_]")
 BEST = "loomd_capability"  # metadata of capability sentences: they win over built-in ones
+# The intents the assist handles; home-assistant-intents' others (weather, media, lists,
+# vacuums, ...) are left to the model rather than matched and then not acted on.
+HANDLED = frozenset({
+    "HassTurnOn", "HassTurnOff", "HassLightSet", "HassGetState", "HassClimateSetTemperature",
+    "HassSetPosition", "HassNevermind", "HassGetCurrentTime", "HassStartTimer",
+    "HassCancelTimer", "HassCancelAllTimers", "HassTimerStatus",
+})  # fmt: skip
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_SMALL = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split())}  # fmt: skip
+_TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+         "ninety": 90, "hundred": 100}  # fmt: skip
 
 
 def cap_intent(capability: str) -> str:
@@ -70,6 +84,7 @@ class Matcher:
         sentence_files: Iterable[Path] = (),
         *,
         threshold: float = 80.0,
+        phrase_threshold: float = 88.0,
         area: str = "",
     ) -> None:
         from home_assistant_intents import get_intents
@@ -79,10 +94,12 @@ class Matcher:
             raise LoomdError(f"home-assistant-intents has no sentences for {language!r}")
         self.language = language
         self.responses: dict[str, Any] = data.get("responses") or {}
+        data["intents"] = {k: v for k, v in data["intents"].items() if k in HANDLED}
         self.threshold = threshold
         self.home = home
         self.cap_lists: dict[str, Any] = {}
         custom = self._cap_sentences(caps)
+        self._custom = {"intents": dict(custom["intents"])}
         merge_dict(data, custom)
         for path in sentence_files:
             merge_dict(data, _load_yaml(path))
@@ -95,6 +112,8 @@ class Matcher:
             area = next(iter(climates)) if len(climates) == 1 else ""
         if area:
             self.context["area"] = area
+        self.phrase_threshold = phrase_threshold
+        self._phrases = self._sample_phrases(language, caps)
         self._names = {d.id: (d.domain, [d.name, *d.aliases]) for d in home.devices}
         self._areas = {a.id: [a.name, *a.aliases] for a in home.areas}
 
@@ -165,10 +184,64 @@ class Matcher:
         )
 
     def match(self, text: str) -> Match | None:
+        """hassil on the transcript; if it fails, on the transcript with its misheard names
+        repaired; then on the closest phrase of the home (speech-to-phrase's sentences);
+        the result always comes from an exact hassil match, or names the unknown target."""
         r = self.recognize(text)
         if r is not None:
             return self._to_match(r, text)
-        return self._repair(text)
+        clean = _clean(text)
+        if clean != text:
+            r = self.recognize(clean)
+            if r is not None:
+                return self._to_match(r, text, fuzzy=True)
+        repaired = self._repair(clean)
+        if repaired is not None and not repaired.unknown:
+            return dataclasses.replace(repaired, text=text)
+        phrased = self._phrase(clean)
+        if phrased is not None:
+            return dataclasses.replace(phrased, text=text)
+        return repaired
+
+    # -- phrases: the home's closed set of sentences ------------------------------------------
+    def _sample_phrases(self, language: str, caps: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Every sentence speech-to-phrase's templates make with this home's names (numbers
+        left as `#`), plus the capabilities' sentences: a few thousand."""
+        from hassil.sample import sample_intents
+        from home_assistant_intents import get_speech_to_phrase_intents
+
+        data = get_speech_to_phrase_intents(language) or {"intents": {}}
+        data["intents"] = {k: v for k, v in data["intents"].items() if k in HANDLED}
+        merge_dict(data, self._custom)
+        phrases: set[str] = set()
+        import logging
+
+        logging.getLogger("hassil.sample").setLevel(logging.ERROR)  # "no values for floor"
+        try:
+            base = Intents.from_dict(data)
+            lists = {**base.slot_lists, **self.lists}
+            for _intent, text in sample_intents(base, lists, language=language,
+                                                expand_ranges=False):  # fmt: skip
+                phrases.add(_numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
+        except Exception as exc:  # a template this hassil cannot sample: exact matching only
+            logging.getLogger("loomd.assist").warning("no phrase repair: %s", exc)
+        return sorted(p for p in phrases if p)
+
+    def _phrase(self, text: str) -> Match | None:
+        if not self._phrases:
+            return None
+        norm, numbers = _numbers_out(text)
+        hit = process.extractOne(norm, self._phrases, scorer=fuzz.ratio,
+                                 score_cutoff=self.phrase_threshold)  # fmt: skip
+        if hit is None:
+            return None
+        phrase = hit[0]
+        if phrase.count("#") != len(numbers):
+            return None
+        for n in numbers:
+            phrase = phrase.replace("#", n, 1)
+        r = self.recognize(phrase)
+        return self._to_match(r, text, fuzzy=True) if r is not None else None
 
     def _to_match(self, r: RecognizeResult, text: str, fuzzy: bool = False) -> Match:
         slots = {k: e.value for k, e in r.entities.items()}
@@ -244,6 +317,38 @@ class Matcher:
 
 
 MISSING = "<missing>"  # hassil's text for an entity the sentence has no words for
+
+
+def _clean(text: str) -> str:
+    """What whisper adds around words: quotes, brackets, a phrase said twice."""
+    text = re.sub(r"[\"“”«»()\[\]]", " ", text)
+    text = " ".join(text.split())
+    clauses = [c.strip() for c in re.split(r"[,.;!?]+", text) if c.strip()]
+    if len(clauses) > 1 and len({c.lower() for c in clauses}) == 1:
+        return clauses[0]
+    return text.strip(" ,.;!?")
+
+
+def _numbers_out(text: str) -> tuple[str, list[str]]:
+    """Lower case, `%` as percent, every number (digits or words) as `#`; the numbers in
+    order, as digits."""
+    text = text.lower().replace("%", " percent").replace("°", " degrees ")
+    text = re.sub(r"[^\w#'\s-]", " ", text)
+    words: list[str] = []
+    numbers: list[str] = []
+    for w in text.replace("-", " ").split():
+        if _NUMBER.fullmatch(w) or w in _SMALL or w in _TENS:
+            value = w if _NUMBER.fullmatch(w) else str(_SMALL.get(w, _TENS.get(w)))
+            if words and words[-1] == "#" and w in _SMALL and numbers and numbers[-1].endswith("0"):
+                numbers[-1] = str(int(numbers[-1]) + int(value))  # "twenty one"
+                continue
+            words.append("#")
+            numbers.append(value)
+        elif w == "#":
+            words.append("#")
+        else:
+            words.append(w)
+    return " ".join(words), numbers
 
 
 def _strip(words: str) -> str:

@@ -106,3 +106,32 @@ def test_repair_never_crosses_domains(matcher: Matcher) -> None:
 def test_vocabulary_has_the_names(matcher: Matcher) -> None:
     words = matcher.vocabulary()
     assert {"kitchen ceiling light", "reading lamp", "Living Room", "lounge", "back"} <= set(words)
+
+
+@pytest.mark.parametrize(
+    ("heard", "device"),
+    [
+        ("front on the sofa lamp,", "sofa_lamp"),  # a command word misheard
+        ("turn onto reading lamp,", "sofa_lamp"),
+        ('"Turn on the bedside lamp"', "bedside_lamp"),
+        (
+            "Turn off the counter light. Turn off the counter light.",
+            "kitchen_counter",
+        ),  # said twice
+    ],
+)
+def test_whole_phrases_are_repaired(matcher: Matcher, heard: str, device: str) -> None:
+    assert matcher.recognize(heard) is None
+    m = matcher.match(heard)
+    assert m is not None and m.fuzzy and m.slots["name"] == device, m
+
+
+def test_numbers_survive_phrase_repair(matcher: Matcher) -> None:
+    m = matcher.match("Santa timer for five minutes.")
+    assert m is not None and m.intent == "HassStartTimer" and m.slots["minutes"] == 5
+    m = matcher.match("set the bed side lamp to 30%.")
+    assert m is not None and m.slots == {
+        "name": "bedside_lamp",
+        "brightness": 30,
+        "domain": "light",
+    }
