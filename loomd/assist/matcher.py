@@ -324,8 +324,8 @@ def _clean(text: str) -> str:
     text = re.sub(r"[\"“”«»()\[\]]", " ", text)
     text = " ".join(text.split())
     clauses = [c.strip() for c in re.split(r"[,.;!?]+", text) if c.strip()]
-    if len(clauses) > 1 and len({c.lower() for c in clauses}) == 1:
-        return clauses[0]
+    if len(clauses) > 1 and clauses[1].lower() == clauses[0].lower():
+        return clauses[0]  # whisper repeating itself (cut off by its token bound or not)
     return text.strip(" ,.;!?")
 
 

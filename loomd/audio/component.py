@@ -399,7 +399,8 @@ class VoiceComponent(Component[VoiceSettings]):
                 await self._probe_assist()
             rec.timings["stt_start"] = clock.ms()
             try:
-                res = await self.stt.transcribe(cut.pcm, self._vocabulary)
+                extra = self._vocabulary if self.settings.stt.assist_vocabulary else ""
+                res = await self.stt.transcribe(cut.pcm, extra)
             except Exception as exc:
                 rec.outcome, rec.error = "failed", f"STT failed: {type(exc).__name__}: {exc}"
                 self.counts["failed"] += 1

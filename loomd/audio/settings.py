@@ -64,6 +64,9 @@ class SttSettings(Section):
     model: str = option("whisper/ggml-tiny.en.bin", max_len=4096)
     threads: int = option(1, min=1, max=16)
     vocabulary: tuple[str, ...] = option(factory=tuple)
+    # Add the assist's names (devices, areas) to whisper's prompt (off: with tiny.en a
+    # long list prompt makes it repeat itself; docs/design/assist.md)
+    assist_vocabulary: bool = option(False, reload=True)
 
 
 @dataclass(frozen=True)
