@@ -9,7 +9,8 @@ must not act. Each is spoken by Piper (joe) and espeak-ng, clean and with white 
 matcher with transcript cleaning, name repair and phrase repair) and raw (pywhispercpp with
 the same audio_ctx, then hassil alone). The clean clips also go through loomd's STT with
 the home's names as whisper's prompt (automatic vocabulary, off by default). A clip is
-right when the plan (broker calls with their arguments; the intent for questions; nothing for distractors and out-of-grammar) is the
+right when the plan (broker calls with their arguments; the intent for questions; nothing
+for distractors and out-of-grammar) is the
 expected one. Then the real daemon (mosquitto, home, assist, voice) runs `voice.test` on
 "hey jarvis, <command>" clips: end of speech -> action done (the command durable in the MQTT
 bridge's outbox) and -> first reply audio. Ends with one JSON line."""
