@@ -117,3 +117,24 @@ async def test_distractors_do_not_act(home_daemon: LoomdProcess, broker: Mosquit
     assert got == ["home/marker end"]
     assert garage["actions"] == [] and "garage" in garage["reply"]
     assert joke["actions"] == [] and joke["reply"] == "Sorry, I couldn't understand that"
+
+
+async def test_the_bus_contract_and_the_turn_event(home_daemon: LoomdProcess) -> None:
+    """Agents talk to the assist as loomctl does: a typed AssistRequest on assist.converse,
+    an AssistTurn back, and the same turn published on assist.turn."""
+    from loomd.messages import AssistRequest, AssistTurn, Topic
+    from loomd.sdk import Client
+
+    wait_ready(home_daemon)
+    async with Client(home_daemon.endpoint, name="t") as bus:
+        async with bus.subscribe(Topic.ASSIST_TURN) as turns:
+            await turns.ready()
+            req = AssistRequest("turn off the bedside lamp", conversation_id="sdk", site="")
+            ev = await bus.request(Topic.ASSIST_CONVERSE, req.to_payload(), timeout=30)
+            answer = AssistTurn.from_payload(ev.payload)
+            published = AssistTurn.from_payload((await turns.get(timeout=10)).payload)
+        bad = await bus.request(Topic.ASSIST_CONVERSE, {"text": 3, "nope": 1}, timeout=30)
+    assert answer.reply.startswith("Turned off") and answer.conversation_id == "sdk"
+    assert [(a.capability, a.code) for a in answer.actions] == [("home.turn_off", "ok")]
+    assert published == answer
+    assert "unknown fields" in AssistTurn.from_payload(bad.payload).error

@@ -3,6 +3,8 @@ repair of misheard names (same domain only), and distractors that must not becom
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from loomd.home.registry import Registry, load_dir
@@ -135,3 +137,17 @@ def test_numbers_survive_phrase_repair(matcher: Matcher) -> None:
         "brightness": 30,
         "domain": "light",
     }
+
+
+def test_user_sentence_files(tmp_path: Path) -> None:
+    path = tmp_path / "movie.yaml"
+    path.write_text(
+        "language: en\nintents:\n  HassTurnOff:\n    data:\n"
+        "      - sentences: ['movie time']\n        slots: {area: living_room, domain: light}\n"
+    )
+    reg = Registry()
+    for src in load_dir(EXAMPLE.parent):
+        reg.set_source(src)
+    m = Matcher("en", reg.snapshot(), (), [path]).match("movie time")
+    assert m is not None and m.intent == "HassTurnOff"
+    assert m.slots == {"area": "living_room", "domain": "light"}
