@@ -146,7 +146,9 @@ def home_snapshot() -> Any:
     table["devices"] = [
         {"id": i, "name": n, "area": a, "domain": d, "aliases": al,
          **({"state_topic": f"bench/{i}/state"} if d == "sensor" else
-            {"command_topic": f"bench/{i}/set"})}
+            {"command_topic": f"bench/{i}/set"}),
+        **({"brightness_template": "{value}"} if d == "light" else {}),
+        **({"temperature_template": "{value}"} if d == "climate" else {})}
         for i, n, a, d, al in DEVICES
     ]  # fmt: skip
     reg = Registry()
@@ -355,6 +357,8 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         f"aliases = {json.dumps(al)}\n"
         + (f'state_topic = "bench/{i}/state"\n' if d == "sensor" else
            f'command_topic = "bench/{i}/set"\n')
+        + ('brightness_template = "{value}"\n' if d == "light" else "")
+        + ('temperature_template = "{value}"\n' if d == "climate" else "")
         for i, n, a, d, al in DEVICES
     )  # fmt: skip
     (root / "home.d" / "bench.toml").write_text(table)

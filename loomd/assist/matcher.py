@@ -220,8 +220,14 @@ class Matcher:
         try:
             base = Intents.from_dict(data)
             lists = {**base.slot_lists, **self.lists}
-            for _intent, text in sample_intents(base, lists, language=language,
-                                                expand_ranges=False):  # fmt: skip
+            samples = list(sample_intents(base, lists, language=language, expand_ranges=False))
+            # Handled intents speech-to-phrase has no templates for (setting a temperature):
+            # HA's own, numbers as `#`, a bounded number of them.
+            missing = set(HANDLED) - set(data["intents"])
+            samples += sample_intents(self.intents, self.lists, language=language,
+                                      expand_ranges=False, intent_names=missing,
+                                      max_sentences_per_intent=3000)  # fmt: skip
+            for _intent, text in samples:
                 phrases.add(_numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
         except Exception as exc:  # a template this hassil cannot sample: exact matching only
             logging.getLogger("loomd.assist").warning("no phrase repair: %s", exc)
