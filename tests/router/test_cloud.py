@@ -15,8 +15,9 @@ from loomd.router.cli import ask
 from loomd.router.cloud import Breaker, CloudRefused, read_key
 from loomd.router.policy import Resolved
 from loomd.router.settings import CloudSettings
+from tests.testmodels import TINY, require
 
-from .conftest import MODELS, HostFactory, run
+from .conftest import HostFactory, run
 from .servers import BadCloud, LlamaServer
 from .test_chat import _events, _open_turn, _until_done, llm_of, req
 
@@ -25,9 +26,8 @@ KEY = "s3cret-test-key"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
-    tiny = Path(MODELS) / "llm" / "tiny-random.gguf"
+    require(TINY)
+    tiny = TINY
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed")
     server = LlamaServer(tiny, tmp_path_factory.mktemp("cloud") / "server.log", api_key=KEY)
     yield server
@@ -143,7 +143,7 @@ def test_private_and_local_only_never_reach_the_cloud(
     llm_host: HostFactory, cloud: LlamaServer, creds: Path, policies: list[Policy], local: bool
 ) -> None:
     before = cloud.chat_requests()
-    tiny = Path(MODELS) / "llm" / "tiny-random.gguf"
+    tiny = TINY
     options = {"model": tiny} if local else {}
 
     async def body() -> None:
