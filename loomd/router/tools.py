@@ -269,15 +269,17 @@ def parse_output(raw: str, tools: Sequence[ToolSpec], *, cut: bool = False) -> T
         reader.feed(raw)
         if reader.kind == "answer":
             return ToolOutput(answer=reader.answer)
-        why = "stopped at the token limit" if cut else "is not JSON"
-        return ToolOutput(error=f"the model's tool call {why}: {raw[:80]!r}")
+        cause = "stopped at the token limit" if cut else "is not JSON"
+        return ToolOutput(error=f"the model's tool call {cause}: {raw[:80]!r}")
     if isinstance(data, dict) and set(data) == {"answer"} and isinstance(data["answer"], str):
         return ToolOutput(answer=data["answer"])
     if not isinstance(data, dict) or set(data) != {"name", "arguments"}:
         return ToolOutput(error=f"the model's output is no tool call: {raw[:80]!r}")
     call = ToolCall(new_call_id(), str(data["name"]), data["arguments"])
     why = validate_call(call, tools)
-    return ToolOutput(call=call, error=why or "")
+    if why:  # the grammar cannot say everything a schema can (e.g. minimum): never pass it on
+        return ToolOutput(error=why)
+    return ToolOutput(call=call)
 
 
 def validate_call(call: ToolCall, tools: Iterable[ToolSpec]) -> str | None:
