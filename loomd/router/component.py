@@ -37,7 +37,14 @@ from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb, read_
 from loomd.router.openai_wire import messages_to_wire
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
 from loomd.router.settings import LlmSettings, model_file
-from loomd.router.tools import OutputReader, grammar_schema, parse_output, render, validate_call
+from loomd.router.tools import (
+    CALL_TOKENS,
+    OutputReader,
+    grammar_schema,
+    parse_output,
+    render,
+    validate_call,
+)
 
 __all__ = ["LlmComponent", "LlmStatus"]
 
@@ -389,9 +396,11 @@ class LlmComponent(Component[LlmSettings]):
         if self.engine is None:
             return ChatDone(route="local", phase=phase, error="no local model", decision_id=did)
         schema = grammar_schema(req.tools, req.tool_choice)
+        limit = min(req.max_tokens, self.settings.max_tokens)
         job = Job(
             messages=render(req.messages, req.tools, req.tool_choice),
-            max_tokens=min(req.max_tokens, self.settings.max_tokens),
+            # a call gets room to finish; an answer still stops at `limit` (below)
+            max_tokens=limit if schema is None else max(limit, CALL_TOKENS),
             temperature=req.temperature,
             json_schema=req.json_schema,
             priority=req.priority,
@@ -407,12 +416,18 @@ class LlmComponent(Component[LlmSettings]):
         self.inflight[did] = job
         watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
         index = 0
+        answer_tokens = 0
         try:
             async for text in job.stream():
                 if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
                     self.log.info("llm: requester of %s left; cancelling", did)
                     job.cancel.set()  # checked per token: the model is free a token later
-                piece = reader.feed(text) if reader is not None else text
+                piece = text
+                if reader is not None:
+                    piece = reader.feed(text)
+                    answer_tokens += reader.kind == "answer"
+                    if answer_tokens >= limit:
+                        job.enough.set()
                 if not piece:
                     continue
                 if req.stream and ev.reply_to and not job.cancel.is_set():
@@ -426,6 +441,7 @@ class LlmComponent(Component[LlmSettings]):
             if reader is None:
                 return ChatDone(r.text, "local", phase, did, r.tokens)
             out = parse_output(r.text, req.tools, cut=r.finish == "length")
+            # (an answer cut at `limit` parses as the answer said so far)
             if out.error:
                 self.ctx.error("llm_bad_tool_call", f"llm: {out.error}")
                 return ChatDone(route="local", phase=phase, error=out.error, decision_id=did)

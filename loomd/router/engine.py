@@ -67,6 +67,8 @@ class Job:
     # schema (loomd/router/tools.py grammar_schema); tokens stream as raw JSON.
     grammar_schema: dict[str, Any] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Ends the generation at the next token as if it reached max_tokens (not an error).
+    enough: threading.Event = field(default_factory=threading.Event)
     # ("token", str) ... then ("done", GenResult) or ("error", str); filled from the worker.
     out: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
 
@@ -316,6 +318,9 @@ class Engine:
             for chunk in stream:
                 if job.cancel.is_set():
                     out.cancelled, out.finish = True, "cancelled"
+                    break
+                if job.enough.is_set():
+                    out.finish = "length"
                     break
                 choice = chunk["choices"][0]
                 text = choice["delta"].get("content") or ""

@@ -53,7 +53,9 @@ def messages_to_wire(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "role": "assistant",
-                    "content": m.content or None,
+                    # a string, not null: OpenAI takes both, llama-cpp-python's server
+                    # only a string
+                    "content": m.content,
                     "tool_calls": calls_to_wire(m.tool_calls),
                 }
             )
@@ -159,7 +161,7 @@ class CallAssembler:
                 part["id"] = str(d["id"])
             fn = d.get("function") or {}
             if fn.get("name"):
-                part["name"] = part.get("name", "") + str(fn["name"])
+                part.setdefault("name", str(fn["name"]))  # some servers repeat it each time
             if fn.get("arguments"):
                 part["args"].append(fn["arguments"])
 

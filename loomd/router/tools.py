@@ -38,6 +38,7 @@ from loomd.messages import ChatMessage, Role, ToolCall, ToolChoice, ToolSpec
 
 __all__ = [
     "ANSWER_SCHEMA",
+    "CALL_TOKENS",
     "OutputReader",
     "ToolOutput",
     "grammar_schema",
@@ -74,14 +75,28 @@ def grammar_tools(tools: Sequence[ToolSpec], choice: str) -> list[ToolSpec]:
     return [t for t in tools if t.name == choice]
 
 
+# A call must end within the turn's token budget, or it is cut and lost: strings and arrays
+# the schema leaves unbounded are bounded in the grammar (a small model can loop inside one),
+# and a tool turn may run to CALL_TOKENS whatever the request's max_tokens (which still
+# bounds an answer).
+MAX_STRING = 200
+MAX_ITEMS = 8
+CALL_TOKENS = 512
+
+
 def _normal(schema: Any) -> Any:
     """The schema as the grammar converter needs it: annotations dropped, an unconstrained
-    schema spelled out as any JSON value (the converter reads `{}` as any object)."""
+    schema spelled out as any JSON value (the converter reads `{}` as any object), strings
+    and arrays bounded."""
     if isinstance(schema, list):
         return [_normal(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
+    if schema.get("type") == "string" and not {"maxLength", "pattern"} & set(schema):
+        out["maxLength"] = MAX_STRING
+    if schema.get("type") == "array" and "maxItems" not in schema:
+        out["maxItems"] = MAX_ITEMS
     for key, value in schema.items():
         if key in _ANNOTATIONS:
             continue
