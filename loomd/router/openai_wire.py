@@ -173,5 +173,7 @@ class CallAssembler:
         for i in sorted(self._parts):
             p = self._parts[i]
             name = p.get("name", "")
-            out.append(ToolCall(p.get("id", f"call_{i}"), name, _arguments("".join(p["args"]), name)))
+            out.append(
+                ToolCall(p.get("id", f"call_{i}"), name, _arguments("".join(p["args"]), name))
+            )
         return tuple(out)

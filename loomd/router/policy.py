@@ -107,8 +107,7 @@ def prompt_tokens(request: ChatRequest) -> int:
     """A cheap estimate (about 4 characters a token, plus the template's overhead); the
     tools' names, descriptions and schemas ride in the prompt too."""
     tools = sum(
-        (len(t.name) + len(t.description) + len(str(t.parameters))) // 4 + 8
-        for t in request.tools
+        (len(t.name) + len(t.description) + len(str(t.parameters))) // 4 + 8 for t in request.tools
     )
     return sum(len(m.content) // 4 + 4 for m in request.messages) + tools
 

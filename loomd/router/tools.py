@@ -55,11 +55,7 @@ _ANNOTATIONS = frozenset(
     {"description", "title", "default", "examples", "$comment", "contentEncoding",
      "contentMediaType", "deprecated", "readOnly", "writeOnly", "$schema", "$id"}
 )  # fmt: skip
-_ANY = {
-    "anyOf": [
-        {"type": t} for t in ("string", "number", "boolean", "null", "object", "array")
-    ]
-}
+_ANY = {"anyOf": [{"type": t} for t in ("string", "number", "boolean", "null", "object", "array")]}
 
 
 def new_call_id() -> str:
@@ -101,7 +97,9 @@ def _normal(schema: Any) -> Any:
         if key in _ANNOTATIONS:
             continue
         if key in ("properties", "$defs", "definitions", "patternProperties"):
-            out[key] = {k: _normal(v) for k, v in value.items()} if isinstance(value, dict) else value
+            out[key] = (
+                {k: _normal(v) for k, v in value.items()} if isinstance(value, dict) else value
+            )
         elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"):
             out[key] = _normal(value)
         else:
@@ -151,7 +149,7 @@ def _instructions(tools: Sequence[ToolSpec], choice: str) -> str:
     elif choice == ToolChoice.REQUIRED:
         lines.append(f"Reply with one JSON object that uses a tool: {call}")
     else:
-        lines.append(f'Reply with one JSON object that uses the tool {choice}: {call}')
+        lines.append(f"Reply with one JSON object that uses the tool {choice}: {call}")
     return "\n".join(lines)
 
 

@@ -173,8 +173,9 @@ def test_openai_client_tools_streamed_and_not(llm_host: HostFactory, tiny: Path)
                         model="x", messages=ask, tools=[SWITCH_TOOL],  # type: ignore[list-item]
                         tool_choice={"type": "function", "function": {"name": "nope"}},
                     )  # fmt: skip
+                broken = {"name": "switch", "arguments": "{no"}
                 bad = [*follow[:1], {"role": "assistant", "tool_calls": [
-                    {"id": "c", "type": "function", "function": {"name": "switch", "arguments": "{no"}}
+                    {"id": "c", "type": "function", "function": broken}
                 ]}]  # fmt: skip
                 with pytest.raises(openai.BadRequestError):
                     await client.chat.completions.create(model="x", messages=bad)  # type: ignore[arg-type]
