@@ -183,6 +183,7 @@ class LlmComponent(Component[LlmSettings]):
         self.spawn(lambda: self._serve_chat(chat), "chat", restart=False)
         self.spawn(lambda: self._serve_stop(stop), "voice-stop", restart=False)
         self.spawn(self._watch_system, "facts", restart=True)
+        self.spawn(self._offer_chat, "offer-llm.chat", restart=True)
         if s.http_port:
             from loomd.router.http import HttpEndpoint
 
@@ -234,6 +235,18 @@ class LlmComponent(Component[LlmSettings]):
         while True:
             await asyncio.sleep(2.0)
             await asyncio.to_thread(self._refresh_system)
+
+    async def _offer_chat(self) -> None:
+        """Offer `llm.chat` to the action broker over the bus, once something takes
+        registrations (the agents component may start later, or not at all)."""
+        from loomd.agents.sdk import serve_capabilities
+        from loomd.router.capability import PROVIDER, chat_broker
+
+        broker = chat_broker(self.ctx.bus)
+        while not self._listening("caps.register"):
+            await asyncio.sleep(0.5)
+        async with serve_capabilities(self.ctx.bus, PROVIDER, broker):
+            await asyncio.Event().wait()  # served until the component stops
 
     async def _serve_stop(self, sub: Any) -> None:
         async for _ev in sub:
