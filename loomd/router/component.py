@@ -243,7 +243,9 @@ class LlmComponent(Component[LlmSettings]):
         from loomd.router.capability import PROVIDER, chat_broker
 
         broker = chat_broker(self.ctx.bus)
-        while not self._listening("caps.register"):
+        while True:  # nothing announces the agents' start: look every half second
+            if self._listening("caps.register"):
+                break
             await asyncio.sleep(0.5)
         async with serve_capabilities(self.ctx.bus, PROVIDER, broker):
             await asyncio.Event().wait()  # served until the component stops
