@@ -32,7 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loomd.messages import ChatMessage, ChatRequest, ToolSpec  # noqa: E402
-from loomd.router.tools import grammar_schema, parse_output, render  # noqa: E402
+from loomd.router.tools import (  # noqa: E402
+    CALL_TOKENS,
+    OutputReader,
+    grammar_schema,
+    parse_output,
+    render,
+)
 
 DEFAULT_MODEL = (
     Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
@@ -113,13 +119,31 @@ def _chosen(out: Any) -> str:
 
 
 def raw_turn(llm: Any, grammar: Any, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """Streamed like the router's turn, with the same budgets: a call may run to
+    CALL_TOKENS, an answer stops after MAX_TOKENS of its own tokens."""
     began = time.perf_counter()
-    r = llm.create_chat_completion(
-        messages, grammar=grammar, max_tokens=512 if grammar else MAX_TOKENS, temperature=0.0
-    )
+    reader = OutputReader()
+    pieces: list[str] = []
+    finish = ""
+    answer_tokens = 0
+    stream = llm.create_chat_completion(
+        messages, grammar=grammar, max_tokens=CALL_TOKENS if grammar else MAX_TOKENS,
+        temperature=0.0, stream=True,
+    )  # fmt: skip
+    for chunk in stream:
+        choice = chunk["choices"][0]
+        text = choice["delta"].get("content") or ""
+        finish = choice.get("finish_reason") or finish
+        pieces.append(text)
+        reader.feed(text)
+        answer_tokens += reader.kind == "answer"
+        if answer_tokens >= MAX_TOKENS:
+            finish = "length"
+            break
+    stream.close()
     ms = (time.perf_counter() - began) * 1000
-    text = r["choices"][0]["message"]["content"] or ""
-    out = parse_output(text, TOOLS, cut=r["choices"][0]["finish_reason"] == "length")
+    text = "".join(pieces)
+    out = parse_output(text, TOOLS, cut=finish == "length")
     return {"ms": ms, "valid": _valid(out), "tool": _chosen(out), "text": text[:80]}
 
 
@@ -174,12 +198,16 @@ async def run(model: Path, threads: int, commands: list[tuple[str, str]]) -> dic
             msgs = render((ChatMessage("system", SYSTEM), ChatMessage("user", "hi")), TOOLS, "auto")
             await asyncio.to_thread(raw_turn, llm, grammar, msgs)  # warm both up
             await router_turn(bus, "hi")
-            for text, want in commands:
+            for i, (text, want) in enumerate(commands):
                 msgs = render(
                     (ChatMessage("system", SYSTEM), ChatMessage("user", text)), TOOLS, "auto"
                 )
-                raw = await asyncio.to_thread(raw_turn, llm, grammar, msgs)
-                ours = await router_turn(bus, text)
+                if i % 2:  # alternate who goes first: a shared box's load drifts
+                    ours = await router_turn(bus, text)
+                    raw = await asyncio.to_thread(raw_turn, llm, grammar, msgs)
+                else:
+                    raw = await asyncio.to_thread(raw_turn, llm, grammar, msgs)
+                    ours = await router_turn(bus, text)
                 free = await asyncio.to_thread(raw_turn, llm, None, msgs)
                 rows.append({"text": text, "want": want, "raw": raw, "loomd": ours, "free": free})
                 print(f"{text[:44]:46} want {want or '-':13} loomd {ours['tool'] or '-':13} "
