@@ -3,10 +3,10 @@
 Each `/v1/chat/completions` becomes a `ChatRequest` on `llm.chat`, so HTTP clients (the
 `openai` package, LangChain, Home Assistant's OpenAI-compatible agents) get the same
 policy, decisions and queue as everything else. The policy rides in headers
-(`X-Loomd-Privacy`, `X-Loomd-Allow-Cloud`) or defaults to `[llm.policy]`. Tools work as in OpenAI's API:
-`tools`, `tool_choice`, assistant `tool_calls` and `role: tool` messages in; `tool_calls`
-out (arguments as a JSON string, `finish_reason: "tool_calls"`), streamed or not
-(loomd/router/openai_wire.py, docs/design/tools.md).
+(`X-Loomd-Privacy`, `X-Loomd-Allow-Cloud`) or defaults to `[llm.policy]`. Tools work as
+in OpenAI's API: `tools`, `tool_choice`, assistant `tool_calls` and `role: tool` messages
+in; `tool_calls` out (arguments as a JSON string, `finish_reason: "tool_calls"`), streamed
+or not (loomd/router/openai_wire.py, docs/design/tools.md).
 aiohttp is imported when the endpoint starts.
 """
 
