@@ -34,8 +34,17 @@ from loomd.metrics import Family
 from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, read_key
 from loomd.router.engine import Engine, Job, QueueFull
 from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb, read_gguf_shape
+from loomd.router.openai_wire import messages_to_wire
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
 from loomd.router.settings import LlmSettings, model_file
+from loomd.router.tools import (
+    CALL_TOKENS,
+    OutputReader,
+    grammar_schema,
+    parse_output,
+    render,
+    validate_call,
+)
 
 __all__ = ["LlmComponent", "LlmStatus"]
 
@@ -174,6 +183,7 @@ class LlmComponent(Component[LlmSettings]):
         self.spawn(lambda: self._serve_chat(chat), "chat", restart=False)
         self.spawn(lambda: self._serve_stop(stop), "voice-stop", restart=False)
         self.spawn(self._watch_system, "facts", restart=True)
+        self.spawn(self._offer_chat, "offer-llm.chat", restart=True)
         if s.http_port:
             from loomd.router.http import HttpEndpoint
 
@@ -225,6 +235,20 @@ class LlmComponent(Component[LlmSettings]):
         while True:
             await asyncio.sleep(2.0)
             await asyncio.to_thread(self._refresh_system)
+
+    async def _offer_chat(self) -> None:
+        """Offer `llm.chat` to the action broker over the bus, once something takes
+        registrations (the agents component may start later, or not at all)."""
+        from loomd.agents.sdk import serve_capabilities
+        from loomd.router.capability import PROVIDER, chat_broker
+
+        broker = chat_broker(self.ctx.bus)
+        while True:  # nothing announces the agents' start: look every half second
+            if self._listening("caps.register"):
+                break
+            await asyncio.sleep(0.5)
+        async with serve_capabilities(self.ctx.bus, PROVIDER, broker):
+            await asyncio.Event().wait()  # served until the component stops
 
     async def _serve_stop(self, sub: Any) -> None:
         async for _ev in sub:
@@ -358,11 +382,13 @@ class LlmComponent(Component[LlmSettings]):
 
         try:
             r = await self.cloud.chat(
-                [{"role": m.role, "content": m.content} for m in req.messages],
+                messages_to_wire(req.messages),
                 policy,
                 max_tokens=min(req.max_tokens, self.settings.max_tokens),
                 temperature=req.temperature,
                 json_schema=req.json_schema,
+                tools=req.tools,
+                tool_choice=req.tool_choice,
                 on_token=send,
             )
         except CloudRefused as exc:
@@ -374,18 +400,29 @@ class LlmComponent(Component[LlmSettings]):
                 self.log.warning("llm: %s; answering locally instead", exc)
                 return await self._local(ev, req, did)
             return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
-        return ChatDone(r.text, "cloud", phase, did, r.completion_tokens)
+        for call in r.tool_calls:  # the cloud's calls meet the same check as the local ones
+            why = validate_call(call, req.tools)
+            if why:
+                self.ctx.error("llm_bad_tool_call", f"llm: cloud: {why}")
+                return ChatDone(route="cloud", phase=phase, error=why, decision_id=did)
+        return ChatDone(r.text, "cloud", phase, did, r.completion_tokens, tool_calls=r.tool_calls)
 
     async def _local(self, ev: Event, req: ChatRequest, did: str, phase: str = "final") -> ChatDone:
         if self.engine is None:
             return ChatDone(route="local", phase=phase, error="no local model", decision_id=did)
+        schema = grammar_schema(req.tools, req.tool_choice)
+        limit = min(req.max_tokens, self.settings.max_tokens)
         job = Job(
-            messages=[{"role": m.role, "content": m.content} for m in req.messages],
-            max_tokens=min(req.max_tokens, self.settings.max_tokens),
+            messages=render(req.messages, req.tools, req.tool_choice),
+            # a call gets room to finish; an answer still stops at `limit` (below)
+            max_tokens=limit if schema is None else max(limit, CALL_TOKENS),
             temperature=req.temperature,
             json_schema=req.json_schema,
             priority=req.priority,
+            grammar_schema=schema,
         )
+        # a tool turn's tokens are JSON: only a plain answer's text is streamed
+        reader = OutputReader() if schema is not None else None
         try:
             self.engine.submit(job)
         except QueueFull as exc:
@@ -394,20 +431,37 @@ class LlmComponent(Component[LlmSettings]):
         self.inflight[did] = job
         watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
         index = 0
+        answer_tokens = 0
         try:
             async for text in job.stream():
                 if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
                     self.log.info("llm: requester of %s left; cancelling", did)
                     job.cancel.set()  # checked per token: the model is free a token later
+                piece = text
+                if reader is not None:
+                    piece = reader.feed(text)
+                    answer_tokens += reader.kind == "answer"
+                    if answer_tokens >= limit:
+                        job.enough.set()
+                if not piece:
+                    continue
                 if req.stream and ev.reply_to and not job.cancel.is_set():
                     await self.ctx.bus.reply(
-                        ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
+                        ev, ChatChunk(piece, index).to_payload(), type=EventType.LLM_CHUNK
                     )
                 index += 1
             r = job.result
             if r.cancelled:  # the contract: text is empty when error is set
                 return ChatDone("", "local", phase, did, r.tokens, "cancelled")
-            return ChatDone(r.text, "local", phase, did, r.tokens)
+            if reader is None:
+                return ChatDone(r.text, "local", phase, did, r.tokens)
+            out = parse_output(r.text, req.tools, cut=r.finish == "length")
+            # (an answer cut at `limit` parses as the answer said so far)
+            if out.error:
+                self.ctx.error("llm_bad_tool_call", f"llm: {out.error}")
+                return ChatDone(route="local", phase=phase, error=out.error, decision_id=did)
+            calls = (out.call,) if out.call is not None else ()
+            return ChatDone(out.answer, "local", phase, did, r.tokens, tool_calls=calls)
         except LoomdError as exc:
             return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         finally:
