@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import small_models_dir  # noqa: E402
 from loomd.messages import ChatMessage, ChatRequest, ToolSpec  # noqa: E402
 from loomd.router.tools import (  # noqa: E402
     CALL_TOKENS,
@@ -40,11 +41,7 @@ from loomd.router.tools import (  # noqa: E402
     render,
 )
 
-DEFAULT_MODEL = (
-    Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
-    / "llm"
-    / "SmolLM2-135M-Instruct.gguf"
-)
+DEFAULT_MODEL = small_models_dir() / "llm" / "SmolLM2-135M-Instruct.gguf"
 
 
 def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """`loomctl models fetch|verify|list|remove` against a real HTTP server on loopback, with real
-model files (openWakeWord's, the smallest) from LOOMD_TEST_MODELS."""
+model files (openWakeWord's, the smallest) from the test models (tests/testmodels.py)."""
 
 from __future__ import annotations
 

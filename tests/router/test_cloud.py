@@ -15,7 +15,7 @@ from loomd.router.cli import ask
 from loomd.router.cloud import Breaker, CloudRefused, read_key
 from loomd.router.policy import Resolved
 from loomd.router.settings import CloudSettings
-from tests.testmodels import TINY, require
+from tests.testmodels import SMOLLM, TINY, require
 
 from .conftest import HostFactory, run
 from .servers import BadCloud, LlamaServer
@@ -367,10 +367,9 @@ def test_private_tool_turn_never_reaches_the_cloud(llm_host: HostFactory) -> Non
 
 @pytest.fixture(scope="module")
 def smol_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
+    require(SMOLLM)
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed")
-    smol = Path(MODELS) / "llm" / "SmolLM2-135M-Instruct.gguf"
+    smol = SMOLLM
     server = LlamaServer(smol, tmp_path_factory.mktemp("smolcloud") / "server.log")
     yield server
     server.close()
