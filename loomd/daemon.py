@@ -26,6 +26,7 @@ from loomd.config import AUTO, Settings, default_config_path, load_config
 from loomd.errors import ConfigError, LoomdError
 from loomd.host import Host
 from loomd.logs import setup_logging
+from loomd.messages import ErrorCode
 from loomd.notify import Notifier, watchdog_loop
 
 log = logging.getLogger("loomd.daemon")
@@ -116,7 +117,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload failed: %s; keeping the running configuration", exc)
             if self.host.services.broker is not None:
-                self.host.services.broker.error("config", f"reload failed: {exc}")
+                self.host.services.broker.error(ErrorCode.CONFIG, f"reload failed: {exc}")
             self.notifier.ready(self.host.summary())
             return
         applied, restart = await self.host.reload(new)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from loomd.component import Component, StatusBlock
 from loomd.config import IP_TEXT, Section, _is_ip, option
+from loomd.messages import ErrorCode
 
 if TYPE_CHECKING:
     from loomd.web import StatusPage
@@ -502,7 +503,7 @@ class MetricsComponent(Component[MetricsSettings]):
             await server.start()
         except OSError as exc:  # the daemon runs on without metrics, and says so
             self.ctx.error(
-                "metrics", f"metrics disabled: cannot listen on {m.bind}:{m.port}: {exc}"
+                ErrorCode.METRICS, f"metrics disabled: cannot listen on {m.bind}:{m.port}: {exc}"
             )
             return
         self.server = server

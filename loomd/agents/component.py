@@ -19,7 +19,7 @@ from loomd.agents.broker import (
     ProviderUnavailable,
 )
 from loomd.agents.capability import CapabilitySpec
-from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend, ReplyMux
+from loomd.agents.ctx import AgentCtx, LocalBackend, ReplyMux
 from loomd.agents.plugins import (
     Placement,
     PluginDef,
@@ -33,14 +33,25 @@ from loomd.agents.settings import AgentsSettings
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import ConfigError, LoomdError, RequestTimeout
+from loomd.messages import (
+    BarrierReply,
+    BarrierRequest,
+    CapCode,
+    CapInfo,
+    CapInvoke,
+    CapResult,
+    CapsList,
+    CapsRegister,
+    CapsRegistered,
+    CapsUnregister,
+    ErrorCode,
+    Topic,
+)
 from loomd.metrics import Family
 
 __all__ = ["AgentsComponent", "AgentsStatus"]
 
-REGISTER_TOPIC = "caps.register"
-UNREGISTER_TOPIC = "caps.unregister"
 LEASE_PATTERN = "caps.lease.*"
-LIST_TOPIC = "caps.list"  # request: every capability with its schema
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,9 @@ class RemoteProvider(Provider):
         req = asyncio.ensure_future(
             self.mux.request(
                 f"caps.call.{self.id}",
-                {"cap": spec.full, "params": params, "timeout": left},
+                CapInvoke(spec.full, params, left).to_payload(),
                 left + 1.0,
+                CapInvoke.TYPE,
             )
         )
         try:
@@ -109,19 +121,18 @@ class RemoteProvider(Provider):
             ev = req.result()
         except RequestTimeout:
             raise TimeoutError from None
-        r = ev.payload if isinstance(ev.payload, dict) else {}
-        code, error = r.get("code"), str(r.get("error") or "")
-        if code == "ok":
-            return r.get("value")
-        if code == "capability_error":
-            raise CapabilityError(error)
-        if code == "timeout":
+        r = CapResult.from_payload(ev.payload)
+        if r.code == CapCode.OK:
+            return r.value
+        if r.code == CapCode.CAPABILITY_ERROR:
+            raise CapabilityError(r.error)
+        if r.code == CapCode.TIMEOUT:
             raise TimeoutError
-        if code == "provider_unavailable":
-            raise ProviderUnavailable(error)
-        if code == "invalid_params":
-            raise InvalidParams(error)
-        raise RuntimeError(error or f"provider answered {r!r:.80}")
+        if r.code == CapCode.PROVIDER_UNAVAILABLE:
+            raise ProviderUnavailable(r.error)
+        if r.code == CapCode.INVALID_PARAMS:
+            raise InvalidParams(r.error)
+        raise RuntimeError(r.error or f"provider answered {ev.payload!r:.80}")
 
 
 @dataclass
@@ -288,7 +299,7 @@ class AgentsComponent(Component[AgentsSettings]):
             slow_ms=s.slow_handler_ms,
         )
 
-    def _report(self, code: str, message: str, details: dict[str, Any]) -> None:
+    def _report(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         self.errors += 1
         self.ctx.error(code, message, **{k: v for k, v in details.items() if k != "traceback"})
         if code in ("agent_error", "agent_crashed"):
@@ -338,7 +349,9 @@ class AgentsComponent(Component[AgentsSettings]):
 
     def _broken(self, source: str, why: str) -> None:
         self.broken[source] = why
-        self._report("plugin_broken", f"plugin {source} did not load: {why}", {"source": source})
+        self._report(
+            ErrorCode.PLUGIN_BROKEN, f"plugin {source} did not load: {why}", {"source": source}
+        )
 
     def _agent_settings(self, pdef: PluginDef) -> tuple[Placement, Any]:
         return agent_settings(pdef, self.settings.agent.get(pdef.id))
@@ -357,7 +370,7 @@ class AgentsComponent(Component[AgentsSettings]):
             place, settings = self._agent_settings(pdef)
         except ConfigError as exc:
             slot.state, slot.why = "failed", str(exc)
-            self._report("agent_config", f"agent {pdef.id}: {exc}", {"agent": pdef.id})
+            self._report(ErrorCode.AGENT_CONFIG, f"agent {pdef.id}: {exc}", {"agent": pdef.id})
             return
         if not place.enabled:
             slot.state, slot.why = "disabled", ""
@@ -377,7 +390,7 @@ class AgentsComponent(Component[AgentsSettings]):
             agent = pdef.make(settings)
         except Exception as exc:
             slot.state, slot.why = "failed", f"__init__ raised {type(exc).__name__}: {exc}"
-            self._report("agent_init", f"agent {pdef.id}: {slot.why}", {"agent": pdef.id})
+            self._report(ErrorCode.AGENT_INIT, f"agent {pdef.id}: {slot.why}", {"agent": pdef.id})
             return
         ctx = AgentCtx(
             pdef.id,
@@ -471,46 +484,49 @@ class AgentsComponent(Component[AgentsSettings]):
         task.add_done_callback(self._serving.discard)
 
     async def _serve_invoke(self) -> None:
-        async with self.ctx.bus.subscribe(INVOKE_TOPIC, QoS.RELIABLE) as sub:
+        async with self.ctx.bus.subscribe(Topic.CAPS_INVOKE, QoS.RELIABLE) as sub:
             async for req in sub:
                 self._serve(self._invoke(req))
 
     async def _invoke(self, req: Event) -> None:
-        p = req.payload if isinstance(req.payload, dict) else {}
-        params = p.get("params") or {}
-        if not self._intake:
-            payload = {"code": "provider_unavailable", "error": "loomd is stopping"}
-        elif not isinstance(params, dict) or not isinstance(p.get("cap"), str):
-            payload = {"code": "invalid_params", "error": "expected {cap: str, params: {...}}"}
+        try:
+            call = CapInvoke.from_event(req)
+        except LoomdError as exc:
+            r = CapResult(CapCode.INVALID_PARAMS, error=str(exc))
         else:
-            timeout = float(p.get("timeout") or self.settings.call_timeout_s)
-            key = p.get("key") if isinstance(p.get("key"), str) else None
-            r = await self.broker.call(p["cap"], params, timeout=timeout, idempotency_key=key)
-            payload = r.to_payload()
+            if not self._intake:
+                r = CapResult(CapCode.PROVIDER_UNAVAILABLE, error="loomd is stopping")
+            else:
+                timeout = call.timeout or self.settings.call_timeout_s
+                r = await self.broker.call(
+                    call.cap, call.params, timeout=timeout, idempotency_key=call.key
+                )
         if req.reply_to:
-            await self.ctx.bus.reply(req, payload, wait=False)
+            await self.ctx.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 
     async def _serve_list(self) -> None:
-        async with self.ctx.bus.subscribe(LIST_TOPIC, QoS.RELIABLE) as sub:
+        async with self.ctx.bus.subscribe(Topic.CAPS_LIST, QoS.RELIABLE) as sub:
             async for req in sub:
                 if req.reply_to:
-                    await self.ctx.bus.reply(req, self.broker.list(), wait=False)
+                    caps = CapsList(tuple(CapInfo.from_payload(c) for c in self.broker.list()))
+                    await caps.respond(self.ctx.bus, req)
 
     async def _serve_barrier(self) -> None:
-        async with self.ctx.bus.subscribe(BARRIER_TOPIC, QoS.RELIABLE) as sub:
+        async with self.ctx.bus.subscribe(Topic.COLLAB_BARRIER, QoS.RELIABLE) as sub:
             async for req in sub:
                 self._arrive(req)
 
     def _arrive(self, req: Event) -> None:
-        p = req.payload if isinstance(req.payload, dict) else {}
-        name, n = p.get("name"), p.get("n")
-        if not isinstance(name, str) or not isinstance(n, int) or n < 1:
-            self._serve(self.ctx.bus.reply(req, {"ok": False, "error": "need name and n >= 1"}))
+        try:
+            arrive = BarrierRequest.from_event(req)
+        except LoomdError as exc:
+            self._serve(BarrierReply(False, error=str(exc)).respond(self.ctx.bus, req))
             return
+        name = arrive.name
         b = self.barriers.get(name)
         if b is None:
-            b = self.barriers[name] = _Barrier(n, [])
-            timeout = float(p.get("timeout") or 10.0)
+            b = self.barriers[name] = _Barrier(arrive.n, [])
+            timeout = arrive.timeout or 10.0
             b.timer = asyncio.get_running_loop().call_later(timeout, self._expire, name, b)
         b.waiting.append(req)
         if len(b.waiting) >= b.n:
@@ -518,52 +534,60 @@ class AgentsComponent(Component[AgentsSettings]):
             if b.timer:
                 b.timer.cancel()
             for r in b.waiting:
-                self._serve(self.ctx.bus.reply(r, {"ok": True, "arrived": len(b.waiting)}))
+                self._serve(BarrierReply(True, len(b.waiting)).respond(self.ctx.bus, r))
 
     def _expire(self, name: str, b: _Barrier) -> None:
         if self.barriers.get(name) is b:
             del self.barriers[name]
         for r in b.waiting:
             msg = f"{len(b.waiting)} of {b.n} arrived before the timeout"
-            self._serve(self.ctx.bus.reply(r, {"ok": False, "error": msg}))
+            self._serve(BarrierReply(False, error=msg).respond(self.ctx.bus, r))
 
     async def _serve_register(self) -> None:
-        async with self.ctx.bus.subscribe(REGISTER_TOPIC, QoS.RELIABLE) as reg:
+        async with self.ctx.bus.subscribe(Topic.CAPS_REGISTER, QoS.RELIABLE) as reg:
             async for req in reg:
-                await self.ctx.bus.reply(req, self._register(req.payload), wait=False)
+                await self._register(req).respond(self.ctx.bus, req)
 
     async def _serve_unregister(self) -> None:
-        async with self.ctx.bus.subscribe(UNREGISTER_TOPIC, QoS.RELIABLE) as unreg:
+        async with self.ctx.bus.subscribe(Topic.CAPS_UNREGISTER, QoS.RELIABLE) as unreg:
             async for ev in unreg:
-                p = ev.payload if isinstance(ev.payload, dict) else {}
-                prov = self.providers.get(str(p.get("provider")))
-                if prov is not None and prov.token == p.get("token"):
+                try:
+                    gone = CapsUnregister.from_event(ev)
+                except LoomdError as exc:
+                    self.log.warning("bad caps.unregister from %s: %s", ev.sender, exc)
+                    continue
+                prov = self.providers.get(gone.provider)
+                if prov is not None and prov.token == gone.token:
                     del self.providers[prov.id]
                     self._drop(prov, "unregistered")
 
-    def _register(self, p: Any) -> dict[str, Any]:
-        if not isinstance(p, dict) or not isinstance(p.get("provider"), str):
-            return {"ok": False, "error": "expected {provider: str, caps: [...]}"}
-        pid = p["provider"]
+    def _register(self, req: Event) -> CapsRegistered:
+        try:
+            p = CapsRegister.from_event(req)
+        except LoomdError as exc:
+            return CapsRegistered(False, error=str(exc))
+        pid = p.provider
         old = self.providers.pop(pid, None)
         if old is not None:
             self._drop(old, "registered again")
         if self._mux is None:
             self._mux = ReplyMux(self.ctx.bus)
         prov = RemoteProvider(pid, self._mux, self.settings.provider_lease_s)
-        prov.token = p.get("token")
+        prov.token = p.token
         self.providers[pid] = prov
         done, refused = [], {}
-        for d in p.get("caps") or []:
+        for d in p.caps:
             try:
                 spec = CapabilitySpec.from_dict(d)
                 self.broker.register(spec, prov)
                 done.append(spec.full)
             except (LoomdError, ValueError, KeyError, TypeError) as exc:
                 refused[str(d.get("name") if isinstance(d, dict) else d)] = str(exc)
-                self._report("capability_refused", f"provider {pid}: {exc}", {"provider": pid})
+                self._report(
+                    ErrorCode.CAPABILITY_REFUSED, f"provider {pid}: {exc}", {"provider": pid}
+                )
         self.log.info("SDK provider %s registered %s", pid, ", ".join(done) or "nothing")
-        return {"ok": True, "registered": done, "refused": refused, "lease_s": prov.lease_s}
+        return CapsRegistered(True, tuple(done), refused, prov.lease_s)
 
     def _drop(self, prov: RemoteProvider, why: str) -> None:
         prov.die()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["add_cli"]
+from loomd.messages import TurnStage
 
-_ORDER = ("vad_end", "stt_start", "stt_end", "first_token", "first_sentence", "first_audio",
-          "spoken")  # fmt: skip
+__all__ = ["add_cli"]
 
 
 def add_cli(cmds: Any) -> None:
@@ -43,7 +42,7 @@ def waterfall(turn: dict[str, Any]) -> list[str]:
     t = turn.get("timings", {})
     end = max(t.values(), default=1.0) or 1.0
     out = []
-    for key in _ORDER:
+    for key in TurnStage:
         if key in t:
             bar = "#" * max(1, int(40 * t[key] / end)) if t[key] > 0 else ""
             out.append(f"  {key:<15}{t[key]:>9.0f} ms {bar}")

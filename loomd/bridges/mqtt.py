@@ -37,7 +37,7 @@ from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
-from loomd.messages import SayRequest, Topic
+from loomd.messages import ErrorCode, SayRequest, Topic, VoiceMute
 from loomd.metrics import Family
 
 __all__ = ["MqttComponent", "MqttStatus"]
@@ -297,7 +297,8 @@ class MqttComponent(Component[MqttSettings]):
         where = f"{self.settings.host}:{self.settings.port}"
         if error is not None:
             self.count(error)
-            self.ctx.error(f"mqtt_{error}", f"mqtt {where}: {state}: {detail}", state=state)
+            code = ErrorCode(f"mqtt_{error}")
+            self.ctx.error(code, f"mqtt {where}: {state}: {detail}", state=state)
         else:
             log.info("mqtt %s: %s%s", where, state, f" ({detail})" if detail else "")
 
@@ -534,7 +535,7 @@ class MqttComponent(Component[MqttSettings]):
                 self.client.loop_misc()  # keepalive pings, ping timeouts
             n = self.outbox.expire()
             if n:
-                self.ctx.error("mqtt_outbox_expired", f"mqtt: {n} outbox messages expired")
+                self.ctx.error(ErrorCode.MQTT_OUTBOX_EXPIRED, f"mqtt: {n} outbox messages expired")
 
     # -- inbound: MQTT -> bus -----------------------------------------------------------------
     def _route_in(self, topic: str) -> tuple[MapState, str] | None:
@@ -594,7 +595,7 @@ class MqttComponent(Component[MqttSettings]):
             # Not acked: the broker redelivers it on the next session.
             m.errors += 1
             self.count("bus_refused")
-            self.ctx.error("mqtt_bus_refused", f"mqtt: bus refused {m.s.bus}: {exc}")
+            self.ctx.error(ErrorCode.MQTT_BUS_REFUSED, f"mqtt: bus refused {m.s.bus}: {exc}")
             return
         m.in_count += 1
         self._ack(gen, mid, qos)
@@ -607,7 +608,8 @@ class MqttComponent(Component[MqttSettings]):
         self.count(kind)
         if m is not None:
             m.errors += 1
-        self.ctx.error(f"mqtt_{kind}", f"mqtt: {kind.replace('_', ' ')}: {text} (not forwarded)")
+        text = f"mqtt: {kind.replace('_', ' ')}: {text} (not forwarded)"
+        self.ctx.error(ErrorCode(f"mqtt_{kind}"), text)
 
     # -- outbound: bus -> MQTT ----------------------------------------------------------------
     async def _forward(self, m: MapState, sub: BusSubscription) -> None:
@@ -642,7 +644,7 @@ class MqttComponent(Component[MqttSettings]):
         if self.outbox.add(topic, data, m.s.qos, m.s.retain) is None:
             self.count("outbox_overflow")
             self.ctx.error(
-                "mqtt_outbox_full",
+                ErrorCode.MQTT_OUTBOX_FULL,
                 f"mqtt: outbox full ({self.outbox.max_messages} messages); {topic} dropped",
             )
             return
@@ -815,7 +817,7 @@ class MqttComponent(Component[MqttSettings]):
                 return
             self.muted = text == "ON"
             self.client.publish(f"{ha.base_topic(self.device)}/mute", text, 1, True)
-            coro = self.ctx.bus.publish("voice.mute", {"muted": self.muted})
+            coro = VoiceMute(self.muted).publish(self.ctx.bus)
         self.in_pending += 1
         task = self.loop.create_task(coro)
         task.add_done_callback(lambda t: self._ha_done(t, gen, mid, qos))

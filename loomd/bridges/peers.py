@@ -45,6 +45,7 @@ from loomd.bus.envelope import Event, QoS
 from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, ProtocolError
+from loomd.messages import ErrorCode
 from loomd.metrics import Family
 
 __all__ = ["PeersComponent", "PeersStatus", "load_or_make_keys"]
@@ -317,7 +318,7 @@ class PeersComponent(Component[PeersSettings]):
         shown = z85.encode(creds[0]).decode() if creds else "-"
         where = address.decode(errors="replace")
         self.ctx.error(
-            "peers_refused", f"peers: refused {where}: unknown key {shown}", address=where
+            ErrorCode.PEERS_REFUSED, f"peers: refused {where}: unknown key {shown}", address=where
         )
         pipe.try_send([version, request_id, b"400", b"unknown key", b"", b""])
 

@@ -19,6 +19,7 @@ from loomd.bus.qos import BatchedQueue, RealtimeQueue, ReliableQueue
 from loomd.bus.settings import BusSettings
 from loomd.bus.topics import TopicTrie, matches, validate_pattern
 from loomd.errors import LoomdError
+from loomd.messages import ErrorCode, ErrorEvent
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +504,7 @@ class Broker:
                 "subscriber %d (%s, %s) evicted: %s", sub.sid, sub.owner, sub.pattern, reason
             )
             self.error(
-                "slow_consumer",
+                ErrorCode.SLOW_CONSUMER,
                 f"subscription {sub.pattern!r} of {sub.owner} evicted: {reason}",
                 owner=sub.owner,
                 pattern=sub.pattern,
@@ -605,7 +606,7 @@ class Broker:
     def _journal_failed(self, ev: Event, exc: BaseException, on_ack: AckCallback | None) -> None:
         self.count_drop(ev.topic, "journal")
         log.error("journal write failed for %s: %s", ev.topic, exc)
-        self.error("journal", f"journal write failed for {ev.topic}: {exc}")
+        self.error(ErrorCode.JOURNAL, f"journal write failed for {ev.topic}: {exc}")
         if on_ack is not None:
             on_ack("journal_failed")
 
@@ -714,16 +715,14 @@ class Broker:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     # -- system events ------------------------------------------------------------------------
-    def error(self, code: str, message: str, **details: Any) -> None:
+    def error(self, code: ErrorCode, message: str, *, component: str = "", **details: Any) -> None:
         """Publish a `loomd.error` event (rate limited so a flood of bad input stays cheap)."""
         if not self._error_budget.take():
-            self.count_drop("loomd.error", "error_rate")
+            self.count_drop(ErrorEvent.TOPIC, "error_rate")
             return
-        payload = {"code": code, "message": message, **details}
+        out = ErrorEvent(code, message, component, details).event()
         self.publish(
-            Event.create(
-                "loomd.error", payload, type="loomd.error", sender="loomd", qos=QoS.REALTIME
-            )
+            Event.create(out.topic, out.payload, type=out.type, sender="loomd", qos=ErrorEvent.QOS)
         )
 
     def stats(self) -> dict[str, Any]:

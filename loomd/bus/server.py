@@ -28,6 +28,7 @@ from loomd.bus.envelope import Event, QoS, check_header, peek_qos
 from loomd.bus.topics import validate_topic
 from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
+from loomd.messages import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ class BusServer:
 
     def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
         self.broker.count_rejected(exc.reason)
-        self.broker.error("protocol", str(exc), client=session.label)
+        self.broker.error(ErrorCode.PROTOCOL, str(exc), client=session.label)
         log.debug("rejected frame from %s: %s", session.label, exc)
         self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
 
@@ -492,7 +493,7 @@ class BusServer:
                 "malformed control message",
                 f"sub needs an int 'sid' in 1..{wire.MAX_SID} and a string 'pattern'",
             )
-        if qos is not None and qos not in ("realtime", "batched", "reliable"):
+        if qos is not None and qos not in QoS.__members__.values():
             raise LoomdError(f"unknown qos {qos!r}: expected realtime, batched or reliable")
         if after is not None and (type(after) is not int or not 0 <= after <= wire.MAX_I64):
             raise ProtocolError("malformed control message", "'after' must be an int >= 0")
@@ -718,4 +719,4 @@ class BusServer:
                     "client %s silent for %.0f s: dropped", session.label, self.client_timeout_s
                 )
                 self.drop_session(session)
-                self.broker.error("client_timeout", f"client {session.label} timed out")
+                self.broker.error(ErrorCode.CLIENT_TIMEOUT, f"client {session.label} timed out")

@@ -21,6 +21,7 @@ from loomd.agents.sdk import serve_capabilities
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import Section, option
 from loomd.mcp.client import McpServerSettings, McpSupervisor
+from loomd.messages import ErrorCode
 from loomd.metrics import Family
 
 __all__ = ["McpComponent", "McpSettings"]
@@ -144,7 +145,7 @@ class McpComponent(Component[McpSettings]):
             self._sock.setblocking(False)
             self.spawn(self._serve_http, "http", restart=True)
 
-    def _report(self, code: str, message: str) -> None:
+    def _report(self, code: ErrorCode, message: str) -> None:
         self.errors += 1
         self.ctx.error(code, message)
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from loomd.bus.envelope import QoS
+from loomd.messages import CapInvoke, CapResult, CapsList, Topic
 
 __all__ = ["Bridge", "build_server", "tool_name"]
 
@@ -85,18 +86,17 @@ class Bridge:
         out = [{"name": k, **v} for k, v in BUS_TOOLS.items()]
         if not self.expose:
             return out
-        caps = (await self.bus.request("caps.list", None, timeout=5.0)).payload
+        caps = CapsList.from_event(await self.bus.request(Topic.CAPS_LIST, None, timeout=5.0))
         self._names.clear()
-        for c in caps:
-            full = f"{c['name']}@{c['version']}"
-            if not any(fnmatch.fnmatchcase(c["name"], p) or fnmatch.fnmatchcase(full, p)
+        for c in caps.caps:
+            if not any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.full, p)
                        for p in self.expose):  # fmt: skip
                 continue
-            name = tool_name(c["name"])
-            self._names[name] = c["name"]
+            name = tool_name(c.name)
+            self._names[name] = c.name
             out.append(
-                {"name": name, "description": c["description"] or c["name"],
-                 "inputSchema": c["schema"] or {"type": "object"}}
+                {"name": name, "description": c.description or c.name,
+                 "inputSchema": c.schema or {"type": "object"}}
             )  # fmt: skip
         return out
 
@@ -116,11 +116,12 @@ class Bridge:
         cap = self._names.get(name)
         if cap is None:
             return False, f"no tool {name!r}"
-        body = {"cap": cap, "params": args, "timeout": self.call_timeout_s}
-        r = (await self.bus.request("caps.invoke", body, timeout=self.call_timeout_s + 1)).payload
-        if r.get("code") == "ok":
-            return True, r.get("value")
-        return False, f"{r.get('code')}: {r.get('error')}"
+        body = CapInvoke(cap, args, self.call_timeout_s)
+        ev = await self.bus.request(body.TOPIC, body.to_payload(), timeout=self.call_timeout_s + 1)
+        r = CapResult.from_payload(ev.payload)
+        if r.ok:
+            return True, r.value
+        return False, f"{r.code}: {r.error}"
 
     async def _watch(self, pattern: str, n: int, wait_s: float) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

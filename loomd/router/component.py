@@ -26,6 +26,7 @@ from loomd.messages import (
     ChatDone,
     ChatMessage,
     ChatRequest,
+    ErrorCode,
     EventType,
     Policy,
     Topic,
@@ -151,7 +152,7 @@ class LlmComponent(Component[LlmSettings]):
                     await self.engine.load()
             except LoomdError as exc:
                 self.problem = str(exc)
-                self.ctx.error("llm_model", f"llm: {exc}")
+                self.ctx.error(ErrorCode.LLM_MODEL, f"llm: {exc}")
             self.spawn(self.engine.serve, "engine", restart=True)
             self.spawn(self._idle_unload, "idle-unload", restart=True)
         else:
@@ -296,7 +297,7 @@ class LlmComponent(Component[LlmSettings]):
     def _wrote(self, fut: asyncio.Future[None]) -> None:
         self._writes.discard(fut)
         if not fut.cancelled() and fut.exception() is not None:
-            self.ctx.error("llm_ledger", f"llm: decision not stored: {fut.exception()}")
+            self.ctx.error(ErrorCode.LLM_LEDGER, f"llm: decision not stored: {fut.exception()}")
 
     def _trim(self, kv: Any) -> None:
         while len(self._ring) > self.settings.decisions_kept:
@@ -314,7 +315,9 @@ class LlmComponent(Component[LlmSettings]):
             req = ChatRequest.from_payload(ev.payload)
         except LoomdError as exc:
             self.bad_requests += 1
-            self.ctx.error("llm_bad_request", f"llm: bad chat request from {ev.sender}: {exc}")
+            self.ctx.error(
+                ErrorCode.LLM_BAD_REQUEST, f"llm: bad chat request from {ev.sender}: {exc}"
+            )
             await self._done(ev, ChatDone(error=str(exc), decision_id=did))
             return
         decision, policy, facts = self._decide(req)
@@ -366,10 +369,10 @@ class LlmComponent(Component[LlmSettings]):
                 on_token=send,
             )
         except CloudRefused as exc:
-            self.ctx.error("llm_cloud_refused", f"llm: {exc}")
+            self.ctx.error(ErrorCode.LLM_CLOUD_REFUSED, f"llm: {exc}")
             return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
         except CloudError as exc:
-            self.ctx.error("llm_cloud", f"llm: {exc}", kind=exc.kind)
+            self.ctx.error(ErrorCode.LLM_CLOUD, f"llm: {exc}", kind=exc.kind)
             if fallback and index == 0 and self.engine is not None and not self.problem:
                 self.log.warning("llm: %s; answering locally instead", exc)
                 return await self._local(ev, req, did)
@@ -389,7 +392,7 @@ class LlmComponent(Component[LlmSettings]):
         try:
             self.engine.submit(job)
         except QueueFull as exc:
-            self.ctx.error("llm_queue_full", f"llm: {exc}")
+            self.ctx.error(ErrorCode.LLM_QUEUE_FULL, f"llm: {exc}")
             return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         self.inflight[did] = job
         watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.bus.topics import validate_pattern
 from loomd.errors import LoomdError, ProtocolError
+from loomd.messages import ErrorCode, TurnStage
 from loomd.metrics import Family, Request, Response, Streamer
 from loomd.web.history import History
 from loomd.web.sse import KEEPALIVE_S, WRITE_STALL_S, EventStream, summarise
@@ -33,16 +34,6 @@ MODES = ("local", "on", "off")
 QUEUE = 256  # events queued per live-tail client before the oldest are dropped
 VOICE_TURNS = 5
 ROUTES = 10
-# The voice flight recorder's stages, in order: ms since the end of speech (VAD end).
-STAGES = (
-    ("vad_end", "VAD end"),
-    ("stt_start", "STT start"),
-    ("stt_end", "STT end"),
-    ("first_token", "LLM first token"),
-    ("first_sentence", "first sentence"),
-    ("first_audio", "TTS first audio"),
-    ("spoken", "spoken"),
-)
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -208,7 +199,7 @@ class StatusPage:
         out: dict[str, Any] = {
             "state": state,
             "reason": reason,
-            "stages": [list(s) for s in STAGES],
+            "stages": [[s.value, s.label] for s in TurnStage],
             "turns": [],
         }
         if state == "running":
@@ -231,7 +222,7 @@ class StatusPage:
             validate_pattern(pattern)
         except ProtocolError as exc:
             self.bad += 1
-            self.ctx.error("page_bad_pattern", f"status page: bad live-tail pattern: {exc}")
+            self.ctx.error(ErrorCode.PAGE_BAD_PATTERN, f"status page: bad live-tail pattern: {exc}")
             return Response(400, f"bad pattern: {exc}\n".encode())
         if len(self.streams) >= self.max_clients:
             self.sse_refused += 1
