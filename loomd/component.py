@@ -223,9 +223,9 @@ class Component(Generic[S]):
     crash_window_s: ClassVar[float] = 60.0
     backoff_s: ClassVar[tuple[float, float]] = (0.2, 30.0)  # first and longest wait
     summary: ClassVar[str] = ""  # one line for `loomd --check`
-    # Friendly `loomctl` commands: called with argparse's subparsers; each parser it adds
-    # sets `func=async (client, args) -> exit code`, built on `loomd.ctl.op()`.
-    cli: ClassVar[Callable[..., None] | None] = None
+    # Friendly `loomctl` commands are not an attribute: the registry names them
+    # (`loomd.components.BUILTIN_CLI`), so `loomctl` builds its parser without importing
+    # the component.
 
     @classmethod
     def check(cls, settings: Any, paths: ResolvedPaths) -> list[str]:

@@ -158,88 +158,10 @@ def _default_dirs(state_dir: Path) -> list[Path]:
     return dirs
 
 
-async def _add_cli_async(bus: Any, args: Any) -> int:
-    import json
-    import sys
-
-    from loomd.ctl import _dumps, op
-
-    cmd = args.cmd
-    if cmd == "agents":
-        sub = args.agents_cmd or "list"
-        if sub == "list":
-            r = await op(bus, "agents.list")
-            if args.json:
-                print(_dumps(r["agents"], indent=2))
-                return 0
-            for a in r["agents"]:
-                err = f"  last error: {a['last_error']}" if a["last_error"] else ""
-                print(
-                    f"{a['id']:<16} {a['state']:<9} restarts={a['restarts']} "
-                    f"topics={','.join(a['topics']) or '-'} "
-                    f"caps={','.join(a['capabilities']) or '-'}  [{a['source']}]{err}"
-                )
-            for src, why in r["broken"].items():
-                print(f"(broken) {src}: {why}")
-            return 0
-        r = await op(bus, f"agents.{sub}", args.id)
-        print(f"{args.id}: {r['state']}")
-        return 0
-    if cmd == "caps":
-        r = await op(bus, "agents.caps")
-        if args.json:
-            print(_dumps(r["capabilities"], indent=2))
-            return 0
-        for c in r["capabilities"]:
-            print(f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]  {c['description']}")
-            print(f"    {json.dumps(c['schema'])}")
-        return 0
-    # call
-    from loomd.ctl import parse_payload
-
-    params = parse_payload(args.params) if args.params else {}
-    if not isinstance(params, dict):
-        print("loomctl: call parameters must be a JSON object", file=sys.stderr)
-        return 2
-    kw: dict[str, Any] = {"params": params}
-    if args.call_timeout is not None:
-        kw["timeout"] = args.call_timeout
-    if args.key:
-        kw["key"] = args.key
-    r = await op(bus, "agents.call", args.name, **kw)
-    if r["code"] == "ok":
-        print(_dumps(r.get("value")))
-        return 0
-    print(f"loomctl: {args.name}: {r['code']}: {r.get('error', '')}", file=sys.stderr)
-    return 1
-
-
-def _add_cli(cmds: Any) -> None:
-    """`loomctl agents [list|start|stop|restart ID]`, `loomctl caps`, `loomctl call`."""
-    a = cmds.add_parser("agents", help="agent plugins: list, start, stop, restart")
-    a.add_argument("--json", action="store_true")
-    sc = a.add_subparsers(dest="agents_cmd")
-    sc.add_parser("list", help="id, source, state, topics, capabilities, restarts, last error")
-    for verb in ("start", "stop", "restart"):
-        p = sc.add_parser(verb, help=f"{verb} one agent")
-        p.add_argument("id")
-    a.set_defaults(func=_add_cli_async)
-    c = cmds.add_parser("caps", help="capabilities of every provider, with their schemas")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_add_cli_async)
-    k = cmds.add_parser("call", help="call a capability: loomctl call NAME '{json params}'")
-    k.add_argument("name")
-    k.add_argument("params", nargs="?", help="a JSON object, or @FILE")
-    k.add_argument("--call-timeout", type=float, help="seconds the capability may take")
-    k.add_argument("--key", help="idempotency key")
-    k.set_defaults(func=_add_cli_async)
-
-
 class AgentsComponent(Component[AgentsSettings]):
     name = "agents"
     Settings = AgentsSettings
     summary = "Python agent plugins, collaboration and the action broker"
-    cli = staticmethod(_add_cli)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)

@@ -1,9 +1,10 @@
-"""`loomctl say TEXT` and `loomctl voice last|test|stop`: built on `loomd.ctl.op()`."""
+"""`loomctl say TEXT` and `loomctl voice last|test|stop`: built on `loomd.cli.op()`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from loomd.cli import op
 from loomd.messages import TurnStage
 
 __all__ = ["add_cli"]
@@ -29,8 +30,6 @@ def add_cli(cmds: Any) -> None:
 
 
 async def _say(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
-
     r = await op(bus, "voice.say", args.text, "announcement" if args.announce else "normal",
                  timeout=120.0)  # fmt: skip
     print(f"spoke {r['seconds']} s ({r['engine']}, synthesis {r['tts_ms']} ms)")
@@ -62,8 +61,6 @@ def _print_turn(turn: dict[str, Any]) -> None:
 
 async def _voice(bus: Any, args: Any) -> int:
     import os
-
-    from loomd.ctl import op
 
     if args.voice_cmd == "last":
         turns = (await op(bus, "voice.last", args.n))["turns"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.cli import add_cli
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.models import missing_models
 from loomd.audio.settings import VoiceSettings
@@ -111,7 +110,6 @@ class VoiceComponent(Component[VoiceSettings]):
     extra = "voice"
     apt = "loomd-voice"
     summary = "local wake word, STT and TTS: mic -> wake -> whisper.cpp -> router -> Piper"
-    cli = staticmethod(add_cli)
 
     wake: WakeDetector
     stt: SttWorker

@@ -112,28 +112,6 @@ class MqttStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    """`loomctl mqtt status|forget`."""
-    p = cmds.add_parser("mqtt", help="the MQTT bridge")
-    sc = p.add_subparsers(dest="mqtt_cmd", required=True)
-    sc.add_parser("status", help="connection, outbox depth and age, per-map counts")
-    sc.add_parser("forget", help="remove this board from Home Assistant (clear discovery)")
-    p.set_defaults(func=_cli_mqtt)
-
-
-async def _cli_mqtt(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
-
-    if args.mqtt_cmd == "forget":
-        r = await op(bus, "mqtt.forget")
-        print(f"cleared {r['cleared']} Home Assistant discovery configs")
-        return 0
-    r = await op(bus, "mqtt.status")
-    names = {f.name for f in dataclasses.fields(MqttStatus)}
-    print("\n".join(MqttStatus(**{k: v for k, v in r.items() if k in names}).lines()))
-    return 0
-
-
 class MqttComponent(Component[MqttSettings]):
     name = "mqtt"
     Settings = MqttSettings
@@ -141,7 +119,6 @@ class MqttComponent(Component[MqttSettings]):
     extra = "mqtt"
     apt = "python3-paho-mqtt"
     summary = "MQTT bridge: broker topics <-> bus topics, LMDB outbox"
-    cli = staticmethod(_add_cli)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

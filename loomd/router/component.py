@@ -77,12 +77,6 @@ class LlmStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    from loomd.router.cli import add_cli
-
-    add_cli(cmds)
-
-
 class LlmComponent(Component[LlmSettings]):
     name = "llm"
     Settings = LlmSettings
@@ -90,7 +84,6 @@ class LlmComponent(Component[LlmSettings]):
     extra = "llm"
     apt = "loomd-llm"
     summary = "local llama.cpp inference and the policy router (llm.chat)"
-    cli = staticmethod(_add_cli)
 
     @classmethod
     def check(cls, settings: LlmSettings, paths: ResolvedPaths) -> list[str]:

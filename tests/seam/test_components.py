@@ -65,6 +65,8 @@ def test_a_registered_component_is_served_everywhere(probed: LoomdProcess) -> No
     assert "loomd_probe_calls_total 2" in metrics
     assert "probe_outside_its_prefix" not in metrics  # a family outside loomd_probe_ is refused
     assert "must not" not in metrics
+    r = loomctl(probed, "greet", "dee")  # its friendly command, from the `loomd.cli` group
+    assert (r.returncode, r.stdout) == (0, "hello, dee\n"), r.stderr
 
     # Reload: the reloadable key applies live, the other is reported and keeps its value.
     probed.config.write_text(
