@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 BUILTIN: dict[str, str] = {
     "state": "loomd.state.component:StateComponent",
     "bus": "loomd.bus.component:BusComponent",
-    "metrics": "loomd.metrics:MetricsComponent",
+    "metrics": "loomd.web.component:MetricsComponent",
     "agents": "loomd.agents.component:AgentsComponent",
     "mcp": "loomd.mcp.component:McpComponent",
     "llm": "loomd.router.component:LlmComponent",

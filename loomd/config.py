@@ -27,15 +27,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from loomd.bus.topics import validate_pattern
-from loomd.errors import ConfigError, ProtocolError
+from loomd.errors import ConfigError
 
 __all__ = [
     "AUTO",
-    "QOS_CLASSES",
+    "DIR_TEXT",
+    "IP_TEXT",
+    "MODE_TEXT",
+    "SOCKET_TEXT",
     "SYSTEM_CONFIG",
+    "Check",
     "DaemonSettings",
     "PathSettings",
+    "Problem",
     "ResolvedPaths",
     "Section",
     "Settings",
@@ -43,6 +47,10 @@ __all__ = [
     "build_section",
     "changed_keys",
     "default_config_path",
+    "is_abs_or_auto",
+    "is_ip",
+    "is_octal_mode",
+    "is_socket_path",
     "load_config",
     "option",
     "resolve_dir",
@@ -53,7 +61,6 @@ __all__ = [
 ]
 
 SYSTEM_CONFIG = Path("/etc/loomd/loomd.toml")
-QOS_CLASSES = ("realtime", "batched", "reliable")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # sun_path is 108 bytes including the terminating NUL; longer socket paths fail
@@ -130,7 +137,7 @@ DIR_TEXT = 'an absolute path, or "" to choose automatically'
 SOCKET_TEXT = f'an absolute path of at most {_MAX_SOCKET_PATH} bytes, or "" for the default'
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -138,42 +145,16 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-def _is_octal_mode(value: str) -> bool:
+def is_octal_mode(value: str) -> bool:
     return re.fullmatch(r"[0-7]{1,4}", value) is not None and int(value, 8) <= 0o777
 
 
-def _is_abs_or_auto(value: str) -> bool:
+def is_abs_or_auto(value: str) -> bool:
     return not value or value.startswith("/")
 
 
-def _is_socket_path(value: str) -> bool:
-    return _is_abs_or_auto(value) and len(value.encode()) <= _MAX_SOCKET_PATH
-
-
-def _pattern_problem(pattern: str) -> str | None:
-    try:
-        validate_pattern(pattern)
-    except ProtocolError as exc:
-        return f"a topic pattern ({exc.detail or exc.reason})"
-    return None
-
-
-def _check_patterns(value: tuple[str, ...]) -> Problem | None:
-    for i, pattern in enumerate(value):
-        problem = _pattern_problem(pattern)
-        if problem is not None:
-            return (f"[{i}]", pattern, problem)
-    return None
-
-
-def _check_qos_map(value: Mapping[str, str]) -> Problem | None:
-    for pattern, qos in value.items():
-        problem = _pattern_problem(pattern)
-        if problem is not None:
-            return (f'."{pattern}"', pattern, problem)
-        if qos not in QOS_CLASSES:
-            return (f'."{pattern}"', qos, "one of " + ", ".join(QOS_CLASSES))
-    return None
+def is_socket_path(value: str) -> bool:
+    return is_abs_or_auto(value) and len(value.encode()) <= _MAX_SOCKET_PATH
 
 
 # --- generic validation ------------------------------------------------------
@@ -445,11 +426,11 @@ class PathSettings(_Section):
 
     SECTION: ClassVar[str] = "paths"
 
-    runtime_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
-    state_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
-    cache_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
+    runtime_dir: str = option("", valid=is_abs_or_auto, expected=DIR_TEXT)
+    state_dir: str = option("", valid=is_abs_or_auto, expected=DIR_TEXT)
+    cache_dir: str = option("", valid=is_abs_or_auto, expected=DIR_TEXT)
     # Models (`loomctl models`): "" = <state_dir>/models.
-    models_dir: str = option("", valid=_is_abs_or_auto, expected=DIR_TEXT)
+    models_dir: str = option("", valid=is_abs_or_auto, expected=DIR_TEXT)
 
 
 CORE_SECTIONS: dict[str, type[Section]] = {

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from loomd import __version__
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import QOS_CLASSES, Event, QoS
 from loomd.cli import dumps, op, parse_payload
 from loomd.components import registry
 from loomd.doctor import add_parser as add_doctor
@@ -185,13 +185,13 @@ def _build() -> tuple[argparse.ArgumentParser, list[str]]:
     pub = cmds.add_parser("pub", help="publish one event")
     pub.add_argument("topic")
     pub.add_argument("payload", nargs="?", help="JSON, or @FILE")
-    pub.add_argument("--qos", default=QoS.RELIABLE.value, choices=[q.value for q in QoS])
+    pub.add_argument("--qos", default=QoS.RELIABLE.value, choices=QOS_CLASSES)
     pub.add_argument("--type", help="event type (default: the topic)")
     pub.add_argument("--raw", action="store_true", help="send the payload as raw bytes")
     pub.set_defaults(func=_pub)
     sub = cmds.add_parser("sub", help="print events matching a pattern ('#' for all)")
     sub.add_argument("pattern")
-    sub.add_argument("--qos", choices=[q.value for q in QoS])
+    sub.add_argument("--qos", choices=QOS_CLASSES)
     sub.add_argument("--json", action="store_true", help="one JSON object per line")
     sub.add_argument("--count", type=int, help="exit after N events")
     sub.add_argument(

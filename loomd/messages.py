@@ -300,8 +300,9 @@ class ChatRequest(_Payload, topic=Topic.LLM_CHAT):
         names = [t.name for t in self.tools]
         if len(set(names)) != len(names):
             raise LoomdError(f"tool names must be unique: {sorted(names)}")
-        if self.tool_choice not in ToolChoice.__members__.values() and self.tool_choice not in names:
-            raise LoomdError(f"tool_choice {self.tool_choice!r} is no ToolChoice and no tool's name")
+        choice = self.tool_choice
+        if choice not in ToolChoice.__members__.values() and choice not in names:
+            raise LoomdError(f"tool_choice {choice!r} is no ToolChoice and no tool's name")
         if self.tools and self.json_schema is not None:
             raise LoomdError("a request has tools or a json_schema, not both")
 

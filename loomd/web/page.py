@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from loomd.bus.topics import validate_pattern
 from loomd.errors import LoomdError, ProtocolError
 from loomd.messages import ErrorCode, TurnStage
-from loomd.metrics import Family, Request, Response, Streamer
+from loomd.metrics import Family
 from loomd.web.history import History
+from loomd.web.http import Request, Response, Streamer
 from loomd.web.sse import KEEPALIVE_S, WRITE_STALL_S, EventStream, summarise
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ _HEADERS = (
     ("Cache-Control", "no-store"),
 )
 JSON_TYPE = "application/json"
+# The voice flight recorder's stages, in order, with their labels.
+STAGES = tuple((s.value, s.label) for s in TurnStage)
 
 
 def allowed(mode: str, peer: str, host: str | None) -> bool:
@@ -199,7 +202,7 @@ class StatusPage:
         out: dict[str, Any] = {
             "state": state,
             "reason": reason,
-            "stages": [[s.value, s.label] for s in TurnStage],
+            "stages": [list(s) for s in STAGES],
             "turns": [],
         }
         if state == "running":

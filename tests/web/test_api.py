@@ -19,7 +19,7 @@ import pytest
 from loomd.config import load_config
 from loomd.host import Host
 from loomd.sdk import Client
-from loomd.web import allowed
+from loomd.web.page import allowed
 from tests.conftest import free_port, loomctl
 from tests.web.conftest import PageDaemon, SseClient, get, get_json, wait_until
 
