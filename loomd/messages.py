@@ -717,6 +717,7 @@ class ErrorCode(StrEnum):
     MQTT_BAD_TOPIC = "mqtt_bad_topic"
     MQTT_BAD_PAYLOAD = "mqtt_bad_payload"
     MQTT_BAD_ENTITY = "mqtt_bad_entity"
+    MQTT_OVERSIZE = "mqtt_oversize"
     MQTT_OUTBOX_FULL = "mqtt_outbox_full"
     MQTT_OUTBOX_EXPIRED = "mqtt_outbox_expired"
     MQTT_BUS_REFUSED = "mqtt_bus_refused"
@@ -775,9 +776,45 @@ class ControlOp(_Payload):
         return cls(payload["op"], tuple(args), kwargs)
 
 
+@dataclass(frozen=True)
+class SubscriptionStats(_Payload):
+    """One subscription on the bus, of any part, in process or over the socket."""
+
+    sid: int
+    pattern: str
+    qos: str  # a QoS class
+    owner: str  # the part (or client session) that holds it
+    depth: int = 0  # events queued, not yet delivered
+    bytes: int = 0
+    delivered: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> events
+
+
+@dataclass(frozen=True)
+class BusStats(_Payload, type="bus.stats"):
+    """What `Bus.stats()` answers: the bus's counters and every subscription."""
+
+    events_in: int = 0
+    events_out: int = 0
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> events
+    subscriptions: tuple[SubscriptionStats, ...] = ()
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            **super().to_payload(),
+            "subscriptions": [s.to_payload() for s in self.subscriptions],
+        }
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> BusStats:
+        subs = tuple(SubscriptionStats.from_payload(s) for s in payload.get("subscriptions") or ())
+        return cls(**{**payload, "subscriptions": subs})
+
+
 __all__ += [
     "BarrierReply",
     "BarrierRequest",
+    "BusStats",
     "CapCode",
     "CapInfo",
     "CapInvoke",
@@ -790,6 +827,7 @@ __all__ += [
     "ErrorCode",
     "ErrorEvent",
     "Outgoing",
+    "SubscriptionStats",
     "TurnStage",
     "VoiceMute",
     "VoiceStop",

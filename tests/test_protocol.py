@@ -137,6 +137,14 @@ def test_every_error_code_in_the_code_is_a_member_and_every_member_is_used() -> 
     assert {c.name for c in ErrorCode} - used - dynamic == set()
 
 
+def test_the_mqtt_bridge_codes_it_makes_up_are_members() -> None:
+    """The bridge builds `mqtt_<kind>` from its counters' names: each must be a member."""
+    text = (ROOT / "loomd" / "bridges" / "mqtt.py").read_text()
+    kinds = re.findall(r'_bad_in\(\s*"(\w+)"', text) + re.findall(r'error="(\w+)"', text)
+    assert len(set(kinds)) >= 5
+    assert {f"mqtt_{k}" for k in kinds} <= set(ErrorCode.__members__.values())
+
+
 def test_a_barrier_needs_a_name_and_at_least_one_member() -> None:
     for bad in ({"name": "b", "n": 0}, {"name": 3, "n": 2}):
         with pytest.raises(LoomdError, match="n >= 1"):

@@ -163,7 +163,7 @@ class MqttComponent(Component[MqttSettings]):
         if left:
             log.info("mqtt: %d messages left in the outbox by the last run", left)
         self.client = self._make_client()
-        self._ha_setup()
+        await self._ha_setup()
         self.subs: list[tuple[MapState, BusSubscription]] = [
             (m, self.ctx.bus.subscribe(m.s.bus, m.s.bus_qos)) for m in self.outs
         ]
@@ -373,7 +373,7 @@ class MqttComponent(Component[MqttSettings]):
         if self.settings.discovery:
             self.client.subscribe([(t, 1) for t in self._ha_topics])
             self._announce()
-            self._publish_state()
+            await self._publish_state()
         await self._event("loomd.mqtt.connected")
         self._pump()
         await self._lost.wait()
@@ -656,7 +656,7 @@ class MqttComponent(Component[MqttSettings]):
         self._pump()
 
     # -- Home Assistant -----------------------------------------------------------------------
-    def _ha_setup(self) -> None:
+    async def _ha_setup(self) -> None:
         s, b = self.settings, ha.base_topic(self.device)
         self.ha_entities: dict[str, ha.Entity] = {}
         self._ha_topics: frozenset[str] = frozenset()
@@ -667,7 +667,7 @@ class MqttComponent(Component[MqttSettings]):
         self._ha_birth = f"{s.discovery_prefix}/status"
         self._ha_say, self._ha_mute = f"{b}/say", f"{b}/mute/set"
         self._ha_topics = frozenset((self._ha_birth, self._ha_say, self._ha_mute))
-        self._last_events = (time.monotonic(), self._broker_events())
+        self._last_events = (time.monotonic(), (await self.ctx.bus.stats()).events_in)
         bus = self.ctx.bus
         mirrors = (
             (Topic.VOICE_STATE, f"{b}/voice/state", lambda p: str(p.get("state", ""))),
@@ -718,18 +718,14 @@ class MqttComponent(Component[MqttSettings]):
         self._waiting[mid] = fut
         return fut
 
-    def _broker_events(self) -> int:
-        broker = self.ctx.services.broker
-        return int(broker.events_in) if broker is not None else 0
-
-    def _publish_state(self) -> None:
+    async def _publish_state(self) -> None:
         if not self.connected:
             return
-        now, events = time.monotonic(), self._broker_events()
+        stats = await self.ctx.bus.stats()
+        now, events = time.monotonic(), stats.events_in
         then, before = self._last_events
         self._last_events = (now, events)
-        broker = self.ctx.services.broker
-        drops = sum(broker.drops.values()) if broker is not None else 0
+        drops = sum(stats.drops.values())
         state = {
             "events_per_s": round((events - before) / (now - then), 1) if now > then else 0.0,
             "drops": drops,
@@ -740,7 +736,7 @@ class MqttComponent(Component[MqttSettings]):
     async def _ha_state_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.state_interval_s)
-            self._publish_state()
+            await self._publish_state()
 
     async def _mirror(self, sub: BusSubscription, mqtt_topic: str, pick: Any) -> None:
         async for ev in sub:

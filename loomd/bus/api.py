@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, Self, runtime_checkable
 
 from loomd.bus.envelope import Event, QoS
+from loomd.messages import BusStats
 
 __all__ = ["Bus", "BusSubscription"]
 
@@ -90,4 +91,14 @@ class Bus(Protocol):
 
     async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
         """Answer `request` on its `reply_to`, with its id as the correlation id."""
+        ...
+
+    async def listeners(self, topic: str) -> int:
+        """How many subscriptions (of any part, in process or not) an event published on
+        `topic` now would reach: 0 means nobody listens (a requester that left)."""
+        ...
+
+    async def stats(self) -> BusStats:
+        """The bus's counters (events in and out, drops by reason) and every subscription
+        with its owner, depth, deliveries and drops."""
         ...

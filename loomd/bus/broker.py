@@ -19,7 +19,7 @@ from loomd.bus.qos import BatchedQueue, RealtimeQueue, ReliableQueue
 from loomd.bus.settings import BusSettings
 from loomd.bus.topics import TopicTrie, matches, validate_pattern
 from loomd.errors import LoomdError
-from loomd.messages import ErrorCode, ErrorEvent
+from loomd.messages import BusStats, ErrorCode, ErrorEvent, SubscriptionStats
 
 log = logging.getLogger(__name__)
 
@@ -544,6 +544,19 @@ class Broker:
 
     def subscriptions(self) -> Iterable[Subscriber]:
         return self._subs.values()
+
+    def listeners(self, topic: str) -> int:
+        """How many subscriptions an event published on `topic` now would reach."""
+        return len(self._trie.match(topic))
+
+    def summary(self) -> BusStats:
+        """The counters and every subscription, typed (`Bus.stats()`)."""
+        return BusStats(
+            self.events_in,
+            self.events_out,
+            dict(self.drops),
+            tuple(SubscriptionStats.from_payload(s.info()) for s in self._subs.values()),
+        )
 
     # -- publishing ---------------------------------------------------------------------------
     def is_durable(self, topic: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from loomd.bus.broker import Broker, Subscriber
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
 from loomd.errors import LoomdError, RequestTimeout
+from loomd.messages import BusStats
 
 __all__ = ["LocalBus"]
 
@@ -84,6 +85,12 @@ class LocalBus:
             except TimeoutError:
                 raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
             raise LoomdError("bus closed while waiting for a reply")
+
+    async def listeners(self, topic: str) -> int:
+        return self.broker.listeners(topic)
+
+    async def stats(self) -> BusStats:
+        return self.broker.summary()
 
     async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
         if not request.reply_to:

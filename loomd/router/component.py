@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomd.bus.envelope import Event
-from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
@@ -392,7 +391,11 @@ class LlmComponent(Component[LlmSettings]):
         index = 0
         try:
             async for text in job.stream():
-                if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
+                if (
+                    ev.reply_to
+                    and not job.cancel.is_set()
+                    and not await self._listening(ev.reply_to)
+                ):
                     self.log.info("llm: requester of %s left; cancelling", did)
                     job.cancel.set()  # checked per token: the model is free a token later
                 if req.stream and ev.reply_to and not job.cancel.is_set():
@@ -412,9 +415,8 @@ class LlmComponent(Component[LlmSettings]):
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
 
-    def _listening(self, topic: str) -> bool:
-        broker = self.ctx.services.broker
-        return broker is None or any(matches(s.pattern, topic) for s in broker.subscriptions())
+    async def _listening(self, topic: str) -> bool:
+        return await self.ctx.bus.listeners(topic) > 0
 
     async def _watch_listener(self, ev: Event, job: Job) -> None:
         """Cancel the job once nobody listens on reply_to any more (the requester left),
@@ -423,7 +425,7 @@ class LlmComponent(Component[LlmSettings]):
         topic = ev.reply_to
         while topic and not job.cancel.is_set():
             await asyncio.sleep(LISTENER_CHECK_S)
-            if not self._listening(topic):
+            if not await self._listening(topic):
                 self.log.info("llm: requester of %s left; cancelling", ev.id.hex())
                 job.cancel.set()
 

@@ -36,6 +36,7 @@ from loomd.errors import (
     RemoteError,
     RequestTimeout,
 )
+from loomd.messages import BusStats
 
 log = logging.getLogger(__name__)
 
@@ -551,6 +552,12 @@ class Client:
 
     async def status(self) -> dict[str, Any]:
         return await self.call("status")
+
+    async def listeners(self, topic: str) -> int:
+        return int((await self.call("bus.listeners", args=[topic]))["listeners"])
+
+    async def stats(self) -> BusStats:
+        return BusStats.from_payload((await self.call("bus.stats"))["stats"])
 
     def _call_nowait(self, msg: dict[str, Any], cb: Any = None) -> asyncio.Future[dict[str, Any]]:
         rid = next(self._rids)

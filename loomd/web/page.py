@@ -2,7 +2,7 @@
 
 Everything it shows comes through the component seam: the host's `status` tree and the
 other components' operations (`voice.last`, `llm.recent`) through `ctx.services.call`
-(the same entry `loomctl` uses), the broker's counters through `ctx.services.broker`, and
+(the same entry `loomctl` uses), the bus counters through `ctx.bus.stats()`, and
 the live tail through `ctx.bus`. It never imports another component's module."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class StatusPage:
         self.max_clients = max_clients
         self.keepalive_s = KEEPALIVE_S
         self.stall_s = WRITE_STALL_S
-        self.history = History(lambda: ctx.services.broker)
+        self.history = History(lambda: ctx.bus.stats())
         self.streams: set[EventStream] = set()
         self.requests = 0
         self.refused = 0  # not a loopback peer under "local"
@@ -165,7 +165,7 @@ class StatusPage:
         ]
         agents_view = st["components"].get("agents", {})
         agents = (agents_view.get("status") or {}).get("agents", [])
-        broker = self.ctx.services.broker
+        bus = await self.ctx.bus.stats()
         return {
             "daemon": st["daemon"],
             "components": components,
@@ -174,9 +174,9 @@ class StatusPage:
                 "list": [summarise(a) for a in agents],
             },
             "bus": {
-                "events_in": broker.events_in if broker else 0,
-                "events_out": broker.events_out if broker else 0,
-                "dropped": sum(broker.drops.values()) if broker else 0,
+                "events_in": bus.events_in,
+                "events_out": bus.events_out,
+                "dropped": sum(bus.drops.values()),
             },
             "page": {
                 "mode": self.mode,
