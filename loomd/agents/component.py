@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,8 @@ from typing import Any
 
 from loomd.agents.broker import (
     ActionBroker,
-    CapabilityError,
-    InvalidParams,
-    Provider,
-    ProviderUnavailable,
 )
-from loomd.agents.capability import CapabilitySpec
-from loomd.agents.ctx import AgentCtx, LocalBackend, ReplyMux
+from loomd.agents.ctx import AgentCtx, LocalBackend
 from loomd.agents.plugins import (
     Placement,
     PluginDef,
@@ -29,29 +23,17 @@ from loomd.agents.plugins import (
 )
 from loomd.agents.process import ProcessRunner
 from loomd.agents.runtime import AgentRunner, Policy
+from loomd.agents.service import CapabilityService
 from loomd.agents.settings import AgentsSettings
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import QoS
 from loomd.component import Command, Component, StatusBlock
-from loomd.errors import ConfigError, LoomdError, RequestTimeout
+from loomd.errors import ConfigError, LoomdError
 from loomd.messages import (
-    BarrierReply,
-    BarrierRequest,
-    CapCode,
-    CapInfo,
-    CapInvoke,
-    CapResult,
-    CapsList,
-    CapsRegister,
-    CapsRegistered,
-    CapsUnregister,
     ErrorCode,
-    Topic,
 )
 from loomd.metrics import Family
 
 __all__ = ["AgentsComponent", "AgentsStatus"]
-
-LEASE_PATTERN = "caps.lease.*"
 
 
 @dataclass(frozen=True)
@@ -72,74 +54,6 @@ class AgentsStatus(StatusBlock):
             out.append(f"{a['id']}: {a['state']}, {a['restarts']} restarts{extra}")
         out.extend(f"broken {src}: {why}" for src, why in self.broken.items())
         return out
-
-
-class RemoteProvider(Provider):
-    """Capabilities of an SDK client. It keeps a lease alive by publishing on
-    `caps.lease.<id>`; when the lease runs out (the process died) every in-flight call
-    fails with `provider_unavailable` at once."""
-
-    kind = "sdk"
-
-    def __init__(self, pid: str, mux: ReplyMux, lease_s: float) -> None:
-        self.id = pid
-        self.mux = mux
-        self.lease_s = lease_s
-        self.seen = time.monotonic()
-        self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.inflight = 0
-        self.token: Any = None
-
-    def die(self) -> None:
-        if not self.dead.done():
-            self.dead.set_result(None)
-
-    async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
-        if self.dead.done():
-            raise ProviderUnavailable(f"provider {self.id} is gone")
-        self.inflight += 1
-        req = asyncio.ensure_future(
-            self.mux.request(
-                f"caps.call.{self.id}",
-                CapInvoke(spec.full, params, left).to_payload(),
-                left + 1.0,
-                CapInvoke.TYPE,
-            )
-        )
-        try:
-            await asyncio.wait((req, self.dead), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            req.cancel()
-            raise
-        finally:
-            self.inflight -= 1
-        if not req.done():
-            req.cancel()
-            await asyncio.gather(req, return_exceptions=True)
-            raise ProviderUnavailable(f"provider {self.id} went away during the call")
-        try:
-            ev = req.result()
-        except RequestTimeout:
-            raise TimeoutError from None
-        r = CapResult.from_payload(ev.payload)
-        if r.code == CapCode.OK:
-            return r.value
-        if r.code == CapCode.CAPABILITY_ERROR:
-            raise CapabilityError(r.error)
-        if r.code == CapCode.TIMEOUT:
-            raise TimeoutError
-        if r.code == CapCode.PROVIDER_UNAVAILABLE:
-            raise ProviderUnavailable(r.error)
-        if r.code == CapCode.INVALID_PARAMS:
-            raise InvalidParams(r.error)
-        raise RuntimeError(r.error or f"provider answered {ev.payload!r:.80}")
-
-
-@dataclass
-class _Barrier:
-    n: int
-    waiting: list[Event]
-    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -169,12 +83,8 @@ class AgentsComponent(Component[AgentsSettings]):
         self.slots: dict[str, _Slot] = {}
         self.files: dict[Path, float] = {}  # plugin file -> mtime loaded
         self.broken: dict[str, str] = {}  # source -> why it did not load
-        self.providers: dict[str, RemoteProvider] = {}
-        self.barriers: dict[str, _Barrier] = {}
-        self._serving: set[asyncio.Task[None]] = set()
+        self.service: CapabilityService | None = None  # the bus side, from start()
         self.errors = 0
-        self._intake = True
-        self._mux: ReplyMux | None = None  # replies of SDK providers, one subscription
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,34 +92,33 @@ class AgentsComponent(Component[AgentsSettings]):
         self.broker = ActionBroker(
             idem=self.ctx.state.kv("agents.idempotency"), idem_ttl_s=s.idempotency_ttl_s
         )
-        self.spawn(self._serve_invoke, "invoke", restart=True)
-        self.spawn(self._serve_barrier, "barrier", restart=True)
-        self.spawn(self._serve_list, "list", restart=True)
-        self.spawn(self._serve_register, "register", restart=True)
-        self.spawn(self._serve_unregister, "unregister", restart=True)
-        self.spawn(self._watch_leases, "leases", restart=True)
-        self.spawn(self._expire_leases, "lease-expiry", restart=True)
-        self.spawn(self._sweep_idempotency, "idempotency", restart=True)
+        self.service = CapabilityService(
+            self.ctx.bus, self.broker, lambda: self.settings, self._report, self.log
+        )
+        for name, work in self.service.workers():
+            self.spawn(work, name, restart=True)
         for pdef in self._discover():
             await self._add(pdef)
         self.spawn(self._watch_files, "reload", restart=True)
 
     async def stop_intake(self) -> None:
-        self._intake = False
+        if self.service is not None:
+            self.service.intake = False
 
     def pending(self) -> int:
-        return self.broker.pending() + len(self._serving)
+        return self.broker.pending() + (self.service.pending() if self.service else 0)
+
+    @property
+    def barriers(self) -> dict[str, Any]:
+        """Barriers waiting for members (nothing is left behind after a timeout)."""
+        return self.service.barriers if self.service is not None else {}
 
     async def stop(self) -> None:
         for slot in list(self.slots.values()):
             if slot.runner is not None:
                 await slot.runner.stop()
-        for b in self.barriers.values():
-            if b.timer:
-                b.timer.cancel()
-        self.barriers.clear()
-        if self._mux is not None:
-            await self._mux.close()
+        if self.service is not None:
+            await self.service.close()
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -224,8 +133,8 @@ class AgentsComponent(Component[AgentsSettings]):
     def _report(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         self.errors += 1
         self.ctx.error(code, message, **{k: v for k, v in details.items() if k != "traceback"})
-        if code in ("agent_error", "agent_crashed"):
-            self._serve(
+        if code in (ErrorCode.AGENT_ERROR, ErrorCode.AGENT_CRASHED) and self.service is not None:
+            self.service.serve(
                 self.ctx.bus.publish("loomd.agent.error", details, qos=QoS.REALTIME, wait=False)
             )
 
@@ -399,157 +308,12 @@ class AgentsComponent(Component[AgentsSettings]):
                 del self.slots[s.pdef.id]
         return changed
 
-    # -- serving the bus side ---------------------------------------------------------------
-    def _serve(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._serving.add(task)
-        task.add_done_callback(self._serving.discard)
-
-    async def _serve_invoke(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.CAPS_INVOKE, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self._serve(self._invoke(req))
-
-    async def _invoke(self, req: Event) -> None:
-        try:
-            call = CapInvoke.from_event(req)
-        except LoomdError as exc:
-            r = CapResult(CapCode.INVALID_PARAMS, error=str(exc))
-        else:
-            if not self._intake:
-                r = CapResult(CapCode.PROVIDER_UNAVAILABLE, error="loomd is stopping")
-            else:
-                timeout = call.timeout or self.settings.call_timeout_s
-                r = await self.broker.call(
-                    call.cap, call.params, timeout=timeout, idempotency_key=call.key
-                )
-        if req.reply_to:
-            await self.ctx.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
-
-    async def _serve_list(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.CAPS_LIST, QoS.RELIABLE) as sub:
-            async for req in sub:
-                if req.reply_to:
-                    caps = CapsList(tuple(CapInfo.from_payload(c) for c in self.broker.list()))
-                    await caps.respond(self.ctx.bus, req)
-
-    async def _serve_barrier(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.COLLAB_BARRIER, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self._arrive(req)
-
-    def _arrive(self, req: Event) -> None:
-        try:
-            arrive = BarrierRequest.from_event(req)
-        except LoomdError as exc:
-            self._serve(BarrierReply(False, error=str(exc)).respond(self.ctx.bus, req))
-            return
-        name = arrive.name
-        b = self.barriers.get(name)
-        if b is None:
-            b = self.barriers[name] = _Barrier(arrive.n, [])
-            timeout = arrive.timeout or 10.0
-            b.timer = asyncio.get_running_loop().call_later(timeout, self._expire, name, b)
-        b.waiting.append(req)
-        if len(b.waiting) >= b.n:
-            del self.barriers[name]
-            if b.timer:
-                b.timer.cancel()
-            for r in b.waiting:
-                self._serve(BarrierReply(True, len(b.waiting)).respond(self.ctx.bus, r))
-
-    def _expire(self, name: str, b: _Barrier) -> None:
-        if self.barriers.get(name) is b:
-            del self.barriers[name]
-        for r in b.waiting:
-            msg = f"{len(b.waiting)} of {b.n} arrived before the timeout"
-            self._serve(BarrierReply(False, error=msg).respond(self.ctx.bus, r))
-
-    async def _serve_register(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.CAPS_REGISTER, QoS.RELIABLE) as reg:
-            async for req in reg:
-                await self._register(req).respond(self.ctx.bus, req)
-
-    async def _serve_unregister(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.CAPS_UNREGISTER, QoS.RELIABLE) as unreg:
-            async for ev in unreg:
-                try:
-                    gone = CapsUnregister.from_event(ev)
-                except LoomdError as exc:
-                    self.log.warning("bad caps.unregister from %s: %s", ev.sender, exc)
-                    continue
-                prov = self.providers.get(gone.provider)
-                if prov is not None and prov.token == gone.token:
-                    del self.providers[prov.id]
-                    self._drop(prov, "unregistered")
-
-    def _register(self, req: Event) -> CapsRegistered:
-        try:
-            p = CapsRegister.from_event(req)
-        except LoomdError as exc:
-            return CapsRegistered(False, error=str(exc))
-        pid = p.provider
-        old = self.providers.pop(pid, None)
-        if old is not None:
-            self._drop(old, "registered again")
-        if self._mux is None:
-            self._mux = ReplyMux(self.ctx.bus)
-        prov = RemoteProvider(pid, self._mux, self.settings.provider_lease_s)
-        prov.token = p.token
-        self.providers[pid] = prov
-        done, refused = [], {}
-        for d in p.caps:
-            try:
-                spec = CapabilitySpec.from_dict(d)
-                self.broker.register(spec, prov)
-                done.append(spec.full)
-            except (LoomdError, ValueError, KeyError, TypeError) as exc:
-                refused[str(d.get("name") if isinstance(d, dict) else d)] = str(exc)
-                self._report(
-                    ErrorCode.CAPABILITY_REFUSED, f"provider {pid}: {exc}", {"provider": pid}
-                )
-        self.log.info("SDK provider %s registered %s", pid, ", ".join(done) or "nothing")
-        return CapsRegistered(True, tuple(done), refused, prov.lease_s)
-
-    def _drop(self, prov: RemoteProvider, why: str) -> None:
-        prov.die()
-        gone = self.broker.unregister_provider(prov)
-        self.log.info("SDK provider %s dropped (%s): %s", prov.id, why, ", ".join(gone) or "-")
-
-    async def _watch_leases(self) -> None:
-        async with self.ctx.bus.subscribe(LEASE_PATTERN, QoS.REALTIME) as sub:
-            async for ev in sub:
-                pid = ev.topic.rsplit(".", 1)[1]
-                prov = self.providers.get(pid)
-                if prov is not None:
-                    prov.seen = time.monotonic()
-                else:  # a provider we do not know (the daemon restarted): ask it again
-                    await self.ctx.bus.publish(
-                        f"caps.reregister.{pid}", None, qos=QoS.REALTIME, wait=False
-                    )
-
-    async def _expire_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.provider_lease_s / 5)
-            now = time.monotonic()
-            for pid, prov in list(self.providers.items()):
-                if now - prov.seen > prov.lease_s:
-                    del self.providers[pid]
-                    self._drop(prov, f"no lease renewal for {prov.lease_s:g} s")
-
-    async def _sweep_idempotency(self) -> None:
-        while True:
-            n = await self.broker.sweep_idempotency()
-            if n:
-                self.log.info("dropped %d expired idempotency records", n)
-            await asyncio.sleep(min(3600.0, self.settings.idempotency_ttl_s))
-
     # -- operator ---------------------------------------------------------------------------
     def status(self) -> AgentsStatus:
         return AgentsStatus(
             agents=self._views(),
             capabilities=self.broker.count(),
-            providers=len(self.providers),
+            providers=len(self.service.providers) if self.service else 0,
             calls=self.broker.stats.calls,
             broken=dict(self.broken),
         )
