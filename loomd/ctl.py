@@ -16,7 +16,8 @@ from loomd.components import registry
 from loomd.doctor import add_parser as add_doctor
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, ProtocolError, RemoteError
 from loomd.models.cli import add_parser as add_models_parser
-from loomd.sdk.client import Client, default_endpoint
+from loomd.sdk.client import Client
+from loomd.sdk.endpoint import default_endpoint
 
 
 def format_event(ev: Event) -> str:

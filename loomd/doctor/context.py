@@ -167,7 +167,7 @@ def load_context(
     """The configuration the daemon uses (`--config`, $LOOMD_CONFIG, /etc/loomd/loomd.toml,
     else the defaults) and the socket to ask: `--socket`, $LOOMD_SOCKET, the configured one,
     else the same default loomctl uses."""
-    from loomd.sdk.client import default_endpoint
+    from loomd.sdk.endpoint import default_endpoint
 
     try:
         path = config if config is not None else default_config_path()
