@@ -22,12 +22,13 @@ import zmq
 from loomd import __version__
 from loomd.bus import wire
 from loomd.components import auto_off_reason, install_hint, missing_modules, registry
-from loomd.config import AUTO, Settings, default_config_path, load_config
+from loomd.config import AUTO
 from loomd.errors import ConfigError, LoomdError
 from loomd.host import Host
 from loomd.logs import setup_logging
 from loomd.messages import ErrorCode
 from loomd.notify import Notifier, watchdog_loop
+from loomd.settings import Settings, default_config_path, load_config
 
 log = logging.getLogger("loomd.daemon")
 

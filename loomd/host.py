@@ -27,10 +27,11 @@ from loomd.components import (
     registry,
     wanted,
 )
-from loomd.config import AUTO, Settings, split_reload
+from loomd.config import AUTO, split_reload
 from loomd.errors import LoomdError
 from loomd.messages import ControlOp, ErrorCode
 from loomd.metrics import Family, Histogram
+from loomd.settings import Settings
 
 __all__ = ["Host", "LoopLag", "Slot"]
 

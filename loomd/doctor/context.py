@@ -12,8 +12,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from loomd.config import SYSTEM_CONFIG, Settings, default_config_path, load_config, resolve_paths
 from loomd.errors import LoomdError
+from loomd.settings import (
+    SYSTEM_CONFIG,
+    Settings,
+    default_config_path,
+    load_config,
+    resolve_paths,
+)
 
 GB = 1 << 30
 MB = 1 << 20

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from loomd.config import load_config
 from loomd.host import Host
+from loomd.settings import load_config
 
 MODELS = os.environ.get("LOOMD_TEST_MODELS", "")
 

@@ -171,7 +171,7 @@ def test_the_registry_imports_no_model_or_protocol_library() -> None:
         "paho", "mcp", "wyoming", "uvicorn", "starlette", "httpx", "aiohttp", "openai",
     )  # fmt: skip
     code = (
-        "import sys, loomd.components as c, loomd.config as k\n"
+        "import sys, loomd.components as c, loomd.settings as k\n"
         "assert c.registry().classes() and k.Settings()\n"
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
