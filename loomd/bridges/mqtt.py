@@ -37,7 +37,14 @@ from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
-from loomd.messages import ErrorCode, SayRequest, Topic, VoiceMute
+from loomd.messages import (
+    ErrorCode,
+    SayRequest,
+    Topic,
+    Transcript,
+    VoiceMute,
+    VoiceStateEvent,
+)
 from loomd.metrics import Family
 
 __all__ = ["MqttComponent", "MqttStatus"]
@@ -670,8 +677,12 @@ class MqttComponent(Component[MqttSettings]):
         self._last_events = (time.monotonic(), (await self.ctx.bus.stats()).events_in)
         bus = self.ctx.bus
         mirrors = (
-            (Topic.VOICE_STATE, f"{b}/voice/state", lambda p: str(p.get("state", ""))),
-            (Topic.VOICE_TRANSCRIPT, f"{b}/voice/transcript", lambda p: str(p.get("text", ""))),
+            (Topic.VOICE_STATE, f"{b}/voice/state", lambda e: VoiceStateEvent.from_event(e).state),
+            (
+                Topic.VOICE_TRANSCRIPT,
+                f"{b}/voice/transcript",
+                lambda e: Transcript.from_event(e).text,
+            ),
         )
         for topic, mqtt_topic, pick in mirrors:
             sub = bus.subscribe(str(topic), QoS.RELIABLE)
@@ -740,8 +751,13 @@ class MqttComponent(Component[MqttSettings]):
 
     async def _mirror(self, sub: BusSubscription, mqtt_topic: str, pick: Any) -> None:
         async for ev in sub:
-            if self.connected and isinstance(ev.payload, dict):
-                self.client.publish(mqtt_topic, pick(ev.payload), 1, True)
+            try:
+                text = str(pick(ev))
+            except LoomdError as exc:
+                self._bad_in("bad_payload", None, f"{ev.topic}: {exc}")
+                continue
+            if self.connected:
+                self.client.publish(mqtt_topic, text, 1, True)
 
     async def _agent_entities(self, sub: BusSubscription) -> None:
         async for ev in sub:
