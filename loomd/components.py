@@ -110,6 +110,13 @@ class Registry:
             raise LoomdError(f"component {name}: {self.broken[name]}") from exc
         if getattr(cls, "name", None) != name:
             raise LoomdError(f"component {entry.target} calls itself {cls.name!r}, not {name!r}")
+        if hasattr(cls, "cli"):  # the old way: nothing reads it, so say where it goes now
+            log.error(
+                "component %s: its `cli` attribute is not read; name its add_cli function in "
+                "loomd.components.BUILTIN_CLI (or the entry-point group %s)",
+                name,
+                CLI_GROUP,
+            )
         self._classes[name] = cls
         return cls
 

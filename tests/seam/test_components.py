@@ -178,3 +178,15 @@ def test_the_registry_imports_no_model_or_protocol_library() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"imported at registry load: {r.stdout.strip()}"
+
+
+def test_friendly_commands_come_from_the_registry_not_the_component_class() -> None:
+    """`loomctl` builds its parser from `BUILTIN_CLI` without importing components, so a
+    `cli` attribute on a component class would be silently lost: none may have one, and
+    every builtin entry names a function that exists."""
+    from loomd.components import BUILTIN_CLI, registry
+
+    reg = registry()
+    assert [n for n, cls in reg.classes().items() if hasattr(cls, "cli")] == []
+    assert set(BUILTIN_CLI) <= set(reg.names())
+    assert all(callable(reg.cli(name)) for name in BUILTIN_CLI)
