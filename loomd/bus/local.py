@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from loomd.bus.api import reply_to, request_reply
-from loomd.bus.broker import Broker, Subscriber
+from loomd.bus.broker import Broker
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
+from loomd.bus.subscriber import Subscriber
 from loomd.messages import BusStats
 
 __all__ = ["LocalBus"]

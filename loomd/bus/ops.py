@@ -10,10 +10,11 @@ from typing import Any
 
 from loomd import __version__
 from loomd.bus import wire
-from loomd.bus.broker import Broker, Subscriber
+from loomd.bus.broker import Broker
 from loomd.bus.conns import QuotaError
 from loomd.bus.envelope import QoS
 from loomd.bus.session import Session
+from loomd.bus.subscriber import Subscriber
 from loomd.errors import LoomdError, ProtocolError
 
 __all__ = ["CoreOps"]

@@ -20,11 +20,12 @@ from typing import Any
 import zmq
 
 from loomd.bus import wire
-from loomd.bus.broker import Broker, Subscriber
+from loomd.bus.broker import Broker
 from loomd.bus.conns import ConnectionGuard, CurveSetup
 from loomd.bus.envelope import Event, QoS, check_header, peek_qos
 from loomd.bus.ops import CoreOps
 from loomd.bus.session import Session
+from loomd.bus.subscriber import Subscriber
 from loomd.bus.topics import validate_topic
 from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from loomd.bus.broker import Budget, Subscriber
+from loomd.bus.subscriber import Budget, Subscriber
 
 __all__ = ["Session", "SessionOwner"]
 
