@@ -241,8 +241,8 @@ async def run_daemon(model: Path, threads: int, n: int) -> dict[str, Any]:
 async def loop_lag_during_generation(
     model: Path, threads: int, n: int
 ) -> tuple[list[float], list[float]]:
-    from loomd.config import load_config
     from loomd.host import Host
+    from loomd.settings import load_config
 
     with tempfile.TemporaryDirectory(prefix="lb", dir="/tmp") as tmp:
         root = Path(tmp)

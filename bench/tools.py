@@ -174,8 +174,8 @@ def _schema_ok(tool: ToolSpec, args: dict[str, Any]) -> bool:
 async def run(model: Path, threads: int, commands: list[tuple[str, str]]) -> dict[str, Any]:
     import llama_cpp
 
-    from loomd.config import load_config
     from loomd.host import Host
+    from loomd.settings import load_config
 
     llm = llama_cpp.Llama(str(model), n_ctx=2048, n_threads=threads, verbose=False)
     grammar = llama_cpp.LlamaGrammar.from_json_schema(

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.cli import add_cli
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.models import missing_models
 from loomd.audio.settings import VoiceSettings
@@ -29,9 +28,11 @@ from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
 from loomd.messages import (
+    ChatChunk,
     ChatDone,
     ChatMessage,
     ChatRequest,
+    ErrorCode,
     EventType,
     SayRequest,
     Topic,
@@ -109,7 +110,6 @@ class VoiceComponent(Component[VoiceSettings]):
     extra = "voice"
     apt = "loomd-voice"
     summary = "local wake word, STT and TTS: mic -> wake -> whisper.cpp -> router -> Piper"
-    cli = staticmethod(add_cli)
 
     wake: WakeDetector
     stt: SttWorker
@@ -153,7 +153,7 @@ class VoiceComponent(Component[VoiceSettings]):
             load_tts, s.tts.engine, self.models_dir, s.tts.voice
         )
         if why:
-            self.ctx.error("tts_fallback", why)
+            self.ctx.error(ErrorCode.TTS_FALLBACK, why)
         # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
         # whisper call allocates its buffers; neither should land on the first reply.
         await loop.run_in_executor(self._tts_pool, self.tts.synthesize, "Ready.")
@@ -174,7 +174,9 @@ class VoiceComponent(Component[VoiceSettings]):
             try:
                 self.aec = EchoCanceller(s.aec.tail_ms)
             except LoomdError as exc:
-                self.ctx.error("aec_missing", f"voice: {exc}; the wake word is gated instead")
+                self.ctx.error(
+                    ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead"
+                )
         self.source, sink = s.source, s.sink
         if "auto" in (s.source, s.sink):  # a board with a mic and a speaker just works
             ins, outs = await asyncio.to_thread(count_devices, s.mic.device)
@@ -391,7 +393,9 @@ class VoiceComponent(Component[VoiceSettings]):
             except Exception as exc:
                 rec.outcome, rec.error = "failed", f"STT failed: {type(exc).__name__}: {exc}"
                 self.counts["failed"] += 1
-                self.ctx.error("stt_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+                self.ctx.error(
+                    ErrorCode.STT_FAILED, f"voice: utterance {rec.utterance_id}: {rec.error}"
+                )
                 return
             rec.timings["stt_end"] = clock.ms()
             self._stt_hist.append(res.ms)
@@ -453,7 +457,7 @@ class VoiceComponent(Component[VoiceSettings]):
                     ev = await sub.get(timeout=left)
                     deadline = time.monotonic() + s.reply_timeout_s
                     if ev.type == EventType.LLM_CHUNK:
-                        piece = str(ev.payload.get("text", ""))
+                        piece = ChatChunk.from_event(ev).text
                         if "first_token" not in rec.timings:
                             rec.timings["first_token"] = clock.ms()
                         text += piece
@@ -476,7 +480,9 @@ class VoiceComponent(Component[VoiceSettings]):
         except (LoomdError, TimeoutError) as exc:
             rec.outcome, rec.error = "failed", str(exc) or "no reply from the router"
             self.counts["failed"] += 1
-            self.ctx.error("reply_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+            self.ctx.error(
+                ErrorCode.REPLY_FAILED, f"voice: utterance {rec.utterance_id}: {rec.error}"
+            )
         finally:
             sentences.put_nowait(None)
             try:
@@ -578,7 +584,7 @@ class VoiceComponent(Component[VoiceSettings]):
             for old in keys[: max(0, len(keys) - self.settings.recorder_size)]:
                 await kv.delete(old)
         except LoomdError as exc:
-            self.ctx.error("recorder", f"voice: flight recorder write failed: {exc}")
+            self.ctx.error(ErrorCode.RECORDER, f"voice: flight recorder write failed: {exc}")
 
     # -- say ----------------------------------------------------------------------------------
     async def speak(self, req: SayRequest) -> dict[str, Any]:
@@ -610,7 +616,7 @@ class VoiceComponent(Component[VoiceSettings]):
                     req = SayRequest.from_payload(ev.payload)
                 except LoomdError as exc:
                     self.counts["bad_say"] += 1
-                    self.ctx.error("bad_say", f"voice: bad voice.say payload: {exc}")
+                    self.ctx.error(ErrorCode.BAD_SAY, f"voice: bad voice.say payload: {exc}")
                     continue
                 if req.site == self.settings.site:
                     self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]

@@ -21,8 +21,10 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from loomd.agents.capability import CapabilitySpec
 from loomd.agents.tools import tool_specs
 from loomd.bus.envelope import QoS
+from loomd.messages import CapInvoke, CapResult, CapsList, Topic
 
 __all__ = ["Bridge", "build_server"]
 
@@ -84,11 +86,11 @@ class Bridge:
         out = [{"name": k, **v} for k, v in BUS_TOOLS.items()]
         if not self.expose:
             return out
-        caps = (await self.bus.request("caps.list", None, timeout=5.0)).payload
+        caps = CapsList.from_event(await self.bus.request(Topic.CAPS_LIST, None, timeout=5.0))
         chosen = [
-            c for c in caps
-            if any(fnmatch.fnmatchcase(c["name"], p)
-                   or fnmatch.fnmatchcase(f"{c['name']}@{c['version']}", p)
+            CapabilitySpec(c.name, c.version, c.description, c.schema)
+            for c in caps.caps
+            if any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.full, p)
                    for p in self.expose)
         ]  # fmt: skip
         self._names.clear()
@@ -113,11 +115,12 @@ class Bridge:
         cap = self._names.get(name)
         if cap is None:
             return False, f"no tool {name!r}"
-        body = {"cap": cap, "params": args, "timeout": self.call_timeout_s}
-        r = (await self.bus.request("caps.invoke", body, timeout=self.call_timeout_s + 1)).payload
-        if r.get("code") == "ok":
-            return True, r.get("value")
-        return False, f"{r.get('code')}: {r.get('error')}"
+        body = CapInvoke(cap, args, self.call_timeout_s)
+        ev = await self.bus.request(body.TOPIC, body.to_payload(), timeout=self.call_timeout_s + 1)
+        r = CapResult.from_payload(ev.payload)
+        if r.ok:
+            return True, r.value
+        return False, f"{r.code}: {r.error}"
 
     async def _watch(self, pattern: str, n: int, wait_s: float) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loomd.config import default_config_path, load_config, resolve_paths
 from loomd.models.catalogue import Model, catalogue, select
 from loomd.models.store import ModelsError, ModelState, Store, check_readable, installed, mb
+from loomd.settings import default_config_path, load_config, resolve_paths
 
 # The packaged daemon's state directory (systemd's StateDirectory=loomd).
 SYSTEM_STATE_DIR = Path("/var/lib/loomd")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomd.bus.envelope import Event
-from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
@@ -26,6 +25,7 @@ from loomd.messages import (
     ChatDone,
     ChatMessage,
     ChatRequest,
+    ErrorCode,
     EventType,
     Policy,
     Topic,
@@ -85,12 +85,6 @@ class LlmStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    from loomd.router.cli import add_cli
-
-    add_cli(cmds)
-
-
 class LlmComponent(Component[LlmSettings]):
     name = "llm"
     Settings = LlmSettings
@@ -98,7 +92,6 @@ class LlmComponent(Component[LlmSettings]):
     extra = "llm"
     apt = "loomd-llm"
     summary = "local llama.cpp inference and the policy router (llm.chat)"
-    cli = staticmethod(_add_cli)
 
     @classmethod
     def check(cls, settings: LlmSettings, paths: ResolvedPaths) -> list[str]:
@@ -160,7 +153,7 @@ class LlmComponent(Component[LlmSettings]):
                     await self.engine.load()
             except LoomdError as exc:
                 self.problem = str(exc)
-                self.ctx.error("llm_model", f"llm: {exc}")
+                self.ctx.error(ErrorCode.LLM_MODEL, f"llm: {exc}")
             self.spawn(self.engine.serve, "engine", restart=True)
             self.spawn(self._idle_unload, "idle-unload", restart=True)
         else:
@@ -320,7 +313,7 @@ class LlmComponent(Component[LlmSettings]):
     def _wrote(self, fut: asyncio.Future[None]) -> None:
         self._writes.discard(fut)
         if not fut.cancelled() and fut.exception() is not None:
-            self.ctx.error("llm_ledger", f"llm: decision not stored: {fut.exception()}")
+            self.ctx.error(ErrorCode.LLM_LEDGER, f"llm: decision not stored: {fut.exception()}")
 
     def _trim(self, kv: Any) -> None:
         while len(self._ring) > self.settings.decisions_kept:
@@ -338,7 +331,9 @@ class LlmComponent(Component[LlmSettings]):
             req = ChatRequest.from_payload(ev.payload)
         except LoomdError as exc:
             self.bad_requests += 1
-            self.ctx.error("llm_bad_request", f"llm: bad chat request from {ev.sender}: {exc}")
+            self.ctx.error(
+                ErrorCode.LLM_BAD_REQUEST, f"llm: bad chat request from {ev.sender}: {exc}"
+            )
             await self._done(ev, ChatDone(error=str(exc), decision_id=did))
             return
         decision, policy, facts = self._decide(req)
@@ -392,10 +387,10 @@ class LlmComponent(Component[LlmSettings]):
                 on_token=send,
             )
         except CloudRefused as exc:
-            self.ctx.error("llm_cloud_refused", f"llm: {exc}")
+            self.ctx.error(ErrorCode.LLM_CLOUD_REFUSED, f"llm: {exc}")
             return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
         except CloudError as exc:
-            self.ctx.error("llm_cloud", f"llm: {exc}", kind=exc.kind)
+            self.ctx.error(ErrorCode.LLM_CLOUD, f"llm: {exc}", kind=exc.kind)
             if fallback and index == 0 and self.engine is not None and not self.problem:
                 self.log.warning("llm: %s; answering locally instead", exc)
                 return await self._local(ev, req, did)
@@ -403,7 +398,7 @@ class LlmComponent(Component[LlmSettings]):
         for call in r.tool_calls:  # the cloud's calls meet the same check as the local ones
             why = validate_call(call, req.tools)
             if why:
-                self.ctx.error("llm_bad_tool_call", f"llm: cloud: {why}")
+                self.ctx.error(ErrorCode.LLM_BAD_TOOL_CALL, f"llm: cloud: {why}")
                 return ChatDone(route="cloud", phase=phase, error=why, decision_id=did)
         return ChatDone(r.text, "cloud", phase, did, r.completion_tokens, tool_calls=r.tool_calls)
 
@@ -426,7 +421,7 @@ class LlmComponent(Component[LlmSettings]):
         try:
             self.engine.submit(job)
         except QueueFull as exc:
-            self.ctx.error("llm_queue_full", f"llm: {exc}")
+            self.ctx.error(ErrorCode.LLM_QUEUE_FULL, f"llm: {exc}")
             return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         self.inflight[did] = job
         watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
@@ -434,7 +429,11 @@ class LlmComponent(Component[LlmSettings]):
         answer_tokens = 0
         try:
             async for text in job.stream():
-                if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
+                if (
+                    ev.reply_to
+                    and not job.cancel.is_set()
+                    and not await self._listening(ev.reply_to)
+                ):
                     self.log.info("llm: requester of %s left; cancelling", did)
                     job.cancel.set()  # checked per token: the model is free a token later
                 piece = text
@@ -458,7 +457,7 @@ class LlmComponent(Component[LlmSettings]):
             out = parse_output(r.text, req.tools, cut=r.finish == "length")
             # (an answer cut at `limit` parses as the answer said so far)
             if out.error:
-                self.ctx.error("llm_bad_tool_call", f"llm: {out.error}")
+                self.ctx.error(ErrorCode.LLM_BAD_TOOL_CALL, f"llm: {out.error}")
                 return ChatDone(route="local", phase=phase, error=out.error, decision_id=did)
             calls = (out.call,) if out.call is not None else ()
             return ChatDone(out.answer, "local", phase, did, r.tokens, tool_calls=calls)
@@ -470,9 +469,8 @@ class LlmComponent(Component[LlmSettings]):
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
 
-    def _listening(self, topic: str) -> bool:
-        broker = self.ctx.services.broker
-        return broker is None or any(matches(s.pattern, topic) for s in broker.subscriptions())
+    async def _listening(self, topic: str) -> bool:
+        return await self.ctx.bus.listeners(topic) > 0
 
     async def _watch_listener(self, ev: Event, job: Job) -> None:
         """Cancel the job once nobody listens on reply_to any more (the requester left),
@@ -481,7 +479,7 @@ class LlmComponent(Component[LlmSettings]):
         topic = ev.reply_to
         while topic and not job.cancel.is_set():
             await asyncio.sleep(LISTENER_CHECK_S)
-            if not self._listening(topic):
+            if not await self._listening(topic):
                 self.log.info("llm: requester of %s left; cancelling", ev.id.hex())
                 job.cancel.set()
 

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from loomd.bus.api import Bus
-from loomd.messages import ChatDone, ChatRequest, EventType, Policy, Topic
+from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Policy, Topic
 from loomd.router.openai_wire import (
     calls_to_wire,
     choice_from_wire,
@@ -137,7 +137,7 @@ class HttpEndpoint:
                 if reply.correlation_id != ev.id:
                     continue
                 if reply.type == EventType.LLM_CHUNK and resp is not None:
-                    delta = {"content": reply.payload["text"]}
+                    delta: dict[str, Any] = {"content": ChatChunk.from_event(reply).text}
                     await resp.write(self._sse(cid, created, delta, None))
                 elif reply.type == EventType.LLM_DONE:
                     done = ChatDone.from_payload(reply.payload)

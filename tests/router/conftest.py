@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from loomd.config import load_config
 from loomd.host import Host
+from loomd.settings import load_config
 from tests.testmodels import SMOLLM, TINY, require
 
 

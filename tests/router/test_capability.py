@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from loomd.config import load_config
 from loomd.host import Host
+from loomd.messages import CapsList, Topic
+from loomd.settings import load_config
 
 from .conftest import run
 
@@ -47,12 +48,14 @@ def test_llm_chat_is_a_capability(tmp_path: Path, tiny: Path) -> None:
             bus = host.get("llm").ctx.bus
             async with asyncio.timeout(20):  # offered once the agents take registrations
                 while True:
-                    caps = (await bus.request("caps.list", None, timeout=5)).payload
-                    found = [c for c in caps if c["name"] == "llm.chat"]
+                    listed = CapsList.from_event(
+                        await bus.request(Topic.CAPS_LIST, None, timeout=5)
+                    )
+                    found = [c for c in listed.caps if c.name == "llm.chat"]
                     if found:
                         break
                     await asyncio.sleep(0.1)
-            schema = found[0]["schema"]
+            schema = found[0].schema
             assert schema["required"] == ["messages"]
             assert schema["properties"]["max_tokens"]["type"] == "integer"
 
