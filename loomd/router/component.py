@@ -237,7 +237,7 @@ class LlmComponent(Component[LlmSettings]):
 
         broker = chat_broker(self.ctx.bus)
         while True:  # nothing announces the agents' start: look every half second
-            if self._listening("caps.register"):
+            if await self._listening(Topic.CAPS_REGISTER):
                 break
             await asyncio.sleep(0.5)
         async with serve_capabilities(self.ctx.bus, PROVIDER, broker):
