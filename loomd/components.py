@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
     "peers": "loomd.bridges.peers:PeersComponent",
     "voice": "loomd.audio.component:VoiceComponent",
+    "homeassistant": "loomd.homeassistant.component:HomeAssistantComponent",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

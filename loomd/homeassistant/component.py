@@ -1,0 +1,148 @@
+"""The `homeassistant` component: the board as Home Assistant's voice satellite.
+
+It serves the ESPHome native API (plaintext, or Noise with `encryption_key`), announces
+itself on mDNS, claims the wake words that are HA's (`voice.wake`), streams their audio
+to HA's Assist pipeline and plays the answers through the voice component
+(`voice.play`). See docs/design/homeassistant.md."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loomd import __version__
+from loomd.component import Command, Component, StatusBlock
+from loomd.errors import LoomdError
+from loomd.homeassistant.settings import HomeAssistantSettings, decode_key
+from loomd.messages import Topic, WakeDetected
+from loomd.metrics import Family
+
+__all__ = ["HomeAssistantComponent", "HomeAssistantStatus"]
+
+
+@dataclass(frozen=True)
+class HomeAssistantStatus(StatusBlock):
+    api: str  # host:port and the mode (plaintext / Noise)
+    ha_connected: bool
+    client: str
+    runs: int
+    active_wake_words: list[str]
+    last_run: dict[str, Any]
+
+
+def _mac(device_id: str) -> str:
+    """A stable, locally administered MAC for the board (HA keys ESPHome devices by it)."""
+    h = hashlib.sha256(device_id.encode()).digest()
+    return ":".join(f"{b:02X}" for b in (0x02, *h[:5]))
+
+
+class HomeAssistantComponent(Component[HomeAssistantSettings]):
+    name = "homeassistant"
+    Settings = HomeAssistantSettings
+    requires = ("aioesphomeapi", "zeroconf", "aiohttp")
+    extra = "homeassistant"
+    summary = "Home Assistant voice satellite over the ESPHome native API (mDNS, Noise)"
+
+    async def start(self) -> None:
+        from loomd.homeassistant.esphome import ApiServer, DeviceIdentity, MediaPlayer, MuteSwitch
+        from loomd.homeassistant.satellite import Satellite
+
+        s = self.settings
+        psk = decode_key(s.encryption_key)
+        name = s.name or "loomd-" + "".join(
+            c if c.isalnum() else "-" for c in self.ctx.device_id
+        ).lower()
+        words = list(s.wake_modes) or ["hey_jarvis_v0.1"]
+        flags = 1 | 4 | 8 | 16 | 32  # voice assistant, API audio, timers, announce, start conv.
+        self.device = DeviceIdentity(
+            name=name[:63], friendly_name=s.friendly_name or name, mac=_mac(self.ctx.device_id),
+            version=__version__, voice_flags=flags, suggested_area=s.area,
+            encrypted=psk is not None,
+        )  # fmt: skip
+        self.satellite = Satellite(s, self.ctx.bus, words)
+        self.satellite.on_error = self.ctx.error
+        self.server = ApiServer(self.device, psk, self.satellite)
+        self.satellite.server = self.server
+        player = MediaPlayer(1, self.satellite.play_media, self.satellite.stop_media)
+        self.satellite.player = player
+        self.server.entities = [player, MuteSwitch(2, self._muted)]
+        host = s.host or ("0.0.0.0" if psk is not None else "127.0.0.1")
+        await self.server.start(host, s.port)
+        self.api = f"{host}:{self.server.port} ({'Noise' if psk else 'plaintext'})"
+        self.mdns: Any = None
+        if s.mdns:
+            from loomd.homeassistant.mdns import Announcer
+
+            self.mdns = Announcer(self.device, self.server.port, s.mdns_interfaces)
+            await self.mdns.start()
+        self.spawn(self._serve_wakes, "wakes", restart=True)
+        self.spawn(self._follow_frames, "frames", restart=True)
+
+    async def stop(self) -> None:
+        if getattr(self, "mdns", None) is not None:
+            await self.mdns.stop()
+        if hasattr(self, "server"):
+            await self.server.stop()
+            await self.satellite.close()
+
+    def _muted(self, on: bool) -> None:
+        self.satellite.muted = on
+        self.log.info("homeassistant: satellite %s", "muted" if on else "unmuted")
+
+    async def _serve_wakes(self) -> None:
+        async with self.ctx.bus.subscribe(Topic.VOICE_WAKE) as sub:
+            async for ev in sub:
+                try:
+                    det = WakeDetected.from_payload(ev.payload)
+                except LoomdError as exc:
+                    self.ctx.error("bad_wake", f"homeassistant: bad voice.wake payload: {exc}")
+                    continue
+                claim = self.satellite.claim(det)
+                if ev.reply_to:
+                    await self.ctx.bus.reply(ev, claim.to_payload())
+
+    async def _follow_frames(self) -> None:
+        topic = f"{Topic.AUDIO_FRAMES}.{self.settings.site}"
+        async with self.ctx.bus.subscribe(topic, "realtime") as sub:
+            async for ev in sub:
+                if isinstance(ev.payload, bytes):
+                    self.satellite.frame(ev.payload)
+                if self.server.connections:
+                    await asyncio.gather(*(c.frames.drain() for c in self.server.connections))
+
+    # -- operator view ------------------------------------------------------------------------
+    def status(self) -> HomeAssistantStatus | None:
+        if not hasattr(self, "satellite"):
+            return None
+        sat = self.satellite
+        conn = sat.conn
+        return HomeAssistantStatus(
+            api=self.api,
+            ha_connected=conn is not None,
+            client=conn.client_info if conn is not None else "",
+            runs=sat.counts.get("runs", 0),
+            active_wake_words=list(sat.active),
+            last_run=sat.history[-1] if sat.history else {},
+        )
+
+    def metrics(self) -> Iterable[Family]:
+        if not hasattr(self, "satellite"):
+            return
+        c = self.satellite.counts
+        for key in ("runs", "announcements", "errors", "played", "timer_events"):
+            yield Family(f"loomd_homeassistant_{key}_total", "counter",
+                         f"Satellite {key.replace('_', ' ')}.", [({}, float(c.get(key, 0)))])  # fmt: skip
+        yield Family("loomd_homeassistant_connected", "gauge", "HA holds the voice assistant.",
+                     [({}, float(self.satellite.conn is not None))])  # fmt: skip
+        yield Family("loomd_homeassistant_api_messages_total", "counter", "ESPHome API messages.",
+                     [({"dir": "in"}, float(self.server.received)),
+                      ({"dir": "out"}, float(self.server.sent))])  # fmt: skip
+
+    def commands(self) -> Mapping[str, Command]:
+        return {"runs": Command(self._op_runs, "the last N satellite turns with timings", ("n",))}
+
+    async def _op_runs(self, n: Any = 5) -> dict[str, Any]:
+        return {"runs": self.satellite.history[-int(n) :], "counts": dict(self.satellite.counts)}
