@@ -24,6 +24,7 @@ import pytest
 
 from loomd.config import load_config
 from loomd.host import Host
+from tests.audio.conftest import command_clip, speech_dir  # noqa: F401 - shared fixtures
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
