@@ -35,6 +35,8 @@ __all__ = [
     "EventType",
     "IntentInfo",
     "IntentVia",
+    "PlayAudio",
+    "PlayDone",
     "Policy",
     "Role",
     "SayRequest",
@@ -43,15 +45,13 @@ __all__ = [
     "ToolSpec",
     "Topic",
     "Transcript",
+    "VoiceListen",
+    "VoiceRelease",
     "VoiceState",
     "VoiceStateEvent",
     "WakeAction",
     "WakeClaim",
     "WakeDetected",
-    "PlayAudio",
-    "PlayDone",
-    "VoiceListen",
-    "VoiceRelease",
 ]
 
 

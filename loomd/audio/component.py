@@ -663,7 +663,10 @@ class VoiceComponent(Component[VoiceSettings]):
                     self.ctx.error("bad_play", f"voice: bad voice.play payload: {exc}")
                     continue
                 if req.site == self.settings.site:
-                    self.spawn(lambda r=req, e=ev: self._play_task(r, e), "play-one", critical=False)  # type: ignore[misc]
+                    self._spawn_play(req, ev)
+
+    def _spawn_play(self, req: PlayAudio, ev: Any) -> None:
+        self.spawn(lambda: self._play_task(req, ev), "play-one", critical=False)
 
     async def _play_task(self, req: PlayAudio, ev: Any) -> None:
         if req.announcement:

@@ -91,17 +91,20 @@ class Handoff:
 
     async def follow(self) -> None:
         """Releases and listen requests for this site (a task of the voice component)."""
-        async with self.bus.subscribe(f"{Topic.VOICE_RELEASE}") as rel, self.bus.subscribe(
-            f"{Topic.VOICE_LISTEN}"
-        ) as lis:
+        async with (
+            self.bus.subscribe(f"{Topic.VOICE_RELEASE}") as rel,
+            self.bus.subscribe(f"{Topic.VOICE_LISTEN}") as lis,
+        ):
             await rel.ready()
             await lis.ready()
 
             async def releases() -> None:
                 async for ev in rel:
                     r = VoiceRelease.from_payload(ev.payload)
-                    if r.site == self.site and self.streaming and r.utterance_id in (
-                        "", self.streaming
+                    if (
+                        r.site == self.site
+                        and self.streaming
+                        and r.utterance_id in ("", self.streaming)
                     ):
                         self._stop = True
 

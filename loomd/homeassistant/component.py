@@ -11,9 +11,11 @@ import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loomd import __version__
+from loomd.audio.settings import WakeSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
 from loomd.homeassistant.settings import HomeAssistantSettings, decode_key
@@ -52,10 +54,12 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
 
         s = self.settings
         psk = decode_key(s.encryption_key)
-        name = s.name or "loomd-" + "".join(
-            c if c.isalnum() else "-" for c in self.ctx.device_id
-        ).lower()
-        words = list(s.wake_modes) or ["hey_jarvis_v0.1"]
+        name = (
+            s.name
+            or "loomd-" + "".join(c if c.isalnum() else "-" for c in self.ctx.device_id).lower()
+        )
+        # the wake words HA may choose from: those named in wake_modes, else voice's default
+        words = list(s.wake_modes) or [Path(m).stem for m in WakeSettings().models]
         flags = 1 | 4 | 8 | 16 | 32  # voice assistant, API audio, timers, announce, start conv.
         self.device = DeviceIdentity(
             name=name[:63], friendly_name=s.friendly_name or name, mac=_mac(self.ctx.device_id),
@@ -133,8 +137,9 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             return
         c = self.satellite.counts
         for key in ("runs", "announcements", "errors", "played", "timer_events"):
-            yield Family(f"loomd_homeassistant_{key}_total", "counter",
-                         f"Satellite {key.replace('_', ' ')}.", [({}, float(c.get(key, 0)))])  # fmt: skip
+            what = f"Satellite {key.replace('_', ' ')}."
+            yield Family(f"loomd_homeassistant_{key}_total", "counter", what,
+                         [({}, float(c.get(key, 0)))])  # fmt: skip
         yield Family("loomd_homeassistant_connected", "gauge", "HA holds the voice assistant.",
                      [({}, float(self.satellite.conn is not None))])  # fmt: skip
         yield Family("loomd_homeassistant_api_messages_total", "counter", "ESPHome API messages.",

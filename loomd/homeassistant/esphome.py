@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 from loomd.homeassistant.frames import FrameError, Frames, open_frames
 
-__all__ = ["ApiConnection", "ApiServer", "DeviceIdentity", "MediaPlayer", "MuteSwitch"]
+__all__ = ["ApiConnection", "ApiServer", "DeviceIdentity", "MediaPlayer", "MuteSwitch", "api_pb"]
 
 log = logging.getLogger("loomd.homeassistant.esphome")
 
 API_VERSION = (1, 14)  # device info carries the voice feature flags (1.15 moved them)
 
 
-def _pb() -> Any:
+def api_pb() -> Any:
     from aioesphomeapi import api_pb2
 
     return api_pb2
@@ -76,13 +76,13 @@ class MuteSwitch(Entity):
         self.on_change = on_change
 
     def list_message(self) -> Any:
-        return _pb().ListEntitiesSwitchResponse(
+        return api_pb().ListEntitiesSwitchResponse(
             object_id=self.object_id, key=self.key, name=self.name, icon="mdi:microphone-off",
             entity_category=1,
         )  # fmt: skip
 
     def state_message(self) -> Any:
-        return _pb().SwitchStateResponse(key=self.key, state=self.on)
+        return api_pb().SwitchStateResponse(key=self.key, state=self.on)
 
     async def command(self, conn: ApiConnection, msg: Any) -> None:
         self.on = bool(msg.state)
@@ -104,7 +104,7 @@ class MediaPlayer(Entity):
         self.play, self.stop = play, stop
 
     def list_message(self) -> Any:
-        pb = _pb()
+        pb = api_pb()
         formats = [
             pb.MediaPlayerSupportedFormat(format="wav", sample_rate=16000, num_channels=1,
                                           purpose=purpose, sample_bytes=2)
@@ -118,7 +118,7 @@ class MediaPlayer(Entity):
         )  # fmt: skip
 
     def state_message(self) -> Any:
-        return _pb().MediaPlayerStateResponse(
+        return api_pb().MediaPlayerStateResponse(
             key=self.key, state=self.state, volume=self.volume, muted=self.muted
         )
 
@@ -195,7 +195,7 @@ class ApiServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         peer = str(writer.get_extra_info("peername"))
         conn: ApiConnection | None = None
         try:
@@ -218,10 +218,10 @@ class ApiServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _session(self, conn: ApiConnection) -> None:
-        pb = _pb()
+        pb = api_pb()
         while True:
             kind, data = await conn.frames.read()
             self.received += 1
@@ -254,7 +254,7 @@ class ApiServer:
             await conn.frames.drain()
 
     def _answer(self, conn: ApiConnection, msg: Any) -> Iterable[Any]:
-        pb = _pb()
+        pb = api_pb()
         d = self.device
         if isinstance(msg, pb.HelloRequest):
             conn.client_info = msg.client_info

@@ -109,14 +109,13 @@ class NoiseFrames:
         self.writer.write(bytes((0x01, len(body) >> 8, len(body) & 0xFF)) + body)
 
     async def handshake(self, name: str, mac: str) -> None:
-        from aioesphomeapi.noise import DecryptCipher, EncryptCipher
-        from noise.connection import NoiseConnection
-
         # The backend with ESPHome's reusable ChaCha20 cipher, as the client uses it.
         from aioesphomeapi._frame_helper.noise_encryption import (
             ESPHOME_NOISE_BACKEND,
             NOISE_PROTOCOL_NAME,
         )
+        from aioesphomeapi.noise import DecryptCipher, EncryptCipher
+        from noise.connection import NoiseConnection  # type: ignore[import-untyped]
 
         await self._frame()  # the client hello: an empty frame
         self._send(b"\x01" + name.encode() + b"\x00" + mac.encode() + b"\x00")

@@ -22,7 +22,11 @@ class Announcer:
         self.info: Any = None
 
     async def start(self) -> None:
-        from zeroconf import InterfaceChoice, IPVersion, get_all_addresses
+        from zeroconf import (  # type: ignore[attr-defined]
+            InterfaceChoice,
+            IPVersion,
+            get_all_addresses,
+        )
         from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
         d = self.device

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loomd.errors import LoomdError
+from loomd.homeassistant.esphome import api_pb
 from loomd.messages import (
     PlayAudio,
     PlayDone,
@@ -193,13 +194,21 @@ class Satellite:
         elif kind == "VoiceAssistantTimerEventResponse":
             self._timer(msg)
         elif kind == "VoiceAssistantConfigurationRequest":
-            from aioesphomeapi import api_pb2 as pb
+            pb = api_pb()
 
-            conn.send(pb.VoiceAssistantConfigurationResponse(
-                available_wake_words=[
-                    pb.VoiceAssistantWakeWord(id=w, wake_word=WakeDetected(w, 0).phrase,
-                                              trained_languages=["en"]) for w in self.words],
-                active_wake_words=self.active, max_active_wake_words=max(1, len(self.words))))  # fmt: skip
+            words = [
+                pb.VoiceAssistantWakeWord(
+                    id=w, wake_word=WakeDetected(w, 0).phrase, trained_languages=["en"]
+                )
+                for w in self.words
+            ]
+            conn.send(
+                pb.VoiceAssistantConfigurationResponse(
+                    available_wake_words=words,
+                    active_wake_words=self.active,
+                    max_active_wake_words=max(1, len(self.words)),
+                )
+            )
         elif kind == "VoiceAssistantSetConfiguration":
             self.active = [w for w in msg.active_wake_words if w in self.words]
             log.info("homeassistant: active wake words %s", self.active)
@@ -255,7 +264,7 @@ class Satellite:
         return WakeClaim(WakeAction.STREAM, "homeassistant")
 
     def start(self, uid: str, word: str, phrase: str, conversation_id: str = "") -> None:
-        from aioesphomeapi import api_pb2 as pb
+        pb = api_pb()
 
         assert self.conn is not None
         if self.run is not None:  # a new wake word cuts the old turn (barge-in)
@@ -279,7 +288,7 @@ class Satellite:
             run.held.append(pcm)
 
     def _send_audio(self, run: Run, chunks: list[bytes]) -> None:
-        from aioesphomeapi import api_pb2 as pb
+        pb = api_pb()
 
         if self.conn is not None and chunks:
             self.conn.send(*(pb.VoiceAssistantAudio(data=c) for c in chunks))
@@ -291,7 +300,7 @@ class Satellite:
             await self.bus.publish(Topic.VOICE_RELEASE, rel.to_payload(), qos="realtime")
 
     async def _finish(self, run: Run, error: str) -> None:
-        from aioesphomeapi import api_pb2 as pb
+        pb = api_pb()
 
         if error and not run.error:
             run.error = error
@@ -305,12 +314,14 @@ class Satellite:
 
     async def _speak(self, run: Run) -> None:
         """Fetch HA's answer and play it; then tell HA, and listen again if it asked back."""
-        from aioesphomeapi import api_pb2 as pb
+        pb = api_pb()
 
         try:
             pcm = await self.fetch(run.tts_url)
             run.mark("tts_fetched")
-            await self._play(pcm, run.uid, announcement=False, on_start=lambda: run.mark("first_audio"))
+            await self._play(
+                pcm, run.uid, announcement=False, on_start=lambda: run.mark("first_audio")
+            )
             run.mark("spoken")
         except (LoomdError, OSError, TimeoutError) as exc:
             self._error("tts_playback", f"homeassistant: TTS {run.tts_url}: {exc}")
@@ -332,7 +343,7 @@ class Satellite:
         await self.bus.publish(Topic.VOICE_LISTEN, listen.to_payload(), qos="realtime")
 
     async def _announce(self, url: str, pre: str, start_conversation: bool) -> None:
-        from aioesphomeapi import api_pb2 as pb
+        pb = api_pb()
 
         self.count("announcements")
         ok = True
@@ -372,7 +383,8 @@ class Satellite:
 
     def _timer(self, msg: Any) -> None:
         info = {"id": msg.timer_id, "name": msg.name, "total_s": msg.total_seconds,
-                "left_s": msg.seconds_left, "active": msg.is_active, "event": msg.event_type}  # fmt: skip
+                "left_s": msg.seconds_left, "active": msg.is_active,
+                "event": msg.event_type}  # fmt: skip
         self.count("timer_events")
         if msg.event_type == TIMER_FINISHED:
             self.timers.pop(msg.timer_id, None)
@@ -408,8 +420,8 @@ class Satellite:
         req = PlayAudio(pcm, self.settings.site, uid, announcement)
         if on_start is not None:
             on_start()
-        ev = await self.bus.request(Topic.VOICE_PLAY, req.to_payload(),
-                                    timeout=len(pcm) / 32000 + self.settings.media_timeout_s)  # fmt: skip
+        limit = len(pcm) / 32000 + self.settings.media_timeout_s
+        ev = await self.bus.request(Topic.VOICE_PLAY, req.to_payload(), timeout=limit)
         done = PlayDone.from_payload(ev.payload)
         self.count("played" if done.played else "played_cut")
         return done

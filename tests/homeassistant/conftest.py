@@ -200,7 +200,9 @@ def voice_section(models: Path, wyoming_port: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def board(root: Path, body: str, device_id: str, names: tuple[str, ...]) -> AsyncIterator[Host]:
+async def board(
+    root: Path, body: str, device_id: str, names: tuple[str, ...]
+) -> AsyncIterator[Host]:
     settings = load_config(loomd_toml(root, body, device_id))
     async with Host(settings, names=list(names)) as host:
         yield host

@@ -20,7 +20,6 @@ from loomd.audio.io import read_wav, split_frames
 from loomd.audio.wer import wer
 from loomd.bus.local import LocalBus
 from loomd.host import Host
-from tests.audio.conftest import say_wav
 from tests.audio.test_pipeline import transcribe
 from tests.homeassistant.conftest import (
     HaApi,
@@ -136,9 +135,7 @@ async def _quiet(heard: bytearray, quiet_s: float = 0.6, timeout: float = 60.0) 
     raise AssertionError(f"the speaker played {len(heard)} bytes and did not go quiet")
 
 
-def test_announce_makes_the_board_speak(
-    ha: HaTestbed, tmp_path: Path, models: Path
-) -> None:
+def test_announce_makes_the_board_speak(ha: HaTestbed, tmp_path: Path, models: Path) -> None:
     async def scenario() -> bytes:
         async with rig(ha, tmp_path, models, "sat-announce") as r:
             await r.api.post("/api/services/assist_satellite/announce", {
