@@ -20,6 +20,7 @@ from loomd.audio.io import read_wav, split_frames
 from loomd.audio.wer import wer
 from loomd.bus.local import LocalBus
 from loomd.host import Host
+from tests.audio.conftest import say_wav
 from tests.audio.test_pipeline import transcribe
 from tests.homeassistant.conftest import (
     HaApi,
@@ -185,3 +186,41 @@ async def _until_history(sat: Any, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not sat.history:  # noqa: ASYNC110 - the satellite's record, with a deadline
             await asyncio.sleep(0.05)
+
+
+def test_ask_question_then_listens_without_a_wake_word(
+    ha: HaTestbed, tmp_path: Path, models: Path, speech_dir: Path
+) -> None:
+    """`assist_satellite.ask_question`: the board says HA's question, then streams the
+    microphone with no wake word (the START_CONVERSATION path); HA matches the answer.
+    (start_conversation itself needs an LLM conversation agent in HA; the built-in one
+    refuses it, so its device side, the same listen-after-announce, is tested here.)"""
+    clip = read_wav(say_wav("turn on the kitchen lights", speech_dir / "answer.wav", pad=(0.3, 0.8)))
+
+    async def scenario() -> dict[str, Any]:
+        async with rig(ha, tmp_path, models, "sat-ask") as r:
+            ask = asyncio.create_task(r.api.post(
+                "/api/services/assist_satellite/ask_question?return_response", {
+                    "entity_id": r.satellite_entity, "question": "Which lights should I turn on?",
+                    "preannounce": False, "answers": [
+                        {"id": "kitchen", "sentences": ["[turn on] [the] kitchen light[s]"]},
+                        {"id": "garden", "sentences": ["[turn on] [the] garden light[s]"]}]}))  # fmt: skip
+            quiet = asyncio.create_task(r.mic(b"\0" * 32000 * 30))  # the room, before we answer
+            try:
+                async with asyncio.timeout(30):
+                    while not (r.sat.run is not None and r.sat.run.frames > 0):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            finally:
+                quiet.cancel()
+            assert r.sat.run.wake == "", r.sat.run  # no wake word opened it
+            asked = bytes(r.heard)
+            await r.mic(clip, silence_s=2.5)
+            answer = await asyncio.wait_for(ask, 30)
+            await _until_history(r.sat)
+            return {"asked": asked, "answer": answer, "run": r.sat.history[-1]}
+
+    got = asyncio.run(scenario())
+    assert wer("which lights should i turn on", transcribe(models, got["asked"])) <= 0.34
+    result = got["answer"]["service_response"]  # {"id", "sentence", "slots"} of the match
+    assert result is not None and result["id"] == "kitchen", (got["answer"], got["run"])
+
