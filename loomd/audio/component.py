@@ -318,7 +318,7 @@ class VoiceComponent(Component[VoiceSettings]):
                 if action != WakeAction.LOCAL:
                     listening = False
                     if action == WakeAction.STREAM:
-                        await handoff.start(uuid.uuid4().hex[:12])
+                        await handoff.start(handoff.asked)
                         await handoff.feed(frame.pcm)
                     else:
                         await self._set_state(VoiceState.IDLE)

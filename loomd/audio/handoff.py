@@ -40,10 +40,11 @@ class Handoff:
         self._stop = False
         self.listen_now = ""  # a stream asked for with no wake word (voice.listen)
         self.streams = 0
+        self.asked = ""  # the utterance id the last wake was offered under
 
     # -- asking ------------------------------------------------------------------------------
     def ask(self, word: str, score: float, uid: str) -> None:
-        self._held = []
+        self._held, self.asked = [], uid
         self._ask = asyncio.get_running_loop().create_task(
             self._claim(WakeDetected(word, round(score, 3), self.site, uid))
         )

@@ -94,7 +94,8 @@ class MediaPlayer(Entity):
     """What HA plays on the board (announcements, TTS of other pipelines): WAV 16 kHz mono
     s16, the format HA's ffmpeg proxy converts to for us."""
 
-    IDLE, PLAYING, ANNOUNCING = 1, 2, 4
+    # HA maps idle, playing, paused, off and on (not ESPHome's "announcing": playing then)
+    IDLE, PLAYING, ANNOUNCING = 1, 2, 2
 
     def __init__(self, key: int, play: Callable[[str, bool], Any], stop: Callable[[], Any]) -> None:
         self.key, self.object_id, self.name = key, "media_player", "Media Player"

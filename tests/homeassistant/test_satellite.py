@@ -169,6 +169,8 @@ def test_a_spoken_command_through_has_pipeline(
             )
             await _quiet(r.heard)
             await _until_history(r.sat)
+            # HA's end of speech gave the microphone back: the board hears wake words again
+            assert component(r.host, "voice").handoff.streaming == ""
             return r.sat.history[-1], bytes(r.heard), r.sat.run
 
     run, audio, left = asyncio.run(scenario())
@@ -195,7 +197,8 @@ def test_ask_question_then_listens_without_a_wake_word(
     microphone with no wake word (the START_CONVERSATION path); HA matches the answer.
     (start_conversation itself needs an LLM conversation agent in HA; the built-in one
     refuses it, so its device side, the same listen-after-announce, is tested here.)"""
-    clip = read_wav(say_wav("turn on the kitchen lights", speech_dir / "answer.wav", pad=(0.3, 0.8)))
+    answer = say_wav("turn on the kitchen lights", speech_dir / "answer.wav", pad=(0.3, 0.8))
+    clip = read_wav(answer)
 
     async def scenario() -> dict[str, Any]:
         async with rig(ha, tmp_path, models, "sat-ask") as r:
@@ -204,7 +207,8 @@ def test_ask_question_then_listens_without_a_wake_word(
                     "entity_id": r.satellite_entity, "question": "Which lights should I turn on?",
                     "preannounce": False, "answers": [
                         {"id": "kitchen", "sentences": ["[turn on] [the] kitchen light[s]"]},
-                        {"id": "garden", "sentences": ["[turn on] [the] garden light[s]"]}]}))  # fmt: skip
+                        {"id": "garden", "sentences": ["[turn on] [the] garden light[s]"]},
+                    ]}))  # fmt: skip
             quiet = asyncio.create_task(r.mic(b"\0" * 32000 * 30))  # the room, before we answer
             try:
                 async with asyncio.timeout(30):
@@ -223,4 +227,3 @@ def test_ask_question_then_listens_without_a_wake_word(
     assert wer("which lights should i turn on", transcribe(models, got["asked"])) <= 0.34
     result = got["answer"]["service_response"]  # {"id", "sentence", "slots"} of the match
     assert result is not None and result["id"] == "kitchen", (got["answer"], got["run"])
-
