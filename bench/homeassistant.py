@@ -144,8 +144,8 @@ async def satellite_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -
 async def wyoming_path(tb: HaTestbed, models: Path, tmp: Path, command: bytes) -> list[float]:
     """The same command through HA's Assist pipeline over its WebSocket API (no satellite):
     HA's own way to use loomd's Wyoming STT and TTS."""
-    from tests.homeassistant.test_satellite import _wyoming_entities
     from tests.homeassistant.conftest import board, free_port, voice_section
+    from tests.homeassistant.test_satellite import _wyoming_entities
 
     times: list[float] = []
     wy_port = free_port()
@@ -241,8 +241,8 @@ async def main() -> None:
             rss = hass_rss_mb(tb)
         finally:
             if run is not None:
-                subprocess.run([sys.executable, str(REPO / "scripts/ha-testbed"), "down",
-                                "--dir", str(run)], timeout=120)  # fmt: skip
+                down = [sys.executable, str(REPO / "scripts/ha-testbed"), "down", "--dir", str(run)]
+                await asyncio.to_thread(subprocess.run, down, timeout=120)
     result = {
         "bench": "homeassistant",
         "quick": QUICK,
