@@ -20,7 +20,7 @@ from loomd.audio.io import read_wav, split_frames
 from loomd.audio.wer import wer
 from loomd.bus.local import LocalBus
 from loomd.host import Host
-from tests.audio.conftest import say_wav
+from tests.audio.conftest import join_wavs, say_wav
 from tests.audio.test_pipeline import transcribe
 from tests.homeassistant.conftest import (
     HaApi,
@@ -227,3 +227,31 @@ def test_ask_question_then_listens_without_a_wake_word(
     assert wer("which lights should i turn on", transcribe(models, got["asked"])) <= 0.34
     result = got["answer"]["service_response"]  # {"id", "sentence", "slots"} of the match
     assert result is not None and result["id"] == "kitchen", (got["answer"], got["run"])
+
+
+def test_ha_timer_rings_on_the_board(
+    ha: HaTestbed, tmp_path: Path, models: Path, speech_dir: Path
+) -> None:
+    """A timer set by voice runs in HA (its timer intents); HA's timer events reach the
+    board, and the finished timer is spoken on the board's speaker."""
+    wake = say_wav("hey jarvis", speech_dir / "wake2.wav", pad=(0.5, 0.6))
+    ask = say_wav("set a timer for five seconds", speech_dir / "timer.wav", pad=(0.0, 0.8))
+    clip = read_wav(join_wavs([wake, ask], speech_dir / "timer-cmd.wav"))
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, int], bytes]:
+        async with rig(ha, tmp_path, models, "sat-timer") as r:
+            await r.mic(clip, silence_s=2.5)
+            await _until_history(r.sat)
+            run = r.sat.history[-1]
+            await _quiet(r.heard)
+            r.heard.clear()  # HA's "timer started" answer; what follows is the timer
+            async with asyncio.timeout(30):
+                while not r.sat.counts.get("timer_events", 0) >= 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # started, then finished
+            await _quiet(r.heard)
+            return run, dict(r.sat.counts), bytes(r.heard)
+
+    run, counts, rang = asyncio.run(scenario())
+    assert wer("set a timer for five seconds", run["stt"]) <= 0.34, run
+    assert counts["timer_events"] >= 2, counts
+    assert wer("your timer is done", transcribe(models, rang)) <= 0.25
