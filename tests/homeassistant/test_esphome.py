@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,12 @@ def test_the_board_on_mdns_on_loopback(tmp_path: Path) -> None:
 
         async with board(tmp_path, ha_section(port, name='"mdns-board"'), "mdns", CORE) as host:
             comp = component(host, "homeassistant")
-            assert comp.mdns._zc.zeroconf.engine  # started
+            # every socket the announcer sends from multicasts through lo only
+            senders = [t.sock for t in comp.mdns._zc.zeroconf.engine.senders]
+            assert senders
+            for sock in senders:
+                out_if = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
+                assert socket.inet_ntoa(out_if) == "127.0.0.1"
             zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
             try:
                 info = AsyncServiceInfo("_esphomelib._tcp.local.",
