@@ -1,0 +1,67 @@
+"""loomd's Home Assistant WebSocket client against a real HA: the kitchen light in its
+area among the exposed entities, its state changes as they happen, a service call that
+switches it, a bad token refused with a clear error, and HA away failing fast."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from loomd.errors import LoomdError
+from loomd.homeassistant.client import HaClient, HaStateChange
+from tests.homeassistant.conftest import HaTestbed, free_port
+
+pytestmark = pytest.mark.homeassistant
+
+
+def test_areas_exposed_entities_states_and_services(ha: HaTestbed) -> None:
+    async def scenario() -> None:
+        client = HaClient(ha.url, ha.token)
+        changes: asyncio.Queue[HaStateChange] = asyncio.Queue()
+
+        async def on_state(change: HaStateChange) -> None:
+            if change.entity_id == ha.light:
+                changes.put_nowait(change)
+
+        runner = asyncio.create_task(client.run(on_state))
+        try:
+            await asyncio.wait_for(client.connected.wait(), 15)
+            snap = await client.snapshot()
+            kitchen = next(a for a in snap.areas if a.name == "Kitchen")
+            light = next(e for e in snap.entities if e.entity_id == ha.light)
+            assert light.area_id == kitchen.id and light.name == "Kitchen Lights", light
+            assert light.domain == "light"
+            # only what HA exposes to voice assistants: the helper behind the light is not
+            assert all(e.entity_id != "input_boolean.kitchen_lights_state" for e in snap.entities)
+            await client.call_service("light", "turn_off", target={"entity_id": ha.light})
+            await client.call_service("light", "turn_on", target={"entity_id": ha.light})
+            async with asyncio.timeout(15):
+                while (change := await changes.get()).state != "on":
+                    pass
+            assert change.old_state == "off" and change.at > 0
+            with pytest.raises(LoomdError, match=r"not_found|Service"):
+                await client.call_service("light", "no_such_service",
+                                          target={"entity_id": ha.light})  # fmt: skip
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_token_and_ha_away_say_why(ha: HaTestbed) -> None:
+    async def scenario() -> None:
+        bad = HaClient(ha.url, "not-a-token")
+        with pytest.raises(LoomdError, match="refused the token"):
+            await bad.connect()
+        await bad.close()
+        away = HaClient(f"http://127.0.0.1:{free_port()}", ha.token, timeout_s=2)
+        with pytest.raises(LoomdError, match="unreachable"):
+            await away.connect()
+        with pytest.raises(LoomdError, match="not connected"):
+            await away.call_service("light", "turn_on", target={"entity_id": ha.light})
+        await away.close()
+
+    asyncio.run(scenario())
