@@ -33,6 +33,7 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "EventType",
+    "HaState",
     "IntentInfo",
     "IntentVia",
     "PlayAudio",
@@ -70,6 +71,7 @@ class Topic(StrEnum):
     VOICE_RELEASE = "voice.release"  # VoiceRelease: the claimant is done with the mic
     VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
     AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
+    HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     ERROR = "loomd.error"
 
 
@@ -431,3 +433,14 @@ class PlayAudio(_Payload):
 class PlayDone(_Payload):
     played: bool  # False: cut off (barge-in, stop) or nothing to play on
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HaState(_Payload):
+    """A Home Assistant entity's new state (`ha.state.<entity_id>`), from its WebSocket API."""
+
+    entity_id: str
+    state: str
+    old_state: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0  # time.time() when loomd received it

@@ -19,7 +19,7 @@ from loomd.audio.settings import WakeSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
 from loomd.homeassistant.settings import HomeAssistantSettings, decode_key
-from loomd.messages import Topic, WakeDetected
+from loomd.messages import HaState, Topic, WakeDetected
 from loomd.metrics import Family
 
 __all__ = ["HomeAssistantComponent", "HomeAssistantStatus"]
@@ -32,6 +32,7 @@ class HomeAssistantStatus(StatusBlock):
     client: str
     runs: int
     active_wake_words: list[str]
+    ha_api: str  # the WebSocket client: connected, or why not ("" = not configured)
     last_run: dict[str, Any]
 
 
@@ -84,13 +85,28 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             await self.mdns.start()
         self.spawn(self._serve_wakes, "wakes", restart=True)
         self.spawn(self._follow_frames, "frames", restart=True)
+        self.client: Any = None
+        if s.url:
+            from loomd.homeassistant.client import HaClient
+
+            token = await asyncio.to_thread(Path(s.token_file).read_text)
+            self.client = HaClient(s.url, token.strip())
+            self.spawn(lambda: self.client.run(self._ha_state), "ha-client", restart=True)
 
     async def stop(self) -> None:
+        if getattr(self, "client", None) is not None:
+            await self.client.close()
         if getattr(self, "mdns", None) is not None:
             await self.mdns.stop()
         if hasattr(self, "server"):
             await self.server.stop()
             await self.satellite.close()
+
+    async def _ha_state(self, change: Any) -> None:
+        ev = HaState(change.entity_id, change.state, change.old_state, change.attributes,
+                     change.at)  # fmt: skip
+        await self.ctx.bus.publish(f"{Topic.HA_STATE}.{change.entity_id}", ev.to_payload(),
+                                   qos="realtime")  # fmt: skip
 
     def _muted(self, on: bool) -> None:
         self.satellite.muted = on
@@ -129,8 +145,14 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             client=conn.client_info if conn is not None else "",
             runs=sat.counts.get("runs", 0),
             active_wake_words=list(sat.active),
+            ha_api=self._api_state(),
             last_run=sat.history[-1] if sat.history else {},
         )
+
+    def _api_state(self) -> str:
+        if self.client is None:
+            return ""
+        return "connected" if self.client.connected.is_set() else self.client.error or "connecting"
 
     def metrics(self) -> Iterable[Family]:
         if not hasattr(self, "satellite"):
@@ -147,7 +169,31 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
                       ({"dir": "out"}, float(self.server.sent))])  # fmt: skip
 
     def commands(self) -> Mapping[str, Command]:
-        return {"runs": Command(self._op_runs, "the last N satellite turns with timings", ("n",))}
+        return {
+            "runs": Command(self._op_runs, "the last N satellite turns with timings", ("n",)),
+            "entities": Command(self._op_entities, "HA's areas and exposed entities"),
+            "call": Command(
+                self._op_call, "call an HA service on an entity", ("service", "entity_id")
+            ),
+        }
+
+    def _client(self) -> Any:
+        if self.client is None:
+            raise LoomdError("homeassistant: no [homeassistant] url configured")
+        return self.client
+
+    async def _op_entities(self) -> dict[str, Any]:
+        snap = await self._client().snapshot()
+        return {"areas": {a.id: a.name for a in snap.areas},
+                "entities": [{"entity_id": e.entity_id, "name": e.name, "area": e.area_id,
+                              "state": e.state} for e in snap.entities]}  # fmt: skip
+
+    async def _op_call(self, service: Any, entity_id: Any) -> dict[str, Any]:
+        domain, _, name = str(service).partition(".")
+        if not name:
+            raise LoomdError(f"call: a service as domain.name, not {service!r}")
+        await self._client().call_service(domain, name, target={"entity_id": str(entity_id)})
+        return {"called": str(service), "entity_id": str(entity_id)}
 
     async def _op_runs(self, n: Any = 5) -> dict[str, Any]:
         return {"runs": self.satellite.history[-int(n) :], "counts": dict(self.satellite.counts)}

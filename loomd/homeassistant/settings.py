@@ -62,11 +62,20 @@ class HomeAssistantSettings(Section):
     mode: str = option("satellite", choices=MODES, reload=True)
     wake_modes: Mapping[str, str] = option(factory=dict, check=_check_modes, reload=True)
     media_timeout_s: float = option(30.0, min=1.0, max=600.0, reload=True)
+    # HA's WebSocket API (its entities, state changes as `ha.state.<entity_id>`, service
+    # calls): its base URL ("" = off) and a file holding a long-lived access token.
+    url: str = option("", max_len=1024)
+    token_file: str = option("", valid=lambda v: not v or v.startswith("/"),
+                             expected='an absolute path, or "" for none')  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.name and not all(c.isalnum() or c == "-" for c in self.name):
             raise ConfigError("name", self.name, "letters, digits and '-' (a host name)")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError("homeassistant.url", self.url, 'an http(s) URL, or "" for none')
+        if self.url and not self.token_file:
+            raise ConfigError("homeassistant.token_file", "", "a token file when url is set")
 
     def mode_of(self, word: str) -> str:
         return self.wake_modes.get(word, self.mode)

@@ -5,12 +5,16 @@ switches it, a bad token refused with a clear error, and HA away failing fast.""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from loomd.bus.local import LocalBus
 from loomd.errors import LoomdError
 from loomd.homeassistant.client import HaClient, HaStateChange
-from tests.homeassistant.conftest import HaTestbed, free_port
+from loomd.messages import HaState
+from tests.homeassistant.conftest import HaTestbed, board, component, free_port, ha_section
 
 pytestmark = pytest.mark.homeassistant
 
@@ -65,3 +69,38 @@ def test_a_bad_token_and_ha_away_say_why(ha: HaTestbed) -> None:
         await away.close()
 
     asyncio.run(scenario())
+
+
+def test_the_component_publishes_ha_states_and_calls_services(
+    ha: HaTestbed, tmp_path: Path
+) -> None:
+    """`[homeassistant] url` + `token_file`: HA's state changes arrive on the bus as
+    `ha.state.<entity_id>` (typed `HaState`), `homeassistant.call` switches the light and
+    `homeassistant.entities` lists it in its area (what `loomctl homeassistant ...` runs)."""
+    token = tmp_path / "ha-token"
+    token.write_text(ha.token + "\n")
+    body = ha_section(free_port(), url=f'"{ha.url}"', token_file=f'"{token}"', mdns="false")
+
+    async def scenario() -> tuple[HaState, dict[str, Any]]:
+        async with board(
+            tmp_path / "b", body, "ws-client", ("state", "bus", "homeassistant")
+        ) as host:
+            comp = component(host, "homeassistant")
+            await asyncio.wait_for(comp.client.connected.wait(), 15)
+            bus = LocalBus(host.services.broker, "test")  # type: ignore[arg-type]
+            await host.services.call("homeassistant.call", "light.turn_off", ha.light)
+            async with bus.subscribe(f"ha.state.{ha.light}") as sub:
+                await sub.ready()
+                await host.services.call("homeassistant.call", "light.turn_on", ha.light)
+                async with asyncio.timeout(15):
+                    while (st := HaState.from_payload((await sub.get()).payload)).state != "on":
+                        pass
+            listed = await host.services.call("homeassistant.entities")
+            assert comp.status().ha_api == "connected"
+            return st, listed
+
+    st, listed = asyncio.run(scenario())
+    assert st.entity_id == ha.light and st.old_state == "off"
+    assert st.attributes.get("friendly_name") == "Kitchen Lights"
+    light = next(e for e in listed["entities"] if e["entity_id"] == ha.light)
+    assert listed["areas"][light["area"]] == "Kitchen"
