@@ -130,6 +130,11 @@ async def satellite_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -
                 if on:
                     out["light"].append((on[0] - speech_end) * 1000)
                 out["stt"].append(run["stt"])
+                offset = (run["began"] - speech_end) * 1000  # the run's clock -> speech end
+                rel = {k: round(v + offset) for k, v in run["timings"].items()
+                       if k in ("vad_end", "stt_end", "intent_end", "tts_end", "tts_fetched",
+                                "first_audio")}  # fmt: skip
+                log(f"  satellite stages, ms after the end of speech: {rel}")
                 log(f"satellite turn {i + 1}: first TTS audio "
                     f"{(first[0] - speech_end) * 1000 if first else float('nan'):.0f} ms after "
                     f"speech, light {'on' if on else 'unchanged'}, heard {run['stt']!r}, "
@@ -179,6 +184,7 @@ async def _one_ws_run(api: HaApi, pipeline: str, command: bytes) -> float:
                             "input": {"sample_rate": 16000}})  # fmt: skip
     handler: int | None = None
     url = ""
+    stages: dict[str, int] = {}
     pcm = command + b"\0" * 32000 * 3
     speech_end = 0.0
     async with asyncio.timeout(60):
@@ -206,6 +212,7 @@ async def _one_ws_run(api: HaApi, pipeline: str, command: bytes) -> float:
                 if msg.get("id") != n or msg["type"] != "event":
                     continue
                 ev = msg["event"]
+                stages[ev["type"]] = round((time.monotonic() - speech_end) * 1000)
                 if ev["type"] == "stt-vad-end":
                     feeder.cancel()
                     await api.ws.send_bytes(bytes([handler]))  # end of audio
@@ -218,6 +225,8 @@ async def _one_ws_run(api: HaApi, pipeline: str, command: bytes) -> float:
         async with api.http.get(api.tb.url + url) as resp:
             await resp.content.readany()
             first = time.monotonic()
+        stages["first_bytes"] = round((first - speech_end) * 1000)
+        log(f"  HA stages, ms after the end of speech: {stages}")
         while True:  # drain the run's last events
             msg = await api.ws.receive_json()
             if msg.get("id") == n and msg["type"] == "event" and msg["event"]["type"] == "run-end":

@@ -111,7 +111,8 @@ class Run:
     def summary(self) -> dict[str, Any]:
         return {"uid": self.uid, "wake": self.wake, "stt": self.stt, "speech": self.speech,
                 "error": self.error, "frames": self.frames, "timings": dict(self.timings),
-                "conversation_id": self.conversation_id}  # fmt: skip
+                "conversation_id": self.conversation_id,
+                "began": self.began}  # fmt: skip
 
 
 class Satellite:
