@@ -14,7 +14,7 @@ fed from a WAV at real-time pace on `audio.in.local`, the speaker read on
 - `wyoming_path_wake_to_tts_ms` (baseline): the same command through HA's Assist pipeline
   over its WebSocket API (`assist_pipeline/run`, stt -> tts, audio streamed at real-time
   pace) with the same Wyoming STT/TTS: end of speech to the first bytes of the TTS audio;
-- `adoption_ms`: HA's ESPHome config flow until the satellite entity exists;
+- `adoption_ms`: HA's ESPHome config flow until its satellite entity is idle;
 - `ha_up_s`: the testbed's start to onboarded (warm tree), hass's RSS.
 `local_mode_action_ms` and `ha_command_to_bus_ms` need the assist's device registry fed
 from HA and HA's MQTT commands (other branches): null here.
@@ -95,9 +95,8 @@ async def light_watch(api: HaApi, light: str, changes: list[tuple[float, str]]) 
 
 async def satellite_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"tts": [], "light": [], "adoption_ms": None, "stt": []}
-    t = time.monotonic()
     async with rig(tb, tmp / "board", models, "bench-sat") as r, HaApi(tb) as watch:
-        out["adoption_ms"] = round((time.monotonic() - t) * 1000, 1)  # wyoming + pipeline too
+        out["adoption_ms"] = round(r.adoption_ms, 1)
         first: list[float] = []
 
         async def tap() -> None:

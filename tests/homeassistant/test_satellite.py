@@ -50,6 +50,7 @@ class Rig:
     sat: Any  # the satellite (the homeassistant component's)
     satellite_entity: str
     heard: bytearray  # what the board's speaker played
+    adoption_ms: float = 0.0  # HA's ESPHome config flow until the satellite entity is idle
 
     async def mic(self, pcm: bytes, silence_s: float = 0.0) -> float:
         """Feed the board's microphone at real-time pace; returns when the audio ended."""
@@ -92,6 +93,7 @@ async def rig(ha: HaTestbed, root: Path, models: Path, device: str) -> AsyncIter
                 "wake_word_entity": None, "wake_word_id": None})  # fmt: skip
             await api.call({"type": "assist_pipeline/pipeline/set_preferred",
                             "pipeline_id": pipeline["id"]})  # fmt: skip
+            t_adopt = time.monotonic()
             res = await adopt(api, port)
             entries.append(res["result"]["entry_id"])
             comp = component(host, "homeassistant")
@@ -101,7 +103,8 @@ async def rig(ha: HaTestbed, root: Path, models: Path, device: str) -> AsyncIter
                 lambda s: any(x["entity_id"] == sat and x["state"] == "idle" for x in s),
                 "assist_satellite",
             )
-            yield Rig(host, api, bus, comp.satellite, sat, heard)
+            adoption_ms = (time.monotonic() - t_adopt) * 1000
+            yield Rig(host, api, bus, comp.satellite, sat, heard, adoption_ms)
         finally:
             speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
