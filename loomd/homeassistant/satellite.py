@@ -253,9 +253,14 @@ class Satellite:
     # -- a turn ------------------------------------------------------------------------------
     def claim(self, det: WakeDetected) -> WakeClaim:
         """Who takes this wake word's turn (answered on `voice.wake`)."""
-        if self.settings.mode_of(det.word) == "local" or det.site != self.settings.site:
+        if det.site != self.settings.site:
             return WakeClaim(WakeAction.LOCAL, "homeassistant")
-        if self.muted or (det.word in self.words and det.word not in self.active):
+        if self.muted:  # HA's mute switch mutes the board, whoever would take the turn
+            self.count("wakes_dropped")
+            return WakeClaim(WakeAction.DROP, "homeassistant")
+        if self.settings.mode_of(det.word) == "local":
+            return WakeClaim(WakeAction.LOCAL, "homeassistant")
+        if det.word in self.words and det.word not in self.active:  # HA switched it off
             self.count("wakes_dropped")
             return WakeClaim(WakeAction.DROP, "homeassistant")
         if self.conn is None:  # HA is away: the board answers by itself

@@ -88,3 +88,35 @@ def test_wav_reader_takes_streamed_headers_and_refuses_the_rest() -> None:
         wav_pcm(b"fLaC" + pcm)
     with pytest.raises(LoomdError, match="without a data chunk"):
         wav_pcm(_wav(pcm)[:36])
+
+
+def test_who_takes_a_wake_word() -> None:
+    """The claim's decision table (no I/O: no turn is started in these cases)."""
+    from loomd.homeassistant.satellite import Satellite
+    from loomd.homeassistant.settings import HomeAssistantSettings
+    from loomd.messages import WakeAction, WakeDetected
+
+    s = HomeAssistantSettings(wake_modes={"hey_jarvis_v0.1": "satellite", "alexa_v0.1": "local"})
+    sat = Satellite(s, bus=None, words=list(s.wake_modes))
+    jarvis, alexa = WakeDetected("hey_jarvis_v0.1", 0.9), WakeDetected("alexa_v0.1", 0.9)
+    assert sat.claim(jarvis).action == WakeAction.LOCAL  # HA away: the board answers
+    sat.conn = object()  # type: ignore[assignment]  # HA holds the voice assistant
+    assert sat.claim(alexa).action == WakeAction.LOCAL  # a local word stays local
+    assert sat.claim(WakeDetected("hey_jarvis_v0.1", 0.9, "garage")).action == WakeAction.LOCAL
+    sat.active = ["alexa_v0.1"]  # HA switched hey jarvis off
+    assert sat.claim(jarvis).action == WakeAction.DROP
+    sat.muted = True  # the mute switch silences every word
+    assert sat.claim(alexa).action == WakeAction.DROP
+    assert sat.counts["wakes_dropped"] == 2
+
+
+def test_settings_say_what_is_wrong() -> None:
+    from loomd.errors import ConfigError
+    from loomd.homeassistant.settings import HomeAssistantSettings
+
+    with pytest.raises(ConfigError, match="base64 32-byte key"):
+        HomeAssistantSettings(encryption_key="c2hvcnQ=")
+    with pytest.raises(ConfigError, match="satellite or local"):
+        HomeAssistantSettings(wake_modes={"hey_jarvis_v0.1": "cloud"})
+    with pytest.raises(ConfigError, match="token file"):
+        HomeAssistantSettings(url="http://127.0.0.1:8123")
