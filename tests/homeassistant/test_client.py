@@ -16,7 +16,8 @@ from loomd.homeassistant.client import HaClient, HaStateChange
 from loomd.messages import HaState
 from tests.homeassistant.conftest import HaTestbed, board, component, free_port, ha_section
 
-pytestmark = pytest.mark.homeassistant
+# The first test to ask for `ha` pays a cold testbed build (~4 min) when none is cached.
+pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(900)]
 
 
 def test_areas_exposed_entities_states_and_services(ha: HaTestbed) -> None:

@@ -22,7 +22,8 @@ from tests.homeassistant.conftest import (
     ha_section,
 )
 
-pytestmark = pytest.mark.homeassistant
+# The first test to ask for `ha` pays a cold testbed build (~4 min) when none is cached.
+pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(900)]
 CORE = ("state", "bus", "homeassistant")
 
 

@@ -34,8 +34,10 @@ from tests.homeassistant.conftest import (
 )
 
 # wyoming.audio imports the stdlib's audioop (deprecated in 3.11, fine on the 3.11 we target).
+# The first test to ask for `ha` pays a cold testbed build (~4 min) when none is cached.
 pytestmark = [
     pytest.mark.homeassistant,
+    pytest.mark.timeout(900),
     pytest.mark.models,
     pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning"),
 ]
