@@ -68,11 +68,14 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaTestbed]:
 
 def _registries_reachable() -> bool:
     """The Debian archive and PyPI answer (what a cold build needs)."""
+    import urllib.error
     import urllib.request
 
-    for url in ("http://deb.debian.org/debian/dists/", "https://pypi.org/simple/pip/"):
+    for url in ("http://deb.debian.org/debian/dists/forky/Release", "https://pypi.org/simple/pip/"):
         try:
             urllib.request.urlopen(url, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
         except OSError:
             return False
     return True
