@@ -92,6 +92,7 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             token = await asyncio.to_thread(Path(s.token_file).read_text)
             self.client = HaClient(s.url, token.strip())
             self.spawn(lambda: self.client.run(self._ha_state), "ha-client", restart=True)
+            self.spawn(self._offer_capabilities, "capabilities", restart=True)
 
     async def stop(self) -> None:
         if getattr(self, "client", None) is not None:
@@ -101,6 +102,16 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         if hasattr(self, "server"):
             await self.server.stop()
             await self.satellite.close()
+
+    async def _offer_capabilities(self) -> None:
+        """HA's services as capabilities (`homeassistant.turn_on`, ...) for the broker."""
+        from loomd.agents.capability import specs_of
+        from loomd.agents.sdk import serve_capabilities, spec_list
+        from loomd.homeassistant.capabilities import HaCapabilities
+
+        broker = spec_list(specs_of(HaCapabilities(self.client)))
+        async with serve_capabilities(self.ctx.bus, "homeassistant", broker):
+            await asyncio.Event().wait()  # served until the component stops
 
     async def _ha_state(self, change: Any) -> None:
         ev = HaState(change.entity_id, change.state, change.old_state, change.attributes,

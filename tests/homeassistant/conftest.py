@@ -32,7 +32,6 @@ TESTBED = REPO / "scripts" / "ha-testbed"
 CACHE = Path(os.environ.get("LOOMD_CACHE", Path.home() / ".cache" / "loomd-build")) / "ha"
 
 
-
 @dataclass(frozen=True)
 class HaTestbed:
     url: str

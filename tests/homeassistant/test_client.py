@@ -14,7 +14,7 @@ from loomd.bus.local import LocalBus
 from loomd.errors import LoomdError
 from loomd.homeassistant.client import HaClient, HaStateChange
 from loomd.messages import HaState
-from tests.homeassistant.conftest import HaTestbed, board, component, free_port, ha_section
+from tests.homeassistant.conftest import HaApi, HaTestbed, board, component, free_port, ha_section
 
 # The first test to ask for `ha` pays a cold testbed build (~4 min) when none is cached.
 pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(900)]
@@ -105,3 +105,44 @@ def test_the_component_publishes_ha_states_and_calls_services(
     assert st.attributes.get("friendly_name") == "Kitchen Lights"
     light = next(e for e in listed["entities"] if e["entity_id"] == ha.light)
     assert listed["areas"][light["area"]] == "Kitchen"
+
+
+def test_ha_services_as_broker_capabilities(ha: HaTestbed, tmp_path: Path) -> None:
+    """The agents' action broker calls `homeassistant.turn_on` (offered over the bus by the
+    homeassistant component): HA's kitchen light goes on; an unknown entity is an error
+    the broker reports, not a crash."""
+    token = tmp_path / "ha-token"
+    token.write_text(ha.token)
+    body = ha_section(free_port(), url=f'"{ha.url}"', token_file=f'"{token}"', mdns="false")
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        names = ("state", "bus", "agents", "homeassistant")
+        async with board(tmp_path / "b", body, "ws-caps", names) as host, HaApi(ha) as api:
+            comp = component(host, "homeassistant")
+            await asyncio.wait_for(comp.client.connected.wait(), 15)
+            bus = LocalBus(host.services.broker, "test")  # type: ignore[arg-type]
+            await api.post("/api/services/light/turn_off", {"entity_id": ha.light})
+
+            async def invoke(cap: str, **params: Any) -> dict[str, Any]:
+                end = asyncio.get_running_loop().time() + 15
+                while True:  # the component registers its capabilities once it has started
+                    ev = await bus.request("caps.invoke", {"cap": cap, "params": params},
+                                           timeout=15)  # fmt: skip
+                    waiting = ev.payload["code"] in ("provider_unavailable", "not_found")
+                    if not waiting or asyncio.get_running_loop().time() > end:
+                        return ev.payload  # type: ignore[no-any-return]
+                    await asyncio.sleep(0.1)
+
+            on = await invoke("homeassistant.turn_on", entity_id=ha.light)
+            await api.wait_state(
+                lambda s: any(x["entity_id"] == ha.light and x["state"] == "on" for x in s),
+                "light",
+            )
+            state = await invoke("homeassistant.state", entity_id=ha.light)
+            bad = await invoke("homeassistant.state", entity_id="light.nowhere")
+            return on, state, bad
+
+    on, state, bad = asyncio.run(scenario())
+    assert on["code"] == "ok", on
+    assert state["code"] == "ok" and state["value"]["state"] == "on", state
+    assert bad["code"] == "error" and "no entity 'light.nowhere'" in bad["error"], bad
