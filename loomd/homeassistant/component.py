@@ -54,7 +54,7 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         from loomd.homeassistant.satellite import Satellite
 
         s = self.settings
-        psk = decode_key(s.encryption_key)
+        psk = decode_key(await self._key())
         name = (
             s.name
             or "loomd-" + "".join(c if c.isalnum() else "-" for c in self.ctx.device_id).lower()
@@ -93,6 +93,22 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             self.client = HaClient(s.url, token.strip())
             self.spawn(lambda: self.client.run(self._ha_state), "ha-client", restart=True)
             self.spawn(self._offer_capabilities, "capabilities", restart=True)
+
+    async def _key(self) -> str:
+        path = self.settings.encryption_key_file
+        if not path:
+            return self.settings.encryption_key
+        try:
+            key = (await asyncio.to_thread(Path(path).read_text)).strip()
+            decode_key(key)
+        except OSError as exc:
+            raise LoomdError(f"homeassistant.encryption_key_file: {exc.strerror}: {path}") from None
+        except ValueError:
+            raise LoomdError(
+                f"homeassistant.encryption_key_file {path}: not a base64 32-byte key "
+                "(make one with `openssl rand -base64 32`)"
+            ) from None
+        return key
 
     async def stop(self) -> None:
         if getattr(self, "client", None) is not None:

@@ -54,6 +54,9 @@ class HomeAssistantSettings(Section):
     host: str = option("", max_len=255)
     port: int = option(6053, min=0, max=65535)
     encryption_key: str = option("", valid=_key_ok, expected=_KEY_TEXT)
+    # Or a file holding it (a systemd credential, say), read at start; wins over the value.
+    encryption_key_file: str = option("", valid=lambda v: not v or v.startswith("/"),
+                                      expected='an absolute path, or "" for none')  # fmt: skip
     mdns: bool = option(True)
     # Addresses zeroconf answers on ([] = every interface); tests use ["127.0.0.1"].
     mdns_interfaces: tuple[str, ...] = option(factory=tuple)

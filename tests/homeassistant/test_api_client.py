@@ -120,3 +120,28 @@ def test_settings_say_what_is_wrong() -> None:
         HomeAssistantSettings(wake_modes={"hey_jarvis_v0.1": "cloud"})
     with pytest.raises(ConfigError, match="token file"):
         HomeAssistantSettings(url="http://127.0.0.1:8123")
+
+
+def test_the_key_from_a_file_and_a_bad_one_fails_the_start(tmp_path: Path) -> None:
+    from aioesphomeapi import APIClient
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    (tmp_path / "key").write_text(key + "\n")
+    (tmp_path / "bad").write_text("not a key\n")
+    port = free_port()
+
+    async def scenario() -> tuple[str, str]:
+        body = ha_section(port, mdns="false", encryption_key_file=f'"{tmp_path / "key"}"')
+        async with board(tmp_path / "a", body, "key-file", CORE):
+            cli = APIClient("127.0.0.1", port, None, noise_psk=key)
+            await cli.connect(login=True)
+            name = (await cli.device_info()).name
+            await cli.disconnect()
+        body = ha_section(port, mdns="false", encryption_key_file=f'"{tmp_path / "bad"}"')
+        async with board(tmp_path / "b", body, "key-file", CORE) as host:
+            slot = host.slots["homeassistant"]
+            return name, f"{slot.state}: {slot.reason}"
+
+    name, failed = asyncio.run(scenario())
+    assert name == "loomd-key-file"
+    assert failed.startswith("failed") and "not a base64 32-byte key" in failed, failed
