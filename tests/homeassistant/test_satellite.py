@@ -260,3 +260,32 @@ def test_ha_timer_rings_on_the_board(
     assert wer("set a timer for five seconds", run["stt"]) <= 0.34, run
     assert counts["timer_events"] >= 2, counts
     assert wer("your timer is done", transcribe(models, rang)) <= 0.25
+
+
+def test_media_player_plays_what_ha_sends(ha: HaTestbed, tmp_path: Path, models: Path) -> None:
+    """`media_player.play_media` on the board's media player entity: HA resolves the media
+    (here a TTS media source), converts it to the board's WAV through its ffmpeg proxy,
+    the board fetches and plays it, and its state goes playing -> idle in HA."""
+
+    async def scenario() -> bytes:
+        async with rig(ha, tmp_path, models, "sat-media") as r:
+            ents = await r.api.call({"type": "config/entity_registry/list"})
+            tts = next(e["entity_id"] for e in ents if e["entity_id"].startswith("tts.")
+                       and e["platform"] == "wyoming")  # fmt: skip
+            player = r.satellite_entity.replace("assist_satellite.", "media_player.").replace(
+                "_assist_satellite", "_media_player"
+            )
+            media = f"media-source://tts/{tts}?message=The+garage+door+is+open"
+            await r.api.post("/api/services/media_player/play_media", {
+                "entity_id": player, "media_content_type": "music",
+                "media_content_id": media})  # fmt: skip
+            await _quiet(r.heard)
+            await r.api.wait_state(
+                lambda s: any(x["entity_id"] == player and x["state"] == "idle" for x in s),
+                "media_player",
+            )
+            assert r.sat.counts.get("played") == 1, r.sat.counts
+            return bytes(r.heard)
+
+    heard = transcribe(models, asyncio.run(scenario()))
+    assert wer("the garage door is open", heard) <= 0.25, heard
