@@ -288,10 +288,23 @@ class Satellite:
         if run is None or not run.streaming:
             return
         run.frames += 1
+        if run.frames * 0.02 > self.settings.max_stream_s:
+            self._spawn(self._stream_too_long(run))
+            return
         if run.ready:
             self._send_audio(run, [pcm])
         else:
             run.held.append(pcm)
+
+    async def _stream_too_long(self, run: Run) -> None:
+        """No end of speech from HA in time: stop HA's run (as an ESPHome device does) and
+        give the microphone back; HA ends the run with its own error event."""
+        if not run.streaming:
+            return
+        run.error = f"no end of speech within {self.settings.max_stream_s:g} s"
+        await self._release(run, run.error)
+        if self.conn is not None and self.run is run:
+            self.conn.send(api_pb().VoiceAssistantRequest(start=False))
 
     def _send_audio(self, run: Run, chunks: list[bytes]) -> None:
         pb = api_pb()

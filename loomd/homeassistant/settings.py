@@ -65,6 +65,9 @@ class HomeAssistantSettings(Section):
     mode: str = option("satellite", choices=MODES, reload=True)
     wake_modes: Mapping[str, str] = option(factory=dict, check=_check_modes, reload=True)
     media_timeout_s: float = option(30.0, min=1.0, max=600.0, reload=True)
+    # Longest a turn streams the microphone to HA before the board ends it (HA's VAD
+    # waits for speech that never comes: a wake word and then silence).
+    max_stream_s: float = option(10.0, min=1.0, max=60.0, reload=True)
     # HA's WebSocket API (its entities, state changes as `ha.state.<entity_id>`, service
     # calls): its base URL ("" = off) and a file holding a long-lived access token.
     url: str = option("", max_len=1024)

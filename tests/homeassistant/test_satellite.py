@@ -74,9 +74,11 @@ async def _speaker(bus: LocalBus, heard: bytearray) -> None:
 
 
 @contextlib.asynccontextmanager
-async def rig(ha: HaTestbed, root: Path, models: Path, device: str) -> AsyncIterator[Rig]:
+async def rig(
+    ha: HaTestbed, root: Path, models: Path, device: str, **ha_opts: str
+) -> AsyncIterator[Rig]:
     port, wy_port = free_port(), free_port()
-    body = voice_section(models, wy_port) + ha_section(port)
+    body = voice_section(models, wy_port) + ha_section(port, **ha_opts)
     async with board(root, body, device, NAMES) as host, HaApi(ha) as api:
         bus = LocalBus(host.services.broker, "test")  # type: ignore[arg-type]
         heard = bytearray()
@@ -289,3 +291,27 @@ def test_media_player_plays_what_ha_sends(ha: HaTestbed, tmp_path: Path, models:
 
     heard = transcribe(models, asyncio.run(scenario()))
     assert wer("the garage door is open", heard) <= 0.25, heard
+
+
+def test_a_wake_with_nothing_said_is_an_error_turn_and_the_mic_comes_back(
+    ha: HaTestbed, tmp_path: Path, models: Path, speech_dir: Path
+) -> None:
+    """The wake word, then silence: HA's pipeline ends with an error; the board records it,
+    reports it (`loomd.error`), gets its microphone back and wakes again afterwards."""
+    wake = read_wav(say_wav("hey jarvis", speech_dir / "wake-only.wav", pad=(0.5, 0.6)))
+
+    async def scenario() -> tuple[dict[str, Any], int]:
+        async with rig(ha, tmp_path, models, "sat-silence", max_stream_s="3.0") as r:
+            await r.mic(wake, silence_s=4.0)
+            await _until_history(r.sat, timeout=30)
+            async with asyncio.timeout(10):
+                while component(r.host, "voice").handoff.streaming:
+                    await r.mic(b"", silence_s=0.2)
+            runs = r.sat.counts.get("runs", 0)
+            await r.mic(wake, silence_s=1.0)  # wakes again: a new turn goes to HA
+            return r.sat.history[-1], r.sat.counts.get("runs", 0) - runs
+
+    run, again = asyncio.run(scenario())
+    assert run["error"].startswith("no end of speech within 3 s"), run
+    assert not run["stt"], run
+    assert again == 1
