@@ -50,6 +50,7 @@ BUILTIN: dict[str, str] = {
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
     "peers": "loomd.bridges.peers:PeersComponent",
     "voice": "loomd.audio.component:VoiceComponent",
+    "homeassistant": "loomd.homeassistant.component:HomeAssistantComponent",
 }
 
 # The `loomctl` subcommands of each component: name -> "module:function(subparsers)".

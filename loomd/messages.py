@@ -34,8 +34,11 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "EventType",
+    "HaState",
     "IntentInfo",
     "IntentVia",
+    "PlayAudio",
+    "PlayDone",
     "Policy",
     "Role",
     "SayRequest",
@@ -44,8 +47,13 @@ __all__ = [
     "ToolSpec",
     "Topic",
     "Transcript",
+    "VoiceListen",
+    "VoiceRelease",
     "VoiceState",
     "VoiceStateEvent",
+    "WakeAction",
+    "WakeClaim",
+    "WakeDetected",
 ]
 
 
@@ -64,6 +72,13 @@ class Topic(StrEnum):
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
     ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
     ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
+    # The voice hand-off (a satellite takes a turn): see the block at the end of this file.
+    VOICE_WAKE = "voice.wake"  # WakeDetected (request/reply: WakeClaim)
+    VOICE_LISTEN = "voice.listen"  # VoiceListen: stream the mic without a wake word
+    VOICE_RELEASE = "voice.release"  # VoiceRelease: the claimant is done with the mic
+    VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
+    AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
+    HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     ERROR = "loomd.error"
 
 
@@ -710,6 +725,8 @@ class ErrorCode(StrEnum):
     REPLY_FAILED = "reply_failed"
     RECORDER = "recorder"
     BAD_SAY = "bad_say"
+    BAD_PLAY = "bad_play"
+    BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
     # bridges
     MQTT_TLS = "mqtt_tls"
@@ -833,3 +850,84 @@ __all__ += [
     "VoiceMute",
     "VoiceStop",
 ]
+
+
+# -- the voice hand-off: another part takes a turn (Home Assistant's pipeline) ---------------
+# On a wake the voice component asks on `voice.wake` (request/reply, short deadline) while
+# it starts listening itself; a `WakeClaim` with `STREAM` makes it publish the microphone's
+# frames (those since the wake first) on `audio.frames.<site>` until a `VoiceRelease`
+# (or its utterance limit), `DROP` ends the turn, `LOCAL` or no answer keeps it local.
+# `voice.play` plays audio through the board's sink (echo reference, barge-in and the
+# self-wake guard included) and answers when it has played.
+class WakeAction(StrEnum):
+    LOCAL = "local"  # loomd's own pipeline takes the turn
+    STREAM = "stream"  # the claimant takes it: stream the mic to it
+    DROP = "drop"  # nobody takes it (muted, a wake word switched off)
+
+
+@dataclass(frozen=True)
+class WakeDetected(_Payload, topic=Topic.VOICE_WAKE):
+    word: str  # the wake model's name, e.g. "hey_jarvis_v0.1"
+    score: float
+    site: str = "local"
+    utterance_id: str = ""
+
+    @property
+    def phrase(self) -> str:
+        return self.word.split("_v")[0].replace("_", " ")
+
+
+@dataclass(frozen=True)
+class WakeClaim(_Payload):
+    action: WakeAction = WakeAction.LOCAL
+    by: str = ""
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> WakeClaim:
+        return cls(**{**payload, "action": WakeAction(str(payload.get("action", "local")))})
+
+
+@dataclass(frozen=True)
+class VoiceListen(_Payload, topic=Topic.VOICE_LISTEN):
+    """Open the microphone without a wake word and stream it (a question asked back)."""
+
+    site: str = "local"
+    utterance_id: str = ""
+
+
+@dataclass(frozen=True)
+class VoiceRelease(_Payload, topic=Topic.VOICE_RELEASE):
+    site: str = "local"
+    utterance_id: str = ""
+    reason: str = ""  # "end_of_speech", "error: ...", "disconnected"
+
+
+@dataclass(frozen=True)
+class PlayAudio(_Payload, topic=Topic.VOICE_PLAY):
+    """16 kHz mono s16le audio to play on the board's sink."""
+
+    pcm: bytes
+    site: str = "local"
+    utterance_id: str = ""
+    announcement: bool = False  # cuts what is playing
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pcm, bytes) or len(self.pcm) % 2:
+            raise LoomdError("PlayAudio.pcm: s16le bytes (an even length)")
+
+
+@dataclass(frozen=True)
+class PlayDone(_Payload):
+    played: bool  # False: cut off (barge-in, stop) or nothing to play on
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HaState(_Payload):
+    """A Home Assistant entity's new state (`ha.state.<entity_id>`), from its WebSocket API."""
+
+    entity_id: str
+    state: str
+    old_state: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0  # time.time() when loomd received it

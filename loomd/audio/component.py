@@ -34,11 +34,14 @@ from loomd.messages import (
     ChatRequest,
     ErrorCode,
     EventType,
+    PlayAudio,
+    PlayDone,
     SayRequest,
     Topic,
     Transcript,
     VoiceState,
     VoiceStateEvent,
+    WakeAction,
 )
 from loomd.metrics import Family
 
@@ -54,6 +57,8 @@ __all__ = ["VoiceComponent", "VoiceStatus"]
 
 # Wake scoring runs on 80 ms; collecting 4 frames before each thread hop keeps it cheap.
 _WAKE_FRAMES = 4
+# How long a wake waits for a claimant on `voice.wake` (it listens locally meanwhile).
+_HANDOFF_ASK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -205,8 +210,15 @@ class VoiceComponent(Component[VoiceSettings]):
             from loomd.audio.wyoming_server import serve
 
             self._wyoming = await serve(self, s.wyoming.host, s.wyoming.port)
+        from loomd.audio.handoff import Handoff
+
+        self.handoff = Handoff(
+            self.ctx.bus, s.site, ask_s=_HANDOFF_ASK_S, max_s=s.vad.max_utterance_s + 5
+        )
         self.spawn(self._follow_say, "say", restart=True)
         self.spawn(self._follow_stop, "stop", restart=True)
+        self.spawn(self._follow_play, "play", restart=True)
+        self.spawn(self.handoff.follow, "handoff", restart=True)
         if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
 
@@ -285,6 +297,7 @@ class VoiceComponent(Component[VoiceSettings]):
         turns: list[TurnRecord] = []
         detection: Detection | None = None
         last: Frame | None = None
+        handoff = self.handoff
         async for frame in frames:
             last = frame
             self.counts["frames"] += 1
@@ -293,10 +306,30 @@ class VoiceComponent(Component[VoiceSettings]):
             played = self.reference.take()
             if echo and self.aec is not None:
                 frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
+            if handoff.streaming:  # the turn is another part's: it hears the mic
+                if not await handoff.feed(frame.pcm):
+                    await loop.run_in_executor(self._wake_pool, self.wake.reset)
+                    await self._set_state(VoiceState.IDLE)
+                continue
+            if handoff.listen_now and not listening:
+                uid, handoff.listen_now = handoff.listen_now, ""
+                await handoff.start(uid)
+                await self._set_state(VoiceState.LISTENING, uid)
+                continue
+            if listening and (action := handoff.pending(frame.pcm)) is not None:
+                if action != WakeAction.LOCAL:
+                    listening = False
+                    if action == WakeAction.STREAM:
+                        await handoff.start(handoff.asked)
+                        await handoff.feed(frame.pcm)
+                    else:
+                        await self._set_state(VoiceState.IDLE)
+                    continue
             if listening:
                 cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
                 if cut is not None:
                     listening = False
+                    handoff.cancel()
                     rec = self._new_record(detection)
                     turns.append(rec)
                     self._start_turn(cut, rec, frame)
@@ -345,6 +378,7 @@ class VoiceComponent(Component[VoiceSettings]):
                 await self._barge_in()
             listening = True
             seg.open(t_end)
+            handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
             await self._set_state(VoiceState.LISTENING)
         if listening and last is not None:
             # A finite source ended while listening: let the segmenter's clock run on over
@@ -356,6 +390,7 @@ class VoiceComponent(Component[VoiceSettings]):
                 t += FRAME_MS / 1000
                 cut = seg.push(silence, t, False)
             if cut is not None:
+                handoff.cancel()
                 rec = self._new_record(detection)
                 turns.append(rec)
                 self._start_turn(cut, rec, Frame(silence, t, time.monotonic()))
@@ -623,6 +658,34 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def _say_task(self, req: SayRequest) -> None:
         await self.speak(req)
+
+    async def _follow_play(self) -> None:
+        """`voice.play`: audio from another part (Home Assistant's TTS), played like our own."""
+        async with self.ctx.bus.subscribe(Topic.VOICE_PLAY) as sub:
+            async for ev in sub:
+                try:
+                    req = PlayAudio.from_payload(ev.payload)
+                except LoomdError as exc:
+                    self.ctx.error(ErrorCode.BAD_PLAY, f"voice: bad voice.play payload: {exc}")
+                    continue
+                if req.site == self.settings.site:
+                    self._spawn_play(req, ev)
+
+    def _spawn_play(self, req: PlayAudio, ev: Any) -> None:
+        self.spawn(lambda: self._play_task(req, ev), "play-one", critical=False)
+
+    async def _play_task(self, req: PlayAudio, ev: Any) -> None:
+        if req.announcement:
+            self.sink.stop()
+        async with self._speak_lock:
+            await self._set_state(VoiceState.SPEAKING, req.utterance_id)
+            done = await self._play(req.pcm)
+            if self._turn_task is None or self._turn_task.done():
+                await self._set_state(VoiceState.IDLE, req.utterance_id)
+        self.counts["played" if done else "played_cut"] += 1
+        if ev.reply_to:
+            reply = PlayDone(done, round(len(req.pcm) / 32000, 2))
+            await self.ctx.bus.reply(ev, reply.to_payload())
 
     async def _follow_stop(self) -> None:
         async with self.ctx.bus.subscribe(Topic.VOICE_STOP) as sub:
