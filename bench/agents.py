@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from loomd.agents.ctx import AgentCtx, LocalBackend  # noqa: E402
 from loomd.agents.sdk import sdk_ctx  # noqa: E402
-from loomd.config import load_config  # noqa: E402
 from loomd.host import Host  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
+from loomd.settings import load_config  # noqa: E402
 
 PLUGIN = """
 from loomd.agents import Agent, capability

@@ -1,7 +1,7 @@
 """Barge-in: does the wake word said over the board's own voice wake it, and does the board's
 voice alone never wake it? The fake room of tests/audio/test_room.py, offline and frame exact.
 
-    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/bargein.py [--quick]
+    .venv/bin/python bench/bargein.py [--quick]
 
 The board says a long Piper reply; its echo comes back 60 ms later, 6 dB down, over a noise
 floor; a person (espeak-ng) says "hey jarvis" at N offsets into the playback (steps that are
@@ -18,7 +18,6 @@ threshold must stay above). Ends with one JSON line."""
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -30,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import small_models_dir
 from loomd.audio.aec import EchoCanceller
 from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.io import read_wav
@@ -37,7 +39,7 @@ from loomd.audio.tts import PiperTts
 from loomd.audio.wake import WakeDetector
 
 QUICK = "--quick" in sys.argv
-MODELS = Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
+MODELS = small_models_dir()
 REPLY = " ".join(["The weather tomorrow will be mild with a light breeze."] * 4)
 OTHER = (
     "I have set a timer for ten minutes. The kitchen lights are on, and the thermostat "
@@ -127,7 +129,7 @@ def rates(scores: list[float]) -> dict[str, float]:
 
 def main() -> None:
     if not (MODELS / "models.json").exists():
-        sys.exit(f"no test models in {MODELS} (../shared/models/fetch-test-models DIR)")
+        sys.exit(f"no test models in {MODELS}: run scripts/fetch-test-models")
     t0 = time.perf_counter()
     tts = PiperTts(str(MODELS), "piper/en_US-joe-medium.onnx")
     wake = WakeDetector(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",), refractory_s=0.0)

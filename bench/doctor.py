@@ -1,6 +1,6 @@
 """`loomctl doctor`: its memory estimates against the real runtimes, and its own cost.
 
-    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/doctor.py [--quick]
+    .venv/bin/python bench/doctor.py [--quick]
 
 In one run: for each model role (llm, stt, tts, wake) a fresh process loads the test model
 with the raw library (llama.cpp, pywhispercpp, Piper, openWakeWord), runs it once, and
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import need_test_models  # noqa: E402
 from loomd.doctor import CHECKS, load_context, model_need_bytes, run_checks  # noqa: E402
 
 MB = 1 << 20
@@ -94,9 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one doctor run instead of five")
     args = ap.parse_args()
-    models = os.environ.get("LOOMD_TEST_MODELS", "")
-    if not models:
-        sys.exit("set LOOMD_TEST_MODELS (../shared/models/fetch-test-models)")
+    models = str(need_test_models())
     with tempfile.TemporaryDirectory(prefix="ld-bench-") as tmp:
         cfg = Path(tmp) / "loomd.toml"
         text = CONFIG.format(state=f"{tmp}/state", models=models)

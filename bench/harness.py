@@ -338,3 +338,20 @@ def mosquitto_version() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "not installed"
     return out.splitlines()[0] if out else "unknown"
+
+
+def small_models_dir() -> Path:
+    """The small real models' folder: `$LOOMD_TEST_MODELS`, else where
+    scripts/fetch-test-models puts them (`${XDG_CACHE_HOME:-~/.cache}/loomd-test-models`)."""
+    if os.environ.get("LOOMD_TEST_MODELS"):
+        return Path(os.environ["LOOMD_TEST_MODELS"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "loomd-test-models"
+
+
+def need_test_models() -> Path:
+    """The folder, or exit with what to run when it holds no models."""
+    root = small_models_dir()
+    if not (root / "models.json").is_file():
+        sys.exit(f"no test models in {root}: run scripts/fetch-test-models")
+    return root

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = (
-    Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
-    / "llm"
-    / "SmolLM2-135M-Instruct.gguf"
-)
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import small_models_dir  # noqa: E402
+
+DEFAULT_MODEL = small_models_dir() / "llm" / "SmolLM2-135M-Instruct.gguf"
 PROMPTS = [
     "Write two sentences about the sea.",
     "Describe a red bicycle in two sentences.",
@@ -241,8 +241,8 @@ async def run_daemon(model: Path, threads: int, n: int) -> dict[str, Any]:
 async def loop_lag_during_generation(
     model: Path, threads: int, n: int
 ) -> tuple[list[float], list[float]]:
-    from loomd.config import load_config
     from loomd.host import Host
+    from loomd.settings import load_config
 
     with tempfile.TemporaryDirectory(prefix="lb", dir="/tmp") as tmp:
         root = Path(tmp)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/models.py [--quick]
 
-Needs LOOMD_TEST_MODELS (with its wheels/ folder, as fetch-test-models leaves it). In one run:
+Needs the test models (and their wheels/, as scripts/fetch-test-models leaves them). In one run:
 loomd's pure-Python CTranslate2 -> ggml converter on whisper tiny.en against the numpy
 reference converter (`../shared/models/ct2_to_ggml.py`, each in its own process: time and peak
 RSS); hashing the default set as `loomctl models verify` does against `sha256sum`; a download
@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import need_test_models  # noqa: E402
 from loomd.models.catalogue import catalogue  # noqa: E402
 from loomd.models.download import Progress, download  # noqa: E402
 from loomd.models.store import hash_file  # noqa: E402
@@ -128,10 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    root = os.environ.get("LOOMD_TEST_MODELS")
-    if not root:
-        raise SystemExit("set LOOMD_TEST_MODELS (see ../shared/models/README.md)")
-    models = Path(root)
+    models = need_test_models()
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         work = Path(tmp)
         conv = bench_convert(models, work)

@@ -1,6 +1,6 @@
 """Voice: each raw library call against the same stage inside loomd, in one run.
 
-    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/voice.py [--quick]
+    .venv/bin/python bench/voice.py [--quick]
 
 Raw: pywhispercpp transcribe (default call, and with the audio_ctx loomd picks),
 openWakeWord predict per 80 ms frame, Piper to the first chunk, llama.cpp (SmolLM2) to the
@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import small_models_dir
 from loomd.audio.io import read_wav
 from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
 from loomd.audio.tts import PiperTts
@@ -38,7 +41,7 @@ from loomd.audio.wake import WakeDetector
 from loomd.audio.wer import wer as corpus_wer
 
 QUICK = "--quick" in sys.argv
-MODELS = Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
+MODELS = small_models_dir()
 SENTENCES = [
     "turn on the kitchen lights",
     "set the thermostat to twenty one degrees",

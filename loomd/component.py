@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from loomd.config import ResolvedPaths, Section
 from loomd.errors import LoomdError
+from loomd.messages import ControlOp, ErrorCode
 
 if TYPE_CHECKING:
     from loomd.bus.api import Bus
@@ -146,7 +147,7 @@ class Services:
         does over the socket: the same handler, with no socket session."""
         if self.control is None:
             raise LoomdError("the control plane is not running")
-        return await self.control(None, {"op": op, "args": list(args), **kwargs})
+        return await self.control(None, ControlOp(op, args, kwargs).to_payload())
 
 
 class Context(Generic[S]):
@@ -194,7 +195,7 @@ class Context(Generic[S]):
             raise LoomdError(f"{self.name}: the state store is not open yet")
         return self.services.state
 
-    def error(self, code: str, message: str, **details: Any) -> None:
+    def error(self, code: ErrorCode, message: str, **details: Any) -> None:
         """Log and publish a `loomd.error` event (rate limited by the broker)."""
         self.log.error("%s", message)
         if self.services.broker is not None:
@@ -224,9 +225,9 @@ class Component(Generic[S]):
     crash_window_s: ClassVar[float] = 60.0
     backoff_s: ClassVar[tuple[float, float]] = (0.2, 30.0)  # first and longest wait
     summary: ClassVar[str] = ""  # one line for `loomd --check`
-    # Friendly `loomctl` commands: called with argparse's subparsers; each parser it adds
-    # sets `func=async (client, args) -> exit code`, built on `loomd.ctl.op()`.
-    cli: ClassVar[Callable[..., None] | None] = None
+    # Friendly `loomctl` commands are not an attribute: the registry names them
+    # (`loomd.components.BUILTIN_CLI`), so `loomctl` builds its parser without importing
+    # the component.
 
     @classmethod
     def check(cls, settings: Any, paths: ResolvedPaths) -> list[str]:
@@ -348,7 +349,9 @@ class Component(Generic[S]):
         self.crashes.append(TaskCrash(name, text, time.time()))
         del self.crashes[:-20]
         self.log.error("%s: task %s crashed: %s", self.name, name, text, exc_info=exc)
-        self.ctx.error("task_crashed", f"{self.name}: task {name} crashed: {text}", task=name)
+        self.ctx.error(
+            ErrorCode.TASK_CRASHED, f"{self.name}: task {name} crashed: {text}", task=name
+        )
 
     def fail(self, reason: str) -> None:
         """Mark the component unhealthy (the watchdog pings stop) with a reason."""

@@ -1,7 +1,10 @@
 """The component registry: `name -> "module:Class"`, imported lazily.
 
 Adding a component is one line here (or, for a separate package, one entry point in the
-group `loomd.components`); `daemon.py`, `config.py` and `ctl.py` never change. A component
+group `loomd.components`); `daemon.py`, `config.py` and `ctl.py` never change. Its friendly
+`loomctl` commands are one more line: `BUILTIN_CLI` (or the entry-point group `loomd.cli`)
+names a function `add_cli(subparsers)`, imported only when `loomctl` builds its parser (see
+`loomd.cli`). A component
 module imports only light modules at its top: model libraries (llama.cpp, whisper.cpp,
 onnxruntime, Piper) are imported in `start()`, so an idle daemon never loads them and
 `loomd --check` can tell whether they are installed without importing them.
@@ -14,6 +17,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +27,15 @@ if TYPE_CHECKING:
     from loomd.component import Component
     from loomd.config import ResolvedPaths, Section
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Entry", "Registry", "registry"]
+__all__ = [
+    "BUILTIN",
+    "BUILTIN_CLI",
+    "CLI_GROUP",
+    "ENTRY_POINT_GROUP",
+    "Entry",
+    "Registry",
+    "registry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,7 @@ log = logging.getLogger(__name__)
 BUILTIN: dict[str, str] = {
     "state": "loomd.state.component:StateComponent",
     "bus": "loomd.bus.component:BusComponent",
-    "metrics": "loomd.metrics:MetricsComponent",
+    "metrics": "loomd.web.component:MetricsComponent",
     "agents": "loomd.agents.component:AgentsComponent",
     "mcp": "loomd.mcp.component:McpComponent",
     "llm": "loomd.router.component:LlmComponent",
@@ -39,10 +51,27 @@ BUILTIN: dict[str, str] = {
     "peers": "loomd.bridges.peers:PeersComponent",
     "home": "loomd.home.component:HomeComponent",
     "voice": "loomd.audio.component:VoiceComponent",
+    "homeassistant": "loomd.homeassistant.component:HomeAssistantComponent",
     "assist": "loomd.assist.component:AssistComponent",
 }
 
+# The `loomctl` subcommands of each component: name -> "module:function(subparsers)".
+BUILTIN_CLI: dict[str, str] = {
+    "state": "loomd.state.cli:add_cli",
+    "agents": "loomd.agents.cli:add_cli",
+    "mcp": "loomd.mcp.cli:add_cli",
+    "llm": "loomd.router.cli:add_cli",
+    "mqtt": "loomd.bridges.cli:add_mqtt_cli",
+    "peers": "loomd.bridges.cli:add_peers_cli",
+    "voice": "loomd.audio.cli:add_cli",
+    "home": "loomd.home.cli:add_cli",
+    "assist": "loomd.assist.cli:add_cli",
+}
+
 ENTRY_POINT_GROUP = "loomd.components"
+CLI_GROUP = "loomd.cli"  # an entry point named like the component: its add_cli function
+
+AddCli = Callable[[Any], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +79,7 @@ class Entry:
     name: str
     target: str  # "module:Class"
     origin: str  # "builtin", or the distribution that declared the entry point
+    cli: str = ""  # "module:function" adding its `loomctl` subcommands, or ""
 
 
 class Registry:
@@ -85,6 +115,13 @@ class Registry:
             raise LoomdError(f"component {name}: {self.broken[name]}") from exc
         if getattr(cls, "name", None) != name:
             raise LoomdError(f"component {entry.target} calls itself {cls.name!r}, not {name!r}")
+        if hasattr(cls, "cli"):  # the old way: nothing reads it, so say where it goes now
+            log.error(
+                "component %s: its `cli` attribute is not read; name its add_cli function in "
+                "loomd.components.BUILTIN_CLI (or the entry-point group %s)",
+                name,
+                CLI_GROUP,
+            )
         self._classes[name] = cls
         return cls
 
@@ -100,6 +137,20 @@ class Registry:
 
     def settings_classes(self) -> dict[str, type[Section]]:
         return {name: cls.Settings for name, cls in self.classes().items()}
+
+    def cli(self, name: str) -> AddCli | None:
+        """The function adding component `name`'s `loomctl` subcommands (None if it has
+        none); its module is imported now, the component's own module is not."""
+        entry = self.entries.get(name)
+        if entry is None or not entry.cli:
+            return None
+        module_name, _, attr = entry.cli.partition(":")
+        try:
+            add: AddCli = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:
+            log.error("component %s: its commands %s did not import: %s", name, entry.cli, exc)
+            return None
+        return add
 
 
 def missing_modules(cls: type[Component[Any]]) -> list[str]:
@@ -144,8 +195,12 @@ def _importable(module: str) -> bool:
 @functools.cache
 def registry() -> Registry:
     """The built-in components, then those of installed packages (entry points)."""
-    entries = [Entry(name, target, "builtin") for name, target in BUILTIN.items()]
+    entries = [
+        Entry(name, target, "builtin", BUILTIN_CLI.get(name, ""))
+        for name, target in BUILTIN.items()
+    ]
+    clis = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=CLI_GROUP)}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         origin = ep.dist.name if ep.dist is not None else "an entry point"
-        entries.append(Entry(ep.name, ep.value, origin))
+        entries.append(Entry(ep.name, ep.value, origin, clis.get(ep.name, "")))
     return Registry(entries)

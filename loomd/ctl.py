@@ -4,53 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from loomd import __version__
-from loomd.bus.envelope import Event
+from loomd.bus.envelope import QOS_CLASSES, Event, QoS
+from loomd.cli import dumps, op, parse_payload
 from loomd.components import registry
 from loomd.doctor import add_parser as add_doctor
 from loomd.errors import LoomdError, NotRunning, PermissionDenied, ProtocolError, RemoteError
 from loomd.models.cli import add_parser as add_models_parser
-from loomd.sdk.client import Client, default_endpoint
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"base64": base64.b64encode(value).decode()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _dumps(value: Any, **kw: Any) -> str:
-    return json.dumps(_jsonable(value), ensure_ascii=False, default=str, **kw)
-
-
-def parse_payload(arg: str | None, raw: bool = False) -> Any:
-    """JSON text, `@file` (JSON, or bytes with --raw), or nothing (null)."""
-    if arg is None:
-        return None
-    if arg.startswith("@"):
-        data = Path(arg[1:]).read_bytes()
-        if raw:
-            return data
-        arg = data.decode()
-    elif raw:
-        return arg.encode()
-    try:
-        return json.loads(arg)
-    except json.JSONDecodeError as exc:
-        raise LoomdError(
-            f"payload is not JSON ({exc.msg}); quote strings like '\"hello\"' or use --raw"
-        ) from None
+from loomd.sdk.client import Client
+from loomd.sdk.endpoint import default_endpoint
 
 
 def format_event(ev: Event) -> str:
@@ -59,7 +26,7 @@ def format_event(ev: Event) -> str:
     )
     try:
         payload = ev.payload
-        body = f"<{len(payload)} raw bytes>" if isinstance(payload, bytes) else _dumps(payload)
+        body = f"<{len(payload)} raw bytes>" if isinstance(payload, bytes) else dumps(payload)
     except ProtocolError as exc:  # a hostile body: say so and keep tailing
         body = f"<undecodable body: {exc}>"
     typ = "" if ev.type == ev.topic else f" [{ev.type}]"
@@ -123,11 +90,6 @@ def parse_op_args(tokens: list[str]) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-async def op(bus: Client, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run `<component>.<op>` on the daemon: what every friendly command is built on."""
-    return await bus.call(name, args=list(args), **kwargs)
-
-
 async def _run(args: argparse.Namespace) -> int:
     async with Client(args.socket, name="loomctl", timeout=args.timeout) as bus:
         result: int = await args.func(bus, args)
@@ -136,7 +98,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _status(bus: Client, args: argparse.Namespace) -> int:
     st = (await bus.status())["status"]
-    print(_dumps(st, indent=2) if args.json else format_status(st))
+    print(dumps(st, indent=2) if args.json else format_status(st))
     return 0
 
 
@@ -159,14 +121,14 @@ async def _sub(bus: Client, args: argparse.Namespace) -> int:
                 print(f"loomctl: no event within {args.wait:g} s", file=sys.stderr)
                 return 1
             seen += 1
-            print(_dumps(ev.to_dict()) if args.json else format_event(ev), flush=True)
+            print(dumps(ev.to_dict()) if args.json else format_event(ev), flush=True)
     return 0
 
 
 async def _ops(bus: Client, args: argparse.Namespace) -> int:
     r = await bus.call("commands")
     if args.json:
-        print(_dumps(r, indent=2))
+        print(dumps(r, indent=2))
         return 0
     for name, info in r["commands"].items():
         params = " ".join(f"[{p}]" for p in info["params"])
@@ -181,11 +143,29 @@ async def _generic(bus: Client, args: argparse.Namespace) -> int:
     pos, kw = parse_op_args(args.op_args)
     result = await op(bus, f"{args.component}.{args.op}", *pos, **kw)
     result = {k: v for k, v in result.items() if k not in ("rid", "ok")}
-    print(_dumps(result, indent=2))
+    print(dumps(result, indent=2))
     return 0
 
 
+class _Commands:
+    """argparse's subparsers, remembering the names added (argparse keeps its own list
+    private), so `parse` knows the friendly commands from a component's generic ops."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+        self.names: list[str] = []
+
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+        self.names.append(name)
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, **kw)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, list[str]]:
     p = argparse.ArgumentParser(
         prog="loomctl",
         description="Inspect and drive a running loomd. Beyond the commands below, "
@@ -199,20 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
     p.add_argument("--version", action="version", version=f"loomctl {__version__}")
-    cmds = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    cmds = _Commands(p.add_subparsers(dest="cmd", required=True, metavar="COMMAND"))
     st = cmds.add_parser("status", help="the daemon and every component's status")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=_status)
     pub = cmds.add_parser("pub", help="publish one event")
     pub.add_argument("topic")
     pub.add_argument("payload", nargs="?", help="JSON, or @FILE")
-    pub.add_argument("--qos", default="reliable", choices=("realtime", "batched", "reliable"))
+    pub.add_argument("--qos", default=QoS.RELIABLE.value, choices=QOS_CLASSES)
     pub.add_argument("--type", help="event type (default: the topic)")
     pub.add_argument("--raw", action="store_true", help="send the payload as raw bytes")
     pub.set_defaults(func=_pub)
     sub = cmds.add_parser("sub", help="print events matching a pattern ('#' for all)")
     sub.add_argument("pattern")
-    sub.add_argument("--qos", choices=("realtime", "batched", "reliable"))
+    sub.add_argument("--qos", choices=QOS_CLASSES)
     sub.add_argument("--json", action="store_true", help="one JSON object per line")
     sub.add_argument("--count", type=int, help="exit after N events")
     sub.add_argument(
@@ -224,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     ops.set_defaults(func=_ops)
     add_doctor(cmds)
     add_models_parser(cmds)
-    for cls in registry().classes().values():  # friendly commands of the components
-        if cls.cli is not None:
-            cls.cli(cmds)
-    return p
+    reg = registry()
+    for name in reg.names():  # friendly commands of the components
+        add = reg.cli(name)
+        if add is not None:
+            add(cmds)
+    return p, cmds.names
 
 
 def _generic_parser() -> argparse.ArgumentParser:
@@ -243,22 +225,15 @@ def _generic_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser, names = _build()
     first = _first_positional(argv)
-    friendly = set(_subcommands(parser))
+    friendly = set(names)
     if first is not None and first not in friendly and first in registry().names():
         rest = argv[argv.index(first) + 2 :] if argv.index(first) + 1 < len(argv) else []
         if any(t in ("-h", "--help") for t in rest):
             parser.parse_args([*argv[: argv.index(first)], "--help"])
         return _generic_parser().parse_args(argv)
     return parser.parse_args(argv)
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return list(action.choices)
-    return []
 
 
 def _first_positional(argv: list[str]) -> str | None:

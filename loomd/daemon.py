@@ -22,11 +22,13 @@ import zmq
 from loomd import __version__
 from loomd.bus import wire
 from loomd.components import auto_off_reason, install_hint, missing_modules, registry
-from loomd.config import AUTO, Settings, default_config_path, load_config
+from loomd.config import AUTO
 from loomd.errors import ConfigError, LoomdError
 from loomd.host import Host
 from loomd.logs import setup_logging
+from loomd.messages import ErrorCode
 from loomd.notify import Notifier, watchdog_loop
+from loomd.settings import Settings, default_config_path, load_config
 
 log = logging.getLogger("loomd.daemon")
 
@@ -116,7 +118,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload failed: %s; keeping the running configuration", exc)
             if self.host.services.broker is not None:
-                self.host.services.broker.error("config", f"reload failed: {exc}")
+                self.host.services.broker.error(ErrorCode.CONFIG, f"reload failed: {exc}")
             self.notifier.ready(self.host.summary())
             return
         applied, restart = await self.host.reload(new)

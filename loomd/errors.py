@@ -68,3 +68,12 @@ class RemoteError(LoomdError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(message)
+
+
+class CallError(LoomdError):
+    """`ctx.call` failed; `code` is one of the result codes other than ok."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -27,9 +27,11 @@ from loomd.components import (
     registry,
     wanted,
 )
-from loomd.config import AUTO, Settings, split_reload
+from loomd.config import AUTO, split_reload
 from loomd.errors import LoomdError
+from loomd.messages import ControlOp, ErrorCode
 from loomd.metrics import Family, Histogram
+from loomd.settings import Settings
 
 __all__ = ["Host", "LoopLag", "Slot"]
 
@@ -155,7 +157,7 @@ class Host:
             slot.cls = self.registry.load(name)
         except LoomdError as exc:
             slot.state, slot.reason = "broken", str(exc)
-            self._report(name, "component_broken", slot.reason)
+            self._report(name, ErrorCode.COMPONENT_BROKEN, slot.reason)
             return
         cls = slot.cls
         enabled = getattr(self.settings.section(name), "enabled", True)
@@ -172,7 +174,9 @@ class Host:
         if missing:
             slot.state = "unavailable"
             slot.reason = f"missing {', '.join(missing)}: {install_hint(cls)}"
-            self._report(name, "component_unavailable", f"{name} is unavailable: {slot.reason}")
+            self._report(
+                name, ErrorCode.COMPONENT_UNAVAILABLE, f"{name} is unavailable: {slot.reason}"
+            )
             return
         component = cls(self._context(name))
         try:
@@ -182,7 +186,7 @@ class Host:
                 raise
             slot.state, slot.reason = "failed", f"start failed: {type(exc).__name__}: {exc}"
             log.error("%s: %s", name, slot.reason, exc_info=exc)
-            self._report(name, "component_failed", f"{name}: {slot.reason}")
+            self._report(name, ErrorCode.COMPONENT_FAILED, f"{name}: {slot.reason}")
             return
         slot.instance, slot.state, slot.reason = component, "running", ""
 
@@ -196,7 +200,7 @@ class Host:
         except Exception:
             log.exception("%s did not stop cleanly", slot.name)
 
-    def _report(self, name: str, code: str, message: str) -> None:
+    def _report(self, name: str, code: ErrorCode, message: str) -> None:
         log.warning("%s", message)
         if self.services.broker is not None:
             self.services.broker.error(code, message, component=name)
@@ -320,7 +324,8 @@ class Host:
 
     async def control(self, session: Any, msg: dict[str, Any]) -> dict[str, Any]:
         """A control request from the socket: `status`, `commands`, or `<name>.<op>`."""
-        op = msg["op"]
+        req = ControlOp.from_payload(msg)
+        op = req.op
         if op == "status":
             return {"status": self.status()}
         if op == "commands":
@@ -341,11 +346,7 @@ class Host:
         if cmd is None:
             ops = ", ".join(sorted(slot.instance.commands())) or "none"
             raise LoomdError(f"{name} has no operation {sub!r} (operations: {ops})")
-        args = msg.get("args") or []
-        if not isinstance(args, list):
-            raise LoomdError("'args' must be a list")
-        kwargs = {k: v for k, v in msg.items() if k not in ("op", "rid", "args")}
-        return dict(await cmd.call(args, kwargs))
+        return dict(await cmd.call(req.args, req.kwargs))
 
     # -- reload -------------------------------------------------------------------------------
     async def reload(self, new: Settings) -> tuple[list[str], list[str]]:
@@ -393,7 +394,7 @@ class Host:
                         later += refused
                 except Exception as exc:
                     log.exception("%s: reload failed", name)
-                    self._report(name, "reload_failed", f"{name}: reload failed: {exc}")
+                    self._report(name, ErrorCode.RELOAD_FAILED, f"{name}: reload failed: {exc}")
                     later += live
                     live, running = [], old_sec
             sections[name] = running

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
-from loomd.errors import LoomdError
+from loomd.errors import CallError, LoomdError
 
 __all__ = [
     "ActionRecord",
@@ -35,6 +36,7 @@ __all__ = [
     "DeviceState",
     "Domain",
     "EventType",
+    "HaState",
     "HomeArea",
     "HomeDevice",
     "HomeSnapshot",
@@ -44,6 +46,8 @@ __all__ = [
     "MqttFollow",
     "MqttMessage",
     "MqttPublish",
+    "PlayAudio",
+    "PlayDone",
     "Policy",
     "Role",
     "SayRequest",
@@ -53,13 +57,24 @@ __all__ = [
     "Topic",
     "Transcript",
     "Vocabulary",
+    "VoiceListen",
+    "VoiceRelease",
     "VoiceState",
     "VoiceStateEvent",
+    "WakeAction",
+    "WakeClaim",
+    "WakeDetected",
 ]
 
 
 class Topic(StrEnum):
     LLM_CHAT = "llm.chat"  # ChatRequest (request/reply)
+    CAPS_INVOKE = "caps.invoke"  # CapInvoke (request/reply: CapResult)
+    CAPS_LIST = "caps.list"  # request: CapsList
+    CAPS_REGISTER = "caps.register"  # CapsRegister (request/reply: CapsRegistered)
+    CAPS_UNREGISTER = "caps.unregister"  # CapsUnregister
+    COLLAB_BARRIER = "collab.barrier"  # BarrierRequest (request/reply: BarrierReply)
+    VOICE_MUTE = "voice.mute"  # VoiceMute
     ROUTE_DECISION = "loomd.route.decision"
     VOICE_TRANSCRIPT = "voice.transcript"  # Transcript
     VOICE_SAY = "voice.say"  # SayRequest
@@ -73,6 +88,13 @@ class Topic(StrEnum):
     HOME_STATE = "home.state"  # home.state.<device id>: DeviceState
     HOME_REGISTRY = "home.registry"  # request/reply: HomeSnapshot
     HOME_CHANGED = "home.changed"  # HomeSnapshot, when devices or areas change
+    # The voice hand-off (a satellite takes a turn): see the block at the end of this file.
+    VOICE_WAKE = "voice.wake"  # WakeDetected (request/reply: WakeClaim)
+    VOICE_LISTEN = "voice.listen"  # VoiceListen: stream the mic without a wake word
+    VOICE_RELEASE = "voice.release"  # VoiceRelease: the claimant is done with the mic
+    VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
+    AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
+    HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     ERROR = "loomd.error"
 
 
@@ -88,8 +110,66 @@ class VoiceState(StrEnum):
     SPEAKING = "speaking"
 
 
+class Received(Protocol):
+    """What `from_event()` reads of an event (the bus's `Event` has both)."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def payload(self) -> Any: ...
+
+
+E_co = TypeVar("E_co", covariant=True)
+
+
+class Publisher(Protocol[E_co]):
+    """What `publish()` needs of a bus (the Bus API, `LocalBus` and the SDK `Client`)."""
+
+    def publish(
+        self, topic: str, payload: Any = ..., *, qos: str = ..., wait: bool = ...,
+        type: str | None = ...,
+    ) -> Awaitable[E_co]: ...  # fmt: skip
+
+
+class Replier(Protocol[E_co]):
+    def reply(
+        self, request: Any, payload: Any = ..., *, type: str | None = ...
+    ) -> Awaitable[E_co]: ...
+
+
+class Outgoing(NamedTuple):
+    """A message made ready for the bus: `bus.publish(o.topic, o.payload, type=o.type)`."""
+
+    topic: str
+    type: str
+    payload: dict[str, Any]
+
+
 class _Payload:
-    """`to_payload()` gives a CBOR-friendly dict; `from_payload()` checks and rebuilds."""
+    """`to_payload()` gives a CBOR-friendly dict; `from_payload()` checks and rebuilds.
+
+    A class is bound to its topic and event type the way Wyoming binds an event type to
+    its class: `class Transcript(_Payload, topic=Topic.VOICE_TRANSCRIPT)`. The event type
+    is the topic unless `type=` names one (replies, and topics with a variable segment,
+    have only a type). Then `Transcript.is_type(ev.type)`, `t.event()`,
+    `await t.publish(bus)`, `await r.respond(bus, request)` and `Transcript.from_event(ev)`
+    replace hand-written topics and dict parsing."""
+
+    TOPIC: ClassVar[str] = ""
+    TYPE: ClassVar[str] = ""
+    QOS: ClassVar[str] = "reliable"  # the class a publish() uses unless told
+
+    def __init_subclass__(
+        cls, *, topic: str = "", type: str = "", qos: str = "", **kw: Any
+    ) -> None:
+        super().__init_subclass__(**kw)
+        if topic:
+            cls.TOPIC = str(topic)
+        if type or topic:
+            cls.TYPE = str(type or topic)
+        if qos:
+            cls.QOS = str(qos)
 
     def to_payload(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
@@ -110,6 +190,37 @@ class _Payload:
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> Self:
         return cls(**payload)
+
+    # -- the binding -------------------------------------------------------------------------
+    @classmethod
+    def is_type(cls, event_type: str) -> bool:
+        return bool(cls.TYPE) and event_type == cls.TYPE
+
+    @classmethod
+    def from_event(cls, ev: Received) -> Self:
+        """The message an event carries; `LoomdError` if it is of another type or malformed."""
+        if cls.TYPE and ev.type != cls.TYPE:
+            raise LoomdError(f"{cls.__name__}: expected an event of type {cls.TYPE}, got {ev.type}")
+        return cls.from_payload(ev.payload)
+
+    def event(self, topic: str = "") -> Outgoing:
+        """Topic, type and payload to publish; `topic` for classes bound to a type only."""
+        where = topic or self.TOPIC
+        if not where:
+            raise LoomdError(f"{type(self).__name__} has no topic of its own: name one")
+        return Outgoing(where, self.TYPE or where, self.to_payload())
+
+    async def publish(
+        self, bus: Publisher[E_co], topic: str = "", *, qos: str = "", wait: bool = True
+    ) -> E_co:
+        out = self.event(topic)
+        return await bus.publish(
+            out.topic, out.payload, qos=qos or self.QOS, wait=wait, type=out.type
+        )
+
+    async def respond(self, bus: Replier[E_co], request: Any) -> E_co:
+        """Answer `request` (an event with `reply_to`) with this message."""
+        return await bus.reply(request, self.to_payload(), type=self.TYPE or None)
 
 
 @dataclass(frozen=True)
@@ -204,7 +315,7 @@ class ChatMessage(_Payload):
 
 
 @dataclass(frozen=True)
-class ChatRequest(_Payload):
+class ChatRequest(_Payload, topic=Topic.LLM_CHAT):
     messages: tuple[ChatMessage, ...]
     policy: Policy = field(default_factory=Policy)
     max_tokens: int = 256
@@ -220,8 +331,9 @@ class ChatRequest(_Payload):
         names = [t.name for t in self.tools]
         if len(set(names)) != len(names):
             raise LoomdError(f"tool names must be unique: {sorted(names)}")
-        if self.tool_choice not in ToolChoice.__members__.values() and self.tool_choice not in names:
-            raise LoomdError(f"tool_choice {self.tool_choice!r} is no ToolChoice and no tool's name")
+        choice = self.tool_choice
+        if choice not in ToolChoice.__members__.values() and choice not in names:
+            raise LoomdError(f"tool_choice {choice!r} is no ToolChoice and no tool's name")
         if self.tools and self.json_schema is not None:
             raise LoomdError("a request has tools or a json_schema, not both")
 
@@ -243,13 +355,13 @@ class ChatRequest(_Payload):
 
 
 @dataclass(frozen=True)
-class ChatChunk(_Payload):
+class ChatChunk(_Payload, type=EventType.LLM_CHUNK):
     text: str
     index: int
 
 
 @dataclass(frozen=True)
-class ChatDone(_Payload):
+class ChatDone(_Payload, type=EventType.LLM_DONE):
     text: str = ""
     route: str = ""  # local | cloud | hybrid | deny
     phase: str = "final"  # quick | refine | final
@@ -269,7 +381,7 @@ class ChatDone(_Payload):
 
 
 @dataclass(frozen=True)
-class Transcript(_Payload):
+class Transcript(_Payload, topic=Topic.VOICE_TRANSCRIPT):
     text: str
     utterance_id: str
     site: str = "local"
@@ -278,7 +390,7 @@ class Transcript(_Payload):
 
 
 @dataclass(frozen=True)
-class SayRequest(_Payload):
+class SayRequest(_Payload, topic=Topic.VOICE_SAY):
     text: str
     priority: str = "normal"  # normal | announcement (interrupts)
     site: str = "local"
@@ -286,7 +398,7 @@ class SayRequest(_Payload):
 
 
 @dataclass(frozen=True)
-class VoiceStateEvent(_Payload):
+class VoiceStateEvent(_Payload, topic=Topic.VOICE_STATE, qos="realtime"):
     state: VoiceState
     site: str = "local"
     utterance_id: str = ""
@@ -304,7 +416,7 @@ class IntentVia(StrEnum):
 
 
 @dataclass(frozen=True)
-class AssistRequest(_Payload):
+class AssistRequest(_Payload, topic=Topic.ASSIST_CONVERSE):
     """Text for the assist, on `Topic.ASSIST_CONVERSE` (request/reply: an `AssistTurn`).
     `conversation_id` keeps a few turns of context (a voice site, a loomctl session);
     `speech_end_ns` (monotonic clock of the board) lets the turn time its actions from the
@@ -337,7 +449,7 @@ class ActionRecord(_Payload):
 
 
 @dataclass(frozen=True)
-class AssistTurn(_Payload):
+class AssistTurn(_Payload, topic=Topic.ASSIST_TURN):
     """A finished turn: what was heard, understood, done and said, and when (ms from the
     end of speech when it is known, else from the text's arrival)."""
 
@@ -511,3 +623,498 @@ class DeviceState(_Payload):
     state: str
     attributes: dict[str, Any] = field(default_factory=dict)
     ts: float = 0.0  # time.time()
+# -- the protocol between parts: capabilities, collaboration, errors, control --------------
+# (issue 20: each payload that crossed parts as a dict has its class here)
+
+
+class CapCode(StrEnum):
+    """A capability call's result code: whose fault a failure was."""
+
+    OK = "ok"
+    ERROR = "error"  # the provider raised (a bug, or an unexpected failure)
+    TIMEOUT = "timeout"  # the deadline passed
+    INVALID_PARAMS = "invalid_params"  # the caller's params do not fit the schema
+    CAPABILITY_ERROR = "capability_error"  # the provider refused (CapabilityError)
+    PROVIDER_UNAVAILABLE = "provider_unavailable"  # no provider, or it went away
+
+
+@dataclass(frozen=True)
+class CapInvoke(_Payload, topic=Topic.CAPS_INVOKE):
+    """Call a capability: on `caps.invoke` to the action broker, and from the broker on
+    `caps.call.<provider>` to an SDK provider. `timeout` 0 takes the broker's default."""
+
+    cap: str
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 0.0  # seconds
+    key: str | None = None  # idempotency key
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cap, str) or not self.cap:
+            raise LoomdError("CapInvoke: cap must be a capability name")
+        if not isinstance(self.params, dict):
+            raise LoomdError(f"CapInvoke {self.cap}: params must be an object")
+        if not isinstance(self.timeout, int | float) or self.timeout < 0:
+            raise LoomdError(f"CapInvoke {self.cap}: timeout must be a number of seconds >= 0")
+        if self.key is not None and not isinstance(self.key, str):
+            raise LoomdError(f"CapInvoke {self.cap}: key must be a string")
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapInvoke:
+        # senders before the class wrote null for "none"
+        return cls(**{**payload, "params": payload.get("params") or {},
+                      "timeout": payload.get("timeout") or 0.0})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CapResult(_Payload, type="caps.result"):
+    """What a capability call gave: the code, the value (ok) or the error text."""
+
+    code: str  # a CapCode
+    value: Any = None
+    error: str = ""
+    provider: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == CapCode.OK
+
+    def to_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "provider": self.provider}
+        if self.ok:
+            out["value"] = self.value
+        else:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> CapResult:
+        """Never raises: a malformed answer is itself a result, code `error`."""
+        d = payload
+        if not isinstance(d, dict) or d.get("code") not in CapCode.__members__.values():
+            return cls(CapCode.ERROR, error=f"malformed result: {d!r:.80}")
+        return cls(
+            str(d["code"]), d.get("value"), str(d.get("error") or ""), str(d.get("provider") or "")
+        )
+
+    def unwrap(self) -> Any:
+        if not self.ok:
+            raise CallError(self.code, self.error)
+        return self.value
+
+
+@dataclass(frozen=True)
+class CapInfo(_Payload):
+    """One capability as the broker lists it (`caps.list`, `loomctl caps`)."""
+
+    name: str
+    version: int = 1
+    description: str = ""
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    provider: str = ""
+    kind: str = ""  # local | sdk | mcp
+    calls: int = 0
+    # For the assist (see CapabilitySpec): sentence templates, ask back first, sensitive,
+    # and the devices the capability acts for ({id, name, domain, area?, aliases?}).
+    sentences: tuple[str, ...] = ()
+    confirm: bool = False
+    sensitive: bool = False
+    devices: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def full(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapInfo:
+        return cls(**{**payload, "sentences": tuple(payload.get("sentences") or ()),
+                      "devices": tuple(dict(d) for d in payload.get("devices") or ())})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CapsList(_Payload, type="caps.list.reply"):
+    """The answer to a request on `caps.list`: every capability with its schema."""
+
+    caps: tuple[CapInfo, ...] = ()
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"caps": [c.to_payload() for c in self.caps]}
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapsList:
+        return cls(tuple(CapInfo.from_payload(c) for c in payload.get("caps") or ()))
+
+
+@dataclass(frozen=True)
+class CapsRegister(_Payload, topic=Topic.CAPS_REGISTER):
+    """An SDK provider offers capabilities (request/reply: `CapsRegistered`). Each item of
+    `caps` is a capability as `CapabilitySpec.to_dict()` writes it; `token` ties a later
+    `CapsUnregister` to this registration."""
+
+    provider: str
+    caps: tuple[dict[str, Any], ...] = ()
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.provider, str) or not self.provider:
+            raise LoomdError("CapsRegister: provider must be a non-empty string")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"provider": self.provider, "caps": list(self.caps), "token": self.token}
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapsRegister:
+        caps = payload.get("caps") or ()
+        if not isinstance(caps, list | tuple):
+            raise ValueError("caps must be a list")
+        return cls(**{**payload, "caps": tuple(caps)})
+
+
+@dataclass(frozen=True)
+class CapsRegistered(_Payload, type="caps.registered"):
+    ok: bool
+    registered: tuple[str, ...] = ()
+    refused: dict[str, str] = field(default_factory=dict)  # name -> why
+    lease_s: float = 0.0  # renew on caps.lease.<provider> every lease_s / 5
+    error: str = ""
+
+    def to_payload(self) -> dict[str, Any]:
+        return {**super().to_payload(), "registered": list(self.registered)}
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapsRegistered:
+        return cls(**{**payload, "registered": tuple(payload.get("registered") or ())})
+
+
+@dataclass(frozen=True)
+class CapsUnregister(_Payload, topic=Topic.CAPS_UNREGISTER):
+    provider: str
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class BarrierRequest(_Payload, topic=Topic.COLLAB_BARRIER):
+    """Arrive at barrier `name` of `n` members (request/reply: `BarrierReply`)."""
+
+    name: str
+    n: int
+    timeout: float = 10.0
+    member: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not isinstance(self.n, int) or self.n < 1:
+            raise LoomdError("a barrier needs a name and n >= 1")
+
+
+@dataclass(frozen=True)
+class BarrierReply(_Payload, type="collab.barrier.reply"):
+    ok: bool
+    arrived: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class VoiceStop(_Payload, topic=Topic.VOICE_STOP, qos="realtime"):
+    """Stop playback and cancel the turn's generation (barge-in, `loomctl voice stop`)."""
+
+    site: str = "local"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class VoiceMute(_Payload, topic=Topic.VOICE_MUTE):
+    muted: bool
+
+
+class TurnStage(StrEnum):
+    """A voice turn's flight-recorder stages, in order: ms since the end of speech."""
+
+    VAD_END = "vad_end"
+    STT_START = "stt_start"
+    STT_END = "stt_end"
+    MATCHED = "matched"  # the assist understood the transcript (local intent)
+    ACTION_DONE = "action_done"  # the assist's actions finished
+    LLM_FIRST = "llm_first"  # the assist's first answer from the model
+    REPLY = "reply"  # the assist's reply arrived
+    FIRST_TOKEN = "first_token"
+    FIRST_SENTENCE = "first_sentence"
+    FIRST_AUDIO = "first_audio"
+    SPOKEN = "spoken"
+
+    @property
+    def label(self) -> str:
+        return _STAGE_LABELS[self]
+
+
+_STAGE_LABELS = {
+    TurnStage.VAD_END: "VAD end",
+    TurnStage.STT_START: "STT start",
+    TurnStage.STT_END: "STT end",
+    TurnStage.MATCHED: "intent matched",
+    TurnStage.ACTION_DONE: "action done",
+    TurnStage.LLM_FIRST: "model answered",
+    TurnStage.REPLY: "reply",
+    TurnStage.FIRST_TOKEN: "LLM first token",
+    TurnStage.FIRST_SENTENCE: "first sentence",
+    TurnStage.FIRST_AUDIO: "TTS first audio",
+    TurnStage.SPOKEN: "spoken",
+}
+
+
+class ErrorCode(StrEnum):
+    """Every `loomd.error` code, in one place (`ctx.error(ErrorCode.STT_FAILED, ...)`)."""
+
+    # the seam and the daemon
+    TASK_CRASHED = "task_crashed"
+    COMPONENT_BROKEN = "component_broken"
+    COMPONENT_UNAVAILABLE = "component_unavailable"
+    COMPONENT_FAILED = "component_failed"
+    RELOAD_FAILED = "reload_failed"
+    CONFIG = "config"
+    METRICS = "metrics"
+    PAGE_BAD_PATTERN = "page_bad_pattern"
+    # the bus
+    PROTOCOL = "protocol"
+    QUOTA = "quota"
+    CLIENT_TIMEOUT = "client_timeout"
+    SLOW_CONSUMER = "slow_consumer"
+    JOURNAL = "journal"
+    # agents and capabilities
+    PLUGIN_BROKEN = "plugin_broken"
+    AGENT_CONFIG = "agent_config"
+    AGENT_INIT = "agent_init"
+    AGENT_CRASHED = "agent_crashed"
+    AGENT_FAILED = "agent_failed"
+    AGENT_ERROR = "agent_error"
+    AGENT_STOP_FAILED = "agent_stop_failed"
+    CAPABILITY_REFUSED = "capability_refused"
+    CAPABILITY_DUPLICATE = "capability_duplicate"
+    MCP_SERVER_DOWN = "mcp_server_down"
+    MCP_TOOL_REFUSED = "mcp_tool_refused"
+    # the router
+    LLM_MODEL = "llm_model"
+    LLM_LEDGER = "llm_ledger"
+    LLM_BAD_REQUEST = "llm_bad_request"
+    LLM_CLOUD = "llm_cloud"
+    LLM_CLOUD_REFUSED = "llm_cloud_refused"
+    LLM_QUEUE_FULL = "llm_queue_full"
+    LLM_BAD_TOOL_CALL = "llm_bad_tool_call"
+    # voice
+    TTS_FALLBACK = "tts_fallback"
+    AEC_MISSING = "aec_missing"
+    STT_FAILED = "stt_failed"
+    REPLY_FAILED = "reply_failed"
+    RECORDER = "recorder"
+    BAD_SAY = "bad_say"
+    BAD_PLAY = "bad_play"
+    BAD_WAKE = "bad_wake"
+    WYOMING_STT = "wyoming_stt"
+    BAD_VOCABULARY = "bad_vocabulary"
+    # the home and the assist
+    HOME_FOLLOW = "home_follow"
+    HOME_BAD_STATE = "home_bad_state"
+    HOME_AGENT_DEVICES = "home_agent_devices"
+    ASSIST_SENTENCES = "assist_sentences"
+    ASSIST_BAD_REQUEST = "assist_bad_request"
+    # bridges
+    MQTT_TLS = "mqtt_tls"
+    MQTT_UNREACHABLE = "mqtt_unreachable"
+    MQTT_REFUSED = "mqtt_refused"
+    MQTT_BAD_TOPIC = "mqtt_bad_topic"
+    MQTT_BAD_PAYLOAD = "mqtt_bad_payload"
+    MQTT_BAD_ENTITY = "mqtt_bad_entity"
+    MQTT_OVERSIZE = "mqtt_oversize"
+    MQTT_OUTBOX_FULL = "mqtt_outbox_full"
+    MQTT_OUTBOX_EXPIRED = "mqtt_outbox_expired"
+    MQTT_BUS_REFUSED = "mqtt_bus_refused"
+    PEERS_REFUSED = "peers_refused"
+
+
+@dataclass(frozen=True)
+class ErrorEvent(_Payload, topic=Topic.ERROR, qos="realtime"):
+    """A `loomd.error` event. On the wire the details sit beside code and message (`{"code",
+    "message", "component", "task": ...}`), as they always have."""
+
+    code: ErrorCode
+    message: str
+    component: str = ""  # "" for the bus itself
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.details, "code": str(self.code), "message": self.message}
+        if self.component:
+            out["component"] = self.component
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> ErrorEvent:
+        if not isinstance(payload, dict):
+            raise LoomdError(f"ErrorEvent: expected a map, got {type(payload).__name__}")
+        rest = dict(payload)
+        try:
+            code = ErrorCode(rest.pop("code", None))
+        except ValueError:
+            raise LoomdError(f"ErrorEvent: unknown code {payload.get('code')!r}") from None
+        message, component = rest.pop("message", ""), rest.pop("component", "")
+        return cls(code, str(message), str(component), rest)
+
+
+@dataclass(frozen=True)
+class ControlOp(_Payload):
+    """A control request (`status`, `commands` or `<component>.<op>`) as the socket carries
+    it: `{"op", "args": [...], **keyword arguments}` (plus the session's `rid`)."""
+
+    op: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {**self.kwargs, "op": self.op, "args": list(self.args)}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> ControlOp:
+        if not isinstance(payload, dict) or not isinstance(payload.get("op"), str):
+            raise LoomdError("a control request is a map with an 'op'")
+        args = payload.get("args") or []
+        if not isinstance(args, list | tuple):
+            raise LoomdError("'args' must be a list")
+        kwargs = {k: v for k, v in payload.items() if k not in ("op", "rid", "args")}
+        return cls(payload["op"], tuple(args), kwargs)
+
+
+@dataclass(frozen=True)
+class SubscriptionStats(_Payload):
+    """One subscription on the bus, of any part, in process or over the socket."""
+
+    sid: int
+    pattern: str
+    qos: str  # a QoS class
+    owner: str  # the part (or client session) that holds it
+    depth: int = 0  # events queued, not yet delivered
+    bytes: int = 0
+    delivered: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> events
+
+
+@dataclass(frozen=True)
+class BusStats(_Payload, type="bus.stats"):
+    """What `Bus.stats()` answers: the bus's counters and every subscription."""
+
+    events_in: int = 0
+    events_out: int = 0
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> events
+    subscriptions: tuple[SubscriptionStats, ...] = ()
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            **super().to_payload(),
+            "subscriptions": [s.to_payload() for s in self.subscriptions],
+        }
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> BusStats:
+        subs = tuple(SubscriptionStats.from_payload(s) for s in payload.get("subscriptions") or ())
+        return cls(**{**payload, "subscriptions": subs})
+
+
+__all__ += [
+    "BarrierReply",
+    "BarrierRequest",
+    "BusStats",
+    "CapCode",
+    "CapInfo",
+    "CapInvoke",
+    "CapResult",
+    "CapsList",
+    "CapsRegister",
+    "CapsRegistered",
+    "CapsUnregister",
+    "ControlOp",
+    "ErrorCode",
+    "ErrorEvent",
+    "Outgoing",
+    "SubscriptionStats",
+    "TurnStage",
+    "VoiceMute",
+    "VoiceStop",
+]
+
+
+# -- the voice hand-off: another part takes a turn (Home Assistant's pipeline) ---------------
+# On a wake the voice component asks on `voice.wake` (request/reply, short deadline) while
+# it starts listening itself; a `WakeClaim` with `STREAM` makes it publish the microphone's
+# frames (those since the wake first) on `audio.frames.<site>` until a `VoiceRelease`
+# (or its utterance limit), `DROP` ends the turn, `LOCAL` or no answer keeps it local.
+# `voice.play` plays audio through the board's sink (echo reference, barge-in and the
+# self-wake guard included) and answers when it has played.
+class WakeAction(StrEnum):
+    LOCAL = "local"  # loomd's own pipeline takes the turn
+    STREAM = "stream"  # the claimant takes it: stream the mic to it
+    DROP = "drop"  # nobody takes it (muted, a wake word switched off)
+
+
+@dataclass(frozen=True)
+class WakeDetected(_Payload, topic=Topic.VOICE_WAKE):
+    word: str  # the wake model's name, e.g. "hey_jarvis_v0.1"
+    score: float
+    site: str = "local"
+    utterance_id: str = ""
+
+    @property
+    def phrase(self) -> str:
+        return self.word.split("_v")[0].replace("_", " ")
+
+
+@dataclass(frozen=True)
+class WakeClaim(_Payload):
+    action: WakeAction = WakeAction.LOCAL
+    by: str = ""
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> WakeClaim:
+        return cls(**{**payload, "action": WakeAction(str(payload.get("action", "local")))})
+
+
+@dataclass(frozen=True)
+class VoiceListen(_Payload, topic=Topic.VOICE_LISTEN):
+    """Open the microphone without a wake word and stream it (a question asked back)."""
+
+    site: str = "local"
+    utterance_id: str = ""
+
+
+@dataclass(frozen=True)
+class VoiceRelease(_Payload, topic=Topic.VOICE_RELEASE):
+    site: str = "local"
+    utterance_id: str = ""
+    reason: str = ""  # "end_of_speech", "error: ...", "disconnected"
+
+
+@dataclass(frozen=True)
+class PlayAudio(_Payload, topic=Topic.VOICE_PLAY):
+    """16 kHz mono s16le audio to play on the board's sink."""
+
+    pcm: bytes
+    site: str = "local"
+    utterance_id: str = ""
+    announcement: bool = False  # cuts what is playing
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pcm, bytes) or len(self.pcm) % 2:
+            raise LoomdError("PlayAudio.pcm: s16le bytes (an even length)")
+
+
+@dataclass(frozen=True)
+class PlayDone(_Payload):
+    played: bool  # False: cut off (barge-in, stop) or nothing to play on
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HaState(_Payload):
+    """A Home Assistant entity's new state (`ha.state.<entity_id>`), from its WebSocket API."""
+
+    entity_id: str
+    state: str
+    old_state: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0  # time.time() when loomd received it

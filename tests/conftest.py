@@ -11,10 +11,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.services import Notifications
+from tests.testmodels import MISSING, MODELS, require
 
 
 def free_port() -> int:
@@ -152,7 +154,26 @@ def daemon(loomd_proc: LoomdProcess) -> LoomdProcess:
 @pytest.fixture(scope="session")
 def models() -> Path:
     """The small real models (whisper, Piper, openWakeWord, SmolLM2): skip without them."""
-    root = os.environ.get("LOOMD_TEST_MODELS")
-    if not root:
-        pytest.skip("LOOMD_TEST_MODELS is not set (see ../shared/models/README.md)")
-    return Path(root)
+    return require()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("models") is not None:
+        require()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line for every test skipped because the models are missing."""
+    skipped = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if isinstance(r.longrepr, tuple) and MISSING in str(r.longrepr[2])
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} model tests skipped: {MISSING} in {MODELS} "
+            "(run scripts/fetch-test-models, or set LOOMD_TEST_MODELS)",
+            yellow=True,
+            bold=True,
+        )

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from loomd.bus.settings import BusSettings
-from loomd.config import (
+from loomd.config import resolve_dir
+from loomd.errors import ConfigError
+from loomd.settings import (
     Settings,
     changed_keys,
     default_config_path,
     load_config,
-    resolve_dir,
     resolve_paths,
 )
-from loomd.errors import ConfigError
 from loomd.state.settings import StateSettings
 
 PACKAGED = Path(__file__).resolve().parent.parent / "config" / "loomd.toml"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 
-from loomd.bus.cbor import dumps, loads
+from loomd.bus.cbor import BODY, loads
 from loomd.errors import LoomdError
 from loomd.messages import (
     ActionRecord,
@@ -22,7 +23,7 @@ LIGHTS = ToolSpec("lights_set", "Switch a light", {"type": "object"}, "lights.se
 
 
 def through_wire(obj):  # what the bus does to a payload
-    return type(obj).from_payload(loads(dumps(obj.to_payload())))
+    return type(obj).from_payload(loads(cbor2.dumps(obj.to_payload()), BODY))
 
 
 def test_a_tool_turn_round_trips() -> None:

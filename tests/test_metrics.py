@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Iterable
 import pytest
 import uvloop
 
-from loomd.metrics import CONTENT_TYPE, LATENCY_BUCKETS, Family, Histogram, MetricsServer, render
+from loomd.metrics import CONTENT_TYPE, LATENCY_BUCKETS, Family, Histogram, render
+from loomd.web.http import MetricsServer
 
 DEADLINE = 5.0
 # A direct opener: a proxy from the environment must not intercept 127.0.0.1.

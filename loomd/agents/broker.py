@@ -11,13 +11,14 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import cbor2
 
 from loomd.agents.capability import CapabilitySpec, check_params, parse_name
-from loomd.errors import LoomdError
+from loomd.errors import CallError, LoomdError
+from loomd.messages import CapCode as Code
+from loomd.messages import CapResult as Result
 
 if TYPE_CHECKING:
     from loomd.state.kv import KV
@@ -37,15 +38,6 @@ __all__ = [
 log = logging.getLogger("loomd.agents.broker")
 
 
-class Code(StrEnum):
-    OK = "ok"
-    ERROR = "error"  # the provider raised (a bug, or an unexpected failure)
-    TIMEOUT = "timeout"  # the deadline passed
-    INVALID_PARAMS = "invalid_params"  # the caller's params do not fit the schema
-    CAPABILITY_ERROR = "capability_error"  # the provider refused (CapabilityError)
-    PROVIDER_UNAVAILABLE = "provider_unavailable"  # no provider, or it went away
-
-
 class CapabilityError(Exception):
     """Raise from a capability to say "I cannot do that" (code `capability_error`), as
     opposed to a bug (any other exception: code `error`)."""
@@ -57,48 +49,6 @@ class ProviderUnavailable(Exception):
 
 class InvalidParams(Exception):
     """A provider found the params bad after all (an MCP server's own check)."""
-
-
-class CallError(LoomdError):
-    """`ctx.call` failed; `code` is one of the result codes other than ok."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Result:
-    code: str
-    value: Any = None
-    error: str = ""
-    provider: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.code == Code.OK
-
-    def to_payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"code": self.code, "provider": self.provider}
-        if self.ok:
-            out["value"] = self.value
-        else:
-            out["error"] = self.error
-        return out
-
-    @classmethod
-    def from_payload(cls, d: Any) -> Result:
-        if not isinstance(d, Mapping) or "code" not in d:
-            return cls(Code.ERROR, error=f"malformed result: {d!r:.80}")
-        return cls(
-            str(d["code"]), d.get("value"), str(d.get("error") or ""), str(d.get("provider") or "")
-        )
-
-    def unwrap(self) -> Any:
-        if not self.ok:
-            raise CallError(self.code, self.error)
-        return self.value
 
 
 class Provider:

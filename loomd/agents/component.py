@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,8 @@ from typing import Any
 
 from loomd.agents.broker import (
     ActionBroker,
-    CapabilityError,
-    InvalidParams,
-    Provider,
-    ProviderUnavailable,
 )
-from loomd.agents.capability import CapabilitySpec
-from loomd.agents.ctx import BARRIER_TOPIC, INVOKE_TOPIC, AgentCtx, LocalBackend, ReplyMux
+from loomd.agents.ctx import AgentCtx, LocalBackend
 from loomd.agents.plugins import (
     Placement,
     PluginDef,
@@ -29,18 +23,17 @@ from loomd.agents.plugins import (
 )
 from loomd.agents.process import ProcessRunner
 from loomd.agents.runtime import AgentRunner, Policy
+from loomd.agents.service import CapabilityService
 from loomd.agents.settings import AgentsSettings
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import QoS
 from loomd.component import Command, Component, StatusBlock
-from loomd.errors import ConfigError, LoomdError, RequestTimeout
+from loomd.errors import ConfigError, LoomdError
+from loomd.messages import (
+    ErrorCode,
+)
 from loomd.metrics import Family
 
 __all__ = ["AgentsComponent", "AgentsStatus"]
-
-REGISTER_TOPIC = "caps.register"
-UNREGISTER_TOPIC = "caps.unregister"
-LEASE_PATTERN = "caps.lease.*"
-LIST_TOPIC = "caps.list"  # request: every capability with its schema
 
 
 @dataclass(frozen=True)
@@ -63,74 +56,6 @@ class AgentsStatus(StatusBlock):
         return out
 
 
-class RemoteProvider(Provider):
-    """Capabilities of an SDK client. It keeps a lease alive by publishing on
-    `caps.lease.<id>`; when the lease runs out (the process died) every in-flight call
-    fails with `provider_unavailable` at once."""
-
-    kind = "sdk"
-
-    def __init__(self, pid: str, mux: ReplyMux, lease_s: float) -> None:
-        self.id = pid
-        self.mux = mux
-        self.lease_s = lease_s
-        self.seen = time.monotonic()
-        self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.inflight = 0
-        self.token: Any = None
-
-    def die(self) -> None:
-        if not self.dead.done():
-            self.dead.set_result(None)
-
-    async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
-        if self.dead.done():
-            raise ProviderUnavailable(f"provider {self.id} is gone")
-        self.inflight += 1
-        req = asyncio.ensure_future(
-            self.mux.request(
-                f"caps.call.{self.id}",
-                {"cap": spec.full, "params": params, "timeout": left},
-                left + 1.0,
-            )
-        )
-        try:
-            await asyncio.wait((req, self.dead), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            req.cancel()
-            raise
-        finally:
-            self.inflight -= 1
-        if not req.done():
-            req.cancel()
-            await asyncio.gather(req, return_exceptions=True)
-            raise ProviderUnavailable(f"provider {self.id} went away during the call")
-        try:
-            ev = req.result()
-        except RequestTimeout:
-            raise TimeoutError from None
-        r = ev.payload if isinstance(ev.payload, dict) else {}
-        code, error = r.get("code"), str(r.get("error") or "")
-        if code == "ok":
-            return r.get("value")
-        if code == "capability_error":
-            raise CapabilityError(error)
-        if code == "timeout":
-            raise TimeoutError
-        if code == "provider_unavailable":
-            raise ProviderUnavailable(error)
-        if code == "invalid_params":
-            raise InvalidParams(error)
-        raise RuntimeError(error or f"provider answered {r!r:.80}")
-
-
-@dataclass
-class _Barrier:
-    n: int
-    waiting: list[Event]
-    timer: asyncio.TimerHandle | None = None
-
-
 @dataclass
 class _Slot:
     pdef: PluginDef
@@ -147,94 +72,10 @@ def _default_dirs(state_dir: Path) -> list[Path]:
     return dirs
 
 
-async def _add_cli_async(bus: Any, args: Any) -> int:
-    import json
-    import sys
-
-    from loomd.ctl import _dumps, op
-
-    cmd = args.cmd
-    if cmd == "agents":
-        sub = args.agents_cmd or "list"
-        if sub == "list":
-            r = await op(bus, "agents.list")
-            if args.json:
-                print(_dumps(r["agents"], indent=2))
-                return 0
-            for a in r["agents"]:
-                err = f"  last error: {a['last_error']}" if a["last_error"] else ""
-                print(
-                    f"{a['id']:<16} {a['state']:<9} restarts={a['restarts']} "
-                    f"topics={','.join(a['topics']) or '-'} "
-                    f"caps={','.join(a['capabilities']) or '-'}  [{a['source']}]{err}"
-                )
-            for src, why in r["broken"].items():
-                print(f"(broken) {src}: {why}")
-            return 0
-        r = await op(bus, f"agents.{sub}", args.id)
-        print(f"{args.id}: {r['state']}")
-        return 0
-    if cmd == "caps":
-        r = await op(bus, "agents.caps")
-        if args.json:
-            print(_dumps(r["capabilities"], indent=2))
-            return 0
-        for c in r["capabilities"]:
-            flags = "".join(f" ({f})" for f in ("confirm", "sensitive") if c.get(f))
-            print(
-                f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]{flags}  "
-                f"{c['description']}"
-            )
-            for sentence in c.get("sentences") or ():
-                print(f"    says: {sentence}")
-            print(f"    {json.dumps(c['schema'])}")
-        return 0
-    # call
-    from loomd.ctl import parse_payload
-
-    params = parse_payload(args.params) if args.params else {}
-    if not isinstance(params, dict):
-        print("loomctl: call parameters must be a JSON object", file=sys.stderr)
-        return 2
-    kw: dict[str, Any] = {"params": params}
-    if args.call_timeout is not None:
-        kw["timeout"] = args.call_timeout
-    if args.key:
-        kw["key"] = args.key
-    r = await op(bus, "agents.call", args.name, **kw)
-    if r["code"] == "ok":
-        print(_dumps(r.get("value")))
-        return 0
-    print(f"loomctl: {args.name}: {r['code']}: {r.get('error', '')}", file=sys.stderr)
-    return 1
-
-
-def _add_cli(cmds: Any) -> None:
-    """`loomctl agents [list|start|stop|restart ID]`, `loomctl caps`, `loomctl call`."""
-    a = cmds.add_parser("agents", help="agent plugins: list, start, stop, restart")
-    a.add_argument("--json", action="store_true")
-    sc = a.add_subparsers(dest="agents_cmd")
-    sc.add_parser("list", help="id, source, state, topics, capabilities, restarts, last error")
-    for verb in ("start", "stop", "restart"):
-        p = sc.add_parser(verb, help=f"{verb} one agent")
-        p.add_argument("id")
-    a.set_defaults(func=_add_cli_async)
-    c = cmds.add_parser("caps", help="capabilities of every provider, with their schemas")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_add_cli_async)
-    k = cmds.add_parser("call", help="call a capability: loomctl call NAME '{json params}'")
-    k.add_argument("name")
-    k.add_argument("params", nargs="?", help="a JSON object, or @FILE")
-    k.add_argument("--call-timeout", type=float, help="seconds the capability may take")
-    k.add_argument("--key", help="idempotency key")
-    k.set_defaults(func=_add_cli_async)
-
-
 class AgentsComponent(Component[AgentsSettings]):
     name = "agents"
     Settings = AgentsSettings
     summary = "Python agent plugins, collaboration and the action broker"
-    cli = staticmethod(_add_cli)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -242,12 +83,8 @@ class AgentsComponent(Component[AgentsSettings]):
         self.slots: dict[str, _Slot] = {}
         self.files: dict[Path, float] = {}  # plugin file -> mtime loaded
         self.broken: dict[str, str] = {}  # source -> why it did not load
-        self.providers: dict[str, RemoteProvider] = {}
-        self.barriers: dict[str, _Barrier] = {}
-        self._serving: set[asyncio.Task[None]] = set()
+        self.service: CapabilityService | None = None  # the bus side, from start()
         self.errors = 0
-        self._intake = True
-        self._mux: ReplyMux | None = None  # replies of SDK providers, one subscription
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -255,34 +92,33 @@ class AgentsComponent(Component[AgentsSettings]):
         self.broker = ActionBroker(
             idem=self.ctx.state.kv("agents.idempotency"), idem_ttl_s=s.idempotency_ttl_s
         )
-        self.spawn(self._serve_invoke, "invoke", restart=True)
-        self.spawn(self._serve_barrier, "barrier", restart=True)
-        self.spawn(self._serve_list, "list", restart=True)
-        self.spawn(self._serve_register, "register", restart=True)
-        self.spawn(self._serve_unregister, "unregister", restart=True)
-        self.spawn(self._watch_leases, "leases", restart=True)
-        self.spawn(self._expire_leases, "lease-expiry", restart=True)
-        self.spawn(self._sweep_idempotency, "idempotency", restart=True)
+        self.service = CapabilityService(
+            self.ctx.bus, self.broker, lambda: self.settings, self._report, self.log
+        )
+        for name, work in self.service.workers():
+            self.spawn(work, name, restart=True)
         for pdef in self._discover():
             await self._add(pdef)
         self.spawn(self._watch_files, "reload", restart=True)
 
     async def stop_intake(self) -> None:
-        self._intake = False
+        if self.service is not None:
+            self.service.intake = False
 
     def pending(self) -> int:
-        return self.broker.pending() + len(self._serving)
+        return self.broker.pending() + (self.service.pending() if self.service else 0)
+
+    @property
+    def barriers(self) -> dict[str, Any]:
+        """Barriers waiting for members (nothing is left behind after a timeout)."""
+        return self.service.barriers if self.service is not None else {}
 
     async def stop(self) -> None:
         for slot in list(self.slots.values()):
             if slot.runner is not None:
                 await slot.runner.stop()
-        for b in self.barriers.values():
-            if b.timer:
-                b.timer.cancel()
-        self.barriers.clear()
-        if self._mux is not None:
-            await self._mux.close()
+        if self.service is not None:
+            await self.service.close()
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -294,11 +130,11 @@ class AgentsComponent(Component[AgentsSettings]):
             slow_ms=s.slow_handler_ms,
         )
 
-    def _report(self, code: str, message: str, details: dict[str, Any]) -> None:
+    def _report(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         self.errors += 1
         self.ctx.error(code, message, **{k: v for k, v in details.items() if k != "traceback"})
-        if code in ("agent_error", "agent_crashed"):
-            self._serve(
+        if code in (ErrorCode.AGENT_ERROR, ErrorCode.AGENT_CRASHED) and self.service is not None:
+            self.service.serve(
                 self.ctx.bus.publish("loomd.agent.error", details, qos=QoS.REALTIME, wait=False)
             )
 
@@ -344,7 +180,9 @@ class AgentsComponent(Component[AgentsSettings]):
 
     def _broken(self, source: str, why: str) -> None:
         self.broken[source] = why
-        self._report("plugin_broken", f"plugin {source} did not load: {why}", {"source": source})
+        self._report(
+            ErrorCode.PLUGIN_BROKEN, f"plugin {source} did not load: {why}", {"source": source}
+        )
 
     def _agent_settings(self, pdef: PluginDef) -> tuple[Placement, Any]:
         return agent_settings(pdef, self.settings.agent.get(pdef.id))
@@ -363,7 +201,7 @@ class AgentsComponent(Component[AgentsSettings]):
             place, settings = self._agent_settings(pdef)
         except ConfigError as exc:
             slot.state, slot.why = "failed", str(exc)
-            self._report("agent_config", f"agent {pdef.id}: {exc}", {"agent": pdef.id})
+            self._report(ErrorCode.AGENT_CONFIG, f"agent {pdef.id}: {exc}", {"agent": pdef.id})
             return
         if not place.enabled:
             slot.state, slot.why = "disabled", ""
@@ -383,7 +221,7 @@ class AgentsComponent(Component[AgentsSettings]):
             agent = pdef.make(settings)
         except Exception as exc:
             slot.state, slot.why = "failed", f"__init__ raised {type(exc).__name__}: {exc}"
-            self._report("agent_init", f"agent {pdef.id}: {slot.why}", {"agent": pdef.id})
+            self._report(ErrorCode.AGENT_INIT, f"agent {pdef.id}: {slot.why}", {"agent": pdef.id})
             return
         ctx = AgentCtx(
             pdef.id,
@@ -470,146 +308,12 @@ class AgentsComponent(Component[AgentsSettings]):
                 del self.slots[s.pdef.id]
         return changed
 
-    # -- serving the bus side ---------------------------------------------------------------
-    def _serve(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._serving.add(task)
-        task.add_done_callback(self._serving.discard)
-
-    async def _serve_invoke(self) -> None:
-        async with self.ctx.bus.subscribe(INVOKE_TOPIC, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self._serve(self._invoke(req))
-
-    async def _invoke(self, req: Event) -> None:
-        p = req.payload if isinstance(req.payload, dict) else {}
-        params = p.get("params") or {}
-        if not self._intake:
-            payload = {"code": "provider_unavailable", "error": "loomd is stopping"}
-        elif not isinstance(params, dict) or not isinstance(p.get("cap"), str):
-            payload = {"code": "invalid_params", "error": "expected {cap: str, params: {...}}"}
-        else:
-            timeout = float(p.get("timeout") or self.settings.call_timeout_s)
-            key = p.get("key") if isinstance(p.get("key"), str) else None
-            r = await self.broker.call(p["cap"], params, timeout=timeout, idempotency_key=key)
-            payload = r.to_payload()
-        if req.reply_to:
-            await self.ctx.bus.reply(req, payload, wait=False)
-
-    async def _serve_list(self) -> None:
-        async with self.ctx.bus.subscribe(LIST_TOPIC, QoS.RELIABLE) as sub:
-            async for req in sub:
-                if req.reply_to:
-                    await self.ctx.bus.reply(req, self.broker.list(), wait=False)
-
-    async def _serve_barrier(self) -> None:
-        async with self.ctx.bus.subscribe(BARRIER_TOPIC, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self._arrive(req)
-
-    def _arrive(self, req: Event) -> None:
-        p = req.payload if isinstance(req.payload, dict) else {}
-        name, n = p.get("name"), p.get("n")
-        if not isinstance(name, str) or not isinstance(n, int) or n < 1:
-            self._serve(self.ctx.bus.reply(req, {"ok": False, "error": "need name and n >= 1"}))
-            return
-        b = self.barriers.get(name)
-        if b is None:
-            b = self.barriers[name] = _Barrier(n, [])
-            timeout = float(p.get("timeout") or 10.0)
-            b.timer = asyncio.get_running_loop().call_later(timeout, self._expire, name, b)
-        b.waiting.append(req)
-        if len(b.waiting) >= b.n:
-            del self.barriers[name]
-            if b.timer:
-                b.timer.cancel()
-            for r in b.waiting:
-                self._serve(self.ctx.bus.reply(r, {"ok": True, "arrived": len(b.waiting)}))
-
-    def _expire(self, name: str, b: _Barrier) -> None:
-        if self.barriers.get(name) is b:
-            del self.barriers[name]
-        for r in b.waiting:
-            msg = f"{len(b.waiting)} of {b.n} arrived before the timeout"
-            self._serve(self.ctx.bus.reply(r, {"ok": False, "error": msg}))
-
-    async def _serve_register(self) -> None:
-        async with self.ctx.bus.subscribe(REGISTER_TOPIC, QoS.RELIABLE) as reg:
-            async for req in reg:
-                await self.ctx.bus.reply(req, self._register(req.payload), wait=False)
-
-    async def _serve_unregister(self) -> None:
-        async with self.ctx.bus.subscribe(UNREGISTER_TOPIC, QoS.RELIABLE) as unreg:
-            async for ev in unreg:
-                p = ev.payload if isinstance(ev.payload, dict) else {}
-                prov = self.providers.get(str(p.get("provider")))
-                if prov is not None and prov.token == p.get("token"):
-                    del self.providers[prov.id]
-                    self._drop(prov, "unregistered")
-
-    def _register(self, p: Any) -> dict[str, Any]:
-        if not isinstance(p, dict) or not isinstance(p.get("provider"), str):
-            return {"ok": False, "error": "expected {provider: str, caps: [...]}"}
-        pid = p["provider"]
-        old = self.providers.pop(pid, None)
-        if old is not None:
-            self._drop(old, "registered again")
-        if self._mux is None:
-            self._mux = ReplyMux(self.ctx.bus)
-        prov = RemoteProvider(pid, self._mux, self.settings.provider_lease_s)
-        prov.token = p.get("token")
-        self.providers[pid] = prov
-        done, refused = [], {}
-        for d in p.get("caps") or []:
-            try:
-                spec = CapabilitySpec.from_dict(d)
-                self.broker.register(spec, prov)
-                done.append(spec.full)
-            except (LoomdError, ValueError, KeyError, TypeError) as exc:
-                refused[str(d.get("name") if isinstance(d, dict) else d)] = str(exc)
-                self._report("capability_refused", f"provider {pid}: {exc}", {"provider": pid})
-        self.log.info("SDK provider %s registered %s", pid, ", ".join(done) or "nothing")
-        return {"ok": True, "registered": done, "refused": refused, "lease_s": prov.lease_s}
-
-    def _drop(self, prov: RemoteProvider, why: str) -> None:
-        prov.die()
-        gone = self.broker.unregister_provider(prov)
-        self.log.info("SDK provider %s dropped (%s): %s", prov.id, why, ", ".join(gone) or "-")
-
-    async def _watch_leases(self) -> None:
-        async with self.ctx.bus.subscribe(LEASE_PATTERN, QoS.REALTIME) as sub:
-            async for ev in sub:
-                pid = ev.topic.rsplit(".", 1)[1]
-                prov = self.providers.get(pid)
-                if prov is not None:
-                    prov.seen = time.monotonic()
-                else:  # a provider we do not know (the daemon restarted): ask it again
-                    await self.ctx.bus.publish(
-                        f"caps.reregister.{pid}", None, qos=QoS.REALTIME, wait=False
-                    )
-
-    async def _expire_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.provider_lease_s / 5)
-            now = time.monotonic()
-            for pid, prov in list(self.providers.items()):
-                if now - prov.seen > prov.lease_s:
-                    del self.providers[pid]
-                    self._drop(prov, f"no lease renewal for {prov.lease_s:g} s")
-
-    async def _sweep_idempotency(self) -> None:
-        while True:
-            n = await self.broker.sweep_idempotency()
-            if n:
-                self.log.info("dropped %d expired idempotency records", n)
-            await asyncio.sleep(min(3600.0, self.settings.idempotency_ttl_s))
-
     # -- operator ---------------------------------------------------------------------------
     def status(self) -> AgentsStatus:
         return AgentsStatus(
             agents=self._views(),
             capabilities=self.broker.count(),
-            providers=len(self.providers),
+            providers=len(self.service.providers) if self.service else 0,
             calls=self.broker.stats.calls,
             broken=dict(self.broken),
         )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from loomd.agents.broker import ActionBroker, CallError, Result
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError, RequestTimeout
+from loomd.messages import BarrierReply, BarrierRequest, CapCode, CapInvoke
 
 if TYPE_CHECKING:
     from loomd.bus.api import Bus
@@ -42,8 +43,6 @@ __all__ = [
 T = TypeVar("T")
 
 # Topics served by the agents component (the daemon side of the collaboration primitives).
-INVOKE_TOPIC = "caps.invoke"
-BARRIER_TOPIC = "collab.barrier"
 STRATEGIES = ("any", "first_k", "majority", "all")
 
 
@@ -183,10 +182,12 @@ class ReplyMux:
                 while len(self._early) > 256:  # replies nobody waits for any more
                     self._early.pop(next(iter(self._early)))
 
-    async def request(self, topic: str, payload: Any, timeout: float) -> Event:
+    async def request(
+        self, topic: str, payload: Any, timeout: float, type: str | None = None
+    ) -> Event:
         if self._sub is None:
             await self._open()
-        ev = await self._bus.publish(topic, payload, reply_to=self.topic, wait=False)
+        ev = await self._bus.publish(topic, payload, reply_to=self.topic, wait=False, type=type)
         reply = self._early.pop(ev.id, None)
         if reply is not None:
             return reply
@@ -222,12 +223,12 @@ class SdkBackend:
     async def call(
         self, name: str, params: dict[str, Any], timeout: float, key: str | None
     ) -> Result:
-        body = {"cap": name, "params": params, "timeout": timeout, "key": key}
+        body = CapInvoke(name, params, timeout, key).to_payload()
         try:
             # a little longer than the broker's own deadline, which answers `timeout`
-            reply = await self._mux.request(INVOKE_TOPIC, body, timeout + 1.0)
+            reply = await self._mux.request(CapInvoke.TOPIC, body, timeout + 1.0, CapInvoke.TYPE)
         except RequestTimeout:
-            return Result("timeout", error=f"no answer from the daemon within {timeout:g} s")
+            return Result(CapCode.TIMEOUT, error=f"no answer from the daemon within {timeout:g} s")
         return Result.from_payload(reply.payload)
 
     def pending(self) -> int:
@@ -335,16 +336,15 @@ class AgentCtx:
         """Wait until `n` participants (any agents, in process or not) reached barrier
         `name`; returns how many arrived. Raises `BarrierTimeout`; the daemon forgets a
         barrier that timed out, so nothing is left behind."""
-        body = {"name": name, "n": n, "timeout": timeout, "member": self.id}
+        body = BarrierRequest(name, n, timeout, self.id)
         try:
-            ev = await self.bus.request(BARRIER_TOPIC, body, timeout=timeout + 1.0)
+            ev = await self.bus.request(body.TOPIC, body.to_payload(), timeout=timeout + 1.0)
         except RequestTimeout:
             raise BarrierTimeout(f"barrier {name!r}: the daemon did not answer") from None
-        r = ev.payload
-        if not isinstance(r, dict) or not r.get("ok"):
-            why = r.get("error", "") if isinstance(r, dict) else ""
-            raise BarrierTimeout(f"barrier {name!r}: {why or 'timed out'}")
-        return int(r["arrived"])
+        r = BarrierReply.from_event(ev)
+        if not r.ok:
+            raise BarrierTimeout(f"barrier {name!r}: {r.error or 'timed out'}")
+        return r.arrived
 
     async def contract_net(
         self,

@@ -23,6 +23,7 @@ from typing import Any
 
 from loomd.agents.plugins import PluginDef
 from loomd.agents.runtime import Policy
+from loomd.messages import ErrorCode
 
 __all__ = ["ProcessRunner"]
 
@@ -38,7 +39,7 @@ class ProcessRunner:
         memory_mb: int,
         *,
         policy: Policy,
-        report: Callable[[str, str, dict[str, Any]], None],
+        report: Callable[[ErrorCode, str, dict[str, Any]], None],
     ) -> None:
         self.pdef = pdef
         self.id = pdef.id
@@ -100,11 +101,13 @@ class ProcessRunner:
             self._crashes = [t for t in self._crashes if t > now - self.policy.crash_window_s]
             self._crashes.append(now)
             self.last_error = f"process exited with {code}"
-            self._report("agent_crashed", f"agent {self.id}: {self.last_error}", {"agent": self.id})
+            self._report(
+                ErrorCode.AGENT_CRASHED, f"agent {self.id}: {self.last_error}", {"agent": self.id}
+            )
             if len(self._crashes) >= self.policy.crash_limit:
                 self.state = "failed"
                 self._report(
-                    "agent_failed",
+                    ErrorCode.AGENT_FAILED,
                     f"agent {self.id} failed: its process exited {len(self._crashes)} times",
                     {"agent": self.id},
                 )

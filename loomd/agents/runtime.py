@@ -22,6 +22,7 @@ from loomd.agents.ctx import AgentCtx
 from loomd.bus.envelope import Event, QoS
 from loomd.bus.topics import validate_pattern
 from loomd.errors import LoomdError, ProtocolError
+from loomd.messages import ErrorCode
 
 __all__ = ["AgentRunner", "Policy", "timed"]
 
@@ -80,7 +81,7 @@ class AgentRunner:
         *,
         source: str,
         policy: Policy,
-        report: Callable[[str, str, dict[str, Any]], None],
+        report: Callable[[ErrorCode, str, dict[str, Any]], None],
     ) -> None:
         self.agent = agent
         self.id: str = ctx.id
@@ -161,7 +162,7 @@ class AgentRunner:
                 why = f"{type(exc).__name__}: {exc}"
                 self.last_error = why
                 self._report(
-                    "agent_crashed",
+                    ErrorCode.AGENT_CRASHED,
                     f"agent {self.id} crashed: {why}",
                     {"agent": self.id, "traceback": _tb(exc)},
                 )
@@ -181,7 +182,7 @@ class AgentRunner:
     def _fail(self, why: str) -> None:
         self.state = "failed"
         self.last_error = why
-        self._report("agent_failed", f"agent {self.id} failed: {why}", {"agent": self.id})
+        self._report(ErrorCode.AGENT_FAILED, f"agent {self.id} failed: {why}", {"agent": self.id})
 
     def _register_capabilities(self) -> None:
         self.provider.fns.clear()
@@ -194,7 +195,7 @@ class AgentRunner:
             try:
                 self.broker.register(spec, self.provider)
             except LoomdError as exc:
-                self._report("capability_duplicate", str(exc), {"agent": self.id})
+                self._report(ErrorCode.CAPABILITY_DUPLICATE, str(exc), {"agent": self.id})
                 continue
             self.provider.add(spec, fn)
 
@@ -254,7 +255,7 @@ class AgentRunner:
                 "traceback": _tb(exc),
             }
             log.warning("agent %s: on_event(%s) failed: %s", self.id, ev.topic, why)
-            self._report("agent_error", f"agent {self.id}: {why}", details)
+            self._report(ErrorCode.AGENT_ERROR, f"agent {self.id}: {why}", details)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Cancel the event loop of the agent, then call its `stop`."""
@@ -271,7 +272,9 @@ class AgentRunner:
                     await stop(self.ctx)
             except Exception as exc:
                 self._report(
-                    "agent_stop_failed", f"agent {self.id}: stop raised {exc!r}", {"agent": self.id}
+                    ErrorCode.AGENT_STOP_FAILED,
+                    f"agent {self.id}: stop raised {exc!r}",
+                    {"agent": self.id},
                 )
         if self.state != "failed":
             self.state = "stopped"

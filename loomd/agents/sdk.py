@@ -24,6 +24,15 @@ from loomd.agents.ctx import AgentCtx, SdkBackend
 from loomd.agents.runtime import AgentRunner, Policy
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError
+from loomd.messages import (
+    CapCode,
+    CapInvoke,
+    CapsRegister,
+    CapsRegistered,
+    CapsUnregister,
+    ErrorCode,
+    Topic,
+)
 
 __all__ = ["run_agent", "sdk_ctx", "serve_capabilities"]
 
@@ -47,15 +56,17 @@ async def serve_capabilities(
     # The token ties an unregister to this registration: a late `caps.unregister` of an
     # earlier registration (another topic, so no ordering) must not drop this one.
     token = os.urandom(8).hex()
-    body = {"provider": provider_id, "caps": caps, "token": token}
+    body = CapsRegister(provider_id, tuple(caps), token).to_payload()
     stop = asyncio.Event()
 
     async def handle(req: Event) -> None:
-        p = req.payload if isinstance(req.payload, dict) else {}
-        r: Result = await broker.call(
-            str(p.get("cap")), p.get("params") or {}, timeout=float(p.get("timeout") or 10.0)
-        )
-        await client.reply(req, r.to_payload(), wait=False)
+        try:
+            call = CapInvoke.from_event(req)
+        except LoomdError as exc:
+            r = Result(CapCode.INVALID_PARAMS, error=str(exc))
+        else:
+            r = await broker.call(call.cap, call.params, timeout=call.timeout or 10.0)
+        await client.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 
     tasks: set[asyncio.Task[None]] = set()
     async with (
@@ -64,10 +75,11 @@ async def serve_capabilities(
     ):
         await calls.ready()
         await again.ready()
-        answer = (await client.request("caps.register", body, timeout=10.0)).payload
-        if not isinstance(answer, dict) or not answer.get("ok"):
-            raise LoomdError(f"the daemon refused provider {provider_id}: {answer!r:.200}")
-        lease = float(answer.get("lease_s") or 0.5)
+        reply = await client.request(Topic.CAPS_REGISTER, body, timeout=10.0)
+        answer = CapsRegistered.from_event(reply)
+        if not answer.ok:
+            raise LoomdError(f"the daemon refused provider {provider_id}: {answer.error:.200}")
+        lease = answer.lease_s or 0.5
 
         async def serve() -> None:
             async for req in calls:
@@ -83,20 +95,18 @@ async def serve_capabilities(
         async def reregister() -> None:
             async for _ in again:
                 log.info("daemon asked provider %s to register again", provider_id)
-                await client.request("caps.register", body, timeout=10.0)
+                await client.request(Topic.CAPS_REGISTER, body, timeout=10.0)
 
         workers = [asyncio.ensure_future(w()) for w in (serve, renew, reregister)]
         try:
-            yield answer
+            yield answer.to_payload()
         finally:
             stop.set()
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, *tasks, return_exceptions=True)
             with contextlib.suppress(LoomdError):
-                await client.publish(
-                    "caps.unregister", {"provider": provider_id, "token": token}, wait=False
-                )
+                await CapsUnregister(provider_id, token).publish(client, wait=False)
 
 
 def _local_broker(agent: Any, agent_id: str) -> ActionBroker:
@@ -115,7 +125,7 @@ async def run_agent(
     *,
     settings: Any = None,
     policy: Policy | None = None,
-    report: Callable[[str, str, dict[str, Any]], None] | None = None,
+    report: Callable[[ErrorCode, str, dict[str, Any]], None] | None = None,
 ) -> None:
     """Run `agent` until cancelled, over a connected client: the same lifecycle and
     containment as in the daemon; its capabilities are served with a lease."""
@@ -126,7 +136,7 @@ async def run_agent(
 
     sending: set[asyncio.Future[Any]] = set()
 
-    def publish_error(code: str, message: str, details: dict[str, Any]) -> None:
+    def publish_error(code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         log.error("%s", message)
         if code in ("agent_error", "agent_crashed"):
             fut = asyncio.ensure_future(

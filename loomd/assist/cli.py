@@ -46,7 +46,7 @@ def render(t: AssistTurn) -> list[str]:
 
 
 async def _assist(bus: Any, args: Any) -> int:
-    from loomd.ctl import _dumps
+    from loomd.cli import dumps
     from loomd.errors import RequestTimeout
 
     try:
@@ -71,7 +71,7 @@ async def _assist(bus: Any, args: Any) -> int:
             "continue_conversation",
             "error",
         )
-        print(_dumps({k: out[k] for k in keep}))
+        print(dumps({k: out[k] for k in keep}))
     else:
         print("\n".join(render(t)))
     return 1 if t.error else 0

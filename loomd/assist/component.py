@@ -27,8 +27,12 @@ from loomd.messages import (
     ActionRecord,
     AssistRequest,
     AssistTurn,
+    CapInvoke,
+    CapResult,
+    CapsList,
     ChatMessage,
     Domain,
+    ErrorCode,
     HomeDevice,
     HomeSnapshot,
     IntentInfo,
@@ -46,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AssistComponent", "AssistStatus"]
 
-INVOKE = "caps.invoke"
 YES = re.compile(r"^(yes|yeah|yep|sure|ok|okay|do it|go ahead|confirm|please do)\b", re.I)
 NO = re.compile(r"^(no|nope|don't|do not|cancel|stop|never ?mind|forget it|abort)\b", re.I)
 NOT_UNDERSTOOD = "Sorry, I couldn't understand that"
@@ -92,19 +95,12 @@ class Timer:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-def _cli(cmds: Any) -> None:
-    from loomd.assist.cli import add_cli
-
-    add_cli(cmds)
-
-
 class AssistComponent(Component[AssistSettings]):
     name = "assist"
     Settings = AssistSettings
     requires = ("hassil", "home_assistant_intents", "rapidfuzz", "jinja2")
     extra = "assist"
     summary = "conversations: local intents (hassil) first, then the model with tools"
-    cli = staticmethod(_cli)
 
     matcher: Matcher
     responses: Responses
@@ -146,12 +142,9 @@ class AssistComponent(Component[AssistSettings]):
         except RequestTimeout:
             pass  # no home component: no devices
         try:
-            ev = await self.ctx.bus.request("caps.list", None, timeout=1.0)
-            self.caps = (
-                [c for c in ev.payload if isinstance(c, dict)]
-                if isinstance(ev.payload, list)
-                else []
-            )
+            ev = await self.ctx.bus.request(Topic.CAPS_LIST, None, timeout=1.0)
+            listed = CapsList.from_payload(ev.payload).caps
+            self.caps = [dataclasses.asdict(c) for c in listed]
         except RequestTimeout:
             self.caps = []
 
@@ -186,7 +179,9 @@ class AssistComponent(Component[AssistSettings]):
         except LoomdError as exc:
             if not hasattr(self, "matcher"):
                 raise
-            self.ctx.error("assist_sentences", f"assist: {exc}; keeping the previous sentences")
+            self.ctx.error(
+                ErrorCode.ASSIST_SENTENCES, f"assist: {exc}; keeping the previous sentences"
+            )
             return
         self._key = key
         vocab = Vocabulary(tuple(self.matcher.vocabulary()), s.language)
@@ -220,7 +215,7 @@ class AssistComponent(Component[AssistSettings]):
         try:
             ask = AssistRequest.from_payload(req.payload)
         except LoomdError as exc:
-            self.ctx.error("assist_bad_request", f"assist: {exc}")
+            self.ctx.error(ErrorCode.ASSIST_BAD_REQUEST, f"assist: {exc}")
             if req.reply_to:
                 turn = AssistTurn("", error=str(exc))
                 await self.ctx.bus.reply(req, turn.to_payload(), wait=False)
@@ -474,16 +469,13 @@ class AssistComponent(Component[AssistSettings]):
         t = self.settings.action_timeout_s
 
         async def one(a: ActionRecord) -> ActionRecord:
-            body = {"cap": a.capability, "params": a.params, "timeout": t}
+            body = CapInvoke(a.capability, dict(a.params), t).to_payload()
             try:
-                ev = await self.ctx.bus.request(INVOKE, body, timeout=t + 1.0)
+                ev = await self.ctx.bus.request(Topic.CAPS_INVOKE, body, timeout=t + 1.0)
             except RequestTimeout:
                 return dataclasses.replace(a, code="timeout", result="no answer from the broker")
-            p = ev.payload if isinstance(ev.payload, dict) else {}
-            code = str(p.get("code") or "error")
-            return dataclasses.replace(
-                a, code=code, result=p.get("value") if code == "ok" else p.get("error")
-            )
+            r = CapResult.from_payload(ev.payload)
+            return dataclasses.replace(a, code=r.code, result=r.value if r.ok else r.error)
 
         return list(await asyncio.gather(*(one(a) for a in plans)))
 

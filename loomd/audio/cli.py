@@ -1,13 +1,13 @@
-"""`loomctl say TEXT` and `loomctl voice last|test|stop`: built on `loomd.ctl.op()`."""
+"""`loomctl say TEXT` and `loomctl voice last|test|stop`: built on `loomd.cli.op()`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["add_cli"]
+from loomd.cli import op
+from loomd.messages import TurnStage
 
-_ORDER = ("vad_end", "stt_start", "stt_end", "matched", "action_done", "llm_first", "first_token",
-          "first_sentence", "reply", "first_audio", "spoken")  # fmt: skip
+__all__ = ["add_cli"]
 
 
 def add_cli(cmds: Any) -> None:
@@ -31,8 +31,6 @@ def add_cli(cmds: Any) -> None:
 
 
 async def _say(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
-
     r = await op(bus, "voice.say", args.text, "announcement" if args.announce else "normal",
                  timeout=120.0)  # fmt: skip
     print(f"spoke {r['seconds']} s ({r['engine']}, synthesis {r['tts_ms']} ms)")
@@ -44,7 +42,7 @@ def waterfall(turn: dict[str, Any]) -> list[str]:
     t = turn.get("timings", {})
     end = max(t.values(), default=1.0) or 1.0
     out = []
-    for key in _ORDER:
+    for key in TurnStage:
         if key in t:
             bar = "#" * max(1, int(40 * t[key] / end)) if t[key] > 0 else ""
             out.append(f"  {key:<15}{t[key]:>9.0f} ms {bar}")
@@ -70,8 +68,6 @@ def _print_turn(turn: dict[str, Any]) -> None:
 async def _voice(bus: Any, args: Any) -> int:
     import os
 
-    from loomd.ctl import op
-
     if args.voice_cmd == "last":
         turns = (await op(bus, "voice.last", args.n))["turns"]
         if not turns:
@@ -85,9 +81,9 @@ async def _voice(bus: Any, args: Any) -> int:
     clip, out = os.path.abspath(args.clip), os.path.abspath(args.out) if args.out else ""  # noqa: ASYNC240 (no I/O: pure string work)
     r = await op(bus, "voice.test", clip, out, timeout=args.wait)
     if getattr(args, "json", False):
-        from loomd.ctl import _dumps
+        from loomd.cli import dumps
 
-        print(_dumps(r))
+        print(dumps(r))
         return 0 if r["turns"] and all(t["outcome"] == "ok" for t in r["turns"]) else 1
     if not r["turns"]:
         print("no wake word heard")

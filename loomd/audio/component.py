@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.cli import add_cli
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.models import missing_models
 from loomd.audio.settings import VoiceSettings
@@ -31,16 +30,21 @@ from loomd.errors import LoomdError
 from loomd.messages import (
     AssistRequest,
     AssistTurn,
+    ChatChunk,
     ChatDone,
     ChatMessage,
     ChatRequest,
+    ErrorCode,
     EventType,
+    PlayAudio,
+    PlayDone,
     SayRequest,
     Topic,
     Transcript,
     Vocabulary,
     VoiceState,
     VoiceStateEvent,
+    WakeAction,
 )
 from loomd.metrics import Family
 
@@ -56,6 +60,8 @@ __all__ = ["VoiceComponent", "VoiceStatus"]
 
 # Wake scoring runs on 80 ms; collecting 4 frames before each thread hop keeps it cheap.
 _WAKE_FRAMES = 4
+# How long a wake waits for a claimant on `voice.wake` (it listens locally meanwhile).
+_HANDOFF_ASK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,6 @@ class VoiceComponent(Component[VoiceSettings]):
     extra = "voice"
     apt = "loomd-voice"
     summary = "local wake word, STT and TTS: mic -> wake -> whisper.cpp -> router -> Piper"
-    cli = staticmethod(add_cli)
 
     wake: WakeDetector
     stt: SttWorker
@@ -160,7 +165,7 @@ class VoiceComponent(Component[VoiceSettings]):
             load_tts, s.tts.engine, self.models_dir, s.tts.voice
         )
         if why:
-            self.ctx.error("tts_fallback", why)
+            self.ctx.error(ErrorCode.TTS_FALLBACK, why)
         # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
         # whisper call allocates its buffers; neither should land on the first reply.
         await loop.run_in_executor(self._tts_pool, self.tts.synthesize, "Ready.")
@@ -181,7 +186,9 @@ class VoiceComponent(Component[VoiceSettings]):
             try:
                 self.aec = EchoCanceller(s.aec.tail_ms)
             except LoomdError as exc:
-                self.ctx.error("aec_missing", f"voice: {exc}; the wake word is gated instead")
+                self.ctx.error(
+                    ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead"
+                )
         self.source, sink = s.source, s.sink
         if "auto" in (s.source, s.sink):  # a board with a mic and a speaker just works
             ins, outs = await asyncio.to_thread(count_devices, s.mic.device)
@@ -213,8 +220,15 @@ class VoiceComponent(Component[VoiceSettings]):
         self._vocabulary = ""  # the assist's names, for whisper's initial prompt
         self._assist_seen = False
         self.spawn(self._follow_vocabulary, "vocabulary", restart=True)
+        from loomd.audio.handoff import Handoff
+
+        self.handoff = Handoff(
+            self.ctx.bus, s.site, ask_s=_HANDOFF_ASK_S, max_s=s.vad.max_utterance_s + 5
+        )
         self.spawn(self._follow_say, "say", restart=True)
         self.spawn(self._follow_stop, "stop", restart=True)
+        self.spawn(self._follow_play, "play", restart=True)
+        self.spawn(self.handoff.follow, "handoff", restart=True)
         if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
 
@@ -293,6 +307,7 @@ class VoiceComponent(Component[VoiceSettings]):
         turns: list[TurnRecord] = []
         detection: Detection | None = None
         last: Frame | None = None
+        handoff = self.handoff
         async for frame in frames:
             last = frame
             self.counts["frames"] += 1
@@ -301,10 +316,30 @@ class VoiceComponent(Component[VoiceSettings]):
             played = self.reference.take()
             if echo and self.aec is not None:
                 frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
+            if handoff.streaming:  # the turn is another part's: it hears the mic
+                if not await handoff.feed(frame.pcm):
+                    await loop.run_in_executor(self._wake_pool, self.wake.reset)
+                    await self._set_state(VoiceState.IDLE)
+                continue
+            if handoff.listen_now and not listening:
+                uid, handoff.listen_now = handoff.listen_now, ""
+                await handoff.start(uid)
+                await self._set_state(VoiceState.LISTENING, uid)
+                continue
+            if listening and (action := handoff.pending(frame.pcm)) is not None:
+                if action != WakeAction.LOCAL:
+                    listening = False
+                    if action == WakeAction.STREAM:
+                        await handoff.start(handoff.asked)
+                        await handoff.feed(frame.pcm)
+                    else:
+                        await self._set_state(VoiceState.IDLE)
+                    continue
             if listening:
                 cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
                 if cut is not None:
                     listening = False
+                    handoff.cancel()
                     rec = self._new_record(detection)
                     turns.append(rec)
                     self._start_turn(cut, rec, frame)
@@ -353,6 +388,7 @@ class VoiceComponent(Component[VoiceSettings]):
                 await self._barge_in()
             listening = True
             seg.open(t_end)
+            handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
             await self._set_state(VoiceState.LISTENING)
         if listening and last is not None:
             # A finite source ended while listening: let the segmenter's clock run on over
@@ -364,6 +400,7 @@ class VoiceComponent(Component[VoiceSettings]):
                 t += FRAME_MS / 1000
                 cut = seg.push(silence, t, False)
             if cut is not None:
+                handoff.cancel()
                 rec = self._new_record(detection)
                 turns.append(rec)
                 self._start_turn(cut, rec, Frame(silence, t, time.monotonic()))
@@ -404,7 +441,9 @@ class VoiceComponent(Component[VoiceSettings]):
             except Exception as exc:
                 rec.outcome, rec.error = "failed", f"STT failed: {type(exc).__name__}: {exc}"
                 self.counts["failed"] += 1
-                self.ctx.error("stt_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+                self.ctx.error(
+                    ErrorCode.STT_FAILED, f"voice: utterance {rec.utterance_id}: {rec.error}"
+                )
                 return
             rec.timings["stt_end"] = clock.ms()
             self._stt_hist.append(res.ms)
@@ -468,7 +507,7 @@ class VoiceComponent(Component[VoiceSettings]):
             self._vocabulary = Vocabulary.from_payload(payload).prompt
             self._assist_seen = True
         except LoomdError as exc:
-            self.ctx.error("bad_vocabulary", f"voice: {exc}")
+            self.ctx.error(ErrorCode.BAD_VOCABULARY, f"voice: {exc}")
 
     async def _assist(self, rec: TurnRecord, clock: _Clock) -> None:
         """Hand the transcript to the assist; speak its reply; listen again if it asks."""
@@ -485,7 +524,8 @@ class VoiceComponent(Component[VoiceSettings]):
         except LoomdError as exc:
             rec.outcome, rec.error = "failed", f"no answer from the assist: {exc}"
             self.counts["failed"] += 1
-            self.ctx.error("reply_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+            why = f"voice: utterance {rec.utterance_id}: {rec.error}"
+            self.ctx.error(ErrorCode.REPLY_FAILED, why)
             return
         rec.intent = turn.intent.to_payload()
         rec.actions = [a.to_payload() for a in turn.actions]
@@ -541,7 +581,7 @@ class VoiceComponent(Component[VoiceSettings]):
                     ev = await sub.get(timeout=left)
                     deadline = time.monotonic() + s.reply_timeout_s
                     if ev.type == EventType.LLM_CHUNK:
-                        piece = str(ev.payload.get("text", ""))
+                        piece = ChatChunk.from_event(ev).text
                         if "first_token" not in rec.timings:
                             rec.timings["first_token"] = clock.ms()
                         text += piece
@@ -564,7 +604,9 @@ class VoiceComponent(Component[VoiceSettings]):
         except (LoomdError, TimeoutError) as exc:
             rec.outcome, rec.error = "failed", str(exc) or "no reply from the router"
             self.counts["failed"] += 1
-            self.ctx.error("reply_failed", f"voice: utterance {rec.utterance_id}: {rec.error}")
+            self.ctx.error(
+                ErrorCode.REPLY_FAILED, f"voice: utterance {rec.utterance_id}: {rec.error}"
+            )
         finally:
             sentences.put_nowait(None)
             try:
@@ -666,7 +708,7 @@ class VoiceComponent(Component[VoiceSettings]):
             for old in keys[: max(0, len(keys) - self.settings.recorder_size)]:
                 await kv.delete(old)
         except LoomdError as exc:
-            self.ctx.error("recorder", f"voice: flight recorder write failed: {exc}")
+            self.ctx.error(ErrorCode.RECORDER, f"voice: flight recorder write failed: {exc}")
 
     # -- say ----------------------------------------------------------------------------------
     async def speak(self, req: SayRequest) -> dict[str, Any]:
@@ -698,13 +740,41 @@ class VoiceComponent(Component[VoiceSettings]):
                     req = SayRequest.from_payload(ev.payload)
                 except LoomdError as exc:
                     self.counts["bad_say"] += 1
-                    self.ctx.error("bad_say", f"voice: bad voice.say payload: {exc}")
+                    self.ctx.error(ErrorCode.BAD_SAY, f"voice: bad voice.say payload: {exc}")
                     continue
                 if req.site == self.settings.site:
                     self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
 
     async def _say_task(self, req: SayRequest) -> None:
         await self.speak(req)
+
+    async def _follow_play(self) -> None:
+        """`voice.play`: audio from another part (Home Assistant's TTS), played like our own."""
+        async with self.ctx.bus.subscribe(Topic.VOICE_PLAY) as sub:
+            async for ev in sub:
+                try:
+                    req = PlayAudio.from_payload(ev.payload)
+                except LoomdError as exc:
+                    self.ctx.error(ErrorCode.BAD_PLAY, f"voice: bad voice.play payload: {exc}")
+                    continue
+                if req.site == self.settings.site:
+                    self._spawn_play(req, ev)
+
+    def _spawn_play(self, req: PlayAudio, ev: Any) -> None:
+        self.spawn(lambda: self._play_task(req, ev), "play-one", critical=False)
+
+    async def _play_task(self, req: PlayAudio, ev: Any) -> None:
+        if req.announcement:
+            self.sink.stop()
+        async with self._speak_lock:
+            await self._set_state(VoiceState.SPEAKING, req.utterance_id)
+            done = await self._play(req.pcm)
+            if self._turn_task is None or self._turn_task.done():
+                await self._set_state(VoiceState.IDLE, req.utterance_id)
+        self.counts["played" if done else "played_cut"] += 1
+        if ev.reply_to:
+            reply = PlayDone(done, round(len(req.pcm) / 32000, 2))
+            await self.ctx.bus.reply(ev, reply.to_payload())
 
     async def _follow_stop(self) -> None:
         async with self.ctx.bus.subscribe(Topic.VOICE_STOP) as sub:

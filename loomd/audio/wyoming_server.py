@@ -9,6 +9,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from loomd.messages import ErrorCode
+
 if TYPE_CHECKING:
     from loomd.audio.component import VoiceComponent
 
@@ -113,7 +115,7 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
                     try:
                         text = (await comp.stt.transcribe(bytes(self.audio))).text
                     except Exception as exc:
-                        comp.ctx.error("wyoming_stt", f"voice: wyoming STT failed: {exc}")
+                        comp.ctx.error(ErrorCode.WYOMING_STT, f"voice: wyoming STT failed: {exc}")
                         text = ""
                     await self.write_event(Transcript(text=text).event())
                 elif self.mode == "wake" and not self.detected:

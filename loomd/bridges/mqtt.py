@@ -38,7 +38,14 @@ from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
-from loomd.messages import SayRequest, Topic
+from loomd.messages import (
+    ErrorCode,
+    SayRequest,
+    Topic,
+    Transcript,
+    VoiceMute,
+    VoiceStateEvent,
+)
 from loomd.metrics import Family
 
 __all__ = ["MqttComponent", "MqttStatus"]
@@ -113,28 +120,6 @@ class MqttStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    """`loomctl mqtt status|forget`."""
-    p = cmds.add_parser("mqtt", help="the MQTT bridge")
-    sc = p.add_subparsers(dest="mqtt_cmd", required=True)
-    sc.add_parser("status", help="connection, outbox depth and age, per-map counts")
-    sc.add_parser("forget", help="remove this board from Home Assistant (clear discovery)")
-    p.set_defaults(func=_cli_mqtt)
-
-
-async def _cli_mqtt(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
-
-    if args.mqtt_cmd == "forget":
-        r = await op(bus, "mqtt.forget")
-        print(f"cleared {r['cleared']} Home Assistant discovery configs")
-        return 0
-    r = await op(bus, "mqtt.status")
-    names = {f.name for f in dataclasses.fields(MqttStatus)}
-    print("\n".join(MqttStatus(**{k: v for k, v in r.items() if k in names}).lines()))
-    return 0
-
-
 class MqttComponent(BusRequests, Component[MqttSettings]):
     name = "mqtt"
     Settings = MqttSettings
@@ -142,7 +127,6 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
     extra = "mqtt"
     apt = "python3-paho-mqtt"
     summary = "MQTT bridge: broker topics <-> bus topics, LMDB outbox"
-    cli = staticmethod(_add_cli)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -187,7 +171,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         if left:
             log.info("mqtt: %d messages left in the outbox by the last run", left)
         self.client = self._make_client()
-        self._ha_setup()
+        await self._ha_setup()
         self.subs: list[tuple[MapState, BusSubscription]] = [
             (m, self.ctx.bus.subscribe(m.s.bus, m.s.bus_qos)) for m in self.outs
         ]
@@ -299,7 +283,8 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         where = f"{self.settings.host}:{self.settings.port}"
         if error is not None:
             self.count(error)
-            self.ctx.error(f"mqtt_{error}", f"mqtt {where}: {state}: {detail}", state=state)
+            code = ErrorCode(f"mqtt_{error}")
+            self.ctx.error(code, f"mqtt {where}: {state}: {detail}", state=state)
         else:
             log.info("mqtt %s: %s%s", where, state, f" ({detail})" if detail else "")
 
@@ -398,7 +383,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         if self.settings.discovery:
             self.client.subscribe([(t, 1) for t in self._ha_topics])
             self._announce()
-            self._publish_state()
+            await self._publish_state()
         await self._event("loomd.mqtt.connected")
         self._pump()
         await self._lost.wait()
@@ -537,7 +522,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
                 self.client.loop_misc()  # keepalive pings, ping timeouts
             n = self.outbox.expire()
             if n:
-                self.ctx.error("mqtt_outbox_expired", f"mqtt: {n} outbox messages expired")
+                self.ctx.error(ErrorCode.MQTT_OUTBOX_EXPIRED, f"mqtt: {n} outbox messages expired")
 
     # -- inbound: MQTT -> bus -----------------------------------------------------------------
     def _route_in(self, topic: str) -> tuple[MapState, str] | None:
@@ -600,7 +585,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             # Not acked: the broker redelivers it on the next session.
             m.errors += 1
             self.count("bus_refused")
-            self.ctx.error("mqtt_bus_refused", f"mqtt: bus refused {m.s.bus}: {exc}")
+            self.ctx.error(ErrorCode.MQTT_BUS_REFUSED, f"mqtt: bus refused {m.s.bus}: {exc}")
             return
         m.in_count += 1
         self._ack(gen, mid, qos)
@@ -613,7 +598,8 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self.count(kind)
         if m is not None:
             m.errors += 1
-        self.ctx.error(f"mqtt_{kind}", f"mqtt: {kind.replace('_', ' ')}: {text} (not forwarded)")
+        text = f"mqtt: {kind.replace('_', ' ')}: {text} (not forwarded)"
+        self.ctx.error(ErrorCode(f"mqtt_{kind}"), text)
 
     # -- outbound: bus -> MQTT ----------------------------------------------------------------
     async def _forward(self, m: MapState, sub: BusSubscription) -> None:
@@ -648,7 +634,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         if self.outbox.add(topic, data, m.s.qos, m.s.retain) is None:
             self.count("outbox_overflow")
             self.ctx.error(
-                "mqtt_outbox_full",
+                ErrorCode.MQTT_OUTBOX_FULL,
                 f"mqtt: outbox full ({self.outbox.max_messages} messages); {topic} dropped",
             )
             return
@@ -683,7 +669,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self._pump()
 
     # -- Home Assistant -----------------------------------------------------------------------
-    def _ha_setup(self) -> None:
+    async def _ha_setup(self) -> None:
         s, b = self.settings, ha.base_topic(self.device)
         self.ha_entities: dict[str, ha.Entity] = {}
         self._ha_topics: frozenset[str] = frozenset()
@@ -694,11 +680,15 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self._ha_birth = f"{s.discovery_prefix}/status"
         self._ha_say, self._ha_mute = f"{b}/say", f"{b}/mute/set"
         self._ha_topics = frozenset((self._ha_birth, self._ha_say, self._ha_mute))
-        self._last_events = (time.monotonic(), self._broker_events())
+        self._last_events = (time.monotonic(), (await self.ctx.bus.stats()).events_in)
         bus = self.ctx.bus
         mirrors = (
-            (Topic.VOICE_STATE, f"{b}/voice/state", lambda p: str(p.get("state", ""))),
-            (Topic.VOICE_TRANSCRIPT, f"{b}/voice/transcript", lambda p: str(p.get("text", ""))),
+            (Topic.VOICE_STATE, f"{b}/voice/state", lambda e: VoiceStateEvent.from_event(e).state),
+            (
+                Topic.VOICE_TRANSCRIPT,
+                f"{b}/voice/transcript",
+                lambda e: Transcript.from_event(e).text,
+            ),
         )
         for topic, mqtt_topic, pick in mirrors:
             sub = bus.subscribe(str(topic), QoS.RELIABLE)
@@ -745,18 +735,14 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self._waiting[mid] = fut
         return fut
 
-    def _broker_events(self) -> int:
-        broker = self.ctx.services.broker
-        return int(broker.events_in) if broker is not None else 0
-
-    def _publish_state(self) -> None:
+    async def _publish_state(self) -> None:
         if not self.connected:
             return
-        now, events = time.monotonic(), self._broker_events()
+        stats = await self.ctx.bus.stats()
+        now, events = time.monotonic(), stats.events_in
         then, before = self._last_events
         self._last_events = (now, events)
-        broker = self.ctx.services.broker
-        drops = sum(broker.drops.values()) if broker is not None else 0
+        drops = sum(stats.drops.values())
         state = {
             "events_per_s": round((events - before) / (now - then), 1) if now > then else 0.0,
             "drops": drops,
@@ -767,12 +753,17 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
     async def _ha_state_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.state_interval_s)
-            self._publish_state()
+            await self._publish_state()
 
     async def _mirror(self, sub: BusSubscription, mqtt_topic: str, pick: Any) -> None:
         async for ev in sub:
-            if self.connected and isinstance(ev.payload, dict):
-                self.client.publish(mqtt_topic, pick(ev.payload), 1, True)
+            try:
+                text = str(pick(ev))
+            except LoomdError as exc:
+                self._bad_in("bad_payload", None, f"{ev.topic}: {exc}")
+                continue
+            if self.connected:
+                self.client.publish(mqtt_topic, text, 1, True)
 
     async def _agent_entities(self, sub: BusSubscription) -> None:
         async for ev in sub:
@@ -821,7 +812,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
                 return
             self.muted = text == "ON"
             self.client.publish(f"{ha.base_topic(self.device)}/mute", text, 1, True)
-            coro = self.ctx.bus.publish("voice.mute", {"muted": self.muted})
+            coro = VoiceMute(self.muted).publish(self.ctx.bus)
         self.in_pending += 1
         task = self.loop.create_task(coro)
         task.add_done_callback(lambda t: self._ha_done(t, gen, mid, qos))

@@ -45,6 +45,7 @@ from loomd.bus.envelope import Event, QoS
 from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, ProtocolError
+from loomd.messages import ErrorCode
 from loomd.metrics import Family
 
 __all__ = ["PeersComponent", "PeersStatus", "load_or_make_keys"]
@@ -163,23 +164,6 @@ class PeersStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    """`loomctl keys show|init`: this board's public key for other boards' peers.d."""
-    p = cmds.add_parser("keys", help="this board's Curve key for peer links")
-    sc = p.add_subparsers(dest="keys_cmd", required=True)
-    sc.add_parser("show", help="print the public key")
-    sc.add_parser("init", help="make the key pair if there is none; print the public key")
-    p.set_defaults(func=_cli_keys)
-
-
-async def _cli_keys(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
-
-    r = await op(bus, "peers.key")
-    print(r["public_key"])
-    return 0
-
-
 class _Pipe:
     """A plain ZeroMQ socket watched by the event loop (as the bus does, loomd.bus.zmqio):
     its fd is edge-triggered, so after any send or receive we re-check by draining again."""
@@ -240,7 +224,6 @@ class PeersComponent(Component[PeersSettings]):
     name = "peers"
     Settings = PeersSettings
     summary = "loomd-to-loomd links over ZeroMQ TCP with CurveZMQ"
-    cli = staticmethod(_add_cli)
 
     async def start(self) -> None:
         s = self.settings
@@ -317,7 +300,7 @@ class PeersComponent(Component[PeersSettings]):
         shown = z85.encode(creds[0]).decode() if creds else "-"
         where = address.decode(errors="replace")
         self.ctx.error(
-            "peers_refused", f"peers: refused {where}: unknown key {shown}", address=where
+            ErrorCode.PEERS_REFUSED, f"peers: refused {where}: unknown key {shown}", address=where
         )
         pipe.try_send([version, request_id, b"400", b"unknown key", b"", b""])
 

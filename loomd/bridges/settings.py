@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from loomd.bridges.topics import wildcards_of
-from loomd.config import QOS_CLASSES, Section, _check_patterns, option
+from loomd.bus.envelope import QOS_CLASSES
+from loomd.bus.settings import check_patterns
+from loomd.config import Section, option
 from loomd.errors import ConfigError
 
 __all__ = ["LinkSettings", "MapSettings", "MqttSettings", "PeersSettings"]
@@ -79,8 +81,8 @@ class LinkSettings(Section):
     name: str = option("", max_len=64)
     endpoint: str = option("", max_len=255)
     public_key: str = option("", max_len=64)
-    send: tuple[str, ...] = option(factory=tuple, check=_check_patterns)
-    receive: tuple[str, ...] = option(factory=tuple, check=_check_patterns)
+    send: tuple[str, ...] = option(factory=tuple, check=check_patterns)
+    receive: tuple[str, ...] = option(factory=tuple, check=check_patterns)
 
 
 @dataclass(frozen=True)
@@ -92,5 +94,5 @@ class PeersSettings(Section):
     authorized_keys_dir: str = option(
         "/etc/loomd/peers.d", valid=_abs_or_empty, expected=_ABS_OR_EMPTY
     )
-    receive: tuple[str, ...] = option(factory=tuple, check=_check_patterns)
+    receive: tuple[str, ...] = option(factory=tuple, check=check_patterns)
     links: tuple[LinkSettings, ...] = option(factory=tuple)

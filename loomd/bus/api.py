@@ -9,12 +9,16 @@ process without a change to its code.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, Self, runtime_checkable
 
 from loomd.bus.envelope import Event, QoS
+from loomd.errors import LoomdError, RequestTimeout
+from loomd.messages import BusStats
 
-__all__ = ["Bus", "BusSubscription"]
+__all__ = ["Bus", "BusSubscription", "reply_to", "request_reply"]
 
 
 @runtime_checkable
@@ -91,3 +95,49 @@ class Bus(Protocol):
     async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
         """Answer `request` on its `reply_to`, with its id as the correlation id."""
         ...
+
+    async def listeners(self, topic: str) -> int:
+        """How many subscriptions (of any part, in process or not) an event published on
+        `topic` now would reach: 0 means nobody listens (a requester that left)."""
+        ...
+
+    async def stats(self) -> BusStats:
+        """The bus's counters (events in and out, drops by reason) and every subscription
+        with its owner, depth, deliveries and drops."""
+        ...
+
+
+# -- request and reply, written once for every implementation ----------------------------------
+async def request_reply(
+    bus: Bus, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
+) -> Event:
+    """`Bus.request`: subscribe to a fresh `thread.<id>.reply`, publish with `reply_to` set,
+    return the first reply with the request's id as correlation id. The subscription is
+    made before the publish (in order on one socket, at once in process) and closed
+    however this ends."""
+    thread_id = os.urandom(16)
+    reply_topic = f"thread.{thread_id.hex()}.reply"
+    sub = bus.subscribe(reply_topic, QoS.RELIABLE)
+    try:
+        ev = await bus.publish(
+            topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                async for reply in sub:
+                    if reply.correlation_id == ev.id:
+                        return reply
+        except TimeoutError:
+            raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
+        raise LoomdError("the bus closed while waiting for a reply")
+    finally:
+        await sub.close()
+
+
+async def reply_to(bus: Bus, request: Event, payload: Any = None, **kw: Any) -> Event:
+    """`Bus.reply`: publish on the request's `reply_to`, correlated, on its thread."""
+    if not request.reply_to:
+        raise LoomdError(f"event {request.id.hex()} on {request.topic} has no reply_to")
+    return await bus.publish(
+        request.reply_to, payload, correlation_id=request.id, thread_id=request.thread_id, **kw
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from loomd.bus.broker import Broker
 from loomd.bus.conns import CurveSetup, connection_cap, raise_nofile
 from loomd.bus.server import BusServer
 from loomd.bus.settings import BusSettings
-from loomd.component import Component, StatusBlock
+from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
 from loomd.metrics import Family, Histogram
 
@@ -203,6 +203,23 @@ class BusComponent(Component[BusSettings]):
             f"{len(srv.sessions)} clients, {len(list(b.subscriptions()))} subscriptions, "
             f"{b.events_in} events in ({self.rate_in:.0f}/s), {sum(b.drops.values())} dropped"
         )
+
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "listeners": Command(self._cmd_listeners, "subscriptions a topic reaches", ("topic",)),
+            "stats": Command(self._cmd_stats, "counters and every subscription"),
+        }
+
+    def _live(self) -> Broker:
+        if self.broker is None:
+            raise LoomdError("the bus is not running")
+        return self.broker
+
+    async def _cmd_listeners(self, topic: Any) -> dict[str, Any]:
+        return {"topic": str(topic), "listeners": self._live().listeners(str(topic))}
+
+    async def _cmd_stats(self) -> dict[str, Any]:
+        return {"stats": self._live().summary().to_payload()}
 
     def status(self) -> BusStatus | None:
         b, srv = self.broker, self.server

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from loomd.errors import LoomdError
+from loomd.messages import ErrorCode
 
 if TYPE_CHECKING:
     from loomd.bus.server import BusServer
@@ -136,7 +137,7 @@ class ConnectionGuard:
         self.server.refuse(quota)
         if self.refused == 1 or self.refused % 1000 == 0:
             log.warning("connection refused: %s (%d refused so far)", why, self.refused)
-            self.server.broker.error("quota", f"connection refused: {why}")
+            self.server.broker.error(ErrorCode.QUOTA, f"connection refused: {why}")
         try:
             # on a duplicate: shutdown acts on the connection, libzmq still owns and closes fd
             with socket.socket(fileno=os.dup(fd)) as s:

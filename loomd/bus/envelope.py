@@ -37,6 +37,7 @@ class QoS(StrEnum):
 
 
 QOS_VALUES = frozenset(q.value for q in QoS)
+QOS_CLASSES: tuple[str, ...] = tuple(q.value for q in QoS)  # in order, for choices and help
 
 
 _U64 = struct.Struct(">Q").pack

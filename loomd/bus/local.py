@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import Any
 
-from loomd.bus.broker import Broker, Subscriber
+from loomd.bus.api import reply_to, request_reply
+from loomd.bus.broker import Broker
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
-from loomd.errors import LoomdError, RequestTimeout
+from loomd.bus.subscriber import Subscriber
+from loomd.messages import BusStats
 
 __all__ = ["LocalBus"]
 
@@ -70,24 +70,13 @@ class LocalBus:
     async def request(
         self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
     ) -> Event:
-        thread_id = os.urandom(16)
-        reply_topic = f"thread.{thread_id.hex()}.reply"
-        async with self.subscribe(reply_topic, QoS.RELIABLE) as sub:
-            ev = await self.publish(
-                topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw
-            )
-            try:
-                async with asyncio.timeout(timeout):
-                    async for reply in sub:
-                        if reply.correlation_id == ev.id:
-                            return reply
-            except TimeoutError:
-                raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
-            raise LoomdError("bus closed while waiting for a reply")
+        return await request_reply(self, topic, payload, timeout=timeout, **kw)
+
+    async def listeners(self, topic: str) -> int:
+        return self.broker.listeners(topic)
+
+    async def stats(self) -> BusStats:
+        return self.broker.summary()
 
     async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
-        if not request.reply_to:
-            raise LoomdError(f"event {request.id.hex()} on {request.topic} has no reply_to")
-        return await self.publish(
-            request.reply_to, payload, correlation_id=request.id, thread_id=request.thread_id, **kw
-        )
+        return await reply_to(self, request, payload, **kw)

@@ -13,21 +13,23 @@ import itertools
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from loomd import __version__
 from loomd.bus import wire
-from loomd.bus.broker import Broker, Budget, Subscriber
-from loomd.bus.conns import ConnectionGuard, CurveSetup, QuotaError
+from loomd.bus.broker import Broker
+from loomd.bus.conns import ConnectionGuard, CurveSetup
 from loomd.bus.envelope import Event, QoS, check_header, peek_qos
+from loomd.bus.ops import CoreOps
+from loomd.bus.session import Session
+from loomd.bus.subscriber import Subscriber
 from loomd.bus.topics import validate_topic
 from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
+from loomd.messages import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -45,72 +47,11 @@ RETRY_MIN_S = 0.002
 RETRY_MAX_S = 0.1
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
 FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
-MAX_WINDOW = 100_000  # the largest credit window a subscription may ask for
-MAX_AGE_MS = 3_600_000
-EVICTED_MEMORY_S = 60.0  # how long an eviction costs a client its say in back-pressure
 
-ControlHandler = Callable[["Session | None", dict[str, Any]], Awaitable[dict[str, Any]]]
+ControlHandler = Callable[[Session | None, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class Session:
-    """One connected client (SDK agent or loomctl), keyed by its ZeroMQ routing id."""
-
-    def __init__(
-        self, server: BusServer, sock: zmq.Socket[bytes], ident: bytes, number: int
-    ) -> None:
-        self.server = server
-        self.sock = sock
-        self.ident = ident  # assigned by libzmq per connection (clients may not choose one)
-        self.number = number  # what status shows instead of the routing id
-        self.secret: bytes | None = None  # from the first hello: later hellos must match
-        self.budget = Budget(server.pending_bytes)
-        self.evicted_at = -1e9  # when the broker last shed one of its subscriptions
-        self.retry_s = 0.0  # current back-off while its pipe is full (0: not blocked)
-        self.progressed = False  # a send to it went through in this flush round
-        self.blocked_until = 0.0
-        self.name = ""
-        self.last_seen = time.monotonic()
-        self.subs: dict[int, Subscriber] = {}  # client sid -> subscription
-        self.sent: dict[int, int] = {}  # daemon sid -> deliveries sent (reliable)
-        self.acked: dict[int, int] = {}  # daemon sid -> deliveries acked (reliable)
-        self.windows: dict[int, int] = {}
-        self.pub_fifo: deque[list[Any]] = deque()  # reliable publishes awaiting their ack
-        self.pub_acked = 0
-        self.pub_errors: list[tuple[int, str]] = []
-        self.alive = True
-        self.greeted = False  # said hello to *this* daemon: its reliable acks count from there
-
-    def wake(self, sub: Subscriber) -> None:
-        self.server.mark_dirty(sub)
-
-    def evicted(self, sub: Subscriber, reason: str) -> None:
-        self.server.on_evicted(self, sub, reason)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name or 'client'}#{self.number}"
-
-    def ack_callback(self) -> Callable[[str | None], None]:
-        cell: list[Any] = [None, False]
-        self.pub_fifo.append(cell)
-
-        def done(err: str | None) -> None:
-            cell[0], cell[1] = err, True
-            self.server.mark_acks(self)
-
-        return done
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "subscriptions": len(self.subs),
-            "idle_s": round(time.monotonic() - self.last_seen, 1),
-            "unacked_publishes": len(self.pub_fifo),
-            "pending_bytes": self.budget.used,
-        }
-
-
-class BusServer:
+class BusServer(CoreOps):
     def __init__(
         self,
         broker: Broker,
@@ -335,7 +276,7 @@ class BusServer:
 
     def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
         self.broker.count_rejected(exc.reason)
-        self.broker.error("protocol", str(exc), client=session.label)
+        self.broker.error(ErrorCode.PROTOCOL, str(exc), client=session.label)
         log.debug("rejected frame from %s: %s", session.label, exc)
         self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
 
@@ -454,99 +395,6 @@ class BusServer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- core control ops ---------------------------------------------------------------------
-    def _op_hello(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        secret = msg.get("secret")
-        if secret is not None and (type(secret) is not bytes or not 16 <= len(secret) <= 64):
-            raise ProtocolError("malformed control message", "'secret' must be 16..64 bytes")
-        if session.secret is not None and secret != session.secret:
-            # the session (its subscriptions, its ack count) belongs to whoever greeted first
-            self.refuse("session_secret")
-            raise LoomdError("this session belongs to another client (secret mismatch)")
-        session.secret = secret
-        session.name = str(msg.get("name") or "")[:64]
-        # A (re)greeting client re-sends every unacked publish: count acks afresh.
-        session.greeted = True
-        session.pub_fifo = deque()
-        session.pub_acked = 0
-        session.pub_errors = []
-        self._ack_dirty.discard(session)
-        return {
-            "boot_id": self.boot_id,
-            "version": __version__,
-            "session": session.number,
-            "credit_window": self.credit_window,
-            "max_frame_bytes": self.max_frame_bytes,
-            "max_subscriptions": self.max_subscriptions,
-        }
-
-    def _op_ping(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"boot_id": self.boot_id, "subs": len(session.subs)}
-
-    def _op_sub(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        csid, pattern, qos = msg.get("sid"), msg.get("pattern"), msg.get("qos")
-        after, window, max_age = msg.get("after"), msg.get("window"), msg.get("max_age_ms")
-        if type(csid) is not int or not 1 <= csid <= wire.MAX_SID or type(pattern) is not str:
-            raise ProtocolError(
-                "malformed control message",
-                f"sub needs an int 'sid' in 1..{wire.MAX_SID} and a string 'pattern'",
-            )
-        if qos is not None and qos not in ("realtime", "batched", "reliable"):
-            raise LoomdError(f"unknown qos {qos!r}: expected realtime, batched or reliable")
-        if after is not None and (type(after) is not int or not 0 <= after <= wire.MAX_I64):
-            raise ProtocolError("malformed control message", "'after' must be an int >= 0")
-        if window is not None and (type(window) is not int or not 1 <= window <= MAX_WINDOW):
-            raise ProtocolError("malformed control message", f"'window' must be 1..{MAX_WINDOW}")
-        if max_age is not None and (type(max_age) is not int or not 1 <= max_age <= MAX_AGE_MS):
-            raise ProtocolError(
-                "malformed control message", f"'max_age_ms' must be an int in 1..{MAX_AGE_MS}"
-            )
-        old = session.subs.pop(csid, None)
-        if old is not None:
-            self._drop_sub(session, old)
-        if len(session.subs) >= self.max_subscriptions:
-            self.refuse("subscriptions")
-            raise QuotaError(
-                f"subscription quota reached: {len(session.subs)} "
-                f"(bus.max_subscriptions = {self.max_subscriptions})"
-            )
-        sub = self.broker.subscribe(
-            pattern,
-            qos,
-            sink=session,
-            owner=session.label,
-            after_seq=after,
-            budget=session.budget,
-            max_age_ms=max_age,
-            # a client evicted lately does not get to hold publishers back again
-            holds=time.monotonic() - session.evicted_at > EVICTED_MEMORY_S,
-        )
-        session.subs[csid] = sub
-        self._sub_session[sub.sid] = (session, csid)
-        if sub.qos is QoS.RELIABLE:
-            session.windows[sub.sid] = window or self.credit_window
-            session.sent[sub.sid] = session.acked[sub.sid] = 0
-        head = self.broker.journal.head if self.broker.journal is not None else 0
-        return {"sid": csid, "qos": str(sub.qos), "head": head}
-
-    def _op_unsub(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        sub = session.subs.pop(msg.get("sid"), None)  # type: ignore[arg-type]
-        if sub is not None:
-            self._drop_sub(session, sub)
-        return {}
-
-    def _op_ack(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        sub = session.subs.get(msg.get("sid"))  # type: ignore[arg-type]
-        n = msg.get("n")
-        if sub is not None and type(n) is int and 0 <= n <= session.sent.get(sub.sid, 0):
-            session.acked[sub.sid] = max(session.acked.get(sub.sid, 0), n)
-            self.mark_dirty(sub)
-        return {}
-
-    def _op_bye(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        self.drop_session(session)
-        return {}
 
     def on_evicted(self, session: Session, sub: Subscriber, reason: str) -> None:
         """The broker shed one of this client's subscriptions: forget it and say so (the
@@ -718,4 +566,4 @@ class BusServer:
                     "client %s silent for %.0f s: dropped", session.label, self.client_timeout_s
                 )
                 self.drop_session(session)
-                self.broker.error("client_timeout", f"client {session.label} timed out")
+                self.broker.error(ErrorCode.CLIENT_TIMEOUT, f"client {session.label} timed out")

@@ -7,22 +7,50 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
-from loomd.bus.topics import matches
+from loomd.bus.envelope import QOS_CLASSES
+from loomd.bus.topics import matches, validate_pattern
 from loomd.config import (
     IP_TEXT,
     MODE_TEXT,
-    QOS_CLASSES,
     SOCKET_TEXT,
+    Problem,
     Section,
-    _check_patterns,
-    _check_qos_map,
-    _is_ip,
-    _is_octal_mode,
-    _is_socket_path,
+    is_ip,
+    is_octal_mode,
+    is_socket_path,
     option,
 )
+from loomd.errors import ProtocolError
 
-__all__ = ["BusSettings"]
+__all__ = ["BusSettings", "check_patterns", "check_qos_map", "pattern_problem"]
+
+
+# Topic and QoS validation for any section that names topics (`option(check=...)`): the bus
+# owns what a pattern and a QoS class are; config only knows how to report a Problem.
+def pattern_problem(pattern: str) -> str | None:
+    try:
+        validate_pattern(pattern)
+    except ProtocolError as exc:
+        return f"a topic pattern ({exc.detail or exc.reason})"
+    return None
+
+
+def check_patterns(value: tuple[str, ...]) -> Problem | None:
+    for i, pattern in enumerate(value):
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            return (f"[{i}]", pattern, problem)
+    return None
+
+
+def check_qos_map(value: Mapping[str, str]) -> Problem | None:
+    for pattern, qos in value.items():
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            return (f'."{pattern}"', pattern, problem)
+        if qos not in QOS_CLASSES:
+            return (f'."{pattern}"', qos, "one of " + ", ".join(QOS_CLASSES))
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,10 +58,10 @@ class BusSettings(Section):
     SECTION: ClassVar[str] = "bus"
 
     # "" means <runtime_dir>/bus.sock
-    socket: str = option("", valid=_is_socket_path, expected=SOCKET_TEXT)
-    socket_mode: str = option("0660", valid=_is_octal_mode, expected=MODE_TEXT)
+    socket: str = option("", valid=is_socket_path, expected=SOCKET_TEXT)
+    socket_mode: str = option("0660", valid=is_octal_mode, expected=MODE_TEXT)
     tcp_enabled: bool = option(False)
-    tcp_bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
+    tcp_bind: str = option("127.0.0.1", valid=is_ip, expected=IP_TEXT)
     tcp_port: int = option(7781, min=1, max=65535)
     tcp_auth: str = option("curve", choices=("curve", "none"))
     # "" means <state_dir>/curve: server.key / server.key_secret, and authorized/ with
@@ -58,13 +86,13 @@ class BusSettings(Section):
     max_clients_per_uid: int = option(256, min=1, max=1000000)
     durable: tuple[str, ...] = option(
         factory=lambda: ("control.#", "action.#"),
-        check=_check_patterns,
+        check=check_patterns,
         expected="a list of topic patterns",
         reload=True,
     )
     default_qos: Mapping[str, str] = option(
         factory=lambda: MappingProxyType({}),
-        check=_check_qos_map,
+        check=check_qos_map,
         expected="a table of topic pattern = " + "|".join(QOS_CLASSES),
         reload=True,
     )

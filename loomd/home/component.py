@@ -8,6 +8,7 @@ and is kept for `loomctl home`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loomd.agents.broker import ActionBroker, CapabilityError, LocalProvider, Result
+from loomd.agents.broker import ActionBroker, CapabilityError, LocalProvider
 from loomd.agents.capability import CapabilitySpec
 from loomd.bus.envelope import QoS
 from loomd.component import Command, Component, StatusBlock
@@ -23,8 +24,12 @@ from loomd.errors import LoomdError, RequestTimeout
 from loomd.home.registry import Device, Registry, Source, load_dir, source_from_tables
 from loomd.home.settings import READ_ONLY, HomeSettings
 from loomd.messages import (
+    CapInvoke,
+    CapResult,
+    CapsList,
     DeviceState,
     Domain,
+    ErrorCode,
     HomeSnapshot,
     MqttAck,
     MqttFollow,
@@ -58,32 +63,6 @@ class HomeStatus(StatusBlock):
     following: str = ""
 
 
-def _add_cli(cmds: Any) -> None:
-    p = cmds.add_parser("home", help="the home: areas, devices and their state")
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.set_defaults(func=_cli_home)
-
-
-async def _cli_home(bus: Any, args: Any) -> int:
-    from loomd.ctl import _dumps, op
-
-    r = await op(bus, "home.list")
-    snap = HomeSnapshot.from_payload(r["home"])
-    if args.json:
-        print(_dumps(snap.to_payload(), indent=2))
-        return 0
-    by_area: dict[str, list[Any]] = {}
-    for d in snap.devices:
-        by_area.setdefault(d.area, []).append(d)
-    names = {a.id: a.name for a in snap.areas}
-    for area in [a.id for a in snap.areas] + ([""] if "" in by_area else []):
-        print(f"{names.get(area, '(no area)')}" + (f" [{area}]" if area else ""))
-        for d in by_area.get(area, []):
-            state = (d.state or "?") + (f" {d.unit}" if d.unit and d.state else "")
-            print(f"  {d.id:<22} {d.domain.value:<13} {state:<12} {d.name}  ({d.source})")
-    return 0
-
-
 def _fill(template: str, value: float) -> str:
     text = str(int(value)) if float(value).is_integer() else f"{value:g}"
     return template.replace("{value}", text)
@@ -93,7 +72,6 @@ class HomeComponent(Component[HomeSettings]):
     name = "home"
     Settings = HomeSettings
     summary = "the device registry: devices and areas, acted on through MQTT or capabilities"
-    cli = staticmethod(_add_cli)
 
     async def start(self) -> None:
         self.registry = Registry()
@@ -320,12 +298,12 @@ class HomeComponent(Component[HomeSettings]):
         if value is not None:
             params["value"] = value
         t = self.settings.action_timeout_s
-        body = {"cap": d.spec.capability, "params": params, "timeout": t}
+        body = CapInvoke(d.spec.capability, params, t).to_payload()
         try:
-            ev = await self.ctx.bus.request("caps.invoke", body, timeout=t + 1.0)
+            ev = await self.ctx.bus.request(Topic.CAPS_INVOKE, body, timeout=t + 1.0)
         except RequestTimeout:
             raise CapabilityError(f"{d.id}: {d.spec.capability} gave no answer") from None
-        r = Result.from_payload(ev.payload)
+        r = CapResult.from_payload(ev.payload)
         if not r.ok:
             raise CapabilityError(f"{d.id}: {d.spec.capability}: {r.code}: {r.error}")
         return {"capability": d.spec.capability, "result": r.value}
@@ -355,7 +333,9 @@ class HomeComponent(Component[HomeSettings]):
                         if ack.ok:
                             self.following = topics
                         else:
-                            self.ctx.error("home_follow", f"home: the bridge refused: {ack.error}")
+                            self.ctx.error(
+                                ErrorCode.HOME_FOLLOW, f"home: the bridge refused: {ack.error}"
+                            )
                     except RequestTimeout:
                         pass  # no bridge (yet): ask again below
                 wait = [
@@ -378,7 +358,7 @@ class HomeComponent(Component[HomeSettings]):
                 try:
                     msg = MqttMessage.from_payload(ev.payload)
                 except LoomdError as exc:
-                    self.ctx.error("home_bad_state", f"home: {exc}")
+                    self.ctx.error(ErrorCode.HOME_BAD_STATE, f"home: {exc}")
                     continue
                 for d in self.registry.devices.values():
                     if d.spec.state_topic == msg.topic:
@@ -403,7 +383,7 @@ class HomeComponent(Component[HomeSettings]):
                         value = value.get(part) if isinstance(value, dict) else None
                     if value is None:
                         self.ctx.error(
-                            "home_bad_state",
+                            ErrorCode.HOME_BAD_STATE,
                             f"home: {d.id}: no {d.spec.state_key!r} in {text[:80]!r}",
                         )
                         return None
@@ -449,8 +429,9 @@ class HomeComponent(Component[HomeSettings]):
         """Capabilities that declare `devices` contribute them (source `agent:<provider>`)."""
         while True:
             try:
-                ev = await self.ctx.bus.request("caps.list", None, timeout=2.0)
-                self._merge_agent_devices(ev.payload if isinstance(ev.payload, list) else [])
+                ev = await self.ctx.bus.request(Topic.CAPS_LIST, None, timeout=2.0)
+                listed = CapsList.from_payload(ev.payload).caps
+                self._merge_agent_devices([dataclasses.asdict(c) for c in listed])
             except RequestTimeout:
                 pass
             await asyncio.sleep(self.settings.agent_poll_s)
@@ -472,7 +453,7 @@ class HomeComponent(Component[HomeSettings]):
             try:
                 source = source_from_tables(name, {"devices": devices})
             except LoomdError as exc:
-                self.ctx.error("home_agent_devices", f"home: {exc}")
+                self.ctx.error(ErrorCode.HOME_AGENT_DEVICES, f"home: {exc}")
                 continue
             if self.registry.sources.get(name) == source:
                 continue
@@ -480,7 +461,7 @@ class HomeComponent(Component[HomeSettings]):
                 self.registry.set_source(source)
                 changed = True
             except LoomdError as exc:
-                self.ctx.error("home_agent_devices", f"home: {exc}")
+                self.ctx.error(ErrorCode.HOME_AGENT_DEVICES, f"home: {exc}")
         if changed:
             self._changed.set()
 

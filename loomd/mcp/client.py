@@ -29,6 +29,7 @@ from loomd.agents.broker import (
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.config import Section, option
+from loomd.messages import ErrorCode
 
 __all__ = ["McpProvider", "McpServerSettings", "McpSupervisor"]
 
@@ -126,7 +127,7 @@ class McpSupervisor:
         settings: McpServerSettings,
         broker: ActionBroker,
         *,
-        report: Callable[[str, str], None] | None = None,
+        report: Callable[[ErrorCode, str], None] | None = None,
         on_tools: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -168,7 +169,7 @@ class McpSupervisor:
             self.last_error = why
             self.restarts += 1
             self.state = "backoff"
-            self._report("mcp_server_down", f"MCP server {self.settings.name}: {why}")
+            self._report(ErrorCode.MCP_SERVER_DOWN, f"MCP server {self.settings.name}: {why}")
             if time.monotonic() - began > 60:
                 delay = 0.2
             await asyncio.sleep(delay)
@@ -285,7 +286,7 @@ class McpSupervisor:
             try:
                 self.broker.register(spec, self.provider)
             except Exception as exc:
-                self._report("mcp_tool_refused", f"MCP server {self.settings.name}: {exc}")
+                self._report(ErrorCode.MCP_TOOL_REFUSED, f"MCP server {self.settings.name}: {exc}")
                 continue
             names.append(spec.name)
         self.tools = names

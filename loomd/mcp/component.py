@@ -21,6 +21,7 @@ from loomd.agents.sdk import serve_capabilities
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import Section, option
 from loomd.mcp.client import McpServerSettings, McpSupervisor
+from loomd.messages import ErrorCode
 from loomd.metrics import Family
 
 __all__ = ["McpComponent", "McpSettings"]
@@ -68,51 +69,8 @@ class McpStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    """`loomctl mcp` serves MCP over stdio (for an MCP host, e.g. over ssh);
-    `loomctl mcp servers` and `loomctl mcp restart NAME` drive the client side."""
-    m = cmds.add_parser("mcp", help="serve loomd as an MCP server on stdio; or: servers, restart")
-    sc = m.add_subparsers(dest="mcp_cmd")
-    sc.add_parser("serve", help="serve MCP over stdio (the default)")
-    sc.add_parser("servers", help="configured MCP servers, their state and tools")
-    r = sc.add_parser("restart", help="restart one MCP server")
-    r.add_argument("name")
-    m.set_defaults(func=_cli_mcp)
-
-
-async def _cli_mcp(bus: Any, args: Any) -> int:
-    from loomd.ctl import _dumps, op
-    from loomd.errors import LoomdError
-
-    cmd = args.mcp_cmd or "serve"
-    if cmd == "servers":
-        print(_dumps((await op(bus, "mcp.servers"))["servers"], indent=2))
-        return 0
-    if cmd == "restart":
-        await op(bus, "mcp.restart", args.name)
-        return 0
-    from mcp.server.stdio import stdio_server
-
-    from loomd.mcp.server import Bridge, build_server
-
-    try:
-        expose = (await op(bus, "mcp.expose"))["expose"]
-    except LoomdError:  # the mcp component is not running: nothing is exposed
-        expose = []
-
-    async def state_get(ns: str, key: str) -> Any:
-        r = await op(bus, "state.get", key, ns=ns)
-        return r.get("value")
-
-    server = build_server(Bridge(bus, expose, state_get))
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
-    return 0
-
-
 class McpComponent(Component[McpSettings]):
     name = "mcp"
-    cli = staticmethod(_add_cli)
     Settings = McpSettings
     requires = ("mcp",)
     extra = "mcp"
@@ -144,7 +102,7 @@ class McpComponent(Component[McpSettings]):
             self._sock.setblocking(False)
             self.spawn(self._serve_http, "http", restart=True)
 
-    def _report(self, code: str, message: str) -> None:
+    def _report(self, code: ErrorCode, message: str) -> None:
         self.errors += 1
         self.ctx.error(code, message)
 

@@ -5,9 +5,12 @@ it on the board over ssh; it talks to the daemon with `loomd.sdk.Client`) and th
 `mcp` component (Streamable HTTP on 127.0.0.1, off by default; over `LocalBus`). Both reach
 capabilities through the bus (`caps.list`, `caps.invoke`), so they behave the same.
 
-Tools: every capability matching an `expose` pattern (fnmatch, nothing by default), named
-with `.`/`:`/`@` turned into `_` (MCP tool names are `[A-Za-z0-9_-]`), plus
-`loomd_publish`, `loomd_state_get` and `loomd_watch`.
+Tools: every capability matching an `expose` pattern (fnmatch, nothing by default), named by
+`loomd.agents.tools.tool_specs` (valid MCP names, unique: `lights.set@2` is `lights_set`,
+`lights.set@1` is `lights_set_v1`; each tool calls its pinned version), plus
+`loomd_publish`, `loomd_state_get` and `loomd_watch`. Arguments are checked by the action
+broker against the capability's schema, strictly: `"30"` for an integer is
+`invalid_params`, never coerced.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from loomd.agents.capability import CapabilitySpec
+from loomd.agents.tools import tool_specs
 from loomd.bus.envelope import QoS
+from loomd.messages import CapInvoke, CapResult, CapsList, Topic
 
-__all__ = ["Bridge", "build_server", "tool_name"]
+__all__ = ["Bridge", "build_server"]
 
 BUS_TOOLS: dict[str, dict[str, Any]] = {
     "loomd_publish": {
@@ -61,10 +66,6 @@ BUS_TOOLS: dict[str, dict[str, Any]] = {
 }
 
 
-def tool_name(capability: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", capability)
-
-
 class Bridge:
     """What the MCP server does, over any `Bus` (plus a state reader)."""
 
@@ -85,19 +86,17 @@ class Bridge:
         out = [{"name": k, **v} for k, v in BUS_TOOLS.items()]
         if not self.expose:
             return out
-        caps = (await self.bus.request("caps.list", None, timeout=5.0)).payload
+        caps = CapsList.from_event(await self.bus.request(Topic.CAPS_LIST, None, timeout=5.0))
+        chosen = [
+            CapabilitySpec(c.name, c.version, c.description, c.schema)
+            for c in caps.caps
+            if any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.full, p)
+                   for p in self.expose)
+        ]  # fmt: skip
         self._names.clear()
-        for c in caps:
-            full = f"{c['name']}@{c['version']}"
-            if not any(fnmatch.fnmatchcase(c["name"], p) or fnmatch.fnmatchcase(full, p)
-                       for p in self.expose):  # fmt: skip
-                continue
-            name = tool_name(c["name"])
-            self._names[name] = c["name"]
-            out.append(
-                {"name": name, "description": c["description"] or c["name"],
-                 "inputSchema": c["schema"] or {"type": "object"}}
-            )  # fmt: skip
+        for t in tool_specs(chosen, reserved=BUS_TOOLS):
+            self._names[t.name] = t.capability
+            out.append({"name": t.name, "description": t.description, "inputSchema": t.parameters})
         return out
 
     async def call(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
@@ -116,11 +115,12 @@ class Bridge:
         cap = self._names.get(name)
         if cap is None:
             return False, f"no tool {name!r}"
-        body = {"cap": cap, "params": args, "timeout": self.call_timeout_s}
-        r = (await self.bus.request("caps.invoke", body, timeout=self.call_timeout_s + 1)).payload
-        if r.get("code") == "ok":
-            return True, r.get("value")
-        return False, f"{r.get('code')}: {r.get('error')}"
+        body = CapInvoke(cap, args, self.call_timeout_s)
+        ev = await self.bus.request(body.TOPIC, body.to_payload(), timeout=self.call_timeout_s + 1)
+        r = CapResult.from_payload(ev.payload)
+        if r.ok:
+            return True, r.value
+        return False, f"{r.code}: {r.error}"
 
     async def _watch(self, pattern: str, n: int, wait_s: float) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -91,6 +91,8 @@ class Model:
     description: str = ""
     requires: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    min_ram_mb: int = 0  # recommended for boards with at least this much RAM (loomctl doctor)
+    tools: bool = False  # an LLM trained for tool calls (the assist's LLM turns)
 
     @property
     def bytes(self) -> int:
@@ -187,6 +189,8 @@ def _model(table: dict[str, Any], index: int) -> Model:
         description=_opt(table, "description", str, where, ""),
         requires=tuple(_opt(table, "requires", list, where, [])),
         notes=tuple(_opt(table, "notes", list, where, [])),
+        min_ram_mb=_opt(table, "min_ram_mb", int, where, 0),
+        tools=_opt(table, "tools", bool, where, False),
     )
 
 

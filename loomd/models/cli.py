@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loomd.config import default_config_path, load_config, resolve_paths
 from loomd.models.catalogue import Model, catalogue, select
 from loomd.models.store import ModelsError, ModelState, Store, check_readable, installed, mb
+from loomd.settings import default_config_path, load_config, resolve_paths
 
 # The packaged daemon's state directory (systemd's StateDirectory=loomd).
 SYSTEM_STATE_DIR = Path("/var/lib/loomd")
@@ -111,7 +111,8 @@ def _fetch(args: argparse.Namespace) -> int:
     store = Store(models_dir(args))
     policy = Policy(timeout_s=args.http_timeout, retries=args.retries)
     started = time.monotonic()
-    fetcher = Fetcher(store, Progress(), policy)
+    keep = Path(args.keep_archives).resolve() if args.keep_archives else None
+    fetcher = Fetcher(store, Progress(), policy, keep_archives=keep)
     report = fetcher.run(models)
     secs = time.monotonic() - started
     for mid in report.already:
@@ -227,6 +228,11 @@ def add_parser(cmds: Any) -> None:
     fe.add_argument("ids", nargs="*", metavar="ID")
     fe.add_argument("--http-timeout", type=float, default=30.0, help="seconds (default 30)")
     fe.add_argument("--retries", type=int, default=3, help="retries per transfer (default 3)")
+    fe.add_argument(
+        "--keep-archives",
+        metavar="DIR",
+        help="keep the downloaded archives (wheels) in DIR, and use those already there",
+    )
     fe.set_defaults(func=_fetch, local=True)
     ve = sub.add_parser("verify", parents=[common], help="recompute checksums (exit 1 if bad)")
     ve.add_argument("ids", nargs="*", metavar="ID")

@@ -5,6 +5,10 @@ got from the first source that works (an archive downloaded once serves every fi
 staged as `<path>.partial`, checked against the catalogue's checksum, and only when every file
 of the model checks are they moved into place. A model whose file fails leaves nothing behind
 but resumable downloads in `<models_dir>/.downloads/`.
+
+Archives are not kept, unless a folder is given for them (`--keep-archives DIR`): then each is
+kept there under its own name (a wheel stays a wheel, for another board or an offline
+install), and one already there that matches the catalogue's sha256 is used, not downloaded.
 """
 
 from __future__ import annotations
@@ -56,10 +60,18 @@ def _direct_size(mf: ModelFile) -> int | None:
 
 
 class Fetcher:
-    def __init__(self, store: Store, progress: Progress, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        progress: Progress,
+        policy: Policy | None = None,
+        *,
+        keep_archives: Path | None = None,
+    ) -> None:
         self.store = store
         self.progress = progress
         self.policy = policy or Policy()
+        self.keep_archives = keep_archives
         self.report = FetchReport()
         self._archives: dict[str, Path] = {}
 
@@ -204,10 +216,20 @@ class Fetcher:
     def _mark(self, staged: Path, url: str) -> None:
         staged.with_name(staged.name + ".url").write_text(url)
 
+    def _archive_path(self, src: Source) -> Path:
+        if self.keep_archives is None:
+            return self.store.downloads() / _archive_name(src.url)
+        self.keep_archives.mkdir(parents=True, exist_ok=True)
+        path = self.keep_archives / (PurePosixPath(src.url.split("?", 1)[0]).name or "download")
+        if path.exists() and src.archive_sha256 and hash_file(path)["sha256"] != src.archive_sha256:
+            self.progress.note(f"{path}: not the archive the catalogue names; fetching it again")
+            path.unlink()
+        return path
+
     def _archive(self, src: Source) -> Path:
         if src.url in self._archives:
             return self._archives[src.url]
-        path = self.store.downloads() / _archive_name(src.url)
+        path = self._archive_path(src)
         if not path.exists():
             partial = path.with_name(path.name + PARTIAL)
             t = download(
@@ -274,10 +296,11 @@ class Fetcher:
             shutil.rmtree(work, ignore_errors=True)
 
     def _drop_archives(self) -> None:
-        """Complete archives are not kept (they would double the disk used); partial ones are,
-        so the next run resumes them."""
+        """Complete archives are not kept unless asked (they would double the disk used);
+        partial ones are, so the next run resumes them."""
         for path in self._archives.values():
-            path.unlink(missing_ok=True)
+            if self.keep_archives is None:
+                path.unlink(missing_ok=True)
         self._archives.clear()
         downloads = self.store.root / ".downloads"
         try:

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+from loomd.cli import op
 from loomd.messages import ChatDone, ChatMessage, ChatRequest, Policy
 
 __all__ = ["add_cli", "ask"]
@@ -54,7 +55,6 @@ async def ask(
 
 
 async def _ask(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
     from loomd.errors import RemoteError
 
     try:  # without the component nobody answers llm.chat: say so now, not after --wait
@@ -90,7 +90,6 @@ async def _ask(bus: Any, args: Any) -> int:
 
 
 async def _route(bus: Any, args: Any) -> int:
-    from loomd.ctl import op
 
     if args.route_cmd == "explain":
         d = (await op(bus, "llm.explain", args.id))["decision"]

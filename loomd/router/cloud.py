@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from loomd.errors import LoomdError
+from loomd.messages import ToolCall, ToolSpec
+from loomd.router.openai_wire import CallAssembler, choice_to_wire, tools_to_wire
 from loomd.router.policy import ON_BOARD, Resolved
 from loomd.router.settings import CloudSettings
 
@@ -119,6 +121,8 @@ class CloudResult:
     cost: float
     ttft_ms: float
     attempts: int
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish: str = ""
 
 
 class CloudClient:
@@ -150,14 +154,18 @@ class CloudClient:
 
     async def chat(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         policy: Resolved,
         *,
         max_tokens: int,
         temperature: float,
         json_schema: dict[str, Any] | None = None,
+        tools: tuple[ToolSpec, ...] = (),
+        tool_choice: str = "auto",
         on_token: Callable[[str], Awaitable[None]] | None = None,
     ) -> CloudResult:
+        """One streamed completion; `messages` in OpenAI's wire format (openai_wire).
+        With `tools`, the calls the model makes come back in `CloudResult.tool_calls`."""
         if policy.privacy in ON_BOARD or not policy.allow_cloud:
             self.counts["refused"] += 1
             why = f"privacy {policy.privacy}" if policy.privacy in ON_BOARD else "allow_cloud off"
@@ -175,6 +183,9 @@ class CloudClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if tools:
+            body["tools"] = tools_to_wire(tools)
+            body["tool_choice"] = choice_to_wire(tool_choice)
         if json_schema is not None:
             body["response_format"] = (
                 {"type": "json_object", "schema": json_schema}
@@ -223,6 +234,8 @@ class CloudClient:
         began = time.perf_counter()
         first = 0.0
         usage: dict[str, Any] = {}
+        calls = CallAssembler()
+        finish = ""
         try:
             async with self._session.post(url, json=body, headers=headers, timeout=timeout) as r:
                 if r.status in (401, 403):
@@ -246,8 +259,11 @@ class CloudClient:
                         chunk = json.loads(data)
                         usage = chunk.get("usage") or usage
                         choices = chunk.get("choices") or []
-                        text = (choices[0].get("delta") or {}).get("content") if choices else ""
-                    except (ValueError, AttributeError, IndexError) as exc:
+                        delta = (choices[0].get("delta") or {}) if choices else {}
+                        text = delta.get("content")
+                        calls.feed(delta.get("tool_calls"))
+                        finish = (choices[0].get("finish_reason") if choices else "") or finish
+                    except (ValueError, AttributeError, IndexError, LoomdError) as exc:
                         raise CloudError("garbage", f"cloud sent garbage: {exc}") from None
                     if text:
                         if not streamed:
@@ -256,17 +272,23 @@ class CloudClient:
                         if on_token is not None:
                             await on_token(text)
                 else:
-                    if not streamed:
+                    if not streamed and not calls:
                         raise CloudError("garbage", "cloud stream ended without [DONE]")
         except TimeoutError:
             raise CloudError("timeout", f"cloud silent for {s.timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
             raise CloudError("connect", f"cloud unreachable: {exc}") from None
         text = "".join(streamed)
+        try:
+            tool_calls = calls.calls()
+        except LoomdError as exc:
+            raise CloudError("garbage", f"cloud sent a bad tool call: {exc}") from None
         prompt = int(
-            usage.get("prompt_tokens") or sum(len(m["content"]) // 4 + 4 for m in body["messages"])
+            usage.get("prompt_tokens")
+            or sum(len(str(m.get("content") or "")) // 4 + 4 for m in body["messages"])
         )
         completion = int(usage.get("completion_tokens") or len(streamed))
         return CloudResult(
-            text, prompt, completion, 0.0, (first - began) * 1000 if first else 0.0, 0
-        )
+            text, prompt, completion, 0.0, (first - began) * 1000 if first else 0.0, 0,
+            tool_calls, finish,
+        )  # fmt: skip

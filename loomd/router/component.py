@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomd.bus.envelope import Event
-from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
@@ -26,6 +25,7 @@ from loomd.messages import (
     ChatDone,
     ChatMessage,
     ChatRequest,
+    ErrorCode,
     EventType,
     Policy,
     Topic,
@@ -34,8 +34,17 @@ from loomd.metrics import Family
 from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, read_key
 from loomd.router.engine import Engine, Job, QueueFull
 from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb, read_gguf_shape
+from loomd.router.openai_wire import messages_to_wire
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
 from loomd.router.settings import LlmSettings, model_file
+from loomd.router.tools import (
+    CALL_TOKENS,
+    OutputReader,
+    grammar_schema,
+    parse_output,
+    render,
+    validate_call,
+)
 
 __all__ = ["LlmComponent", "LlmStatus"]
 
@@ -76,12 +85,6 @@ class LlmStatus(StatusBlock):
         return out
 
 
-def _add_cli(cmds: Any) -> None:
-    from loomd.router.cli import add_cli
-
-    add_cli(cmds)
-
-
 class LlmComponent(Component[LlmSettings]):
     name = "llm"
     Settings = LlmSettings
@@ -89,7 +92,6 @@ class LlmComponent(Component[LlmSettings]):
     extra = "llm"
     apt = "loomd-llm"
     summary = "local llama.cpp inference and the policy router (llm.chat)"
-    cli = staticmethod(_add_cli)
 
     @classmethod
     def check(cls, settings: LlmSettings, paths: ResolvedPaths) -> list[str]:
@@ -151,7 +153,7 @@ class LlmComponent(Component[LlmSettings]):
                     await self.engine.load()
             except LoomdError as exc:
                 self.problem = str(exc)
-                self.ctx.error("llm_model", f"llm: {exc}")
+                self.ctx.error(ErrorCode.LLM_MODEL, f"llm: {exc}")
             self.spawn(self.engine.serve, "engine", restart=True)
             self.spawn(self._idle_unload, "idle-unload", restart=True)
         else:
@@ -174,6 +176,7 @@ class LlmComponent(Component[LlmSettings]):
         self.spawn(lambda: self._serve_chat(chat), "chat", restart=False)
         self.spawn(lambda: self._serve_stop(stop), "voice-stop", restart=False)
         self.spawn(self._watch_system, "facts", restart=True)
+        self.spawn(self._offer_chat, "offer-llm.chat", restart=True)
         if s.http_port:
             from loomd.router.http import HttpEndpoint
 
@@ -225,6 +228,20 @@ class LlmComponent(Component[LlmSettings]):
         while True:
             await asyncio.sleep(2.0)
             await asyncio.to_thread(self._refresh_system)
+
+    async def _offer_chat(self) -> None:
+        """Offer `llm.chat` to the action broker over the bus, once something takes
+        registrations (the agents component may start later, or not at all)."""
+        from loomd.agents.sdk import serve_capabilities
+        from loomd.router.capability import PROVIDER, chat_broker
+
+        broker = chat_broker(self.ctx.bus)
+        while True:  # nothing announces the agents' start: look every half second
+            if await self._listening(Topic.CAPS_REGISTER):
+                break
+            await asyncio.sleep(0.5)
+        async with serve_capabilities(self.ctx.bus, PROVIDER, broker):
+            await asyncio.Event().wait()  # served until the component stops
 
     async def _serve_stop(self, sub: Any) -> None:
         async for _ev in sub:
@@ -296,7 +313,7 @@ class LlmComponent(Component[LlmSettings]):
     def _wrote(self, fut: asyncio.Future[None]) -> None:
         self._writes.discard(fut)
         if not fut.cancelled() and fut.exception() is not None:
-            self.ctx.error("llm_ledger", f"llm: decision not stored: {fut.exception()}")
+            self.ctx.error(ErrorCode.LLM_LEDGER, f"llm: decision not stored: {fut.exception()}")
 
     def _trim(self, kv: Any) -> None:
         while len(self._ring) > self.settings.decisions_kept:
@@ -314,7 +331,9 @@ class LlmComponent(Component[LlmSettings]):
             req = ChatRequest.from_payload(ev.payload)
         except LoomdError as exc:
             self.bad_requests += 1
-            self.ctx.error("llm_bad_request", f"llm: bad chat request from {ev.sender}: {exc}")
+            self.ctx.error(
+                ErrorCode.LLM_BAD_REQUEST, f"llm: bad chat request from {ev.sender}: {exc}"
+            )
             await self._done(ev, ChatDone(error=str(exc), decision_id=did))
             return
         decision, policy, facts = self._decide(req)
@@ -358,56 +377,90 @@ class LlmComponent(Component[LlmSettings]):
 
         try:
             r = await self.cloud.chat(
-                [{"role": m.role, "content": m.content} for m in req.messages],
+                messages_to_wire(req.messages),
                 policy,
                 max_tokens=min(req.max_tokens, self.settings.max_tokens),
                 temperature=req.temperature,
                 json_schema=req.json_schema,
+                tools=req.tools,
+                tool_choice=req.tool_choice,
                 on_token=send,
             )
         except CloudRefused as exc:
-            self.ctx.error("llm_cloud_refused", f"llm: {exc}")
+            self.ctx.error(ErrorCode.LLM_CLOUD_REFUSED, f"llm: {exc}")
             return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
         except CloudError as exc:
-            self.ctx.error("llm_cloud", f"llm: {exc}", kind=exc.kind)
+            self.ctx.error(ErrorCode.LLM_CLOUD, f"llm: {exc}", kind=exc.kind)
             if fallback and index == 0 and self.engine is not None and not self.problem:
                 self.log.warning("llm: %s; answering locally instead", exc)
                 return await self._local(ev, req, did)
             return ChatDone(route="cloud", phase=phase, error=str(exc), decision_id=did)
-        return ChatDone(r.text, "cloud", phase, did, r.completion_tokens)
+        for call in r.tool_calls:  # the cloud's calls meet the same check as the local ones
+            why = validate_call(call, req.tools)
+            if why:
+                self.ctx.error(ErrorCode.LLM_BAD_TOOL_CALL, f"llm: cloud: {why}")
+                return ChatDone(route="cloud", phase=phase, error=why, decision_id=did)
+        return ChatDone(r.text, "cloud", phase, did, r.completion_tokens, tool_calls=r.tool_calls)
 
     async def _local(self, ev: Event, req: ChatRequest, did: str, phase: str = "final") -> ChatDone:
         if self.engine is None:
             return ChatDone(route="local", phase=phase, error="no local model", decision_id=did)
+        schema = grammar_schema(req.tools, req.tool_choice)
+        limit = min(req.max_tokens, self.settings.max_tokens)
         job = Job(
-            messages=[{"role": m.role, "content": m.content} for m in req.messages],
-            max_tokens=min(req.max_tokens, self.settings.max_tokens),
+            messages=render(req.messages, req.tools, req.tool_choice),
+            # a call gets room to finish; an answer still stops at `limit` (below)
+            max_tokens=limit if schema is None else max(limit, CALL_TOKENS),
             temperature=req.temperature,
             json_schema=req.json_schema,
             priority=req.priority,
+            grammar_schema=schema,
         )
+        # a tool turn's tokens are JSON: only a plain answer's text is streamed
+        reader = OutputReader() if schema is not None else None
         try:
             self.engine.submit(job)
         except QueueFull as exc:
-            self.ctx.error("llm_queue_full", f"llm: {exc}")
+            self.ctx.error(ErrorCode.LLM_QUEUE_FULL, f"llm: {exc}")
             return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         self.inflight[did] = job
         watch = asyncio.ensure_future(self._watch_listener(ev, job)) if ev.reply_to else None
         index = 0
+        answer_tokens = 0
         try:
             async for text in job.stream():
-                if ev.reply_to and not job.cancel.is_set() and not self._listening(ev.reply_to):
+                if (
+                    ev.reply_to
+                    and not job.cancel.is_set()
+                    and not await self._listening(ev.reply_to)
+                ):
                     self.log.info("llm: requester of %s left; cancelling", did)
                     job.cancel.set()  # checked per token: the model is free a token later
+                piece = text
+                if reader is not None:
+                    piece = reader.feed(text)
+                    answer_tokens += reader.kind == "answer"
+                    if answer_tokens >= limit:
+                        job.enough.set()
+                if not piece:
+                    continue
                 if req.stream and ev.reply_to and not job.cancel.is_set():
                     await self.ctx.bus.reply(
-                        ev, ChatChunk(text, index).to_payload(), type=EventType.LLM_CHUNK
+                        ev, ChatChunk(piece, index).to_payload(), type=EventType.LLM_CHUNK
                     )
                 index += 1
             r = job.result
             if r.cancelled:  # the contract: text is empty when error is set
                 return ChatDone("", "local", phase, did, r.tokens, "cancelled")
-            return ChatDone(r.text, "local", phase, did, r.tokens)
+            if reader is None:
+                return ChatDone(r.text, "local", phase, did, r.tokens)
+            out = parse_output(r.text, req.tools, cut=r.finish == "length")
+            # (an answer cut at `limit` parses as the answer said so far)
+            if out.error:
+                self.ctx.error(ErrorCode.LLM_BAD_TOOL_CALL, f"llm: {out.error}")
+                return ChatDone(route="local", phase=phase, error=out.error, decision_id=did)
+            calls = (out.call,) if out.call is not None else ()
+            return ChatDone(out.answer, "local", phase, did, r.tokens, tool_calls=calls)
         except LoomdError as exc:
             return ChatDone(route="local", phase=phase, error=str(exc), decision_id=did)
         finally:
@@ -416,9 +469,8 @@ class LlmComponent(Component[LlmSettings]):
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
 
-    def _listening(self, topic: str) -> bool:
-        broker = self.ctx.services.broker
-        return broker is None or any(matches(s.pattern, topic) for s in broker.subscriptions())
+    async def _listening(self, topic: str) -> bool:
+        return await self.ctx.bus.listeners(topic) > 0
 
     async def _watch_listener(self, ev: Event, job: Job) -> None:
         """Cancel the job once nobody listens on reply_to any more (the requester left),
@@ -427,7 +479,7 @@ class LlmComponent(Component[LlmSettings]):
         topic = ev.reply_to
         while topic and not job.cancel.is_set():
             await asyncio.sleep(LISTENER_CHECK_S)
-            if not self._listening(topic):
+            if not await self._listening(topic):
                 self.log.info("llm: requester of %s left; cancelling", ev.id.hex())
                 job.cancel.set()
 

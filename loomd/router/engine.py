@@ -10,9 +10,11 @@ token. llama_cpp is imported on the worker, never at module import.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import heapq
 import itertools
+import json
 import logging
 import math
 import os
@@ -61,7 +63,12 @@ class Job:
     temperature: float = 0.7
     json_schema: dict[str, Any] | None = None
     priority: str = "background"
+    # A tool turn: the output is constrained by a grammar llama-cpp-python builds from this
+    # schema (loomd/router/tools.py grammar_schema); tokens stream as raw JSON.
+    grammar_schema: dict[str, Any] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Ends the generation at the next token as if it reached max_tokens (not an error).
+    enough: threading.Event = field(default_factory=threading.Event)
     # ("token", str) ... then ("done", GenResult) or ("error", str); filled from the worker.
     out: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
 
@@ -145,6 +152,7 @@ class Engine:
         self.gpu_layers_used = 0  # layers llama.cpp was asked to offload at the last load
         self.unloaded = asyncio.Event()  # set while no model is in memory
         self.unloaded.set()
+        self._grammars: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     # -- model lifecycle ---------------------------------------------------------------------
     @property
@@ -292,6 +300,8 @@ class Engine:
         kwargs: dict[str, Any] = {}
         if job.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": job.json_schema}
+        if job.grammar_schema is not None:
+            kwargs["grammar"] = self._grammar(job.grammar_schema)
         out = GenResult(threads=threads)
         pieces: list[str] = []
         began = time.perf_counter()
@@ -308,6 +318,9 @@ class Engine:
             for chunk in stream:
                 if job.cancel.is_set():
                     out.cancelled, out.finish = True, "cancelled"
+                    break
+                if job.enough.is_set():
+                    out.finish = "length"
                     break
                 choice = chunk["choices"][0]
                 text = choice["delta"].get("content") or ""
@@ -335,6 +348,24 @@ class Engine:
         if logprobs:
             out.mean_logprob = sum(logprobs) / len(logprobs)
         return out
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        """llama-cpp-python's grammar for a JSON schema (its own json-schema-to-grammar
+        converter); the last few are kept, since a turn's tools rarely change."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        key = json.dumps(schema)  # key order matters: it is the order of the keys generated
+        grammar = self._grammars.pop(key, None)
+        if grammar is None:
+            try:
+                grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+            except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+                # its converter asserts on schemas it does not know
+                raise LoomdError(f"no grammar for these tools' schemas: {exc!r:.200}") from None
+        self._grammars[key] = grammar
+        while len(self._grammars) > 8:
+            self._grammars.popitem(last=False)
+        return grammar
 
     def stats(self) -> dict[str, Any]:
         return {

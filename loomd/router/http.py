@@ -3,7 +3,10 @@
 Each `/v1/chat/completions` becomes a `ChatRequest` on `llm.chat`, so HTTP clients (the
 `openai` package, LangChain, Home Assistant's OpenAI-compatible agents) get the same
 policy, decisions and queue as everything else. The policy rides in headers
-(`X-Loomd-Privacy`, `X-Loomd-Allow-Cloud`) or defaults to `[llm.policy]`.
+(`X-Loomd-Privacy`, `X-Loomd-Allow-Cloud`) or defaults to `[llm.policy]`. Tools work as
+in OpenAI's API: `tools`, `tool_choice`, assistant `tool_calls` and `role: tool` messages
+in; `tool_calls` out (arguments as a JSON string, `finish_reason: "tool_calls"`), streamed
+or not (loomd/router/openai_wire.py, docs/design/tools.md).
 aiohttp is imported when the endpoint starts.
 """
 
@@ -16,7 +19,13 @@ import time
 from typing import Any
 
 from loomd.bus.api import Bus
-from loomd.messages import ChatDone, ChatMessage, ChatRequest, EventType, Policy, Topic
+from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Policy, Topic
+from loomd.router.openai_wire import (
+    calls_to_wire,
+    choice_from_wire,
+    messages_from_wire,
+    tools_from_wire,
+)
 
 __all__ = ["HttpEndpoint"]
 
@@ -33,12 +42,8 @@ def _policy(headers: Any) -> Policy:
 
 
 def _request(body: dict[str, Any], headers: Any) -> ChatRequest:
-    msgs = []
-    for m in body.get("messages") or []:
-        content = m.get("content")
-        if isinstance(content, list):  # the parts form: keep the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        msgs.append(ChatMessage(str(m.get("role", "user")), str(content or "")))
+    msgs = messages_from_wire(body.get("messages") or [])
+    tools = tools_from_wire(body.get("tools"))
     schema = None
     rf = body.get("response_format") or {}
     if rf.get("type") == "json_schema":
@@ -46,7 +51,7 @@ def _request(body: dict[str, Any], headers: Any) -> ChatRequest:
     elif rf.get("type") == "json_object":
         schema = rf.get("schema") or {"type": "object"}
     return ChatRequest(
-        tuple(msgs),
+        msgs,
         policy=_policy(headers),
         max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
         temperature=float(body.get("temperature", 0.7)),
@@ -54,6 +59,8 @@ def _request(body: dict[str, Any], headers: Any) -> ChatRequest:
         priority="interactive",
         json_schema=schema,
         agent=str(headers.get("X-Loomd-Agent", "http")),
+        tools=tools,
+        tool_choice=choice_from_wire(body.get("tool_choice")),
     )
 
 
@@ -130,7 +137,7 @@ class HttpEndpoint:
                 if reply.correlation_id != ev.id:
                     continue
                 if reply.type == EventType.LLM_CHUNK and resp is not None:
-                    delta = {"content": reply.payload["text"]}
+                    delta: dict[str, Any] = {"content": ChatChunk.from_event(reply).text}
                     await resp.write(self._sse(cid, created, delta, None))
                 elif reply.type == EventType.LLM_DONE:
                     done = ChatDone.from_payload(reply.payload)
@@ -149,23 +156,31 @@ class HttpEndpoint:
             await resp.write(f"data: {json.dumps({'error': {'message': done.error}})}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             return resp
+        finish = "tool_calls" if done.tool_calls else "stop"
         if resp is not None:
-            await resp.write(self._sse(cid, created, {}, "stop"))
+            if done.tool_calls:
+                delta = {
+                    "role": "assistant",
+                    "tool_calls": calls_to_wire(done.tool_calls, indexed=True),
+                }
+                await resp.write(self._sse(cid, created, delta, None))
+            await resp.write(self._sse(cid, created, {}, finish))
             await resp.write(b"data: [DONE]\n\n")
             return resp
+        message: dict[str, Any] = {"role": "assistant", "content": done.text}
+        if done.tool_calls:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": calls_to_wire(done.tool_calls),
+            }
         return web.json_response(
             {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": self.model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": done.text},
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": {
                     "prompt_tokens": 0,
                     "completion_tokens": done.tokens,

@@ -104,8 +104,12 @@ class Decision:
 
 
 def prompt_tokens(request: ChatRequest) -> int:
-    """A cheap estimate (about 4 characters a token, plus the template's overhead)."""
-    return sum(len(m.content) // 4 + 4 for m in request.messages)
+    """A cheap estimate (about 4 characters a token, plus the template's overhead); the
+    tools' names, descriptions and schemas ride in the prompt too."""
+    tools = sum(
+        (len(t.name) + len(t.description) + len(str(t.parameters))) // 4 + 8 for t in request.tools
+    )
+    return sum(len(m.content) // 4 + 4 for m in request.messages) + tools
 
 
 def local_latency_ms(request: ChatRequest, facts: Facts) -> float:
@@ -166,6 +170,17 @@ def decide(request: ChatRequest, policy: Resolved, facts: Facts) -> Decision:
             # a spoken turn takes one answer (one ChatDone): the quick one
             return local("quality-voice", f"local confidence {conf:.2f} is low, but voice "
                          "takes the quick answer")  # fmt: skip
+        if request.tools:
+            # a tool call is acted on once: one answer, from the better model
+            return Decision(
+                Route.CLOUD,
+                f"local confidence {conf:.2f} < {policy.quality_threshold:.2f}: a tool "
+                "turn takes one answer, the cloud's",
+                cloud_ms,
+                cost,
+                facts.cloud_quality,
+                "quality-tools",
+            )
         if local_ms <= policy.latency_budget_ms:
             return Decision(
                 Route.HYBRID,

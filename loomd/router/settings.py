@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from loomd.config import IP_TEXT, Section, Switch, _is_ip, option, switch
+from loomd.config import IP_TEXT, Section, Switch, is_ip, option, switch
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -94,7 +94,7 @@ class LlmSettings(Section):
     max_tokens: int = option(512, min=1, max=1048576, reload=True)
     # OpenAI-compatible endpoint at http://<http_bind>:<http_port>/v1; 0 = off.
     http_port: int = option(0, min=0, max=65535)
-    http_bind: str = option("127.0.0.1", valid=_is_ip, expected=IP_TEXT)
+    http_bind: str = option("127.0.0.1", valid=is_ip, expected=IP_TEXT)
     decisions_kept: int = option(1000, min=1, max=1000000, reload=True)
     policy: PolicySettings = option(factory=PolicySettings)
     cloud: CloudSettings = option(factory=CloudSettings)

@@ -15,8 +15,6 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import AsyncIterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,191 +22,27 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from loomd.bus import cbor, wire
+from loomd.bus.api import reply_to, request_reply
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
 from loomd.bus.topics import validate_pattern
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
-from loomd.config import resolve_dir
 from loomd.errors import (
     LoomdError,
     NotRunning,
-    PermissionDenied,
     ProtocolError,
     RemoteError,
     RequestTimeout,
 )
+from loomd.messages import BusStats
+from loomd.sdk.endpoint import check_reachable, default_endpoint, to_endpoint
+from loomd.sdk.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = "/run/loomd/bus.sock"
 RECV_BATCH = 1024
 OUTBOX_MAX = 256  # events per outgoing batch frame
 OUTBOX_BYTES = 64 * 1024
 CTL_RETRY_S = 0.005  # a control message that found the pipe full is retried this often
-
-
-def default_endpoint() -> str:
-    """$LOOMD_SOCKET, else the packaged socket if present, else the per-user one."""
-    env = os.environ.get("LOOMD_SOCKET")
-    if env:
-        return env
-    if _exists(Path(DEFAULT_SOCKET)):
-        return DEFAULT_SOCKET
-    return str(resolve_dir("runtime") / "bus.sock")  # the daemon's own rule for its default
-
-
-def _exists(path: Path) -> bool:
-    """True also when we may not look: /run/loomd is 0750, so outsiders get EACCES."""
-    try:
-        return path.exists()
-    except PermissionError:
-        return True
-
-
-def to_endpoint(where: str) -> str:
-    return where if "://" in where else f"ipc://{where}"
-
-
-def check_reachable(endpoint: str) -> None:
-    """Fail fast with one clear line when an ipc socket is missing or not ours to use."""
-    if not endpoint.startswith("ipc://"):
-        return
-    path = Path(endpoint[len("ipc://") :])
-    if not _exists(path):
-        raise NotRunning(f"loomd is not running (no socket at {path})")
-    if not os.access(path, os.R_OK | os.W_OK):
-        raise PermissionDenied(
-            f"permission denied on {path}: add your user to the 'loomd' group "
-            f"(sudo adduser $USER loomd, then log in again)"
-        )
-
-
-class Subscription:
-    """An async iterator of events for one pattern, created by `Client.subscribe`."""
-
-    def __init__(
-        self,
-        client: Client,
-        sid: int,
-        pattern: str,
-        qos: QoS | None,
-        window: int,
-        after: int | None,
-        max_age_ms: int | None = None,
-    ) -> None:
-        self.client = client
-        self.sid = sid
-        self.pattern = pattern
-        self.qos = qos
-        self.window = window
-        self.max_age_ms = max_age_ms
-        self.evictions = 0  # times the daemon shed it as a slow consumer (then resubscribed)
-        self.last_seq = after  # highest durable journal seq consumed (resume point)
-        self.gen = 0  # bumped at every (re)subscribe: acks count only this generation
-        self.received = 0
-        self.consumed = 0
-        self.acked = 0
-        self.dropped = 0
-        self.closed = False
-        self._queue: deque[tuple[int, int, Event]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._ready: asyncio.Future[dict[str, Any]] = client.loop.create_future()
-
-    def _sub_msg(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {
-            "op": "sub",
-            "sid": self.sid,
-            "pattern": self.pattern,
-            "window": self.window,
-        }
-        if self.qos is not None:
-            msg["qos"] = str(self.qos)
-        if self.last_seq is not None:
-            msg["after"] = self.last_seq
-        if self.max_age_ms is not None:
-            msg["max_age_ms"] = self.max_age_ms
-        return msg
-
-    def _resubscribed(self) -> None:
-        self.gen += 1
-        self.received = self.consumed = self.acked = 0
-        # durable items will be replayed from last_seq: drop the local copies
-        self._queue = deque(item for item in self._queue if item[1] <= 0)
-
-    def _on_reply(self, reply: dict[str, Any]) -> None:
-        if not reply.get("ok", False):
-            # refused (a quota, a bad pattern): the subscription never existed
-            err = RemoteError(str(reply.get("code", "error")), str(reply.get("error", "")))
-            self.closed = True
-            self.client._subs.pop(self.sid, None)
-            if not self._ready.done():
-                self._ready.set_exception(err)
-                self._ready.exception()  # retrieved: the caller may never call ready()
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
-            log.warning("subscription %r refused: %s", self.pattern, err)
-            return
-        if self.qos is None:
-            self.qos = QoS(reply.get("qos", "realtime"))
-        if self.qos is QoS.RELIABLE and self.last_seq is None:
-            self.last_seq = int(reply.get("head", 0))
-        if not self._ready.done():
-            self._ready.set_result(reply)
-
-    def _deliver(self, seq: int, ev: Event) -> None:
-        self.received += 1
-        q = self._queue
-        q.append((self.gen, seq, ev))
-        if self.qos is not QoS.RELIABLE and len(q) > self.client.local_queue:
-            q.popleft()
-            self.dropped += 1
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def ready(self) -> Subscription:
-        """Wait until the daemon confirmed the subscription."""
-        await self.client._wait(self._ready, self.client.timeout, "subscribe")
-        return self
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        while not self._queue:
-            if self.closed:
-                raise StopAsyncIteration
-            self._waiter = self.client.loop.create_future()
-            await self._waiter
-            self._waiter = None
-        gen, seq, ev = self._queue.popleft()
-        if seq > 0:
-            self.last_seq = seq
-        if gen == self.gen:
-            self.consumed += 1
-            # Ack every quarter window: the daemon keeps sending while less than a full
-            # window is unacknowledged, so this never stalls, and costs 1 message per W/4.
-            if self.qos is QoS.RELIABLE and self.consumed - self.acked >= max(1, self.window // 4):
-                self.acked = self.consumed
-                self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
-        return ev
-
-    async def get(self, timeout: float | None = None) -> Event:
-        async with asyncio.timeout(timeout):
-            return await self.__anext__()
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.client._subs.pop(self.sid, None)
-        self.client._send_ctl({"op": "unsub", "sid": self.sid})
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def __aenter__(self) -> Subscription:
-        return await self.ready()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 class Client:
@@ -514,31 +348,10 @@ class Client:
     async def request(
         self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
     ) -> Event:
-        """Publish a request and return the first reply that matches its correlation id."""
-        thread_id = os.urandom(16)
-        reply_topic = f"thread.{thread_id.hex()}.reply"
-        sub = self.subscribe(reply_topic, QoS.RELIABLE)
-        try:
-            ev = await self.publish(
-                topic, payload, thread_id=thread_id, reply_to=reply_topic, wait=False, **kw
-            )
-            try:
-                async with asyncio.timeout(timeout):
-                    async for reply in sub:
-                        if reply.correlation_id == ev.id:
-                            return reply
-            except TimeoutError:
-                raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
-            raise LoomdError("client closed while waiting for a reply")
-        finally:
-            await sub.close()
+        return await request_reply(self, topic, payload, timeout=timeout, **kw)
 
     async def reply(self, request: Event, payload: Any = None, **kw: Any) -> Event:
-        if not request.reply_to:
-            raise LoomdError(f"event {request.id.hex()} on {request.topic} has no reply_to")
-        return await self.publish(
-            request.reply_to, payload, correlation_id=request.id, thread_id=request.thread_id, **kw
-        )
+        return await reply_to(self, request, payload, **kw)
 
     # -- control ------------------------------------------------------------------------------
     async def call(self, op: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
@@ -551,6 +364,12 @@ class Client:
 
     async def status(self) -> dict[str, Any]:
         return await self.call("status")
+
+    async def listeners(self, topic: str) -> int:
+        return int((await self.call("bus.listeners", args=[topic]))["listeners"])
+
+    async def stats(self) -> BusStats:
+        return BusStats.from_payload((await self.call("bus.stats"))["stats"])
 
     def _call_nowait(self, msg: dict[str, Any], cb: Any = None) -> asyncio.Future[dict[str, Any]]:
         rid = next(self._rids)
@@ -777,8 +596,3 @@ class Client:
         self.reconnects += 1
         self.reconnected.set()
         log.info("reconnected to loomd at %s (boot %s)", self.endpoint, self.boot_id)
-
-
-def connect(endpoint: str | None = None, **kw: Any) -> Client:
-    """`async with loomd.sdk.connect() as bus:` — see Client for the options."""
-    return Client(endpoint, **kw)

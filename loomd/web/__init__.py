@@ -1,10 +1,6 @@
-"""The status page: plain HTML/CSS/JS served by the metrics HTTP server, with JSON under
-`/api/` and a live tail of bus events as server-sent events. See docs/design/statuspage.md.
+"""loomd over HTTP on localhost: the `metrics` component (`component.py`), its small HTTP
+server (`http.py`: Prometheus text at /metrics), and the status page (`page.py`: plain
+HTML/CSS/JS with JSON under `/api/` and a live tail of bus events as server-sent events; see
+docs/design/statuspage.md).
 
-Nothing here is imported unless `[metrics] page` is on."""
-
-from __future__ import annotations
-
-from loomd.web.page import MODES, StatusPage, allowed
-
-__all__ = ["MODES", "StatusPage", "allowed"]
+Light at import: the status page's modules load only when `[metrics] page` is on."""

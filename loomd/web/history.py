@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loomd.bus.broker import Broker
+    from loomd.messages import BusStats
 
 __all__ = ["History", "Sample"]
 
@@ -37,41 +37,37 @@ class Sample:
 
 
 class History:
-    """`run()` samples the broker's counters once a second into a ring of `keep` samples.
-    Reading them costs three attribute loads and a sum: nothing on the bus's hot path."""
+    """`run()` samples the bus's counters (`Bus.stats()`) once a second into a ring of
+    `keep` samples: nothing on the bus's hot path."""
 
     FIELDS = ("t", "events_in", "events_out", "drops", "lag_ms")
 
     def __init__(
         self,
-        broker: Callable[[], Broker | None],
+        stats: Callable[[], Awaitable[BusStats]],
         keep: int = KEEP,
         interval: float = INTERVAL_S,
     ) -> None:
-        self._broker = broker
+        self._stats = stats
         self.interval = interval
         self.ring: deque[Sample] = deque(maxlen=keep)
         self._last: tuple[float, int, int, int] | None = None  # loop time, in, out, drops
 
-    def _counts(self) -> tuple[int, int, int] | None:
-        b = self._broker()
-        if b is None:
-            return None
-        return b.events_in, b.events_out, sum(b.drops.values())
+    async def _counts(self) -> tuple[int, int, int]:
+        s = await self._stats()
+        return s.events_in, s.events_out, sum(s.drops.values())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.take(loop.time(), 0.0)  # the baseline: events from now on count
+        self.take(loop.time(), 0.0, await self._counts())  # the baseline: from now on
         while True:
             before = loop.time()
             await asyncio.sleep(self.interval)
             now = loop.time()
-            self.take(now, max(0.0, now - before - self.interval) * 1000)
+            lag_ms = max(0.0, now - before - self.interval) * 1000
+            self.take(now, lag_ms, await self._counts())
 
-    def take(self, now: float, lag_ms: float) -> None:
-        counts = self._counts()
-        if counts is None:
-            return
+    def take(self, now: float, lag_ms: float, counts: tuple[int, int, int]) -> None:
         last, self._last = self._last, (now, *counts)
         if last is None:
             return  # the first reading is the baseline of the first rate

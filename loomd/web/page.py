@@ -2,7 +2,7 @@
 
 Everything it shows comes through the component seam: the host's `status` tree and the
 other components' operations (`voice.last`, `llm.recent`) through `ctx.services.call`
-(the same entry `loomctl` uses), the broker's counters through `ctx.services.broker`, and
+(the same entry `loomctl` uses), the bus counters through `ctx.bus.stats()`, and
 the live tail through `ctx.bus`. It never imports another component's module."""
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.bus.topics import validate_pattern
 from loomd.errors import LoomdError, ProtocolError
-from loomd.metrics import Family, Request, Response, Streamer
+from loomd.messages import ErrorCode, TurnStage
+from loomd.metrics import Family
 from loomd.web.history import History
+from loomd.web.http import Request, Response, Streamer
 from loomd.web.sse import KEEPALIVE_S, WRITE_STALL_S, EventStream, summarise
 
 if TYPE_CHECKING:
@@ -33,16 +35,6 @@ MODES = ("local", "on", "off")
 QUEUE = 256  # events queued per live-tail client before the oldest are dropped
 VOICE_TURNS = 5
 ROUTES = 10
-# The voice flight recorder's stages, in order: ms since the end of speech (VAD end).
-STAGES = (
-    ("vad_end", "VAD end"),
-    ("stt_start", "STT start"),
-    ("stt_end", "STT end"),
-    ("first_token", "LLM first token"),
-    ("first_sentence", "first sentence"),
-    ("first_audio", "TTS first audio"),
-    ("spoken", "spoken"),
-)
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -61,6 +53,8 @@ _HEADERS = (
     ("Cache-Control", "no-store"),
 )
 JSON_TYPE = "application/json"
+# The voice flight recorder's stages, in order, with their labels.
+STAGES = tuple((s.value, s.label) for s in TurnStage)
 
 
 def allowed(mode: str, peer: str, host: str | None) -> bool:
@@ -102,7 +96,7 @@ class StatusPage:
         self.max_clients = max_clients
         self.keepalive_s = KEEPALIVE_S
         self.stall_s = WRITE_STALL_S
-        self.history = History(lambda: ctx.services.broker)
+        self.history = History(lambda: ctx.bus.stats())
         self.streams: set[EventStream] = set()
         self.requests = 0
         self.refused = 0  # not a loopback peer under "local"
@@ -171,7 +165,7 @@ class StatusPage:
         ]
         agents_view = st["components"].get("agents", {})
         agents = (agents_view.get("status") or {}).get("agents", [])
-        broker = self.ctx.services.broker
+        bus = await self.ctx.bus.stats()
         return {
             "daemon": st["daemon"],
             "components": components,
@@ -180,9 +174,9 @@ class StatusPage:
                 "list": [summarise(a) for a in agents],
             },
             "bus": {
-                "events_in": broker.events_in if broker else 0,
-                "events_out": broker.events_out if broker else 0,
-                "dropped": sum(broker.drops.values()) if broker else 0,
+                "events_in": bus.events_in,
+                "events_out": bus.events_out,
+                "dropped": sum(bus.drops.values()),
             },
             "page": {
                 "mode": self.mode,
@@ -231,7 +225,7 @@ class StatusPage:
             validate_pattern(pattern)
         except ProtocolError as exc:
             self.bad += 1
-            self.ctx.error("page_bad_pattern", f"status page: bad live-tail pattern: {exc}")
+            self.ctx.error(ErrorCode.PAGE_BAD_PATTERN, f"status page: bad live-tail pattern: {exc}")
             return Response(400, f"bad pattern: {exc}\n".encode())
         if len(self.streams) >= self.max_clients:
             self.sse_refused += 1

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from loomd.agents.component import AgentsComponent
-from loomd.config import load_config
 from loomd.host import Host
+from loomd.settings import load_config
 
 
 def settings_for(root: Path, extra: dict[str, Any] | None = None, **agents: Any) -> Any:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from loomd.config import load_config
 from loomd.host import Host
+from loomd.settings import load_config
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto")

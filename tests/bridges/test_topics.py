@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from loomd.bridges.topics import CodecError, Translator, decode_payload, encode_payload
-from loomd.config import load_config
 from loomd.errors import ConfigError
+from loomd.settings import load_config
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from loomd.bus.broker import Broker, Subscriber
+from loomd.bus.broker import Broker
 from loomd.bus.envelope import Event
 from loomd.bus.settings import BusSettings
+from loomd.bus.subscriber import Subscriber
 from loomd.errors import LoomdError
 from loomd.state import State
 

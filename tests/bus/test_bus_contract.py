@@ -164,3 +164,29 @@ def test_reply_needs_a_request(pair: Callable[[], Any]) -> None:
             await p.b.reply(ev, 2)
 
     run(pair, body)
+
+
+def test_listeners_and_stats_see_every_part(pair: Callable[[], Any]) -> None:
+    """Whether anyone listens on a topic, and the subscription stats, through the API
+    alone: a part that wants them never reads the broker (it may be out of process)."""
+
+    async def body(p: Pair) -> None:
+        assert await p.a.listeners("ls.x") == 0
+        before = await p.a.stats()
+        async with p.b.subscribe("ls.*", "reliable") as sub, p.b.subscribe("ls.#", "realtime"):
+            await sub.ready()
+            assert await p.a.listeners("ls.x") == 2  # both patterns match
+            assert await p.a.listeners("ls.x.y") == 1  # only `#` does
+            assert await p.a.listeners("other") == 0
+            for i in range(3):
+                await p.a.publish("ls.x", i)
+            assert [(await sub.get(5)).payload for _ in range(3)] == [0, 1, 2]
+            stats = await p.a.stats()
+            (mine,) = [s for s in stats.subscriptions if s.pattern == "ls.*"]
+            assert "part-b" in mine.owner and mine.qos == "reliable"
+            assert mine.delivered >= 3
+            assert stats.events_in >= before.events_in + 3
+        assert await p.a.listeners("ls.x") == 0
+        assert not [s for s in (await p.a.stats()).subscriptions if s.pattern.startswith("ls.")]
+
+    run(pair, body)

@@ -41,8 +41,7 @@ from loomd.doctor import (
     sound_cards,
 )
 from tests.conftest import LoomdProcess, free_port, loomctl
-
-MODELS = os.environ.get("LOOMD_TEST_MODELS", "")
+from tests.testmodels import MODELS
 
 
 def doctor(d: LoomdProcess, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -443,8 +442,6 @@ enabled = true
 
 @pytest.mark.models
 def test_models_present_then_corrupted(short_tmp: Path) -> None:
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
     cfg = short_tmp / "m.toml"
     cfg.write_text(f'[paths]\nstate_dir = "{short_tmp}/state"\n' + MODELS_TOML)
     ctx = load_context(cfg, "ipc:///nonexistent")

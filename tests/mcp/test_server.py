@@ -31,6 +31,11 @@ def set_level(level: int) -> dict:
     STATE["level"] = level
     return {"level": level}
 
+@capability("lights.set", version=2)
+def set_level_in(level: int, area: str = "") -> dict:
+    """Set the light level in an area."""
+    return {"level": level, "area": area, "version": 2}
+
 @capability("secret.reset")
 def reset() -> str:
     return "not exposed"
@@ -51,14 +56,24 @@ def _daemon(root: Path, port: int) -> LoomdProcess:
 async def _drive(session: Any) -> None:
     await session.initialize()
     tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert "lights_set" in tools and "secret_reset" not in tools
+    assert "secret_reset" not in tools
+    # two versions, two names: the plain one is the version the broker resolves to
+    assert {"lights_set", "lights_set_v1"} <= set(tools)
     assert {"loomd_publish", "loomd_state_get", "loomd_watch"} <= set(tools)
-    assert tools["lights_set"].input_schema["properties"]["level"]["type"] == "integer"
-    r = await session.call_tool("lights_set", {"level": 40})
+    assert "area" in tools["lights_set"].input_schema["properties"]
+    assert tools["lights_set_v1"].input_schema["properties"]["level"]["type"] == "integer"
+    r = await session.call_tool("lights_set_v1", {"level": 40})
     assert not r.is_error, r
     assert json.loads(r.content[0].text) == {"level": 40}
-    bad = await session.call_tool("lights_set", {"level": "high"})
+    r = await session.call_tool("lights_set", {"level": 40, "area": "kitchen"})
+    assert not r.is_error, r
+    assert json.loads(r.content[0].text) == {"level": 40, "area": "kitchen", "version": 2}
+    bad = await session.call_tool("lights_set_v1", {"level": "high"})
     assert bad.is_error and "invalid_params" in bad.content[0].text
+    # strict: a string of digits is no integer (pydantic's lax mode would take it)
+    for name in ("lights_set", "lights_set_v1"):
+        lax = await session.call_tool(name, {"level": "30"})
+        assert lax.is_error and "invalid_params" in lax.content[0].text, lax
     pub = await session.call_tool("loomd_publish", {"topic": "demo.mcp", "payload": {"x": 1}})
     assert not pub.is_error and len(json.loads(pub.content[0].text)["id"]) == 32
     st = await session.call_tool("loomd_state_get", {"key": "nothing-here"})

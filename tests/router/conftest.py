@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,28 +9,22 @@ from typing import Any
 
 import pytest
 
-from loomd.config import load_config
 from loomd.host import Host
-
-MODELS = os.environ.get("LOOMD_TEST_MODELS", "")
+from loomd.settings import load_config
+from tests.testmodels import SMOLLM, TINY, require
 
 
 @pytest.fixture
 def tiny() -> Path:
     """The 0.5 MB random-weight llama: fast load and streaming tests (gibberish output)."""
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
-    path = Path(MODELS) / "llm" / "tiny-random.gguf"
-    if not path.exists():
-        pytest.skip(f"{path} missing: set LOOMD_TEST_MODELS (../shared/models/fetch-test-models)")
-    return path
+    require(TINY)
+    return TINY
 
 
 @pytest.fixture
 def smol() -> Path:
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
-    return Path(MODELS) / "llm" / "SmolLM2-135M-Instruct.gguf"
+    require(SMOLLM)
+    return SMOLLM
 
 
 HostFactory = Callable[..., Any]

@@ -76,10 +76,16 @@ def _sse(text: str) -> bytes:
 
 class BadCloud:
     """`http://127.0.0.1:PORT/<mode>/v1`: mode is one of ok, auth, rate-once, rate, error,
-    garbage, silence, cut. Runs on the test's own loop (aiohttp.web)."""
+    garbage, silence, cut, tools, badtool. Runs on the test's own loop (aiohttp.web).
+
+    `tools` is a peer speaking OpenAI's streamed tool-call wire format the way OpenAI does
+    (id and name in the first delta only, the arguments string in fragments, two calls by
+    index, finish_reason "tool_calls") for the tools the request offered; `badtool` calls a
+    tool the request did not offer. The last request body is kept in `bodies`."""
 
     def __init__(self) -> None:
         self.hits: dict[str, int] = {}
+        self.bodies: dict[str, Any] = {}
         self.port = 0
         self._runner: Any = None
         self._closing = asyncio.Event()
@@ -108,7 +114,7 @@ class BadCloud:
 
         mode = request.match_info["mode"]
         n = self.hits[mode] = self.hits.get(mode, 0) + 1
-        await request.read()
+        self.bodies[mode] = json.loads(await request.read() or b"null")
         if mode == "auth":
             return web.Response(status=401, text="bad key")
         if mode == "rate" or (mode == "rate-once" and n == 1):
@@ -123,9 +129,36 @@ class BadCloud:
         if mode == "garbage":
             await resp.write(b"<html>not an event stream</html>\n")
             return resp
+        if mode in ("tools", "badtool"):
+            await self._tool_calls(resp, mode)
+            return resp
         for word in ("hello", " from", " the", " cloud"):
             await resp.write(_sse(word))
         usage = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
         await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    async def _tool_calls(self, resp: Any, mode: str) -> None:
+        body = self.bodies[mode]
+        names = [t["function"]["name"] for t in body.get("tools") or []]
+        first = names[0] if mode == "tools" else "not_offered"
+        plan = [(0, "call_a1", first, ['{"on"', ": tr", "ue}"])]
+        if mode == "tools" and len(names) > 1:
+            plan.append((1, "call_b2", names[1], ["{", "}"]))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            c = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(c)}\n\n".encode()
+
+        await resp.write(chunk({"role": "assistant", "content": None}))
+        for index, cid, name, parts in plan:
+            head = {"index": index, "id": cid, "type": "function",
+                    "function": {"name": name, "arguments": ""}}  # fmt: skip
+            await resp.write(chunk({"tool_calls": [head]}))
+            for part in parts:
+                await resp.write(
+                    chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                )
+        await resp.write(chunk({}, "tool_calls"))
+        await resp.write(b"data: [DONE]\n\n")

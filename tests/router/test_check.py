@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from .conftest import MODELS
+from tests.testmodels import TINY, require
 
 
 def check(tmp_path: Path, llm: str) -> subprocess.CompletedProcess[str]:
@@ -43,8 +41,7 @@ def test_check_names_a_missing_and_a_corrupt_model(tmp_path: Path) -> None:
 
 
 def test_check_passes_a_real_model(tmp_path: Path) -> None:
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
-    r = check(tmp_path, f'model = "{MODELS}/llm/tiny-random.gguf"\n')
+    require(TINY)
+    r = check(tmp_path, f'model = "{TINY}"\n')
     assert r.returncode == 0, r.stdout
     assert "problem" not in r.stdout and "config OK" in r.stdout

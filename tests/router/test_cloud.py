@@ -10,13 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loomd.messages import Policy, Topic
+from loomd.messages import ChatMessage, ChatRequest, Policy, ToolCall, ToolSpec, Topic
 from loomd.router.cli import ask
 from loomd.router.cloud import Breaker, CloudRefused, read_key
 from loomd.router.policy import Resolved
 from loomd.router.settings import CloudSettings
+from tests.testmodels import SMOLLM, TINY, require
 
-from .conftest import MODELS, HostFactory, run
+from .conftest import HostFactory, run
 from .servers import BadCloud, LlamaServer
 from .test_chat import _events, _open_turn, _until_done, llm_of, req
 
@@ -25,9 +26,8 @@ KEY = "s3cret-test-key"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    if not MODELS:
-        pytest.skip("LOOMD_TEST_MODELS is not set")
-    tiny = Path(MODELS) / "llm" / "tiny-random.gguf"
+    require(TINY)
+    tiny = TINY
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed")
     server = LlamaServer(tiny, tmp_path_factory.mktemp("cloud") / "server.log", api_key=KEY)
     yield server
@@ -143,7 +143,7 @@ def test_private_and_local_only_never_reach_the_cloud(
     llm_host: HostFactory, cloud: LlamaServer, creds: Path, policies: list[Policy], local: bool
 ) -> None:
     before = cloud.chat_requests()
-    tiny = Path(MODELS) / "llm" / "tiny-random.gguf"
+    tiny = TINY
     options = {"model": tiny} if local else {}
 
     async def body() -> None:
@@ -283,3 +283,114 @@ def test_unreachable_cloud_is_a_clear_error(llm_host: HostFactory) -> None:
             assert llm.cloud is not None and llm.cloud.counts["retries"] == 1
 
     run(body())
+
+
+# -- tools ------------------------------------------------------------------------------------
+SWITCH = ToolSpec(
+    "switch",
+    "Switch the light",
+    {"type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]},
+    "switch@1",
+)
+CLOCK = ToolSpec("clock", "The time", {"type": "object", "properties": {}}, "clock@1")
+
+
+def tool_req(choice: str = "auto", **kw: object) -> ChatRequest:
+    call = ToolCall("call_0", "clock", {})
+    return ChatRequest(
+        (
+            ChatMessage("user", "light on"),
+            ChatMessage("assistant", "", (call,)),
+            ChatMessage("tool", "12:00", tool_call_id="call_0"),
+        ),
+        tools=(SWITCH, CLOCK),
+        tool_choice=choice,
+        max_tokens=48,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_cloud_tool_calls_assembled_from_openai_deltas(llm_host: HostFactory) -> None:
+    """Our own peer speaking OpenAI's streamed tool-call format (servers.BadCloud "tools")."""
+
+    async def body() -> None:
+        async with BadCloud() as peer:
+            async with llm_host(extra=OPEN + cloud_toml(peer.url("tools"))) as host:
+                sub, _ = await _open_turn(llm_of(host).ctx.bus, tool_req("required"))
+                chunks, done = await _until_done(sub)
+                assert done.error == "" and done.route == "cloud" and chunks == 0
+                assert [(c.id, c.name, c.arguments) for c in done.tool_calls] == [
+                    ("call_a1", "switch", {"on": True}),
+                    ("call_b2", "clock", {}),
+                ]
+                sent = peer.bodies["tools"]  # what went out: OpenAI's wire format
+                assert sent["tool_choice"] == "required"
+                assert [t["function"]["name"] for t in sent["tools"]] == ["switch", "clock"]
+                assert sent["messages"][1]["tool_calls"][0]["function"] == {
+                    "name": "clock", "arguments": "{}",
+                }  # fmt: skip
+                assert sent["messages"][2] == {
+                    "role": "tool", "tool_call_id": "call_0", "content": "12:00",
+                }  # fmt: skip
+                named = await ask(llm_of(host).ctx.bus, tool_req("switch"), timeout=30)
+                assert named.tool_calls and peer.bodies["tools"]["tool_choice"] == {
+                    "type": "function", "function": {"name": "switch"},
+                }  # fmt: skip
+
+    run(body())
+
+
+def test_cloud_call_of_a_tool_not_offered_is_an_error(llm_host: HostFactory) -> None:
+    async def body() -> None:
+        async with BadCloud() as peer:
+            async with llm_host(extra=OPEN + cloud_toml(peer.url("badtool"))) as host:
+                errors = await _events(llm_of(host).ctx.bus, Topic.ERROR)
+                done = await ask(llm_of(host).ctx.bus, tool_req(), timeout=30)
+                assert not done.tool_calls and "not_offered" in done.error
+                assert (await errors.get(timeout=5)).payload["code"] == "llm_bad_tool_call"
+
+    run(body())
+
+
+def test_private_tool_turn_never_reaches_the_cloud(llm_host: HostFactory) -> None:
+    async def body() -> None:
+        async with BadCloud() as peer:
+            async with llm_host(extra=OPEN + cloud_toml(peer.url("tools"))) as host:
+                done = await ask(
+                    llm_of(host).ctx.bus, tool_req(policy=Policy(privacy="private")), timeout=30
+                )
+                assert done.route == "deny" and not done.tool_calls
+                assert "tools" not in peer.hits
+
+    run(body())
+
+
+@pytest.fixture(scope="module")
+def smol_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    require(SMOLLM)
+    pytest.importorskip("uvicorn", reason="llama-cpp-python[server] is not installed")
+    smol = SMOLLM
+    server = LlamaServer(smol, tmp_path_factory.mktemp("smolcloud") / "server.log")
+    yield server
+    server.close()
+
+
+@pytest.mark.models
+def test_llama_cpp_server_named_tool_call(llm_host: HostFactory, smol_cloud: LlamaServer) -> None:
+    """llama-cpp-python's server (SmolLM2's own template) does a named tool_choice, streamed
+    (it repeats the name in every delta); with `auto` it ignores the tools (a plain turn:
+    SmolLM2's template has no tool format). Its `chatml-function-calling` handler is no
+    better: auto cannot stream (ValueError), `required` asserts, and its template drops
+    `tool` messages (docs/design/tools.md)."""
+
+    async def body() -> None:
+        async with llm_host(extra=OPEN + cloud_toml(smol_cloud.base_url)) as host:
+            bus = llm_of(host).ctx.bus
+            done = await ask(bus, tool_req("switch", temperature=0.0), timeout=120)
+            assert done.error == "" and done.route == "cloud"
+            assert [c.name for c in done.tool_calls] == ["switch"]
+            assert isinstance(done.tool_calls[0].arguments["on"], bool)
+            auto = await ask(bus, tool_req("auto", temperature=0.0), timeout=120)
+            assert auto.error == "" and not auto.tool_calls  # tools ignored: a plain turn
+
+    run(body(), timeout=300)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loomd.messages import ChatMessage, ChatRequest, Policy
+from loomd.messages import ChatMessage, ChatRequest, Policy, ToolSpec
 from loomd.router.policy import ON_BOARD, Facts, Resolved, Route, decide, resolve
 from loomd.router.settings import PolicySettings
 
@@ -84,6 +84,28 @@ def test_low_confidence_goes_hybrid_when_local_is_fast_enough() -> None:
     d = decide(REQ, pol(privacy="public", allow_cloud=True, quality_threshold=0.8), cloud_ok())
     assert d.route == Route.HYBRID and d.rule == "quality-hybrid"
     assert d.confidence == 0.6  # the local model's own measured confidence
+
+
+TOOL_REQ = ChatRequest(
+    (ChatMessage("user", "water the plants"),),
+    max_tokens=64,
+    tools=(ToolSpec("garden_water", "Water a zone", {"type": "object"}, "garden.water@1"),),
+)
+
+
+@given(facts_st, policy_st)
+def test_a_tool_turn_is_never_hybrid_and_private_stays(facts: Facts, policy: Resolved) -> None:
+    d = decide(TOOL_REQ, policy, facts)
+    assert d.route != Route.HYBRID  # a call is acted on once: one answer
+    if policy.privacy in ON_BOARD or not policy.allow_cloud:
+        assert d.route in (Route.LOCAL, Route.DENY)
+
+
+def test_low_confidence_tool_turn_goes_to_the_cloud() -> None:
+    d = decide(TOOL_REQ, pol(privacy="public", allow_cloud=True, quality_threshold=0.8), cloud_ok())
+    assert d.route == Route.CLOUD and d.rule == "quality-tools"
+    d = decide(TOOL_REQ, pol(privacy="private", quality_threshold=0.8), cloud_ok())
+    assert d.route == Route.LOCAL and d.rule == "privacy"
 
 
 def test_public_goes_to_cloud_when_local_misses_the_budget() -> None:

@@ -65,6 +65,8 @@ def test_a_registered_component_is_served_everywhere(probed: LoomdProcess) -> No
     assert "loomd_probe_calls_total 2" in metrics
     assert "probe_outside_its_prefix" not in metrics  # a family outside loomd_probe_ is refused
     assert "must not" not in metrics
+    r = loomctl(probed, "greet", "dee")  # its friendly command, from the `loomd.cli` group
+    assert (r.returncode, r.stdout) == (0, "hello, dee\n"), r.stderr
 
     # Reload: the reloadable key applies live, the other is reported and keeps its value.
     probed.config.write_text(
@@ -169,10 +171,22 @@ def test_the_registry_imports_no_model_or_protocol_library() -> None:
         "paho", "mcp", "wyoming", "uvicorn", "starlette", "httpx", "aiohttp", "openai",
     )  # fmt: skip
     code = (
-        "import sys, loomd.components as c, loomd.config as k\n"
+        "import sys, loomd.components as c, loomd.settings as k\n"
         "assert c.registry().classes() and k.Settings()\n"
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"imported at registry load: {r.stdout.strip()}"
+
+
+def test_friendly_commands_come_from_the_registry_not_the_component_class() -> None:
+    """`loomctl` builds its parser from `BUILTIN_CLI` without importing components, so a
+    `cli` attribute on a component class would be silently lost: none may have one, and
+    every builtin entry names a function that exists."""
+    from loomd.components import BUILTIN_CLI, registry
+
+    reg = registry()
+    assert [n for n, cls in reg.classes().items() if hasattr(cls, "cli")] == []
+    assert set(BUILTIN_CLI) <= set(reg.names())
+    assert all(callable(reg.cli(name)) for name in BUILTIN_CLI)

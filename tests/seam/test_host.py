@@ -15,9 +15,10 @@ import uvloop
 
 from loomd.component import Command, Component
 from loomd.components import BUILTIN, Entry, Registry
-from loomd.config import PathSettings, ResolvedPaths, Section, Settings, Switch, option, switch
+from loomd.config import PathSettings, ResolvedPaths, Section, Switch, option, switch
 from loomd.errors import ConfigError, LoomdError
 from loomd.host import Host
+from loomd.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ def test_control_plane_errors_are_clear(short_tmp: Path) -> None:
             got = await host.control(None, {"op": "state.get", "args": ["k"]})
             assert got == {"found": True, "value": {"v": 1}}
             assert sorted(host.commands()) == [
+                "bus.listeners",
+                "bus.stats",
                 "flaky.oops",
                 "flaky.runs",
                 "state.del",

@@ -3,7 +3,7 @@
 Builds loomd, loomd-pylibs, loomd-voice, loomd-llm and loomd-mcp (lintian,
 systemd-analyze verify/security), makes a signed apt repository, boots Debian bookworm
 in systemd-nspawn and runs the fourteen checks of tests/system/checks.sh, the voice
-and ask checks on the small real models of $LOOMD_TEST_MODELS (passed through), the
+and ask checks on the small real test models (tests/testmodels.py, passed through), the
 mcp check on tests/system/mcp_server.py.
 Timings in docs/packaging.md.
 """
@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.testmodels import ENV, MODELS
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "system-test"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -38,6 +40,7 @@ def _why_not() -> str | None:
 
 
 @pytest.mark.system
+@pytest.mark.models
 @pytest.mark.timeout(1200)
 def test_system() -> None:
     reason = _why_not()
@@ -46,6 +49,7 @@ def test_system() -> None:
     proc = subprocess.run(
         [str(SCRIPT)],
         stdin=subprocess.DEVNULL,
+        env={**os.environ, ENV: str(MODELS)},
         capture_output=True,
         text=True,
         timeout=1100,

@@ -16,10 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
-from loomd.config import load_config
 from loomd.host import Host
 from loomd.sdk import Client
-from loomd.web import allowed
+from loomd.settings import load_config
+from loomd.web.page import allowed
 from tests.conftest import free_port, loomctl
 from tests.web.conftest import PageDaemon, SseClient, get, get_json, wait_until
 

@@ -14,13 +14,10 @@ import pytest
 
 from tests.audio.conftest import join_wavs, say_wav, voice_toml
 from tests.conftest import loomctl
+from tests.testmodels import MODELS
 from tests.web.conftest import PageDaemon, check_screenshot, get_json, wait_js
 
-MODELS = __import__("os").environ.get("LOOMD_TEST_MODELS", "")
-pytestmark = [
-    pytest.mark.models,
-    pytest.mark.skipif(not MODELS, reason="LOOMD_TEST_MODELS is not set"),
-]
+pytestmark = pytest.mark.models
 
 
 @pytest.fixture(scope="module")

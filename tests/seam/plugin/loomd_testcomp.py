@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from loomd.cli import op
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import Section, option
 from loomd.metrics import Family
@@ -98,3 +99,15 @@ class Needy(Component[NeedySettings]):
     extra = "needy"
     apt = "loomd-needy"
     summary = "needs a package that is not installed"
+
+
+def add_cli(cmds: Any) -> None:
+    """`loomctl greet WHO`: a friendly command, registered through the `loomd.cli` group."""
+    g = cmds.add_parser("greet", help="greet someone through probe.hello")
+    g.add_argument("who")
+    g.set_defaults(func=_greet)
+
+
+async def _greet(bus: Any, args: Any) -> int:
+    print((await op(bus, "probe.hello", args.who))["text"])
+    return 0

@@ -1,0 +1,309 @@
+"""The daemon side of the capability protocol and the barrier, on the bus: `caps.invoke`
+(calls into the action broker), `caps.list`, `caps.register`/`caps.unregister` of SDK
+providers kept on a lease (`caps.lease.<id>`), `collab.barrier`, and the idempotency sweep.
+
+The agents component owns it beside the plugin host and gives it its collaborators
+explicitly: the bus, the broker, its settings and how to report an error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loomd.agents.broker import (
+    ActionBroker,
+    CapabilityError,
+    InvalidParams,
+    Provider,
+    ProviderUnavailable,
+)
+from loomd.agents.capability import CapabilitySpec
+from loomd.agents.ctx import ReplyMux
+from loomd.agents.settings import AgentsSettings
+from loomd.bus.api import Bus
+from loomd.bus.envelope import Event, QoS
+from loomd.errors import LoomdError, RequestTimeout
+from loomd.messages import (
+    BarrierReply,
+    BarrierRequest,
+    CapCode,
+    CapInfo,
+    CapInvoke,
+    CapResult,
+    CapsList,
+    CapsRegister,
+    CapsRegistered,
+    CapsUnregister,
+    ErrorCode,
+    Topic,
+)
+
+__all__ = ["CapabilityService", "RemoteProvider"]
+
+LEASE_PATTERN = "caps.lease.*"
+
+Report = Callable[[ErrorCode, str, dict[str, Any]], None]
+
+
+class RemoteProvider(Provider):
+    """Capabilities of an SDK client. It keeps a lease alive by publishing on
+    `caps.lease.<id>`; when the lease runs out (the process died) every in-flight call
+    fails with `provider_unavailable` at once."""
+
+    kind = "sdk"
+
+    def __init__(self, pid: str, mux: ReplyMux, lease_s: float) -> None:
+        self.id = pid
+        self.mux = mux
+        self.lease_s = lease_s
+        self.seen = time.monotonic()
+        self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight = 0
+        self.token: Any = None
+
+    def die(self) -> None:
+        if not self.dead.done():
+            self.dead.set_result(None)
+
+    async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
+        if self.dead.done():
+            raise ProviderUnavailable(f"provider {self.id} is gone")
+        self.inflight += 1
+        req = asyncio.ensure_future(
+            self.mux.request(
+                f"caps.call.{self.id}",
+                CapInvoke(spec.full, params, left).to_payload(),
+                left + 1.0,
+                CapInvoke.TYPE,
+            )
+        )
+        try:
+            await asyncio.wait((req, self.dead), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            req.cancel()
+            raise
+        finally:
+            self.inflight -= 1
+        if not req.done():
+            req.cancel()
+            await asyncio.gather(req, return_exceptions=True)
+            raise ProviderUnavailable(f"provider {self.id} went away during the call")
+        try:
+            ev = req.result()
+        except RequestTimeout:
+            raise TimeoutError from None
+        r = CapResult.from_payload(ev.payload)
+        if r.code == CapCode.OK:
+            return r.value
+        if r.code == CapCode.CAPABILITY_ERROR:
+            raise CapabilityError(r.error)
+        if r.code == CapCode.TIMEOUT:
+            raise TimeoutError
+        if r.code == CapCode.PROVIDER_UNAVAILABLE:
+            raise ProviderUnavailable(r.error)
+        if r.code == CapCode.INVALID_PARAMS:
+            raise InvalidParams(r.error)
+        raise RuntimeError(r.error or f"provider answered {ev.payload!r:.80}")
+
+
+@dataclass
+class _Barrier:
+    n: int
+    waiting: list[Event]
+    timer: asyncio.TimerHandle | None = None
+
+
+class CapabilityService:
+    """Serves the broker and the barriers on the bus; `workers()` are the loops the
+    component runs in its task group (each restarted on a crash)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        broker: ActionBroker,
+        settings: Callable[[], AgentsSettings],
+        report: Report,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.bus = bus
+        self.broker = broker
+        self.settings = settings  # the component's current settings (they reload)
+        self._report = report
+        self.log = log
+        self.providers: dict[str, RemoteProvider] = {}
+        self.barriers: dict[str, _Barrier] = {}
+        self.intake = True
+        self._serving: set[asyncio.Task[None]] = set()
+        self._mux: ReplyMux | None = None  # replies of SDK providers, one subscription
+
+    def workers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        return [
+            ("invoke", self._serve_invoke),
+            ("barrier", self._serve_barrier),
+            ("list", self._serve_list),
+            ("register", self._serve_register),
+            ("unregister", self._serve_unregister),
+            ("leases", self._watch_leases),
+            ("lease-expiry", self._expire_leases),
+            ("idempotency", self._sweep_idempotency),
+        ]
+
+    def pending(self) -> int:
+        return len(self._serving)
+
+    async def close(self) -> None:
+        for b in self.barriers.values():
+            if b.timer:
+                b.timer.cancel()
+        self.barriers.clear()
+        if self._mux is not None:
+            await self._mux.close()
+
+    def serve(self, coro: Any) -> None:
+        """Run `coro` (an answer, a publish) as a task that `pending()` counts."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve_invoke(self) -> None:
+        async with self.bus.subscribe(Topic.CAPS_INVOKE, QoS.RELIABLE) as sub:
+            async for req in sub:
+                self.serve(self._invoke(req))
+
+    async def _invoke(self, req: Event) -> None:
+        try:
+            call = CapInvoke.from_event(req)
+        except LoomdError as exc:
+            r = CapResult(CapCode.INVALID_PARAMS, error=str(exc))
+        else:
+            if not self.intake:
+                r = CapResult(CapCode.PROVIDER_UNAVAILABLE, error="loomd is stopping")
+            else:
+                timeout = call.timeout or self.settings().call_timeout_s
+                r = await self.broker.call(
+                    call.cap, call.params, timeout=timeout, idempotency_key=call.key
+                )
+        if req.reply_to:
+            await self.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
+
+    async def _serve_list(self) -> None:
+        async with self.bus.subscribe(Topic.CAPS_LIST, QoS.RELIABLE) as sub:
+            async for req in sub:
+                if req.reply_to:
+                    caps = CapsList(tuple(CapInfo.from_payload(c) for c in self.broker.list()))
+                    await caps.respond(self.bus, req)
+
+    async def _serve_barrier(self) -> None:
+        async with self.bus.subscribe(Topic.COLLAB_BARRIER, QoS.RELIABLE) as sub:
+            async for req in sub:
+                self._arrive(req)
+
+    def _arrive(self, req: Event) -> None:
+        try:
+            arrive = BarrierRequest.from_event(req)
+        except LoomdError as exc:
+            self.serve(BarrierReply(False, error=str(exc)).respond(self.bus, req))
+            return
+        name = arrive.name
+        b = self.barriers.get(name)
+        if b is None:
+            b = self.barriers[name] = _Barrier(arrive.n, [])
+            timeout = arrive.timeout or 10.0
+            b.timer = asyncio.get_running_loop().call_later(timeout, self._expire, name, b)
+        b.waiting.append(req)
+        if len(b.waiting) >= b.n:
+            del self.barriers[name]
+            if b.timer:
+                b.timer.cancel()
+            for r in b.waiting:
+                self.serve(BarrierReply(True, len(b.waiting)).respond(self.bus, r))
+
+    def _expire(self, name: str, b: _Barrier) -> None:
+        if self.barriers.get(name) is b:
+            del self.barriers[name]
+        for r in b.waiting:
+            msg = f"{len(b.waiting)} of {b.n} arrived before the timeout"
+            self.serve(BarrierReply(False, error=msg).respond(self.bus, r))
+
+    async def _serve_register(self) -> None:
+        async with self.bus.subscribe(Topic.CAPS_REGISTER, QoS.RELIABLE) as reg:
+            async for req in reg:
+                await self._register(req).respond(self.bus, req)
+
+    async def _serve_unregister(self) -> None:
+        async with self.bus.subscribe(Topic.CAPS_UNREGISTER, QoS.RELIABLE) as unreg:
+            async for ev in unreg:
+                try:
+                    gone = CapsUnregister.from_event(ev)
+                except LoomdError as exc:
+                    self.log.warning("bad caps.unregister from %s: %s", ev.sender, exc)
+                    continue
+                prov = self.providers.get(gone.provider)
+                if prov is not None and prov.token == gone.token:
+                    del self.providers[prov.id]
+                    self._drop(prov, "unregistered")
+
+    def _register(self, req: Event) -> CapsRegistered:
+        try:
+            p = CapsRegister.from_event(req)
+        except LoomdError as exc:
+            return CapsRegistered(False, error=str(exc))
+        pid = p.provider
+        old = self.providers.pop(pid, None)
+        if old is not None:
+            self._drop(old, "registered again")
+        if self._mux is None:
+            self._mux = ReplyMux(self.bus)
+        prov = RemoteProvider(pid, self._mux, self.settings().provider_lease_s)
+        prov.token = p.token
+        self.providers[pid] = prov
+        done, refused = [], {}
+        for d in p.caps:
+            try:
+                spec = CapabilitySpec.from_dict(d)
+                self.broker.register(spec, prov)
+                done.append(spec.full)
+            except (LoomdError, ValueError, KeyError, TypeError) as exc:
+                refused[str(d.get("name") if isinstance(d, dict) else d)] = str(exc)
+                self._report(
+                    ErrorCode.CAPABILITY_REFUSED, f"provider {pid}: {exc}", {"provider": pid}
+                )
+        self.log.info("SDK provider %s registered %s", pid, ", ".join(done) or "nothing")
+        return CapsRegistered(True, tuple(done), refused, prov.lease_s)
+
+    def _drop(self, prov: RemoteProvider, why: str) -> None:
+        prov.die()
+        gone = self.broker.unregister_provider(prov)
+        self.log.info("SDK provider %s dropped (%s): %s", prov.id, why, ", ".join(gone) or "-")
+
+    async def _watch_leases(self) -> None:
+        async with self.bus.subscribe(LEASE_PATTERN, QoS.REALTIME) as sub:
+            async for ev in sub:
+                pid = ev.topic.rsplit(".", 1)[1]
+                prov = self.providers.get(pid)
+                if prov is not None:
+                    prov.seen = time.monotonic()
+                else:  # a provider we do not know (the daemon restarted): ask it again
+                    await self.bus.publish(
+                        f"caps.reregister.{pid}", None, qos=QoS.REALTIME, wait=False
+                    )
+
+    async def _expire_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings().provider_lease_s / 5)
+            now = time.monotonic()
+            for pid, prov in list(self.providers.items()):
+                if now - prov.seen > prov.lease_s:
+                    del self.providers[pid]
+                    self._drop(prov, f"no lease renewal for {prov.lease_s:g} s")
+
+    async def _sweep_idempotency(self) -> None:
+        while True:
+            n = await self.broker.sweep_idempotency()
+            if n:
+                self.log.info("dropped %d expired idempotency records", n)
+            await asyncio.sleep(min(3600.0, self.settings().idempotency_ttl_s))

@@ -1,0 +1,85 @@
+"""One connected client of the bus server: what it subscribed, what it was sent and acked,
+its publishes awaiting their ack, and its budget of pending bytes."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+
+from loomd.bus.subscriber import Budget, Subscriber
+
+__all__ = ["Session", "SessionOwner"]
+
+
+class SessionOwner(Protocol):
+    """What a session asks of the server that holds it (`BusServer`)."""
+
+    pending_bytes: int
+
+    def mark_dirty(self, sub: Subscriber) -> None: ...
+
+    def mark_acks(self, session: Session) -> None: ...
+
+    def on_evicted(self, session: Session, sub: Subscriber, reason: str) -> None: ...
+
+
+class Session:
+    """One connected client (SDK agent or loomctl), keyed by its ZeroMQ routing id."""
+
+    def __init__(
+        self, server: SessionOwner, sock: zmq.Socket[bytes], ident: bytes, number: int
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self.ident = ident  # assigned by libzmq per connection (clients may not choose one)
+        self.number = number  # what status shows instead of the routing id
+        self.secret: bytes | None = None  # from the first hello: later hellos must match
+        self.budget = Budget(server.pending_bytes)
+        self.evicted_at = -1e9  # when the broker last shed one of its subscriptions
+        self.retry_s = 0.0  # current back-off while its pipe is full (0: not blocked)
+        self.progressed = False  # a send to it went through in this flush round
+        self.blocked_until = 0.0
+        self.name = ""
+        self.last_seen = time.monotonic()
+        self.subs: dict[int, Subscriber] = {}  # client sid -> subscription
+        self.sent: dict[int, int] = {}  # daemon sid -> deliveries sent (reliable)
+        self.acked: dict[int, int] = {}  # daemon sid -> deliveries acked (reliable)
+        self.windows: dict[int, int] = {}
+        self.pub_fifo: deque[list[Any]] = deque()  # reliable publishes awaiting their ack
+        self.pub_acked = 0
+        self.pub_errors: list[tuple[int, str]] = []
+        self.alive = True
+        self.greeted = False  # said hello to *this* daemon: its reliable acks count from there
+
+    def wake(self, sub: Subscriber) -> None:
+        self.server.mark_dirty(sub)
+
+    def evicted(self, sub: Subscriber, reason: str) -> None:
+        self.server.on_evicted(self, sub, reason)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name or 'client'}#{self.number}"
+
+    def ack_callback(self) -> Callable[[str | None], None]:
+        cell: list[Any] = [None, False]
+        self.pub_fifo.append(cell)
+
+        def done(err: str | None) -> None:
+            cell[0], cell[1] = err, True
+            self.server.mark_acks(self)
+
+        return done
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "subscriptions": len(self.subs),
+            "idle_s": round(time.monotonic() - self.last_seen, 1),
+            "unacked_publishes": len(self.pub_fifo),
+            "pending_bytes": self.budget.used,
+        }

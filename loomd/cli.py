@@ -1,0 +1,62 @@
+"""What a component's `loomctl` subcommands are built on: run an operation, print JSON, read
+a payload argument.
+
+A package offers friendly commands with a function `add_cli(cmds)` in its own `cli` module,
+named in the component registry (`loomd.components.BUILTIN_CLI`, or an entry point in the
+group `loomd.cli`); `loomctl` calls it with argparse's subparsers. Each parser it adds sets
+`func=async (client, args) -> exit code`, built on `op()` here, so no package imports
+`loomd.ctl` (the top floor) and `loomctl --help` imports no component module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loomd.errors import LoomdError
+
+if TYPE_CHECKING:
+    from loomd.sdk.client import Client
+
+__all__ = ["dumps", "jsonable", "op", "parse_payload"]
+
+
+def jsonable(value: Any) -> Any:
+    """A CBOR value as JSON can hold it: bytes become `{"base64": ...}`."""
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kw: Any) -> str:
+    return json.dumps(jsonable(value), ensure_ascii=False, default=str, **kw)
+
+
+def parse_payload(arg: str | None, raw: bool = False) -> Any:
+    """JSON text, `@file` (JSON, or bytes with --raw), or nothing (null)."""
+    if arg is None:
+        return None
+    if arg.startswith("@"):
+        data = Path(arg[1:]).read_bytes()
+        if raw:
+            return data
+        arg = data.decode()
+    elif raw:
+        return arg.encode()
+    try:
+        return json.loads(arg)
+    except json.JSONDecodeError as exc:
+        raise LoomdError(
+            f"payload is not JSON ({exc.msg}); quote strings like '\"hello\"' or use --raw"
+        ) from None
+
+
+async def op(bus: Client, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run `<component>.<op>` on the daemon: what every friendly command is built on."""
+    return await bus.call(name, args=list(args), **kwargs)

@@ -1,0 +1,149 @@
+"""One subscription of the SDK client: an async iterator of events with its own credit
+window, acks, resume point (durable topics) and resubscription after an eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from loomd.bus.envelope import Event, QoS
+from loomd.errors import RemoteError
+
+if TYPE_CHECKING:
+    from loomd.sdk.client import Client
+
+__all__ = ["Subscription"]
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """An async iterator of events for one pattern, created by `Client.subscribe`."""
+
+    def __init__(
+        self,
+        client: Client,
+        sid: int,
+        pattern: str,
+        qos: QoS | None,
+        window: int,
+        after: int | None,
+        max_age_ms: int | None = None,
+    ) -> None:
+        self.client = client
+        self.sid = sid
+        self.pattern = pattern
+        self.qos = qos
+        self.window = window
+        self.max_age_ms = max_age_ms
+        self.evictions = 0  # times the daemon shed it as a slow consumer (then resubscribed)
+        self.last_seq = after  # highest durable journal seq consumed (resume point)
+        self.gen = 0  # bumped at every (re)subscribe: acks count only this generation
+        self.received = 0
+        self.consumed = 0
+        self.acked = 0
+        self.dropped = 0
+        self.closed = False
+        self._queue: deque[tuple[int, int, Event]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[dict[str, Any]] = client.loop.create_future()
+
+    def _sub_msg(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "op": "sub",
+            "sid": self.sid,
+            "pattern": self.pattern,
+            "window": self.window,
+        }
+        if self.qos is not None:
+            msg["qos"] = str(self.qos)
+        if self.last_seq is not None:
+            msg["after"] = self.last_seq
+        if self.max_age_ms is not None:
+            msg["max_age_ms"] = self.max_age_ms
+        return msg
+
+    def _resubscribed(self) -> None:
+        self.gen += 1
+        self.received = self.consumed = self.acked = 0
+        # durable items will be replayed from last_seq: drop the local copies
+        self._queue = deque(item for item in self._queue if item[1] <= 0)
+
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        if not reply.get("ok", False):
+            # refused (a quota, a bad pattern): the subscription never existed
+            err = RemoteError(str(reply.get("code", "error")), str(reply.get("error", "")))
+            self.closed = True
+            self.client._subs.pop(self.sid, None)
+            if not self._ready.done():
+                self._ready.set_exception(err)
+                self._ready.exception()  # retrieved: the caller may never call ready()
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            log.warning("subscription %r refused: %s", self.pattern, err)
+            return
+        if self.qos is None:
+            self.qos = QoS(reply.get("qos", "realtime"))
+        if self.qos is QoS.RELIABLE and self.last_seq is None:
+            self.last_seq = int(reply.get("head", 0))
+        if not self._ready.done():
+            self._ready.set_result(reply)
+
+    def _deliver(self, seq: int, ev: Event) -> None:
+        self.received += 1
+        q = self._queue
+        q.append((self.gen, seq, ev))
+        if self.qos is not QoS.RELIABLE and len(q) > self.client.local_queue:
+            q.popleft()
+            self.dropped += 1
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def ready(self) -> Subscription:
+        """Wait until the daemon confirmed the subscription."""
+        await self.client._wait(self._ready, self.client.timeout, "subscribe")
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._queue:
+            if self.closed:
+                raise StopAsyncIteration
+            self._waiter = self.client.loop.create_future()
+            await self._waiter
+            self._waiter = None
+        gen, seq, ev = self._queue.popleft()
+        if seq > 0:
+            self.last_seq = seq
+        if gen == self.gen:
+            self.consumed += 1
+            # Ack every quarter window: the daemon keeps sending while less than a full
+            # window is unacknowledged, so this never stalls, and costs 1 message per W/4.
+            if self.qos is QoS.RELIABLE and self.consumed - self.acked >= max(1, self.window // 4):
+                self.acked = self.consumed
+                self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
+        return ev
+
+    async def get(self, timeout: float | None = None) -> Event:
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.client._subs.pop(self.sid, None)
+        self.client._send_ctl({"op": "unsub", "sid": self.sid})
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def __aenter__(self) -> Subscription:
+        return await self.ready()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

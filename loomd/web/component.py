@@ -1,0 +1,114 @@
+"""The `metrics` component: serves every component's families over HTTP on localhost, and
+the status page beside them when `[metrics] page` is on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from loomd.component import Component, StatusBlock
+from loomd.config import IP_TEXT, Section, is_ip, option
+from loomd.messages import ErrorCode
+from loomd.metrics import Family
+from loomd.web.http import MetricsServer
+
+if TYPE_CHECKING:
+    from loomd.web.page import StatusPage
+
+__all__ = ["MetricsComponent", "MetricsSettings", "MetricsStatus"]
+
+
+@dataclass(frozen=True)
+class MetricsSettings(Section):
+    SECTION: ClassVar[str] = "metrics"
+
+    enabled: bool = option(True, reload=True)
+    bind: str = option("127.0.0.1", valid=is_ip, expected=IP_TEXT, reload=True)
+    port: int = option(9478, min=1, max=65535, reload=True)
+    # The status page at / (loomd/web): "local" answers loopback peers only, whatever
+    # `bind` says; "on" anyone who reaches the port; "off" serves metrics only.
+    page: str = option("local", choices=("local", "on", "off"), reload=True)
+    page_clients: int = option(4, min=1, max=64, reload=True)  # live-tail (SSE) clients
+
+
+@dataclass(frozen=True)
+class MetricsStatus(StatusBlock):
+    url: str | None
+    page: str = "off"
+
+    def lines(self) -> list[str]:
+        if self.url is None:
+            return ["off"]
+        if self.page == "off":
+            return [self.url]
+        return [self.url, f"status page: {self.url.removesuffix('metrics')} ({self.page})"]
+
+
+class MetricsComponent(Component[MetricsSettings]):
+    """Serves every component's families (`ctx.services.collect`) as Prometheus text."""
+
+    name = "metrics"
+    Settings = MetricsSettings
+    summary = "Prometheus metrics and the status page over HTTP on localhost"
+
+    server: MetricsServer | None = None
+    page: StatusPage | None = None
+    _sampler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._open()
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def reload(self, new: MetricsSettings) -> list[str]:
+        changed = new != self.settings
+        self.ctx.settings = new
+        if changed:
+            await self._close()
+            await self._open()
+        return []
+
+    async def _open(self) -> None:
+        m = self.settings
+        if not m.enabled:
+            return
+        page = None
+        if m.page != "off":
+            from loomd.web.page import StatusPage  # only when the page is on
+
+            page = StatusPage(self.ctx, m.page, max_clients=m.page_clients)
+            await page.load()
+        server = MetricsServer(
+            m.bind, m.port, self.ctx.services.collect, page.handle if page else None
+        )
+        try:
+            await server.start()
+        except OSError as exc:  # the daemon runs on without metrics, and says so
+            self.ctx.error(
+                ErrorCode.METRICS, f"metrics disabled: cannot listen on {m.bind}:{m.port}: {exc}"
+            )
+            return
+        self.server = server
+        if page is not None:
+            self.page = page
+            self._sampler = self.spawn(page.history.run, "page-history", restart=True)
+
+    async def _close(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.close()  # ends the live-tail streams too
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        self.page = None
+
+    def status(self) -> MetricsStatus:
+        if self.server is None:
+            return MetricsStatus(None)
+        return MetricsStatus(self.server.url, self.page.mode if self.page else "off")
+
+    def metrics(self) -> Iterable[Family]:
+        return self.page.families() if self.page is not None else ()
