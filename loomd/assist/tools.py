@@ -1,5 +1,6 @@
 """The model with tools, when no sentence matched: the broker's catalogue as `ToolSpec`s
-(valid, unique names; `ToolSpec.capability` keeps the real one), tool calls run through the
+(named by `loomd.agents.tools`: valid, unique; `ToolSpec.capability` keeps the real
+one), tool calls run through the
 broker with deadlines (confirm honoured: such a call is asked back, not run), results sent
 back as `Role.TOOL` messages, until the model answers."""
 
@@ -7,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
-from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from loomd.agents.tools import tool_specs
 from loomd.errors import LoomdError
 from loomd.messages import (
     ActionRecord,
@@ -23,43 +23,15 @@ from loomd.messages import (
     IntentInfo,
     IntentVia,
     Role,
-    ToolSpec,
 )
 
 if TYPE_CHECKING:
     from loomd.assist.component import AssistComponent, Conversation
 
-__all__ = ["llm_turn", "tool_specs"]
+__all__ = ["llm_turn"]
 
-_BAD = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def tool_specs(caps: Iterable[Mapping[str, Any]]) -> list[ToolSpec]:
-    """One tool per capability (its highest version), named `[A-Za-z0-9_-]{1,64}` and unique:
-    `lights.set` -> `lights_set`; a clash gets `_2`, `_3`..."""
-    latest: dict[str, Mapping[str, Any]] = {}
-    for c in caps:
-        name = str(c.get("name", ""))
-        if name and int(c.get("version", 1)) >= int(latest.get(name, {}).get("version", 0)):
-            latest[name] = c
-    out: list[ToolSpec] = []
-    used: set[str] = set()
-    for name in sorted(latest):
-        c = latest[name]
-        base = _BAD.sub("_", name)[:60] or "tool"
-        tool, n = base, 1
-        while tool in used:
-            n += 1
-            tool = f"{base}_{n}"
-        used.add(tool)
-        schema = dict(c.get("schema") or {"type": "object"})
-        schema.setdefault("type", "object")
-        out.append(
-            ToolSpec(
-                tool, str(c.get("description") or name), schema, f"{name}@{c.get('version', 1)}"
-            )
-        )
-    return out
+# Never offered to the model: itself, and the conversation it is in.
+NOT_TOOLS = ("llm.", "assist.")
 
 
 async def llm_turn(
@@ -68,7 +40,7 @@ async def llm_turn(
     from loomd.router.client import chat_stream
 
     s = assist.settings
-    tools = tool_specs(c for c in assist.caps if c.get("provider") != "assist")
+    tools = tool_specs(c for c in assist.caps if not str(c["name"]).startswith(NOT_TOOLS))
     by_tool = {t.name: t for t in tools}
     confirm = {c["name"] for c in assist.caps if c.get("confirm")}
     messages = [
@@ -77,7 +49,7 @@ async def llm_turn(
         ChatMessage(Role.USER, ask.text),
     ]
     actions: list[ActionRecord] = []
-    route, reply = "", ""
+    route, reply, first_answer = "", "", True
     for _ in range(s.max_tool_rounds):
         req = ChatRequest(
             tuple(messages),
@@ -101,7 +73,8 @@ async def llm_turn(
                 route,
                 error=str(exc),
             )
-        if not actions:
+        if first_answer:
+            first_answer = False
             mark("llm_first")
         if done is None:
             break
@@ -148,10 +121,13 @@ async def llm_turn(
             messages.append(
                 ChatMessage(Role.TOOL, json.dumps(body, default=str), tool_call_id=call.id)
             )
+    if not reply:  # the rounds ran out on tool calls
+        done_ok = any(a.code == "ok" for a in actions)
+        reply = "Done" if done_ok else "Sorry, I couldn't do that"
     first = actions[0] if actions else None
     intent = IntentInfo(
         first.capability.split("@")[0] if first else "",
         dict(first.params) if first else {},
         IntentVia.LLM.value,
     )
-    return AssistTurn(ask.text, intent, tuple(actions), reply or "Done", route)
+    return AssistTurn(ask.text, intent, tuple(actions), reply, route)
