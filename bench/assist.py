@@ -136,6 +136,13 @@ COMMANDS: list[tuple[str, str, Any]] = [
     ("turn on the hallway light", "no", None),
     ("I left the desk lamp on yesterday", "no", None),
 ]  # fmt: skip
+# Out of grammar, for the model with tools: (text, (capability, device) or None: must not act)
+LLM_CASES = [
+    ("it is too dark to read on the sofa", ("home.turn_on", "sofa_lamp")),
+    ("the office needs some light", ("home.turn_on", "desk_lamp")),
+    ("I am freezing in the living room", ("home.climate_set_temperature", "thermostat")),
+    ("tell me a joke", None),
+]
 QUICK_PICK = [0, 1, 2, 4, 7, 12, 18, 21, 25, 29]
 
 
@@ -306,9 +313,6 @@ def main() -> None:
     device_cases = [c for c in cases if c[1] == "act" and all(cap.startswith("home.")
                                                               for cap, _ in c[2])]  # fmt: skip
     res.update(daemon_turns(tmp, device_cases[: 3 if QUICK else 8]))
-    res["llm_tool_valid_rate"] = None  # the router's tools branch has not landed on main
-    res["llm_tool_accuracy"] = None
-    res["llm_first_call_ms"] = None
     res["wall_s"] = round(time.monotonic() - began, 1)
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(res))
@@ -341,6 +345,7 @@ def free_port() -> int:
 
 def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]:
     from loomd.audio.settings import VadSettings
+    from loomd.messages import AssistRequest, AssistTurn, Topic
     from loomd.sdk import Client
 
     root = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
@@ -367,7 +372,9 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
         f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
         f"[mqtt]\nenabled = true\nport = {port}\ndiscovery = false\n"
-        f"[assist]\nenabled = true\nllm = false\n"
+        f"[assist]\nenabled = true\nllm = true\n"
+        f'[llm]\nenabled = true\nmodel = "{MODELS / "llm/SmolLM2-135M-Instruct.gguf"}"\n'
+        f"threads = 1\n"
         f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\nsink = "buffer"\nagent = "assist"\n'
     )
     proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
@@ -377,6 +384,7 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
                    check=True)  # fmt: skip
     clips, commands = [], []
     raw_ms: list[float] = []
+    llm_turns: list[tuple[Any, Any]] = []
     for i, (t, _k, _w) in enumerate(cases):
         raw = root / f"c{i}.raw.wav"
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), t], check=True)
@@ -398,6 +406,7 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
                     caps = await bus.call("agents.caps")
                     if any(c["name"] == "home.turn_on" for c in caps["capabilities"]):
                         await bus.call("voice.last")
+                        await bus.call("llm.stats")
                         break
             except Exception:
                 if time.monotonic() > deadline:
@@ -406,6 +415,10 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         await asyncio.sleep(1.0)  # the assist reads the catalogue once more
         turns = []
         async with Client(endpoint, name="bench", timeout=10) as bus:
+            for text, want in LLM_CASES:  # no sentence covers these: the model with tools
+                req = AssistRequest(text, conversation_id=f"bench-{len(llm_turns)}")
+                ev = await bus.request(Topic.ASSIST_CONVERSE, req.to_payload(), timeout=240)
+                llm_turns.append((AssistTurn.from_payload(ev.payload), want))
             for clip, cmd in zip(clips, commands, strict=True):
                 r = await bus.call("voice.test", args=[str(clip)], timeout=240)
                 turns.extend(r["turns"])
@@ -423,6 +436,25 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         shutil.rmtree(root, ignore_errors=True)
     for t in turns:
         print(f"turn {t['transcript']!r}: {t['timings']}", file=sys.stderr)
+    calls = [a for t, _ in llm_turns for a in t.actions]
+    for t, _ in llm_turns:
+        print(f"llm {t.transcript!r}: {[(a.capability, a.params, a.code) for a in t.actions]} "
+              f"{t.reply[:60]!r}", file=sys.stderr)  # fmt: skip
+    valid = [a for a in calls if a.code not in ("invalid_params", "provider_unavailable")]
+    right = sum(
+        want is not None and any(a.capability.split("@")[0] == want[0]
+                                 and a.params.get("device") == want[1] for a in t.actions)
+        for t, want in llm_turns
+    )  # fmt: skip
+    firsts = [t.timings["llm_first"] for t, _ in llm_turns if "llm_first" in t.timings]
+    llm = {
+        "llm_tool_calls": len(calls),
+        "llm_tool_valid_rate": round(len(valid) / len(calls), 3) if calls else None,
+        "llm_tool_accuracy": round(right / sum(w is not None for _, w in llm_turns), 3),
+        "llm_first_call_ms": pctl(firsts, 0.5),
+        "llm_false_actions": sum(a.code == "ok" for t, w in llm_turns if w is None
+                                 for a in t.actions),
+    }
     done = [t["timings"]["action_done"] for t in turns if "action_done" in t["timings"]]
     audio = [t["timings"]["first_audio"] for t in turns if "first_audio" in t["timings"]]
     return {
@@ -435,6 +467,7 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         "eos_to_reply_audio_ms": pctl(audio, 0.5),
         "vad_hangover_ms": VadSettings().hangover_ms,
         "raw_stt_p50_ms": pctl(raw_ms, 0.5),
+        **llm,
     }
 
 
