@@ -34,6 +34,14 @@ __all__ = ["llm_turn"]
 NOT_TOOLS = ("llm.", "assist.")
 
 
+def _question(assist: AssistComponent, description: str, args: dict[str, Any]) -> str:
+    """ "Unlock the side door?" for a device action; the capability's description else."""
+    device = next((d for d in assist.home.devices if d.id == args.get("device")), None)
+    if device is None:
+        return f"{description}?"
+    return f"{description.split(' ')[0]} the {device.name}?"
+
+
 async def llm_turn(
     assist: AssistComponent, ask: AssistRequest, conv: Conversation, mark: Any
 ) -> AssistTurn:
@@ -110,7 +118,7 @@ async def llm_turn(
                     ask.text,
                     intent,
                     tuple(actions),
-                    f"{spec.description or cap}?",
+                    _question(assist, spec.description or cap, call.arguments),
                     route,
                     continue_conversation=True,
                 )
