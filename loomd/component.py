@@ -164,8 +164,10 @@ class Context(Generic[S]):
         cache_dir: Path,
         device_id: str,
         models_dir: Path | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.name = name
+        self.config_path = config_path  # the file the settings came from (None: built in code)
         self.settings = settings
         self.services = services
         self.state_dir = state_dir

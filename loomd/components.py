@@ -49,8 +49,10 @@ BUILTIN: dict[str, str] = {
     "llm": "loomd.router.component:LlmComponent",
     "mqtt": "loomd.bridges.mqtt:MqttComponent",
     "peers": "loomd.bridges.peers:PeersComponent",
+    "home": "loomd.home.component:HomeComponent",
     "voice": "loomd.audio.component:VoiceComponent",
     "homeassistant": "loomd.homeassistant.component:HomeAssistantComponent",
+    "assist": "loomd.assist.component:AssistComponent",
 }
 
 # The `loomctl` subcommands of each component: name -> "module:function(subparsers)".
@@ -62,6 +64,8 @@ BUILTIN_CLI: dict[str, str] = {
     "mqtt": "loomd.bridges.cli:add_mqtt_cli",
     "peers": "loomd.bridges.cli:add_peers_cli",
     "voice": "loomd.audio.cli:add_cli",
+    "home": "loomd.home.cli:add_cli",
+    "assist": "loomd.assist.cli:add_cli",
 }
 
 ENTRY_POINT_GROUP = "loomd.components"

@@ -147,6 +147,7 @@ class Host:
             cache_dir=s.cache_dir,
             device_id=device_id(s),
             models_dir=s.resolved.models_dir,
+            config_path=s.source,
         )
 
     async def _start(self, name: str) -> None:

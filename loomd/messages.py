@@ -33,10 +33,19 @@ __all__ = [
     "ChatDone",
     "ChatMessage",
     "ChatRequest",
+    "DeviceState",
+    "Domain",
     "EventType",
     "HaState",
+    "HomeArea",
+    "HomeDevice",
+    "HomeSnapshot",
     "IntentInfo",
     "IntentVia",
+    "MqttAck",
+    "MqttFollow",
+    "MqttMessage",
+    "MqttPublish",
     "PlayAudio",
     "PlayDone",
     "Policy",
@@ -47,6 +56,7 @@ __all__ = [
     "ToolSpec",
     "Topic",
     "Transcript",
+    "Vocabulary",
     "VoiceListen",
     "VoiceRelease",
     "VoiceState",
@@ -72,6 +82,12 @@ class Topic(StrEnum):
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
     ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
     ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
+    ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
+    MQTT_PUBLISH = "mqtt.publish"  # MqttPublish (request/reply: MqttAck)
+    MQTT_FOLLOW = "mqtt.follow"  # MqttFollow (request/reply: MqttAck); then MqttMessage events
+    HOME_STATE = "home.state"  # home.state.<device id>: DeviceState
+    HOME_REGISTRY = "home.registry"  # request/reply: HomeSnapshot
+    HOME_CHANGED = "home.changed"  # HomeSnapshot, when devices or areas change
     # The voice hand-off (a satellite takes a turn): see the block at the end of this file.
     VOICE_WAKE = "voice.wake"  # WakeDetected (request/reply: WakeClaim)
     VOICE_LISTEN = "voice.listen"  # VoiceListen: stream the mic without a wake word
@@ -462,6 +478,151 @@ class AssistTurn(_Payload, topic=Topic.ASSIST_TURN):
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Vocabulary(_Payload):
+    """Names the assist knows (devices, aliases, areas, capability words): the speech to
+    text stage's initial prompt, so whisper spells them the way the house does."""
+
+    words: tuple[str, ...] = ()
+    language: str = "en"
+
+    @property
+    def prompt(self) -> str:
+        return ", ".join(self.words)
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> Vocabulary:
+        return cls(**{**payload, "words": tuple(str(w) for w in payload.get("words") or ())})
+
+
+# -- MQTT from the bus ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MqttPublish(_Payload):
+    """Publish one message through the MQTT bridge (`Topic.MQTT_PUBLISH`, request/reply).
+    Answered with an `MqttAck` once the message is durable in the outbox (QoS >= 1) or
+    handed to the socket (QoS 0)."""
+
+    topic: str
+    payload: bytes = b""
+    qos: int = 1
+    retain: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.topic or any(c in self.topic for c in "+#\0"):
+            raise LoomdError(f"bad MQTT topic {self.topic!r}: no wildcards, not empty")
+        if self.qos not in (0, 1, 2):
+            raise LoomdError(f"bad MQTT qos {self.qos!r}: 0, 1 or 2")
+        if isinstance(self.payload, str):
+            object.__setattr__(self, "payload", self.payload.encode())
+        if not isinstance(self.payload, bytes):
+            raise LoomdError("an MQTT payload is bytes or text")
+
+
+@dataclass(frozen=True)
+class MqttFollow(_Payload):
+    """Ask the bridge to subscribe to MQTT topic filters and publish each message that
+    arrives as an `MqttMessage` on `bus_topic` (`Topic.MQTT_FOLLOW`, request/reply). The
+    bridge keeps the filters across reconnects; a new request from the same `owner`
+    replaces its filters."""
+
+    owner: str
+    filters: tuple[str, ...]
+    bus_topic: str
+    qos: int = 1
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> MqttFollow:
+        return cls(**{**payload, "filters": tuple(str(f) for f in payload.get("filters") or ())})
+
+
+@dataclass(frozen=True)
+class MqttMessage(_Payload):
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class MqttAck(_Payload):
+    ok: bool
+    error: str = ""
+
+
+# -- the home: devices, areas, state -------------------------------------------------------------
+class Domain(StrEnum):
+    """Home Assistant's device domains (the ones the board acts on or reads)."""
+
+    LIGHT = "light"
+    SWITCH = "switch"
+    COVER = "cover"
+    LOCK = "lock"
+    CLIMATE = "climate"
+    FAN = "fan"
+    MEDIA_PLAYER = "media_player"
+    SENSOR = "sensor"
+    BINARY_SENSOR = "binary_sensor"
+
+
+@dataclass(frozen=True)
+class HomeArea(_Payload):
+    id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HomeArea:
+        return cls(**{**payload, "aliases": tuple(payload.get("aliases") or ())})
+
+
+@dataclass(frozen=True)
+class HomeDevice(_Payload):
+    """A device as other parts see it: who it is, where, what kind, where it came from
+    (`config`, a `home.d` file, `agent:<provider>`), and its last known state."""
+
+    id: str
+    name: str
+    domain: Domain
+    area: str = ""
+    aliases: tuple[str, ...] = ()
+    source: str = "config"
+    sensitive: bool = False
+    confirm: tuple[str, ...] = ()  # actions asked back first ("unlock"; "*" for every one)
+    state: str = ""  # "" until known
+    unit: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HomeDevice:
+        return cls(**{**payload, "domain": Domain(str(payload.get("domain"))),
+                      "aliases": tuple(payload.get("aliases") or ()),
+                      "confirm": tuple(payload.get("confirm") or ())})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HomeSnapshot(_Payload):
+    areas: tuple[HomeArea, ...] = ()
+    devices: tuple[HomeDevice, ...] = ()
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"areas": [a.to_payload() for a in self.areas],
+                "devices": [d.to_payload() for d in self.devices]}  # fmt: skip
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HomeSnapshot:
+        return cls(
+            tuple(HomeArea.from_payload(a) for a in payload.get("areas") or ()),
+            tuple(HomeDevice.from_payload(d) for d in payload.get("devices") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceState(_Payload):
+    """A device's state as its state topic last reported it (`home.state.<device>`)."""
+
+    device: str
+    state: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0  # time.time()
 # -- the protocol between parts: capabilities, collaboration, errors, control --------------
 # (issue 20: each payload that crossed parts as a dict has its class here)
 
@@ -552,10 +713,21 @@ class CapInfo(_Payload):
     provider: str = ""
     kind: str = ""  # local | sdk | mcp
     calls: int = 0
+    # For the assist (see CapabilitySpec): sentence templates, ask back first, sensitive,
+    # and the devices the capability acts for ({id, name, domain, area?, aliases?}).
+    sentences: tuple[str, ...] = ()
+    confirm: bool = False
+    sensitive: bool = False
+    devices: tuple[dict[str, Any], ...] = ()
 
     @property
     def full(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapInfo:
+        return cls(**{**payload, "sentences": tuple(payload.get("sentences") or ()),
+                      "devices": tuple(dict(d) for d in payload.get("devices") or ())})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -659,6 +831,10 @@ class TurnStage(StrEnum):
     VAD_END = "vad_end"
     STT_START = "stt_start"
     STT_END = "stt_end"
+    MATCHED = "matched"  # the assist understood the transcript (local intent)
+    ACTION_DONE = "action_done"  # the assist's actions finished
+    LLM_FIRST = "llm_first"  # the assist's first answer from the model
+    REPLY = "reply"  # the assist's reply arrived
     FIRST_TOKEN = "first_token"
     FIRST_SENTENCE = "first_sentence"
     FIRST_AUDIO = "first_audio"
@@ -673,6 +849,10 @@ _STAGE_LABELS = {
     TurnStage.VAD_END: "VAD end",
     TurnStage.STT_START: "STT start",
     TurnStage.STT_END: "STT end",
+    TurnStage.MATCHED: "intent matched",
+    TurnStage.ACTION_DONE: "action done",
+    TurnStage.LLM_FIRST: "model answered",
+    TurnStage.REPLY: "reply",
     TurnStage.FIRST_TOKEN: "LLM first token",
     TurnStage.FIRST_SENTENCE: "first sentence",
     TurnStage.FIRST_AUDIO: "TTS first audio",
@@ -728,6 +908,13 @@ class ErrorCode(StrEnum):
     BAD_PLAY = "bad_play"
     BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
+    BAD_VOCABULARY = "bad_vocabulary"
+    # the home and the assist
+    HOME_FOLLOW = "home_follow"
+    HOME_BAD_STATE = "home_bad_state"
+    HOME_AGENT_DEVICES = "home_agent_devices"
+    ASSIST_SENTENCES = "assist_sentences"
+    ASSIST_BAD_REQUEST = "assist_bad_request"
     # bridges
     MQTT_TLS = "mqtt_tls"
     MQTT_UNREACHABLE = "mqtt_unreachable"

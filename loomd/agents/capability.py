@@ -12,7 +12,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,18 +49,34 @@ class CapabilitySpec:
     version: int = 1
     description: str = ""
     schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+    # hassil sentence templates the assist matches to this capability ("water the {zone}
+    # plants"): each {slot} is a parameter (its enum, its number range, or free text).
+    sentences: tuple[str, ...] = ()
+    confirm: bool = False  # the assist asks back before it runs ("Unlock the front door?")
+    sensitive: bool = False  # acts on the physical world's safety or privacy
+    # Devices it acts for ({id, name, domain, area?, aliases?}): the home registry lists them.
+    devices: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def full(self) -> str:
         return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "version": self.version,
             "description": self.description,
             "schema": dict(self.schema),
         }
+        if self.sentences:
+            out["sentences"] = list(self.sentences)
+        if self.confirm:
+            out["confirm"] = True
+        if self.sensitive:
+            out["sensitive"] = True
+        if self.devices:
+            out["devices"] = [dict(d) for d in self.devices]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CapabilitySpec:
@@ -69,15 +85,37 @@ class CapabilitySpec:
         schema = d.get("schema") or {"type": "object"}
         if not isinstance(schema, Mapping):
             raise ValueError(f"capability {name}: schema must be an object")
-        return cls(name, v, str(d.get("description") or ""), dict(schema))
+        sentences = d.get("sentences") or ()
+        devices = d.get("devices") or ()
+        if not isinstance(sentences, list | tuple) or not all(
+            isinstance(x, str) for x in sentences
+        ):
+            raise ValueError(f"capability {name}: sentences must be a list of strings")
+        if not isinstance(devices, list | tuple) or not all(
+            isinstance(x, Mapping) for x in devices
+        ):
+            raise ValueError(f"capability {name}: devices must be a list of tables")
+        return cls(
+            name, v, str(d.get("description") or ""), dict(schema), tuple(sentences),
+            bool(d.get("confirm")), bool(d.get("sensitive")), tuple(dict(x) for x in devices),
+        )  # fmt: skip
 
 
 def capability(
-    name: str | None = None, *, version: int = 1, description: str | None = None
+    name: str | None = None,
+    *,
+    version: int = 1,
+    description: str | None = None,
+    sentences: Sequence[str] = (),
+    confirm: bool = False,
+    sensitive: bool = False,
+    devices: Sequence[Mapping[str, Any]] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a function (sync or async) as a capability. `@capability()` names it after the
-    function; `@capability("lights.set", version=2)` names it. The function is returned
-    unchanged, so it stays callable as plain Python."""
+    function; `@capability("lights.set", version=2)` names it. `sentences` are hassil
+    templates the assist matches to it (`"water the {zone} plants"`, each `{slot}` one of
+    its parameters); `confirm=True` makes the assist ask back before it runs. The function
+    is returned unchanged, so it stays callable as plain Python."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         full = name or fn.__name__
@@ -87,6 +125,10 @@ def capability(
             v or version,
             description if description is not None else _summary(fn.__doc__),
             schema_for(fn),
+            tuple(sentences),
+            confirm,
+            sensitive,
+            tuple(dict(d) for d in devices),
         )
         setattr(fn, _ATTR, spec)
         return fn

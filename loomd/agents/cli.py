@@ -39,7 +39,13 @@ async def _run(bus: Any, args: Any) -> int:
             print(dumps(r["capabilities"], indent=2))
             return 0
         for c in r["capabilities"]:
-            print(f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]  {c['description']}")
+            flags = "".join(f" ({f})" for f in ("confirm", "sensitive") if c.get(f))
+            print(
+                f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]{flags}  "
+                f"{c['description']}"
+            )
+            for sentence in c.get("sentences") or ():
+                print(f"    says: {sentence}")
             print(f"    {json.dumps(c['schema'])}")
         return 0
     # call

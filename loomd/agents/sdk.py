@@ -50,11 +50,9 @@ async def serve_capabilities(
 ) -> AsyncIterator[dict[str, Any]]:
     """Offer every capability in `broker` to the daemon while the block runs. Yields the
     daemon's answer to the registration (`registered`, `refused`, `lease_s`)."""
-    caps = [
-        {"name": c["name"], "version": c["version"], "description": c["description"],
-         "schema": c["schema"]}
-        for c in broker.list()
-    ]  # fmt: skip
+    # The spec as `CapabilitySpec.to_dict()` gives it (sentences, confirm, ... included).
+    caps = [{k: v for k, v in c.items() if k not in ("provider", "kind", "calls")}
+            for c in broker.list()]  # fmt: skip
     # The token ties an unregister to this registration: a late `caps.unregister` of an
     # earlier registration (another topic, so no ordering) must not drop this one.
     token = os.urandom(8).hex()

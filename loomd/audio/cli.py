@@ -22,6 +22,7 @@ def add_cli(cmds: Any) -> None:
     test = vc.add_parser("test", help="run the whole pipeline on a WAV file")
     test.add_argument("clip")
     test.add_argument("--out", default="", help="where to write the reply audio")
+    test.add_argument("--json", action="store_true", help="the result as one JSON object")
     test.add_argument(
         "--wait", type=float, default=300.0, help="seconds to wait for the whole turn (300)"
     )
@@ -54,6 +55,11 @@ def _print_turn(turn: dict[str, Any]) -> None:
           + (f" ({turn['error']})" if turn.get("error") else ""))  # fmt: skip
     print(f"  wake:       {wake}")
     print(f"  transcript: {turn.get('transcript') or '-'}")
+    intent = turn.get("intent") or {}
+    if intent.get("name"):
+        print(f"  intent:     {intent['name']} ({intent.get('via')}) {intent.get('slots') or ''}")
+    for a in turn.get("actions") or ():
+        print(f"  action:     {a['capability']} {a.get('params')} {a.get('code')}")
     print(f"  reply:      {turn.get('reply') or '-'}")
     for line in waterfall(turn):
         print(line)
@@ -74,6 +80,11 @@ async def _voice(bus: Any, args: Any) -> int:
         return 0
     clip, out = os.path.abspath(args.clip), os.path.abspath(args.out) if args.out else ""  # noqa: ASYNC240 (no I/O: pure string work)
     r = await op(bus, "voice.test", clip, out, timeout=args.wait)
+    if getattr(args, "json", False):
+        from loomd.cli import dumps
+
+        print(dumps(r))
+        return 0 if r["turns"] and all(t["outcome"] == "ok" for t in r["turns"]) else 1
     if not r["turns"]:
         print("no wake word heard")
         return 1

@@ -28,6 +28,8 @@ from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
 from loomd.messages import (
+    AssistRequest,
+    AssistTurn,
     ChatChunk,
     ChatDone,
     ChatMessage,
@@ -39,6 +41,7 @@ from loomd.messages import (
     SayRequest,
     Topic,
     Transcript,
+    Vocabulary,
     VoiceState,
     VoiceStateEvent,
     WakeAction,
@@ -92,6 +95,10 @@ class TurnRecord:
     outcome: str = "open"  # ok | no_speech | failed | interrupted | open
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    # What the assist made of it (when [voice] agent = "assist"): AssistTurn's fields
+    intent: dict[str, Any] = field(default_factory=dict)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    route: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -210,6 +217,9 @@ class VoiceComponent(Component[VoiceSettings]):
             from loomd.audio.wyoming_server import serve
 
             self._wyoming = await serve(self, s.wyoming.host, s.wyoming.port)
+        self._vocabulary = ""  # the assist's names, for whisper's initial prompt
+        self._assist_seen = False
+        self.spawn(self._follow_vocabulary, "vocabulary", restart=True)
         from loomd.audio.handoff import Handoff
 
         self.handoff = Handoff(
@@ -422,9 +432,12 @@ class VoiceComponent(Component[VoiceSettings]):
             if cut.reason == "no_speech":
                 rec.outcome = "no_speech"
                 return
+            if self.settings.agent == "assist" and not self._assist_seen:
+                await self._probe_assist()
             rec.timings["stt_start"] = clock.ms()
             try:
-                res = await self.stt.transcribe(cut.pcm)
+                extra = self._vocabulary if self.settings.stt.assist_vocabulary else ""
+                res = await self.stt.transcribe(cut.pcm, extra)
             except Exception as exc:
                 rec.outcome, rec.error = "failed", f"STT failed: {type(exc).__name__}: {exc}"
                 self.counts["failed"] += 1
@@ -447,7 +460,11 @@ class VoiceComponent(Component[VoiceSettings]):
                 timings=dict(rec.timings),
             )
             await self.ctx.bus.publish(Topic.VOICE_TRANSCRIPT, tr.to_payload(), wait=False)
-            await self._converse(rec, clock)
+            agent = self.settings.agent
+            if agent == "assist" and self._assist_seen:
+                await self._assist(rec, clock)
+            elif agent != "none":
+                await self._converse(rec, clock)
         except asyncio.CancelledError:
             rec.outcome = "interrupted"
             raise
@@ -457,6 +474,78 @@ class VoiceComponent(Component[VoiceSettings]):
             await self._record(rec)
             if self._turn_task is asyncio.current_task():
                 await self._set_state(VoiceState.IDLE, rec.utterance_id)
+
+    async def _follow_vocabulary(self) -> None:
+        """The assist's vocabulary (device and area names) becomes whisper's prompt; hearing
+        from the assist at all tells that it runs."""
+        async with self.ctx.bus.subscribe(Topic.ASSIST_VOCABULARY, "reliable") as sub:
+            await sub.ready()
+            try:
+                ev = await self.ctx.bus.request(Topic.ASSIST_VOCABULARY, None, timeout=3.0)
+                self._take_vocabulary(ev.payload)
+            except LoomdError:
+                pass  # no assist yet: its first vocabulary event tells when it starts
+            async for ev in sub:
+                if ev.payload is not None:
+                    self._take_vocabulary(ev.payload)
+
+    async def _probe_assist(self) -> None:
+        """Is the assist there (it may have started after this component)? Asked at most
+        every 30 s; meanwhile the router answers directly."""
+        now = time.monotonic()
+        if now - getattr(self, "_probed", -1e9) < 30.0:
+            return
+        self._probed = now
+        try:
+            ev = await self.ctx.bus.request(Topic.ASSIST_VOCABULARY, None, timeout=1.0)
+            self._take_vocabulary(ev.payload)
+        except LoomdError:
+            self.log.info("voice: no assist answers; the router answers this site directly")
+
+    def _take_vocabulary(self, payload: Any) -> None:
+        try:
+            self._vocabulary = Vocabulary.from_payload(payload).prompt
+            self._assist_seen = True
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.BAD_VOCABULARY, f"voice: {exc}")
+
+    async def _assist(self, rec: TurnRecord, clock: _Clock) -> None:
+        """Hand the transcript to the assist; speak its reply; listen again if it asks."""
+        from loomd.audio.tts import SentenceSplitter
+
+        s = self.settings
+        ask = AssistRequest(rec.transcript, f"voice-{s.site}", s.site,
+                            speech_end_ns=int(clock.speech_end * 1e9),
+                            utterance_id=rec.utterance_id)  # fmt: skip
+        try:
+            ev = await self.ctx.bus.request(Topic.ASSIST_CONVERSE, ask.to_payload(),
+                                            timeout=s.reply_timeout_s)  # fmt: skip
+            turn = AssistTurn.from_payload(ev.payload)
+        except LoomdError as exc:
+            rec.outcome, rec.error = "failed", f"no answer from the assist: {exc}"
+            self.counts["failed"] += 1
+            why = f"voice: utterance {rec.utterance_id}: {rec.error}"
+            self.ctx.error(ErrorCode.REPLY_FAILED, why)
+            return
+        rec.intent = turn.intent.to_payload()
+        rec.actions = [a.to_payload() for a in turn.actions]
+        rec.route, rec.reply = turn.route, turn.reply
+        for key in ("matched", "action_done", "llm_first"):
+            if key in turn.timings:
+                rec.timings[key] = turn.timings[key]
+        rec.timings["reply"] = clock.ms()
+        if turn.error:
+            rec.error = turn.error
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        split = SentenceSplitter()
+        for sentence in [*split.feed(turn.reply), *split.flush()]:
+            sentences.put_nowait(sentence)
+        sentences.put_nowait(None)
+        await self._speak_queue(sentences, rec, clock)
+        if turn.continue_conversation and s.followup_s > 0:
+            self._follow_up = True
+        else:
+            self._asked(turn.reply)
 
     async def _converse(self, rec: TurnRecord, clock: _Clock) -> None:
         """The default voice agent: ask the router, speak the reply while it streams."""

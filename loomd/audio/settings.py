@@ -64,6 +64,9 @@ class SttSettings(Section):
     model: str = option("whisper/ggml-tiny.en.bin", max_len=4096)
     threads: int = option(1, min=1, max=16)
     vocabulary: tuple[str, ...] = option(factory=tuple)
+    # Add the assist's names (devices, areas) to whisper's prompt (off: with tiny.en a
+    # long list prompt makes it repeat itself; docs/design/assist.md)
+    assist_vocabulary: bool = option(False, reload=True)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class VoiceSettings(Section):
         reload=True,
     )
     reply_timeout_s: float = option(30.0, min=1.0, max=600.0, reload=True)
+    # Who answers this site: the assist (intents, actions), the router directly, or nobody
+    agent: str = option("assist", choices=("assist", "llm", "none"), reload=True)
     followup_s: float = option(5.0, min=0.0, max=60.0, reload=True)
     recorder_size: int = option(50, min=1, max=10000)
     wake: WakeSettings = option(factory=WakeSettings)

@@ -19,7 +19,7 @@ from loomd.audio.frames import RATE
 from loomd.audio.models import ModelError, model_path
 from loomd.errors import LoomdError
 
-__all__ = ["SttResult", "SttWorker", "audio_ctx_for", "clean_text"]
+__all__ = ["SttResult", "SttWorker", "audio_ctx_for", "clean_text", "max_tokens_for"]
 
 log = logging.getLogger("loomd.voice.stt")
 
@@ -29,6 +29,13 @@ _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
 def clean_text(text: str) -> str:
     """Whisper's text without non-speech markers and stray whitespace."""
     return " ".join(_NON_SPEECH.sub(" ", text).split())
+
+
+def max_tokens_for(seconds: float) -> int:
+    """A bound on the decode: speech is ~4 tokens a second; without one, tiny.en caught in
+    a repetition loop decodes to its limit and retries at higher temperatures (10-15 s
+    for a 2 s command, measured with a 48-word prompt in docs/design/assist.md)."""
+    return int(seconds * 6) + 12
 
 
 def audio_ctx_for(seconds: float) -> int:
@@ -65,9 +72,10 @@ def _serve(inbox: Any, conn: Any, path: str, threads: int) -> None:
             return
         began = time.perf_counter()
         audio = np.frombuffer(pcm, dtype=np.float32)
-        kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True}
-        if prompt:
-            kw["initial_prompt"] = prompt
+        kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True,
+                              "max_tokens": max_tokens_for(len(audio) / RATE)}  # fmt: skip
+        # pywhispercpp keeps parameters between calls: an empty prompt must be set, not left
+        kw["initial_prompt"] = prompt
         try:
             text = " ".join(seg.text for seg in model.transcribe(audio, **kw)).strip()
         except Exception as exc:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from loomd.bridges import homeassistant as ha
+from loomd.bridges.mqtt_requests import BusRequests
 from loomd.bridges.outbox import NAMESPACE, Entry, Outbox
 from loomd.bridges.settings import MapSettings, MqttSettings
 from loomd.bridges.topics import CodecError, Translator, decode_payload, encode_payload
@@ -119,7 +120,7 @@ class MqttStatus(StatusBlock):
         return out
 
 
-class MqttComponent(Component[MqttSettings]):
+class MqttComponent(BusRequests, Component[MqttSettings]):
     name = "mqtt"
     Settings = MqttSettings
     requires = ("paho.mqtt",)
@@ -176,6 +177,7 @@ class MqttComponent(Component[MqttSettings]):
         ]
         for m, sub in self.subs:
             self.spawn(lambda m=m, sub=sub: self._forward(m, sub), f"out{m.index}", restart=True)  # type: ignore[misc]
+        self._requests_setup()  # mqtt.publish / mqtt.follow from the bus
         self.spawn(self._connection, "connection", restart=True)
         self.spawn(self.outbox.run_deletes, "outbox", restart=True)
         self.spawn(self._housekeeping, "housekeeping", restart=True)
@@ -377,6 +379,7 @@ class MqttComponent(Component[MqttSettings]):
             else:
                 self.client.subscribe(subs)
         self.client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._subscribe_follows()
         if self.settings.discovery:
             self.client.subscribe([(t, 1) for t in self._ha_topics])
             self._announce()
@@ -541,6 +544,9 @@ class MqttComponent(Component[MqttSettings]):
         gen, mid, qos, topic = self._gen, msg.mid, msg.qos, msg.topic
         if topic in self._ha_topics:
             self._on_ha(topic, msg.payload, gen, mid, qos)
+            return
+        if self._followed(topic, msg.payload, msg.retain):
+            self._ack(gen, mid, qos)  # state topics: the latest value matters, not each one
             return
         try:
             routed = self._route_in(topic)

@@ -32,6 +32,7 @@ class Entry:
     retain: bool
     ts: float  # time.time() when queued
     mid: int | None = None  # paho's message id once handed to the client
+    written: asyncio.Future[None] | None = None  # done when the LMDB write committed
 
 
 def _key(seq: int) -> str:
@@ -81,6 +82,7 @@ class Outbox:
         e = Entry(seq, topic, payload, qos, retain, time.time())
         fut = self.kv.put_nowait(_key(seq), [topic, payload, qos, retain, e.ts])
         fut.add_done_callback(self._written)
+        e.written = fut
         self.entries[seq] = self.unsent[seq] = e
         self.added += 1
         return e

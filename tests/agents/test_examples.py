@@ -51,7 +51,9 @@ def test_examples(short_tmp: Path) -> None:
             )  # fmt: skip
 
         r = loomctl("call", "lights.set", '{"level": 30}')
-        assert r.returncode == 0 and json.loads(r.stdout) == {"living": 30}, r.stderr
+        assert r.returncode == 0, r.stderr
+        reply = "The living lights are at 30 percent"
+        assert json.loads(r.stdout) == {"living": 30, "reply": reply}
         r = loomctl("call", "lights.set@1", '{"on": true}')
         assert json.loads(r.stdout) == {"living": 100, "kitchen": 100}, r.stderr
         r = loomctl("call", "research.find", '{"topic": "lava"}')

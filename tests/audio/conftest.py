@@ -51,6 +51,8 @@ def command_clip(speech_dir: Path) -> Path:
 
 def voice_toml(models: Path, **extra: str) -> str:
     lines = ["[voice]", "enabled = true", f'models_dir = "{models}"']
+    # These tests drive the router path; the assist's own are in tests/assist.
+    extra.setdefault("agent", '"llm"')
     lines += [f"{k} = {v}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,1 @@
+"""The assist: conversations from words to actions (local intents first, then the model)."""

@@ -1,0 +1,141 @@
+"""The model with tools, when no sentence matched: the broker's catalogue as `ToolSpec`s
+(named by `loomd.agents.tools`: valid, unique; `ToolSpec.capability` keeps the real
+one), tool calls run through the
+broker with deadlines (confirm honoured: such a call is asked back, not run), results sent
+back as `Role.TOOL` messages, until the model answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from loomd.agents.tools import tool_specs
+from loomd.errors import LoomdError
+from loomd.messages import (
+    ActionRecord,
+    AssistRequest,
+    AssistTurn,
+    ChatDone,
+    ChatMessage,
+    ChatRequest,
+    IntentInfo,
+    IntentVia,
+    Role,
+)
+
+if TYPE_CHECKING:
+    from loomd.assist.component import AssistComponent, Conversation
+
+__all__ = ["llm_turn"]
+
+# Never offered to the model: itself, and the conversation it is in.
+NOT_TOOLS = ("llm.", "assist.")
+
+
+def _question(assist: AssistComponent, description: str, args: dict[str, Any]) -> str:
+    """ "Unlock the side door?" for a device action; the capability's description else."""
+    device = next((d for d in assist.home.devices if d.id == args.get("device")), None)
+    if device is None:
+        return f"{description}?"
+    return f"{description.split(' ')[0]} the {device.name}?"
+
+
+async def llm_turn(
+    assist: AssistComponent, ask: AssistRequest, conv: Conversation, mark: Any
+) -> AssistTurn:
+    from loomd.router.client import chat_stream
+
+    s = assist.settings
+    tools = tool_specs(c for c in assist.caps if not str(c["name"]).startswith(NOT_TOOLS))
+    by_tool = {t.name: t for t in tools}
+    confirm = {c["name"] for c in assist.caps if c.get("confirm")}
+    messages = [
+        ChatMessage(Role.SYSTEM, s.system_prompt),
+        *conv.messages,
+        ChatMessage(Role.USER, ask.text),
+    ]
+    actions: list[ActionRecord] = []
+    route, reply, first_answer = "", "", True
+    for _ in range(s.max_tool_rounds):
+        req = ChatRequest(
+            tuple(messages),
+            priority="voice" if ask.site else "interactive",
+            stream=False,
+            max_tokens=160,
+            agent="assist",
+            tools=tuple(tools),
+        )
+        done: ChatDone | None = None
+        try:
+            async for piece in chat_stream(assist.ctx.bus, req, timeout=s.llm_timeout_s):
+                if isinstance(piece, ChatDone):
+                    done = piece
+        except (TimeoutError, LoomdError) as exc:
+            return AssistTurn(
+                ask.text,
+                IntentInfo("", {}, IntentVia.NONE.value),
+                tuple(actions),
+                "Sorry, I can't answer that right now",
+                route,
+                error=str(exc),
+            )
+        if first_answer:
+            first_answer = False
+            mark("llm_first")
+        if done is None:
+            break
+        route = done.route or route
+        if done.error:
+            return AssistTurn(
+                ask.text,
+                IntentInfo("", {}, IntentVia.NONE.value),
+                tuple(actions),
+                "Sorry, I can't answer that right now",
+                route,
+                error=done.error,
+            )
+        if not done.tool_calls:
+            reply = done.text.strip()
+            break
+        messages.append(ChatMessage(Role.ASSISTANT, done.text, done.tool_calls))
+        for call in done.tool_calls:
+            spec = by_tool.get(call.name)
+            if spec is None:
+                result: Any = {"error": f"no tool {call.name!r}"}
+                messages.append(ChatMessage(Role.TOOL, json.dumps(result), tool_call_id=call.id))
+                continue
+            cap = spec.capability.split("@")[0]
+            plan = ActionRecord(spec.capability, dict(call.arguments))
+            if cap in confirm:
+                from loomd.assist.component import Pending
+
+                conv.pending = Pending([plan], "Done", time.monotonic() + s.confirm_timeout_s)
+                actions.append(dataclasses.replace(plan, code="confirm"))
+                intent = IntentInfo(cap, dict(call.arguments), IntentVia.LLM.value)
+                return AssistTurn(
+                    ask.text,
+                    intent,
+                    tuple(actions),
+                    _question(assist, spec.description or cap, call.arguments),
+                    route,
+                    continue_conversation=True,
+                )
+            ran = (await assist._run([plan]))[0]
+            actions.append(ran)
+            mark("action_done")
+            body = {"code": ran.code, "result": ran.result}
+            messages.append(
+                ChatMessage(Role.TOOL, json.dumps(body, default=str), tool_call_id=call.id)
+            )
+    if not reply:  # the rounds ran out on tool calls
+        done_ok = any(a.code == "ok" for a in actions)
+        reply = "Done" if done_ok else "Sorry, I couldn't do that"
+    first = actions[0] if actions else None
+    intent = IntentInfo(
+        first.capability.split("@")[0] if first else "",
+        dict(first.params) if first else {},
+        IntentVia.LLM.value,
+    )
+    return AssistTurn(ask.text, intent, tuple(actions), reply, route)

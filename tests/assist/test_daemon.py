@@ -1,0 +1,140 @@
+"""The assist in a real daemon, against a real mosquitto: typed and asked-back commands end
+in the device's MQTT command at the broker; states published there show in `loomctl home`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.bridges.conftest import Mosquitto
+from tests.conftest import LoomdProcess, loomctl
+
+
+def assist(d: LoomdProcess, text: str, *extra: str) -> dict:
+    r = loomctl(d, "assist", text, "--json", *extra, timeout=60)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads(r.stdout)
+
+
+def wait_ready(d: LoomdProcess) -> None:
+    """The assist sees the home once the home component offered its capabilities."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = loomctl(d, "caps", "--json")
+        if r.returncode == 0 and "home.turn_on" in r.stdout:
+            t = assist(d, "turn off the bedside lamp")
+            if t["actions"]:
+                return
+        time.sleep(0.3)
+    raise AssertionError("the home's capabilities never reached the assist")
+
+
+async def test_turn_on_the_kitchen_lights_reaches_the_broker(
+    home_daemon: LoomdProcess, broker: Mosquitto
+) -> None:
+    wait_ready(home_daemon)
+    with broker.sub("home/kitchen/+/set") as sub:
+        await sub.ready()
+        turn = assist(home_daemon, "turn on the kitchen lights")
+        got = await sub.wait(2)
+    assert sorted(got) == ["home/kitchen/ceiling/set ON", "home/kitchen/counter/set ON"]
+    assert turn["intent"]["name"] == "HassTurnOn" and turn["intent"]["via"] == "local"
+    assert turn["intent"]["slots"] == {"area": "kitchen", "domain": "light"}
+    assert {(a["capability"], a["params"]["device"], a["code"]) for a in turn["actions"]} == {
+        ("home.turn_on", "kitchen_ceiling", "ok"),
+        ("home.turn_on", "kitchen_counter", "ok"),
+    }
+    assert turn["reply"].startswith("Turned on the lights")
+    assert turn["timings"]["action_done"] > 0
+
+
+async def test_brightness_and_temperature_use_the_templates(
+    home_daemon: LoomdProcess, broker: Mosquitto
+) -> None:
+    wait_ready(home_daemon)
+    with broker.sub("home/+/+/set") as sub:
+        await sub.ready()
+        assist(home_daemon, "set the sofa lamp to 40%")
+        assist(home_daemon, "set the temperature to 21 degrees")
+        got = await sub.wait(2)
+    assert "home/living_room/sofa_lamp/set 40" in got
+    assert 'home/living_room/thermostat/set {"target": 21}' in got
+
+
+async def test_state_from_the_broker_shows_in_loomctl_home(
+    home_daemon: LoomdProcess, broker: Mosquitto
+) -> None:
+    wait_ready(home_daemon)
+    broker.pub("home/hall/temperature", "21.5")
+    broker.pub("home/living_room/thermostat/state", '{"target": 19.5, "mode": "heat"}')
+    deadline = time.monotonic() + 10
+    devices: dict = {}
+    while time.monotonic() < deadline:
+        r = loomctl(home_daemon, "home", "--json")
+        assert r.returncode == 0, r.stderr
+        devices = {d["id"]: d for d in json.loads(r.stdout)["devices"]}
+        if devices["hall_temperature"]["state"] and devices["thermostat"]["state"]:
+            break
+        time.sleep(0.1)  # noqa: ASYNC251 - loomctl is a subprocess; this test has no loop work
+    assert devices["hall_temperature"]["state"] == "21.5"
+    assert devices["thermostat"]["state"] == "19.5"
+    assert devices["thermostat"]["attributes"]["mode"] == "heat"
+    text = loomctl(home_daemon, "home").stdout
+    assert "Hall [hall]" in text and "21.5 °C" in text
+    turn = assist(home_daemon, "what is the hall temperature")
+    assert turn["reply"] == "Hall temperature is 21.5 °C"
+
+
+async def test_unlock_is_asked_back_and_runs_only_after_yes(
+    home_daemon: LoomdProcess, broker: Mosquitto
+) -> None:
+    wait_ready(home_daemon)
+    with broker.sub("home/hall/front_door/set") as sub:
+        await sub.ready()
+        asked = assist(home_daemon, "unlock the front door", "--conversation", "c1")
+        assert asked["reply"] == "Unlock the front door?"
+        assert asked["continue_conversation"] is True
+        assert [a["code"] for a in asked["actions"]] == ["confirm"]
+        # Another conversation's "yes" does not unlock it; "no" drops it.
+        assert assist(home_daemon, "yes", "--conversation", "c2")["actions"] == []
+        assert assist(home_daemon, "no", "--conversation", "c1")["reply"] == "Okay, I won't."
+        assert assist(home_daemon, "yes", "--conversation", "c1")["actions"] == []
+        assist(home_daemon, "unlock the front door", "--conversation", "c1")
+        yes = assist(home_daemon, "yes", "--conversation", "c1")
+        assert [(a["capability"], a["code"]) for a in yes["actions"]] == [("home.unlock", "ok")]
+        got = await sub.wait(1)
+    assert got == ["home/hall/front_door/set UNLOCK"]
+
+
+async def test_distractors_do_not_act(home_daemon: LoomdProcess, broker: Mosquitto) -> None:
+    wait_ready(home_daemon)
+    with broker.sub("home/#") as sub:
+        await sub.ready()
+        garage = assist(home_daemon, "turn on the garage light")
+        joke = assist(home_daemon, "tell me a joke")
+        broker.pub("home/marker", "end")
+        got = await sub.wait(1)
+    assert got == ["home/marker end"]
+    assert garage["actions"] == [] and "garage" in garage["reply"]
+    assert joke["actions"] == [] and joke["reply"] == "Sorry, I couldn't understand that"
+
+
+async def test_the_bus_contract_and_the_turn_event(home_daemon: LoomdProcess) -> None:
+    """Agents talk to the assist as loomctl does: a typed AssistRequest on assist.converse,
+    an AssistTurn back, and the same turn published on assist.turn."""
+    from loomd.messages import AssistRequest, AssistTurn, Topic
+    from loomd.sdk import Client
+
+    wait_ready(home_daemon)
+    async with Client(home_daemon.endpoint, name="t") as bus:
+        async with bus.subscribe(Topic.ASSIST_TURN) as turns:
+            await turns.ready()
+            req = AssistRequest("turn off the bedside lamp", conversation_id="sdk", site="")
+            ev = await bus.request(Topic.ASSIST_CONVERSE, req.to_payload(), timeout=30)
+            answer = AssistTurn.from_payload(ev.payload)
+            published = AssistTurn.from_payload((await turns.get(timeout=10)).payload)
+        bad = await bus.request(Topic.ASSIST_CONVERSE, {"text": 3, "nope": 1}, timeout=30)
+    assert answer.reply.startswith("Turned off") and answer.conversation_id == "sdk"
+    assert [(a.capability, a.code) for a in answer.actions] == [("home.turn_off", "ok")]
+    assert published == answer
+    assert "unknown fields" in AssistTurn.from_payload(bad.payload).error

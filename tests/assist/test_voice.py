@@ -1,0 +1,67 @@
+"""Done means: "hey jarvis, turn on the kitchen lights" from a WAV ends in the lights' MQTT
+commands at the broker and a spoken reply (the speaker is a buffer, transcribed back)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loomd.audio.io import read_wav
+from loomd.audio.wer import wer
+from tests.assist.conftest import EXAMPLE, home_config
+from tests.audio.conftest import command_clip, speech_dir, voice_toml  # noqa: F401 - fixtures
+from tests.bridges.conftest import Mosquitto
+from tests.conftest import LoomdProcess, loomctl
+
+pytestmark = pytest.mark.models
+
+
+async def test_spoken_command_reaches_the_broker_and_is_answered(
+    short_tmp: Path,
+    broker: Mosquitto,
+    models: Path,
+    command_clip: Path,  # noqa: F811
+) -> None:
+    root = short_tmp / "d"
+    root.mkdir()
+    d = LoomdProcess(
+        root, home_config(broker) + voice_toml(models, agent='"assist"', sink='"buffer"')
+    )
+    (root / "home.d").mkdir()
+    shutil.copy(EXAMPLE, root / "home.d" / "home.toml")
+    try:
+        d.start(timeout=90)
+        out = short_tmp / "reply.wav"
+        with broker.sub("home/kitchen/+/set") as sub:
+            await sub.ready()
+            p = loomctl(
+                d, "voice", "test", str(command_clip), "--json", "--out", str(out), timeout=300
+            )
+            assert p.returncode == 0, p.stdout + p.stderr + d.log.read_text()[-3000:]
+            got = await sub.wait(2)
+        assert sorted(got) == ["home/kitchen/ceiling/set ON", "home/kitchen/counter/set ON"]
+        turn = json.loads(p.stdout)["turns"][0]
+        assert "turn on the kitchen lights" in turn["transcript"].lower()
+        assert turn["intent"] == {
+            "name": "HassTurnOn",
+            "via": "local",
+            "slots": {"area": "kitchen", "domain": "light"},
+        }
+        assert [a["code"] for a in turn["actions"]] == ["ok", "ok"]
+        assert turn["reply"] == "Turned on the lights"
+        # From the end of speech: STT, match, the commands durable in the bridge's outbox.
+        t = turn["timings"]
+        assert t["stt_end"] <= t["matched"] <= t["action_done"] <= t["first_audio"]
+        from loomd.audio.stt import SttWorker
+
+        w = SttWorker(str(models), "whisper/ggml-tiny.en.bin")
+        try:
+            heard = (await w.transcribe(read_wav(out))).text
+        finally:
+            w.close()
+        assert wer(turn["reply"], heard) <= 0.25, heard
+    finally:
+        d.close()
