@@ -452,8 +452,9 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         "llm_tool_valid_rate": round(len(valid) / len(calls), 3) if calls else None,
         "llm_tool_accuracy": round(right / sum(w is not None for _, w in llm_turns), 3),
         "llm_first_call_ms": pctl(firsts, 0.5),
-        "llm_false_actions": sum(a.code == "ok" for t, w in llm_turns if w is None
-                                 for a in t.actions),
+        "llm_false_actions": sum(
+            a.code == "ok" for t, w in llm_turns if w is None for a in t.actions
+        ),
     }
     done = [t["timings"]["action_done"] for t in turns if "action_done" in t["timings"]]
     audio = [t["timings"]["first_audio"] for t in turns if "first_audio" in t["timings"]]

@@ -623,6 +623,8 @@ class DeviceState(_Payload):
     state: str
     attributes: dict[str, Any] = field(default_factory=dict)
     ts: float = 0.0  # time.time()
+
+
 # -- the protocol between parts: capabilities, collaboration, errors, control --------------
 # (issue 20: each payload that crossed parts as a dict has its class here)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loomd.assist.conversation import Conversation, Pending
 from loomd.assist.settings import AssistSettings
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
@@ -67,22 +68,6 @@ class AssistStatus(StatusBlock):
     not_understood: int
     confirms_pending: int
     timers: int
-
-
-@dataclass
-class Pending:
-    """Actions waiting for a yes."""
-
-    actions: list[ActionRecord]
-    reply: str
-    until: float  # time.monotonic()
-
-
-@dataclass
-class Conversation:
-    messages: deque[ChatMessage]
-    last: float
-    pending: Pending | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loomd.agents.tools import tool_specs
+from loomd.assist.conversation import Conversation, Pending
 from loomd.errors import LoomdError
 from loomd.messages import (
     ActionRecord,
@@ -26,7 +27,7 @@ from loomd.messages import (
 )
 
 if TYPE_CHECKING:
-    from loomd.assist.component import AssistComponent, Conversation
+    from loomd.assist.component import AssistComponent
 
 __all__ = ["llm_turn"]
 
@@ -109,8 +110,6 @@ async def llm_turn(
             cap = spec.capability.split("@")[0]
             plan = ActionRecord(spec.capability, dict(call.arguments))
             if cap in confirm:
-                from loomd.assist.component import Pending
-
                 conv.pending = Pending([plan], "Done", time.monotonic() + s.confirm_timeout_s)
                 actions.append(dataclasses.replace(plan, code="confirm"))
                 intent = IntentInfo(cap, dict(call.arguments), IntentVia.LLM.value)
