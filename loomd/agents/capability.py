@@ -62,21 +62,16 @@ class CapabilitySpec:
         return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        return {
             "name": self.name,
             "version": self.version,
             "description": self.description,
             "schema": dict(self.schema),
+            "sentences": list(self.sentences),
+            "confirm": self.confirm,
+            "sensitive": self.sensitive,
+            "devices": [dict(d) for d in self.devices],
         }
-        if self.sentences:
-            out["sentences"] = list(self.sentences)
-        if self.confirm:
-            out["confirm"] = True
-        if self.sensitive:
-            out["sensitive"] = True
-        if self.devices:
-            out["devices"] = [dict(d) for d in self.devices]
-        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CapabilitySpec:

@@ -283,7 +283,7 @@ class AssistComponent(Component[AssistSettings]):
         if match is not None:  # a command for a device or area the home does not have
             word = next(iter(match.unknown.values()))
             key = "no_area" if "area" in match.unknown else "no_entity"
-            reply = self.responses.error(
+            reply = self.responses.refusal(
                 key, f"Sorry, I am not aware of any device called {word}", entity=word, area=word
             )
             return AssistTurn(
@@ -295,7 +295,7 @@ class AssistComponent(Component[AssistSettings]):
             from loomd.assist.tools import llm_turn
 
             return await llm_turn(self, ask, conv, mark)
-        return AssistTurn(text, reply=self.responses.error("no_intent", NOT_UNDERSTOOD))
+        return AssistTurn(text, reply=self.responses.refusal("no_intent", NOT_UNDERSTOOD))
 
     async def _handle(self, m: Match, ask: AssistRequest, conv: Conversation) -> AssistTurn:
         intent = IntentInfo(m.intent, _plain(m.slots), IntentVia.LOCAL.value)
@@ -343,7 +343,7 @@ class AssistComponent(Component[AssistSettings]):
         elif m.intent == "HassGetState":
             devs = targets(m, self.home.devices)
             if not devs:
-                return AssistTurn(text, intent, reply=r.error("no_entity", "I don't know"))
+                return AssistTurn(text, intent, reply=r.refusal("no_entity", "I don't know"))
             got = await self._run([ActionRecord("home.get_state", {"device": devs[0].id})])
             value = got[0].result if isinstance(got[0].result, dict) else {}
             st = _state_view(devs[0], str(value.get("state") or ""))
@@ -359,19 +359,19 @@ class AssistComponent(Component[AssistSettings]):
             )
             return AssistTurn(text, intent, tuple(got), reply)
         else:
-            return AssistTurn(text, intent, reply=r.error("no_intent", NOT_UNDERSTOOD))
+            return AssistTurn(text, intent, reply=r.refusal("no_intent", NOT_UNDERSTOOD))
         if not plans:
             area = m.texts.get("area", "")
             dom = str(m.slots.get("domain") or "device")
             reply = (
-                r.error(
+                r.refusal(
                     "no_domain_in_area",
                     f"Sorry, I am not aware of any {dom} in the {area} area",
                     domain=dom,
                     area=area,
                 )
                 if area
-                else r.error("no_domain", f"Sorry, I am not aware of any {dom}", domain=dom)
+                else r.refusal("no_domain", f"Sorry, I am not aware of any {dom}", domain=dom)
             )
             return AssistTurn(text, intent, reply=reply)
         reply = reply_for(devs)
@@ -489,7 +489,9 @@ class AssistComponent(Component[AssistSettings]):
             )
         if m.intent in ("HassCancelTimer", "HassCancelAllTimers"):
             if not self.timers:
-                return self.responses.error("timer_not_found", "Sorry, I couldn't find that timer")
+                return self.responses.refusal(
+                    "timer_not_found", "Sorry, I couldn't find that timer"
+                )
             ids = list(self.timers) if m.intent == "HassCancelAllTimers" else [max(self.timers)]
             for i in ids:
                 t = self.timers.pop(i)

@@ -34,7 +34,7 @@ class Responses:
         template = table.get(key) if key in table else table.get("default")
         return self._render(template, fallback, values)
 
-    def error(self, key: str, fallback: str, **values: Any) -> str:
+    def refusal(self, key: str, fallback: str, **values: Any) -> str:
         return self._render(self.errors.get(key), fallback, values)
 
     def _render(self, template: Any, fallback: str, values: dict[str, Any]) -> str:
