@@ -40,12 +40,12 @@ class PageDaemon(LoomdProcess):
 
 def get(
     port: int, path: str, *, host: str = "127.0.0.1", method: str = "GET",
-    headers: dict[str, str] | None = None, timeout: float = 10.0,
+    headers: dict[str, str] | None = None, timeout: float = 10.0, body: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
     """One real HTTP request: (status, headers by lower-case name, body)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
