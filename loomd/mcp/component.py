@@ -128,7 +128,9 @@ class McpComponent(Component[McpSettings]):
         self.spawn(self._serve_http, "http", restart=True)
 
     async def _serve_http_with_token(self) -> None:
-        await self.guard.wait_for_token()
+        await self.guard.wait_for_token(
+            preload=("uvicorn", "mcp.server.lowlevel", "mcp.server.transport_security")
+        )
         self.http_refused = ""
         self._listen()
 

@@ -198,7 +198,7 @@ class LlmComponent(Component[LlmSettings]):
                 self.spawn(self._start_http_with_token, "http-await-token")
 
     async def _start_http_with_token(self) -> None:
-        await self.http.guard.wait_for_token()
+        await self.http.guard.wait_for_token(preload=("aiohttp.web",))
         await self.http.start()
 
     async def stop_intake(self) -> None:

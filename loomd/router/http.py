@@ -102,9 +102,7 @@ class HttpEndpoint:
         if self.port == 0:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.listening = True
-        log.info(
-            "llm: OpenAI-compatible endpoint on %s (%s)", self.url, self.guard.describe()
-        )
+        log.info("llm: OpenAI-compatible endpoint on %s (%s)", self.url, self.guard.describe())
 
     @property
     def url(self) -> str:

@@ -116,7 +116,7 @@ class MetricsComponent(Component[MetricsSettings]):
 
     async def _open_with_token(self) -> None:
         assert self.guard is not None
-        await self.guard.wait_for_token()
+        await self.guard.wait_for_token(preload=("loomd.web.page",))
         self._waiter = None
         await self._open()
 

@@ -56,7 +56,7 @@ def _daemon(root: Path, ports: Ports, host: str) -> LoomdProcess:
         f'[metrics]\nbind = "{host}"\nport = {ports.metrics}\npage = "on"\n'
         f'origins = ["https://grafana.example"]\n'
         f'[llm]\nenabled = true\nhttp_bind = "{host}"\nhttp_port = {ports.openai}\n'
-        f'[voice]\nenabled = false\n'
+        f"[voice]\nenabled = false\n"
         f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\n'
         f'[mcp]\nexpose = ["lights.*"]\nhttp_enabled = true\nhttp_bind = "{host}"\n'
         f"http_port = {ports.mcp}\n"
