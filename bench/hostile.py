@@ -306,6 +306,139 @@ async def rejected_publish(d: LoomdProcess, q: bool) -> str:
     return f"{acked_bad} rejected ones acked, {failed_ok} valid ones failed, of {len(res)}"
 
 
+# -- token_bruteforce: the HTTP surfaces beyond loopback ------------------------------------------
+EXTRA: dict[str, dict[str, Any]] = {}  # figures an attack reports beside the witness's
+
+
+def _outside_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # picks the route's source address; sends nothing
+        return str(s.getsockname()[0])
+
+
+def _http_witness(host: str, targets: list[tuple[int, str]], token: str, conn: Connection) -> None:
+    """A legitimate HTTP client: GETs with the right token every 10 ms, round robin over
+    the surfaces; sends back (monotonic start, latency s, status) per request."""
+    import http.client
+
+    samples: list[tuple[float, float, int]] = []
+    conn.send("ready")
+    i = 0
+    while not conn.poll():
+        port, path = targets[i % len(targets)]
+        i += 1
+        t0 = time.monotonic()
+        c = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            c.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            r = c.getresponse()
+            r.read()
+            status = r.status
+        except OSError:
+            status = 0
+        finally:
+            c.close()
+        samples.append((t0, time.monotonic() - t0, status))
+        time.sleep(0.01)
+    conn.send(samples)
+
+
+async def _bruteforce(host: str, targets: list[tuple[int, str, str]], n: int) -> dict[str, int]:
+    """`n` requests with random wrong tokens over 8 connections at a time; status counts."""
+    counts: dict[str, int] = {}
+    queue = list(range(n))
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop()
+            port, method, path = targets[i % len(targets)]
+            r, w = await asyncio.open_connection(host, port)
+            body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}' if method == "POST" else b""
+            w.write(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer loomd_{os.urandom(32).hex()}\r\n"
+                "Accept: application/json, text/event-stream\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await w.drain()
+            line = await r.readline()
+            code = line.split(b" ")[1].decode() if line.count(b" ") >= 2 else "none"
+            counts[code] = counts.get(code, 0) + 1
+            w.close()
+            await w.wait_closed()
+
+    await asyncio.gather(*(worker() for _ in range(8)))
+    return counts
+
+
+async def token_bruteforce(d: LoomdProcess, q: bool) -> str:
+    from tests.conftest import loomctl
+
+    host, ports = d.http_host, d.http_ports  # type: ignore[attr-defined]
+    r = loomctl(d, "tokens", "create", "witness", "--scope", "all")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    for port in ports.values():  # the surfaces listen once a token exists
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{host}:{port} never listened"
+                await asyncio.sleep(0.05)
+    parent, child = mp.Pipe()
+    legit = [(ports["metrics"], "/metrics"), (ports["openai"], "/v1/models")]
+    w = mp.get_context("spawn").Process(target=_http_witness, args=(host, legit, token, child))
+    w.start()
+    assert parent.poll(30) and parent.recv() == "ready"
+    await asyncio.sleep(1.0 if q else 2.0)  # the witness's baseline, before the attack
+    t0 = time.monotonic()
+    n = 2_000 if q else 10_000
+    attack = [
+        (ports["metrics"], "GET", "/metrics"),
+        (ports["openai"], "GET", "/v1/models"),
+        (ports["mcp"], "POST", "/mcp"),
+    ]
+    counts = await _bruteforce(host, attack, n)
+    t1 = time.monotonic()
+    parent.send("stop")
+    samples: list[tuple[float, float, int]] = parent.recv() if parent.poll(60) else []
+    w.join(10)
+
+    def p(xs: list[float], q_: float) -> float:
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q_ * len(xs)))] * 1000 if xs else float("nan")
+
+    before = [lat for t, lat, _ in samples if t < t0]
+    during = [lat for t, lat, _ in samples if t0 <= t <= t1]
+    refused_legit = sum(1 for t, _, st in samples if t0 <= t <= t1 and st != 200)
+    base_p50 = p(before, 0.5)
+    figures = {
+        "requests": n,
+        "rate_per_s": round(n / (t1 - t0)),
+        "status_counts": counts,
+        "all_401": counts.get("401", 0) == n,
+        "legit_requests": len(during),
+        "legit_refused": refused_legit,
+        "legit_p50_ms_idle": round(base_p50, 2),
+        "legit_p99_ms_idle": round(p(before, 0.99), 2),
+        "legit_p50_ms": round(p(during, 0.5), 2),
+        "legit_p99_ms": round(p(during, 0.99), 2),
+        "legit_max_ms": round(p(during, 1.0), 2),
+        # the stall: how much longer than its idle median a legitimate request took
+        "p99_stall_ms": round(p(during, 0.99) - base_p50, 2),
+    }
+    EXTRA["token_bruteforce"] = figures
+    return (
+        f"{n} wrong tokens at {figures['rate_per_s']}/s: {counts}; legit p99 "
+        f"{figures['legit_p99_ms']} ms (idle p50 {figures['legit_p50_ms_idle']} ms), "
+        f"{refused_legit} legit refused"
+    )
+
+
 async def idle(d: LoomdProcess, q: bool) -> str:
     await asyncio.sleep(1.5 if q else 4.0)
     return "no attack (baseline)"
@@ -324,14 +457,32 @@ ATTACKS: list[tuple[str, Callable[[LoomdProcess, bool], Awaitable[str]], str]] =
     ("fd_flood_nofile_1024", fd_flood, ""),
     ("id_squat", id_squat, ""),
     ("rejected_publish", rejected_publish, ""),
+    ("token_bruteforce", token_bruteforce, "http"),
 ]
 
 
+def _http_daemon(root: Path) -> LoomdProcess:
+    """A daemon whose three HTTP surfaces listen beyond loopback (so tokens are required)."""
+    from tests.conftest import free_port
+
+    host = _outside_address()
+    ports = {"metrics": free_port(), "openai": free_port(), "mcp": free_port()}
+    toml = (
+        f'[metrics]\nbind = "{host}"\nport = {ports["metrics"]}\npage = "on"\n'
+        f'[llm]\nenabled = true\nhttp_bind = "{host}"\nhttp_port = {ports["openai"]}\n'
+        f"[voice]\nenabled = false\n"
+        f'[mcp]\nhttp_enabled = true\nhttp_bind = "{host}"\nhttp_port = {ports["mcp"]}\n'
+    )
+    d = LoomdProcess(root, toml)
+    d.http_host, d.http_ports = host, ports  # type: ignore[attr-defined]
+    return d
+
+
 def run_attack(
-    name: str, fn: Callable[[LoomdProcess, bool], Awaitable[str]], quick: bool
+    name: str, fn: Callable[[LoomdProcess, bool], Awaitable[str]], quick: bool, kind: str = ""
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="lh-", dir="/tmp"))
-    d = LoomdProcess(root)
+    d = _http_daemon(root) if kind == "http" else LoomdProcess(root)
     real_popen = subprocess.Popen
     if name.startswith("fd_flood"):
 
@@ -378,12 +529,12 @@ def main() -> None:
     t0 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     only = os.environ.get("HOSTILE_ONLY")
-    for name, fn, _ in ATTACKS:
+    for name, fn, kind in ATTACKS:
         if only and name not in (only, "baseline_idle"):
             continue
         print(f"[hostile] {name} ...", file=sys.stderr, flush=True)
         try:
-            results[name] = run_attack(name, fn, args.quick)
+            results[name] = run_attack(name, fn, args.quick, kind)
         except Exception as exc:  # one broken case must not hide the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
     base = results.get("baseline_idle", {}).get("worst_ms") or float("nan")
@@ -423,6 +574,7 @@ def main() -> None:
             for k, r in results.items()
         },
         "cores": os.cpu_count(),
+        **EXTRA,
     }
     print(json.dumps(summary, separators=(",", ":")))
 

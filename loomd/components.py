@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 BUILTIN: dict[str, str] = {
     "state": "loomd.state.component:StateComponent",
     "bus": "loomd.bus.component:BusComponent",
+    "tokens": "loomd.web.tokens:TokensComponent",
     "metrics": "loomd.web.component:MetricsComponent",
     "agents": "loomd.agents.component:AgentsComponent",
     "mcp": "loomd.mcp.component:McpComponent",
@@ -58,6 +59,7 @@ BUILTIN: dict[str, str] = {
 # The `loomctl` subcommands of each component: name -> "module:function(subparsers)".
 BUILTIN_CLI: dict[str, str] = {
     "state": "loomd.state.cli:add_cli",
+    "tokens": "loomd.web.cli:add_cli",
     "agents": "loomd.agents.cli:add_cli",
     "mcp": "loomd.mcp.cli:add_cli",
     "llm": "loomd.router.cli:add_cli",

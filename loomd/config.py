@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from loomd.errors import ConfigError
+from loomd.errors import ConfigError, LoomdError
 
 __all__ = [
     "AUTO",
@@ -129,6 +129,22 @@ IP_TEXT = 'an IP address like "127.0.0.1" or "::1"'
 MODE_TEXT = 'an octal mode string from "0000" to "0777", like "0660"'
 DIR_TEXT = 'an absolute path, or "" to choose automatically'
 SOCKET_TEXT = f'an absolute path of at most {_MAX_SOCKET_PATH} bytes, or "" for the default'
+
+
+def read_credential(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret systemd passed with `LoadCredential=NAME:...` (the file
+    `$CREDENTIALS_DIRECTORY/NAME`, trailing newline dropped), or None when there is none."""
+    env = os.environ if env is None else env
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not name or not directory or "/" in name:
+        return None
+    path = Path(directory) / name
+    try:
+        return path.read_text().rstrip("\r\n")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LoomdError(f"credential {name!r} ({path}): {exc.strerror or exc}") from None
 
 
 def is_ip(value: str) -> bool:

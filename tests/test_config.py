@@ -326,3 +326,15 @@ def test_cross_field_check_uses_final_values() -> None:
     assert StateSettings(map_size_mb=2048, max_map_size_mb=4096).max_map_size_mb == 4096
     with pytest.raises(ConfigError, match=r"at least state\.map_size_mb"):
         StateSettings(map_size_mb=8, max_map_size_mb=4)
+
+
+def test_read_credential(tmp_path: Path) -> None:
+    from loomd.config import read_credential
+
+    (tmp_path / "llm-cloud-key").write_text("sk-secret\n")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert read_credential("llm-cloud-key", env) == "sk-secret"
+    assert read_credential("missing", env) is None
+    assert read_credential("llm-cloud-key", {}) is None  # not under systemd
+    assert read_credential("", env) is None
+    assert read_credential("../etc/passwd", env) is None  # a name, never a path

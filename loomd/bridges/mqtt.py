@@ -37,6 +37,7 @@ from loomd.bridges.topics import CodecError, Translator, decode_payload, encode_
 from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
+from loomd.config import read_credential
 from loomd.errors import LoomdError
 from loomd.messages import (
     ErrorCode,
@@ -183,6 +184,9 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self.spawn(self._housekeeping, "housekeeping", restart=True)
 
     def _read_password(self) -> str | None:
+        secret = read_credential(self.settings.password_credential)
+        if secret is not None:
+            return secret
         path = self.settings.password_file
         if not path:
             return None

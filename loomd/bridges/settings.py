@@ -55,6 +55,8 @@ class MqttSettings(Section):
     key_file: str = option("", valid=_abs_or_empty, expected=_ABS_OR_EMPTY)
     username: str = option("", max_len=256)
     password_file: str = option("", valid=_abs_or_empty, expected=_ABS_OR_EMPTY)
+    # A systemd credential holding the password (LoadCredential=NAME:...); wins over the file.
+    password_credential: str = option("", max_len=128)
     client_id: str = option("", max_len=128)
     keepalive_s: int = option(30, min=5, max=3600)
     protocol: str = option("5", choices=("5", "3.1.1"))

@@ -17,6 +17,7 @@ from typing import Any
 from loomd import __version__
 from loomd.audio.settings import WakeSettings
 from loomd.component import Command, Component, StatusBlock
+from loomd.config import read_credential
 from loomd.errors import LoomdError
 from loomd.homeassistant.settings import HomeAssistantSettings, decode_key
 from loomd.messages import ErrorCode, HaState, Topic, WakeDetected
@@ -89,7 +90,9 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         if s.url:
             from loomd.homeassistant.client import HaClient
 
-            token = await asyncio.to_thread(Path(s.token_file).read_text)
+            token = read_credential(s.token_credential)
+            if token is None:
+                token = await asyncio.to_thread(Path(s.token_file).read_text)
             self.client = HaClient(s.url, token.strip())
             self.spawn(lambda: self.client.run(self._ha_state), "ha-client", restart=True)
             self.spawn(self._offer_capabilities, "capabilities", restart=True)

@@ -57,6 +57,8 @@ class HomeAssistantSettings(Section):
     # Or a file holding it (a systemd credential, say), read at start; wins over the value.
     encryption_key_file: str = option("", valid=lambda v: not v or v.startswith("/"),
                                       expected='an absolute path, or "" for none')  # fmt: skip
+    # A systemd credential holding the token (LoadCredential=NAME:...); wins over the file.
+    token_credential: str = option("", max_len=128)
     mdns: bool = option(True)
     # Addresses zeroconf answers on ([] = every interface); tests use ["127.0.0.1"].
     mdns_interfaces: tuple[str, ...] = option(factory=tuple)
@@ -80,7 +82,7 @@ class HomeAssistantSettings(Section):
             raise ConfigError("name", self.name, "letters, digits and '-' (a host name)")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ConfigError("homeassistant.url", self.url, 'an http(s) URL, or "" for none')
-        if self.url and not self.token_file:
+        if self.url and not (self.token_file or self.token_credential):
             raise ConfigError("homeassistant.token_file", "", "a token file when url is set")
 
     def mode_of(self, word: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from loomd.agents.broker import ActionBroker
 from loomd.agents.sdk import serve_capabilities
 from loomd.component import Command, Component, StatusBlock
-from loomd.config import Section, option
+from loomd.config import IP_TEXT, Section, is_ip, option
 from loomd.mcp.client import McpServerSettings, McpSupervisor
 from loomd.messages import ErrorCode
 from loomd.metrics import Family
@@ -46,6 +46,10 @@ class McpSettings(Section):
     expose: tuple[str, ...] = option(factory=tuple, reload=True)
     http_enabled: bool = option(False)
     http_port: int = option(7782, min=1, max=65535)
+    # Beyond loopback, bearer tokens (scope mcp) are required (loomd/web/auth.py).
+    http_bind: str = option("127.0.0.1", valid=is_ip, expected=IP_TEXT)
+    # Browser origins allowed besides loopback ones; any other Origin gets 403.
+    http_origins: tuple[str, ...] = option(factory=tuple)
 
     @property
     def enabled(self) -> bool:
@@ -82,7 +86,9 @@ class McpComponent(Component[McpSettings]):
         self.supervisors: dict[str, McpSupervisor] = {}
         self.errors = 0
         self.http_url = ""
+        self.http_refused = ""  # why the HTTP server does not listen (no token yet)
         self._sock: socket.socket | None = None
+        self.guard: Any = None
 
     async def stop(self) -> None:
         if self._sock is not None:
@@ -97,10 +103,36 @@ class McpComponent(Component[McpSettings]):
             self.spawn(sup.run, f"server.{s.name}", restart=True)
             self.spawn(functools.partial(self._offer, s.name, broker, changed), f"offer.{s.name}")
         if self.settings.http_enabled:
-            # Bound here, so READY means listening and a taken port fails the start clearly.
-            self._sock = socket.create_server(("127.0.0.1", self.settings.http_port))
-            self._sock.setblocking(False)
-            self.spawn(self._serve_http, "http", restart=True)
+            from loomd.web.auth import NAMESPACE, HttpGuard, TokenStore
+
+            ms = self.settings
+            self.guard = HttpGuard(
+                lambda: TokenStore(self.ctx.state.kv(NAMESPACE)), "mcp", ms.http_bind,
+                ms.http_origins, "mcp.http_bind",
+            )  # fmt: skip
+            why = self.guard.missing_token()
+            if why is not None:  # refuse to listen unguarded; start once a token exists
+                self.http_refused = why
+                self.ctx.error(ErrorCode.CONFIG, f"mcp http not listening: {why}")
+                self.spawn(self._serve_http_with_token, "http-await-token")
+                return
+            self._listen()
+
+    def _listen(self) -> None:
+        # Bound here, so READY means listening and a taken port fails the start clearly.
+        family = socket.AF_INET6 if ":" in self.settings.http_bind else socket.AF_INET
+        self._sock = socket.create_server(
+            (self.settings.http_bind, self.settings.http_port), family=family
+        )
+        self._sock.setblocking(False)
+        self.spawn(self._serve_http, "http", restart=True)
+
+    async def _serve_http_with_token(self) -> None:
+        await self.guard.wait_for_token(
+            preload=("uvicorn", "mcp.server.lowlevel", "mcp.server.transport_security")
+        )
+        self.http_refused = ""
+        self._listen()
 
     def _report(self, code: ErrorCode, message: str) -> None:
         self.errors += 1
@@ -124,12 +156,12 @@ class McpComponent(Component[McpSettings]):
     async def _serve_http(self) -> None:
         import uvicorn
 
-        from loomd.mcp.server import build_server
+        from loomd.mcp.server import build_server, guarded
 
-        app = build_server(self.bridge()).streamable_http_app(host="127.0.0.1")
+        s = self.settings
+        app = guarded(build_server(self.bridge()), self.guard)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.settings.http_port, log_level="warning",
-            lifespan="on",
+            app, host=s.http_bind, port=s.http_port, log_level="warning", lifespan="on",
         )  # fmt: skip
 
         class Server(uvicorn.Server):
@@ -138,7 +170,9 @@ class McpComponent(Component[McpSettings]):
                 yield  # the daemon owns SIGTERM/SIGHUP; uvicorn must not take them
 
         server = Server(config)
-        self.http_url = f"http://127.0.0.1:{self.settings.http_port}/mcp"
+        host = f"[{s.http_bind}]" if ":" in s.http_bind else s.http_bind
+        self.http_url = f"http://{host}:{s.http_port}/mcp"
+        self.log.info("mcp: Streamable HTTP on %s (%s)", self.http_url, self.guard.describe())
         assert self._sock is not None
         try:
             await server.serve(sockets=[self._sock])
@@ -150,8 +184,16 @@ class McpComponent(Component[McpSettings]):
         return McpStatus(
             [s.view() for s in self.supervisors.values()],
             list(self.settings.expose),
-            self.http_url or "off",
+            self._http_line(),
         )
+
+    def _http_line(self) -> str:
+        if self.http_refused:
+            return f"not listening: {self.http_refused}"
+        if not self.http_url:
+            return "off"
+        g = self.guard
+        return f"{self.http_url} ({g.describe()}; {g.unauthorized + g.forbidden} refused)"
 
     def metrics(self) -> Iterable[Family]:
         yield Family(

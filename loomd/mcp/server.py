@@ -26,7 +26,7 @@ from loomd.agents.tools import tool_specs
 from loomd.bus.envelope import QoS
 from loomd.messages import CapInvoke, CapResult, CapsList, Topic
 
-__all__ = ["Bridge", "build_server"]
+__all__ = ["Bridge", "build_server", "guarded"]
 
 BUS_TOOLS: dict[str, dict[str, Any]] = {
     "loomd_publish": {
@@ -165,3 +165,37 @@ def build_server(bridge: Bridge, name: str = "loomd") -> Any:
         )
 
     return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def guarded(server: Any, guard: Any) -> Any:
+    """The Streamable HTTP app of `server` behind `guard` (a `loomd.web.auth.HttpGuard`):
+    403 for a foreign `Origin` (the MCP spec's rule against DNS rebinding), 401 without a
+    valid bearer token when bound beyond loopback. The SDK's own Host/Origin check stays on
+    for loopback, with the configured origins added."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    loopback = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=not guard.required,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=[*loopback, *guard.origins],
+    )
+    app = server.streamable_http_app(transport_security=security)
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = guard.check(headers.get("authorization"), headers.get("origin"))
+        if refusal is None:
+            await app(scope, receive, send)
+            return
+        body = json.dumps({"error": refusal.message}).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if refusal.status == 401:
+            head.append((b"www-authenticate", b'Bearer realm="loomd"'))
+        await send({"type": "http.response.start", "status": refusal.status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
+    return asgi

@@ -17,9 +17,9 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from loomd.config import read_credential
 from loomd.errors import LoomdError
 from loomd.messages import ToolCall, ToolSpec
 from loomd.router.openai_wire import CallAssembler, choice_to_wire, tools_to_wire
@@ -54,11 +54,9 @@ class CloudError(LoomdError):
 def read_key(s: CloudSettings, env: dict[str, str] | None = None) -> str:
     """The key from systemd's credential directory (LoadCredential=) or the environment."""
     env = dict(os.environ) if env is None else env
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and s.key_name:
-        path = Path(cred_dir) / s.key_name
-        if path.is_file():
-            return path.read_text().strip()
+    key = read_credential(s.key_name, env)
+    if key is not None:
+        return key.strip()
     return env.get(s.key_env, "").strip() if s.key_env else ""
 
 

@@ -67,6 +67,7 @@ class LlmStatus(StatusBlock):
     decisions: dict[str, int]
     cloud: str
     gpu_layers: int = 0  # offloaded to the GPU by the loaded model (0: all on the CPU)
+    http: str = ""  # the OpenAI-compatible endpoint: where, and whether tokens are needed
 
     def lines(self) -> list[str]:
         state = "loaded" if self.loaded else "not loaded"
@@ -82,6 +83,8 @@ class LlmStatus(StatusBlock):
         )
         out.append("routes: " + (", ".join(f"{k}={v}" for k, v in self.decisions.items()) or "-"))
         out.append(f"cloud: {self.cloud}")
+        if self.http:
+            out.append(f"http: {self.http}")
         return out
 
 
@@ -179,10 +182,24 @@ class LlmComponent(Component[LlmSettings]):
         self.spawn(self._offer_chat, "offer-llm.chat", restart=True)
         if s.http_port:
             from loomd.router.http import HttpEndpoint
+            from loomd.web.auth import NAMESPACE, HttpGuard, TokenStore
 
             name = path.stem if path is not None else s.cloud.model
-            self.http = HttpEndpoint(self.ctx.bus, s.http_bind, s.http_port, name)
-            await self.http.start()
+            guard = HttpGuard(
+                lambda: TokenStore(self.ctx.state.kv(NAMESPACE)), "openai", s.http_bind,
+                s.http_origins, "llm.http_bind",
+            )  # fmt: skip
+            self.http = HttpEndpoint(self.ctx.bus, s.http_bind, s.http_port, name, guard)
+            why = guard.missing_token()
+            if why is None:
+                await self.http.start()
+            else:  # refuse to listen unguarded; start once a token exists
+                self.ctx.error(ErrorCode.CONFIG, f"llm http endpoint not listening: {why}")
+                self.spawn(self._start_http_with_token, "http-await-token")
+
+    async def _start_http_with_token(self) -> None:
+        await self.http.guard.wait_for_token(preload=("aiohttp.web",))
+        await self.http.start()
 
     async def stop_intake(self) -> None:
         if self.http is not None:
@@ -516,6 +533,7 @@ class LlmComponent(Component[LlmSettings]):
             decisions=dict(self.routes),
             cloud=self._cloud_line(),
             gpu_layers=int(st.get("gpu_layers", 0)),
+            http=self.http.describe() if self.http is not None else "",
         )
 
     def _cloud_line(self) -> str:

@@ -26,6 +26,7 @@ from loomd.router.openai_wire import (
     messages_from_wire,
     tools_from_wire,
 )
+from loomd.web.auth import HttpGuard
 
 __all__ = ["HttpEndpoint"]
 
@@ -64,9 +65,19 @@ def _request(body: dict[str, Any], headers: Any) -> ChatRequest:
     )
 
 
+def _no_tokens() -> Any:
+    from loomd.errors import LoomdError
+
+    raise LoomdError("no token store: bind the endpoint to loopback")
+
+
 class HttpEndpoint:
-    def __init__(self, bus: Bus, bind: str, port: int, model_name: str) -> None:
+    def __init__(
+        self, bus: Bus, bind: str, port: int, model_name: str, guard: HttpGuard | None = None
+    ) -> None:
         self.bus = bus
+        self.guard = guard or HttpGuard(_no_tokens, "openai", bind)
+        self.listening = False
         self.bind = bind
         self.port = port
         self.model_name = model_name or "loomd"
@@ -77,7 +88,11 @@ class HttpEndpoint:
     async def start(self) -> None:
         from aiohttp import web
 
-        app = web.Application()
+        @web.middleware
+        async def auth(request: Any, handler: Any) -> Any:
+            return await self._auth(request, handler)
+
+        app = web.Application(middlewares=[auth])
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -86,12 +101,41 @@ class HttpEndpoint:
         await site.start()
         if self.port == 0:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("llm: OpenAI-compatible endpoint on http://%s:%d/v1", self.bind, self.port)
+        self.listening = True
+        log.info("llm: OpenAI-compatible endpoint on %s (%s)", self.url, self.guard.describe())
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/v1"
+
+    def describe(self) -> str:
+        """For `loomctl status`: where it listens and whether tokens are needed."""
+        if not self.listening:
+            return f"not listening: {self.guard.missing_token() or 'stopped'}"
+        g = self.guard
+        return f"{self.url}, {g.describe()}; {g.unauthorized + g.forbidden} refused"
 
     async def stop(self) -> None:
+        self.listening = False
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _auth(self, request: Any, handler: Any) -> Any:
+        """Every route: 403 for a foreign browser origin, 401 without a valid token when
+        bound beyond loopback (an OpenAI-style error body, so clients raise the right error)."""
+        from aiohttp import web
+
+        refusal = self.guard.check(
+            request.headers.get("Authorization"), request.headers.get("Origin")
+        )
+        if refusal is None:
+            return await handler(request)
+        kind = "invalid_api_key" if refusal.status == 401 else "forbidden"
+        body = {"error": {"message": refusal.message, "type": kind, "code": refusal.status}}
+        headers = {"WWW-Authenticate": 'Bearer realm="loomd"'} if refusal.status == 401 else {}
+        return web.json_response(body, status=refusal.status, headers=headers)
 
     async def _models(self, request: Any) -> Any:
         from aiohttp import web

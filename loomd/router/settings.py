@@ -95,6 +95,8 @@ class LlmSettings(Section):
     # OpenAI-compatible endpoint at http://<http_bind>:<http_port>/v1; 0 = off.
     http_port: int = option(0, min=0, max=65535)
     http_bind: str = option("127.0.0.1", valid=is_ip, expected=IP_TEXT)
+    # Browser origins allowed at the endpoint besides loopback ones.
+    http_origins: tuple[str, ...] = option(factory=tuple)
     decisions_kept: int = option(1000, min=1, max=1000000, reload=True)
     policy: PolicySettings = option(factory=PolicySettings)
     cloud: CloudSettings = option(factory=CloudSettings)

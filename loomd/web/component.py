@@ -12,6 +12,7 @@ from loomd.component import Component, StatusBlock
 from loomd.config import IP_TEXT, Section, is_ip, option
 from loomd.messages import ErrorCode
 from loomd.metrics import Family
+from loomd.web.auth import NAMESPACE, HttpGuard, TokenStore
 from loomd.web.http import MetricsServer
 
 if TYPE_CHECKING:
@@ -31,19 +32,24 @@ class MetricsSettings(Section):
     # `bind` says; "on" anyone who reaches the port; "off" serves metrics only.
     page: str = option("local", choices=("local", "on", "off"), reload=True)
     page_clients: int = option(4, min=1, max=64, reload=True)  # live-tail (SSE) clients
+    # Browser origins allowed besides loopback ones ("https://grafana.example:3000").
+    origins: tuple[str, ...] = option(factory=tuple, reload=True)
 
 
 @dataclass(frozen=True)
 class MetricsStatus(StatusBlock):
     url: str | None
     page: str = "off"
+    auth: str = ""  # loopback only, or tokens required; or why it does not listen
+    refused: int = 0  # requests answered 401 or 403
 
     def lines(self) -> list[str]:
         if self.url is None:
-            return ["off"]
+            return [f"off{': ' + self.auth if self.auth else ''}"]
+        auth = f"{self.auth}; {self.refused} refused"
         if self.page == "off":
-            return [self.url]
-        return [self.url, f"status page: {self.url.removesuffix('metrics')} ({self.page})"]
+            return [self.url, auth]
+        return [self.url, f"status page: {self.url.removesuffix('metrics')} ({self.page})", auth]
 
 
 class MetricsComponent(Component[MetricsSettings]):
@@ -55,7 +61,9 @@ class MetricsComponent(Component[MetricsSettings]):
 
     server: MetricsServer | None = None
     page: StatusPage | None = None
+    guard: HttpGuard | None = None
     _sampler: asyncio.Task[None] | None = None
+    _waiter: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._open()
@@ -75,6 +83,16 @@ class MetricsComponent(Component[MetricsSettings]):
         m = self.settings
         if not m.enabled:
             return
+        guard = HttpGuard(
+            lambda: TokenStore(self.ctx.state.kv(NAMESPACE)), "status", m.bind, m.origins,
+            "metrics.bind",
+        )  # fmt: skip
+        self.guard = guard
+        why = guard.missing_token()
+        if why is not None:  # refuse to listen unguarded; start once a token exists
+            self.ctx.error(ErrorCode.CONFIG, f"metrics not listening: {why}")
+            self._waiter = self.spawn(self._open_with_token, "await-token")
+            return
         page = None
         if m.page != "off":
             from loomd.web.page import StatusPage  # only when the page is on
@@ -82,7 +100,7 @@ class MetricsComponent(Component[MetricsSettings]):
             page = StatusPage(self.ctx, m.page, max_clients=m.page_clients)
             await page.load()
         server = MetricsServer(
-            m.bind, m.port, self.ctx.services.collect, page.handle if page else None
+            m.bind, m.port, self.ctx.services.collect, page.handle if page else None, guard
         )
         try:
             await server.start()
@@ -96,7 +114,16 @@ class MetricsComponent(Component[MetricsSettings]):
             self.page = page
             self._sampler = self.spawn(page.history.run, "page-history", restart=True)
 
+    async def _open_with_token(self) -> None:
+        assert self.guard is not None
+        await self.guard.wait_for_token(preload=("loomd.web.page",))
+        self._waiter = None
+        await self._open()
+
     async def _close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
         if self.server is not None:
             server, self.server = self.server, None
             await server.close()  # ends the live-tail streams too
@@ -106,9 +133,14 @@ class MetricsComponent(Component[MetricsSettings]):
         self.page = None
 
     def status(self) -> MetricsStatus:
-        if self.server is None:
-            return MetricsStatus(None)
-        return MetricsStatus(self.server.url, self.page.mode if self.page else "off")
+        g = self.guard
+        if self.server is None or g is None:
+            why = g.missing_token() if g is not None and self._waiter is not None else None
+            return MetricsStatus(None, auth=why or "")
+        return MetricsStatus(
+            self.server.url, self.page.mode if self.page else "off", g.describe(),
+            g.unauthorized + g.forbidden,
+        )  # fmt: skip
 
     def metrics(self) -> Iterable[Family]:
         return self.page.families() if self.page is not None else ()

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from loomd.metrics import CONTENT_TYPE, Family, render
+from loomd.web.auth import HttpGuard
 
 __all__ = ["MetricsServer", "Request", "Response", "Streamer"]
 
@@ -25,6 +26,7 @@ _LINGER_TIMEOUT = 1.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -79,6 +81,16 @@ def _error(status: int) -> Response:
     return Response(status, f"{status} {_REASONS[status]}\n".encode())
 
 
+def _refuse(guard: HttpGuard, headers: Mapping[str, str]) -> Response | None:
+    """401 or 403 when the guard says no (a bad token, a browser's foreign origin)."""
+    refusal = guard.check(headers.get("authorization"), headers.get("origin"))
+    if refusal is None:
+        return None
+    extra = (("WWW-Authenticate", 'Bearer realm="loomd"'),) if refusal.status == 401 else ()
+    body = f"{refusal.status} {_REASONS[refusal.status]}: {refusal.message}\n".encode()
+    return Response(refusal.status, body, headers=extra)
+
+
 class _BadRequest(Exception):
     pass
 
@@ -96,8 +108,10 @@ class MetricsServer:
         port: int,
         collect: Callable[[], Iterable[Family]],
         app: App | None = None,
+        guard: HttpGuard | None = None,
     ) -> None:
         self._bind, self._port, self._collect, self._app = bind, port, collect, app
+        self._guard = guard
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -116,7 +130,8 @@ class MetricsServer:
         self._server = await asyncio.start_server(
             self._accept, self._bind, self._port, limit=_MAX_LINE
         )
-        log.info("metrics on %s", self.url, extra={"fields": {"port": self.port}})
+        how = self._guard.describe() if self._guard else "no token check"
+        log.info("metrics on %s (%s)", self.url, how, extra={"fields": {"port": self.port}})
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -176,7 +191,9 @@ class MetricsServer:
             return
         path, _, query = target.partition("?")
         reply: Response | Streamer | None = None
-        if self._app is not None and path != "/metrics":
+        if self._guard is not None:
+            reply = _refuse(self._guard, headers)
+        if reply is None and self._app is not None and path != "/metrics":
             peer = writer.get_extra_info("peername")
             reply = await self._app(Request(method, path, query, headers, str(peer[0])))
         if reply is not None and not isinstance(reply, Response):

@@ -245,6 +245,32 @@ async def test_wrong_password_is_refused_right_one_connects(short_tmp: Path) -> 
         broker.stop()
 
 
+async def test_the_password_from_a_systemd_credential_wins(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`password_credential`: $CREDENTIALS_DIRECTORY/<name> (LoadCredential=), read before
+    `password_file` (wrong here), connects to a broker that wants the password."""
+    broker = Mosquitto(short_tmp / "broker", users={"loomd": "s3cret"})
+    broker.start()
+    try:
+        creds = short_tmp / "creds"
+        creds.mkdir()
+        (creds / "mqtt-password").write_text("s3cret\n")
+        pw = short_tmp / "pw"
+        pw.write_text("wrong\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        section = mqtt_section(broker, IN_TEMP, username="loomd", password_file=str(pw),
+                               password_credential="mqtt-password")  # fmt: skip
+        async with running(short_tmp / "a", section) as host:
+            await connected(host)
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY")  # no credential: the file's (wrong) one
+        async with running(short_tmp / "b", section) as host:
+            c = mqtt_of(host)
+            await wait_for(lambda: c.state == "refused")
+    finally:
+        broker.stop()
+
+
 async def test_tls_checks_the_certificate_and_the_host_name(short_tmp: Path) -> None:
     broker = Mosquitto(short_tmp / "broker", tls=True)
     broker.start()

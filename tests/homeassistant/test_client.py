@@ -107,6 +107,28 @@ def test_the_component_publishes_ha_states_and_calls_services(
     assert listed["areas"][light["area"]] == "Kitchen"
 
 
+def test_the_ha_token_from_a_systemd_credential(
+    ha: HaTestbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`token_credential`: the token from $CREDENTIALS_DIRECTORY (LoadCredential=), no file."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "ha-token").write_text(ha.token + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    body = ha_section(free_port(), url=f'"{ha.url}"', token_credential='"ha-token"',
+                      mdns="false")  # fmt: skip
+
+    async def scenario() -> str:
+        async with board(
+            tmp_path / "b", body, "ws-client", ("state", "bus", "homeassistant")
+        ) as host:
+            comp = component(host, "homeassistant")
+            await asyncio.wait_for(comp.client.connected.wait(), 15)
+            return str(comp.status().ha_api)
+
+    assert asyncio.run(scenario()) == "connected"
+
+
 def test_ha_services_as_broker_capabilities(ha: HaTestbed, tmp_path: Path) -> None:
     """The agents' action broker calls `homeassistant.turn_on` (offered over the bus by the
     homeassistant component): HA's kitchen light goes on; an unknown entity is an error

@@ -40,12 +40,12 @@ class PageDaemon(LoomdProcess):
 
 def get(
     port: int, path: str, *, host: str = "127.0.0.1", method: str = "GET",
-    headers: dict[str, str] | None = None, timeout: float = 10.0,
+    headers: dict[str, str] | None = None, timeout: float = 10.0, body: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
     """One real HTTP request: (status, headers by lower-case name, body)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
@@ -63,16 +63,18 @@ class SseClient:
     """A raw-socket SSE client: it reads only when asked, so a test can make it slow."""
 
     def __init__(self, port: int, pattern: str | None = None, *, host: str = "127.0.0.1",
-                 rcvbuf: int | None = None) -> None:  # fmt: skip
+                 rcvbuf: int | None = None, headers: dict[str, str] | None = None,
+                 ) -> None:  # fmt: skip
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the window is small from the start
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(10.0)
         self.sock.connect((host, port))
         query = "" if pattern is None else "?pattern=" + pattern.replace("#", "%23")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall(
             f"GET /api/events{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
+            f"Accept: text/event-stream\r\n{extra}\r\n".encode()
         )
         self.buf = b""
         self.status = 0

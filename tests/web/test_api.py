@@ -334,12 +334,22 @@ def _lan_address() -> str:
 
 @pytest.mark.parametrize("page", ["local", "on"])
 def test_exposure_with_a_real_peer(make_daemon: Any, page: str) -> None:
-    """The metrics port bound to all addresses; a client on the machine's LAN address is
-    a non-loopback peer. "local" refuses it the page (not /metrics); "on" serves it."""
+    """The metrics port bound to all addresses (so every client needs a token, loopback
+    peers too: a local reverse proxy must not open it); a client on the machine's LAN
+    address is a non-loopback peer. "local" refuses it the page (not /metrics); "on"
+    serves it."""
     lan = _lan_address()
     d = make_daemon(page=page, bind="0.0.0.0")
-    status, _, body = get(d.port, "/api/status", host=lan)
-    sse = SseClient(d.port, host=lan)
+    r = loomctl(d, "tokens", "create", "scraper", "--scope", "status")
+    assert r.returncode == 0, r.stderr
+    auth = {"Authorization": f"Bearer {r.stdout.strip()}"}
+    deadline = time.monotonic() + 10  # the port opens once a token exists
+    while get_or_none(d.port, "/metrics", host=lan, headers=auth) != 200:
+        assert time.monotonic() < deadline, "the metrics port never opened"
+        time.sleep(0.05)
+    assert get(d.port, "/api/status", host=lan)[0] == 401
+    status, _, body = get(d.port, "/api/status", host=lan, headers=auth)
+    sse = SseClient(d.port, host=lan, headers=auth)
     try:
         sse_status = sse.read_head()
     finally:
@@ -347,13 +357,20 @@ def test_exposure_with_a_real_peer(make_daemon: Any, page: str) -> None:
     if page == "local":
         assert status == 403 and b"localhost" in body
         assert sse_status == 403
-        assert get(d.port, "/", host=lan)[0] == 403
-        assert get(d.port, "/api/status")[0] == 200  # loopback still sees it
-        _, _, metrics = get(d.port, "/metrics", host=lan)
+        assert get(d.port, "/", host=lan, headers=auth)[0] == 403
+        assert get(d.port, "/api/status", headers=auth)[0] == 200  # loopback still sees it
+        _, _, metrics = get(d.port, "/metrics", host=lan, headers=auth)
         assert re.search(rb"loomd_metrics_page_refused_total [3-9]", metrics)
     else:
         assert status == 200 and json.loads(body)["page"]["mode"] == "on"
         assert sse_status == 200
+
+
+def get_or_none(port: int, path: str, **kw: Any) -> int | None:
+    try:
+        return get(port, path, **kw)[0]
+    except OSError:
+        return None
 
 
 def test_llm_disabled_says_so(make_daemon: Any) -> None:
