@@ -50,6 +50,7 @@ from loomd.metrics import Family
 
 if TYPE_CHECKING:
     from loomd.audio.aec import EchoCanceller
+    from loomd.audio.frontend import FrontEnd
     from loomd.audio.io import Sink, Source
     from loomd.audio.stt import SttWorker
     from loomd.audio.tts import Tts
@@ -137,6 +138,7 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def start(self) -> None:
         from loomd.audio.aec import EchoCanceller, Reference
+        from loomd.audio.frontend import FrontEnd
         from loomd.audio.io import BufferSink, BusSink, PyAudioSpeaker, WavSink, count_devices
         from loomd.audio.stt import SttWorker
         from loomd.audio.tts import load_tts
@@ -189,6 +191,12 @@ class VoiceComponent(Component[VoiceSettings]):
                 self.ctx.error(
                     ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead"
                 )
+        self.frontend: FrontEnd | None = None
+        if s.frontend.enabled:
+            try:
+                self.frontend = FrontEnd(s.frontend.noise_suppression, s.frontend.auto_gain)
+            except LoomdError as exc:
+                self.ctx.error(ErrorCode.FRONTEND_MISSING, f"voice: {exc}; running without it")
         self.source, sink = s.source, s.sink
         if "auto" in (s.source, s.sink):  # a board with a mic and a speaker just works
             ins, outs = await asyncio.to_thread(count_devices, s.mic.device)
@@ -316,6 +324,8 @@ class VoiceComponent(Component[VoiceSettings]):
             played = self.reference.take()
             if echo and self.aec is not None:
                 frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
+            if self.frontend is not None:
+                frame = Frame(self.frontend.process(frame.pcm), frame.t, frame.at)
             if handoff.streaming:  # the turn is another part's: it hears the mic
                 if not await handoff.feed(frame.pcm):
                     await loop.run_in_executor(self._wake_pool, self.wake.reset)
