@@ -28,7 +28,7 @@ class FrontEnd:
         if not 0 <= auto_gain_dbfs <= 31:
             raise ValueError(f"auto_gain_dbfs must be 0 to 31, not {auto_gain_dbfs}")
         try:
-            from webrtc_noise_gain import AudioProcessor
+            from webrtc_noise_gain import AudioProcessor  # type: ignore[import-untyped]
         except ImportError:
             raise LoomdError(
                 "webrtc-noise-gain is missing (the noise front end): "
