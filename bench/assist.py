@@ -227,7 +227,9 @@ def noisy(pcm: bytes, snr_db: float | None, seed: int, lead_s: float = 0.0) -> b
 FRONTEND_LEAD_S = 1.0
 
 
-def through_frontend(pcm: bytes, ns: int, agc: int, spent: list[float]) -> bytes:
+def through_frontend(
+    pcm: bytes, ns: int, agc: int, spent: list[float], *, drop_lead: bool = True
+) -> bytes:
     """A clip made by `noisy(..., lead_s=FRONTEND_LEAD_S)` through loomd's front end stage
     (the class the daemon runs), frame by frame; the lead is dropped. Adds the seconds spent
     per 20 ms frame to `spent`."""
@@ -242,13 +244,13 @@ def through_frontend(pcm: bytes, ns: int, agc: int, spent: list[float]) -> bytes
         a = time.perf_counter()
         out.append(stage.process(pcm[i : i + FRAME_BYTES]))
         spent.append(time.perf_counter() - a)
-    return b"".join(out)[int(FRONTEND_LEAD_S * 16000) * 2 : n]
+    return b"".join(out)[int(FRONTEND_LEAD_S * 16000) * 2 if drop_lead else 0 : n]
 
 
 def frontend_variants() -> list[tuple[str, int, int]]:
     """("frontend", the default [voice.frontend] settings) and, with --sweep, the others.
-    With the front end off by default, the measured setting is level 2 (the library's
-    suggested middle)."""
+    The STT cases measure what `[voice.frontend] stt = true` would give (off by default:
+    see docs/design/voice.md); with the front end off, the measured setting is level 2."""
     fs = FrontendSettings()
     ns, agc = (fs.noise_suppression, fs.auto_gain) if fs.enabled else (2, 0)
     out = [("frontend", ns, agc)]
@@ -261,8 +263,15 @@ def frontend_variants() -> list[tuple[str, int, int]]:
 def wake_effect(tmp: Path, piper: Any) -> dict[str, Any]:
     """openWakeWord (loomd's WakeDetector) on "hey jarvis" (Piper and espeak-ng, 10 noise
     draws each) at 10 dB, with and without the front end: recall at the default threshold
-    and the mean peak score; and the highest score on the command clips (no wake word)."""
+    and the mean peak score. webrtcvad (loomd's WebRtcVad, the default mode) on the same
+    clips: the share of noise-only frames it calls speech (the last half of the lead, once
+    the suppressor has heard the room) and of the words' frames it calls speech."""
+    from loomd.audio.frames import FRAME_BYTES
+    from loomd.audio.settings import VadSettings
+    from loomd.audio.vad import WebRtcVad
     from loomd.audio.wake import WakeDetector
+
+    vad = WebRtcVad(VadSettings().mode)
 
     det = WakeDetector(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
     pad = b"\0" * 16000
@@ -277,18 +286,41 @@ def wake_effect(tmp: Path, piper: Any) -> dict[str, Any]:
         det.peak = 0.0
         return best
 
+    def frames(pcm: bytes) -> list[bytes]:
+        return [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
+
+    def loud(pcm: bytes) -> list[bool]:
+        e = [
+            float(np.mean(np.frombuffer(f, np.int16).astype(np.float64) ** 2)) for f in frames(pcm)
+        ]
+        return [x > max(e) / 100 for x in e]  # within 20 dB of the loudest frame
+
+    lead_frames = int(FRONTEND_LEAD_S * 1000) // 20
     out: dict[str, Any] = {}
     for label, snr in (("clean", None), ("10db", 10.0)):
         raw, fe = [], []
+        vad_noise: dict[str, list[bool]] = {"": [], "_frontend": []}
+        vad_speech: dict[str, list[bool]] = {"": [], "_frontend": []}
         for j in range(1 if snr is None else 10):
             for w in words:
                 lead = noisy(w, snr, 7000 + j, FRONTEND_LEAD_S)
                 raw.append(peak(lead[int(FRONTEND_LEAD_S * 32000) :]))
-                fe.append(peak(through_frontend(lead, ns, agc, [])))
+                full = through_frontend(lead, ns, agc, [], drop_lead=False)
+                fe.append(peak(full[int(FRONTEND_LEAD_S * 32000) :]))
+                words_loud = loud(w)
+                for name, pcm in (("", lead), ("_frontend", full)):
+                    flags = [vad(f) for f in frames(pcm)]
+                    vad_noise[name] += flags[lead_frames // 2 : lead_frames]
+                    said = flags[lead_frames:]
+                    vad_speech[name] += [v for v, x in zip(said, words_loud, strict=False) if x]
         for name, scores in (("", raw), ("_frontend", fe)):
             hits = sum(s >= 0.5 for s in scores)
             out[f"wake_recall_{label}{name}"] = round(hits / len(scores), 3)
             out[f"wake_peak_mean_{label}{name}"] = round(statistics.mean(scores), 3)
+            if snr is not None:
+                noise, speech = vad_noise[name], vad_speech[name]
+                out[f"vad_speech_on_noise_{label}{name}"] = round(sum(noise) / len(noise), 3)
+                out[f"vad_speech_on_words_{label}{name}"] = round(sum(speech) / len(speech), 3)
     return out
 
 

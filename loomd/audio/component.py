@@ -324,10 +324,12 @@ class VoiceComponent(Component[VoiceSettings]):
             played = self.reference.take()
             if echo and self.aec is not None:
                 frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
-            if self.frontend is not None:
+            speech = frame.pcm  # what speech to text hears
+            if self.frontend is not None:  # the wake word and the VAD hear the front end
                 frame = Frame(self.frontend.process(frame.pcm), frame.t, frame.at)
+                speech = frame.pcm if s.frontend.stt else speech
             if handoff.streaming:  # the turn is another part's: it hears the mic
-                if not await handoff.feed(frame.pcm):
+                if not await handoff.feed(speech):
                     await loop.run_in_executor(self._wake_pool, self.wake.reset)
                     await self._set_state(VoiceState.IDLE)
                 continue
@@ -336,17 +338,17 @@ class VoiceComponent(Component[VoiceSettings]):
                 await handoff.start(uid)
                 await self._set_state(VoiceState.LISTENING, uid)
                 continue
-            if listening and (action := handoff.pending(frame.pcm)) is not None:
+            if listening and (action := handoff.pending(speech)) is not None:
                 if action != WakeAction.LOCAL:
                     listening = False
                     if action == WakeAction.STREAM:
                         await handoff.start(handoff.asked)
-                        await handoff.feed(frame.pcm)
+                        await handoff.feed(speech)
                     else:
                         await self._set_state(VoiceState.IDLE)
                     continue
             if listening:
-                cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
+                cut = seg.push(speech, frame.t, self.vad(frame.pcm))
                 if cut is not None:
                     listening = False
                     handoff.cancel()

@@ -51,6 +51,8 @@ class FrontendSettings(Section):
 
     noise_suppression: int = option(NS_DEFAULT, min=0, max=4)  # 0 = off
     auto_gain: int = option(0, min=0, max=31)  # target dBFS; 0 = off
+    # The utterance for speech to text too (off: whisper heard the suppressed audio worse)
+    stt: bool = option(False)
 
     @property
     def enabled(self) -> bool:
