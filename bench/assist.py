@@ -260,7 +260,7 @@ def frontend_variants() -> list[tuple[str, int, int]]:
     return out
 
 
-def wake_effect(tmp: Path, piper: Any) -> dict[str, Any]:
+def wake_effect(tmp: Path, piper: Any, ns: int, agc: int) -> dict[str, Any]:
     """openWakeWord (loomd's WakeDetector) on "hey jarvis" (Piper and espeak-ng, 10 noise
     draws each) at 10 dB, with and without the front end: recall at the default threshold
     and the mean peak score. webrtcvad (loomd's WebRtcVad, the default mode) on the same
@@ -276,8 +276,6 @@ def wake_effect(tmp: Path, piper: Any) -> dict[str, Any]:
     det = WakeDetector(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
     pad = b"\0" * 16000
     words = [pad + piper.synthesize("hey jarvis") + pad, espeak("hey jarvis", tmp / "hj.wav")]
-    fs = FrontendSettings()
-    ns, agc = (fs.noise_suppression, fs.auto_gain) if fs.enabled else (2, 0)
 
     def peak(pcm: bytes) -> float:
         det.reset()
@@ -432,14 +430,19 @@ def main() -> None:
                 res[key] = round(ok_fe / len(clips), 3)
                 res["frontend_us_per_frame"] = round(statistics.mean(spent) * 1e6, 1)
             else:
-                sweep.setdefault(name, {})[label] = round(ok_fe / len(clips), 3)
+                sweep.setdefault(name, {})[f"audio_accuracy_{label}"] = round(ok_fe / len(clips), 3)
     worker.close()
     fs = FrontendSettings()
     res["frontend_default"] = f"ns{fs.noise_suppression}_agc{fs.auto_gain}"
     if sweep:
         res["frontend_sweep"] = sweep
     res["false_actions_frontend"] = false_fe
-    res.update(wake_effect(tmp, piper))
+    variants = frontend_variants()
+    res.update(wake_effect(tmp, piper, variants[0][1], variants[0][2]))
+    for name, ns, agc in variants[1:]:
+        got = wake_effect(tmp, piper, ns, agc)
+        sweep[name].update({k.removesuffix("_frontend"): v for k, v in got.items()
+                            if k.endswith("10db_frontend")})  # fmt: skip
     res["false_actions"] = false_text + false_audio
     res["raw_stt_bench_p50_ms"] = pctl(raw_stt_ms, 0.5)  # the audio section's clean clips
 

@@ -21,7 +21,7 @@ __all__ = [
 
 SOURCES = ("auto", "none", "mic", "wav", "bus")
 SINKS = ("auto", "none", "speaker", "wav", "bus", "buffer")
-NS_DEFAULT = 2
+NS_DEFAULT = 3
 
 
 @dataclass(frozen=True)
