@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from loomd.audio.frames import FRAME_BYTES, RATE
 from loomd.audio.frontend import FrontEnd
-from loomd.audio.io import read_wav
+from loomd.audio.io import read_wav, write_wav
 from loomd.errors import ConfigError, LoomdError
+from loomd.sdk import Client
 from loomd.settings import load_config
-from tests.audio.conftest import join_wavs, say_wav
+from tests.audio.conftest import join_wavs, say_wav, voice_toml
+from tests.conftest import LoomdProcess
 
 pytest.importorskip("webrtc_noise_gain")
 
@@ -142,3 +146,30 @@ def test_frontend_settings_load(tmp_path: Path) -> None:
     assert (fe.noise_suppression, fe.auto_gain, fe.enabled) == (0, 0, False)
     path.write_text("[voice.frontend]\nnoise_suppression = 0\nauto_gain = 6\n")
     assert load_config(path).voice.frontend.enabled
+
+
+# --- in the daemon ----------------------------------------------------------------------------
+@pytest.mark.models
+def test_the_daemon_hears_a_command_in_white_noise_through_its_front_end(
+    loomd_proc: LoomdProcess, models: Path, command_clip: Path, tmp_path: Path
+) -> None:
+    """ "hey jarvis, turn on the kitchen lights" with white noise at 10 dB (and 1 s of it
+    before), through `voice.test` on the real daemon with the default front end (wake word
+    and VAD on its output, whisper on the microphone's): the wake word fires and whisper
+    hears the command."""
+    x = np.frombuffer(read_wav(command_clip), dtype=np.int16)
+    x = np.concatenate([np.zeros(RATE, dtype=np.int16), x])
+    clip = tmp_path / "noisy.wav"
+    write_wav(clip, with_noise(x, 10.0).tobytes())
+    loomd_proc.write_config(voice_toml(models, agent='"none"', sink='"buffer"'))
+    loomd_proc.start(timeout=60)
+
+    async def scenario() -> dict[str, Any]:
+        async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
+            r: dict[str, Any] = await bus.call("voice.test", args=[str(clip)], timeout=240)
+            return r
+
+    r = asyncio.run(scenario())
+    assert r["wake"] is True, r
+    (turn,) = r["turns"]
+    assert "kitchen lights" in turn["transcript"].lower(), turn
