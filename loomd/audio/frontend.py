@@ -1,6 +1,7 @@
 """The noise front end: webrtc-noise-gain (WebRTC's noise suppressor and automatic gain) on
-each microphone frame, after echo cancellation and before the wake word, the VAD and the
-utterance that goes to STT.
+each microphone frame, after echo cancellation and before the wake word and the VAD; the
+utterance for STT takes its output only with `[voice.frontend] stt = true` (whisper heard
+the suppressed audio worse in bench/assist.py).
 
 The library works on 10 ms (160 samples); a pipeline frame is 20 ms, so each goes through as
 two halves, in order (the suppressor keeps its noise estimate across calls). Why the default
