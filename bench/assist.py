@@ -264,14 +264,13 @@ def wake_effect(tmp: Path, piper: Any, ns: int, agc: int) -> dict[str, Any]:
     """openWakeWord (loomd's WakeDetector) on "hey jarvis" (Piper and espeak-ng, 10 noise
     draws each) at 10 dB, with and without the front end: recall at the default threshold
     and the mean peak score. webrtcvad (loomd's WebRtcVad, the default mode) on the same
-    clips: the share of noise-only frames it calls speech (the last half of the lead, once
-    the suppressor has heard the room) and of the words' frames it calls speech."""
+    clips, a fresh one per clip: the share of noise-only frames it calls speech (the last
+    half of the lead, once both have heard the room) and of the words' frames it calls
+    speech."""
     from loomd.audio.frames import FRAME_BYTES
     from loomd.audio.settings import VadSettings
     from loomd.audio.vad import WebRtcVad
     from loomd.audio.wake import WakeDetector
-
-    vad = WebRtcVad(VadSettings().mode)
 
     det = WakeDetector(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
     pad = b"\0" * 16000
@@ -307,6 +306,7 @@ def wake_effect(tmp: Path, piper: Any, ns: int, agc: int) -> dict[str, Any]:
                 fe.append(peak(full[int(FRONTEND_LEAD_S * 32000) :]))
                 words_loud = loud(w)
                 for name, pcm in (("", lead), ("_frontend", full)):
+                    vad = WebRtcVad(VadSettings().mode)  # one per stream: it adapts
                     flags = [vad(f) for f in frames(pcm)]
                     vad_noise[name] += flags[lead_frames // 2 : lead_frames]
                     said = flags[lead_frames:]

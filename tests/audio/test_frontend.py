@@ -91,6 +91,29 @@ def test_stronger_levels_suppress_more(two_phrases: np.ndarray) -> None:
     assert floors[0] > floors[1] > floors[2], floors
 
 
+def test_the_vad_still_hears_words_and_gaps_in_noise_through_the_default_level(
+    two_phrases: np.ndarray,
+) -> None:
+    """The VAD hears the front end's output: at 10 dB white noise, through the default
+    level, it still calls the gap between the phrases silence and the words speech."""
+    from loomd.audio.settings import FrontendSettings, VadSettings
+    from loomd.audio.vad import WebRtcVad
+
+    vad = WebRtcVad(VadSettings().mode)
+    noisy = with_noise(two_phrases, 10.0)
+    out = run(FrontEnd(FrontendSettings().noise_suppression), noisy)
+
+    def speech_share(x: np.ndarray) -> float:
+        g = gap(x, two_phrases)
+        frames = g[: len(g) - len(g) % (FRAME_BYTES // 2)].reshape(-1, FRAME_BYTES // 2)
+        return sum(vad(f.tobytes()) for f in frames) / len(frames)
+
+    assert speech_share(out) < 0.1
+    speech = loud_frames(two_phrases)
+    words = out[speech].reshape(-1, FRAME_BYTES // 2)
+    assert sum(vad(f.tobytes()) for f in words) / len(words) > 0.8
+
+
 def test_level_0_without_gain_passes_clean_speech_through(two_phrases: np.ndarray) -> None:
     out = run(FrontEnd(0, 0), two_phrases)
     assert abs(db(out) - db(two_phrases)) < 1.0
