@@ -1,6 +1,6 @@
 """Assist: spoken and typed commands to actions, against raw whisper.cpp + raw hassil.
 
-    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/assist.py [--quick]
+    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/assist.py [--quick] [--sweep]
 
 A fixture home (15 devices in 5 areas, 3 capabilities with sentences) and a command set
 made here: commands, questions, out-of-grammar requests (for the model) and distractors that
@@ -35,10 +35,12 @@ import numpy as np
 from loomd.assist.intents import ACTING, plan_actions
 from loomd.assist.matcher import Match, Matcher
 from loomd.audio.io import read_wav
+from loomd.audio.settings import FrontendSettings
 from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
 from loomd.home.registry import Registry, source_from_tables
 
 QUICK = "--quick" in sys.argv
+SWEEP = "--sweep" in sys.argv  # also every noise suppression level and auto gain
 MODELS = Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
 
 HOME_TOML = """
@@ -204,14 +206,120 @@ def espeak(text: str, out: Path) -> bytes:
     return read_wav(out)
 
 
-def noisy(pcm: bytes, snr_db: float | None, seed: int) -> bytes:
+def noisy(pcm: bytes, snr_db: float | None, seed: int, lead_s: float = 0.0) -> bytes:
+    """`pcm` with white noise at `snr_db` (over its voiced samples), after `lead_s` of the
+    same noise alone (its own draw: the clip's part is the same with or without a lead)."""
+    lead = int(lead_s * 16000)
     if snr_db is None:
-        return pcm
+        return b"\0" * (2 * lead) + pcm
     x = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
     voiced = x[np.abs(x) > 100]
     p_sig = float(np.mean(voiced**2)) if voiced.size else 1.0
-    noise = np.random.default_rng(seed).normal(0, np.sqrt(p_sig / 10 ** (snr_db / 10)), x.size)
-    return bytes(np.clip(x + noise, -32768, 32767).astype(np.int16).tobytes())
+    sigma = np.sqrt(p_sig / 10 ** (snr_db / 10))
+    y = x + np.random.default_rng(seed).normal(0, sigma, x.size)
+    if lead:
+        y = np.concatenate([np.random.default_rng(seed + 1_000_003).normal(0, sigma, lead), y])
+    return bytes(np.clip(y, -32768, 32767).astype(np.int16).tobytes())
+
+
+# The daemon's front end has heard the room before anyone speaks: each clip goes through a
+# fresh stage after this much of the same noise (the output's lead is dropped).
+FRONTEND_LEAD_S = 1.0
+
+
+def through_frontend(
+    pcm: bytes, ns: int, agc: int, spent: list[float], *, drop_lead: bool = True
+) -> bytes:
+    """A clip made by `noisy(..., lead_s=FRONTEND_LEAD_S)` through loomd's front end stage
+    (the class the daemon runs), frame by frame; the lead is dropped. Adds the seconds spent
+    per 20 ms frame to `spent`."""
+    from loomd.audio.frames import FRAME_BYTES
+    from loomd.audio.frontend import FrontEnd
+
+    stage = FrontEnd(ns, agc)
+    n = len(pcm)
+    pcm += b"\0" * (-n % FRAME_BYTES)
+    out = []
+    for i in range(0, len(pcm), FRAME_BYTES):
+        a = time.perf_counter()
+        out.append(stage.process(pcm[i : i + FRAME_BYTES]))
+        spent.append(time.perf_counter() - a)
+    return b"".join(out)[int(FRONTEND_LEAD_S * 16000) * 2 if drop_lead else 0 : n]
+
+
+def frontend_variants() -> list[tuple[str, int, int]]:
+    """("frontend", the default [voice.frontend] settings) and, with --sweep, the others.
+    The STT cases measure what `[voice.frontend] stt = true` would give (off by default:
+    see docs/design/voice.md); with the front end off, the measured setting is level 2."""
+    fs = FrontendSettings()
+    ns, agc = (fs.noise_suppression, fs.auto_gain) if fs.enabled else (2, 0)
+    out = [("frontend", ns, agc)]
+    if SWEEP:
+        out += [(f"ns{n}", n, 0) for n in (1, 2, 3, 4) if (n, 0) != (ns, agc)]
+        out += [(f"ns{ns}_agc3", ns, 3), ("agc3", 0, 3)]
+    return out
+
+
+def wake_effect(tmp: Path, piper: Any, ns: int, agc: int) -> dict[str, Any]:
+    """openWakeWord (loomd's WakeDetector) on "hey jarvis" (Piper and espeak-ng, 10 noise
+    draws each) at 10 dB, with and without the front end: recall at the default threshold
+    and the mean peak score. webrtcvad (loomd's WebRtcVad, the default mode) on the same
+    clips, a fresh one per clip: the share of noise-only frames it calls speech (the last
+    half of the lead, once both have heard the room) and of the words' frames it calls
+    speech."""
+    from loomd.audio.frames import FRAME_BYTES
+    from loomd.audio.settings import VadSettings
+    from loomd.audio.vad import WebRtcVad
+    from loomd.audio.wake import WakeDetector
+
+    det = WakeDetector(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
+    pad = b"\0" * 16000
+    words = [pad + piper.synthesize("hey jarvis") + pad, espeak("hey jarvis", tmp / "hj.wav")]
+
+    def peak(pcm: bytes) -> float:
+        det.reset()
+        det.process(pcm, len(pcm) / 32000, threshold=1.1)
+        best = det.peak
+        det.peak = 0.0
+        return best
+
+    def frames(pcm: bytes) -> list[bytes]:
+        return [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
+
+    def loud(pcm: bytes) -> list[bool]:
+        e = [
+            float(np.mean(np.frombuffer(f, np.int16).astype(np.float64) ** 2)) for f in frames(pcm)
+        ]
+        return [x > max(e) / 100 for x in e]  # within 20 dB of the loudest frame
+
+    lead_frames = int(FRONTEND_LEAD_S * 1000) // 20
+    out: dict[str, Any] = {}
+    for label, snr in (("clean", None), ("10db", 10.0)):
+        raw, fe = [], []
+        vad_noise: dict[str, list[bool]] = {"": [], "_frontend": []}
+        vad_speech: dict[str, list[bool]] = {"": [], "_frontend": []}
+        for j in range(1 if snr is None else 10):
+            for w in words:
+                lead = noisy(w, snr, 7000 + j, FRONTEND_LEAD_S)
+                raw.append(peak(lead[int(FRONTEND_LEAD_S * 32000) :]))
+                full = through_frontend(lead, ns, agc, [], drop_lead=False)
+                fe.append(peak(full[int(FRONTEND_LEAD_S * 32000) :]))
+                words_loud = loud(w)
+                for name, pcm in (("", lead), ("_frontend", full)):
+                    vad = WebRtcVad(VadSettings().mode)  # one per stream: it adapts
+                    flags = [vad(f) for f in frames(pcm)]
+                    vad_noise[name] += flags[lead_frames // 2 : lead_frames]
+                    said = flags[lead_frames:]
+                    vad_speech[name] += [v for v, x in zip(said, words_loud, strict=False) if x]
+        for name, scores in (("", raw), ("_frontend", fe)):
+            hits = sum(s >= 0.5 for s in scores)
+            out[f"wake_recall_{label}{name}"] = round(hits / len(scores), 3)
+            out[f"wake_peak_mean_{label}{name}"] = round(statistics.mean(scores), 3)
+            if snr is not None:
+                noise, speech = vad_noise[name], vad_speech[name]
+                out[f"vad_speech_on_noise_{label}{name}"] = round(sum(noise) / len(noise), 3)
+                out[f"vad_speech_on_words_{label}{name}"] = round(sum(speech) / len(speech), 3)
+    return out
 
 
 def pctl(xs: list[float], q: float) -> float | None:
@@ -284,6 +392,8 @@ def main() -> None:
     ok = sum(outcome(matcher.match(h), home) == expected(c[1], c[2])
              for c, h in zip(clips, with_vocab, strict=True))  # fmt: skip
     res["audio_accuracy_clean_with_vocabulary_prompt"] = round(ok / len(clips), 3)
+    sweep: dict[str, dict[str, float]] = {}
+    false_fe = 0
     for label, snr in (("clean", None), ("10db", 10.0)):
         pcms = [noisy(c[4], snr, j) for j, c in enumerate(clips)]
         texts = asyncio.run(stt_all(pcms, ""))
@@ -305,7 +415,34 @@ def main() -> None:
                 print(f"FALSE ACTION ({label}): {t!r} heard {heard!r}", file=sys.stderr)
         res[f"audio_accuracy_{label}"] = round(ok / len(clips), 3)
         res[f"raw_audio_accuracy_{label}"] = round(ok_raw / len(clips), 3)
+        # The same clips (the same noise) through the front end, then the same STT stage.
+        for name, ns, agc in frontend_variants():
+            leads = [noisy(c[4], snr, j, FRONTEND_LEAD_S) for j, c in enumerate(clips)]
+            spent: list[float] = []
+            fe_pcms = [through_frontend(p, ns, agc, spent) for p in leads]
+            fe_texts = asyncio.run(stt_all(fe_pcms, ""))
+            ok_fe = sum(outcome(matcher.match(h), home) == expected(c[1], c[2])
+                        for c, h in zip(clips, fe_texts, strict=True))  # fmt: skip
+            key = f"audio_accuracy_{label}_{name}"
+            if name == "frontend":
+                pairs = zip(clips, fe_texts, strict=True)
+                false_fe += sum(acts(matcher.match(h), home) for c, h in pairs if c[1] == "no")
+                res[key] = round(ok_fe / len(clips), 3)
+                res["frontend_us_per_frame"] = round(statistics.mean(spent) * 1e6, 1)
+            else:
+                sweep.setdefault(name, {})[f"audio_accuracy_{label}"] = round(ok_fe / len(clips), 3)
     worker.close()
+    fs = FrontendSettings()
+    res["frontend_default"] = f"ns{fs.noise_suppression}_agc{fs.auto_gain}"
+    if sweep:
+        res["frontend_sweep"] = sweep
+    res["false_actions_frontend"] = false_fe
+    variants = frontend_variants()
+    res.update(wake_effect(tmp, piper, variants[0][1], variants[0][2]))
+    for name, ns, agc in variants[1:]:
+        got = wake_effect(tmp, piper, ns, agc)
+        sweep[name].update({k.removesuffix("_frontend"): v for k, v in got.items()
+                            if k.endswith("10db_frontend")})  # fmt: skip
     res["false_actions"] = false_text + false_audio
     res["raw_stt_bench_p50_ms"] = pctl(raw_stt_ms, 0.5)  # the audio section's clean clips
 

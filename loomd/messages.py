@@ -903,6 +903,7 @@ class ErrorCode(StrEnum):
     # voice
     TTS_FALLBACK = "tts_fallback"
     AEC_MISSING = "aec_missing"
+    FRONTEND_MISSING = "frontend_missing"
     STT_FAILED = "stt_failed"
     REPLY_FAILED = "reply_failed"
     RECORDER = "recorder"

@@ -50,6 +50,7 @@ from loomd.metrics import Family
 
 if TYPE_CHECKING:
     from loomd.audio.aec import EchoCanceller
+    from loomd.audio.frontend import FrontEnd
     from loomd.audio.io import Sink, Source
     from loomd.audio.stt import SttWorker
     from loomd.audio.tts import Tts
@@ -137,6 +138,7 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def start(self) -> None:
         from loomd.audio.aec import EchoCanceller, Reference
+        from loomd.audio.frontend import FrontEnd
         from loomd.audio.io import BufferSink, BusSink, PyAudioSpeaker, WavSink, count_devices
         from loomd.audio.stt import SttWorker
         from loomd.audio.tts import load_tts
@@ -189,6 +191,12 @@ class VoiceComponent(Component[VoiceSettings]):
                 self.ctx.error(
                     ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead"
                 )
+        self.frontend: FrontEnd | None = None
+        if s.frontend.enabled:
+            try:
+                self.frontend = FrontEnd(s.frontend.noise_suppression, s.frontend.auto_gain)
+            except LoomdError as exc:
+                self.ctx.error(ErrorCode.FRONTEND_MISSING, f"voice: {exc}; running without it")
         self.source, sink = s.source, s.sink
         if "auto" in (s.source, s.sink):  # a board with a mic and a speaker just works
             ins, outs = await asyncio.to_thread(count_devices, s.mic.device)
@@ -316,8 +324,12 @@ class VoiceComponent(Component[VoiceSettings]):
             played = self.reference.take()
             if echo and self.aec is not None:
                 frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
+            speech = frame.pcm  # what speech to text hears
+            if self.frontend is not None:  # the wake word and the VAD hear the front end
+                frame = Frame(self.frontend.process(frame.pcm), frame.t, frame.at)
+                speech = frame.pcm if s.frontend.stt else speech
             if handoff.streaming:  # the turn is another part's: it hears the mic
-                if not await handoff.feed(frame.pcm):
+                if not await handoff.feed(speech):
                     await loop.run_in_executor(self._wake_pool, self.wake.reset)
                     await self._set_state(VoiceState.IDLE)
                 continue
@@ -326,17 +338,17 @@ class VoiceComponent(Component[VoiceSettings]):
                 await handoff.start(uid)
                 await self._set_state(VoiceState.LISTENING, uid)
                 continue
-            if listening and (action := handoff.pending(frame.pcm)) is not None:
+            if listening and (action := handoff.pending(speech)) is not None:
                 if action != WakeAction.LOCAL:
                     listening = False
                     if action == WakeAction.STREAM:
                         await handoff.start(handoff.asked)
-                        await handoff.feed(frame.pcm)
+                        await handoff.feed(speech)
                     else:
                         await self._set_state(VoiceState.IDLE)
                     continue
             if listening:
-                cut = seg.push(frame.pcm, frame.t, self.vad(frame.pcm))
+                cut = seg.push(speech, frame.t, self.vad(frame.pcm))
                 if cut is not None:
                     listening = False
                     handoff.cancel()

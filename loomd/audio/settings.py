@@ -9,6 +9,7 @@ from loomd.config import Section, Switch, option, switch
 
 __all__ = [
     "AecSettings",
+    "FrontendSettings",
     "MicSettings",
     "SttSettings",
     "TtsSettings",
@@ -20,6 +21,7 @@ __all__ = [
 
 SOURCES = ("auto", "none", "mic", "wav", "bus")
 SINKS = ("auto", "none", "speaker", "wav", "bus", "buffer")
+NS_DEFAULT = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,21 @@ class AecSettings(Section):
     guard_score: float = option(0.3, min=0.01, max=1.0, reload=True)
     guard_s: float = option(1.5, min=0.1, max=10.0, reload=True)
     gate: bool = option(True)
+
+
+@dataclass(frozen=True)
+class FrontendSettings(Section):
+    """webrtc-noise-gain after the echo canceller (loomd/audio/frontend.py); the defaults
+    come from bench/assist.py (docs/design/voice.md, "Noise front end")."""
+
+    noise_suppression: int = option(NS_DEFAULT, min=0, max=4)  # 0 = off
+    auto_gain: int = option(0, min=0, max=31)  # target dBFS; 0 = off
+    # The utterance for speech to text too (off: whisper heard the suppressed audio worse)
+    stt: bool = option(False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_suppression > 0 or self.auto_gain > 0
 
 
 @dataclass(frozen=True)
@@ -108,4 +125,5 @@ class VoiceSettings(Section):
     tts: TtsSettings = option(factory=TtsSettings)
     mic: MicSettings = option(factory=MicSettings)
     aec: AecSettings = option(factory=AecSettings)
+    frontend: FrontendSettings = option(factory=FrontendSettings)
     wyoming: WyomingSettings = option(factory=WyomingSettings)
