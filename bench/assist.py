@@ -1,6 +1,6 @@
 """Assist: spoken and typed commands to actions, against raw whisper.cpp + raw hassil.
 
-    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/assist.py [--quick] [--sweep]
+    .venv/bin/python bench/assist.py [--quick] [--sweep]
 
 A fixture home (15 devices in 5 areas, 3 capabilities with sentences) and a command set
 made here: commands, questions, out-of-grammar requests (for the model) and distractors that
@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import small_models_dir
 from loomd.assist.intents import ACTING, plan_actions
 from loomd.assist.matcher import Match, Matcher
 from loomd.audio.io import read_wav
@@ -41,7 +44,7 @@ from loomd.home.registry import Registry, source_from_tables
 
 QUICK = "--quick" in sys.argv
 SWEEP = "--sweep" in sys.argv  # also every noise suppression level and auto gain
-MODELS = Path(os.environ.get("LOOMD_TEST_MODELS") or Path.home() / ".cache" / "loomd-test-models")
+MODELS = small_models_dir()
 
 HOME_TOML = """
 [[areas]]

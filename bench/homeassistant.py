@@ -1,6 +1,6 @@
 """Home Assistant: the board as HA's voice satellite against HA's own Wyoming path, one run.
 
-    LOOMD_TEST_MODELS=DIR .venv/bin/python bench/homeassistant.py [--quick]
+    .venv/bin/python bench/homeassistant.py [--quick]
 
 A real HA (scripts/ha-testbed, built once; LOOMD_HA_TESTBED=<dir>/testbed.json reuses a
 running one) and an in-process board (state, bus, voice, homeassistant; the microphone
@@ -37,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.harness import small_models_dir  # noqa: E402
 from loomd.audio.io import read_wav  # noqa: E402
 from tests.audio.conftest import join_wavs, say_wav  # noqa: E402
 from tests.homeassistant.conftest import HaApi, HaTestbed  # noqa: E402
@@ -234,7 +235,7 @@ async def _one_ws_run(api: HaApi, pipeline: str, command: bytes) -> float:
 
 
 async def main() -> None:
-    models = Path(os.environ.get("LOOMD_TEST_MODELS", Path.home() / ".cache/loomd-test-models"))
+    models = small_models_dir()
     with tempfile.TemporaryDirectory(prefix="ld-bench-ha-") as d:
         tmp = Path(d)
         wake = say_wav("hey jarvis", tmp / "wake.wav", pad=(0.5, 0.6))
