@@ -114,6 +114,8 @@ async def _pub(bus: Client, args: argparse.Namespace) -> int:
 async def _sub(bus: Client, args: argparse.Namespace) -> int:
     seen = 0
     async with bus.subscribe(args.pattern, args.qos) as sub:
+        await sub.ready()  # the daemon routes to it from now on: say so (scripts wait for it)
+        print(f"loomctl: subscribed to {args.pattern}", file=sys.stderr, flush=True)
         while args.count is None or seen < args.count:
             try:
                 ev = await sub.get(timeout=args.wait)

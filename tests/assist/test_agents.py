@@ -95,10 +95,13 @@ def test_timers_ring_through_voice_say(lights_daemon: LoomdProcess) -> None:
             "20",
         ],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(1.0)
+        assert sub.stderr is not None
+        ready = sub.stderr.readline()  # loomctl says so once the daemon routes to it
+        assert ready.startswith("loomctl: subscribed to voice.say"), ready
         t = assist(d, "set a timer for 2 seconds")
         assert t["intent"]["name"] == "HassStartTimer" and t["reply"] == "Timer set for 2 seconds"
         out, _ = sub.communicate(timeout=30)
