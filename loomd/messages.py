@@ -72,6 +72,7 @@ class Topic(StrEnum):
     CAPS_INVOKE = "caps.invoke"  # CapInvoke (request/reply: CapResult)
     CAPS_LIST = "caps.list"  # request: CapsList
     CAPS_REGISTER = "caps.register"  # CapsRegister (request/reply: CapsRegistered)
+    CAPS_CHANGED = "caps.changed"  # CapsChanged: the broker's catalogue changed
     CAPS_UNREGISTER = "caps.unregister"  # CapsUnregister
     COLLAB_BARRIER = "collab.barrier"  # BarrierRequest (request/reply: BarrierReply)
     VOICE_MUTE = "voice.mute"  # VoiceMute
@@ -794,6 +795,14 @@ class CapsUnregister(_Payload, topic=Topic.CAPS_UNREGISTER):
 
 
 @dataclass(frozen=True)
+class CapsChanged(_Payload, topic=Topic.CAPS_CHANGED):
+    """The broker's catalogue changed (a provider came or went): read `caps.list` again.
+    Announced once per burst of changes, so readers need not poll."""
+
+    count: int  # capabilities listed now
+
+
+@dataclass(frozen=True)
 class BarrierRequest(_Payload, topic=Topic.COLLAB_BARRIER):
     """Arrive at barrier `name` of `n` members (request/reply: `BarrierReply`)."""
 
@@ -1027,6 +1036,7 @@ __all__ += [
     "CapInfo",
     "CapInvoke",
     "CapResult",
+    "CapsChanged",
     "CapsList",
     "CapsRegister",
     "CapsRegistered",

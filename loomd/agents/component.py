@@ -28,9 +28,7 @@ from loomd.agents.settings import AgentsSettings
 from loomd.bus.envelope import QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import ConfigError, LoomdError
-from loomd.messages import (
-    ErrorCode,
-)
+from loomd.messages import CapsChanged, ErrorCode
 from loomd.metrics import Family
 
 __all__ = ["AgentsComponent", "AgentsStatus"]
@@ -89,8 +87,11 @@ class AgentsComponent(Component[AgentsSettings]):
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        self._changed = asyncio.Event()
         self.broker = ActionBroker(
-            idem=self.ctx.state.kv("agents.idempotency"), idem_ttl_s=s.idempotency_ttl_s
+            idem=self.ctx.state.kv("agents.idempotency"),
+            idem_ttl_s=s.idempotency_ttl_s,
+            on_change=self._changed.set,
         )
         self.service = CapabilityService(
             self.ctx.bus, self.broker, lambda: self.settings, self._report, self.log
@@ -100,6 +101,16 @@ class AgentsComponent(Component[AgentsSettings]):
         for pdef in self._discover():
             await self._add(pdef)
         self.spawn(self._watch_files, "reload", restart=True)
+        self.spawn(self._announce_changes, "caps.changed", restart=True)
+
+    async def _announce_changes(self) -> None:
+        """One `caps.changed` per burst of registrations (a plugin or an SDK agent brings
+        several capabilities at once): the assist and the home read the catalogue then."""
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(0.05)  # let the rest of the burst land: one event for it
+            self._changed.clear()
+            await CapsChanged(self.broker.count()).publish(self.ctx.bus, wait=False)
 
     async def stop_intake(self) -> None:
         if self.service is not None:

@@ -10,7 +10,9 @@ turn is published as `assist.turn`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import re
 import time
 from collections import deque
@@ -173,15 +175,24 @@ class AssistComponent(Component[AssistSettings]):
         await self.ctx.bus.publish(Topic.ASSIST_VOCABULARY, vocab.to_payload(), wait=False)
 
     async def _refresh(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.HOME_CHANGED, QoS.REALTIME) as changed:
-            wait = 0.2  # soon after start: the home may have started its serving late
-            while True:
-                try:
-                    await changed.get(timeout=wait)
-                except (TimeoutError, RequestTimeout):
-                    pass
-                await self._rebuild()
-                wait = self.settings.refresh_s
+        """Rebuild when the home or the capability catalogue says it changed; every
+        `refresh_s` too, for what announces nothing (sentence files)."""
+        poke = asyncio.Event()
+
+        async def follow(topic: str) -> None:
+            async with self.ctx.bus.subscribe(topic, QoS.REALTIME) as sub:
+                await sub.ready()
+                poke.set()  # it may have changed before we listened
+                async for _ev in sub:
+                    poke.set()
+
+        for topic in (Topic.HOME_CHANGED, Topic.CAPS_CHANGED):
+            self.spawn(functools.partial(follow, topic), f"follow {topic}", restart=True)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poke.wait(), self.settings.refresh_s)
+            poke.clear()
+            await self._rebuild()
 
     async def _serve_vocabulary(self) -> None:
         async with self.ctx.bus.subscribe(Topic.ASSIST_VOCABULARY, QoS.RELIABLE) as sub:

@@ -43,4 +43,4 @@ class AssistSettings(Section):
     # The site whose speaker rings the timers when a turn came without one
     site: str = option("local", max_len=64)
     # How often the capability catalogue is read again (new sentences, new devices)
-    refresh_s: float = option(5.0, min=0.5, max=3600.0)
+    refresh_s: float = option(60.0, min=0.5, max=3600.0)

@@ -8,6 +8,7 @@ and is kept for `loomctl home`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -426,15 +427,19 @@ class HomeComponent(Component[HomeSettings]):
         await self.ctx.bus.publish(Topic.HOME_CHANGED, self.snapshot().to_payload(), wait=False)
 
     async def _agent_devices(self) -> None:
-        """Capabilities that declare `devices` contribute them (source `agent:<provider>`)."""
-        while True:
-            try:
-                ev = await self.ctx.bus.request(Topic.CAPS_LIST, None, timeout=2.0)
-                listed = CapsList.from_payload(ev.payload).caps
-                self._merge_agent_devices([dataclasses.asdict(c) for c in listed])
-            except RequestTimeout:
-                pass
-            await asyncio.sleep(self.settings.agent_poll_s)
+        """Capabilities that declare `devices` contribute them (source `agent:<provider>`):
+        read when the catalogue says it changed (`caps.changed`), and every `agent_poll_s`."""
+        async with self.ctx.bus.subscribe(Topic.CAPS_CHANGED, QoS.REALTIME) as changed:
+            await changed.ready()
+            while True:
+                try:
+                    ev = await self.ctx.bus.request(Topic.CAPS_LIST, None, timeout=2.0)
+                    listed = CapsList.from_payload(ev.payload).caps
+                    self._merge_agent_devices([dataclasses.asdict(c) for c in listed])
+                except RequestTimeout:
+                    pass
+                with contextlib.suppress(TimeoutError, RequestTimeout):
+                    await changed.get(timeout=self.settings.agent_poll_s)
 
     def _merge_agent_devices(self, caps: list[Any]) -> None:
         found: dict[str, list[dict[str, Any]]] = {}

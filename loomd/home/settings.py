@@ -125,7 +125,7 @@ class HomeSettings(Section):
     # Folder of `*.toml` files with [[areas]] and [[devices]]; "" = home.d beside the config
     dir: str = option("", max_len=4096)
     # How often devices that agents contribute (capabilities with `devices`) are looked up
-    agent_poll_s: float = option(5.0, min=0.5, max=3600.0)
+    agent_poll_s: float = option(60.0, min=0.5, max=3600.0)
     # How long a command may take (MQTT: until durable in the outbox; a capability: its run)
     action_timeout_s: float = option(5.0, min=0.1, max=120.0, reload=True)
     areas: tuple[AreaSettings, ...] = option(factory=tuple)

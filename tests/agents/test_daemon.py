@@ -267,3 +267,42 @@ def test_isolation_process_same_plugin_in_a_supervised_child(short_tmp: Path) ->
         uvloop.run(main())
     finally:
         d.close()
+
+
+def test_the_catalogue_announces_a_provider_coming_and_going(short_tmp: Path) -> None:
+    """`caps.changed` once a provider's capabilities land and once they are gone, so the
+    assist and the home read `caps.list` then instead of polling it."""
+    from loomd.messages import CapsChanged, Topic
+
+    d, _ = _setup(short_tmp)
+    d.start()
+
+    async def main() -> None:
+        async with Client(d.endpoint, name="watcher") as c:
+
+            async def next_change() -> tuple[CapsChanged, set[str]]:
+                ev = CapsChanged.from_event(await changed.get(timeout=20))
+                listed = await c.request(Topic.CAPS_LIST, None, timeout=5)
+                return ev, {x["name"] for x in listed.payload["caps"]}
+
+            async with c.subscribe(Topic.CAPS_CHANGED) as changed:
+                await changed.ready()
+                child = subprocess.Popen(  # noqa: ASYNC220 - starts at once
+                    [sys.executable, str(HERE / "sdk_provider.py"), d.endpoint]
+                )
+                try:  # other components may announce theirs first: each step is an event
+                    up, names = await next_change()
+                    while not {"slow.sleep", "sdk.echo"} <= names:
+                        up, names = await next_change()
+                finally:
+                    child.kill()
+                    child.wait(10)
+                down, names = await next_change()
+                while "slow.sleep" in names:
+                    down, names = await next_change()
+                assert down.count < up.count
+
+    try:
+        uvloop.run(main())
+    finally:
+        d.close()
