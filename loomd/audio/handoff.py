@@ -5,7 +5,7 @@ On a wake the pipeline asks `voice.wake` (request/reply) and goes on listening i
 answer decides: `STREAM` publishes the microphone (the frames held since the wake first)
 on `audio.frames.<site>` until a `voice.release` or the utterance limit, `DROP` ends the
 turn, `LOCAL` or silence keeps it local. `voice.listen` opens a stream with no wake word
-(a question asked back). See loomd/messages.py for the payloads."""
+(a question asked back). See loomd/messages/ for the payloads."""
 
 from __future__ import annotations
 

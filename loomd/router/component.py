@@ -492,7 +492,7 @@ class LlmComponent(Component[LlmSettings]):
     async def _watch_listener(self, ev: Event, job: Job) -> None:
         """Cancel the job once nobody listens on reply_to any more (the requester left),
         also while it waits in the queue. A streaming requester subscribes before it
-        publishes (loomd/messages.py); during generation each token checks as well."""
+        publishes (loomd/messages/); during generation each token checks as well."""
         topic = ev.reply_to
         while topic and not job.cancel.is_set():
             await asyncio.sleep(LISTENER_CHECK_S)

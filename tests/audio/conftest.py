@@ -1,5 +1,5 @@
 """Voice fixtures: model folder, speech made at test time (espeak-ng + sox), and a chat
-responder that serves `llm.chat` with real llama.cpp on SmolLM2 per the messages.py
+responder that serves `llm.chat` with real llama.cpp on SmolLM2 per the loomd.messages
 contract (stands in for the router until it lands)."""
 
 from __future__ import annotations

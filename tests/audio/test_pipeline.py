@@ -1,7 +1,7 @@
 """The voice pipeline end to end on the real daemon, with real models.
 
 "hey jarvis, turn on the kitchen lights" (espeak-ng) -> wake -> whisper transcript -> a
-reply from SmolLM2 (a llama.cpp responder on `llm.chat`, per the messages.py contract) ->
+reply from SmolLM2 (a llama.cpp responder on `llm.chat`, per the loomd.messages contract) ->
 Piper audio that whisper transcribes back to the reply."""
 
 from __future__ import annotations

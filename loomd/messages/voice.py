@@ -1,0 +1,163 @@
+"""Voice: transcripts, speech, state, stop/mute, turn stages and the hand-off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from loomd.errors import LoomdError
+from loomd.messages.base import Topic, _Payload
+
+
+class VoiceState(StrEnum):
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass(frozen=True)
+class Transcript(_Payload, topic=Topic.VOICE_TRANSCRIPT):
+    text: str
+    utterance_id: str
+    site: str = "local"
+    confidence: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> ms since speech end
+
+
+@dataclass(frozen=True)
+class SayRequest(_Payload, topic=Topic.VOICE_SAY):
+    text: str
+    priority: str = "normal"  # normal | announcement (interrupts)
+    site: str = "local"
+    utterance_id: str = ""  # the turn this answers, if any
+
+
+@dataclass(frozen=True)
+class VoiceStateEvent(_Payload, topic=Topic.VOICE_STATE, qos="realtime"):
+    state: VoiceState
+    site: str = "local"
+    utterance_id: str = ""
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> VoiceStateEvent:
+        return cls(**{**payload, "state": VoiceState(str(payload.get("state")))})
+
+
+@dataclass(frozen=True)
+class VoiceStop(_Payload, topic=Topic.VOICE_STOP, qos="realtime"):
+    """Stop playback and cancel the turn's generation (barge-in, `loomctl voice stop`)."""
+
+    site: str = "local"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class VoiceMute(_Payload, topic=Topic.VOICE_MUTE):
+    muted: bool
+
+
+class TurnStage(StrEnum):
+    """A voice turn's flight-recorder stages, in order: ms since the end of speech."""
+
+    VAD_END = "vad_end"
+    STT_START = "stt_start"
+    STT_END = "stt_end"
+    MATCHED = "matched"  # the assist understood the transcript (local intent)
+    ACTION_DONE = "action_done"  # the assist's actions finished
+    LLM_FIRST = "llm_first"  # the assist's first answer from the model
+    REPLY = "reply"  # the assist's reply arrived
+    FIRST_TOKEN = "first_token"
+    FIRST_SENTENCE = "first_sentence"
+    FIRST_AUDIO = "first_audio"
+    SPOKEN = "spoken"
+
+    @property
+    def label(self) -> str:
+        return _STAGE_LABELS[self]
+
+
+_STAGE_LABELS = {
+    TurnStage.VAD_END: "VAD end",
+    TurnStage.STT_START: "STT start",
+    TurnStage.STT_END: "STT end",
+    TurnStage.MATCHED: "intent matched",
+    TurnStage.ACTION_DONE: "action done",
+    TurnStage.LLM_FIRST: "model answered",
+    TurnStage.REPLY: "reply",
+    TurnStage.FIRST_TOKEN: "LLM first token",
+    TurnStage.FIRST_SENTENCE: "first sentence",
+    TurnStage.FIRST_AUDIO: "TTS first audio",
+    TurnStage.SPOKEN: "spoken",
+}
+
+
+# -- the voice hand-off: another part takes a turn (Home Assistant's pipeline) ---------------
+# On a wake the voice component asks on `voice.wake` (request/reply, short deadline) while
+# it starts listening itself; a `WakeClaim` with `STREAM` makes it publish the microphone's
+# frames (those since the wake first) on `audio.frames.<site>` until a `VoiceRelease`
+# (or its utterance limit), `DROP` ends the turn, `LOCAL` or no answer keeps it local.
+# `voice.play` plays audio through the board's sink (echo reference, barge-in and the
+# self-wake guard included) and answers when it has played.
+class WakeAction(StrEnum):
+    LOCAL = "local"  # loomd's own pipeline takes the turn
+    STREAM = "stream"  # the claimant takes it: stream the mic to it
+    DROP = "drop"  # nobody takes it (muted, a wake word switched off)
+
+
+@dataclass(frozen=True)
+class WakeDetected(_Payload, topic=Topic.VOICE_WAKE):
+    word: str  # the wake model's name, e.g. "hey_jarvis_v0.1"
+    score: float
+    site: str = "local"
+    utterance_id: str = ""
+
+    @property
+    def phrase(self) -> str:
+        return self.word.split("_v")[0].replace("_", " ")
+
+
+@dataclass(frozen=True)
+class WakeClaim(_Payload):
+    action: WakeAction = WakeAction.LOCAL
+    by: str = ""
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> WakeClaim:
+        return cls(**{**payload, "action": WakeAction(str(payload.get("action", "local")))})
+
+
+@dataclass(frozen=True)
+class VoiceListen(_Payload, topic=Topic.VOICE_LISTEN):
+    """Open the microphone without a wake word and stream it (a question asked back)."""
+
+    site: str = "local"
+    utterance_id: str = ""
+
+
+@dataclass(frozen=True)
+class VoiceRelease(_Payload, topic=Topic.VOICE_RELEASE):
+    site: str = "local"
+    utterance_id: str = ""
+    reason: str = ""  # "end_of_speech", "error: ...", "disconnected"
+
+
+@dataclass(frozen=True)
+class PlayAudio(_Payload, topic=Topic.VOICE_PLAY):
+    """16 kHz mono s16le audio to play on the board's sink."""
+
+    pcm: bytes
+    site: str = "local"
+    utterance_id: str = ""
+    announcement: bool = False  # cuts what is playing
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pcm, bytes) or len(self.pcm) % 2:
+            raise LoomdError("PlayAudio.pcm: s16le bytes (an even length)")
+
+
+@dataclass(frozen=True)
+class PlayDone(_Payload):
+    played: bool  # False: cut off (barge-in, stop) or nothing to play on
+    seconds: float = 0.0
