@@ -40,7 +40,7 @@ from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import read_credential
 from loomd.errors import LoomdError
-from loomd.messages import ErrorCode
+from loomd.messages import ErrorCode, MqttLink, Topic
 from loomd.metrics import Family
 
 __all__ = ["MqttComponent", "MqttStatus"]
@@ -274,7 +274,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             if self.stopping:
                 return
             self._set_state("disconnected", reason)
-            await self._event("loomd.mqtt.disconnected")
+            await self._event(Topic.MQTT_DISCONNECTED)
             await asyncio.sleep(_jitter(s.reconnect_min_s))
 
     async def _connected(self) -> None:
@@ -287,17 +287,13 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self._subscribe_follows()
         if self.ha is not None:
             await self.ha.connected()
-        await self._event("loomd.mqtt.connected")
+        await self._event(Topic.MQTT_CONNECTED)
         self.pump.pump()
 
-    async def _event(self, topic: str) -> None:
-        payload = {
-            "broker": f"{self.settings.host}:{self.settings.port}",
-            "client_id": self.client_id,
-            "state": self.state,
-            "detail": self.detail,
-        }
-        await self.ctx.bus.publish(topic, payload, qos=QoS.REALTIME)
+    async def _event(self, topic: Topic) -> None:
+        broker = f"{self.settings.host}:{self.settings.port}"
+        link = MqttLink(broker, self.client_id, self.state, self.detail)
+        await link.publish(self.ctx.bus, topic, qos=QoS.REALTIME)
 
     async def _housekeeping(self) -> None:
         while True:

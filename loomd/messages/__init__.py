@@ -79,6 +79,7 @@ from loomd.messages.mqtt import (
     MqttAck,
     MqttEntity,
     MqttFollow,
+    MqttLink,
     MqttMessage,
     MqttPublish,
 )
@@ -137,6 +138,7 @@ __all__ = [
     "MqttAck",
     "MqttEntity",
     "MqttFollow",
+    "MqttLink",
     "MqttMessage",
     "MqttPublish",
     "Outgoing",

@@ -59,6 +59,17 @@ class MqttMessage(_Payload):
 
 
 @dataclass(frozen=True)
+class MqttLink(_Payload):
+    """The bridge's link to the broker changed (`Topic.MQTT_CONNECTED` or
+    `Topic.MQTT_DISCONNECTED`): agents re-announce their `MqttEntity`s on a connect."""
+
+    broker: str
+    client_id: str
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class MqttAck(_Payload):
     ok: bool
     error: str = ""
