@@ -75,10 +75,12 @@ class HaDiscovery:
         self.say, self.mute = f"{b}/say", f"{b}/mute/set"
         self.topics = frozenset((self.birth, self.say, self.mute))
         self.commands_filter = f"{b}/entity/+/set"
+        self._entity_prefix = f"{b}/entity/"
         self._last_events = (time.monotonic(), 0)
 
     def handles(self, topic: str) -> bool:
-        return topic in self.topics or ha.command_key(self.device, topic) is not None
+        """Called for every inbound message: one set lookup and one prefix test."""
+        return topic in self.topics or topic.startswith(self._entity_prefix)
 
     async def start(self) -> None:
         self.entities = {e.key: e for e in ha.default_entities(self.device)}
