@@ -18,13 +18,13 @@ import dataclasses
 import logging
 import random
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loomd.bridges.mqtt_discovery import HaDiscovery
 from loomd.bridges.mqtt_pump import OutboxPump
 from loomd.bridges.mqtt_requests import BusRequests
+from loomd.bridges.mqtt_status import MapState, MqttStatus, families
 from loomd.bridges.mqtt_transport import (
     Message,
     MqttConnectError,
@@ -33,11 +33,11 @@ from loomd.bridges.mqtt_transport import (
     TransportParams,
 )
 from loomd.bridges.outbox import NAMESPACE, Entry, Outbox
-from loomd.bridges.settings import MapSettings, MqttSettings
+from loomd.bridges.settings import MqttSettings
 from loomd.bridges.topics import CodecError, Translator, decode_payload, encode_payload
 from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
-from loomd.component import Command, Component, StatusBlock
+from loomd.component import Command, Component
 from loomd.config import read_credential
 from loomd.errors import LoomdError
 from loomd.messages import ErrorCode, MqttLink, Topic
@@ -51,65 +51,6 @@ log = logging.getLogger("loomd.mqtt")
 def _jitter(delay: float) -> float:
     """Full jitter on the upper half: a fleet restarting together does not reconnect in step."""
     return delay / 2 + random.random() * delay / 2
-
-
-@dataclass
-class MapState:
-    index: int
-    s: MapSettings
-    tr: Translator
-    in_count: int = 0
-    out_count: int = 0
-    errors: int = 0
-    looped: int = 0
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "direction": self.s.direction,
-            "mqtt": self.s.mqtt,
-            "bus": self.s.bus,
-            "in": self.in_count,
-            "out": self.out_count,
-            "errors": self.errors,
-            "looped": self.looped,
-        }
-
-
-@dataclass(frozen=True)
-class MqttStatus(StatusBlock):
-    state: str
-    detail: str
-    broker: str
-    client_id: str
-    connects: int
-    outbox_depth: int
-    outbox_oldest_s: float
-    outbox_overflow: int
-    outbox_expired: int
-    inflight: int
-    connected_at: float  # time.time() of the last CONNACK (0: never)
-    outbox_emptied_at: float  # time.time() when the outbox last became empty
-    errors: dict[str, int] = field(default_factory=dict)
-    maps: list[dict[str, Any]] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = [
-            f"{self.state} {self.broker} as {self.client_id}"
-            + (f" ({self.detail})" if self.detail else "")
-            + f", {self.connects} connects",
-            f"outbox {self.outbox_depth} (oldest {self.outbox_oldest_s:.1f} s), "
-            f"{self.inflight} in flight, {self.outbox_overflow} overflowed, "
-            f"{self.outbox_expired} expired",
-        ]
-        if self.errors:
-            out.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())))
-        arrows = {"both": "<->", "in": "->", "out": "<-"}
-        for m in self.maps:
-            out.append(
-                f"map {m['mqtt']} {arrows[m['direction']]} {m['bus']}: in {m['in']}, "
-                f"out {m['out']}, errors {m['errors']}, looped {m['looped']}"
-            )
-        return out
 
 
 class MqttComponent(BusRequests, Component[MqttSettings]):
@@ -454,34 +395,8 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         )
 
     def metrics(self) -> Iterable[Family]:
-        def one(name: str, kind: str, help: str, value: float) -> Family:
-            return Family(f"loomd_mqtt_{name}", kind, help, [({}, float(value))])
-
-        yield one("connected", "gauge", "1 while connected to the broker.", self.connected)
-        yield one("connects_total", "counter", "Successful connections.", self.connects)
-        yield one("outbox_depth", "gauge", "Messages in the outbox.", len(self.outbox))
-        yield one(
-            "outbox_oldest_seconds", "gauge", "Age of the oldest.", self.outbox.oldest_age_s()
-        )
-        yield one("outbox_overflow_total", "counter", "Refused: outbox full.", self.outbox.overflow)
-        yield one("outbox_expired_total", "counter", "Expired unsent.", self.outbox.expired)
-        yield one("inflight", "gauge", "Published, not yet acknowledged.", len(self.inflight))
-        yield one(
-            "outbox_write_errors_total", "counter", "LMDB writes that failed.",
-            self.outbox.write_errors,
-        )  # fmt: skip
-        yield Family(
-            "loomd_mqtt_messages_total",
-            "counter",
-            "Messages carried, per mapping and direction.",
-            [({"map": str(m.index), "dir": "in"}, float(m.in_count)) for m in self.maps]
-            + [({"map": str(m.index), "dir": "out"}, float(m.out_count)) for m in self.maps],
-        )
-        yield Family(
-            "loomd_mqtt_errors_total",
-            "counter",
-            "Errors by kind.",
-            [({"kind": k}, float(v)) for k, v in sorted(self.errors.items())],
+        return families(
+            self.connected, self.connects, self.outbox, len(self.inflight), self.maps, self.errors
         )
 
     def commands(self) -> Mapping[str, Command]:
