@@ -118,11 +118,14 @@ class HaDiscovery:
         """Retained discovery configs for every entity (on connect and on HA's birth)."""
         if not self.t.connected:
             return
-        prefix = self.s.discovery_prefix
         for e in self.entities.values():
-            payload = json.dumps(ha.config_payload(self.device, e), separators=(",", ":"))
-            self.t.publish_nowait(ha.config_topic(prefix, self.device, e), payload, 1, True)
+            self._config(e)
         self.t.publish_nowait(f"{self.base}/mute", "ON" if self.muted else "OFF", 1, True)
+
+    def _config(self, e: ha.Entity) -> None:
+        payload = json.dumps(ha.config_payload(self.device, e), separators=(",", ":"))
+        topic = ha.config_topic(self.s.discovery_prefix, self.device, e)
+        self.t.publish_nowait(topic, payload, 1, True)
 
     async def forget(self) -> dict[str, Any]:
         if not self.t.connected:
@@ -187,7 +190,8 @@ class HaDiscovery:
             e = ha.agent_entity(self.device, m)
             old = self.entities.get(e.key)
             self.entities[e.key] = e
-            self.announce()
+            if self.t.connected:
+                self._config(e)  # (the others are announced already)
             if m.bus and (old is None or old.bus != m.bus):
                 state = self.bus.subscribe(m.bus, QoS.RELIABLE)
                 t = str(e.extra["state_topic"])
