@@ -87,7 +87,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
                 s.tls, s.ca_file, s.cert_file, s.key_file, will_topic=self.status_topic,
             ),
             self._on_message,
-            self._on_acked,
+            lambda mid: None,  # the pump's, below
         )  # fmt: skip
         self.outbox = Outbox(
             self.ctx.state.kv(NAMESPACE), s.outbox_max_messages, float(s.outbox_max_age_s)
@@ -96,6 +96,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         if left:
             log.info("mqtt: %d messages left in the outbox by the last run", left)
         self.pump = OutboxPump(self.outbox, self.transport, s.max_inflight)
+        self.transport.on_acked = self.pump.acked  # per ack: no hop through the component
         self.ha: HaDiscovery | None = None
         if s.discovery:
             self.ha = HaDiscovery(
@@ -243,9 +244,6 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             n = self.outbox.expire()
             if n:
                 self.ctx.error(ErrorCode.MQTT_OUTBOX_EXPIRED, f"mqtt: {n} outbox messages expired")
-
-    def _on_acked(self, mid: int) -> None:
-        self.pump.acked(mid)
 
     # -- inbound: MQTT -> bus -----------------------------------------------------------------
     def _route_in(self, topic: str) -> tuple[MapState, str] | None:
