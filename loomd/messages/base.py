@@ -30,6 +30,9 @@ class Topic(StrEnum):
     ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
     MQTT_PUBLISH = "mqtt.publish"  # MqttPublish (request/reply: MqttAck)
     MQTT_FOLLOW = "mqtt.follow"  # MqttFollow (request/reply: MqttAck); then MqttMessage events
+    MQTT_ENTITY = "loomd.mqtt.entity"  # MqttEntity: announce a Home Assistant entity
+    MQTT_CONNECTED = "loomd.mqtt.connected"  # MqttLink: the bridge (re)connected
+    MQTT_DISCONNECTED = "loomd.mqtt.disconnected"  # MqttLink: the bridge lost the broker
     HOME_STATE = "home.state"  # home.state.<device id>: DeviceState
     HOME_REGISTRY = "home.registry"  # request/reply: HomeSnapshot
     HOME_CHANGED = "home.changed"  # HomeSnapshot, when devices or areas change
