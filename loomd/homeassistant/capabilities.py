@@ -28,10 +28,12 @@ class HaCapabilities:
         return await self._call("homeassistant.turn_off", entity_id)
 
     @capability("homeassistant.call_service")
-    async def call_service(self, service: str, entity_id: str) -> dict[str, Any]:
+    async def call_service(
+        self, service: str, entity_id: str, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Call a Home Assistant service ("light.toggle", "cover.open_cover", ...) on an
-        entity."""
-        return await self._call(service, entity_id)
+        entity, with the service's data ({"brightness_pct": 30}) if it takes any."""
+        return await self._call(service, entity_id, data)
 
     @capability("homeassistant.state")
     async def state(self, entity_id: str) -> dict[str, Any]:
@@ -43,9 +45,11 @@ class HaCapabilities:
         return {"entity_id": entity_id, "state": found["state"],
                 "attributes": found.get("attributes", {})}  # fmt: skip
 
-    async def _call(self, service: str, entity_id: str) -> dict[str, Any]:
+    async def _call(
+        self, service: str, entity_id: str, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         domain, _, name = service.partition(".")
         if not name or not domain:
             raise ValueError(f"a service is domain.name, not {service!r}")
-        await self.client.call_service(domain, name, target={"entity_id": entity_id})
+        await self.client.call_service(domain, name, data, target={"entity_id": entity_id})
         return {"called": service, "entity_id": entity_id}
