@@ -317,9 +317,11 @@ class HomeComponent(Component[HomeSettings]):
         params: dict[str, Any] = {"service": service, "entity_id": d.spec.entity_id}
         if data:
             params["data"] = data
-        return await self._invoke(d, "homeassistant.call_service", params)
+        return await self._invoke(d, "homeassistant.call_service", params, f"{d.name}: ")
 
-    async def _invoke(self, d: Device, cap: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _invoke(
+        self, d: Device, cap: str, params: dict[str, Any], why: str = ""
+    ) -> dict[str, Any]:
         t = self.settings.action_timeout_s
         body = CapInvoke(cap, params, t).to_payload()
         try:
@@ -328,7 +330,7 @@ class HomeComponent(Component[HomeSettings]):
             raise CapabilityError(f"{d.id}: {cap} gave no answer") from None
         r = CapResult.from_payload(ev.payload)
         if not r.ok:
-            raise CapabilityError(f"{d.id}: {cap}: {r.code}: {r.error}")
+            raise CapabilityError((why or f"{d.id}: {cap}: {r.code}: ") + str(r.error))
         return {"capability": cap, "result": r.value}
 
     # -- state ------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from loomd.agents.broker import CapabilityError
 from loomd.agents.capability import capability
+from loomd.errors import LoomdError
 from loomd.homeassistant.client import HaClient
 
 __all__ = ["HaCapabilities"]
@@ -38,7 +40,10 @@ class HaCapabilities:
     @capability("homeassistant.state")
     async def state(self, entity_id: str) -> dict[str, Any]:
         """The state of a Home Assistant entity and its attributes."""
-        states = await self.client.call({"type": "get_states"})
+        try:
+            states = await self.client.call({"type": "get_states"})
+        except LoomdError as exc:
+            raise CapabilityError(str(exc)) from None
         found = next((s for s in states if s["entity_id"] == entity_id), None)
         if found is None:
             raise ValueError(f"Home Assistant has no entity {entity_id!r}")
@@ -51,5 +56,8 @@ class HaCapabilities:
         domain, _, name = service.partition(".")
         if not name or not domain:
             raise ValueError(f"a service is domain.name, not {service!r}")
-        await self.client.call_service(domain, name, data, target={"entity_id": entity_id})
+        try:
+            await self.client.call_service(domain, name, data, target={"entity_id": entity_id})
+        except LoomdError as exc:  # HA away, or HA's own refusal: said as it is
+            raise CapabilityError(str(exc)) from None
         return {"called": service, "entity_id": entity_id}

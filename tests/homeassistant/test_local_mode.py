@@ -200,9 +200,9 @@ def test_ha_killed_is_a_clear_failure_and_the_board_reconnects(
         turn = assist(d, "turn off the kitchen lights")
         assert [(a["capability"], a["code"]) for a in turn["actions"]] == [
             ("home.turn_off", "capability_error")], turn  # fmt: skip
-        why = str(turn["actions"][0]["result"])
-        assert "Home Assistant is not connected" in why, turn
-        assert turn["reply"].startswith("Sorry, that did not work"), turn
+        why = "Kitchen Lights: Home Assistant is not connected (Home Assistant at "
+        assert turn["actions"][0]["result"].startswith(why), turn
+        assert turn["reply"].startswith("Sorry, that did not work: Kitchen Lights: Home"), turn
         assert DEVICE in home(d)
 
         p = subprocess.run([sys.executable, str(TESTBED), "restart", "--dir", str(run)],
