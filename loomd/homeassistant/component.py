@@ -80,9 +80,9 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         self.api = f"{host}:{self.server.port} ({'Noise' if psk else 'plaintext'})"
         self.mdns: Any = None
         if s.mdns:
-            from loomd.homeassistant.mdns import Announcer
+            from loomd.homeassistant.mdns import esphome_announcer
 
-            self.mdns = Announcer(self.device, self.server.port, s.mdns_interfaces)
+            self.mdns = esphome_announcer(self.device, self.server.port, s.mdns_interfaces)
             await self.mdns.start()
         self.spawn(self._serve_wakes, "wakes", restart=True)
         self.spawn(self._follow_frames, "frames", restart=True)
