@@ -367,14 +367,18 @@ class HomeComponent(Component[HomeSettings]):
                     asyncio.ensure_future(connected.get()),
                     asyncio.ensure_future(self._changed.wait()),
                 ]
-                done, pending = await asyncio.wait(
-                    wait,
-                    timeout=None if self.following or not topics else 2.0,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                for p in pending:
-                    p.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        wait,
+                        timeout=None if self.following or not topics else 2.0,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    for p in wait:
+                        p.cancel()
                 if wait[0] in done:
+                    if wait[0].exception() is not None:
+                        return  # the subscription closed (stopping)
                     self.following = ()  # a new bridge session: subscribe again
 
     async def _follow_states(self) -> None:
