@@ -43,6 +43,8 @@ class Topic(StrEnum):
     VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
     AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
     HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
+    HA_REGISTRY = "ha.registry"  # request/reply: HaSnapshot (HA's areas, exposed entities)
+    HA_CHANGED = "ha.changed"  # HaSnapshot, on each (re)connect and change of HA's registries
     ERROR = "loomd.error"
 
 
