@@ -129,7 +129,9 @@ def test_the_error_event_keeps_its_details_beside_code_and_message() -> None:
 def test_every_error_code_in_the_code_is_a_member_and_every_member_is_used() -> None:
     """`ctx.error(ErrorCode.X, ...)` everywhere: no string code left, no dead member."""
     text = "\n".join(
-        p.read_text() for p in (ROOT / "loomd").rglob("*.py") if "messages" not in p.relative_to(ROOT).parts
+        p.read_text()
+        for p in (ROOT / "loomd").rglob("*.py")
+        if "messages" not in p.relative_to(ROOT).parts
     )
     assert not re.search(r"(\.error|_report)\(\s*f?\"[a-z_]+\"", text)
     used = set(re.findall(r"ErrorCode\.([A-Z_]+)", text))

@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     HOME_FOLLOW = "home_follow"
     HOME_BAD_STATE = "home_bad_state"
     HOME_AGENT_DEVICES = "home_agent_devices"
+    HOME_HA_DEVICES = "home_ha_devices"
     ASSIST_SENTENCES = "assist_sentences"
     ASSIST_BAD_REQUEST = "assist_bad_request"
     # bridges

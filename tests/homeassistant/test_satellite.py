@@ -55,15 +55,19 @@ class Rig:
     adoption_ms: float = 0.0  # HA's ESPHome config flow until the satellite entity is idle
 
     async def mic(self, pcm: bytes, silence_s: float = 0.0) -> float:
-        """Feed the board's microphone at real-time pace; returns when the audio ended."""
-        frames = split_frames(pcm + b"\0" * int(silence_s * 32000))
-        began = time.monotonic()
-        for i, frame in enumerate(frames):
-            delay = began + i * 0.02 - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self.bus.publish("audio.in.local", frame, qos="realtime")
-        return time.monotonic()
+        return await feed_mic(self.bus, pcm, silence_s)
+
+
+async def feed_mic(bus: LocalBus, pcm: bytes, silence_s: float = 0.0) -> float:
+    """Feed the board's microphone at real-time pace; returns when the audio ended."""
+    frames = split_frames(pcm + b"\0" * int(silence_s * 32000))
+    began = time.monotonic()
+    for i, frame in enumerate(frames):
+        delay = began + i * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await bus.publish("audio.in.local", frame, qos="realtime")
+    return time.monotonic()
 
 
 async def _speaker(bus: LocalBus, heard: bytearray) -> None:
