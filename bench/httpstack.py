@@ -11,14 +11,16 @@ every connection). Candidates:
 
 - `before`: the hand-written HTTP/1.1 server and exposition of REV (default: the commit
   this branch left main at), run from a `git archive` of that tree, in the same run;
-- `aiohttp`: aiohttp.web, the hand-written exposition;
+- `aiohttp`: aiohttp.web, the same hand-written exposition;
 - `uvicorn-h11`, `uvicorn-httptools`: Starlette on uvicorn (pure-Python h11 parser, or
-  httptools), the hand-written exposition;
+  httptools), the same hand-written exposition;
 - `after`: loomd's server as it is now (`loomd.web.http`, Starlette on uvicorn, the
   exposition through prometheus_client's own registry).
 
 Then the exposition alone, in this process: µs per rendering of the same families,
-hand-written (`before`) vs prometheus_client (`after`). Ends with one JSON line.
+hand-written (`before`) vs prometheus_client (`after`); and the whole daemon of each tree
+(default components, the status page on): spawn to READY, RSS, its own /metrics
+scrapes/s, `/api/status` p50. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ BASE_REV = "848299d"  # main's tip when the one-stack work began
 CANDIDATES = ("before", "aiohttp", "uvicorn-h11", "uvicorn-httptools", "after")
 
 
-def families() -> list[Any]:
+def families(module: Any = None) -> list[Any]:
     """About what a daemon with voice, llm, mqtt and agents running exposes (~60
-    families, 8 of them histograms with labels)."""
-    from loomd.metrics import Family, Histogram
+    families, 8 of them histograms with labels), from `module`'s classes (loomd.metrics
+    unless told)."""
+    if module is None:
+        import loomd.metrics as module
+    Family, Histogram = module.Family, module.Histogram
 
     out: list[Any] = []
     for i in range(40):
@@ -155,13 +160,15 @@ def serve(kind: str) -> None:
 
 
 # -- the parent ----------------------------------------------------------------------------
-def scrape(port: int) -> int:
+def scrape(
+    port: int, expect: bytes = b"loomd_bench_latency_7_seconds_bucket", path: str = "/metrics"
+) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", "/metrics")
+        conn.request("GET", path, headers={"Host": "localhost"})
         resp = conn.getresponse()
         body = resp.read()
-        if resp.status != 200 or b"loomd_bench_latency_7_seconds_bucket" not in body:
+        if resp.status != 200 or expect not in body:
             raise RuntimeError(f"bad scrape: {resp.status} {body[:200]!r}")
         return len(body)
     finally:
@@ -206,22 +213,27 @@ def measure(kind: str, env: dict[str, str], seconds: float) -> dict[str, Any]:
 def exposition_us(tree: Path | None, rounds: int) -> dict[str, float]:
     """µs per rendering of the same families: the hand-written `render` (of `tree`, the
     before tree) and the current exposition."""
-    fams = families()
+    import loomd.metrics
+
     out: dict[str, float] = {}
     from loomd.metrics import Exposition
 
+    fams = families(loomd.metrics)
     expo = Exposition(lambda: fams)
     for name, fn in (("before", None), ("after", expo.render)):
         if fn is None:
             code = (tree / "loomd" / "metrics.py") if tree else None
             if code is None:
                 continue
-            ns: dict[str, Any] = {"__name__": "old_metrics"}
-            exec(compile(code.read_text(), str(code), "exec"), ns)
-            old_render = ns["render"]
+            import types
 
-            def fn(old_render: Any = old_render) -> bytes:
-                return old_render(fams).encode()  # type: ignore[no-any-return]
+            old = types.ModuleType("old_metrics")
+            sys.modules["old_metrics"] = old  # dataclass-like NamedTuples look it up
+            exec(compile(code.read_text(), str(code), "exec"), old.__dict__)
+            old_fams = families(old)
+
+            def fn(render: Any = old.render, fams: Any = old_fams) -> bytes:
+                return render(fams).encode()  # type: ignore[no-any-return]
 
         fn()
         t = time.perf_counter()
@@ -229,6 +241,61 @@ def exposition_us(tree: Path | None, rounds: int) -> dict[str, float]:
             fn()
         out[name] = round((time.perf_counter() - t) / rounds * 1e6, 1)
     return out
+
+
+def daemon(tree: Path, root: Path, seconds: float) -> dict[str, Any]:
+    """The whole daemon of `tree` with the default components and the status page:
+    spawn to READY, RSS once ready, its own /metrics scrapes/s and /api/status p50."""
+    from bench.services import Notifications
+
+    root.mkdir(parents=True)
+    sock = __import__("socket").create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cfg = root / "loomd.toml"
+    cfg.write_text(
+        f'[daemon]\nlog_level = "warning"\n[paths]\nruntime_dir = "{root}/run"\n'
+        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n'
+        f"[metrics]\nport = {port}\n"
+    )
+    notify = Notifications(root / "notify.sock")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(ROOT)])
+    t0 = time.perf_counter()
+    with open(root / "loomd.log", "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loomd.daemon", "--config", str(cfg)],
+            env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=root,
+        )  # fmt: skip
+        try:
+            notify.wait_for("READY=1", 60)
+            ready_ms = (time.perf_counter() - t0) * 1000
+            ps = psutil.Process(proc.pid)
+            time.sleep(1.0)
+            rss = ps.memory_info().rss / 2**20
+            scrape(port, b"loomd_")
+            n, t1 = 0, time.perf_counter()
+            while time.perf_counter() - t1 < seconds:
+                scrape(port, b"loomd_")
+                n += 1
+            rate = n / (time.perf_counter() - t1)
+            lat = []
+            for _ in range(50):
+                t2 = time.perf_counter()
+                scrape(port, b'"daemon"', "/api/status")
+                lat.append((time.perf_counter() - t2) * 1000)
+            lat.sort()
+            return {
+                "ready_ms": round(ready_ms, 1),
+                "rss_mb": round(rss, 2),
+                "rss_after_mb": round(ps.memory_info().rss / 2**20, 2),
+                "scrapes_per_s": round(rate, 1),
+                "api_status_p50_ms": round(lat[len(lat) // 2], 2),
+            }
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            notify.close()
 
 
 def before_tree(rev: str, into: Path) -> Path:
@@ -259,7 +326,9 @@ def main() -> None:
         for _ in range(repeats):  # alternate, so background load hits every candidate alike
             for kind in kinds:
                 env = dict(os.environ)
-                path = str(tree) if kind == "before" else str(ROOT)
+                # the stack candidates serve the old hand-written exposition: only the
+                # server differs from `before`
+                path = str(ROOT) if kind == "after" else str(tree)
                 env["PYTHONPATH"] = os.pathsep.join([path, str(ROOT)])
                 runs[kind].append(measure(kind, env, seconds))
                 print(f"[bench] {kind}: {runs[kind][-1]}", file=sys.stderr, flush=True)
@@ -275,6 +344,16 @@ def main() -> None:
             res[kind] = best
         sys.path.insert(0, str(ROOT))
         res["exposition_us"] = exposition_us(tree, 50 if args.quick else 300)
+        if not args.only:
+            drs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+            for i in range(repeats):
+                for name, t in (("before", tree), ("after", ROOT)):
+                    drs[name].append(daemon(t, Path(tmp) / f"d-{name}-{i}", seconds))
+                    print(f"[bench] daemon {name}: {drs[name][-1]}", file=sys.stderr, flush=True)
+            res["daemon"] = {
+                name: {k: (max if k == "scrapes_per_s" else min)(r[k] for r in rs) for k in rs[0]}
+                for name, rs in drs.items()
+            }
     if "before" in res and "after" in res:
         b, a = res["before"], res["after"]
         res["after_vs_before"] = {

@@ -190,14 +190,21 @@ def _histogram_samples(
     metric.add_sample(f"{name}_count", base, float(hist.count))
 
 
+_GOOD_LABELS: set[str] = set()  # label names checked once (a scrape repeats them all)
+
+
 def _check_labels(labels: Mapping[str, str]) -> None:
     for key in labels:
+        if key in _GOOD_LABELS:
+            continue
         if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
             raise ValueError(f"invalid label name {key!r}")
+        if len(_GOOD_LABELS) < 1024:
+            _GOOD_LABELS.add(key)
 
 
 def _str_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    return {k: str(v) for k, v in labels.items()}
+    return {k: v if type(v) is str else str(v) for k, v in labels.items()}
 
 
 def _bound(bound: float) -> str:
