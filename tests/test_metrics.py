@@ -264,3 +264,30 @@ def test_closing_ends_stalled_connections() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_client_that_dribbles_its_request_is_hung_up_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection gets REQUEST_TIMEOUT_S to finish its request's head (shortened here),
+    whether it says nothing or dribbles; a served client on the same server is unaffected."""
+    import loomd.web.server
+
+    monkeypatch.setattr(loomd.web.server, "REQUEST_TIMEOUT_S", 0.3)
+
+    async def scenario(server: MetricsServer) -> None:
+        silent = await asyncio.open_connection("127.0.0.1", server.port)
+        dribble = await asyncio.open_connection("127.0.0.1", server.port)
+        t0 = asyncio.get_running_loop().time()
+        dribble[1].write(b"GET /metrics HTTP/1.1\r\n")
+        for _ in range(3):  # a header line now and then, never the end of the head
+            await asyncio.sleep(0.1)
+            dribble[1].write(b"X-Slow: 1\r\n")
+        status, _, body = await asyncio.to_thread(get, server.url)
+        assert status == 200 and body.startswith(b"# HELP loomd_up")
+        for reader, writer in (silent, dribble):
+            assert await reader.read() == b""  # hung up on, without an answer
+            writer.close()
+        assert asyncio.get_running_loop().time() - t0 < 3.0
+
+    serve(scenario)

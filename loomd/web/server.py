@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -39,6 +40,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STARTUP_TIMEOUT_S = 10.0
+# A connection gets this long to finish its request's head (and again after each
+# response): a client that dribbles bytes, or connects and says nothing, is hung up on.
+# uvicorn alone arms no timer before the first request.
+REQUEST_TIMEOUT_S = 10.0
 # A stream whose client stopped reading is ended by returning (ASGI has no "close"):
 # uvicorn then closes the connection and says this at error level. It is expected here.
 _EXPECTED = "ASGI callable returned without completing response."
@@ -125,7 +130,7 @@ def _server(app: ASGIApp, lifespan: bool) -> uvicorn.Server:
     logging.getLogger("uvicorn.error").addFilter(_QUIET)
     config = uvicorn.Config(
         app,
-        http="h11",
+        http=_protocol(),
         lifespan="on" if lifespan else "off",
         log_config=None,
         log_level="error",  # not a warning per malformed request a client can send
@@ -145,6 +150,43 @@ def _server(app: ASGIApp, lifespan: bool) -> uvicorn.Server:
 
 
 _QUIET = _Quiet()
+
+
+@functools.cache
+def _protocol() -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with a deadline for each request's head."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            cycle = self.cycle  # a new request's head, once complete, makes a new cycle
+            self._deadline = self.loop.call_later(REQUEST_TIMEOUT_S, self._expire, cycle)
+
+        def _expire(self, cycle: object) -> None:
+            if self.cycle is cycle and not self.transport.is_closing():
+                log.debug(
+                    "http client %s: no request within %.0f s", self.client, REQUEST_TIMEOUT_S
+                )
+                self.transport.close()
+
+    return Protocol
 
 
 def header_map(scope: Scope) -> dict[str, str]:
