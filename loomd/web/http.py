@@ -4,7 +4,6 @@ the daemon's one HTTP stack (`loomd.web.server`, uvicorn)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import NamedTuple
 
 from loomd.metrics import CONTENT_TYPE, Exposition, Family
 from loomd.web.auth import HttpGuard
-from loomd.web.server import HttpServer, Message, Receive, Scope, Send, header_map, respond
+from loomd.web.server import HttpServer, Receive, Scope, Send, header_map, respond
 
 __all__ = ["MetricsServer", "Request", "Response", "Streamer"]
 
@@ -102,7 +101,6 @@ class MetricsServer:
         self._bind, self._app, self._guard = bind, app, guard
         self.exposition = Exposition(collect)
         self._http = HttpServer(self, bind, port, name="metrics")
-        self._closing: asyncio.Event | None = None
 
     @property
     def port(self) -> int:
@@ -115,15 +113,12 @@ class MetricsServer:
         return self._http.url("/metrics")
 
     async def start(self) -> None:
-        self._closing = asyncio.Event()
         await self._http.start()
         how = self._guard.describe() if self._guard else "no token check"
         log.info("metrics on %s (%s)", self.url, how, extra={"fields": {"port": self.port}})
 
     async def close(self) -> None:
-        if self._closing is not None:
-            self._closing.set()  # the streams see their client leave, and end
-        await self._http.close()
+        await self._http.close()  # the streams see their client leave, and end
 
     async def __aenter__(self) -> MetricsServer:
         await self.start()
@@ -156,25 +151,9 @@ class MetricsServer:
             peer = (scope.get("client") or ("", 0))[0]
             reply = await self._app(Request(method, path, query, headers, str(peer)))
         if reply is not None and not isinstance(reply, Response):
-            # a stream lives as long as its client, or until the server closes
-            await reply(self._until_closing(receive), send)
+            await reply(receive, send)  # as long as its client, or until the server closes
             return
         await (reply or self._route(method, path)).send(send)
-
-    def _until_closing(self, receive: Receive) -> Receive:
-        """`receive`, except that closing the server reads as the client leaving."""
-        closing = self._closing
-        assert closing is not None
-
-        async def wrapped() -> Message:
-            get = asyncio.ensure_future(receive())
-            stop = asyncio.ensure_future(closing.wait())
-            done, pending = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            return get.result() if get in done else {"type": "http.disconnect"}
-
-        return wrapped
 
     def _route(self, method: str, path: str) -> Response:
         if method not in ("GET", "HEAD"):

@@ -70,6 +70,7 @@ class HttpServer:
         self._port = port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -90,7 +91,8 @@ class HttpServer:
         sock = socket.create_server((self.bind, self._port), family=family)
         sock.setblocking(False)
         self._port = int(sock.getsockname()[1])
-        server = _server(self.app, self.lifespan)
+        self._closing = asyncio.Event()
+        server = _server(self._serve, self.lifespan)
         task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{self.name}")
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT_S):
@@ -100,21 +102,28 @@ class HttpServer:
                         raise RuntimeError(f"the {self.name} server did not start")
                     await asyncio.sleep(0.005)
         except BaseException:
-            server.should_exit = True
+            server.exit()  # type: ignore[attr-defined]
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             sock.close()
             raise
         self._server, self._task = server, task
 
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            receive = _until(self._closing, receive)
+        await self.app(scope, receive, send)
+
     async def close(self) -> None:
-        """Stop listening, end the connections (streams end with their clients or when
-        their app returns) and wait for the server task."""
+        """Stop listening and end the connections: closing reads as the client leaving
+        to every app waiting on `receive()` (live tails, MCP's streams), so streams end
+        at once; other requests get uvicorn's graceful second. Then wait for the task."""
         server, task = self._server, self._task
         self._server = self._task = None
         if server is None or task is None:
             return
-        server.should_exit = True
+        self._closing.set()
+        server.exit()  # type: ignore[attr-defined]
         try:
             await task
         except asyncio.CancelledError:
@@ -124,12 +133,29 @@ class HttpServer:
             log.exception("%s server: shutdown failed", self.name)
 
 
+def _until(closing: asyncio.Event, receive: Receive) -> Receive:
+    """`receive`, except that `closing` reads as the client leaving (`http.disconnect`)."""
+
+    async def wrapped() -> Message:
+        if closing.is_set():
+            return {"type": "http.disconnect"}
+        get = asyncio.ensure_future(receive())
+        stop = asyncio.ensure_future(closing.wait())
+        done, pending = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return get.result() if get in done else {"type": "http.disconnect"}
+
+    return wrapped
+
+
 def _server(app: ASGIApp, lifespan: bool) -> uvicorn.Server:
     import uvicorn
 
     logging.getLogger("uvicorn.error").addFilter(_QUIET)
     config = uvicorn.Config(
         app,
+        interface="asgi3",
         http=_protocol(),
         lifespan="on" if lifespan else "off",
         log_config=None,
@@ -142,9 +168,27 @@ def _server(app: ASGIApp, lifespan: bool) -> uvicorn.Server:
     )
 
     class Server(uvicorn.Server):
+        wake: asyncio.Event | None = None
+
         @contextlib.contextmanager
         def capture_signals(self) -> Generator[None, None, None]:
             yield  # the daemon owns SIGTERM/SIGHUP; uvicorn must not take them
+
+        async def main_loop(self) -> None:
+            # uvicorn's own ticks 10 times a second per server to notice should_exit;
+            # this one wakes once a second (the Date header) or when told to exit.
+            self.wake = asyncio.Event()
+            counter = 0
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000  # uvicorn's on_tick: % 10 == 0 each second
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.wake.wait()
+
+        def exit(self) -> None:
+            self.should_exit = True
+            if self.wake is not None:
+                self.wake.set()
 
     return Server(config)
 
