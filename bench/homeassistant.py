@@ -20,7 +20,8 @@ fed from a WAV at real-time pace on `audio.in.local`, the speaker read on
   (seen over HA's WebSocket); p50 over the turns;
 - `adoption_ms`: HA's ESPHome config flow until its satellite entity is idle;
 - `ha_up_s`: the testbed's start to onboarded (warm tree), hass's RSS.
-`ha_command_to_bus_ms` needs HA's MQTT commands (another branch): null here.
+- `ha_command_to_bus_ms`: HA's `switch.turn_on`/`turn_off` on the board's MQTT Mute switch
+  (a real mosquitto, HA's MQTT integration) to the `VoiceMute` on loomd's bus; p50 of 10.
 Progress on stderr; one JSON line last on stdout."""
 
 from __future__ import annotations
@@ -286,6 +287,50 @@ async def _one_ws_run(api: HaApi, pipeline: str, command: bytes) -> float:
     return (first - speech_end) * 1000
 
 
+async def ha_command_to_bus(tb: HaTestbed, tmp: Path, n: int = 10) -> list[float]:
+    """HA's `switch.turn_on`/`turn_off` on the board's Mute switch (MQTT discovery, a real
+    mosquitto) until the `VoiceMute` is on loomd's bus, ms; `n` alternating commands."""
+    from loomd.host import Host
+    from loomd.messages import VoiceMute
+    from loomd.settings import load_config
+    from tests.bridges.conftest import Mosquitto, host_config
+    from tests.homeassistant.test_mqtt_commands import (
+        ha_mqtt,
+        loomd_entities,
+        mqtt_body,
+        wait_states,
+    )
+
+    broker = Mosquitto(tmp / "mqtt-broker")
+    broker.start()
+    out: list[float] = []
+    try:
+        async with HaApi(tb) as api, ha_mqtt(api, broker):
+            cfg = host_config(tmp / "mqtt-board", mqtt_body(broker.port), "bench-mqtt")
+            async with Host(load_config(cfg), names=["state", "bus", "mqtt"]) as host:
+                bus = host.get("mqtt").ctx.bus  # type: ignore[union-attr]
+                mute = (await loomd_entities(api, "bench-mqtt", 8))["mute"]
+                await wait_states(api, [mute], lambda s: s in ("on", "off"))  # available
+                async with bus.subscribe("voice.mute", "reliable") as sub:
+                    for i in range(n + 1):  # the first one warms HA's service path up
+                        on = i % 2 == 0
+                        service = "turn_on" if on else "turn_off"
+                        t0 = time.perf_counter()
+                        call = asyncio.ensure_future(
+                            api.post(f"/api/services/switch/{service}", {"entity_id": mute})
+                        )
+                        got = VoiceMute.from_event(await sub.get(15))
+                        ms = (time.perf_counter() - t0) * 1000
+                        await call
+                        assert got.muted is on, got
+                        if i:
+                            out.append(ms)
+        log(f"HA command -> bus: p50 {p50(out)} ms over {len(out)}")
+    finally:
+        broker.stop()
+    return out
+
+
 async def main() -> None:
     models = small_models_dir()
     with tempfile.TemporaryDirectory(prefix="ld-bench-ha-") as d:
@@ -299,6 +344,7 @@ async def main() -> None:
             log(f"HA at {tb.url}" + (f" (up in {up_s:.1f} s)" if up_s else " (reused)"))
             sat = await satellite_turns(tb, models, tmp, clip)
             wy = await wyoming_path(tb, models, tmp, command)
+            ha_cmd = await ha_command_to_bus(tb, tmp)
             local = await local_mode_turns(tb, models, tmp, clip)
             rss = hass_rss_mb(tb)
         finally:
@@ -318,7 +364,7 @@ async def main() -> None:
         ),
         "local_mode_action_ms": p50(local),
         "local_mode_turns_ok": len(local),
-        "ha_command_to_bus_ms": None,
+        "ha_command_to_bus_ms": p50(ha_cmd),
         "adoption_ms": sat["adoption_ms"],
         "ha_up_s": round(up_s, 1) if up_s else None,
         "hass_rss_mb": rss,

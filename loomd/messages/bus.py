@@ -78,6 +78,7 @@ class ErrorCode(StrEnum):
     MQTT_OUTBOX_FULL = "mqtt_outbox_full"
     MQTT_OUTBOX_EXPIRED = "mqtt_outbox_expired"
     MQTT_BUS_REFUSED = "mqtt_bus_refused"
+    MQTT_COMMAND_FAILED = "mqtt_command_failed"  # a command from HA its capability refused
     PEERS_REFUSED = "peers_refused"
 
 
