@@ -22,7 +22,8 @@ from loomd.agents.capability import CapabilitySpec
 from loomd.bus.envelope import QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, RequestTimeout
-from loomd.home.hass import HA_SOURCE, ha_service, join_ha
+from loomd.home.ha_devices import HaDevices
+from loomd.home.hass import HA_SOURCE
 from loomd.home.registry import Device, Registry, Source, load_dir, source_from_tables
 from loomd.home.settings import READ_ONLY, HomeSettings
 from loomd.messages import (
@@ -32,8 +33,6 @@ from loomd.messages import (
     DeviceState,
     Domain,
     ErrorCode,
-    HaSnapshot,
-    HaState,
     HomeSnapshot,
     MqttAck,
     MqttFollow,
@@ -73,7 +72,7 @@ def _fill(template: str, value: float) -> str:
     return template.replace("{value}", text)
 
 
-class HomeComponent(Component[HomeSettings]):
+class HomeComponent(HaDevices, Component[HomeSettings]):
     name = "home"
     Settings = HomeSettings
     summary = "the device registry: devices and areas, acted on through MQTT or capabilities"
@@ -310,15 +309,6 @@ class HomeComponent(Component[HomeSettings]):
             params["value"] = value
         return await self._invoke(d, d.spec.capability, params)
 
-    async def _by_ha(self, d: Device, action: str, value: float | None) -> dict[str, Any]:
-        """Through Home Assistant's services (the homeassistant component's capability); a
-        dead HA is its error at once, never a wait."""
-        service, data = ha_service(d.domain, action, value)
-        params: dict[str, Any] = {"service": service, "entity_id": d.spec.entity_id}
-        if data:
-            params["data"] = data
-        return await self._invoke(d, "homeassistant.call_service", params, f"{d.name}: ")
-
     async def _invoke(
         self, d: Device, cap: str, params: dict[str, Any], why: str = ""
     ) -> dict[str, Any]:
@@ -497,48 +487,6 @@ class HomeComponent(Component[HomeSettings]):
                 self.ctx.error(ErrorCode.HOME_AGENT_DEVICES, f"home: {exc}")
         if changed:
             self._changed.set()
-
-    async def _ha_devices(self) -> None:
-        """HA's exposed entities (the homeassistant component's `ha.changed`, asked once at
-        start) joined into the registry; kept while HA is away, so a command to one of them
-        fails with HA's reason instead of "no such device"."""
-        async with self.ctx.bus.subscribe(Topic.HA_CHANGED, QoS.RELIABLE) as sub:
-            await sub.ready()
-            with contextlib.suppress(RequestTimeout):
-                ev = await self.ctx.bus.request(Topic.HA_REGISTRY, None, timeout=2.0)
-                self._join_ha(HaSnapshot.from_payload(ev.payload))
-            async for ev in sub:
-                self._join_ha(HaSnapshot.from_payload(ev.payload))
-
-    def _join_ha(self, snap: HaSnapshot) -> None:
-        if not snap.connected:
-            return  # nothing known yet
-        try:
-            join = join_ha(snap, self.declared)
-            self.registry.set_sources(join.sources)
-        except LoomdError as exc:
-            self.ctx.error(ErrorCode.HOME_HA_DEVICES, f"home: Home Assistant's entities: {exc}")
-            return
-        self.ha_entities, self.ha_skipped = join.entities, join.skipped
-        for e in snap.entities:
-            dev = join.entities.get(e.entity_id)
-            if dev is not None and e.state:
-                self.states[dev] = DeviceState(dev, e.state, {}, time.time())
-        self.log.info("home: %d Home Assistant entities joined (%d skipped)",
-                      len(join.entities), len(join.skipped))  # fmt: skip
-        self._changed.set()
-
-    async def _ha_states(self) -> None:
-        async with self.ctx.bus.subscribe(f"{Topic.HA_STATE}.#", QoS.RELIABLE) as sub:
-            async for ev in sub:
-                try:
-                    st = HaState.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.HOME_BAD_STATE, f"home: {exc}")
-                    continue
-                dev = self.ha_entities.get(st.entity_id)
-                if dev is not None:
-                    await self._set_state(DeviceState(dev, st.state, st.attributes, st.at))
 
     # -- operator --------------------------------------------------------------------------------
     def status(self) -> HomeStatus:

@@ -195,6 +195,11 @@ class HaClient:
             self._pending.pop(n, None)
 
     # -- what HA knows -----------------------------------------------------------------------
+    async def running(self) -> bool:
+        """HA's core has started (its integrations set up): `get_config`'s state."""
+        cfg = await self.call({"type": "get_config"})
+        return isinstance(cfg, dict) and cfg.get("state") == "RUNNING"
+
     async def snapshot(self) -> HaSnapshot:
         """Areas, devices and the entities HA exposes to voice assistants, with states."""
         areas = await self.call({"type": "config/area_registry/list"})

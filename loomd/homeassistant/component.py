@@ -152,6 +152,12 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             await asyncio.sleep(0.2)  # a burst of registry events: one read
             self._registry_dirty.clear()
             try:
+                if not await self.client.running():
+                    # HA answers its WebSocket API while it starts, before its integrations
+                    # have made their entities: a snapshot now would lack them
+                    self._registry_dirty.set()
+                    await asyncio.sleep(0.5)
+                    continue
                 self.ha_snapshot = await self.client.snapshot()
             except LoomdError as exc:
                 self.log.warning("homeassistant: reading HA's registry: %s", exc)

@@ -215,3 +215,46 @@ def test_ha_killed_is_a_clear_failure_and_the_board_reconnects(
         until("HA's state on the board again", lambda: home(d)[DEVICE]["state"] == "off")
     finally:
         d.close()
+
+
+@pytest.mark.models
+@pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning")  # wyoming
+def test_a_local_wake_word_while_ha_holds_the_satellite(
+    ha: HaTestbed, tmp_path: Path, models: Path, piper_command: Path
+) -> None:
+    """The per-wake-word switch with HA connected: the board is HA's adopted satellite
+    (`mode = "satellite"`) but `wake_modes` gives "hey jarvis" to loomd's own assist: the
+    command switches HA's light through the board's registry, and HA's pipeline never runs
+    (no satellite run, HA's satellite entity stays idle)."""
+    from loomd.assist.cli import turn
+    from loomd.audio.io import read_wav
+    from tests.homeassistant.test_satellite import _quiet, rig
+
+    token = tmp_path / "ha-token"
+    token.write_text(ha.token)
+    set_light(ha, False)
+
+    async def scenario() -> tuple[int, str]:
+        async with rig(
+            ha, tmp_path / "b", models, "local-word",
+            names=("state", "bus", "agents", "home", "assist", "voice", "homeassistant"),
+            voice={"agent": '"assist"'}, extra="[assist]\nenabled = true\nllm = false\n",
+            url=f'"{ha.url}"', token_file=f'"{token}"', mode='"satellite"',
+            wake_modes='{"hey_jarvis_v0.1" = "local"}',
+        ) as r:  # fmt: skip
+            assert r.sat.conn is not None  # HA holds the voice assistant
+            async with asyncio.timeout(60):  # HA's light joined, the assist acts on it
+                while not (await turn(r.bus, "turn off the kitchen lights", "", 10)).actions:  # noqa: ASYNC110
+                    await asyncio.sleep(0.3)
+            await r.mic(read_wav(piper_command), silence_s=1.0)
+            await _quiet(r.heard)  # the board's own reply
+            await r.api.wait_state(
+                lambda s: any(x["entity_id"] == ha.light and x["state"] == "on" for x in s),
+                "light",
+            )
+            sat = await r.api.get(f"/api/states/{r.satellite_entity}")
+            return len(r.sat.history), str(sat["state"])
+
+    runs, sat_state = asyncio.run(scenario())
+    assert runs == 0, "HA's pipeline took a local wake word"
+    assert sat_state == "idle", sat_state

@@ -79,11 +79,14 @@ async def _speaker(bus: LocalBus, heard: bytearray) -> None:
 
 @contextlib.asynccontextmanager
 async def rig(
-    ha: HaTestbed, root: Path, models: Path, device: str, **ha_opts: str
-) -> AsyncIterator[Rig]:
+    ha: HaTestbed, root: Path, models: Path, device: str, *, names: tuple[str, ...] = NAMES,
+    voice: dict[str, str] | None = None, extra: str = "", **ha_opts: str,
+) -> AsyncIterator[Rig]:  # fmt: skip
+    """A board adopted by HA as its satellite; `names`, `voice` ([voice] keys) and `extra`
+    (more TOML) make it more than the satellite (the assist, the home)."""
     port, wy_port = free_port(), free_port()
-    body = voice_section(models, wy_port) + ha_section(port, **ha_opts)
-    async with board(root, body, device, NAMES) as host, HaApi(ha) as api:
+    body = voice_section(models, wy_port, **(voice or {})) + ha_section(port, **ha_opts) + extra
+    async with board(root, body, device, names) as host, HaApi(ha) as api:
         bus = LocalBus(host.services.broker, "test")  # type: ignore[arg-type]
         heard = bytearray()
         speaker = asyncio.create_task(_speaker(bus, heard))
