@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bridges.py            # full run
     .venv/bin/python bench/bridges.py --quick    # under a minute
+    .venv/bin/python bench/bridges.py --quick --only qos0 --scale 4   # one part, longer
+                                                 # (what bench/profile_case.py --bench
+                                                 # bridges runs under py-spy)
 
 One mosquitto (TCP_NODELAY on), one real loomd daemon (state, bus, mqtt) with two mappings
 that make it a relay: `rt/in` -> bus `rt.x` -> `rt/out` (QoS 1) and `tp/in` -> bus `tp.x`
@@ -275,6 +278,24 @@ def throughput(port: int, send: str, recv: str, n: int) -> tuple[float, int]:
     return eps, count
 
 
+async def qos0_drops(sock: Path) -> dict[str, Any]:
+    """Where the QoS 0 messages that did not arrive went, as the daemon counted them: the
+    bus's drops by reason (a realtime subscription that was full) and the bridge's map
+    counters (in: taken from MQTT, out: handed to paho)."""
+    async with Client(str(sock), name="bench-stats") as c:
+        stats = await c.stats()
+        st = await mqtt_status(c)
+    maps = {m["mqtt"]: m for m in st["maps"]}
+    return {
+        "qos0_bus_drops": dict(stats.drops),
+        "qos0_dropped_by": {
+            f"{s.owner}:{s.pattern}": dict(s.dropped) for s in stats.subscriptions if s.dropped
+        },
+        "qos0_bridge_in": maps["tp/in"]["in"],
+        "qos0_bridge_out": maps["tp/out"]["out"],
+    }
+
+
 async def outbox_replay(d: Daemon, broker: Broker, n: int) -> tuple[float, float]:
     bus = d.socket
     async with Client(str(d.socket), name="bench-flood") as flood:
@@ -365,54 +386,72 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--only", default="", help="comma-separated parts: rtt, qos0, outbox, peers (default all)"
+    )
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
     args = ap.parse_args()
     q = args.quick
+    parts = {w for w in args.only.split(",") if w} or {"rtt", "qos0", "outbox", "peers"}
+    if parts - {"rtt", "qos0", "outbox", "peers"}:
+        sys.exit(f"--only: unknown parts {sorted(parts - {'rtt', 'qos0', 'outbox', 'peers'})}")
+    k = args.scale
     n_rtt, n_tp, n_ob = (300, 20_000, 5_000) if q else (2_000, 100_000, 30_000)
     n_peer = 20_000 if q else 100_000
+    n_rtt, n_tp, n_ob, n_peer = (int(n * k) for n in (n_rtt, n_tp, n_ob, n_peer))
     if shutil.which("mosquitto") is None:
         sys.exit("bench/bridges.py needs mosquitto (scripts/setup --dev)")
-    root = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
-    broker = Broker(root)
-    broker.start()
-    d = Daemon(root, broker.port)
     results: dict[str, Any] = {}
-    try:
-        d.start()
+    if parts & {"rtt", "qos0", "outbox"}:
+        root = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
+        broker = Broker(root)
+        broker.start()
+        d = Daemon(root, broker.port)
+        try:
+            d.start()
 
-        async def ready() -> None:
-            await wait_status(d.socket, lambda s: s["state"] == "connected")
+            async def ready() -> None:
+                await wait_status(d.socket, lambda s: s["state"] == "connected")
 
-        asyncio.run(ready())
-        log("round trips (QoS 1)")
-        results["raw_mqtt_rtt_qos1_ms"] = rtt(broker.port, "raw/rt", "raw/rt", n_rtt)
-        results["mqtt_rtt_qos1_ms"] = rtt(broker.port, "rt/in", "rt/out", n_rtt)
-        log("throughput (QoS 0)")
-        results["raw_mqtt_eps"], raw_n = throughput(broker.port, "raw/tp", "raw/tp", n_tp)
-        results["mqtt_in_eps"], got_n = throughput(broker.port, "tp/in", "tp/out", n_tp)
-        results["raw_mqtt_delivered"] = raw_n / n_tp
-        results["mqtt_delivered"] = got_n / n_tp
-        log("outbox replay")
-        results["outbox_replay_eps"], results["outbox_fill_eps"] = asyncio.run(
-            outbox_replay(d, broker, n_ob)
-        )
-        assert d.proc is not None
-        results["daemon_peak_rss_mb"] = peak_rss_mb(d.proc.pid)
-    finally:
-        d.stop()
-        broker.stop()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
-    log("peer link")
-    proot = Path(tempfile.mkdtemp(prefix="lp-", dir="/tmp"))
-    try:
-        results["peer_eps"], results["local_eps"] = peers_bench(proot, n_peer)
-    finally:
-        shutil.rmtree(proot, ignore_errors=True)
+            asyncio.run(ready())
+            if "rtt" in parts:
+                log("round trips (QoS 1)")
+                results["raw_mqtt_rtt_qos1_ms"] = rtt(broker.port, "raw/rt", "raw/rt", n_rtt)
+                results["mqtt_rtt_qos1_ms"] = rtt(broker.port, "rt/in", "rt/out", n_rtt)
+            if "qos0" in parts:
+                log("throughput (QoS 0)")
+                results["raw_mqtt_eps"], raw_n = throughput(broker.port, "raw/tp", "raw/tp", n_tp)
+                results["mqtt_in_eps"], got_n = throughput(broker.port, "tp/in", "tp/out", n_tp)
+                results["raw_mqtt_delivered"] = raw_n / n_tp
+                results["mqtt_delivered"] = got_n / n_tp
+                results.update(asyncio.run(qos0_drops(d.socket)))
+            if "outbox" in parts:
+                log("outbox replay")
+                results["outbox_replay_eps"], results["outbox_fill_eps"] = asyncio.run(
+                    outbox_replay(d, broker, n_ob)
+                )
+            assert d.proc is not None
+            results["daemon_peak_rss_mb"] = peak_rss_mb(d.proc.pid)
+        finally:
+            d.stop()
+            broker.stop()
+            if not os.environ.get("BENCH_KEEP"):
+                shutil.rmtree(root, ignore_errors=True)
+    if "peers" in parts:
+        log("peer link")
+        proot = Path(tempfile.mkdtemp(prefix="lp-", dir="/tmp"))
+        try:
+            results["peer_eps"], results["local_eps"] = peers_bench(proot, n_peer)
+        finally:
+            shutil.rmtree(proot, ignore_errors=True)
     results["sdk_calls_unanswered"] = LOST_CALLS[0]
     results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["quick"] = q
 
     r = results
+    if parts != {"rtt", "qos0", "outbox", "peers"}:  # a part alone: the JSON line only
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+        return
     added = r["mqtt_rtt_qos1_ms"] - r["raw_mqtt_rtt_qos1_ms"]
     share = r["mqtt_in_eps"] / r["raw_mqtt_eps"] if r["raw_mqtt_eps"] else 0.0
     rows = [
