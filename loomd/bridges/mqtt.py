@@ -370,7 +370,14 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             self._out_one(m, ev)
 
     def _out_one(self, m: MapState, ev: Event) -> None:
-        topic = m.tr.to_mqtt(ev.topic)
+        cache = m.out_cache
+        if ev.topic in cache:
+            topic = cache[ev.topic]
+        else:
+            topic = m.tr.to_mqtt(ev.topic)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[ev.topic] = topic
         if topic is None:
             return
         meta = ev.meta
