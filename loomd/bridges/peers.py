@@ -43,6 +43,7 @@ from loomd.bridges.settings import PeersSettings
 from loomd.bus import wire, zmqio
 from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
+from loomd.bus.subscriber import SlowConsumer
 from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, ProtocolError
@@ -482,6 +483,21 @@ class PeersComponent(Component[PeersSettings]):
                 peer.tasks.append(task)
 
     async def _forward(self, peer: Peer, sub: BusSubscription, qos: QoS) -> None:
+        """Forward one subscription's events. One the bus shed (full while the peer's window
+        was, longer than `slow_consumer_ms`: its events are counted `evicted` drops) is
+        made again: the link goes on once the peer acks again."""
+        while True:
+            try:
+                await self._forward_from(peer, sub, qos)
+                return  # closed: the component stops or the peer was replaced
+            except SlowConsumer as exc:
+                self._count("evicted")
+                self.log.warning("peers: %s: %s; subscribing again", peer.name, exc)
+                peer.subs.remove(sub)
+                sub = self.ctx.bus.subscribe(sub.pattern, qos)
+                peer.subs.append(sub)
+
+    async def _forward_from(self, peer: Peer, sub: BusSubscription, qos: QoS) -> None:
         reliable = qos == QoS.RELIABLE
         async for ev in sub:
             if (ev.qos == QoS.RELIABLE) != reliable:
