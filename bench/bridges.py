@@ -45,12 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+import psutil  # type: ignore[import-untyped]  # noqa: E402
 
 from bench.harness import free_port, peak_rss_mb  # noqa: E402
 from loomd.errors import RemoteError, RequestTimeout  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
 
 LOST_CALLS = [0]
+PEER_CPU: dict[str, dict[str, float]] = {}
 
 
 def log(msg: str) -> None:
@@ -392,15 +394,30 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
                                 for s in (await c.stats()).subscriptions]  # fmt: skip
                         log(f"{d.root.name}: {st['peers']} {subs}")
 
+            assert hub.proc is not None and sat.proc is not None
+            procs = {"bench": psutil.Process(), "sat": psutil.Process(sat.proc.pid),
+                     "hub": psutil.Process(hub.proc.pid)}  # fmt: skip
+            cpu = {"local": dict.fromkeys(procs, 0.0), "peer": dict.fromkeys(procs, 0.0)}
+
+            async def timed(kind: str, pub: Daemon) -> float:
+                before = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+                rate = await count_rate(pub.socket, hub.socket, n)
+                for k, p in procs.items():
+                    cpu[kind][k] += sum(p.cpu_times()[:2]) - before[k]
+                return rate
+
             try:
                 for _ in range(3):
-                    locals_.append(await count_rate(hub.socket, hub.socket, n))  # no forwarding
-                    peers.append(await count_rate(sat.socket, hub.socket, n))
+                    locals_.append(await timed("local", hub))  # no forwarding
+                    peers.append(await timed("peer", sat))
             except TimeoutError:
                 await show()
                 raise
             log(f"peer link runs {[round(x) for x in peers]}, local {[round(x) for x in locals_]}")
             await show()
+            # CPU per event (us) of each process: where a peer hop's cost lands
+            for kind, by in cpu.items():
+                PEER_CPU[kind] = {k: round(v / (3 * n) * 1e6, 1) for k, v in by.items()}
             return statistics.median(peers), statistics.median(locals_)
 
         return asyncio.run(run())
@@ -468,6 +485,7 @@ def main() -> None:
         proot = Path(tempfile.mkdtemp(prefix="lp-", dir="/tmp"))
         try:
             results["peer_eps"], results["local_eps"] = peers_bench(proot, n_peer)
+            results["peer_cpu_us_per_event"] = PEER_CPU
         finally:
             if not os.environ.get("BENCH_KEEP"):
                 shutil.rmtree(proot, ignore_errors=True)
