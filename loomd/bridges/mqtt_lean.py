@@ -68,6 +68,7 @@ class LeanClient(mqtt.Client):
         self._lean_sink = sink
         self._rbuf = bytearray()
         self._q0: list[bytes] = []
+        self.whole_reads = 0  # PUBLISH packets taken whole from the buffer (tests look)
         self._v5 = self._protocol == mqtt.MQTTv5
 
     # -- in ---------------------------------------------------------------------------------
@@ -107,6 +108,7 @@ class LeanClient(mqtt.Client):
                     end = i + size
                     if end <= n and self._lean(buf[0], buf, i, end):
                         del buf[:end]
+                        self.whole_reads += 1
                         self._last_bytes_received = time.monotonic()
                         return MQTTErrorCode.MQTT_ERR_SUCCESS
                     break
