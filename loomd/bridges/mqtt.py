@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from loomd.metrics import Family
 __all__ = ["MqttComponent", "MqttStatus"]
 
 log = logging.getLogger("loomd.mqtt")
+HAND_OFF_BURST = 256  # events handed to the bus between turns of its subscribers
 
 
 def _jitter(delay: float) -> float:
@@ -79,6 +81,8 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self.errors: dict[str, int] = {}
         self.in_pending = 0
         self._route_cache: dict[str, tuple[MapState, str] | None] = {}
+        self._inq: deque[tuple[MapState, str, Any, Message]] = deque()
+        self._in_task: asyncio.Task[None] | None = None
         self._check_tls_files()
         self.transport = MqttTransport(
             TransportParams(
@@ -294,22 +298,51 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             self.transport.ack(msg)
             return
         self.in_pending += 1
+        if m.s.bus_qos != QoS.RELIABLE:
+            # Realtime and batched publishes never wait: one task per burst, not per message.
+            self._inq.append((m, bus_topic, value, msg))
+            if self._in_task is None or self._in_task.done():
+                self._in_task = self.loop.create_task(self._hand_off())
+            return
+        # Reliable: a task each, so that the journal commits many of them together.
         task = self.loop.create_task(
             self.ctx.bus.publish(bus_topic, value, qos=m.s.bus_qos, meta={"mqtt_topic": topic})
         )
         task.add_done_callback(lambda t: self._in_done(t, m, msg))
 
+    async def _hand_off(self) -> None:
+        """Publish what arrived (realtime, batched), in order, in one task per burst."""
+        q, bus = self._inq, self.ctx.bus
+        n = 0
+        while q:
+            n += 1
+            if n % HAND_OFF_BURST == 0:
+                await asyncio.sleep(0)  # let the subscribers fed so far take them
+            m, bus_topic, value, msg = q.popleft()
+            try:
+                await bus.publish(bus_topic, value, qos=m.s.bus_qos, meta={"mqtt_topic": msg.topic})
+            except LoomdError as exc:
+                self._in_failed(m, exc)
+            else:
+                m.in_count += 1
+                self.transport.ack(msg)
+            finally:
+                self.in_pending -= 1
+
     def _in_done(self, t: asyncio.Task[Event], m: MapState, msg: Message) -> None:
         self.in_pending -= 1
         exc = None if t.cancelled() else t.exception()
         if t.cancelled() or exc is not None:
-            # Not acked: the broker redelivers it on the next session.
-            m.errors += 1
-            self.count("bus_refused")
-            self.ctx.error(ErrorCode.MQTT_BUS_REFUSED, f"mqtt: bus refused {m.s.bus}: {exc}")
+            self._in_failed(m, exc)
             return
         m.in_count += 1
         self.transport.ack(msg)
+
+    def _in_failed(self, m: MapState, exc: BaseException | None) -> None:
+        # Not acked: the broker redelivers it on the next session (QoS >= 1).
+        m.errors += 1
+        self.count("bus_refused")
+        self.ctx.error(ErrorCode.MQTT_BUS_REFUSED, f"mqtt: bus refused {m.s.bus}: {exc}")
 
     def _deliver(self, work: Coroutine[Any, Any, Any], msg: Message) -> None:
         """Run `work` (a bus publish for an MQTT message); ack the message once it is done."""
@@ -337,7 +370,14 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             self._out_one(m, ev)
 
     def _out_one(self, m: MapState, ev: Event) -> None:
-        topic = m.tr.to_mqtt(ev.topic)
+        cache = m.out_cache
+        if ev.topic in cache:
+            topic = cache[ev.topic]
+        else:
+            topic = m.tr.to_mqtt(ev.topic)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[ev.topic] = topic
         if topic is None:
             return
         meta = ev.meta
