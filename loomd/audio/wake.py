@@ -12,7 +12,7 @@ from typing import Any
 
 from loomd.audio.models import ModelError, model_path
 
-__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector"]
+__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector", "hot_spans"]
 
 CHUNK_SAMPLES = 1280
 
@@ -91,3 +91,22 @@ class WakeDetector:
                     hit = Detection(word, float(score), t)
                     self._quiet_until = t + self.refractory_s
         return hit
+
+
+def hot_spans(det: WakeDetector, pcm: bytes, guard_score: float) -> list[tuple[float, float]]:
+    """Where in `pcm` (16 kHz s16) the wake word is said: (start, end) in seconds. The wake
+    model scores at the end of a word; a span covers the second before it. Blocking."""
+    spans: list[tuple[float, float]] = []
+    det.reset()
+    step = CHUNK_SAMPLES * 2  # 80 ms
+    # The score peaks after the word: a clip that ends on it peaks in the silence after.
+    pcm = pcm + b"\0" * 32000
+    for i in range(0, len(pcm), step):
+        det.process(pcm[i : i + step], 0.0)
+        if det.last >= guard_score:
+            end = (i + step) / 32000
+            if spans and spans[-1][1] >= end - 1.0:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((end - 1.0, end))
+    return spans
