@@ -1,13 +1,14 @@
 """What the board is doing, shared by the voice component's rooms: its state (idle,
-listening, thinking, speaking; published on `voice.state`), the running turn, and whether
-the next words need no wake word (the board just asked a question)."""
+listening, thinking, speaking; published on `voice.state`), the running turn, whether
+the next words need no wake word (the board just asked a question), and whether the
+microphone is muted."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from loomd.messages import Topic, VoiceState, VoiceStateEvent
+from loomd.messages import VoiceState, VoiceStateEvent
 
 __all__ = ["Board"]
 
@@ -18,6 +19,18 @@ class Board:
         self.state = VoiceState.IDLE
         self.turn: asyncio.Task[None] | None = None
         self.follow_up = False
+        self.muted = False
+
+    async def mute(self, on: bool) -> bool:
+        """Mute or unmute the microphone; True if that changed anything. Published as a
+        `voice.state` event with `muted` set, whatever the state."""
+        if on == self.muted:
+            return False
+        self.muted = on
+        if on:
+            self.follow_up = False
+        await self._publish("")
+        return True
 
     def busy(self) -> bool:
         """A turn is running (thinking or speaking its reply)."""
@@ -31,8 +44,10 @@ class Board:
         if state == self.state:
             return
         self.state = state
-        ev = VoiceStateEvent(state, self.site, uid)
-        await self.bus.publish(Topic.VOICE_STATE, ev.to_payload(), qos="realtime")
+        await self._publish(uid)
+
+    async def _publish(self, uid: str) -> None:
+        await VoiceStateEvent(self.state, self.site, uid, self.muted).publish(self.bus)
 
     def asked(self, text: str, followup_s: float) -> None:
         """After the board asks a question, the next words need no wake word."""

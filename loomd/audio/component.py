@@ -23,7 +23,7 @@ from loomd.audio.settings import VoiceSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
-from loomd.messages import ErrorCode, PlayAudio, SayRequest, Topic
+from loomd.messages import ErrorCode, PlayAudio, SayRequest, Topic, VoiceMute
 from loomd.metrics import Family
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class VoiceStatus(StatusBlock):
     dropped_frames: int
     stt_pid: int
     stt_restarts: int
+    muted: bool
 
 
 class VoiceComponent(Component[VoiceSettings]):
@@ -136,6 +137,7 @@ class VoiceComponent(Component[VoiceSettings]):
         self.spawn(self._follow_say, "say", restart=True)
         self.spawn(self._follow_stop, "stop", restart=True)
         self.spawn(self._follow_play, "play", restart=True)
+        self.spawn(self._follow_mute, "mute", restart=True)
         self.spawn(self.handoff.follow, "handoff", restart=True)
         if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
@@ -253,6 +255,21 @@ class VoiceComponent(Component[VoiceSettings]):
                 self.speaker.stop()
                 self.board.cancel_turn()
 
+    async def _follow_mute(self) -> None:
+        """`voice.mute` (Home Assistant's "Mute" switch through the MQTT bridge)."""
+        async with self.ctx.bus.subscribe(Topic.VOICE_MUTE) as sub:
+            async for ev in sub:
+                try:
+                    mute = VoiceMute.from_event(ev)
+                except LoomdError as exc:
+                    self.ctx.error(ErrorCode.BAD_MUTE, f"voice: bad voice.mute payload: {exc}")
+                    continue
+                await self._mute(mute.muted)
+
+    async def _mute(self, on: bool) -> None:
+        if await self.board.mute(on):
+            self.log.info("voice: microphone %s", "muted" if on else "unmuted")
+
     # -- operator view ------------------------------------------------------------------------
     def status(self) -> VoiceStatus | None:
         if not hasattr(self, "pipeline"):
@@ -272,6 +289,7 @@ class VoiceComponent(Component[VoiceSettings]):
             dropped_frames=fresh.dropped if fresh else 0,
             stt_pid=self.stages.stt.pid or 0,
             stt_restarts=self.stages.stt.restarts,
+            muted=self.board.muted,
         )
 
     def metrics(self) -> Iterable[Family]:
@@ -299,6 +317,7 @@ class VoiceComponent(Component[VoiceSettings]):
             "test": Command(self._op_test, "run the whole pipeline on a WAV file", ("path", "out")),
             "last": Command(self._op_last, "the last N interactions with timings", ("n",)),
             "stop": Command(self._op_stop, "stop speaking and cancel the turn"),
+            "mute": Command(self._op_mute, "mute (on) or unmute (off) the microphone", ("on",)),
         }
 
     async def _op_say(self, text: Any, priority: Any = "normal") -> dict[str, Any]:
@@ -333,6 +352,14 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def _op_last(self, n: Any = 5) -> dict[str, Any]:
         return {"turns": self.recorder.last(int(n))}
+
+    async def _op_mute(self, on: Any) -> dict[str, Any]:
+        if on not in (True, False, "on", "off"):
+            raise LoomdError("voice mute: on or off")
+        muted = on in (True, "on")
+        await self._mute(muted)
+        await VoiceMute(muted).publish(self.ctx.bus)  # so the other parts know (the switch)
+        return {"muted": muted}
 
     async def _op_stop(self) -> dict[str, Any]:
         await self.pipeline.barge_in()

@@ -112,12 +112,23 @@ class Pipeline:
         turns: list[TurnRecord] = []
         detection: Detection | None = None
         last: Frame | None = None
+        was_muted = False
         async for frame in frames:
             last = frame
             self.counts["frames"] += 1
             speaker.tick()
             echo = speaker.reference.active
             played = speaker.reference.take()
+            if board.muted:  # the frame goes no further: no wake, no turn, no stream
+                if listening or handoff.streaming or handoff.listen_now:
+                    listening = False
+                    handoff.drop()
+                    await board.set(VoiceState.IDLE)
+                wake_buf, was_muted = [], True
+                continue
+            if was_muted:  # its history is from before the mute
+                was_muted = False
+                await self.wake.reset()
             if echo and self.aec is not None:
                 frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
             speech = frame.pcm  # what speech to text hears

@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     RECORDER = "recorder"
     BAD_SAY = "bad_say"
     BAD_PLAY = "bad_play"
+    BAD_MUTE = "bad_mute"
     BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
     BAD_VOCABULARY = "bad_vocabulary"
