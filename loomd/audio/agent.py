@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from loomd.audio.recorder import TurnClock, TurnRecord
+from loomd.audio.worker import WorkerError
 from loomd.errors import LoomdError
 from loomd.messages import (
     AssistRequest,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent"]
 
+_STAGE_CODES = {"TTS": ErrorCode.TTS_FAILED, "wake word": ErrorCode.WAKE_FAILED}
+
 Spawn = Callable[[Callable[[], Awaitable[None]], str], "asyncio.Task[None]"]
 
 
@@ -61,6 +64,16 @@ class Agent:
         self._vocabulary = ""  # the assist's names, for whisper's initial prompt
         self._assist_seen = False
         self._probed = -1e9
+        self.current: TurnRecord | None = None  # the turn running now
+
+    def stage_failed(self, code: ErrorCode, error: str) -> None:
+        """A stage outside the turn failed (the wake word's worker died): reported, and
+        the running turn, if any, is marked failed with it."""
+        self.ctx.error(code, f"voice: {error}")
+        rec = self.current
+        if rec is not None and self.board.busy():
+            rec.fail(error)
+            self.counts["failed"] += 1
 
     def start(self, cut: Segment, rec: TurnRecord, frame: Frame) -> None:
         """Run the turn for an utterance the segmenter cut at `frame`."""
@@ -69,6 +82,7 @@ class Agent:
         clock = TurnClock(speech_end)
         rec.timings["vad_end"] = clock.ms()
         self.counts["utterances"] += 1
+        self.current = rec
         self.board.turn = self._spawn(
             lambda: self._turn(cut, rec, clock), f"turn-{rec.utterance_id}"
         )
@@ -105,10 +119,14 @@ class Agent:
             tr = Transcript(res.text, rec.utterance_id, s.site, confidence=1.0,
                             timings=dict(rec.timings))  # fmt: skip
             await self.ctx.bus.publish(Topic.VOICE_TRANSCRIPT, tr.to_payload(), wait=False)
-            if s.agent == "assist" and self._assist_seen:
-                await self._assist(rec, clock)
-            elif s.agent != "none":
-                await self._converse(rec, clock)
+            try:
+                if s.agent == "assist" and self._assist_seen:
+                    await self._assist(rec, clock)
+                elif s.agent != "none":
+                    await self._converse(rec, clock)
+            except WorkerError as exc:  # the TTS worker failed mid-reply
+                self._failed(rec, _STAGE_CODES.get(exc.stage, ErrorCode.TTS_FAILED),
+                             f"{exc.stage} failed: {type(exc).__name__}: {exc}")  # fmt: skip
         except asyncio.CancelledError:
             rec.outcome = "interrupted"
             raise
@@ -116,6 +134,8 @@ class Agent:
             if rec.outcome == "open":
                 rec.outcome = "ok"
             await self.recorder.record(rec)
+            if self.current is rec:
+                self.current = None
             if self.board.turn is asyncio.current_task():
                 await self.board.set(VoiceState.IDLE, rec.utterance_id)
 

@@ -57,6 +57,10 @@ class VoiceStatus(StatusBlock):
     dropped_frames: int
     stt_pid: int
     stt_restarts: int
+    wake_pid: int
+    wake_restarts: int
+    tts_pid: int
+    tts_restarts: int
     muted: bool
 
 
@@ -97,6 +101,7 @@ class VoiceComponent(Component[VoiceSettings]):
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
         self.stages = stages = Stages(self.models_dir, s.wake.models)
+        await stages.load_wake()
         self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
         await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
         stt = stages.stt
@@ -225,7 +230,12 @@ class VoiceComponent(Component[VoiceSettings]):
                     self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
 
     async def _say_task(self, req: SayRequest) -> None:
-        await self.speaker.say(req)
+        from loomd.audio.worker import WorkerError
+
+        try:
+            await self.speaker.say(req)
+        except WorkerError as exc:
+            self.ctx.error(ErrorCode.TTS_FAILED, f"voice: voice.say: {exc}")
 
     async def _follow_play(self) -> None:
         """`voice.play`: audio from another part (Home Assistant's TTS), played like our own."""
@@ -274,7 +284,7 @@ class VoiceComponent(Component[VoiceSettings]):
     def status(self) -> VoiceStatus | None:
         if not hasattr(self, "pipeline"):
             return None
-        fresh = self.pipeline.fresh
+        fresh, tts = self.pipeline.fresh, self.stages.tts_worker
         return VoiceStatus(
             state=str(self.board.state),
             source=self.source,
@@ -289,6 +299,10 @@ class VoiceComponent(Component[VoiceSettings]):
             dropped_frames=fresh.dropped if fresh else 0,
             stt_pid=self.stages.stt.pid or 0,
             stt_restarts=self.stages.stt.restarts,
+            wake_pid=self.stages.wake_worker.pid or 0,
+            wake_restarts=self.stages.wake_worker.restarts,
+            tts_pid=tts.pid or 0 if tts is not None else 0,
+            tts_restarts=tts.restarts if tts is not None else 0,
             muted=self.board.muted,
         )
 

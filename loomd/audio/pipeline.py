@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.recorder import TurnRecord
-from loomd.messages import VoiceState, VoiceStop, WakeAction
+from loomd.audio.worker import WorkerError
+from loomd.messages import ErrorCode, VoiceState, VoiceStop, WakeAction
 
 if TYPE_CHECKING:
     from loomd.audio.aec import EchoCanceller
@@ -185,7 +186,11 @@ class Pipeline:
             ):
                 continue  # the canceller has not converged yet: its residue can wake it
             limit = s.wake.speaking_threshold if echo else s.wake.threshold
-            hit = await self.wake.process(pcm, t_end, limit)
+            try:
+                hit = await self.wake.process(pcm, t_end, limit)
+            except WorkerError as exc:  # its worker restarts; the next frames go to it
+                self.agent.stage_failed(ErrorCode.WAKE_FAILED, f"wake word failed: {exc}")
+                continue
             if hit is None:
                 continue
             if speaker.said_it():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.audio.aec import Reference
 from loomd.audio.frames import FRAME_MS
+from loomd.audio.worker import WorkerError
 from loomd.messages import PlayAudio, PlayDone, SayRequest, VoiceState
 
 if TYPE_CHECKING:
@@ -77,17 +78,24 @@ class Speaker:
     async def speak_queue(
         self, sentences: asyncio.Queue[str | None], rec: TurnRecord, clock: TurnClock
     ) -> None:
-        """Synthesise the next sentence while the current one plays."""
-        audio_q: asyncio.Queue[bytes | None] = asyncio.Queue()
+        """Synthesise the next sentence while the current one plays. Raises the TTS
+        worker's `WorkerError` (the sentences before it were spoken)."""
+        audio_q: asyncio.Queue[bytes | WorkerError | None] = asyncio.Queue()
 
         async def synth() -> None:
-            while (text := await sentences.get()) is not None:
-                audio_q.put_nowait(await self.stages.synthesize(text))
+            try:
+                while (text := await sentences.get()) is not None:
+                    audio_q.put_nowait(await self.stages.synthesize(text))
+            except WorkerError as exc:
+                audio_q.put_nowait(exc)
+                return
             audio_q.put_nowait(None)
 
         maker = asyncio.create_task(synth())
         try:
             while (audio := await audio_q.get()) is not None:
+                if isinstance(audio, WorkerError):
+                    raise audio
                 rec.timings.setdefault("first_audio", clock.ms())
                 await self.board.set(VoiceState.SPEAKING, rec.utterance_id)
                 async with self.lock:

@@ -1,62 +1,96 @@
 """The model stages behind async faces: wake word detectors, text to speech and speech to
-text. Each runs off the event loop; the pipeline, the speaker and the Wyoming server are
-given these objects and never touch the threads or processes behind them."""
+text, each in its own supervised worker process (loomd.audio.worker): a native crash in
+ONNX Runtime, Piper or whisper.cpp restarts that worker and fails the call that was in it
+(`WorkerDied`); the daemon and the bus run on. The pipeline, the speaker and the Wyoming
+server are given these objects and never touch the processes behind them."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import itertools
+import logging
 from typing import TYPE_CHECKING
+
+from loomd.audio.models import model_path
+from loomd.audio.wake import CHUNK_SAMPLES, Detection, hot_spans
+from loomd.audio.worker import Worker
+from loomd.errors import LoomdError
 
 if TYPE_CHECKING:
     from loomd.audio.stt import SttWorker
-    from loomd.audio.tts import Tts
-    from loomd.audio.wake import Detection, WakeDetector
 
 __all__ = ["Stages", "Wake"]
 
+log = logging.getLogger("loomd.voice.stages")
+
+_OWW_HINT = "replace them with the files of the openwakeword 0.5.1 release"
+# The self-wake guard scans a clip in pieces of this many bytes (~1 s), so a live wake
+# call waits behind one piece at most, never behind a whole reply.
+_SCAN_PIECE = CHUNK_SAMPLES * 2 * 12
+
 
 class Wake:
-    """One wake word detector (its own audio history and refractory clock)."""
+    """One wake word detector (its own audio history and refractory clock) in the wake
+    worker. A worker that died takes the history with it: the fresh one starts clean."""
 
-    def __init__(self, det: WakeDetector, pool: concurrent.futures.Executor) -> None:
-        self._det, self._pool = det, pool
-        self.words = det.words
+    _ids = itertools.count()
 
-    @property
-    def last(self) -> float:
-        return self._det.last
-
-    @property
-    def peak(self) -> float:
-        return self._det.peak
+    def __init__(self, worker: Worker, words: tuple[str, ...], threshold: float,
+                 refractory_s: float) -> None:  # fmt: skip
+        self._worker, self.words = worker, words
+        self._id = f"d{next(self._ids)}"
+        self._cfg = (threshold, refractory_s)
+        self.last = 0.0  # the highest score of the last process() call
+        self.peak = 0.0
 
     async def process(
         self, pcm: bytes, t_end: float, threshold: float | None = None
     ) -> Detection | None:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._det.process, pcm, t_end, threshold)
+        """Raises `WorkerError` if the worker failed (it restarts for the next call)."""
+        hit, self.last, self.peak = await self._worker.call(
+            "process", self._id, *self._cfg, pcm, t_end, threshold
+        )
+        return None if hit is None else Detection(*hit)
 
     async def reset(self, *, clock: bool = True) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, lambda: self._det.reset(clock=clock))
+        try:
+            await self._worker.call("reset", self._id, *self._cfg, clock)
+        except LoomdError as exc:  # a fresh worker has nothing to forget
+            log.warning("voice: wake reset: %s", exc)
 
 
 class Stages:
-    """The wake word models, the TTS engine and the STT worker of one voice component."""
+    """The wake word, TTS and STT workers of one voice component."""
 
     stt: SttWorker
 
     def __init__(self, models_dir: str, words: tuple[str, ...]) -> None:
         self.models_dir, self.word_models = models_dir, words
-        self._wake_pool = concurrent.futures.ThreadPoolExecutor(1, "loomd-wake")
-        self._tts_pool = concurrent.futures.ThreadPoolExecutor(1, "loomd-tts")
-        self._tts: Tts | None = None
-        self._ref: WakeDetector | None = None
+        self.wake_worker = Worker(
+            "wake", (models_dir, list(words)), stage="wake word", engine="openWakeWord",
+            load_hint=f"openwakeword models did not load ({{detail}}); {_OWW_HINT}",
+            check=self._check_wake, fail_found_dead=True,
+        )  # fmt: skip
+        self.tts_worker: Worker | None = None
+        self._scan_lock = asyncio.Lock()
+        self._guard: Wake | None = None
 
     @property
     def tts_name(self) -> str:
-        return self._tts.name if self._tts is not None else ""
+        info = self.tts_worker.info if self.tts_worker is not None else None
+        return str(info["name"]) if info else ""
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        info = self.wake_worker.info
+        return tuple(info["words"]) if info else ()
+
+    def _check_wake(self) -> None:
+        for w in self.word_models:  # a missing file is named here, before any process
+            model_path(self.models_dir, w, "openwakeword")
+
+    async def load_wake(self) -> None:
+        await self.wake_worker.start()
 
     async def load_stt(self, model: str, threads: int, vocabulary: tuple[str, ...]) -> None:
         from loomd.audio.stt import SttWorker
@@ -65,55 +99,47 @@ class Stages:
         await self.stt.load()
 
     async def load_tts(self, engine: str, voice: str) -> str:
-        """Load the TTS engine; the reason it fell back to espeak-ng, or ""."""
-        from loomd.audio.tts import load_tts
-
-        self._tts, why = await asyncio.to_thread(load_tts, engine, self.models_dir, voice)
-        return why
+        """Start the TTS worker; the reason it fell back to espeak-ng, or ""."""
+        self.tts_worker = Worker(
+            "tts", (engine, self.models_dir, voice), stage="TTS", engine=engine,
+            load_hint="the TTS worker did not start ({detail})",
+        )  # fmt: skip
+        await self.tts_worker.start()
+        return str(self.tts_worker.info["why"])
 
     async def wake(self, threshold: float = 0.5, refractory_s: float = 2.0) -> Wake:
         """A new detector for the configured wake words."""
-        from loomd.audio.wake import WakeDetector
-
-        loop = asyncio.get_running_loop()
-        det = await loop.run_in_executor(
-            self._wake_pool,
-            lambda: WakeDetector(
-                self.models_dir, self.word_models, threshold=threshold, refractory_s=refractory_s
-            ),
-        )
-        return Wake(det, self._wake_pool)
+        return Wake(self.wake_worker, self.words, threshold, refractory_s)
 
     async def synthesize(self, text: str) -> bytes:
-        assert self._tts is not None, "load_tts() first"
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tts_pool, self._tts.synthesize, text)
+        """Raises `WorkerError` if the TTS worker failed (it restarts for the next call)."""
+        assert self.tts_worker is not None, "load_tts() first"
+        audio: bytes = await self.tts_worker.call(text)
+        return audio
 
     async def load_guard(self) -> None:
-        """The same wake word models on what the board is about to play (the self-wake
-        guard), loaded now so the first reply's scan does not wait for them."""
-        from loomd.audio.wake import WakeDetector
-
-        loop = asyncio.get_running_loop()
-        self._ref = await loop.run_in_executor(
-            self._tts_pool,
-            lambda: WakeDetector(
-                self.models_dir, self.word_models, threshold=1.0, refractory_s=0.0
-            ),
-        )
+        """The wake word models on what the board is about to play (the self-wake guard),
+        made now so the first reply's scan does not wait for them."""
+        self._guard = await self.wake(1.0, 0.0)
+        await self._guard.reset()
 
     async def hot_spans(self, pcm: bytes, guard_score: float) -> list[tuple[float, float]]:
-        """Where in `pcm` the wake word is said (see `wake.hot_spans`); on the TTS side so
-        it runs beside the live wake word, not in its way."""
-        from loomd.audio.wake import hot_spans
-
-        assert self._ref is not None, "load_guard() first"
-        ref = self._ref
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tts_pool, hot_spans, ref, pcm, guard_score)
+        """Where in `pcm` the wake word is said (see `wake.hot_spans`)."""
+        assert self._guard is not None, "load_guard() first"
+        guard = self._guard
+        # The score peaks after the word: a clip that ends on it peaks in the silence after.
+        pcm = pcm + b"\0" * 32000
+        async with self._scan_lock:
+            await guard.reset()
+            scores: list[float] = []
+            for i in range(0, len(pcm), _SCAN_PIECE):
+                scores += await self.wake_worker.call("scores", guard._id, pcm[i : i + _SCAN_PIECE])
+        return hot_spans(scores, guard_score)
 
     def close(self) -> None:
+        """Stop the workers (blocking: call it off the loop)."""
+        for w in (self.wake_worker, self.tts_worker):
+            if w is not None:
+                w.close()
         if hasattr(self, "stt"):
             self.stt.close()
-        self._wake_pool.shutdown(wait=False, cancel_futures=True)
-        self._tts_pool.shutdown(wait=False, cancel_futures=True)

@@ -6,13 +6,14 @@ period (in stream time, so replays and live audio behave the same)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loomd.audio.models import ModelError, model_path
 
-__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector", "hot_spans"]
+__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector", "hot_spans", "wake_server"]
 
 CHUNK_SAMPLES = 1280
 
@@ -93,20 +94,55 @@ class WakeDetector:
         return hit
 
 
-def hot_spans(det: WakeDetector, pcm: bytes, guard_score: float) -> list[tuple[float, float]]:
-    """Where in `pcm` (16 kHz s16) the wake word is said: (start, end) in seconds. The wake
-    model scores at the end of a word; a span covers the second before it. Blocking."""
+def hot_spans(scores: Sequence[float], guard_score: float) -> list[tuple[float, float]]:
+    """Where the wake word is said in audio whose 80 ms chunks scored `scores` (the wake
+    model on it from the start, then a second of silence): (start, end) in seconds. The
+    model scores at the end of a word; a span covers the second before it."""
     spans: list[tuple[float, float]] = []
-    det.reset()
-    step = CHUNK_SAMPLES * 2  # 80 ms
-    # The score peaks after the word: a clip that ends on it peaks in the silence after.
-    pcm = pcm + b"\0" * 32000
-    for i in range(0, len(pcm), step):
-        det.process(pcm[i : i + step], 0.0)
-        if det.last >= guard_score:
-            end = (i + step) / 32000
+    step_s = CHUNK_SAMPLES / 16000
+    for k, score in enumerate(scores):
+        if score >= guard_score:
+            end = (k + 1) * step_s
             if spans and spans[-1][1] >= end - 1.0:
                 spans[-1] = (spans[-1][0], end)
             else:
                 spans.append((end - 1.0, end))
     return spans
+
+
+def wake_server(models_dir: str, words: list[str]) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+    """In the worker process (loomd.audio.worker): detectors by id, made on first use with
+    the threshold and refractory period the request carries. Requests:
+    `("process", id, threshold, refractory_s, pcm, t_end, limit)` -> (hit or None, last,
+    peak); `("reset", id, threshold, refractory_s, clock)`; `("scores", id, pcm)` -> the
+    highest score of each 80 ms chunk (the self-wake guard's scan)."""
+    first = WakeDetector(models_dir, tuple(words))  # loads the models: errors at start
+    dets: dict[str, WakeDetector] = {}
+
+    def det(key: str, threshold: float, refractory_s: float) -> WakeDetector:
+        if key not in dets:
+            dets[key] = WakeDetector(
+                models_dir, tuple(words), threshold=threshold, refractory_s=refractory_s
+            )
+        return dets[key]
+
+    def handle(req: Any) -> Any:
+        op, key = req[0], req[1]
+        if op == "process":
+            d = det(key, req[2], req[3])
+            hit = d.process(req[4], req[5], req[6])
+            return (None if hit is None else (hit.word, hit.score, hit.t)), d.last, d.peak
+        if op == "reset":
+            det(key, req[2], req[3]).reset(clock=req[4])
+            return None
+        if op == "scores":
+            d = det(key, 1.0, 0.0)
+            out = []
+            step = CHUNK_SAMPLES * 2
+            for i in range(0, len(req[2]), step):
+                d.process(req[2][i : i + step], 0.0)
+                out.append(d.last)
+            return out
+        raise ValueError(f"unknown wake request {op!r}")
+
+    return handle, {"words": list(first.words)}

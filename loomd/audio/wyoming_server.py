@@ -54,6 +54,8 @@ async def serve(svc: WyomingServices, host: str, port: int) -> Any:
     from wyoming.tts import Synthesize
     from wyoming.wake import Detect, Detection, NotDetected
 
+    from loomd.audio.worker import WorkerError
+
     stages = svc.stages
     who = Attribution(name="loomd", url="https://github.com/loomd/loomd")
 
@@ -105,7 +107,13 @@ async def serve(svc: WyomingServices, host: str, port: int) -> Any:
                 chunk = self.convert.convert(AudioChunk.from_event(event))
                 if self.mode == "wake" and self.detector is not None and not self.detected:
                     self.t += len(chunk.audio) / 32000
-                    hit = await self.detector.process(chunk.audio, self.t)
+                    try:
+                        hit = await self.detector.process(chunk.audio, self.t)
+                    except WorkerError as exc:  # it restarts; this stream hears no more
+                        svc.error(ErrorCode.WAKE_FAILED, f"voice: wyoming wake word: {exc}")
+                        self.mode = ""
+                        await self.write_event(NotDetected().event())
+                        return True
                     if hit is not None:
                         self.detected = True
                         await self.write_event(
@@ -127,7 +135,11 @@ async def serve(svc: WyomingServices, host: str, port: int) -> Any:
                 self.mode = ""
             elif Synthesize.is_type(event.type):
                 text = Synthesize.from_event(event).text
-                pcm = await stages.synthesize(text)
+                try:
+                    pcm = await stages.synthesize(text)
+                except WorkerError as exc:  # it restarts; this answer is silence
+                    svc.error(ErrorCode.TTS_FAILED, f"voice: wyoming TTS: {exc}")
+                    pcm = b""
                 await self.write_event(AudioStart(rate=16000, width=2, channels=1).event())
                 for i in range(0, len(pcm), _TTS_CHUNK):
                     await self.write_event(

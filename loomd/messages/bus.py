@@ -58,6 +58,8 @@ class ErrorCode(StrEnum):
     BAD_SAY = "bad_say"
     BAD_PLAY = "bad_play"
     BAD_MUTE = "bad_mute"
+    WAKE_FAILED = "wake_failed"
+    TTS_FAILED = "tts_failed"
     BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
     BAD_VOCABULARY = "bad_vocabulary"
