@@ -212,6 +212,9 @@ def main() -> None:
     res["turn_timings_ms"] = t
     res["rss_voice_mb"] = rss
     res.update(peer)
+    from bench.voice_stop import stop_bench
+
+    res.update(stop_bench(MODELS, QUICK))
     res["bench_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     shutil.rmtree(tmp, ignore_errors=True)
     table(res)
@@ -484,6 +487,10 @@ def table(r: dict[str, Any]) -> None:
         f"wyoming-faster-whisper {r['peer_stt_ms']} ms; TTS first audio loomd "
         f"{r['loomd_wyoming_tts_first_ms']} ms vs wyoming-piper {r['peer_tts_first_ms']} ms"
     )
+    print(f"stop word ({r['stop_word']}): recall {r['stop_recall']} "
+          f"(raw {r['raw_stop_recall']}), word end -> silence p50 {r['stop_ms_p50']} ms "
+          f"(raw score crossing {r['raw_stop_ms_p50']} ms), self-stops per hour "
+          f"{r['self_stop_per_hour']} (raw {r['raw_self_stop_per_hour']})")  # fmt: skip
     print(f"RSS: daemon with voice {r['rss_voice_mb']} MB; bench {r['bench_rss_mb']} MB")
 
 

@@ -54,6 +54,7 @@ class VoiceStatus(StatusBlock):
     barge_ins: int
     self_wakes_blocked: int
     said: int
+    stops: int
     dropped_frames: int
     stt_pid: int
     stt_restarts: int
@@ -115,6 +116,7 @@ class VoiceComponent(Component[VoiceSettings]):
         # The same wake word model on what the board is about to play: while its own voice
         # says the wake word, a wake from the microphone is its echo (self-wake guard).
         await stages.load_guard()
+        stop = await self._stop_word(stages)
         self.source, sink = await self._devices()
         self.counts: collections.Counter[str] = collections.Counter()
         self.board = Board(self.ctx.bus, s.site)
@@ -131,6 +133,9 @@ class VoiceComponent(Component[VoiceSettings]):
                                  aec=self._aec(), frontend=self._frontend(),
                                  speaker=self.speaker, handoff=self.handoff, board=self.board,
                                  agent=self.agent, counts=self.counts)  # fmt: skip
+        if stop is not None:
+            self.pipeline.stop = stop
+            self.speaker.stop_models = (s.stop.model,)
         self._wyoming: Any = None
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
@@ -155,6 +160,23 @@ class VoiceComponent(Component[VoiceSettings]):
         await asyncio.to_thread(self.stages.close)
 
     # -- wiring -------------------------------------------------------------------------------
+    async def _stop_word(self, stages: Stages) -> Wake | None:
+        """The stop word's detector, or None (no model set, or it did not load: said)."""
+        from loomd.audio.models import model_path
+
+        model = self.settings.stop.model
+        if not model:
+            return None
+        try:
+            model_path(self.models_dir, model, "openwakeword")
+            stop = await stages.wake(self.settings.stop.threshold, 1.0, (model,))
+            await stop.process(b"", 0.0)  # made now: a bad model is named at start
+            await stages.load_guard((model,))
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.STOP_MISSING, f"voice: no stop word: {exc}")
+            return None
+        return stop
+
     def _aec(self) -> Any:
         from loomd.audio.aec import EchoCanceller
 
@@ -296,6 +318,7 @@ class VoiceComponent(Component[VoiceSettings]):
             barge_ins=self.counts["barge_ins"],
             self_wakes_blocked=self.counts["self_wakes_blocked"],
             said=self.counts["said"],
+            stops=self.counts["stops"],
             dropped_frames=fresh.dropped if fresh else 0,
             stt_pid=self.stages.stt.pid or 0,
             stt_restarts=self.stages.stt.restarts,

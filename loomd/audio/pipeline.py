@@ -58,6 +58,7 @@ class Pipeline:
         self.ctx, self.wake, self.vad, self.aec, self.frontend = ctx, wake, vad, aec, frontend
         self.speaker, self.handoff, self.board, self.agent = speaker, handoff, board, agent
         self.counts = counts
+        self.stop: Wake | None = None  # the stop word's detector, when there is one
         self.fresh: FreshQueue | None = None
         self._live_lock = asyncio.Lock()
 
@@ -92,6 +93,28 @@ class Pipeline:
         if self.board.busy():
             self.board.cancel_turn()
         await VoiceStop(self.ctx.settings.site, "barge-in").publish(self.ctx.bus)
+
+    async def _stop_word(self, pcm: bytes, t_end: float) -> bool:
+        """While the board plays: the stop word ends playback and the turn (no wake word,
+        no listening after). False if it was not said (or the board said it itself)."""
+        assert self.stop is not None
+        try:
+            hit = await self.stop.process(pcm, t_end, self.ctx.settings.stop.threshold)
+        except WorkerError as exc:
+            self.agent.stage_failed(ErrorCode.WAKE_FAILED, f"stop word failed: {exc}")
+            return False
+        if hit is None:
+            return False
+        if self.speaker.said_it(stop=True):
+            self.counts["self_stops_blocked"] += 1
+            return False
+        self.counts["stops"] += 1
+        self.ctx.log.info("voice: stop word %s (score %.2f)", hit.word, hit.score)
+        self.speaker.stop()
+        self.board.cancel_turn()
+        await VoiceStop(self.ctx.settings.site, "stop word").publish(self.ctx.bus)
+        await self.stop.reset(clock=False)
+        return True
 
     async def run(self, frames: AsyncIterator[Frame], *, wait_turns: bool) -> list[TurnRecord]:
         """Frames -> wake -> VAD -> turns. Returns the turns started (for `voice test`)."""
@@ -185,6 +208,8 @@ class Pipeline:
                 and speaker.reference.playing_frames * FRAME_MS < (s.aec.converge_ms)
             ):
                 continue  # the canceller has not converged yet: its residue can wake it
+            if echo and self.stop is not None and await self._stop_word(pcm, t_end):
+                continue
             limit = s.wake.speaking_threshold if echo else s.wake.threshold
             try:
                 hit = await self.wake.process(pcm, t_end, limit)

@@ -41,7 +41,9 @@ class Speaker:
         sink.listeners.append(self.reference.played)
         self.lock = asyncio.Lock()
         self._clip_hot: list[tuple[float, float]] = []
+        self._clip_stop_hot: list[tuple[float, float]] = []
         self._clip_frames = 10**9
+        self.stop_models: tuple[str, ...] = ()  # the stop word's model, when there is one
 
     def stop(self) -> None:
         self.sink.stop()
@@ -51,28 +53,34 @@ class Speaker:
         """One microphone frame went by."""
         self._clip_frames += 1
 
-    def said_it(self) -> bool:
-        """True while the board's own wake word may still be echoing in the room. Time is
-        counted in microphone frames since the clip started, not on the wall clock: a
-        starved machine delivers late audio, but its position in the stream holds."""
+    def said_it(self, *, stop: bool = False) -> bool:
+        """True while the board's own wake word (or stop word) may still be echoing in the
+        room. Time is counted in microphone frames since the clip started, not on the wall
+        clock: a starved machine delivers late audio, but its position in the stream holds."""
         at = self._clip_frames * FRAME_MS / 1000
         guard = self._settings().aec.guard_s
-        return any(a - 0.2 <= at <= b + guard for a, b in self._clip_hot)
+        spans = self._clip_stop_hot if stop else self._clip_hot
+        return any(a - 0.2 <= at <= b + guard for a, b in spans)
 
     async def play(self, pcm: bytes) -> bool:
         """Play through the sink, knowing where the board says its own wake word. The scan
         runs beside the playback, not before it: it is ~40x faster than real time and a
         wake word takes longer than that to say, so the spans are known before they play."""
-        self._clip_hot, self._clip_frames = [], 0
+        self._clip_hot, self._clip_stop_hot, self._clip_frames = [], [], 0
         aec = self._settings().aec
         if aec.self_wake_guard:
             scan = asyncio.ensure_future(self.stages.hot_spans(pcm, aec.guard_score))
-            scan.add_done_callback(self._scanned)
+            scan.add_done_callback(lambda f: self._scanned(f, "_clip_hot"))
+            if self.stop_models:
+                scan = asyncio.ensure_future(
+                    self.stages.hot_spans(pcm, aec.guard_score, self.stop_models)
+                )
+                scan.add_done_callback(lambda f: self._scanned(f, "_clip_stop_hot"))
         return await self.sink.play(pcm)
 
-    def _scanned(self, f: asyncio.Future[list[tuple[float, float]]]) -> None:
+    def _scanned(self, f: asyncio.Future[list[tuple[float, float]]], spans: str) -> None:
         if not f.cancelled() and f.exception() is None:
-            self._clip_hot = f.result()
+            setattr(self, spans, f.result())
 
     # -- speaking -----------------------------------------------------------------------------
     async def speak_queue(

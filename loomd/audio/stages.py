@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loomd.audio.models import model_path
@@ -35,11 +36,12 @@ class Wake:
 
     _ids = itertools.count()
 
-    def __init__(self, worker: Worker, words: tuple[str, ...], threshold: float,
+    def __init__(self, worker: Worker, models: tuple[str, ...], threshold: float,
                  refractory_s: float) -> None:  # fmt: skip
-        self._worker, self.words = worker, words
+        self._worker = worker
+        self.words = tuple(Path(m).stem for m in models)
         self._id = f"d{next(self._ids)}"
-        self._cfg = (threshold, refractory_s)
+        self._cfg = (list(models), threshold, refractory_s)
         self.last = 0.0  # the highest score of the last process() call
         self.peak = 0.0
 
@@ -48,13 +50,20 @@ class Wake:
     ) -> Detection | None:
         """Raises `WorkerError` if the worker failed (it restarts for the next call)."""
         hit, self.last, self.peak = await self._worker.call(
-            "process", self._id, *self._cfg, pcm, t_end, threshold
+            "process", self._id, self._cfg, pcm, t_end, threshold
         )
         return None if hit is None else Detection(*hit)
 
+    async def scores(self, pcm: bytes) -> list[float]:
+        """The highest score of each 80 ms chunk of `pcm`, in pieces (see `_SCAN_PIECE`)."""
+        out: list[float] = []
+        for i in range(0, len(pcm), _SCAN_PIECE):
+            out += await self._worker.call("scores", self._id, self._cfg, pcm[i : i + _SCAN_PIECE])
+        return out
+
     async def reset(self, *, clock: bool = True) -> None:
         try:
-            await self._worker.call("reset", self._id, *self._cfg, clock)
+            await self._worker.call("reset", self._id, self._cfg, clock)
         except LoomdError as exc:  # a fresh worker has nothing to forget
             log.warning("voice: wake reset: %s", exc)
 
@@ -73,7 +82,7 @@ class Stages:
         )  # fmt: skip
         self.tts_worker: Worker | None = None
         self._scan_lock = asyncio.Lock()
-        self._guard: Wake | None = None
+        self._guards: dict[tuple[str, ...], Wake] = {}
 
     @property
     def tts_name(self) -> str:
@@ -107,9 +116,11 @@ class Stages:
         await self.tts_worker.start()
         return str(self.tts_worker.info["why"])
 
-    async def wake(self, threshold: float = 0.5, refractory_s: float = 2.0) -> Wake:
-        """A new detector for the configured wake words."""
-        return Wake(self.wake_worker, self.words, threshold, refractory_s)
+    async def wake(
+        self, threshold: float = 0.5, refractory_s: float = 2.0, models: tuple[str, ...] = ()
+    ) -> Wake:
+        """A new detector for the configured wake words (or for `models`, the stop word)."""
+        return Wake(self.wake_worker, models or self.word_models, threshold, refractory_s)
 
     async def synthesize(self, text: str) -> bytes:
         """Raises `WorkerError` if the TTS worker failed (it restarts for the next call)."""
@@ -117,23 +128,24 @@ class Stages:
         audio: bytes = await self.tts_worker.call(text)
         return audio
 
-    async def load_guard(self) -> None:
-        """The wake word models on what the board is about to play (the self-wake guard),
-        made now so the first reply's scan does not wait for them."""
-        self._guard = await self.wake(1.0, 0.0)
-        await self._guard.reset()
+    async def load_guard(self, models: tuple[str, ...] = ()) -> None:
+        """The wake word models (or `models`) on what the board is about to play (the
+        self-wake guard), made now so the first reply's scan does not wait for them."""
+        key = models or self.word_models
+        self._guards[key] = await self.wake(1.0, 0.0, key)
+        await self._guards[key].reset()
 
-    async def hot_spans(self, pcm: bytes, guard_score: float) -> list[tuple[float, float]]:
-        """Where in `pcm` the wake word is said (see `wake.hot_spans`)."""
-        assert self._guard is not None, "load_guard() first"
-        guard = self._guard
+    async def hot_spans(
+        self, pcm: bytes, guard_score: float, models: tuple[str, ...] = ()
+    ) -> list[tuple[float, float]]:
+        """Where in `pcm` the wake word (or the word of `models`) is said (see
+        `wake.hot_spans`)."""
+        guard = self._guards[models or self.word_models]
         # The score peaks after the word: a clip that ends on it peaks in the silence after.
         pcm = pcm + b"\0" * 32000
         async with self._scan_lock:
             await guard.reset()
-            scores: list[float] = []
-            for i in range(0, len(pcm), _SCAN_PIECE):
-                scores += await self.wake_worker.call("scores", guard._id, pcm[i : i + _SCAN_PIECE])
+            scores = await guard.scores(pcm)
         return hot_spans(scores, guard_score)
 
     def close(self) -> None:

@@ -112,35 +112,36 @@ def hot_spans(scores: Sequence[float], guard_score: float) -> list[tuple[float, 
 
 def wake_server(models_dir: str, words: list[str]) -> tuple[Callable[[Any], Any], dict[str, Any]]:
     """In the worker process (loomd.audio.worker): detectors by id, made on first use with
-    the threshold and refractory period the request carries. Requests:
-    `("process", id, threshold, refractory_s, pcm, t_end, limit)` -> (hit or None, last,
-    peak); `("reset", id, threshold, refractory_s, clock)`; `("scores", id, pcm)` -> the
-    highest score of each 80 ms chunk (the self-wake guard's scan)."""
+    the models, threshold and refractory period the request carries (`cfg`). Requests:
+    `("process", id, cfg, pcm, t_end, limit)` -> (hit or None, last, peak);
+    `("reset", id, cfg, clock)`; `("scores", id, cfg, pcm)` -> the highest score of each
+    80 ms chunk (the self-wake guard's scan)."""
     first = WakeDetector(models_dir, tuple(words))  # loads the models: errors at start
     dets: dict[str, WakeDetector] = {}
 
-    def det(key: str, threshold: float, refractory_s: float) -> WakeDetector:
+    def det(key: str, cfg: Any) -> WakeDetector:
         if key not in dets:
+            models, threshold, refractory_s = cfg
             dets[key] = WakeDetector(
-                models_dir, tuple(words), threshold=threshold, refractory_s=refractory_s
+                models_dir, tuple(models), threshold=threshold, refractory_s=refractory_s
             )
         return dets[key]
 
     def handle(req: Any) -> Any:
-        op, key = req[0], req[1]
+        op, key, cfg = req[0], req[1], req[2]
         if op == "process":
-            d = det(key, req[2], req[3])
-            hit = d.process(req[4], req[5], req[6])
+            d = det(key, cfg)
+            hit = d.process(req[3], req[4], req[5])
             return (None if hit is None else (hit.word, hit.score, hit.t)), d.last, d.peak
         if op == "reset":
-            det(key, req[2], req[3]).reset(clock=req[4])
+            det(key, cfg).reset(clock=req[3])
             return None
         if op == "scores":
-            d = det(key, 1.0, 0.0)
+            d = det(key, cfg)
             out = []
             step = CHUNK_SAMPLES * 2
-            for i in range(0, len(req[2]), step):
-                d.process(req[2][i : i + step], 0.0)
+            for i in range(0, len(req[3]), step):
+                d.process(req[3][i : i + step], 0.0)
                 out.append(d.last)
             return out
         raise ValueError(f"unknown wake request {op!r}")

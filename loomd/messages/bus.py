@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     BAD_MUTE = "bad_mute"
     WAKE_FAILED = "wake_failed"
     TTS_FAILED = "tts_failed"
+    STOP_MISSING = "stop_missing"
     BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
     BAD_VOCABULARY = "bad_vocabulary"

@@ -48,9 +48,11 @@ def test_wake_worker_killed_mid_turn(
     loomd_proc: LoomdProcess, models: Path, command_clip: Path
 ) -> None:
     clip = read_wav(command_clip)
-    tail = b"\0" * 32000 * 3  # the mic goes on while the turn runs
+    tail = b"\0" * 32000 * 3
     loomd_proc.write_config(voice_toml(models, source='"bus"', sink='"buffer"', agent='"none"'))
     loomd_proc.start(timeout=60)
+
+    step = ["start"]
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -63,22 +65,36 @@ def test_wake_worker_killed_mid_turn(
             ):
                 for sub in (states, transcripts, errors):
                     await sub.ready()
-                feeder = asyncio.create_task(feed(bus, clip + tail))
+                # The mic goes on while the turn runs (until the crash is seen: a starved
+                # pipeline drops stale frames, and the wake word only runs on frames).
+                feeder = asyncio.create_task(feed(bus, clip + tail * 5))
+                step.append("thinking")
                 await state(states, "thinking")  # the turn runs; the wake word listens on
                 os.kill(out["pid"], signal.SIGSEGV)
+                step.append("error event")
                 out["error"] = await error(errors, "wake_failed")
+                step.append("first transcript")
                 out["first"] = Transcript.from_event(await transcripts.get(timeout=30))
-                await feeder
+                feeder.cancel()
+                step.append("idle")
                 await state(states, "idle")
-                out["after_crash"] = await voice_status(bus)
+                step.append("restart")
+                async with asyncio.timeout(60):  # a fresh worker (a few seconds on a busy box)
+                    while (await voice_status(bus))["wake_restarts"] < 1:  # noqa: ASYNC110
+                        await asyncio.sleep(0.2)
                 # The fresh worker hears the next command.
                 await feed(bus, clip + tail)
+                step.append("second transcript")
                 out["second"] = Transcript.from_event(await transcripts.get(timeout=30))
                 out["last"] = await bus.call("voice.last", args=[2])
                 out["end"] = await voice_status(bus)
         return out
 
-    got = asyncio.run(scenario())
+    try:
+        got = asyncio.run(scenario())
+    except TimeoutError:
+        log = loomd_proc.log.read_text()[-3000:]
+        raise AssertionError(f"timed out waiting for the {step[-1]}:\n{log}") from None
     assert "wake word worker died (exit code -11)" in got["error"].message, got["error"]
     assert got["error"].component == "voice"
     first, second = got["last"]["turns"]
