@@ -445,12 +445,17 @@ def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float, dict[str, Any]]:
 
     try:
         turn = asyncio.run(run())
-        rss = round(psutil.Process(proc.pid).memory_info().rss / 1e6, 1)
+        # The daemon and its stage workers (STT, wake word, TTS run in child processes).
+        daemon = psutil.Process(proc.pid)
+        procs = [daemon, *daemon.children(recursive=True)]
+        rss = round(sum(p.memory_info().rss for p in procs) / 1e6, 1)
+        rss_daemon = round(daemon.memory_info().rss / 1e6, 1)
         peer = peers(tmp, wport)
     finally:
         proc.terminate()
         proc.wait(20)
         shutil.rmtree(root, ignore_errors=True)
+    peer["rss_daemon_mb"] = rss_daemon
     return turn, rss, peer
 
 

@@ -102,21 +102,12 @@ class VoiceComponent(Component[VoiceSettings]):
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
         self.stages = stages = Stages(self.models_dir, s.wake.models)
-        await stages.load_wake()
-        self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
-        await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
+        try:
+            stop = await self._load(stages)
+        except BaseException:  # no worker process outlives a failed start
+            await asyncio.to_thread(stages.close)
+            raise
         stt = stages.stt
-        why = await stages.load_tts(s.tts.engine, s.tts.voice)
-        if why:
-            self.ctx.error(ErrorCode.TTS_FALLBACK, why)
-        # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
-        # whisper call allocates its buffers; neither should land on the first reply.
-        await stages.synthesize("Ready.")
-        await stt.transcribe(b"\0" * 16000)
-        # The same wake word model on what the board is about to play: while its own voice
-        # says the wake word, a wake from the microphone is its echo (self-wake guard).
-        await stages.load_guard()
-        stop = await self._stop_word(stages)
         self.source, sink = await self._devices()
         self.counts: collections.Counter[str] = collections.Counter()
         self.board = Board(self.ctx.bus, s.site)
@@ -160,6 +151,24 @@ class VoiceComponent(Component[VoiceSettings]):
         await asyncio.to_thread(self.stages.close)
 
     # -- wiring -------------------------------------------------------------------------------
+    async def _load(self, stages: Stages) -> Wake | None:
+        """Start the stage workers and warm them up; the stop word's detector, if any."""
+        s = self.settings
+        await stages.load_wake()
+        self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
+        await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
+        why = await stages.load_tts(s.tts.engine, s.tts.voice)
+        if why:
+            self.ctx.error(ErrorCode.TTS_FALLBACK, why)
+        # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
+        # whisper call allocates its buffers; neither should land on the first reply.
+        await stages.synthesize("Ready.")
+        await stages.stt.transcribe(b"\0" * 16000)
+        # The same wake word model on what the board is about to play: while its own voice
+        # says the wake word, a wake from the microphone is its echo (self-wake guard).
+        await stages.load_guard()
+        return await self._stop_word(stages)
+
     async def _stop_word(self, stages: Stages) -> Wake | None:
         """The stop word's detector, or None (no model set, or it did not load: said)."""
         from loomd.audio.models import model_path
