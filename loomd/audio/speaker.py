@@ -42,6 +42,8 @@ class Speaker:
         self.lock = asyncio.Lock()
         self._clip_hot: list[tuple[float, float]] = []
         self._clip_stop_hot: list[tuple[float, float]] = []
+        self._stop_scanned_s = 0.0  # how much of the clip the stop word's guard has scanned
+        self._clip = 0
         self._clip_frames = 10**9
         self.stop_models: tuple[str, ...] = ()  # the stop word's model, when there is one
 
@@ -59,6 +61,10 @@ class Speaker:
         clock: a starved machine delivers late audio, but its position in the stream holds."""
         at = self._clip_frames * FRAME_MS / 1000
         guard = self._settings().aec.guard_s
+        if stop and self.stop_models and self._settings().aec.self_wake_guard:
+            # Not scanned that far yet (a starved machine): the board may have said it.
+            if at > self._stop_scanned_s:
+                return True
         spans = self._clip_stop_hot if stop else self._clip_hot
         return any(a - 0.2 <= at <= b + guard for a, b in spans)
 
@@ -67,19 +73,27 @@ class Speaker:
         runs beside the playback, not before it: it is ~40x faster than real time and a
         wake word takes longer than that to say, so the spans are known before they play."""
         self._clip_hot, self._clip_stop_hot, self._clip_frames = [], [], 0
+        self._stop_scanned_s = 0.0
+        self._clip += 1  # a scan of a clip cut short must not speak for this one
+        clip = self._clip
         aec = self._settings().aec
         if aec.self_wake_guard:
             scan = asyncio.ensure_future(self.stages.hot_spans(pcm, aec.guard_score))
-            scan.add_done_callback(lambda f: self._scanned(f, "_clip_hot"))
+            scan.add_done_callback(lambda f: self._scanned(f, "_clip_hot", clip))
             if self.stop_models:
                 scan = asyncio.ensure_future(
-                    self.stages.hot_spans(pcm, aec.guard_score, self.stop_models)
-                )
-                scan.add_done_callback(lambda f: self._scanned(f, "_clip_stop_hot"))
+                    self.stages.hot_spans(pcm, aec.guard_score, self.stop_models,
+                                          lambda s, t: self._stop_progress(s, t, clip))
+                )  # fmt: skip
+                scan.add_done_callback(lambda f: self._scanned(f, "_clip_stop_hot", clip))
         return await self.sink.play(pcm)
 
-    def _scanned(self, f: asyncio.Future[list[tuple[float, float]]], spans: str) -> None:
-        if not f.cancelled() and f.exception() is None:
+    def _stop_progress(self, spans: list[tuple[float, float]], seconds: float, clip: int) -> None:
+        if clip == self._clip:
+            self._clip_stop_hot, self._stop_scanned_s = spans, seconds
+
+    def _scanned(self, f: asyncio.Future[list[tuple[float, float]]], spans: str, clip: int) -> None:
+        if clip == self._clip and not f.cancelled() and f.exception() is None:
             setattr(self, spans, f.result())
 
     # -- speaking -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,8 +82,7 @@ class Stages:
             check=self._check_wake, fail_found_dead=True,
         )  # fmt: skip
         self.tts_worker: Worker | None = None
-        self._scan_lock = asyncio.Lock()
-        self._guards: dict[tuple[str, ...], Wake] = {}
+        self._guards: dict[tuple[str, ...], tuple[Wake, asyncio.Lock]] = {}
 
     @property
     def tts_name(self) -> str:
@@ -132,20 +132,30 @@ class Stages:
         """The wake word models (or `models`) on what the board is about to play (the
         self-wake guard), made now so the first reply's scan does not wait for them."""
         key = models or self.word_models
-        self._guards[key] = await self.wake(1.0, 0.0, key)
-        await self._guards[key].reset()
+        self._guards[key] = (await self.wake(1.0, 0.0, key), asyncio.Lock())
+        await self._guards[key][0].reset()
 
     async def hot_spans(
-        self, pcm: bytes, guard_score: float, models: tuple[str, ...] = ()
+        self,
+        pcm: bytes,
+        guard_score: float,
+        models: tuple[str, ...] = (),
+        progress: Callable[[list[tuple[float, float]], float], None] | None = None,
     ) -> list[tuple[float, float]]:
         """Where in `pcm` the wake word (or the word of `models`) is said (see
-        `wake.hot_spans`)."""
-        guard = self._guards[models or self.word_models]
+        `wake.hot_spans`). `progress(spans, seconds)` hears after each piece how far the
+        scan has come: a guard can trust nothing past that point yet. Scans of different
+        guards interleave piece by piece on the wake worker."""
+        guard, lock = self._guards[models or self.word_models]
         # The score peaks after the word: a clip that ends on it peaks in the silence after.
         pcm = pcm + b"\0" * 32000
-        async with self._scan_lock:
+        async with lock:
             await guard.reset()
-            scores = await guard.scores(pcm)
+            scores: list[float] = []
+            for i in range(0, len(pcm), _SCAN_PIECE):
+                scores += await guard.scores(pcm[i : i + _SCAN_PIECE])
+                if progress is not None:
+                    progress(hot_spans(scores, guard_score), len(scores) * CHUNK_SAMPLES / 16000)
         return hot_spans(scores, guard_score)
 
     def close(self) -> None:
