@@ -207,6 +207,8 @@ class StatusPage:
             "turns": [],
         }
         if state == "running":
+            view = (await self._op("status"))["status"]["components"]["voice"]
+            out["muted"] = bool((view.get("status") or {}).get("muted"))
             turns = (await self._op("voice.last", VOICE_TURNS))["turns"]
             out["turns"] = [summarise(t) for t in reversed(turns)]  # newest first
         return out

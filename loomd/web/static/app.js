@@ -157,7 +157,8 @@ function renderVoice(v) {
     $("voice-note").textContent = "voice is " + v.state + (v.reason ? " (" + v.reason + ")" : "");
     return;
   }
-  $("voice-note").textContent = v.turns.length ? "ms since the end of speech" : "no interactions yet";
+  $("voice-note").textContent = (v.muted ? "microphone muted; " : "") +
+    (v.turns.length ? "ms since the end of speech" : "no interactions yet");
   for (const turn of v.turns) {
     const div = el("div", "turn");
     const wake = turn.wake ? turn.wake + " (" + turn.wake_score + ")" : "-";
