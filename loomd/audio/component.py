@@ -128,12 +128,15 @@ class VoiceComponent(Component[VoiceSettings]):
             self.pipeline.stop = stop
             self.speaker.stop_models = (s.stop.model,)
         self._wyoming: Any = None
+        self._wyoming_mdns: Any = None
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
 
             svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.threshold,
                                   self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
+            if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way
+                self.spawn(self._announce_wyoming, "wyoming mdns", restart=False, critical=False)
         self.spawn(self.agent.follow_vocabulary, "vocabulary", restart=True)
         self.spawn(self._follow_say, "say", restart=True)
         self.spawn(self._follow_stop, "stop", restart=True)
@@ -143,7 +146,25 @@ class VoiceComponent(Component[VoiceSettings]):
         if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
 
+    async def _announce_wyoming(self) -> None:
+        """`_wyoming._tcp` on mDNS, so Home Assistant's Wyoming integration finds the board
+        (on the address it listens on only); zeroconf comes with loomd[homeassistant]."""
+        w = self.settings.wyoming
+        try:
+            from loomd.homeassistant.mdns import announce_wyoming
+        except ImportError as exc:
+            self.log.warning("[voice.wyoming] mdns: not announced, %s (loomd[homeassistant])", exc)
+            return
+        try:
+            self._wyoming_mdns = await announce_wyoming(
+                f"loomd-{self.ctx.device_id}", w.host, w.port
+            )
+        except Exception as exc:  # a name taken, no multicast on the interface: serve anyway
+            self.ctx.error(ErrorCode.WYOMING_MDNS, f"Wyoming not announced on mDNS: {exc}")
+
     async def stop(self) -> None:
+        if self._wyoming_mdns is not None:
+            await self._wyoming_mdns.stop()
         if self._wyoming is not None:
             await self._wyoming.stop()
         self.board.cancel_turn()

@@ -74,6 +74,7 @@ class WyomingSettings(Section):
     enabled: bool = option(False)
     host: str = option("127.0.0.1", max_len=255)
     port: int = option(10700, min=1, max=65535)
+    mdns: bool = option(True)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     STOP_MISSING = "stop_missing"
     BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
+    WYOMING_MDNS = "wyoming_mdns"
     BAD_VOCABULARY = "bad_vocabulary"
     # the home and the assist
     HOME_FOLLOW = "home_follow"

@@ -1,5 +1,6 @@
 """The board's Wyoming server on mDNS (`_wyoming._tcp`, what HA's Wyoming integration
-discovers): a zeroconf browser on lo finds it, resolves it to the address the server is
+discovers): the voice component announces it (`[voice.wyoming] mdns`, on by default), a
+zeroconf browser on lo finds it, resolves it to the address the server is
 bound to, and a Wyoming client there gets the board's STT/TTS/wake description."""
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ def test_wyoming_browsed_on_loopback(tmp_path: Path, models: Path) -> None:
         from zeroconf import IPVersion, ServiceStateChange
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-        from loomd.homeassistant.mdns import WYOMING, announce_wyoming
+        from loomd.homeassistant.mdns import WYOMING
 
         body = voice_section(models, port)  # [voice.wyoming] on 127.0.0.1:port
         async with board(tmp_path, body, "wy-mdns", ("state", "bus", "voice")):
-            announcer = await announce_wyoming("loomd wy-mdns", "127.0.0.1", port)
             zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
             found: asyncio.Queue[str] = asyncio.Queue()
 
@@ -58,6 +58,5 @@ def test_wyoming_browsed_on_loopback(tmp_path: Path, models: Path) -> None:
             finally:
                 await browser.async_cancel()
                 await zc.async_close()
-                await announcer.stop()
 
     asyncio.run(scenario())
