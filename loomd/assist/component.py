@@ -75,6 +75,7 @@ class AssistComponent(Component[AssistSettings]):
     Settings = AssistSettings
     requires = ("hassil", "home_assistant_intents", "rapidfuzz", "jinja2")
     extra = "assist"
+    apt = "loomd-assist"
     summary = "conversations: local intents (hassil) first, then the model with tools"
 
     matcher: Matcher
