@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import re
 import time
 from collections import deque
@@ -54,6 +55,7 @@ __all__ = ["AssistComponent", "AssistStatus"]
 
 YES = re.compile(r"^(yes|yeah|yep|sure|ok|okay|do it|go ahead|confirm|please do)\b", re.I)
 NO = re.compile(r"^(no|nope|don't|do not|cancel|stop|never ?mind|forget it|abort)\b", re.I)
+RECORDED = 50  # turns kept in the flight recorder (LMDB)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class AssistComponent(Component[AssistSettings]):
         self.convs: dict[str, Conversation] = {}
         self.timers = Timers(self)
         self.counts = {"turns": 0, "local": 0, "llm": 0, "none": 0}
+        self._seq = itertools.count(int(time.time() * 1000))
         self._key: Any = None
         await self._rebuild()
         self.responses = Responses(self.matcher.responses)
@@ -238,7 +241,20 @@ class AssistComponent(Component[AssistSettings]):
         self.counts["turns"] += 1
         self.counts[turn.intent.via] = self.counts.get(turn.intent.via, 0) + 1
         await self.ctx.bus.publish(Topic.ASSIST_TURN, turn.to_payload(), wait=False)
+        await self._record(turn)
         return turn
+
+    async def _record(self, turn: AssistTurn) -> None:
+        """The flight recorder: the last `RECORDED` turns (`assist.last`, the status
+        page), each with its wall-clock time."""
+        try:
+            kv = self.ctx.state.kv("assist")
+            await kv.put(f"turn/{next(self._seq):016d}", {"at": time.time(), **turn.to_payload()})
+            keys = kv.keys("turn/")
+            for old in keys[: max(0, len(keys) - RECORDED)]:
+                await kv.delete(old)
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.RECORDER, f"assist: flight recorder write failed: {exc}")
 
     def _conversation(self, cid: str) -> Conversation:
         now = time.monotonic()
@@ -343,6 +359,7 @@ class AssistComponent(Component[AssistSettings]):
                 ("text", "conversation"),
             ),
             "vocabulary": Command(self._cmd_vocabulary, "the names given to speech to text"),
+            "last": Command(self._cmd_last, "the last N turns (the flight recorder)", ("n",)),
         }
 
     async def _cmd_converse(self, text: Any, conversation: Any = "") -> dict[str, Any]:
@@ -350,6 +367,10 @@ class AssistComponent(Component[AssistSettings]):
             raise LoomdError("assist: give the text")
         turn = await self.converse(AssistRequest(text, conversation_id=str(conversation or "")))
         return turn.to_payload()
+
+    async def _cmd_last(self, n: Any = 5) -> dict[str, Any]:
+        items = self.ctx.state.kv("assist").items("turn/")
+        return {"turns": [v for _, v in items[-max(1, int(n)) :]]}
 
     async def _cmd_vocabulary(self) -> dict[str, Any]:
         return {"words": self.matcher.vocabulary()}
