@@ -15,6 +15,8 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "split-venv"
 PY = Path("/usr/bin/python3")
 SITE = "usr/lib/loomd/lib/python3.11/site-packages"
+PACKAGES = ("loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp", "loomd-assist")
+PACKAGES += ("loomd-homeassistant",)
 
 pytestmark = pytest.mark.skipif(
     subprocess.run([str(PY), "-c", "import pip._vendor.packaging"], check=False).returncode != 0
@@ -133,11 +135,7 @@ def test_what_mcp_shares_with_an_extra_goes_to_the_core(venv: Path) -> None:
     proc = split(venv)
     assert proc.returncode == 0, proc.stderr
     d = venv / "debian"
-    lists = {
-        pkg: set((d / f"{pkg}.venv-dists").read_text().split())
-        for pkg in ("loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp")
-        + ("loomd-assist", "loomd-homeassistant")
-    }
+    lists = {pkg: set((d / f"{pkg}.venv-dists").read_text().split()) for pkg in PACKAGES}
     every = [n for names in lists.values() for n in names]
     assert len(every) == len(set(every)), lists  # each distribution in one package
     assert not lists["loomd-mcp"] & {"idna==1.0", "attrs==1.0", "numpy==1.0"}
@@ -151,11 +149,7 @@ def test_shared_libraries_go_to_the_package_all_their_users_depend_on(venv: Path
     proc = split(venv)
     assert proc.returncode == 0, proc.stderr
     d = venv / "debian"
-    lists = {
-        pkg: set((d / f"{pkg}.venv-dists").read_text().split())
-        for pkg in ("loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp")
-        + ("loomd-assist", "loomd-homeassistant")
-    }
+    lists = {pkg: set((d / f"{pkg}.venv-dists").read_text().split()) for pkg in PACKAGES}
     assert lists["loomd-assist"] == {"hassil==1.0", "yaml==1.0"}
     assert "jinja==1.0" in lists["loomd"]  # assist and llm: only the core is below both
     assert lists["loomd-homeassistant"] == {"esphome==1.0", "zc==1.0"}
