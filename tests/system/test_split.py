@@ -15,8 +15,10 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "split-venv"
 PY = Path("/usr/bin/python3")
 SITE = "usr/lib/loomd/lib/python3.11/site-packages"
-PACKAGES = ("loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp", "loomd-assist")
-PACKAGES += ("loomd-homeassistant",)
+PACKAGES = (
+    "loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp", "loomd-assist",
+    "loomd-homeassistant",
+)  # fmt: skip
 
 pytestmark = pytest.mark.skipif(
     subprocess.run([str(PY), "-c", "import pip._vendor.packaging"], check=False).returncode != 0
