@@ -225,11 +225,10 @@ class Matcher:
             lists = {**base.slot_lists, **self.lists}
             samples = list(sample_intents(base, lists, language=language, expand_ranges=False))
             # Handled intents speech-to-phrase has no templates for (setting a temperature):
-            # HA's own, numbers as `#`, a bounded number of them.
+            # HA's own, numbers as `#`, a bounded number from each template (a bound per
+            # intent took the first templates only: no "set the temperature to # degrees").
             missing = set(HANDLED) - set(data["intents"])
-            samples += sample_intents(self.intents, self.lists, language=language,
-                                      expand_ranges=False, intent_names=missing,
-                                      max_sentences_per_intent=3000)  # fmt: skip
+            samples += _each_template(self.intents, self.lists, missing, language, 300)
             for _intent, text in samples:
                 phrases.add(_numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
         except Exception as exc:  # a template this hassil cannot sample: exact matching only
@@ -422,6 +421,29 @@ def _numbers_out(text: str) -> tuple[str, list[str]]:
 def _strip(words: str) -> str:
     words = words.strip()
     return words[4:] if words.lower().startswith("the ") else words
+
+
+def _each_template(
+    intents: Intents, lists: dict[str, Any], names: set[str], language: str, per: int
+) -> list[tuple[str, str]]:
+    """Up to `per` sentences of every template of the intents `names` (ranges as `#`,
+    wildcard templates left out), so each sentence shape is in the phrase set."""
+    import itertools
+
+    from hassil.sample import sample_sentence
+
+    rules = intents.expansion_rules
+    out: list[tuple[str, str]] = []
+    for name in sorted(names & set(intents.intents)):
+        for block in intents.intents[name].data:
+            local = {**rules, **block.expansion_rules} if block.expansion_rules else rules
+            for template in block.sentences:
+                if any(n in block.wildcard_list_names for n in template.list_names(local)):
+                    continue
+                texts = sample_sentence(template, {**intents.slot_lists, **lists}, local,
+                                        language=language, expand_ranges=False)  # fmt: skip
+                out += [(name, t) for t in itertools.islice(texts, per)]
+    return out
 
 
 def _list_for(schema: Mapping[str, Any]) -> Any:

@@ -194,6 +194,15 @@ def test_numbers_survive_phrase_repair(matcher: Matcher) -> None:
     }
 
 
+def test_every_template_shape_is_a_phrase(matcher: Matcher) -> None:
+    """The temperature templates speech-to-phrase lacks are sampled template by template:
+    the area-less one ("set the temperature to # degrees", the one thermostat) is there."""
+    assert matcher.recognize("At the temperature to 21 degrees.") is None
+    m = matcher.match("At the temperature to 21 degrees.")  # "set", misheard
+    assert m is not None and m.fuzzy and m.intent == "HassClimateSetTemperature", m
+    assert m.slots["temperature"] == 21
+
+
 def test_user_sentence_files(tmp_path: Path) -> None:
     path = tmp_path / "movie.yaml"
     path.write_text(
