@@ -180,7 +180,8 @@ class AssistComponent(Component[AssistSettings]):
             self.spawn(functools.partial(follow, topic), f"follow {topic}", restart=True)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poke.wait(), self.settings.refresh_s)
+                async with asyncio.timeout(self.settings.refresh_s):
+                    await poke.wait()
             poke.clear()
             await self._rebuild()
 

@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     HOME_FOLLOW = "home_follow"
     HOME_BAD_STATE = "home_bad_state"
     HOME_AGENT_DEVICES = "home_agent_devices"
+    HOME_HA_DEVICES = "home_ha_devices"
     ASSIST_SENTENCES = "assist_sentences"
     ASSIST_BAD_REQUEST = "assist_bad_request"
     # bridges
@@ -77,6 +78,7 @@ class ErrorCode(StrEnum):
     MQTT_OUTBOX_FULL = "mqtt_outbox_full"
     MQTT_OUTBOX_EXPIRED = "mqtt_outbox_expired"
     MQTT_BUS_REFUSED = "mqtt_bus_refused"
+    MQTT_COMMAND_FAILED = "mqtt_command_failed"  # a command from HA its capability refused
     PEERS_REFUSED = "peers_refused"
 
 

@@ -26,6 +26,7 @@ from loomd.web.sse import KEEPALIVE_S, WRITE_STALL_S, EventStream, summarise
 
 if TYPE_CHECKING:
     from loomd.component import Context
+    from loomd.web.server import Receive, Send
 
 __all__ = ["MODES", "StatusPage", "allowed"]
 
@@ -253,9 +254,9 @@ class StatusPage:
         )
         self.streams.add(stream)  # counted now: the cap holds even before it subscribes
 
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def run(receive: Receive, send: Send) -> None:
             try:
-                await stream(reader, writer)
+                await stream(receive, send)
             finally:
                 self.streams.discard(stream)
 
