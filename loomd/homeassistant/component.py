@@ -48,6 +48,7 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
     Settings = HomeAssistantSettings
     requires = ("aioesphomeapi", "zeroconf", "aiohttp")
     extra = "homeassistant"
+    apt = "loomd-homeassistant"
     summary = "Home Assistant voice satellite over the ESPHome native API (mDNS, Noise)"
 
     async def start(self) -> None:

@@ -441,3 +441,22 @@ def test_a_frame_is_one_line_of_json_whatever_the_payload() -> None:
     assert p["7"] == "a non-string key"
     cut = json.loads(event_frame(Event.create("d", wide)).split(b"\n")[1][6:])["payload"]
     assert isinstance(cut, str) and cut.endswith(" chars)")
+
+
+def test_assist_turns_show_text_intent_actions_reply_and_ms(make_daemon: Any) -> None:
+    pytest.importorskip("hassil")
+    d = make_daemon(llm=False, extra="[assist]\nenabled = true\nllm = false\n")
+    wait_until(
+        lambda: get_json(d.port, "/api/assist")["state"] == "running", what="the assist to run"
+    )
+    assert get_json(d.port, "/api/assist")["turns"] == []
+    for text in ("what time is it", "turn on the <b>garage</b> light"):
+        r = loomctl(d, "assist", text, "--json", timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    turns = get_json(d.port, "/api/assist")["turns"]
+    newest, older = turns[0], turns[1]  # newest first, as the flight recorder kept them
+    assert older["transcript"] == "what time is it" and older["reply"]
+    assert older["intent"]["name"] == "HassGetCurrentTime" and older["intent"]["via"] == "local"
+    assert older["timings"]["total"] >= 0 and older["at"] <= time.time()
+    assert newest["transcript"] == "turn on the <b>garage</b> light"  # data, shown as text
+    assert newest["actions"] == [] and newest["intent"]["via"] == "none"
