@@ -39,6 +39,9 @@ class CoreOps:
     def refuse(self, quota: str) -> None:
         raise NotImplementedError
 
+    def check_subscribe(self, session: Session, pattern: str) -> None:
+        raise NotImplementedError
+
     def mark_dirty(self, sub: Subscriber) -> None:
         raise NotImplementedError
 
@@ -94,6 +97,7 @@ class CoreOps:
             raise ProtocolError(
                 "malformed control message", f"'max_age_ms' must be an int in 1..{MAX_AGE_MS}"
             )
+        self.check_subscribe(session, pattern)
         old = session.subs.pop(csid, None)
         if old is not None:
             self._drop_sub(session, old)

@@ -20,6 +20,8 @@ from typing import Any
 import zmq
 
 from loomd.bus import wire
+from loomd.bus.access import AccessOps, identify
+from loomd.bus.acl import CALLER, Acl
 from loomd.bus.broker import Broker
 from loomd.bus.conns import ConnectionGuard, CurveSetup
 from loomd.bus.envelope import Event, QoS, check_header, peek_qos
@@ -27,7 +29,7 @@ from loomd.bus.ops import CoreOps
 from loomd.bus.session import Session
 from loomd.bus.subscriber import Subscriber
 from loomd.bus.topics import validate_topic
-from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
+from loomd.bus.zmqio import readable, recv_message, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
 from loomd.messages import ErrorCode
 
@@ -51,7 +53,7 @@ FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its tur
 ControlHandler = Callable[[Session | None, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class BusServer(CoreOps):
+class BusServer(AccessOps, CoreOps):
     def __init__(
         self,
         broker: Broker,
@@ -68,8 +70,11 @@ class BusServer(CoreOps):
         curve: CurveSetup | None = None,
         control: ControlHandler | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        acl: Acl | None = None,
     ) -> None:
         self.broker = broker
+        self.acl = acl or Acl()
+        self._unix: set[int] = set()  # id() of the ipc sockets: peers have credentials
         self.endpoints = endpoints
         self.max_frame_bytes = max_frame_bytes
         self.socket_mode = socket_mode
@@ -148,6 +153,7 @@ class BusServer(CoreOps):
             path = Path(ep[len("ipc://") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             sock.bind(ep)
+            self._unix.add(id(sock))
             os.chmod(path, self.socket_mode)
             self._ipc_paths.append(path)
         else:
@@ -193,10 +199,10 @@ class BusServer(CoreOps):
             budget = PUMP_BYTES
             for _ in range(BATCH):
                 try:
-                    frames = recv_frames(sock)
+                    frames, first = recv_message(sock)
                 except zmq.Again:
                     break
-                self._handle(sock, frames)
+                self._handle(sock, frames, first)
                 budget -= len(frames[-1])
                 if budget <= 0:
                     break
@@ -206,11 +212,11 @@ class BusServer(CoreOps):
                 self._schedule()
                 break
 
-    def _handle(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _handle(self, sock: zmq.Socket[bytes], frames: list[bytes], first: Any = None) -> None:
         ident = frames[0]
         session = self.sessions.get(ident)
         if session is None:
-            session = self._new_session(sock, ident)
+            session = self._new_session(sock, ident, first)
             if session is None:
                 return
         session.last_seen = time.monotonic()
@@ -241,7 +247,7 @@ class BusServer(CoreOps):
         except ProtocolError as exc:
             self._reject(session, exc)
 
-    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes) -> Session | None:
+    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes, first: Any) -> Session | None:
         if not ident or ident[0] != 0:
             # libzmq's own ids start with a zero byte and a client cannot choose one that
             # does: so a client-chosen id (which another client could squat) is refused.
@@ -271,7 +277,11 @@ class BusServer(CoreOps):
                 },
             )
             return None
-        session = self.sessions[ident] = Session(self, sock, ident, next(self._numbers))
+        curve = self.curve.names if self.curve is not None else None
+        identity = identify(first, id(sock) in self._unix, curve)
+        number = next(self._numbers)
+        session = Session(self, sock, ident, number, self.acl.caller(identity))
+        self.sessions[ident] = session
         return session
 
     def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
@@ -335,8 +345,13 @@ class BusServer(CoreOps):
         except UnicodeDecodeError as exc:
             raise ProtocolError("invalid topic", "not UTF-8") from exc
         validate_topic(topic)
+        grants = session.caller.grants
+        if not grants.everything and not grants.may_publish(topic):
+            self.forbid_event(session, topic, header)
+            return
         hdr = check_header(header)
         ev = Event.received(topic, topic_b, header, body, hdr, data)
+        ev.caller = session.caller
         if hdr.get("qos", QoS.RELIABLE) == QoS.RELIABLE:
             if not session.greeted:
                 # Acks count publishes from the client's hello on. A client we do not know
@@ -361,7 +376,8 @@ class BusServer(CoreOps):
                 if rid is not None:
                     self._reply(session, {"rid": rid, "ok": True, **result})
             elif self.control is not None:
-                self._spawn(self._run_control(session, msg))
+                if self.check_control(session, op, rid):
+                    self._spawn(self._run_control(session, msg))
             else:
                 raise LoomdError(f"unknown op {op!r}")
         except ProtocolError as exc:
@@ -372,6 +388,7 @@ class BusServer(CoreOps):
     async def _run_control(self, session: Session, msg: dict[str, Any]) -> None:
         assert self.control is not None
         rid = msg.get("rid")
+        CALLER.set(session.caller)  # this task's own context: commands see who asks
         try:
             result = await self.control(session, msg)
             reply = {"rid": rid, "ok": True, **result}
@@ -410,6 +427,12 @@ class BusServer(CoreOps):
         lost = sum(n for r, n in sub.stats.dropped.items() if r == "evicted")
         self._reply(session, {"op": "evicted", "sid": csid, "reason": reason, "lost": lost})
         self._schedule()  # sent from a broker timer too: the send can swallow the fd's edge
+
+    def unsubscribe_forbidden(self, session: Session, csid: int) -> None:
+        sub = session.subs.pop(csid, None)
+        if sub is not None:
+            self._drop_sub(session, sub)
+            self._reply(session, {"op": "evicted", "sid": csid, "reason": "forbidden", "lost": 0})
 
     def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
+from loomd.bus.acl import AclRule
 from loomd.bus.envelope import QOS_CLASSES
 from loomd.bus.topics import matches, validate_pattern
 from loomd.config import (
@@ -96,6 +97,12 @@ class BusSettings(Section):
         expected="a table of topic pattern = " + "|".join(QOS_CLASSES),
         reload=True,
     )
+
+    # Who may do what (docs/design/acl.md): `[[acl]]` tables at the top of the file land
+    # here; `acl_dir` ("" = acl.d/ beside the config file) adds one file of them per
+    # application. Both reload on SIGHUP; the folder is also re-read when it changes.
+    acl: tuple[AclRule, ...] = option(factory=tuple, reload=True)
+    acl_dir: str = option("", reload=True)
 
     @property
     def pending_bytes(self) -> int:

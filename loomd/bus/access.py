@@ -1,0 +1,107 @@
+"""The bus server's door: a new session gets its identity from the transport (never from
+the client), its grants from the ACL in force, and a refusal is one clear answer.
+
+Mixed into `BusServer`, like `CoreOps`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+
+from loomd.bus.acl import Acl, Caller, Forbidden
+from loomd.bus.broker import Broker
+from loomd.bus.envelope import QoS, peek_qos
+from loomd.bus.identity import Identity, IdentityKind
+from loomd.bus.session import Session
+from loomd.bus.topics import validate_pattern
+from loomd.messages import ErrorCode
+
+__all__ = ["AccessOps", "identify"]
+
+log = logging.getLogger(__name__)
+
+
+def identify(frame: Any, unix: bool, curve_names: dict[str, str] | None) -> Identity:
+    """The identity of the peer that sent `frame` (a `zmq.Frame` with libzmq's metadata).
+
+    On the unix socket libzmq appends `:uid:gid:pid` from SO_PEERCRED to `Peer-Address`;
+    over Curve the ZAP handler's answer is the frame's `User-Id` (the key's file name)."""
+    if unix:
+        try:
+            parts = str(frame.get("Peer-Address")).rsplit(":", 3)
+            return Identity.unix(int(parts[1]), int(parts[2]))
+        except (zmq.ZMQError, ValueError, IndexError):
+            log.warning("no peer credentials on a unix connection: treated as nobody")
+            return Identity(IdentityKind.ANONYMOUS, "unix-unknown")
+    if curve_names is not None:
+        try:
+            user = str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            user = ""
+        return Identity(IdentityKind.CURVE, curve_names.get(user, user) or "unknown")
+    try:
+        addr = str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        addr = "?"
+    return Identity(IdentityKind.ANONYMOUS, f"tcp:{addr}")
+
+
+class AccessOps:
+    """`acl`, `caller_for`, `forbid`; `BusServer` sets `acl` and `broker`."""
+
+    acl: Acl
+    broker: Broker
+    sessions: dict[bytes, Session]
+    refused: dict[str, int]
+
+    def _reply(self, session: Session, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def set_acl(self, acl: Acl) -> None:
+        """New rules: every live session gets its grants again at once (the next publish,
+        subscribe or call is judged by them; existing subscriptions the new rules no longer
+        allow are closed)."""
+        self.acl = acl
+        for session in list(self.sessions.values()):
+            session.caller = acl.caller(session.caller.identity)
+            for csid, sub in list(session.subs.items()):
+                if not session.caller.grants.may_subscribe(sub.pattern):
+                    self.unsubscribe_forbidden(session, csid)
+
+    def unsubscribe_forbidden(self, session: Session, csid: int) -> None:
+        raise NotImplementedError
+
+    def caller_for(self, identity: Identity) -> Caller:
+        return self.acl.caller(identity)
+
+    def forbid(self, session: Session, what: str, rid: Any = None, *, reply: bool = True) -> None:
+        """Count it, say so on `loomd.error` (rate limited) and answer the client."""
+        self.refused["forbidden"] = self.refused.get("forbidden", 0) + 1
+        text = f"{session.caller.label} ({session.label}) may not {what}"
+        self.broker.error(ErrorCode.FORBIDDEN, text, client=session.label)
+        log.debug("%s", text)
+        if reply:
+            self._reply(session, {"rid": rid, "ok": False, "code": "forbidden", "error": text})
+
+    def forbid_event(self, session: Session, topic: str, header: bytes) -> None:
+        """A publish no rule allows: refused whole; a reliable one fails its ack too, so
+        the publisher's `publish()` raises and the acks after it stay in step."""
+        self.forbid(session, f"publish on {topic!r}")
+        if session.greeted and peek_qos(header) == QoS.RELIABLE:
+            session.ack_callback()("forbidden")
+
+    def check_control(self, session: Session, op: str, rid: Any) -> bool:
+        if op in ("status", "commands") or session.caller.grants.may_control(op):
+            return True
+        self.forbid(session, f"run {op!r}", rid)
+        return False
+
+    def check_subscribe(self, session: Session, pattern: Any) -> None:
+        if not isinstance(pattern, str):
+            return  # the op's own check answers that
+        validate_pattern(pattern)
+        if not session.caller.grants.may_subscribe(pattern):
+            self.forbid(session, f"subscribe to {pattern!r}", reply=False)
+            raise Forbidden(f"{session.caller.label} may not subscribe to {pattern!r}")
