@@ -185,8 +185,11 @@ class CapabilityService:
             else:
                 timeout = call.timeout or self.settings().call_timeout_s
                 r = await self.broker.call(
-                    call.cap, call.params, timeout=timeout, idempotency_key=call.key
-                )
+                    call.cap, call.params, timeout=timeout, idempotency_key=call.key,
+                    caller=req.caller,
+                )  # fmt: skip
+                if r.code == CapCode.FORBIDDEN:
+                    self._report(ErrorCode.FORBIDDEN, r.error, {"capability": call.cap})
         if req.reply_to:
             await self.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 

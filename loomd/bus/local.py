@@ -41,6 +41,10 @@ class LocalBus:
         # looked up each time (a dict hit): a reloaded ACL applies at once
         return self.broker.acl.caller(self.identity, self.manifest)
 
+    def caller_or_none(self) -> Caller | None:
+        """For checks elsewhere (the action broker): None when nothing limits this part."""
+        return None if self._trusted else self.caller
+
     def _forbid(self, what: str) -> None:
         text = f"{self.identity.label} may not {what}"
         self.broker.error(ErrorCode.FORBIDDEN, text, client=self.identity.label)
