@@ -70,7 +70,8 @@ def manifest_of(agent: Any, agent_id: str) -> Manifest:
     ACL rules in force that is what it may do (plus what rules naming `plugin:<id>` grant)."""
     return Manifest(
         subscribe=(*getattr(agent, "topics", ()), f"agent.{agent_id}.inbox"),
-        publish=tuple(getattr(agent, "publishes", ())),
+        # its lifecycle events, which the runtime publishes on its behalf
+        publish=(*getattr(agent, "publishes", ()), "loomd.agent.up", "loomd.agent.down"),
         call=tuple(getattr(agent, "calls", ())),
         state=(f"agent.{agent_id}",),
     )

@@ -79,7 +79,7 @@ class AccessOps:
     def forbid(self, session: Session, what: str, rid: Any = None, *, reply: bool = True) -> None:
         """Count it, say so on `loomd.error` (rate limited) and answer the client."""
         self.refused["forbidden"] = self.refused.get("forbidden", 0) + 1
-        text = f"{session.caller.label} ({session.label}) may not {what}"
+        text = f"forbidden: {session.caller.label} ({session.label}) may not {what}"
         self.broker.error(ErrorCode.FORBIDDEN, text, client=session.label)
         log.debug("%s", text)
         if reply:
@@ -104,4 +104,4 @@ class AccessOps:
         validate_pattern(pattern)
         if not session.caller.grants.may_subscribe(pattern):
             self.forbid(session, f"subscribe to {pattern!r}", reply=False)
-            raise Forbidden(f"{session.caller.label} may not subscribe to {pattern!r}")
+            raise Forbidden(f"forbidden: {session.caller.label} may not subscribe to {pattern!r}")

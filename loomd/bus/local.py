@@ -46,7 +46,7 @@ class LocalBus:
         return None if self._trusted else self.caller
 
     def _forbid(self, what: str) -> None:
-        text = f"{self.identity.label} may not {what}"
+        text = f"forbidden: {self.identity.label} may not {what}"
         self.broker.error(ErrorCode.FORBIDDEN, text, client=self.identity.label)
         raise Forbidden(text)
 
