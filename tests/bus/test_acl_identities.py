@@ -37,12 +37,12 @@ from loomd.errors import CallError, LoomdError
 RUNS = {"lock": 0, "private": 0}
 
 
-@capability("demo.echo")
+@capability("demo.echo", sentences=["echo the demo"])
 def echo(text: str = "") -> str:
     return text
 
 
-@capability("demo.lock", sensitive=True)
+@capability("demo.lock", sensitive=True, sentences=["lock the demo"])
 def lock() -> str:
     RUNS["lock"] += 1
     return "locked"
@@ -94,7 +94,7 @@ publish = ["sensor.#"]
 subscribe = ["sensor.#"]
 call = ["demo.*"]
 state = ["guest"]
-control = ["state.*", "mcp.expose", "agents.call"]
+control = ["state.*", "mcp.expose", "agents.call", "assist.converse"]
 
 [[acl]]
 identity = ["curve:laptop"]
@@ -133,6 +133,8 @@ async def main():
         await attempt("state user", bus.call("state.put", args=["k", 1], ns="user"))
         await attempt("agents.stop", bus.call("agents.stop", args=["demo"]))
         out["agents.call"] = (await bus.call("agents.call", args=["demo.lock"]))["code"]
+        turn = await bus.call("assist.converse", args=["lock the demo"])
+        out["assist"] = [a["code"] for a in turn["actions"]]
         st = (await bus.status())["status"]["components"]["bus"]["status"]
         out["you"] = st["you"]
         out["clients"] = sorted(st["clients"])
@@ -235,6 +237,11 @@ def test_unix_peer_of_another_uid(short_tmp: Path) -> None:
                 await actions.ready()
                 await errors.ready()
                 await _plugins_up(root)
+                for _ in range(100):  # the assist reads the catalogue on caps.changed
+                    turn = await root.call("assist.converse", args=["echo the demo"])
+                    if turn["actions"]:
+                        break
+                    await asyncio.sleep(0.1)
                 me = (await root.status())["status"]["components"]["bus"]["status"]
                 assert me["you"].startswith("unix:root(0)")
                 out = await asyncio.to_thread(_guest, d)
@@ -248,6 +255,8 @@ def test_unix_peer_of_another_uid(short_tmp: Path) -> None:
                 assert out["state guest"] == "ok" and out["state user"] == "forbidden"
                 assert out["agents.stop"] == "forbidden"
                 assert out["agents.call"] == "forbidden"  # the op is allowed, the call is not
+                # the assist acts for the turn's identity: the spoken lock is refused
+                assert out["assist"] == ["forbidden"]
                 # other clients' labels only to root
                 assert out["clients"] == [c for c in out["clients"] if c.startswith("guest#")]
                 assert "root-watch" not in " ".join(out["owners"])
@@ -277,9 +286,9 @@ def test_unix_peer_of_another_uid(short_tmp: Path) -> None:
                 out = await asyncio.to_thread(_guest, d, "demo.lock,demo.private")
                 assert out["call demo.lock"] == "ok"
                 assert out["call demo.private"] == "forbidden"
-                assert out["agents.call"] == "ok"
-                # root's one, and the guest's two (caps.invoke, agents.call)
-                assert (await _call(root, "demo.runs")).value == {"lock": 3, "private": 0}
+                assert out["agents.call"] == "ok" and out["assist"] == ["ok"]
+                # root's one, and the guest's three (caps.invoke, agents.call, the assist)
+                assert (await _call(root, "demo.runs")).value == {"lock": 4, "private": 0}
 
         uvloop.run(main())
     finally:
