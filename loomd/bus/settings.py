@@ -11,11 +11,13 @@ from loomd.bus.acl import AclRule
 from loomd.bus.envelope import QOS_CLASSES
 from loomd.bus.topics import matches, validate_pattern
 from loomd.config import (
+    DIR_TEXT,
     IP_TEXT,
     MODE_TEXT,
     SOCKET_TEXT,
     Problem,
     Section,
+    is_abs_or_auto,
     is_ip,
     is_octal_mode,
     is_socket_path,
@@ -102,7 +104,7 @@ class BusSettings(Section):
     # here; `acl_dir` ("" = acl.d/ beside the config file) adds one file of them per
     # application. Both reload on SIGHUP; the folder is also re-read when it changes.
     acl: tuple[AclRule, ...] = option(factory=tuple, reload=True)
-    acl_dir: str = option("", reload=True)
+    acl_dir: str = option("", valid=is_abs_or_auto, expected=DIR_TEXT, reload=True)
 
     @property
     def pending_bytes(self) -> int:
