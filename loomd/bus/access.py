@@ -1,24 +1,29 @@
 """The bus server's door: a new session gets its identity from the transport (never from
-the client), its grants from the ACL in force, and a refusal is one clear answer.
+the client), its grants from the ACL in force, and a refusal (forbidden, or a bad frame)
+is one clear answer.
 
 Mixed into `BusServer`, like `CoreOps`."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 from typing import Any
 
 import zmq
 
+from loomd.bus import wire
 from loomd.bus.acl import Acl, Caller, Forbidden
 from loomd.bus.broker import Broker
 from loomd.bus.envelope import QoS, peek_qos
 from loomd.bus.identity import Identity, IdentityKind
 from loomd.bus.session import Session
 from loomd.bus.topics import validate_pattern
+from loomd.errors import ProtocolError
 from loomd.messages import ErrorCode
 
-__all__ = ["AccessOps", "identify"]
+__all__ = ["AccessOps", "identify", "peer_of", "seed_routing_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,37 @@ def identify(frame: Any, unix: bool, curve_names: dict[str, str] | None) -> Iden
     return Identity(IdentityKind.ANONYMOUS, f"tcp:{addr}")
 
 
+def peer_of(frame: Any) -> str:
+    """What ties a session to its connection: `Peer-Address` (with `:uid:gid:pid` on the
+    unix socket) and, over Curve, the key (`User-Id`)."""
+    if frame is None:
+        return ""
+    out = []
+    for prop in ("Peer-Address", "User-Id"):
+        try:
+            out.append(str(frame.get(prop)))
+        except zmq.ZMQError:
+            out.append("")
+    return "|".join(out)
+
+
+def seed_routing_ids() -> None:
+    """libzmq numbers a ROUTER's peers from C `rand()`, which nothing seeds: the ids were
+    the same in every run, so a client could predict (and take) the next ones. Seeded from
+    the kernel's random source before any ROUTER exists, the start is unguessable."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    except (OSError, AttributeError) as exc:
+        log.warning("could not seed routing ids (they stay predictable): %s", exc)
+
+
 class AccessOps:
     """`acl`, `caller_for`, `forbid`; `BusServer` sets `acl` and `broker`."""
 
     acl: Acl
     broker: Broker
+    max_frame_bytes: int
     sessions: dict[bytes, Session]
     refused: dict[str, int]
 
@@ -72,6 +103,18 @@ class AccessOps:
 
     def unsubscribe_forbidden(self, session: Session, csid: int) -> None:
         raise NotImplementedError
+
+    def same_peer(self, session: Session, frame: Any) -> bool:
+        """False (and the frame refused) when another connection presents this session's
+        routing id: it gets neither the session's subscriptions nor its grants."""
+        if frame is None or not session.peer or peer_of(frame) == session.peer:
+            return True
+        self.refused["session_peer"] = self.refused.get("session_peer", 0) + 1
+        self.broker.count_rejected("session taken over")
+        self.broker.error(ErrorCode.PROTOCOL, f"a connection presented {session.label}'s id")
+        why = "this routing id belongs to another connection"
+        self._reply(session, {"rid": None, "ok": False, "code": "protocol", "error": why})
+        return False
 
     def caller_for(self, identity: Identity) -> Caller:
         return self.acl.caller(identity)
@@ -105,3 +148,43 @@ class AccessOps:
         if not session.caller.grants.may_subscribe(pattern):
             self.forbid(session, f"subscribe to {pattern!r}", reply=False)
             raise Forbidden(f"forbidden: {session.caller.label} may not subscribe to {pattern!r}")
+
+    # -- refusals of bad frames ---------------------------------------------------------------
+    def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
+        self.broker.count_rejected(exc.reason)
+        self.broker.error(ErrorCode.PROTOCOL, str(exc), client=session.label)
+        log.debug("rejected frame from %s: %s", session.label, exc)
+        self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
+
+    def _too_large(self, session: Session, data: bytes) -> None:
+        exc = ProtocolError(
+            "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
+        )
+        kind = data[0]
+        if kind == wire.EVENT:
+            self._reject_event(session, data, exc)
+        elif kind == wire.BATCH and session.greeted:
+            # keep the ack count in step: each reliable event in it is refused on its own
+            try:
+                items = wire.unpack_batch(data)
+            except ProtocolError:
+                items = []
+            for item in items:
+                if item[0] == wire.EVENT:
+                    self._reject_event(session, item, exc)
+        else:
+            self._reject(session, exc)
+
+    def _reject_event(self, session: Session, data: bytes, exc: ProtocolError) -> None:
+        """A refused event. If it asked to be reliable it still takes its place in the
+        client's ack count, as an error: so the publish that caused it fails, and the acks
+        of the ones after it stay in step (an ack must only ever mean durable)."""
+        self._reject(session, exc)
+        if not session.greeted:
+            return
+        try:
+            header = wire.unpack_event(data)[1]
+        except ProtocolError:
+            return
+        if peek_qos(header) == QoS.RELIABLE:
+            session.ack_callback()(exc.reason.replace(" ", "_"))

@@ -20,11 +20,11 @@ from typing import Any
 import zmq
 
 from loomd.bus import wire
-from loomd.bus.access import AccessOps, identify
+from loomd.bus.access import AccessOps, identify, peer_of, seed_routing_ids
 from loomd.bus.acl import CALLER, Acl
 from loomd.bus.broker import Broker
 from loomd.bus.conns import ConnectionGuard, CurveSetup
-from loomd.bus.envelope import Event, QoS, check_header, peek_qos
+from loomd.bus.envelope import Event, QoS, check_header
 from loomd.bus.ops import CoreOps
 from loomd.bus.session import Session
 from loomd.bus.subscriber import Subscriber
@@ -49,6 +49,7 @@ RETRY_MIN_S = 0.002
 RETRY_MAX_S = 0.1
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
 FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
+PEER_CHECK_GAP_S = 0.05  # an event frame after this much silence has its peer checked
 
 ControlHandler = Callable[[Session | None, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -112,6 +113,7 @@ class BusServer(AccessOps, CoreOps):
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> BusServer:
+        seed_routing_ids()
         try:
             for ep in self.endpoints:
                 self._bind(ep)
@@ -219,6 +221,15 @@ class BusServer(AccessOps, CoreOps):
             session = self._new_session(sock, ident, first)
             if session is None:
                 return
+        else:
+            now = time.monotonic()
+            data = frames[-1]
+            # A vanished client's routing id presented again by someone else: the peer
+            # (pid on the unix socket, key over Curve) must be the one that opened it.
+            # Checked on control frames and after a silence (a flood pays nothing).
+            gap = now - session.last_seen > PEER_CHECK_GAP_S
+            if (gap or (data and data[0] == wire.CONTROL)) and not self.same_peer(session, first):
+                return
         session.last_seen = time.monotonic()
         if session.retry_s:  # it talks, so it reads: try its pipe again now
             session.retry_s = session.blocked_until = 0.0
@@ -281,47 +292,9 @@ class BusServer(AccessOps, CoreOps):
         identity = identify(first, id(sock) in self._unix, curve)
         number = next(self._numbers)
         session = Session(self, sock, ident, number, self.acl.caller(identity))
+        session.peer = peer_of(first)
         self.sessions[ident] = session
         return session
-
-    def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
-        self.broker.count_rejected(exc.reason)
-        self.broker.error(ErrorCode.PROTOCOL, str(exc), client=session.label)
-        log.debug("rejected frame from %s: %s", session.label, exc)
-        self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
-
-    def _too_large(self, session: Session, data: bytes) -> None:
-        exc = ProtocolError(
-            "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
-        )
-        kind = data[0]
-        if kind == wire.EVENT:
-            self._reject_event(session, data, exc)
-        elif kind == wire.BATCH and session.greeted:
-            # keep the ack count in step: each reliable event in it is refused on its own
-            try:
-                items = wire.unpack_batch(data)
-            except ProtocolError:
-                items = []
-            for item in items:
-                if item[0] == wire.EVENT:
-                    self._reject_event(session, item, exc)
-        else:
-            self._reject(session, exc)
-
-    def _reject_event(self, session: Session, data: bytes, exc: ProtocolError) -> None:
-        """A refused event. If it asked to be reliable it still takes its place in the
-        client's ack count, as an error: so the publish that caused it fails, and the acks
-        of the ones after it stay in step (an ack must only ever mean durable)."""
-        self._reject(session, exc)
-        if not session.greeted:
-            return
-        try:
-            header = wire.unpack_event(data)[1]
-        except ProtocolError:
-            return
-        if peek_qos(header) == QoS.RELIABLE:
-            session.ack_callback()(exc.reason.replace(" ", "_"))
 
     def _on_batch(self, session: Session, data: bytes) -> None:
         for item in wire.unpack_batch(data):

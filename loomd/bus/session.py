@@ -41,6 +41,7 @@ class Session:
     ) -> None:
         self.server = server
         self.caller = caller  # who it is (from the transport) and what it may do
+        self.peer = ""  # the connection's Peer-Address (+ Curve key): `access.peer_of`
         self.sock = sock
         self.ident = ident  # assigned by libzmq per connection (clients may not choose one)
         self.number = number  # what status shows instead of the routing id
