@@ -23,7 +23,7 @@ from loomd.bus.topics import validate_pattern
 from loomd.errors import ProtocolError
 from loomd.messages import ErrorCode
 
-__all__ = ["AccessOps", "identify", "peer_of", "seed_routing_ids"]
+__all__ = ["AccessOps", "IdentityQuota", "identify", "peer_of", "seed_routing_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,56 @@ def seed_routing_ids() -> None:
         libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
     except (OSError, AttributeError) as exc:
         log.warning("could not seed routing ids (they stay predictable): %s", exc)
+
+
+class IdentityQuota:
+    """Quotas per identity, not per client: 250 clients of one uid, each within its own
+    256 subscriptions, held 64k (+259 MB). Superusers are not counted (the attacker is a
+    local client without rights; root can stop the daemon anyway)."""
+
+    def __init__(self, max_sessions: int, max_subs: int) -> None:
+        self.max_sessions = max_sessions
+        self.max_subs = max_subs
+        self.sessions: dict[Identity, int] = {}
+        self.subs: dict[Identity, int] = {}
+
+    def session_refused(self, who: Identity) -> str:
+        """Why a new session of `who` is refused ("" if it is not); counts it if not."""
+        if who.superuser:
+            return ""
+        n = self.sessions.get(who, 0)
+        if n >= self.max_sessions:
+            return f"too many clients of {who.label}: {n} (bus.max_clients_per_uid)"
+        self.sessions[who] = n + 1
+        return ""
+
+    def session_dropped(self, who: Identity) -> None:
+        _down(self.sessions, who)
+
+    def sub_refused(self, who: Identity) -> str:
+        n = self.subs.get(who, 0)
+        if who.superuser or n < self.max_subs:
+            return ""
+        return (
+            f"subscription quota of {who.label} reached: {n} across its clients "
+            f"(bus.max_subscriptions_per_identity = {self.max_subs})"
+        )
+
+    def sub_added(self, who: Identity) -> None:
+        if not who.superuser:
+            self.subs[who] = self.subs.get(who, 0) + 1
+
+    def sub_dropped(self, who: Identity) -> None:
+        if not who.superuser:
+            _down(self.subs, who)
+
+
+def _down(counts: dict[Identity, int], who: Identity) -> None:
+    n = counts.get(who, 0) - 1
+    if n > 0:
+        counts[who] = n
+    else:
+        counts.pop(who, None)
 
 
 class AccessOps:

@@ -145,6 +145,7 @@ class BusComponent(Component[BusSettings]):
             max_subscriptions=s.max_subscriptions,
             max_clients=max_clients,
             max_clients_per_uid=min(s.max_clients_per_uid, max_clients),
+            max_subscriptions_per_identity=s.max_subscriptions_per_identity,
             pending_bytes=s.pending_bytes,
             curve=self.curve,
             control=self.ctx.services.control,
@@ -194,6 +195,7 @@ class BusComponent(Component[BusSettings]):
             srv = self.server
             srv.client_timeout_s = new.client_timeout_s
             srv.max_subscriptions = new.max_subscriptions
+            srv.quota.max_subs = new.max_subscriptions_per_identity
             srv.pending_bytes = new.pending_bytes  # new sessions; live ones keep theirs
         return []
 
@@ -316,6 +318,7 @@ class BusComponent(Component[BusSettings]):
                 "max_clients": srv.conns.max_clients,
                 "max_clients_per_uid": srv.conns.max_per_uid,
                 "max_subscriptions": srv.max_subscriptions,
+                "max_subscriptions_per_identity": srv.quota.max_subs,
                 "client_pending_bytes": srv.pending_bytes,
                 "max_frame_bytes": srv.max_frame_bytes,
                 "slow_consumer_ms": self.settings.slow_consumer_ms,

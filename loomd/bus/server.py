@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from loomd.bus import wire
-from loomd.bus.access import AccessOps, identify, peer_of, seed_routing_ids
+from loomd.bus.access import AccessOps, IdentityQuota, identify, peer_of, seed_routing_ids
 from loomd.bus.acl import CALLER, Acl
 from loomd.bus.broker import Broker
 from loomd.bus.conns import ConnectionGuard, CurveSetup
@@ -67,6 +67,7 @@ class BusServer(AccessOps, CoreOps):
         max_subscriptions: int = 256,
         max_clients: int = 1000,
         max_clients_per_uid: int = 256,
+        max_subscriptions_per_identity: int = 1024,
         pending_bytes: int = 16 << 20,
         curve: CurveSetup | None = None,
         control: ControlHandler | None = None,
@@ -75,6 +76,7 @@ class BusServer(AccessOps, CoreOps):
     ) -> None:
         self.broker = broker
         self.acl = acl or Acl()
+        self.quota = IdentityQuota(max_clients_per_uid, max_subscriptions_per_identity)
         self._unix: set[int] = set()  # id() of the ipc sockets: peers have credentials
         self.endpoints = endpoints
         self.max_frame_bytes = max_frame_bytes
@@ -290,6 +292,11 @@ class BusServer(AccessOps, CoreOps):
             return None
         curve = self.curve.names if self.curve is not None else None
         identity = identify(first, id(sock) in self._unix, curve)
+        too_many = self.quota.session_refused(identity)
+        if too_many:
+            self.refuse("clients_per_identity")
+            self._send(sock, ident, {"rid": None, "ok": False, "code": "quota", "error": too_many})
+            return None
         number = next(self._numbers)
         session = Session(self, sock, ident, number, self.acl.caller(identity))
         session.peer = peer_of(first)
@@ -409,7 +416,8 @@ class BusServer(AccessOps, CoreOps):
 
     def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)
-        self._sub_session.pop(sub.sid, None)
+        if self._sub_session.pop(sub.sid, None) is not None:
+            self.quota.sub_dropped(session.caller.identity)
         self._dirty.discard(sub)
         for d in (session.sent, session.acked, session.windows):
             d.pop(sub.sid, None)
@@ -421,7 +429,8 @@ class BusServer(AccessOps, CoreOps):
         for sub in list(session.subs.values()):
             self._drop_sub(session, sub)
         session.subs.clear()
-        self.sessions.pop(session.ident, None)
+        if self.sessions.pop(session.ident, None) is session:
+            self.quota.session_dropped(session.caller.identity)
         self._ack_dirty.discard(session)
 
     # -- sending ------------------------------------------------------------------------------

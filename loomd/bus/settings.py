@@ -87,6 +87,7 @@ class BusSettings(Section):
     max_subscriptions: int = option(256, min=1, max=1000000, reload=True)
     max_clients: int = option(1000, min=1, max=1000000)
     max_clients_per_uid: int = option(256, min=1, max=1000000)
+    max_subscriptions_per_identity: int = option(1024, min=1, max=1000000, reload=True)
     durable: tuple[str, ...] = option(
         factory=lambda: ("control.#", "action.#"),
         check=check_patterns,
