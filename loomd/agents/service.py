@@ -26,6 +26,7 @@ from loomd.agents.ctx import ReplyMux
 from loomd.agents.settings import AgentsSettings
 from loomd.bus.api import Bus
 from loomd.bus.envelope import Event, QoS
+from loomd.bus.identity import Identity, IdentityKind
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
     BarrierReply,
@@ -45,6 +46,7 @@ from loomd.messages import (
 __all__ = ["CapabilityService", "RemoteProvider"]
 
 LEASE_PATTERN = "caps.lease.*"
+IN_PROCESS_LEASE_S = 30.0  # the lease of providers inside the daemon (home, mcp servers)
 
 Report = Callable[[ErrorCode, str, dict[str, Any]], None]
 
@@ -64,6 +66,7 @@ class RemoteProvider(Provider):
         self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight = 0
         self.token: Any = None
+        self.owner: Identity | None = None  # who registered it (None: the daemon itself)
 
     def die(self) -> None:
         if not self.dead.done():
@@ -256,12 +259,28 @@ class CapabilityService:
         except LoomdError as exc:
             return CapsRegistered(False, error=str(exc))
         pid = p.provider
-        old = self.providers.pop(pid, None)
+        who = req.caller.identity if req.caller is not None else None
+        old = self.providers.get(pid)
+        if old is not None and old.owner != who:
+            # a provider id is its registrant's: another client may not take it over (and
+            # with it the calls of every capability it offers)
+            self._report(
+                ErrorCode.FORBIDDEN,
+                f"provider {pid} is registered by {old.owner}; {who} may not replace it",
+                {"provider": pid},
+            )
+            return CapsRegistered(False, error=f"forbidden: provider {pid} belongs to another")
         if old is not None:
+            del self.providers[pid]
             self._drop(old, "registered again")
         if self._mux is None:
             self._mux = ReplyMux(self.bus)
-        prov = RemoteProvider(pid, self._mux, self.settings().provider_lease_s)
+        # An in-daemon provider (a component over LocalBus) cannot die apart from the daemon
+        # and unregisters when it stops: a long lease, not a heartbeat every 100 ms.
+        local = who is not None and who.kind is IdentityKind.DAEMON
+        lease = IN_PROCESS_LEASE_S if local else self.settings().provider_lease_s
+        prov = RemoteProvider(pid, self._mux, lease)
+        prov.owner = who
         prov.token = p.token
         self.providers[pid] = prov
         done, refused = [], {}
