@@ -24,6 +24,7 @@ from loomd.agents.broker import (
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
 from loomd.agents.settings import AgentsSettings
+from loomd.bus.acl import UNKNOWN_CALLER
 from loomd.bus.api import Bus
 from loomd.bus.envelope import Event, QoS
 from loomd.bus.identity import Identity, IdentityKind
@@ -189,7 +190,7 @@ class CapabilityService:
                 timeout = call.timeout or self.settings().call_timeout_s
                 r = await self.broker.call(
                     call.cap, call.params, timeout=timeout, idempotency_key=call.key,
-                    caller=req.caller,
+                    caller=req.caller or UNKNOWN_CALLER,  # None: replayed, nobody vouches
                 )  # fmt: skip
                 if r.code == CapCode.FORBIDDEN:
                     self._report(ErrorCode.FORBIDDEN, r.error, {"capability": call.cap})

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from loomd.bus.identity import Identity
+from loomd.bus.identity import Identity, IdentityKind
 from loomd.bus.topics import MAX_SEGMENTS, TopicTrie, validate_pattern
 from loomd.config import Problem, Section, build_section, option
 from loomd.errors import ConfigError, LoomdError, ProtocolError
 
 __all__ = [
     "CALLER",
+    "EVERYTHING",
+    "UNKNOWN_CALLER",
     "Acl",
     "AclRule",
     "Caller",
@@ -264,6 +266,11 @@ class Caller:
         ):
             return False
         return self.grants.may_call(name, sensitive=sensitive)
+
+
+# An event that carries no caller came back from the journal (a replay after a detach):
+# nothing vouches for who published it, so it may do nothing that needs a right.
+UNKNOWN_CALLER = Caller(Identity(IdentityKind.ANONYMOUS, "replayed"), Grants())
 
 
 class Acl:
