@@ -425,6 +425,6 @@ class AgentsComponent(Component[AgentsSettings]):
             str(name), params or {}, timeout=t, idempotency_key=str(key) if key else None,
             caller=current_caller(),  # who asked over the socket (None: the daemon itself)
         )  # fmt: skip
-        if r.code == CapCode.FORBIDDEN:
-            self._report(ErrorCode.FORBIDDEN, r.error, {"capability": str(name)})
+        if r.code == CapCode.FORBIDDEN and self.service is not None:
+            self.service.forbidden(r.error, str(name))
         return r.to_payload()

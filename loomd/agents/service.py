@@ -141,6 +141,8 @@ class CapabilityService:
         self.providers: dict[str, RemoteProvider] = {}
         self.barriers: dict[str, _Barrier] = {}
         self.intake = True
+        self._forbidden_at = -1.0
+        self._forbidden_quiet = 0
         self._serving: set[asyncio.Task[None]] = set()
         self._mux: ReplyMux | None = None  # replies of SDK providers, one subscription
 
@@ -166,6 +168,17 @@ class CapabilityService:
         self.barriers.clear()
         if self._mux is not None:
             await self._mux.close()
+
+    def forbidden(self, why: str, cap: str) -> None:
+        """Report a refused call, at most once a second (a flood of them must not flood
+        the log): the rest are counted and named in the next report."""
+        now = time.monotonic()
+        if now - self._forbidden_at < 1.0:
+            self._forbidden_quiet += 1
+            return
+        more = f" (and {self._forbidden_quiet} more refused calls)" if self._forbidden_quiet else ""
+        self._forbidden_at, self._forbidden_quiet = now, 0
+        self._report(ErrorCode.FORBIDDEN, why + more, {"capability": cap})
 
     def serve(self, coro: Any) -> None:
         """Run `coro` (an answer, a publish) as a task that `pending()` counts."""
@@ -193,7 +206,7 @@ class CapabilityService:
                     caller=req.caller or UNKNOWN_CALLER,  # None: replayed, nobody vouches
                 )  # fmt: skip
                 if r.code == CapCode.FORBIDDEN:
-                    self._report(ErrorCode.FORBIDDEN, r.error, {"capability": call.cap})
+                    self.forbidden(r.error, call.cap)
         if req.reply_to:
             await self.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 
