@@ -181,9 +181,13 @@ class AccessOps:
     def forbid_event(self, session: Session, topic: str, header: bytes) -> None:
         """A publish no rule allows: refused whole; a reliable one fails its ack too, so
         the publisher's `publish()` raises and the acks after it stay in step."""
-        self.forbid(session, f"publish on {topic!r}")
         if session.greeted and peek_qos(header) == QoS.RELIABLE:
+            # its ack carries the refusal; no reply besides: a flood of replies filled the
+            # client's pipe (100 messages) and the acks behind them were lost
+            self.forbid(session, f"publish on {topic!r}", reply=False)
             session.ack_callback()("forbidden")
+        else:
+            self.forbid(session, f"publish on {topic!r}")
 
     def check_control(self, session: Session, op: str, rid: Any) -> bool:
         if op in ("status", "commands") or session.caller.grants.may_control(op):
