@@ -140,6 +140,10 @@ COMMANDS: list[tuple[str, str, Any]] = [
     ("open the front gate", "no", None),
     ("turn on the hallway light", "no", None),
     ("I left the desk lamp on yesterday", "no", None),
+    # one edit from a command: a repair must not drop the word that makes them no command
+    ("don't turn on the kitchen lights", "no", None),
+    ("I turned on the desk lamp", "no", None),
+    ("the office needs some light", "no", None),  # no command, no device: the model's
 ]  # fmt: skip
 # Out of grammar, for the model with tools: (text, (capability, device) or None: must not act)
 LLM_CASES = [
@@ -148,7 +152,7 @@ LLM_CASES = [
     ("I am freezing in the living room", ("home.climate_set_temperature", "thermostat")),
     ("tell me a joke", None),
 ]
-QUICK_PICK = [0, 1, 2, 4, 7, 12, 18, 21, 25, 29]
+QUICK_PICK = [0, 1, 2, 4, 7, 12, 18, 21, 25, 29, 30]
 
 
 def home_snapshot() -> Any:
@@ -401,7 +405,7 @@ def main() -> None:
         pcms = [noisy(c[4], snr, j) for j, c in enumerate(clips)]
         texts = asyncio.run(stt_all(pcms, ""))
         ok = ok_raw = 0
-        for (t, k, w, _voice, _), pcm, heard in zip(clips, pcms, texts, strict=True):
+        for (t, k, w, voice, _), pcm, heard in zip(clips, pcms, texts, strict=True):
             a = time.perf_counter()
             audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
             raw_heard = clean_text(" ".join(s.text for s in model.transcribe(
@@ -412,6 +416,9 @@ def main() -> None:
             want = expected(k, w)
             m = matcher.match(heard)
             ok += outcome(m, home) == want
+            if outcome(m, home) != want:  # where the misses come from
+                print(f"miss ({label}, {voice}): {t!r} heard {heard!r} -> {outcome(m, home)}",
+                      file=sys.stderr)  # fmt: skip
             ok_raw += outcome(raw_match(matcher, raw_heard), home) == want
             if k == "no" and acts(m, home):
                 false_audio += 1

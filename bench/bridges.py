@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bridges.py            # full run
     .venv/bin/python bench/bridges.py --quick    # under a minute
+    .venv/bin/python bench/bridges.py --quick --only qos0 --scale 4   # one part, longer
+                                                 # (what bench/profile_case.py --bench
+                                                 # bridges runs under py-spy)
 
 One mosquitto (TCP_NODELAY on), one real loomd daemon (state, bus, mqtt) with two mappings
 that make it a relay: `rt/in` -> bus `rt.x` -> `rt/out` (QoS 1) and `tp/in` -> bus `tp.x`
@@ -13,7 +16,9 @@ that make it a relay: `rt/in` -> bus `rt.x` -> `rt/out` (QoS 1) and `tp/in` -> b
 - outbox replay: the broker is stopped, N events are published on the bus (reliable) and
   land in the LMDB outbox; the broker is started and the time until the outbox is empty
   gives `outbox_replay_eps`;
-- peer links: `peer_eps` against `local_eps` (null until the peers component lands).
+- peer links: reliable events/s from a publisher on one daemon to a subscriber on the
+  other (`peer_eps`) against both on the second daemon (`local_eps`); three runs of each,
+  alternately, medians.
 
 Progress goes to stderr; stdout gets a table with ratios and one JSON line last.
 """
@@ -40,12 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+import psutil  # type: ignore[import-untyped]  # noqa: E402
 
 from bench.harness import free_port, peak_rss_mb  # noqa: E402
 from loomd.errors import RemoteError, RequestTimeout  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
 
 LOST_CALLS = [0]
+PEER_CPU: dict[str, dict[str, float]] = {}
 
 
 def log(msg: str) -> None:
@@ -275,6 +282,24 @@ def throughput(port: int, send: str, recv: str, n: int) -> tuple[float, int]:
     return eps, count
 
 
+async def qos0_drops(sock: Path) -> dict[str, Any]:
+    """Where the QoS 0 messages that did not arrive went, as the daemon counted them: the
+    bus's drops by reason (a realtime subscription that was full) and the bridge's map
+    counters (in: taken from MQTT, out: handed to paho)."""
+    async with Client(str(sock), name="bench-stats") as c:
+        stats = await c.stats()
+        st = await mqtt_status(c)
+    maps = {m["mqtt"]: m for m in st["maps"]}
+    return {
+        "qos0_bus_drops": dict(stats.drops),
+        "qos0_dropped_by": {
+            f"{s.owner}:{s.pattern}": dict(s.dropped) for s in stats.subscriptions if s.dropped
+        },
+        "qos0_bridge_in": maps["tp/in"]["in"],
+        "qos0_bridge_out": maps["tp/out"]["out"],
+    }
+
+
 async def outbox_replay(d: Daemon, broker: Broker, n: int) -> tuple[float, float]:
     bus = d.socket
     async with Client(str(d.socket), name="bench-flood") as flood:
@@ -307,7 +332,12 @@ async def count_rate(pub_sock: Path, sub_sock: Path, n: int) -> float:
                 await pub.publish("peer.x", payload, qos="reliable", wait=False)
 
         job = asyncio.create_task(produce())
-        await sub.get(30)
+        try:
+            await sub.get(30)
+        except TimeoutError:
+            why = job.exception() if job.done() else "the publisher is still publishing"
+            log(f"count_rate: nothing arrived in 30 s ({pub_sock} -> {sub_sock}): {why!r}")
+            raise
         t0 = time.perf_counter()
         for _ in range(n - 1):
             await sub.get(30)
@@ -352,9 +382,43 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
                     if time.monotonic() > deadline:
                         raise RuntimeError("peer link did not come up")
                     await asyncio.sleep(0.05)
-            local = await count_rate(hub.socket, hub.socket, n)  # no forwarding there
-            peer = await count_rate(sat.socket, hub.socket, n)
-            return peer, local
+            # alternately, three times each, medians: one run of the local bus lasts well
+            # under a second here, and a single scheduling hiccup on a shared box halves it
+            locals_, peers = [], []
+
+            async def show() -> None:
+                for d in (sat, hub):
+                    async with Client(str(d.socket), name="bench") as c:
+                        st = (await c.call("status"))["status"]["components"]["peers"]["status"]
+                        subs = [(s.owner, s.pattern, s.qos, s.depth, s.dropped)
+                                for s in (await c.stats()).subscriptions]  # fmt: skip
+                        log(f"{d.root.name}: {st['peers']} {subs}")
+
+            assert hub.proc is not None and sat.proc is not None
+            procs = {"bench": psutil.Process(), "sat": psutil.Process(sat.proc.pid),
+                     "hub": psutil.Process(hub.proc.pid)}  # fmt: skip
+            cpu = {"local": dict.fromkeys(procs, 0.0), "peer": dict.fromkeys(procs, 0.0)}
+
+            async def timed(kind: str, pub: Daemon) -> float:
+                before = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+                rate = await count_rate(pub.socket, hub.socket, n)
+                for k, p in procs.items():
+                    cpu[kind][k] += sum(p.cpu_times()[:2]) - before[k]
+                return rate
+
+            try:
+                for _ in range(3):
+                    locals_.append(await timed("local", hub))  # no forwarding
+                    peers.append(await timed("peer", sat))
+            except TimeoutError:
+                await show()
+                raise
+            log(f"peer link runs {[round(x) for x in peers]}, local {[round(x) for x in locals_]}")
+            await show()
+            # CPU per event (us) of each process: where a peer hop's cost lands
+            for kind, by in cpu.items():
+                PEER_CPU[kind] = {k: round(v / (3 * n) * 1e6, 1) for k, v in by.items()}
+            return statistics.median(peers), statistics.median(locals_)
 
         return asyncio.run(run())
     finally:
@@ -365,54 +429,74 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--only", default="", help="comma-separated parts: rtt, qos0, outbox, peers (default all)"
+    )
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
     args = ap.parse_args()
     q = args.quick
+    parts = {w for w in args.only.split(",") if w} or {"rtt", "qos0", "outbox", "peers"}
+    if parts - {"rtt", "qos0", "outbox", "peers"}:
+        sys.exit(f"--only: unknown parts {sorted(parts - {'rtt', 'qos0', 'outbox', 'peers'})}")
+    k = args.scale
     n_rtt, n_tp, n_ob = (300, 20_000, 5_000) if q else (2_000, 100_000, 30_000)
     n_peer = 20_000 if q else 100_000
+    n_rtt, n_tp, n_ob, n_peer = (int(n * k) for n in (n_rtt, n_tp, n_ob, n_peer))
     if shutil.which("mosquitto") is None:
         sys.exit("bench/bridges.py needs mosquitto (scripts/setup --dev)")
-    root = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
-    broker = Broker(root)
-    broker.start()
-    d = Daemon(root, broker.port)
     results: dict[str, Any] = {}
-    try:
-        d.start()
+    if parts & {"rtt", "qos0", "outbox"}:
+        root = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
+        broker = Broker(root)
+        broker.start()
+        d = Daemon(root, broker.port)
+        try:
+            d.start()
 
-        async def ready() -> None:
-            await wait_status(d.socket, lambda s: s["state"] == "connected")
+            async def ready() -> None:
+                await wait_status(d.socket, lambda s: s["state"] == "connected")
 
-        asyncio.run(ready())
-        log("round trips (QoS 1)")
-        results["raw_mqtt_rtt_qos1_ms"] = rtt(broker.port, "raw/rt", "raw/rt", n_rtt)
-        results["mqtt_rtt_qos1_ms"] = rtt(broker.port, "rt/in", "rt/out", n_rtt)
-        log("throughput (QoS 0)")
-        results["raw_mqtt_eps"], raw_n = throughput(broker.port, "raw/tp", "raw/tp", n_tp)
-        results["mqtt_in_eps"], got_n = throughput(broker.port, "tp/in", "tp/out", n_tp)
-        results["raw_mqtt_delivered"] = raw_n / n_tp
-        results["mqtt_delivered"] = got_n / n_tp
-        log("outbox replay")
-        results["outbox_replay_eps"], results["outbox_fill_eps"] = asyncio.run(
-            outbox_replay(d, broker, n_ob)
-        )
-        assert d.proc is not None
-        results["daemon_peak_rss_mb"] = peak_rss_mb(d.proc.pid)
-    finally:
-        d.stop()
-        broker.stop()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
-    log("peer link")
-    proot = Path(tempfile.mkdtemp(prefix="lp-", dir="/tmp"))
-    try:
-        results["peer_eps"], results["local_eps"] = peers_bench(proot, n_peer)
-    finally:
-        shutil.rmtree(proot, ignore_errors=True)
+            asyncio.run(ready())
+            if "rtt" in parts:
+                log("round trips (QoS 1)")
+                results["raw_mqtt_rtt_qos1_ms"] = rtt(broker.port, "raw/rt", "raw/rt", n_rtt)
+                results["mqtt_rtt_qos1_ms"] = rtt(broker.port, "rt/in", "rt/out", n_rtt)
+            if "qos0" in parts:
+                log("throughput (QoS 0)")
+                results["raw_mqtt_eps"], raw_n = throughput(broker.port, "raw/tp", "raw/tp", n_tp)
+                results["mqtt_in_eps"], got_n = throughput(broker.port, "tp/in", "tp/out", n_tp)
+                results["raw_mqtt_delivered"] = raw_n / n_tp
+                results["mqtt_delivered"] = got_n / n_tp
+                results.update(asyncio.run(qos0_drops(d.socket)))
+            if "outbox" in parts:
+                log("outbox replay")
+                results["outbox_replay_eps"], results["outbox_fill_eps"] = asyncio.run(
+                    outbox_replay(d, broker, n_ob)
+                )
+            assert d.proc is not None
+            results["daemon_peak_rss_mb"] = peak_rss_mb(d.proc.pid)
+        finally:
+            d.stop()
+            broker.stop()
+            if not os.environ.get("BENCH_KEEP"):
+                shutil.rmtree(root, ignore_errors=True)
+    if "peers" in parts:
+        log("peer link")
+        proot = Path(tempfile.mkdtemp(prefix="lp-", dir="/tmp"))
+        try:
+            results["peer_eps"], results["local_eps"] = peers_bench(proot, n_peer)
+            results["peer_cpu_us_per_event"] = PEER_CPU
+        finally:
+            if not os.environ.get("BENCH_KEEP"):
+                shutil.rmtree(proot, ignore_errors=True)
     results["sdk_calls_unanswered"] = LOST_CALLS[0]
     results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["quick"] = q
 
     r = results
+    if parts != {"rtt", "qos0", "outbox", "peers"}:  # a part alone: the JSON line only
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+        return
     added = r["mqtt_rtt_qos1_ms"] - r["raw_mqtt_rtt_qos1_ms"]
     share = r["mqtt_in_eps"] / r["raw_mqtt_eps"] if r["raw_mqtt_eps"] else 0.0
     rows = [

@@ -14,10 +14,14 @@ fed from a WAV at real-time pace on `audio.in.local`, the speaker read on
 - `wyoming_path_wake_to_tts_ms` (baseline): the same command through HA's Assist pipeline
   over its WebSocket API (`assist_pipeline/run`, stt -> tts, audio streamed at real-time
   pace) with the same Wyoming STT/TTS: end of speech to the first bytes of the TTS audio;
+- `local_mode_action_ms`: the same clip to a board in local mode (`[homeassistant] mode =
+  "local"`, `[voice] agent = "assist"`: loomd's own STT and hassil, HA's light a device of
+  the home registry through HA's WebSocket API): end of speech to HA's light state changed
+  (seen over HA's WebSocket); p50 over the turns;
 - `adoption_ms`: HA's ESPHome config flow until its satellite entity is idle;
 - `ha_up_s`: the testbed's start to onboarded (warm tree), hass's RSS.
-`local_mode_action_ms` and `ha_command_to_bus_ms` need the assist's device registry fed
-from HA and HA's MQTT commands (other branches): null here.
+- `ha_command_to_bus_ms`: HA's `switch.turn_on`/`turn_off` on the board's MQTT Mute switch
+  (a real mosquitto, HA's MQTT integration) to the `VoiceMute` on loomd's bus; p50 of 10.
 Progress on stderr; one JSON line last on stdout."""
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from bench.harness import small_models_dir  # noqa: E402
 from loomd.audio.io import read_wav  # noqa: E402
 from tests.audio.conftest import join_wavs, say_wav  # noqa: E402
 from tests.homeassistant.conftest import HaApi, HaTestbed  # noqa: E402
-from tests.homeassistant.test_satellite import _quiet, rig  # noqa: E402
+from tests.homeassistant.test_satellite import _quiet, _speaker, feed_mic, rig  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 TURNS = 3 if QUICK else 10
@@ -146,6 +150,55 @@ async def satellite_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -
     return out
 
 
+async def local_mode_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -> list[float]:
+    """`local_mode_action_ms`: the clip on the microphone of a board in local mode; end of
+    speech to HA's light "on" (HA's WebSocket), each turn from the light off."""
+    from loomd.assist.cli import turn
+    from loomd.bus.local import LocalBus
+    from tests.homeassistant.conftest import board, free_port, ha_section
+
+    token = tmp / "ha-token"
+    token.write_text(tb.token)
+    body = (
+        f'[voice]\nenabled = true\nmodels_dir = "{models}"\nsource = "bus"\nsink = "bus"\n'
+        'agent = "assist"\n[assist]\nenabled = true\nllm = false\n'
+        + ha_section(free_port(), url=f'"{tb.url}"', token_file=f'"{token}"',
+                     mode='"local"', mdns="false")
+    )  # fmt: skip
+    names = ("state", "bus", "agents", "home", "assist", "voice", "homeassistant")
+    times: list[float] = []
+    async with board(tmp / "local", body, "bench-local", names) as host, HaApi(tb) as watch:
+        bus = LocalBus(host.services.broker, "bench")  # type: ignore[arg-type]
+        async with asyncio.timeout(60):  # HA's light joined the registry, the assist knows it
+            while not (await turn(bus, "turn off the kitchen lights", "", 10)).actions:  # noqa: ASYNC110
+                await asyncio.sleep(0.3)
+        heard = bytearray()
+        changes: list[tuple[float, str]] = []
+        tasks = [asyncio.create_task(_speaker(bus, heard)),
+                 asyncio.create_task(light_watch(watch, tb.light, changes))]  # fmt: skip
+        try:
+            for i in range(TURNS):
+                async with HaApi(tb) as api:
+                    await api.post("/api/services/light/turn_off", {"entity_id": tb.light})
+                await asyncio.sleep(0.5)
+                changes.clear()
+                heard.clear()
+                began = time.monotonic()
+                speech_end = began + len(clip) / 32000 - TAIL_S
+                await feed_mic(bus, clip, silence_s=1.5)
+                await _quiet(heard)  # the board's reply spoken: the turn is over
+                on = [at for at, state in changes if state == "on"]
+                if on:
+                    times.append((on[0] - speech_end) * 1000)
+                log(f"local mode turn {i + 1}: HA's light "
+                    + (f"on {times[-1]:.0f} ms after speech" if on else "unchanged"))  # fmt: skip
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return times
+
+
 async def wyoming_path(tb: HaTestbed, models: Path, tmp: Path, command: bytes) -> list[float]:
     """The same command through HA's Assist pipeline over its WebSocket API (no satellite):
     HA's own way to use loomd's Wyoming STT and TTS."""
@@ -234,6 +287,50 @@ async def _one_ws_run(api: HaApi, pipeline: str, command: bytes) -> float:
     return (first - speech_end) * 1000
 
 
+async def ha_command_to_bus(tb: HaTestbed, tmp: Path, n: int = 10) -> list[float]:
+    """HA's `switch.turn_on`/`turn_off` on the board's Mute switch (MQTT discovery, a real
+    mosquitto) until the `VoiceMute` is on loomd's bus, ms; `n` alternating commands."""
+    from loomd.host import Host
+    from loomd.messages import VoiceMute
+    from loomd.settings import load_config
+    from tests.bridges.conftest import Mosquitto, host_config
+    from tests.homeassistant.test_mqtt_commands import (
+        ha_mqtt,
+        loomd_entities,
+        mqtt_body,
+        wait_states,
+    )
+
+    broker = Mosquitto(tmp / "mqtt-broker")
+    broker.start()
+    out: list[float] = []
+    try:
+        async with HaApi(tb) as api, ha_mqtt(api, broker):
+            cfg = host_config(tmp / "mqtt-board", mqtt_body(broker.port), "bench-mqtt")
+            async with Host(load_config(cfg), names=["state", "bus", "mqtt"]) as host:
+                bus = host.get("mqtt").ctx.bus  # type: ignore[union-attr]
+                mute = (await loomd_entities(api, "bench-mqtt", 8))["mute"]
+                await wait_states(api, [mute], lambda s: s in ("on", "off"))  # available
+                async with bus.subscribe("voice.mute", "reliable") as sub:
+                    for i in range(n + 1):  # the first one warms HA's service path up
+                        on = i % 2 == 0
+                        service = "turn_on" if on else "turn_off"
+                        t0 = time.perf_counter()
+                        call = asyncio.ensure_future(
+                            api.post(f"/api/services/switch/{service}", {"entity_id": mute})
+                        )
+                        got = VoiceMute.from_event(await sub.get(15))
+                        ms = (time.perf_counter() - t0) * 1000
+                        await call
+                        assert got.muted is on, got
+                        if i:
+                            out.append(ms)
+        log(f"HA command -> bus: p50 {p50(out)} ms over {len(out)}")
+    finally:
+        broker.stop()
+    return out
+
+
 async def main() -> None:
     models = small_models_dir()
     with tempfile.TemporaryDirectory(prefix="ld-bench-ha-") as d:
@@ -247,6 +344,8 @@ async def main() -> None:
             log(f"HA at {tb.url}" + (f" (up in {up_s:.1f} s)" if up_s else " (reused)"))
             sat = await satellite_turns(tb, models, tmp, clip)
             wy = await wyoming_path(tb, models, tmp, command)
+            ha_cmd = await ha_command_to_bus(tb, tmp)
+            local = await local_mode_turns(tb, models, tmp, clip)
             rss = hass_rss_mb(tb)
         finally:
             if run is not None:
@@ -263,8 +362,9 @@ async def main() -> None:
         "satellite_over_wyoming_path": (
             round(p50(sat["tts"]) / p50(wy), 2) if sat["tts"] and wy else None  # type: ignore[operator]
         ),
-        "local_mode_action_ms": None,
-        "ha_command_to_bus_ms": None,
+        "local_mode_action_ms": p50(local),
+        "local_mode_turns_ok": len(local),
+        "ha_command_to_bus_ms": p50(ha_cmd),
         "adoption_ms": sat["adoption_ms"],
         "ha_up_s": round(up_s, 1) if up_s else None,
         "hass_rss_mb": rss,

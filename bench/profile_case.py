@@ -3,6 +3,7 @@
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile_case.py loomd_realtime_64b_eps
     .venv/bin/python bench/profile_case.py loomd_reliable_eps --seconds 6 --out /tmp/prof
+    .venv/bin/python bench/profile_case.py --bench bridges qos0      # or rtt, peers
 
 Runs `bench/bus.py --quick --only CASE` with longer runs, samples the loomd daemon and
 the bench's publisher and subscriber processes while events flow, writes a raw
@@ -24,6 +25,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 BENCH = Path(__file__).resolve().parent / "bus.py"
+BRIDGES = Path(__file__).resolve().parent / "bridges.py"
 TARGET_NAMES = ("loomd", "mosquitto")  # brokers, by process name
 WORKER_SUFFIXES = ("-pub", "-sub", "-proxy", "inproc")  # bench workers name themselves
 
@@ -42,11 +44,27 @@ def find_targets(bench: psutil.Process) -> dict[str, int]:
     for p in bench.children(recursive=True):
         try:
             name = p.name()
+            cmd = p.cmdline()
         except psutil.Error:
             continue
-        if name in TARGET_NAMES or name.endswith(WORKER_SUFFIXES):
+        if "loomd.daemon" in cmd:  # bench/bridges.py's daemons: named by their config dir
+            name = "loomd-" + Path(cmd[cmd.index("--config") + 1]).parent.name
+        if name in TARGET_NAMES or name.endswith(WORKER_SUFFIXES) or name.startswith("loomd-"):
             out[name] = p.pid
     return out
+
+
+def wait_for_daemons(bench: psutil.Process, timeout: float, warmup: float) -> dict[str, int]:
+    """bench/bridges.py: wait for its daemon(s), then for the flow to start (`warmup` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(n.startswith("loomd-") for n in find_targets(bench)):
+            time.sleep(warmup)
+            targets = find_targets(bench)
+            targets["bench"] = bench.pid  # the paho clients (or SDK clients) live here
+            return targets
+        time.sleep(0.05)
+    sys.exit(f"no daemon appeared within {timeout:.0f} s")
 
 
 def wait_for_flow(bench: psutil.Process, timeout: float) -> dict[str, int]:
@@ -112,14 +130,21 @@ def top(raw: Path, n: int, rate: int, seconds: float) -> str:
     lines.append("   own time, by function:")
     lines += [f"   {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(n)]
     lines.append("   inclusive, loomd functions:")
-    deep = [(f, c) for f, c in incl.most_common() if "(loomd/" in f][:n]
+    deep = [(f, c) for f, c in incl.most_common() if "(loomd/" in f or "paho" in f][:n]
     lines += [f"   {100 * c / total:5.1f}%  {f}" for f, c in deep]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("case", help="a bench/bus.py case key, e.g. loomd_realtime_64b_eps")
+    p.add_argument(
+        "case",
+        help="a bench/bus.py case key, e.g. loomd_realtime_64b_eps; with "
+        "--bench bridges a part of bench/bridges.py: rtt, qos0, outbox, peers",
+    )
+    p.add_argument("--bench", choices=("bus", "bridges"), default="bus")
+    p.add_argument("--warmup", type=float, default=3.0, help="bridges: s from start to flow")
+    p.add_argument("--scale", type=float, default=4.0, help="bridges: --scale of the bench")
     p.add_argument("--seconds", type=float, default=5.0, help="sampling time per process")
     p.add_argument("--rate", type=int, default=250, help="samples per second")
     p.add_argument("--top", type=int, default=15)
@@ -138,10 +163,18 @@ def main() -> int:
         "--duration",
         str(args.seconds + 3),
     ]
+    if args.bench == "bridges":
+        argv = [sys.executable, str(BRIDGES), "--quick", "--only", args.case,
+                "--scale", str(args.scale)]  # fmt: skip
     with open(out / "bench.json", "wb") as js, open(out / "bench.log", "wb") as log:
         bench = subprocess.Popen(argv, stdout=js, stderr=log)
         try:
-            targets = wait_for_flow(psutil.Process(bench.pid), 60)
+            proc = psutil.Process(bench.pid)
+            targets = (
+                wait_for_daemons(proc, 60, args.warmup)
+                if args.bench == "bridges"
+                else wait_for_flow(proc, 60)
+            )
             print(f"profiling {args.case}: {targets}", file=sys.stderr)
             raws = record(spy, targets, args.seconds, args.rate, out)
             bench.wait(120)

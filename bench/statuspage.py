@@ -129,7 +129,7 @@ class Tail(threading.Thread):
                 frames = buf.split(b"\n\n")
                 buf = frames.pop()
                 for f in frames:
-                    if f.startswith(b"event: bus"):
+                    if b"event: bus\n" in f:  # a chunk's size line may precede it
                         self.events += 1
         except OSError:
             pass

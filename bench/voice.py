@@ -145,8 +145,15 @@ def main() -> None:
         pool.shutdown()
         return time.process_time() - cpu
 
-    cpu_s = asyncio.run(loomd_wake())
-    res["loomd_wake_cpu_pct"] = round(100 * cpu_s / (len(pcm) / 32000), 2)
+    # Before (the detector in a thread, as last round) and after (in its worker process:
+    # one pipe round trip per 80 ms), alternated in the same run.
+    thread_s, worker_s = [], []
+    for _ in range(2):
+        thread_s.append(asyncio.run(loomd_wake()))
+        worker_s.append(asyncio.run(worker_wake(pcm)))
+    res["loomd_wake_cpu_pct"] = round(100 * min(thread_s) / (len(pcm) / 32000), 2)
+    res["wake_cpu_pct"] = round(100 * min(worker_s) / (len(pcm) / 32000), 2)
+    res["worker_crash_recovered"] = asyncio.run(crash_recovery(audio.tobytes()))
     # TTS
     from piper import PiperVoice
 
@@ -205,10 +212,82 @@ def main() -> None:
     res["turn_timings_ms"] = t
     res["rss_voice_mb"] = rss
     res.update(peer)
+    from bench.voice_stop import stop_bench
+
+    res.update(stop_bench(MODELS, QUICK))
     res["bench_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     shutil.rmtree(tmp, ignore_errors=True)
     table(res)
     print(json.dumps(res))
+
+
+async def worker_wake(pcm: bytes) -> float:
+    """CPU seconds (this process and the wake worker) to score `pcm` as the daemon does:
+    80 ms per call to the wake worker process."""
+    import psutil
+
+    from loomd.audio.stages import Stages
+
+    stages = Stages(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
+    try:
+        await stages.load_wake()
+        wake = await stages.wake()
+        await wake.process(b"\0" * 2560, 0.0)  # the detector is made on first use
+        worker = psutil.Process(stages.wake_worker.pid)
+        cpu, child = time.process_time(), sum(worker.cpu_times()[:2])
+        for i in range(0, len(pcm) - 2560, 2560):
+            await wake.process(pcm[i : i + 2560], i / 32000)
+        return float(time.process_time() - cpu + sum(worker.cpu_times()[:2]) - child)
+    finally:
+        await asyncio.to_thread(stages.close)
+
+
+async def crash_recovery(wake_clip: bytes) -> int:
+    """1 if both workers, killed by SIGSEGV mid-call, fail that call with `WorkerDied` and
+    answer the next one (Piper speaks, the wake word fires on "hey jarvis"); else 0."""
+    import signal
+
+    import psutil
+
+    from loomd.audio.stages import Stages
+    from loomd.audio.worker import WorkerDied
+
+    stages = Stages(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",))
+    ok = []
+    try:
+        await stages.load_wake()
+        await stages.load_tts("piper", "piper/en_US-joe-medium.onnx")
+        assert stages.tts_worker is not None
+        pid = stages.tts_worker.pid or 0
+        tts = psutil.Process(pid)
+        idle = sum(tts.cpu_times()[:2])
+        call = asyncio.create_task(stages.synthesize(" ".join(SENTENCES[:4])))
+        while sum(tts.cpu_times()[:2]) < idle + 0.03 and not call.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        os.kill(pid, signal.SIGSEGV)
+        try:
+            await call
+            ok.append(False)
+        except WorkerDied:
+            ok.append(True)
+        ok.append(len(await stages.synthesize("The lights are on.")) > 16000)
+        wake = await stages.wake()
+        await wake.process(b"\0" * 2560, 0.0)
+        os.kill(stages.wake_worker.pid or 0, signal.SIGSEGV)
+        dead = psutil.Process(stages.wake_worker.pid)
+        while dead.status() != psutil.STATUS_ZOMBIE:  # dead, not reaped: the worker's to see # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        try:
+            await wake.process(b"\0" * 2560, 0.08)
+            ok.append(False)
+        except WorkerDied:
+            ok.append(True)
+        hits = [await wake.process(wake_clip[i : i + 2560], i / 32000)
+                for i in range(0, len(wake_clip) - 2560, 2560)]  # fmt: skip
+        ok.append(any(h is not None for h in hits))
+    finally:
+        await asyncio.to_thread(stages.close)
+    return int(all(ok) and len(ok) == 4)
 
 
 def free_port() -> int:
@@ -366,12 +445,17 @@ def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float, dict[str, Any]]:
 
     try:
         turn = asyncio.run(run())
-        rss = round(psutil.Process(proc.pid).memory_info().rss / 1e6, 1)
+        # The daemon and its stage workers (STT, wake word, TTS run in child processes).
+        daemon = psutil.Process(proc.pid)
+        procs = [daemon, *daemon.children(recursive=True)]
+        rss = round(sum(p.memory_info().rss for p in procs) / 1e6, 1)
+        rss_daemon = round(daemon.memory_info().rss / 1e6, 1)
         peer = peers(tmp, wport)
     finally:
         proc.terminate()
         proc.wait(20)
         shutil.rmtree(root, ignore_errors=True)
+    peer["rss_daemon_mb"] = rss_daemon
     return turn, rss, peer
 
 
@@ -393,7 +477,9 @@ def table(r: dict[str, Any]) -> None:
     for name, a, av, b, bv, rt in rows:
         print(f"{name:<22}{a:<14}{av:>9.1f}  {b:<16}{bv:>9.1f}  {rt}")
     print(f"wake: raw {r['raw_wake_ms_per_frame']} ms per 80 ms frame; "
-          f"loomd {r['loomd_wake_cpu_pct']} % of a core")  # fmt: skip
+          f"loomd {r['loomd_wake_cpu_pct']} % of a core in a thread, "
+          f"{r['wake_cpu_pct']} % in its worker process; "
+          f"workers recover from SIGSEGV: {r['worker_crash_recovered']}")  # fmt: skip
     print(f"daemon turn (ms since speech end): {r['turn_timings_ms']}")
     print(f"llama.cpp first token {r['raw_llm_first_ms']} ms, first sentence "
           f"{r['raw_llm_sentence_ms']} ms; speech end -> first audio "
@@ -406,6 +492,10 @@ def table(r: dict[str, Any]) -> None:
         f"wyoming-faster-whisper {r['peer_stt_ms']} ms; TTS first audio loomd "
         f"{r['loomd_wyoming_tts_first_ms']} ms vs wyoming-piper {r['peer_tts_first_ms']} ms"
     )
+    print(f"stop word ({r['stop_word']}): recall {r['stop_recall']} "
+          f"(raw {r['raw_stop_recall']}), word end -> silence p50 {r['stop_ms_p50']} ms "
+          f"(raw score crossing {r['raw_stop_ms_p50']} ms), self-stops per hour "
+          f"{r['self_stop_per_hour']} (raw {r['raw_self_stop_per_hour']})")  # fmt: skip
     print(f"RSS: daemon with voice {r['rss_voice_mb']} MB; bench {r['bench_rss_mb']} MB")
 
 

@@ -302,7 +302,12 @@ class Component(Generic[S]):
         class's `restart_on_crash`) `work()` runs again after a capped backoff; a crash loop
         (`crash_limit` crashes in `crash_window_s`) gives up and turns it unhealthy.
         `critical=False` is for work per request or per item (one chat turn, one plugin's
-        runner): its crash is reported the same way but leaves the component healthy."""
+        runner): its crash is reported the same way but leaves the component healthy.
+
+        Wait with a deadline through `asyncio.timeout()`, never `asyncio.wait_for()`: on
+        Python 3.11 `wait_for` swallows a cancel that arrives as the awaited thing completes
+        (CPython gh-86296, fixed in 3.12), and a loop that waits that way at stop never ends
+        (the daemon hung in shutdown; tests/seam/test_cancel.py)."""
         if self._tg is None:
             raise LoomdError(f"{self.name}: spawn() before start or after stop")
         again = self.restart_on_crash if restart is None else restart

@@ -1,12 +1,13 @@
-"""Prometheus text exposition (format 0.0.4) without a client library: what every
-component's `metrics()` returns (`Family`, `Histogram`) and how it is rendered. The HTTP
-endpoint that serves it is `loomd.web.http`, the component that runs it `loomd.web.component`.
+"""What every component's `metrics()` returns (`Family`, `Histogram`) and how it becomes
+Prometheus text (format 0.0.4): `Exposition`, through prometheus_client with a registry of
+its own. The HTTP endpoint that serves it is `loomd.web.http`, the component that runs it
+`loomd.web.component`.
 
-Components keep their own counters and histograms; on each scrape the server
-calls one `collect()` function that returns `Family` tuples, and `render`
-turns them into text. Nothing is registered globally, so there is no
-registry to reset between tests and no lock on the hot path: everything runs
-on the event loop.
+Components keep their own counters and histograms; on each scrape the server calls one
+`collect()` function that returns `Family` tuples, declared then as prometheus_client
+metric families and rendered by the library. Nothing is registered in the library's
+global registry, so there is no registry to reset between tests and no lock on the hot
+path: everything runs on the event loop.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Family", "Histogram", "Sample", "render"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = [
+    "CONTENT_TYPE", "LATENCY_BUCKETS", "Exposition", "Family", "Histogram", "Sample", "render",
+]  # fmt: skip
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -108,69 +114,97 @@ class Family(NamedTuple):
     samples: Sequence[Sample]
 
 
+class Exposition:
+    """The text exposition of whatever `collect()` returns at each scrape, through
+    prometheus_client: one `CollectorRegistry` of this server's own (never the library's
+    global one) holding one collector that declares each `Family` as the library's metric
+    family (counter, gauge, histogram, summary, untyped) at scrape time."""
+
+    def __init__(self, collect: Callable[[], Iterable[Family]]) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(collect))
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, collect: Callable[[], Iterable[Family]]) -> None:
+        self.collect_families = collect
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.collect_families():
+            yield _declare(family)
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing is known before a scrape: families come and go with components
+
+
 def render(families: Iterable[Family]) -> str:
     """The text exposition format 0.0.4 for `families`."""
-    return "".join(_render_family(family) for family in families)
+    return Exposition(lambda: families).render().decode()
 
 
-def _render_family(family: Family) -> str:
+def _declare(family: Family) -> Metric:
+    """`family` as a prometheus_client metric family, checked: a bad name, label or type is
+    a ValueError (it costs the scrape, as a collector that raises does)."""
+    from prometheus_client.metrics_core import Metric
+
     name, kind = family.name, family.type
     if not _METRIC_NAME.fullmatch(name):
         raise ValueError(f"invalid metric name {name!r}")
     if kind not in TYPES:
         raise ValueError(f"{name}: invalid metric type {kind!r}")
-    lines = [f"# HELP {name} {_escape_help(family.help)}", f"# TYPE {name} {kind}"]
+    sample = name
+    if kind == "counter":
+        # The library names a counter family without `_total` and its samples with it.
+        sample = name if name.endswith("_total") else name + "_total"
+        name = sample.removesuffix("_total")
+    metric = Metric(name, family.help, kind)
     for labels, value in family.samples:
+        _check_labels(labels)
         if isinstance(value, Histogram):
             if kind != "histogram":
                 raise ValueError(f"{name}: a histogram sample in a {kind} family")
-            lines.extend(_histogram_lines(name, labels, value))
+            _histogram_samples(metric, name, labels, value)
         else:
             if kind == "histogram":
                 raise ValueError(f"{name}: histogram families take Histogram samples")
-            lines.append(f"{name}{_labels(labels)} {_value(value)}")
-    return "\n".join(lines) + "\n"
+            metric.add_sample(sample, _str_labels(labels), float(value))
+    return metric
 
 
-def _histogram_lines(name: str, labels: Mapping[str, str], hist: Histogram) -> list[str]:
+def _histogram_samples(
+    metric: Metric, name: str, labels: Mapping[str, str], hist: Histogram
+) -> None:
     if "le" in labels:
         raise ValueError(f"{name}: 'le' is reserved for histogram buckets")
-    lines = [
-        f"{name}_bucket{_labels({**labels, 'le': _bound(bound)})} {n}"
-        for bound, n in hist.cumulative()
-    ]
-    lines.append(f"{name}_sum{_labels(labels)} {_value(hist.sum)}")
-    lines.append(f"{name}_count{_labels(labels)} {hist.count}")
-    return lines
+    base = _str_labels(labels)
+    for bound, n in hist.cumulative():
+        metric.add_sample(f"{name}_bucket", {**base, "le": _bound(bound)}, float(n))
+    metric.add_sample(f"{name}_sum", base, hist.sum)
+    metric.add_sample(f"{name}_count", base, float(hist.count))
 
 
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
+_GOOD_LABELS: set[str] = set()  # label names checked once (a scrape repeats them all)
+
+
+def _check_labels(labels: Mapping[str, str]) -> None:
     for key in labels:
+        if key in _GOOD_LABELS:
+            continue
         if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
             raise ValueError(f"invalid label name {key!r}")
-    return "{" + ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in labels.items()) + "}"
+        if len(_GOOD_LABELS) < 1024:
+            _GOOD_LABELS.add(key)
 
 
-def _escape_label(text: str) -> str:
-    return text.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
-
-
-def _escape_help(text: str) -> str:
-    # HELP escapes only backslash and newline; quotes stay as they are.
-    return text.replace("\\", r"\\").replace("\n", r"\n")
-
-
-def _value(value: float) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+def _str_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {k: v if type(v) is str else str(v) for k, v in labels.items()}
 
 
 def _bound(bound: float) -> str:

@@ -129,7 +129,9 @@ def test_the_error_event_keeps_its_details_beside_code_and_message() -> None:
 def test_every_error_code_in_the_code_is_a_member_and_every_member_is_used() -> None:
     """`ctx.error(ErrorCode.X, ...)` everywhere: no string code left, no dead member."""
     text = "\n".join(
-        p.read_text() for p in (ROOT / "loomd").rglob("*.py") if "messages" not in p.relative_to(ROOT).parts
+        p.read_text()
+        for p in (ROOT / "loomd").rglob("*.py")
+        if "messages" not in p.relative_to(ROOT).parts
     )
     assert not re.search(r"(\.error|_report)\(\s*f?\"[a-z_]+\"", text)
     used = set(re.findall(r"ErrorCode\.([A-Z_]+)", text))
@@ -139,7 +141,9 @@ def test_every_error_code_in_the_code_is_a_member_and_every_member_is_used() -> 
 
 def test_the_mqtt_bridge_codes_it_makes_up_are_members() -> None:
     """The bridge builds `mqtt_<kind>` from its counters' names: each must be a member."""
-    text = (ROOT / "loomd" / "bridges" / "mqtt.py").read_text()
+    rooms = sorted((ROOT / "loomd" / "bridges").glob("mqtt*.py"))
+    assert {p.name for p in rooms} >= {"mqtt.py", "mqtt_discovery.py", "mqtt_transport.py"}
+    text = "\n".join(p.read_text() for p in rooms)
     kinds = re.findall(r'_bad_in\(\s*"(\w+)"', text) + re.findall(r'error="(\w+)"', text)
     assert len(set(kinds)) >= 5
     assert {f"mqtt_{k}" for k in kinds} <= set(ErrorCode.__members__.values())

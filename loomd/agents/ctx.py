@@ -204,7 +204,8 @@ class ReplyMux:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiting[ev.id] = fut
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see loomd/component.py
+                return await fut
         except TimeoutError:
             raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
         finally:

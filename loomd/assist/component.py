@@ -13,16 +13,19 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import re
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.assist.conversation import Conversation, Pending
+from loomd.assist.conversation import Conversation
+from loomd.assist.local import NOT_UNDERSTOOD, local_turn, outcome
 from loomd.assist.settings import AssistSettings
+from loomd.assist.timers import Timers
 from loomd.bus.acl import CALLER
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
@@ -33,28 +36,25 @@ from loomd.messages import (
     AssistTurn,
     CapsList,
     ChatMessage,
-    Domain,
     ErrorCode,
-    HomeDevice,
     HomeSnapshot,
     IntentInfo,
     IntentVia,
     Role,
-    SayRequest,
     Topic,
     Vocabulary,
 )
 from loomd.metrics import Family
 
 if TYPE_CHECKING:
-    from loomd.assist.matcher import Match, Matcher
+    from loomd.assist.matcher import Matcher
     from loomd.assist.responses import Responses
 
 __all__ = ["AssistComponent", "AssistStatus"]
 
 YES = re.compile(r"^(yes|yeah|yep|sure|ok|okay|do it|go ahead|confirm|please do)\b", re.I)
 NO = re.compile(r"^(no|nope|don't|do not|cancel|stop|never ?mind|forget it|abort)\b", re.I)
-NOT_UNDERSTOOD = "Sorry, I couldn't understand that"
+RECORDED = 50  # turns kept in the flight recorder (LMDB)
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,12 @@ class AssistStatus(StatusBlock):
     timers: int
 
 
-@dataclass
-class Timer:
-    id: int
-    seconds: float
-    ends: float  # time.monotonic()
-    site: str
-    name: str = ""
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
 class AssistComponent(Component[AssistSettings]):
     name = "assist"
     Settings = AssistSettings
     requires = ("hassil", "home_assistant_intents", "rapidfuzz", "jinja2")
     extra = "assist"
+    apt = "loomd-assist"
     summary = "conversations: local intents (hassil) first, then the model with tools"
 
     matcher: Matcher
@@ -97,17 +88,16 @@ class AssistComponent(Component[AssistSettings]):
         self.home = HomeSnapshot()
         self.caps: list[dict[str, Any]] = []
         self.convs: dict[str, Conversation] = {}
-        self.timers: dict[int, Timer] = {}
-        self._timer_ids = 0
-        self._ringing: set[asyncio.Task[None]] = set()
+        self.timers = Timers(self)
         self.counts = {"turns": 0, "local": 0, "llm": 0, "none": 0}
+        self._seq = itertools.count(int(time.time() * 1000))
         self._key: Any = None
         await self._rebuild()
         self.responses = Responses(self.matcher.responses)
         self.spawn(self._serve, "converse", restart=True)
         self.spawn(self._serve_vocabulary, "vocabulary", restart=True)
         self.spawn(self._refresh, "refresh", restart=True)
-        self.spawn(self._follow_stop, "stop", restart=True)
+        self.spawn(self.timers.follow_stop, "stop", restart=True)
 
     # -- the catalogue: home + capabilities -> a matcher -----------------------------------------
     def _sentence_files(self) -> list[Path]:
@@ -189,7 +179,8 @@ class AssistComponent(Component[AssistSettings]):
             self.spawn(functools.partial(follow, topic), f"follow {topic}", restart=True)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poke.wait(), self.settings.refresh_s)
+                async with asyncio.timeout(self.settings.refresh_s):
+                    await poke.wait()
             poke.clear()
             await self._rebuild()
 
@@ -251,7 +242,20 @@ class AssistComponent(Component[AssistSettings]):
         self.counts["turns"] += 1
         self.counts[turn.intent.via] = self.counts.get(turn.intent.via, 0) + 1
         await self.ctx.bus.publish(Topic.ASSIST_TURN, turn.to_payload(), wait=False)
+        await self._record(turn)
         return turn
+
+    async def _record(self, turn: AssistTurn) -> None:
+        """The flight recorder: the last `RECORDED` turns (`assist.last`, the status
+        page), each with its wall-clock time."""
+        try:
+            kv = self.ctx.state.kv("assist")
+            await kv.put(f"turn/{next(self._seq):016d}", {"at": time.time(), **turn.to_payload()})
+            keys = kv.keys("turn/")
+            for old in keys[: max(0, len(keys) - RECORDED)]:
+                await kv.delete(old)
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.RECORDER, f"assist: flight recorder write failed: {exc}")
 
     def _conversation(self, cid: str) -> Conversation:
         now = time.monotonic()
@@ -277,7 +281,7 @@ class AssistComponent(Component[AssistSettings]):
                 done = await self._run(pending.actions)
                 mark("action_done")
                 intent = IntentInfo("confirm", {}, IntentVia.LOCAL.value)
-                return AssistTurn(text, intent, tuple(done), self._outcome(done, pending.reply))
+                return AssistTurn(text, intent, tuple(done), outcome(done, pending.reply))
             if NO.match(text):
                 return AssistTurn(
                     text,
@@ -287,7 +291,7 @@ class AssistComponent(Component[AssistSettings]):
         match = await asyncio.to_thread(self.matcher.match, text)
         mark("matched")
         if match is not None and not match.unknown:
-            turn = await self._handle(match, ask, conv)
+            turn = await local_turn(self, match, ask, conv)
             if turn.actions:
                 mark("action_done")
             return turn
@@ -308,223 +312,10 @@ class AssistComponent(Component[AssistSettings]):
             return await llm_turn(self, ask, conv, mark)
         return AssistTurn(text, reply=self.responses.refusal("no_intent", NOT_UNDERSTOOD))
 
-    async def _handle(self, m: Match, ask: AssistRequest, conv: Conversation) -> AssistTurn:
-        intent = IntentInfo(m.intent, _plain(m.slots), IntentVia.LOCAL.value)
-        text = ask.text
-        r = self.responses
-        spoken = {**m.texts}
-        if "name" in m.slots:
-            spoken["name"] = m.texts.get("name", "")
-
-        def reply_for(devs: list[HomeDevice]) -> str:
-            state = _state_view(devs[0]) if devs else None
-            return r.intent(
-                m.intent,
-                m.response,
-                "Done",
-                slots=spoken,
-                state=state,
-                query={"matched": [], "unmatched": []},
-            )
-
-        if m.intent == "HassNevermind":
-            conv.pending = None
-            return AssistTurn(text, intent, reply="")
-        if m.intent == "HassGetCurrentTime":
-            import datetime
-
-            now = datetime.datetime.now()
-            fallback = now.strftime("%H:%M")
-            return AssistTurn(
-                text, intent, reply=r.intent(m.intent, "default", fallback, slots={"time": now})
-            )
-        if m.intent in (
-            "HassStartTimer",
-            "HassCancelTimer",
-            "HassTimerStatus",
-            "HassCancelAllTimers",
-        ):
-            return AssistTurn(text, intent, reply=self._timer(m, ask, spoken))
-        if m.intent.startswith("cap:"):
-            return await self._capability(m, intent, text, conv)
-        from loomd.assist.intents import ACTING, plan_actions, targets
-
-        if m.intent in ACTING:
-            plans, devs = plan_actions(m, self.home.devices)
-        elif m.intent == "HassGetState":
-            devs = targets(m, self.home.devices)
-            if not devs:
-                return AssistTurn(text, intent, reply=r.refusal("no_entity", "I don't know"))
-            got = await self._run([ActionRecord("home.get_state", {"device": devs[0].id})])
-            value = got[0].result if isinstance(got[0].result, dict) else {}
-            st = _state_view(devs[0], str(value.get("state") or ""))
-            want = m.slots.get("state")
-            matched = [st] if want is not None and str(want).lower() == st.state.lower() else []
-            reply = r.intent(
-                m.intent,
-                m.response,
-                st.state_with_unit,
-                slots=spoken,
-                state=st,
-                query={"matched": matched, "unmatched": [] if matched else [st]},
-            )
-            return AssistTurn(text, intent, tuple(got), reply)
-        else:
-            return AssistTurn(text, intent, reply=r.refusal("no_intent", NOT_UNDERSTOOD))
-        if not plans:
-            area = m.texts.get("area", "")
-            dom = str(m.slots.get("domain") or "device")
-            reply = (
-                r.refusal(
-                    "no_domain_in_area",
-                    f"Sorry, I am not aware of any {dom} in the {area} area",
-                    domain=dom,
-                    area=area,
-                )
-                if area
-                else r.refusal("no_domain", f"Sorry, I am not aware of any {dom}", domain=dom)
-            )
-            return AssistTurn(text, intent, reply=reply)
-        reply = reply_for(devs)
-        if self._needs_confirm(plans):
-            conv.pending = Pending(plans, reply, time.monotonic() + self.settings.confirm_timeout_s)
-            asked = [dataclasses.replace(a, code="confirm") for a in plans]
-            question = self._question(m, devs)
-            return AssistTurn(text, intent, tuple(asked), question, continue_conversation=True)
-        done = await self._run(plans)
-        return AssistTurn(text, intent, tuple(done), self._outcome(done, reply))
-
-    def _question(self, m: Match, devs: list[HomeDevice]) -> str:
-        verb = {"HassTurnOff": "Turn off", "HassTurnOn": "Turn on"}.get(m.intent, "Do that for")
-        if devs and devs[0].domain == Domain.LOCK:
-            verb = "Unlock" if m.intent == "HassTurnOff" else "Lock"
-        elif devs and devs[0].domain == Domain.COVER:
-            verb = "Close" if m.intent == "HassTurnOff" else "Open"
-        names = " and ".join(f"the {d.name}" for d in devs[:3])
-        return f"{verb} {names}?"
-
-    def _needs_confirm(self, plans: Iterable[ActionRecord]) -> bool:
-        flagged = {c["name"] for c in self.caps if c.get("confirm")}
-        devices = {d.id: d for d in self.home.devices}
-        for a in plans:
-            if a.capability.split("@")[0] in flagged:
-                return True
-            d = devices.get(str(a.params.get("device", "")))
-            action = a.capability.rsplit(".", 1)[-1]
-            if d is not None and ("*" in d.confirm or action in d.confirm):
-                return True
-        return False
-
-    async def _capability(
-        self, m: Match, intent: IntentInfo, text: str, conv: Conversation
-    ) -> AssistTurn:
-        name = m.intent.removeprefix("cap:")
-        versions = [c for c in self.caps if c["name"] == name and c.get("sentences")]
-        spec = max(versions, key=lambda c: int(c.get("version", 1)), default={})
-        if spec:
-            name = f"{name}@{spec.get('version', 1)}"  # the version whose sentences matched
-        props = (spec.get("schema") or {}).get("properties") or {}
-        params = {
-            k: (
-                int(v)
-                if isinstance(v, float) and (props.get(k) or {}).get("type") == "integer"
-                else v
-            )
-            for k, v in m.slots.items()
-            if k in props
-        }
-        plan = [ActionRecord(name, params)]
-        if spec.get("confirm"):
-            conv.pending = Pending(plan, "Done", time.monotonic() + self.settings.confirm_timeout_s)
-            desc = spec.get("description") or name
-            return AssistTurn(
-                text,
-                intent,
-                (dataclasses.replace(plan[0], code="confirm"),),
-                f"{desc}?",
-                continue_conversation=True,
-            )
-        done = await self._run(plan)
-        value = done[0].result
-        said = (
-            value
-            if isinstance(value, str)
-            else (value.get("reply") if isinstance(value, dict) else None)
-        )
-        return AssistTurn(text, intent, tuple(done), self._outcome(done, str(said or "Done")))
-
-    def _outcome(self, done: list[ActionRecord], reply: str) -> str:
-        bad = [a for a in done if a.code != "ok"]
-        if not bad:
-            return reply
-        why = str(bad[0].result or bad[0].code)
-        return f"Sorry, that did not work: {why}"
-
     async def _run(self, plans: Iterable[ActionRecord]) -> list[ActionRecord]:
         from loomd.assist.tools import run_actions
 
         return await run_actions(self, plans)
-
-    # -- timers -----------------------------------------------------------------------------------
-    def _timer(self, m: Match, ask: AssistRequest, spoken: dict[str, Any]) -> str:
-        if m.intent == "HassStartTimer":
-            secs = (
-                float(m.slots.get("hours", 0)) * 3600
-                + float(m.slots.get("minutes", 0)) * 60
-                + float(m.slots.get("seconds", 0))
-            )
-            if secs <= 0:
-                return "Sorry, how long should the timer run?"
-            self._timer_ids += 1
-            t = Timer(
-                self._timer_ids,
-                secs,
-                time.monotonic() + secs,
-                ask.site or self.settings.site,
-                str(m.slots.get("name") or ""),
-            )
-            t.task = self.spawn(lambda: self._ring(t), f"timer-{t.id}", critical=False)
-            self.timers[t.id] = t
-            return self.responses.intent(
-                m.intent, m.response, f"Timer set for {_span(secs)}", slots=spoken
-            )
-        if m.intent in ("HassCancelTimer", "HassCancelAllTimers"):
-            if not self.timers:
-                return self.responses.refusal(
-                    "timer_not_found", "Sorry, I couldn't find that timer"
-                )
-            ids = list(self.timers) if m.intent == "HassCancelAllTimers" else [max(self.timers)]
-            for i in ids:
-                t = self.timers.pop(i)
-                if t.task is not None:
-                    t.task.cancel()
-            return self.responses.intent(m.intent, "default", "Timer cancelled")
-        if not self.timers:
-            return "No timers."
-        left = min(t.ends for t in self.timers.values()) - time.monotonic()
-        n = len(self.timers)
-        return f"{n} timer{'s' if n > 1 else ''}; the next one ends in {_span(max(0.0, left))}"
-
-    async def _ring(self, t: Timer) -> None:
-        await asyncio.sleep(t.seconds)
-        self.timers.pop(t.id, None)
-        text = f"Your {_span(t.seconds)} timer is done" + (f": {t.name}" if t.name else "")
-        ring = asyncio.current_task()
-        assert ring is not None
-        self._ringing.add(ring)
-        try:
-            for _ in range(3):  # until "stop" (voice.stop) or three times
-                say = SayRequest(text, "announcement", t.site)
-                await self.ctx.bus.publish(Topic.VOICE_SAY, say.to_payload(), wait=False)
-                await asyncio.sleep(8.0)
-        finally:
-            self._ringing.discard(ring)
-
-    async def _follow_stop(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.VOICE_STOP, QoS.RELIABLE) as sub:
-            async for _ in sub:
-                for task in list(self._ringing):
-                    task.cancel()
 
     # -- operator ---------------------------------------------------------------------------------
     def status(self) -> AssistStatus | None:
@@ -559,6 +350,7 @@ class AssistComponent(Component[AssistSettings]):
                 ("text", "conversation"),
             ),
             "vocabulary": Command(self._cmd_vocabulary, "the names given to speech to text"),
+            "last": Command(self._cmd_last, "the last N turns (the flight recorder)", ("n",)),
         }
 
     async def _cmd_converse(self, text: Any, conversation: Any = "") -> dict[str, Any]:
@@ -567,31 +359,9 @@ class AssistComponent(Component[AssistSettings]):
         turn = await self.converse(AssistRequest(text, conversation_id=str(conversation or "")))
         return turn.to_payload()
 
+    async def _cmd_last(self, n: Any = 5) -> dict[str, Any]:
+        items = self.ctx.state.kv("assist").items("turn/")
+        return {"turns": [v for _, v in items[-max(1, int(n)) :]]}
+
     async def _cmd_vocabulary(self) -> dict[str, Any]:
         return {"words": self.matcher.vocabulary()}
-
-
-def _plain(slots: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: (int(v) if isinstance(v, float) and v.is_integer() else v)
-        for k, v in slots.items()
-        if isinstance(v, str | int | float | bool)
-    }
-
-
-def _state_view(d: HomeDevice, state: str = "") -> Any:
-    from loomd.assist.responses import StateView
-
-    return StateView(d.name, d.domain.value, state or d.state, d.unit)
-
-
-def _span(secs: float) -> str:
-    secs = round(secs)
-    h, rest = divmod(secs, 3600)
-    m, s = divmod(rest, 60)
-    parts = [
-        f"{n} {u}{'s' if n != 1 else ''}"
-        for n, u in ((h, "hour"), (m, "minute"), (s, "second"))
-        if n
-    ]
-    return " and ".join(parts) or "0 seconds"

@@ -26,6 +26,7 @@ from hassil import (
 )
 from hassil.models import UnmatchedTextEntity
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
 
 from loomd.errors import LoomdError
 from loomd.messages import Domain, HomeSnapshot
@@ -191,6 +192,8 @@ class Matcher:
         if r is not None:
             return self._to_match(r, text)
         clean = _clean(text)
+        if _NEGATION.search(clean):
+            return None  # "don't turn on the lights": hassil's exact match or nothing
         if clean != text:
             r = self.recognize(clean)
             if r is not None:
@@ -222,11 +225,10 @@ class Matcher:
             lists = {**base.slot_lists, **self.lists}
             samples = list(sample_intents(base, lists, language=language, expand_ranges=False))
             # Handled intents speech-to-phrase has no templates for (setting a temperature):
-            # HA's own, numbers as `#`, a bounded number of them.
+            # HA's own, numbers as `#`, a bounded number from each template (a bound per
+            # intent took the first templates only: no "set the temperature to # degrees").
             missing = set(HANDLED) - set(data["intents"])
-            samples += sample_intents(self.intents, self.lists, language=language,
-                                      expand_ranges=False, intent_names=missing,
-                                      max_sentences_per_intent=3000)  # fmt: skip
+            samples += _each_template(self.intents, self.lists, missing, language, 300)
             for _intent, text in samples:
                 phrases.add(_numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
         except Exception as exc:  # a template this hassil cannot sample: exact matching only
@@ -242,7 +244,7 @@ class Matcher:
         if hit is None:
             return None
         phrase = hit[0]
-        if phrase.count("#") != len(numbers):
+        if phrase.count("#") != len(numbers) or not _only_misheard(phrase, norm):
             return None
         for n in numbers:
             phrase = phrase.replace("#", n, 1)
@@ -293,12 +295,15 @@ class Matcher:
             elif (
                 r.intent.name in COMMANDS
                 and r.text_chunks_matched > unknown_chunks
+                and _commanded(text, r)
                 and len(said) == 1
                 and all(len(w.split()) <= 4 for w in said.values())
             ):
                 unknown_chunks = r.text_chunks_matched
                 unknown = Match(r.intent.name, {}, said, "default", False, said, text)
         for fixed in sorted(repairs, key=lambda f: -repairs[f])[:5]:
+            if not _only_misheard(fixed, text):
+                continue
             again = self.recognize(fixed)
             if again is not None:
                 return self._to_match(again, text, fuzzy=True)
@@ -323,6 +328,24 @@ class Matcher:
 
 
 MISSING = "<missing>"  # hassil's text for an entity the sentence has no words for
+# Words that say nothing about what to do: a parse whose words outside its slots are only
+# these ("the office needs some light" as `[activate] [the] {area} {name} [scene]`) was not
+# told to act, so its unknown "name" is no device the user asked for.
+_FILLER = frozenset("the a an in at of on my our your to for and all please".split())
+
+
+def _commanded(text: str, r: RecognizeResult) -> bool:
+    """Whether the sentence says what to do, outside the slots hassil filled or left
+    unmatched: a word of the template's own that is not filler ("turn", "open", "lock",
+    "set", "off"; "on" alone is not one)."""
+    rest = f" {text.lower()} "
+    texts = [e.text for e in r.entities.values()]
+    texts += [e.text for e in r.unmatched_entities.values() if isinstance(e, UnmatchedTextEntity)]
+    for said in texts:
+        said = (said or "").strip().lower()
+        if said and said != MISSING:
+            rest = rest.replace(f" {said} ", " ", 1)
+    return any(w not in _FILLER for w in re.findall(r"[a-z']+", rest))
 
 
 def _clean(text: str) -> str:
@@ -333,6 +356,44 @@ def _clean(text: str) -> str:
     if len(clauses) > 1 and clauses[1].lower() == clauses[0].lower():
         return clauses[0]  # whisper repeating itself (cut off by its token bound or not)
     return text.strip(" ,.;!?")
+
+
+# Words that turn a command into its opposite: no repair may drop them.
+_NEGATION = re.compile(r"\b(don'?t|do not|doesn'?t|never|not|no longer|stop)\b", re.I)
+# Words whisper (or a speaker) adds that change nothing; any other word the transcript has
+# beyond its phrase ("I turned on ...", "who turned on ...", "the lamp is on") is meaning.
+_HEARD_EXTRA = frozenset("the a an and so uh um oh please now".split())
+
+
+def _only_misheard(phrase: str, heard: str) -> bool:
+    """Whether `heard` is `phrase` with words misheard, split or dropped, not words added:
+    a repair is for what whisper got wrong, never for a different sentence that happens to
+    be close ("I turned on the desk lamp", "the desk lamp is on" are not "turn on the desk
+    lamp"). An added word is allowed when it says nothing (`_HEARD_EXTRA`) or is the rest
+    of a misheard word beside it ("mad room" for "bedroom", "guard in" for "garden")."""
+    want = _numbers_out(phrase)[0].split()
+    said = _numbers_out(heard)[0].split()
+    ops = Levenshtein.opcodes(want, said)
+    misheard: dict[int, str] = {}  # a position in `said` -> the phrase's words it replaced
+    for op in ops:
+        if op.tag == "replace":
+            for j in range(op.dest_start, op.dest_end):
+                misheard[j] = "".join(want[op.src_start : op.src_end])
+    for op in ops:
+        if op.tag != "insert":
+            continue
+        for j in range(op.dest_start, op.dest_end):
+            w = said[j]
+            joined = [  # the misheard word beside it, with this one: what it replaced?
+                (said[k] + w if k < j else w + said[k], misheard[k])
+                for k in (j - 1, j + 1)
+                if k in misheard
+            ]
+            if w not in _HEARD_EXTRA and not any(
+                fuzz.ratio(x, was) >= 60 and abs(len(x) - len(was)) <= 2 for x, was in joined
+            ):
+                return False
+    return True
 
 
 def _numbers_out(text: str) -> tuple[str, list[str]]:
@@ -360,6 +421,29 @@ def _numbers_out(text: str) -> tuple[str, list[str]]:
 def _strip(words: str) -> str:
     words = words.strip()
     return words[4:] if words.lower().startswith("the ") else words
+
+
+def _each_template(
+    intents: Intents, lists: dict[str, Any], names: set[str], language: str, per: int
+) -> list[tuple[str, str]]:
+    """Up to `per` sentences of every template of the intents `names` (ranges as `#`,
+    wildcard templates left out), so each sentence shape is in the phrase set."""
+    import itertools
+
+    from hassil.sample import sample_sentence
+
+    rules = intents.expansion_rules
+    out: list[tuple[str, str]] = []
+    for name in sorted(names & set(intents.intents)):
+        for block in intents.intents[name].data:
+            local = {**rules, **block.expansion_rules} if block.expansion_rules else rules
+            for template in block.sentences:
+                if any(n in block.wildcard_list_names for n in template.list_names(local)):
+                    continue
+                texts = sample_sentence(template, {**intents.slot_lists, **lists}, local,
+                                        language=language, expand_ranges=False)  # fmt: skip
+                out += [(name, t) for t in itertools.islice(texts, per)]
+    return out
 
 
 def _list_for(schema: Mapping[str, Any]) -> Any:

@@ -15,7 +15,7 @@ def add_cli(cmds: Any) -> None:
     say.add_argument("text")
     say.add_argument("--announce", action="store_true", help="interrupt what is playing")
     say.set_defaults(func=_say)
-    voice = cmds.add_parser("voice", help="the voice pipeline: last, test, stop")
+    voice = cmds.add_parser("voice", help="the voice pipeline: last, test, stop, mute")
     vc = voice.add_subparsers(dest="voice_cmd", required=True)
     last = vc.add_parser("last", help="the last interactions with their timings (waterfall)")
     last.add_argument("n", nargs="?", type=int, default=5)
@@ -27,6 +27,8 @@ def add_cli(cmds: Any) -> None:
         "--wait", type=float, default=300.0, help="seconds to wait for the whole turn (300)"
     )
     vc.add_parser("stop", help="stop speaking and cancel the current turn")
+    mute = vc.add_parser("mute", help="mute (on) or unmute (off) the microphone")
+    mute.add_argument("on", choices=("on", "off"))
     voice.set_defaults(func=_voice)
 
 
@@ -74,6 +76,10 @@ async def _voice(bus: Any, args: Any) -> int:
             print("no interactions recorded yet")
         for turn in turns:
             _print_turn(turn)
+        return 0
+    if args.voice_cmd == "mute":
+        r = await op(bus, "voice.mute", args.on)
+        print("microphone muted" if r["muted"] else "microphone on")
         return 0
     if args.voice_cmd == "stop":
         await op(bus, "voice.stop")

@@ -82,6 +82,12 @@ class Handoff:
         for pcm in held:
             await self.bus.publish(self.topic, pcm, qos="realtime")
 
+    def drop(self) -> None:
+        """Forget the offer, the stream and any listen request (the microphone was muted)."""
+        self.cancel()
+        self._held, self.listen_now = [], ""
+        self.streaming, self._stop = "", False
+
     async def feed(self, pcm: bytes) -> bool:
         """Publish a frame; False once the stream is over (released or too long)."""
         if self._stop or time.monotonic() > self._until:

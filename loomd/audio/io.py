@@ -8,6 +8,7 @@ buffer sink, through the same interfaces."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -227,11 +228,11 @@ class BufferSink:
             if self.realtime:
                 delay = began + i * FRAME_MS / 1000 - time.monotonic()
                 if delay > 0:
-                    try:
-                        await asyncio.wait_for(self._stop.wait(), delay)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._stop.wait()
+                    if self._stop.is_set():
                         break
-                    except TimeoutError:
-                        pass
             played += chunk
             for listen in self.listeners:
                 listen(chunk)

@@ -11,6 +11,7 @@ __all__ = [
     "AecSettings",
     "FrontendSettings",
     "MicSettings",
+    "StopSettings",
     "SttSettings",
     "TtsSettings",
     "VadSettings",
@@ -31,6 +32,15 @@ class WakeSettings(Section):
     # While the board plays audio: echo cancellation leaves a residue for its first second.
     speaking_threshold: float = option(0.6, min=0.01, max=1.0, reload=True)
     refractory_s: float = option(2.0, min=0.0, max=60.0, reload=True)
+
+
+@dataclass(frozen=True)
+class StopSettings(Section):
+    """The stop word, armed while the board plays: no pinned wheel ships a "stop" model
+    (docs/design/voice-stop.md), so it is off until one is put in the models folder."""
+
+    model: str = option("", max_len=4096)  # an openWakeWord .onnx; "" = no stop word
+    threshold: float = option(0.5, min=0.01, max=1.0, reload=True)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class WyomingSettings(Section):
     enabled: bool = option(False)
     host: str = option("127.0.0.1", max_len=255)
     port: int = option(10700, min=1, max=65535)
+    mdns: bool = option(True)
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,7 @@ class VoiceSettings(Section):
     followup_s: float = option(5.0, min=0.0, max=60.0, reload=True)
     recorder_size: int = option(50, min=1, max=10000)
     wake: WakeSettings = option(factory=WakeSettings)
+    stop: StopSettings = option(factory=StopSettings)
     vad: VadSettings = option(factory=VadSettings)
     stt: SttSettings = option(factory=SttSettings)
     tts: TtsSettings = option(factory=TtsSettings)

@@ -17,7 +17,15 @@ from typing import Any, Protocol
 from loomd.audio.frames import RATE
 from loomd.audio.models import ModelError, model_path
 
-__all__ = ["EspeakTts", "PiperTts", "SentenceSplitter", "Tts", "load_tts", "resample"]
+__all__ = [
+    "EspeakTts",
+    "PiperTts",
+    "SentenceSplitter",
+    "Tts",
+    "load_tts",
+    "resample",
+    "tts_server",
+]
 
 log = logging.getLogger("loomd.voice.tts")
 
@@ -108,6 +116,18 @@ def load_tts(engine: str, models_dir: str, voice: str) -> tuple[Tts, str]:
             log.warning("%s", why)
             return EspeakTts(), why
     return EspeakTts(), ""
+
+
+def tts_server(engine: str, models_dir: str, voice: str) -> tuple[Any, dict[str, str]]:
+    """In the worker process (loomd.audio.worker): the engine, and what answers a text
+    with its audio. Says which engine it is and why Piper was not used, if it was not."""
+    tts, why = load_tts(engine, models_dir, voice)
+
+    def handle(req: Any) -> bytes:
+        text: str = req[0]
+        return tts.synthesize(text)
+
+    return handle, {"name": tts.name, "why": why}
 
 
 _END = re.compile(r"(?<=[.!?])\s+|\n+")

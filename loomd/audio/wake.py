@@ -6,13 +6,14 @@ period (in stream time, so replays and live audio behave the same)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loomd.audio.models import ModelError, model_path
 
-__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector"]
+__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector", "hot_spans", "wake_server"]
 
 CHUNK_SAMPLES = 1280
 
@@ -91,3 +92,58 @@ class WakeDetector:
                     hit = Detection(word, float(score), t)
                     self._quiet_until = t + self.refractory_s
         return hit
+
+
+def hot_spans(scores: Sequence[float], guard_score: float) -> list[tuple[float, float]]:
+    """Where the wake word is said in audio whose 80 ms chunks scored `scores` (the wake
+    model on it from the start, then a second of silence): (start, end) in seconds. The
+    model scores at the end of a word; a span covers the second before it."""
+    spans: list[tuple[float, float]] = []
+    step_s = CHUNK_SAMPLES / 16000
+    for k, score in enumerate(scores):
+        if score >= guard_score:
+            end = (k + 1) * step_s
+            if spans and spans[-1][1] >= end - 1.0:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((end - 1.0, end))
+    return spans
+
+
+def wake_server(models_dir: str, words: list[str]) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+    """In the worker process (loomd.audio.worker): detectors by id, made on first use with
+    the models, threshold and refractory period the request carries (`cfg`). Requests:
+    `("process", id, cfg, pcm, t_end, limit)` -> (hit or None, last, peak);
+    `("reset", id, cfg, clock)`; `("scores", id, cfg, pcm)` -> the highest score of each
+    80 ms chunk (the self-wake guard's scan)."""
+    first = WakeDetector(models_dir, tuple(words))  # loads the models: errors at start
+    dets: dict[str, WakeDetector] = {}
+
+    def det(key: str, cfg: Any) -> WakeDetector:
+        if key not in dets:
+            models, threshold, refractory_s = cfg
+            dets[key] = WakeDetector(
+                models_dir, tuple(models), threshold=threshold, refractory_s=refractory_s
+            )
+        return dets[key]
+
+    def handle(req: Any) -> Any:
+        op, key, cfg = req[0], req[1], req[2]
+        if op == "process":
+            d = det(key, cfg)
+            hit = d.process(req[3], req[4], req[5])
+            return (None if hit is None else (hit.word, hit.score, hit.t)), d.last, d.peak
+        if op == "reset":
+            det(key, cfg).reset(clock=req[3])
+            return None
+        if op == "scores":
+            d = det(key, cfg)
+            out = []
+            step = CHUNK_SAMPLES * 2
+            for i in range(0, len(req[3]), step):
+                d.process(req[3][i : i + step], 0.0)
+                out.append(d.last)
+            return out
+        raise ValueError(f"unknown wake request {op!r}")
+
+    return handle, {"words": list(first.words)}

@@ -5,23 +5,36 @@ Assist (and `wyoming-bench`) can use the board's local models. Off by default.""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loomd.messages import ErrorCode
 
 if TYPE_CHECKING:
-    from loomd.audio.component import VoiceComponent
+    from loomd.audio.stages import Stages, Wake
 
-__all__ = ["serve"]
+__all__ = ["WyomingServices", "serve"]
 
 log = logging.getLogger("loomd.voice.wyoming")
 
 _TTS_CHUNK = 2048  # bytes of audio per AudioChunk
 
 
-async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
+@dataclass(frozen=True)
+class WyomingServices:
+    """What the server is given: the voice component's stages (it owns their threads and
+    processes), the names it describes them by, and where errors go."""
+
+    stages: Stages
+    voice: str  # the Piper voice's file name
+    words: tuple[str, ...]  # the wake models' names
+    threshold: float
+    error: Callable[[ErrorCode, str], None]
+
+
+async def serve(svc: WyomingServices, host: str, port: int) -> Any:
     """Start the server; returns it (call `await server.stop()`)."""
     from wyoming.asr import Transcribe, Transcript
     from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
@@ -41,21 +54,21 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
     from wyoming.tts import Synthesize
     from wyoming.wake import Detect, Detection, NotDetected
 
-    from loomd.audio.wake import WakeDetector
+    from loomd.audio.worker import WorkerError
 
-    s = comp.settings
+    stages = svc.stages
     who = Attribution(name="loomd", url="https://github.com/loomd/loomd")
 
     def info() -> Info:
         return Info(
             asr=[AsrProgram(name="loomd-whisper", attribution=who, installed=True,
                             description="whisper.cpp in loomd", version=None,
-                            models=[AsrModel(name=str(comp.stt.path.stem), attribution=who,
+                            models=[AsrModel(name=str(stages.stt.path.stem), attribution=who,
                                              installed=True, description=None, version=None,
                                              languages=["en"])])],
-            tts=[TtsProgram(name=f"loomd-{comp.tts.name}", attribution=who, installed=True,
+            tts=[TtsProgram(name=f"loomd-{stages.tts_name}", attribution=who, installed=True,
                             description="Piper in loomd", version=None,
-                            voices=[TtsVoice(name=s.tts.voice.rsplit("/", 1)[-1].removesuffix(
+                            voices=[TtsVoice(name=svc.voice.rsplit("/", 1)[-1].removesuffix(
                                 ".onnx"), attribution=who, installed=True, description=None,
                                 version=None, languages=["en"])])],
             wake=[WakeProgram(name="loomd-openwakeword", attribution=who, installed=True,
@@ -64,7 +77,7 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
                                                 description=None, version=None,
                                                 languages=["en"], phrase=w.split("_v")[0]
                                                 .replace("_", " "))
-                                      for w in comp.wake.words])],
+                                      for w in svc.words])],
         )  # fmt: skip
 
     class Handler(AsyncEventHandler):
@@ -73,12 +86,11 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
             self.mode = ""
             self.audio = bytearray()
             self.convert = AudioChunkConverter(rate=16000, width=2, channels=1)
-            self.detector: WakeDetector | None = None
+            self.detector: Wake | None = None
             self.detected = False
             self.t = 0.0
 
         async def handle_event(self, event: Event) -> bool:
-            loop = asyncio.get_running_loop()
             if Describe.is_type(event.type):
                 await self.write_event(info().event())
             elif Transcribe.is_type(event.type):
@@ -86,23 +98,22 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
             elif Detect.is_type(event.type):
                 self.mode, self.detected, self.t = "wake", False, 0.0
                 if self.detector is None:
-                    self.detector = await loop.run_in_executor(
-                        comp._wake_pool,
-                        lambda: WakeDetector(
-                            comp.models_dir, s.wake.models, threshold=s.wake.threshold
-                        ),
-                    )
+                    self.detector = await stages.wake(threshold=svc.threshold)
                 else:
-                    await loop.run_in_executor(comp._wake_pool, self.detector.reset)
+                    await self.detector.reset()
             elif AudioStart.is_type(event.type):
                 self.audio.clear()
             elif AudioChunk.is_type(event.type):
                 chunk = self.convert.convert(AudioChunk.from_event(event))
                 if self.mode == "wake" and self.detector is not None and not self.detected:
                     self.t += len(chunk.audio) / 32000
-                    hit = await loop.run_in_executor(
-                        comp._wake_pool, self.detector.process, chunk.audio, self.t
-                    )
+                    try:
+                        hit = await self.detector.process(chunk.audio, self.t)
+                    except WorkerError as exc:  # it restarts; this stream hears no more
+                        svc.error(ErrorCode.WAKE_FAILED, f"voice: wyoming wake word: {exc}")
+                        self.mode = ""
+                        await self.write_event(NotDetected().event())
+                        return True
                     if hit is not None:
                         self.detected = True
                         await self.write_event(
@@ -113,9 +124,9 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
             elif AudioStop.is_type(event.type):
                 if self.mode == "stt":
                     try:
-                        text = (await comp.stt.transcribe(bytes(self.audio))).text
+                        text = (await stages.stt.transcribe(bytes(self.audio))).text
                     except Exception as exc:
-                        comp.ctx.error(ErrorCode.WYOMING_STT, f"voice: wyoming STT failed: {exc}")
+                        svc.error(ErrorCode.WYOMING_STT, f"voice: wyoming STT failed: {exc}")
                         text = ""
                     await self.write_event(Transcript(text=text).event())
                 elif self.mode == "wake" and not self.detected:
@@ -124,7 +135,11 @@ async def serve(comp: VoiceComponent, host: str, port: int) -> Any:
                 self.mode = ""
             elif Synthesize.is_type(event.type):
                 text = Synthesize.from_event(event).text
-                pcm = await loop.run_in_executor(comp._tts_pool, comp.tts.synthesize, text)
+                try:
+                    pcm = await stages.synthesize(text)
+                except WorkerError as exc:  # it restarts; this answer is silence
+                    svc.error(ErrorCode.TTS_FAILED, f"voice: wyoming TTS: {exc}")
+                    pcm = b""
                 await self.write_event(AudioStart(rate=16000, width=2, channels=1).event())
                 for i in range(0, len(pcm), _TTS_CHUNK):
                     await self.write_event(

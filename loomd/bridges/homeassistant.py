@@ -6,9 +6,10 @@ retained discovery config (`<prefix>/<component>/<node_id>/<object_id>/config`) 
 The MQTT component publishes them on connect and again whenever Home Assistant announces
 itself (`<prefix>/status` = `online`), and clears them on `loomctl mqtt forget`.
 
-Agents add entities of their own by publishing on the bus topic `loomd.mqtt.entity` a map
-`{"key": "pantry_temp", "component": "sensor", "name": "Pantry", "bus": "sensor.pantry.temp",
- ...extra discovery keys}`: the entity's state follows the bus topic's payload (as JSON).
+Agents add entities of their own by publishing an `MqttEntity` (loomd.messages) on
+`Topic.MQTT_ENTITY`: a sensor's state follows a bus topic's payload (as JSON); a switch,
+text, number, button or select turns HA's commands into `EntityCommand` events and/or
+capability calls (see docs/design/mqtt-entities.md).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomd import __version__
+from loomd.messages import HaComponent, MqttEntity, Topic
 
 __all__ = ["Entity", "base_topic", "config_payload", "config_topic", "default_entities"]
 
-ENTITY_TOPIC = "loomd.mqtt.entity"  # agents announce entities here
-COMPONENTS = ("sensor", "binary_sensor", "switch", "text", "number", "button", "select")
+ENTITY_TOPIC = str(Topic.MQTT_ENTITY)  # agents announce entities here (MqttEntity)
 
 
 def node_id(device: str) -> str:
@@ -40,6 +41,7 @@ class Entity:
     name: str
     extra: dict[str, Any] = field(default_factory=dict)  # the platform's own keys
     bus: str = ""  # for agent entities: the bus topic whose payload is the state
+    source: MqttEntity | None = None  # for agent entities: what the agent asked for
 
 
 def default_entities(device: str) -> list[Entity]:
@@ -96,19 +98,46 @@ def config_payload(device: str, e: Entity) -> dict[str, Any]:
     return payload
 
 
-def agent_entity(device: str, data: Any) -> Entity:
-    """An entity an agent asked for (raises ValueError with the reason)."""
-    if not isinstance(data, dict):
-        raise ValueError("an entity is a map with key, component, name and bus")
-    key, comp, name, bus = (data.get(k) for k in ("key", "component", "name", "bus"))
-    if not isinstance(key, str) or not re.fullmatch(r"[a-z0-9_]{1,64}", key):
-        raise ValueError(f"key {key!r}: 1-64 of a-z, 0-9, _")
-    if comp not in COMPONENTS:
-        raise ValueError(f"component {comp!r}: one of {', '.join(COMPONENTS)}")
-    if not isinstance(name, str) or not name:
-        raise ValueError("name: a non-empty string")
-    if not isinstance(bus, str) or not bus:
-        raise ValueError("bus: the bus topic whose payload is the state")
-    extra = {k: v for k, v in data.items() if k not in ("key", "component", "name", "bus")}
-    extra.setdefault("state_topic", f"{base_topic(device)}/entity/{key}")
-    return Entity(f"agent_{key}", comp, name, extra, bus)
+def agent_entity(device: str, m: MqttEntity) -> Entity:
+    """The discovery entity for an agent's `MqttEntity`: its state on
+    `loomd/<device>/entity/<key>`, HA's commands (if it takes any) on `.../<key>/set`."""
+    extra = dict(m.extra)
+    t = f"{base_topic(device)}/entity/{m.key}"
+    if m.kind is not HaComponent.BUTTON:
+        extra.setdefault("state_topic", t)
+    if m.kind.commands:
+        extra["command_topic"] = f"{t}/set"
+    return Entity(f"agent_{m.key}", m.component, m.name, extra, m.bus, m)
+
+
+def command_key(device: str, topic: str) -> str | None:
+    """The agent entity key a command topic `loomd/<device>/entity/<key>/set` names."""
+    head, tail = f"{base_topic(device)}/entity/", "/set"
+    if topic.startswith(head) and topic.endswith(tail):
+        return topic[len(head) : -len(tail)] or None
+    return None
+
+
+def command_value(kind: HaComponent, text: str, extra: dict[str, Any]) -> Any:
+    """What a command payload from HA means for an entity of `kind` (ValueError: nothing)."""
+    if kind is HaComponent.SWITCH:
+        on, off = extra.get("payload_on", "ON"), extra.get("payload_off", "OFF")
+        if text not in (on, off):
+            raise ValueError(f"{text[:32]!r} is not {on} or {off}")
+        return text == on
+    if kind is HaComponent.NUMBER:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text[:32]!r} is not a number") from None
+        lo, hi = extra.get("min", 1.0), extra.get("max", 100.0)  # HA's defaults
+        if not lo <= value <= hi:
+            raise ValueError(f"{value:g} is outside {lo:g}..{hi:g}")
+        return value
+    if kind is HaComponent.SELECT:
+        if text not in extra.get("options", ()):
+            raise ValueError(f"{text[:32]!r} is not one of the options")
+        return text
+    if kind is HaComponent.BUTTON:
+        return None
+    return text

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from loomd.bridges.mqtt_pump import OutboxPump
+from loomd.bridges.mqtt_transport import MqttTransport
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError
 from loomd.messages import MqttAck, MqttFollow, MqttMessage, MqttPublish, Topic
@@ -43,15 +45,12 @@ class _Follow:
 
 
 class BusRequests:
-    """Serves `mqtt.publish` and `mqtt.follow`. Needs the component's `ctx`, `client`,
-    `outbox`, `connected`, `mqtt`, `v5`, `spawn`, `count` and `_pump`."""
+    """Serves `mqtt.publish` and `mqtt.follow`. Needs the component's `ctx`, `transport`,
+    `pump`, `spawn` and `count`."""
 
     ctx: Any
-    client: Any
-    outbox: Any
-    connected: bool
-    mqtt: Any
-    v5: bool
+    transport: MqttTransport
+    pump: OutboxPump
     loop: asyncio.AbstractEventLoop
 
     def _requests_setup(self) -> None:
@@ -93,17 +92,15 @@ class BusRequests:
         if len(msg.payload) > self.ctx.settings.max_payload_bytes:
             raise LoomdError(f"{msg.topic}: {len(msg.payload)} bytes is over max_payload_bytes")
         if msg.qos == 0:
-            if not self.connected:
+            if not self.transport.connected:
                 raise LoomdError("mqtt is not connected (a QoS 0 message is not kept)")
-            self.client.publish(msg.topic, msg.payload, 0, msg.retain)
+            self.transport.publish_nowait(msg.topic, msg.payload, 0, msg.retain)
             self.published += 1
             return
-        entry = self.outbox.add(msg.topic, msg.payload, msg.qos, msg.retain)
+        entry = self.pump.send(msg.topic, msg.payload, msg.qos, msg.retain)
         if entry is None:
             self.count("outbox_overflow")  # type: ignore[attr-defined]
             raise LoomdError(f"the MQTT outbox is full; {msg.topic} dropped")
-        if self.connected:
-            self._pump()  # type: ignore[attr-defined]
         self.published += 1
         written = entry.written
         if written is not None:
@@ -137,10 +134,8 @@ class BusRequests:
             raise LoomdError(f"mqtt.follow {f.owner}: qos {f.qos} is not 0, 1 or 2")
         old = self.follows.get(f.owner)
         self.follows[f.owner] = _Follow(f.filters, f.bus_topic, f.qos)
-        if old is not None and self.connected:
-            gone = set(old.filters) - self._followed_filters()
-            if gone:
-                self.client.unsubscribe(sorted(gone))
+        if old is not None:
+            self.transport.unsubscribe(sorted(set(old.filters) - self._followed_filters()))
         self._subscribe_follows()
 
     def _followed_filters(self) -> set[str]:
@@ -148,26 +143,19 @@ class BusRequests:
 
     def _subscribe_follows(self) -> None:
         """On every connect and on every new follow (the broker forgets clean sessions)."""
-        if not self.connected or not self.follows:
+        if not self.transport.connected or not self.follows:
             return
         subs: dict[str, int] = {}
         for f in self.follows.values():
             for flt in f.filters:
                 subs[flt] = max(subs.get(flt, 0), f.qos)
-        if self.v5:
-            from paho.mqtt.subscribeoptions import SubscribeOptions
-
-            self.client.subscribe(
-                [(t, SubscribeOptions(qos=q, noLocal=True)) for t, q in subs.items()]
-            )
-        else:
-            self.client.subscribe(list(subs.items()))
+        self.transport.subscribe(subs.items())
 
     def _followed(self, topic: str, data: bytes, retain: bool) -> bool:
         """Publish a message that matches a follow on its bus topic; True if it did."""
         if not self.follows:
             return False
-        matches = self.mqtt.topic_matches_sub
+        matches = self.transport.matches
         targets = {
             f.bus_topic
             for f in self.follows.values()

@@ -38,10 +38,12 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
+from loomd.bridges.peer_frames import guards, read_guards
 from loomd.bridges.settings import PeersSettings
 from loomd.bus import wire, zmqio
 from loomd.bus.api import BusSubscription
 from loomd.bus.envelope import Event, QoS
+from loomd.bus.subscriber import SlowConsumer
 from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, ProtocolError
@@ -374,7 +376,7 @@ class PeersComponent(Component[PeersSettings]):
                 at += 4 + n
             if at != len(frame):
                 self._count("malformed")
-        elif kind == b"E":
+        elif kind == b"F" or kind == b"E":
             self._on_event(peer, frame)
         elif kind == b"A":
             for (seq,) in ACKS.iter_unpack(frame[1:]):
@@ -396,19 +398,24 @@ class PeersComponent(Component[PeersSettings]):
 
     # -- events in ----------------------------------------------------------------------------
     def _on_event(self, peer: Peer, frame: bytes) -> None:
-        seq_b = frame[1:9]
-        seq = SEQ.unpack(seq_b)[0]
+        seq = SEQ.unpack_from(frame, 1)[0]
         try:
-            topic, header, body = wire.unpack_event(frame[9:])
+            if frame[:1] == b"F":  # [F, seq, origin, peer_id, event frame]
+                origin_b, pid_b, at = read_guards(frame, 9)
+                origin, pid_g = origin_b.decode(), pid_b
+            else:  # [E, seq, event frame]: the loop guards are in the event's meta
+                origin, pid_g, at = "", b"", 9
+            topic, header, body = wire.unpack_event(frame[at:])
             ev = Event.from_frames(topic, header, body)
             ev.header  # noqa: B018 - decode and check it now, not in the middle of routing
-        except (ProtocolError, ValueError) as exc:
+        except (ProtocolError, ValueError, IndexError) as exc:
             self._count("malformed")
             self.log.warning("peers: malformed event from %s: %s", peer.name, exc)
             return
         meta = ev.meta
-        origin = str(meta.get("origin", ""))
-        pid = meta.get("peer_id") or ev.id
+        if not pid_g:
+            origin = str(meta.get("origin", ""))
+        pid = pid_g or meta.get("peer_id") or ev.id
         deliver = True
         if origin == self.device:
             peer.looped += 1
@@ -476,6 +483,21 @@ class PeersComponent(Component[PeersSettings]):
                 peer.tasks.append(task)
 
     async def _forward(self, peer: Peer, sub: BusSubscription, qos: QoS) -> None:
+        """Forward one subscription's events. One the bus shed (full while the peer's window
+        was, longer than `slow_consumer_ms`: its events are counted `evicted` drops) is
+        made again: the link goes on once the peer acks again."""
+        while True:
+            try:
+                await self._forward_from(peer, sub, qos)
+                return  # closed: the component stops or the peer was replaced
+            except SlowConsumer as exc:
+                self._count("evicted")
+                self.log.warning("peers: %s: %s; subscribing again", peer.name, exc)
+                peer.subs.remove(sub)
+                sub = self.ctx.bus.subscribe(sub.pattern, qos)
+                peer.subs.append(sub)
+
+    async def _forward_from(self, peer: Peer, sub: BusSubscription, qos: QoS) -> None:
         reliable = qos == QoS.RELIABLE
         async for ev in sub:
             if (ev.qos == QoS.RELIABLE) != reliable:
@@ -486,22 +508,20 @@ class PeersComponent(Component[PeersSettings]):
             if ev.ttl <= 1:
                 self._count("ttl")
                 continue
-            out = Event.create(
-                ev.topic, ev.payload, type=ev.type, sender=ev.sender, qos=ev.qos, ttl=ev.ttl,
-                meta={**meta, "origin": meta.get("origin") or self.device,
-                      "peer_id": meta.get("peer_id") or ev.id},
-            )  # fmt: skip
+            # The event's own frame (kept from the socket it came in on, or encoded once)
+            # goes as it is; the hop's fields travel beside it, not in a re-encoded header.
+            hop = guards(str(meta.get("origin") or self.device), meta.get("peer_id") or ev.id)
             if reliable:
                 while len(peer.unacked) >= WINDOW:
                     peer.credit.clear()
                     await peer.credit.wait()
                 seq = peer.next_seq
                 peer.next_seq += 1
-                frame = b"E" + SEQ.pack(seq) + out.to_wire()
+                frame = b"F" + SEQ.pack(seq) + hop + ev.to_wire()
                 peer.unacked[seq] = (frame, time.monotonic())
                 self._enqueue(peer, frame)
             else:
-                self._enqueue(peer, b"E" + SEQ.pack(0) + out.to_wire())
+                self._enqueue(peer, b"F" + NO_SEQ + hop + ev.to_wire())
 
     # Frames leave once per loop iteration, many per ZeroMQ message: each message costs a
     # Curve encryption and a syscall (~50 us here), so batching is what makes a link fast.

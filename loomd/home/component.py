@@ -22,6 +22,8 @@ from loomd.agents.capability import CapabilitySpec
 from loomd.bus.envelope import QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, RequestTimeout
+from loomd.home.ha_devices import HaDevices
+from loomd.home.hass import HA_SOURCE
 from loomd.home.registry import Device, Registry, Source, load_dir, source_from_tables
 from loomd.home.settings import READ_ONLY, HomeSettings
 from loomd.messages import (
@@ -62,6 +64,7 @@ class HomeStatus(StatusBlock):
     failed: int = 0
     states: int = 0
     following: str = ""
+    home_assistant: str = ""  # HA's entities joined: how many, and those skipped
 
 
 def _fill(template: str, value: float) -> str:
@@ -69,7 +72,7 @@ def _fill(template: str, value: float) -> str:
     return template.replace("{value}", text)
 
 
-class HomeComponent(Component[HomeSettings]):
+class HomeComponent(HaDevices, Component[HomeSettings]):
     name = "home"
     Settings = HomeSettings
     summary = "the device registry: devices and areas, acted on through MQTT or capabilities"
@@ -80,12 +83,16 @@ class HomeComponent(Component[HomeSettings]):
         self.counts = {"actions": 0, "failed": 0, "states": 0}
         self.following: tuple[str, ...] = ()
         self._changed = asyncio.Event()
+        self.ha_entities: dict[str, str] = {}  # HA entity id -> device id
+        self.ha_skipped: tuple[str, ...] = ()
         self._load_config()
         self.spawn(self._offer, "offer", restart=True)
         self.spawn(self._follow_states, "states", restart=True)
         self.spawn(self._keep_following, "follow", restart=True)
         self.spawn(self._serve_registry, "registry", restart=True)
         self.spawn(self._agent_devices, "agent-devices", restart=True)
+        self.spawn(self._ha_devices, "ha-devices", restart=True)
+        self.spawn(self._ha_states, "ha-states", restart=True)
 
     def _home_dir(self) -> Path | None:
         if self.settings.dir:
@@ -96,11 +103,12 @@ class HomeComponent(Component[HomeSettings]):
     def _load_config(self) -> None:
         """The config's own tables, then each home.d file; any error stops the start."""
         s = self.settings
-        self.registry.set_source(Source("config", s.areas, s.devices))
+        self.declared = [Source("config", s.areas, s.devices)]  # as declared, before HA's join
         folder = self._home_dir()
         if folder is not None:
-            for src in load_dir(folder):
-                self.registry.set_source(src)
+            self.declared += load_dir(folder)
+        for src in self.declared:
+            self.registry.set_source(src)
         self.log.info(
             "home: %d devices in %d areas from %s",
             len(self.registry.devices),
@@ -250,15 +258,16 @@ class HomeComponent(Component[HomeSettings]):
     async def _act(self, d: Device, action: str, value: float | None = None) -> dict[str, Any]:
         self.counts["actions"] += 1
         try:
-            out = await (
-                self._by_capability(d, action, value)
-                if d.spec.capability
-                else self._by_mqtt(d, action, value)
-            )
+            if d.spec.entity_id:
+                out = await self._by_ha(d, action, value)
+            elif d.spec.capability:
+                out = await self._by_capability(d, action, value)
+            else:
+                out = await self._by_mqtt(d, action, value)
         except CapabilityError:
             self.counts["failed"] += 1
             raise
-        if not d.spec.state_topic:  # nothing reports back: keep what was asked
+        if not d.spec.state_topic and not d.spec.entity_id:  # nothing reports: keep what was asked
             guess = {
                 "turn_on": "on",
                 "turn_off": "off",
@@ -298,16 +307,21 @@ class HomeComponent(Component[HomeSettings]):
         params: dict[str, Any] = {"device": d.id, "action": action}
         if value is not None:
             params["value"] = value
+        return await self._invoke(d, d.spec.capability, params)
+
+    async def _invoke(
+        self, d: Device, cap: str, params: dict[str, Any], why: str = ""
+    ) -> dict[str, Any]:
         t = self.settings.action_timeout_s
-        body = CapInvoke(d.spec.capability, params, t).to_payload()
+        body = CapInvoke(cap, params, t).to_payload()
         try:
             ev = await self.ctx.bus.request(Topic.CAPS_INVOKE, body, timeout=t + 1.0)
         except RequestTimeout:
-            raise CapabilityError(f"{d.id}: {d.spec.capability} gave no answer") from None
+            raise CapabilityError(f"{d.id}: {cap} gave no answer") from None
         r = CapResult.from_payload(ev.payload)
         if not r.ok:
-            raise CapabilityError(f"{d.id}: {d.spec.capability}: {r.code}: {r.error}")
-        return {"capability": d.spec.capability, "result": r.value}
+            raise CapabilityError((why or f"{d.id}: {cap}: {r.code}: ") + str(r.error))
+        return {"capability": cap, "result": r.value}
 
     # -- state ------------------------------------------------------------------------------------
     def _state_topics(self) -> tuple[str, ...]:
@@ -343,14 +357,18 @@ class HomeComponent(Component[HomeSettings]):
                     asyncio.ensure_future(connected.get()),
                     asyncio.ensure_future(self._changed.wait()),
                 ]
-                done, pending = await asyncio.wait(
-                    wait,
-                    timeout=None if self.following or not topics else 2.0,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                for p in pending:
-                    p.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        wait,
+                        timeout=None if self.following or not topics else 2.0,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    for p in wait:
+                        p.cancel()
                 if wait[0] in done:
+                    if wait[0].exception() is not None:
+                        return  # the subscription closed (stopping)
                     self.following = ()  # a new bridge session: subscribe again
 
     async def _follow_states(self) -> None:
@@ -483,7 +501,9 @@ class HomeComponent(Component[HomeSettings]):
             self.counts["failed"],
             self.counts["states"],
             f"{len(self.following)} state topics",
-        )
+            (f"{len(self.ha_entities)} entities" + (f", {len(self.ha_skipped)} skipped"
+             if self.ha_skipped else "")) if HA_SOURCE in self.registry.sources else "",
+        )  # fmt: skip
 
     def metrics(self) -> Iterable[Family]:
         yield Family(

@@ -71,7 +71,11 @@ class Registry:
     areas: dict[str, AreaSettings] = field(default_factory=dict)
 
     def set_source(self, source: Source) -> None:
-        trial = {**self.sources, source.name: source}
+        self.set_sources([source])
+
+    def set_sources(self, sources: Iterable[Source]) -> None:
+        """Several sources replaced at once: all kept, or none (the first error raised)."""
+        trial = {**self.sources, **{s.name: s for s in sources}}
         devices, areas = _join(trial.values())
         self.sources, self.devices, self.areas = trial, devices, areas
 

@@ -27,6 +27,7 @@ from loomd.messages import Domain
 __all__ = ["AreaSettings", "DeviceSettings", "HomeSettings"]
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+_ENTITY = re.compile(r"[a-z_]+\.[a-z0-9_]+")
 ID_TEXT = "an id of 1-64 lower-case letters, digits and _ (starting with a letter or digit)"
 DOMAINS = tuple(d.value for d in Domain)
 # Domains that only report: they need a state topic and take no command.
@@ -78,8 +79,15 @@ class DeviceSettings(Section):
     position_template: str = option("", max_len=1024)
     qos: int = option(1, min=0, max=2)
     retain: bool = option(False)
-    # ... or a capability (called with device, action and value)
+    # ... or a capability (called with device, action and value) ...
     capability: str = option("", max_len=128)
+    # ... or a Home Assistant entity ("light.kitchen_lights"; needs [homeassistant] url):
+    # acted on through HA's services, its state from HA. HA's own name and area fill what
+    # this table leaves out; domain defaults to the entity's.
+    entity_id: str = option(
+        "", valid=lambda v: not v or bool(_ENTITY.fullmatch(v)),
+        expected='an HA entity id ("light.kitchen"), or "" for none',
+    )  # fmt: skip
     # Reading it back: the state topic, and the JSON key holding the state ("" = the payload)
     state_topic: str = option("", max_len=255)
     state_key: str = option("", max_len=128)
@@ -89,24 +97,31 @@ class DeviceSettings(Section):
     confirm: Switch = switch()
 
     def __post_init__(self) -> None:
+        if not self.domain and "." in self.entity_id:  # an HA entity's domain is its prefix
+            object.__setattr__(self, "domain", self.entity_id.split(".")[0])
         super().__post_init__()
         if not self.id:
             raise ConfigError("id", self.id, ID_TEXT)
         if not self.domain:
             raise ConfigError("domain", self.domain, "one of " + ", ".join(DOMAINS))
-        if self.command_topic and self.capability:
+        ways = [k for k in ("command_topic", "capability", "entity_id") if getattr(self, k)]
+        if len(ways) > 1:
             raise ConfigError(
-                "capability", self.capability, "either command_topic or capability, not both"
-            )
-        if self.domain in READ_ONLY:
+                ways[1], getattr(self, ways[1]),
+                f"either {ways[0]} or {ways[1]}, not both",
+            )  # fmt: skip
+        if self.entity_id:
+            pass  # HA acts on it and reports its state
+        elif self.domain in READ_ONLY:
             if not self.state_topic and not self.capability:
                 raise ConfigError(
                     "state_topic", "", f"a state topic: a {self.domain} only reports its state"
                 )
         elif not self.command_topic and not self.capability:
             raise ConfigError(
-                "command_topic", "", "a command_topic (MQTT) or a capability that acts for it"
-            )
+                "command_topic", "",
+                "a command_topic (MQTT), a capability that acts for it or an HA entity_id",
+            )  # fmt: skip
         for key in ("command_topic", "state_topic"):
             topic = getattr(self, key)
             if topic and any(c in topic for c in "+#"):

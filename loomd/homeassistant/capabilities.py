@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from loomd.agents.broker import CapabilityError
 from loomd.agents.capability import capability
+from loomd.errors import LoomdError
 from loomd.homeassistant.client import HaClient
 
 __all__ = ["HaCapabilities"]
@@ -28,24 +30,34 @@ class HaCapabilities:
         return await self._call("homeassistant.turn_off", entity_id)
 
     @capability("homeassistant.call_service")
-    async def call_service(self, service: str, entity_id: str) -> dict[str, Any]:
+    async def call_service(
+        self, service: str, entity_id: str, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Call a Home Assistant service ("light.toggle", "cover.open_cover", ...) on an
-        entity."""
-        return await self._call(service, entity_id)
+        entity, with the service's data ({"brightness_pct": 30}) if it takes any."""
+        return await self._call(service, entity_id, data)
 
     @capability("homeassistant.state")
     async def state(self, entity_id: str) -> dict[str, Any]:
         """The state of a Home Assistant entity and its attributes."""
-        states = await self.client.call({"type": "get_states"})
+        try:
+            states = await self.client.call({"type": "get_states"})
+        except LoomdError as exc:
+            raise CapabilityError(str(exc)) from None
         found = next((s for s in states if s["entity_id"] == entity_id), None)
         if found is None:
             raise ValueError(f"Home Assistant has no entity {entity_id!r}")
         return {"entity_id": entity_id, "state": found["state"],
                 "attributes": found.get("attributes", {})}  # fmt: skip
 
-    async def _call(self, service: str, entity_id: str) -> dict[str, Any]:
+    async def _call(
+        self, service: str, entity_id: str, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         domain, _, name = service.partition(".")
         if not name or not domain:
             raise ValueError(f"a service is domain.name, not {service!r}")
-        await self.client.call_service(domain, name, target={"entity_id": entity_id})
+        try:
+            await self.client.call_service(domain, name, data, target={"entity_id": entity_id})
+        except LoomdError as exc:  # HA away, or HA's own refusal: said as it is
+            raise CapabilityError(str(exc)) from None
         return {"called": service, "entity_id": entity_id}

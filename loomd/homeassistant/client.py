@@ -18,45 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomd.errors import LoomdError
+from loomd.messages import HaArea, HaDevice, HaEntity, HaSnapshot
 
-__all__ = ["HaArea", "HaClient", "HaDevice", "HaEntity", "HaSnapshot", "HaStateChange"]
+__all__ = ["HaClient", "HaStateChange"]
 
 log = logging.getLogger("loomd.homeassistant.client")
-
-
-@dataclass(frozen=True)
-class HaArea:
-    id: str
-    name: str
-    aliases: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class HaDevice:
-    id: str
-    name: str
-    area_id: str = ""
-
-
-@dataclass(frozen=True)
-class HaEntity:
-    entity_id: str
-    name: str
-    area_id: str = ""  # the entity's own area, else its device's
-    device_id: str = ""
-    aliases: tuple[str, ...] = ()
-    state: str = ""
-
-    @property
-    def domain(self) -> str:
-        return self.entity_id.split(".", 1)[0]
-
-
-@dataclass(frozen=True)
-class HaSnapshot:
-    areas: tuple[HaArea, ...] = ()
-    devices: tuple[HaDevice, ...] = ()
-    entities: tuple[HaEntity, ...] = ()  # only those exposed to voice assistants
 
 
 @dataclass(frozen=True)
@@ -69,6 +35,9 @@ class HaStateChange:
 
 
 StateHandler = Callable[[HaStateChange], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+# HA's events that change what `snapshot()` returns
+REGISTRY_EVENTS = ("area_registry_updated", "device_registry_updated", "entity_registry_updated")
 
 
 class HaClient:
@@ -85,6 +54,7 @@ class HaClient:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._on_state: StateHandler | None = None
+        self._on_registry: Hook | None = None
 
     # -- connection --------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -116,6 +86,9 @@ class HaClient:
         self.connected.set()
         if self._on_state is not None:
             await self.call({"type": "subscribe_events", "event_type": "state_changed"})
+        if self._on_registry is not None:
+            for event in REGISTRY_EVENTS:
+                await self.call({"type": "subscribe_events", "event_type": event})
 
     async def close(self) -> None:
         self.connected.clear()
@@ -130,10 +103,15 @@ class HaClient:
             self._http = None
 
     async def run(
-        self, on_state: StateHandler | None = None, backoff: tuple[float, float] = (0.5, 30.0)
+        self,
+        on_state: StateHandler | None = None,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        on_registry: Hook | None = None,
     ) -> None:
-        """Stay connected (reconnecting with capped backoff + jitter), feeding `on_state`."""
-        self._on_state = on_state
+        """Stay connected (reconnecting with capped backoff + jitter), feeding `on_state`;
+        `on_registry` runs after each (re)connect and each change of HA's registries (from
+        the reader: it must not wait on HA itself; the component sets a flag)."""
+        self._on_state, self._on_registry = on_state, on_registry
         delay = backoff[0]
         while True:
             if not self.connected.is_set():
@@ -141,11 +119,13 @@ class HaClient:
                     await self.connect()
                     delay = backoff[0]
                 except LoomdError as exc:
-                    self.error = str(exc)
-                    log.warning("homeassistant: %s; again in %.1f s", exc, delay)
+                    self.error = f"{exc}; trying again in {delay:.1f} s"
+                    log.warning("homeassistant: %s", self.error)
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                     delay = min(delay * 2, backoff[1])
                     continue
+                if on_registry is not None:
+                    await on_registry()
             assert self._reader is not None
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._reader)
@@ -173,6 +153,9 @@ class HaClient:
     async def _dispatch(self, item: dict[str, Any]) -> None:
         if item.get("type") == "event":
             ev = item.get("event", {})
+            if ev.get("event_type") in REGISTRY_EVENTS and self._on_registry is not None:
+                await self._on_registry()
+                return
             if ev.get("event_type") == "state_changed" and self._on_state is not None:
                 d = ev.get("data", {})
                 new, old = d.get("new_state") or {}, d.get("old_state") or {}
@@ -212,6 +195,11 @@ class HaClient:
             self._pending.pop(n, None)
 
     # -- what HA knows -----------------------------------------------------------------------
+    async def running(self) -> bool:
+        """HA's core has started (its integrations set up): `get_config`'s state."""
+        cfg = await self.call({"type": "get_config"})
+        return isinstance(cfg, dict) and cfg.get("state") == "RUNNING"
+
     async def snapshot(self) -> HaSnapshot:
         """Areas, devices and the entities HA exposes to voice assistants, with states."""
         areas = await self.call({"type": "config/area_registry/list"})

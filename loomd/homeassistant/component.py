@@ -20,7 +20,7 @@ from loomd.component import Command, Component, StatusBlock
 from loomd.config import read_credential
 from loomd.errors import LoomdError
 from loomd.homeassistant.settings import HomeAssistantSettings, decode_key
-from loomd.messages import ErrorCode, HaState, Topic, WakeDetected
+from loomd.messages import ErrorCode, HaSnapshot, HaState, Topic, WakeDetected
 from loomd.metrics import Family
 
 __all__ = ["HomeAssistantComponent", "HomeAssistantStatus"]
@@ -48,6 +48,7 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
     Settings = HomeAssistantSettings
     requires = ("aioesphomeapi", "zeroconf", "aiohttp")
     extra = "homeassistant"
+    apt = "loomd-homeassistant"
     summary = "Home Assistant voice satellite over the ESPHome native API (mDNS, Noise)"
 
     async def start(self) -> None:
@@ -80,9 +81,9 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         self.api = f"{host}:{self.server.port} ({'Noise' if psk else 'plaintext'})"
         self.mdns: Any = None
         if s.mdns:
-            from loomd.homeassistant.mdns import Announcer
+            from loomd.homeassistant.mdns import esphome_announcer
 
-            self.mdns = Announcer(self.device, self.server.port, s.mdns_interfaces)
+            self.mdns = esphome_announcer(self.device, self.server.port, s.mdns_interfaces)
             await self.mdns.start()
         self.spawn(self._serve_wakes, "wakes", restart=True)
         self.spawn(self._follow_frames, "frames", restart=True)
@@ -94,8 +95,17 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
             if token is None:
                 token = await asyncio.to_thread(Path(s.token_file).read_text)
             self.client = HaClient(s.url, token.strip())
-            self.spawn(lambda: self.client.run(self._ha_state), "ha-client", restart=True)
+            self.ha_snapshot = HaSnapshot(connected=False)
+            self._registry_dirty = asyncio.Event()
+            backoff = (min(0.5, s.reconnect_max_s), s.reconnect_max_s)
+            self.spawn(
+                lambda: self.client.run(self._ha_state, backoff, self._ha_registry_changed),
+                "ha-client",
+                restart=True,
+            )
             self.spawn(self._offer_capabilities, "capabilities", restart=True)
+            self.spawn(self._follow_registry, "ha-registry", restart=True)
+            self.spawn(self._serve_registry, "ha-registry-requests", restart=True)
 
     async def _key(self) -> str:
         path = self.settings.encryption_key_file
@@ -131,6 +141,35 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         broker = spec_list(specs_of(HaCapabilities(self.client)))
         async with serve_capabilities(self.ctx.bus, "homeassistant", broker):
             await asyncio.Event().wait()  # served until the component stops
+
+    async def _ha_registry_changed(self) -> None:
+        self._registry_dirty.set()
+
+    async def _follow_registry(self) -> None:
+        """HA's areas, devices and exposed entities, read again after each (re)connect and
+        each change of its registries (a burst read once), published on `ha.changed`."""
+        while True:
+            await self._registry_dirty.wait()
+            await asyncio.sleep(0.2)  # a burst of registry events: one read
+            self._registry_dirty.clear()
+            try:
+                if not await self.client.running():
+                    # HA answers its WebSocket API while it starts, before its integrations
+                    # have made their entities: a snapshot now would lack them
+                    self._registry_dirty.set()
+                    await asyncio.sleep(0.5)
+                    continue
+                self.ha_snapshot = await self.client.snapshot()
+            except LoomdError as exc:
+                self.log.warning("homeassistant: reading HA's registry: %s", exc)
+                continue  # the next connect reads it again
+            await self.ha_snapshot.publish(self.ctx.bus, Topic.HA_CHANGED, wait=False)
+
+    async def _serve_registry(self) -> None:
+        async with self.ctx.bus.subscribe(Topic.HA_REGISTRY) as sub:
+            async for req in sub:
+                if req.reply_to:
+                    await self.ha_snapshot.respond(self.ctx.bus, req)
 
     async def _ha_state(self, change: Any) -> None:
         ev = HaState(change.entity_id, change.state, change.old_state, change.attributes,

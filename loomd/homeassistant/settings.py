@@ -75,6 +75,8 @@ class HomeAssistantSettings(Section):
     url: str = option("", max_len=1024)
     token_file: str = option("", valid=lambda v: not v or v.startswith("/"),
                              expected='an absolute path, or "" for none')  # fmt: skip
+    # Longest wait between two attempts to reach HA again (the wait doubles from 0.5 s).
+    reconnect_max_s: float = option(30.0, min=0.5, max=600.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,12 +9,10 @@ server are offered to the action broker over the bus like an SDK provider's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loomd.agents.broker import ActionBroker
 from loomd.agents.sdk import serve_capabilities
@@ -23,6 +21,9 @@ from loomd.config import IP_TEXT, Section, is_ip, option
 from loomd.mcp.client import McpServerSettings, McpSupervisor
 from loomd.messages import ErrorCode
 from loomd.metrics import Family
+
+if TYPE_CHECKING:
+    from loomd.web.server import HttpServer
 
 __all__ = ["McpComponent", "McpSettings"]
 
@@ -87,12 +88,14 @@ class McpComponent(Component[McpSettings]):
         self.errors = 0
         self.http_url = ""
         self.http_refused = ""  # why the HTTP server does not listen (no token yet)
-        self._sock: socket.socket | None = None
+        self.server: HttpServer | None = None
         self.guard: Any = None
 
     async def stop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        if self.server is not None:
+            server, self.server = self.server, None
+            self.http_url = ""
+            await server.close()
 
     async def start(self) -> None:
         for s in self.settings.servers:
@@ -116,23 +119,17 @@ class McpComponent(Component[McpSettings]):
                 self.ctx.error(ErrorCode.CONFIG, f"mcp http not listening: {why}")
                 self.spawn(self._serve_http_with_token, "http-await-token")
                 return
-            self._listen()
-
-    def _listen(self) -> None:
-        # Bound here, so READY means listening and a taken port fails the start clearly.
-        family = socket.AF_INET6 if ":" in self.settings.http_bind else socket.AF_INET
-        self._sock = socket.create_server(
-            (self.settings.http_bind, self.settings.http_port), family=family
-        )
-        self._sock.setblocking(False)
-        self.spawn(self._serve_http, "http", restart=True)
+            await self._serve_http()
 
     async def _serve_http_with_token(self) -> None:
         await self.guard.wait_for_token(
-            preload=("uvicorn", "mcp.server.lowlevel", "mcp.server.transport_security")
-        )
+            preload=(
+                "loomd.web.server", "uvicorn", "mcp.server.lowlevel",
+                "mcp.server.transport_security",
+            )
+        )  # fmt: skip
         self.http_refused = ""
-        self._listen()
+        await self._serve_http()
 
     def _report(self, code: ErrorCode, message: str) -> None:
         self.errors += 1
@@ -154,30 +151,19 @@ class McpComponent(Component[McpSettings]):
         return Bridge(self.ctx.bus, self.settings.expose, state_get)
 
     async def _serve_http(self) -> None:
-        import uvicorn
-
+        """Listening when this returns (READY means listening; a taken port fails the start
+        clearly), on the daemon's one HTTP stack; the app's lifespan runs the SDK's
+        session manager."""
         from loomd.mcp.server import build_server, guarded
+        from loomd.web.server import HttpServer
 
         s = self.settings
         app = guarded(build_server(self.bridge()), self.guard)
-        config = uvicorn.Config(
-            app, host=s.http_bind, port=s.http_port, log_level="warning", lifespan="on",
-        )  # fmt: skip
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield  # the daemon owns SIGTERM/SIGHUP; uvicorn must not take them
-
-        server = Server(config)
-        host = f"[{s.http_bind}]" if ":" in s.http_bind else s.http_bind
-        self.http_url = f"http://{host}:{s.http_port}/mcp"
+        server = HttpServer(app, s.http_bind, s.http_port, name="mcp", lifespan=True)
+        await server.start()
+        self.server = server
+        self.http_url = server.url("/mcp")
         self.log.info("mcp: Streamable HTTP on %s (%s)", self.http_url, self.guard.describe())
-        assert self._sock is not None
-        try:
-            await server.serve(sockets=[self._sock])
-        finally:
-            self.http_url = ""
 
     # -- operator ---------------------------------------------------------------------------
     def status(self) -> McpStatus:

@@ -174,6 +174,8 @@ def guarded(server: Any, guard: Any) -> Any:
     for loopback, with the configured origins added."""
     from mcp.server.transport_security import TransportSecuritySettings
 
+    from loomd.web.server import guarded as web_guarded
+
     loopback = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=not guard.required,
@@ -181,21 +183,4 @@ def guarded(server: Any, guard: Any) -> Any:
         allowed_origins=[*loopback, *guard.origins],
     )
     app = server.streamable_http_app(transport_security=security)
-
-    async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = guard.check(headers.get("authorization"), headers.get("origin"))
-        if refusal is None:
-            await app(scope, receive, send)
-            return
-        body = json.dumps({"error": refusal.message}).encode()
-        head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        if refusal.status == 401:
-            head.append((b"www-authenticate", b'Bearer realm="loomd"'))
-        await send({"type": "http.response.start", "status": refusal.status, "headers": head})
-        await send({"type": "http.response.body", "body": body})
-
-    return asgi
+    return web_guarded(app, guard)

@@ -5,16 +5,8 @@ turn with a `ChatRequest`, the router streams `ChatChunk`s and ends with a `Chat
 the request's thread, an agent makes the board speak with a `SayRequest`, and so on.
 Topics and event types are `StrEnum`s here too.
 
-Chat on the bus: publish a `ChatRequest` on `Topic.LLM_CHAT` with `reply_to` set (the Bus
-API's `request()` does this). The router answers on `reply_to` with the request's id as
-correlation id: zero or more `ChatChunk` events (type `EventType.LLM_CHUNK`) when
-`stream` is true, then one `ChatDone` (`EventType.LLM_DONE`) with `phase="final"`, or a
-`ChatDone` with `error` set. A hybrid route sends a `phase="quick"` turn (chunks + done)
-and then a `phase="refine"` one on the same thread; voice turns are never routed hybrid.
-A requester that streams subscribes to `reply_to` before publishing.
-
-One module per subject (`base` holds the binding and the `Topic` enum); import from
-`loomd.messages`.
+One module per subject (`base` holds the binding and the `Topic` enum; `chat` says how a
+chat turn runs on the bus); import from `loomd.messages`.
 """
 
 from loomd.messages.assist import (
@@ -68,14 +60,22 @@ from loomd.messages.chat import (
 from loomd.messages.home import (
     DeviceState,
     Domain,
+    HaArea,
+    HaDevice,
+    HaEntity,
+    HaSnapshot,
     HaState,
     HomeArea,
     HomeDevice,
     HomeSnapshot,
 )
 from loomd.messages.mqtt import (
+    EntityCommand,
+    HaComponent,
     MqttAck,
+    MqttEntity,
     MqttFollow,
+    MqttLink,
     MqttMessage,
     MqttPublish,
 )
@@ -120,9 +120,15 @@ __all__ = [
     "DeviceState",
     "Domain",
     "E_co",
+    "EntityCommand",
     "ErrorCode",
     "ErrorEvent",
     "EventType",
+    "HaArea",
+    "HaComponent",
+    "HaDevice",
+    "HaEntity",
+    "HaSnapshot",
     "HaState",
     "HomeArea",
     "HomeDevice",
@@ -130,7 +136,9 @@ __all__ = [
     "IntentInfo",
     "IntentVia",
     "MqttAck",
+    "MqttEntity",
     "MqttFollow",
+    "MqttLink",
     "MqttMessage",
     "MqttPublish",
     "Outgoing",

@@ -1,18 +1,5 @@
-"""Payloads that cross parts: small frozen dataclasses with `to_payload()`/`from_payload()`.
-
-No part parses another part's dicts by hand: the voice pipeline asks the router for a chat
-turn with a `ChatRequest`, the router streams `ChatChunk`s and ends with a `ChatDone` on
-the request's thread, an agent makes the board speak with a `SayRequest`, and so on.
-Topics and event types are `StrEnum`s here too.
-
-Chat on the bus: publish a `ChatRequest` on `Topic.LLM_CHAT` with `reply_to` set (the Bus
-API's `request()` does this). The router answers on `reply_to` with the request's id as
-correlation id: zero or more `ChatChunk` events (type `EventType.LLM_CHUNK`) when
-`stream` is true, then one `ChatDone` (`EventType.LLM_DONE`) with `phase="final"`, or a
-`ChatDone` with `error` set. A hybrid route sends a `phase="quick"` turn (chunks + done)
-and then a `phase="refine"` one on the same thread; voice turns are never routed hybrid.
-A requester that streams subscribes to `reply_to` before publishing.
-"""
+"""The binding of a payload class to its topic and event type (`_Payload`), the one `Topic`
+enum, and the bus protocols `publish()`/`respond()` need."""
 
 from __future__ import annotations
 
@@ -43,6 +30,9 @@ class Topic(StrEnum):
     ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
     MQTT_PUBLISH = "mqtt.publish"  # MqttPublish (request/reply: MqttAck)
     MQTT_FOLLOW = "mqtt.follow"  # MqttFollow (request/reply: MqttAck); then MqttMessage events
+    MQTT_ENTITY = "loomd.mqtt.entity"  # MqttEntity: announce a Home Assistant entity
+    MQTT_CONNECTED = "loomd.mqtt.connected"  # MqttLink: the bridge (re)connected
+    MQTT_DISCONNECTED = "loomd.mqtt.disconnected"  # MqttLink: the bridge lost the broker
     HOME_STATE = "home.state"  # home.state.<device id>: DeviceState
     HOME_REGISTRY = "home.registry"  # request/reply: HomeSnapshot
     HOME_CHANGED = "home.changed"  # HomeSnapshot, when devices or areas change
@@ -53,6 +43,8 @@ class Topic(StrEnum):
     VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
     AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
     HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
+    HA_REGISTRY = "ha.registry"  # request/reply: HaSnapshot (HA's areas, exposed entities)
+    HA_CHANGED = "ha.changed"  # HaSnapshot, on each (re)connect and change of HA's registries
     ERROR = "loomd.error"
 
 

@@ -58,13 +58,19 @@ class ErrorCode(StrEnum):
     RECORDER = "recorder"
     BAD_SAY = "bad_say"
     BAD_PLAY = "bad_play"
+    BAD_MUTE = "bad_mute"
+    WAKE_FAILED = "wake_failed"
+    TTS_FAILED = "tts_failed"
+    STOP_MISSING = "stop_missing"
     BAD_WAKE = "bad_wake"
     WYOMING_STT = "wyoming_stt"
+    WYOMING_MDNS = "wyoming_mdns"
     BAD_VOCABULARY = "bad_vocabulary"
     # the home and the assist
     HOME_FOLLOW = "home_follow"
     HOME_BAD_STATE = "home_bad_state"
     HOME_AGENT_DEVICES = "home_agent_devices"
+    HOME_HA_DEVICES = "home_ha_devices"
     ASSIST_SENTENCES = "assist_sentences"
     ASSIST_BAD_REQUEST = "assist_bad_request"
     # bridges
@@ -78,6 +84,7 @@ class ErrorCode(StrEnum):
     MQTT_OUTBOX_FULL = "mqtt_outbox_full"
     MQTT_OUTBOX_EXPIRED = "mqtt_outbox_expired"
     MQTT_BUS_REFUSED = "mqtt_bus_refused"
+    MQTT_COMMAND_FAILED = "mqtt_command_failed"  # a command from HA its capability refused
     PEERS_REFUSED = "peers_refused"
 
 

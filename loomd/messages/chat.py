@@ -1,4 +1,13 @@
-"""Chat turns with the router: messages, tools, requests, streamed chunks."""
+"""Chat turns with the router: messages, tools, requests, streamed chunks.
+
+Chat on the bus: publish a `ChatRequest` on `Topic.LLM_CHAT` with `reply_to` set (the Bus
+API's `request()` does this). The router answers on `reply_to` with the request's id as
+correlation id: zero or more `ChatChunk` events (type `EventType.LLM_CHUNK`) when
+`stream` is true, then one `ChatDone` (`EventType.LLM_DONE`) with `phase="final"`, or a
+`ChatDone` with `error` set. A hybrid route sends a `phase="quick"` turn (chunks + done)
+and then a `phase="refine"` one on the same thread; voice turns are never routed hybrid.
+A requester that streams subscribes to `reply_to` before publishing.
+"""
 
 from __future__ import annotations
 

@@ -95,3 +95,70 @@ class HaState(_Payload):
     old_state: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
     at: float = 0.0  # time.time() when loomd received it
+
+
+# -- Home Assistant's registry, as its WebSocket API gives it --------------------------------------
+@dataclass(frozen=True)
+class HaArea(_Payload):
+    id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HaArea:
+        return cls(**{**payload, "aliases": tuple(payload.get("aliases") or ())})
+
+
+@dataclass(frozen=True)
+class HaDevice(_Payload):
+    id: str
+    name: str
+    area_id: str = ""
+
+
+@dataclass(frozen=True)
+class HaEntity(_Payload):
+    """An entity HA exposes to voice assistants, with its area (its own, else its
+    device's) and its state when the snapshot was taken."""
+
+    entity_id: str
+    name: str
+    area_id: str = ""
+    device_id: str = ""
+    aliases: tuple[str, ...] = ()
+    state: str = ""
+
+    @property
+    def domain(self) -> str:
+        return self.entity_id.split(".", 1)[0]
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HaEntity:
+        return cls(**{**payload, "aliases": tuple(payload.get("aliases") or ())})
+
+
+@dataclass(frozen=True)
+class HaSnapshot(_Payload, type="ha.snapshot"):
+    """HA's areas, devices and exposed entities: the reply to `ha.registry` and the event
+    on `ha.changed` (each (re)connect, each change of HA's registries). `connected` is
+    false in a reply given before the first connection (nothing is known yet)."""
+
+    areas: tuple[HaArea, ...] = ()
+    devices: tuple[HaDevice, ...] = ()
+    entities: tuple[HaEntity, ...] = ()  # only those exposed to voice assistants
+    connected: bool = True
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"areas": [a.to_payload() for a in self.areas],
+                "devices": [d.to_payload() for d in self.devices],
+                "entities": [e.to_payload() for e in self.entities],
+                "connected": self.connected}  # fmt: skip
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> HaSnapshot:
+        return cls(
+            tuple(HaArea.from_payload(a) for a in payload.get("areas") or ()),
+            tuple(HaDevice.from_payload(d) for d in payload.get("devices") or ()),
+            tuple(HaEntity.from_payload(e) for e in payload.get("entities") or ()),
+            bool(payload.get("connected", True)),
+        )

@@ -39,6 +39,7 @@ class VoiceStateEvent(_Payload, topic=Topic.VOICE_STATE, qos="realtime"):
     state: VoiceState
     site: str = "local"
     utterance_id: str = ""
+    muted: bool = False  # the microphone is muted (`voice.mute`): no wake, no turn
 
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> VoiceStateEvent:
@@ -55,6 +56,9 @@ class VoiceStop(_Payload, topic=Topic.VOICE_STOP, qos="realtime"):
 
 @dataclass(frozen=True)
 class VoiceMute(_Payload, topic=Topic.VOICE_MUTE):
+    """Mute the microphone (Home Assistant's "Mute" switch, `loomctl voice mute on`): no
+    wake word, no turn, nothing on `audio.frames`; playback goes on."""
+
     muted: bool
 
 

@@ -8,16 +8,14 @@ tokens stream back on the request's `reply_to` as `ChatChunk`s, then one `ChatDo
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from loomd.bus.envelope import Event
-from loomd.component import Command, Component, StatusBlock
+from loomd.component import Command, Component
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
 from loomd.messages import (
@@ -32,11 +30,13 @@ from loomd.messages import (
 )
 from loomd.metrics import Family
 from loomd.router.cloud import CloudClient, CloudError, CloudRefused, Ledger, read_key
+from loomd.router.decisions import DECISIONS_NS, DecisionRing, explained
 from loomd.router.engine import Engine, Job, QueueFull
 from loomd.router.facts import cpu_pressure, cpu_temp_c, mem_available_mb, read_gguf_shape
 from loomd.router.openai_wire import messages_to_wire
 from loomd.router.policy import Decision, Facts, Resolved, Route, decide, resolve
 from loomd.router.settings import LlmSettings, model_file
+from loomd.router.status import LlmStatus, cloud_line, families
 from loomd.router.tools import (
     CALL_TOKENS,
     OutputReader,
@@ -46,46 +46,9 @@ from loomd.router.tools import (
     validate_call,
 )
 
-__all__ = ["LlmComponent", "LlmStatus"]
-
-DECISIONS_NS = "llm.decisions"
+__all__ = ["DECISIONS_NS", "LlmComponent", "LlmStatus"]
 # How often a streaming turn checks that its requester still listens on reply_to.
 LISTENER_CHECK_S = 0.1
-
-
-@dataclass(frozen=True)
-class LlmStatus(StatusBlock):
-    model: str
-    loaded: bool
-    problem: str
-    tps: float
-    ttft_ms: float
-    confidence: float
-    queue: int
-    generations: int
-    cancelled: int
-    decisions: dict[str, int]
-    cloud: str
-    gpu_layers: int = 0  # offloaded to the GPU by the loaded model (0: all on the CPU)
-    http: str = ""  # the OpenAI-compatible endpoint: where, and whether tokens are needed
-
-    def lines(self) -> list[str]:
-        state = "loaded" if self.loaded else "not loaded"
-        if self.gpu_layers:
-            state += f", {self.gpu_layers} layers on the GPU"
-        out = [f"model {self.model or '-'} ({state})"]
-        if self.problem:
-            out.append(f"problem: {self.problem}")
-        out.append(
-            f"{self.tps:.1f} tok/s, first token {self.ttft_ms:.0f} ms, confidence "
-            f"{self.confidence:.2f}, {self.queue} queued, {self.generations} generations "
-            f"({self.cancelled} cancelled)"
-        )
-        out.append("routes: " + (", ".join(f"{k}={v}" for k, v in self.decisions.items()) or "-"))
-        out.append(f"cloud: {self.cloud}")
-        if self.http:
-            out.append(f"http: {self.http}")
-        return out
 
 
 class LlmComponent(Component[LlmSettings]):
@@ -127,19 +90,16 @@ class LlmComponent(Component[LlmSettings]):
         self.routes: dict[str, int] = {}
         self.inflight: dict[str, Job] = {}
         self.bad_requests = 0
-        self._writes: set[asyncio.Future[None]] = set()
-        self._seq = 0
-        # (seq, id) of the kept decisions, oldest first: trimming needs no scan, and sees
-        # records whose writes are not yet committed
-        self._ring: collections.deque[tuple[int, str]] = collections.deque()
+        self.decisions: DecisionRing | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        kv = self.ctx.state.kv(DECISIONS_NS)
-        self._ring.extend((int(k[2:]), str(v)) for k, v in kv.items("r/"))
-        self._seq = self._ring[-1][0] if self._ring else 0
-        self._trim(kv)  # decisions_kept may have shrunk since the last run
+        self.decisions = DecisionRing(
+            self.ctx.state.kv(DECISIONS_NS),
+            lambda: self.settings.decisions_kept,
+            lambda msg: self.ctx.error(ErrorCode.LLM_LEDGER, msg),
+        )
         self._refresh_system()
         path = model_file(s.model, self.ctx.models_dir)
         if path is not None:
@@ -198,7 +158,7 @@ class LlmComponent(Component[LlmSettings]):
                 self.spawn(self._start_http_with_token, "http-await-token")
 
     async def _start_http_with_token(self) -> None:
-        await self.http.guard.wait_for_token(preload=("aiohttp.web",))
+        await self.http.guard.wait_for_token(preload=("uvicorn", "loomd.web.server"))
         await self.http.start()
 
     async def stop_intake(self) -> None:
@@ -219,8 +179,8 @@ class LlmComponent(Component[LlmSettings]):
             await self.engine.close()
         if self.cloud is not None:
             await self.cloud.close()
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        if self.decisions is not None:
+            await self.decisions.settle()
 
     # -- background --------------------------------------------------------------------------
     async def _idle_unload(self) -> None:
@@ -311,35 +271,16 @@ class LlmComponent(Component[LlmSettings]):
             "at": time.time(),
             "agent": req.agent,
             "priority": req.priority,
-            **_explained(d, policy, facts),
+            **explained(d, policy, facts),
         }
         self.log.info(
             "route %s: %s (rule %s: %s; est %.0f ms, cost %.4f, confidence %.2f, privacy %s)",
             did, d.route, d.rule, d.reason, d.est_latency_ms, d.est_cost, d.confidence,
             policy.privacy,
         )  # fmt: skip
-        kv = self.ctx.state.kv(DECISIONS_NS)
-        self._seq += 1
-        for fut in (kv.put_nowait(f"d/{did}", record), kv.put_nowait(f"r/{self._seq:012d}", did)):
-            self._writes.add(fut)
-            fut.add_done_callback(self._wrote)
-        self._ring.append((self._seq, did))
-        self._trim(kv)
+        assert self.decisions is not None
+        self.decisions.add(did, record)
         await self.ctx.bus.publish(Topic.ROUTE_DECISION, record, qos="realtime")
-
-    def _wrote(self, fut: asyncio.Future[None]) -> None:
-        self._writes.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.ctx.error(ErrorCode.LLM_LEDGER, f"llm: decision not stored: {fut.exception()}")
-
-    def _trim(self, kv: Any) -> None:
-        while len(self._ring) > self.settings.decisions_kept:
-            seq, old = self._ring.popleft()
-            for k in (f"r/{seq:012d}", f"d/{old}"):
-                # a task: it submits after the puts already queued, so order holds
-                fut: asyncio.Future[Any] = asyncio.ensure_future(kv.delete(k))
-                self._writes.add(fut)
-                fut.add_done_callback(self._wrote)
 
     # -- a chat turn -------------------------------------------------------------------------
     async def _turn(self, ev: Event) -> None:
@@ -531,62 +472,14 @@ class LlmComponent(Component[LlmSettings]):
             generations=int(st.get("generations", 0)),
             cancelled=int(st.get("cancelled", 0)),
             decisions=dict(self.routes),
-            cloud=self._cloud_line(),
+            cloud=cloud_line(self.cloud),
             gpu_layers=int(st.get("gpu_layers", 0)),
             http=self.http.describe() if self.http is not None else "",
         )
 
-    def _cloud_line(self) -> str:
-        cl = self.cloud
-        if cl is None:
-            return "not configured"
-        c = cl.counts
-        return (
-            f"circuit {cl.breaker.state}, spent {cl.ledger.today():.4f} today / "
-            f"{cl.ledger.month():.4f} this month, {c['requests']} calls, {c['errors']} failed, "
-            f"{c['refused']} refused by policy"
-        )
-
     def metrics(self) -> Iterable[Family]:
         st = self.engine.stats() if self.engine else {}
-        yield Family(
-            "loomd_llm_decisions_total",
-            "counter",
-            "Routing decisions by route.",
-            [({"route": r}, float(n)) for r, n in self.routes.items()],
-        )
-        yield Family(
-            "loomd_llm_tokens_per_second", "gauge", "Moving average of local decode speed.",
-            [({}, float(st.get("tps", 0.0)))],
-        )  # fmt: skip
-        yield Family(
-            "loomd_llm_generations_total", "counter", "Local generations run.",
-            [({}, float(st.get("generations", 0)))],
-        )  # fmt: skip
-        if self.cloud is not None:
-            cl = self.cloud
-            yield Family(
-                "loomd_llm_cloud_requests_total",
-                "counter",
-                "Cloud calls by outcome (refused = policy kept them on the board).",
-                [({"outcome": k}, float(v)) for k, v in cl.counts.items()],
-            )
-            yield Family(
-                "loomd_llm_cloud_spend",
-                "gauge",
-                "Cloud spend so far (UTC day and month).",
-                [({"period": "day"}, cl.ledger.today()), ({"period": "month"}, cl.ledger.month())],
-            )
-            yield Family(
-                "loomd_llm_cloud_circuit_open",
-                "gauge",
-                "1 while the cloud circuit breaker is open.",
-                [({}, 1.0 if cl.breaker.state == "open" else 0.0)],
-            )
-        yield Family(
-            "loomd_llm_bad_requests_total", "counter", "Chat requests refused as malformed.",
-            [({}, float(self.bad_requests))],
-        )  # fmt: skip
+        return families(self.routes, st, self.cloud, self.bad_requests)
 
     def commands(self) -> Mapping[str, Command]:
         return {
@@ -602,23 +495,13 @@ class LlmComponent(Component[LlmSettings]):
             "unload": Command(self._unload, "unload the model now"),
         }
 
-    async def _settle(self) -> None:
-        # records are written without holding up the turn; a reader waits for them
-        if self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+    def _ring(self) -> DecisionRing:
+        if self.decisions is None:
+            raise LoomdError("the llm component has not started")
+        return self.decisions
 
     async def _explain(self, id: Any) -> dict[str, Any]:
-        await self._settle()
-        kv = self.ctx.state.kv(DECISIONS_NS)
-        key = str(id)
-        record = kv.get(f"d/{key}")
-        if record is None:  # accept a unique prefix, as git does
-            hits = kv.keys(f"d/{key}")
-            if len(hits) == 1:
-                record = kv.get(hits[0])
-        if record is None:
-            raise LoomdError(f"no decision {key!r} in the last {self.settings.decisions_kept}")
-        return {"decision": record}
+        return {"decision": await self._ring().get(str(id))}
 
     async def _test(
         self,
@@ -632,13 +515,10 @@ class LlmComponent(Component[LlmSettings]):
             policy=Policy(privacy=privacy, allow_cloud=allow_cloud),
             max_tokens=int(max_tokens),
         )
-        return _explained(*self._decide(req))
+        return explained(*self._decide(req))
 
     async def _recent(self, n: Any = 10) -> dict[str, Any]:
-        await self._settle()
-        kv = self.ctx.state.kv(DECISIONS_NS)
-        ids = [kv.get(k) for k in kv.keys("r/")[-int(n) :]]
-        return {"decisions": [kv.get(f"d/{i}") for i in ids if i]}
+        return {"decisions": await self._ring().recent(int(n))}
 
     async def _stats(self) -> dict[str, Any]:
         return {"engine": self.engine.stats() if self.engine else {}, "problem": self.problem}
@@ -654,17 +534,3 @@ class LlmComponent(Component[LlmSettings]):
         if self.engine is not None:
             await self.engine.unload()
         return {}
-
-
-def _explained(d: Decision, policy: Resolved, facts: Facts) -> dict[str, Any]:
-    """A decision with what it was made from: the ring's record and the dry run's answer."""
-    return {
-        "route": str(d.route),
-        "rule": d.rule,
-        "reason": d.reason,
-        "est_latency_ms": round(d.est_latency_ms, 1),
-        "est_cost": d.est_cost,
-        "confidence": round(d.confidence, 3),
-        "policy": vars(policy),
-        "facts": facts.to_dict(),
-    }

@@ -1,7 +1,7 @@
 """The status page's routes, its exposure rule, and where its data comes from.
 
 Everything it shows comes through the component seam: the host's `status` tree and the
-other components' operations (`voice.last`, `llm.recent`) through `ctx.services.call`
+other components' operations (`voice.last`, `assist.last`, `llm.recent`) through `ctx.services.call`
 (the same entry `loomctl` uses), the bus counters through `ctx.bus.stats()`, and
 the live tail through `ctx.bus`. It never imports another component's module."""
 
@@ -26,6 +26,7 @@ from loomd.web.sse import KEEPALIVE_S, WRITE_STALL_S, EventStream, summarise
 
 if TYPE_CHECKING:
     from loomd.component import Context
+    from loomd.web.server import Receive, Send
 
 __all__ = ["MODES", "StatusPage", "allowed"]
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 MODES = ("local", "on", "off")
 QUEUE = 256  # events queued per live-tail client before the oldest are dropped
 VOICE_TURNS = 5
+ASSIST_TURNS = 5
 ROUTES = 10
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -109,6 +111,7 @@ class StatusPage:
             "/api/history": self._history,
             "/api/voice": self._voice,
             "/api/routes": self._routes,
+            "/api/assist": self._assist,
         }
 
     async def load(self) -> None:
@@ -206,7 +209,17 @@ class StatusPage:
             "turns": [],
         }
         if state == "running":
+            view = (await self._op("status"))["status"]["components"]["voice"]
+            out["muted"] = bool((view.get("status") or {}).get("muted"))
             turns = (await self._op("voice.last", VOICE_TURNS))["turns"]
+            out["turns"] = [summarise(t) for t in reversed(turns)]  # newest first
+        return out
+
+    async def _assist(self, req: Request) -> dict[str, Any]:
+        state, reason = await self._component("assist")
+        out: dict[str, Any] = {"state": state, "reason": reason, "turns": []}
+        if state == "running":
+            turns = (await self._op("assist.last", ASSIST_TURNS))["turns"]
             out["turns"] = [summarise(t) for t in reversed(turns)]  # newest first
         return out
 
@@ -243,9 +256,9 @@ class StatusPage:
         )
         self.streams.add(stream)  # counted now: the cap holds even before it subscribes
 
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def run(receive: Receive, send: Send) -> None:
             try:
-                await stream(reader, writer)
+                await stream(receive, send)
             finally:
                 self.streams.discard(stream)
 

@@ -24,6 +24,7 @@ from loomd.errors import ProtocolError
 if TYPE_CHECKING:
     from loomd.bus.api import Bus
     from loomd.bus.envelope import Event
+    from loomd.web.server import Receive, Send
 
 __all__ = ["EventStream", "event_frame", "event_record", "summarise"]
 
@@ -36,13 +37,12 @@ MAX_JSON = 2048  # bytes of one summarised payload
 KEEPALIVE_S = 15.0  # a comment line: proxies keep the stream, a dead peer is noticed
 WRITE_STALL_S = 30.0  # a client that takes nothing for this long is cut off
 
-SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: text/event-stream; charset=utf-8\r\n"
-    b"Cache-Control: no-store\r\n"
-    b"X-Content-Type-Options: nosniff\r\n"
-    b"Connection: close\r\n\r\n"
-)
+SSE_HEADERS = [
+    (b"Content-Type", b"text/event-stream; charset=utf-8"),
+    (b"Cache-Control", b"no-store"),
+    (b"X-Content-Type-Options", b"nosniff"),
+]
+_END_S = 1.0  # time to send the end of a stream to a client still reading
 
 
 def summarise(value: Any, depth: int = 0) -> Any:
@@ -127,7 +127,7 @@ def event_frame(ev: Event) -> bytes:
 
 
 class EventStream:
-    """One SSE client: `await stream(reader, writer)` runs until the client goes."""
+    """One SSE client: `await stream(receive, send)` (ASGI) runs until the client goes."""
 
     def __init__(
         self,
@@ -150,19 +150,26 @@ class EventStream:
         self._stall_s = stall_s
         self._wake = asyncio.Event()
 
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def __call__(self, receive: Receive, send: Send) -> None:
         async with self.bus.subscribe(self.pattern, QoS.REALTIME) as sub:
             await sub.ready()
-            writer.write(SSE_HEAD + b": loomd live tail\nretry: 2000\n\n")
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            hello = b": loomd live tail\nretry: 2000\n\n"
+            await send({"type": "http.response.body", "body": hello, "more_body": True})
             async with asyncio.TaskGroup() as tg:
                 pump = tg.create_task(self._pump(sub))
-                gone = tg.create_task(_until_closed(reader))
-                send = tg.create_task(self._send(writer))
+                gone = tg.create_task(_until_closed(receive))
+                sending = tg.create_task(self._send(send))
                 # Whichever ends first (the client went, or writing failed) ends them all.
-                await asyncio.wait({gone, send, pump}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (pump, gone, send):
+                await asyncio.wait({gone, sending, pump}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (pump, gone, sending):
                     task.cancel()
         # Leaving `async with subscribe` unsubscribed: nothing stays behind for this client.
+        # End the response (a no-op once the client has gone); a client that stopped
+        # reading cannot take even that, and its connection is closed without it.
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(_END_S):
+                await send({"type": "http.response.body", "body": b""})
 
     async def _pump(self, sub: Any) -> None:
         # The in-process subscription counts what the bus itself dropped for it (its own
@@ -183,7 +190,7 @@ class EventStream:
             self.queue.append(ev)  # a full deque drops its oldest
             self._wake.set()
 
-    async def _send(self, writer: asyncio.StreamWriter) -> None:
+    async def _send(self, send: Send) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError):
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -199,16 +206,17 @@ class EventStream:
                     self.sent += 1
                 if not chunks:
                     chunks.append(b": keepalive\n\n")
-                writer.write(b"".join(chunks))
+                # uvicorn's send waits while the socket's buffer is full: a client that
+                # takes nothing for stall_s is cut off
                 async with asyncio.timeout(self._stall_s):
-                    await writer.drain()
+                    body = b"".join(chunks)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
-async def _until_closed(reader: asyncio.StreamReader) -> None:
-    """Returns when the client closes its side (an SSE client never sends more)."""
-    with contextlib.suppress(ConnectionError):
-        while await reader.read(1024):
-            pass
+async def _until_closed(receive: Receive) -> None:
+    """Returns when the client goes (an SSE client never sends more)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _frame(event: str, data: Any) -> bytes:

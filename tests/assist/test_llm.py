@@ -31,6 +31,11 @@ def test_no_sentence_reaches_the_model(short_tmp: Path, broker: Mosquitto, model
         assert turn["intent"]["via"] == "llm", turn
         assert turn["route"] == "local" and turn["reply"] and turn["actions"] == []
         assert "llm_first" in turn["timings"]
+        # no command and no known device: the model's, not a local "no device called ..."
+        r = loomctl(d, "assist", "the office needs some light", "--json", timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        turn = json.loads(r.stdout)
+        assert turn["intent"]["via"] == "llm" and "llm_first" in turn["timings"], turn
     finally:
         d.close()
 

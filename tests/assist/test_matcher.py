@@ -99,6 +99,61 @@ def test_distractors_name_no_device(matcher: Matcher, text: str) -> None:
     ), m
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the kitchen needs some light",
+        "I am freezing in the living room",
+        "the bedroom is too bright",
+        "the hall could use some warmth",
+    ],
+)
+def test_no_command_no_refusal(matcher: Matcher, text: str) -> None:
+    """A sentence that says no command and names no device is not a command on an unknown
+    device ("needs some light" parsed as a name by a verbless template): it is no match,
+    so it goes to the model (or "couldn't understand"), never a confident refusal."""
+    assert matcher.match(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "slot", "words"),
+    [
+        ("turn on the garage light", "area", "garage"),
+        ("open the front gate", "name", "front gate"),
+        ("switch off the toaster", "name", "toaster"),
+    ],
+)
+def test_commands_on_unknown_targets_name_them(
+    matcher: Matcher, text: str, slot: str, words: str
+) -> None:
+    m = matcher.match(text)
+    assert m is not None and m.unknown == {slot: words}, m
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "don't turn on the kitchen lights",
+        "never turn off the sofa lamp",
+        "I turned on the bedside lamp",
+        "who turned on the kitchen lights",
+        "the sofa lamp is on",
+        "the kitchen lights are on",
+    ],
+)
+def test_repairs_never_add_meaning(matcher: Matcher, text: str) -> None:
+    """A repair fixes misheard words; it never drops a word that changes the sentence (a
+    negation, "I turned", "is on"): these are one edit from a command and must not act."""
+    assert matcher.recognize(text) is None  # hassil alone does not take them
+    m = matcher.match(text)
+    assert m is None or m.unknown, m
+
+
+def test_misheard_split_words_are_still_repaired(matcher: Matcher) -> None:
+    m = matcher.match("Turn off the lights in the mad room.")  # "bedroom", split
+    assert m is not None and m.fuzzy and m.slots.get("area") == "bedroom", m
+
+
 def test_repair_never_crosses_domains(matcher: Matcher) -> None:
     # "front dour light" is close to no light; the lock "front door" must not be chosen
     m = matcher.match("turn on the front dour light")
@@ -137,6 +192,15 @@ def test_numbers_survive_phrase_repair(matcher: Matcher) -> None:
         "brightness": 30,
         "domain": "light",
     }
+
+
+def test_every_template_shape_is_a_phrase(matcher: Matcher) -> None:
+    """The temperature templates speech-to-phrase lacks are sampled template by template:
+    the area-less one ("set the temperature to # degrees", the one thermostat) is there."""
+    assert matcher.recognize("At the temperature to 21 degrees.") is None
+    m = matcher.match("At the temperature to 21 degrees.")  # "set", misheard
+    assert m is not None and m.fuzzy and m.intent == "HassClimateSetTemperature", m
+    assert m.slots["temperature"] == 21
 
 
 def test_user_sentence_files(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ class FakeRoom:
         self._rng = np.random.default_rng(1)
         self.frames_out = 0
         self.echo_frames = 0
+        self.tap: list[tuple[float, bytes]] | None = None  # (time, frame) sent to the mic
+        self.last_played = 0.0  # when the board's last frame reached the room
 
     def speak(self, pcm: bytes) -> None:
         """A person in the room says `pcm` (16 kHz s16), starting now."""
@@ -37,7 +39,8 @@ class FakeRoom:
             await sub.ready()
             ready.set()
             async for ev in sub:
-                self._played.append((time.monotonic(), ev.payload))
+                self.last_played = time.monotonic()
+                self._played.append((self.last_played, ev.payload))
 
     async def run(self, stop: asyncio.Event) -> None:
         ready = asyncio.Event()
@@ -59,6 +62,8 @@ class FakeRoom:
                     mic += np.frombuffer(self._voice.popleft(), np.int16).astype(np.float64)
                 frame = np.clip(mic, -32768, 32767).astype(np.int16).tobytes()
                 await self.bus.publish(f"audio.in.{self.site}", frame, qos="realtime")
+                if self.tap is not None:
+                    self.tap.append((time.monotonic(), frame))
                 self.frames_out += 1
         finally:
             listener.cancel()

@@ -59,7 +59,7 @@ def test_stt_worker_killed_mid_utterance(
     assert "kitchen lights" in again["transcript"].lower(), again
     assert status["stt_restarts"] == 1 and status["stt_pid"] not in (0, pid), status
     p = loomctl(loomd_proc, "voice", "last", "2")
-    assert "failed (STT failed: LoomdError: the STT worker died" in p.stdout, p.stdout
+    assert "failed (STT failed: WorkerDied: the STT worker died" in p.stdout, p.stdout
 
 
 def test_corrupt_model_is_named(loomd_proc: LoomdProcess, models: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -149,3 +150,45 @@ async def test_a_ring_of_three_delivers_each_event_once_per_board_and_stops(
         finally:
             for sub in subs:
                 await sub.close()
+
+
+async def test_a_forwarder_the_bus_sheds_subscribes_again_and_the_link_goes_on(
+    short_tmp: Path,
+) -> None:
+    """The hub is down: the satellite's window fills (1024 unacked), its forwarder stops
+    taking, the bus sheds the full subscription (`evicted`, counted). The forwarder
+    subscribes again; once the hub is up, the window's events are re-sent and new events
+    flow again."""
+    from loomd.bridges.peers import WINDOW
+
+    hub, sat = Board(short_tmp, "hub"), Board(short_tmp, "sat")
+    hub.listen, hub.receive = True, ["peer.#"]
+    hub.authorize(sat)
+    sat.link(hub, send=["peer.#"], receive=[])
+    small = "[bus]\nreliable_queue = 32\n"  # shed at 4 x 32 queued
+    async with running(sat.root, small + sat.section(), device_id="sat", names=PEERS) as s:
+        p = peers_of(s)
+        sb = p.ctx.bus
+        for i in range(WINDOW + 200):
+            await sb.publish("peer.x", i.to_bytes(4, "big"), wait=False)
+            if i % 16 == 0:
+                await asyncio.sleep(0)  # the forwarder takes them until the window is full
+        async with asyncio.timeout(15):  # the bus sheds the full subscription, counted
+            while not (await sb.stats()).drops.get("evicted", 0):  # noqa: ASYNC110 - bus counters, polled with a deadline
+                await asyncio.sleep(0.01)
+        assert len(p.peers["hub"].unacked) == WINDOW
+        async with running(hub.root, hub.section(), device_id="hub", names=PEERS) as h:
+            async with peers_of(h).ctx.bus.subscribe("peer.#", "reliable") as at_hub:
+                await up(s, "hub")
+                got = {(await at_hub.get(15)).payload for _ in range(WINDOW)}
+                assert got == {i.to_bytes(4, "big") for i in range(WINDOW)}  # re-sent
+                await wait_for(lambda: p.counts.get("evicted", 0) >= 1, 15)  # subscribed again
+                await sb.publish("peer.x", b"after")
+                while (ev := await at_hub.get(15)).payload != b"after":
+                    assert len(ev.payload) == 4  # events queued after the shedding
+            await wait_for(lambda: not p.peers["hub"].unacked, 15)
+        live = [x for x in (await sb.stats()).subscriptions if x.owner == "peers"]
+        assert {(x.pattern, x.qos) for x in live} == {
+            ("peer.#", "reliable"),
+            ("peer.#", "realtime"),
+        }

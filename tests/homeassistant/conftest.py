@@ -206,10 +206,12 @@ def ha_section(port: int, key: str = "", **extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def voice_section(models: Path, wyoming_port: int) -> str:
+def voice_section(models: Path, wyoming_port: int, **extra: str) -> str:
+    """`[voice]` on the bus source and sink, with Wyoming; `extra`: more `[voice]` keys."""
+    more = "".join(f"{k} = {v}\n" for k, v in extra.items())
     return (
         f'[voice]\nenabled = true\nmodels_dir = "{models}"\nsource = "bus"\nsink = "bus"\n'
-        f"[voice.wyoming]\nenabled = true\nport = {wyoming_port}\n"
+        f"{more}[voice.wyoming]\nenabled = true\nport = {wyoming_port}\n"
     )
 
 

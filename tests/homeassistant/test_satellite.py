@@ -55,15 +55,19 @@ class Rig:
     adoption_ms: float = 0.0  # HA's ESPHome config flow until the satellite entity is idle
 
     async def mic(self, pcm: bytes, silence_s: float = 0.0) -> float:
-        """Feed the board's microphone at real-time pace; returns when the audio ended."""
-        frames = split_frames(pcm + b"\0" * int(silence_s * 32000))
-        began = time.monotonic()
-        for i, frame in enumerate(frames):
-            delay = began + i * 0.02 - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self.bus.publish("audio.in.local", frame, qos="realtime")
-        return time.monotonic()
+        return await feed_mic(self.bus, pcm, silence_s)
+
+
+async def feed_mic(bus: LocalBus, pcm: bytes, silence_s: float = 0.0) -> float:
+    """Feed the board's microphone at real-time pace; returns when the audio ended."""
+    frames = split_frames(pcm + b"\0" * int(silence_s * 32000))
+    began = time.monotonic()
+    for i, frame in enumerate(frames):
+        delay = began + i * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await bus.publish("audio.in.local", frame, qos="realtime")
+    return time.monotonic()
 
 
 async def _speaker(bus: LocalBus, heard: bytearray) -> None:
@@ -75,11 +79,14 @@ async def _speaker(bus: LocalBus, heard: bytearray) -> None:
 
 @contextlib.asynccontextmanager
 async def rig(
-    ha: HaTestbed, root: Path, models: Path, device: str, **ha_opts: str
-) -> AsyncIterator[Rig]:
+    ha: HaTestbed, root: Path, models: Path, device: str, *, names: tuple[str, ...] = NAMES,
+    voice: dict[str, str] | None = None, extra: str = "", **ha_opts: str,
+) -> AsyncIterator[Rig]:  # fmt: skip
+    """A board adopted by HA as its satellite; `names`, `voice` ([voice] keys) and `extra`
+    (more TOML) make it more than the satellite (the assist, the home)."""
     port, wy_port = free_port(), free_port()
-    body = voice_section(models, wy_port) + ha_section(port, **ha_opts)
-    async with board(root, body, device, NAMES) as host, HaApi(ha) as api:
+    body = voice_section(models, wy_port, **(voice or {})) + ha_section(port, **ha_opts) + extra
+    async with board(root, body, device, names) as host, HaApi(ha) as api:
         bus = LocalBus(host.services.broker, "test")  # type: ignore[arg-type]
         heard = bytearray()
         speaker = asyncio.create_task(_speaker(bus, heard))

@@ -9,8 +9,9 @@ REPO_DIR=/srv/loomd-apt         # the signed repository, bind-mounted read-only
 TEST_MODELS=/srv/loomd-models   # $LOOMD_TEST_MODELS of the host, read-only (may be absent)
 SPEECH=/srv/loomd-speech        # command.wav made on the host (espeak-ng + sox), read-only
 MODELS_DIR=/var/lib/loomd/models
-PACKAGES="loomd loomd-voice loomd-llm loomd-mcp"
-ALL_PACKAGES="loomd loomd-pylibs loomd-voice loomd-llm loomd-mcp"
+# loomd-assist is not named: loomd recommends it, and apt installs recommends.
+PACKAGES="loomd loomd-voice loomd-llm loomd-mcp loomd-homeassistant"
+ALL_PACKAGES="loomd loomd-pylibs loomd-voice loomd-llm loomd-mcp loomd-assist loomd-homeassistant"
 HTTP_PORT=8765                  # served on the container's own loopback
 CONF=/etc/loomd/loomd.toml
 STATUS_TIMEOUT=${STATUS_TIMEOUT:-20}
@@ -103,7 +104,7 @@ EOF
         origin=$(apt-cache policy "$p" | grep -m1 -o "http://127.0.0.1:${HTTP_PORT}[^ ]*")
         [ -n "$origin" ] || fail "apt-cache policy $p does not show the repository"
     done
-    say "installed $PACKAGES (+ loomd-pylibs) $version by name from $origin (signed, InRelease) in $((t1 - t0))s; $(du -sm /usr/lib/loomd | cut -f1) MB in /usr/lib/loomd"
+    say "installed $PACKAGES (+ loomd-pylibs, + loomd-assist recommended) $version by name from $origin (signed, InRelease) in $((t1 - t0))s; $(du -sm /usr/lib/loomd | cut -f1) MB in /usr/lib/loomd"
 }
 
 # --- 2. the service: active, enabled, READY, socket and directories -----------
@@ -419,6 +420,34 @@ check_ask() {
     out=$(loomctl ask --max-tokens 24 "Say hello in three words." 2>&1) || { echo "$out"; fail "loomctl ask failed"; }
     [ -n "$(echo "$out" | tr -d '[:space:]')" ] || fail "empty answer"
     say "loomctl ask answered: $(echo "$out" | tr '\n' ' ' | cut -c1-100)"
+}
+
+# --- assist: a typed command understood by the installed loomd-assist ------------------
+check_assist() {
+    local out lib pkg
+    up() { [ "$(component_state assist)" = running ]; }
+    wait_for 60 up || fail "assist is $(component_state assist): $(component_reason assist)"
+    out=$(loomctl --timeout 60 assist "what time is it" --json 2>&1) || fail "loomctl assist failed: $out"
+    echo "$out"
+    printf '%s' "$out" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)
+assert t["intent"]["name"] == "HassGetCurrentTime" and t["intent"]["via"] == "local", t["intent"]
+assert t["reply"] and not t["actions"] and not t.get("error"), t
+' || fail "the turn was not a local HassGetCurrentTime with a reply"
+    # The libraries came with the packages that should carry them.
+    for lib in hassil home_assistant_intents rapidfuzz aioesphomeapi zeroconf jinja2 cryptography; do
+        pkg=$(dpkg -S "/usr/lib/loomd/lib/python3.11/site-packages/$lib/__init__.py" 2>/dev/null | cut -d: -f1)
+        case $lib:$pkg in
+        hassil:loomd-assist|home_assistant_intents:loomd-assist|rapidfuzz:loomd-assist) ;;
+        aioesphomeapi:loomd-homeassistant|zeroconf:loomd-homeassistant|jinja2:loomd|cryptography:loomd-mcp) ;;
+        *) fail "$lib is in '$pkg'" ;;
+        esac
+    done
+    setpriv --reuid=loomd --regid=loomd --init-groups /usr/lib/loomd/bin/python -c \
+        'import aioesphomeapi, zeroconf, aiohttp, hassil, home_assistant_intents' \
+        || fail "the satellite's or the assist's libraries do not import as loomd"
+    say "loomctl assist 'what time is it': $(printf '%s' "$out" | python3 -c 'import json, sys; t = json.load(sys.stdin); print(t["intent"]["name"], t["intent"]["via"], repr(t["reply"]), t["timings"].get("total"), "ms")') (hassil from loomd-assist; aioesphomeapi, zeroconf from loomd-homeassistant import)"
 }
 
 # --- doctor: no check fails ----------------------------------------------------------

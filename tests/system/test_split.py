@@ -15,6 +15,10 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "split-venv"
 PY = Path("/usr/bin/python3")
 SITE = "usr/lib/loomd/lib/python3.11/site-packages"
+PACKAGES = (
+    "loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp", "loomd-assist",
+    "loomd-homeassistant",
+)  # fmt: skip
 
 pytestmark = pytest.mark.skipif(
     subprocess.run([str(PY), "-c", "import pip._vendor.packaging"], check=False).returncode != 0
@@ -31,6 +35,11 @@ LOOMD_REQUIRES = [
     "llama; extra == 'llm'",
     "numpy; extra == 'llm'",
     "mcp; extra == 'mcp'",
+    "hassil; extra == 'assist'",
+    "jinja; extra == 'assist'",
+    "jinja; extra == 'llm'",
+    "esphome; extra == 'homeassistant'",
+    "numpy; extra == 'homeassistant'",
 ]
 
 
@@ -65,6 +74,20 @@ def venv(tmp_path: Path) -> Path:
     dist(site, "pydantic", {"pydantic/__init__.py": b"", "libp.so": lib}, ["idna"])
     dist(site, "idna", {"idna/__init__.py": b""})
     dist(site, "attrs", {"attrs/__init__.py": b""})
+    # assist shares jinja with llm; the Home Assistant satellite (loomd-homeassistant
+    # depends on loomd-voice and loomd-mcp) shares proto with voice, crypto with mcp and
+    # aio with llm.
+    dist(site, "hassil", {"hassil/__init__.py": b""}, ["yaml"])
+    dist(site, "yaml", {"yaml/__init__.py": b""})
+    dist(site, "jinja", {"jinja/__init__.py": b""})
+    dist(site, "esphome", {"esphome/__init__.py": b""}, ["proto", "crypto", "aio", "zc"])
+    dist(site, "zc", {"zc/__init__.py": b""})
+    dist(site, "proto", {"proto/__init__.py": b""})
+    dist(site, "crypto", {"crypto/__init__.py": b""})
+    dist(site, "aio", {"aio/__init__.py": b""})
+    for name, dep in (("whisper", "proto"), ("pydantic", "crypto"), ("llama", "aio")):
+        with (site / f"{name}-1.0.dist-info" / "METADATA").open("a") as f:
+            f.write(f"Requires-Dist: {dep}\n")
     (stage / "usr/lib/loomd/pyvenv.cfg").write_text("home = /usr/bin\n")
     (tmp_path / "debian").mkdir()
     return tmp_path
@@ -98,8 +121,8 @@ def test_each_distribution_lands_in_one_package(venv: Path) -> None:
         for f in files:
             assert (d / pkg / SITE / f).is_file(), f"{f} not in {pkg}"
     assert (d / "loomd/usr/lib/loomd/pyvenv.cfg").is_file()  # the venv's skeleton: core
-    assert (d / "loomd-pylibs.venv-dists").read_text() == "numpy==1.0\n"
-    assert (d / "loomd-mcp.venv-dists").read_text() == "mcp==1.0\npydantic==1.0\n"
+    assert (d / "loomd-pylibs.venv-dists").read_text() == "aio==1.0\nnumpy==1.0\n"
+    assert (d / "loomd-mcp.venv-dists").read_text() == "crypto==1.0\nmcp==1.0\npydantic==1.0\n"
     core = (d / "loomd.venv-dists").read_text().split()
     assert "attrs==1.0" in core and "idna==1.0" in core
     # Identical copies of a library become one file and a relative symlink.
@@ -114,15 +137,28 @@ def test_what_mcp_shares_with_an_extra_goes_to_the_core(venv: Path) -> None:
     proc = split(venv)
     assert proc.returncode == 0, proc.stderr
     d = venv / "debian"
-    lists = {
-        pkg: set((d / f"{pkg}.venv-dists").read_text().split())
-        for pkg in ("loomd", "loomd-pylibs", "loomd-voice", "loomd-llm", "loomd-mcp")
-    }
+    lists = {pkg: set((d / f"{pkg}.venv-dists").read_text().split()) for pkg in PACKAGES}
     every = [n for names in lists.values() for n in names]
     assert len(every) == len(set(every)), lists  # each distribution in one package
     assert not lists["loomd-mcp"] & {"idna==1.0", "attrs==1.0", "numpy==1.0"}
-    assert lists["loomd-pylibs"] == {"numpy==1.0"}
+    assert lists["loomd-pylibs"] == {"numpy==1.0", "aio==1.0"}
     assert "split-venv: loomd-mcp: " in proc.stdout
+
+
+def test_shared_libraries_go_to_the_package_all_their_users_depend_on(venv: Path) -> None:
+    """Each extra's own libraries in its package; a shared one in the most specific
+    package every user is or depends on (debian/control's Depends)."""
+    proc = split(venv)
+    assert proc.returncode == 0, proc.stderr
+    d = venv / "debian"
+    lists = {pkg: set((d / f"{pkg}.venv-dists").read_text().split()) for pkg in PACKAGES}
+    assert lists["loomd-assist"] == {"hassil==1.0", "yaml==1.0"}
+    assert "jinja==1.0" in lists["loomd"]  # assist and llm: only the core is below both
+    assert lists["loomd-homeassistant"] == {"esphome==1.0", "zc==1.0"}
+    assert "proto==1.0" in lists["loomd-voice"]  # homeassistant depends on loomd-voice
+    assert "crypto==1.0" in lists["loomd-mcp"]  # ... and on loomd-mcp
+    assert "aio==1.0" in lists["loomd-pylibs"]  # llm and homeassistant: via loomd-voice
+    assert not lists["loomd-assist"] & lists["loomd-pylibs"]
 
 
 def test_a_distribution_nobody_needs_stops_the_build(venv: Path) -> None:

@@ -1,10 +1,11 @@
 """The Debian packages on a real systemd: scripts/system-test under pytest.
 
-Builds loomd, loomd-pylibs, loomd-voice, loomd-llm and loomd-mcp (lintian,
-systemd-analyze verify/security), makes a signed apt repository, boots Debian bookworm
-in systemd-nspawn and runs the fourteen checks of tests/system/checks.sh, the voice
-and ask checks on the small real test models (tests/testmodels.py, passed through), the
-mcp check on tests/system/mcp_server.py.
+Builds loomd, loomd-pylibs, loomd-voice, loomd-llm, loomd-mcp, loomd-assist and
+loomd-homeassistant (lintian, systemd-analyze verify/security), makes a signed apt
+repository, boots Debian bookworm in systemd-nspawn and runs the fifteen checks of
+tests/system/checks.sh, the voice and ask checks on the small real test models
+(tests/testmodels.py, passed through), the mcp check on tests/system/mcp_server.py, the
+assist check (`loomctl assist "what time is it"` from the installed loomd-assist).
 Timings in docs/packaging.md.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -76,7 +77,9 @@ class SseClient:
             f"GET /api/events{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Accept: text/event-stream\r\n{extra}\r\n".encode()
         )
-        self.buf = b""
+        self.buf = b""  # the body (de-chunked) not yet taken
+        self.raw = b""  # received bytes not yet de-chunked
+        self.chunked = False
         self.status = 0
         self.head = b""
 
@@ -84,9 +87,28 @@ class SseClient:
         deadline = time.monotonic() + timeout
         while b"\r\n\r\n" not in self.buf:
             self._fill(deadline)
-        self.head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.head, _, rest = self.buf.partition(b"\r\n\r\n")
         self.status = int(self.head.split(b" ", 2)[1])
+        self.chunked = b"transfer-encoding: chunked" in self.head.lower()
+        self.buf = b""
+        self._take(rest)
         return self.status
+
+    def _take(self, data: bytes) -> None:
+        """Body bytes as received: de-chunked (HTTP/1.1 chunked transfer coding, what a
+        stream of unknown length is sent with) into `buf`."""
+        if not self.status or not self.chunked:
+            self.buf += data
+            return
+        self.raw += data
+        while b"\r\n" in self.raw:
+            size_line, _, rest = self.raw.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if len(rest) < size + 2:
+                return
+            assert rest[size : size + 2] == b"\r\n", "a chunk must end with CRLF"
+            self.buf += rest[:size]
+            self.raw = rest[size + 2 :]
 
     def _fill(self, deadline: float) -> None:
         left = deadline - time.monotonic()
@@ -96,7 +118,7 @@ class SseClient:
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionError("the server closed the stream")
-        self.buf += chunk
+        self._take(chunk)
 
     def next_frame(self, timeout: float = 10.0) -> tuple[str, Any]:
         """The next SSE frame: ("bus" | "dropped", data) or ("comment", text)."""
@@ -121,6 +143,14 @@ class SseClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def read_chunk(reader: asyncio.StreamReader) -> bytes:
+    """One chunk of a chunked HTTP/1.1 body (b"" for the last one)."""
+    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+    data = await reader.readexactly(size + 2)
+    assert data.endswith(b"\r\n"), "a chunk must end with CRLF"
+    return data[:-2]
 
 
 def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:

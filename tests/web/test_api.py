@@ -21,7 +21,7 @@ from loomd.sdk import Client
 from loomd.settings import load_config
 from loomd.web.page import allowed
 from tests.conftest import free_port, loomctl
-from tests.web.conftest import PageDaemon, SseClient, get, get_json, wait_until
+from tests.web.conftest import PageDaemon, SseClient, get, get_json, read_chunk, wait_until
 
 STATIC = Path(__file__).parents[2] / "loomd" / "web" / "static"
 
@@ -186,6 +186,11 @@ def test_the_client_cap(page_daemon: PageDaemon) -> None:
 def test_a_slow_client_drops_and_is_told(page_daemon: PageDaemon) -> None:
     """A client that stops reading loses events (counted, then told), and neither the
     daemon nor a second client waits for it."""
+    # The daemon is the module's: the last test's clients free their places first.
+    wait_until(
+        lambda: get_json(page_daemon.port, "/api/status")["page"]["sse_clients"] == 0,
+        what="earlier live-tail clients to be gone",
+    )
     slow = SseClient(page_daemon.port, "flood.#", rcvbuf=4096)
     fast = SseClient(page_daemon.port, "marker.#")
     try:
@@ -260,15 +265,19 @@ def test_keepalive_comments(tmp_path: Path) -> None:
             writer.write(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 ")
-            assert (await reader.readuntil(b"\n\n")).startswith(b": loomd live tail")
-            assert await reader.readuntil(b"\n\n") == b": keepalive\n\n"
-            assert await reader.readuntil(b"\n\n") == b": keepalive\n\n"
+            assert b"transfer-encoding: chunked" in head.lower()  # HTTP/1.1, length unknown
+            assert (await read_chunk(reader)).startswith(b": loomd live tail")
+            assert await read_chunk(reader) == b": keepalive\n\n"
+            assert await read_chunk(reader) == b": keepalive\n\n"
             assert len(page.streams) == 1
             writer.write_eof()  # the client goes: the server ends the stream and closes
             async with asyncio.timeout(5):
                 while await reader.read(4096):
                     pass
-            assert not page.streams
+                # uvicorn closes the socket as it sees the EOF; the stream's cleanup
+                # (unsubscribe, give its place back) follows within a few loop turns
+                while page.streams:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
             writer.close()
 
     asyncio.run(asyncio.wait_for(run(), 30))
@@ -432,3 +441,22 @@ def test_a_frame_is_one_line_of_json_whatever_the_payload() -> None:
     assert p["7"] == "a non-string key"
     cut = json.loads(event_frame(Event.create("d", wide)).split(b"\n")[1][6:])["payload"]
     assert isinstance(cut, str) and cut.endswith(" chars)")
+
+
+def test_assist_turns_show_text_intent_actions_reply_and_ms(make_daemon: Any) -> None:
+    pytest.importorskip("hassil")
+    d = make_daemon(llm=False, extra="[assist]\nenabled = true\nllm = false\n")
+    wait_until(
+        lambda: get_json(d.port, "/api/assist")["state"] == "running", what="the assist to run"
+    )
+    assert get_json(d.port, "/api/assist")["turns"] == []
+    for text in ("what time is it", "turn on the <b>garage</b> light"):
+        r = loomctl(d, "assist", text, "--json", timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    turns = get_json(d.port, "/api/assist")["turns"]
+    newest, older = turns[0], turns[1]  # newest first, as the flight recorder kept them
+    assert older["transcript"] == "what time is it" and older["reply"]
+    assert older["intent"]["name"] == "HassGetCurrentTime" and older["intent"]["via"] == "local"
+    assert older["timings"]["total"] >= 0 and older["at"] <= time.time()
+    assert newest["transcript"] == "turn on the <b>garage</b> light"  # data, shown as text
+    assert newest["actions"] == [] and newest["intent"]["via"] == "none"

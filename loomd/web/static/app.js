@@ -157,7 +157,8 @@ function renderVoice(v) {
     $("voice-note").textContent = "voice is " + v.state + (v.reason ? " (" + v.reason + ")" : "");
     return;
   }
-  $("voice-note").textContent = v.turns.length ? "ms since the end of speech" : "no interactions yet";
+  $("voice-note").textContent = (v.muted ? "microphone muted; " : "") +
+    (v.turns.length ? "ms since the end of speech" : "no interactions yet");
   for (const turn of v.turns) {
     const div = el("div", "turn");
     const wake = turn.wake ? turn.wake + " (" + turn.wake_score + ")" : "-";
@@ -169,6 +170,26 @@ function renderVoice(v) {
       el("p", "", "said: " + (turn.reply || "-")),
       waterfall(turn, v.stages));
     root.append(div);
+  }
+}
+
+// -- assist -----------------------------------------------------------------------------------
+function renderAssist(a) {
+  const body = $("assist").tBodies[0];
+  body.replaceChildren();
+  if (a.state !== "running") {
+    $("assist-note").textContent = "the assist is " + a.state + (a.reason ? " (" + a.reason + ")" : "");
+    return;
+  }
+  $("assist-note").textContent = a.turns.length ? "" : "no turns yet";
+  for (const t of a.turns) {
+    const intent = t.intent && t.intent.name ? t.intent.name + " (" + t.intent.via + ")" : "-";
+    const acts = (t.actions || []).map((x) => x.capability + " " + x.code).join(", ") || "-";
+    const tr = el("tr");
+    tr.append(el("td", "", fmtTime(t.at)), el("td", "detail", t.transcript), el("td", "", intent),
+      el("td", "detail", acts), el("td", "detail", t.reply || t.error || "-"),
+      el("td", "", t.timings && t.timings.total !== undefined ? t.timings.total : "-"));
+    body.append(tr);
   }
 }
 
@@ -196,6 +217,7 @@ const views = [
   ["/api/history", renderHistory],
   ["/api/voice", renderVoice],
   ["/api/routes", renderRoutes],
+  ["/api/assist", renderAssist],
 ];
 
 async function poll() {

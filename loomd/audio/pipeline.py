@@ -1,0 +1,257 @@
+"""The live pipeline: frames -> echo canceller -> front end -> wake word -> VAD -> a turn.
+
+Per frame: the wake word (scored every 80 ms) while idle or speaking; after a wake, the
+hand-off asks whether another part takes the turn while the VAD segmenter cuts the
+utterance, which the agent then runs (STT, reply). The wake word during playback stops it
+(barge-in) and publishes `voice.stop`. A device is realtime: frames go through a queue
+bounded by age and count, so a stage that fell behind resumes on fresh audio."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
+from loomd.audio.recorder import TurnRecord
+from loomd.audio.worker import WorkerError
+from loomd.messages import ErrorCode, VoiceState, VoiceStop, WakeAction
+
+if TYPE_CHECKING:
+    from loomd.audio.aec import EchoCanceller
+    from loomd.audio.agent import Agent
+    from loomd.audio.board import Board
+    from loomd.audio.frontend import FrontEnd
+    from loomd.audio.handoff import Handoff
+    from loomd.audio.io import Source
+    from loomd.audio.settings import VoiceSettings
+    from loomd.audio.speaker import Speaker
+    from loomd.audio.stages import Wake
+    from loomd.audio.vad import WebRtcVad
+    from loomd.audio.wake import Detection
+    from loomd.component import Context
+
+__all__ = ["Pipeline"]
+
+# Wake scoring runs on 80 ms; collecting 4 frames before each hop keeps it cheap.
+_WAKE_FRAMES = 4
+
+
+class Pipeline:
+    def __init__(
+        self,
+        ctx: Context[VoiceSettings],
+        *,
+        wake: Wake,
+        vad: WebRtcVad,
+        aec: EchoCanceller | None,
+        frontend: FrontEnd | None,
+        speaker: Speaker,
+        handoff: Handoff,
+        board: Board,
+        agent: Agent,
+        counts: collections.Counter[str],
+    ) -> None:
+        self.ctx, self.wake, self.vad, self.aec, self.frontend = ctx, wake, vad, aec, frontend
+        self.speaker, self.handoff, self.board, self.agent = speaker, handoff, board, agent
+        self.counts = counts
+        self.stop: Wake | None = None  # the stop word's detector, when there is one
+        self.fresh: FreshQueue | None = None
+        self._live_lock = asyncio.Lock()
+
+    async def listen(self, source: Source) -> None:
+        """Run on a live source until it ends."""
+        fresh = self.fresh = FreshQueue(max_frames=50, max_age_s=0.5)
+
+        async def feed() -> None:
+            async for frame in source.frames():
+                fresh.put(frame)
+            fresh.put(Frame(b"", -1.0, time.monotonic()))  # the end of a finite source
+
+        async def frames() -> AsyncIterator[Frame]:
+            while True:
+                frame = await fresh.get()
+                if not frame.pcm:
+                    return
+                yield frame
+
+        feeder = asyncio.create_task(feed())
+        try:
+            async with self._live_lock:
+                await self.run(frames(), wait_turns=False)
+            await feeder
+        finally:
+            feeder.cancel()
+
+    async def barge_in(self) -> None:
+        """The wake word while speaking or thinking: cut playback, cancel the turn."""
+        self.counts["barge_ins"] += 1
+        self.speaker.stop()
+        if self.board.busy():
+            self.board.cancel_turn()
+        await VoiceStop(self.ctx.settings.site, "barge-in").publish(self.ctx.bus)
+
+    async def _stop_word(self, pcm: bytes, t_end: float) -> bool:
+        """While the board plays: the stop word ends playback and the turn (no wake word,
+        no listening after). False if it was not said (or the board said it itself)."""
+        assert self.stop is not None
+        try:
+            hit = await self.stop.process(pcm, t_end, self.ctx.settings.stop.threshold)
+        except WorkerError as exc:
+            self.agent.stage_failed(ErrorCode.WAKE_FAILED, f"stop word failed: {exc}")
+            return False
+        if hit is None:
+            return False
+        if self.speaker.said_it(stop=True):
+            self.counts["self_stops_blocked"] += 1
+            return False
+        self.counts["stops"] += 1
+        self.ctx.log.info("voice: stop word %s (score %.2f)", hit.word, hit.score)
+        self.speaker.stop()
+        self.board.cancel_turn()
+        await VoiceStop(self.ctx.settings.site, "stop word").publish(self.ctx.bus)
+        await self.stop.reset(clock=False)
+        return True
+
+    async def run(self, frames: AsyncIterator[Frame], *, wait_turns: bool) -> list[TurnRecord]:
+        """Frames -> wake -> VAD -> turns. Returns the turns started (for `voice test`)."""
+        from loomd.audio.vad import Segmenter
+
+        s = self.ctx.settings
+        board, handoff, speaker = self.board, self.handoff, self.speaker
+        await self.wake.reset()
+        seg = Segmenter(
+            preroll_ms=s.vad.preroll_ms,
+            hangover_ms=s.vad.hangover_ms,
+            min_speech_ms=s.vad.min_speech_ms,
+            max_utterance_s=s.vad.max_utterance_s,
+            no_speech_s=s.vad.no_speech_s,
+        )
+        listening = False
+        board.follow_up = False
+        wake_buf: list[bytes] = []
+        turns: list[TurnRecord] = []
+        detection: Detection | None = None
+        last: Frame | None = None
+        was_muted = False
+        async for frame in frames:
+            last = frame
+            self.counts["frames"] += 1
+            speaker.tick()
+            echo = speaker.reference.active
+            played = speaker.reference.take()
+            if board.muted:  # the frame goes no further: no wake, no turn, no stream
+                if listening or handoff.streaming or handoff.listen_now:
+                    listening = False
+                    handoff.drop()
+                    await board.set(VoiceState.IDLE)
+                wake_buf, was_muted = [], True
+                continue
+            if was_muted:  # its history is from before the mute
+                was_muted = False
+                await self.wake.reset()
+            if echo and self.aec is not None:
+                frame = Frame(self.aec.process(frame.pcm, played), frame.t, frame.at)
+            speech = frame.pcm  # what speech to text hears
+            if self.frontend is not None:  # the wake word and the VAD hear the front end
+                frame = Frame(self.frontend.process(frame.pcm), frame.t, frame.at)
+                speech = frame.pcm if s.frontend.stt else speech
+            if handoff.streaming:  # the turn is another part's: it hears the mic
+                if not await handoff.feed(speech):
+                    await self.wake.reset()
+                    await board.set(VoiceState.IDLE)
+                continue
+            if handoff.listen_now and not listening:
+                uid, handoff.listen_now = handoff.listen_now, ""
+                await handoff.start(uid)
+                await board.set(VoiceState.LISTENING, uid)
+                continue
+            if listening and (action := handoff.pending(speech)) is not None:
+                if action != WakeAction.LOCAL:
+                    listening = False
+                    if action == WakeAction.STREAM:
+                        await handoff.start(handoff.asked)
+                        await handoff.feed(speech)
+                    else:
+                        await board.set(VoiceState.IDLE)
+                    continue
+            if listening:
+                cut = seg.push(speech, frame.t, self.vad(frame.pcm))
+                if cut is not None:
+                    listening = False
+                    handoff.cancel()
+                    rec = TurnRecord.new(s.site, detection)
+                    turns.append(rec)
+                    self.agent.start(cut, rec, frame)
+                    if wait_turns and board.turn is not None:
+                        await asyncio.shield(board.turn)
+                continue
+            if board.follow_up:  # the board just asked a question: listen without the wake
+                board.follow_up = False
+                listening, detection, wake_buf = True, None, []
+                seg.open(frame.t, no_speech_s=s.followup_s)
+                await board.set(VoiceState.LISTENING)
+                continue
+            wake_buf.append(frame.pcm)
+            if len(wake_buf) < _WAKE_FRAMES:
+                continue
+            pcm, wake_buf = b"".join(wake_buf), []
+            t_end = frame.t + FRAME_MS / 1000
+            if echo and self.aec is None and s.aec.gate:
+                continue  # no echo cancellation: the board would hear itself
+            if (
+                echo
+                and self.aec is not None
+                and speaker.reference.playing_frames * FRAME_MS < (s.aec.converge_ms)
+            ):
+                continue  # the canceller has not converged yet: its residue can wake it
+            if echo and self.stop is not None and await self._stop_word(pcm, t_end):
+                continue
+            limit = s.wake.speaking_threshold if echo else s.wake.threshold
+            try:
+                hit = await self.wake.process(pcm, t_end, limit)
+            except WorkerError as exc:  # its worker restarts; the next frames go to it
+                self.agent.stage_failed(ErrorCode.WAKE_FAILED, f"wake word failed: {exc}")
+                continue
+            if hit is None:
+                continue
+            if speaker.said_it():
+                self.counts["self_wakes_blocked"] += 1
+                self.ctx.log.info("voice: ignored a wake (score %.2f): the board said it",
+                                  hit.score)  # fmt: skip
+                continue
+            detection = hit
+            self.counts["wakes"] += 1
+            self.ctx.log.info(
+                "voice: wake %s (score %.2f)%s", hit.word, hit.score,
+                f" {speaker.reference.playing_frames * FRAME_MS} ms into playback" if echo else "",
+            )  # fmt: skip
+            # Its feature window still holds the wake word: it would fire again on it once
+            # the refractory period is over (it hears no new audio while the VAD listens).
+            await self.wake.reset(clock=False)
+            if board.state == VoiceState.SPEAKING or board.busy():
+                await self.barge_in()
+            listening = True
+            seg.open(t_end)
+            handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
+            await board.set(VoiceState.LISTENING)
+        if listening and last is not None:
+            # A finite source ended while listening: let the segmenter's clock run on over
+            # silence so the utterance (or its absence) is decided as it would be live.
+            t, silence = last.t, b"\0" * len(last.pcm)
+            limit = s.vad.no_speech_s + s.vad.max_utterance_s
+            cut = None
+            while cut is None and t - last.t < limit:
+                t += FRAME_MS / 1000
+                cut = seg.push(silence, t, False)
+            if cut is not None:
+                handoff.cancel()
+                rec = TurnRecord.new(s.site, detection)
+                turns.append(rec)
+                self.agent.start(cut, rec, Frame(silence, t, time.monotonic()))
+        if wait_turns and board.turn is not None:
+            await asyncio.shield(board.turn)
+        return turns
