@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import replace
 
+from bench.acl_overhead import acl_overhead
 from bench.cases import Bench
 from bench.harness import Children, CpuWitness, Plan, log, machine_info
 from bench.report import print_report, summarize
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, kids, tmp)
         bench.run_all(tuple(w for w in args.only.split(",") if w))
         summary = summarize(bench, machine, args.quick)
+        if not args.only or "acl" in args.only:
+            summary.update(acl_overhead(bench, 2 if args.quick else 4))
         summary["cpu_during_run"] = witness.report()
         summary["bench_wall_s"] = round(time.perf_counter() - started, 1)
         if not args.json_only:

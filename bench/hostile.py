@@ -39,6 +39,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.hostile_acl import acl_daemon, acl_denied  # noqa: E402
 from loomd.bus import cbor, wire  # noqa: E402
 from loomd.bus.envelope import Event  # noqa: E402
 from loomd.sdk import connect  # noqa: E402
@@ -458,6 +459,7 @@ ATTACKS: list[tuple[str, Callable[[LoomdProcess, bool], Awaitable[str]], str]] =
     ("id_squat", id_squat, ""),
     ("rejected_publish", rejected_publish, ""),
     ("token_bruteforce", token_bruteforce, "http"),
+    ("acl_denied", acl_denied, "acl"),
 ]
 
 
@@ -482,7 +484,8 @@ def run_attack(
     name: str, fn: Callable[[LoomdProcess, bool], Awaitable[str]], quick: bool, kind: str = ""
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="lh-", dir="/tmp"))
-    d = _http_daemon(root) if kind == "http" else LoomdProcess(root)
+    daemons = {"http": _http_daemon, "acl": acl_daemon}
+    d = daemons[kind](root) if kind else LoomdProcess(root)
     real_popen = subprocess.Popen
     if name.startswith("fd_flood"):
 

@@ -194,8 +194,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("<file>", Bare(str(exc)), "valid TOML syntax", source=str(path)) from None
 
 
+# Top-level arrays of tables that belong to a section: `[[acl]]` is `bus.acl`.
+ARRAYS = {"acl": ("bus", "acl")}
+
+
 def _build(data: Mapping[str, Any], source: str) -> Settings:
     known = section_classes()
+    for name, (section, key) in ARRAYS.items():
+        if isinstance(data.get(name), list):
+            table = data.get(section, {})
+            if isinstance(table, Mapping) and key not in table:
+                data = {**{k: v for k, v in data.items() if k != name},
+                        section: {**table, key: data[name]}}  # fmt: skip
     for name, table in data.items():
         _check_section(known, name, table, source)
     sections = {name: _construct(known, name, data.get(name, {}), source) for name in known}

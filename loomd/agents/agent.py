@@ -40,6 +40,10 @@ class Agent:
 
     id: ClassVar[str] = ""
     topics: ClassVar[tuple[str, ...]] = ()
+    # The manifest (docs/design/acl.md): with ACL rules in force, an in-process agent may
+    # subscribe to `topics` and its inbox, publish on `publishes`, call `calls` (patterns).
+    publishes: ClassVar[tuple[str, ...]] = ()
+    calls: ClassVar[tuple[str, ...]] = ()
     Settings: ClassVar[type[Any] | None] = None
 
     def __init__(self, settings: Any = None) -> None:

@@ -21,6 +21,7 @@ from loomd.messages import CapCode as Code
 from loomd.messages import CapResult as Result
 
 if TYPE_CHECKING:
+    from loomd.bus.acl import Caller
     from loomd.state.kv import KV
 
 __all__ = [
@@ -94,6 +95,7 @@ class _Stats:
     calls: int = 0
     by_code: dict[str, int] = field(default_factory=dict)
     idempotent_hits: int = 0
+    forbidden: int = 0
 
 
 class ActionBroker:
@@ -174,14 +176,22 @@ class ActionBroker:
         *,
         timeout: float = 10.0,
         idempotency_key: str | None = None,
+        caller: Caller | None = None,
     ) -> Result:
+        """`caller` (None: the daemon itself) must be allowed to call it: the capability's
+        `allowed_callers`, then the ACL (`sensitive` ones need a rule that says so)."""
         self.stats.calls += 1
-        result = await self._call(name, dict(params or {}), timeout, idempotency_key)
+        result = await self._call(name, dict(params or {}), timeout, idempotency_key, caller)
         self.stats.by_code[result.code] = self.stats.by_code.get(result.code, 0) + 1
         return result
 
     async def _call(
-        self, name: str, params: dict[str, Any], timeout: float, key: str | None
+        self,
+        name: str,
+        params: dict[str, Any],
+        timeout: float,
+        key: str | None,
+        caller: Caller | None,
     ) -> Result:
         try:
             entry = self.resolve(name)
@@ -189,6 +199,13 @@ class ActionBroker:
             return Result(Code.INVALID_PARAMS, error=str(exc))
         if entry is None:
             return Result(Code.PROVIDER_UNAVAILABLE, error=f"no capability {name!r}")
+        spec = entry.spec
+        if caller is not None and not caller.may_call(
+            spec.name, sensitive=spec.sensitive, allowed_callers=spec.allowed_callers
+        ):
+            why = " (sensitive)" if spec.sensitive else ""
+            self.stats.forbidden += 1
+            return Result(Code.FORBIDDEN, error=f"{caller.label} may not call {spec.full}{why}")
         bad = check_params(entry.spec.schema, params)
         if bad is not None:
             return Result(Code.INVALID_PARAMS, error=f"{entry.spec.full}: {bad[0]}: {bad[1]}")

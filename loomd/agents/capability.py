@@ -56,6 +56,9 @@ class CapabilitySpec:
     sensitive: bool = False  # acts on the physical world's safety or privacy
     # Devices it acts for ({id, name, domain, area?, aliases?}): the home registry lists them.
     devices: tuple[Mapping[str, Any], ...] = ()
+    # Identity patterns (`group:family`, `plugin:scenes`) that may call it at all, before any
+    # ACL rule is looked at; empty: whoever the rules allow (docs/design/acl.md).
+    allowed_callers: tuple[str, ...] = ()
 
     @property
     def full(self) -> str:
@@ -71,6 +74,7 @@ class CapabilitySpec:
             "confirm": self.confirm,
             "sensitive": self.sensitive,
             "devices": [dict(d) for d in self.devices],
+            "allowed_callers": list(self.allowed_callers),
         }
 
     @classmethod
@@ -90,9 +94,13 @@ class CapabilitySpec:
             isinstance(x, Mapping) for x in devices
         ):
             raise ValueError(f"capability {name}: devices must be a list of tables")
+        callers = d.get("allowed_callers") or ()
+        if not isinstance(callers, list | tuple) or not all(isinstance(x, str) for x in callers):
+            raise ValueError(f"capability {name}: allowed_callers must be a list of strings")
         return cls(
             name, v, str(d.get("description") or ""), dict(schema), tuple(sentences),
             bool(d.get("confirm")), bool(d.get("sensitive")), tuple(dict(x) for x in devices),
+            tuple(callers),
         )  # fmt: skip
 
 
@@ -105,11 +113,14 @@ def capability(
     confirm: bool = False,
     sensitive: bool = False,
     devices: Sequence[Mapping[str, Any]] = (),
+    allowed_callers: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a function (sync or async) as a capability. `@capability()` names it after the
     function; `@capability("lights.set", version=2)` names it. `sentences` are hassil
     templates the assist matches to it (`"water the {zone} plants"`, each `{slot}` one of
-    its parameters); `confirm=True` makes the assist ask back before it runs. The function
+    its parameters); `confirm=True` makes the assist ask back before it runs; `sensitive`
+    closes it to callers without a rule that says `sensitive = true`; `allowed_callers`
+    (identity patterns) names the only identities that may call it. The function
     is returned unchanged, so it stays callable as plain Python."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,6 +135,7 @@ def capability(
             confirm,
             sensitive,
             tuple(dict(d) for d in devices),
+            tuple(allowed_callers),
         )
         setattr(fn, _ATTR, spec)
         return fn

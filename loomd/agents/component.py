@@ -25,10 +25,12 @@ from loomd.agents.process import ProcessRunner
 from loomd.agents.runtime import AgentRunner, Policy
 from loomd.agents.service import CapabilityService
 from loomd.agents.settings import AgentsSettings
+from loomd.bus.acl import Manifest, current_caller
 from loomd.bus.envelope import QoS
+from loomd.bus.local import LocalBus
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import ConfigError, LoomdError
-from loomd.messages import CapsChanged, ErrorCode
+from loomd.messages import CapCode, CapsChanged, ErrorCode
 from loomd.metrics import Family
 
 __all__ = ["AgentsComponent", "AgentsStatus"]
@@ -60,6 +62,19 @@ class _Slot:
     runner: AgentRunner | ProcessRunner | None = None
     state: str = "created"
     why: str = ""
+
+
+def manifest_of(agent: Any, agent_id: str) -> Manifest:
+    """What an in-process plugin declares: `topics` (and its inbox) to subscribe to,
+    `publishes` topic patterns, `calls` capability patterns; its own state namespace. With
+    ACL rules in force that is what it may do (plus what rules naming `plugin:<id>` grant)."""
+    return Manifest(
+        subscribe=(*getattr(agent, "topics", ()), f"agent.{agent_id}.inbox"),
+        # its lifecycle events, which the runtime publishes on its behalf
+        publish=(*getattr(agent, "publishes", ()), "loomd.agent.up", "loomd.agent.down"),
+        call=tuple(getattr(agent, "calls", ())),
+        state=(f"agent.{agent_id}",),
+    )
 
 
 def _default_dirs(state_dir: Path) -> list[Path]:
@@ -234,10 +249,13 @@ class AgentsComponent(Component[AgentsSettings]):
             slot.state, slot.why = "failed", f"__init__ raised {type(exc).__name__}: {exc}"
             self._report(ErrorCode.AGENT_INIT, f"agent {pdef.id}: {slot.why}", {"agent": pdef.id})
             return
+        bus: Any = self.ctx.bus
+        if isinstance(bus, LocalBus):  # its own identity, `plugin:<id>`, and its manifest
+            bus = bus.as_plugin(pdef.id, manifest_of(agent, pdef.id))
         ctx = AgentCtx(
             pdef.id,
-            self.ctx.bus,
-            LocalBackend(self.broker, self.ctx.state.kv),
+            bus,
+            LocalBackend(self.broker, self.ctx.state.kv, getattr(bus, "caller_or_none", None)),
             settings=settings,
         )
         runner = AgentRunner(
@@ -404,6 +422,9 @@ class AgentsComponent(Component[AgentsSettings]):
             raise LoomdError("params must be a JSON object")
         t = float(timeout) if timeout is not None else self.settings.call_timeout_s
         r = await self.broker.call(
-            str(name), params or {}, timeout=t, idempotency_key=str(key) if key else None
-        )
+            str(name), params or {}, timeout=t, idempotency_key=str(key) if key else None,
+            caller=current_caller(),  # who asked over the socket (None: the daemon itself)
+        )  # fmt: skip
+        if r.code == CapCode.FORBIDDEN and self.service is not None:
+            self.service.forbidden(r.error, str(name))
         return r.to_payload()

@@ -24,6 +24,7 @@ from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import BarrierReply, BarrierRequest, CapCode, CapInvoke
 
 if TYPE_CHECKING:
+    from loomd.bus.acl import Caller
     from loomd.bus.api import Bus
     from loomd.state.kv import KV
 
@@ -107,14 +108,23 @@ class _LocalState:
 
 
 class LocalBackend:
-    def __init__(self, broker: ActionBroker, kv: Callable[[str], KV]) -> None:
+    def __init__(
+        self,
+        broker: ActionBroker,
+        kv: Callable[[str], KV],
+        caller: Callable[[], Caller | None] | None = None,
+    ) -> None:
         self.broker = broker
         self._kv = kv
+        self._caller = caller  # the plugin's identity and grants (looked up per call)
 
     async def call(
         self, name: str, params: dict[str, Any], timeout: float, key: str | None
     ) -> Result:
-        return await self.broker.call(name, params, timeout=timeout, idempotency_key=key)
+        caller = self._caller() if self._caller is not None else None
+        return await self.broker.call(
+            name, params, timeout=timeout, idempotency_key=key, caller=caller
+        )
 
     def state(self, namespace: str) -> AgentState:
         return _LocalState(self._kv(namespace))

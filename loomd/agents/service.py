@@ -24,8 +24,10 @@ from loomd.agents.broker import (
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
 from loomd.agents.settings import AgentsSettings
+from loomd.bus.acl import UNKNOWN_CALLER
 from loomd.bus.api import Bus
 from loomd.bus.envelope import Event, QoS
+from loomd.bus.identity import Identity, IdentityKind
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
     BarrierReply,
@@ -45,6 +47,7 @@ from loomd.messages import (
 __all__ = ["CapabilityService", "RemoteProvider"]
 
 LEASE_PATTERN = "caps.lease.*"
+IN_PROCESS_LEASE_S = 30.0  # the lease of providers inside the daemon (home, mcp servers)
 
 Report = Callable[[ErrorCode, str, dict[str, Any]], None]
 
@@ -64,6 +67,7 @@ class RemoteProvider(Provider):
         self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight = 0
         self.token: Any = None
+        self.owner: Identity | None = None  # who registered it (None: the daemon itself)
 
     def die(self) -> None:
         if not self.dead.done():
@@ -137,6 +141,8 @@ class CapabilityService:
         self.providers: dict[str, RemoteProvider] = {}
         self.barriers: dict[str, _Barrier] = {}
         self.intake = True
+        self._forbidden_at = -1.0
+        self._forbidden_quiet = 0
         self._serving: set[asyncio.Task[None]] = set()
         self._mux: ReplyMux | None = None  # replies of SDK providers, one subscription
 
@@ -163,6 +169,17 @@ class CapabilityService:
         if self._mux is not None:
             await self._mux.close()
 
+    def forbidden(self, why: str, cap: str) -> None:
+        """Report a refused call, at most once a second (a flood of them must not flood
+        the log): the rest are counted and named in the next report."""
+        now = time.monotonic()
+        if now - self._forbidden_at < 1.0:
+            self._forbidden_quiet += 1
+            return
+        more = f" (and {self._forbidden_quiet} more refused calls)" if self._forbidden_quiet else ""
+        self._forbidden_at, self._forbidden_quiet = now, 0
+        self._report(ErrorCode.FORBIDDEN, why + more, {"capability": cap})
+
     def serve(self, coro: Any) -> None:
         """Run `coro` (an answer, a publish) as a task that `pending()` counts."""
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -185,8 +202,11 @@ class CapabilityService:
             else:
                 timeout = call.timeout or self.settings().call_timeout_s
                 r = await self.broker.call(
-                    call.cap, call.params, timeout=timeout, idempotency_key=call.key
-                )
+                    call.cap, call.params, timeout=timeout, idempotency_key=call.key,
+                    caller=req.caller or UNKNOWN_CALLER,  # None: replayed, nobody vouches
+                )  # fmt: skip
+                if r.code == CapCode.FORBIDDEN:
+                    self.forbidden(r.error, call.cap)
         if req.reply_to:
             await self.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 
@@ -253,12 +273,28 @@ class CapabilityService:
         except LoomdError as exc:
             return CapsRegistered(False, error=str(exc))
         pid = p.provider
-        old = self.providers.pop(pid, None)
+        who = req.caller.identity if req.caller is not None else None
+        old = self.providers.get(pid)
+        if old is not None and old.owner != who:
+            # a provider id is its registrant's: another client may not take it over (and
+            # with it the calls of every capability it offers)
+            self._report(
+                ErrorCode.FORBIDDEN,
+                f"provider {pid} is registered by {old.owner}; {who} may not replace it",
+                {"provider": pid},
+            )
+            return CapsRegistered(False, error=f"forbidden: provider {pid} belongs to another")
         if old is not None:
+            del self.providers[pid]
             self._drop(old, "registered again")
         if self._mux is None:
             self._mux = ReplyMux(self.bus)
-        prov = RemoteProvider(pid, self._mux, self.settings().provider_lease_s)
+        # An in-daemon provider (a component over LocalBus) cannot die apart from the daemon
+        # and unregisters when it stops: a long lease, not a heartbeat every 100 ms.
+        local = who is not None and who.kind is IdentityKind.DAEMON
+        lease = IN_PROCESS_LEASE_S if local else self.settings().provider_lease_s
+        prov = RemoteProvider(pid, self._mux, lease)
+        prov.owner = who
         prov.token = p.token
         self.providers[pid] = prov
         done, refused = [], {}

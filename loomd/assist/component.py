@@ -26,6 +26,7 @@ from loomd.assist.conversation import Conversation
 from loomd.assist.local import NOT_UNDERSTOOD, local_turn, outcome
 from loomd.assist.settings import AssistSettings
 from loomd.assist.timers import Timers
+from loomd.bus.acl import CALLER
 from loomd.bus.envelope import Event, QoS
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError, RequestTimeout
@@ -33,8 +34,6 @@ from loomd.messages import (
     ActionRecord,
     AssistRequest,
     AssistTurn,
-    CapInvoke,
-    CapResult,
     CapsList,
     ChatMessage,
     ErrorCode,
@@ -199,6 +198,7 @@ class AssistComponent(Component[AssistSettings]):
                 self.spawn(lambda r=req: self._answer(r), "turn", critical=False)  # type: ignore[misc]
 
     async def _answer(self, req: Event) -> None:
+        CALLER.set(req.caller)  # the turn acts for whoever asked (this task's own context)
         try:
             ask = AssistRequest.from_payload(req.payload)
         except LoomdError as exc:
@@ -313,19 +313,9 @@ class AssistComponent(Component[AssistSettings]):
         return AssistTurn(text, reply=self.responses.refusal("no_intent", NOT_UNDERSTOOD))
 
     async def _run(self, plans: Iterable[ActionRecord]) -> list[ActionRecord]:
-        """Each action through the broker, concurrently, with the action deadline."""
-        t = self.settings.action_timeout_s
+        from loomd.assist.tools import run_actions
 
-        async def one(a: ActionRecord) -> ActionRecord:
-            body = CapInvoke(a.capability, dict(a.params), t).to_payload()
-            try:
-                ev = await self.ctx.bus.request(Topic.CAPS_INVOKE, body, timeout=t + 1.0)
-            except RequestTimeout:
-                return dataclasses.replace(a, code="timeout", result="no answer from the broker")
-            r = CapResult.from_payload(ev.payload)
-            return dataclasses.replace(a, code=r.code, result=r.value if r.ok else r.error)
-
-        return list(await asyncio.gather(*(one(a) for a in plans)))
+        return await run_actions(self, plans)
 
     # -- operator ---------------------------------------------------------------------------------
     def status(self) -> AssistStatus | None:

@@ -6,33 +6,75 @@ back as `Role.TOOL` messages, until the model answers."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from loomd.agents.tools import tool_specs
 from loomd.assist.conversation import Conversation, Pending
-from loomd.errors import LoomdError
+from loomd.bus.acl import current_caller
+from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
     ActionRecord,
     AssistRequest,
     AssistTurn,
+    CapCode,
+    CapInvoke,
+    CapResult,
     ChatDone,
     ChatMessage,
     ChatRequest,
     IntentInfo,
     IntentVia,
     Role,
+    Topic,
 )
 
 if TYPE_CHECKING:
     from loomd.assist.component import AssistComponent
 
-__all__ = ["llm_turn"]
+__all__ = ["llm_turn", "may_call", "run_actions"]
 
 # Never offered to the model: itself, and the conversation it is in.
 NOT_TOOLS = ("llm.", "assist.")
+
+
+def may_call(cap: Mapping[str, Any]) -> bool:
+    """Whether the turn's identity (who asked: a socket client, a token, the daemon's own
+    voice pipeline) may call this capability: asked of the caller's grants, never of the
+    broker. The model is only shown tools that pass, and no action runs that does not."""
+    caller = current_caller()
+    if caller is None:
+        return True
+    return caller.may_call(
+        str(cap.get("name", "")),
+        sensitive=bool(cap.get("sensitive")),
+        allowed_callers=tuple(cap.get("allowed_callers") or ()),
+    )
+
+
+async def run_actions(assist: AssistComponent, plans: Iterable[ActionRecord]) -> list[ActionRecord]:
+    """Each action through the broker, concurrently, with the action deadline; one the
+    turn's identity may not call is answered `forbidden` and not sent."""
+    t = assist.settings.action_timeout_s
+    caps = {str(c["name"]): c for c in assist.caps}
+
+    async def one(a: ActionRecord) -> ActionRecord:
+        name = a.capability.split("@")[0]
+        if not may_call(caps.get(name) or {"name": name}):
+            return dataclasses.replace(a, code=CapCode.FORBIDDEN, result=f"{name} is not allowed")
+        body = CapInvoke(a.capability, dict(a.params), t).to_payload()
+        try:
+            ev = await assist.ctx.bus.request(Topic.CAPS_INVOKE, body, timeout=t + 1.0)
+        except RequestTimeout:
+            return dataclasses.replace(a, code="timeout", result="no answer from the broker")
+        r = CapResult.from_payload(ev.payload)
+        return dataclasses.replace(a, code=r.code, result=r.value if r.ok else r.error)
+
+    return list(await asyncio.gather(*(one(a) for a in plans)))
 
 
 def _question(assist: AssistComponent, description: str, args: dict[str, Any]) -> str:
@@ -49,7 +91,8 @@ async def llm_turn(
     from loomd.router.client import chat_stream
 
     s = assist.settings
-    tools = tool_specs(c for c in assist.caps if not str(c["name"]).startswith(NOT_TOOLS))
+    offered = (c for c in assist.caps if not str(c["name"]).startswith(NOT_TOOLS))
+    tools = tool_specs(c for c in offered if may_call(c))
     by_tool = {t.name: t for t in tools}
     confirm = {c["name"] for c in assist.caps if c.get("confirm")}
     messages = [

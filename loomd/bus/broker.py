@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from loomd.bus.acl import Acl
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.settings import BusSettings
 from loomd.bus.subscriber import Budget, Sink, Subscriber
@@ -59,6 +60,7 @@ class Broker:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.limits = limits
+        self.acl = Acl()  # the rules in force (the bus component sets them; in-process parts)
         self.journal = journal
         self.clock = clock
         self.loop = loop or asyncio.get_running_loop()

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loomd.bus.acl import Acl, current_caller, read_acl_dir
 from loomd.bus.broker import Broker
 from loomd.bus.conns import CurveSetup, connection_cap, raise_nofile
 from loomd.bus.server import BusServer
 from loomd.bus.settings import BusSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
+from loomd.messages import ErrorCode
 from loomd.metrics import Family, Histogram
 
 __all__ = ["BusComponent", "BusStatus"]
 
 log = logging.getLogger(__name__)
 MAX_STATUS_SUBSCRIPTIONS = 100  # the deepest ones; the status reply stays small
+ACCESS_POLL_S = 2.0  # how often acl.d/ and the authorized keys are looked at
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,14 @@ class BusStatus(StatusBlock):
     quotas: dict[str, int | str] | None = None  # the limits in force
     refused: dict[str, int] | None = None  # over-quota refusals, by quota
     shed: dict[str, int] | None = None  # slow consumers detached / evicted
+    you: str = ""  # the identity of whoever asked (socket clients)
+    acl: str = ""  # the rules in force
 
     def lines(self) -> list[str]:
         dropped = sum(self.drops.values())
         out = [
+            *([f"you: {self.you}"] if self.you else []),
+            f"acl: {self.acl or 'no rules (sensitive capabilities closed)'}",
             f"endpoints: {', '.join(self.endpoints)}",
             f"clients: {len(self.clients)}",
             f"events: {self.events_in} in, {self.events_out} out, {dropped} dropped; "
@@ -94,6 +102,7 @@ class BusComponent(Component[BusSettings]):
         self.rate_out = 0.0
         self.nofile = (0, 0)
         self.curve: CurveSetup | None = None
+        self._acl_seen: tuple[tuple[str, float], ...] = ()
 
     async def start(self) -> None:
         state = self.ctx.services.state
@@ -112,6 +121,7 @@ class BusComponent(Component[BusSettings]):
                 self.nofile[0],
             )
         self.broker = Broker(s, state.journal)
+        self.broker.acl = self._read_acl(s)
         endpoints = [f"ipc://{self.ctx.services.bus_socket}"]
         if s.tcp_enabled:
             endpoints.append(f"tcp://{s.tcp_bind}:{s.tcp_port}")
@@ -135,9 +145,11 @@ class BusComponent(Component[BusSettings]):
             max_subscriptions=s.max_subscriptions,
             max_clients=max_clients,
             max_clients_per_uid=min(s.max_clients_per_uid, max_clients),
+            max_subscriptions_per_identity=s.max_subscriptions_per_identity,
             pending_bytes=s.pending_bytes,
             curve=self.curve,
             control=self.ctx.services.control,
+            acl=self.broker.acl,
         )
         self.server.latency = self._observe_latency
         if self.curve is not None:
@@ -150,6 +162,7 @@ class BusComponent(Component[BusSettings]):
             raise
         self.ctx.services.broker = self.broker
         self.spawn(self._rates, "rates")
+        self.spawn(self._watch_access, "access", restart=True)
 
     async def stop_intake(self) -> None:
         if self.server is not None:
@@ -171,15 +184,63 @@ class BusComponent(Component[BusSettings]):
         self.ctx.services.broker = None
 
     async def reload(self, new: BusSettings) -> list[str]:
+        acl = self._read_acl(new)  # a bad acl.d file raises: the old rules stay in force
         self.ctx.settings = new
+        self._apply_acl(acl)
+        if self.curve is not None:
+            self.curve.refresh()
         if self.broker is not None:
             self.broker.reconfigure(new)
         if self.server is not None:
             srv = self.server
             srv.client_timeout_s = new.client_timeout_s
             srv.max_subscriptions = new.max_subscriptions
+            srv.quota.max_subs = new.max_subscriptions_per_identity
             srv.pending_bytes = new.pending_bytes  # new sessions; live ones keep theirs
         return []
+
+    # -- who may do what ------------------------------------------------------------------------
+    def acl_dir(self, s: BusSettings) -> Path:
+        if s.acl_dir:
+            return Path(s.acl_dir)
+        return Path("/etc/loomd/acl.d") if os.geteuid() == 0 else self.ctx.state_dir / "acl.d"
+
+    def _acl_files(self, s: BusSettings) -> tuple[tuple[str, float], ...]:
+        folder = self.acl_dir(s)
+        try:
+            return tuple((p.name, p.stat().st_mtime) for p in sorted(folder.glob("*.toml")))
+        except OSError:
+            return ()
+
+    def _read_acl(self, s: BusSettings) -> Acl:
+        self._acl_seen = self._acl_files(s)
+        rules = (*s.acl, *read_acl_dir(self.acl_dir(s)))
+        acl = Acl(
+            rules, f"{len(s.acl)} [[acl]] rules, {len(rules) - len(s.acl)} in {self.acl_dir(s)}"
+        )
+        log.info(
+            "bus ACL: %s",
+            acl.source if acl.configured else "no rules (sensitive capabilities closed)",
+        )
+        return acl
+
+    def _apply_acl(self, acl: Acl) -> None:
+        if self.broker is not None:
+            self.broker.acl = acl
+        if self.server is not None:
+            self.server.set_acl(acl)
+
+    async def _watch_access(self) -> None:
+        """Pick up a changed `acl.d/` folder and `authorized/` keys without a SIGHUP."""
+        while True:
+            await asyncio.sleep(ACCESS_POLL_S)
+            if self._acl_files(self.settings) != self._acl_seen:
+                try:
+                    self._apply_acl(self._read_acl(self.settings))
+                except LoomdError as exc:
+                    self.ctx.error(ErrorCode.CONFIG, f"acl.d not applied, old rules kept: {exc}")
+            if self.curve is not None:
+                self.curve.refresh()
 
     def _observe_latency(self, ns: int) -> None:
         self.latency.observe(ns / 1e9)
@@ -227,10 +288,19 @@ class BusComponent(Component[BusSettings]):
             return None
         st = b.stats()
         lat = self.latency
+        asking = current_caller()  # None in process: the daemon's own parts see everything
+        everyone = asking is None or asking.identity.superuser
+        mine = {s.label for s in srv.sessions.values() if everyone or s.caller is asking}
+        if not everyone:  # other clients' labels, names and identities only to root
+            for sub in st["subscriptions"]:
+                if sub["owner"] not in mine:
+                    sub["owner"] = "(another client)"
         return BusStatus(
+            you=asking.label if asking is not None else "",
+            acl=b.acl.source if b.acl.configured else "",
             endpoints=srv.bound,
             # by session number: routing ids are nobody's business (and unusable anyway)
-            clients={s.label: s.info() for s in srv.sessions.values()},
+            clients={s.label: s.info() for s in srv.sessions.values() if s.label in mine},
             events_in=st["events_in"],
             events_out=st["events_out"],
             in_per_s=round(self.rate_in, 1),
@@ -248,6 +318,7 @@ class BusComponent(Component[BusSettings]):
                 "max_clients": srv.conns.max_clients,
                 "max_clients_per_uid": srv.conns.max_per_uid,
                 "max_subscriptions": srv.max_subscriptions,
+                "max_subscriptions_per_identity": srv.quota.max_subs,
                 "client_pending_bytes": srv.pending_bytes,
                 "max_frame_bytes": srv.max_frame_bytes,
                 "slow_consumer_ms": self.settings.slow_consumer_ms,

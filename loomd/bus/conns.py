@@ -146,6 +146,13 @@ class ConnectionGuard:
             log.debug("shutdown of refused connection failed: %s", exc)
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _peer_uid(fd: int) -> int:
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
@@ -178,15 +185,48 @@ class CurveSetup:
             raise LoomdError(f"{secret_file} holds no secret key")
         self.secret: bytes = secret
         self._auth: Any = None
+        self.names: dict[str, str] = {}  # z85 public key -> its file's name (the identity)
+        self._seen: tuple[tuple[str, float], ...] = ()
 
     def start(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        import zmq.utils.z85
         from zmq.auth.thread import ThreadAuthenticator
 
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("loomd.bus.zap"))
+        names = self.names
+
+        class _Auth(ThreadAuthenticator):
+            def curve_user_id(self, client_public_key: bytes) -> str:
+                z85 = zmq.utils.z85.encode(client_public_key).decode("ascii")
+                return names.get(z85, z85)
+
+        self._auth = _Auth(ctx, log=logging.getLogger("loomd.bus.zap"))
         self._auth.start()
-        self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized))
-        n = len(list(self.authorized.glob("*.key")))
-        log.info("bus TCP: CurveZMQ, %d authorized client keys in %s", n, self.authorized)
+        self.refresh(force=True)
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Read `authorized/` again if a key file came, went or changed: a key added is
+        admitted, a key removed refused from the next connection on (no restart)."""
+        files = sorted(self.authorized.glob("*.key"))
+        seen = tuple((str(p), _mtime(p)) for p in files)
+        if seen == self._seen and not force:
+            return False
+        import zmq.auth
+
+        names: dict[str, str] = {}
+        for path in files:
+            try:
+                public, _ = zmq.auth.load_certificate(str(path))
+            except (OSError, ValueError) as exc:
+                log.warning("bus TCP: %s is not a ZeroMQ certificate: %s", path, exc)
+                continue
+            names[public.decode("ascii")] = path.name.removesuffix(".key")
+        self.names.clear()
+        self.names.update(names)
+        if self._auth is not None:
+            self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized))
+        self._seen = seen
+        log.info("bus TCP: CurveZMQ, %d authorized client keys in %s", len(names), self.authorized)
+        return True
 
     def apply(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.CURVE_SERVER, 1)

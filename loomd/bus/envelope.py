@@ -59,7 +59,16 @@ _MISSING: Any = _Missing()
 class Event:
     """A bus event: topic, type, payload and the envelope fields (header)."""
 
-    __slots__ = ("_body", "_hdr", "_header_bytes", "_payload", "_topic_b", "topic", "wire")
+    __slots__ = (
+        "_body",
+        "_hdr",
+        "_header_bytes",
+        "_payload",
+        "_topic_b",
+        "caller",
+        "topic",
+        "wire",
+    )
 
     def __init__(self, topic: str, header: dict[str, Any], payload: Any = None) -> None:
         self.topic = topic
@@ -69,6 +78,9 @@ class Event:
         self._body: bytes | None = None
         self._topic_b: bytes | None = None
         self.wire: bytes | None = None  # the event frame as received, if it came off a socket
+        # Who published it (a `loomd.bus.acl.Caller`), set by the bus in process only: never
+        # on the wire, so a client cannot claim one. None from journal replays.
+        self.caller: Any = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -119,7 +131,7 @@ class Event:
         """Every field given: the fast constructors below skip __init__'s defaults."""
         ev = cls.__new__(cls)
         ev.topic, ev._topic_b, ev._hdr, ev._header_bytes = topic, topic_b, hdr, header
-        ev._payload, ev._body, ev.wire = payload, body, wire
+        ev._payload, ev._body, ev.wire, ev.caller = payload, body, wire, None
         return ev
 
     @classmethod

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from loomd.bus.acl import EVERYTHING, Caller, Forbidden, Manifest
 from loomd.bus.api import reply_to, request_reply
 from loomd.bus.broker import Broker
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
+from loomd.bus.identity import Identity
 from loomd.bus.subscriber import Subscriber
-from loomd.messages import BusStats
+from loomd.messages import BusStats, ErrorCode
 
 __all__ = ["LocalBus"]
 
@@ -16,9 +18,39 @@ __all__ = ["LocalBus"]
 class LocalBus:
     """One part's handle on the in-process broker; `name` is the sender of what it publishes."""
 
-    def __init__(self, broker: Broker, name: str) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        name: str,
+        identity: Identity | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
         self.broker = broker
         self.name = name
+        self.identity = identity or Identity.daemon(name)
+        self.manifest = manifest
+        self._trusted = self.identity.superuser and manifest is None
+        # a superuser's grants never change with the rules: no lookup per publish
+        self._fixed = Caller(self.identity, EVERYTHING) if self._trusted else None
+
+    def as_plugin(self, agent_id: str, manifest: Manifest) -> LocalBus:
+        """A handle for an in-process plugin: identity `plugin:<id>`, what its manifest
+        declares (plus what ACL rules grant it)."""
+        return LocalBus(self.broker, agent_id, Identity.plugin(agent_id), manifest)
+
+    @property
+    def caller(self) -> Caller:
+        # looked up each time (a dict hit): a reloaded ACL applies at once
+        return self._fixed or self.broker.acl.caller(self.identity, self.manifest)
+
+    def caller_or_none(self) -> Caller | None:
+        """For checks elsewhere (the action broker): None when nothing limits this part."""
+        return None if self._trusted else self.caller
+
+    def _forbid(self, what: str) -> None:
+        text = f"forbidden: {self.identity.label} may not {what}"
+        self.broker.error(ErrorCode.FORBIDDEN, text, client=self.identity.label)
+        raise Forbidden(text)
 
     async def publish(
         self,
@@ -46,6 +78,10 @@ class LocalBus:
             ttl=ttl,
             meta=meta,
         )
+        caller = self.caller
+        if not self._trusted and not caller.grants.may_publish(topic):
+            self._forbid(f"publish on {topic!r}")
+        ev.caller = caller
         if qos == QoS.RELIABLE and wait:
             await self.broker.publish_wait(ev)
         else:
@@ -63,6 +99,8 @@ class LocalBus:
     ) -> Subscriber:
         # `window` is the socket's flow-control window: in process the queue bound applies.
         del window
+        if not self._trusted and not self.caller.grants.may_subscribe(pattern):
+            self._forbid(f"subscribe to {pattern!r}")
         return self.broker.subscribe(
             pattern, qos, owner=self.name, after_seq=since, max_age_ms=max_age_ms
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 from loomd import __version__
 from loomd.bus import wire
+from loomd.bus.access import IdentityQuota
 from loomd.bus.broker import Broker
 from loomd.bus.conns import QuotaError
 from loomd.bus.envelope import QoS
@@ -33,10 +34,14 @@ class CoreOps:
     credit_window: int
     max_frame_bytes: int
     max_subscriptions: int
+    quota: IdentityQuota
     _ack_dirty: set[Session]
     _sub_session: dict[int, tuple[Session, int]]
 
     def refuse(self, quota: str) -> None:
+        raise NotImplementedError
+
+    def check_subscribe(self, session: Session, pattern: str) -> None:
         raise NotImplementedError
 
     def mark_dirty(self, sub: Subscriber) -> None:
@@ -94,6 +99,7 @@ class CoreOps:
             raise ProtocolError(
                 "malformed control message", f"'max_age_ms' must be an int in 1..{MAX_AGE_MS}"
             )
+        self.check_subscribe(session, pattern)
         old = session.subs.pop(csid, None)
         if old is not None:
             self._drop_sub(session, old)
@@ -103,6 +109,10 @@ class CoreOps:
                 f"subscription quota reached: {len(session.subs)} "
                 f"(bus.max_subscriptions = {self.max_subscriptions})"
             )
+        too_many = self.quota.sub_refused(session.caller.identity)
+        if too_many:  # many clients of one identity hold no more than one identity may
+            self.refuse("subscriptions_per_identity")
+            raise QuotaError(too_many)
         sub = self.broker.subscribe(
             pattern,
             qos,
@@ -116,6 +126,7 @@ class CoreOps:
         )
         session.subs[csid] = sub
         self._sub_session[sub.sid] = (session, csid)
+        self.quota.sub_added(session.caller.identity)
         if sub.qos is QoS.RELIABLE:
             session.windows[sub.sid] = window or self.credit_window
             session.sent[sub.sid] = session.acked[sub.sid] = 0

@@ -20,14 +20,16 @@ from typing import Any
 import zmq
 
 from loomd.bus import wire
+from loomd.bus.access import AccessOps, IdentityQuota, identify, peer_of, seed_routing_ids
+from loomd.bus.acl import CALLER, Acl
 from loomd.bus.broker import Broker
 from loomd.bus.conns import ConnectionGuard, CurveSetup
-from loomd.bus.envelope import Event, QoS, check_header, peek_qos
+from loomd.bus.envelope import Event, QoS, check_header
 from loomd.bus.ops import CoreOps
 from loomd.bus.session import Session
 from loomd.bus.subscriber import Subscriber
 from loomd.bus.topics import validate_topic
-from loomd.bus.zmqio import readable, recv_frames, send_frames, socket_fd
+from loomd.bus.zmqio import readable, recv_message, send_frames, socket_fd
 from loomd.errors import LoomdError, ProtocolError
 from loomd.messages import ErrorCode
 
@@ -47,11 +49,12 @@ RETRY_MIN_S = 0.002
 RETRY_MAX_S = 0.1
 HARD_LIMIT_FACTOR = 4  # libzmq disconnects peers above this multiple of max_frame_bytes
 FLUSH_BUDGET = 4096  # deliveries per flush round: then inbound I/O gets its turn (loop lag)
+PEER_CHECK_GAP_S = 0.05  # an event frame after this much silence has its peer checked
 
 ControlHandler = Callable[[Session | None, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class BusServer(CoreOps):
+class BusServer(AccessOps, CoreOps):
     def __init__(
         self,
         broker: Broker,
@@ -64,12 +67,17 @@ class BusServer(CoreOps):
         max_subscriptions: int = 256,
         max_clients: int = 1000,
         max_clients_per_uid: int = 256,
+        max_subscriptions_per_identity: int = 1024,
         pending_bytes: int = 16 << 20,
         curve: CurveSetup | None = None,
         control: ControlHandler | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        acl: Acl | None = None,
     ) -> None:
         self.broker = broker
+        self.acl = acl or Acl()
+        self.quota = IdentityQuota(max_clients_per_uid, max_subscriptions_per_identity)
+        self._unix: set[int] = set()  # id() of the ipc sockets: peers have credentials
         self.endpoints = endpoints
         self.max_frame_bytes = max_frame_bytes
         self.socket_mode = socket_mode
@@ -107,6 +115,7 @@ class BusServer(CoreOps):
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> BusServer:
+        seed_routing_ids()
         try:
             for ep in self.endpoints:
                 self._bind(ep)
@@ -148,6 +157,7 @@ class BusServer(CoreOps):
             path = Path(ep[len("ipc://") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             sock.bind(ep)
+            self._unix.add(id(sock))
             os.chmod(path, self.socket_mode)
             self._ipc_paths.append(path)
         else:
@@ -193,10 +203,10 @@ class BusServer(CoreOps):
             budget = PUMP_BYTES
             for _ in range(BATCH):
                 try:
-                    frames = recv_frames(sock)
+                    frames, first = recv_message(sock)
                 except zmq.Again:
                     break
-                self._handle(sock, frames)
+                self._handle(sock, frames, first)
                 budget -= len(frames[-1])
                 if budget <= 0:
                     break
@@ -206,12 +216,21 @@ class BusServer(CoreOps):
                 self._schedule()
                 break
 
-    def _handle(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _handle(self, sock: zmq.Socket[bytes], frames: list[bytes], first: Any = None) -> None:
         ident = frames[0]
         session = self.sessions.get(ident)
         if session is None:
-            session = self._new_session(sock, ident)
+            session = self._new_session(sock, ident, first)
             if session is None:
+                return
+        else:
+            now = time.monotonic()
+            data = frames[-1]
+            # A vanished client's routing id presented again by someone else: the peer
+            # (pid on the unix socket, key over Curve) must be the one that opened it.
+            # Checked on control frames and after a silence (a flood pays nothing).
+            gap = now - session.last_seen > PEER_CHECK_GAP_S
+            if (gap or (data and data[0] == wire.CONTROL)) and not self.same_peer(session, first):
                 return
         session.last_seen = time.monotonic()
         if session.retry_s:  # it talks, so it reads: try its pipe again now
@@ -241,7 +260,7 @@ class BusServer(CoreOps):
         except ProtocolError as exc:
             self._reject(session, exc)
 
-    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes) -> Session | None:
+    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes, first: Any) -> Session | None:
         if not ident or ident[0] != 0:
             # libzmq's own ids start with a zero byte and a client cannot choose one that
             # does: so a client-chosen id (which another client could squat) is refused.
@@ -271,47 +290,18 @@ class BusServer(CoreOps):
                 },
             )
             return None
-        session = self.sessions[ident] = Session(self, sock, ident, next(self._numbers))
+        curve = self.curve.names if self.curve is not None else None
+        identity = identify(first, id(sock) in self._unix, curve)
+        too_many = self.quota.session_refused(identity)
+        if too_many:
+            self.refuse("clients_per_identity")
+            self._send(sock, ident, {"rid": None, "ok": False, "code": "quota", "error": too_many})
+            return None
+        number = next(self._numbers)
+        session = Session(self, sock, ident, number, self.acl.caller(identity))
+        session.peer = peer_of(first)
+        self.sessions[ident] = session
         return session
-
-    def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:
-        self.broker.count_rejected(exc.reason)
-        self.broker.error(ErrorCode.PROTOCOL, str(exc), client=session.label)
-        log.debug("rejected frame from %s: %s", session.label, exc)
-        self._reply(session, {"rid": rid, "ok": False, "code": "protocol", "error": str(exc)})
-
-    def _too_large(self, session: Session, data: bytes) -> None:
-        exc = ProtocolError(
-            "frame too large", f"{len(data)} bytes > bus.max_frame_bytes {self.max_frame_bytes}"
-        )
-        kind = data[0]
-        if kind == wire.EVENT:
-            self._reject_event(session, data, exc)
-        elif kind == wire.BATCH and session.greeted:
-            # keep the ack count in step: each reliable event in it is refused on its own
-            try:
-                items = wire.unpack_batch(data)
-            except ProtocolError:
-                items = []
-            for item in items:
-                if item[0] == wire.EVENT:
-                    self._reject_event(session, item, exc)
-        else:
-            self._reject(session, exc)
-
-    def _reject_event(self, session: Session, data: bytes, exc: ProtocolError) -> None:
-        """A refused event. If it asked to be reliable it still takes its place in the
-        client's ack count, as an error: so the publish that caused it fails, and the acks
-        of the ones after it stay in step (an ack must only ever mean durable)."""
-        self._reject(session, exc)
-        if not session.greeted:
-            return
-        try:
-            header = wire.unpack_event(data)[1]
-        except ProtocolError:
-            return
-        if peek_qos(header) == QoS.RELIABLE:
-            session.ack_callback()(exc.reason.replace(" ", "_"))
 
     def _on_batch(self, session: Session, data: bytes) -> None:
         for item in wire.unpack_batch(data):
@@ -335,8 +325,13 @@ class BusServer(CoreOps):
         except UnicodeDecodeError as exc:
             raise ProtocolError("invalid topic", "not UTF-8") from exc
         validate_topic(topic)
+        grants = session.caller.grants
+        if not grants.everything and not grants.may_publish(topic):
+            self.forbid_event(session, topic, header)
+            return
         hdr = check_header(header)
         ev = Event.received(topic, topic_b, header, body, hdr, data)
+        ev.caller = session.caller
         if hdr.get("qos", QoS.RELIABLE) == QoS.RELIABLE:
             if not session.greeted:
                 # Acks count publishes from the client's hello on. A client we do not know
@@ -361,7 +356,8 @@ class BusServer(CoreOps):
                 if rid is not None:
                     self._reply(session, {"rid": rid, "ok": True, **result})
             elif self.control is not None:
-                self._spawn(self._run_control(session, msg))
+                if self.check_control(session, op, rid):
+                    self._spawn(self._run_control(session, msg))
             else:
                 raise LoomdError(f"unknown op {op!r}")
         except ProtocolError as exc:
@@ -372,6 +368,7 @@ class BusServer(CoreOps):
     async def _run_control(self, session: Session, msg: dict[str, Any]) -> None:
         assert self.control is not None
         rid = msg.get("rid")
+        CALLER.set(session.caller)  # this task's own context: commands see who asks
         try:
             result = await self.control(session, msg)
             reply = {"rid": rid, "ok": True, **result}
@@ -411,9 +408,16 @@ class BusServer(CoreOps):
         self._reply(session, {"op": "evicted", "sid": csid, "reason": reason, "lost": lost})
         self._schedule()  # sent from a broker timer too: the send can swallow the fd's edge
 
+    def unsubscribe_forbidden(self, session: Session, csid: int) -> None:
+        sub = session.subs.pop(csid, None)
+        if sub is not None:
+            self._drop_sub(session, sub)
+            self._reply(session, {"op": "evicted", "sid": csid, "reason": "forbidden", "lost": 0})
+
     def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)
-        self._sub_session.pop(sub.sid, None)
+        if self._sub_session.pop(sub.sid, None) is not None:
+            self.quota.sub_dropped(session.caller.identity)
         self._dirty.discard(sub)
         for d in (session.sent, session.acked, session.windows):
             d.pop(sub.sid, None)
@@ -425,7 +429,8 @@ class BusServer(CoreOps):
         for sub in list(session.subs.values()):
             self._drop_sub(session, sub)
         session.subs.clear()
-        self.sessions.pop(session.ident, None)
+        if self.sessions.pop(session.ident, None) is session:
+            self.quota.session_dropped(session.caller.identity)
         self._ack_dirty.discard(session)
 
     # -- sending ------------------------------------------------------------------------------

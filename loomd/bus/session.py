@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from loomd.bus.acl import Caller
 from loomd.bus.subscriber import Budget, Subscriber
 
 __all__ = ["Session", "SessionOwner"]
@@ -31,9 +32,16 @@ class Session:
     """One connected client (SDK agent or loomctl), keyed by its ZeroMQ routing id."""
 
     def __init__(
-        self, server: SessionOwner, sock: zmq.Socket[bytes], ident: bytes, number: int
+        self,
+        server: SessionOwner,
+        sock: zmq.Socket[bytes],
+        ident: bytes,
+        number: int,
+        caller: Caller,
     ) -> None:
         self.server = server
+        self.caller = caller  # who it is (from the transport) and what it may do
+        self.peer = ""  # the connection's Peer-Address (+ Curve key): `access.peer_of`
         self.sock = sock
         self.ident = ident  # assigned by libzmq per connection (clients may not choose one)
         self.number = number  # what status shows instead of the routing id
@@ -78,6 +86,7 @@ class Session:
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "identity": self.caller.label,
             "subscriptions": len(self.subs),
             "idle_s": round(time.monotonic() - self.last_seen, 1),
             "unacked_publishes": len(self.pub_fifo),

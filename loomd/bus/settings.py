@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
+from loomd.bus.acl import AclRule
 from loomd.bus.envelope import QOS_CLASSES
 from loomd.bus.topics import matches, validate_pattern
 from loomd.config import (
+    DIR_TEXT,
     IP_TEXT,
     MODE_TEXT,
     SOCKET_TEXT,
     Problem,
     Section,
+    is_abs_or_auto,
     is_ip,
     is_octal_mode,
     is_socket_path,
@@ -84,6 +87,7 @@ class BusSettings(Section):
     max_subscriptions: int = option(256, min=1, max=1000000, reload=True)
     max_clients: int = option(1000, min=1, max=1000000)
     max_clients_per_uid: int = option(256, min=1, max=1000000)
+    max_subscriptions_per_identity: int = option(1024, min=1, max=1000000, reload=True)
     durable: tuple[str, ...] = option(
         factory=lambda: ("control.#", "action.#"),
         check=check_patterns,
@@ -96,6 +100,12 @@ class BusSettings(Section):
         expected="a table of topic pattern = " + "|".join(QOS_CLASSES),
         reload=True,
     )
+
+    # Who may do what (docs/design/acl.md): `[[acl]]` tables at the top of the file land
+    # here; `acl_dir` ("" = acl.d/ beside the config file) adds one file of them per
+    # application. Both reload on SIGHUP; the folder is also re-read when it changes.
+    acl: tuple[AclRule, ...] = option(factory=tuple, reload=True)
+    acl_dir: str = option("", valid=is_abs_or_auto, expected=DIR_TEXT, reload=True)
 
     @property
     def pending_bytes(self) -> int:

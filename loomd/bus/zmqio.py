@@ -47,6 +47,17 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     return out
 
 
+def recv_message(sock: zmq.Socket[bytes]) -> tuple[list[bytes], Any]:
+    """Like `recv_frames`, and the first `zmq.Frame` too (its metadata: `Peer-Address`,
+    `User-Id`), read only when a new client shows up."""
+    first = frame = _recv(sock, NOBLOCK, False)
+    out = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, NOBLOCK, False)
+        out.append(frame.bytes)
+    return out, first
+
+
 def socket_fd(sock: zmq.Socket[bytes]) -> int:
     """The socket's notification fd (edge-triggered: re-check `readable` after any op)."""
     return int(sock.getsockopt(zmq.FD))

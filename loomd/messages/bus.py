@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     CLIENT_TIMEOUT = "client_timeout"
     SLOW_CONSUMER = "slow_consumer"
     JOURNAL = "journal"
+    FORBIDDEN = "forbidden"  # an identity tried what no ACL rule grants it
     # agents and capabilities
     PLUGIN_BROKEN = "plugin_broken"
     AGENT_CONFIG = "agent_config"

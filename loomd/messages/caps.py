@@ -22,6 +22,7 @@ class CapCode(StrEnum):
     INVALID_PARAMS = "invalid_params"  # the caller's params do not fit the schema
     CAPABILITY_ERROR = "capability_error"  # the provider refused (CapabilityError)
     PROVIDER_UNAVAILABLE = "provider_unavailable"  # no provider, or it went away
+    FORBIDDEN = "forbidden"  # the caller's identity may not call it (ACL, allowed_callers)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class CapInfo(_Payload):
     confirm: bool = False
     sensitive: bool = False
     devices: tuple[dict[str, Any], ...] = ()
+    allowed_callers: tuple[str, ...] = ()  # identity patterns; empty: as the ACL says
 
     @property
     def full(self) -> str:
@@ -113,7 +115,8 @@ class CapInfo(_Payload):
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> CapInfo:
         return cls(**{**payload, "sentences": tuple(payload.get("sentences") or ()),
-                      "devices": tuple(dict(d) for d in payload.get("devices") or ())})  # fmt: skip
+                      "devices": tuple(dict(d) for d in payload.get("devices") or ()),
+                      "allowed_callers": tuple(payload.get("allowed_callers") or ())})  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -468,6 +468,10 @@ class Client:
         sub = self._subs.get(msg.get("sid"))  # type: ignore[arg-type]
         if sub is None or sub.closed:
             return
+        if msg.get("reason") == "forbidden":  # the ACL changed: no longer ours to hold
+            why = f"subscription {sub.pattern!r} closed: the ACL no longer allows it"
+            sub._on_reply({"ok": False, "code": "forbidden", "error": why})
+            return
         lost = msg.get("lost")
         sub.evictions += 1
         sub.dropped += lost if type(lost) is int and lost > 0 else 0

@@ -6,8 +6,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loomd.bus.acl import Forbidden, current_caller
 from loomd.component import Command, Component, StatusBlock
 from loomd.errors import LoomdError
+from loomd.messages import ErrorCode
 from loomd.metrics import Family
 from loomd.state.settings import StateSettings
 from loomd.state.store import State
@@ -137,6 +139,10 @@ class StateComponent(Component[StateSettings]):
             raise LoomdError("state is not open")
         if not isinstance(ns, str) or not ns:
             raise LoomdError("state namespace must be a non-empty string")
+        caller = current_caller()  # a socket client's identity (None: the daemon itself)
+        if caller is not None and not caller.grants.may_state(ns):
+            self.ctx.error(ErrorCode.FORBIDDEN, f"{caller.label} may not use state {ns!r}")
+            raise Forbidden(f"{caller.label} may not use state namespace {ns!r}")
         return self.store.kv(ns)
 
     @staticmethod

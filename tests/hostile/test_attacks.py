@@ -240,10 +240,9 @@ def test_stalled_reliable_subscriber_costs_only_itself(daemon: LoomdProcess, dur
 # -- 6. quotas ---------------------------------------------------------------------------------
 def test_subscription_quota_and_small_status(daemon: LoomdProcess) -> None:
     # The attacker reads its control replies behind every event its 300 `#` subscriptions
-    # receive; the home component's provider lease (`caps.lease.home`, 10 a second) would be
-    # 3,000 deliveries a second queued ahead of them. What is measured here is the quota,
-    # and the witness: the home stays off.
-    daemon.write_config("[bus]\nmax_subscriptions = 300\n[home]\nenabled = false\n")
+    # receive. The home component runs: an in-daemon provider's lease is renewed every 6 s
+    # (it was 10 a second, 3,000 deliveries a second queued ahead of those replies).
+    daemon.write_config("[bus]\nmax_subscriptions = 300\n")
     daemon.restart()
 
     async def main() -> None:

@@ -1,0 +1,71 @@
+"""Quotas per identity, not per client (issue 19, hostile gaps): many clients of one uid
+hold no more subscriptions than one identity may, and no more sessions than its cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bus.test_acl_identities import _as_nobody
+from tests.conftest import LoomdProcess
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs a client as another uid")
+
+HOARDER = """
+import asyncio, json, sys
+from loomd.errors import LoomdError, RemoteError
+from loomd.sdk import connect
+from tests.bus.test_acl_identities import drop_to_nobody
+
+drop_to_nobody()
+
+async def main():
+    out = {"sessions": 0, "refused_session": 0, "subs": 0, "refused_subs": 0}
+    clients = []
+    for i in range(4):
+        c = connect(sys.argv[1], name=f"hoard{i}", timeout=3)
+        try:
+            await c.__aenter__()
+            clients.append(c)
+            out["sessions"] += 1
+        except LoomdError as exc:
+            out["refused_session"] += 1
+            out["why"] = str(exc)
+    for c in clients:
+        for j in range(60):
+            try:
+                await c.subscribe(f"demo.{j}.#").ready()
+                out["subs"] += 1
+            except RemoteError as exc:
+                out["refused_subs"] += exc.code == "quota"
+    for c in clients:
+        await c.__aexit__(None, None, None)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_many_clients_of_one_identity_share_its_quotas(short_tmp: Path) -> None:
+    os.chmod(short_tmp, 0o755)
+    d = LoomdProcess(
+        short_tmp,
+        '[bus]\nsocket_mode = "0666"\nmax_clients_per_uid = 3\n'
+        "max_subscriptions_per_identity = 100\n[home]\nenabled = false\n",
+    )
+    d.start()
+    try:
+        os.chmod(short_tmp / "run", 0o755)
+        script = short_tmp / "hoarder.py"
+        script.write_text(HOARDER)
+        r = _as_nobody(sys.executable, str(script), d.endpoint)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["sessions"] == 3 and out["refused_session"] == 1, out
+        assert out["subs"] == 100 and out["refused_subs"] == 3 * 60 - 100, out
+    finally:
+        d.close()
