@@ -47,8 +47,10 @@ class SdkPair:
         self.a, self.b = a, b
 
     async def subscriptions(self) -> int:
+        """The pair's own: the daemon's components open and close reply subscriptions of
+        their own (a lease renewal, a catalogue read) whenever they like."""
         st = (await self.a.status())["status"]["components"]["bus"]["status"]
-        return len(st["subscriptions"])
+        return sum(1 for s in st["subscriptions"] if s["owner"].startswith(("part-a#", "part-b#")))
 
 
 @contextlib.asynccontextmanager
