@@ -26,13 +26,7 @@ from loomd.bus.api import reply_to, request_reply
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
 from loomd.bus.topics import validate_pattern
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
-from loomd.errors import (
-    LoomdError,
-    NotRunning,
-    ProtocolError,
-    RemoteError,
-    RequestTimeout,
-)
+from loomd.errors import LoomdError, NotRunning, ProtocolError, RemoteError, RequestTimeout
 from loomd.messages import BusStats
 from loomd.sdk.endpoint import check_reachable, default_endpoint, to_endpoint
 from loomd.sdk.subscription import Subscription
