@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import multiprocessing as mp
@@ -355,3 +356,19 @@ def need_test_models() -> Path:
     if not (root / "models.json").is_file():
         sys.exit(f"no test models in {root}: run scripts/fetch-test-models")
     return root
+
+
+async def wait_daemon_op(endpoint: str, op: str, timeout: float = 60.0) -> None:
+    """Until the daemon at `endpoint` answers the control op `op` (its component is up)."""
+    from loomd.sdk import Client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with Client(endpoint, name="bench", timeout=2) as bus:
+                await bus.call(op)
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import small_models_dir
+from bench.harness import small_models_dir, wait_daemon_op
 from loomd.audio.io import read_wav
 from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
 from loomd.audio.tts import PiperTts
@@ -398,16 +398,7 @@ def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float, dict[str, Any]]:
 
     async def run() -> dict[str, Any]:
         endpoint = f"ipc://{root}/run/bus.sock"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                async with Client(endpoint, name="bench", timeout=2) as bus:
-                    await bus.call("voice.last")
-                    break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        await wait_daemon_op(endpoint, "voice.last", 60)
         async with Client(endpoint, name="bench", timeout=10) as bus:
 
             async def serve() -> None:

@@ -116,20 +116,12 @@ def stop_bench(models: Path, quick: bool) -> dict[str, Any]:
 
 
 async def _run(endpoint: str, word: bytes, trials: int, quick: bool) -> dict[str, Any]:
+    from bench.harness import wait_daemon_op
     from loomd.messages import Topic, VoiceStop
     from loomd.sdk import Client
     from tests.audio.room import FakeRoom
 
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            async with Client(endpoint, name="bench", timeout=2) as bus:
-                await bus.call("voice.last")
-                break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
+    await wait_daemon_op(endpoint, "voice.last", 90)
     rng = random.Random(7)
     out: dict[str, Any] = {"words": [], "stop_ms": [], "caught": 0, "self_stops": 0}
     async with Client(endpoint, name="bench", timeout=10) as bus:
