@@ -98,6 +98,7 @@ class BusServer(AccessOps, CoreOps):
         self._ipc_paths: list[Path] = []
         self._dirty: set[Subscriber] = set()
         self._ack_dirty: set[Session] = set()
+        self._ctl_held: set[Session] = set()  # sessions with control replies held back
         self._scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
@@ -236,6 +237,8 @@ class BusServer(AccessOps, CoreOps):
         if session.retry_s:  # it talks, so it reads: try its pipe again now
             session.retry_s = session.blocked_until = 0.0
             self._dirty.update(session.subs.values())
+        if session.ctl_backlog:
+            self._ctl_held.add(session)
         try:
             if len(frames) != 2:
                 raise ProtocolError("bad frame count", f"{len(frames) - 1} frames (expected 1)")
@@ -432,10 +435,29 @@ class BusServer(AccessOps, CoreOps):
         if self.sessions.pop(session.ident, None) is session:
             self.quota.session_dropped(session.caller.identity)
         self._ack_dirty.discard(session)
+        self._ctl_held.discard(session)
 
     # -- sending ------------------------------------------------------------------------------
     def _reply(self, session: Session, msg: dict[str, Any]) -> None:
-        self._send(session.sock, session.ident, msg)
+        """A reply or ack is never lost to a full pipe: held until the client reads."""
+        state = session.send_control(msg)
+        if state == "held":
+            self._ctl_held.add(session)
+            self._arm_retry(time.monotonic() + RETRY_MIN_S)
+        elif state == "overflow":
+            why = f"client {session.label} reads none of its replies"
+            log.warning("%s: dropped", why)
+            self.broker.error(ErrorCode.SLOW_CONSUMER, why)
+            self.drop_session(session)
+
+    def _flush_held(self) -> None:
+        held, self._ctl_held = self._ctl_held, set()
+        for session in held:
+            before = len(session.ctl_backlog)
+            if session.alive and not session.flush_control():
+                self._ctl_held.add(session)
+                moved = len(session.ctl_backlog) < before
+                self._arm_retry(time.monotonic() + (RETRY_MIN_S if moved else RETRY_MAX_S))
 
     @staticmethod
     def _send(sock: zmq.Socket[bytes], ident: bytes, msg: dict[str, Any]) -> None:
@@ -445,6 +467,8 @@ class BusServer(AccessOps, CoreOps):
             log.debug("reply to %s lost: %s", ident.hex(), exc)
 
     def _flush(self) -> None:
+        if self._ctl_held:
+            self._flush_held()
         if self._ack_dirty:
             sessions, self._ack_dirty = self._ack_dirty, set()
             for s in sessions:

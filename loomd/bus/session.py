@@ -3,6 +3,7 @@ its publishes awaiting their ack, and its budget of pending bytes."""
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import deque
 from collections.abc import Callable
@@ -10,10 +11,16 @@ from typing import Any, Protocol
 
 import zmq
 
+from loomd.bus import wire
 from loomd.bus.acl import Caller
 from loomd.bus.subscriber import Budget, Subscriber
+from loomd.bus.zmqio import send_frames
 
-__all__ = ["Session", "SessionOwner"]
+__all__ = ["CTL_BACKLOG_MAX", "Session", "SessionOwner"]
+
+# Control replies and acks held, in order, for a client whose pipe is full (it still gets
+# every one once it reads); a client this far behind reads nothing and is dropped.
+CTL_BACKLOG_MAX = 1024
 
 
 class SessionOwner(Protocol):
@@ -62,6 +69,50 @@ class Session:
         self.pub_errors: list[tuple[int, str]] = []
         self.alive = True
         self.greeted = False  # said hello to *this* daemon: its reliable acks count from there
+        self.ctl_backlog: deque[dict[str, Any]] = deque()  # replies its full pipe refused
+
+    # -- control replies ------------------------------------------------------------------------
+    def send_control(self, msg: dict[str, Any]) -> str:
+        """Send a control reply or ack: `sent`, `held` (the pipe is full: kept in order for
+        `flush_control`), `overflow` (more than CTL_BACKLOG_MAX held) or `gone`."""
+        if self.ctl_backlog:
+            self._hold(msg)
+            if len(self.ctl_backlog) > CTL_BACKLOG_MAX:
+                return "overflow"
+            return "sent" if self.flush_control() else "held"
+        try:
+            send_frames(self.sock, [self.ident, wire.pack_control(msg)])
+        except zmq.Again:
+            self._hold(msg)
+            return "held"
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            return "gone"
+        return "sent"
+
+    def flush_control(self) -> bool:
+        """Send what was held, in order, until the pipe is full again; True once all went."""
+        while self.ctl_backlog:
+            try:
+                send_frames(self.sock, [self.ident, wire.pack_control(self.ctl_backlog[0])])
+            except zmq.Again:
+                return False
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                self.ctl_backlog.clear()  # the client is gone
+                return True
+            self.ctl_backlog.popleft()
+        return True
+
+    def _hold(self, msg: dict[str, Any]) -> None:
+        last = self.ctl_backlog[-1] if self.ctl_backlog else None
+        if last is not None and last.get("op") == msg.get("op") == "ack":  # acks add up
+            errors = [*last.get("errors", ()), *msg.get("errors", ())]
+            self.ctl_backlog[-1] = {**msg, **({"errors": errors} if errors else {})}
+        else:
+            self.ctl_backlog.append(msg)
 
     def wake(self, sub: Subscriber) -> None:
         self.server.mark_dirty(sub)

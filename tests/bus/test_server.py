@@ -55,3 +55,49 @@ def test_input_during_a_slow_control_op_is_not_lost(tmp_path: Path) -> None:
     asyncio.run(main())
     assert sorted(r["rid"] for r in replies) == [1, 2]
     assert all(r["ok"] for r in replies)
+
+
+def test_replies_to_a_client_whose_pipe_is_full_are_held_not_lost(tmp_path: Path) -> None:
+    """A client that asks faster than it reads fills its pipe; its replies wait, in order,
+    until it reads (they were dropped, and its requests hung: bench/hostile.py acl_denied)."""
+    endpoint = f"ipc://{tmp_path}/bus.sock"
+    n, blob = 400, b"x" * 32768  # 12.8 MB of replies: far more than the pipe and the kernel hold
+    answered, read_now = threading.Event(), threading.Event()
+    calls = 0
+    replies: list[dict[str, Any]] = []
+
+    async def control(session: Session | None, msg: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            answered.set()
+        return {"blob": blob}
+
+    def client() -> None:
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 1)
+            sock.connect(endpoint)
+            for rid in range(1, n + 1):
+                sock.send(wire.pack_control({"op": "big", "rid": rid}))
+            if not read_now.wait(30):
+                return
+            while len(replies) < n and sock.poll(5000):
+                replies.append(wire.unpack_control(sock.recv()))
+
+    async def main() -> bool:
+        broker = Broker(BusSettings())
+        async with BusServer(broker, [endpoint], control=control) as server:
+            reader = asyncio.create_task(asyncio.to_thread(client))
+            assert await asyncio.to_thread(answered.wait, 30), "the ops never all ran"
+            async with asyncio.timeout(10):
+                while not any(s.ctl_backlog for s in server.sessions.values()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the last replies go out after the op returns
+            read_now.set()
+            await reader
+            return all(s.alive for s in server.sessions.values())
+
+    alive = asyncio.run(main())
+    assert [r["rid"] for r in replies] == list(range(1, n + 1))
+    assert all(r["ok"] and r["blob"] == blob for r in replies)
+    assert alive
