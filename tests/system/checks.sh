@@ -164,13 +164,21 @@ check_loomctl() {
     printf '%s' "$out" | grep -q 'loomd' || fail "refusal does not name the group loomd: $out"
     out=$(as_user bob loomctl pub systest.ping '{}' 2>&1) && fail "loomctl pub as bob succeeded"
     # A sensitive capability (home.unlock) is refused to alice by the default install
-    # (no [[acl]] rule grants it, docs/design/acl.md); root reaches it (no such door here).
+    # (no [[acl]] rule grants it, docs/design/acl.md); root reaches it. A lock in home.d
+    # makes the home offer it (read at start).
     local unlock
+    mkdir -p /etc/loomd/home.d
+    printf '[[devices]]\nid = "front_door"\nname = "front door"\ndomain = "lock"\ncommand_topic = "home/hall/front_door/set"\n' \
+        > /etc/loomd/home.d/systest-door.toml
+    systemctl restart loomd.service; wait_active 60
+    wait_for 30 sh -c 'loomctl caps 2>/dev/null | grep -q home.unlock' \
+        || fail "home.unlock not offered with a lock in home.d: $(loomctl caps 2>&1 | head -20 | tr '\n' '|')"
     unlock=$(as_user alice loomctl call home.unlock '{"device": "front_door"}' 2>&1) \
         && fail "alice unlocked: $unlock"
     printf '%s' "$unlock" | grep -q 'forbidden' || fail "alice's unlock not refused as forbidden: $unlock"
     out=$(loomctl call home.unlock '{"device": "front_door"}' 2>&1)
     printf '%s' "$out" | grep -q 'forbidden' && fail "root's unlock refused as forbidden: $out"
+    rm -f /etc/loomd/home.d/systest-door.toml
     say "status+pub/sub work as root and alice (group loomd); bob refused (exit $rc): $(as_user bob loomctl status 2>&1); alice's home.unlock: $unlock"
 }
 
