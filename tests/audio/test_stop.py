@@ -77,7 +77,9 @@ def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[st
                 status = await voice_status(bus)
             done.set()
             await runner
-            assert room.echo_frames > 25, "the room fed the board's voice back"
+            # the room fed the board's voice back (0.2 s at least: a board that stops itself
+            # on its first word, as the control below does, plays about 25 frames)
+            assert room.echo_frames > 10, "the room fed the board's voice back"
             return {"status": status, "said": result, "stops": stops, "states": states}
 
     return asyncio.run(scenario())
