@@ -290,6 +290,10 @@ class HomeComponent(HaDevices, Component[HomeSettings]):
                 raise CapabilityError(f"{d.id} has no {action}_template: it cannot set {action}")
             payload = _fill(template, value)
         msg = MqttPublish(s.command_topic, payload.encode(), s.qos, s.retain)
+        if not await self.ctx.bus.listeners(Topic.MQTT_PUBLISH):  # say so now, not at timeout
+            raise CapabilityError(
+                f"{d.id}: no MQTT bridge runs to reach {s.command_topic}: enable [mqtt]"
+            )
         try:
             ev = await self.ctx.bus.request(
                 Topic.MQTT_PUBLISH, msg.to_payload(), timeout=self.settings.action_timeout_s

@@ -4,7 +4,9 @@ in the device's MQTT command at the broker; states published there show in `loom
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 from tests.bridges.conftest import Mosquitto
 from tests.conftest import LoomdProcess, loomctl
@@ -143,3 +145,25 @@ async def test_the_bus_contract_and_the_turn_event(home_daemon: LoomdProcess) ->
     assert [(a.capability, a.code) for a in answer.actions] == [("home.turn_off", "ok")]
     assert published == answer
     assert "unknown fields" in AssistTurn.from_payload(bad.payload).error
+
+
+def test_without_the_mqtt_bridge_an_mqtt_device_fails_at_once_and_says_why(
+    short_tmp: Path,
+) -> None:
+    """No [mqtt]: the home's MQTT devices answer "enable [mqtt]" at once (it was the
+    action's 5 s deadline, and loomctl's own 5 s said only that loomd did not answer)."""
+    (short_tmp / "home.d").mkdir()
+    shutil.copy(Path(__file__).parents[2] / "examples/home/home.toml", short_tmp / "home.d")
+    d = LoomdProcess(short_tmp)
+    d.start(timeout=60)
+    try:
+        deadline = time.monotonic() + 20
+        while "home.turn_on" not in loomctl(d, "caps").stdout:
+            assert time.monotonic() < deadline, "the home never offered its capabilities"
+            time.sleep(0.2)
+        r = loomctl(d, "call", "home.turn_on", '{"device": "kitchen_ceiling"}')
+        assert r.returncode == 1, r.stdout
+        assert "capability_error" in r.stderr and "enable [mqtt]" in r.stderr, r.stderr
+        assert "home/kitchen/ceiling/set" in r.stderr, r.stderr
+    finally:
+        d.close()
