@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from loomd.audio.io import write_wav
-from tests.conftest import LoomdProcess, loomctl
+from tests.conftest import LoomdProcess, loomctl, wait_until
 from tests.homeassistant.conftest import CACHE, TESTBED, HaApi, HaTestbed, free_port
 
 pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(900)]
@@ -54,14 +53,7 @@ def ha_status(d: LoomdProcess) -> dict[str, Any]:
 
 def until(what: str, check: Any, timeout: float = 30.0) -> Any:
     """`check()`'s first truthy value, polled until a deadline."""
-    end = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"never: {what}")
-        time.sleep(0.2)
+    return wait_until(check, timeout, what)
 
 
 def assist(d: LoomdProcess, text: str) -> dict[str, Any]:

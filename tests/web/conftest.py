@@ -153,18 +153,6 @@ async def read_chunk(reader: asyncio.StreamReader) -> bytes:
     return data[:-2]
 
 
-def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `pred` (a cheap HTTP read) until it is truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
 WIDTH, HEIGHT = 1280, 1400

@@ -20,8 +20,8 @@ from loomd.host import Host
 from loomd.sdk import Client
 from loomd.settings import load_config
 from loomd.web.page import allowed
-from tests.conftest import free_port, loomctl
-from tests.web.conftest import PageDaemon, SseClient, get, get_json, read_chunk, wait_until
+from tests.conftest import free_port, loomctl, wait_until
+from tests.web.conftest import PageDaemon, SseClient, get, get_json, read_chunk
 
 STATIC = Path(__file__).parents[2] / "loomd" / "web" / "static"
 
