@@ -29,7 +29,9 @@ class HaCapabilities:
         """Turn off a Home Assistant entity."""
         return await self._call("homeassistant.turn_off", entity_id)
 
-    @capability("homeassistant.call_service")
+    # any service: lock.unlock and alarm_control_panel.alarm_disarm too, so it is sensitive
+    # (the home's own calls come from the daemon; other callers need a rule granting it)
+    @capability("homeassistant.call_service", sensitive=True)
     async def call_service(
         self, service: str, entity_id: str, data: dict[str, Any] | None = None
     ) -> dict[str, Any]:

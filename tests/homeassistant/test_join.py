@@ -83,3 +83,18 @@ def test_entity_id_settings_and_services() -> None:
     assert ha_service(Domain.LIGHT, "brightness", 30) == ("light.turn_on", {"brightness_pct": 30})
     assert ha_service(Domain.COVER, "close") == ("cover.close_cover", {})
     assert ha_service(Domain.LOCK, "unlock") == ("lock.unlock", {})
+
+
+def test_only_the_any_service_capability_is_sensitive() -> None:
+    """`homeassistant.call_service` reaches lock.unlock and alarm disarms: closed to callers
+    no rule grants `sensitive`; turning an entity on or off and reading a state are not."""
+    from loomd.agents.capability import specs_of
+    from loomd.homeassistant.capabilities import HaCapabilities
+
+    flags = {spec.name: spec.sensitive for spec, _ in specs_of(HaCapabilities)}
+    assert flags == {
+        "homeassistant.call_service": True,
+        "homeassistant.turn_on": False,
+        "homeassistant.turn_off": False,
+        "homeassistant.state": False,
+    }
