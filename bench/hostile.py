@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.hostile_acl import acl_daemon, acl_denied  # noqa: E402
+from bench.hostile_cost import matching_cost, state_total  # noqa: E402
 from loomd.bus import cbor, wire  # noqa: E402
 from loomd.bus.envelope import Event  # noqa: E402
 from loomd.sdk import connect  # noqa: E402
@@ -460,6 +461,8 @@ ATTACKS: list[tuple[str, Callable[[LoomdProcess, bool], Awaitable[str]], str]] =
     ("rejected_publish", rejected_publish, ""),
     ("token_bruteforce", token_bruteforce, "http"),
     ("acl_denied", acl_denied, "acl"),
+    ("matching_cost", matching_cost, ""),
+    ("state_total", state_total, ""),
 ]
 
 

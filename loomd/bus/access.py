@@ -9,17 +9,20 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import zmq
 
 from loomd.bus import wire
 from loomd.bus.acl import Acl, Caller, Forbidden
 from loomd.bus.broker import Broker
+from loomd.bus.conns import ConnectionGuard, CurveSetup
 from loomd.bus.envelope import QoS, peek_qos
 from loomd.bus.identity import Identity, IdentityKind
-from loomd.bus.session import Session
+from loomd.bus.session import Session, SessionOwner
 from loomd.bus.topics import validate_pattern
+from loomd.bus.zmqio import send_frames
 from loomd.errors import ProtocolError
 from loomd.messages import ErrorCode
 
@@ -83,11 +86,13 @@ class IdentityQuota:
     256 subscriptions, held 64k (+259 MB). Superusers are not counted (the attacker is a
     local client without rights; root can stop the daemon anyway)."""
 
-    def __init__(self, max_sessions: int, max_subs: int) -> None:
+    def __init__(self, max_sessions: int, max_subs: int, max_cost: int = 65536) -> None:
         self.max_sessions = max_sessions
         self.max_subs = max_subs
+        self.max_cost = max_cost
         self.sessions: dict[Identity, int] = {}
         self.subs: dict[Identity, int] = {}
+        self.costs: dict[Identity, int] = {}
 
     def session_refused(self, who: Identity) -> str:
         """Why a new session of `who` is refused ("" if it is not); counts it if not."""
@@ -102,26 +107,36 @@ class IdentityQuota:
     def session_dropped(self, who: Identity) -> None:
         _down(self.sessions, who)
 
-    def sub_refused(self, who: Identity) -> str:
-        n = self.subs.get(who, 0)
-        if who.superuser or n < self.max_subs:
+    def sub_refused(self, who: Identity, cost: int = 0) -> str:
+        if who.superuser:
             return ""
-        return (
-            f"subscription quota of {who.label} reached: {n} across its clients "
-            f"(bus.max_subscriptions_per_identity = {self.max_subs})"
-        )
+        n = self.subs.get(who, 0)
+        if n >= self.max_subs:
+            return (
+                f"subscription quota of {who.label} reached: {n} across its clients "
+                f"(bus.max_subscriptions_per_identity = {self.max_subs})"
+            )
+        held = self.costs.get(who, 0)
+        if held + cost > self.max_cost:
+            return (
+                f"matching cost quota of {who.label} reached: {held} + {cost} across its "
+                f"clients (bus.max_match_cost_per_identity = {self.max_cost})"
+            )
+        return ""
 
-    def sub_added(self, who: Identity) -> None:
+    def sub_added(self, who: Identity, cost: int = 0) -> None:
         if not who.superuser:
             self.subs[who] = self.subs.get(who, 0) + 1
+            self.costs[who] = self.costs.get(who, 0) + cost
 
-    def sub_dropped(self, who: Identity) -> None:
+    def sub_dropped(self, who: Identity, cost: int = 0) -> None:
         if not who.superuser:
             _down(self.subs, who)
+            _down(self.costs, who, cost)
 
 
-def _down(counts: dict[Identity, int], who: Identity) -> None:
-    n = counts.get(who, 0) - 1
+def _down(counts: dict[Identity, int], who: Identity, by: int = 1) -> None:
+    n = counts.get(who, 0) - by
     if n > 0:
         counts[who] = n
     else:
@@ -136,6 +151,14 @@ class AccessOps:
     max_frame_bytes: int
     sessions: dict[bytes, Session]
     refused: dict[str, int]
+    quota: IdentityQuota
+    conns: ConnectionGuard
+    curve: CurveSetup | None
+    _unix: set[int]
+    _numbers: Iterator[int]
+
+    def refuse(self, quota: str) -> None:
+        raise NotImplementedError
 
     def _reply(self, session: Session, msg: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -202,6 +225,57 @@ class AccessOps:
         if not session.caller.grants.may_subscribe(pattern):
             self.forbid(session, f"subscribe to {pattern!r}", reply=False)
             raise Forbidden(f"forbidden: {session.caller.label} may not subscribe to {pattern!r}")
+
+    @staticmethod
+    def _send(sock: zmq.Socket[bytes], ident: bytes, msg: dict[str, Any]) -> None:
+        try:
+            send_frames(sock, [ident, wire.pack_control(msg)])
+        except zmq.ZMQError as exc:
+            log.debug("reply to %s lost: %s", ident.hex(), exc)
+
+    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes, first: Any) -> Session | None:
+        if not ident or ident[0] != 0:
+            # libzmq's own ids start with a zero byte and a client cannot choose one that
+            # does: so a client-chosen id (which another client could squat) is refused.
+            self.refuse("client_chosen_id")
+            self.broker.count_rejected("client-chosen routing id")
+            self._send(
+                sock,
+                ident,
+                {
+                    "rid": None,
+                    "ok": False,
+                    "code": "protocol",
+                    "error": "client-chosen routing ids are not accepted: leave ZMQ_IDENTITY unset",
+                },
+            )
+            return None
+        if len(self.sessions) >= self.conns.max_clients:
+            self.refuse("clients")
+            self._send(
+                sock,
+                ident,
+                {
+                    "rid": None,
+                    "ok": False,
+                    "code": "quota",
+                    "error": f"too many clients ({len(self.sessions)})",
+                },
+            )
+            return None
+        curve = self.curve.names if self.curve is not None else None
+        identity = identify(first, id(sock) in self._unix, curve)
+        too_many = self.quota.session_refused(identity)
+        if too_many:
+            self.refuse("clients_per_identity")
+            self._send(sock, ident, {"rid": None, "ok": False, "code": "quota", "error": too_many})
+            return None
+        number = next(self._numbers)
+        owner = cast(SessionOwner, self)  # the BusServer this is mixed into
+        session = Session(owner, sock, ident, number, self.acl.caller(identity))
+        session.peer = peer_of(first)
+        self.sessions[ident] = session
+        return session
 
     # -- refusals of bad frames ---------------------------------------------------------------
     def _reject(self, session: Session, exc: ProtocolError, rid: Any = None) -> None:

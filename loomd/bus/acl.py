@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from loomd.bus.identity import Identity, IdentityKind
-from loomd.bus.topics import MAX_SEGMENTS, TopicTrie, validate_pattern
+from loomd.bus.topics import MAX_SEGMENTS, TopicTrie, canonical, validate_pattern
 from loomd.config import Problem, Section, build_section, option
 from loomd.errors import ConfigError, LoomdError, ProtocolError
 
@@ -174,7 +174,8 @@ class _Topics:
     def subscribe(self, pattern: str) -> bool:
         hit = self._subs.get(pattern)
         if hit is None:
-            hit = any(covers(p, pattern) for p in self.patterns)
+            form = canonical(pattern)  # `#.*` asks for what `*.#` does
+            hit = any(covers(p, form) for p in self.patterns)
             if len(self._subs) >= CACHE:
                 self._subs.clear()
             self._subs[pattern] = hit

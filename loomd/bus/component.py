@@ -146,6 +146,7 @@ class BusComponent(Component[BusSettings]):
             max_clients=max_clients,
             max_clients_per_uid=min(s.max_clients_per_uid, max_clients),
             max_subscriptions_per_identity=s.max_subscriptions_per_identity,
+            max_match_cost=(s.max_match_cost, s.max_match_cost_per_identity),
             pending_bytes=s.pending_bytes,
             curve=self.curve,
             control=self.ctx.services.control,
@@ -196,6 +197,8 @@ class BusComponent(Component[BusSettings]):
             srv.client_timeout_s = new.client_timeout_s
             srv.max_subscriptions = new.max_subscriptions
             srv.quota.max_subs = new.max_subscriptions_per_identity
+            srv.max_match_cost = new.max_match_cost
+            srv.quota.max_cost = new.max_match_cost_per_identity
             srv.pending_bytes = new.pending_bytes  # new sessions; live ones keep theirs
         return []
 
@@ -319,6 +322,8 @@ class BusComponent(Component[BusSettings]):
                 "max_clients_per_uid": srv.conns.max_per_uid,
                 "max_subscriptions": srv.max_subscriptions,
                 "max_subscriptions_per_identity": srv.quota.max_subs,
+                "max_match_cost": srv.max_match_cost,
+                "max_match_cost_per_identity": srv.quota.max_cost,
                 "client_pending_bytes": srv.pending_bytes,
                 "max_frame_bytes": srv.max_frame_bytes,
                 "slow_consumer_ms": self.settings.slow_consumer_ms,

@@ -16,6 +16,7 @@ from loomd.bus.conns import QuotaError
 from loomd.bus.envelope import QoS
 from loomd.bus.session import Session
 from loomd.bus.subscriber import Subscriber
+from loomd.bus.topics import match_cost
 from loomd.errors import LoomdError, ProtocolError
 
 __all__ = ["CoreOps"]
@@ -34,6 +35,7 @@ class CoreOps:
     credit_window: int
     max_frame_bytes: int
     max_subscriptions: int
+    max_match_cost: int
     quota: IdentityQuota
     _ack_dirty: set[Session]
     _sub_session: dict[int, tuple[Session, int]]
@@ -109,7 +111,15 @@ class CoreOps:
                 f"subscription quota reached: {len(session.subs)} "
                 f"(bus.max_subscriptions = {self.max_subscriptions})"
             )
-        too_many = self.quota.sub_refused(session.caller.identity)
+        cost = match_cost(pattern)
+        if session.match_cost + cost > self.max_match_cost:
+            self.refuse("match_cost")
+            raise QuotaError(
+                f"matching cost quota reached: {session.match_cost} + {cost} for {pattern!r} "
+                f"(bus.max_match_cost = {self.max_match_cost}; a '#' early in a long "
+                "pattern costs the most)"
+            )
+        too_many = self.quota.sub_refused(session.caller.identity, cost)
         if too_many:  # many clients of one identity hold no more than one identity may
             self.refuse("subscriptions_per_identity")
             raise QuotaError(too_many)
@@ -126,12 +136,18 @@ class CoreOps:
         )
         session.subs[csid] = sub
         self._sub_session[sub.sid] = (session, csid)
-        self.quota.sub_added(session.caller.identity)
+        self.quota.sub_added(session.caller.identity, cost)
+        session.match_cost += cost
         if sub.qos is QoS.RELIABLE:
             session.windows[sub.sid] = window or self.credit_window
             session.sent[sub.sid] = session.acked[sub.sid] = 0
         head = self.broker.journal.head if self.broker.journal is not None else 0
         return {"sid": csid, "qos": str(sub.qos), "head": head}
+
+    def release_quota(self, session: Session, sub: Subscriber) -> None:
+        cost = match_cost(sub.pattern)
+        session.match_cost -= cost
+        self.quota.sub_dropped(session.caller.identity, cost)
 
     def _op_unsub(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         sub = session.subs.pop(msg.get("sid"), None)  # type: ignore[arg-type]

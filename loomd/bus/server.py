@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from loomd.bus import wire
-from loomd.bus.access import AccessOps, IdentityQuota, identify, peer_of, seed_routing_ids
+from loomd.bus.access import AccessOps, IdentityQuota, seed_routing_ids
 from loomd.bus.acl import CALLER, Acl
 from loomd.bus.broker import Broker
 from loomd.bus.conns import ConnectionGuard, CurveSetup
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 BATCH = 512  # messages per socket per pump round...
 PUMP_BYTES = 256 * 1024  # ...or this many bytes (batches hold many events): bounds loop lag
+# Work per pump round: a client's frames that would take longer wait in its inbox (in
+# order) for the next round, so one client's expensive publishes (a batch of 50 events,
+# each matched against thousands of patterns) cannot hold the loop for everyone else.
+PUMP_SLICE_S = 0.005
 DELIVERY_BATCH = 256  # deliveries packed into one frame per send...
 BATCH_BYTES = 64 * 1024  # ...up to this size
 SNDHWM = 100  # messages per client pipe, each way: with BATCH_BYTES, ~6.4 MB per client
@@ -68,6 +72,7 @@ class BusServer(AccessOps, CoreOps):
         max_clients: int = 1000,
         max_clients_per_uid: int = 256,
         max_subscriptions_per_identity: int = 1024,
+        max_match_cost: tuple[int, int] = (16384, 65536),  # per client, per identity
         pending_bytes: int = 16 << 20,
         curve: CurveSetup | None = None,
         control: ControlHandler | None = None,
@@ -76,7 +81,8 @@ class BusServer(AccessOps, CoreOps):
     ) -> None:
         self.broker = broker
         self.acl = acl or Acl()
-        self.quota = IdentityQuota(max_clients_per_uid, max_subscriptions_per_identity)
+        self.max_match_cost, ident = max_match_cost
+        self.quota = IdentityQuota(max_clients_per_uid, max_subscriptions_per_identity, ident)
         self._unix: set[int] = set()  # id() of the ipc sockets: peers have credentials
         self.endpoints = endpoints
         self.max_frame_bytes = max_frame_bytes
@@ -100,6 +106,8 @@ class BusServer(AccessOps, CoreOps):
         self._ack_dirty: set[Session] = set()
         self._ctl_held: set[Session] = set()  # sessions with control replies held back
         self._scheduled = False
+        self._inboxes: dict[Session, None] = {}  # sessions with frames put off, in order
+        self._slice_end = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
         self._flush_left = FLUSH_BUDGET
@@ -200,6 +208,13 @@ class BusServer(AccessOps, CoreOps):
 
     def _pump(self) -> None:
         self._scheduled = False
+        start = time.perf_counter()
+        # put-off work first (one slice), then what is new (another): every round reads
+        # each socket, so a cheap ping behind an expensive client waits one slice or two
+        self._slice_end = start + PUMP_SLICE_S
+        if self._inboxes:
+            self._drain_inboxes(self._slice_end)
+        self._slice_end = time.perf_counter() + PUMP_SLICE_S
         for sock in self._socks:
             budget = PUMP_BYTES
             for _ in range(BATCH):
@@ -209,13 +224,34 @@ class BusServer(AccessOps, CoreOps):
                     break
                 self._handle(sock, frames, first)
                 budget -= len(frames[-1])
-                if budget <= 0:
+                if budget <= 0 or time.perf_counter() > self._slice_end:
                     break
         self._flush()
+        if self._inboxes:
+            self._schedule()
+            return
         for sock in self._socks:
             if readable(sock):
                 self._schedule()
                 break
+
+    def _drain_inboxes(self, until: float) -> None:
+        for session in list(self._inboxes):
+            del self._inboxes[session]
+            while session.alive and session.inbox:
+                self._dispatch(session, session.take_inbox())  # one at least per turn
+                if time.perf_counter() > until:
+                    break
+            if session.alive and session.inbox:
+                self._inboxes[session] = None  # its turn is over: to the back of the line
+                return
+            session.inbox.clear()
+
+    def _put_off(self, session: Session, frames: list[bytes], *, first: bool = False) -> bool:
+        if session.put_off(frames, first=first):
+            self._inboxes[session] = None
+            return True
+        return False
 
     def _handle(self, sock: zmq.Socket[bytes], frames: list[bytes], first: Any = None) -> None:
         ident = frames[0]
@@ -248,6 +284,17 @@ class BusServer(AccessOps, CoreOps):
             if len(data) > self.max_frame_bytes:
                 self._too_large(session, data)
                 return
+        except ProtocolError as exc:
+            self._reject(session, exc)
+            return
+        if session.inbox and not self._put_off(session, [data]):
+            while session.inbox:  # full: what it sent before runs first (order is kept)
+                self._dispatch(session, session.take_inbox())
+        if not session.inbox:
+            self._dispatch(session, data)
+
+    def _dispatch(self, session: Session, data: bytes) -> None:
+        try:
             kind = data[0] if data else -1
             if kind == wire.EVENT:
                 try:
@@ -263,51 +310,12 @@ class BusServer(AccessOps, CoreOps):
         except ProtocolError as exc:
             self._reject(session, exc)
 
-    def _new_session(self, sock: zmq.Socket[bytes], ident: bytes, first: Any) -> Session | None:
-        if not ident or ident[0] != 0:
-            # libzmq's own ids start with a zero byte and a client cannot choose one that
-            # does: so a client-chosen id (which another client could squat) is refused.
-            self.refuse("client_chosen_id")
-            self.broker.count_rejected("client-chosen routing id")
-            self._send(
-                sock,
-                ident,
-                {
-                    "rid": None,
-                    "ok": False,
-                    "code": "protocol",
-                    "error": "client-chosen routing ids are not accepted: leave ZMQ_IDENTITY unset",
-                },
-            )
-            return None
-        if len(self.sessions) >= self.conns.max_clients:
-            self.refuse("clients")
-            self._send(
-                sock,
-                ident,
-                {
-                    "rid": None,
-                    "ok": False,
-                    "code": "quota",
-                    "error": f"too many clients ({len(self.sessions)})",
-                },
-            )
-            return None
-        curve = self.curve.names if self.curve is not None else None
-        identity = identify(first, id(sock) in self._unix, curve)
-        too_many = self.quota.session_refused(identity)
-        if too_many:
-            self.refuse("clients_per_identity")
-            self._send(sock, ident, {"rid": None, "ok": False, "code": "quota", "error": too_many})
-            return None
-        number = next(self._numbers)
-        session = Session(self, sock, ident, number, self.acl.caller(identity))
-        session.peer = peer_of(first)
-        self.sessions[ident] = session
-        return session
-
     def _on_batch(self, session: Session, data: bytes) -> None:
-        for item in wire.unpack_batch(data):
+        items = wire.unpack_batch(data)
+        for i, item in enumerate(items):
+            late = i and time.perf_counter() > self._slice_end  # the rest: a later round
+            if late and self._put_off(session, items[i:], first=True):
+                return
             if not item or item[0] != wire.EVENT:
                 self._reject(
                     session, ProtocolError("unknown frame kind", "a batch holds only events")
@@ -420,7 +428,7 @@ class BusServer(AccessOps, CoreOps):
     def _drop_sub(self, session: Session, sub: Subscriber) -> None:
         self.broker.unsubscribe(sub)
         if self._sub_session.pop(sub.sid, None) is not None:
-            self.quota.sub_dropped(session.caller.identity)
+            self.release_quota(session, sub)
         self._dirty.discard(sub)
         for d in (session.sent, session.acked, session.windows):
             d.pop(sub.sid, None)
@@ -458,13 +466,6 @@ class BusServer(AccessOps, CoreOps):
                 self._ctl_held.add(session)
                 moved = len(session.ctl_backlog) < before
                 self._arm_retry(time.monotonic() + (RETRY_MIN_S if moved else RETRY_MAX_S))
-
-    @staticmethod
-    def _send(sock: zmq.Socket[bytes], ident: bytes, msg: dict[str, Any]) -> None:
-        try:
-            send_frames(sock, [ident, wire.pack_control(msg)])
-        except zmq.ZMQError as exc:
-            log.debug("reply to %s lost: %s", ident.hex(), exc)
 
     def _flush(self) -> None:
         if self._ctl_held:

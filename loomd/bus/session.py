@@ -16,11 +16,12 @@ from loomd.bus.acl import Caller
 from loomd.bus.subscriber import Budget, Subscriber
 from loomd.bus.zmqio import send_frames
 
-__all__ = ["CTL_BACKLOG_MAX", "Session", "SessionOwner"]
+__all__ = ["CTL_BACKLOG_MAX", "INBOX_MAX_BYTES", "Session", "SessionOwner"]
 
 # Control replies and acks held, in order, for a client whose pipe is full (it still gets
 # every one once it reads); a client this far behind reads nothing and is dropped.
 CTL_BACKLOG_MAX = 1024
+INBOX_MAX_BYTES = 4 << 20  # frames put off per client; past it they run at once
 
 
 class SessionOwner(Protocol):
@@ -61,6 +62,7 @@ class Session:
         self.name = ""
         self.last_seen = time.monotonic()
         self.subs: dict[int, Subscriber] = {}  # client sid -> subscription
+        self.match_cost = 0  # what its patterns add to matching every publish
         self.sent: dict[int, int] = {}  # daemon sid -> deliveries sent (reliable)
         self.acked: dict[int, int] = {}  # daemon sid -> deliveries acked (reliable)
         self.windows: dict[int, int] = {}
@@ -70,6 +72,27 @@ class Session:
         self.alive = True
         self.greeted = False  # said hello to *this* daemon: its reliable acks count from there
         self.ctl_backlog: deque[dict[str, Any]] = deque()  # replies its full pipe refused
+        self.inbox: deque[bytes] = deque()  # frames put off to a later pump round, in order
+        self.inbox_bytes = 0
+
+    # -- frames put off to a later pump round (the server's work slice was spent) ----------------
+    def put_off(self, frames: list[bytes], *, first: bool = False) -> bool:
+        """Keep `frames`, in order (at the head if `first`: the rest of a batch being run);
+        False if that would hold more than INBOX_MAX_BYTES (memory stays bounded)."""
+        size = sum(len(f) for f in frames)
+        if self.inbox_bytes + size > INBOX_MAX_BYTES:
+            return False
+        if first:
+            self.inbox.extendleft(reversed(frames))
+        else:
+            self.inbox.extend(frames)
+        self.inbox_bytes += size
+        return True
+
+    def take_inbox(self) -> bytes:
+        data = self.inbox.popleft()
+        self.inbox_bytes -= len(data)
+        return data
 
     # -- control replies ------------------------------------------------------------------------
     def send_control(self, msg: dict[str, Any]) -> str:

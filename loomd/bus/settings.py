@@ -88,6 +88,9 @@ class BusSettings(Section):
     max_clients: int = option(1000, min=1, max=1000000)
     max_clients_per_uid: int = option(256, min=1, max=1000000)
     max_subscriptions_per_identity: int = option(1024, min=1, max=1000000, reload=True)
+    # matching work a client's patterns may add to every publish (topics.match_cost)
+    max_match_cost: int = option(16384, min=64, max=100000000, reload=True)
+    max_match_cost_per_identity: int = option(65536, min=64, max=100000000, reload=True)
     durable: tuple[str, ...] = option(
         factory=lambda: ("control.#", "action.#"),
         check=check_patterns,

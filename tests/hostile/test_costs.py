@@ -1,0 +1,54 @@
+"""Hostile gaps of issue 19 that cost others work or room: matching cost, state total,
+a stalled reliable subscriber. Each against a real daemon, with the witness checking."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench.hostile_cost import _subscribe_raw, literal_patterns, wildcard_patterns
+from loomd.bus.topics import match_cost
+from loomd.sdk import connect
+from tests.conftest import LoomdProcess
+from tests.hostile.conftest import arun, witness
+
+pytestmark = pytest.mark.hostile
+
+
+def test_matching_cost_is_bounded_per_publish(daemon: LoomdProcess) -> None:
+    """Four clients of 256 patterns of 24-31 wildcards with four `#` each (the reported
+    attack took 3.6 s of everyone's time per client for 50 events), plus one client of
+    literal-laden patterns, which its matching budget cuts short; then 50 events on
+    32-segment topics. All are delivered, and the witness is answered within 100 ms."""
+
+    async def main() -> None:
+        rng = random.Random(19)
+        async with witness(daemon) as w:
+            socks = []
+            for _ in range(4):
+                s, ok = await _subscribe_raw(daemon.endpoint, wildcard_patterns(rng, 256))
+                socks.append(s)
+                assert ok == 256  # collapsed to a few cheap paths: all held
+            costly = literal_patterns(rng, 256)
+            s, ok = await _subscribe_raw(daemon.endpoint, costly)
+            socks.append(s)
+            held = fits = 0
+            for p in costly:  # what bus.max_match_cost (16384) lets one client hold
+                if held + match_cost(p) <= 16384:
+                    held += match_cost(p)
+                    fits += 1
+            assert ok == fits < 256  # the rest refused with `quota`
+            async with connect(daemon.endpoint) as bus:
+                probe = await bus.subscribe("#.x.#", "realtime").ready()
+                for i in range(50):
+                    await bus.publish(".".join(["x"] * 31 + [str(i)]), i, qos="realtime")
+                got = [(await probe.get(10)).payload for _ in range(50)]
+                assert got == list(range(50))
+                st = (await bus.status())["status"]["components"]["bus"]["status"]
+            assert st["refused"]["match_cost"] == 256 - ok
+            await w.check()
+            for s in socks:
+                s.close()
+
+    arun(main)
