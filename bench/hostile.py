@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.hostile_acl import acl_daemon, acl_denied  # noqa: E402
-from bench.hostile_cost import matching_cost, state_total  # noqa: E402
+from bench.hostile_cost import matching_cost, state_daemon, state_total  # noqa: E402
 from loomd.bus import cbor, wire  # noqa: E402
 from loomd.bus.envelope import Event  # noqa: E402
 from loomd.sdk import connect  # noqa: E402
@@ -462,7 +462,7 @@ ATTACKS: list[tuple[str, Callable[[LoomdProcess, bool], Awaitable[str]], str]] =
     ("token_bruteforce", token_bruteforce, "http"),
     ("acl_denied", acl_denied, "acl"),
     ("matching_cost", matching_cost, ""),
-    ("state_total", state_total, ""),
+    ("state_total", state_total, "state"),
 ]
 
 
@@ -487,7 +487,7 @@ def run_attack(
     name: str, fn: Callable[[LoomdProcess, bool], Awaitable[str]], quick: bool, kind: str = ""
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="lh-", dir="/tmp"))
-    daemons = {"http": _http_daemon, "acl": acl_daemon}
+    daemons = {"http": _http_daemon, "acl": acl_daemon, "state": state_daemon}
     d = daemons[kind](root) if kind else LoomdProcess(root)
     real_popen = subprocess.Popen
     if name.startswith("fd_flood"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -93,19 +94,37 @@ async def matching_cost(d: Any, q: bool) -> str:
     )
 
 
+# A store whose key-value quotas alone would not keep the journal's room (kv_max_mb over
+# the map's limit, as "namespaces unlimited" was): only the reserve does.
+STATE_TOML = "[state]\nmax_map_size_mb = 96\njournal_max_mb = 16\nkv_max_mb = 1024\n"
+
+
+def state_daemon(root: Path) -> Any:
+    from tests.conftest import LoomdProcess
+
+    return LoomdProcess(root, STATE_TOML)
+
+
 async def state_total(d: Any, q: bool) -> str:
-    """One client writes 512 KiB values into namespace after namespace until refused."""
-    refused = stored = 0
+    """One client writes 512 KiB values into namespace after namespace until refused, then
+    smaller ones (what is left between large values); durable publishes must still be
+    acknowledged after it."""
+    refused = stored = failed = 0
     why = ""
-    blob = "x" * (512 * 1024)
     async with connect(d.endpoint) as bus:
-        for ns in range(12 if q else 40):
-            for i in range(20):
-                try:
-                    await bus.call("state.put", args=[f"k{i}", blob], ns=f"fill{ns}")
-                    stored += 1
-                except RemoteError as exc:
-                    refused += exc.code == "quota"
-                    why = why or str(exc)
-        await bus.publish("action.after.fill", 1)  # durable, must still be acked
-    return f"{stored} puts stored, {refused} refused (quota: {why[:90]})"
+        for size, namespaces in ((512 * 1024, 12 if q else 40), (16 * 1024, 4), (1024, 4)):
+            blob = "x" * size
+            for ns in range(namespaces):
+                for i in range(20):
+                    try:
+                        await bus.call("state.put", args=[f"k{i}", blob], ns=f"f{size}.{ns}")
+                        stored += 1
+                    except RemoteError as exc:
+                        refused += 1
+                        why = why or f"{exc.code}: {exc}"
+        for i in range(50):
+            try:
+                await bus.publish("action.after.fill", i)
+            except RemoteError:
+                failed += 1
+    return f"{stored} puts stored, {refused} refused ({why[:70]}); {failed}/50 durable ones failed"

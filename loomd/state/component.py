@@ -63,6 +63,7 @@ class StateComponent(Component[StateSettings]):
             journal_max_age_s=float(s.journal_max_age_s),
             namespace_max_mb=s.namespace_max_mb,
             kv_max_mb=s.kv_max_mb,
+            identity_max_mb=s.identity_max_mb,
         )
         await store.__aenter__()
         self.store = store
@@ -79,6 +80,7 @@ class StateComponent(Component[StateSettings]):
         if self.store is not None:
             self.store.quota.namespace_limit = new.namespace_max_mb * 1024 * 1024
             self.store.quota.total_limit = new.kv_max_mb * 1024 * 1024
+            self.store.quota.identity_limit = new.identity_max_mb * 1024 * 1024
         return []
 
     def pending(self) -> int:
@@ -101,6 +103,7 @@ class StateComponent(Component[StateSettings]):
             quotas={
                 "namespace_max_bytes": self.store.quota.namespace_limit,
                 "kv_max_bytes": self.store.quota.total_limit,
+                "identity_max_bytes": self.store.quota.identity_limit,
             },
             quota_refused=st["quota_refused"],
         )
@@ -156,11 +159,20 @@ class StateComponent(Component[StateSettings]):
         return {"found": False} if value is _MISSING else {"found": True, "value": value}
 
     async def _put(self, key: Any, value: Any = None, ns: Any = "user") -> dict[str, Any]:
-        await self._kv(ns).put(self._check_key(key), value)
+        await self._kv(ns).put(self._check_key(key), value, who=_quota_holder())
         return {}
 
     async def _del(self, key: Any, ns: Any = "user") -> dict[str, Any]:
-        return {"deleted": await self._kv(ns).delete(self._check_key(key))}
+        return {"deleted": await self._kv(ns).delete(self._check_key(key), who=_quota_holder())}
 
     async def _ls(self, prefix: Any = "", ns: Any = "user") -> dict[str, Any]:
         return {"keys": self._kv(ns).keys(str(prefix or ""))}
+
+
+def _quota_holder() -> str | None:
+    """Whose state quota a client's write counts against: its identity (None for the
+    daemon's own parts, root and the daemon's user, which are not limited)."""
+    caller = current_caller()
+    if caller is None or caller.identity.superuser:
+        return None
+    return caller.identity.label

@@ -21,3 +21,4 @@ class StateSettings(Section):
     journal_max_age_s: int = option(86400, min=1, max=31536000)
     namespace_max_mb: int = option(16, min=1, max=1048576, reload=True)
     kv_max_mb: int = option(256, min=1, max=1048576, reload=True)
+    identity_max_mb: int = option(64, min=1, max=1048576, reload=True)

@@ -34,6 +34,8 @@ class State:
         journal_max_age_s: float = 86400.0,
         namespace_max_mb: int = 16,
         kv_max_mb: int = 256,
+        identity_max_mb: int = 64,
+        journal_reserve_mb: float | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if map_size_mb < 1:
@@ -58,7 +60,23 @@ class State:
         self._writer: Writer | None = None
         self._journal: Journal | None = None
         self._kvs: dict[str, KV] = {}
-        self.quota = Quota(namespace_max_mb * MIB, kv_max_mb * MIB)
+        # the journal's room, which state may not take: what its retention lets it hold,
+        # but never more than a quarter of the map
+        reserve = journal_reserve_mb if journal_reserve_mb is not None else journal_max_mb
+        self._reserve = int(min(reserve * MIB, self._max_map_size // 4))
+        self.quota = Quota(
+            namespace_max_mb * MIB,
+            kv_max_mb * MIB,
+            identity_max_mb * MIB,
+            self._state_room if self._reserve else None,  # 0: the map may fill (tests)
+        )
+
+    def _state_room(self) -> int:
+        """Bytes a state write may still take: the map's limit less the pages in use and
+        the journal's reserve (pages in use is a high-water mark: conservative)."""
+        if self._env is None:
+            return 1 << 62
+        return self._max_map_size - self._env.sizes()[1] - self._reserve
 
     def _open(self) -> tuple[Env, Ledger]:
         env = Env(self.path, self._map_size, self._max_map_size)

@@ -3,6 +3,7 @@ hold no more subscriptions than one identity may, and no more sessions than its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from loomd.sdk import connect
 from tests.bus.test_acl_identities import _as_nobody
 from tests.conftest import LoomdProcess
 
@@ -67,5 +69,61 @@ def test_many_clients_of_one_identity_share_its_quotas(short_tmp: Path) -> None:
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["sessions"] == 3 and out["refused_session"] == 1, out
         assert out["subs"] == 100 and out["refused_subs"] == 3 * 60 - 100, out
+    finally:
+        d.close()
+
+
+FILLER = """
+import asyncio, json, sys
+from loomd.errors import RemoteError
+from loomd.sdk import connect
+from tests.bus.test_acl_identities import drop_to_nobody
+
+drop_to_nobody()
+
+async def main():
+    out = {"stored": 0, "refused": 0, "why": ""}
+    blob = "x" * (256 * 1024)
+    for c in range(3):  # three clients, namespace after namespace
+        async with connect(sys.argv[1], name=f"fill{c}", timeout=5) as bus:
+            for ns in range(4):
+                try:
+                    await bus.call("state.put", args=["k", blob], ns=f"fill.{c}.{ns}")
+                    out["stored"] += 1
+                except RemoteError as exc:
+                    out["refused"] += exc.code == "quota"
+                    out["why"] = str(exc)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_state_total_is_counted_per_identity(short_tmp: Path) -> None:
+    """Namespace quotas alone let one identity fill namespace after namespace: its writes
+    across all of them are held to state.identity_max_mb; root is not limited."""
+    os.chmod(short_tmp, 0o755)
+    d = LoomdProcess(
+        short_tmp,
+        '[bus]\nsocket_mode = "0666"\n[state]\nidentity_max_mb = 2\n[home]\nenabled = false\n',
+    )
+    d.start()
+    try:
+        os.chmod(short_tmp / "run", 0o755)
+        script = short_tmp / "filler.py"
+        script.write_text(FILLER)
+        r = _as_nobody(sys.executable, str(script), d.endpoint)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        # 2 MiB holds seven 256 KiB values with their keys, not eight
+        assert out["stored"] == 7 and out["refused"] == 12 - 7, out
+        assert "state.identity_max_mb" in out["why"] and "65534" in out["why"], out
+
+        async def as_root() -> None:  # superusers are not limited: 3 MiB more
+            async with connect(d.endpoint) as bus:
+                for i in range(4):
+                    await bus.call("state.put", args=[f"k{i}", "y" * (768 << 10)], ns="root.big")
+
+        asyncio.run(as_root())
     finally:
         d.close()

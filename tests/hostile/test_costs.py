@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from bench.hostile_cost import _subscribe_raw, literal_patterns, wildcard_patterns
+from bench.hostile_cost import STATE_TOML, _subscribe_raw, literal_patterns, wildcard_patterns
 from loomd.bus.topics import match_cost
+from loomd.errors import RemoteError
 from loomd.sdk import connect
 from tests.conftest import LoomdProcess
 from tests.hostile.conftest import arun, witness
@@ -50,5 +51,35 @@ def test_matching_cost_is_bounded_per_publish(daemon: LoomdProcess) -> None:
             await w.check()
             for s in socks:
                 s.close()
+
+    arun(main)
+
+
+def test_state_fill_leaves_the_journal_its_room(daemon: LoomdProcess) -> None:
+    """Quotas that would let the key-value data have the whole map (kv_max_mb over the
+    map's limit, as unlimited namespaces did): filling namespace after namespace, first
+    with large values, then with the small ones that fit between, is refused with `quota`
+    before the journal is starved; durable publishes go on being acknowledged."""
+    daemon.write_config(STATE_TOML)
+    daemon.restart()
+
+    async def main() -> None:
+        async with witness(daemon) as w:
+            refused: list[str] = []
+            for size, namespaces in ((512 << 10, 12), (16 << 10, 4), (1 << 10, 2)):
+                for ns in range(namespaces):
+                    for i in range(20):
+                        try:
+                            await w.bus.call(
+                                "state.put", args=[f"k{i}", "x" * size], ns=f"f{size}.{ns}"
+                            )
+                        except RemoteError as exc:
+                            assert exc.code == "quota", exc
+                            refused.append(str(exc))
+            assert refused and "kept for the durable journal" in refused[-1]
+            await w.publish(50)
+            st = await w.check()
+            assert st["state"]["quota_refused"] == len(refused)
+            assert st["drops"].get("journal", 0) == 0
 
     arun(main)
