@@ -77,6 +77,7 @@ class Broker:
         self._replaying: set[Subscriber] = set()
         self._error_budget = _RateLimit(20, 1.0, clock)
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._pressured: set[Subscriber] = set()  # reliable queues over their limit
         self.shed_counts: dict[str, int] = {"detached": 0, "evicted": 0}
 
     def reconfigure(self, limits: BusSettings) -> None:
@@ -139,6 +140,7 @@ class Broker:
         self._trie.remove(sub.pattern, sub)
         self._subs.pop(sub.sid, None)
         self._replaying.discard(sub)
+        self._pressured.discard(sub)
         self.release_credits()
 
     # -- slow consumers -----------------------------------------------------------------------
@@ -190,28 +192,37 @@ class Broker:
 
     def _watch_stalls(self) -> None:
         if self._stall_timer is None:
+            # a quarter of max_hold_ms: a stale holder lets go within 1.25 x of it
             self._stall_timer = self.loop.call_later(
-                self.limits.slow_consumer_ms / 2000, self._check_stalls
+                min(self.limits.max_hold_ms, self.limits.slow_consumer_ms) / 4000,
+                self._check_stalls,
             )
 
+    def holds_back(self, sub: Subscriber, now: float) -> bool:
+        """Does `sub` hold publishers' acks now? Only while its reliable queue is over its
+        limit *and* its consumer made progress (acked, or took in process) within
+        max_hold_ms: a stalled subscriber costs the others at most that long."""
+        return (
+            sub.reliable is not None
+            and sub.reliable.pressured
+            and not sub.closed
+            and not sub.catching_up
+            and now - sub.progress_at < self.limits.max_hold_ms / 1000
+        )
+
     def _check_stalls(self) -> None:
-        """Parked acks wait on pressured subscribers; one that consumed nothing for
-        slow_consumer_ms is shed (heartbeats alone do not keep it)."""
+        """Parked acks wait on pressured subscribers; one that acknowledged nothing for
+        max_hold_ms no longer holds them, and one silent for slow_consumer_ms is shed."""
         self._stall_timer = None
         cutoff = self.clock() - self.limits.slow_consumer_ms / 1000
-        stalled = {
-            s
-            for subs, _ in self._parked
-            for s in subs
-            if not s.closed
-            and s.reliable is not None
-            and s.reliable.pressured
-            and s.progress_at < cutoff
-        }
-        for s in stalled:
-            self.shed(s, "slow_consumer")
+        for s in list(self._pressured):
+            if s.closed or s.reliable is None or not s.reliable.pressured:
+                self._pressured.discard(s)
+            elif s.progress_at < cutoff:
+                self._pressured.discard(s)
+                self.shed(s, "slow_consumer")
         self.release_credits()
-        if self._parked:
+        if self._parked or self._pressured:
             self._watch_stalls()
 
     def subscriptions(self) -> Iterable[Subscriber]:
@@ -306,7 +317,10 @@ class Broker:
                 if sub.overflowing():
                     self.shed(sub, "over_budget")
                     continue
-                if sub.catching_up or not sub.holds:
+                if sub not in self._pressured:
+                    self._pressured.add(sub)  # watched: shed if it stays silent
+                    self._watch_stalls()
+                if not sub.holds or not self.holds_back(sub, self.clock()):
                     continue  # its backlog is its own: only the hard bounds apply
                 if blocked is None:
                     blocked = []
@@ -324,14 +338,9 @@ class Broker:
             return
         still: list[tuple[list[Subscriber], AckCallback]] = []
         ready: list[AckCallback] = []
+        now = self.clock()
         for subs, cb in self._parked:
-            if any(
-                s.reliable is not None
-                and s.reliable.pressured
-                and not s.closed
-                and not s.catching_up
-                for s in subs
-            ):
+            if any(self.holds_back(s, now) for s in subs):
                 still.append((subs, cb))
             else:
                 ready.append(cb)

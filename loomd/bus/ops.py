@@ -159,6 +159,8 @@ class CoreOps:
         sub = session.subs.get(msg.get("sid"))  # type: ignore[arg-type]
         n = msg.get("n")
         if sub is not None and type(n) is int and 0 <= n <= session.sent.get(sub.sid, 0):
+            if n > session.acked.get(sub.sid, 0):
+                sub.progress_at = self.broker.clock()  # progress is what the consumer acks
             session.acked[sub.sid] = max(session.acked.get(sub.sid, 0), n)
             self.mark_dirty(sub)
         return {}

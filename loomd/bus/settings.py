@@ -83,6 +83,7 @@ class BusSettings(Section):
     default_ttl: int = option(16, min=1, max=255, reload=True)
     client_timeout_s: float = option(15.0, min=1.0, max=3600.0, reload=True)
     slow_consumer_ms: int = option(500, min=10, max=600000, reload=True)
+    max_hold_ms: int = option(50, min=10, max=600000, reload=True)
     client_pending_mb: int = option(16, min=1, max=65536, reload=True)
     max_subscriptions: int = option(256, min=1, max=1000000, reload=True)
     max_clients: int = option(1000, min=1, max=1000000)

@@ -91,7 +91,9 @@ class Subscriber:
         lim = broker.limits
         self.budget = budget or Budget(lim.pending_bytes)
         self.bytes = 0  # queued here (also counted in the shared budget)
-        self.progress_at = broker.clock()  # last time the consumer took something
+        # when its consumer last showed progress: an ack from a socket client, a take in
+        # process (a socket client's takes only fill its credit window)
+        self.progress_at = broker.clock()
         self.max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
         # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
         # Not for a client that was just evicted: it gets the hard bounds only.
@@ -226,7 +228,7 @@ class Subscriber:
         else:
             out = [self._ready.popleft() for _ in range(min(n, len(self._ready)))]
         if out:
-            if self.reliable is not None:  # only a reliable one can hold publishers back
+            if self.reliable is not None and self.sink is None:  # in process: it consumed
                 self.progress_at = self.broker.clock()
             n = 0
             for item in out:

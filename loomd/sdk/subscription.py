@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["Subscription"]
 
 log = logging.getLogger(__name__)
+
+
+ACK_EVERY_S = 0.02  # a consuming subscription acks at least this often
 
 
 class Subscription:
@@ -45,6 +49,7 @@ class Subscription:
         self.received = 0
         self.consumed = 0
         self.acked = 0
+        self._acked_at = 0.0
         self.dropped = 0
         self.closed = False
         self._queue: deque[tuple[int, int, Event]] = deque()
@@ -124,9 +129,17 @@ class Subscription:
             self.consumed += 1
             # Ack every quarter window: the daemon keeps sending while less than a full
             # window is unacknowledged, so this never stalls, and costs 1 message per W/4.
-            if self.qos is QoS.RELIABLE and self.consumed - self.acked >= max(1, self.window // 4):
-                self.acked = self.consumed
-                self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
+            # And at least every ACK_EVERY_S while consuming: the daemon counts acks as
+            # progress (a reliable subscriber that acks nothing for bus.max_hold_ms no
+            # longer paces publishers).
+            if self.qos is QoS.RELIABLE:
+                now = time.monotonic()
+                if self.consumed - self.acked >= max(1, self.window // 4) or (
+                    now - self._acked_at > ACK_EVERY_S
+                ):
+                    self.acked = self.consumed
+                    self._acked_at = now
+                    self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
         return ev
 
     async def get(self, timeout: float | None = None) -> Event:

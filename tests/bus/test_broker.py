@@ -4,6 +4,7 @@ unsubscribe, error events, and durable replay against a real State journal."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -341,7 +342,7 @@ def test_batched_over_budget_in_one_interval_is_sampled() -> None:
 
 def test_reliable_stalled_subscriber_blocks_publish_wait_until_consumed() -> None:
     async def main() -> None:
-        b = Broker(BusSettings(reliable_queue=4))
+        b = Broker(BusSettings(reliable_queue=4, max_hold_ms=5000))  # held the whole test
         sub = b.subscribe("ctl.#", "reliable")
         for i in range(3):
             async with asyncio.timeout(1):
@@ -360,6 +361,31 @@ def test_reliable_stalled_subscriber_blocks_publish_wait_until_consumed() -> Non
         assert payloads(await collect(sub, 3)) == [1, 2, 3]
         assert b.drops == {}
         assert sub.stats.dropped == {}
+
+    run(main)
+
+
+def test_a_stalled_reliable_subscriber_holds_publishers_at_most_max_hold_ms() -> None:
+    """Its queue is full and it consumes nothing: the publisher's ack waits for it only
+    max_hold_ms; the subscriber keeps everything (its backlog is its own)."""
+
+    async def main() -> None:
+        b = Broker(BusSettings(reliable_queue=4, max_hold_ms=100))
+        sub = b.subscribe("ctl.#", "reliable")
+        t0 = time.monotonic()  # it subscribed now: as good as progress
+        for i in range(3):
+            await b.publish_wait(Event.create("ctl.cmd", i))
+        task = asyncio.create_task(b.publish_wait(Event.create("ctl.cmd", 3)))
+        done, _ = await asyncio.wait({task}, timeout=0.03)
+        assert not done  # held while the subscriber may still be consuming
+        async with asyncio.timeout(1):
+            await task
+        assert 0.03 <= time.monotonic() - t0 < 0.3
+        async with asyncio.timeout(0.05):  # no longer held at all
+            await b.publish_wait(Event.create("ctl.cmd", 4))
+            await b.publish_wait(Event.create("ctl.cmd", 5))
+        assert payloads(await collect(sub, 6)) == [0, 1, 2, 3, 4, 5]
+        assert b.drops == {}
 
     run(main)
 

@@ -222,12 +222,14 @@ def test_realtime_flood_into_stalled_subscriber_is_bounded_and_counted(
 
 
 def test_reliable_flood_slows_the_publisher_and_drops_nothing(daemon: LoomdProcess) -> None:
-    # slow_consumer_ms: a consumer that takes nothing for that long is shed (tests/hostile);
-    # here it starts reading after 2 s, so it is only slow, and the publisher is held back.
+    # slow_consumer_ms: a consumer that takes nothing for that long is shed (tests/hostile),
+    # and after max_hold_ms without an ack it no longer holds publishers back; here both
+    # are long and it starts reading after 2 s, so it is only slow: the publisher is held.
     # The bound is generous: on a starved machine (CI, 2 shared cores) pacing 2000 events
     # can take many seconds, and shedding is not what this test is about.
     daemon.write_config(
         "[bus]\nreliable_queue = 500\ncredit_window = 100\nslow_consumer_ms = 120000\n"
+        "max_hold_ms = 120000\n"
     )
     daemon.restart()
 
