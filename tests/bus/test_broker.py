@@ -491,7 +491,7 @@ def test_unsubscribe_stops_delivery_and_ends_iteration() -> None:
 
 def test_unsubscribe_releases_parked_acks() -> None:
     async def main() -> None:
-        b = Broker(BusSettings(reliable_queue=1))
+        b = Broker(BusSettings(reliable_queue=1, max_hold_ms=5000))
         sub = b.subscribe("u.#", "reliable")
         task = asyncio.create_task(b.publish_wait(Event.create("u.a", 1)))
         done, _ = await asyncio.wait({task}, timeout=0.1)
