@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.run_all(tuple(w for w in args.only.split(",") if w))
         summary = summarize(bench, machine, args.quick)
         if not args.only or "acl" in args.only:
-            summary.update(acl_overhead(bench, 2 if args.quick else 4))
+            summary.update(acl_overhead(bench, 3 if args.quick else 5))
         summary["cpu_during_run"] = witness.report()
         summary["bench_wall_s"] = round(time.perf_counter() - started, 1)
         if not args.json_only:

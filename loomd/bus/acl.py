@@ -198,6 +198,7 @@ class Grants:
         implicit: bool = True,
     ) -> None:
         self.everything = everything
+        self.verdicts: dict[str, bool] = {}  # publish topic -> may it (a cache)
         self._pub = _Topics([*publish, *(IMPLICIT_PUBLISH if implicit else ())])
         self._sub = _Topics(subscribe)
         self.call = tuple(dict.fromkeys(call))
@@ -206,7 +207,13 @@ class Grants:
         self.control = tuple(dict.fromkeys(control))
 
     def may_publish(self, topic: str) -> bool:
-        return self.everything or self._pub.publish(topic)
+        """The verdict, remembered per topic in `verdicts` (the server's hot path reads
+        that dict first: one lookup per publish)."""
+        ok = self.everything or self._pub.publish(topic)
+        if len(self.verdicts) >= CACHE:
+            self.verdicts.clear()
+        self.verdicts[topic] = ok
+        return ok
 
     def may_subscribe(self, pattern: str) -> bool:
         # its own reply topic (the id is random and only the requester knows it)

@@ -337,7 +337,7 @@ class BusServer(AccessOps, CoreOps):
             raise ProtocolError("invalid topic", "not UTF-8") from exc
         validate_topic(topic)
         grants = session.caller.grants
-        if not grants.everything and not grants.may_publish(topic):
+        if not grants.everything and not (grants.verdicts.get(topic) or grants.may_publish(topic)):
             self.forbid_event(session, topic, header)
             return
         hdr = check_header(header)
