@@ -479,9 +479,10 @@ class BusServer(AccessOps, CoreOps):
         dirty, self._dirty = self._dirty, set()
         now = time.monotonic()
         wake_at = None
-        self._flush_left = FLUSH_BUDGET
+        self._flush_left, end = FLUSH_BUDGET, time.perf_counter() + PUMP_SLICE_S
         for sub in dirty:
-            if self._flush_left <= 0:  # the rest next round, after the sockets are read
+            if self._flush_left <= 0 or time.perf_counter() > end:  # the rest next round,
+                self._flush_left = 0  # after the sockets are read (deliveries, or time)
                 self._dirty.add(sub)
                 continue
             owner = self._sub_session.get(sub.sid)
