@@ -69,6 +69,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def max_age_row(bench: Bench) -> dict[str, object]:
+    """Issue 21: realtime event age under overload, p99, against the subscription's
+    max_age_ms (100), with what was dropped for it (daemon `too_old`, SDK `too_old_local`)."""
+    sc = bench.scenarios.get("loomd_realtime_maxage_eps")
+    if sc is None or not sc.runs:
+        return {}
+    ages = [r.sub["age_ms"]["p99"] for r in sc.runs if "age_ms" in r.sub]
+    return {
+        "realtime_maxage_ms": 100,
+        "realtime_maxage_age_p99_ms": round(max(ages), 1) if ages else None,
+        "realtime_maxage_too_old": [
+            {
+                "daemon": r.sub.get("dropped_daemon", {}).get("too_old", 0),
+                "sdk": r.sub.get("too_old_local", 0),
+            }
+            for r in sc.runs
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan.pick(args.quick)
@@ -87,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, kids, tmp)
         bench.run_all(tuple(w for w in args.only.split(",") if w))
         summary = summarize(bench, machine, args.quick)
+        summary.update(max_age_row(bench))
         if not args.only or "acl" in args.only:
             summary.update(acl_overhead(bench, 3 if args.quick else 5))
         summary["cpu_during_run"] = witness.report()

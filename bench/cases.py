@@ -139,6 +139,7 @@ class Case:
     kind: str  # raw | mosquitto | loomd | inproc
     size: int = 64
     qos: str = "realtime"  # loomd: realtime | reliable; mosquitto: "0" | "1"
+    max_age_ms: int | None = None  # loomd realtime: the subscription's max_age_ms
 
     @property
     def latency(self) -> bool:
@@ -161,6 +162,7 @@ class Case:
             latency=self.latency,
             deadline_s=plan.duration_s + 60,
             warmup_s=plan.warmup_s,
+            max_age_ms=self.max_age_ms,
             **kw,
         )
 
@@ -174,6 +176,9 @@ CASES: tuple[Case, ...] = (
     Case("mosquitto_qos1_eps", "mosquitto + paho QoS 1, 64 B", "mosquitto", qos="1"),
     Case("loomd_realtime_64b_eps", "loomd realtime, 64 B", "loomd"),
     Case("loomd_realtime_1k_eps", "loomd realtime, 1 KiB", "loomd", size=1024),
+    # the overload row of issue 21: how old events reach a subscriber that said how old
+    # it takes them (the daemon drops older ones at hand-off, the SDK at delivery)
+    Case("loomd_realtime_maxage_eps", "loomd realtime, 64 B, max_age 100", "loomd", max_age_ms=100),
     Case("loomd_reliable_eps", "loomd reliable durable, 64 B (acked/s)", "loomd", qos="reliable"),
     Case("inproc_eps", "loomd in-process Broker, 64 B", "inproc"),
     Case("latency_loomd", "loomd realtime @10k/s, 64 B", "loomd"),

@@ -52,6 +52,7 @@ class SubSpec:
     latency: bool = False
     track: bool = False  # record event indexes: loss and duplicate check
     warmup_s: float = 0.5  # latency samples in the first warmup_s are discarded
+    max_age_ms: int | None = None  # loomd realtime: events older than this are dropped
 
 
 def payload(size: int, index: int = 0, stamped: bool = False) -> bytes:

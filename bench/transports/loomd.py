@@ -97,7 +97,9 @@ async def _loomd_sub(conn: Connection, spec: SubSpec) -> None:
 
     async with loomd.sdk.connect(spec.endpoint, name="bench-sub") as bus:
         drops_before = _daemon_drops(await bus.status())
-        sub = bus.subscribe(spec.pattern, qos=spec.qos, window=SUB_WINDOW)
+        sub = bus.subscribe(
+            spec.pattern, qos=spec.qos, window=SUB_WINDOW, max_age_ms=spec.max_age_ms
+        )
         await sub.ready()
         tally, stop = Tally(spec), Stopper(conn, spec)
 
@@ -134,6 +136,7 @@ async def _loomd_sub(conn: Connection, spec: SubSpec) -> None:
             if v - drops_before.get(k, 0)
         }
         result["dropped_local"] = sub.dropped
+        result["too_old_local"] = sub.too_old
         result["daemon_latency_ms"] = status["status"].get("latency_ms")
         await sub.close()
         conn.send(("result", result))

@@ -185,7 +185,7 @@ class TopicTrie(Generic[K]):
             node = child
         node.keys.add(key)
         self._patterns.setdefault(key, set()).add(pattern)
-        self._clear_cache()
+        self._invalidate(pattern)
 
     def remove(self, pattern: str, key: K) -> bool:
         pats = self._patterns.get(key)
@@ -194,7 +194,7 @@ class TopicTrie(Generic[K]):
         pats.discard(pattern)
         if not pats:
             del self._patterns[key]
-        self._clear_cache()
+        self._invalidate(pattern)
         form = canonical(pattern)
         if any(canonical(p) == form for p in pats):
             return True  # the key still holds this path through an equal pattern
@@ -224,6 +224,17 @@ class TopicTrie(Generic[K]):
     def _clear_cache(self) -> None:
         self._cache.clear()
         self._cache_weight = 0
+
+    def _invalidate(self, pattern: str) -> None:
+        """Forget the cached results `pattern` can change: a pattern without wildcards
+        (a request's `thread.<id>.reply`, made and dropped per request) changes only its
+        own topic's, so the cached routes of every other topic stay."""
+        if "*" in pattern or "#" in pattern:
+            self._clear_cache()
+            return
+        hit = self._cache.pop(pattern, None)
+        if hit is not None:
+            self._cache_weight -= len(hit) + 1
 
     def match(self, topic: str) -> frozenset[K]:
         hit = self._cache.get(topic)

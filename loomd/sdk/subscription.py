@@ -43,6 +43,8 @@ class Subscription:
         self.qos = qos
         self.window = window
         self.max_age_ms = max_age_ms
+        self._max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
+        self.too_old = 0  # dropped here for max_age_ms (also counted in `dropped`)
         self.evictions = 0  # times the daemon shed it as a slow consumer (then resubscribed)
         self.last_seq = after  # highest durable journal seq consumed (resume point)
         self.gen = 0  # bumped at every (re)subscribe: acks count only this generation
@@ -116,13 +118,20 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        while not self._queue:
-            if self.closed:
-                raise StopAsyncIteration
-            self._waiter = self.client.loop.create_future()
-            await self._waiter
-            self._waiter = None
-        gen, seq, ev = self._queue.popleft()
+        while True:
+            while not self._queue:
+                if self.closed:
+                    raise StopAsyncIteration
+                self._waiter = self.client.loop.create_future()
+                await self._waiter
+                self._waiter = None
+            gen, seq, ev = self._queue.popleft()
+            if not self._max_age_ns or time.time_ns() - ev.ts <= self._max_age_ns:
+                break
+            # max_age_ms holds to the application: an event that grew too old in the pipes
+            # after the daemon let it go is dropped here too, and counted
+            self.dropped += 1
+            self.too_old += 1
         if seq > 0:
             self.last_seq = seq
         if gen == self.gen:

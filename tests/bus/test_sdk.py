@@ -423,3 +423,24 @@ def test_batched_flood_into_stalled_subscriber_is_sampled_and_bounded(
         stalled.close(0)
 
     arun(main)
+
+
+def test_max_age_holds_to_the_application(daemon: LoomdProcess) -> None:
+    """A realtime subscription's max_age_ms: events that grew older than it after the daemon
+    let them go (in the pipes, in the SDK's queue while the application was busy) are
+    dropped at delivery too, and counted; fresh ones still arrive."""
+
+    async def main() -> None:
+        async with connect(daemon.endpoint) as bus:
+            sub = await bus.subscribe("age.#", "realtime", max_age_ms=50).ready()
+            for i in range(20):
+                await bus.publish("age.x", i, qos="realtime")
+            async with asyncio.timeout(5):  # all 20 reached the SDK's queue, fresh
+                while sub.received < 20:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.12)  # the application is busy: they age past 50 ms
+            await bus.publish("age.x", "fresh", qos="realtime")
+            assert (await sub.get(5)).payload == "fresh"
+            assert sub.too_old == 20 and sub.dropped == 20
+
+    arun(main)

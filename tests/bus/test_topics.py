@@ -487,3 +487,23 @@ def test_wildcard_runs_share_one_path_and_match_cheaply() -> None:
     topic = ".".join(f"s{i}" for i in range(32))
     assert trie.match(topic) == set(range(256))
     assert trie.visits <= 32 * 4
+
+
+def test_a_literal_pattern_invalidates_only_its_own_topic() -> None:
+    """A request's reply subscription (a literal `thread.<id>.reply`, made and dropped per
+    request) must not cost every other topic its cached route."""
+    trie = CountingTrie()
+    trie.add("sensor.#", 1)
+    assert trie.match("sensor.a") == {1}
+    runs = trie.visits
+    trie.add("thread.abc.reply", 2)
+    assert trie.match("thread.abc.reply") == {2}
+    assert trie.match("sensor.a") == {1} and trie.visits == runs + trie.work  # cached
+    before = trie.visits
+    trie.add("sensor.a", 3)  # a literal on that very topic: its entry is dropped
+    assert trie.match("sensor.a") == {1, 3} and trie.visits > before
+    trie.remove("thread.abc.reply", 2)
+    assert trie.match("thread.abc.reply") == frozenset()
+    before = trie.visits
+    trie.add("*.b", 4)  # wildcards: everything is matched again
+    assert trie.match("sensor.a") == {1, 3} and trie.visits > before
