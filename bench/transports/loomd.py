@@ -136,7 +136,7 @@ async def _loomd_sub(conn: Connection, spec: SubSpec) -> None:
             if v - drops_before.get(k, 0)
         }
         result["dropped_local"] = sub.dropped
-        result["too_old_local"] = sub.too_old
+        result["too_old_local"] = getattr(sub, "too_old", 0)  # an SDK without it: 0
         result["daemon_latency_ms"] = status["status"].get("latency_ms")
         await sub.close()
         conn.send(("result", result))
