@@ -208,10 +208,9 @@ class BusServer(AccessOps, CoreOps):
 
     def _pump(self) -> None:
         self._scheduled = False
-        start = time.perf_counter()
         # put-off work first (one slice), then what is new (another): every round reads
-        # each socket, so a cheap ping behind an expensive client waits one slice or two
-        self._slice_end = start + PUMP_SLICE_S
+        # each socket, so a cheap ping behind an expensive client waits a slice or two
+        self._slice_end = time.perf_counter() + PUMP_SLICE_S
         if self._inboxes:
             self._drain_inboxes(self._slice_end)
         self._slice_end = time.perf_counter() + PUMP_SLICE_S
@@ -227,11 +226,8 @@ class BusServer(AccessOps, CoreOps):
                 if budget <= 0 or time.perf_counter() > self._slice_end:
                     break
         self._flush()
-        if self._inboxes:
-            self._schedule()
-            return
         for sock in self._socks:
-            if readable(sock):
+            if self._inboxes or readable(sock):
                 self._schedule()
                 break
 
@@ -248,10 +244,9 @@ class BusServer(AccessOps, CoreOps):
             session.inbox.clear()
 
     def _put_off(self, session: Session, frames: list[bytes], *, first: bool = False) -> bool:
-        if session.put_off(frames, first=first):
+        if ok := session.put_off(frames, first=first):
             self._inboxes[session] = None
-            return True
-        return False
+        return ok
 
     def _handle(self, sock: zmq.Socket[bytes], frames: list[bytes], first: Any = None) -> None:
         ident = frames[0]
@@ -282,16 +277,20 @@ class BusServer(AccessOps, CoreOps):
             # size first, for every kind (control frames and frames before hello too):
             # nothing below does work on more than max_frame_bytes
             if len(data) > self.max_frame_bytes:
+                self._drain_one(session)  # what it sent before first: acks stay in order
                 self._too_large(session, data)
                 return
         except ProtocolError as exc:
             self._reject(session, exc)
             return
         if session.inbox and not self._put_off(session, [data]):
-            while session.inbox:  # full: what it sent before runs first (order is kept)
-                self._dispatch(session, session.take_inbox())
+            self._drain_one(session)  # full: what it sent before runs first (order is kept)
         if not session.inbox:
             self._dispatch(session, data)
+
+    def _drain_one(self, session: Session) -> None:
+        while session.inbox:
+            self._dispatch(session, session.take_inbox())
 
     def _dispatch(self, session: Session, data: bytes) -> None:
         try:
