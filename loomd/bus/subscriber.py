@@ -91,8 +91,9 @@ class Subscriber:
         lim = broker.limits
         self.budget = budget or Budget(lim.pending_bytes)
         self.bytes = 0  # queued here (also counted in the shared budget)
-        # when its consumer last showed progress: an ack from a socket client, a take in
-        # process (a socket client's takes only fill its credit window)
+        # when its consumer last showed progress: a take (in process; for a socket client
+        # a send, which its credit window bounds, so a client that acks nothing stops
+        # taking a window later) or an ack from a socket client
         self.progress_at = broker.clock()
         self.max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
         # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
@@ -228,7 +229,7 @@ class Subscriber:
         else:
             out = [self._ready.popleft() for _ in range(min(n, len(self._ready)))]
         if out:
-            if self.reliable is not None and self.sink is None:  # in process: it consumed
+            if self.reliable is not None:  # taken (in process) or sent into its window
                 self.progress_at = self.broker.clock()
             n = 0
             for item in out:

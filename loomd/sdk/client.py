@@ -527,7 +527,11 @@ class Client:
                     self.connected = False
                 continue
             misses = 0
-            active = sum(1 for sub in self._subs.values() if not sub.closed)
+            # subscriptions the daemon confirmed: replies come in order, so every one asked
+            # before this ping has its answer by now; one asked after it (a request's reply
+            # topic, made meanwhile) is not counted by the daemon yet and must not be here
+            # either (counting it made a spurious resync that lost in-flight replies)
+            active = sum(1 for s in self._subs.values() if not s.closed and s._ready.done())
             if (
                 self._need_resync
                 or reply.get("boot_id") != self.boot_id

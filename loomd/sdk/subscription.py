@@ -21,9 +21,6 @@ __all__ = ["Subscription"]
 log = logging.getLogger(__name__)
 
 
-ACK_EVERY_S = 0.02  # a consuming subscription acks at least this often
-
-
 class Subscription:
     """An async iterator of events for one pattern, created by `Client.subscribe`."""
 
@@ -51,7 +48,6 @@ class Subscription:
         self.received = 0
         self.consumed = 0
         self.acked = 0
-        self._acked_at = 0.0
         self.dropped = 0
         self.closed = False
         self._queue: deque[tuple[int, int, Event]] = deque()
@@ -138,17 +134,9 @@ class Subscription:
             self.consumed += 1
             # Ack every quarter window: the daemon keeps sending while less than a full
             # window is unacknowledged, so this never stalls, and costs 1 message per W/4.
-            # And at least every ACK_EVERY_S while consuming: the daemon counts acks as
-            # progress (a reliable subscriber that acks nothing for bus.max_hold_ms no
-            # longer paces publishers).
-            if self.qos is QoS.RELIABLE:
-                now = time.monotonic()
-                if self.consumed - self.acked >= max(1, self.window // 4) or (
-                    now - self._acked_at > ACK_EVERY_S
-                ):
-                    self.acked = self.consumed
-                    self._acked_at = now
-                    self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
+            if self.qos is QoS.RELIABLE and self.consumed - self.acked >= max(1, self.window // 4):
+                self.acked = self.consumed
+                self.client._send_ctl({"op": "ack", "sid": self.sid, "n": self.consumed})
         return ev
 
     async def get(self, timeout: float | None = None) -> Event:
