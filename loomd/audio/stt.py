@@ -18,6 +18,7 @@ from loomd.audio.models import ModelError, model_path
 from loomd.audio.worker import Worker
 
 __all__ = [
+    "Rescored",
     "SttResult",
     "SttWorker",
     "audio_ctx_for",
@@ -50,6 +51,13 @@ def audio_ctx_for(seconds: float) -> int:
 
 
 @dataclass(frozen=True)
+class Rescored:
+    transcript: float  # the free transcript's score
+    scores: tuple[float, ...]  # each sentence's, in the order asked
+    ms: float
+
+
+@dataclass(frozen=True)
 class SttResult:
     text: str  # cleaned; "" for no speech
     raw: str
@@ -57,9 +65,13 @@ class SttResult:
     ms: float
 
 
-def stt_server(path: str, threads: int) -> tuple[Callable[[Any], Any], None]:
+def stt_server(
+    path: str, threads: int, rescore: bool = False
+) -> tuple[Callable[[Any], Any], dict[str, str]]:
     """In the worker process (loomd.audio.worker): the model, and what answers a request
-    `(float32 pcm bytes, prompt, audio_ctx)` with `(text, ms)`."""
+    `(float32 pcm bytes, prompt, audio_ctx)` with `(text, ms)`. With `rescore`, a second
+    whisper.cpp context (loomd.audio.rescore) answers `("rescore", transcript, sentences)`
+    about the last transcribed clip with `(transcript's score, [scores], ms)`."""
     import time
 
     import numpy as np
@@ -67,11 +79,32 @@ def stt_server(path: str, threads: int) -> tuple[Callable[[Any], Any], None]:
 
     model = Model(path, n_threads=threads, print_progress=False, print_realtime=False,
                   redirect_whispercpp_logs_to=None)  # fmt: skip
+    scorer = None
+    info = {"rescore": "off"}
+    if rescore:  # a library it cannot drive leaves transcription as it was, and says why
+        from loomd.audio.rescore import RescoreError, WhisperScorer
 
-    def handle(request: Any) -> tuple[str, float]:
+        try:
+            scorer = WhisperScorer(path, threads)
+            info["rescore"] = "ok"
+        except RescoreError as exc:
+            info["rescore"] = str(exc)
+    last: list[Any] = [None, 0]  # the last clip (float32) and its audio_ctx
+
+    def handle(request: Any) -> Any:
+        if request[0] == "rescore":
+            _, transcript, sentences = request
+            if scorer is None or last[0] is None:
+                raise RuntimeError("no clip to rescore (rescoring is off or nothing was heard)")
+            began = time.perf_counter()
+            scorer.encode(last[0], last[1])
+            got = scorer.score([transcript, *sentences])
+            ms = (time.perf_counter() - began) * 1000
+            return got[0].score, [g.score for g in got[1:]], ms
         pcm, prompt, ctx = request
         began = time.perf_counter()
         audio = np.frombuffer(pcm, dtype=np.float32)
+        last[0], last[1] = audio, ctx
         kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True,
                               "max_tokens": max_tokens_for(len(audio) / RATE)}  # fmt: skip
         # pywhispercpp keeps parameters between calls: an empty prompt must be set, not left
@@ -79,7 +112,7 @@ def stt_server(path: str, threads: int) -> tuple[Callable[[Any], Any], None]:
         text = " ".join(seg.text for seg in model.transcribe(audio, **kw)).strip()
         return text, (time.perf_counter() - began) * 1000
 
-    return handle, None
+    return handle, info
 
 
 class SttWorker:
@@ -88,13 +121,20 @@ class SttWorker:
     a clear error and a fresh process is started for the next one."""
 
     def __init__(
-        self, models_dir: str, model: str, *, threads: int = 1, vocabulary: tuple[str, ...] = ()
+        self,
+        models_dir: str,
+        model: str,
+        *,
+        threads: int = 1,
+        vocabulary: tuple[str, ...] = (),
+        rescore: bool = False,
     ) -> None:
         self.path = model_path(models_dir, model, "whisper")
         self.threads = threads
         self.prompt = ", ".join(vocabulary)
         self.worker = Worker(
-            "stt", (str(self.path), threads), stage="STT", engine="whisper", check=self._check,
+            "stt", (str(self.path), threads, rescore), stage="STT", engine="whisper",
+            check=self._check,
             load_hint=f"whisper model {self.path} did not load ({{detail}}): {_GET}",
         )  # fmt: skip
 
@@ -136,6 +176,18 @@ class SttWorker:
         ctx = audio_ctx_for(len(audio) / RATE)
         raw, ms = await self.worker.call(audio.tobytes(), prompt, ctx)
         return SttResult(clean_text(raw), raw, ctx, ms)
+
+    @property
+    def rescoring(self) -> str:
+        """"ok" when the worker can rescore, "off", or why it cannot."""
+        info = self.worker.info
+        return str(info.get("rescore", "off")) if isinstance(info, dict) else "off"
+
+    async def rescore(self, transcript: str, sentences: list[str]) -> Rescored:
+        """How well `transcript` and each of `sentences` explain the last transcribed clip
+        (mean token log-probability under whisper's decoder; loomd.audio.rescore)."""
+        own, scores, ms = await self.worker.call("rescore", transcript, list(sentences))
+        return Rescored(float(own), tuple(float(x) for x in scores), float(ms))
 
     def close(self) -> None:
         self.worker.close()
