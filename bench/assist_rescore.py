@@ -50,8 +50,9 @@ def measure(
         for (text, kind, want, voice, _), pcm in zip(clips, pcms, strict=True):
             heard = (await worker.transcribe(pcm)).text
             m = matcher.match(heard)
-            row = {"label": label, "voice": voice, "text": text, "kind": kind, "heard": heard,
-                   "want": expected(kind, want), "plain": outcome(m, home), "scored": None}  # fmt: skip
+            row = {"label": label, "voice": voice, "text": text, "kind": kind,
+                   "heard": heard, "want": expected(kind, want), "plain": outcome(m, home),
+                   "scored": None}  # fmt: skip
             if wants_rescore(heard, m):
                 cands = candidates(matcher, heard, s.rescore_candidates)
                 if cands:

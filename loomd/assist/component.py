@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.assist.conversation import Conversation
 from loomd.assist.local import NOT_UNDERSTOOD, local_turn, outcome
+from loomd.assist.rescore import rescore_match, wants_rescore
 from loomd.assist.settings import AssistSettings
 from loomd.assist.timers import Timers
 from loomd.bus.acl import CALLER
@@ -290,6 +291,12 @@ class AssistComponent(Component[AssistSettings]):
                 )
         match = await asyncio.to_thread(self.matcher.match, text)
         mark("matched")
+        s = self.settings
+        if s.rescore and ask.utterance_id and wants_rescore(text, match):
+            better, _ = await rescore_match(self.ctx, self.matcher, text, ask.utterance_id,
+                                            s.rescore_candidates, s.rescore_margin)  # fmt: skip
+            mark("rescored")
+            match = better or match
         if match is not None and not match.unknown:
             turn = await local_turn(self, match, ask, conv)
             if turn.actions:

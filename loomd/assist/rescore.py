@@ -8,14 +8,22 @@ The decision stays hassil's: a chosen sentence is matched exactly like a typed o
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from rapidfuzz import fuzz, process
 
 from loomd.assist.matcher import Match, Matcher, has_negation, numbers_out
+from loomd.errors import LoomdError
+from loomd.messages import ErrorCode, RescoreReply, RescoreRequest, Topic
 
-__all__ = ["NUMBER_GUESSES", "Choice", "candidates", "choose", "wants_rescore"]
+__all__ = ["NUMBER_GUESSES", "Choice", "candidates", "choose", "rescore_match", "wants_rescore"]
+
+log = logging.getLogger("loomd.assist")
 
 # A sentence's number whisper did not hear at all ("Walker the Mac, Darden for and mid it."
 # for "water the back garden for 10 minutes"): these values are scored, whisper picks.
@@ -30,10 +38,16 @@ class Choice:
     reason: str  # "taken", "below margin", "no candidates", ...
 
 
+# Beyond the matcher's negations: a "no" heard anywhere ("No turn on the kitchen lights."
+# was whisper's "don't turn on ..." at 10 dB, and its command scored within 0.81 of it).
+_REFUSAL = re.compile(r"\b(no|nope|nah|cancel|wait)\b", re.I)
+
+
 def wants_rescore(text: str, m: Match | None) -> bool:
     """Rescoring is for what hassil could not take as it was heard: no match, a repair, or
-    an unknown target. Never for a negation ("don't turn on ..."): exact match or nothing."""
-    if not text.strip() or has_negation(text):
+    an unknown target. Never for a negation or a refusal ("don't turn on ...", "no, turn
+    on ..."): exact match or nothing."""
+    if not text.strip() or has_negation(text) or _REFUSAL.search(text):
         return False
     return m is None or m.fuzzy or bool(m.unknown)
 
@@ -77,3 +91,32 @@ def choose(
     if scores[best] < transcript_score - margin:
         return Choice("", scores[best], transcript_score, "below margin")
     return Choice(sentences[best], scores[best], transcript_score, "taken")
+
+
+async def rescore_match(
+    ctx: Any, matcher: Matcher, text: str, utterance_id: str, k: int, margin: float
+) -> tuple[Match | None, Choice]:
+    """Ask the voice component (`voice.rescore`) to score the closest sentences against
+    the clip of `utterance_id`; the exact match of the chosen one, or None. A failure
+    (no voice, the clip gone, rescoring unavailable) is said and changes nothing."""
+    cands = await asyncio.to_thread(candidates, matcher, text, k)
+    if not cands:
+        return None, Choice("", float("-inf"), 0.0, "no candidates")
+    req = RescoreRequest(utterance_id, text, tuple(cands))
+    try:
+        ev = await ctx.bus.request(Topic.VOICE_RESCORE, req.to_payload(), timeout=5.0)
+        reply = RescoreReply.from_payload(ev.payload)
+    except LoomdError as exc:
+        reply = RescoreReply(error=f"{type(exc).__name__}: {exc}")
+    if reply.error or len(reply.scores) != len(cands):
+        ctx.error(ErrorCode.ASSIST_RESCORE, f"assist: rescoring failed: {reply.error or reply}")
+        return None, Choice("", float("-inf"), 0.0, "failed")
+    pick = choose(cands, list(reply.scores), reply.transcript_score, margin)
+    log.info("assist: rescored %r: %s %r %.2f (transcript %.2f, %.0f ms)", text, pick.reason,
+             pick.sentence, pick.score, pick.transcript_score, reply.ms)  # fmt: skip
+    if not pick.sentence:
+        return None, pick
+    m = await asyncio.to_thread(matcher.match, pick.sentence)
+    if m is None or m.unknown:
+        return None, pick
+    return dataclasses.replace(m, fuzzy=True, text=text), pick

@@ -104,7 +104,7 @@ class Agent:
             rec.timings["stt_start"] = clock.ms()
             try:
                 extra = self._vocabulary if s.stt.assist_vocabulary else ""
-                res = await self.stt.transcribe(cut.pcm, extra)
+                res = await self.stt.transcribe(cut.pcm, extra, rec.utterance_id)
             except Exception as exc:
                 self._failed(rec, ErrorCode.STT_FAILED,
                              f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip

@@ -23,7 +23,15 @@ from loomd.audio.settings import VoiceSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
-from loomd.messages import ErrorCode, PlayAudio, SayRequest, Topic, VoiceMute
+from loomd.messages import (
+    ErrorCode,
+    PlayAudio,
+    RescoreReply,
+    RescoreRequest,
+    SayRequest,
+    Topic,
+    VoiceMute,
+)
 from loomd.metrics import Family
 
 if TYPE_CHECKING:
@@ -142,6 +150,7 @@ class VoiceComponent(Component[VoiceSettings]):
         self.spawn(self._follow_stop, "stop", restart=True)
         self.spawn(self._follow_play, "play", restart=True)
         self.spawn(self._follow_mute, "mute", restart=True)
+        self.spawn(self._follow_rescore, "rescore", restart=True)
         self.spawn(self.handoff.follow, "handoff", restart=True)
         if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
@@ -308,6 +317,32 @@ class VoiceComponent(Component[VoiceSettings]):
         done = await self.speaker.play_audio(req)
         if ev.reply_to:
             await done.respond(self.ctx.bus, ev)
+
+    async def _follow_rescore(self) -> None:
+        """`voice.rescore` (the assist, on a transcript no sentence takes): the STT worker
+        scores the sentences against the clip it still holds (loomd.audio.rescore)."""
+        async with self.ctx.bus.subscribe(Topic.VOICE_RESCORE) as sub:
+            async for ev in sub:
+                try:
+                    req = RescoreRequest.from_payload(ev.payload)
+                except LoomdError as exc:
+                    self.ctx.error(ErrorCode.BAD_RESCORE, f"voice: bad voice.rescore: {exc}")
+                    if ev.reply_to:
+                        await RescoreReply(error=str(exc)).respond(self.ctx.bus, ev)
+                    continue
+                if ev.reply_to:
+                    reply = await self._rescore(req)
+                    await reply.respond(self.ctx.bus, ev)
+
+    async def _rescore(self, req: RescoreRequest) -> RescoreReply:
+        stt = self.stages.stt
+        if stt.last_tag != req.utterance_id:
+            return RescoreReply(error=f"utterance {req.utterance_id} is no longer held")
+        try:
+            got = await stt.rescore(req.transcript, list(req.sentences))
+        except LoomdError as exc:  # WorkerError: rescoring unavailable, or the worker died
+            return RescoreReply(error=str(exc))
+        return RescoreReply(got.transcript, got.scores, round(got.ms, 1))
 
     async def _follow_stop(self) -> None:
         async with self.ctx.bus.subscribe(Topic.VOICE_STOP) as sub:

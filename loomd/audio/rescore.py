@@ -39,22 +39,22 @@ _c = ctypes
 
 
 class _VadParams(_c.Structure):
-    _fields_ = [
+    _fields_ = (
         ("threshold", _c.c_float),
         ("min_speech_duration_ms", _c.c_int),
         ("min_silence_duration_ms", _c.c_int),
         ("max_speech_duration_s", _c.c_float),
         ("speech_pad_ms", _c.c_int),
         ("samples_overlap", _c.c_float),
-    ]
+    )
 
 
 class _Greedy(_c.Structure):
-    _fields_ = [("best_of", _c.c_int)]
+    _fields_ = (("best_of", _c.c_int),)
 
 
 class _Beam(_c.Structure):
-    _fields_ = [("beam_size", _c.c_int), ("patience", _c.c_float)]
+    _fields_ = (("beam_size", _c.c_int), ("patience", _c.c_float))
 
 
 _B, _I, _F, _P = _c.c_bool, _c.c_int, _c.c_float, _c.c_void_p
@@ -63,7 +63,7 @@ _B, _I, _F, _P = _c.c_bool, _c.c_int, _c.c_float, _c.c_void_p
 class _FullParams(_c.Structure):
     """`struct whisper_full_params` of whisper.cpp 1.8.x (include/whisper.h)."""
 
-    _fields_ = [
+    _fields_ = (
         ("strategy", _I), ("n_threads", _I), ("n_max_text_ctx", _I), ("offset_ms", _I),
         ("duration_ms", _I), ("translate", _B), ("no_context", _B), ("no_timestamps", _B),
         ("single_segment", _B), ("print_special", _B), ("print_progress", _B),
@@ -85,7 +85,7 @@ class _FullParams(_c.Structure):
         ("n_grammar_rules", _c.c_size_t), ("i_start_rule", _c.c_size_t),
         ("grammar_penalty", _F), ("vad", _B), ("vad_model_path", _c.c_char_p),
         ("vad_params", _VadParams),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 # whisper.cpp's defaults for the greedy strategy, far apart in the struct: if these read
@@ -133,9 +133,11 @@ def _library() -> Path:
 _LOG = _c.CFUNCTYPE(None, _c.c_int, _c.c_char_p, _c.c_void_p)
 
 
-@_LOG
-def _quiet(level: int, text: bytes, user: Any) -> None:  # whisper.cpp's log: not on stderr
+def _silent(level: int, text: bytes, user: Any) -> None:  # whisper.cpp's log: not on stderr
     return None
+
+
+_quiet = _LOG(_silent)
 
 
 class WhisperScorer:
@@ -143,7 +145,7 @@ class WhisperScorer:
     number of sentences against it. Not thread-safe (one per worker process)."""
 
     def __init__(self, model: str, threads: int = 1) -> None:
-        import _pywhispercpp  # noqa: F401  # loads the library and its ggml with it
+        importlib.import_module("_pywhispercpp")  # loads the library and its ggml with it
 
         lib = _c.CDLL(str(_library()))
         self.lib = lib
@@ -187,7 +189,7 @@ class WhisperScorer:
         got = {k: getattr(p, k) for k in _DEFAULTS}
         got.update({f"vad_params.{k}": getattr(p.vad_params, k) for k in _VAD_DEFAULTS})
         want = {**_DEFAULTS, **{f"vad_params.{k}": v for k, v in _VAD_DEFAULTS.items()}}
-        bad = {k: v for k, v in got.items() if not math.isclose(float(v), float(want[k]), rel_tol=1e-6)}
+        bad = {k: v for k, v in got.items() if not math.isclose(v, want[k], rel_tol=1e-6)}
         if bad or p.strategy != 0:
             raise RescoreError(
                 "this libwhisper's whisper_full_params does not have the layout of whisper.cpp "

@@ -69,9 +69,10 @@ def stt_server(
     path: str, threads: int, rescore: bool = False
 ) -> tuple[Callable[[Any], Any], dict[str, str]]:
     """In the worker process (loomd.audio.worker): the model, and what answers a request
-    `(float32 pcm bytes, prompt, audio_ctx)` with `(text, ms)`. With `rescore`, a second
-    whisper.cpp context (loomd.audio.rescore) answers `("rescore", transcript, sentences)`
-    about the last transcribed clip with `(transcript's score, [scores], ms)`."""
+    `(float32 pcm bytes, prompt, audio_ctx)` with `(text, ms)`, and `("rescore", transcript,
+    sentences)` about the last transcribed clip with `(transcript's score, [scores], ms)`
+    from a second whisper.cpp context (loomd.audio.rescore), loaded now with `rescore`,
+    else at the first rescoring."""
     import time
 
     import numpy as np
@@ -79,13 +80,21 @@ def stt_server(
 
     model = Model(path, n_threads=threads, print_progress=False, print_realtime=False,
                   redirect_whispercpp_logs_to=None)  # fmt: skip
-    scorer = None
     info = {"rescore": "off"}
-    if rescore:  # a library it cannot drive leaves transcription as it was, and says why
-        from loomd.audio.rescore import RescoreError, WhisperScorer
+    scorer: list[Any] = []  # loomd.audio.rescore.WhisperScorer, made once when first needed
+
+    def load_scorer() -> Any:
+        from loomd.audio.rescore import WhisperScorer
+
+        if not scorer:
+            scorer.append(WhisperScorer(path, threads))
+        return scorer[0]
+
+    if rescore:  # now, not at the first rescoring; a library it cannot drive leaves
+        from loomd.audio.rescore import RescoreError  # transcription as it was, and says why
 
         try:
-            scorer = WhisperScorer(path, threads)
+            load_scorer()
             info["rescore"] = "ok"
         except RescoreError as exc:
             info["rescore"] = str(exc)
@@ -94,11 +103,12 @@ def stt_server(
     def handle(request: Any) -> Any:
         if request[0] == "rescore":
             _, transcript, sentences = request
-            if scorer is None or last[0] is None:
-                raise RuntimeError("no clip to rescore (rescoring is off or nothing was heard)")
+            if last[0] is None:
+                raise RuntimeError("no clip to rescore: nothing was transcribed")
             began = time.perf_counter()
-            scorer.encode(last[0], last[1])
-            got = scorer.score([transcript, *sentences])
+            sc = load_scorer()
+            sc.encode(last[0], last[1])
+            got = sc.score([transcript, *sentences])
             ms = (time.perf_counter() - began) * 1000
             return got[0].score, [g.score for g in got[1:]], ms
         pcm, prompt, ctx = request
@@ -132,6 +142,7 @@ class SttWorker:
         self.path = model_path(models_dir, model, "whisper")
         self.threads = threads
         self.prompt = ", ".join(vocabulary)
+        self.last_tag = ""  # the tag of the clip the worker holds
         self.worker = Worker(
             "stt", (str(self.path), threads, rescore), stage="STT", engine="whisper",
             check=self._check,
@@ -165,7 +176,9 @@ class SttWorker:
     async def load(self) -> None:
         await self.worker.start()
 
-    async def transcribe(self, pcm: bytes, extra_prompt: str = "") -> SttResult:
+    async def transcribe(self, pcm: bytes, extra_prompt: str = "", tag: str = "") -> SttResult:
+        """The text of `pcm` (16 kHz s16le); `tag` names the clip for `rescore()` (the
+        worker keeps the last clip)."""
         import numpy as np
 
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
@@ -174,12 +187,14 @@ class SttWorker:
         audio = np.concatenate([pad, audio, pad])
         prompt = ", ".join(p for p in (self.prompt, extra_prompt) if p)
         ctx = audio_ctx_for(len(audio) / RATE)
+        self.last_tag = ""
         raw, ms = await self.worker.call(audio.tobytes(), prompt, ctx)
+        self.last_tag = tag
         return SttResult(clean_text(raw), raw, ctx, ms)
 
     @property
     def rescoring(self) -> str:
-        """"ok" when the worker can rescore, "off", or why it cannot."""
+        """ "ok" when the worker can rescore, "off", or why it cannot."""
         info = self.worker.info
         return str(info.get("rescore", "off")) if isinstance(info, dict) else "off"
 

@@ -82,6 +82,8 @@ from loomd.messages.mqtt import (
 from loomd.messages.voice import (
     PlayAudio,
     PlayDone,
+    RescoreReply,
+    RescoreRequest,
     SayRequest,
     Transcript,
     TurnStage,
@@ -148,6 +150,8 @@ __all__ = [
     "Publisher",
     "Received",
     "Replier",
+    "RescoreReply",
+    "RescoreRequest",
     "Role",
     "SayRequest",
     "SubscriptionStats",

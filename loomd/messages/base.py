@@ -41,6 +41,7 @@ class Topic(StrEnum):
     VOICE_LISTEN = "voice.listen"  # VoiceListen: stream the mic without a wake word
     VOICE_RELEASE = "voice.release"  # VoiceRelease: the claimant is done with the mic
     VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
+    VOICE_RESCORE = "voice.rescore"  # RescoreRequest (request/reply: RescoreReply)
     AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
     HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     HA_REGISTRY = "ha.registry"  # request/reply: HaSnapshot (HA's areas, exposed entities)

@@ -66,6 +66,7 @@ class ErrorCode(StrEnum):
     WYOMING_STT = "wyoming_stt"
     WYOMING_MDNS = "wyoming_mdns"
     BAD_VOCABULARY = "bad_vocabulary"
+    BAD_RESCORE = "bad_rescore"
     # the home and the assist
     HOME_FOLLOW = "home_follow"
     HOME_BAD_STATE = "home_bad_state"
@@ -73,6 +74,7 @@ class ErrorCode(StrEnum):
     HOME_HA_DEVICES = "home_ha_devices"
     ASSIST_SENTENCES = "assist_sentences"
     ASSIST_BAD_REQUEST = "assist_bad_request"
+    ASSIST_RESCORE = "assist_rescore"
     # bridges
     MQTT_TLS = "mqtt_tls"
     MQTT_UNREACHABLE = "mqtt_unreachable"

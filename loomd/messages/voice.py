@@ -165,3 +165,29 @@ class PlayAudio(_Payload, topic=Topic.VOICE_PLAY):
 class PlayDone(_Payload):
     played: bool  # False: cut off (barge-in, stop) or nothing to play on
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RescoreRequest(_Payload, topic=Topic.VOICE_RESCORE):
+    """Score `sentences` against the clip of `utterance_id` with whisper's own decoder
+    (request/reply: a `RescoreReply`); the voice component answers while its STT worker
+    still holds that clip (the last one it transcribed)."""
+
+    utterance_id: str
+    transcript: str
+    sentences: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.utterance_id or not self.sentences or len(self.sentences) > 64:
+            raise LoomdError("RescoreRequest: an utterance_id and 1-64 sentences")
+
+
+@dataclass(frozen=True)
+class RescoreReply(_Payload):
+    """Mean token log-probabilities (0 is certain): the transcript's, then each sentence's
+    in the order asked; or `error` (rescoring unavailable, the clip is gone)."""
+
+    transcript_score: float = 0.0
+    scores: tuple[float, ...] = ()
+    ms: float = 0.0
+    error: str = ""
