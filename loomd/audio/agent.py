@@ -192,7 +192,7 @@ class Agent:
         rec.intent = turn.intent.to_payload()
         rec.actions = [a.to_payload() for a in turn.actions]
         rec.route, rec.reply = turn.route, turn.reply
-        for key in ("matched", "action_done", "llm_first"):
+        for key in ("matched", "rescored", "action_done", "llm_first"):
             if key in turn.timings:
                 rec.timings[key] = turn.timings[key]
         rec.timings["reply"] = clock.ms()

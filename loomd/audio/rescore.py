@@ -167,7 +167,7 @@ class WhisperScorer:
         lib.whisper_full_get_segment_text.restype = _c.c_char_p
         lib.whisper_full_get_segment_text.argtypes = [_P, _I]
         ref = lib.whisper_full_default_params_by_ref(0)  # greedy
-        self.params = _FullParams.from_buffer_copy(ref.contents)
+        self.defaults = _FullParams.from_buffer_copy(ref.contents)
         lib.whisper_free_params(_c.cast(ref, _P))
         self._check_layout()
         ctx = lib.whisper_init_from_file(model.encode())
@@ -179,13 +179,12 @@ class WhisperScorer:
         self.sot = int(lib.whisper_token_sot(ctx))
         self.eot = int(lib.whisper_token_eot(ctx))
         self.notimestamps = int(lib.whisper_token_not(ctx))
-        p = self.params
-        p.n_threads, p.no_context, p.single_segment, p.no_timestamps = threads, True, True, True
-        p.print_progress = p.print_realtime = p.print_timestamps = p.print_special = False
-        p.language = b"en"
+        d = self.defaults  # what pywhispercpp's Model(n_threads=..., print_*=False) passes
+        d.n_threads, d.print_progress, d.print_realtime = threads, False, False
+        self._prompt = b""  # kept alive while whisper_full reads it
 
     def _check_layout(self) -> None:
-        p = self.params
+        p = self.defaults
         got = {k: getattr(p, k) for k in _DEFAULTS}
         got.update({f"vad_params.{k}": getattr(p.vad_params, k) for k in _VAD_DEFAULTS})
         want = {**_DEFAULTS, **{f"vad_params.{k}": v for k, v in _VAD_DEFAULTS.items()}}
@@ -203,21 +202,29 @@ class WhisperScorer:
             raise RescoreError(f"cannot tokenize {text!r}")
         return list(buf[:n])
 
-    def encode(self, audio: np.ndarray, audio_ctx: int, *, max_tokens: int = 1) -> str:
-        """Run whisper_full on `audio` (float32 mono 16 kHz) with `audio_ctx`: the encoder
-        output stays in the context for `score()`. With `max_tokens` > 1 its own transcript
-        is returned too (no temperature fallback)."""
+    def transcribe(self, audio: np.ndarray, prompt: str, audio_ctx: int, max_tokens: int) -> str:
+        """whisper_full on `audio` (float32 mono 16 kHz) with the parameters loomd's STT
+        stage gives pywhispercpp (the same library, model and parameters: the same text);
+        the clip's encoding stays in the context for `score()`."""
         samples = np.ascontiguousarray(audio, dtype=np.float32)
-        p = self.params
-        p.audio_ctx, p.max_tokens, p.temperature_inc = audio_ctx, max_tokens, 0.0
+        p = _FullParams.from_buffer_copy(self.defaults)
+        p.audio_ctx, p.max_tokens, p.single_segment, p.no_context = audio_ctx, max_tokens, 1, 1
+        self._prompt = prompt.encode()
+        p.initial_prompt = self._prompt
         ptr = samples.ctypes.data_as(_c.POINTER(_F))
         if self.lib.whisper_full(self.ctx, p, ptr, len(samples)) != 0:
             raise RescoreError("whisper_full failed")
         n = int(self.lib.whisper_full_n_segments(self.ctx))
-        return "".join(
-            (self.lib.whisper_full_get_segment_text(self.ctx, i) or b"").decode(errors="replace")
+        return " ".join(
+            (self.lib.whisper_full_get_segment_text(self.ctx, i) or b"")
+            .decode("utf-8", errors="replace")
+            .strip()
             for i in range(n)
-        )
+        ).strip()
+
+    def encode(self, audio: np.ndarray, audio_ctx: int) -> None:
+        """Encode a clip for `score()` (whisper_full decoding one token only)."""
+        self.transcribe(audio, "", audio_ctx, 1)
 
     def _logprobs(self, token: int, n_past: int) -> np.ndarray:
         one = (_I * 1)(token)

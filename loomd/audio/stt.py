@@ -78,27 +78,33 @@ def stt_server(
     import numpy as np
     from pywhispercpp.model import Model
 
-    model = Model(path, n_threads=threads, print_progress=False, print_realtime=False,
-                  redirect_whispercpp_logs_to=None)  # fmt: skip
     info = {"rescore": "off"}
-    scorer: list[Any] = []  # loomd.audio.rescore.WhisperScorer, made once when first needed
+    # Rescoring needs the clip's encoding in a whisper.cpp context loomd drives itself
+    # (loomd.audio.rescore): once it is loaded (at start with `rescore`, else at the first
+    # rescoring, which encodes that clip again) it transcribes too, with the same library,
+    # model and parameters as pywhispercpp (the same text), and pywhispercpp's model goes.
+    engine: dict[str, Any] = {}
 
     def load_scorer() -> Any:
         from loomd.audio.rescore import WhisperScorer
 
-        if not scorer:
-            scorer.append(WhisperScorer(path, threads))
-        return scorer[0]
+        if "scorer" not in engine:
+            engine["scorer"] = WhisperScorer(path, threads)
+            engine.pop("model", None)
+        return engine["scorer"]
 
-    if rescore:  # now, not at the first rescoring; a library it cannot drive leaves
-        from loomd.audio.rescore import RescoreError  # transcription as it was, and says why
+    if rescore:
+        from loomd.audio.rescore import RescoreError
 
         try:
             load_scorer()
             info["rescore"] = "ok"
-        except RescoreError as exc:
+        except RescoreError as exc:  # a library it cannot drive: transcription as before
             info["rescore"] = str(exc)
-    last: list[Any] = [None, 0]  # the last clip (float32) and its audio_ctx
+    if "scorer" not in engine:
+        engine["model"] = Model(path, n_threads=threads, print_progress=False,
+                                print_realtime=False, redirect_whispercpp_logs_to=None)  # fmt: skip
+    last: list[Any] = [None, 0, False]  # the last clip (float32), its audio_ctx, encoded?
 
     def handle(request: Any) -> Any:
         if request[0] == "rescore":
@@ -107,19 +113,26 @@ def stt_server(
                 raise RuntimeError("no clip to rescore: nothing was transcribed")
             began = time.perf_counter()
             sc = load_scorer()
-            sc.encode(last[0], last[1])
+            if not last[2]:
+                sc.encode(last[0], last[1])
+                last[2] = True
             got = sc.score([transcript, *sentences])
             ms = (time.perf_counter() - began) * 1000
             return got[0].score, [g.score for g in got[1:]], ms
         pcm, prompt, ctx = request
         began = time.perf_counter()
         audio = np.frombuffer(pcm, dtype=np.float32)
-        last[0], last[1] = audio, ctx
-        kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True,
-                              "max_tokens": max_tokens_for(len(audio) / RATE)}  # fmt: skip
-        # pywhispercpp keeps parameters between calls: an empty prompt must be set, not left
-        kw["initial_prompt"] = prompt
-        text = " ".join(seg.text for seg in model.transcribe(audio, **kw)).strip()
+        last[:] = [audio, ctx, False]
+        n = max_tokens_for(len(audio) / RATE)
+        if "scorer" in engine:
+            text = engine["scorer"].transcribe(audio, prompt, ctx, n)
+            last[2] = True
+        else:
+            kw: dict[str, Any] = {"audio_ctx": ctx, "single_segment": True, "no_context": True,
+                                  "max_tokens": n}  # fmt: skip
+            # pywhispercpp keeps parameters between calls: an empty prompt must be set
+            kw["initial_prompt"] = prompt
+            text = " ".join(seg.text for seg in engine["model"].transcribe(audio, **kw)).strip()
         return text, (time.perf_counter() - began) * 1000
 
     return handle, info
