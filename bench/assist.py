@@ -13,7 +13,8 @@ right when the plan (broker calls with their arguments; the intent for questions
 for distractors and out-of-grammar) is the
 expected one. Then the real daemon (mosquitto, home, assist, voice) runs `voice.test` on
 "hey jarvis, <command>" clips: end of speech -> action done (the command durable in the MQTT
-bridge's outbox) and -> first reply audio. Ends with one JSON line."""
+bridge's outbox) and -> first reply audio. The clips again with closed-set rescoring
+(bench/assist_rescore.py: `*_rescore`, `rescore_ms_p50`). Ends with one JSON line."""
 
 from __future__ import annotations
 
@@ -442,6 +443,11 @@ def main() -> None:
             else:
                 sweep.setdefault(name, {})[f"audio_accuracy_{label}"] = round(ok_fe / len(clips), 3)
     worker.close()
+    # Closed-set rescoring (loomd/assist/rescore.py): the same clips, the same noise, the
+    # STT stage with rescoring; `audio_accuracy_<label>_rescore_pass` is that pass without it.
+    from bench.assist_rescore import measure
+
+    res.update(measure(clips, matcher, home, MODELS, noisy, outcome, expected))
     fs = FrontendSettings()
     res["frontend_default"] = f"ns{fs.noise_suppression}_agc{fs.auto_gain}"
     if sweep:

@@ -55,9 +55,13 @@ def measure(
                    "scored": None}  # fmt: skip
             if wants_rescore(heard, m):
                 cands = candidates(matcher, heard, s.rescore_candidates)
-                if cands:
+                if cands:  # as the daemon asks (timed), then every score exact (the sweep)
+                    timed = await worker.rescore(heard, cands, s.rescore_margin)
                     got = await worker.rescore(heard, cands)
-                    row["scored"] = (got.transcript, cands, list(got.scores), got.ms)
+                    row["scored"] = (got.transcript, cands, list(got.scores), timed.ms)
+                    pick, exact = (choose(cands, list(x.scores), x.transcript, s.rescore_margin)
+                                   for x in (timed, got))  # fmt: skip
+                    assert pick.sentence == exact.sentence, (heard, pick, exact)
             rows.append(row)
 
     for label, snr in (("clean", None), ("10db", 10.0)):
@@ -91,7 +95,22 @@ def measure(
         )
         return out
 
+    # Where a margin can sit: whisper's own transcript's score minus the best candidate's,
+    # on clips where taking the best would be right, and where it would act wrongly.
+    right_gaps, wrong_gaps = [], []
+    for r in rows:
+        if r["scored"] is None:
+            continue
+        own, cands, scores, _ = r["scored"]
+        gap = own - max(scores)
+        taken = result(r, 99.0)
+        if taken == r["want"] and r["plain"] != r["want"]:
+            right_gaps.append(gap)
+        elif taken != r["want"] and isinstance(taken, list) and taken:
+            wrong_gaps.append(gap)
     res = figures(s.rescore_margin)
+    res["rescore_gaps_recovering"] = sorted(round(g, 2) for g in right_gaps)
+    res["rescore_gap_wrong_min"] = round(min(wrong_gaps), 2) if wrong_gaps else None
     res["rescore_margin"] = s.rescore_margin
     res["rescore_sweep"] = {str(m): figures(m) for m in MARGINS}
     ms = [r["scored"][3] for r in rows if r["scored"] is not None]

@@ -102,7 +102,7 @@ async def rescore_match(
     cands = await asyncio.to_thread(candidates, matcher, text, k)
     if not cands:
         return None, Choice("", float("-inf"), 0.0, "no candidates")
-    req = RescoreRequest(utterance_id, text, tuple(cands))
+    req = RescoreRequest(utterance_id, text, tuple(cands), margin)
     try:
         ev = await ctx.bus.request(Topic.VOICE_RESCORE, req.to_payload(), timeout=5.0)
         reply = RescoreReply.from_payload(ev.payload)

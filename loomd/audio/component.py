@@ -339,7 +339,7 @@ class VoiceComponent(Component[VoiceSettings]):
         if stt.last_tag != req.utterance_id:
             return RescoreReply(error=f"utterance {req.utterance_id} is no longer held")
         try:
-            got = await stt.rescore(req.transcript, list(req.sentences))
+            got = await stt.rescore(req.transcript, list(req.sentences), req.margin)
         except LoomdError as exc:  # WorkerError: rescoring unavailable, or the worker died
             return RescoreReply(error=str(exc))
         return RescoreReply(got.transcript, got.scores, round(got.ms, 1))

@@ -12,7 +12,7 @@ same shared library pywhispercpp loads: `whisper_full` encodes the clip (with th
 `<|startoftranscript|><|notimestamps|>` and `whisper_get_logits` gives the next token's
 row. A candidate's score is the mean log-probability of its tokens and the end of text;
 candidates sharing a prefix share its decoding (the decoder's KV cache is rewound with
-`n_past`).
+`n_past`), and a candidate that can no longer win stops early.
 
 `whisper_full_params` is passed by value, so its layout is declared here (whisper.cpp
 1.8.x) and checked at load against the library's own defaults: a library whose layout
@@ -106,6 +106,7 @@ class Scored:
     text: str
     score: float  # mean log-probability per token (with the end of text): 0 is certain
     tokens: int
+    pruned: bool = False  # decoding stopped early: `score` is an upper bound
 
 
 def whisper_style(sentence: str) -> str:
@@ -236,32 +237,49 @@ class WhisperScorer:
         top = row.max()
         return np.asarray(row - (top + math.log(float(np.exp(row - top).sum()))))
 
-    def score(self, sentences: list[str]) -> list[Scored]:
-        """Each sentence's mean token log-probability given the last `encode()`d audio,
-        in the order given. Sentences are written the way whisper writes them."""
+    def score(self, sentences: list[str], margin: float | None = None) -> list[Scored]:
+        """Each sentence's mean token log-probability given the last encoded clip, in the
+        order given, written the way whisper writes them. With `margin`, the first sentence
+        is the reference (whisper's own transcript) and another one's decoding stops as soon
+        as it can no longer reach the reference's score minus `margin` nor the best so far
+        (each token's log-probability is <= 0): its score is then an upper bound, `pruned`.
+        Which sentence is best, and whether it is within the margin, is the same."""
         seqs = []
         for s in sentences:
             styled = whisper_style(s)
             toks = self.tokens(styled) if styled else []
             seqs.append([self.sot, self.notimestamps, *toks, self.eot])
-        order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+        first = [0] if margin is not None and seqs else []
+        rest = sorted(range(len(first), len(seqs)), key=lambda i: seqs[i])
         out: dict[int, Scored] = {}
         prev: list[int] = []
         dists: list[np.ndarray] = []  # dists[j - 2]: the distribution of seq[j]
-        for i in order:
+        floor = best = -math.inf
+        for i in first + rest:
             seq = seqs[i]
-            keep = 0  # shared prefix with the previous sequence (its positions' KV is valid)
+            keep = 0  # shared prefix with the last decoded tokens (their KV is valid)
             while keep < min(len(seq), len(prev)) and seq[keep] == prev[keep]:
                 keep += 1
-            start = max(1, keep)  # dists for positions <= keep are reusable
+            start = max(1, keep)  # the distributions of positions <= keep are reusable
             if keep == 0:
                 self._logprobs(seq[0], 0)  # <|startoftranscript|>
             del dists[max(0, start - 1) :]
+            n = len(seq) - 2  # scored: the text's tokens and the end of text
+            total = sum(float(dists[j - 2][seq[j]]) for j in range(2, start + 1))
+            bound = -math.inf if margin is None or i in first else max(floor, best)
+            pruned = False
             for j in range(start, len(seq) - 1):
+                if total < bound * n:
+                    pruned = True
+                    break
                 dists.append(self._logprobs(seq[j], j))
-            lps = [float(dists[j - 2][seq[j]]) for j in range(2, len(seq))]
-            out[i] = Scored(sentences[i], sum(lps) / len(lps), len(lps))
-            prev = seq
+                total += float(dists[-1][seq[j + 1]])
+            out[i] = Scored(sentences[i], total / n, n, pruned)
+            prev = seq[: len(dists) + 1]
+            if i in first and margin is not None:
+                floor = total / n - margin
+            elif not pruned:
+                best = max(best, total / n)
         return [out[i] for i in range(len(seqs))]
 
     def close(self) -> None:

@@ -70,7 +70,7 @@ def stt_server(
 ) -> tuple[Callable[[Any], Any], dict[str, str]]:
     """In the worker process (loomd.audio.worker): the model, and what answers a request
     `(float32 pcm bytes, prompt, audio_ctx)` with `(text, ms)`, and `("rescore", transcript,
-    sentences)` about the last transcribed clip with `(transcript's score, [scores], ms)`
+    sentences, margin)` about the last transcribed clip with `(transcript's score, [scores], ms)`
     from a second whisper.cpp context (loomd.audio.rescore), loaded now with `rescore`,
     else at the first rescoring."""
     import time
@@ -108,7 +108,7 @@ def stt_server(
 
     def handle(request: Any) -> Any:
         if request[0] == "rescore":
-            _, transcript, sentences = request
+            _, transcript, sentences, margin = request
             if last[0] is None:
                 raise RuntimeError("no clip to rescore: nothing was transcribed")
             began = time.perf_counter()
@@ -116,7 +116,7 @@ def stt_server(
             if not last[2]:
                 sc.encode(last[0], last[1])
                 last[2] = True
-            got = sc.score([transcript, *sentences])
+            got = sc.score([transcript, *sentences], margin)
             ms = (time.perf_counter() - began) * 1000
             return got[0].score, [g.score for g in got[1:]], ms
         pcm, prompt, ctx = request
@@ -211,10 +211,14 @@ class SttWorker:
         info = self.worker.info
         return str(info.get("rescore", "off")) if isinstance(info, dict) else "off"
 
-    async def rescore(self, transcript: str, sentences: list[str]) -> Rescored:
+    async def rescore(
+        self, transcript: str, sentences: list[str], margin: float | None = None
+    ) -> Rescored:
         """How well `transcript` and each of `sentences` explain the last transcribed clip
-        (mean token log-probability under whisper's decoder; loomd.audio.rescore)."""
-        own, scores, ms = await self.worker.call("rescore", transcript, list(sentences))
+        (mean token log-probability under whisper's decoder; loomd.audio.rescore). With
+        `margin`, a sentence that cannot come within it of the transcript, nor beat the
+        best, stops early (its score is then an upper bound)."""
+        own, scores, ms = await self.worker.call("rescore", transcript, list(sentences), margin)
         return Rescored(float(own), tuple(float(x) for x in scores), float(ms))
 
     def close(self) -> None:

@@ -176,6 +176,9 @@ class RescoreRequest(_Payload, topic=Topic.VOICE_RESCORE):
     utterance_id: str
     transcript: str
     sentences: tuple[str, ...] = ()
+    # Only the best matters within this margin of the transcript's score: the others may
+    # stop decoding early (their scores are then upper bounds). None: every score exact.
+    margin: float | None = None
 
     def __post_init__(self) -> None:
         if not self.utterance_id or not self.sentences or len(self.sentences) > 64:

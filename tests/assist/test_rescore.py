@@ -88,10 +88,16 @@ def worker(models: Path) -> Iterator[SttWorker]:
 
 
 async def rescored(w: SttWorker, matcher: Matcher, heard: str) -> Match | None:
+    """As the assist does it (the margin lets hopeless sentences stop early), checked
+    against every score decoded to the end: the same choice; early scores are bounds."""
     cands = candidates(matcher, heard, 10)
-    got = await w.rescore(heard, cands)
-    assert len(got.scores) == len(cands)
+    got = await w.rescore(heard, cands, MARGIN)
+    exact = await w.rescore(heard, cands)
+    assert len(got.scores) == len(exact.scores) == len(cands)
+    assert got.transcript == pytest.approx(exact.transcript, abs=1e-4)
+    assert all(a >= b - 1e-4 for a, b in zip(got.scores, exact.scores, strict=True))
     pick = choose(cands, list(got.scores), got.transcript, MARGIN)
+    assert pick.sentence == choose(cands, list(exact.scores), exact.transcript, MARGIN).sentence
     return matcher.match(pick.sentence) if pick.sentence else None
 
 
