@@ -89,6 +89,7 @@ class AssistComponent(Component[AssistSettings]):
         self.home = HomeSnapshot()
         self.caps: list[dict[str, Any]] = []
         self.convs: dict[str, Conversation] = {}
+        self._rescore_errors: set[str] = set()  # each reason said once as an error event
         self.timers = Timers(self)
         self.counts = {"turns": 0, "local": 0, "llm": 0, "none": 0}
         self._seq = itertools.count(int(time.time() * 1000))
@@ -294,7 +295,8 @@ class AssistComponent(Component[AssistSettings]):
         s = self.settings
         if s.rescore and ask.utterance_id and wants_rescore(text, match):
             better, _ = await rescore_match(self.ctx, self.matcher, text, ask.utterance_id,
-                                            s.rescore_candidates, s.rescore_margin)  # fmt: skip
+                                            s.rescore_candidates, s.rescore_margin,
+                                            self._rescore_errors)  # fmt: skip
             mark("rescored")
             match = better or match
         if match is not None and not match.unknown:

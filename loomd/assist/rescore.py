@@ -94,22 +94,37 @@ def choose(
 
 
 async def rescore_match(
-    ctx: Any, matcher: Matcher, text: str, utterance_id: str, k: int, margin: float
+    ctx: Any,
+    matcher: Matcher,
+    text: str,
+    utterance_id: str,
+    k: int,
+    margin: float,
+    reported: set[str] | None = None,
 ) -> tuple[Match | None, Choice]:
     """Ask the voice component (`voice.rescore`) to score the closest sentences against
     the clip of `utterance_id`; the exact match of the chosen one, or None. A failure
-    (no voice, the clip gone, rescoring unavailable) is said and changes nothing."""
+    (no voice, the clip gone, rescoring unavailable) changes nothing and is said: as an
+    error event the first time (per reason, in `reported`), in the log after that."""
     cands = await asyncio.to_thread(candidates, matcher, text, k)
     if not cands:
         return None, Choice("", float("-inf"), 0.0, "no candidates")
     req = RescoreRequest(utterance_id, text, tuple(cands), margin)
     try:
+        if not await ctx.bus.listeners(Topic.VOICE_RESCORE):  # not 5 s of waiting for it
+            raise LoomdError("no voice component answers voice.rescore")
         ev = await ctx.bus.request(Topic.VOICE_RESCORE, req.to_payload(), timeout=5.0)
         reply = RescoreReply.from_payload(ev.payload)
     except LoomdError as exc:
         reply = RescoreReply(error=f"{type(exc).__name__}: {exc}")
     if reply.error or len(reply.scores) != len(cands):
-        ctx.error(ErrorCode.ASSIST_RESCORE, f"assist: rescoring failed: {reply.error or reply}")
+        why = f"assist: rescoring failed: {reply.error or reply}"
+        if reported is None or why not in reported:
+            ctx.error(ErrorCode.ASSIST_RESCORE, why)
+            if reported is not None:
+                reported.add(why)
+        else:
+            log.info("%s", why)
         return None, Choice("", float("-inf"), 0.0, "failed")
     pick = choose(cands, list(reply.scores), reply.transcript_score, margin)
     log.info("assist: rescored %r: %s %r %.2f (transcript %.2f, %.0f ms)", text, pick.reason,

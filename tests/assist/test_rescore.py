@@ -22,7 +22,7 @@ from loomd.audio.io import read_wav, write_wav
 from loomd.audio.stt import SttWorker
 from loomd.errors import LoomdError
 from loomd.home.registry import Registry, source_from_tables
-from loomd.messages import HomeSnapshot, RescoreRequest
+from loomd.messages import ErrorCode, HomeSnapshot, RescoreRequest
 from tests.assist.conftest import EXAMPLE, home_config
 from tests.audio.conftest import join_wavs, say_wav, voice_toml
 from tests.bridges.conftest import Mosquitto
@@ -229,5 +229,44 @@ async def test_the_daemon_rescores_noisy_commands(
             "home/kitchen/counter/set ON",
             "home/living_room/sofa_lamp/set OFF",
         ], got
+    finally:
+        d.close()
+
+
+async def test_without_voice_a_rescoring_fails_once_and_the_turn_goes_on(
+    short_tmp: Path, broker: Mosquitto
+) -> None:
+    """`[assist] rescore = true` with no voice component: a voice-like request (it has an
+    utterance id) is answered as without rescoring (here: a refusal), `assist_rescore` is
+    said once (not on every turn), and nothing acts."""
+    from loomd.messages import AssistRequest, AssistTurn, ErrorEvent, Topic
+    from loomd.sdk import Client
+    from tests.assist.test_daemon import wait_ready
+
+    d = LoomdProcess(short_tmp, home_config(broker, "rescore = true\n"))
+    (short_tmp / "home.d").mkdir()
+    shutil.copy(EXAMPLE, short_tmp / "home.d" / "home.toml")
+    d.start(timeout=60)
+    try:
+        wait_ready(d)
+        async with Client(d.endpoint, name="t") as bus:
+            async with bus.subscribe(Topic.ERROR) as errors:
+                await errors.ready()
+                turns = []
+                for i in range(2):
+                    req = AssistRequest("Turn on the page and light.", utterance_id=f"u{i}")
+                    ev = await bus.request(Topic.ASSIST_CONVERSE, req.to_payload(), timeout=30)
+                    turns.append(AssistTurn.from_payload(ev.payload))
+                # Each turn's error went out before its reply; a marker of ours comes after.
+                await ErrorEvent(ErrorCode.BAD_RESCORE, "marker", "t").publish(bus)
+                said = [ErrorEvent.from_event(await errors.get(timeout=10))]
+                while said[-1].message != "marker":
+                    said.append(ErrorEvent.from_event(await errors.get(timeout=10)))
+        mine = [e for e in said if e.code == ErrorCode.ASSIST_RESCORE]
+        assert len(mine) == 1, said
+        assert "no voice component" in mine[0].message
+        for turn in turns:
+            assert turn.actions == () and "rescored" in turn.timings, turn
+            assert turn.reply == "Sorry, I am not aware of any area called page and", turn
     finally:
         d.close()
