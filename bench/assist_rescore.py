@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loomd.assist.rescore import candidates, choose, wants_rescore
 from loomd.assist.settings import AssistSettings
 
-MARGINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+MARGINS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
 
 
 def measure(
@@ -67,6 +68,8 @@ def measure(
     for label, snr in (("clean", None), ("10db", 10.0)):
         asyncio.run(run([noisy(c[4], snr, j) for j, c in enumerate(clips)], label))
     worker.close()
+    if os.environ.get("BENCH_RESCORE_ROWS"):  # every clip, for reading the margins offline
+        Path(os.environ["BENCH_RESCORE_ROWS"]).write_text(json.dumps(rows, default=str))
 
     def result(row: dict[str, Any], margin: float) -> Any:
         if row["scored"] is None:
@@ -108,6 +111,9 @@ def measure(
             right_gaps.append(gap)
         elif taken != r["want"] and isinstance(taken, list) and taken:
             wrong_gaps.append(gap)
+            print(f"rescore would act wrongly from margin {gap:.2f} ({r['label']}, {r['voice']},"
+                  f" {r['kind']}): {r['text']!r} heard {r['heard']!r} -> "
+                  f"{cands[scores.index(max(scores))]!r}", file=sys.stderr)  # fmt: skip
     res = figures(s.rescore_margin)
     res["rescore_gaps_recovering"] = sorted(round(g, 2) for g in right_gaps)
     res["rescore_gap_wrong_min"] = round(min(wrong_gaps), 2) if wrong_gaps else None

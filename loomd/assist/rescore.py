@@ -17,7 +17,14 @@ from typing import Any
 
 from rapidfuzz import fuzz, process
 
-from loomd.assist.matcher import Match, Matcher, has_negation, numbers_out
+from loomd.assist.matcher import (
+    Match,
+    Matcher,
+    clean_transcript,
+    has_negation,
+    numbers_out,
+    only_misheard,
+)
 from loomd.errors import LoomdError
 from loomd.messages import ErrorCode, RescoreReply, RescoreRequest, Topic
 
@@ -55,7 +62,10 @@ def wants_rescore(text: str, m: Match | None) -> bool:
 def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
     """The `k` phrases of the home closest to the transcript (rapidfuzz ratio, numbers as
     `#`), their numbers filled from the transcript (or, for one it did not hear, each of
-    `NUMBER_GUESSES`); each one hassil matches exactly."""
+    `NUMBER_GUESSES`); each one hassil matches exactly, and none the transcript only adds
+    words to (phrase repair's rule: "I turned on the desk lamp" is not "turn on the desk
+    lamp", however close whisper scores them)."""
+    heard = clean_transcript(text)
     norm, numbers = numbers_out(text)
     phrases = matcher.phrases
     if not phrases:
@@ -73,7 +83,11 @@ def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
             sentence = phrase
             for n in fill:
                 sentence = sentence.replace("#", n, 1)
-            if sentence not in out and matcher.recognize(sentence) is not None:
+            if (
+                sentence not in out
+                and only_misheard(sentence, heard)
+                and matcher.recognize(sentence) is not None
+            ):
                 out.append(sentence)
         if len({re.sub(r"\d+", "#", s) for s in out}) >= k:
             break

@@ -18,6 +18,7 @@ import pytest
 from loomd.assist.intents import ACTING, plan_actions
 from loomd.assist.matcher import Match, Matcher
 from loomd.assist.rescore import candidates, choose, wants_rescore
+from loomd.assist.settings import AssistSettings
 from loomd.audio.io import read_wav, write_wav
 from loomd.audio.stt import SttWorker
 from loomd.errors import LoomdError
@@ -30,7 +31,7 @@ from tests.conftest import LoomdProcess, loomctl
 
 pytestmark = pytest.mark.models
 
-MARGIN = 0.5  # [assist] rescore_margin's default
+MARGIN = AssistSettings().rescore_margin
 # (what is said, the noise seed): whisper tiny.en hears other words at 10 dB
 RECOVERED = [
     ("turn on the kitchen lights", 0),  # heard "Turn on the page and light."
