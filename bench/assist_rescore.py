@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loomd.assist.rescore import candidates, choose, wants_rescore
 from loomd.assist.settings import AssistSettings
 
-MARGINS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
+MARGINS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def measure(

@@ -31,16 +31,7 @@ from rapidfuzz.distance import Levenshtein
 from loomd.errors import LoomdError
 from loomd.messages import Domain, HomeSnapshot
 
-__all__ = [
-    "CAP_PREFIX",
-    "Match",
-    "Matcher",
-    "cap_intent",
-    "clean_transcript",
-    "has_negation",
-    "numbers_out",
-    "only_misheard",
-]
+__all__ = ["CAP_PREFIX", "Match", "Matcher", "cap_intent", "has_negation", "numbers_out"]
 
 CAP_PREFIX = "cap:"  # intent names of capability sentences: "cap:<capability name>"
 # Intents whose unknown target must never fall through to the model: "turn on the
@@ -200,7 +191,7 @@ class Matcher:
         r = self.recognize(text)
         if r is not None:
             return self._to_match(r, text)
-        clean = clean_transcript(text)
+        clean = _clean(text)
         if _NEGATION.search(clean):
             return None  # "don't turn on the lights": hassil's exact match or nothing
         if clean != text:
@@ -258,7 +249,7 @@ class Matcher:
         if hit is None:
             return None
         phrase = hit[0]
-        if phrase.count("#") != len(numbers) or not only_misheard(phrase, norm):
+        if phrase.count("#") != len(numbers) or not _only_misheard(phrase, norm):
             return None
         for n in numbers:
             phrase = phrase.replace("#", n, 1)
@@ -316,7 +307,7 @@ class Matcher:
                 unknown_chunks = r.text_chunks_matched
                 unknown = Match(r.intent.name, {}, said, "default", False, said, text)
         for fixed in sorted(repairs, key=lambda f: -repairs[f])[:5]:
-            if not only_misheard(fixed, text):
+            if not _only_misheard(fixed, text):
                 continue
             again = self.recognize(fixed)
             if again is not None:
@@ -362,7 +353,7 @@ def _commanded(text: str, r: RecognizeResult) -> bool:
     return any(w not in _FILLER for w in re.findall(r"[a-z']+", rest))
 
 
-def clean_transcript(text: str) -> str:
+def _clean(text: str) -> str:
     """What whisper adds around words: quotes, brackets, a phrase said twice."""
     text = re.sub(r"[\"“”«»()\[\]]", " ", text)
     text = " ".join(text.split())
@@ -379,7 +370,7 @@ _NEGATION = re.compile(r"\b(don'?t|do not|doesn'?t|never|not|no longer|stop)\b",
 _HEARD_EXTRA = frozenset("the a an and so uh um oh please now".split())
 
 
-def only_misheard(phrase: str, heard: str) -> bool:
+def _only_misheard(phrase: str, heard: str) -> bool:
     """Whether `heard` is `phrase` with words misheard, split or dropped, not words added:
     a repair is for what whisper got wrong, never for a different sentence that happens to
     be close ("I turned on the desk lamp", "the desk lamp is on" are not "turn on the desk

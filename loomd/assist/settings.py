@@ -30,7 +30,7 @@ class AssistSettings(Section):
     # `rescore_margin` (mean log-probability per token) of whisper's own transcript.
     rescore: bool = option(False, reload=True)
     rescore_candidates: int = option(10, min=1, max=50, reload=True)
-    rescore_margin: float = option(1.25, min=0.0, max=5.0, reload=True)
+    rescore_margin: float = option(1.0, min=0.0, max=5.0, reload=True)
     # Conversation memory: turns kept per conversation, forgotten after this idle time
     memory_turns: int = option(6, min=0, max=50, reload=True)
     idle_timeout_s: float = option(300.0, min=5.0, max=86400.0, reload=True)
