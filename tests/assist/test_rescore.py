@@ -173,6 +173,16 @@ def test_requests_are_checked() -> None:
         RescoreRequest("u1", "x", ())
 
 
+def test_a_statement_about_a_person_gets_no_command_candidates(matcher: Matcher) -> None:
+    """The bench's nearest wrong action (margin 1.12): whisper scored "turn on the desk
+    lamp" close to its own clean "I turned on the desk lamp." A candidate must keep the
+    people the transcript names."""
+    assert "turn on the sofa lamp" in candidates(matcher, "Turn on the sofa lump.")
+    for heard in ("I turned on the sofa lamp.", "Who turned on the kitchen lights?"):
+        got = candidates(matcher, heard)
+        assert not any(acts(matcher.match(c), matcher.home) for c in got), got
+
+
 def test_negations_and_refusals_are_never_rescored() -> None:
     assert not wants_rescore("don't turn on the kitchen lights", None)
     assert not wants_rescore("No turn on the kitchen lights.", None)  # 10 dB "don't ..."
