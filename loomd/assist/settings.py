@@ -28,7 +28,7 @@ class AssistSettings(Section):
     # repair, an unknown target): whisper's own decoder scores the home's closest sentences
     # against the clip ([voice.stt] keeps it) and the best is taken if it is within
     # `rescore_margin` (mean log-probability per token) of whisper's own transcript.
-    rescore: bool = option(False, reload=True)
+    rescore: bool = option(True, reload=True)
     rescore_candidates: int = option(10, min=1, max=50, reload=True)
     rescore_margin: float = option(1.0, min=0.0, max=5.0, reload=True)
     # Conversation memory: turns kept per conversation, forgotten after this idle time
