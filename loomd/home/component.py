@@ -376,18 +376,15 @@ class HomeComponent(HaDevices, Component[HomeSettings]):
                     self.following = ()  # a new bridge session: subscribe again
 
     async def _follow_states(self) -> None:
-        async with self.ctx.bus.subscribe(FOLLOW_TOPIC, QoS.RELIABLE) as sub:
-            async for ev in sub:
-                try:
-                    msg = MqttMessage.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.HOME_BAD_STATE, f"home: {exc}")
-                    continue
-                for d in self.registry.devices.values():
-                    if d.spec.state_topic == msg.topic:
-                        st = self._parse_state(d, msg.payload)
-                        if st is not None:
-                            await self._set_state(st)
+        follows = self.ctx.receive(
+            MqttMessage, FOLLOW_TOPIC, code=ErrorCode.HOME_BAD_STATE, qos=QoS.RELIABLE
+        )
+        async for msg, _ev in follows:
+            for d in self.registry.devices.values():
+                if d.spec.state_topic == msg.topic:
+                    st = self._parse_state(d, msg.payload)
+                    if st is not None:
+                        await self._set_state(st)
 
     def _parse_state(self, d: Device, data: bytes) -> DeviceState | None:
         text = data.decode("utf-8", "replace").strip()
