@@ -271,6 +271,11 @@ class Inbox(Generic[P]):
             self._sub = self.bus.subscribe(self.pattern, self.qos)
         return self._sub
 
+    def open(self) -> Self:
+        """Subscribe now (events from now on are kept for the loop that comes later)."""
+        self._open()
+        return self
+
     async def ready(self) -> Self:
         await self._open().ready()
         return self

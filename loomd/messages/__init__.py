@@ -57,6 +57,7 @@ from loomd.messages.chat import (
     ToolChoice,
     ToolSpec,
 )
+from loomd.messages.collab import Bid, BidAward, BidReject
 from loomd.messages.home import (
     DeviceState,
     Domain,
@@ -102,6 +103,9 @@ __all__ = [
     "AssistTurn",
     "BarrierReply",
     "BarrierRequest",
+    "Bid",
+    "BidAward",
+    "BidReject",
     "BusStats",
     "CapCode",
     "CapInfo",
