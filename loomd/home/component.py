@@ -338,7 +338,7 @@ class HomeComponent(HaDevices, Component[HomeSettings]):
     async def _keep_following(self) -> None:
         """Ask the bridge to follow the state topics, again after each (re)connect of the
         bridge and whenever the registry changes; retried while nobody answers."""
-        async with self.ctx.bus.subscribe("loomd.mqtt.connected", QoS.RELIABLE) as connected:
+        async with self.ctx.bus.subscribe(Topic.MQTT_CONNECTED, QoS.RELIABLE) as connected:
             await connected.ready()
             while True:
                 topics = self._state_topics()
