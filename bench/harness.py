@@ -372,3 +372,22 @@ async def wait_daemon_op(endpoint: str, op: str, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.3)
+
+
+def daemon_config(root: Path, body: str, daemon: str = 'device_id = "bench"') -> Path:
+    """`root/loomd.toml` for a bench daemon: `[daemon]` (`daemon`, its lines), its paths
+    under `root`, then `body` (the sections the bench is about; `[metrics]` among them)."""
+    cfg = root / "loomd.toml"
+    cfg.write_text(
+        f"[daemon]\n{daemon}\n[paths]\n"
+        f'runtime_dir = "{root}/run"\nstate_dir = "{root}/state"\ncache_dir = "{root}/cache"\n'
+        + body
+    )
+    return cfg
+
+
+def spawn_daemon(cfg: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """`python -m loomd.daemon --config cfg`, its output dropped unless `popen` says where."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(cfg)], **popen)

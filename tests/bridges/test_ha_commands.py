@@ -12,9 +12,8 @@ from typing import Any
 
 from loomd.bus.api import BusSubscription
 from loomd.messages import EntityCommand, ErrorEvent, MqttEntity, VoiceMute
-from tests.bridges.conftest import Mosquitto, mqtt_section, running
+from tests.bridges.conftest import Mosquitto, bridge, connected, mqtt_section, running
 from tests.bridges.test_homeassistant import check_schema, configs
-from tests.bridges.test_mqtt import connected
 
 # An agent that offers two capabilities and announces five entities HA commands: on start
 # and on every `loomd.mqtt.connected` (the bridge may come up after it).
@@ -151,8 +150,7 @@ async def test_ha_commands_reach_the_bus_and_the_capability_behind_them(
 async def test_mute_switch_state_follows_the_bus_whoever_mutes(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         bus = c.ctx.bus
         with broker.sub("loomd/test-box/mute") as w:
             assert await w.wait(1) == ["loomd/test-box/mute OFF"]
@@ -168,8 +166,7 @@ async def test_mute_switch_state_follows_the_bus_whoever_mutes(
 async def test_a_bad_entity_is_an_error_and_the_good_ones_still_come(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         bus = c.ctx.bus
         async with bus.subscribe("loomd.error", "reliable") as errors:
             bad = [

@@ -11,9 +11,16 @@ from typing import Any
 
 import pytest
 
-from loomd.bridges.mqtt import MqttComponent
-from loomd.host import Host
-from tests.bridges.conftest import Mosquitto, make_certs, mqtt_section, running, wait_for
+from tests.bridges.conftest import (
+    Mosquitto,
+    bridge,
+    connected,
+    make_certs,
+    mqtt_of,
+    mqtt_section,
+    running,
+    wait_for,
+)
 
 IN_TEMP = """
 [[mqtt.map]]
@@ -33,21 +40,8 @@ codec = "text"
 """
 
 
-def mqtt_of(host: Host) -> MqttComponent:
-    c = host.get("mqtt")
-    assert isinstance(c, MqttComponent), host.status()
-    return c
-
-
-async def connected(host: Host, timeout: float = 10.0) -> MqttComponent:
-    c = mqtt_of(host)
-    await wait_for(lambda: c.connected, timeout)
-    return c
-
-
 async def test_sensor_to_bus_and_bus_to_mqtt(short_tmp: Path, broker: Mosquitto) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker, IN_TEMP + OUT_SAY)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, IN_TEMP + OUT_SAY)) as c:
         bus = c.ctx.bus
         async with bus.subscribe("sensor.*.temp", "reliable") as sub:
             await asyncio.to_thread(broker.pub, "sensors/kitchen/temp", '{"c": 21.5}')
@@ -106,8 +100,7 @@ qos = 1
 
 async def test_broker_restart_mid_stream_outbound(short_tmp: Path, broker: Mosquitto) -> None:
     n = 600
-    async with running(short_tmp / "a", mqtt_section(broker, OUT_SEQ)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, OUT_SEQ)) as c:
         # a persistent mosquitto_sub session: it gets what was queued for it while it was away
         with broker.sub("seq/out", "-c", "-i", "watcher") as w:
             await w.ready()
@@ -163,8 +156,7 @@ class PahoPublisher:
 
 async def test_broker_restart_mid_stream_inbound(short_tmp: Path, broker: Mosquitto) -> None:
     n = 600
-    async with running(short_tmp / "a", mqtt_section(broker, IN_SEQ)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, IN_SEQ)) as c:
         got: list[int] = []
         async with c.ctx.bus.subscribe("seq.in", "reliable") as sub:
             pub = await asyncio.to_thread(PahoPublisher, broker)
@@ -307,8 +299,7 @@ async def test_malformed_json_and_oversize_are_counted_reported_not_forwarded(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
     section = mqtt_section(broker, IN_TEMP, max_payload_bytes=64)
-    async with running(short_tmp / "a", section) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", section) as c:
         bus = c.ctx.bus
         async with (
             bus.subscribe("sensor.*.temp", "reliable") as sub,
@@ -339,8 +330,7 @@ codec = "text"
 async def test_a_both_mapping_does_not_loop(
     short_tmp: Path, broker: Mosquitto, protocol: str
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker, BOTH_ECHO, protocol=protocol)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, BOTH_ECHO, protocol=protocol)) as c:
         bus = c.ctx.bus
         with broker.sub("echo/#") as w:
             await w.ready()

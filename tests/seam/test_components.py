@@ -31,11 +31,8 @@ def status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture
 def probed(short_tmp: Path) -> Iterator[LoomdProcess]:
-    d = LoomdProcess(short_tmp, env=ENV)
-    try:
+    with LoomdProcess(short_tmp, env=ENV) as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_a_registered_component_is_served_everywhere(probed: LoomdProcess) -> None:

@@ -20,6 +20,7 @@ from loomd.config import Section
 from loomd.errors import LoomdError
 from loomd.messages import ErrorCode, ErrorEvent, MqttAck, SayRequest, Topic
 from loomd.state import State
+from tests.conftest import eventually
 
 
 def run(root: Path, body: Any) -> None:
@@ -93,11 +94,9 @@ def test_iterating_unopened_subscribes_and_a_cancel_leaves_nothing_behind(tmp_pa
                 got.append(msg.text)
 
         task = asyncio.create_task(loop())
-        while await other.listeners("voice.say") == 0:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: broker.listeners("voice.say"), 5, "the inbox subscribed")
         await SayRequest("one").publish(other)
-        while not got:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: got, 5, "the message")
         task.cancel()  # how a component's loop ends: its task is cancelled at stop
         with contextlib.suppress(asyncio.CancelledError):
             await task
