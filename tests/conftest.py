@@ -160,6 +160,16 @@ def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.Comp
     )
 
 
+def loomctl_sub(d: LoomdProcess, pattern: str, count: int) -> subprocess.Popen[str]:
+    """`loomctl sub PATTERN --json --count N --wait 20` in the background (read its stdout
+    with `communicate()`; it says "subscribed to" on stderr once the daemon routes to it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "loomd.ctl", "--socket", str(d.socket), "sub", pattern,
+         "--json", "--count", str(count), "--wait", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **d.env},
+    )  # fmt: skip
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path: ipc socket paths must stay under 107 bytes."""

@@ -17,10 +17,10 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loomd.agents.broker import Report
 from loomd.agents.plugins import PluginDef
 from loomd.agents.runtime import Policy
 from loomd.messages import ErrorCode
@@ -39,7 +39,7 @@ class ProcessRunner:
         memory_mb: int,
         *,
         policy: Policy,
-        report: Callable[[ErrorCode, str, dict[str, Any]], None],
+        report: Report,
     ) -> None:
         self.pdef = pdef
         self.id = pdef.id

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from loomd.agents.broker import ActionBroker, LocalProvider
+from loomd.agents.broker import ActionBroker, LocalProvider, Report
 from loomd.agents.capability import specs_of
 from loomd.agents.ctx import AgentCtx
 from loomd.bus.envelope import Event, QoS
@@ -81,7 +81,7 @@ class AgentRunner:
         *,
         source: str,
         policy: Policy,
-        report: Callable[[ErrorCode, str, dict[str, Any]], None],
+        report: Report,
     ) -> None:
         self.agent = agent
         self.id: str = ctx.id

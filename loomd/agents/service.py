@@ -20,6 +20,7 @@ from loomd.agents.broker import (
     InvalidParams,
     Provider,
     ProviderUnavailable,
+    Report,
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
@@ -51,7 +52,6 @@ __all__ = ["CapabilityService", "RemoteProvider"]
 LEASE_PATTERN = "caps.lease.*"
 IN_PROCESS_LEASE_S = 30.0  # the lease of providers inside the daemon (home, mcp servers)
 
-Report = Callable[[ErrorCode, str, dict[str, Any]], None]
 P = TypeVar("P", bound=_Payload)
 
 
