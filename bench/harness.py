@@ -391,3 +391,14 @@ def spawn_daemon(cfg: Path, **popen: Any) -> subprocess.Popen[bytes]:
     popen.setdefault("stdout", subprocess.DEVNULL)
     popen.setdefault("stderr", subprocess.DEVNULL)
     return subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(cfg)], **popen)
+
+
+def raw_dealer(endpoint: str, **opts: Any) -> zmq.Socket[bytes]:
+    """A bare ZeroMQ client (`opts`: socket options by name, `RCVHWM=1`): what a hostile
+    or buggy client library would use."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for k, v in opts.items():
+        sock.setsockopt(getattr(zmq, k), v)
+    sock.connect(endpoint)
+    return sock

@@ -149,6 +149,16 @@ class LoomdProcess:
         self.close()
 
 
+def plugins_section(root: Path, **plugins: str) -> str:
+    """`root/plugins/<name>.py` with each plugin's code, and the `[agents]` section that
+    loads those plugins only."""
+    folder = root / "plugins"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, code in plugins.items():
+        (folder / f"{name}.py").write_text(code)
+    return f'[agents]\ndirs = ["{folder}"]\nentry_points = false\n'
+
+
 def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """`loomctl --socket <d's socket> ARGS`, as a user runs it (with the daemon's extra env)."""
     return subprocess.run(

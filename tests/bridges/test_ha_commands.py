@@ -14,6 +14,7 @@ from loomd.bus.api import BusSubscription
 from loomd.messages import EntityCommand, ErrorEvent, MqttEntity, VoiceMute
 from tests.bridges.conftest import Mosquitto, bridge, connected, mqtt_section, running
 from tests.bridges.test_homeassistant import check_schema, configs
+from tests.conftest import plugins_section
 
 # An agent that offers two capabilities and announces five entities HA commands: on start
 # and on every `loomd.mqtt.connected` (the bridge may come up after it).
@@ -66,10 +67,7 @@ BASE = "loomd/test-box/entity"
 
 
 def agents_section(root: Path) -> str:
-    plugins = root / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    (plugins / "fan.py").write_text(FAN)
-    return f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\n'
+    return plugins_section(root, fan=FAN)
 
 
 async def next_error(errors: BusSubscription, code: str) -> ErrorEvent:
