@@ -47,7 +47,13 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as mqtt  # noqa: E402
 import psutil  # type: ignore[import-untyped]  # noqa: E402
 
-from bench.harness import daemon_config, free_port, peak_rss_mb, spawn_daemon  # noqa: E402
+from bench.harness import (  # noqa: E402
+    daemon_config,
+    free_port,
+    mqtt_map,
+    peak_rss_mb,
+    spawn_daemon,
+)
 from loomd.errors import RemoteError, RequestTimeout  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
 
@@ -90,48 +96,15 @@ class Broker:
             self.proc = None
 
 
-CONFIG = """
-[metrics]
-enabled = false
-[mqtt]
-enabled = true
-port = {port}
-reconnect_min_s = 0.05
-reconnect_max_s = 0.2
-max_inflight = 1000
-[[mqtt.map]]
-direction = "in"
-mqtt = "rt/in"
-bus = "rt.x"
-qos = 1
-codec = "raw"
-[[mqtt.map]]
-direction = "out"
-mqtt = "rt/out"
-bus = "rt.x"
-qos = 1
-codec = "raw"
-[[mqtt.map]]
-direction = "in"
-mqtt = "tp/in"
-bus = "tp.x"
-qos = 0
-codec = "raw"
-bus_qos = "realtime"
-[[mqtt.map]]
-direction = "out"
-mqtt = "tp/out"
-bus = "tp.x"
-qos = 0
-codec = "raw"
-bus_qos = "realtime"
-[[mqtt.map]]
-direction = "out"
-mqtt = "ob/out"
-bus = "ob.x"
-qos = 1
-codec = "raw"
-"""
+CONFIG = (
+    "[metrics]\nenabled = false\n[mqtt]\nenabled = true\nport = {port}\n"
+    "reconnect_min_s = 0.05\nreconnect_max_s = 0.2\nmax_inflight = 1000\n"
+    + mqtt_map("in", "rt/in", "rt.x", qos=1, codec="raw")
+    + mqtt_map("out", "rt/out", "rt.x", qos=1, codec="raw")
+    + mqtt_map("in", "tp/in", "tp.x", qos=0, codec="raw", bus_qos="realtime")
+    + mqtt_map("out", "tp/out", "tp.x", qos=0, codec="raw", bus_qos="realtime")
+    + mqtt_map("out", "ob/out", "ob.x", qos=1, codec="raw")
+)
 
 
 PEER_CONFIG = """

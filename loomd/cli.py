@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from loomd.errors import LoomdError
 if TYPE_CHECKING:
     from loomd.sdk.client import Client
 
-__all__ = ["add_group", "dumps", "jsonable", "op", "parse_payload"]
+__all__ = ["add_group", "dumps", "jsonable", "op", "parse_payload", "show"]
 
 
 def add_group(
@@ -37,6 +37,15 @@ def add_group(
         sc.add_parser(action, help=text)
     p.set_defaults(func=func)
     return sc
+
+
+def show(rows: Sequence[Any], as_json: bool, text: Callable[[Any], str]) -> None:
+    """A listing: the rows as one JSON document (`--json`), or `text(row)` for each."""
+    if as_json:
+        print(dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(text(row))
 
 
 def jsonable(value: Any) -> Any:

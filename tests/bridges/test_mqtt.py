@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import mqtt_map
 from tests.bridges.conftest import (
     Mosquitto,
     bridge,
@@ -22,22 +23,8 @@ from tests.bridges.conftest import (
     wait_for,
 )
 
-IN_TEMP = """
-[[mqtt.map]]
-direction = "in"
-mqtt = "sensors/+/temp"
-bus = "sensor.*.temp"
-qos = 1
-"""
-
-OUT_SAY = """
-[[mqtt.map]]
-direction = "out"
-mqtt = "boards/+/say"
-bus = "say.*"
-qos = 1
-codec = "text"
-"""
+IN_TEMP = mqtt_map("in", "sensors/+/temp", "sensor.*.temp", qos=1)
+OUT_SAY = mqtt_map("out", "boards/+/say", "say.*", qos=1, codec="text")
 
 
 async def test_sensor_to_bus_and_bus_to_mqtt(short_tmp: Path, broker: Mosquitto) -> None:
@@ -81,21 +68,8 @@ def first_seen(values: list[int]) -> list[int]:
     return out
 
 
-OUT_SEQ = """
-[[mqtt.map]]
-direction = "out"
-mqtt = "seq/out"
-bus = "seq.out"
-qos = 1
-"""
-
-IN_SEQ = """
-[[mqtt.map]]
-direction = "in"
-mqtt = "seq/in"
-bus = "seq.in"
-qos = 1
-"""
+OUT_SEQ = mqtt_map("out", "seq/out", "seq.out", qos=1)
+IN_SEQ = mqtt_map("in", "seq/in", "seq.in", qos=1)
 
 
 async def test_broker_restart_mid_stream_outbound(short_tmp: Path, broker: Mosquitto) -> None:
@@ -316,14 +290,7 @@ async def test_malformed_json_and_oversize_are_counted_reported_not_forwarded(
         assert c.maps[0].in_count == 1 and c.maps[0].errors == 2
 
 
-BOTH_ECHO = """
-[[mqtt.map]]
-direction = "both"
-mqtt = "echo/#"
-bus = "echo.#"
-qos = 1
-codec = "text"
-"""
+BOTH_ECHO = mqtt_map("both", "echo/#", "echo.#", qos=1, codec="text")
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
