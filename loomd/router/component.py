@@ -26,6 +26,7 @@ from loomd.messages import (
     ErrorCode,
     EventType,
     Policy,
+    RouteDecision,
     Topic,
 )
 from loomd.metrics import Family
@@ -272,21 +273,18 @@ class LlmComponent(Component[LlmSettings]):
         self, did: str, req: ChatRequest, d: Decision, policy: Resolved, facts: Facts
     ) -> None:
         self.routes[d.route] = self.routes.get(d.route, 0) + 1
-        record = {
-            "id": did,
-            "at": time.time(),
-            "agent": req.agent,
-            "priority": req.priority,
+        record = RouteDecision(
+            id=did, at=time.time(), agent=req.agent, priority=req.priority,
             **explained(d, policy, facts),
-        }
+        )  # fmt: skip
         self.log.info(
             "route %s: %s (rule %s: %s; est %.0f ms, cost %.4f, confidence %.2f, privacy %s)",
             did, d.route, d.rule, d.reason, d.est_latency_ms, d.est_cost, d.confidence,
             policy.privacy,
         )  # fmt: skip
         assert self.decisions is not None
-        self.decisions.add(did, record)
-        await self.ctx.bus.publish(Topic.ROUTE_DECISION, record, qos="realtime")
+        self.decisions.add(did, record.to_payload())
+        await record.publish(self.ctx.bus, wait=False)
 
     # -- a chat turn -------------------------------------------------------------------------
     async def _turn(self, req: ChatRequest, ev: Event) -> None:
