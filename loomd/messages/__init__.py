@@ -53,10 +53,12 @@ from loomd.messages.chat import (
     ChatRequest,
     Policy,
     Role,
+    RouteDecision,
     ToolCall,
     ToolChoice,
     ToolSpec,
 )
+from loomd.messages.collab import Bid, BidAward, BidReject
 from loomd.messages.home import (
     DeviceState,
     Domain,
@@ -102,6 +104,9 @@ __all__ = [
     "AssistTurn",
     "BarrierReply",
     "BarrierRequest",
+    "Bid",
+    "BidAward",
+    "BidReject",
     "BusStats",
     "CapCode",
     "CapInfo",
@@ -149,6 +154,7 @@ __all__ = [
     "Received",
     "Replier",
     "Role",
+    "RouteDecision",
     "SayRequest",
     "SubscriptionStats",
     "ToolCall",

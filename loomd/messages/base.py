@@ -51,6 +51,10 @@ class Topic(StrEnum):
 class EventType(StrEnum):
     LLM_CHUNK = "llm.chunk"
     LLM_DONE = "llm.done"
+    CNET_CFP = "cnet.cfp"  # a contract net's call for proposals (any payload)
+    CNET_BID = "cnet.bid"  # Bid
+    CNET_AWARD = "cnet.award"  # BidAward (request/reply: the winner's result)
+    CNET_REJECT = "cnet.reject"  # BidReject
 
 
 class Received(Protocol):
