@@ -69,6 +69,7 @@ from loomd.messages.home import (
     HomeDevice,
     HomeSnapshot,
 )
+from loomd.messages.mcp import McpLog
 from loomd.messages.mqtt import (
     EntityCommand,
     HaComponent,
@@ -135,6 +136,7 @@ __all__ = [
     "HomeSnapshot",
     "IntentInfo",
     "IntentVia",
+    "McpLog",
     "MqttAck",
     "MqttEntity",
     "MqttFollow",
