@@ -377,11 +377,17 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             return None
         return f"{m.s.bus} > {m.s.mqtt}"
 
-    def _subscribe_out(self, m: MapState) -> BusSubscription:
+    def _subscribe_out(self, m: MapState, *, again: bool = False) -> BusSubscription:
         """The map's bus subscription, from its mark when it has one (the journal replays
-        what the last run accepted but never put in the outbox)."""
+        what the last run accepted but never put in the outbox; `again`: what this run
+        took but did not handle, before its forwarder failed)."""
         key = self._mark_key(m)
-        since = self.marks.since(key) if key is not None else None
+        if key is None:
+            since = None
+        elif again:
+            since = self.marks.done.get(key)
+        else:
+            since = self.marks.since(key)
         sub: BusSubscription = self.ctx.bus.subscribe(m.s.bus, m.s.bus_qos, since=since)
         if key is not None and since is None:  # the first run: from here on
             self.marks.advance(key, max(0, handled_upto(sub)))
@@ -389,10 +395,13 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         return sub
 
     async def _forward(self, m: MapState) -> None:
-        sub = self.subs[m.index]
-        if getattr(sub, "closed", False):  # restarted (an evicted subscription): resume
-            sub = self._subscribe_out(m)
         key = self._mark_key(m)
+        sub = self.subs[m.index]
+        if m.forwarding or getattr(sub, "closed", False):
+            # restarted (it failed, or its subscription was evicted): from the mark again
+            await sub.close()
+            sub = self._subscribe_out(m, again=True)
+        m.forwarding = True
         async for ev in sub:
             if key is None:
                 self._out_one(m, ev)
