@@ -288,9 +288,10 @@ class CapabilityService:
             self._drop(old, "registered again")
         if self._mux is None:
             self._mux = ReplyMux(self.bus)
-        # An in-daemon provider (a component over LocalBus) cannot die apart from the daemon
-        # and unregisters when it stops: a long lease, not a heartbeat every 100 ms.
-        local = who is not None and who.kind is IdentityKind.DAEMON
+        # An in-daemon provider (a component over LocalBus, or an MCP server's handle, which
+        # the daemon makes) cannot die apart from the daemon and unregisters when it stops:
+        # a long lease, not a heartbeat every 100 ms.
+        local = who is not None and who.kind in (IdentityKind.DAEMON, IdentityKind.MCP)
         lease = IN_PROCESS_LEASE_S if local else self.settings().provider_lease_s
         prov = RemoteProvider(pid, self._mux, lease)
         prov.owner = who

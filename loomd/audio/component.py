@@ -46,6 +46,7 @@ _HANDOFF_ASK_S = 0.5
 class VoiceStatus(StatusBlock):
     state: str
     source: str
+    identity: str  # who a spoken turn acts for (`voice:local`, `voice:<site>`)
     tts: str
     frames: int
     wakes: int
@@ -90,7 +91,7 @@ class VoiceComponent(Component[VoiceSettings]):
         return missing_models(settings, Path(settings.models_dir or paths.models_dir))
 
     async def start(self) -> None:
-        from loomd.audio.agent import Agent
+        from loomd.audio.agent import Agent, voice_identity
         from loomd.audio.board import Board
         from loomd.audio.handoff import Handoff
         from loomd.audio.pipeline import Pipeline
@@ -116,7 +117,8 @@ class VoiceComponent(Component[VoiceSettings]):
         self.recorder = FlightRecorder(lambda: self.ctx.state, s.recorder_size, self.ctx.error)
         self.agent = Agent(self.ctx, stt=stt, speaker=self.speaker, board=self.board,
                            recorder=self.recorder, counts=self.counts,
-                           spawn=lambda w, name: self.spawn(w, name, critical=False))  # fmt: skip
+                           spawn=lambda w, name: self.spawn(w, name, critical=False),
+                           identity=voice_identity(self.source, s.site))  # fmt: skip
         self.handoff = Handoff(
             self.ctx.bus,
             s.site,
@@ -327,6 +329,7 @@ class VoiceComponent(Component[VoiceSettings]):
         return VoiceStatus(
             state=str(self.board.state),
             source=self.source,
+            identity=self.agent.identity.label,
             tts=self.stages.tts_name,
             frames=self.counts["frames"],
             wakes=self.counts["wakes"],

@@ -71,6 +71,7 @@ from loomd.messages.home import (
     HomeDevice,
     HomeSnapshot,
 )
+from loomd.messages.mcp import McpLog
 from loomd.messages.mqtt import (
     EntityCommand,
     HaComponent,
@@ -140,6 +141,7 @@ __all__ = [
     "HomeSnapshot",
     "IntentInfo",
     "IntentVia",
+    "McpLog",
     "MqttAck",
     "MqttEntity",
     "MqttFollow",

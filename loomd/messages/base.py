@@ -45,6 +45,7 @@ class Topic(StrEnum):
     HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     HA_REGISTRY = "ha.registry"  # request/reply: HaSnapshot (HA's areas, exposed entities)
     HA_CHANGED = "ha.changed"  # HaSnapshot, on each (re)connect and change of HA's registries
+    MCP_LOG = "mcp.log"  # mcp.log.<server>: McpLog, published as `mcp:<server>`
     ERROR = "loomd.error"
 
 
