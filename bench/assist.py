@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import small_models_dir
+from bench.harness import daemon_config, small_models_dir, spawn_daemon
 from loomd.assist.intents import ACTING, plan_actions
 from loomd.assist.matcher import Match, Matcher
 from loomd.audio.io import read_wav
@@ -520,18 +520,16 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         for i, n, a, d, al in DEVICES
     )  # fmt: skip
     (root / "home.d" / "bench.toml").write_text(table)
-    conf = root / "loomd.toml"
-    conf.write_text(
-        f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
-        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
+    conf = daemon_config(
+        root,
+        "[metrics]\nenabled = false\n"
         f"[mqtt]\nenabled = true\nport = {port}\ndiscovery = false\n"
         f"[assist]\nenabled = true\nllm = true\n"
         f'[llm]\nenabled = true\nmodel = "{MODELS / "llm/SmolLM2-135M-Instruct.gguf"}"\n'
         f"threads = 1\n"
-        f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\nsink = "buffer"\nagent = "assist"\n'
+        f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\nsink = "buffer"\nagent = "assist"\n',
     )
-    proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = spawn_daemon(conf)
     wake = root / "wake.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wake), "hey jarvis"],
                    check=True)  # fmt: skip

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import small_models_dir, wait_daemon_op
+from bench.harness import daemon_config, small_models_dir, spawn_daemon, wait_daemon_op
 from loomd.audio.io import read_wav
 from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
 from loomd.audio.tts import PiperTts
@@ -382,15 +382,13 @@ def daemon_turn(tmp: Path) -> tuple[dict[str, Any], float, dict[str, Any]]:
     subprocess.run(["sox", str(wake), str(cmd), str(tmp / "turn.wav")], check=True)
     root = Path(tempfile.mkdtemp(prefix="vd-", dir="/tmp"))
     wport = free_port()
-    conf = root / "loomd.toml"
-    conf.write_text(
-        f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
-        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
+    conf = daemon_config(
+        root,
+        "[metrics]\nenabled = false\n"
         f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\n'
-        f"[voice.wyoming]\nenabled = true\nport = {wport}\n"
+        f"[voice.wyoming]\nenabled = true\nport = {wport}\n",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = spawn_daemon(conf)
     from llama_cpp import Llama
 
     llm = Llama(str(MODELS / "llm/SmolLM2-135M-Instruct.gguf"), n_ctx=1024, n_threads=1,

@@ -195,20 +195,15 @@ class AssistComponent(Component[AssistSettings]):
 
     # -- serving -------------------------------------------------------------------------------
     async def _serve(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.ASSIST_CONVERSE, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self.spawn(lambda r=req: self._answer(r), "turn", critical=False)  # type: ignore[misc]
+        asks = self.ctx.receive(
+            AssistRequest, code=ErrorCode.ASSIST_BAD_REQUEST, qos=QoS.RELIABLE,
+            answer=lambda exc, ev: AssistTurn("", error=str(exc)),
+        )  # fmt: skip
+        async for ask, req in asks:
+            self.spawn(lambda a=ask, r=req: self._answer(a, r), "turn", critical=False)  # type: ignore[misc]
 
-    async def _answer(self, req: Event) -> None:
+    async def _answer(self, ask: AssistRequest, req: Event) -> None:
         CALLER.set(req.caller)  # the turn acts for whoever asked (this task's own context)
-        try:
-            ask = AssistRequest.from_payload(req.payload)
-        except LoomdError as exc:
-            self.ctx.error(ErrorCode.ASSIST_BAD_REQUEST, f"assist: {exc}")
-            if req.reply_to:
-                turn = AssistTurn("", error=str(exc))
-                await self.ctx.bus.reply(req, turn.to_payload(), wait=False)
-            return
         turn = await self.converse(ask)
         if req.reply_to:
             await self.ctx.bus.reply(req, turn.to_payload(), wait=False)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.audio.recorder import TurnClock, TurnRecord
 from loomd.audio.worker import WorkerError
+from loomd.bus.acl import Manifest
+from loomd.bus.identity import Identity, IdentityKind
 from loomd.errors import LoomdError
 from loomd.messages import (
     AssistRequest,
@@ -39,11 +41,24 @@ if TYPE_CHECKING:
     from loomd.audio.vad import Segment
     from loomd.component import Context
 
-__all__ = ["Agent"]
+__all__ = ["VOICE_MANIFEST", "Agent", "voice_identity"]
 
 _STAGE_CODES = {"TTS": ErrorCode.TTS_FAILED, "wake word": ErrorCode.WAKE_FAILED}
 
 Spawn = Callable[[Callable[[], Awaitable[None]], str], "asyncio.Task[None]"]
+
+# What a spoken turn may do on its own: ask the assist, and call what any caller may call
+# without a rule (capabilities not marked sensitive). A sensitive one (a lock, an alarm)
+# needs an `[[acl]]` rule naming the voice identity with `sensitive = true`.
+VOICE_MANIFEST = Manifest(publish=(Topic.ASSIST_CONVERSE.value,), call=("*",))
+
+
+def voice_identity(source: str, site: str) -> Identity:
+    """Who a spoken turn acts for, from where its audio came: `voice:local` for the
+    board's own microphone (or a WAV fed as one), `voice:<site>` for audio a satellite or
+    a peer publishes on `audio.in.<site>`. Never the daemon: whoever can speak to the
+    board is not root."""
+    return Identity(IdentityKind.VOICE, site if source == "bus" else "local")
 
 
 class Agent:
@@ -57,14 +72,32 @@ class Agent:
         recorder: FlightRecorder,
         counts: collections.Counter[str],
         spawn: Spawn,
+        identity: Identity | None = None,
     ) -> None:
         self.ctx, self.stt, self.speaker, self.board = ctx, stt, speaker, board
+        self.identity = identity or voice_identity("mic", ctx.settings.site)
+        self._turn_bus: Any = None
         self.recorder, self.counts, self._spawn = recorder, counts, spawn
         self.stt_hist: list[float] = []
         self._vocabulary = ""  # the assist's names, for whisper's initial prompt
         self._assist_seen = False
         self._probed = -1e9
         self.current: TurnRecord | None = None  # the turn running now
+
+    @property
+    def turn_bus(self) -> Any:
+        """The handle a turn asks the assist through: the turn's own identity (the assist
+        acts for it and shows the model only the tools it may call), not `daemon:voice`."""
+        if self._turn_bus is None:
+            from loomd.bus.local import LocalBus
+
+            bus = self.ctx.bus
+            self._turn_bus = (
+                LocalBus(bus.broker, bus.name, self.identity, VOICE_MANIFEST)
+                if isinstance(bus, LocalBus)
+                else bus
+            )
+        return self._turn_bus
 
     def stage_failed(self, code: ErrorCode, error: str) -> None:
         """A stage outside the turn failed (the wake word's worker died): reported, and
@@ -183,8 +216,8 @@ class Agent:
                             speech_end_ns=int(clock.speech_end * 1e9),
                             utterance_id=rec.utterance_id)  # fmt: skip
         try:
-            ev = await self.ctx.bus.request(Topic.ASSIST_CONVERSE, ask.to_payload(),
-                                            timeout=s.reply_timeout_s)  # fmt: skip
+            ev = await self.turn_bus.request(Topic.ASSIST_CONVERSE, ask.to_payload(),
+                                             timeout=s.reply_timeout_s)  # fmt: skip
             turn = AssistTurn.from_payload(ev.payload)
         except LoomdError as exc:
             self._failed(rec, ErrorCode.REPLY_FAILED, f"no answer from the assist: {exc}")

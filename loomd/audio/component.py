@@ -54,6 +54,7 @@ _HANDOFF_ASK_S = 0.5
 class VoiceStatus(StatusBlock):
     state: str
     source: str
+    identity: str  # who a spoken turn acts for (`voice:local`, `voice:<site>`)
     tts: str
     frames: int
     wakes: int
@@ -98,7 +99,7 @@ class VoiceComponent(Component[VoiceSettings]):
         return missing_models(settings, Path(settings.models_dir or paths.models_dir))
 
     async def start(self) -> None:
-        from loomd.audio.agent import Agent
+        from loomd.audio.agent import Agent, voice_identity
         from loomd.audio.board import Board
         from loomd.audio.handoff import Handoff
         from loomd.audio.pipeline import Pipeline
@@ -124,9 +125,14 @@ class VoiceComponent(Component[VoiceSettings]):
         self.recorder = FlightRecorder(lambda: self.ctx.state, s.recorder_size, self.ctx.error)
         self.agent = Agent(self.ctx, stt=stt, speaker=self.speaker, board=self.board,
                            recorder=self.recorder, counts=self.counts,
-                           spawn=lambda w, name: self.spawn(w, name, critical=False))  # fmt: skip
+                           spawn=lambda w, name: self.spawn(w, name, critical=False),
+                           identity=voice_identity(self.source, s.site))  # fmt: skip
         self.handoff = Handoff(
-            self.ctx.bus, s.site, ask_s=_HANDOFF_ASK_S, max_s=s.vad.max_utterance_s + 5
+            self.ctx.bus,
+            s.site,
+            ask_s=_HANDOFF_ASK_S,
+            max_s=s.vad.max_utterance_s + 5,
+            receive=self.ctx.receive,
         )
         self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=WebRtcVad(s.vad.mode),
                                  aec=self._aec(), frontend=self._frontend(),
@@ -279,16 +285,11 @@ class VoiceComponent(Component[VoiceSettings]):
 
     # -- say, play, stop ----------------------------------------------------------------------
     async def _follow_say(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.VOICE_SAY) as sub:
-            async for ev in sub:
-                try:
-                    req = SayRequest.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.counts["bad_say"] += 1
-                    self.ctx.error(ErrorCode.BAD_SAY, f"voice: bad voice.say payload: {exc}")
-                    continue
-                if req.site == self.settings.site:
-                    self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
+        say = self.ctx.receive(SayRequest, code=ErrorCode.BAD_SAY,
+                               on_bad=lambda ev, exc: self.counts.update(["bad_say"]))  # fmt: skip
+        async for req, _ev in say:
+            if req.site == self.settings.site:
+                self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
 
     async def _say_task(self, req: SayRequest) -> None:
         from loomd.audio.worker import WorkerError
@@ -300,15 +301,9 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def _follow_play(self) -> None:
         """`voice.play`: audio from another part (Home Assistant's TTS), played like our own."""
-        async with self.ctx.bus.subscribe(Topic.VOICE_PLAY) as sub:
-            async for ev in sub:
-                try:
-                    req = PlayAudio.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.BAD_PLAY, f"voice: bad voice.play payload: {exc}")
-                    continue
-                if req.site == self.settings.site:
-                    self._spawn_play(req, ev)
+        async for req, ev in self.ctx.receive(PlayAudio, code=ErrorCode.BAD_PLAY):
+            if req.site == self.settings.site:
+                self._spawn_play(req, ev)
 
     def _spawn_play(self, req: PlayAudio, ev: Any) -> None:
         self.spawn(lambda: self._play_task(req, ev), "play-one", critical=False)
@@ -354,14 +349,8 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def _follow_mute(self) -> None:
         """`voice.mute` (Home Assistant's "Mute" switch through the MQTT bridge)."""
-        async with self.ctx.bus.subscribe(Topic.VOICE_MUTE) as sub:
-            async for ev in sub:
-                try:
-                    mute = VoiceMute.from_event(ev)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.BAD_MUTE, f"voice: bad voice.mute payload: {exc}")
-                    continue
-                await self._mute(mute.muted)
+        async for mute, _ev in self.ctx.receive(VoiceMute, code=ErrorCode.BAD_MUTE):
+            await self._mute(mute.muted)
 
     async def _mute(self, on: bool) -> None:
         if await self.board.mute(on):
@@ -375,6 +364,7 @@ class VoiceComponent(Component[VoiceSettings]):
         return VoiceStatus(
             state=str(self.board.state),
             source=self.source,
+            identity=self.agent.identity.label,
             tts=self.stages.tts_name,
             frames=self.counts["frames"],
             wakes=self.counts["wakes"],

@@ -53,10 +53,12 @@ from loomd.messages.chat import (
     ChatRequest,
     Policy,
     Role,
+    RouteDecision,
     ToolCall,
     ToolChoice,
     ToolSpec,
 )
+from loomd.messages.collab import Bid, BidAward, BidReject
 from loomd.messages.home import (
     DeviceState,
     Domain,
@@ -69,6 +71,7 @@ from loomd.messages.home import (
     HomeDevice,
     HomeSnapshot,
 )
+from loomd.messages.mcp import McpLog
 from loomd.messages.mqtt import (
     EntityCommand,
     HaComponent,
@@ -104,6 +107,9 @@ __all__ = [
     "AssistTurn",
     "BarrierReply",
     "BarrierRequest",
+    "Bid",
+    "BidAward",
+    "BidReject",
     "BusStats",
     "CapCode",
     "CapInfo",
@@ -137,6 +143,7 @@ __all__ = [
     "HomeSnapshot",
     "IntentInfo",
     "IntentVia",
+    "McpLog",
     "MqttAck",
     "MqttEntity",
     "MqttFollow",
@@ -153,6 +160,7 @@ __all__ = [
     "RescoreReply",
     "RescoreRequest",
     "Role",
+    "RouteDecision",
     "SayRequest",
     "SubscriptionStats",
     "ToolCall",

@@ -46,12 +46,17 @@ class Topic(StrEnum):
     HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     HA_REGISTRY = "ha.registry"  # request/reply: HaSnapshot (HA's areas, exposed entities)
     HA_CHANGED = "ha.changed"  # HaSnapshot, on each (re)connect and change of HA's registries
+    MCP_LOG = "mcp.log"  # mcp.log.<server>: McpLog, published as `mcp:<server>`
     ERROR = "loomd.error"
 
 
 class EventType(StrEnum):
     LLM_CHUNK = "llm.chunk"
     LLM_DONE = "llm.done"
+    CNET_CFP = "cnet.cfp"  # a contract net's call for proposals (any payload)
+    CNET_BID = "cnet.bid"  # Bid
+    CNET_AWARD = "cnet.award"  # BidAward (request/reply: the winner's result)
+    CNET_REJECT = "cnet.reject"  # BidReject
 
 
 class Received(Protocol):

@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     CONFIG = "config"
     METRICS = "metrics"
     PAGE_BAD_PATTERN = "page_bad_pattern"
+    BAD_PAYLOAD = "bad_payload"  # a payload its topic's class refuses (`Context.receive`)
     # the bus
     PROTOCOL = "protocol"
     QUOTA = "quota"
