@@ -215,6 +215,9 @@ def main() -> None:
     from bench.voice_stop import stop_bench
 
     res.update(stop_bench(MODELS, QUICK))
+    from bench.bargein import timeline_bench
+
+    res.update(timeline_bench(MODELS, QUICK))
     res["bench_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     shutil.rmtree(tmp, ignore_errors=True)
     table(res)
@@ -487,6 +490,12 @@ def table(r: dict[str, Any]) -> None:
           f"(raw {r['raw_stop_recall']}), word end -> silence p50 {r['stop_ms_p50']} ms "
           f"(raw score crossing {r['raw_stop_ms_p50']} ms), self-stops per hour "
           f"{r['self_stop_per_hour']} (raw {r['raw_self_stop_per_hour']})")  # fmt: skip
+    print(f"barge-in over a {r['bargein_reply_s']} s reply (5 clips, lag wandering): "
+          f"{r['bargein_detected']}/{r['bargein_offsets']} detected with the timeline "
+          f"(min score {r['bargein_min_score']}), FIFO {r['bargein_detected_fifo']}/"
+          f"{r['bargein_offsets']} (min {r['bargein_min_score_fifo']}); self-wakes "
+          f"{r['bargein_self_wakes']} (FIFO {r['bargein_self_wakes_fifo']}); echo reduction "
+          f"{r['bargein_erle_db']} dB (FIFO {r['bargein_erle_fifo_db']} dB)")  # fmt: skip
     print(f"RSS: daemon with voice {r['rss_voice_mb']} MB; bench {r['bench_rss_mb']} MB")
 
 
