@@ -178,7 +178,7 @@ class VoiceComponent(Component[VoiceSettings]):
         await stages.load_wake()
         self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
         await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
-        why = await stages.load_tts(s.tts.engine, s.tts.voice)
+        why = await stages.load_tts(s.tts.engine, s.tts.voice, s.tts.threads)
         if why:
             self.ctx.error(ErrorCode.TTS_FALLBACK, why)
         # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first

@@ -101,6 +101,7 @@ class SttSettings(Section):
 class TtsSettings(Section):
     engine: str = option("piper", choices=("piper", "espeak"))
     voice: str = option("piper/en_US-joe-medium.onnx", max_len=4096)
+    threads: int = option(1, min=1, max=16)
 
 
 @dataclass(frozen=True)

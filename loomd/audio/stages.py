@@ -107,10 +107,10 @@ class Stages:
         self.stt = SttWorker(self.models_dir, model, threads=threads, vocabulary=vocabulary)
         await self.stt.load()
 
-    async def load_tts(self, engine: str, voice: str) -> str:
+    async def load_tts(self, engine: str, voice: str, threads: int = 1) -> str:
         """Start the TTS worker; the reason it fell back to espeak-ng, or ""."""
         self.tts_worker = Worker(
-            "tts", (engine, self.models_dir, voice), stage="TTS", engine=engine,
+            "tts", (engine, self.models_dir, voice, threads), stage="TTS", engine=engine,
             load_hint="the TTS worker did not start ({detail})",
         )  # fmt: skip
         await self.tts_worker.start()

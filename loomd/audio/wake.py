@@ -11,9 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomd.audio.models import ModelError, model_path
+from loomd.audio.models import ModelError, lean_session, model_path
 
-__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector", "hot_spans", "wake_server"]
+__all__ = [
+    "CHUNK_SAMPLES",
+    "Detection",
+    "WakeDetector",
+    "hot_spans",
+    "openwakeword_model",
+    "wake_server",
+]
 
 CHUNK_SAMPLES = 1280
 
@@ -23,6 +30,53 @@ class Detection:
     word: str
     score: float
     t: float  # stream time at the end of the chunk that fired
+
+
+_VERIFIER = "openwakeword.custom_verifier_model"
+
+
+def openwakeword_model() -> Any:
+    """openWakeWord's `Model` without its training helpers. The package's `__init__`
+    imports `custom_verifier_model` (scipy and scikit-learn: ~100 MB of PSS in each process
+    that imports it), which only trains verifier models; the ONNX inference path never
+    uses it. A stand-in that loads the real module on first use takes its place, unless
+    openwakeword or that module is loaded already."""
+    import importlib
+    import sys
+    import types
+
+    if "openwakeword" not in sys.modules and _VERIFIER not in sys.modules:
+        stub = types.ModuleType(_VERIFIER)
+
+        def train_custom_verifier(*args: Any, **kw: Any) -> Any:
+            del sys.modules[_VERIFIER]
+            return importlib.import_module(_VERIFIER).train_custom_verifier(*args, **kw)
+
+        stub.train_custom_verifier = train_custom_verifier  # type: ignore[attr-defined]
+        sys.modules[_VERIFIER] = stub
+    from openwakeword.model import Model  # type: ignore[import-untyped]
+
+    return Model
+
+
+def share_sessions(model: Any, mel: str, emb: str, words: list[str]) -> None:
+    """Point an openWakeWord `Model` at this process's lean sessions (`lean_session`): every
+    detector in the wake worker (the live one, the self-wake guard's, the stop word's,
+    each Wyoming client's) made its own three sessions, ~32 MB each; shared, the next
+    detector costs its feature buffers only. Tied to openwakeword 0.6's attribute names
+    (pinned); a model without them keeps its own sessions."""
+    import functools
+
+    pre = getattr(model, "preprocessor", None)
+    if pre is None or not hasattr(pre, "melspec_model"):
+        return
+    pre.melspec_model = lean_session(mel)
+    pre.embedding_model = lean_session(emb)
+    for name, path in zip(list(model.models), words, strict=True):
+        shared = lean_session(path)
+        model.models[name] = shared
+        predict = model.model_prediction_function[name]
+        model.model_prediction_function[name] = functools.partial(predict.func, shared)
 
 
 class WakeDetector:
@@ -35,8 +89,8 @@ class WakeDetector:
         refractory_s: float = 2.0,
     ) -> None:
         import numpy as np
-        from openwakeword.model import Model  # type: ignore[import-untyped]  # heavy: scipy, sklearn, onnxruntime
 
+        Model = openwakeword_model()
         self._np = np
         paths = [model_path(models_dir, w, "openwakeword") for w in words]
         folder = paths[0].parent
@@ -49,6 +103,7 @@ class WakeDetector:
                 melspec_model_path=str(mel),
                 embedding_model_path=str(emb),
             )
+            share_sessions(self._model, str(mel), str(emb), [str(p) for p in paths])
         except Exception as exc:  # onnxruntime's errors for a truncated or foreign file
             raise ModelError(
                 f"openwakeword models in {folder} did not load ({type(exc).__name__}: {exc}); "

@@ -191,25 +191,49 @@ class Worker:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
 
+# A request that ran this long (a synthesis, a transcription) gives its freed heap back.
+_TRIM_AFTER_S = 0.1
+
+
+def _trim_heap() -> Callable[[], object]:
+    """glibc's malloc_trim(0): freed heap goes back to the system. Loading a model and one
+    long synthesis leave tens of MB free but fragmented in the worker's heap, counted in
+    its PSS for good (measured in bench/voice_memory.py). A no-op off glibc."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
 def _serve(kind: str, inbox: Any, out: Any, args: list[Any]) -> None:
     """The worker process: load the model once, then answer what the pipe brings."""
+    import time
+
     module, name = KINDS[kind].split(":")
+    trim = _trim_heap()
     try:
         handle, info = getattr(importlib.import_module(module), name)(*args)
     except Exception as exc:
         out.send(("error", f"{type(exc).__name__}: {exc}"))
         return
+    trim()
     out.send(("ready", info))
     while True:
         try:
             request = inbox.recv()
         except EOFError:
             return
+        began = time.monotonic()
         try:
             reply = ("ok", handle(request))
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}")
         out.send(reply)
+        if time.monotonic() - began >= _TRIM_AFTER_S:
+            trim()  # after the reply: the caller does not wait for it
 
 
 if __name__ == "__main__":  # python -m loomd.audio.worker KIND IN_FD OUT_FD ARGS_JSON
