@@ -37,12 +37,11 @@ def voice_pss(pid: int) -> dict[str, Any]:
     for p in [daemon, *daemon.children(recursive=True)]:
         cmd = p.cmdline()
         name = "daemon" if p.pid == pid else "other"
-        if "loomd.audio.worker" in cmd:
-            name = cmd[cmd.index("loomd.audio.worker") + 1]
-        elif "loomd.audio.stt" in cmd:
-            name = "stt"
+        if "loomd.audio.worker" in cmd:  # its kinds: '[["wake", 5, 8, [...]], ...]'
+            specs = json.loads(cmd[cmd.index("loomd.audio.worker") + 1])
+            name = "_".join(str(spec[0]) for spec in specs)
         mem = p.memory_full_info()
-        key = f"pss_{name.replace('+', '_')}_mb"
+        key = f"pss_{name}_mb"
         out[key] = round(out.get(key, 0.0) + mem.pss / 1e6, 1)
         total_pss += mem.pss / 1e6
         total_rss += mem.rss / 1e6
