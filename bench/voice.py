@@ -423,6 +423,9 @@ def daemon_turn(
         f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
         f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
         f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\n'
+        # The router's path (STT -> the LLM's first sentence -> Piper), as the raw sum:
+        # with the default agent the assist answers "turn on the kitchen lights" itself.
+        f'agent = "llm"\n'
         f"[voice.wyoming]\nenabled = true\nport = {wport}\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
@@ -446,6 +449,7 @@ def daemon_turn(
 
                         def gen(req: ChatRequest = req, loop: Any = loop,
                                 q: asyncio.Queue[str | None] = q) -> None:  # fmt: skip
+                            llm.reset()  # no cached prompt: the raw pass resets too
                             for part in llm.create_chat_completion(
                                 [{"role": m.role, "content": m.content} for m in req.messages],  # type: ignore[misc]
                                 max_tokens=req.max_tokens, stream=True, temperature=0.0,
