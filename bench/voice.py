@@ -191,13 +191,15 @@ def main() -> None:
             if part["choices"][0]["delta"].get("content"):  # type: ignore[index]
                 break
 
-    def first_sentence() -> None:
+    def first_sentence() -> str:
+        """The LLM to its first sentence, at temperature 0 as the daemon's responder."""
         llm.reset()
         split = SentenceSplitter()
-        for part in llm.create_chat_completion(msgs, max_tokens=96, stream=True):  # type: ignore[arg-type]
-            if split.feed(part["choices"][0]["delta"].get("content") or ""):  # type: ignore[union-attr]
-                return
-        split.flush()
+        for part in llm.create_chat_completion(msgs, max_tokens=96, stream=True,  # type: ignore[arg-type]
+                                               temperature=0.0):  # fmt: skip
+            if done := split.feed(part["choices"][0]["delta"].get("content") or ""):  # type: ignore[union-attr]
+                return done[0]
+        return (split.flush() or [""])[0]
 
     res["raw_llm_first_ms"] = median_ms(first_token, rounds)
     res["raw_llm_sentence_ms"] = median_ms(first_sentence, rounds)
@@ -217,10 +219,11 @@ def main() -> None:
 
     # Whole turns on the daemon, each after one pass of the raw stages (alternated).
     def raw_pass() -> float:
+        """STT, the LLM to its first sentence, Piper's first audio of that sentence."""
         t = time.perf_counter()
         raw_text(model, clip, audio_ctx=ctx)
-        first_sentence()
-        next(iter(voice.synthesize(sentence)))
+        first = first_sentence()
+        next(iter(voice.synthesize(first or sentence)))
         return (time.perf_counter() - t) * 1000
 
     turns, raw_sums, rss, peer = daemon_turn(tmp, raw_pass, 3 if QUICK else 5)
@@ -449,7 +452,7 @@ def daemon_turn(
 
                         def gen(req: ChatRequest = req, loop: Any = loop,
                                 q: asyncio.Queue[str | None] = q) -> None:  # fmt: skip
-                            llm.reset()  # no cached prompt: the raw pass resets too
+                            llm.reset()  # type: ignore[no-untyped-call]  # the raw pass resets too
                             for part in llm.create_chat_completion(
                                 [{"role": m.role, "content": m.content} for m in req.messages],  # type: ignore[misc]
                                 max_tokens=req.max_tokens, stream=True, temperature=0.0,
