@@ -61,7 +61,8 @@ def lean_session(path: str, threads: int = 1) -> Any:
     """An ONNX Runtime session for `path` made for a small board, one per process and model
     (sessions are stateless: detectors share them). The CPU memory arena is off: it keeps
     the largest run's buffers for good (measured: Piper's worker held ~80 MB more after
-    one long sentence); `threads` sizes the intra-op pool (one thread each, no spinning)."""
+    one long sentence); `threads` sizes the intra-op pool (0: one per core; its threads
+    sleep instead of spinning between runs)."""
     key = (path, threads)
     if key not in _SESSIONS:
         import onnxruntime as ort  # type: ignore[import-untyped]

@@ -120,7 +120,7 @@ class Stages:
             load_hint="the TTS worker did not start ({detail})", host=host,
         )  # fmt: skip
 
-    async def load_tts(self, engine: str = "", voice: str = "", threads: int = 1) -> str:
+    async def load_tts(self, engine: str = "", voice: str = "", threads: int = 0) -> str:
         """Start the TTS worker (the one given at construction, or one of its own for
         `engine` and `voice`); the reason it fell back to espeak-ng, or ""."""
         if self.tts_worker is None:

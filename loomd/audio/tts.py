@@ -59,7 +59,7 @@ def resample(pcm: bytes, rate: int) -> bytes:
 class PiperTts:
     name = "piper"
 
-    def __init__(self, models_dir: str, voice: str, threads: int = 1) -> None:
+    def __init__(self, models_dir: str, voice: str, threads: int = 0) -> None:
         import json
 
         from piper import PiperVoice
@@ -110,7 +110,7 @@ class EspeakTts:
             return resample(w.readframes(w.getnframes()), w.getframerate())
 
 
-def load_tts(engine: str, models_dir: str, voice: str, threads: int = 1) -> tuple[Tts, str]:
+def load_tts(engine: str, models_dir: str, voice: str, threads: int = 0) -> tuple[Tts, str]:
     """The configured engine, or espeak-ng with the reason Piper was not used."""
     if engine == "piper":
         try:
@@ -123,7 +123,7 @@ def load_tts(engine: str, models_dir: str, voice: str, threads: int = 1) -> tupl
 
 
 def tts_server(
-    engine: str, models_dir: str, voice: str, threads: int = 1
+    engine: str, models_dir: str, voice: str, threads: int = 0
 ) -> tuple[Any, dict[str, str]]:
     """In the worker process (loomd.audio.worker): the engine, and what answers a text
     with its audio. Says which engine it is and why Piper was not used, if it was not."""
