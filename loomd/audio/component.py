@@ -110,7 +110,8 @@ class VoiceComponent(Component[VoiceSettings]):
 
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
-        self.stages = stages = Stages(self.models_dir, s.wake.models)
+        self.stages = stages = Stages(self.models_dir, s.wake.models,
+                                      (s.tts.engine, s.tts.voice, s.tts.threads))  # fmt: skip
         try:
             stop = await self._load(stages)
         except BaseException:  # no worker process outlives a failed start
@@ -193,7 +194,7 @@ class VoiceComponent(Component[VoiceSettings]):
         await stages.load_wake()
         self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
         await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
-        why = await stages.load_tts(s.tts.engine, s.tts.voice)
+        why = await stages.load_tts()
         if why:
             self.ctx.error(ErrorCode.TTS_FALLBACK, why)
         # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first

@@ -141,8 +141,10 @@ class Pipeline:
             last = frame
             self.counts["frames"] += 1
             speaker.tick()
-            echo = speaker.reference.active
-            played = speaker.reference.take()
+            ref = speaker.reference  # what played over this frame's samples, sample-exact
+            ref.heard(frame.t, frame.at)
+            echo = ref.active(frame.t)
+            played = ref.read(frame.t)
             if board.muted:  # the frame goes no further: no wake, no turn, no stream
                 if listening or handoff.streaming or handoff.listen_now:
                     listening = False
@@ -202,11 +204,7 @@ class Pipeline:
             t_end = frame.t + FRAME_MS / 1000
             if echo and self.aec is None and s.aec.gate:
                 continue  # no echo cancellation: the board would hear itself
-            if (
-                echo
-                and self.aec is not None
-                and speaker.reference.playing_frames * FRAME_MS < (s.aec.converge_ms)
-            ):
+            if echo and self.aec is not None and ref.playing_ms(frame.t) < s.aec.converge_ms:
                 continue  # the canceller has not converged yet: its residue can wake it
             if echo and self.stop is not None and await self._stop_word(pcm, t_end):
                 continue
@@ -227,7 +225,7 @@ class Pipeline:
             self.counts["wakes"] += 1
             self.ctx.log.info(
                 "voice: wake %s (score %.2f)%s", hit.word, hit.score,
-                f" {speaker.reference.playing_frames * FRAME_MS} ms into playback" if echo else "",
+                f" {ref.playing_ms(frame.t):.0f} ms into playback" if echo else "",
             )  # fmt: skip
             # Its feature window still holds the wake word: it would fire again on it once
             # the refractory period is over (it hears no new audio while the VAD listens).

@@ -101,6 +101,7 @@ class SttSettings(Section):
 class TtsSettings(Section):
     engine: str = option("piper", choices=("piper", "espeak"))
     voice: str = option("piper/en_US-joe-medium.onnx", max_len=4096)
+    threads: int = option(0, min=0, max=16)  # 0: one per core (ONNX Runtime's default)
 
 
 @dataclass(frozen=True)

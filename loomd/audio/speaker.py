@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.aec import Reference
+from loomd.audio.aec import Timeline
 from loomd.audio.frames import FRAME_MS
 from loomd.audio.worker import WorkerError
 from loomd.messages import PlayAudio, PlayDone, SayRequest, VoiceState
@@ -37,7 +37,7 @@ class Speaker:
     ) -> None:
         self.sink, self.stages, self.board, self.counts = sink, stages, board, counts
         self._settings = settings  # read at each use: some options reload live
-        self.reference = Reference()
+        self.reference = Timeline()
         sink.listeners.append(self.reference.played)
         self.lock = asyncio.Lock()
         self._clip_hot: list[tuple[float, float]] = []

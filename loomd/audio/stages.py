@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from loomd.audio.models import model_path
 from loomd.audio.wake import CHUNK_SAMPLES, Detection, hot_spans
-from loomd.audio.worker import Worker
+from loomd.audio.worker import Host, Worker
 from loomd.errors import LoomdError
 
 if TYPE_CHECKING:
@@ -74,14 +74,21 @@ class Stages:
 
     stt: SttWorker
 
-    def __init__(self, models_dir: str, words: tuple[str, ...]) -> None:
+    def __init__(
+        self, models_dir: str, words: tuple[str, ...], tts: tuple[str, str, int] | None = None
+    ) -> None:
+        """`tts` (engine, voice, threads): TTS in the wake word's process (one Python and
+        one ONNX Runtime for both; a crash in either restarts both), else its own."""
         self.models_dir, self.word_models = models_dir, words
+        host = Host()
         self.wake_worker = Worker(
             "wake", (models_dir, list(words)), stage="wake word", engine="openWakeWord",
             load_hint=f"openwakeword models did not load ({{detail}}); {_OWW_HINT}",
-            check=self._check_wake, fail_found_dead=True,
+            check=self._check_wake, fail_found_dead=True, host=host,
         )  # fmt: skip
         self.tts_worker: Worker | None = None
+        if tts is not None:
+            self.tts_worker = self._tts_worker(*tts, host=host)
         self._guards: dict[tuple[str, ...], tuple[Wake, asyncio.Lock]] = {}
 
     @property
@@ -107,12 +114,17 @@ class Stages:
         self.stt = SttWorker(self.models_dir, model, threads=threads, vocabulary=vocabulary)
         await self.stt.load()
 
-    async def load_tts(self, engine: str, voice: str) -> str:
-        """Start the TTS worker; the reason it fell back to espeak-ng, or ""."""
-        self.tts_worker = Worker(
-            "tts", (engine, self.models_dir, voice), stage="TTS", engine=engine,
-            load_hint="the TTS worker did not start ({detail})",
+    def _tts_worker(self, engine: str, voice: str, threads: int, host: Host | None) -> Worker:
+        return Worker(
+            "tts", (engine, self.models_dir, voice, threads), stage="TTS", engine=engine,
+            load_hint="the TTS worker did not start ({detail})", host=host,
         )  # fmt: skip
+
+    async def load_tts(self, engine: str = "", voice: str = "", threads: int = 0) -> str:
+        """Start the TTS worker (the one given at construction, or one of its own for
+        `engine` and `voice`); the reason it fell back to espeak-ng, or ""."""
+        if self.tts_worker is None:
+            self.tts_worker = self._tts_worker(engine, voice, threads, None)
         await self.tts_worker.start()
         return str(self.tts_worker.info["why"])
 

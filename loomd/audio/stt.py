@@ -30,6 +30,7 @@ __all__ = [
 log = logging.getLogger("loomd.voice.stt")
 
 _GET = "get ggml-tiny.en.bin from https://huggingface.co/ggerganov/whisper.cpp"
+_PAD = RATE // 4  # silence added before and after an utterance, in samples
 _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
 
 
@@ -69,10 +70,11 @@ def stt_server(
     path: str, threads: int, rescore: bool = False
 ) -> tuple[Callable[[Any], Any], dict[str, str]]:
     """In the worker process (loomd.audio.worker): the model, and what answers a request
-    `(float32 pcm bytes, prompt, audio_ctx)` with `(text, ms)`, and `("rescore", transcript,
-    sentences, margin)` about the last transcribed clip with `(transcript's score, [scores], ms)`
-    from a second whisper.cpp context (loomd.audio.rescore), loaded now with `rescore`,
-    else at the first rescoring."""
+    `(s16le pcm bytes, prompt, audio_ctx)` with `(text, ms)` (the conversion to float and
+    the padding happen here: half the bytes through the pipe, none of it on the daemon's
+    event loop), and `("rescore", transcript, sentences, margin)` about the last transcribed
+    clip with `(transcript's score, [scores], ms)` from a second whisper.cpp context
+    (loomd.audio.rescore), loaded now with `rescore`, else at the first rescoring."""
     import time
 
     import numpy as np
@@ -121,7 +123,10 @@ def stt_server(
             return got[0].score, [g.score for g in got[1:]], ms
         pcm, prompt, ctx = request
         began = time.perf_counter()
-        audio = np.frombuffer(pcm, dtype=np.float32)
+        # Pad short clips: whisper drops words in clips that start or end abruptly.
+        audio = np.zeros(len(pcm) // 2 + 2 * _PAD, dtype=np.float32)
+        audio[_PAD:-_PAD] = np.frombuffer(pcm, dtype=np.int16)
+        audio /= 32768.0
         last[:] = [audio, ctx, False]
         n = max_tokens_for(len(audio) / RATE)
         if "scorer" in engine:
@@ -190,18 +195,12 @@ class SttWorker:
         await self.worker.start()
 
     async def transcribe(self, pcm: bytes, extra_prompt: str = "", tag: str = "") -> SttResult:
-        """The text of `pcm` (16 kHz s16le); `tag` names the clip for `rescore()` (the
-        worker keeps the last clip)."""
-        import numpy as np
-
-        audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-        # Pad short clips: whisper drops words in clips that start or end abruptly.
-        pad = np.zeros(RATE // 4, dtype=np.float32)
-        audio = np.concatenate([pad, audio, pad])
+        """The text of `pcm` (16 kHz s16le, padded in the worker); `tag` names the clip for
+        `rescore()` (the worker keeps the last clip)."""
         prompt = ", ".join(p for p in (self.prompt, extra_prompt) if p)
-        ctx = audio_ctx_for(len(audio) / RATE)
+        ctx = audio_ctx_for((len(pcm) // 2 + 2 * _PAD) / RATE)
         self.last_tag = ""
-        raw, ms = await self.worker.call(audio.tobytes(), prompt, ctx)
+        raw, ms = await self.worker.call(pcm, prompt, ctx)
         self.last_tag = tag
         return SttResult(clean_text(raw), raw, ctx, ms)
 
