@@ -136,8 +136,12 @@ def eos_bench() -> dict[str, Any]:
                             continue
                         detected += 1
                         errs.append((at - end) * 1000)
-                    row[name] = {"detected": round(detected / n, 3), "early": early,
-                                 "eos_ms_p50": pctl(errs, 0.5), "eos_ms_p90": pctl(errs, 0.9)}  # fmt: skip
+                    row[name] = {
+                        "detected": round(detected / n, 3),
+                        "early": early,
+                        "eos_ms_p50": pctl(errs, 0.5),
+                        "eos_ms_p90": pctl(errs, 0.9),
+                    }
                 rows.append(row)
         vads[kind] = {
             "us_per_frame": round(statistics.fmean([u for _, u in flagged] + [us]), 1),

@@ -81,6 +81,7 @@ class Agent:
         speech_end = frame.at - (cut.end - cut.speech_end)
         clock = TurnClock(speech_end)
         rec.timings["vad_end"] = clock.ms()
+        rec.end_reason = cut.reason
         self.counts["utterances"] += 1
         self.current = rec
         self.board.turn = self._spawn(

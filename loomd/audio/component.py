@@ -97,7 +97,6 @@ class VoiceComponent(Component[VoiceSettings]):
         from loomd.audio.recorder import FlightRecorder
         from loomd.audio.speaker import Speaker
         from loomd.audio.stages import Stages
-        from loomd.audio.vad import WebRtcVad
 
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
@@ -120,7 +119,7 @@ class VoiceComponent(Component[VoiceSettings]):
         self.handoff = Handoff(
             self.ctx.bus, s.site, ask_s=_HANDOFF_ASK_S, max_s=s.vad.max_utterance_s + 5
         )
-        self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=WebRtcVad(s.vad.mode),
+        self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=self._vad(),
                                  aec=self._aec(), frontend=self._frontend(),
                                  speaker=self.speaker, handoff=self.handoff, board=self.board,
                                  agent=self.agent, counts=self.counts)  # fmt: skip
@@ -217,6 +216,17 @@ class VoiceComponent(Component[VoiceSettings]):
         except LoomdError as exc:
             self.ctx.error(ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead")
             return None
+
+    def _vad(self) -> Any:
+        """The configured VAD; webrtcvad when its library is missing (said, not fatal)."""
+        from loomd.audio.vad import make_vad
+
+        v = self.settings.vad
+        try:
+            return make_vad(v.engine, mode=v.mode, threshold=v.threshold)
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.VAD_MISSING, f"voice: {exc}; using webrtcvad")
+            return make_vad("webrtc", mode=v.mode)
 
     def _frontend(self) -> Any:
         from loomd.audio.frontend import FrontEnd

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
     from loomd.audio.speaker import Speaker
     from loomd.audio.stages import Wake
-    from loomd.audio.vad import WebRtcVad
+    from loomd.audio.vad import Vad
     from loomd.audio.wake import Detection
     from loomd.component import Context
 
@@ -46,7 +46,7 @@ class Pipeline:
         ctx: Context[VoiceSettings],
         *,
         wake: Wake,
-        vad: WebRtcVad,
+        vad: Vad,
         aec: EchoCanceller | None,
         frontend: FrontEnd | None,
         speaker: Speaker,
@@ -129,6 +129,7 @@ class Pipeline:
             min_speech_ms=s.vad.min_speech_ms,
             max_utterance_s=s.vad.max_utterance_s,
             no_speech_s=s.vad.no_speech_s,
+            level_drop_db=s.vad.level_drop_db,
         )
         listening = False
         board.follow_up = False
@@ -192,6 +193,7 @@ class Pipeline:
             if board.follow_up:  # the board just asked a question: listen without the wake
                 board.follow_up = False
                 listening, detection, wake_buf = True, None, []
+                self.vad.reset()
                 seg.open(frame.t, no_speech_s=s.followup_s)
                 await board.set(VoiceState.LISTENING)
                 continue
@@ -235,6 +237,7 @@ class Pipeline:
             if board.state == VoiceState.SPEAKING or board.busy():
                 await self.barge_in()
             listening = True
+            self.vad.reset()
             seg.open(t_end)
             handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
             await board.set(VoiceState.LISTENING)

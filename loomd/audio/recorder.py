@@ -32,7 +32,8 @@ class TurnRecord:
     wake_score: float = 0.0
     transcript: str = ""
     reply: str = ""
-    outcome: str = "open"  # ok | no_speech | failed | interrupted | open
+    outcome: str = "open"  # ok | no_speech | not_addressed | failed | interrupted | open
+    end_reason: str = ""  # how the utterance ended: hangover | max_length | no_speech
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     # What the assist made of it (when [voice] agent = "assist"): AssistTurn's fields
