@@ -9,9 +9,10 @@ before and 6 s after. End of speech: each VAD (webrtcvad, Silero through pysiler
 microVAD through pymicro-vad) runs through loomd's segmenter (`loomd.audio.vad`) opened at
 the stream's start with the hard cap; a command's end is detected when the segmenter ends
 on its hangover (not on the cap), and its error is the decision's time minus the true end
-(the hangover included); a decision before the true end chopped the command. Raw baseline: webrtcvad
-with today's segmenter (500 ms hangover, no near-field rule). Also: speech flagged on
-TV-only audio (fraction of frames), and CPU µs per 20 ms frame.
+(the hangover included); a decision before the true end chopped the command. Raw
+baseline: webrtcvad with today's segmenter (500 ms hangover, no near-field rule). Also:
+speech flagged on TV-only audio (fraction of frames), and CPU µs per 20 ms frame.
+False wakes and recall: bench/falsewake.py.
 
 Ends with one JSON line."""
 
@@ -26,8 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import falsewake
 from bench.harness import machine_info, small_models_dir
 from bench.tvnoise import espeak_pcm, mix, tv
+from loomd.audio.addressed import PRESETS
 from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.vad import VADS, Segmenter, make_vad
 
@@ -46,6 +49,7 @@ COMMANDS = [
 SNRS: list[float | None] = [None, 20.0, 10.0, 5.0]
 HANGOVERS_MS = [200, 300, 400, 500, 700, 1000]
 LEVEL_DROPS_DB = [0.0, 6.0, 8.0, 10.0, 12.0, 15.0]
+RECALL_SLACK = 0.03  # the second check may cost at most this much wake recall
 CAP_S = 8.0  # the bench's hard cap: a command's end not found before it is a miss
 
 
@@ -168,13 +172,57 @@ def choose(eos: dict[str, Any]) -> dict[str, Any]:
     return best
 
 
+def presets(fw: dict[str, Any]) -> dict[str, Any]:
+    """Per wake threshold, the second check (strictness/trust) the bench suggests: the
+    fewest false wakes per hour with recall (clean, 10 dB, 5 dB) at most `RECALL_SLACK`
+    under openWakeWord alone at that threshold; then the strictest."""
+    out: dict[str, Any] = {}
+    for t, false in fw["false_per_hour"].items():
+        raw = {n: fw["recall"][f"{t}/{n}"]["raw"] for n in ("clean", "10db", "5db")}
+        ok = [
+            k
+            for k in false
+            if k != "raw" and all(fw["recall"][f"{t}/{n}"][k] >= raw[n] - RECALL_SLACK for n in raw)
+        ]
+        best = min(ok, key=lambda k: (false[k], -float(k.split("/")[0]), float(k.split("/")[1])))
+        out[t] = {
+            "check": best,
+            "false_per_hour": false[best],
+            "raw_false_per_hour": false["raw"],
+            "recall": {n: fw["recall"][f"{t}/{n}"][best] for n in raw},
+            "raw_recall": raw,
+        }
+    return out
+
+
+def shipped(fw: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the presets as loomd ships them (loomd.audio.addressed.PRESETS)."""
+    out: dict[str, Any] = {}
+    for name, p in PRESETS.items():
+        t, k = f"{p.threshold:g}", f"{p.strictness:g}/{p.trust:g}"
+        if k not in fw["false_per_hour"][t]:
+            continue
+        out[name] = {
+            "false_per_hour": fw["false_per_hour"][t][k],
+            "raw_false_per_hour": fw["false_per_hour"][t]["raw"],
+            **{f"recall_{n}": fw["recall"][f"{t}/{n}"][k] for n in ("clean", "10db", "5db")},
+            **{
+                f"raw_recall_{n}": fw["recall"][f"{t}/{n}"]["raw"] for n in ("clean", "10db", "5db")
+            },
+        }
+    return out
+
+
 def main() -> None:
     began = time.monotonic()
+    fw = falsewake.bench(MODELS, QUICK)
+    fw_best, fw_shipped = presets(fw), shipped(fw)
     eos = eos_bench()
     best = choose(eos)
     raw = next(r for r in eos["vads"]["webrtc"]["rows"]
                if r["hangover_ms"] == 500 and r["level_drop_db"] == 0.0)  # fmt: skip
-    print(json.dumps({"eos": eos, "chosen": best}, indent=1), file=sys.stderr)
+    print(json.dumps({"eos": eos, "chosen": best, "wake": fw, "wake_suggested": fw_best,
+                      "wake_shipped": fw_shipped}, indent=1), file=sys.stderr)  # fmt: skip
     out: dict[str, Any] = {
         "bench": "noise",
         "quick": QUICK,
@@ -189,6 +237,22 @@ def main() -> None:
             out[f"{kind}_eos_ms_p50_{snr}"] = r[snr]["eos_ms_p50"]
         out[f"{kind}_us_per_frame"] = eos["vads"][kind]["us_per_frame"]
         out[f"{kind}_tv_speech_frac"] = eos["vads"][kind]["tv_speech_frac"]
+    d = fw_shipped.get("default", {})
+    out |= {
+        "stream_hours": round(fw["stream_s"] / 3600, 3),
+        "false_wakes_per_hour": d.get("false_per_hour"),
+        "raw_false_wakes_per_hour": d.get("raw_false_per_hour"),
+        "wake_recall_clean": d.get("recall_clean"),
+        "wake_recall_10db": d.get("recall_10db"),
+        "wake_recall_5db": d.get("recall_5db"),
+        "raw_wake_recall_10db": d.get("raw_recall_10db"),
+        "raw_wake_recall_5db": d.get("raw_recall_5db"),
+        "wake_clips": fw["clips"],
+    }
+    for name, v in fw_shipped.items():
+        if name != "default":
+            out[f"false_wakes_per_hour_{name}"] = v["false_per_hour"]
+            out[f"wake_recall_10db_{name}"] = v["recall_10db"]
     out["wall_s"] = round(time.monotonic() - began, 1)
     out["machine"] = machine_info().get("cpu", "")
     print(json.dumps(out))

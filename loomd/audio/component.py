@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.models import missing_models
+from loomd.audio.models import missing_models, wake_models
 from loomd.audio.settings import VoiceSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
@@ -100,7 +100,11 @@ class VoiceComponent(Component[VoiceSettings]):
 
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
-        self.stages = stages = Stages(self.models_dir, s.wake.models)
+        words = wake_models(s, Path(self.models_dir))
+        if words[len(s.wake.models) :]:
+            self.log.info("voice: wake words from the folder: %s",
+                          ", ".join(Path(w).stem for w in words[len(s.wake.models) :]))  # fmt: skip
+        self.stages = stages = Stages(self.models_dir, words)
         try:
             stop = await self._load(stages)
         except BaseException:  # no worker process outlives a failed start
@@ -131,7 +135,7 @@ class VoiceComponent(Component[VoiceSettings]):
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
 
-            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.threshold,
+            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.limits()["*"],
                                   self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
             if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way
@@ -175,7 +179,7 @@ class VoiceComponent(Component[VoiceSettings]):
         """Start the stage workers and warm them up; the stop word's detector, if any."""
         s = self.settings
         await stages.load_wake()
-        self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
+        self.wake = await stages.wake(s.wake.limits()["*"], s.wake.refractory_s)
         await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
         why = await stages.load_tts(s.tts.engine, s.tts.voice)
         if why:

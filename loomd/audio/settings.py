@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from loomd.audio.addressed import PRESETS, Preset, wake_phrase
 from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
 
@@ -26,13 +28,55 @@ SINKS = ("auto", "none", "speaker", "wav", "bus", "buffer")
 NS_DEFAULT = 3
 
 
+def _scores_ok(value: Any) -> bool:
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0.01 <= v <= 1.0
+        for v in value.values()
+    )
+
+
 @dataclass(frozen=True)
 class WakeSettings(Section):
+    """The wake words and how easily they wake (docs/design/voice-noise.md)."""
+
     models: tuple[str, ...] = option(factory=lambda: ("openwakeword/hey_jarvis_v0.1.onnx",))
-    threshold: float = option(0.5, min=0.01, max=1.0, reload=True)
+    # Every .onnx in this folder is a wake word too; "" = the models dir's wake/ folder
+    models_dir: str = option("", max_len=4096)
+    sensitivity: str = option("default", choices=tuple(PRESETS), reload=True)
+    # 0 = the sensitivity's; a word's own in `thresholds` (by file stem) wins over both
+    threshold: float = option(0.0, min=0.0, max=1.0, reload=True)
+    thresholds: Mapping[str, Any] = option(
+        factory=dict, valid=_scores_ok, expected="a table of model name = score from 0.01 to 1",
+        reload=True,
+    )  # fmt: skip
+    # The second check: whisper hears the wake phrase at the start of what was said
+    second_check: bool = option(True, reload=True)
+    # The phrase of a model whose file name does not say it (by file stem)
+    phrases: Mapping[str, str] = option(factory=dict, reload=True)
     # While the board plays audio: echo cancellation leaves a residue for its first second.
     speaking_threshold: float = option(0.6, min=0.01, max=1.0, reload=True)
     refractory_s: float = option(2.0, min=0.0, max=60.0, reload=True)
+
+    @property
+    def preset(self) -> Preset:
+        return PRESETS[self.sensitivity]
+
+    def limits(self) -> dict[str, float]:
+        """The score that wakes, per word ("*": any other word)."""
+        base = self.threshold or self.preset.threshold
+        return {"*": base, **{k: float(v) for k, v in self.thresholds.items()}}
+
+    @property
+    def strictness(self) -> float:
+        """The second check's similarity; 0 = off."""
+        return self.preset.strictness if self.second_check else 0.0
+
+    def check_for(self, score: float) -> float:
+        """The second check's similarity for a wake that scored `score`; 0 = no check."""
+        return self.strictness if score < self.preset.trust else 0.0
+
+    def phrase(self, word: str) -> str:
+        return self.phrases.get(word) or wake_phrase(word)
 
 
 @dataclass(frozen=True)

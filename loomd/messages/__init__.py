@@ -80,10 +80,12 @@ from loomd.messages.mqtt import (
     MqttPublish,
 )
 from loomd.messages.voice import (
+    IgnoredWhy,
     PlayAudio,
     PlayDone,
     SayRequest,
     Transcript,
+    TurnIgnored,
     TurnStage,
     VoiceListen,
     VoiceMute,
@@ -133,6 +135,7 @@ __all__ = [
     "HomeArea",
     "HomeDevice",
     "HomeSnapshot",
+    "IgnoredWhy",
     "IntentInfo",
     "IntentVia",
     "MqttAck",
@@ -156,6 +159,7 @@ __all__ = [
     "ToolSpec",
     "Topic",
     "Transcript",
+    "TurnIgnored",
     "TurnStage",
     "Vocabulary",
     "VoiceListen",
