@@ -32,7 +32,7 @@ def espeak_pcm(text: str, voice: str = "en-us", speed: int = 150) -> bytes:
         raw, out = Path(d) / "raw.wav", Path(d) / "out.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
                        check=True)  # fmt: skip
-        subprocess.run(["sox", "-q", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", "-t", "raw",
+        subprocess.run(["sox", "-V1", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", "-t", "raw",
                         str(out)], check=True)  # fmt: skip
         return out.read_bytes()
 

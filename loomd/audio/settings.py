@@ -183,6 +183,8 @@ class VoiceSettings(Section):
     agent: str = option("assist", choices=("assist", "llm", "none"), reload=True)
     followup_s: float = option(5.0, min=0.0, max=60.0, reload=True)
     recorder_size: int = option(50, min=1, max=10000)
+    # Media under an announcement is lowered by this much (dB), then restored; 0 = cut
+    duck_db: float = option(20.0, min=0.0, max=60.0, reload=True)
     wake: WakeSettings = option(factory=WakeSettings)
     stop: StopSettings = option(factory=StopSettings)
     vad: VadSettings = option(factory=VadSettings)
