@@ -4,6 +4,7 @@ announcement comes, the media goes on under it lowered and at its own level afte
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,10 @@ import pytest
 from loomd.audio.ducking import Media, duck_mix
 from loomd.audio.frames import RATE
 from loomd.audio.io import BufferSink
+from loomd.messages import PlayAudio, PlayDone, Topic
+from loomd.sdk import Client
+from tests.audio.conftest import voice_toml
+from tests.conftest import LoomdProcess
 
 DUCK_DB = 20.0
 
@@ -82,3 +87,54 @@ def test_a_stop_stops_the_media_for_good() -> None:
         return await asyncio.wait_for(playing, 5)
 
     assert asyncio.run(run()) is False
+
+
+def level_at(frame: bytes, hz: float) -> float:
+    """The amplitude of the `hz` component of one 20 ms frame (phase does not matter)."""
+    x = np.frombuffer(frame, np.int16).astype(np.float64)
+    t = np.arange(len(x)) / RATE
+    a = np.dot(x, np.sin(2 * np.pi * hz * t)) * 2 / len(x)
+    b = np.dot(x, np.cos(2 * np.pi * hz * t)) * 2 / len(x)
+    return float(np.hypot(a, b))
+
+
+@pytest.mark.models
+def test_the_daemon_ducks_media_under_an_announcement(
+    loomd_proc: LoomdProcess, models: Path
+) -> None:
+    """Home Assistant's path: media on `voice.play`, then an announcement on `voice.play`;
+    what the board plays (`audio.out.local`): the media's tone at its level, about 20 dB
+    under the announcement while it plays, at its level again after it."""
+    loomd_proc.write_config(voice_toml(models, sink='"bus"', source='"none"'))
+    loomd_proc.start(timeout=60)
+
+    async def scenario() -> list[bytes]:
+        async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
+            async with bus.subscribe("audio.out.local", "realtime") as out:
+                await out.ready()
+                media = PlayAudio(tone(3.0, 440, 8000).tobytes(), "local", "media")
+                await media.publish(bus)
+                frames = [(await out.get(timeout=10)).payload for _ in range(30)]
+                ann = PlayAudio(tone(0.8, 1000, 4000).tobytes(), "local", "ann", True)
+                ev = await bus.request(Topic.VOICE_PLAY, ann.to_payload(), timeout=20)
+                assert PlayDone.from_payload(ev.payload).played
+                while True:
+                    try:
+                        frames.append((await out.get(timeout=1.0)).payload)
+                    except TimeoutError:
+                        return frames
+
+    frames = asyncio.run(scenario())
+    media = [level_at(f, 440) for f in frames]
+    voice = [level_at(f, 1000) for f in frames]
+    under = [m for m, v in zip(media, voice, strict=True) if v > 3000]
+    assert len(under) >= 30, voice  # the announcement's 0.8 s, give or take the ramps
+    first = voice.index(next(v for v in voice if v > 3000))
+    last = len(voice) - 1 - voice[::-1].index(next(v for v in voice[::-1] if v > 3000))
+    before, after = media[5:first], media[last + 3 :]
+    assert before and after, (first, last, len(frames))
+    assert np.median(before) == pytest.approx(8000, rel=0.05)
+    assert np.median(under) == pytest.approx(800, rel=0.3)  # 20 dB down
+    assert np.median(after) == pytest.approx(8000, rel=0.05)
+    # The media played on to its end: 3 s in all, plus the announcement over it
+    assert len(frames) >= 140
