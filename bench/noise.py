@@ -173,30 +173,36 @@ def choose(eos: dict[str, Any]) -> dict[str, Any]:
 
 
 def presets(fw: dict[str, Any]) -> dict[str, Any]:
-    """Per wake threshold, the second check (strictness/trust) the bench suggests: the
-    fewest false wakes per hour with recall (clean, 10 dB, 5 dB) at most `RECALL_SLACK`
-    under openWakeWord alone at that threshold; then the strictest."""
-    out: dict[str, Any] = {}
+    """The presets the bench suggests, over every threshold and second check measured,
+    against openWakeWord alone at 0.5 (its usual threshold): "default", the fewest false
+    wakes per hour with recall (clean, 10 dB, 5 dB) at most `RECALL_SLACK` under it; "low",
+    the same with three times the slack; "high", the best recall, then the fewest false
+    wakes. Ties: the higher threshold, then the stricter check."""
+    base = {n: fw["recall"][f"0.5/{n}"]["raw"] for n in ("clean", "10db", "5db")}
+    cands = []
     for t, false in fw["false_per_hour"].items():
-        raw = {n: fw["recall"][f"{t}/{n}"]["raw"] for n in ("clean", "10db", "5db")}
-        ok = [
-            k
-            for k in false
-            if k != "raw" and all(fw["recall"][f"{t}/{n}"][k] >= raw[n] - RECALL_SLACK for n in raw)
-        ]
-        best = min(ok, key=lambda k: (false[k], -float(k.split("/")[0]), float(k.split("/")[1])))
-        out[t] = {
-            "check": best,
-            "false_per_hour": false[best],
-            "raw_false_per_hour": false["raw"],
-            "recall": {n: fw["recall"][f"{t}/{n}"][best] for n in raw},
-            "raw_recall": raw,
-        }
+        for k, per_hour in false.items():
+            rec = {n: fw["recall"][f"{t}/{n}"][k] for n in base}
+            s_u = (0.0, 1.01) if k == "raw" else tuple(float(x) for x in k.split("/"))
+            cands.append({"threshold": float(t), "check": k, "strictness": s_u[0],
+                          "trust": s_u[1], "false_per_hour": per_hour, "recall": rec})  # fmt: skip
+
+    def within(c: dict[str, Any], slack: float) -> bool:
+        return all(c["recall"][n] >= base[n] - slack for n in base)
+
+    def fewest(c: dict[str, Any]) -> tuple[float, ...]:
+        return (c["false_per_hour"], -c["threshold"], -c["strictness"], c["trust"])
+
+    out: dict[str, Any] = {"raw_recall_0.5": base}
+    for name, slack in (("default", RECALL_SLACK), ("low", 3 * RECALL_SLACK)):
+        out[name] = min((c for c in cands if within(c, slack)), key=fewest)
+    out["high"] = min(cands, key=lambda c: (-c["recall"]["5db"] - c["recall"]["10db"], *fewest(c)))
     return out
 
 
 def shipped(fw: dict[str, Any]) -> dict[str, Any]:
-    """The figures of the presets as loomd ships them (loomd.audio.addressed.PRESETS)."""
+    """The figures of the presets as loomd ships them (loomd.audio.addressed.PRESETS),
+    with openWakeWord alone at 0.5 as the baseline."""
     out: dict[str, Any] = {}
     for name, p in PRESETS.items():
         t, k = f"{p.threshold:g}", f"{p.strictness:g}/{p.trust:g}"
@@ -204,10 +210,10 @@ def shipped(fw: dict[str, Any]) -> dict[str, Any]:
             continue
         out[name] = {
             "false_per_hour": fw["false_per_hour"][t][k],
-            "raw_false_per_hour": fw["false_per_hour"][t]["raw"],
+            "raw_false_per_hour": fw["false_per_hour"]["0.5"]["raw"],
             **{f"recall_{n}": fw["recall"][f"{t}/{n}"][k] for n in ("clean", "10db", "5db")},
             **{
-                f"raw_recall_{n}": fw["recall"][f"{t}/{n}"]["raw"] for n in ("clean", "10db", "5db")
+                f"raw_recall_{n}": fw["recall"][f"0.5/{n}"]["raw"] for n in ("clean", "10db", "5db")
             },
         }
     return out
@@ -249,6 +255,9 @@ def main() -> None:
         "raw_wake_recall_5db": d.get("raw_recall_5db"),
         "wake_clips": fw["clips"],
     }
+    for name in ("default", "low", "high"):
+        c = fw_best[name]
+        out[f"suggested_{name}"] = f"{c['threshold']:g}/{c['check']}"
     for name, v in fw_shipped.items():
         if name != "default":
             out[f"false_wakes_per_hour_{name}"] = v["false_per_hour"]

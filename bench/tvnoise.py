@@ -122,7 +122,7 @@ def mix(command: bytes, snr_db: float | None, seed: int, *, lead_s: float = 1.0,
     y = np.zeros(n)
     y[lead : lead + len(cmd)] = cmd
     if snr_db is not None:
-        noise = tv(n / RATE, seed, cache)[:n]
+        noise = tv((n + 1) / RATE, seed, cache)[:n]
         y += noise * np.sqrt(speech_power(cmd.astype(np.int16).tobytes()) / 10 ** (snr_db / 10))
     pcm = np.clip(y, -32768, 32767).astype(np.int16).tobytes()
     return pcm, lead_s, (lead + len(cmd)) / RATE
