@@ -49,8 +49,9 @@ class WakeSettings(Section):
         factory=dict, valid=_scores_ok, expected="a table of model name = score from 0.01 to 1",
         reload=True,
     )  # fmt: skip
-    # The second check: whisper hears the wake phrase at the start of what was said
-    second_check: bool = option(True, reload=True)
+    # The second check: whisper hears the wake phrase at the start of what was said;
+    # "auto": on wakes scoring under the sensitivity's trust level, "always", "off"
+    second_check: str = option("auto", choices=("auto", "always", "off"), reload=True)
     # The phrase of a model whose file name does not say it (by file stem)
     phrases: Mapping[str, str] = option(factory=dict, reload=True)
     # While the board plays audio: echo cancellation leaves a residue for its first second.
@@ -69,11 +70,12 @@ class WakeSettings(Section):
     @property
     def strictness(self) -> float:
         """The second check's similarity; 0 = off."""
-        return self.preset.strictness if self.second_check else 0.0
+        return 0.0 if self.second_check == "off" else self.preset.strictness
 
     def check_for(self, score: float) -> float:
         """The second check's similarity for a wake that scored `score`; 0 = no check."""
-        return self.strictness if score < self.preset.trust else 0.0
+        trusted = self.second_check == "auto" and score >= self.preset.trust
+        return 0.0 if trusted else self.strictness
 
     def phrase(self, word: str) -> str:
         return self.phrases.get(word) or wake_phrase(word)

@@ -66,8 +66,12 @@ def test_sensitivity_presets_and_word_thresholds() -> None:
         WakeSettings, {"threshold": 0.42, "thresholds": {"alexa_v0.1": 0.8}}, "voice.wake"
     )
     assert own.limits() == {"*": 0.42, "alexa_v0.1": 0.8}
-    off = build_section(WakeSettings, {"second_check": False}, "voice.wake")
-    assert off.strictness == 0.0
+    off = build_section(WakeSettings, {"second_check": "off"}, "voice.wake")
+    assert off.strictness == 0.0 and off.check_for(0.1) == 0.0
+    auto = build_section(WakeSettings, {}, "voice.wake")
+    assert auto.check_for(0.999) == (0.0 if PRESETS["default"].trust <= 0.999 else STRICT)
+    always = build_section(WakeSettings, {"second_check": "always"}, "voice.wake")
+    assert always.check_for(1.0) == STRICT
     with pytest.raises(ConfigError, match="sensitivity"):
         build_section(WakeSettings, {"sensitivity": "max"}, "voice.wake")
     with pytest.raises(ConfigError, match="thresholds"):

