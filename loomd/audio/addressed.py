@@ -89,7 +89,9 @@ def check_wake(transcript: str, phrase: str, strictness: float) -> Heard:
         if m is None:
             break
         rest = rest[m.end() :]
-    return Heard(True, round(best, 3), rest.lstrip(" ,.!?;:-").strip())
+    rest = rest.lstrip(" ,.!?;:-").strip()
+    # A sentence of its own, as whisper writes the command alone ("Turn on ...")
+    return Heard(True, round(best, 3), rest[:1].upper() + rest[1:])
 
 
 def not_addressed(command: str, min_words: int = 1) -> str:

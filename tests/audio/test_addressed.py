@@ -22,8 +22,8 @@ def test_the_phrase_comes_from_the_model_file() -> None:
     ("said", "command"),
     [
         ("Hey, Jarvis. Turn on the kitchen lights.", "Turn on the kitchen lights."),
-        ("hey jarvis turn on the lights", "turn on the lights"),
-        ("Heyjarvis, play jazz.", "play jazz."),
+        ("hey jarvis turn on the lights", "Turn on the lights"),
+        ("Heyjarvis, play jazz.", "Play jazz."),
         ("Hey Jarvis.", ""),
     ],
 )
