@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from loomd.audio.addressed import PRESETS, Preset, wake_phrase
+from loomd.audio.addressed import ALWAYS_STRICTNESS, PRESETS, Preset, wake_phrase
 from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
 
@@ -70,6 +70,8 @@ class WakeSettings(Section):
     @property
     def strictness(self) -> float:
         """The second check's similarity; 0 = off."""
+        if self.second_check == "always":
+            return self.preset.strictness or ALWAYS_STRICTNESS
         return 0.0 if self.second_check == "off" else self.preset.strictness
 
     def check_for(self, score: float) -> float:
@@ -134,7 +136,7 @@ class VadSettings(Section):
     threshold: float = option(0.5, min=0.05, max=0.95)  # silero / micro: speech probability
     # The near-field rule: voiced frames this many dB under the speaker's level are the
     # room (a TV), not the speaker; 0 = off
-    level_drop_db: float = option(10.0, min=0.0, max=40.0)
+    level_drop_db: float = option(12.0, min=0.0, max=40.0)
     preroll_ms: int = option(300, min=0, max=2000)
     hangover_ms: int = option(500, min=100, max=5000)
     min_speech_ms: int = option(200, min=20, max=5000)

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from loomd.audio.addressed import PRESETS, check_wake, not_addressed, wake_phrase
+from loomd.audio.addressed import (
+    ALWAYS_STRICTNESS,
+    PRESETS,
+    check_wake,
+    not_addressed,
+    wake_phrase,
+)
 from loomd.audio.settings import WakeSettings
 from loomd.config import ConfigError, build_section
 
-STRICT = PRESETS["default"].strictness
+STRICT = ALWAYS_STRICTNESS
 
 
 def test_the_phrase_comes_from_the_model_file() -> None:
@@ -68,10 +74,12 @@ def test_sensitivity_presets_and_word_thresholds() -> None:
     assert own.limits() == {"*": 0.42, "alexa_v0.1": 0.8}
     off = build_section(WakeSettings, {"second_check": "off"}, "voice.wake")
     assert off.strictness == 0.0 and off.check_for(0.1) == 0.0
-    auto = build_section(WakeSettings, {}, "voice.wake")
-    assert auto.check_for(0.999) == (0.0 if PRESETS["default"].trust <= 0.999 else STRICT)
+    auto = build_section(WakeSettings, {"sensitivity": "low"}, "voice.wake")
+    low = PRESETS["low"]
+    assert auto.check_for(0.5) == low.strictness
+    assert auto.check_for(low.trust) == 0.0  # trusted: no check
     always = build_section(WakeSettings, {"second_check": "always"}, "voice.wake")
-    assert always.check_for(1.0) == STRICT
+    assert always.check_for(1.0) == (PRESETS["default"].strictness or ALWAYS_STRICTNESS)
     with pytest.raises(ConfigError, match="sensitivity"):
         build_section(WakeSettings, {"sensitivity": "max"}, "voice.wake")
     with pytest.raises(ConfigError, match="thresholds"):
