@@ -32,6 +32,7 @@ from bench.harness import machine_info, small_models_dir
 from bench.tvnoise import espeak_pcm, mix, tv
 from loomd.audio.addressed import PRESETS
 from loomd.audio.frames import FRAME_BYTES
+from loomd.audio.settings import VadSettings
 from loomd.audio.vad import VADS, Segmenter, make_vad
 
 QUICK = "--quick" in sys.argv
@@ -242,6 +243,8 @@ def main() -> None:
         "raw_eos_detected_5db": raw["5db"]["detected"],
         "raw_eos_detected_10db": raw["10db"]["detected"],
     }
+    engine = VadSettings().engine  # the key: the default VAD's end at 10 dB TV
+    out["eos_detect_ms_p50_tv"] = best[engine]["10db"]["eos_ms_p50"] if engine in best else None
     for kind, r in best.items():
         out[f"{kind}_rule"] = f"{r['hangover_ms']}ms/{r['level_drop_db']:g}dB"
         for snr in ("20db", "10db", "5db"):
