@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.models import missing_models
+from loomd.audio.models import missing_models, wake_models
 from loomd.audio.settings import VoiceSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
@@ -106,11 +107,14 @@ class VoiceComponent(Component[VoiceSettings]):
         from loomd.audio.recorder import FlightRecorder
         from loomd.audio.speaker import Speaker
         from loomd.audio.stages import Stages
-        from loomd.audio.vad import WebRtcVad
 
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
-        self.stages = stages = Stages(self.models_dir, s.wake.models,
+        words = wake_models(s, Path(self.models_dir))
+        if words[len(s.wake.models) :]:
+            self.log.info("voice: wake words from the folder: %s",
+                          ", ".join(Path(w).stem for w in words[len(s.wake.models) :]))  # fmt: skip
+        self.stages = stages = Stages(self.models_dir, words,
                                       (s.tts.engine, s.tts.voice, s.tts.threads))  # fmt: skip
         try:
             stop = await self._load(stages)
@@ -135,7 +139,7 @@ class VoiceComponent(Component[VoiceSettings]):
             max_s=s.vad.max_utterance_s + 5,
             receive=self.ctx.receive,
         )
-        self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=WebRtcVad(s.vad.mode),
+        self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=self._vad(),
                                  aec=self._aec(), frontend=self._frontend(),
                                  speaker=self.speaker, handoff=self.handoff, board=self.board,
                                  agent=self.agent, counts=self.counts)  # fmt: skip
@@ -147,7 +151,7 @@ class VoiceComponent(Component[VoiceSettings]):
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
 
-            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.threshold,
+            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.limits()["*"],
                                   self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
             if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way
@@ -192,7 +196,7 @@ class VoiceComponent(Component[VoiceSettings]):
         """Start the stage workers and warm them up; the stop word's detector, if any."""
         s = self.settings
         await stages.load_wake()
-        self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
+        self.wake = await stages.wake(s.wake.limits()["*"], s.wake.refractory_s)
         await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
         why = await stages.load_tts()
         if why:
@@ -233,6 +237,24 @@ class VoiceComponent(Component[VoiceSettings]):
         except LoomdError as exc:
             self.ctx.error(ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead")
             return None
+
+    def _vad(self) -> Any:
+        """The configured VAD; webrtcvad when its library is missing (said, not fatal)."""
+        from loomd.audio.vad import make_vad
+
+        v = self.settings.vad
+        if v.engine == "silero" and importlib.util.find_spec("llama_cpp") is not None:
+            # Both bundle ggml under the same library names: in one process the second to
+            # load fails (the router's local model, or this VAD). docs/design/voice-noise.md
+            self.ctx.error(ErrorCode.VAD_MISSING, "voice: [voice.vad] engine = 'silero' cannot "
+                           "share the daemon with llama-cpp-python (both bundle ggml); using "
+                           "webrtcvad")  # fmt: skip
+            return make_vad("webrtc", mode=v.mode)
+        try:
+            return make_vad(v.engine, mode=v.mode, threshold=v.threshold)
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.VAD_MISSING, f"voice: {exc}; using webrtcvad")
+            return make_vad("webrtc", mode=v.mode)
 
     def _frontend(self) -> Any:
         from loomd.audio.frontend import FrontEnd
@@ -388,7 +410,7 @@ class VoiceComponent(Component[VoiceSettings]):
     def metrics(self) -> Iterable[Family]:
         if not hasattr(self, "pipeline"):
             return
-        for key in ("wakes", "utterances", "failed", "barge_ins", "said"):
+        for key in ("wakes", "utterances", "failed", "barge_ins", "said", "ignored"):
             yield Family(
                 f"loomd_voice_{key}_total", "counter", f"Voice {key}.", [({}, self.counts[key])]
             )

@@ -11,7 +11,7 @@ from loomd.errors import LoomdError
 if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
 
-__all__ = ["ModelError", "lean_session", "missing_models", "model_path"]
+__all__ = ["ModelError", "lean_session", "missing_models", "model_path", "wake_models"]
 
 HOW = {
     "whisper": "a whisper.cpp ggml model, e.g. ggml-tiny.en.bin from "
@@ -35,6 +35,19 @@ def model_path(models_dir: str, name: str, kind: str) -> Path:
     if not path.is_file():
         raise ModelError(f"{kind} model {path} is missing: put {HOW.get(kind, kind)} there")
     return path
+
+
+def wake_models(settings: VoiceSettings, models_dir: Path) -> tuple[str, ...]:
+    """The configured wake word models, then every .onnx in the wake folder (`[voice.wake]
+    models_dir`, else the models dir's wake/): a custom word is a file dropped there
+    (read at start). The feature models there are not wake words."""
+    folder = Path(settings.wake.models_dir) if settings.wake.models_dir else models_dir / "wake"
+    try:
+        found = sorted(p for p in folder.glob("*.onnx") if p.name not in FEATURE_MODELS)
+    except OSError:
+        found = []
+    have = {Path(m).name for m in settings.wake.models}
+    return (*settings.wake.models, *(str(p) for p in found if p.name not in have))
 
 
 def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:

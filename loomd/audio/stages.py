@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,12 +47,13 @@ class Wake:
         self.peak = 0.0
 
     async def process(
-        self, pcm: bytes, t_end: float, threshold: float | None = None
+        self, pcm: bytes, t_end: float, threshold: float | Mapping[str, float] | None = None
     ) -> Detection | None:
         """Raises `WorkerError` if the worker failed (it restarts for the next call)."""
         hit, self.last, self.peak = await self._worker.call(
-            "process", self._id, self._cfg, pcm, t_end, threshold
-        )
+            "process", self._id, self._cfg, pcm, t_end,
+            dict(threshold) if isinstance(threshold, Mapping) else threshold,
+        )  # fmt: skip
         return None if hit is None else Detection(*hit)
 
     async def scores(self, pcm: bytes) -> list[float]:

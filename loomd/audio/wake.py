@@ -6,7 +6,7 @@ period (in stream time, so replays and live audio behave the same)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,11 @@ class WakeDetector:
         Model = openwakeword_model()
         self._np = np
         paths = [model_path(models_dir, w, "openwakeword") for w in words]
+        # The feature models sit beside the first model (a custom wake/ folder may hold
+        # only wake words: then the ones in the models dir's openwakeword/ are used)
         folder = paths[0].parent
+        if not (folder / "melspectrogram.onnx").is_file():
+            folder = Path(models_dir) / "openwakeword"
         mel = model_path(str(folder), "melspectrogram.onnx", "openwakeword")
         emb = model_path(str(folder), "embedding_model.onnx", "openwakeword")
         try:
@@ -151,12 +155,19 @@ class WakeDetector:
         if clock:
             self._quiet_until = -1e9
 
-    def process(self, pcm: bytes, t_end: float, threshold: float | None = None) -> Detection | None:
+    def process(
+        self, pcm: bytes, t_end: float, threshold: float | Mapping[str, float] | None = None
+    ) -> Detection | None:
         """Feed s16le audio that ends at stream time `t_end`; returns a detection or None.
+        `threshold`: one for all words, or per word (file stem; "*" for the others).
         Blocking (ONNX): run it off the event loop."""
         self._pending += pcm
         hit: Detection | None = None
-        limit = self.threshold if threshold is None else threshold
+        if threshold is None or isinstance(threshold, int | float):
+            flat = self.threshold if threshold is None else float(threshold)
+            limits: Mapping[str, float] = {"*": flat}
+        else:
+            limits = threshold
         self.last = 0.0
         step = CHUNK_SAMPLES * 2
         while len(self._pending) >= step:
@@ -168,6 +179,7 @@ class WakeDetector:
             for word, score in scores.items():
                 self.peak = max(self.peak, float(score))
                 self.last = max(self.last, float(score))
+                limit = limits.get(word, limits.get("*", self.threshold))
                 if score >= limit and t >= self._quiet_until and hit is None:
                     hit = Detection(word, float(score), t)
                     self._quiet_until = t + self.refractory_s

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     TTS_FALLBACK = "tts_fallback"
     AEC_MISSING = "aec_missing"
     FRONTEND_MISSING = "frontend_missing"
+    VAD_MISSING = "vad_missing"
     STT_FAILED = "stt_failed"
     REPLY_FAILED = "reply_failed"
     RECORDER = "recorder"

@@ -26,6 +26,29 @@ class Transcript(_Payload, topic=Topic.VOICE_TRANSCRIPT):
     timings: dict[str, float] = field(default_factory=dict)  # stage -> ms since speech end
 
 
+class IgnoredWhy(StrEnum):
+    NO_SPEECH = "no_speech"  # nobody spoke after the wake word
+    NOT_THE_WAKE_WORD = "not_the_wake_word"  # the second check did not hear the phrase
+    NOT_ADDRESSED = "not_addressed"  # empty, a filler, nothing to act on
+
+
+@dataclass(frozen=True)
+class TurnIgnored(_Payload, topic=Topic.VOICE_IGNORED):
+    """A turn that ended quietly, with no reply: what was heard and why it was let go."""
+
+    utterance_id: str
+    why: IgnoredWhy
+    detail: str = ""
+    transcript: str = ""
+    site: str = "local"
+    wake: str = ""
+    wake_score: float = 0.0
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> TurnIgnored:
+        return cls(**{**payload, "why": IgnoredWhy(str(payload.get("why")))})
+
+
 @dataclass(frozen=True)
 class SayRequest(_Payload, topic=Topic.VOICE_SAY):
     text: str
