@@ -31,8 +31,10 @@ _VERSION = re.compile(r"(_v\d+(\.\d+)*)$")
 _WORD = re.compile(r"[a-z0-9']+")
 # What whisper writes for a noise, a cough or a TV in the background (after clean_text
 # took its [bracketed] and (parenthesised) markers out)
-_FILLER = {"you", "thank you", "thanks", "bye", "okay", "ok", "oh", "uh", "um", "hmm", "so",
-           "the", "a", "and", "i", "yeah", "yes", "no", "hey"}  # fmt: skip
+# What whisper writes for noise or a word that was not meant. Not the answers ("yes", "no",
+# "okay"): a turn may be the answer to the board's own question (a confirmation).
+_FILLER = {"you", "thank you", "thanks", "bye", "oh", "uh", "um", "hmm", "so", "the", "a",
+           "and", "i", "hey"}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ def test_a_command_is_addressed() -> None:
     assert not_addressed("turn on the kitchen lights") == ""
 
 
+@pytest.mark.parametrize("text", ["Yes.", "no", "Okay."])
+def test_an_answer_is_addressed(text: str) -> None:
+    """The answer to the board's own question ("Unlock the front door?") is a turn."""
+    assert not_addressed(text) == ""
+
+
 def test_sensitivity_presets_and_word_thresholds() -> None:
     low = build_section(WakeSettings, {"sensitivity": "low"}, "voice.wake")
     assert low.limits()["*"] == PRESETS["low"].threshold
