@@ -33,6 +33,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import daemon_config, spawn_daemon  # noqa: E402
 from loomd.agents.ctx import AgentCtx, LocalBackend  # noqa: E402
 from loomd.agents.sdk import sdk_ctx  # noqa: E402
 from loomd.host import Host  # noqa: E402
@@ -179,19 +180,14 @@ class Daemon:
         write_plugins(plugins, fans) if fans else plugins.mkdir(parents=True, exist_ok=True)
         if not fans:
             (plugins / "echo.py").write_text(PLUGIN)
-        cfg = root / "loomd.toml"
-        cfg.write_text(
-            f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
-            f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n'
-            f'[metrics]\nenabled = false\n[agents]\ndirs = ["{plugins}"]\nentry_points = false\n'
+        cfg = daemon_config(
+            root,
+            f'[metrics]\nenabled = false\n[agents]\ndirs = ["{plugins}"]\nentry_points = false\n',
         )
         self.endpoint = f"ipc://{root}/run/bus.sock"
         env = {**os.environ}
         env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomd.daemon", "--config", str(cfg)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+        self.proc = spawn_daemon(cfg, env=env)
 
     async def ready(self, agents: int) -> None:
         async with asyncio.timeout(30):

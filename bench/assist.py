@@ -13,7 +13,8 @@ right when the plan (broker calls with their arguments; the intent for questions
 for distractors and out-of-grammar) is the
 expected one. Then the real daemon (mosquitto, home, assist, voice) runs `voice.test` on
 "hey jarvis, <command>" clips: end of speech -> action done (the command durable in the MQTT
-bridge's outbox) and -> first reply audio. Ends with one JSON line."""
+bridge's outbox) and -> first reply audio. The clips again with closed-set rescoring
+(bench/assist_rescore.py: `*_rescore`, `rescore_ms_p50`). Ends with one JSON line."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import small_models_dir
+from bench.harness import daemon_config, small_models_dir, spawn_daemon
 from loomd.assist.intents import ACTING, plan_actions
 from loomd.assist.matcher import Match, Matcher
 from loomd.audio.io import read_wav
@@ -442,6 +443,11 @@ def main() -> None:
             else:
                 sweep.setdefault(name, {})[f"audio_accuracy_{label}"] = round(ok_fe / len(clips), 3)
     worker.close()
+    # Closed-set rescoring (loomd/assist/rescore.py): the same clips, the same noise, the
+    # STT stage with rescoring; `audio_accuracy_<label>_rescore_pass` is that pass without it.
+    from bench.assist_rescore import measure
+
+    res.update(measure(clips, matcher, home, MODELS, noisy, outcome, expected))
     fs = FrontendSettings()
     res["frontend_default"] = f"ns{fs.noise_suppression}_agc{fs.auto_gain}"
     if sweep:
@@ -514,18 +520,16 @@ def daemon_turns(tmp: Path, cases: list[tuple[str, str, Any]]) -> dict[str, Any]
         for i, n, a, d, al in DEVICES
     )  # fmt: skip
     (root / "home.d" / "bench.toml").write_text(table)
-    conf = root / "loomd.toml"
-    conf.write_text(
-        f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
-        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
+    conf = daemon_config(
+        root,
+        "[metrics]\nenabled = false\n"
         f"[mqtt]\nenabled = true\nport = {port}\ndiscovery = false\n"
         f"[assist]\nenabled = true\nllm = true\n"
         f'[llm]\nenabled = true\nmodel = "{MODELS / "llm/SmolLM2-135M-Instruct.gguf"}"\n'
         f"threads = 1\n"
-        f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\nsink = "buffer"\nagent = "assist"\n'
+        f'[voice]\nenabled = true\nmodels_dir = "{MODELS}"\nsink = "buffer"\nagent = "assist"\n',
     )
-    proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = spawn_daemon(conf)
     wake = root / "wake.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wake), "hey jarvis"],
                    check=True)  # fmt: skip

@@ -199,3 +199,65 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+SENTENCES = (
+    "The weather tomorrow will be mild with a light breeze.",
+    "Expect sunshine in the morning and a few clouds after lunch.",
+    "Temperatures will reach twenty two degrees by the afternoon.",
+    "In the evening the wind picks up a little from the west.",
+    "It should stay dry until the weekend.",
+)
+
+
+def timeline_bench(models: Path, quick: bool) -> dict[str, Any]:
+    """For bench/voice.py: barge-in over a reply spoken sentence by sentence in the
+    sample-accurate fake room (tests/audio/room.py `SampleRoom`: each clip reaches the room
+    after a new random 5-45 ms latency, frames delivered up to 8 ms late), with the timeline
+    reference (loomd) and the FIFO it replaced (the control), the same rooms. Keys: offsets
+    detected at the speaking threshold (0.6), the board alone's hops at or over it
+    (self-wakes), echo reduction after 2 s."""
+    import asyncio
+
+    from tests.audio.room import SampleRoom, wake_over_reply
+
+    tts = PiperTts(str(models), "piper/en_US-joe-medium.onnx")
+    wake = WakeDetector(str(models), ("openwakeword/hey_jarvis_v0.1.onnx",), refractory_s=0.0)
+    reply = [tts.synthesize(s) for s in SENTENCES]
+    seconds = sum(len(c) for c in reply) / 32000
+    with tempfile.TemporaryDirectory() as d:
+        person = person_pcm(Path(d))
+    word = len(person) / 32000
+    n = 8 if quick else 24
+    peaks: dict[bool, list[float]] = {False: [], True: []}
+    for k in range(n):
+        # From 1 s into the reply (the room's first second is noise) to its last words, at
+        # steps that are no multiple of the wake model's 80 ms chunk.
+        at = 2.0 + (seconds - 2.5) * k / (n - 1)
+        for fifo in (False, True):
+            room = SampleRoom(seconds + 3.0, seed=k)
+            room.speak(person, at)
+            scores = asyncio.run(wake_over_reply(room, reply, wake, fifo=fifo))
+            peaks[fifo].append(max(s for t, s in scores if at <= t <= at + word + 0.8))
+    alone: dict[bool, list[float]] = {}
+    erle: dict[bool, float] = {}
+    for fifo in (False, True):
+        power: list[tuple[float, float]] = []
+        room = SampleRoom(seconds + 3.0, seed=500)
+        alone[fifo] = [s for _, s in asyncio.run(
+            wake_over_reply(room, reply, wake, fifo=fifo, power=power))]  # fmt: skip
+        p = np.array(power[150:])
+        erle[fifo] = round(10 * float(np.log10(p[:, 0].sum() / p[:, 1].sum())), 1)
+    return {
+        "bargein_offsets": n,
+        "bargein_reply_s": round(seconds, 1),
+        "bargein_detected": sum(s >= 0.6 for s in peaks[False]),
+        "bargein_detected_fifo": sum(s >= 0.6 for s in peaks[True]),
+        "bargein_min_score": round(min(peaks[False]), 3),
+        "bargein_min_score_fifo": round(min(peaks[True]), 3),
+        "bargein_self_wakes": sum(s >= 0.6 for s in alone[False]),
+        "bargein_self_wakes_fifo": sum(s >= 0.6 for s in alone[True]),
+        "bargein_board_max_after_1s": round(max(alone[False][25:]), 3),
+        "bargein_erle_db": erle[False],
+        "bargein_erle_fifo_db": erle[True],
+    }

@@ -47,7 +47,13 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as mqtt  # noqa: E402
 import psutil  # type: ignore[import-untyped]  # noqa: E402
 
-from bench.harness import free_port, peak_rss_mb  # noqa: E402
+from bench.harness import (  # noqa: E402
+    daemon_config,
+    free_port,
+    mqtt_map,
+    peak_rss_mb,
+    spawn_daemon,
+)
 from loomd.errors import RemoteError, RequestTimeout  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
 
@@ -90,63 +96,18 @@ class Broker:
             self.proc = None
 
 
-CONFIG = """
-[daemon]
-device_id = "bench"
-[paths]
-runtime_dir = "{root}/run"
-state_dir = "{root}/state"
-cache_dir = "{root}/cache"
-[metrics]
-enabled = false
-[mqtt]
-enabled = true
-port = {port}
-reconnect_min_s = 0.05
-reconnect_max_s = 0.2
-max_inflight = 1000
-[[mqtt.map]]
-direction = "in"
-mqtt = "rt/in"
-bus = "rt.x"
-qos = 1
-codec = "raw"
-[[mqtt.map]]
-direction = "out"
-mqtt = "rt/out"
-bus = "rt.x"
-qos = 1
-codec = "raw"
-[[mqtt.map]]
-direction = "in"
-mqtt = "tp/in"
-bus = "tp.x"
-qos = 0
-codec = "raw"
-bus_qos = "realtime"
-[[mqtt.map]]
-direction = "out"
-mqtt = "tp/out"
-bus = "tp.x"
-qos = 0
-codec = "raw"
-bus_qos = "realtime"
-[[mqtt.map]]
-direction = "out"
-mqtt = "ob/out"
-bus = "ob.x"
-qos = 1
-codec = "raw"
-"""
+CONFIG = (
+    "[metrics]\nenabled = false\n[mqtt]\nenabled = true\nport = {port}\n"
+    "reconnect_min_s = 0.05\nreconnect_max_s = 0.2\nmax_inflight = 1000\n"
+    + mqtt_map("in", "rt/in", "rt.x", qos=1, codec="raw")
+    + mqtt_map("out", "rt/out", "rt.x", qos=1, codec="raw")
+    + mqtt_map("in", "tp/in", "tp.x", qos=0, codec="raw", bus_qos="realtime")
+    + mqtt_map("out", "tp/out", "tp.x", qos=0, codec="raw", bus_qos="realtime")
+    + mqtt_map("out", "ob/out", "ob.x", qos=1, codec="raw")
+)
 
 
 PEER_CONFIG = """
-[daemon]
-device_id = "{name}"
-[paths]
-runtime_dir = "{root}/run"
-state_dir = "{root}/state"
-cache_dir = "{root}/cache"
 [metrics]
 enabled = false
 [peers]
@@ -158,20 +119,16 @@ receive = ["peer.#"]
 
 
 class Daemon:
-    def __init__(self, root: Path, port: int = 0, config: str = "") -> None:
+    def __init__(self, root: Path, port: int = 0, config: str = "", name: str = "bench") -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.config = root / "loomd.toml"
-        self.config.write_text(config or CONFIG.format(root=root, port=port))
+        body = config or CONFIG.format(port=port)
+        self.config = daemon_config(root, body, daemon=f'device_id = "{name}"')
         self.socket = root / "run" / "bus.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomd.daemon", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "loomd.log", "wb"),
-            cwd=REPO,
-        )  # fmt: skip
+        self.proc = spawn_daemon(self.config, stderr=open(self.root / "loomd.log", "wb"), cwd=REPO)
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -358,15 +315,14 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
     port = free_port()
     hub = Daemon(
         hub_root,
-        config=PEER_CONFIG.format(
-            name="hub", root=hub_root, extra=f'listen = "tcp://127.0.0.1:{port}"'
-        ),
+        config=PEER_CONFIG.format(root=hub_root, extra=f'listen = "tcp://127.0.0.1:{port}"'),
+        name="hub",
     )
     link = (
         f'[[peers.links]]\nname = "hub"\nendpoint = "tcp://127.0.0.1:{port}"\n'
         f'public_key = "{hub_key}"\nsend = ["peer.#"]\nreceive = []\n'
     )
-    sat = Daemon(sat_root, config=PEER_CONFIG.format(name="sat", root=sat_root, extra=link))
+    sat = Daemon(sat_root, config=PEER_CONFIG.format(root=sat_root, extra=link), name="sat")
     try:
         hub.start()
         sat.start()

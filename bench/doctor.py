@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import need_test_models  # noqa: E402
-from loomd.doctor import CHECKS, load_context, model_need_bytes, run_checks  # noqa: E402
+from loomd.doctor import all_checks, load_context, model_need_bytes, run_checks  # noqa: E402
 
 MB = 1 << 20
 
@@ -111,7 +111,7 @@ def main() -> None:
             rows.append((role, real, estimate[role], estimate[role] / real))
         runs = 1 if args.quick else 5
         t_all, t_cheap = [], []
-        cheap = [c for c in CHECKS if c.name not in ("audio", "gpu", "models")]
+        cheap = [c for c in all_checks() if c.name not in ("audio", "gpu", "models")]
         for _ in range(runs):
             ctx = load_context(cfg, f"ipc://{tmp}/none.sock")
             t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def main() -> None:
     for role, real, est, ratio in rows:
         print(f"{role:<6} {real / MB:>14.1f} {est / MB:>21.1f} {ratio:>6.2f}")
     all_s, cheap_s = min(t_all), min(t_cheap)
-    print(f"doctor, all {len(CHECKS)} checks (no daemon): {all_s * 1000:.0f} ms")
+    print(f"doctor, all {len(all_checks())} checks (no daemon): {all_s * 1000:.0f} ms")
     print(f"doctor, {len(cheap)} cheap checks: {cheap_s * 1000:.0f} ms")
     print(f"peak RSS of the doctor process: {peak_mb:.0f} MB")
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -372,3 +373,52 @@ async def wait_daemon_op(endpoint: str, op: str, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.3)
+
+
+def daemon_config(root: Path, body: str, daemon: str = 'device_id = "bench"') -> Path:
+    """`root/loomd.toml` for a bench daemon: `[daemon]` (`daemon`, its lines), its paths
+    under `root`, then `body` (the sections the bench is about; `[metrics]` among them)."""
+    cfg = root / "loomd.toml"
+    cfg.write_text(
+        f"[daemon]\n{daemon}\n[paths]\n"
+        f'runtime_dir = "{root}/run"\nstate_dir = "{root}/state"\ncache_dir = "{root}/cache"\n'
+        + body
+    )
+    return cfg
+
+
+def spawn_daemon(cfg: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """`python -m loomd.daemon --config cfg`, its output dropped unless `popen` says where."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(cfg)], **popen)
+
+
+def raw_dealer(endpoint: str, **opts: Any) -> zmq.Socket[bytes]:
+    """A bare ZeroMQ client (`opts`: socket options by name, `RCVHWM=1`): what a hostile
+    or buggy client library would use."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for k, v in opts.items():
+        sock.setsockopt(getattr(zmq, k), v)
+    sock.connect(endpoint)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def background(*work: Coroutine[Any, Any, Any]) -> AsyncIterator[list[asyncio.Task[Any]]]:
+    """Run `work` as tasks while the block runs; cancelled (and awaited) when it ends."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def mqtt_map(direction: str, mqtt: str, bus: str, **opts: str | int) -> str:
+    """One `[[mqtt.map]]` table of loomd.toml; `opts` are its other keys (qos, codec, ...)."""
+    lines = ["[[mqtt.map]]", f'direction = "{direction}"', f'mqtt = "{mqtt}"', f'bus = "{bus}"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in opts.items()]
+    return "\n".join(lines) + "\n"

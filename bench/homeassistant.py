@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.harness import small_models_dir  # noqa: E402
+from bench.harness import background, small_models_dir  # noqa: E402
 from loomd.audio.io import read_wav  # noqa: E402
 from tests.audio.conftest import join_wavs, say_wav  # noqa: E402
 from tests.homeassistant.conftest import HaApi, HaTestbed  # noqa: E402
@@ -110,9 +110,7 @@ async def satellite_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -
                     first.append(time.monotonic())
 
         changes: list[tuple[float, str]] = []
-        tasks = [asyncio.create_task(tap()), asyncio.create_task(light_watch(watch, tb.light,
-                                                                            changes))]  # fmt: skip
-        try:
+        async with background(tap(), light_watch(watch, tb.light, changes)):
             for i in range(TURNS):
                 await r.api.post("/api/services/light/turn_off", {"entity_id": tb.light})
                 await asyncio.sleep(0.5)
@@ -143,10 +141,6 @@ async def satellite_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) -
                     f"{(first[0] - speech_end) * 1000 if first else float('nan'):.0f} ms after "
                     f"speech, light {'on' if on else 'unchanged'}, heard {run['stt']!r}, "
                     f"HA timings {run['timings']}")  # fmt: skip
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
     return out
 
 
@@ -174,9 +168,7 @@ async def local_mode_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) 
                 await asyncio.sleep(0.3)
         heard = bytearray()
         changes: list[tuple[float, str]] = []
-        tasks = [asyncio.create_task(_speaker(bus, heard)),
-                 asyncio.create_task(light_watch(watch, tb.light, changes))]  # fmt: skip
-        try:
+        async with background(_speaker(bus, heard), light_watch(watch, tb.light, changes)):
             for i in range(TURNS):
                 async with HaApi(tb) as api:
                     await api.post("/api/services/light/turn_off", {"entity_id": tb.light})
@@ -192,10 +184,6 @@ async def local_mode_turns(tb: HaTestbed, models: Path, tmp: Path, clip: bytes) 
                     times.append((on[0] - speech_end) * 1000)
                 log(f"local mode turn {i + 1}: HA's light "
                     + (f"on {times[-1]:.0f} ms after speech" if on else "unchanged"))  # fmt: skip
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
     return times
 
 

@@ -39,6 +39,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.harness import raw_dealer  # noqa: E402
 from bench.hostile_acl import acl_daemon, acl_denied  # noqa: E402
 from bench.hostile_cost import matching_cost, state_daemon, state_total  # noqa: E402
 from loomd.bus import cbor, wire  # noqa: E402
@@ -108,13 +109,6 @@ class Watch:
 
 
 # -- attacks (in this process) -----------------------------------------------------------------
-def raw(endpoint: str, **opts: Any) -> zmq.Socket[bytes]:
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    for k, v in opts.items():
-        s.setsockopt(getattr(zmq, k), v)
-    s.connect(endpoint)
-    return s
 
 
 async def replies(s: zmq.Socket[bytes], n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -144,7 +138,7 @@ BOMBS = [
 
 
 async def decoder_bombs(d: LoomdProcess, q: bool) -> str:
-    s = raw(d.endpoint)
+    s = raw_dealer(d.endpoint)
     for _ in range(3 if q else 10):
         for b in BOMBS:
             s.send(bytes((wire.CONTROL,)) + b)
@@ -155,7 +149,7 @@ async def decoder_bombs(d: LoomdProcess, q: bool) -> str:
 
 
 async def oversized_control(d: LoomdProcess, q: bool) -> str:
-    s = raw(d.endpoint)
+    s = raw_dealer(d.endpoint)
     big = bytes((wire.CONTROL,)) + b"\xbb" + (3 << 20).to_bytes(8, "big") + b"\0" * (3 << 20)
     for _ in range(5 if q else 20):
         s.send(big)  # before any hello, 3 MiB
@@ -165,7 +159,7 @@ async def oversized_control(d: LoomdProcess, q: bool) -> str:
 
 
 async def pattern_complexity(d: LoomdProcess, q: bool) -> str:
-    s = raw(d.endpoint)
+    s = raw_dealer(d.endpoint)
     s.send(wire.pack_control({"op": "sub", "rid": 1, "sid": 1, "pattern": ".".join(["#"] * 16)}))
     (r,) = await replies(s, 1)
     async with connect(d.endpoint) as bus:
@@ -179,7 +173,7 @@ async def pattern_complexity(d: LoomdProcess, q: bool) -> str:
 
 
 async def bad_ids(d: LoomdProcess, q: bool) -> str:
-    s = raw(d.endpoint)
+    s = raw_dealer(d.endpoint)
     n = 200 if q else 1000
     for i in range(n):
         s.send(wire.pack_control({"op": "sub", "rid": i, "sid": (1 << 40) + i, "pattern": "#"}))
@@ -205,7 +199,7 @@ async def stalled_reliable(d: LoomdProcess, q: bool) -> str:
 
 
 async def subscription_flood(d: LoomdProcess, q: bool) -> str:
-    s = raw(d.endpoint)
+    s = raw_dealer(d.endpoint)
     total = 5000 if q else 20000
     for start in range(0, total, 100):
         for i in range(start, start + 100):
@@ -236,7 +230,7 @@ async def state_fill(d: LoomdProcess, q: bool) -> str:
 
 
 async def deaf_realtime(d: LoomdProcess, q: bool) -> str:
-    s = raw(d.endpoint, RCVHWM=1, RCVBUF=4096)
+    s = raw_dealer(d.endpoint, RCVHWM=1, RCVBUF=4096)
     s.send(wire.pack_control({"op": "hello", "rid": 1, "name": "deaf"}))
     s.send(wire.pack_control({"op": "sub", "rid": 2, "sid": 1, "pattern": "deaf.#"}))
     await asyncio.sleep(0.1)
@@ -276,7 +270,7 @@ async def fd_flood(d: LoomdProcess, q: bool) -> str:
 
 
 async def id_squat(d: LoomdProcess, q: bool) -> str:
-    socks = [raw(d.endpoint, IDENTITY=f"victim-{i}".encode()) for i in range(50)]
+    socks = [raw_dealer(d.endpoint, IDENTITY=f"victim-{i}".encode()) for i in range(50)]
     for s in socks:
         s.send(wire.pack_control({"op": "hello", "rid": 1, "name": "squatter"}))
     got = [await replies(s, 1) for s in socks]

@@ -246,18 +246,14 @@ def exposition_us(tree: Path | None, rounds: int) -> dict[str, float]:
 def daemon(tree: Path, root: Path, seconds: float) -> dict[str, Any]:
     """The whole daemon of `tree` with the default components and the status page:
     spawn to READY, RSS once ready, its own /metrics scrapes/s and /api/status p50."""
+    from bench.harness import daemon_config
     from bench.services import Notifications
 
     root.mkdir(parents=True)
     sock = __import__("socket").create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    cfg = root / "loomd.toml"
-    cfg.write_text(
-        f'[daemon]\nlog_level = "warning"\n[paths]\nruntime_dir = "{root}/run"\n'
-        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n'
-        f"[metrics]\nport = {port}\n"
-    )
+    cfg = daemon_config(root, f"[metrics]\nport = {port}\n", daemon='log_level = "warning"')
     notify = Notifications(root / "notify.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(ROOT)])

@@ -36,6 +36,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import daemon_config  # noqa: E402
 from bench.services import Notifications  # noqa: E402
 from loomd.sdk import Client  # noqa: E402
 
@@ -51,11 +52,10 @@ class Daemon:
         root.mkdir(parents=True)
         self.root, self.port = root, free_port()
         self.socket = root / "run" / "bus.sock"
-        cfg = root / "loomd.toml"
-        cfg.write_text(
-            f'[daemon]\nlog_level = "warning"\n[paths]\nruntime_dir = "{root}/run"\n'
-            f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n'
-            f'[metrics]\nport = {self.port}\npage = "{page}"\n'
+        cfg = daemon_config(
+            root,
+            f'[metrics]\nport = {self.port}\npage = "{page}"\n',
+            daemon='log_level = "warning"',
         )
         self.notify = Notifications(root / "notify.sock")
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path)}

@@ -18,7 +18,6 @@ import asyncio
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import daemon_config, spawn_daemon
 from loomd.audio.frames import FRAME_BYTES
 
 STOP_MODEL = "openwakeword/alexa_v0.1.onnx"
@@ -75,15 +77,13 @@ def stop_bench(models: Path, quick: bool) -> dict[str, Any]:
     word = trim(piper(STOP_PHRASE))
     trials = 4 if quick else 12
     root = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
-    conf = root / "loomd.toml"
-    conf.write_text(
-        f'[daemon]\ndevice_id = "bench"\n[paths]\nruntime_dir = "{root}/run"\n'
-        f'state_dir = "{root}/state"\ncache_dir = "{root}/cache"\n[metrics]\nenabled = false\n'
+    conf = daemon_config(
+        root,
+        "[metrics]\nenabled = false\n"
         f'[voice]\nenabled = true\nmodels_dir = "{models}"\nsource = "bus"\nsink = "bus"\n'
-        f'agent = "none"\n[voice.stop]\nmodel = "{STOP_MODEL}"\n'
+        f'agent = "none"\n[voice.stop]\nmodel = "{STOP_MODEL}"\n',
     )
-    proc = subprocess.Popen([sys.executable, "-m", "loomd.daemon", "--config", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = spawn_daemon(conf)
     try:
         got = asyncio.run(_run(f"ipc://{root}/run/bus.sock", word, trials, quick))
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,31 @@ from loomd.errors import LoomdError
 if TYPE_CHECKING:
     from loomd.sdk.client import Client
 
-__all__ = ["dumps", "jsonable", "op", "parse_payload"]
+__all__ = ["add_group", "dumps", "jsonable", "op", "parse_payload", "show"]
+
+
+def add_group(
+    cmds: Any, name: str, help: str, actions: Mapping[str, str], func: Any,
+    *, required: bool = True,
+) -> Any:  # fmt: skip
+    """`loomctl NAME ACTION`: a command with its actions (`{action: help}`, no arguments),
+    run by `func`, which finds the action in `args.<name>_cmd`. Returns the sub-parsers,
+    for actions that take arguments."""
+    p = cmds.add_parser(name, help=help)
+    sc = p.add_subparsers(dest=f"{name}_cmd", required=required)
+    for action, text in actions.items():
+        sc.add_parser(action, help=text)
+    p.set_defaults(func=func)
+    return sc
+
+
+def show(rows: Sequence[Any], as_json: bool, text: Callable[[Any], str]) -> None:
+    """A listing: the rows as one JSON document (`--json`), or `text(row)` for each."""
+    if as_json:
+        print(dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(text(row))
 
 
 def jsonable(value: Any) -> Any:

@@ -21,21 +21,24 @@ never reaches back into the daemon. See docs/design/components.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Self, TypeVar
 
 from loomd.config import ResolvedPaths, Section
 from loomd.errors import LoomdError
 from loomd.messages import ControlOp, ErrorCode
+from loomd.messages.base import _Payload
 
 if TYPE_CHECKING:
-    from loomd.bus.api import Bus
+    from loomd.bus.api import Bus, BusSubscription
     from loomd.bus.broker import Broker
+    from loomd.bus.envelope import Event, QoS
     from loomd.bus.server import ControlHandler
     from loomd.metrics import Family
     from loomd.state import State
@@ -44,12 +47,15 @@ __all__ = [
     "Command",
     "Component",
     "Context",
+    "Delivery",
+    "Inbox",
     "Services",
     "StatusBlock",
     "command",
 ]
 
 S = TypeVar("S", bound=Section)
+P = TypeVar("P", bound=_Payload)
 
 
 class StatusBlock:
@@ -200,6 +206,113 @@ class Context(Generic[S]):
         self.log.error("%s", message)
         if self.services.broker is not None:
             self.services.broker.error(code, message, component=self.name, **details)
+
+    def receive(
+        self,
+        cls: type[P],
+        pattern: str = "",
+        *,
+        code: ErrorCode = ErrorCode.BAD_PAYLOAD,
+        answer: Callable[[LoomdError, Event], _Payload] | None = None,
+        on_bad: Callable[[Event, LoomdError], object] | None = None,
+        qos: QoS | str | None = None,
+    ) -> Inbox[P]:
+        """The messages of `cls` on its topic (or `pattern`), decoded: `async for msg, ev
+        in ctx.receive(SayRequest)`. A malformed payload is reported once (`code`, naming
+        the topic and the sender), answered with `answer(error, event)` if it was a request,
+        passed to `on_bad` (a counter, say), and skipped: the next good one still comes."""
+
+        def report(ev: Event, exc: LoomdError) -> None:
+            self.error(code, f"{self.name}: bad {ev.topic} payload from {ev.sender or '?'}: "
+                       f"{exc}", topic=ev.topic, sender=ev.sender)  # fmt: skip
+            if on_bad is not None:
+                on_bad(ev, exc)
+
+        return Inbox(self.bus, cls, report, pattern=pattern, qos=qos, answer=answer)
+
+
+class Delivery(NamedTuple, Generic[P]):
+    """One message an `Inbox` decoded, with the event it came in (for `reply_to`, `sender`)."""
+
+    msg: P
+    event: Event
+
+
+class Inbox(Generic[P]):
+    """A subscription typed by its payload class: the one loop "subscribe, decode, report
+    the malformed, keep going". Iterate it (`async for msg, ev in inbox`; it subscribes
+    then and unsubscribes when the loop ends), or open it first (`async with inbox:` then
+    `await inbox.ready()`) when events must not be missed between subscribing and looping.
+
+    `report(ev, error)` is told of each malformed payload (`Context.receive` logs it and
+    publishes a `loomd.error`); a request among them is answered with `answer(error,
+    event)` (dropped if its requester is gone)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        cls: type[P],
+        report: Callable[[Event, LoomdError], object],
+        *,
+        pattern: str = "",
+        qos: QoS | str | None = None,
+        answer: Callable[[LoomdError, Event], _Payload] | None = None,
+    ) -> None:
+        self.pattern = pattern or cls.TOPIC
+        if not self.pattern:
+            raise LoomdError(f"{cls.__name__} has no topic of its own: name a pattern")
+        self.bus, self.cls, self.qos = bus, cls, qos
+        self.report, self.answer = report, answer
+        self.rejected = 0  # malformed payloads seen
+        self._sub: BusSubscription | None = None
+
+    def _open(self) -> BusSubscription:
+        if self._sub is None:
+            self._sub = self.bus.subscribe(self.pattern, self.qos)
+        return self._sub
+
+    def open(self) -> Self:
+        """Subscribe now (events from now on are kept for the loop that comes later)."""
+        self._open()
+        return self
+
+    async def ready(self) -> Self:
+        await self._open().ready()
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.close()
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def __aiter__(self) -> AsyncIterator[Delivery[P]]:
+        opened_here = self._sub is None
+        sub = self._open()
+        try:
+            async for ev in sub:
+                try:
+                    msg = self.cls.from_payload(ev.payload)
+                except LoomdError as exc:
+                    await self._reject(ev, exc)
+                    continue
+                yield Delivery(msg, ev)
+        finally:
+            if opened_here:
+                await self.close()
+
+    async def _reject(self, ev: Event, exc: LoomdError) -> None:
+        self.rejected += 1
+        self.report(ev, exc)
+        if self.answer is not None and ev.reply_to:
+            with contextlib.suppress(LoomdError):
+                await self.answer(exc, ev).respond(self.bus, ev)
 
 
 @dataclasses.dataclass

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN",
     "BUILTIN_CLI",
+    "BUILTIN_DOCTOR",
     "CLI_GROUP",
+    "DOCTOR_GROUP",
     "ENTRY_POINT_GROUP",
     "Entry",
     "Registry",
@@ -70,8 +72,18 @@ BUILTIN_CLI: dict[str, str] = {
     "assist": "loomd.assist.cli:add_cli",
 }
 
+# The `loomctl doctor` checks each component contributes: name -> "module:CHECKS" (a
+# sequence of `loomd.doctor.context.Check`), imported only when doctor runs. The board's own
+# checks (config, daemon, memory, disk, ...) are doctor's.
+BUILTIN_DOCTOR: dict[str, str] = {
+    "llm": "loomd.router.doctor:CHECKS",
+    "mqtt": "loomd.bridges.doctor:CHECKS",
+    "voice": "loomd.audio.doctor:CHECKS",
+}
+
 ENTRY_POINT_GROUP = "loomd.components"
 CLI_GROUP = "loomd.cli"  # an entry point named like the component: its add_cli function
+DOCTOR_GROUP = "loomd.doctor"  # an entry point named like the component: its CHECKS
 
 AddCli = Callable[[Any], None]
 
@@ -82,6 +94,7 @@ class Entry:
     target: str  # "module:Class"
     origin: str  # "builtin", or the distribution that declared the entry point
     cli: str = ""  # "module:function" adding its `loomctl` subcommands, or ""
+    doctor: str = ""  # "module:CHECKS", its `loomctl doctor` checks, or ""
 
 
 class Registry:
@@ -146,13 +159,30 @@ class Registry:
         entry = self.entries.get(name)
         if entry is None or not entry.cli:
             return None
-        module_name, _, attr = entry.cli.partition(":")
         try:
-            add: AddCli = getattr(importlib.import_module(module_name), attr)
+            add: AddCli = _attribute(entry.cli)
         except Exception as exc:
             log.error("component %s: its commands %s did not import: %s", name, entry.cli, exc)
             return None
         return add
+
+    def doctor(self) -> dict[str, Any]:
+        """Each component's contributed `loomctl doctor` checks (a sequence of `Check`),
+        or the exception its module raised on import (doctor reports it as a failure)."""
+        out: dict[str, Any] = {}
+        for name, entry in self.entries.items():
+            if entry.doctor:
+                try:
+                    out[name] = tuple(_attribute(entry.doctor))
+                except Exception as exc:
+                    out[name] = exc
+        return out
+
+
+def _attribute(target: str) -> Any:
+    """`"module:name"` imported."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def missing_modules(cls: type[Component[Any]]) -> list[str]:
@@ -198,11 +228,14 @@ def _importable(module: str) -> bool:
 def registry() -> Registry:
     """The built-in components, then those of installed packages (entry points)."""
     entries = [
-        Entry(name, target, "builtin", BUILTIN_CLI.get(name, ""))
+        Entry(name, target, "builtin", BUILTIN_CLI.get(name, ""), BUILTIN_DOCTOR.get(name, ""))
         for name, target in BUILTIN.items()
     ]
     clis = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=CLI_GROUP)}
+    doctors = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=DOCTOR_GROUP)}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         origin = ep.dist.name if ep.dist is not None else "an entry point"
-        entries.append(Entry(ep.name, ep.value, origin, clis.get(ep.name, "")))
+        entries.append(
+            Entry(ep.name, ep.value, origin, clis.get(ep.name, ""), doctors.get(ep.name, ""))
+        )
     return Registry(entries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -29,13 +30,25 @@ def free_port() -> int:
 def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll `pred` (a cheap read: HTTP, loomctl) until it is truthy, with a deadline."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+    while not (value := pred()):
+        _late(deadline, timeout, what)
         time.sleep(0.05)
+    return value
+
+
+async def eventually(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """`wait_until` for in-process state (a component's, the writer thread's): polled
+    every 10 ms with a deadline, for state that announces no event; returns its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        _late(deadline, timeout, what)
+        await asyncio.sleep(0.01)
+    return value
+
+
+def _late(deadline: float, timeout: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class LoomdProcess:
@@ -129,6 +142,22 @@ class LoomdProcess:
         if self.notify is not None:
             self.notify.close()
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def plugins_section(root: Path, **plugins: str) -> str:
+    """`root/plugins/<name>.py` with each plugin's code, and the `[agents]` section that
+    loads those plugins only."""
+    folder = root / "plugins"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, code in plugins.items():
+        (folder / f"{name}.py").write_text(code)
+    return f'[agents]\ndirs = ["{folder}"]\nentry_points = false\n'
+
 
 def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """`loomctl --socket <d's socket> ARGS`, as a user runs it (with the daemon's extra env)."""
@@ -141,6 +170,16 @@ def loomctl(d: LoomdProcess, *args: str, timeout: float = 20) -> subprocess.Comp
     )
 
 
+def loomctl_sub(d: LoomdProcess, pattern: str, count: int) -> subprocess.Popen[str]:
+    """`loomctl sub PATTERN --json --count N --wait 20` in the background (read its stdout
+    with `communicate()`; it says "subscribed to" on stderr once the daemon routes to it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "loomd.ctl", "--socket", str(d.socket), "sub", pattern,
+         "--json", "--count", str(count), "--wait", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **d.env},
+    )  # fmt: skip
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path: ipc socket paths must stay under 107 bytes."""
@@ -151,11 +190,8 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def loomd_proc(short_tmp: Path) -> Iterator[LoomdProcess]:
-    d = LoomdProcess(short_tmp)
-    try:
+    with LoomdProcess(short_tmp) as d:
         yield d
-    finally:
-        d.close()
 
 
 @pytest.fixture

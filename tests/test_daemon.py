@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loomd.components import registry
-from tests.conftest import LoomdProcess, free_port, loomctl
+from tests.conftest import LoomdProcess, free_port, loomctl, loomctl_sub
 
 
 def full_status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
@@ -177,25 +177,7 @@ def test_loomctl_without_daemon_says_so(short_tmp: Path) -> None:
 
 
 def test_loomctl_pub_sub_and_state(daemon: LoomdProcess) -> None:
-    sub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loomd.ctl",
-            "--socket",
-            str(daemon.socket),
-            "sub",
-            "demo.#",
-            "--json",
-            "--count",
-            "2",
-            "--wait",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sub = loomctl_sub(daemon, "demo.#", 2)
     try:
         # wait until the subscription is registered (status lists it), then publish
         for _ in range(200):

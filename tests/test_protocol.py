@@ -17,6 +17,9 @@ from loomd.errors import CallError, LoomdError
 from loomd.messages import (
     BarrierReply,
     BarrierRequest,
+    Bid,
+    BidAward,
+    BidReject,
     CapCode,
     CapInfo,
     CapInvoke,
@@ -29,6 +32,9 @@ from loomd.messages import (
     ControlOp,
     ErrorCode,
     ErrorEvent,
+    MqttFollow,
+    MqttPublish,
+    RouteDecision,
     Topic,
     Transcript,
     TurnStage,
@@ -48,6 +54,25 @@ SAMPLES: list[Any] = [
     CapsUnregister("weather", "tok"),
     BarrierRequest("sync", 3, 2.0, "a1"),
     BarrierReply(True, 3),
+    Bid(0.9, "b", {"who": "b", "eta_s": 2}),
+    BidAward({"job": "x"}, {"score": 0.9, "agent": "b"}),
+    BidReject(),
+    MqttPublish("home/lamp/set", b"ON", 1, retain=True),
+    MqttFollow("home", ("home/+/state",), "home.mqtt"),
+    RouteDecision(
+        "ab12",
+        1.5,
+        "butler",
+        "voice",
+        "local",
+        "privacy",
+        "local-only",
+        120.0,
+        0.0,
+        0.9,
+        {"privacy": "local-only"},
+        {"local_loaded": True},
+    ),
     VoiceStop("kitchen", "barge-in"),
     VoiceMute(True),
     ErrorEvent(ErrorCode.STT_FAILED, "voice: no", "voice", {"utterance": "u1"}),
@@ -75,6 +100,20 @@ def test_each_class_is_bound_to_its_event_type(msg: Any) -> None:
     assert not cls.is_type(other.type)
     with pytest.raises(LoomdError, match="expected an event of type"):
         cls.from_event(other)
+
+
+def test_a_bid_keeps_the_bidders_own_keys_and_needs_a_number() -> None:
+    assert Bid(1, "a", {"who": "a"}).to_payload() == {"who": "a", "score": 1, "agent": "a"}
+    assert Bid.from_payload({"score": 2, "who": "z"}) == Bid(2.0, "", {"who": "z"})
+    bad_bids: list[tuple[Any, str]] = [
+        ({"score": "high"}, "score must be a number"),
+        ({"score": True}, "number"),
+        ({"score": 1, "agent": 3}, "agent must be a string"),
+        ([], "a map"),
+    ]
+    for bad, why in bad_bids:
+        with pytest.raises(LoomdError, match=why):
+            Bid.from_payload(bad)
 
 
 def test_a_class_without_a_topic_must_be_told_one() -> None:

@@ -19,6 +19,7 @@ from loomd.agents.capability import CapabilitySpec, check_params, parse_name
 from loomd.errors import CallError, LoomdError
 from loomd.messages import CapCode as Code
 from loomd.messages import CapResult as Result
+from loomd.messages import ErrorCode
 
 if TYPE_CHECKING:
     from loomd.bus.acl import Caller
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("loomd.agents.broker")
+
+# How the agents' parts report an error: (code, message, details) -> `loomd.error`.
+Report = Callable[[ErrorCode, str, dict[str, Any]], None]
 
 
 class CapabilityError(Exception):

@@ -6,9 +6,28 @@ import json
 import sys
 from typing import Any
 
-from loomd.cli import dumps, op, parse_payload
+from loomd.cli import dumps, op, parse_payload, show
 
 __all__ = ["add_cli"]
+
+
+def _agent_text(a: dict[str, Any]) -> str:
+    err = f"  last error: {a['last_error']}" if a["last_error"] else ""
+    return (
+        f"{a['id']:<16} {a['state']:<9} restarts={a['restarts']} "
+        f"topics={','.join(a['topics']) or '-'} "
+        f"caps={','.join(a['capabilities']) or '-'}  [{a['source']}]{err}"
+    )
+
+
+def _cap_text(c: dict[str, Any]) -> str:
+    flags = "".join(f" ({f})" for f in ("confirm", "sensitive") if c.get(f))
+    lines = [
+        f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]{flags}  {c['description']}"
+    ]
+    lines += [f"    says: {sentence}" for sentence in c.get("sentences") or ()]
+    lines.append(f"    {json.dumps(c['schema'])}")
+    return "\n".join(lines)
 
 
 async def _run(bus: Any, args: Any) -> int:
@@ -17,17 +36,8 @@ async def _run(bus: Any, args: Any) -> int:
         sub = args.agents_cmd or "list"
         if sub == "list":
             r = await op(bus, "agents.list")
-            if args.json:
-                print(dumps(r["agents"], indent=2))
-                return 0
-            for a in r["agents"]:
-                err = f"  last error: {a['last_error']}" if a["last_error"] else ""
-                print(
-                    f"{a['id']:<16} {a['state']:<9} restarts={a['restarts']} "
-                    f"topics={','.join(a['topics']) or '-'} "
-                    f"caps={','.join(a['capabilities']) or '-'}  [{a['source']}]{err}"
-                )
-            for src, why in r["broken"].items():
+            show(r["agents"], args.json, _agent_text)
+            for src, why in r["broken"].items() if not args.json else ():
                 print(f"(broken) {src}: {why}")
             return 0
         r = await op(bus, f"agents.{sub}", args.id)
@@ -35,18 +45,7 @@ async def _run(bus: Any, args: Any) -> int:
         return 0
     if cmd == "caps":
         r = await op(bus, "agents.caps")
-        if args.json:
-            print(dumps(r["capabilities"], indent=2))
-            return 0
-        for c in r["capabilities"]:
-            flags = "".join(f" ({f})" for f in ("confirm", "sensitive") if c.get(f))
-            print(
-                f"{c['name']}@{c['version']}  [{c['kind']} {c['provider']}]{flags}  "
-                f"{c['description']}"
-            )
-            for sentence in c.get("sentences") or ():
-                print(f"    says: {sentence}")
-            print(f"    {json.dumps(c['schema'])}")
+        show(r["capabilities"], args.json, _cap_text)
         return 0
     # call
     params = parse_payload(args.params) if args.params else {}

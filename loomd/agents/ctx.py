@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from loomd.agents.broker import ActionBroker, CallError, Result
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError, RequestTimeout
-from loomd.messages import BarrierReply, BarrierRequest, CapCode, CapInvoke
+from loomd.messages import (
+    BarrierReply,
+    BarrierRequest,
+    Bid,
+    BidAward,
+    BidReject,
+    CapCode,
+    CapInvoke,
+    EventType,
+)
 
 if TYPE_CHECKING:
     from loomd.bus.acl import Caller
@@ -375,7 +384,7 @@ class AgentCtx:
         async with self.bus.subscribe(reply_topic, QoS.RELIABLE) as sub:
             ev = await self.bus.publish(
                 topic, cfp, thread_id=thread, reply_to=reply_topic, wait=False,
-                type="cnet.cfp",
+                type=EventType.CNET_CFP,
             )  # fmt: skip
             try:
                 async with asyncio.timeout(window):
@@ -389,26 +398,28 @@ class AgentCtx:
         winner = pick(bids) if bids else None
         if winner is None:
             raise RequestTimeout(f"contract net on {topic}: no acceptable bid in {window:g} s")
+        reject = BidReject()
         for b in bids:
             if b is not winner and b.reply_to:
                 await self.bus.publish(
-                    b.reply_to, {"award": False}, correlation_id=b.id, wait=False,
-                    type="cnet.reject",
+                    b.reply_to, reject.to_payload(), correlation_id=b.id, wait=False,
+                    type=reject.TYPE,
                 )  # fmt: skip
         assert winner.reply_to is not None
+        prize = BidAward(cfp, winner.payload)
         done = await self.bus.request(
-            winner.reply_to, {"award": True, "cfp": cfp, "bid": winner.payload},
-            timeout=timeout, type="cnet.award", meta={"bid": winner.id.hex()},
+            winner.reply_to, prize.to_payload(),
+            timeout=timeout, type=prize.TYPE, meta={"bid": winner.id.hex()},
         )  # fmt: skip
-        who = winner.payload.get("agent") if isinstance(winner.payload, dict) else None
-        return Award(str(who or winner.sender), winner.payload, done.payload, bids)
+        who = _bid(winner)
+        return Award(who.agent if who and who.agent else winner.sender, winner.payload,
+                     done.payload, bids)  # fmt: skip
 
     async def bid(self, cfp: Event, score: float, **info: Any) -> Event:
         """Answer a contract-net call for proposals; an award arrives on this agent's
         inbox as an event of type `cnet.award` (reply to it with the result)."""
-        return await self.bus.reply(
-            cfp, {"score": score, "agent": self.id, **info}, reply_to=self.inbox, type="cnet.bid"
-        )
+        bid = Bid(score, self.id, info)
+        return await self.bus.reply(cfp, bid.to_payload(), reply_to=self.inbox, type=bid.TYPE)
 
     # -- capabilities -----------------------------------------------------------------------
     async def call(
@@ -442,14 +453,21 @@ class AgentCtx:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kw))
 
 
+def _bid(ev: Event) -> Bid | None:
+    """The bid an event carries; None if it is no bid (a bidder's mistake loses it the job)."""
+    try:
+        return Bid.from_payload(ev.payload)
+    except LoomdError:
+        return None
+
+
 def _max_score(bids: Iterable[Event]) -> Event | None:
     best: Event | None = None
     best_score = float("-inf")
     for b in bids:
-        p = b.payload
-        score = p.get("score") if isinstance(p, dict) else None
-        if isinstance(score, int | float) and score > best_score:
-            best, best_score = b, float(score)
+        bid = _bid(b)
+        if bid is not None and bid.score > best_score:
+            best, best_score = b, bid.score
     return best
 
 

@@ -17,12 +17,12 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loomd.agents.broker import Report
 from loomd.agents.plugins import PluginDef
-from loomd.agents.runtime import Policy
+from loomd.agents.runtime import CrashWindow, Policy
 from loomd.messages import ErrorCode
 
 __all__ = ["ProcessRunner"]
@@ -39,7 +39,7 @@ class ProcessRunner:
         memory_mb: int,
         *,
         policy: Policy,
-        report: Callable[[ErrorCode, str, dict[str, Any]], None],
+        report: Report,
     ) -> None:
         self.pdef = pdef
         self.id = pdef.id
@@ -59,7 +59,7 @@ class ProcessRunner:
         self.task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
-        self._crashes: list[float] = []
+        self._crashes = CrashWindow(policy)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -81,7 +81,6 @@ class ProcessRunner:
             resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
     async def run(self) -> None:
-        delay = self.policy.backoff_min_s
         where = str(self.pdef.path) if self.pdef.path else "-"
         while not self._stopping:
             began = time.monotonic()
@@ -97,27 +96,21 @@ class ProcessRunner:
             self.pid = 0
             if self._stopping:
                 break
-            now = time.monotonic()
-            self._crashes = [t for t in self._crashes if t > now - self.policy.crash_window_s]
-            self._crashes.append(now)
             self.last_error = f"process exited with {code}"
             self._report(
                 ErrorCode.AGENT_CRASHED, f"agent {self.id}: {self.last_error}", {"agent": self.id}
             )
-            if len(self._crashes) >= self.policy.crash_limit:
+            if self._crashes.crashed():
                 self.state = "failed"
                 self._report(
                     ErrorCode.AGENT_FAILED,
-                    f"agent {self.id} failed: its process exited {len(self._crashes)} times",
+                    f"agent {self.id} failed: its process exited {len(self._crashes.times)} times",
                     {"agent": self.id},
                 )
                 return
-            if now - began > self.policy.crash_window_s:
-                delay = self.policy.backoff_min_s
             self.state = "backoff"
             self.restarts += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.policy.backoff_max_s)
+            await self._crashes.backoff(began)
         self.state = "stopped"
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from loomd.agents.broker import ActionBroker, LocalProvider
+from loomd.agents.broker import ActionBroker, LocalProvider, Report
 from loomd.agents.capability import specs_of
 from loomd.agents.ctx import AgentCtx
 from loomd.bus.envelope import Event, QoS
@@ -37,6 +37,30 @@ class Policy:
     backoff_max_s: float = 30.0
     handler_timeout_s: float = 30.0
     slow_ms: float = 100.0
+
+
+class CrashWindow:
+    """A runner's crashes within `Policy.crash_window_s` and its capped backoff, for the
+    in-process runner and the process runner alike."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.times: list[float] = []
+        self.delay = policy.backoff_min_s
+
+    def crashed(self) -> bool:
+        """Count a crash now; True once `crash_limit` crashes fall within the window."""
+        now = time.monotonic()
+        self.times = [t for t in self.times if t > now - self.policy.crash_window_s]
+        self.times.append(now)
+        return len(self.times) >= self.policy.crash_limit
+
+    async def backoff(self, began: float) -> None:
+        """Wait before the next try (afresh if the last try ran longer than the window)."""
+        if time.monotonic() - began > self.policy.crash_window_s:
+            self.delay = self.policy.backoff_min_s
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.policy.backoff_max_s)
 
 
 class _Timed:
@@ -81,7 +105,7 @@ class AgentRunner:
         *,
         source: str,
         policy: Policy,
-        report: Callable[[ErrorCode, str, dict[str, Any]], None],
+        report: Report,
     ) -> None:
         self.agent = agent
         self.id: str = ctx.id
@@ -100,7 +124,7 @@ class AgentRunner:
         self.reload_error = ""
         self.provider = LocalProvider(self.id)
         self.task: asyncio.Task[None] | None = None
-        self._crashes: list[float] = []
+        self._crashes = CrashWindow(policy)
         self._stopping = False
 
     @property
@@ -142,7 +166,6 @@ class AgentRunner:
 
     # -- the life ---------------------------------------------------------------------------
     async def run(self) -> None:
-        delay = self.policy.backoff_min_s
         while not self._stopping:
             began = time.monotonic()
             try:
@@ -156,9 +179,6 @@ class AgentRunner:
                 self._fail(str(exc))
                 return
             except Exception as exc:
-                now = time.monotonic()
-                self._crashes = [t for t in self._crashes if t > now - self.policy.crash_window_s]
-                self._crashes.append(now)
                 why = f"{type(exc).__name__}: {exc}"
                 self.last_error = why
                 self._report(
@@ -166,18 +186,15 @@ class AgentRunner:
                     f"agent {self.id} crashed: {why}",
                     {"agent": self.id, "traceback": _tb(exc)},
                 )
-                if len(self._crashes) >= self.policy.crash_limit:
+                if self._crashes.crashed():
                     self._fail(
-                        f"crashed {len(self._crashes)} times in "
+                        f"crashed {len(self._crashes.times)} times in "
                         f"{self.policy.crash_window_s:g} s; last: {why}"
                     )
                     return
-                if now - began > self.policy.crash_window_s:
-                    delay = self.policy.backoff_min_s
                 self.state = "backoff"
                 self.restarts += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.policy.backoff_max_s)
+                await self._crashes.backoff(began)
 
     def _fail(self, why: str) -> None:
         self.state = "failed"

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from loomd.agents.broker import ActionBroker, LocalProvider, Result
+from loomd.agents.broker import ActionBroker, LocalProvider, Report, Result
 from loomd.agents.capability import CapabilitySpec, specs_of
 from loomd.agents.ctx import AgentCtx, SdkBackend
 from loomd.agents.runtime import AgentRunner, Policy
@@ -125,7 +125,7 @@ async def run_agent(
     *,
     settings: Any = None,
     policy: Policy | None = None,
-    report: Callable[[ErrorCode, str, dict[str, Any]], None] | None = None,
+    report: Report | None = None,
 ) -> None:
     """Run `agent` until cancelled, over a connected client: the same lifecycle and
     containment as in the daemon; its capabilities are served with a lease."""

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from loomd.agents.broker import (
     ActionBroker,
@@ -20,6 +20,7 @@ from loomd.agents.broker import (
     InvalidParams,
     Provider,
     ProviderUnavailable,
+    Report,
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
@@ -28,6 +29,7 @@ from loomd.bus.acl import UNKNOWN_CALLER
 from loomd.bus.api import Bus
 from loomd.bus.envelope import Event, QoS
 from loomd.bus.identity import Identity, IdentityKind
+from loomd.component import Inbox
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
     BarrierReply,
@@ -43,13 +45,14 @@ from loomd.messages import (
     ErrorCode,
     Topic,
 )
+from loomd.messages.base import _Payload
 
 __all__ = ["CapabilityService", "RemoteProvider"]
 
 LEASE_PATTERN = "caps.lease.*"
 IN_PROCESS_LEASE_S = 30.0  # the lease of providers inside the daemon (home, mcp servers)
 
-Report = Callable[[ErrorCode, str, dict[str, Any]], None]
+P = TypeVar("P", bound=_Payload)
 
 
 class RemoteProvider(Provider):
@@ -187,26 +190,35 @@ class CapabilityService:
         task.add_done_callback(self._serving.discard)
 
     async def _serve_invoke(self) -> None:
-        async with self.bus.subscribe(Topic.CAPS_INVOKE, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self.serve(self._invoke(req))
+        calls = self._receive(
+            CapInvoke, lambda exc, ev: CapResult(CapCode.INVALID_PARAMS, error=str(exc))
+        )
+        async for call, req in calls:
+            self.serve(self._invoke(call, req))
 
-    async def _invoke(self, req: Event) -> None:
-        try:
-            call = CapInvoke.from_event(req)
-        except LoomdError as exc:
-            r = CapResult(CapCode.INVALID_PARAMS, error=str(exc))
+    def _receive(
+        self, cls: type[P], answer: Callable[[LoomdError, Event], _Payload] | None = None
+    ) -> Inbox[P]:
+        """`cls`'s messages; a malformed one is reported (and answered, if `answer`)."""
+
+        def report(ev: Event, exc: LoomdError) -> None:
+            where = {"topic": ev.topic, "sender": ev.sender}
+            text = f"agents: bad {ev.topic} payload from {ev.sender or '?'}: {exc}"
+            self._report(ErrorCode.BAD_PAYLOAD, text, where)
+
+        return Inbox(self.bus, cls, report, qos=QoS.RELIABLE, answer=answer)
+
+    async def _invoke(self, call: CapInvoke, req: Event) -> None:
+        if not self.intake:
+            r = CapResult(CapCode.PROVIDER_UNAVAILABLE, error="loomd is stopping")
         else:
-            if not self.intake:
-                r = CapResult(CapCode.PROVIDER_UNAVAILABLE, error="loomd is stopping")
-            else:
-                timeout = call.timeout or self.settings().call_timeout_s
-                r = await self.broker.call(
-                    call.cap, call.params, timeout=timeout, idempotency_key=call.key,
-                    caller=req.caller or UNKNOWN_CALLER,  # None: replayed, nobody vouches
-                )  # fmt: skip
-                if r.code == CapCode.FORBIDDEN:
-                    self.forbidden(r.error, call.cap)
+            timeout = call.timeout or self.settings().call_timeout_s
+            r = await self.broker.call(
+                call.cap, call.params, timeout=timeout, idempotency_key=call.key,
+                caller=req.caller or UNKNOWN_CALLER,  # None: replayed, nobody vouches
+            )  # fmt: skip
+            if r.code == CapCode.FORBIDDEN:
+                self.forbidden(r.error, call.cap)
         if req.reply_to:
             await self.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 
@@ -218,16 +230,13 @@ class CapabilityService:
                     await caps.respond(self.bus, req)
 
     async def _serve_barrier(self) -> None:
-        async with self.bus.subscribe(Topic.COLLAB_BARRIER, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self._arrive(req)
+        arrivals = self._receive(
+            BarrierRequest, lambda exc, ev: BarrierReply(False, error=str(exc))
+        )
+        async for arrive, req in arrivals:
+            self._arrive(arrive, req)
 
-    def _arrive(self, req: Event) -> None:
-        try:
-            arrive = BarrierRequest.from_event(req)
-        except LoomdError as exc:
-            self.serve(BarrierReply(False, error=str(exc)).respond(self.bus, req))
-            return
+    def _arrive(self, arrive: BarrierRequest, req: Event) -> None:
         name = arrive.name
         b = self.barriers.get(name)
         if b is None:
@@ -250,28 +259,18 @@ class CapabilityService:
             self.serve(BarrierReply(False, error=msg).respond(self.bus, r))
 
     async def _serve_register(self) -> None:
-        async with self.bus.subscribe(Topic.CAPS_REGISTER, QoS.RELIABLE) as reg:
-            async for req in reg:
-                await self._register(req).respond(self.bus, req)
+        regs = self._receive(CapsRegister, lambda exc, ev: CapsRegistered(False, error=str(exc)))
+        async for p, req in regs:
+            await self._register(p, req).respond(self.bus, req)
 
     async def _serve_unregister(self) -> None:
-        async with self.bus.subscribe(Topic.CAPS_UNREGISTER, QoS.RELIABLE) as unreg:
-            async for ev in unreg:
-                try:
-                    gone = CapsUnregister.from_event(ev)
-                except LoomdError as exc:
-                    self.log.warning("bad caps.unregister from %s: %s", ev.sender, exc)
-                    continue
-                prov = self.providers.get(gone.provider)
-                if prov is not None and prov.token == gone.token:
-                    del self.providers[prov.id]
-                    self._drop(prov, "unregistered")
+        async for gone, _ev in self._receive(CapsUnregister):
+            prov = self.providers.get(gone.provider)
+            if prov is not None and prov.token == gone.token:
+                del self.providers[prov.id]
+                self._drop(prov, "unregistered")
 
-    def _register(self, req: Event) -> CapsRegistered:
-        try:
-            p = CapsRegister.from_event(req)
-        except LoomdError as exc:
-            return CapsRegistered(False, error=str(exc))
+    def _register(self, p: CapsRegister, req: Event) -> CapsRegistered:
         pid = p.provider
         who = req.caller.identity if req.caller is not None else None
         old = self.providers.get(pid)
@@ -289,9 +288,10 @@ class CapabilityService:
             self._drop(old, "registered again")
         if self._mux is None:
             self._mux = ReplyMux(self.bus)
-        # An in-daemon provider (a component over LocalBus) cannot die apart from the daemon
-        # and unregisters when it stops: a long lease, not a heartbeat every 100 ms.
-        local = who is not None and who.kind is IdentityKind.DAEMON
+        # An in-daemon provider (a component over LocalBus, or an MCP server's handle, which
+        # the daemon makes) cannot die apart from the daemon and unregisters when it stops:
+        # a long lease, not a heartbeat every 100 ms.
+        local = who is not None and who.kind in (IdentityKind.DAEMON, IdentityKind.MCP)
         lease = IN_PROCESS_LEASE_S if local else self.settings().provider_lease_s
         prov = RemoteProvider(pid, self._mux, lease)
         prov.owner = who

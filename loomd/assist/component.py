@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomd.assist.conversation import Conversation
 from loomd.assist.local import NOT_UNDERSTOOD, local_turn, outcome
+from loomd.assist.rescore import rescore_match, wants_rescore
 from loomd.assist.settings import AssistSettings
 from loomd.assist.timers import Timers
 from loomd.bus.acl import CALLER
@@ -88,6 +89,7 @@ class AssistComponent(Component[AssistSettings]):
         self.home = HomeSnapshot()
         self.caps: list[dict[str, Any]] = []
         self.convs: dict[str, Conversation] = {}
+        self._rescore_errors: set[str] = set()  # each reason said once as an error event
         self.timers = Timers(self)
         self.counts = {"turns": 0, "local": 0, "llm": 0, "none": 0}
         self._seq = itertools.count(int(time.time() * 1000))
@@ -193,20 +195,15 @@ class AssistComponent(Component[AssistSettings]):
 
     # -- serving -------------------------------------------------------------------------------
     async def _serve(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.ASSIST_CONVERSE, QoS.RELIABLE) as sub:
-            async for req in sub:
-                self.spawn(lambda r=req: self._answer(r), "turn", critical=False)  # type: ignore[misc]
+        asks = self.ctx.receive(
+            AssistRequest, code=ErrorCode.ASSIST_BAD_REQUEST, qos=QoS.RELIABLE,
+            answer=lambda exc, ev: AssistTurn("", error=str(exc)),
+        )  # fmt: skip
+        async for ask, req in asks:
+            self.spawn(lambda a=ask, r=req: self._answer(a, r), "turn", critical=False)  # type: ignore[misc]
 
-    async def _answer(self, req: Event) -> None:
+    async def _answer(self, ask: AssistRequest, req: Event) -> None:
         CALLER.set(req.caller)  # the turn acts for whoever asked (this task's own context)
-        try:
-            ask = AssistRequest.from_payload(req.payload)
-        except LoomdError as exc:
-            self.ctx.error(ErrorCode.ASSIST_BAD_REQUEST, f"assist: {exc}")
-            if req.reply_to:
-                turn = AssistTurn("", error=str(exc))
-                await self.ctx.bus.reply(req, turn.to_payload(), wait=False)
-            return
         turn = await self.converse(ask)
         if req.reply_to:
             await self.ctx.bus.reply(req, turn.to_payload(), wait=False)
@@ -290,6 +287,13 @@ class AssistComponent(Component[AssistSettings]):
                 )
         match = await asyncio.to_thread(self.matcher.match, text)
         mark("matched")
+        s = self.settings
+        if s.rescore and ask.utterance_id and wants_rescore(text, match):
+            better, _ = await rescore_match(self.ctx, self.matcher, text, ask.utterance_id,
+                                            s.rescore_candidates, s.rescore_margin,
+                                            self._rescore_errors)  # fmt: skip
+            mark("rescored")
+            match = better or match
         if match is not None and not match.unknown:
             turn = await local_turn(self, match, ask, conv)
             if turn.actions:

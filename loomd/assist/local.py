@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from loomd.assist.conversation import Conversation, Pending
 from loomd.assist.intents import ACTING, plan_actions, targets
 from loomd.assist.timers import TIMER_INTENTS
+from loomd.assist.tools import forbidden, who_asks
 from loomd.messages import (
     ActionRecord,
     AssistRequest,
@@ -104,6 +105,11 @@ async def local_turn(
             else r.refusal("no_domain", f"Sorry, I am not aware of any {dom}", domain=dom)
         )
         return AssistTurn(text, intent, reply=reply)
+    no = forbidden(assist, plans)
+    if no:
+        said = _question(m, devs).rstrip("?")
+        reply = f"Sorry, I'm not allowed to {said[:1].lower()}{said[1:]} {who_asks()}"
+        return AssistTurn(text, intent, tuple(no), reply, error=str(no[0].result))
     reply = reply_for(devs)
     if _needs_confirm(assist, plans):
         until = time.monotonic() + assist.settings.confirm_timeout_s
@@ -162,6 +168,10 @@ async def _capability(
         if k in props
     }
     plan = [ActionRecord(name, params)]
+    no = forbidden(assist, plan)
+    if no:
+        reply = f"Sorry, I'm not allowed to do that {who_asks()}"
+        return AssistTurn(text, intent, tuple(no), reply, error=str(no[0].result))
     if spec.get("confirm"):
         until = time.monotonic() + assist.settings.confirm_timeout_s
         conv.pending = Pending(plan, "Done", until)

@@ -31,7 +31,7 @@ from rapidfuzz.distance import Levenshtein
 from loomd.errors import LoomdError
 from loomd.messages import Domain, HomeSnapshot
 
-__all__ = ["CAP_PREFIX", "Match", "Matcher", "cap_intent"]
+__all__ = ["CAP_PREFIX", "Match", "Matcher", "cap_intent", "has_negation", "numbers_out"]
 
 CAP_PREFIX = "cap:"  # intent names of capability sentences: "cap:<capability name>"
 # Intents whose unknown target must never fall through to the model: "turn on the
@@ -207,6 +207,11 @@ class Matcher:
         return repaired
 
     # -- phrases: the home's closed set of sentences ------------------------------------------
+    @property
+    def phrases(self) -> list[str]:
+        """The home's sentences (numbers as `#`): phrase repair's and rescoring's set."""
+        return self._phrases
+
     def _sample_phrases(self, language: str, caps: Iterable[Mapping[str, Any]]) -> list[str]:
         """Every sentence speech-to-phrase's templates make with this home's names (numbers
         left as `#`), plus the capabilities' sentences: a few thousand."""
@@ -230,7 +235,7 @@ class Matcher:
             missing = set(HANDLED) - set(data["intents"])
             samples += _each_template(self.intents, self.lists, missing, language, 300)
             for _intent, text in samples:
-                phrases.add(_numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
+                phrases.add(numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
         except Exception as exc:  # a template this hassil cannot sample: exact matching only
             logging.getLogger("loomd.assist").warning("no phrase repair: %s", exc)
         return sorted(p for p in phrases if p)
@@ -238,7 +243,7 @@ class Matcher:
     def _phrase(self, text: str) -> Match | None:
         if not self._phrases:
             return None
-        norm, numbers = _numbers_out(text)
+        norm, numbers = numbers_out(text)
         hit = process.extractOne(norm, self._phrases, scorer=fuzz.ratio,
                                  score_cutoff=self.phrase_threshold)  # fmt: skip
         if hit is None:
@@ -371,8 +376,8 @@ def _only_misheard(phrase: str, heard: str) -> bool:
     be close ("I turned on the desk lamp", "the desk lamp is on" are not "turn on the desk
     lamp"). An added word is allowed when it says nothing (`_HEARD_EXTRA`) or is the rest
     of a misheard word beside it ("mad room" for "bedroom", "guard in" for "garden")."""
-    want = _numbers_out(phrase)[0].split()
-    said = _numbers_out(heard)[0].split()
+    want = numbers_out(phrase)[0].split()
+    said = numbers_out(heard)[0].split()
     ops = Levenshtein.opcodes(want, said)
     misheard: dict[int, str] = {}  # a position in `said` -> the phrase's words it replaced
     for op in ops:
@@ -396,7 +401,11 @@ def _only_misheard(phrase: str, heard: str) -> bool:
     return True
 
 
-def _numbers_out(text: str) -> tuple[str, list[str]]:
+def has_negation(text: str) -> bool:
+    return _NEGATION.search(text) is not None
+
+
+def numbers_out(text: str) -> tuple[str, list[str]]:
     """Lower case, `%` as percent, every number (digits or words) as `#`; the numbers in
     order, as digits."""
     text = text.lower().replace("%", " percent").replace("°", " degrees ")

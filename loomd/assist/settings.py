@@ -24,6 +24,13 @@ class AssistSettings(Section):
     area: str = option("", max_len=64)
     # How close (0-100, rapidfuzz ratio) a misheard name must be to a device or area name
     fuzzy_threshold: float = option(80.0, min=50.0, max=100.0, reload=True)
+    # Closed-set rescoring of a voice transcript no sentence takes as heard (no match, a
+    # repair, an unknown target): whisper's own decoder scores the home's closest sentences
+    # against the clip ([voice.stt] keeps it) and the best is taken if it is within
+    # `rescore_margin` (mean log-probability per token) of whisper's own transcript.
+    rescore: bool = option(True, reload=True)
+    rescore_candidates: int = option(10, min=1, max=50, reload=True)
+    rescore_margin: float = option(1.0, min=0.0, max=5.0, reload=True)
     # Conversation memory: turns kept per conversation, forgotten after this idle time
     memory_turns: int = option(6, min=0, max=50, reload=True)
     idle_timeout_s: float = option(300.0, min=5.0, max=86400.0, reload=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from loomd.agents.tools import tool_specs
 from loomd.assist.conversation import Conversation, Pending
 from loomd.bus.acl import current_caller
+from loomd.bus.identity import IdentityKind
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
     ActionRecord,
@@ -36,15 +37,15 @@ from loomd.messages import (
 if TYPE_CHECKING:
     from loomd.assist.component import AssistComponent
 
-__all__ = ["llm_turn", "may_call", "run_actions"]
+__all__ = ["forbidden", "llm_turn", "may_call", "refusal", "run_actions", "who_asks"]
 
 # Never offered to the model: itself, and the conversation it is in.
 NOT_TOOLS = ("llm.", "assist.")
 
 
 def may_call(cap: Mapping[str, Any]) -> bool:
-    """Whether the turn's identity (who asked: a socket client, a token, the daemon's own
-    voice pipeline) may call this capability: asked of the caller's grants, never of the
+    """Whether the turn's identity (who asked: a socket client, a token, a voice source
+    such as `voice:local`) may call this capability: asked of the caller's grants, never of the
     broker. The model is only shown tools that pass, and no action runs that does not."""
     caller = current_caller()
     if caller is None:
@@ -56,6 +57,44 @@ def may_call(cap: Mapping[str, Any]) -> bool:
     )
 
 
+def refusal(cap: Mapping[str, Any]) -> str:
+    """Why the turn's identity may not call `cap` ("" when it may): said in the turn's
+    actions and error, so the operator knows which rule is missing."""
+    if may_call(cap):
+        return ""
+    caller = current_caller()
+    who = caller.label if caller is not None else "?"
+    name = str(cap.get("name", ""))
+    sensitive = bool(cap.get("sensitive"))
+    allowed = tuple(cap.get("allowed_callers") or ())
+    if allowed and caller is not None and caller.may_call(name, sensitive=sensitive):
+        return f"{name} may be called only by {', '.join(allowed)}, not {who}"
+    if sensitive:
+        return f"{name} is sensitive: {who} needs an [[acl]] rule granting it with sensitive = true"
+    return f"no [[acl]] rule lets {who} call {name}"
+
+
+def who_asks() -> str:
+    """ "by voice" for a spoken turn, "for you" else: how a refusal names the asker."""
+    caller = current_caller()
+    kind = caller.identity.kind if caller is not None else None
+    return "by voice" if kind == IdentityKind.VOICE else "for you"
+
+
+def forbidden(assist: AssistComponent, plans: Iterable[ActionRecord]) -> list[ActionRecord]:
+    """The planned actions the turn's identity may not run, each marked `forbidden` with
+    the reason: checked before anything is asked back or run (never "Unlock the door?"
+    and then "not allowed")."""
+    caps = {str(c["name"]): c for c in assist.caps}
+    out = []
+    for a in plans:
+        name = a.capability.split("@")[0]
+        why = refusal(caps.get(name) or {"name": name})
+        if why:
+            out.append(dataclasses.replace(a, code=CapCode.FORBIDDEN, result=why))
+    return out
+
+
 async def run_actions(assist: AssistComponent, plans: Iterable[ActionRecord]) -> list[ActionRecord]:
     """Each action through the broker, concurrently, with the action deadline; one the
     turn's identity may not call is answered `forbidden` and not sent."""
@@ -64,8 +103,9 @@ async def run_actions(assist: AssistComponent, plans: Iterable[ActionRecord]) ->
 
     async def one(a: ActionRecord) -> ActionRecord:
         name = a.capability.split("@")[0]
-        if not may_call(caps.get(name) or {"name": name}):
-            return dataclasses.replace(a, code=CapCode.FORBIDDEN, result=f"{name} is not allowed")
+        why = refusal(caps.get(name) or {"name": name})
+        if why:
+            return dataclasses.replace(a, code=CapCode.FORBIDDEN, result=why)
         body = CapInvoke(a.capability, dict(a.params), t).to_payload()
         try:
             ev = await assist.ctx.bus.request(Topic.CAPS_INVOKE, body, timeout=t + 1.0)

@@ -15,10 +15,10 @@ import ctypes
 import ctypes.util
 from typing import Any
 
-from loomd.audio.frames import FRAME_BYTES, FRAME_SAMPLES, RATE
+from loomd.audio.frames import FRAME_SAMPLES, RATE
 from loomd.errors import LoomdError
 
-__all__ = ["EchoCanceller", "Reference"]
+__all__ = ["EchoCanceller", "Timeline"]
 
 _SET_SAMPLING_RATE = 24  # SPEEX_ECHO_SET_SAMPLING_RATE
 _SET_ECHO_STATE = 24  # SPEEX_PREPROCESS_SET_ECHO_STATE
@@ -83,42 +83,111 @@ class EchoCanceller:
         self.close()
 
 
-class Reference:
-    """What the sink played, frame by frame, for the echo canceller: the sink appends each
-    frame as it plays; the pipeline takes one per microphone frame (silence when nothing
-    plays). The adaptive filter covers a reference that leads the echo by up to its tail."""
+class Timeline:
+    """What the board played, sample by sample, on the microphone's sample clock: the echo
+    canceller's reference. Sinks stamp every chunk with its play position (`played(chunk,
+    clip_t0, offset)`: the clip's first sample reaches the DAC at monotonic `clip_t0`; this
+    chunk starts `offset` samples into the clip); the pipeline tells the timeline each
+    microphone frame it hears (`heard`) and reads what played over exactly that frame's
+    samples (`read`). A clip is anchored once, at its first sample; every later sample
+    follows by count, so no sentence re-anchors against the microphone's 20 ms tick (the
+    FIFO this replaces did, 3-5 times a reply, and the canceller lost the echo each time).
 
-    SILENCE = b"\0" * FRAME_BYTES
+    The monotonic -> microphone sample mapping is the smallest delivery delay seen over a
+    window of frames (`at` minus the end of the frame's samples): the frames that arrived
+    fastest tell where the sample clock is; a late frame does not move it."""
 
-    def __init__(self, max_lag: int = 2) -> None:
-        self.max_lag = max_lag
-        self.skipped = 0
-        self._q: collections.deque[bytes] = collections.deque(maxlen=50)
-        self.idle_frames = 10**9  # mic frames since the last played one
-        self.playing_frames = 0  # mic frames since playback started after a quiet spell
+    def __init__(self, seconds: float = 4.0, window_frames: int = 1500) -> None:
+        import numpy as np
 
-    def played(self, frame: bytes) -> None:
-        self._q.append(frame)
+        self._np = np
+        self._n = int(seconds * RATE)
+        self._buf = np.zeros(self._n, dtype=np.int16)
+        self._hi = 0  # samples below this were written (or are silence)
+        self._window = window_frames
+        self._delays: collections.deque[tuple[int, float]] = collections.deque()
+        self._frame = 0
+        self._last_t = -1e9
+        self._clip_t0: float | None = None
+        self._clip_at = 0
+        self.clips = 0  # clips anchored (one anchor per clip: the count a reply re-anchors)
+        self.unplaced = 0  # chunks played before any microphone frame gave the clock
+        self._run_start = 0  # first sample of the current stretch of playback
+        self._last_end = -(10**12)  # end of the last sample played
 
-    def take(self) -> bytes:
-        # Keep the reference no more than `max_lag` frames behind the speaker: each time the
-        # mic side found it empty (jitter) it fell a frame further behind, and a reference
-        # that trails the echo cannot cancel it (measured: the board woke itself 2.8 s into
-        # playback without this). Skipping a frame of reference costs a moment of echo.
-        while len(self._q) > self.max_lag:
-            self._q.popleft()
-            self.skipped += 1
-        if self._q:
-            if not self.active:
-                self.playing_frames = 0  # playback starts after a quiet spell
-            self.idle_frames = 0
-            self.playing_frames += 1
-            return self._q.popleft()
-        self.idle_frames += 1
-        self.playing_frames += 1
-        return self.SILENCE
+    # -- the microphone side ------------------------------------------------------------------
+    def heard(self, t: float, at: float) -> None:
+        """A microphone frame whose first sample is at stream time `t` (seconds on the
+        microphone's sample clock) reached the pipeline at monotonic `at`."""
+        if not self._last_t <= t <= self._last_t + 2.0:  # a new stream: forget the old one
+            self._delays.clear()
+            self._buf[:] = 0
+            self._hi, self._clip_t0, self._last_end = 0, None, -(10**12)
+        self._last_t = t
+        delay = at - (t + FRAME_SAMPLES / RATE)
+        q = self._delays
+        while q and q[-1][1] >= delay:
+            q.pop()
+        q.append((self._frame, delay))
+        while q[0][0] <= self._frame - self._window:
+            q.popleft()
+        self._frame += 1
 
-    @property
-    def active(self) -> bool:
-        """Audio played within the last second (so its echo may still be in the room)."""
-        return bool(self._q) or self.idle_frames < 50
+    def sample_at(self, monotonic: float) -> int | None:
+        """The microphone sample that is captured at `monotonic` (None before any frame)."""
+        if not self._delays:
+            return None
+        return round((monotonic - self._delays[0][1]) * RATE)
+
+    # -- the speaker side ---------------------------------------------------------------------
+    def played(self, chunk: bytes, clip_t0: float, offset: int) -> None:
+        """A sink listener: `chunk` plays `offset` samples after the clip's first sample,
+        which reaches the DAC at monotonic `clip_t0`."""
+        if clip_t0 != self._clip_t0:
+            at = self.sample_at(clip_t0)
+            if at is None:
+                self.unplaced += 1
+                return
+            self._clip_t0, self._clip_at = clip_t0, at
+            self.clips += 1
+        start = self._clip_at + offset
+        x = self._np.frombuffer(chunk, dtype=self._np.int16)
+        end = start + len(x)
+        if start > self._last_end + RATE:  # playback after a quiet spell
+            self._run_start = start
+        self._last_end = max(self._last_end, end)
+        if end <= self._hi - self._n:
+            return  # too old to be read
+        if end > self._hi:  # clear what wrapped since the last write (silence, not old audio)
+            lo = max(self._hi, end - self._n)
+            self._put(lo, self._np.zeros(end - lo, dtype=self._np.int16))
+            self._hi = end
+        self._put(start, x)
+
+    def _put(self, start: int, x: Any) -> None:
+        skip = max(0, self._hi - self._n - start)
+        x, start = x[skip:], start + skip
+        i = start % self._n
+        first = min(len(x), self._n - i)
+        self._buf[i : i + first] = x[:first]
+        self._buf[: len(x) - first] = x[first:]
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, t: float, n: int = FRAME_SAMPLES) -> bytes:
+        """What played over the `n` samples from stream time `t` (silence where nothing did)."""
+        s = round(t * RATE)
+        out = self._np.zeros(n, dtype=self._np.int16)
+        lo, hi = max(s, self._hi - self._n), min(s + n, self._hi)
+        if hi > lo:
+            idx = self._np.arange(lo, hi) % self._n
+            out[lo - s : hi - s] = self._buf[idx]
+        return bytes(out.tobytes())
+
+    def active(self, t: float) -> bool:
+        """Audio played within the second before stream time `t` (its echo may still be in
+        the room), or plays now."""
+        return round(t * RATE) < self._last_end + RATE
+
+    def playing_ms(self, t: float) -> float:
+        """How long the current stretch of playback has been playing at stream time `t`."""
+        return max(0.0, (round(t * RATE) - self._run_start) * 1000 / RATE)

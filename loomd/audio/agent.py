@@ -11,8 +11,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from loomd.audio.addressed import check_wake, not_addressed
 from loomd.audio.recorder import TurnClock, TurnRecord
 from loomd.audio.worker import WorkerError
+from loomd.bus.acl import Manifest
+from loomd.bus.identity import Identity, IdentityKind
 from loomd.errors import LoomdError
 from loomd.messages import (
     AssistRequest,
@@ -23,8 +26,10 @@ from loomd.messages import (
     ChatRequest,
     ErrorCode,
     EventType,
+    IgnoredWhy,
     Topic,
     Transcript,
+    TurnIgnored,
     Vocabulary,
     VoiceState,
 )
@@ -39,11 +44,24 @@ if TYPE_CHECKING:
     from loomd.audio.vad import Segment
     from loomd.component import Context
 
-__all__ = ["Agent"]
+__all__ = ["VOICE_MANIFEST", "Agent", "voice_identity"]
 
 _STAGE_CODES = {"TTS": ErrorCode.TTS_FAILED, "wake word": ErrorCode.WAKE_FAILED}
 
 Spawn = Callable[[Callable[[], Awaitable[None]], str], "asyncio.Task[None]"]
+
+# What a spoken turn may do on its own: ask the assist, and call what any caller may call
+# without a rule (capabilities not marked sensitive). A sensitive one (a lock, an alarm)
+# needs an `[[acl]]` rule naming the voice identity with `sensitive = true`.
+VOICE_MANIFEST = Manifest(publish=(Topic.ASSIST_CONVERSE.value,), call=("*",))
+
+
+def voice_identity(source: str, site: str) -> Identity:
+    """Who a spoken turn acts for, from where its audio came: `voice:local` for the
+    board's own microphone (or a WAV fed as one), `voice:<site>` for audio a satellite or
+    a peer publishes on `audio.in.<site>`. Never the daemon: whoever can speak to the
+    board is not root."""
+    return Identity(IdentityKind.VOICE, site if source == "bus" else "local")
 
 
 class Agent:
@@ -57,14 +75,32 @@ class Agent:
         recorder: FlightRecorder,
         counts: collections.Counter[str],
         spawn: Spawn,
+        identity: Identity | None = None,
     ) -> None:
         self.ctx, self.stt, self.speaker, self.board = ctx, stt, speaker, board
+        self.identity = identity or voice_identity("mic", ctx.settings.site)
+        self._turn_bus: Any = None
         self.recorder, self.counts, self._spawn = recorder, counts, spawn
         self.stt_hist: list[float] = []
         self._vocabulary = ""  # the assist's names, for whisper's initial prompt
         self._assist_seen = False
         self._probed = -1e9
         self.current: TurnRecord | None = None  # the turn running now
+
+    @property
+    def turn_bus(self) -> Any:
+        """The handle a turn asks the assist through: the turn's own identity (the assist
+        acts for it and shows the model only the tools it may call), not `daemon:voice`."""
+        if self._turn_bus is None:
+            from loomd.bus.local import LocalBus
+
+            bus = self.ctx.bus
+            self._turn_bus = (
+                LocalBus(bus.broker, bus.name, self.identity, VOICE_MANIFEST)
+                if isinstance(bus, LocalBus)
+                else bus
+            )
+        return self._turn_bus
 
     def stage_failed(self, code: ErrorCode, error: str) -> None:
         """A stage outside the turn failed (the wake word's worker died): reported, and
@@ -75,16 +111,18 @@ class Agent:
             rec.fail(error)
             self.counts["failed"] += 1
 
-    def start(self, cut: Segment, rec: TurnRecord, frame: Frame) -> None:
-        """Run the turn for an utterance the segmenter cut at `frame`."""
+    def start(self, cut: Segment, rec: TurnRecord, frame: Frame, wake_pcm: bytes = b"") -> None:
+        """Run the turn for an utterance the segmenter cut at `frame`; `wake_pcm` is the
+        audio that woke the board (the second check hears it), b"" for a follow-up."""
         # The segmenter decided `cut.end - cut.speech_end` of stream time after speech ended.
         speech_end = frame.at - (cut.end - cut.speech_end)
         clock = TurnClock(speech_end)
         rec.timings["vad_end"] = clock.ms()
+        rec.end_reason = cut.reason
         self.counts["utterances"] += 1
         self.current = rec
         self.board.turn = self._spawn(
-            lambda: self._turn(cut, rec, clock), f"turn-{rec.utterance_id}"
+            lambda: self._turn(cut, rec, clock, wake_pcm), f"turn-{rec.utterance_id}"
         )
 
     def _failed(self, rec: TurnRecord, code: ErrorCode, error: str) -> None:
@@ -92,19 +130,35 @@ class Agent:
         self.counts["failed"] += 1
         self.ctx.error(code, f"voice: utterance {rec.utterance_id}: {rec.error}")
 
-    async def _turn(self, cut: Segment, rec: TurnRecord, clock: TurnClock) -> None:
+    async def _ignore(self, rec: TurnRecord, why: IgnoredWhy, detail: str, heard: str = "") -> None:
+        """End the turn quietly (no reply, no sound), saying why on `voice.ignored`."""
+        rec.outcome, rec.error = str(why), detail
+        self.counts["ignored"] += 1
+        self.ctx.log.info("voice: turn %s ignored: %s", rec.utterance_id, detail)
+        await TurnIgnored(rec.utterance_id, why, detail, heard, self.ctx.settings.site,
+                          rec.wake, rec.wake_score).publish(self.ctx.bus)  # fmt: skip
+
+    async def _turn(self, cut: Segment, rec: TurnRecord, clock: TurnClock, wake_pcm: bytes) -> None:
         s = self.ctx.settings
         try:
             await self.board.set(VoiceState.THINKING, rec.utterance_id)
             if cut.reason == "no_speech":
-                rec.outcome = "no_speech"
+                await self._ignore(rec, IgnoredWhy.NO_SPEECH, "nobody spoke after the wake word")
                 return
             if s.agent == "assist" and not self._assist_seen:
                 await self._probe_assist()
             rec.timings["stt_start"] = clock.ms()
+            # The second check: the wake segment and the command in one STT call
+            strict = s.wake.check_for(rec.wake_score) if wake_pcm and rec.wake else 0.0
             try:
                 extra = self._vocabulary if s.stt.assist_vocabulary else ""
-                res = await self.stt.transcribe(cut.pcm, extra)
+                # a clip with the wake segment before it is not the command's audio alone:
+                # it is not kept for rescoring (no tag)
+                res = await self.stt.transcribe(
+                    wake_pcm + cut.pcm if strict else cut.pcm,
+                    extra,
+                    "" if strict else rec.utterance_id,
+                )
             except Exception as exc:
                 self._failed(rec, ErrorCode.STT_FAILED,
                              f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip
@@ -112,11 +166,25 @@ class Agent:
             rec.timings["stt_end"] = clock.ms()
             self.stt_hist.append(res.ms)
             del self.stt_hist[:-200]
-            if not res.text:
-                rec.outcome = "no_speech"
+            text = res.text
+            if strict and text:
+                phrase = s.wake.phrase(rec.wake)
+                heard = check_wake(text, phrase, strict)
+                if not heard.ok:
+                    await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
+                                       f"heard {text!r}, not {phrase!r} at its start "
+                                       f"(similarity {heard.score} < {strict})", text)  # fmt: skip
+                    return
+                text = heard.command
+            if not text:
+                why = "nothing was said after the wake word"
+                await self._ignore(rec, IgnoredWhy.NO_SPEECH, why, res.text)
                 return
-            rec.transcript = res.text
-            tr = Transcript(res.text, rec.utterance_id, s.site, confidence=1.0,
+            if why := not_addressed(text):
+                await self._ignore(rec, IgnoredWhy.NOT_ADDRESSED, why, text)
+                return
+            rec.transcript = text
+            tr = Transcript(text, rec.utterance_id, s.site, confidence=1.0,
                             timings=dict(rec.timings))  # fmt: skip
             await self.ctx.bus.publish(Topic.VOICE_TRANSCRIPT, tr.to_payload(), wait=False)
             try:
@@ -183,8 +251,8 @@ class Agent:
                             speech_end_ns=int(clock.speech_end * 1e9),
                             utterance_id=rec.utterance_id)  # fmt: skip
         try:
-            ev = await self.ctx.bus.request(Topic.ASSIST_CONVERSE, ask.to_payload(),
-                                            timeout=s.reply_timeout_s)  # fmt: skip
+            ev = await self.turn_bus.request(Topic.ASSIST_CONVERSE, ask.to_payload(),
+                                             timeout=s.reply_timeout_s)  # fmt: skip
             turn = AssistTurn.from_payload(ev.payload)
         except LoomdError as exc:
             self._failed(rec, ErrorCode.REPLY_FAILED, f"no answer from the assist: {exc}")
@@ -192,7 +260,7 @@ class Agent:
         rec.intent = turn.intent.to_payload()
         rec.actions = [a.to_payload() for a in turn.actions]
         rec.route, rec.reply = turn.route, turn.reply
-        for key in ("matched", "action_done", "llm_first"):
+        for key in ("matched", "rescored", "action_done", "llm_first"):
             if key in turn.timings:
                 rec.timings[key] = turn.timings[key]
         rec.timings["reply"] = clock.ms()

@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.models import missing_models
+from loomd.audio.models import missing_models, wake_models
 from loomd.audio.settings import VoiceSettings
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
-from loomd.messages import ErrorCode, PlayAudio, SayRequest, Topic, VoiceMute
+from loomd.messages import (
+    ErrorCode,
+    PlayAudio,
+    RescoreReply,
+    RescoreRequest,
+    SayRequest,
+    Topic,
+    VoiceMute,
+)
 from loomd.metrics import Family
 
 if TYPE_CHECKING:
@@ -46,6 +55,7 @@ _HANDOFF_ASK_S = 0.5
 class VoiceStatus(StatusBlock):
     state: str
     source: str
+    identity: str  # who a spoken turn acts for (`voice:local`, `voice:<site>`)
     tts: str
     frames: int
     wakes: int
@@ -90,18 +100,22 @@ class VoiceComponent(Component[VoiceSettings]):
         return missing_models(settings, Path(settings.models_dir or paths.models_dir))
 
     async def start(self) -> None:
-        from loomd.audio.agent import Agent
+        from loomd.audio.agent import Agent, voice_identity
         from loomd.audio.board import Board
         from loomd.audio.handoff import Handoff
         from loomd.audio.pipeline import Pipeline
         from loomd.audio.recorder import FlightRecorder
         from loomd.audio.speaker import Speaker
         from loomd.audio.stages import Stages
-        from loomd.audio.vad import WebRtcVad
 
         s = self.settings
         self.models_dir = s.models_dir or str(self.ctx.models_dir)
-        self.stages = stages = Stages(self.models_dir, s.wake.models)
+        words = wake_models(s, Path(self.models_dir))
+        if words[len(s.wake.models) :]:
+            self.log.info("voice: wake words from the folder: %s",
+                          ", ".join(Path(w).stem for w in words[len(s.wake.models) :]))  # fmt: skip
+        self.stages = stages = Stages(self.models_dir, words,
+                                      (s.tts.engine, s.tts.voice, s.tts.threads))  # fmt: skip
         try:
             stop = await self._load(stages)
         except BaseException:  # no worker process outlives a failed start
@@ -116,11 +130,16 @@ class VoiceComponent(Component[VoiceSettings]):
         self.recorder = FlightRecorder(lambda: self.ctx.state, s.recorder_size, self.ctx.error)
         self.agent = Agent(self.ctx, stt=stt, speaker=self.speaker, board=self.board,
                            recorder=self.recorder, counts=self.counts,
-                           spawn=lambda w, name: self.spawn(w, name, critical=False))  # fmt: skip
+                           spawn=lambda w, name: self.spawn(w, name, critical=False),
+                           identity=voice_identity(self.source, s.site))  # fmt: skip
         self.handoff = Handoff(
-            self.ctx.bus, s.site, ask_s=_HANDOFF_ASK_S, max_s=s.vad.max_utterance_s + 5
+            self.ctx.bus,
+            s.site,
+            ask_s=_HANDOFF_ASK_S,
+            max_s=s.vad.max_utterance_s + 5,
+            receive=self.ctx.receive,
         )
-        self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=WebRtcVad(s.vad.mode),
+        self.pipeline = Pipeline(self.ctx, wake=self.wake, vad=self._vad(),
                                  aec=self._aec(), frontend=self._frontend(),
                                  speaker=self.speaker, handoff=self.handoff, board=self.board,
                                  agent=self.agent, counts=self.counts)  # fmt: skip
@@ -132,7 +151,7 @@ class VoiceComponent(Component[VoiceSettings]):
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
 
-            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.threshold,
+            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.limits()["*"],
                                   self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
             if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way
@@ -142,6 +161,7 @@ class VoiceComponent(Component[VoiceSettings]):
         self.spawn(self._follow_stop, "stop", restart=True)
         self.spawn(self._follow_play, "play", restart=True)
         self.spawn(self._follow_mute, "mute", restart=True)
+        self.spawn(self._follow_rescore, "rescore", restart=True)
         self.spawn(self.handoff.follow, "handoff", restart=True)
         if self.source != "none":
             self.spawn(self._listen_live, "listen", restart=True)
@@ -176,9 +196,9 @@ class VoiceComponent(Component[VoiceSettings]):
         """Start the stage workers and warm them up; the stop word's detector, if any."""
         s = self.settings
         await stages.load_wake()
-        self.wake = await stages.wake(s.wake.threshold, s.wake.refractory_s)
+        self.wake = await stages.wake(s.wake.limits()["*"], s.wake.refractory_s)
         await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
-        why = await stages.load_tts(s.tts.engine, s.tts.voice)
+        why = await stages.load_tts()
         if why:
             self.ctx.error(ErrorCode.TTS_FALLBACK, why)
         # Warm up: the first synthesis imports scipy (resampling, ~1.5 s) and the first
@@ -217,6 +237,24 @@ class VoiceComponent(Component[VoiceSettings]):
         except LoomdError as exc:
             self.ctx.error(ErrorCode.AEC_MISSING, f"voice: {exc}; the wake word is gated instead")
             return None
+
+    def _vad(self) -> Any:
+        """The configured VAD; webrtcvad when its library is missing (said, not fatal)."""
+        from loomd.audio.vad import make_vad
+
+        v = self.settings.vad
+        if v.engine == "silero" and importlib.util.find_spec("llama_cpp") is not None:
+            # Both bundle ggml under the same library names: in one process the second to
+            # load fails (the router's local model, or this VAD). docs/design/voice-noise.md
+            self.ctx.error(ErrorCode.VAD_MISSING, "voice: [voice.vad] engine = 'silero' cannot "
+                           "share the daemon with llama-cpp-python (both bundle ggml); using "
+                           "webrtcvad")  # fmt: skip
+            return make_vad("webrtc", mode=v.mode)
+        try:
+            return make_vad(v.engine, mode=v.mode, threshold=v.threshold)
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.VAD_MISSING, f"voice: {exc}; using webrtcvad")
+            return make_vad("webrtc", mode=v.mode)
 
     def _frontend(self) -> Any:
         from loomd.audio.frontend import FrontEnd
@@ -270,16 +308,11 @@ class VoiceComponent(Component[VoiceSettings]):
 
     # -- say, play, stop ----------------------------------------------------------------------
     async def _follow_say(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.VOICE_SAY) as sub:
-            async for ev in sub:
-                try:
-                    req = SayRequest.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.counts["bad_say"] += 1
-                    self.ctx.error(ErrorCode.BAD_SAY, f"voice: bad voice.say payload: {exc}")
-                    continue
-                if req.site == self.settings.site:
-                    self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
+        say = self.ctx.receive(SayRequest, code=ErrorCode.BAD_SAY,
+                               on_bad=lambda ev, exc: self.counts.update(["bad_say"]))  # fmt: skip
+        async for req, _ev in say:
+            if req.site == self.settings.site:
+                self.spawn(lambda r=req: self._say_task(r), "say-one", critical=False)  # type: ignore[misc]
 
     async def _say_task(self, req: SayRequest) -> None:
         from loomd.audio.worker import WorkerError
@@ -291,15 +324,9 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def _follow_play(self) -> None:
         """`voice.play`: audio from another part (Home Assistant's TTS), played like our own."""
-        async with self.ctx.bus.subscribe(Topic.VOICE_PLAY) as sub:
-            async for ev in sub:
-                try:
-                    req = PlayAudio.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.BAD_PLAY, f"voice: bad voice.play payload: {exc}")
-                    continue
-                if req.site == self.settings.site:
-                    self._spawn_play(req, ev)
+        async for req, ev in self.ctx.receive(PlayAudio, code=ErrorCode.BAD_PLAY):
+            if req.site == self.settings.site:
+                self._spawn_play(req, ev)
 
     def _spawn_play(self, req: PlayAudio, ev: Any) -> None:
         self.spawn(lambda: self._play_task(req, ev), "play-one", critical=False)
@@ -308,6 +335,32 @@ class VoiceComponent(Component[VoiceSettings]):
         done = await self.speaker.play_audio(req)
         if ev.reply_to:
             await done.respond(self.ctx.bus, ev)
+
+    async def _follow_rescore(self) -> None:
+        """`voice.rescore` (the assist, on a transcript no sentence takes): the STT worker
+        scores the sentences against the clip it still holds (loomd.audio.rescore)."""
+        async with self.ctx.bus.subscribe(Topic.VOICE_RESCORE) as sub:
+            async for ev in sub:
+                try:
+                    req = RescoreRequest.from_payload(ev.payload)
+                except LoomdError as exc:
+                    self.ctx.error(ErrorCode.BAD_RESCORE, f"voice: bad voice.rescore: {exc}")
+                    if ev.reply_to:
+                        await RescoreReply(error=str(exc)).respond(self.ctx.bus, ev)
+                    continue
+                if ev.reply_to:
+                    reply = await self._rescore(req)
+                    await reply.respond(self.ctx.bus, ev)
+
+    async def _rescore(self, req: RescoreRequest) -> RescoreReply:
+        stt = self.stages.stt
+        if stt.last_tag != req.utterance_id:
+            return RescoreReply(error=f"utterance {req.utterance_id} is no longer held")
+        try:
+            got = await stt.rescore(req.transcript, list(req.sentences), req.margin)
+        except LoomdError as exc:  # WorkerError: rescoring unavailable, or the worker died
+            return RescoreReply(error=str(exc))
+        return RescoreReply(got.transcript, got.scores, round(got.ms, 1))
 
     async def _follow_stop(self) -> None:
         async with self.ctx.bus.subscribe(Topic.VOICE_STOP) as sub:
@@ -319,14 +372,8 @@ class VoiceComponent(Component[VoiceSettings]):
 
     async def _follow_mute(self) -> None:
         """`voice.mute` (Home Assistant's "Mute" switch through the MQTT bridge)."""
-        async with self.ctx.bus.subscribe(Topic.VOICE_MUTE) as sub:
-            async for ev in sub:
-                try:
-                    mute = VoiceMute.from_event(ev)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.BAD_MUTE, f"voice: bad voice.mute payload: {exc}")
-                    continue
-                await self._mute(mute.muted)
+        async for mute, _ev in self.ctx.receive(VoiceMute, code=ErrorCode.BAD_MUTE):
+            await self._mute(mute.muted)
 
     async def _mute(self, on: bool) -> None:
         if await self.board.mute(on):
@@ -340,6 +387,7 @@ class VoiceComponent(Component[VoiceSettings]):
         return VoiceStatus(
             state=str(self.board.state),
             source=self.source,
+            identity=self.agent.identity.label,
             tts=self.stages.tts_name,
             frames=self.counts["frames"],
             wakes=self.counts["wakes"],
@@ -362,7 +410,7 @@ class VoiceComponent(Component[VoiceSettings]):
     def metrics(self) -> Iterable[Family]:
         if not hasattr(self, "pipeline"):
             return
-        for key in ("wakes", "utterances", "failed", "barge_ins", "said"):
+        for key in ("wakes", "utterances", "failed", "barge_ins", "said", "ignored"):
             yield Family(
                 f"loomd_voice_{key}_total", "counter", f"Voice {key}.", [({}, self.counts[key])]
             )

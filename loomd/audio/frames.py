@@ -24,7 +24,7 @@ FRAME_BYTES = FRAME_SAMPLES * 2
 @dataclass(frozen=True, slots=True)
 class Frame:
     pcm: bytes  # FRAME_BYTES of s16le mono
-    t: float  # stream clock in seconds (sample position for files, monotonic for devices)
+    t: float  # stream clock: the frame's first sample / RATE (a sample clock, every source)
     at: float  # time.monotonic() when it entered the pipeline
 
 

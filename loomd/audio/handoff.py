@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from loomd.errors import LoomdError
 from loomd.messages import (
@@ -24,14 +25,22 @@ from loomd.messages import (
     WakeDetected,
 )
 
+if TYPE_CHECKING:
+    from loomd.component import Inbox
+
 __all__ = ["Handoff"]
+
+Receive = Callable[..., "Inbox[Any]"]
 
 log = logging.getLogger("loomd.voice.handoff")
 
 
 class Handoff:
-    def __init__(self, bus: Any, site: str, *, ask_s: float, max_s: float) -> None:
+    def __init__(
+        self, bus: Any, site: str, *, ask_s: float, max_s: float, receive: Receive
+    ) -> None:
         self.bus, self.site, self.ask_s, self.max_s = bus, site, ask_s, max_s
+        self.receive = receive  # the component's `ctx.receive`
         self.topic = f"{Topic.AUDIO_FRAMES}.{site}"
         self._ask: asyncio.Task[WakeAction] | None = None
         self._held: list[bytes] = []
@@ -99,15 +108,14 @@ class Handoff:
     async def follow(self) -> None:
         """Releases and listen requests for this site (a task of the voice component)."""
         async with (
-            self.bus.subscribe(f"{Topic.VOICE_RELEASE}") as rel,
-            self.bus.subscribe(f"{Topic.VOICE_LISTEN}") as lis,
+            self.receive(VoiceRelease) as rel,
+            self.receive(VoiceListen) as lis,
         ):
             await rel.ready()
             await lis.ready()
 
             async def releases() -> None:
-                async for ev in rel:
-                    r = VoiceRelease.from_payload(ev.payload)
+                async for r, _ev in rel:
                     if (
                         r.site == self.site
                         and self.streaming
@@ -116,8 +124,7 @@ class Handoff:
                         self._stop = True
 
             async def listens() -> None:
-                async for ev in lis:
-                    req = VoiceListen.from_payload(ev.payload)
+                async for req, _ev in lis:
                     if req.site == self.site:
                         self.listen_now = req.utterance_id or f"listen-{time.monotonic_ns()}"
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ __all__ = [
     "BufferSink",
     "BusSink",
     "BusSource",
+    "PlayListener",
     "PyAudioMic",
     "PyAudioSpeaker",
     "Sink",
@@ -39,8 +40,14 @@ class Source(Protocol):
     def frames(self) -> AsyncIterator[Frame]: ...
 
 
+# A sink calls each listener with every 20 ms chunk it plays, stamped with its play
+# position: `listen(chunk, clip_t0, offset)`, the clip's first sample reaching the DAC at
+# monotonic `clip_t0` and this chunk `offset` samples after it (the echo reference).
+PlayListener = Callable[[bytes, float, int], None]
+
+
 class Sink(Protocol):
-    listeners: list[Any]  # called with each 20 ms frame as it plays (the echo reference)
+    listeners: list[PlayListener]
 
     async def play(self, pcm: bytes) -> bool:
         """Play 16 kHz s16 audio; True if it played to the end, False if stopped."""
@@ -197,11 +204,12 @@ class PyAudioMic:
 
     async def frames(self) -> AsyncIterator[Frame]:
         pa, stream = await asyncio.to_thread(self._open)
+        samples = 0  # the stream clock counts samples, as for every source
         try:
             while True:
                 chunk = await asyncio.to_thread(stream.read, FRAME_SAMPLES, False)
-                now = time.monotonic()
-                yield Frame(chunk, now, now)
+                yield Frame(chunk, samples / RATE, time.monotonic())
+                samples += FRAME_SAMPLES
         finally:
             stream.close()
             pa.terminate()
@@ -216,12 +224,12 @@ class BufferSink:
         self.audio = bytearray()
         self.clips: list[bytes] = []
         self._stop = asyncio.Event()
-        self.listeners: list[Any] = []
+        self.listeners: list[PlayListener] = []
 
     async def play(self, pcm: bytes) -> bool:
         self._stop.clear()
         played = bytearray()
-        began = time.monotonic()
+        began = time.monotonic()  # chunk i plays at began + i * 20 ms: its schedule
         for i, chunk in enumerate(split_frames(pcm)):
             if self._stop.is_set():
                 break
@@ -235,7 +243,7 @@ class BufferSink:
                         break
             played += chunk
             for listen in self.listeners:
-                listen(chunk)
+                listen(chunk, began, i * FRAME_SAMPLES)
         self.audio += played
         self.clips.append(bytes(played))
         return not self._stop.is_set()
@@ -270,7 +278,7 @@ class BusSink(BufferSink):
         self.bus, self.topic = bus, f"audio.out.{site}"
         self.listeners.append(self._send)
 
-    def _send(self, chunk: bytes) -> None:
+    def _send(self, chunk: bytes, clip_t0: float, offset: int) -> None:
         asyncio.get_running_loop().create_task(self.bus.publish(self.topic, chunk, qos="realtime"))
 
     async def play(self, pcm: bytes) -> bool:
@@ -285,7 +293,7 @@ class PyAudioSpeaker:
     def __init__(self, device: str = "") -> None:
         self.device = device
         self._stop = False
-        self.listeners: list[Any] = []  # each frame as it is written (the echo reference)
+        self.listeners: list[PlayListener] = []  # each frame as it is written (the echo reference)
 
     async def play(self, pcm: bytes) -> bool:
         import pyaudio
@@ -298,12 +306,15 @@ class PyAudioSpeaker:
                 pa.terminate()
                 raise LoomdError(f"no audio output device ({exc})") from None
             try:
-                for chunk in split_frames(pcm):
+                # The clip's first sample reaches the DAC one output latency after the
+                # first write; every later sample follows by count (one anchor per clip).
+                began = time.monotonic() + float(stream.get_output_latency())
+                for i, chunk in enumerate(split_frames(pcm)):
                     if self._stop:
                         return False
                     stream.write(chunk)
                     for listen in self.listeners:
-                        listen(chunk)
+                        listen(chunk, began, i * FRAME_SAMPLES)
                 return True
             finally:
                 stream.close()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loomd.errors import LoomdError
 
 if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
 
-__all__ = ["ModelError", "missing_models", "model_path"]
+__all__ = ["ModelError", "lean_session", "missing_models", "model_path", "wake_models"]
 
 HOW = {
     "whisper": "a whisper.cpp ggml model, e.g. ggml-tiny.en.bin from "
@@ -37,6 +37,19 @@ def model_path(models_dir: str, name: str, kind: str) -> Path:
     return path
 
 
+def wake_models(settings: VoiceSettings, models_dir: Path) -> tuple[str, ...]:
+    """The configured wake word models, then every .onnx in the wake folder (`[voice.wake]
+    models_dir`, else the models dir's wake/): a custom word is a file dropped there
+    (read at start). The feature models there are not wake words."""
+    folder = Path(settings.wake.models_dir) if settings.wake.models_dir else models_dir / "wake"
+    try:
+        found = sorted(p for p in folder.glob("*.onnx") if p.name not in FEATURE_MODELS)
+    except OSError:
+        found = []
+    have = {Path(m).name for m in settings.wake.models}
+    return (*settings.wake.models, *(str(p) for p in found if p.name not in have))
+
+
 def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:
     """What the voice pipeline needs and does not find (one line), without loading."""
     wanted = [settings.stt.model, *settings.wake.models]
@@ -52,3 +65,26 @@ def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:
     if not missing:
         return []
     return [f"missing {', '.join(missing)} in {models_dir} (`loomctl models fetch`)"]
+
+
+_SESSIONS: dict[tuple[str, int], Any] = {}
+
+
+def lean_session(path: str, threads: int = 1) -> Any:
+    """An ONNX Runtime session for `path` made for a small board, one per process and model
+    (sessions are stateless: detectors share them). The CPU memory arena is off: it keeps
+    the largest run's buffers for good (measured: Piper's worker held ~80 MB more after
+    one long sentence); `threads` sizes the intra-op pool (0: one per core; its threads
+    sleep instead of spinning between runs)."""
+    key = (path, threads)
+    if key not in _SESSIONS:
+        import onnxruntime as ort  # type: ignore[import-untyped]
+
+        opts = ort.SessionOptions()
+        opts.enable_cpu_mem_arena = False
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        _SESSIONS[key] = ort.InferenceSession(path, sess_options=opts,
+                                              providers=["CPUExecutionProvider"])  # fmt: skip
+    return _SESSIONS[key]

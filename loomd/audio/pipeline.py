@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
     from loomd.audio.speaker import Speaker
     from loomd.audio.stages import Wake
-    from loomd.audio.vad import WebRtcVad
+    from loomd.audio.vad import Vad
     from loomd.audio.wake import Detection
     from loomd.component import Context
 
@@ -38,6 +38,9 @@ __all__ = ["Pipeline"]
 
 # Wake scoring runs on 80 ms; collecting 4 frames before each hop keeps it cheap.
 _WAKE_FRAMES = 4
+# The wake segment the second check transcribes: this much audio up to the wake's peak
+# (the model peaks at or just after the phrase's end; "hey jarvis" takes ~0.8 s).
+_WAKE_SEGMENT_FRAMES = 1500 // FRAME_MS
 
 
 class Pipeline:
@@ -46,7 +49,7 @@ class Pipeline:
         ctx: Context[VoiceSettings],
         *,
         wake: Wake,
-        vad: WebRtcVad,
+        vad: Vad,
         aec: EchoCanceller | None,
         frontend: FrontEnd | None,
         speaker: Speaker,
@@ -129,10 +132,13 @@ class Pipeline:
             min_speech_ms=s.vad.min_speech_ms,
             max_utterance_s=s.vad.max_utterance_s,
             no_speech_s=s.vad.no_speech_s,
+            level_drop_db=s.vad.level_drop_db,
         )
         listening = False
         board.follow_up = False
         wake_buf: list[bytes] = []
+        heard: collections.deque[bytes] = collections.deque(maxlen=_WAKE_SEGMENT_FRAMES)
+        wake_pcm = b""  # the wake segment of the turn being listened to
         turns: list[TurnRecord] = []
         detection: Detection | None = None
         last: Frame | None = None
@@ -141,14 +147,17 @@ class Pipeline:
             last = frame
             self.counts["frames"] += 1
             speaker.tick()
-            echo = speaker.reference.active
-            played = speaker.reference.take()
+            ref = speaker.reference  # what played over this frame's samples, sample-exact
+            ref.heard(frame.t, frame.at)
+            echo = ref.active(frame.t)
+            played = ref.read(frame.t)
             if board.muted:  # the frame goes no further: no wake, no turn, no stream
                 if listening or handoff.streaming or handoff.listen_now:
                     listening = False
                     handoff.drop()
                     await board.set(VoiceState.IDLE)
                 wake_buf, was_muted = [], True
+                heard.clear()
                 continue
             if was_muted:  # its history is from before the mute
                 was_muted = False
@@ -185,32 +194,30 @@ class Pipeline:
                     handoff.cancel()
                     rec = TurnRecord.new(s.site, detection)
                     turns.append(rec)
-                    self.agent.start(cut, rec, frame)
+                    self.agent.start(cut, rec, frame, wake_pcm)
                     if wait_turns and board.turn is not None:
                         await asyncio.shield(board.turn)
                 continue
             if board.follow_up:  # the board just asked a question: listen without the wake
                 board.follow_up = False
-                listening, detection, wake_buf = True, None, []
+                listening, detection, wake_buf, wake_pcm = True, None, [], b""
+                self.vad.reset()
                 seg.open(frame.t, no_speech_s=s.followup_s)
                 await board.set(VoiceState.LISTENING)
                 continue
             wake_buf.append(frame.pcm)
+            heard.append(speech)
             if len(wake_buf) < _WAKE_FRAMES:
                 continue
             pcm, wake_buf = b"".join(wake_buf), []
             t_end = frame.t + FRAME_MS / 1000
             if echo and self.aec is None and s.aec.gate:
                 continue  # no echo cancellation: the board would hear itself
-            if (
-                echo
-                and self.aec is not None
-                and speaker.reference.playing_frames * FRAME_MS < (s.aec.converge_ms)
-            ):
+            if echo and self.aec is not None and ref.playing_ms(frame.t) < s.aec.converge_ms:
                 continue  # the canceller has not converged yet: its residue can wake it
             if echo and self.stop is not None and await self._stop_word(pcm, t_end):
                 continue
-            limit = s.wake.speaking_threshold if echo else s.wake.threshold
+            limit = s.wake.speaking_threshold if echo else s.wake.limits()
             try:
                 hit = await self.wake.process(pcm, t_end, limit)
             except WorkerError as exc:  # its worker restarts; the next frames go to it
@@ -223,11 +230,12 @@ class Pipeline:
                 self.ctx.log.info("voice: ignored a wake (score %.2f): the board said it",
                                   hit.score)  # fmt: skip
                 continue
-            detection = hit
+            detection, wake_pcm = hit, b"".join(heard)
+            heard.clear()
             self.counts["wakes"] += 1
             self.ctx.log.info(
                 "voice: wake %s (score %.2f)%s", hit.word, hit.score,
-                f" {speaker.reference.playing_frames * FRAME_MS} ms into playback" if echo else "",
+                f" {ref.playing_ms(frame.t):.0f} ms into playback" if echo else "",
             )  # fmt: skip
             # Its feature window still holds the wake word: it would fire again on it once
             # the refractory period is over (it hears no new audio while the VAD listens).
@@ -235,6 +243,7 @@ class Pipeline:
             if board.state == VoiceState.SPEAKING or board.busy():
                 await self.barge_in()
             listening = True
+            self.vad.reset()
             seg.open(t_end)
             handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
             await board.set(VoiceState.LISTENING)
@@ -251,7 +260,7 @@ class Pipeline:
                 handoff.cancel()
                 rec = TurnRecord.new(s.site, detection)
                 turns.append(rec)
-                self.agent.start(cut, rec, Frame(silence, t, time.monotonic()))
+                self.agent.start(cut, rec, Frame(silence, t, time.monotonic()), wake_pcm)
         if wait_turns and board.turn is not None:
             await asyncio.shield(board.turn)
         return turns

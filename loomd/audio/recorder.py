@@ -32,7 +32,10 @@ class TurnRecord:
     wake_score: float = 0.0
     transcript: str = ""
     reply: str = ""
-    outcome: str = "open"  # ok | no_speech | failed | interrupted | open
+    # ok | failed | interrupted | open, or why it ended quietly (messages.IgnoredWhy):
+    # no_speech | not_the_wake_word | not_addressed
+    outcome: str = "open"
+    end_reason: str = ""  # how the utterance ended: hangover | max_length | no_speech
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     # What the assist made of it (when [voice] agent = "assist"): AssistTurn's fields

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from loomd.audio.addressed import ALWAYS_STRICTNESS, PRESETS, Preset, wake_phrase
+from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
 
 __all__ = [
@@ -25,13 +28,59 @@ SINKS = ("auto", "none", "speaker", "wav", "bus", "buffer")
 NS_DEFAULT = 3
 
 
+def _scores_ok(value: Any) -> bool:
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0.01 <= v <= 1.0
+        for v in value.values()
+    )
+
+
 @dataclass(frozen=True)
 class WakeSettings(Section):
+    """The wake words and how easily they wake (docs/design/voice-noise.md)."""
+
     models: tuple[str, ...] = option(factory=lambda: ("openwakeword/hey_jarvis_v0.1.onnx",))
-    threshold: float = option(0.5, min=0.01, max=1.0, reload=True)
+    # Every .onnx in this folder is a wake word too; "" = the models dir's wake/ folder
+    models_dir: str = option("", max_len=4096)
+    sensitivity: str = option("default", choices=tuple(PRESETS), reload=True)
+    # 0 = the sensitivity's; a word's own in `thresholds` (by file stem) wins over both
+    threshold: float = option(0.0, min=0.0, max=1.0, reload=True)
+    thresholds: Mapping[str, Any] = option(
+        factory=dict, valid=_scores_ok, expected="a table of model name = score from 0.01 to 1",
+        reload=True,
+    )  # fmt: skip
+    # The second check: whisper hears the wake phrase at the start of what was said;
+    # "auto": on wakes scoring under the sensitivity's trust level, "always", "off"
+    second_check: str = option("auto", choices=("auto", "always", "off"), reload=True)
+    # The phrase of a model whose file name does not say it (by file stem)
+    phrases: Mapping[str, str] = option(factory=dict, reload=True)
     # While the board plays audio: echo cancellation leaves a residue for its first second.
     speaking_threshold: float = option(0.6, min=0.01, max=1.0, reload=True)
     refractory_s: float = option(2.0, min=0.0, max=60.0, reload=True)
+
+    @property
+    def preset(self) -> Preset:
+        return PRESETS[self.sensitivity]
+
+    def limits(self) -> dict[str, float]:
+        """The score that wakes, per word ("*": any other word)."""
+        base = self.threshold or self.preset.threshold
+        return {"*": base, **{k: float(v) for k, v in self.thresholds.items()}}
+
+    @property
+    def strictness(self) -> float:
+        """The second check's similarity; 0 = off."""
+        if self.second_check == "always":
+            return self.preset.strictness or ALWAYS_STRICTNESS
+        return 0.0 if self.second_check == "off" else self.preset.strictness
+
+    def check_for(self, score: float) -> float:
+        """The second check's similarity for a wake that scored `score`; 0 = no check."""
+        trusted = self.second_check == "auto" and score >= self.preset.trust
+        return 0.0 if trusted else self.strictness
+
+    def phrase(self, word: str) -> str:
+        return self.phrases.get(word) or wake_phrase(word)
 
 
 @dataclass(frozen=True)
@@ -79,7 +128,15 @@ class WyomingSettings(Section):
 
 @dataclass(frozen=True)
 class VadSettings(Section):
-    mode: int = option(2, min=0, max=3)
+    """End of speech: the classifier and the rule on top of it; the defaults come from
+    bench/noise.py (docs/design/voice-noise.md)."""
+
+    engine: str = option("webrtc", choices=VADS)
+    mode: int = option(2, min=0, max=3)  # webrtcvad's aggressiveness
+    threshold: float = option(0.5, min=0.05, max=0.95)  # silero / micro: speech probability
+    # The near-field rule: voiced frames this many dB under the speaker's level are the
+    # room (a TV), not the speaker; 0 = off
+    level_drop_db: float = option(12.0, min=0.0, max=40.0)
     preroll_ms: int = option(300, min=0, max=2000)
     hangover_ms: int = option(500, min=100, max=5000)
     min_speech_ms: int = option(200, min=20, max=5000)
@@ -101,6 +158,7 @@ class SttSettings(Section):
 class TtsSettings(Section):
     engine: str = option("piper", choices=("piper", "espeak"))
     voice: str = option("piper/en_US-joe-medium.onnx", max_len=4096)
+    threads: int = option(0, min=0, max=16)  # 0: one per core (ONNX Runtime's default)
 
 
 @dataclass(frozen=True)
@@ -130,6 +188,8 @@ class VoiceSettings(Section):
     agent: str = option("assist", choices=("assist", "llm", "none"), reload=True)
     followup_s: float = option(5.0, min=0.0, max=60.0, reload=True)
     recorder_size: int = option(50, min=1, max=10000)
+    # Media under an announcement is lowered by this much (dB), then restored; 0 = cut
+    duck_db: float = option(20.0, min=0.0, max=60.0, reload=True)
     wake: WakeSettings = option(factory=WakeSettings)
     stop: StopSettings = option(factory=StopSettings)
     vad: VadSettings = option(factory=VadSettings)

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.aec import Reference
+from loomd.audio.aec import Timeline
+from loomd.audio.ducking import Media
 from loomd.audio.frames import FRAME_MS
 from loomd.audio.worker import WorkerError
 from loomd.messages import PlayAudio, PlayDone, SayRequest, VoiceState
@@ -37,7 +38,7 @@ class Speaker:
     ) -> None:
         self.sink, self.stages, self.board, self.counts = sink, stages, board, counts
         self._settings = settings  # read at each use: some options reload live
-        self.reference = Reference()
+        self.reference = Timeline()
         sink.listeners.append(self.reference.played)
         self.lock = asyncio.Lock()
         self._clip_hot: list[tuple[float, float]] = []
@@ -46,6 +47,7 @@ class Speaker:
         self._clip = 0
         self._clip_frames = 10**9
         self.stop_models: tuple[str, ...] = ()  # the stop word's model, when there is one
+        self.media = Media(sink, self.play)  # what `voice.play` plays, ducked (ducking.py)
 
     def stop(self) -> None:
         self.sink.stop()
@@ -128,13 +130,19 @@ class Speaker:
         finally:
             maker.cancel()
 
+    def _ducks(self) -> bool:
+        return self.media.playing and self._settings().duck_db > 0
+
     async def say(self, req: SayRequest) -> dict[str, Any]:
-        if req.priority == "announcement":
+        if req.priority == "announcement" and not self._ducks():
             self.sink.stop()
         began = time.monotonic()
         audio = await self.stages.synthesize(req.text)
         synth_ms = (time.monotonic() - began) * 1000
-        done = await self._play_clip(audio, req.utterance_id)
+        if req.priority == "announcement" and self._ducks():
+            done = await self.media.announce(audio, self._settings().duck_db)
+        else:
+            done = await self._play_clip(audio, req.utterance_id)
         self.counts["said" if done else "said_cut"] += 1
         if done:
             self.board.asked(req.text, self._settings().followup_s)
@@ -147,16 +155,19 @@ class Speaker:
 
     async def play_audio(self, req: PlayAudio) -> PlayDone:
         """`voice.play`: audio from another part (Home Assistant's TTS), played like ours."""
-        if req.announcement:
-            self.sink.stop()
-        done = await self._play_clip(req.pcm, req.utterance_id)
+        if req.announcement and self._ducks():
+            done = await self.media.announce(req.pcm, self._settings().duck_db)
+        else:
+            if req.announcement:
+                self.sink.stop()
+            done = await self._play_clip(req.pcm, req.utterance_id, media=not req.announcement)
         self.counts["played" if done else "played_cut"] += 1
         return PlayDone(done, round(len(req.pcm) / 32000, 2))
 
-    async def _play_clip(self, pcm: bytes, uid: str) -> bool:
+    async def _play_clip(self, pcm: bytes, uid: str, *, media: bool = False) -> bool:
         async with self.lock:
             await self.board.set(VoiceState.SPEAKING, uid)
-            done = await self.play(pcm)
+            done = await (self.media.play(pcm) if media else self.play(pcm))
             if not self.board.busy():
                 await self.board.set(VoiceState.IDLE, uid)
         return done

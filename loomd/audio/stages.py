@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loomd.audio.models import model_path
 from loomd.audio.wake import CHUNK_SAMPLES, Detection, hot_spans
-from loomd.audio.worker import Worker
+from loomd.audio.worker import Host, Worker
 from loomd.errors import LoomdError
 
 if TYPE_CHECKING:
@@ -47,12 +47,13 @@ class Wake:
         self.peak = 0.0
 
     async def process(
-        self, pcm: bytes, t_end: float, threshold: float | None = None
+        self, pcm: bytes, t_end: float, threshold: float | Mapping[str, float] | None = None
     ) -> Detection | None:
         """Raises `WorkerError` if the worker failed (it restarts for the next call)."""
         hit, self.last, self.peak = await self._worker.call(
-            "process", self._id, self._cfg, pcm, t_end, threshold
-        )
+            "process", self._id, self._cfg, pcm, t_end,
+            dict(threshold) if isinstance(threshold, Mapping) else threshold,
+        )  # fmt: skip
         return None if hit is None else Detection(*hit)
 
     async def scores(self, pcm: bytes) -> list[float]:
@@ -74,14 +75,21 @@ class Stages:
 
     stt: SttWorker
 
-    def __init__(self, models_dir: str, words: tuple[str, ...]) -> None:
+    def __init__(
+        self, models_dir: str, words: tuple[str, ...], tts: tuple[str, str, int] | None = None
+    ) -> None:
+        """`tts` (engine, voice, threads): TTS in the wake word's process (one Python and
+        one ONNX Runtime for both; a crash in either restarts both), else its own."""
         self.models_dir, self.word_models = models_dir, words
+        host = Host()
         self.wake_worker = Worker(
             "wake", (models_dir, list(words)), stage="wake word", engine="openWakeWord",
             load_hint=f"openwakeword models did not load ({{detail}}); {_OWW_HINT}",
-            check=self._check_wake, fail_found_dead=True,
+            check=self._check_wake, fail_found_dead=True, host=host,
         )  # fmt: skip
         self.tts_worker: Worker | None = None
+        if tts is not None:
+            self.tts_worker = self._tts_worker(*tts, host=host)
         self._guards: dict[tuple[str, ...], tuple[Wake, asyncio.Lock]] = {}
 
     @property
@@ -107,12 +115,17 @@ class Stages:
         self.stt = SttWorker(self.models_dir, model, threads=threads, vocabulary=vocabulary)
         await self.stt.load()
 
-    async def load_tts(self, engine: str, voice: str) -> str:
-        """Start the TTS worker; the reason it fell back to espeak-ng, or ""."""
-        self.tts_worker = Worker(
-            "tts", (engine, self.models_dir, voice), stage="TTS", engine=engine,
-            load_hint="the TTS worker did not start ({detail})",
+    def _tts_worker(self, engine: str, voice: str, threads: int, host: Host | None) -> Worker:
+        return Worker(
+            "tts", (engine, self.models_dir, voice, threads), stage="TTS", engine=engine,
+            load_hint="the TTS worker did not start ({detail})", host=host,
         )  # fmt: skip
+
+    async def load_tts(self, engine: str = "", voice: str = "", threads: int = 0) -> str:
+        """Start the TTS worker (the one given at construction, or one of its own for
+        `engine` and `voice`); the reason it fell back to espeak-ng, or ""."""
+        if self.tts_worker is None:
+            self.tts_worker = self._tts_worker(engine, voice, threads, None)
         await self.tts_worker.start()
         return str(self.tts_worker.info["why"])
 

@@ -15,7 +15,7 @@ import wave
 from typing import Any, Protocol
 
 from loomd.audio.frames import RATE
-from loomd.audio.models import ModelError, model_path
+from loomd.audio.models import ModelError, lean_session, model_path
 
 __all__ = [
     "EspeakTts",
@@ -39,30 +39,31 @@ class Tts(Protocol):
 
 
 def resample(pcm: bytes, rate: int) -> bytes:
-    """s16le mono at `rate` -> 16 kHz (polyphase, scipy; linear if scipy is missing)."""
+    """s16le mono at `rate` -> 16 kHz: libsoxr (`soxr`, high quality, ~0.3 MB; scipy's
+    resample_poly cost the TTS worker ~75 MB of imports), linear if soxr is missing."""
     import numpy as np
 
     if rate == RATE or not pcm:
         return pcm
-    x = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+    x = np.frombuffer(pcm, dtype=np.int16)
     try:
-        from math import gcd
+        import soxr  # type: ignore[import-untyped]
 
-        from scipy.signal import resample_poly  # type: ignore[import-untyped]
-
-        g = gcd(RATE, rate)
-        y = resample_poly(x, RATE // g, rate // g)
+        return bytes(soxr.resample(x, rate, RATE, quality="HQ").tobytes())
     except ImportError:
         n = int(len(x) * RATE / rate)
-        y = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
-    return bytes(np.clip(y, -32768, 32767).astype(np.int16).tobytes())
+        y = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x.astype(np.float32))
+        return bytes(np.clip(y, -32768, 32767).astype(np.int16).tobytes())
 
 
 class PiperTts:
     name = "piper"
 
-    def __init__(self, models_dir: str, voice: str) -> None:
+    def __init__(self, models_dir: str, voice: str, threads: int = 0) -> None:
+        import json
+
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
         path = model_path(models_dir, voice, "piper")
         config = path.with_name(path.name + ".json")
@@ -72,7 +73,10 @@ class PiperTts:
                 ".onnx.json beside it (https://huggingface.co/rhasspy/piper-voices)"
             )
         try:
-            self._voice: Any = PiperVoice.load(str(path), config_path=str(config))
+            # PiperVoice.load's own session keeps ONNX Runtime's memory arena and a thread
+            # per core; the lean one returns a sentence's buffers (docs/design/voice-memory.md).
+            cfg = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+            self._voice: Any = PiperVoice(session=lean_session(str(path), threads), config=cfg)
         except Exception as exc:
             raise ModelError(
                 f"piper voice {path} did not load ({type(exc).__name__}: {exc}); "
@@ -106,11 +110,11 @@ class EspeakTts:
             return resample(w.readframes(w.getnframes()), w.getframerate())
 
 
-def load_tts(engine: str, models_dir: str, voice: str) -> tuple[Tts, str]:
+def load_tts(engine: str, models_dir: str, voice: str, threads: int = 0) -> tuple[Tts, str]:
     """The configured engine, or espeak-ng with the reason Piper was not used."""
     if engine == "piper":
         try:
-            return PiperTts(models_dir, voice), ""
+            return PiperTts(models_dir, voice, threads), ""
         except (ModelError, ImportError) as exc:
             why = f"Piper unavailable ({exc}); speaking with espeak-ng"
             log.warning("%s", why)
@@ -118,10 +122,12 @@ def load_tts(engine: str, models_dir: str, voice: str) -> tuple[Tts, str]:
     return EspeakTts(), ""
 
 
-def tts_server(engine: str, models_dir: str, voice: str) -> tuple[Any, dict[str, str]]:
+def tts_server(
+    engine: str, models_dir: str, voice: str, threads: int = 0
+) -> tuple[Any, dict[str, str]]:
     """In the worker process (loomd.audio.worker): the engine, and what answers a text
     with its audio. Says which engine it is and why Piper was not used, if it was not."""
-    tts, why = load_tts(engine, models_dir, voice)
+    tts, why = load_tts(engine, models_dir, voice, threads)
 
     def handle(req: Any) -> bytes:
         text: str = req[0]

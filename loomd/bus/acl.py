@@ -74,7 +74,9 @@ def _check_globs(value: tuple[str, ...]) -> Problem | None:
     return None
 
 
-_IDENTITY_KINDS = ("uid", "gid", "user", "group", "curve", "plugin", "mcp", "token", "daemon")
+_IDENTITY_KINDS = (
+    "uid", "gid", "user", "group", "curve", "plugin", "mcp", "token", "voice", "daemon",
+)  # fmt: skip
 
 
 def _check_identities(value: tuple[str, ...]) -> Problem | None:

@@ -4,7 +4,8 @@ The bus learns it from the kernel or the transport: the peer's uid/gid on the un
 (libzmq reads `SO_PEERCRED` at accept and hands it on with every message as the
 `Peer-Address` property, `host:uid:gid:pid`), the name of the authorized CurveZMQ key on
 TCP (the ZAP handler's `User-Id`), `plugin:<id>` for in-process agents, `mcp:<server>` for
-MCP servers, `token:<name>` for HTTP, `daemon:<component>` for the daemon's own parts.
+MCP servers, `token:<name>` for HTTP, `voice:<source>` for spoken turns,
+`daemon:<component>` for the daemon's own parts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class IdentityKind(StrEnum):
     CURVE = "curve"  # a TCP client with an authorized CurveZMQ key: the key's name
     PLUGIN = "plugin"  # an in-process agent
     MCP = "mcp"  # an MCP server loomd runs
+    VOICE = "voice"  # a spoken turn: `voice:local` (the board's mic), `voice:<site>`
     TOKEN = "token"  # an HTTP client with a bearer token
     DAEMON = "daemon"  # one of the daemon's own components
     ANONYMOUS = "anonymous"  # TCP without authentication (`bus.tcp_auth = "none"`)

@@ -8,13 +8,16 @@ The exit code is 1 when any check fails (a warning does not fail), 0 otherwise.
 Hardware edges (thermal zones, the Raspberry Pi throttle file, /proc/asound, /dev/nvhost-*)
 are read under `Context.hw_root`, so tests give a fake tree; everything else is real.
 
-One module per concern: `context` (verdicts, the `Context`), `daemon`, `audio`, `models`,
-`board` (memory, temperature, throttling, disk), `mqtt`, `system` (cloud key, clock, GPU),
-and `run` (the runner, the report, the CLI). A new check is a function of a `Context`
-returning a `Verdict`, in the module of its concern, listed in `run.CHECKS`.
+One module per concern of the board: `context` (verdicts, the `Context`, `Check`),
+`daemon`, `models`, `board` (memory, temperature, throttling, disk), `system` (clock), and
+`run` (the runner, the report, the CLI). A component's own checks live with it (the voice
+component's audio check in `loomd/audio/doctor.py`, the MQTT bridge's in
+`loomd/bridges/doctor.py`, the llm's in `loomd/router/doctor.py`) and are contributed through
+the registry (`loomd.components.BUILTIN_DOCTOR`): a new check is a function of a `Context`
+returning a `Verdict`, listed in its module's `CHECKS` (or, for the board, in
+`run.BOARD_CHECKS`).
 """
 
-from loomd.doctor.audio import check_audio, component_on, sound_cards
 from loomd.doctor.board import (
     check_disk,
     check_memory,
@@ -24,10 +27,12 @@ from loomd.doctor.board import (
     model_need_bytes,
 )
 from loomd.doctor.context import (
+    Check,
     Context,
     Result,
     Status,
     Verdict,
+    component_on,
     fail,
     load_context,
     ok,
@@ -35,13 +40,20 @@ from loomd.doctor.context import (
     warn,
 )
 from loomd.doctor.daemon import check_config, check_daemon, check_group, check_socket
-from loomd.doctor.models import check_llm_choice, check_models, configured_models
-from loomd.doctor.mqtt import check_mqtt, mqtt_connect_packet, mqtt_probe
-from loomd.doctor.run import CHECKS, Check, add_parser, exit_code, format_results, main, run_checks
-from loomd.doctor.system import adjtimex, check_clock, check_cloud_key, check_gpu, clock_synced
+from loomd.doctor.models import check_models, configured_models
+from loomd.doctor.run import (
+    BOARD_CHECKS,
+    add_parser,
+    all_checks,
+    exit_code,
+    format_results,
+    main,
+    run_checks,
+)
+from loomd.doctor.system import adjtimex, check_clock, clock_synced
 
 __all__ = [
-    "CHECKS",
+    "BOARD_CHECKS",
     "Check",
     "Context",
     "Result",
@@ -49,18 +61,14 @@ __all__ = [
     "Verdict",
     "add_parser",
     "adjtimex",
-    "check_audio",
+    "all_checks",
     "check_clock",
-    "check_cloud_key",
     "check_config",
     "check_daemon",
     "check_disk",
-    "check_gpu",
     "check_group",
-    "check_llm_choice",
     "check_memory",
     "check_models",
-    "check_mqtt",
     "check_socket",
     "check_temperature",
     "check_throttling",
@@ -74,11 +82,8 @@ __all__ = [
     "load_context",
     "main",
     "model_need_bytes",
-    "mqtt_connect_packet",
-    "mqtt_probe",
     "ok",
     "run_checks",
     "skip",
-    "sound_cards",
     "warn",
 ]

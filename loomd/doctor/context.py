@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -249,3 +249,44 @@ def duration_text(s: float) -> str:
     if h:
         return f"{h}h {m}m"
     return f"{m}m {s % 60}s"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named check with its deadline. The board's own are in `loomd.doctor.run`; each
+    component contributes its own (`loomd.components.BUILTIN_DOCTOR` names a module's
+    `CHECKS`)."""
+
+    name: str
+    fn: Callable[[Context], Verdict]
+    timeout_s: float = 5.0
+
+
+def component_on(ctx: Context, name: str) -> tuple[bool, str]:
+    """Whether the daemon runs component `name` with these settings (the daemon's own rule
+    for `enabled = "auto"`: its packages import and its `check()` finds nothing), and if
+    not, why: ("", when on)."""
+    section = ctx.section(name)
+    if section is None:
+        return False, f"no component {name}"
+    enabled = getattr(section, "enabled", True)
+    if enabled is False:
+        return False, f"[{name}] enabled = false"
+    if enabled is True:
+        return True, ""
+    from loomd.components import auto_off_reason
+
+    cls = component_class(name)
+    if cls is None:
+        return False, f"the {name} component does not import"
+    try:  # the daemon's own rule, so doctor and `loomctl status` never disagree
+        why = auto_off_reason(cls, section, ctx.paths)
+    except PermissionError as exc:  # the models dir is loomd's (0750): the daemon may see more
+        return False, f"cannot tell: may not look at {exc.filename} ({NOT_IN_GROUP})"
+    return not why, why
+
+
+def component_class(name: str) -> Any:
+    from loomd.components import registry
+
+    return registry().classes().get(name)

@@ -7,8 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomd.doctor.audio import component_class, component_on
-from loomd.doctor.context import GB, NOT_IN_GROUP, Context, Verdict, fail, ok, skip, warn
+from loomd.doctor.context import (
+    NOT_IN_GROUP,
+    Context,
+    Verdict,
+    component_class,
+    component_on,
+    fail,
+    ok,
+    skip,
+    warn,
+)
 from loomd.errors import LoomdError
 
 # -- models ------------------------------------------------------------------------------
@@ -133,46 +142,3 @@ def _model_problem(m: ModelFile) -> str:
         except LoomdError as exc:
             return str(exc)
     return ""
-
-
-def check_llm_choice(ctx: Context) -> Verdict:
-    """Which catalogue LLM suits this board's RAM: the tool-capable model the catalogue
-    recommends from `min_ram_mb` up (the assist's LLM turns), SmolLM2 below. Self-contained:
-    RAM from the hardware tree's /proc/meminfo, models from the shipped catalogue."""
-    from loomd.models.catalogue import catalogue
-    from loomd.router.settings import model_file
-
-    llm = ctx.section("llm")
-    if llm is None or not component_on(ctx, "llm")[0]:
-        return skip("the llm component is off")
-    try:
-        text = ctx.hw("/proc/meminfo").read_text()
-    except OSError as exc:
-        return skip(f"cannot read the RAM size ({exc.strerror})")
-    total_mb = next(
-        (
-            int(line.split()[1]) // 1024
-            for line in text.splitlines()
-            if line.startswith("MemTotal:")
-        ),
-        0,
-    )
-    fits = sorted(
-        (m for m in catalogue() if m.kind == "llm" and m.tools and 0 < m.min_ram_mb <= total_mb),
-        key=lambda m: m.min_ram_mb,
-    )
-    configured = model_file(llm.model, ctx.models_dir)
-    name = configured.name if configured is not None else "none"
-    if not fits:
-        return ok(f"{total_mb} MB RAM: {name} (a tool-capable model needs more RAM)")
-    best = fits[-1]
-    paths = {ctx.models_dir / f.path for m in fits for f in m.files}
-    if configured is not None and configured in paths:
-        return ok(f"{total_mb} MB RAM: {name}, a tool-capable model")
-    (gguf,) = (f.path for f in best.files)
-    return warn(
-        f"{total_mb} MB RAM, model {name}: {best.id} ({best.bytes / GB:.1f} GB, tool calls) "
-        f"fits this board (from {best.min_ram_mb} MB) and understands commands far better",
-        f'loomctl models fetch {best.id}; then [llm] model = "{gguf}" in '
-        f"{ctx.config_path or 'loomd.toml'}, and restart loomd",
-    )

@@ -1,25 +1,28 @@
 """Running the checks: each in its own thread with its deadline, the report, the exit
-code, and `loomctl doctor` / `python -m loomd.doctor`."""
+code, and `loomctl doctor` / `python -m loomd.doctor`.
+
+The board's own checks are `BOARD_CHECKS`; each component contributes its own through the
+registry (`loomd.components.BUILTIN_DOCTOR`, or the entry-point group `loomd.doctor`), so
+doctor knows no subsystem: `all_checks()` is both."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loomd.doctor.audio import check_audio
+from loomd.components import registry
 from loomd.doctor.board import check_disk, check_memory, check_temperature, check_throttling
-from loomd.doctor.context import Context, Result, Status, Verdict, fail, load_context
+from loomd.doctor.context import Check, Context, Result, Status, Verdict, fail, load_context
 from loomd.doctor.daemon import check_config, check_daemon, check_group, check_socket
-from loomd.doctor.models import check_llm_choice, check_models
-from loomd.doctor.mqtt import check_mqtt
-from loomd.doctor.system import check_clock, check_cloud_key, check_gpu
+from loomd.doctor.models import check_models
+from loomd.doctor.system import check_clock
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +30,42 @@ log = logging.getLogger(__name__)
 # --- running ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    fn: Callable[[Context], Verdict]
-    timeout_s: float = 5.0
-
-
-CHECKS: tuple[Check, ...] = (
+BOARD_CHECKS: tuple[Check, ...] = (
     Check("config", check_config),
     Check("daemon", check_daemon, 6.0),  # daemon_timeout_s (3 s) and a margin
     Check("group", check_group),
     Check("socket", check_socket),
-    Check("audio", check_audio, 10.0),
     Check("models", check_models, 120.0),  # sha256 of a few hundred MB on a Pi
     Check("memory", check_memory, 6.0),  # may wait for the daemon's status
-    Check("llm model", check_llm_choice),
     Check("temperature", check_temperature),
     Check("throttling", check_throttling),
     Check("disk", check_disk),
-    Check("mqtt", check_mqtt),
-    Check("cloud key", check_cloud_key),
     Check("clock", check_clock),
-    Check("gpu", check_gpu, 15.0),  # importing llama_cpp loads its library
 )
 
 
-def run_checks(ctx: Context, checks: tuple[Check, ...] | list[Check] = CHECKS) -> list[Result]:
-    """Every check at once, each in its own daemon thread with its deadline: a hung check
-    cannot hold the exit, a crash becomes its own `fail` line."""
+def all_checks() -> tuple[Check, ...]:
+    """The board's checks, then each component's, in registry order. A component whose
+    checks do not import gets one failing check that says so (the rest still run)."""
+    out = list(BOARD_CHECKS)
+    for name, contributed in registry().doctor().items():
+        if isinstance(contributed, Exception):
+            why = f"{type(contributed).__name__}: {contributed}"
+            out.append(Check(name, functools.partial(_broken, why)))
+        else:
+            out.extend(contributed)
+    return tuple(out)
+
+
+def _broken(why: str, ctx: Context) -> Verdict:
+    return fail(f"its checks did not import: {why}", "reinstall loomd; report it if it stays")
+
+
+def run_checks(ctx: Context, checks: Sequence[Check] | None = None) -> list[Result]:
+    """Every check (default: `all_checks()`) at once, each in its own daemon thread with
+    its deadline: a hung check cannot hold the exit, a crash becomes its own `fail` line."""
+    if checks is None:
+        checks = all_checks()
     boxes: list[list[Verdict]] = [[] for _ in checks]
 
     def one(i: int, c: Check) -> None:

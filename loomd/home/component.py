@@ -338,7 +338,7 @@ class HomeComponent(HaDevices, Component[HomeSettings]):
     async def _keep_following(self) -> None:
         """Ask the bridge to follow the state topics, again after each (re)connect of the
         bridge and whenever the registry changes; retried while nobody answers."""
-        async with self.ctx.bus.subscribe("loomd.mqtt.connected", QoS.RELIABLE) as connected:
+        async with self.ctx.bus.subscribe(Topic.MQTT_CONNECTED, QoS.RELIABLE) as connected:
             await connected.ready()
             while True:
                 topics = self._state_topics()
@@ -376,18 +376,15 @@ class HomeComponent(HaDevices, Component[HomeSettings]):
                     self.following = ()  # a new bridge session: subscribe again
 
     async def _follow_states(self) -> None:
-        async with self.ctx.bus.subscribe(FOLLOW_TOPIC, QoS.RELIABLE) as sub:
-            async for ev in sub:
-                try:
-                    msg = MqttMessage.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.HOME_BAD_STATE, f"home: {exc}")
-                    continue
-                for d in self.registry.devices.values():
-                    if d.spec.state_topic == msg.topic:
-                        st = self._parse_state(d, msg.payload)
-                        if st is not None:
-                            await self._set_state(st)
+        follows = self.ctx.receive(
+            MqttMessage, FOLLOW_TOPIC, code=ErrorCode.HOME_BAD_STATE, qos=QoS.RELIABLE
+        )
+        async for msg, _ev in follows:
+            for d in self.registry.devices.values():
+                if d.spec.state_topic == msg.topic:
+                    st = self._parse_state(d, msg.payload)
+                    if st is not None:
+                        await self._set_state(st)
 
     def _parse_state(self, d: Device, data: bytes) -> DeviceState | None:
         text = data.decode("utf-8", "replace").strip()

@@ -52,13 +52,16 @@ class HaDevices:
         """HA's exposed entities (the homeassistant component's `ha.changed`, asked once at
         start) joined into the registry; kept while HA is away, so a command to one of them
         fails with HA's reason instead of "no such device"."""
-        async with self.ctx.bus.subscribe(Topic.HA_CHANGED, QoS.RELIABLE) as sub:
-            await sub.ready()
+        changed = self.ctx.receive(
+            HaSnapshot, Topic.HA_CHANGED, code=ErrorCode.HOME_HA_DEVICES, qos=QoS.RELIABLE
+        )
+        async with changed:
+            await changed.ready()
             with contextlib.suppress(RequestTimeout):
                 ev = await self.ctx.bus.request(Topic.HA_REGISTRY, None, timeout=2.0)
                 self._join_ha(HaSnapshot.from_payload(ev.payload))
-            async for ev in sub:
-                self._join_ha(HaSnapshot.from_payload(ev.payload))
+            async for snap, _ev in changed:
+                self._join_ha(snap)
 
     def _join_ha(self, snap: HaSnapshot) -> None:
         if not snap.connected:
@@ -83,13 +86,10 @@ class HaDevices:
         self._changed.set()
 
     async def _ha_states(self) -> None:
-        async with self.ctx.bus.subscribe(f"{Topic.HA_STATE}.#", QoS.RELIABLE) as sub:
-            async for ev in sub:
-                try:
-                    st = HaState.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(ErrorCode.HOME_BAD_STATE, f"home: {exc}")
-                    continue
-                dev = self.ha_entities.get(st.entity_id)
-                if dev is not None:
-                    await self._set_state(DeviceState(dev, st.state, st.attributes, st.at))
+        states = self.ctx.receive(
+            HaState, f"{Topic.HA_STATE}.#", code=ErrorCode.HOME_BAD_STATE, qos=QoS.RELIABLE
+        )
+        async for st, _ev in states:
+            dev = self.ha_entities.get(st.entity_id)
+            if dev is not None:
+                await self._set_state(DeviceState(dev, st.state, st.attributes, st.at))

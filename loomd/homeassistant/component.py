@@ -182,18 +182,10 @@ class HomeAssistantComponent(Component[HomeAssistantSettings]):
         self.log.info("homeassistant: satellite %s", "muted" if on else "unmuted")
 
     async def _serve_wakes(self) -> None:
-        async with self.ctx.bus.subscribe(Topic.VOICE_WAKE) as sub:
-            async for ev in sub:
-                try:
-                    det = WakeDetected.from_payload(ev.payload)
-                except LoomdError as exc:
-                    self.ctx.error(
-                        ErrorCode.BAD_WAKE, f"homeassistant: bad voice.wake payload: {exc}"
-                    )
-                    continue
-                claim = self.satellite.claim(det)
-                if ev.reply_to:
-                    await self.ctx.bus.reply(ev, claim.to_payload())
+        async for det, ev in self.ctx.receive(WakeDetected, code=ErrorCode.BAD_WAKE):
+            claim = self.satellite.claim(det)
+            if ev.reply_to:
+                await self.ctx.bus.reply(ev, claim.to_payload())
 
     async def _follow_frames(self) -> None:
         topic = f"{Topic.AUDIO_FRAMES}.{self.settings.site}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loomd.cli import dumps, op
+from loomd.cli import add_group, dumps, op
 from loomd.errors import LoomdError
 
 __all__ = ["add_cli"]
@@ -13,13 +13,11 @@ __all__ = ["add_cli"]
 def add_cli(cmds: Any) -> None:
     """`loomctl mcp` serves MCP over stdio (for an MCP host, e.g. over ssh);
     `loomctl mcp servers` and `loomctl mcp restart NAME` drive the client side."""
-    m = cmds.add_parser("mcp", help="serve loomd as an MCP server on stdio; or: servers, restart")
-    sc = m.add_subparsers(dest="mcp_cmd")
-    sc.add_parser("serve", help="serve MCP over stdio (the default)")
-    sc.add_parser("servers", help="configured MCP servers, their state and tools")
-    r = sc.add_parser("restart", help="restart one MCP server")
-    r.add_argument("name")
-    m.set_defaults(func=_cli_mcp)
+    sc = add_group(cmds, "mcp", "serve loomd as an MCP server on stdio; or: servers, restart", {
+        "serve": "serve MCP over stdio (the default)",
+        "servers": "configured MCP servers, their state and tools",
+    }, _cli_mcp, required=False)  # fmt: skip
+    sc.add_parser("restart", help="restart one MCP server").add_argument("name")
 
 
 async def _cli_mcp(bus: Any, args: Any) -> int:

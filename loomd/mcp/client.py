@@ -6,6 +6,11 @@ spawn (stdio) or connect (Streamable HTTP) -> initialize (with a deadline) -> li
 register them -> serve calls until the server exits, stops answering pings, or times out
 `hang_limit` calls in a row -> unregister (in-flight calls fail with `provider_unavailable`
 at once) -> back off (capped) -> again. `notifications/tools/list_changed` re-lists the tools.
+
+What a server does back on the bus, it does as itself (`bus`: a handle whose identity is
+`mcp:<server>`, never the daemon's): its log messages are published on `mcp.log.<server>`
+and its sampling requests (`sampling/createMessage`) go to the router as `llm.chat` turns;
+the `[[acl]]` rules decide whether it may (a refusal is a `forbidden` answer to the server).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from loomd.agents.broker import (
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.config import Section, option
-from loomd.messages import ErrorCode
+from loomd.errors import LoomdError
+from loomd.messages import ChatDone, ChatMessage, ChatRequest, ErrorCode, McpLog, Topic
 
 __all__ = ["McpProvider", "McpServerSettings", "McpSupervisor"]
 
@@ -129,9 +135,13 @@ class McpSupervisor:
         *,
         report: Callable[[ErrorCode, str], None] | None = None,
         on_tools: Callable[[], None] | None = None,
+        bus: Any = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
+        self.bus = bus  # the server's own handle on the bus (identity `mcp:<name>`)
+        self.logs = 0  # log messages published for it
+        self.refused = 0  # what it asked of the bus and was not allowed
         self.provider = McpProvider(settings.name)
         self.provider.call_timeout_s = settings.call_timeout_s
         self.state = "created"
@@ -147,10 +157,13 @@ class McpSupervisor:
     def view(self) -> dict[str, Any]:
         return {
             "name": self.settings.name,
+            "identity": f"mcp:{self.settings.name}",  # who it is on the bus
             "state": self.state,
             "tools": list(self.tools),
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "logs": self.logs,
+            "refused": self.refused,
         }
 
     async def run(self) -> None:
@@ -223,9 +236,12 @@ class McpSupervisor:
             if method == "notifications/tools/list_changed":
                 self._relist.set()
 
+        callbacks: dict[str, Any] = {}
+        if self.bus is not None:
+            callbacks = {"logging_callback": self._log, "sampling_callback": self._sample}
         async with (
             self._transport() as (read, write),
-            ClientSession(read, write, message_handler=on_message) as session,
+            ClientSession(read, write, message_handler=on_message, **callbacks) as session,
         ):
             try:
                 async with asyncio.timeout(s.init_timeout_s):
@@ -294,6 +310,66 @@ class McpSupervisor:
 
     async def restart(self) -> None:
         self._restart.set()
+
+    # -- the server on the bus, as `mcp:<name>` -------------------------------------------------
+    def _refused(self, what: str, exc: LoomdError) -> str:
+        self.refused += 1
+        log.info("MCP server %s: %s refused: %s", self.settings.name, what, exc)
+        return str(exc)
+
+    async def _log(self, params: Any) -> None:
+        """`notifications/message`: on `mcp.log.<server>` (a refusal is only counted: the
+        bus already says it on `loomd.error`, rate limited)."""
+        name = self.settings.name
+        msg = McpLog(name, str(params.level), params.data, str(params.logger or ""))
+        try:
+            await msg.publish(self.bus, f"{Topic.MCP_LOG}.{name}", wait=False)
+        except LoomdError as exc:
+            self._refused("a log message", exc)
+            return
+        self.logs += 1
+
+    async def _sample(self, context: Any, params: Any) -> Any:
+        """`sampling/createMessage`: one `llm.chat` turn of the router, asked as the server
+        itself; its text content only (images and audio are refused)."""
+        from mcp import types
+
+        from loomd.router.client import chat_stream
+
+        messages = [ChatMessage("system", params.system_prompt)] if params.system_prompt else []
+        for m in params.messages:
+            text = getattr(m.content, "text", None)
+            if not isinstance(text, str):
+                return types.ErrorData(code=types.INVALID_PARAMS, message="text content only")
+            messages.append(ChatMessage(str(m.role), text))
+        temperature = 0.7 if params.temperature is None else float(params.temperature)
+        req = ChatRequest(
+            tuple(messages),
+            max_tokens=max(1, int(params.max_tokens)),
+            temperature=temperature,
+            stream=False,
+            priority="background",
+            agent=f"mcp-{self.settings.name}",
+        )
+        done: ChatDone | None = None
+        try:
+            async for piece in chat_stream(self.bus, req, timeout=self.settings.call_timeout_s):
+                if isinstance(piece, ChatDone):
+                    done = piece
+        except LoomdError as exc:
+            why = self._refused("a sampling request", exc)
+            return types.ErrorData(code=types.INVALID_REQUEST, message=why)
+        except TimeoutError:
+            return types.ErrorData(code=types.INTERNAL_ERROR, message="the router did not answer")
+        if done is None or done.error:
+            why = done.error if done is not None else "no answer"
+            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"llm.chat: {why}")
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=done.text),
+            model=done.route or "loomd",
+            stop_reason="endTurn",
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,6 +4,12 @@ It runs when there is something to do (servers configured, capabilities exposed,
 serving on): `enabled` is derived, so an idle daemon never imports `mcp`. The tools of each
 server are offered to the action broker over the bus like an SDK provider's
 (`serve_capabilities` on `LocalBus`), so this component needs no reference into `agents`.
+
+Each server acts on the bus as itself, `mcp:<name>` (as an in-process agent is
+`plugin:<id>`): its capabilities are registered with that identity, its log messages and
+sampling requests are published with it, and `[[acl]]` rules naming it decide what more it
+may. Without rules it may what any local client may; with rules, only offering its own
+tools (`server_manifest`) plus what the rules grant.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from loomd.agents.broker import ActionBroker
 from loomd.agents.sdk import serve_capabilities
+from loomd.bus.acl import Manifest
+from loomd.bus.identity import Identity, IdentityKind
 from loomd.component import Command, Component, StatusBlock
 from loomd.config import IP_TEXT, Section, is_ip, option
 from loomd.mcp.client import McpServerSettings, McpSupervisor
@@ -25,7 +33,24 @@ from loomd.metrics import Family
 if TYPE_CHECKING:
     from loomd.web.server import HttpServer
 
-__all__ = ["McpComponent", "McpSettings"]
+__all__ = ["McpComponent", "McpSettings", "server_identity", "server_manifest"]
+
+
+def server_identity(name: str) -> Identity:
+    """Who an MCP server is on the bus: given by loomd from its config, never chosen by
+    the server."""
+    return Identity(IdentityKind.MCP, name)
+
+
+def server_manifest(name: str) -> Manifest:
+    """What a server may do once `[[acl]]` rules exist, without a rule naming it: offer
+    its own tools (register, renew, answer calls). Its log (`mcp.log.<name>`) and its
+    sampling requests (`llm.chat`) need a rule."""
+    pid = f"mcp-{name}"
+    return Manifest(
+        publish=("caps.register", "caps.unregister", f"caps.lease.{pid}"),
+        subscribe=(f"caps.call.{pid}", f"caps.reregister.{pid}"),
+    )
 
 
 def _check_servers(value: tuple[McpServerSettings, ...]) -> tuple[str, Any, str] | None:
@@ -66,7 +91,8 @@ class McpStatus(StatusBlock):
 
     def lines(self) -> list[str]:
         out = [
-            f"{s['name']}: {s['state']}, {len(s['tools'])} tools, {s['restarts']} restarts"
+            f"{s['name']} ({s['identity']}): {s['state']}, {len(s['tools'])} tools, "
+            f"{s['restarts']} restarts, {s['refused']} refused"
             + (f" ({s['last_error']})" if s["last_error"] and s["state"] != "running" else "")
             for s in self.servers
         ]
@@ -101,10 +127,12 @@ class McpComponent(Component[McpSettings]):
         for s in self.settings.servers:
             broker = ActionBroker()
             changed = asyncio.Event()
-            sup = McpSupervisor(s, broker, report=self._report, on_tools=changed.set)
+            bus = self._bus_of(s.name)
+            sup = McpSupervisor(s, broker, report=self._report, on_tools=changed.set, bus=bus)
             self.supervisors[s.name] = sup
             self.spawn(sup.run, f"server.{s.name}", restart=True)
-            self.spawn(functools.partial(self._offer, s.name, broker, changed), f"offer.{s.name}")
+            offer = functools.partial(self._offer, s.name, broker, changed, bus)
+            self.spawn(offer, f"offer.{s.name}")
         if self.settings.http_enabled:
             from loomd.web.auth import NAMESPACE, HttpGuard, TokenStore
 
@@ -135,11 +163,23 @@ class McpComponent(Component[McpSettings]):
         self.errors += 1
         self.ctx.error(code, message)
 
-    async def _offer(self, name: str, broker: ActionBroker, changed: asyncio.Event) -> None:
-        """Keep the agents' broker in step with this server's tools."""
+    def _bus_of(self, name: str) -> Any:
+        """The server's own handle on the bus: identity `mcp:<name>`, its manifest."""
+        from loomd.bus.local import LocalBus
+
+        bus = self.ctx.bus
+        if not isinstance(bus, LocalBus):
+            return bus
+        return LocalBus(bus.broker, f"mcp-{name}", server_identity(name), server_manifest(name))
+
+    async def _offer(
+        self, name: str, broker: ActionBroker, changed: asyncio.Event, bus: Any
+    ) -> None:
+        """Keep the agents' broker in step with this server's tools (registered as the
+        server itself, so `caps.list` shows its provider's owner as `mcp:<name>`)."""
         while True:
             changed.clear()
-            async with serve_capabilities(self.ctx.bus, f"mcp-{name}", broker):
+            async with serve_capabilities(bus, f"mcp-{name}", broker):
                 await changed.wait()
 
     def bridge(self) -> Any:

@@ -53,10 +53,12 @@ from loomd.messages.chat import (
     ChatRequest,
     Policy,
     Role,
+    RouteDecision,
     ToolCall,
     ToolChoice,
     ToolSpec,
 )
+from loomd.messages.collab import Bid, BidAward, BidReject
 from loomd.messages.home import (
     DeviceState,
     Domain,
@@ -69,6 +71,7 @@ from loomd.messages.home import (
     HomeDevice,
     HomeSnapshot,
 )
+from loomd.messages.mcp import McpLog
 from loomd.messages.mqtt import (
     EntityCommand,
     HaComponent,
@@ -80,10 +83,14 @@ from loomd.messages.mqtt import (
     MqttPublish,
 )
 from loomd.messages.voice import (
+    IgnoredWhy,
     PlayAudio,
     PlayDone,
+    RescoreReply,
+    RescoreRequest,
     SayRequest,
     Transcript,
+    TurnIgnored,
     TurnStage,
     VoiceListen,
     VoiceMute,
@@ -102,6 +109,9 @@ __all__ = [
     "AssistTurn",
     "BarrierReply",
     "BarrierRequest",
+    "Bid",
+    "BidAward",
+    "BidReject",
     "BusStats",
     "CapCode",
     "CapInfo",
@@ -133,8 +143,10 @@ __all__ = [
     "HomeArea",
     "HomeDevice",
     "HomeSnapshot",
+    "IgnoredWhy",
     "IntentInfo",
     "IntentVia",
+    "McpLog",
     "MqttAck",
     "MqttEntity",
     "MqttFollow",
@@ -148,7 +160,10 @@ __all__ = [
     "Publisher",
     "Received",
     "Replier",
+    "RescoreReply",
+    "RescoreRequest",
     "Role",
+    "RouteDecision",
     "SayRequest",
     "SubscriptionStats",
     "ToolCall",
@@ -156,6 +171,7 @@ __all__ = [
     "ToolSpec",
     "Topic",
     "Transcript",
+    "TurnIgnored",
     "TurnStage",
     "Vocabulary",
     "VoiceListen",

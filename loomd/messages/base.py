@@ -25,6 +25,7 @@ class Topic(StrEnum):
     VOICE_SAY = "voice.say"  # SayRequest
     VOICE_STATE = "voice.state"  # VoiceStateEvent
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
+    VOICE_IGNORED = "voice.ignored"  # TurnIgnored: a turn that ended quietly, and why
     ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
     ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
     ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
@@ -41,16 +42,22 @@ class Topic(StrEnum):
     VOICE_LISTEN = "voice.listen"  # VoiceListen: stream the mic without a wake word
     VOICE_RELEASE = "voice.release"  # VoiceRelease: the claimant is done with the mic
     VOICE_PLAY = "voice.play"  # PlayAudio (request/reply: PlayDone)
+    VOICE_RESCORE = "voice.rescore"  # RescoreRequest (request/reply: RescoreReply)
     AUDIO_FRAMES = "audio.frames"  # audio.frames.<site>: raw s16le 20 ms frames, realtime
     HA_STATE = "ha.state"  # ha.state.<entity_id>: HaState, Home Assistant's state changes
     HA_REGISTRY = "ha.registry"  # request/reply: HaSnapshot (HA's areas, exposed entities)
     HA_CHANGED = "ha.changed"  # HaSnapshot, on each (re)connect and change of HA's registries
+    MCP_LOG = "mcp.log"  # mcp.log.<server>: McpLog, published as `mcp:<server>`
     ERROR = "loomd.error"
 
 
 class EventType(StrEnum):
     LLM_CHUNK = "llm.chunk"
     LLM_DONE = "llm.done"
+    CNET_CFP = "cnet.cfp"  # a contract net's call for proposals (any payload)
+    CNET_BID = "cnet.bid"  # Bid
+    CNET_AWARD = "cnet.award"  # BidAward (request/reply: the winner's result)
+    CNET_REJECT = "cnet.reject"  # BidReject
 
 
 class Received(Protocol):

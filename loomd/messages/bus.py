@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     CONFIG = "config"
     METRICS = "metrics"
     PAGE_BAD_PATTERN = "page_bad_pattern"
+    BAD_PAYLOAD = "bad_payload"  # a payload its topic's class refuses (`Context.receive`)
     # the bus
     PROTOCOL = "protocol"
     QUOTA = "quota"
@@ -53,6 +54,7 @@ class ErrorCode(StrEnum):
     TTS_FALLBACK = "tts_fallback"
     AEC_MISSING = "aec_missing"
     FRONTEND_MISSING = "frontend_missing"
+    VAD_MISSING = "vad_missing"
     STT_FAILED = "stt_failed"
     REPLY_FAILED = "reply_failed"
     RECORDER = "recorder"
@@ -66,6 +68,7 @@ class ErrorCode(StrEnum):
     WYOMING_STT = "wyoming_stt"
     WYOMING_MDNS = "wyoming_mdns"
     BAD_VOCABULARY = "bad_vocabulary"
+    BAD_RESCORE = "bad_rescore"
     # the home and the assist
     HOME_FOLLOW = "home_follow"
     HOME_BAD_STATE = "home_bad_state"
@@ -73,6 +76,7 @@ class ErrorCode(StrEnum):
     HOME_HA_DEVICES = "home_ha_devices"
     ASSIST_SENTENCES = "assist_sentences"
     ASSIST_BAD_REQUEST = "assist_bad_request"
+    ASSIST_RESCORE = "assist_rescore"
     # bridges
     MQTT_TLS = "mqtt_tls"
     MQTT_UNREACHABLE = "mqtt_unreachable"

@@ -175,3 +175,23 @@ class ChatDone(_Payload, type=EventType.LLM_DONE):
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> ChatDone:
         return cls(**{**payload, "tool_calls": _tool_calls(payload.get("tool_calls"))})
+
+
+@dataclass(frozen=True)
+class RouteDecision(_Payload, topic=Topic.ROUTE_DECISION, qos="realtime"):
+    """Why a chat turn goes where it goes (published on `loomd.route.decision` as the turn
+    starts, kept in the router's ring for `loomctl route explain`): the route and the rule
+    that chose it, the estimates, and the policy and facts it was decided from."""
+
+    id: str  # the request's event id, hex (`ChatDone.decision_id`)
+    at: float  # time.time()
+    agent: str
+    priority: str
+    route: str
+    rule: str
+    reason: str
+    est_latency_ms: float
+    est_cost: float
+    confidence: float
+    policy: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)

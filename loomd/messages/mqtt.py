@@ -13,7 +13,7 @@ from loomd.messages.base import Topic, _Payload
 
 # -- MQTT from the bus ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MqttPublish(_Payload):
+class MqttPublish(_Payload, topic=Topic.MQTT_PUBLISH):
     """Publish one message through the MQTT bridge (`Topic.MQTT_PUBLISH`, request/reply).
     Answered with an `MqttAck` once the message is durable in the outbox (QoS >= 1) or
     handed to the socket (QoS 0)."""
@@ -35,7 +35,7 @@ class MqttPublish(_Payload):
 
 
 @dataclass(frozen=True)
-class MqttFollow(_Payload):
+class MqttFollow(_Payload, topic=Topic.MQTT_FOLLOW):
     """Ask the bridge to subscribe to MQTT topic filters and publish each message that
     arrives as an `MqttMessage` on `bus_topic` (`Topic.MQTT_FOLLOW`, request/reply). The
     bridge keeps the filters across reconnects; a new request from the same `owner`

@@ -26,6 +26,29 @@ class Transcript(_Payload, topic=Topic.VOICE_TRANSCRIPT):
     timings: dict[str, float] = field(default_factory=dict)  # stage -> ms since speech end
 
 
+class IgnoredWhy(StrEnum):
+    NO_SPEECH = "no_speech"  # nobody spoke after the wake word
+    NOT_THE_WAKE_WORD = "not_the_wake_word"  # the second check did not hear the phrase
+    NOT_ADDRESSED = "not_addressed"  # empty, a filler, nothing to act on
+
+
+@dataclass(frozen=True)
+class TurnIgnored(_Payload, topic=Topic.VOICE_IGNORED):
+    """A turn that ended quietly, with no reply: what was heard and why it was let go."""
+
+    utterance_id: str
+    why: IgnoredWhy
+    detail: str = ""
+    transcript: str = ""
+    site: str = "local"
+    wake: str = ""
+    wake_score: float = 0.0
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> TurnIgnored:
+        return cls(**{**payload, "why": IgnoredWhy(str(payload.get("why")))})
+
+
 @dataclass(frozen=True)
 class SayRequest(_Payload, topic=Topic.VOICE_SAY):
     text: str
@@ -165,3 +188,32 @@ class PlayAudio(_Payload, topic=Topic.VOICE_PLAY):
 class PlayDone(_Payload):
     played: bool  # False: cut off (barge-in, stop) or nothing to play on
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RescoreRequest(_Payload, topic=Topic.VOICE_RESCORE):
+    """Score `sentences` against the clip of `utterance_id` with whisper's own decoder
+    (request/reply: a `RescoreReply`); the voice component answers while its STT worker
+    still holds that clip (the last one it transcribed)."""
+
+    utterance_id: str
+    transcript: str
+    sentences: tuple[str, ...] = ()
+    # Only the best matters within this margin of the transcript's score: the others may
+    # stop decoding early (their scores are then upper bounds). None: every score exact.
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.utterance_id or not self.sentences or len(self.sentences) > 64:
+            raise LoomdError("RescoreRequest: an utterance_id and 1-64 sentences")
+
+
+@dataclass(frozen=True)
+class RescoreReply(_Payload):
+    """Mean token log-probabilities (0 is certain): the transcript's, then each sentence's
+    in the order asked; or `error` (rescoring unavailable, the clip is gone)."""
+
+    transcript_score: float = 0.0
+    scores: tuple[float, ...] = ()
+    ms: float = 0.0
+    error: str = ""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loomd.bus.envelope import Event
-from loomd.component import Command, Component
+from loomd.component import Command, Component, Inbox
 from loomd.config import ResolvedPaths
 from loomd.errors import LoomdError
 from loomd.messages import (
@@ -26,6 +26,7 @@ from loomd.messages import (
     ErrorCode,
     EventType,
     Policy,
+    RouteDecision,
     Topic,
 )
 from loomd.metrics import Family
@@ -131,7 +132,10 @@ class LlmComponent(Component[LlmSettings]):
                 )  # fmt: skip
             self.cloud = CloudClient(s.cloud, Ledger(self.ctx.state.kv("llm.spend")), key)
             await self.cloud.open()
-        chat = self.ctx.bus.subscribe(Topic.LLM_CHAT, "reliable")
+        chat = self.ctx.receive(
+            ChatRequest, code=ErrorCode.LLM_BAD_REQUEST, qos="reliable", on_bad=self._bad_request,
+            answer=lambda exc, ev: ChatDone(error=str(exc), decision_id=ev.id.hex()),
+        )  # fmt: skip
         stop = self.ctx.bus.subscribe(Topic.VOICE_STOP, "reliable")
         await chat.ready()
         await stop.ready()
@@ -226,10 +230,13 @@ class LlmComponent(Component[LlmSettings]):
                 if job.priority == "voice":
                     job.cancel.set()
 
-    async def _serve_chat(self, sub: Any) -> None:
-        async for ev in sub:
-            turn = functools.partial(self._turn, ev)
+    async def _serve_chat(self, chat: Inbox[ChatRequest]) -> None:
+        async for req, ev in chat:
+            turn = functools.partial(self._turn, req, ev)
             self.spawn(turn, f"turn-{ev.id.hex()[:8]}", restart=False, critical=False)
+
+    def _bad_request(self, ev: Event, exc: LoomdError) -> None:
+        self.bad_requests += 1
 
     # -- facts and decisions -----------------------------------------------------------------
     def facts(self) -> Facts:
@@ -266,34 +273,22 @@ class LlmComponent(Component[LlmSettings]):
         self, did: str, req: ChatRequest, d: Decision, policy: Resolved, facts: Facts
     ) -> None:
         self.routes[d.route] = self.routes.get(d.route, 0) + 1
-        record = {
-            "id": did,
-            "at": time.time(),
-            "agent": req.agent,
-            "priority": req.priority,
+        record = RouteDecision(
+            id=did, at=time.time(), agent=req.agent, priority=req.priority,
             **explained(d, policy, facts),
-        }
+        )  # fmt: skip
         self.log.info(
             "route %s: %s (rule %s: %s; est %.0f ms, cost %.4f, confidence %.2f, privacy %s)",
             did, d.route, d.rule, d.reason, d.est_latency_ms, d.est_cost, d.confidence,
             policy.privacy,
         )  # fmt: skip
         assert self.decisions is not None
-        self.decisions.add(did, record)
-        await self.ctx.bus.publish(Topic.ROUTE_DECISION, record, qos="realtime")
+        self.decisions.add(did, record.to_payload())
+        await record.publish(self.ctx.bus, wait=False)
 
     # -- a chat turn -------------------------------------------------------------------------
-    async def _turn(self, ev: Event) -> None:
+    async def _turn(self, req: ChatRequest, ev: Event) -> None:
         did = ev.id.hex()
-        try:
-            req = ChatRequest.from_payload(ev.payload)
-        except LoomdError as exc:
-            self.bad_requests += 1
-            self.ctx.error(
-                ErrorCode.LLM_BAD_REQUEST, f"llm: bad chat request from {ev.sender}: {exc}"
-            )
-            await self._done(ev, ChatDone(error=str(exc), decision_id=did))
-            return
         decision, policy, facts = self._decide(req)
         await self._record(did, req, decision, policy, facts)
         if decision.route == Route.DENY:

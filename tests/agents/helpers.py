@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import textwrap
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from loomd.agents.component import AgentsComponent
 from loomd.host import Host
 from loomd.settings import load_config
+from tests.conftest import eventually
 
 
 def settings_for(root: Path, extra: dict[str, Any] | None = None, **agents: Any) -> Any:
@@ -56,14 +55,7 @@ def write_plugin(root: Path, name: str, code: str) -> Path:
 
 async def wait_until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
     """Poll an in-process condition with a deadline (the state lives in this process)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
-        await asyncio.sleep(0.01)
+    return await eventually(pred, timeout, what or str(pred))
 
 
 def agent_state(comp: AgentsComponent, aid: str) -> str:

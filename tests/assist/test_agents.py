@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 from tests.assist.conftest import EXAMPLE, home_config
 from tests.assist.test_daemon import assist
 from tests.bridges.conftest import Mosquitto
-from tests.conftest import LoomdProcess, loomctl
+from tests.conftest import LoomdProcess, loomctl, loomctl_sub
 
 LIGHTS = Path(__file__).resolve().parents[2] / "examples" / "agents" / "lights.py"
 
@@ -79,25 +77,7 @@ def test_capability_sentences_and_agent_devices(lights_daemon: LoomdProcess) -> 
 
 def test_timers_ring_through_voice_say(lights_daemon: LoomdProcess) -> None:
     d = lights_daemon
-    sub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loomd.ctl",
-            "--socket",
-            str(d.socket),
-            "sub",
-            "voice.say",
-            "--json",
-            "--count",
-            "1",
-            "--wait",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sub = loomctl_sub(d, "voice.say", 1)
     try:
         assert sub.stderr is not None
         ready = sub.stderr.readline()  # loomctl says so once the daemon routes to it

@@ -121,12 +121,20 @@ def test_tts_worker_killed_mid_turn(
                 await llm.ready.wait()
             pid = out["pid"] = (await voice_status(bus))["tts_pid"]
             worker = psutil.Process(pid)
-            idle = sum(worker.cpu_times()[:2])
-            async with bus.subscribe(Topic.ERROR) as errors:
+            async with (
+                bus.subscribe(Topic.ERROR) as errors,
+                bus.subscribe(Topic.VOICE_TRANSCRIPT) as transcripts,
+            ):
                 await errors.ready()
+                await transcripts.ready()
                 run = asyncio.create_task(
                     bus.call("voice.test", args=[str(command_clip)], timeout=240)
                 )
+                # The TTS shares its process with the wake word, which scores the clip
+                # until the utterance is cut: from the transcript on, only Piper works
+                # there (the turn holds the clip's remaining frames back).
+                await transcripts.get(timeout=120)
+                idle = sum(worker.cpu_times()[:2])
                 # Piper at work on the reply's first sentence: its CPU time moves.
                 async with asyncio.timeout(120):
                     # (another process's CPU time: no event to wait on)

@@ -44,7 +44,8 @@ def transcribe(models: Path, pcm: bytes) -> str:
 def test_wake_transcript_reply_and_spoken_answer(
     loomd_proc: LoomdProcess, models: Path, command_clip: Path, llm: Responder, tmp_path: Path
 ) -> None:
-    loomd_proc.write_config(voice_toml(models, recorder_size="3"))
+    # No follow-up: a reply that ends in a question would open one on the clip's silence
+    loomd_proc.write_config(voice_toml(models, recorder_size="3", followup_s="0.0"))
     loomd_proc.start(timeout=60)
     out = tmp_path / "reply.wav"
 
@@ -174,7 +175,11 @@ def test_a_slow_reply_that_keeps_coming_is_not_cut(
     """`reply_timeout_s` is for a router that does not answer, not for one that streams
     slowly: with 3 s allowed and a chunk every 0.6 s, a reply of 10 chunks or more (6 s
     or more in all) is spoken whole."""
-    loomd_proc.write_config(voice_toml(models, reply_timeout_s="3.0"))
+    # The router hears the command alone, as whisper writes it without the wake segment
+    # (SmolLM2's reply, and so its length, depends on the exact words)
+    loomd_proc.write_config(
+        voice_toml(models, reply_timeout_s="3.0") + '[voice.wake]\nsecond_check = "off"\n'
+    )
     loomd_proc.start(timeout=60)
 
     async def scenario() -> dict[str, Any]:

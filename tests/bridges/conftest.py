@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from loomd.bridges.mqtt import MqttComponent
 from loomd.host import Host
 from loomd.settings import load_config
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto")
 
@@ -222,13 +223,28 @@ async def running(
         yield host
 
 
+def mqtt_of(host: Host) -> MqttComponent:
+    c = host.get("mqtt")
+    assert isinstance(c, MqttComponent), host.status()
+    return c
+
+
+async def connected(host: Host, timeout: float = 10.0) -> MqttComponent:
+    c = mqtt_of(host)
+    await wait_for(lambda: c.connected, timeout)
+    return c
+
+
+@contextlib.asynccontextmanager
+async def bridge(root: Path, mqtt: str) -> AsyncIterator[MqttComponent]:
+    """`running()` state + bus + mqtt, once the bridge is connected to the broker."""
+    async with running(root, mqtt) as host:
+        yield await connected(host)
+
+
 async def wait_for(cond: object, timeout: float = 10.0, what: str = "condition") -> None:
     """Poll a cheap predicate with a deadline (state the component exposes, no sleeps)."""
-    assert callable(cond)
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - state of a component, polled with a deadline
-            await asyncio.sleep(0.01)
-    del what
+    await eventually(cond, timeout, what)
 
 
 def mqtt_section(broker: Mosquitto, maps: str = "", **opts: object) -> str:

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from loomd.bridges.peers import load_or_make_keys
-from tests.bridges.conftest import Mosquitto, mqtt_section, running, wait_for
-from tests.bridges.test_mqtt import connected
+from tests.bridges.conftest import Mosquitto, connected, mqtt_section, running, wait_for
 from tests.conftest import LoomdProcess, loomctl
 
 

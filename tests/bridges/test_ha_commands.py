@@ -12,9 +12,9 @@ from typing import Any
 
 from loomd.bus.api import BusSubscription
 from loomd.messages import EntityCommand, ErrorEvent, MqttEntity, VoiceMute
-from tests.bridges.conftest import Mosquitto, mqtt_section, running
+from tests.bridges.conftest import Mosquitto, bridge, connected, mqtt_section, running
 from tests.bridges.test_homeassistant import check_schema, configs
-from tests.bridges.test_mqtt import connected
+from tests.conftest import plugins_section
 
 # An agent that offers two capabilities and announces five entities HA commands: on start
 # and on every `loomd.mqtt.connected` (the bridge may come up after it).
@@ -67,10 +67,7 @@ BASE = "loomd/test-box/entity"
 
 
 def agents_section(root: Path) -> str:
-    plugins = root / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    (plugins / "fan.py").write_text(FAN)
-    return f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\n'
+    return plugins_section(root, fan=FAN)
 
 
 async def next_error(errors: BusSubscription, code: str) -> ErrorEvent:
@@ -151,8 +148,7 @@ async def test_ha_commands_reach_the_bus_and_the_capability_behind_them(
 async def test_mute_switch_state_follows_the_bus_whoever_mutes(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         bus = c.ctx.bus
         with broker.sub("loomd/test-box/mute") as w:
             assert await w.wait(1) == ["loomd/test-box/mute OFF"]
@@ -168,8 +164,7 @@ async def test_mute_switch_state_follows_the_bus_whoever_mutes(
 async def test_a_bad_entity_is_an_error_and_the_good_ones_still_come(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         bus = c.ctx.bus
         async with bus.subscribe("loomd.error", "reliable") as errors:
             bad = [

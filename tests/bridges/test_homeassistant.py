@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loomd.messages import SayRequest
-from tests.bridges.conftest import Mosquitto, mqtt_section, running
-from tests.bridges.test_mqtt import connected
+from tests.bridges.conftest import Mosquitto, bridge, mqtt_section
 
 STATUS = "loomd/test-box/status"
 # what Home Assistant's MQTT platforms require beyond the common keys
@@ -47,8 +46,7 @@ def check_schema(found: dict[str, dict[str, Any]]) -> None:
 async def test_discovery_is_retained_schema_valid_and_republished_on_birth(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         n = len(c.ha_entities)
         assert n == 8
         # a subscriber that comes later gets them: retained
@@ -68,8 +66,7 @@ async def test_discovery_is_retained_schema_valid_and_republished_on_birth(
 async def test_text_entity_speaks_switch_mutes_and_voice_state_is_mirrored(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         bus = c.ctx.bus
         async with (
             bus.subscribe("voice.say", "reliable") as say,
@@ -94,8 +91,7 @@ async def test_text_entity_speaks_switch_mutes_and_voice_state_is_mirrored(
 async def test_an_agent_adds_an_entity_and_forget_clears_everything(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker)) as c:
         bus = c.ctx.bus
         with broker.sub("homeassistant/sensor/loomd_test-box/agent_pantry/config") as w:
             await w.ready()

@@ -11,43 +11,24 @@ from typing import Any
 
 import pytest
 
-from loomd.bridges.mqtt import MqttComponent
-from loomd.host import Host
-from tests.bridges.conftest import Mosquitto, make_certs, mqtt_section, running, wait_for
+from bench.harness import mqtt_map
+from tests.bridges.conftest import (
+    Mosquitto,
+    bridge,
+    connected,
+    make_certs,
+    mqtt_of,
+    mqtt_section,
+    running,
+    wait_for,
+)
 
-IN_TEMP = """
-[[mqtt.map]]
-direction = "in"
-mqtt = "sensors/+/temp"
-bus = "sensor.*.temp"
-qos = 1
-"""
-
-OUT_SAY = """
-[[mqtt.map]]
-direction = "out"
-mqtt = "boards/+/say"
-bus = "say.*"
-qos = 1
-codec = "text"
-"""
-
-
-def mqtt_of(host: Host) -> MqttComponent:
-    c = host.get("mqtt")
-    assert isinstance(c, MqttComponent), host.status()
-    return c
-
-
-async def connected(host: Host, timeout: float = 10.0) -> MqttComponent:
-    c = mqtt_of(host)
-    await wait_for(lambda: c.connected, timeout)
-    return c
+IN_TEMP = mqtt_map("in", "sensors/+/temp", "sensor.*.temp", qos=1)
+OUT_SAY = mqtt_map("out", "boards/+/say", "say.*", qos=1, codec="text")
 
 
 async def test_sensor_to_bus_and_bus_to_mqtt(short_tmp: Path, broker: Mosquitto) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker, IN_TEMP + OUT_SAY)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, IN_TEMP + OUT_SAY)) as c:
         bus = c.ctx.bus
         async with bus.subscribe("sensor.*.temp", "reliable") as sub:
             await asyncio.to_thread(broker.pub, "sensors/kitchen/temp", '{"c": 21.5}')
@@ -87,27 +68,13 @@ def first_seen(values: list[int]) -> list[int]:
     return out
 
 
-OUT_SEQ = """
-[[mqtt.map]]
-direction = "out"
-mqtt = "seq/out"
-bus = "seq.out"
-qos = 1
-"""
-
-IN_SEQ = """
-[[mqtt.map]]
-direction = "in"
-mqtt = "seq/in"
-bus = "seq.in"
-qos = 1
-"""
+OUT_SEQ = mqtt_map("out", "seq/out", "seq.out", qos=1)
+IN_SEQ = mqtt_map("in", "seq/in", "seq.in", qos=1)
 
 
 async def test_broker_restart_mid_stream_outbound(short_tmp: Path, broker: Mosquitto) -> None:
     n = 600
-    async with running(short_tmp / "a", mqtt_section(broker, OUT_SEQ)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, OUT_SEQ)) as c:
         # a persistent mosquitto_sub session: it gets what was queued for it while it was away
         with broker.sub("seq/out", "-c", "-i", "watcher") as w:
             await w.ready()
@@ -163,8 +130,7 @@ class PahoPublisher:
 
 async def test_broker_restart_mid_stream_inbound(short_tmp: Path, broker: Mosquitto) -> None:
     n = 600
-    async with running(short_tmp / "a", mqtt_section(broker, IN_SEQ)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, IN_SEQ)) as c:
         got: list[int] = []
         async with c.ctx.bus.subscribe("seq.in", "reliable") as sub:
             pub = await asyncio.to_thread(PahoPublisher, broker)
@@ -307,8 +273,7 @@ async def test_malformed_json_and_oversize_are_counted_reported_not_forwarded(
     short_tmp: Path, broker: Mosquitto
 ) -> None:
     section = mqtt_section(broker, IN_TEMP, max_payload_bytes=64)
-    async with running(short_tmp / "a", section) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", section) as c:
         bus = c.ctx.bus
         async with (
             bus.subscribe("sensor.*.temp", "reliable") as sub,
@@ -325,22 +290,14 @@ async def test_malformed_json_and_oversize_are_counted_reported_not_forwarded(
         assert c.maps[0].in_count == 1 and c.maps[0].errors == 2
 
 
-BOTH_ECHO = """
-[[mqtt.map]]
-direction = "both"
-mqtt = "echo/#"
-bus = "echo.#"
-qos = 1
-codec = "text"
-"""
+BOTH_ECHO = mqtt_map("both", "echo/#", "echo.#", qos=1, codec="text")
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_a_both_mapping_does_not_loop(
     short_tmp: Path, broker: Mosquitto, protocol: str
 ) -> None:
-    async with running(short_tmp / "a", mqtt_section(broker, BOTH_ECHO, protocol=protocol)) as host:
-        c = await connected(host)
+    async with bridge(short_tmp / "a", mqtt_section(broker, BOTH_ECHO, protocol=protocol)) as c:
         bus = c.ctx.bus
         with broker.sub("echo/#") as w:
             await w.ready()

@@ -8,38 +8,16 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+from bench.harness import mqtt_map
 from loomd.bridges.mqtt import MqttComponent
 from tests.bridges.conftest import Mosquitto, mqtt_section, running, wait_for
 
-MAPS = """
-[[mqtt.map]]
-direction = "in"
-mqtt = "in0/+"
-bus = "in0.*"
-qos = 0
-codec = "text"
-bus_qos = "realtime"
-[[mqtt.map]]
-direction = "in"
-mqtt = "in1/+"
-bus = "in1.*"
-qos = 2
-codec = "text"
-[[mqtt.map]]
-direction = "in"
-mqtt = "tp/in"
-bus = "tp.x"
-qos = 0
-codec = "text"
-bus_qos = "realtime"
-[[mqtt.map]]
-direction = "out"
-mqtt = "tp/out"
-bus = "tp.x"
-qos = 0
-codec = "text"
-bus_qos = "realtime"
-"""
+MAPS = (
+    mqtt_map("in", "in0/+", "in0.*", qos=0, codec="text", bus_qos="realtime")
+    + mqtt_map("in", "in1/+", "in1.*", qos=2, codec="text")
+    + mqtt_map("in", "tp/in", "tp.x", qos=0, codec="text", bus_qos="realtime")
+    + mqtt_map("out", "tp/out", "tp.x", qos=0, codec="text", bus_qos="realtime")
+)
 
 
 async def test_lean_decode_and_paho_fallbacks_reach_the_bus(

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from loomd.audio.doctor import sound_cards
 from loomd.doctor import (
-    CHECKS,
     Check,
     Context,
     Result,
     Status,
     Verdict,
     adjtimex,
+    all_checks,
     check_disk,
-    check_gpu,
     check_group,
     check_socket,
     check_temperature,
@@ -38,10 +38,15 @@ from loomd.doctor import (
     exit_code,
     load_context,
     run_checks,
-    sound_cards,
 )
+from loomd.router.doctor import check_gpu
 from tests.conftest import LoomdProcess, free_port, loomctl
 from tests.testmodels import MODELS
+
+
+def only(*names: str) -> list[Check]:
+    """The checks named (the board's and the components' alike)."""
+    return [c for c in all_checks() if c.name in names]
 
 
 def doctor(d: LoomdProcess, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -95,7 +100,7 @@ def test_running_daemon_passes(daemon: LoomdProcess) -> None:
     got = lines(out)
     assert code == 0, out
     assert "FAIL" not in out, out
-    assert set(got) == {c.name for c in CHECKS}, out
+    assert set(got) == {c.name for c in all_checks()}, out
     assert got["daemon"].startswith("ok"), out
     assert "up " in got["daemon"] and "components running" in got["daemon"]
     assert got["socket"].startswith("ok") and "0660" in got["socket"], out
@@ -130,13 +135,39 @@ def test_json_shape(daemon: LoomdProcess) -> None:
     code, out = doctor(daemon, "--json")
     data = json.loads(out)
     assert isinstance(data, list)
-    assert [d["check"] for d in data] == [c.name for c in CHECKS]
+    assert [d["check"] for d in data] == [c.name for c in all_checks()]
     for d in data:
         assert set(d) == {"check", "status", "finding", "fix"}
         assert d["status"] in ("ok", "warn", "fail", "skip")
         assert d["finding"]
         assert d["status"] in ("ok", "skip") or d["fix"], d
     assert code == (1 if any(d["status"] == "fail" for d in data) else 0)
+
+
+def test_each_component_contributes_its_checks_through_the_registry(
+    loomd_proc: LoomdProcess,
+) -> None:
+    """Doctor knows no subsystem: the test package's component adds a check by an entry
+    point (`loomd.doctor`), its verdict reads its own section; a component whose checks do
+    not import is one failing line and the rest still run. The built-in components' checks
+    (audio, mqtt, llm model, cloud key, gpu) come the same way."""
+    plugin = Path(__file__).parents[1] / "seam" / "plugin"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")]),
+    }
+    for port, status in ((80, "warn"), (8080, "ok")):
+        loomd_proc.write_config(f"[probe]\nport = {port}\n")
+        code, out = doctor(loomd_proc, "--json", env=env)
+        got = {d["check"]: d for d in json.loads(out)}
+        assert got["probe port"]["status"] == status, out
+        assert got["probe port"]["finding"].endswith(
+            f"probe port {port}" + " is privileged" * (port < 1024)
+        )
+        assert got["needy"]["status"] == "fail" and "did not import" in got["needy"]["finding"]
+        assert "loomd_testcomp_gone" in got["needy"]["finding"]
+        assert {"audio", "mqtt", "llm model", "cloud key", "gpu", "disk", "clock"} <= set(got)
+        assert code == 1
 
 
 # --- MQTT against a real broker ---------------------------------------------------------
@@ -343,7 +374,7 @@ def test_sound_cards_and_audio(tmp_path: Path) -> None:
     cfg = tmp_path / "voice.toml"
     cfg.write_text('[voice]\nenabled = true\nsource = "mic"\nsink = "speaker"\n')
     ctx = load_context(cfg, f"ipc://{tmp_path}/none.sock", hw_root=root)
-    r = by_name(run_checks(ctx, [c for c in CHECKS if c.name == "audio"]))["audio"]
+    r = by_name(run_checks(ctx, only("audio")))["audio"]
     assert "USB PnP Sound Device" in r.finding
     # no sound devices on this machine: PyAudio finds no 16 kHz mic, which is a warning
     assert r.status == Status.WARN, r
@@ -450,19 +481,19 @@ def test_models_present_then_corrupted(short_tmp: Path) -> None:
     auto = short_tmp / "auto.toml"
     auto.write_text(f'[paths]\nstate_dir = "{short_tmp}/state"\n')
     actx = load_context(auto, "ipc:///nonexistent")
-    r = by_name(run_checks(actx, [c for c in CHECKS if c.name == "models"]))["models"]
+    r = by_name(run_checks(actx, only("models")))["models"]
     assert r.status == Status.WARN, r
     assert "llm stays off" in r.finding and "voice stays off" in r.finding
     assert "ggml-tiny.en.bin" in r.finding and "loomctl models fetch" in r.fix
     # nothing there yet: enabled components without their models fail
-    r = by_name(run_checks(ctx, [c for c in CHECKS if c.name == "models"]))["models"]
+    r = by_name(run_checks(ctx, only("models")))["models"]
     assert r.status == Status.FAIL and "missing" in r.finding and "loomctl models" in r.fix
     _model_tree(ctx.models_dir)
-    got = by_name(run_checks(ctx, [c for c in CHECKS if c.name in ("models", "memory")]))
+    got = by_name(run_checks(ctx, only("models", "memory")))
     assert got["models"].status == Status.OK, got["models"]
     assert "present" in got["models"].finding
     # "auto" now finds them: on, and their files count
-    r = by_name(run_checks(actx, [c for c in CHECKS if c.name == "models"]))["models"]
+    r = by_name(run_checks(actx, only("models")))["models"]
     assert r.status == Status.OK and "7 configured file(s) present" in r.finding, r
     mem = got["memory"]
     assert "llm" in mem.finding and "stt" in mem.finding and "wake" in mem.finding, mem
@@ -472,7 +503,7 @@ def test_models_present_then_corrupted(short_tmp: Path) -> None:
     with gguf.open("r+b") as f:
         f.write(b"JUNK")
     (ctx.models_dir / "whisper/ggml-tiny.en.bin").unlink()
-    r = by_name(run_checks(ctx, [c for c in CHECKS if c.name == "models"]))["models"]
+    r = by_name(run_checks(ctx, only("models")))["models"]
     assert r.status == Status.FAIL, r
     assert "SmolLM2" in r.finding and "ggml-tiny.en.bin" in r.finding, r
     assert "loomctl models fetch" in r.fix
@@ -601,7 +632,7 @@ def test_unreadable_config_and_models_as_another_user(short_tmp: Path) -> None:
         def one() -> Verdict:
             ctx = load_context(cfg, "ipc:///nonexistent")
             ctx.group = "users"
-            r = by_name(run_checks(ctx, [c for c in CHECKS if c.name == name]))[name]
+            r = by_name(run_checks(ctx, only(name)))[name]
             return Verdict(r.status, r.finding, r.fix)
 
         return one
@@ -643,7 +674,7 @@ def test_clock_from_the_real_kernel() -> None:
     assert clock_synced(0, 0x2001, 120_000)  # PLL | NANO, 120 ms: synchronised
     assert not clock_synced(5, 0x40, 16_000_000)  # TIME_ERROR, STA_UNSYNC
     assert not clock_synced(0, 0, 16_000_000)  # max error at NTP's "unsynchronised"
-    v = by_name(run_checks(_ctx(Path("/")), [c for c in CHECKS if c.name == "clock"]))["clock"]
+    v = by_name(run_checks(_ctx(Path("/")), only("clock")))["clock"]
     assert v.status in (Status.OK, Status.WARN, Status.SKIP), v
     assert (v.status == Status.OK) == clock_synced(state, status, maxerror) or "timedatectl" in (
         v.finding

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loomd.doctor import CHECKS, Status, check_llm_choice, load_context
+from loomd.doctor import Status, all_checks, load_context
+from loomd.router.doctor import check_llm_choice
 
 
 def _ctx(tmp_path: Path, ram_kb: int, model: str, enabled: str = "true") -> object:
@@ -48,4 +49,4 @@ def test_recommends_by_ram(
 def test_skips_when_the_llm_is_off(tmp_path: Path) -> None:
     v = check_llm_choice(_ctx(tmp_path, 4 << 20, SMOL, enabled="false"))  # type: ignore[arg-type]
     assert v.status == Status.SKIP
-    assert "llm model" in {c.name for c in CHECKS}
+    assert "llm model" in {c.name for c in all_checks()}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import eventually
 from tests.homeassistant.conftest import (
     HaApi,
     HaTestbed,
@@ -132,10 +133,4 @@ def test_the_board_on_mdns_on_loopback(tmp_path: Path) -> None:
 
 
 async def _until(cond: object, what: str, timeout: float = 15.0) -> None:
-    assert callable(cond)
-    try:
-        async with asyncio.timeout(timeout):
-            while not cond():  # noqa: ASYNC110 - a component's state, with a deadline
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await eventually(cond, timeout, what)

@@ -112,11 +112,8 @@ class LimitedLoomd(LoomdProcess):
 
 @pytest.fixture
 def limited_daemon(short_tmp: Path) -> Iterator[LimitedLoomd]:
-    d = LimitedLoomd(short_tmp)
-    try:
+    with LimitedLoomd(short_tmp) as d:
         yield d
-    finally:
-        d.close()
 
 
 def cpu_s(pid: int) -> float:

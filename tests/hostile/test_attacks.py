@@ -14,6 +14,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from bench.harness import raw_dealer
 from loomd.bus import cbor, wire
 from loomd.bus.envelope import Event
 from loomd.errors import NotRunning, ProtocolError, RemoteError
@@ -25,14 +26,6 @@ pytestmark = pytest.mark.hostile
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def raw_dealer(endpoint: str, **opts: Any) -> zmq.Socket[bytes]:
-    """A bare ZeroMQ client: what a hostile or buggy client library would use."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    for k, v in opts.items():
-        sock.setsockopt(getattr(zmq, k), v)
-    sock.connect(endpoint)
-    return sock
 
 
 async def recv_control(sock: zmq.Socket[bytes], timeout: float = 5.0) -> dict[str, Any]:

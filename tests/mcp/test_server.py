@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.conftest import LoomdProcess, free_port
+from tests.conftest import LoomdProcess, free_port, plugins_section
 
 pytest.importorskip("mcp")
 
@@ -43,12 +43,9 @@ def reset() -> str:
 
 
 def _daemon(root: Path, port: int) -> LoomdProcess:
-    plugins = root / "plugins"
-    plugins.mkdir()
-    (plugins / "lights.py").write_text(LIGHTS)
     toml = (
-        f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\n'
-        f'[mcp]\nexpose = ["lights.*"]\nhttp_enabled = true\nhttp_port = {port}\n'
+        plugins_section(root, lights=LIGHTS)
+        + f'[mcp]\nexpose = ["lights.*"]\nhttp_enabled = true\nhttp_port = {port}\n'
     )
     return LoomdProcess(root, toml)
 

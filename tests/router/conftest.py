@@ -13,6 +13,15 @@ from loomd.host import Host
 from loomd.settings import load_config
 from tests.testmodels import SMOLLM, TINY, require
 
+# The tool the router tests offer: a light switch (its JSON schema, and as a chat tool).
+SWITCH_SCHEMA = {
+    "type": "object",
+    "properties": {"on": {"type": "boolean"}},
+    "required": ["on"],
+    "additionalProperties": False,
+}
+SWITCH = {"name": "switch", "description": "Switch the light", "parameters": SWITCH_SCHEMA}
+
 
 @pytest.fixture
 def tiny() -> Path:

@@ -13,18 +13,7 @@ from loomd.host import Host
 from loomd.messages import CapsList, Topic
 from loomd.settings import load_config
 
-from .conftest import run
-
-SWITCH = {
-    "name": "switch",
-    "description": "Switch the light",
-    "parameters": {
-        "type": "object",
-        "properties": {"on": {"type": "boolean"}},
-        "required": ["on"],
-        "additionalProperties": False,
-    },
-}
+from .conftest import SWITCH, run
 
 
 async def _invoke(bus: Any, params: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

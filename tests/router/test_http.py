@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import free_port
 
-from .conftest import HostFactory, run
+from .conftest import SWITCH, HostFactory, run
 from .test_chat import llm_of
 
 openai = pytest.importorskip("openai")
@@ -103,19 +103,7 @@ def test_openai_client_json_schema(llm_host: HostFactory, smol: Path) -> None:
     run(body(), timeout=120)
 
 
-SWITCH_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "switch",
-        "description": "Switch the light",
-        "parameters": {
-            "type": "object",
-            "properties": {"on": {"type": "boolean"}},
-            "required": ["on"],
-            "additionalProperties": False,
-        },
-    },
-}
+SWITCH_TOOL = {"type": "function", "function": SWITCH}
 
 
 def test_openai_client_tools_streamed_and_not(llm_host: HostFactory, tiny: Path) -> None:

@@ -13,7 +13,7 @@ from loomd.messages import ChatDone, ChatMessage, ChatRequest, ToolCall, ToolSpe
 from loomd.router.cli import ask
 from loomd.router.tools import OutputReader, grammar_schema, parse_output, render
 
-from .conftest import HostFactory, run
+from .conftest import SWITCH_SCHEMA, HostFactory, run
 from .test_chat import Sink, llm_of
 
 LIGHTS = ToolSpec(
@@ -276,12 +276,7 @@ def test_smollm2_tool_result_fed_back_gives_an_answer(llm_host: HostFactory, smo
 SWITCH = ToolSpec(
     "switch",
     "Switch something",
-    {
-        "type": "object",
-        "properties": {"on": {"type": "boolean"}},
-        "required": ["on"],
-        "additionalProperties": False,
-    },
+    SWITCH_SCHEMA,
     "switch@1",
 )
 

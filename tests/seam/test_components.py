@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LoomdProcess, free_port, loomctl
+from tests.conftest import LoomdProcess, free_port, loomctl, loomctl_sub
 
 PLUGIN = Path(__file__).parent / "plugin"
 ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGIN), os.environ.get("PYTHONPATH", "")])}
@@ -31,11 +31,8 @@ def status(d: LoomdProcess) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture
 def probed(short_tmp: Path) -> Iterator[LoomdProcess]:
-    d = LoomdProcess(short_tmp, env=ENV)
-    try:
+    with LoomdProcess(short_tmp, env=ENV) as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_a_registered_component_is_served_everywhere(probed: LoomdProcess) -> None:
@@ -87,11 +84,7 @@ def test_an_unhealthy_component_stops_the_watchdog(probed: LoomdProcess) -> None
     probed.start(extra_env={"WATCHDOG_USEC": "200000"})  # a ping every 100 ms
     assert probed.notify is not None
     probed.notify.wait_for("WATCHDOG=1")
-    sub = subprocess.Popen(
-        [sys.executable, "-m", "loomd.ctl", "--socket", str(probed.socket), "sub", "loomd.error",
-         "--json", "--count", "1", "--wait", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV},
-    )  # fmt: skip
+    sub = loomctl_sub(probed, "loomd.error", 1)
     try:
         for _ in range(100):  # until the subscription is live
             subs = status(probed)["components"]["bus"]["status"]["subscriptions"]

@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from loomd.web.auth import origin_allowed
-from tests.conftest import LoomdProcess, free_port, loomctl
+from tests.conftest import LoomdProcess, free_port, loomctl, plugins_section
 from tests.web.conftest import get
 
 
@@ -49,15 +49,12 @@ class Ports:
 
 
 def _daemon(root: Path, ports: Ports, host: str) -> LoomdProcess:
-    plugins = root / "plugins"
-    plugins.mkdir()
-    (plugins / "lights.py").write_text(LIGHTS)
     toml = (
-        f'[metrics]\nbind = "{host}"\nport = {ports.metrics}\npage = "on"\n'
+        plugins_section(root, lights=LIGHTS)
+        + f'[metrics]\nbind = "{host}"\nport = {ports.metrics}\npage = "on"\n'
         f'origins = ["https://grafana.example"]\n'
         f'[llm]\nenabled = true\nhttp_bind = "{host}"\nhttp_port = {ports.openai}\n'
         f"[voice]\nenabled = false\n"
-        f'[agents]\ndirs = ["{plugins}"]\nentry_points = false\n'
         f'[mcp]\nexpose = ["lights.*"]\nhttp_enabled = true\nhttp_bind = "{host}"\n'
         f"http_port = {ports.mcp}\n"
     )

@@ -111,3 +111,21 @@ def add_cli(cmds: Any) -> None:
 async def _greet(bus: Any, args: Any) -> int:
     print((await op(bus, "probe.hello", args.who))["text"])
     return 0
+
+
+def _check_port(ctx: Any) -> Any:
+    from loomd.doctor.context import ok, warn
+
+    port = ctx.section("probe").port
+    if port < 1024:
+        return warn(f"probe port {port} is privileged", "set [probe] port >= 1024")
+    return ok(f"probe port {port}")
+
+
+def doctor_checks() -> Any:
+    from loomd.doctor.context import Check
+
+    return (Check("probe port", _check_port),)
+
+
+DOCTOR = doctor_checks()

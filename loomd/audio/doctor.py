@@ -1,4 +1,5 @@
-"""Audio: the sound cards and PyAudio devices the voice component would open."""
+"""The voice component's doctor check: the sound cards and PyAudio devices it would open
+(contributed through `loomd.components.BUILTIN_DOCTOR`)."""
 
 from __future__ import annotations
 
@@ -10,41 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loomd.doctor.context import NOT_IN_GROUP, Context, Verdict, ok, skip, warn
-
-# -- audio -------------------------------------------------------------------------------
+from loomd.doctor.context import Check, Context, Verdict, component_on, ok, skip, warn
 
 RATE = 16000
-
-
-def component_on(ctx: Context, name: str) -> tuple[bool, str]:
-    """Whether the daemon runs component `name` with these settings (the daemon's own rule
-    for `enabled = "auto"`: its packages import and its `check()` finds nothing), and if
-    not, why: ("", when on)."""
-    section = ctx.section(name)
-    if section is None:
-        return False, f"no component {name}"
-    enabled = getattr(section, "enabled", True)
-    if enabled is False:
-        return False, f"[{name}] enabled = false"
-    if enabled is True:
-        return True, ""
-    from loomd.components import auto_off_reason
-
-    cls = component_class(name)
-    if cls is None:
-        return False, f"the {name} component does not import"
-    try:  # the daemon's own rule, so doctor and `loomctl status` never disagree
-        why = auto_off_reason(cls, section, ctx.paths)
-    except PermissionError as exc:  # the models dir is loomd's (0750): the daemon may see more
-        return False, f"cannot tell: may not look at {exc.filename} ({NOT_IN_GROUP})"
-    return not why, why
-
-
-def component_class(name: str) -> Any:
-    from loomd.components import registry
-
-    return registry().classes().get(name)
 
 
 def sound_cards(root: Path) -> list[str]:
@@ -142,3 +111,6 @@ def check_audio(ctx: Context) -> Verdict:
 
 def _matching(names: list[str], want: str) -> bool:
     return any(want.lower() in n.lower() for n in names) if want else bool(names)
+
+
+CHECKS = (Check("audio", check_audio, 10.0),)

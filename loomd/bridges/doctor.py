@@ -1,4 +1,5 @@
-"""MQTT: the configured broker answers a CONNECT (TLS and credentials included)."""
+"""The MQTT bridge's doctor check: the configured broker answers a CONNECT (TLS and
+credentials included)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from loomd.doctor.context import Context, Verdict, fail, ok, skip
-
-# -- MQTT --------------------------------------------------------------------------------
+from loomd.doctor.context import Check, Context, Verdict, fail, ok, skip
 
 CONNACK_TEXT = {
     1: "unacceptable protocol version",
@@ -146,3 +145,6 @@ def check_mqtt(ctx: Context) -> Verdict:
             f"check [mqtt] username/password_file in {cfg} against the broker",
         )
     return ok(f"{where} accepted a connection" + (f" as {s.username}" if s.username else ""))
+
+
+CHECKS = (Check("mqtt", check_mqtt),)
