@@ -197,10 +197,6 @@ def main() -> None:
     print(json.dumps(result))
 
 
-if __name__ == "__main__":
-    main()
-
-
 SENTENCES = (
     "The weather tomorrow will be mild with a light breeze.",
     "Expect sunshine in the morning and a few clouds after lunch.",
@@ -261,3 +257,7 @@ def timeline_bench(models: Path, quick: bool) -> dict[str, Any]:
         "bargein_erle_db": erle[False],
         "bargein_erle_fifo_db": erle[True],
     }
+
+
+if __name__ == "__main__":
+    main()

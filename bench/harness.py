@@ -405,6 +405,25 @@ def raw_dealer(endpoint: str, **opts: Any) -> zmq.Socket[bytes]:
     return sock
 
 
+async def control_replies(
+    s: zmq.Socket[bytes], n: int, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Up to `n` control replies on a `raw_dealer` within `timeout` (deliveries skipped)."""
+    from loomd.bus import cbor, wire
+
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        try:
+            f = s.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            await asyncio.sleep(0.002)
+            continue
+        if f[0] == wire.CONTROL:
+            out.append(wire.unpack_control(f, cbor.CONTROL_OUT))
+    return out
+
+
 @contextlib.asynccontextmanager
 async def background(*work: Coroutine[Any, Any, Any]) -> AsyncIterator[list[asyncio.Task[Any]]]:
     """Run `work` as tasks while the block runs; cancelled (and awaited) when it ends."""

@@ -34,15 +34,14 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import uvloop
-import zmq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.harness import raw_dealer  # noqa: E402
+from bench.harness import control_replies, raw_dealer  # noqa: E402
 from bench.hostile_acl import acl_daemon, acl_denied  # noqa: E402
 from bench.hostile_cost import matching_cost, state_daemon, state_total  # noqa: E402
-from loomd.bus import cbor, wire  # noqa: E402
+from loomd.bus import wire  # noqa: E402
 from loomd.bus.envelope import Event  # noqa: E402
 from loomd.sdk import connect  # noqa: E402
 from tests.conftest import LoomdProcess  # noqa: E402
@@ -111,20 +110,6 @@ class Watch:
 # -- attacks (in this process) -----------------------------------------------------------------
 
 
-async def replies(s: zmq.Socket[bytes], n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        try:
-            f = s.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            await asyncio.sleep(0.002)
-            continue
-        if f[0] == wire.CONTROL:
-            out.append(wire.unpack_control(f, cbor.CONTROL_OUT))
-    return out
-
-
 def _bignum(n: int) -> bytes:
     return b"\xc2\x5a" + struct.pack(">I", n) + b"\x01" * n
 
@@ -143,7 +128,7 @@ async def decoder_bombs(d: LoomdProcess, q: bool) -> str:
         for b in BOMBS:
             s.send(bytes((wire.CONTROL,)) + b)
             s.send(wire.pack_event(b"bomb.h", b, b"\x00"))
-    got = await replies(s, 2 * len(BOMBS) * (3 if q else 10))
+    got = await control_replies(s, 2 * len(BOMBS) * (3 if q else 10))
     s.close()
     return f"{sum(not r['ok'] for r in got)} refused"
 
@@ -153,7 +138,7 @@ async def oversized_control(d: LoomdProcess, q: bool) -> str:
     big = bytes((wire.CONTROL,)) + b"\xbb" + (3 << 20).to_bytes(8, "big") + b"\0" * (3 << 20)
     for _ in range(5 if q else 20):
         s.send(big)  # before any hello, 3 MiB
-    got = await replies(s, 5 if q else 20)
+    got = await control_replies(s, 5 if q else 20)
     s.close()
     return f"{sum('too large' in r.get('error', '') for r in got)} refused by size"
 
@@ -161,7 +146,7 @@ async def oversized_control(d: LoomdProcess, q: bool) -> str:
 async def pattern_complexity(d: LoomdProcess, q: bool) -> str:
     s = raw_dealer(d.endpoint)
     s.send(wire.pack_control({"op": "sub", "rid": 1, "sid": 1, "pattern": ".".join(["#"] * 16)}))
-    (r,) = await replies(s, 1)
+    (r,) = await control_replies(s, 1)
     async with connect(d.endpoint) as bus:
         await bus.subscribe("#.#.#.#.z", "realtime").ready()
         topic = ".".join(["a"] * 31)
@@ -177,7 +162,7 @@ async def bad_ids(d: LoomdProcess, q: bool) -> str:
     n = 200 if q else 1000
     for i in range(n):
         s.send(wire.pack_control({"op": "sub", "rid": i, "sid": (1 << 40) + i, "pattern": "#"}))
-    got = await replies(s, n)
+    got = await control_replies(s, n)
     s.close()
     return f"{sum(not r['ok'] for r in got)}/{n} refused"
 
@@ -205,7 +190,7 @@ async def subscription_flood(d: LoomdProcess, q: bool) -> str:
         for i in range(start, start + 100):
             s.send(wire.pack_control({"op": "sub", "rid": i, "sid": i + 1, "pattern": "#"}))
         # replies that find its pipe full of deliveries are dropped: do not wait for them
-        await replies(s, 100, timeout=0.5)
+        await control_replies(s, 100, timeout=0.5)
     async with connect(d.endpoint) as bus:
         for _ in range(200):
             await bus.publish("fan.out", b"x", qos="realtime")
@@ -273,7 +258,7 @@ async def id_squat(d: LoomdProcess, q: bool) -> str:
     socks = [raw_dealer(d.endpoint, IDENTITY=f"victim-{i}".encode()) for i in range(50)]
     for s in socks:
         s.send(wire.pack_control({"op": "hello", "rid": 1, "name": "squatter"}))
-    got = [await replies(s, 1) for s in socks]
+    got = [await control_replies(s, 1) for s in socks]
     for s in socks:
         s.close()
     return f"{sum(not r[0]['ok'] for r in got if r)}/50 chosen ids refused"

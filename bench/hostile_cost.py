@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 
 import zmq
 
-from loomd.bus import cbor, wire
+from bench.harness import control_replies
+from loomd.bus import wire
 from loomd.errors import RemoteError
 from loomd.sdk import connect
 
@@ -48,19 +48,8 @@ async def _subscribe_raw(endpoint: str, patterns: list[str]) -> tuple[zmq.Socket
     s.send(wire.pack_control({"op": "hello", "rid": 0, "name": "matcher"}))
     for i, p in enumerate(patterns):
         s.send(wire.pack_control({"op": "sub", "rid": i + 1, "sid": i + 1, "pattern": p}))
-    ok = got = 0
-    deadline = time.monotonic() + 20
-    while got < len(patterns) + 1 and time.monotonic() < deadline:
-        try:
-            f = s.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            await asyncio.sleep(0.002)
-            continue
-        if f[0] == wire.CONTROL:
-            r = wire.unpack_control(f, cbor.CONTROL_OUT)
-            got += 1
-            ok += bool(r.get("ok")) and r.get("rid") != 0
-    return s, ok
+    got = await control_replies(s, len(patterns) + 1, timeout=20)
+    return s, sum(bool(r.get("ok")) and r.get("rid") != 0 for r in got)
 
 
 async def matching_cost(d: Any, q: bool) -> str:

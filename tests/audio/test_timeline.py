@@ -10,19 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.bargein import SENTENCES  # the reply the bench speaks too
 from loomd.audio.aec import Timeline
 from loomd.audio.frames import FRAME_SAMPLES, RATE
 from loomd.audio.io import read_wav
 from tests.audio.conftest import say_wav
 from tests.audio.room import SampleRoom, wake_over_reply
-
-SENTENCES = (
-    "The weather tomorrow will be mild with a light breeze.",
-    "Expect sunshine in the morning and a few clouds after lunch.",
-    "Temperatures will reach twenty two degrees by the afternoon.",
-    "In the evening the wind picks up a little from the west.",
-    "It should stay dry until the weekend.",
-)
 
 
 def ramp(n: int, start: int = 1) -> bytes:

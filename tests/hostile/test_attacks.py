@@ -14,8 +14,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from bench.harness import raw_dealer
-from loomd.bus import cbor, wire
+from bench.harness import control_replies, raw_dealer
+from loomd.bus import wire
 from loomd.bus.envelope import Event
 from loomd.errors import NotRunning, ProtocolError, RemoteError
 from loomd.sdk import connect
@@ -29,17 +29,10 @@ pytestmark = pytest.mark.hostile
 
 
 async def recv_control(sock: zmq.Socket[bytes], timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            frame = sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no reply from loomd") from None
-            await asyncio.sleep(0.005)
-            continue
-        if frame[0] == wire.CONTROL:
-            return wire.unpack_control(frame, cbor.CONTROL_OUT)
+    got = await control_replies(sock, 1, timeout)
+    if not got:
+        raise TimeoutError("no reply from loomd")
+    return got[0]
 
 
 async def call(sock: zmq.Socket[bytes], msg: dict[str, Any]) -> dict[str, Any]:
