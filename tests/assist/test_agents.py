@@ -14,7 +14,7 @@ import pytest
 from tests.assist.conftest import EXAMPLE, home_config
 from tests.assist.test_daemon import assist
 from tests.bridges.conftest import Mosquitto
-from tests.conftest import LoomdProcess, loomctl, loomctl_sub
+from tests.conftest import LoomdProcess, loomctl, loomctl_sub, wait_until
 
 LIGHTS = Path(__file__).resolve().parents[2] / "examples" / "agents" / "lights.py"
 
@@ -36,14 +36,11 @@ def lights_daemon(short_tmp: Path, broker: Mosquitto) -> Iterator[LoomdProcess]:
 
 
 def wait_for_device(d: LoomdProcess, device: str) -> dict:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def found() -> list[dict]:
         r = loomctl(d, "home", "--json")
-        found = [x for x in json.loads(r.stdout or "{}").get("devices", []) if x["id"] == device]
-        if found:
-            return found[0]
-        time.sleep(0.2)
-    raise AssertionError(f"{device} never joined the home")
+        return [x for x in json.loads(r.stdout or "{}").get("devices", []) if x["id"] == device]
+
+    return wait_until(found, 20, f"{device} to join the home")[0]
 
 
 def test_capability_sentences_and_agent_devices(lights_daemon: LoomdProcess) -> None:

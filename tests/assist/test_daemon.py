@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.bridges.conftest import Mosquitto
-from tests.conftest import LoomdProcess, loomctl
+from tests.conftest import LoomdProcess, loomctl, wait_until
 
 
 def assist(d: LoomdProcess, text: str, *extra: str) -> dict:
@@ -157,10 +157,8 @@ def test_without_the_mqtt_bridge_an_mqtt_device_fails_at_once_and_says_why(
     d = LoomdProcess(short_tmp)
     d.start(timeout=60)
     try:
-        deadline = time.monotonic() + 20
-        while "home.turn_on" not in loomctl(d, "caps").stdout:
-            assert time.monotonic() < deadline, "the home never offered its capabilities"
-            time.sleep(0.2)
+        wait_until(lambda: "home.turn_on" in loomctl(d, "caps").stdout, 20,
+                   "the home to offer its capabilities")  # fmt: skip
         r = loomctl(d, "call", "home.turn_on", '{"device": "kitchen_ceiling"}')
         assert r.returncode == 1, r.stdout
         assert "capability_error" in r.stderr and "enable [mqtt]" in r.stderr, r.stderr

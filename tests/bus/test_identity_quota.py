@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,16 @@ asyncio.run(main())
 """
 
 
+def _nobody_runs(d: LoomdProcess, script: Path, code: str) -> dict[str, Any]:
+    """`code` run as `nobody` against `d`: the JSON it prints last."""
+    os.chmod(d.root / "run", 0o755)
+    script.write_text(code)
+    r = _as_nobody(sys.executable, str(script), d.endpoint)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
 def test_many_clients_of_one_identity_share_its_quotas(short_tmp: Path) -> None:
     os.chmod(short_tmp, 0o755)
     d = LoomdProcess(
@@ -61,12 +72,7 @@ def test_many_clients_of_one_identity_share_its_quotas(short_tmp: Path) -> None:
     )
     d.start()
     try:
-        os.chmod(short_tmp / "run", 0o755)
-        script = short_tmp / "hoarder.py"
-        script.write_text(HOARDER)
-        r = _as_nobody(sys.executable, str(script), d.endpoint)
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout.strip().splitlines()[-1])
+        out = _nobody_runs(d, short_tmp / "hoarder.py", HOARDER)
         assert out["sessions"] == 3 and out["refused_session"] == 1, out
         assert out["subs"] == 100 and out["refused_subs"] == 3 * 60 - 100, out
     finally:
@@ -109,12 +115,7 @@ def test_state_total_is_counted_per_identity(short_tmp: Path) -> None:
     )
     d.start()
     try:
-        os.chmod(short_tmp / "run", 0o755)
-        script = short_tmp / "filler.py"
-        script.write_text(FILLER)
-        r = _as_nobody(sys.executable, str(script), d.endpoint)
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout.strip().splitlines()[-1])
+        out = _nobody_runs(d, short_tmp / "filler.py", FILLER)
         # 2 MiB holds seven 256 KiB values with their keys, not eight
         assert out["stored"] == 7 and out["refused"] == 12 - 7, out
         assert "state.identity_max_mb" in out["why"] and "65534" in out["why"], out
