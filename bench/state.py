@@ -10,6 +10,7 @@ number in flight, on asyncio and on uvloop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import tempfile
 import time
@@ -25,6 +26,14 @@ from loomd.state import State
 VALUE = {"temp": 21.5, "unit": "C", "raw": b"\x00" * 32}
 HEADER = b"\xa4av\x01dtypeksensor.tempbidP" + b"\x01" * 16 + b"bts\x1b" + b"\x00" * 8
 BODY = b"\xa2dtemp\xfb@5\x80\x00\x00\x00\x00\x00dunitaC"
+# The journal runs: (appends, commit window ms, appends in flight).
+JOURNAL_RUNS = (
+    (200_000, 2.0, 4096),
+    (200_000, 0.0, 4096),
+    (50_000, 2.0, 64),
+    (50_000, 0.0, 64),
+    (100_000, 2.0, 256),
+)
 
 
 async def one_txn_per_put(path: Path, n: int) -> dict[str, float]:
@@ -113,20 +122,12 @@ def main() -> None:
 
     for loop in ("asyncio", "uvloop"):
         run("kv: one txn per put (awaited)", loop, lambda: one_txn_per_put(fresh(), 2000))
-        run("kv: group commit, 2 ms, 1024 in flight", loop,
-            lambda: group_commit(fresh(), 50_000, 2.0, 1024))  # fmt: skip
-        run("kv: group commit, 0 ms, 1024 in flight", loop,
-            lambda: group_commit(fresh(), 50_000, 0.0, 1024))  # fmt: skip
-        run("journal: 2 ms window, 4096 in flight", loop,
-            lambda: journal(fresh(), 200_000, 2.0, 4096))  # fmt: skip
-        run("journal: 0 ms window, 4096 in flight", loop,
-            lambda: journal(fresh(), 200_000, 0.0, 4096))  # fmt: skip
-        run("journal: 2 ms window, 64 in flight", loop,
-            lambda: journal(fresh(), 50_000, 2.0, 64))  # fmt: skip
-        run("journal: 0 ms window, 64 in flight", loop,
-            lambda: journal(fresh(), 50_000, 0.0, 64))  # fmt: skip
-        run("journal: 2 ms window, 256 in flight", loop,
-            lambda: journal(fresh(), 100_000, 2.0, 256))  # fmt: skip
+        for window, flight in ((2.0, 1024), (0.0, 1024)):
+            name = f"kv: group commit, {window:g} ms, {flight} in flight"
+            run(name, loop, functools.partial(group_commit, fresh(), 50_000, window, flight))
+        for puts, window, flight in JOURNAL_RUNS:
+            name = f"journal: {window:g} ms window, {flight} in flight"
+            run(name, loop, functools.partial(journal, fresh(), puts, window, flight))
 
 
 if __name__ == "__main__":
