@@ -86,12 +86,12 @@ def stream(seconds: float, seed: int, piper: Any) -> bytes:
     return np.clip(out, -32768, 32767).astype(np.int16).tobytes()
 
 
-def scores(models: Any, pcm: bytes) -> list[float]:
+def scores(models: Any, pcm: bytes, model: str = MODEL) -> list[float]:
     """openWakeWord's score for each 80 ms of `pcm` (raw: the library alone)."""
     from openwakeword.model import Model  # type: ignore[import-untyped]
 
     folder = models / "openwakeword"
-    m = Model(wakeword_models=[str(models / MODEL)], inference_framework="onnx",
+    m = Model(wakeword_models=[str(models / model)], inference_framework="onnx",
               melspec_model_path=str(folder / "melspectrogram.onnx"),
               embedding_model_path=str(folder / "embedding_model.onnx"))  # fmt: skip
     x = np.frombuffer(pcm, np.int16)

@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.falsewake import scores
 from bench.harness import daemon_config, spawn_daemon
 from loomd.audio.frames import FRAME_BYTES
 
@@ -47,18 +48,6 @@ def trim(pcm: bytes) -> bytes:
     x = np.abs(np.frombuffer(pcm, np.int16).astype(np.int32))
     loud = np.flatnonzero(x > 500)
     return pcm[int(loud[0]) * 2 : int(loud[-1]) * 2 + 2] if len(loud) else pcm
-
-
-def raw_scores(models: Path, mic: bytes) -> list[float]:
-    """openWakeWord alone (the stop model) on the microphone's audio: a score per 80 ms."""
-    from openwakeword.model import Model  # type: ignore[import-untyped]
-
-    ow = models / "openwakeword"
-    m = Model(wakeword_models=[str(models / STOP_MODEL)], inference_framework="onnx",
-              melspec_model_path=str(ow / "melspectrogram.onnx"),
-              embedding_model_path=str(ow / "embedding_model.onnx"))  # fmt: skip
-    audio = np.frombuffer(mic, np.int16)
-    return [max(m.predict(audio[i : i + 1280]).values()) for i in range(0, len(audio) - 1279, 1280)]
 
 
 def stop_bench(models: Path, quick: bool) -> dict[str, Any]:
@@ -92,8 +81,8 @@ def stop_bench(models: Path, quick: bool) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     # The raw baseline on the same microphone audio.
     mic = b"".join(f for _, f in got["tap"])
-    scores = raw_scores(models, mic)
-    hits = [(k + 1) * 0.08 for k, sc in enumerate(scores) if sc >= 0.5]
+    raw = scores(models, mic, STOP_MODEL)
+    hits = [(k + 1) * 0.08 for k, sc in enumerate(raw) if sc >= 0.5]
     words = [(a * 0.02, b * 0.02) for a, b in got["words"]]  # stream seconds
     caught, late = 0, []
     for a, b in words:
