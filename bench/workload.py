@@ -6,6 +6,7 @@ import math
 import struct
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -87,6 +88,29 @@ class Schedule:
     @property
     def finished(self) -> bool:
         return self.sent >= self.total
+
+
+def publish_for(
+    spec: PubSpec, send: Callable[[bytes], object], prefix: bytes = b"", batch: int = 1024
+) -> int:
+    """The sync publishers' loop: `spec.rate` stamped events a second on a `Schedule`, or
+    (no rate) one message as fast as `send` takes it, for `spec.duration_s`; the count sent."""
+    if spec.rate:
+        sched = Schedule(spec.rate, spec.duration_s)
+        while not sched.finished:
+            for _ in range(sched.due()):
+                send(prefix + payload(spec.size - len(prefix), sched.sent, True))
+                sched.sent += 1
+            time.sleep(sched.wait_s())
+        return sched.sent
+    msg = prefix + payload(spec.size - len(prefix))
+    sent = 0
+    end = time.perf_counter() + spec.duration_s
+    while time.perf_counter() < end:
+        for _ in range(batch):
+            send(msg)
+        sent += batch
+    return sent
 
 
 class Tally:

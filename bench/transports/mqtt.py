@@ -9,7 +9,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.harness import BenchError, send_result, wait_go
-from bench.workload import STAMP, PubSpec, Schedule, Stopper, SubSpec, Tally, payload
+from bench.workload import STAMP, PubSpec, Stopper, SubSpec, Tally, publish_for
 
 
 def _mqtt_client(name: str, port: int, window: int = 20) -> Any:
@@ -49,31 +49,19 @@ def mqtt_pub(conn: Connection, spec: PubSpec) -> None:
     wait_go(conn)
     cpu0 = time.process_time()
     publish, topic, window = client.publish, spec.topic, spec.window
+    sent = 0
 
     def send(data: bytes) -> None:
+        nonlocal sent
         while qos and sent - acked >= window:
             client.loop(0.1)  # read PUBACKs: the QoS 1 window is full
         publish(topic, data, qos=qos)
+        sent += 1
         if client.want_write():  # socket buffer full: wait like a blocking socket would
             client.loop(0.1)
 
     t0 = time.perf_counter()
-    sent = 0
-    if spec.rate:
-        sched = Schedule(spec.rate, spec.duration_s)
-        while not sched.finished:
-            for _ in range(sched.due()):
-                send(payload(spec.size, sched.sent, True))
-                sched.sent += 1
-                sent += 1
-            time.sleep(sched.wait_s())
-    else:
-        msg = payload(spec.size)
-        end = t0 + spec.duration_s
-        while time.perf_counter() < end:
-            for _ in range(256):
-                send(msg)
-                sent += 1
+    publish_for(spec, send, batch=256)
     deadline = time.monotonic() + 30
     while (client.want_write() or (qos and acked < sent)) and time.monotonic() < deadline:
         client.loop(0.1)

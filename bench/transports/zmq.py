@@ -8,7 +8,7 @@ from multiprocessing.connection import Connection
 import zmq
 
 from bench.harness import send_result, wait_go
-from bench.workload import HWM, STAMP, PubSpec, Schedule, Stopper, SubSpec, Tally, payload
+from bench.workload import HWM, STAMP, PubSpec, Stopper, SubSpec, Tally, publish_for
 
 
 def raw_proxy(conn: Connection, endpoints: tuple[str, str]) -> None:
@@ -32,25 +32,8 @@ def raw_pub(conn: Connection, spec: PubSpec) -> None:
     conn.send(("ready", {}))
     wait_go(conn)
     cpu0 = time.process_time()
-    prefix = spec.topic.encode()
-    send = sock.send
     t0 = time.perf_counter()
-    sent = 0
-    if spec.rate:
-        sched = Schedule(spec.rate, spec.duration_s)
-        while not sched.finished:
-            for _ in range(sched.due()):
-                send(prefix + payload(spec.size - len(prefix), sched.sent, True))
-                sched.sent += 1
-            time.sleep(sched.wait_s())
-        sent = sched.sent
-    else:
-        msg = prefix + payload(spec.size - len(prefix))
-        end = t0 + spec.duration_s
-        while time.perf_counter() < end:
-            for _ in range(1024):
-                send(msg)
-            sent += 1024
+    sent = publish_for(spec, sock.send, spec.topic.encode())
     elapsed = time.perf_counter() - t0
     send_result(conn, cpu0, sent=sent, elapsed_s=elapsed, expect=sent)
     sock.close(linger=0)
