@@ -8,13 +8,27 @@ import asyncio
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loomd.audio.io import split_frames
+from loomd.bus.api import Bus
 from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic
+
+
+async def feed_mic(bus: Bus, pcm: bytes, silence_s: float = 0.0) -> float:
+    """Publish `pcm` (then `silence_s` of silence) on `audio.in.local` at a microphone's pace;
+    return when the audio ended."""
+    frames = split_frames(pcm + b"\0" * int(silence_s * 32000))
+    began = time.monotonic()
+    for i, frame in enumerate(frames):
+        await asyncio.sleep(max(0.0, began + i * 0.02 - time.monotonic()))
+        await bus.publish("audio.in.local", frame, qos="realtime")
+    return time.monotonic()
 
 
 def say_wav(text: str, out: Path, *, pad: tuple[float, float] = (0.5, 0.5)) -> Path:

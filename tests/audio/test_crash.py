@@ -18,8 +18,7 @@ import pytest
 from loomd.audio.io import read_wav
 from loomd.messages import ErrorEvent, Topic, Transcript, VoiceStateEvent
 from loomd.sdk import Client
-from tests.audio.conftest import Responder, voice_toml
-from tests.audio.test_mute import feed
+from tests.audio.conftest import Responder, feed_mic, voice_toml
 from tests.conftest import LoomdProcess
 
 pytestmark = pytest.mark.models
@@ -67,7 +66,7 @@ def test_wake_worker_killed_mid_turn(
                     await sub.ready()
                 # The mic goes on while the turn runs (until the crash is seen: a starved
                 # pipeline drops stale frames, and the wake word only runs on frames).
-                feeder = asyncio.create_task(feed(bus, clip + tail * 5))
+                feeder = asyncio.create_task(feed_mic(bus, clip + tail * 5))
                 step.append("thinking")
                 await state(states, "thinking")  # the turn runs; the wake word listens on
                 os.kill(out["pid"], signal.SIGSEGV)
@@ -83,7 +82,7 @@ def test_wake_worker_killed_mid_turn(
                     while (await voice_status(bus))["wake_restarts"] < 1:  # noqa: ASYNC110
                         await asyncio.sleep(0.2)
                 # The fresh worker hears the next command.
-                await feed(bus, clip + tail)
+                await feed_mic(bus, clip + tail)
                 step.append("second transcript")
                 out["second"] = Transcript.from_event(await transcripts.get(timeout=30))
                 out["last"] = await bus.call("voice.last", args=[2])

@@ -11,22 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loomd.audio.io import read_wav, split_frames
+from loomd.audio.io import read_wav
 from loomd.messages import Topic, VoiceStateEvent
 from loomd.sdk import Client
-from tests.audio.conftest import say_wav, voice_toml
+from tests.audio.conftest import feed_mic, say_wav, voice_toml
 from tests.conftest import LoomdProcess
 
 pytestmark = pytest.mark.models
-
-
-async def paced(bus: Any, pcm: bytes) -> float:
-    """Publish `pcm` on audio.in.local at real-time pace; return when it ended."""
-    began = time.monotonic()
-    for i, frame in enumerate(split_frames(pcm)):
-        await asyncio.sleep(max(0.0, began + i * 0.02 - time.monotonic()))
-        await bus.publish("audio.in.local", frame, qos="realtime")
-    return time.monotonic()
 
 
 def test_flood_while_stt_runs_keeps_the_wake_word_fresh(
@@ -51,7 +42,7 @@ def test_flood_while_stt_runs_keeps_the_wake_word_fresh(
                     return time.monotonic()
 
                 waiter = asyncio.create_task(next_state("thinking"))
-                await paced(bus, read_wav(command_clip))
+                await feed_mic(bus, read_wav(command_clip))
                 await waiter  # the utterance is cut: STT is running now
                 # 20 s of audio at once, in 1 s events (a satellite catching up after a
                 # network stall): far more than the pipeline should work through.
@@ -59,7 +50,7 @@ def test_flood_while_stt_runs_keeps_the_wake_word_fresh(
                     await bus.publish("audio.in.local", noise[i : i + 32000], qos="realtime")
                 published = (len(read_wav(command_clip)) + len(noise) + len(wake)) // 640
                 waiter = asyncio.create_task(next_state("listening"))
-                said = await paced(bus, wake)
+                said = await feed_mic(bus, wake)
                 heard = await waiter
                 status = (await bus.status())["status"]["components"]["voice"]["status"]
                 status["published"] = published

@@ -7,29 +7,20 @@ the bus source fed from a WAV at real-time pace."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loomd.audio.io import read_wav, split_frames
+from loomd.audio.io import read_wav
 from loomd.messages import Topic, VoiceMute, VoiceStateEvent, WakeAction, WakeClaim
 from loomd.sdk import Client
-from tests.audio.conftest import voice_toml
+from tests.audio.conftest import feed_mic, voice_toml
 from tests.audio.test_pipeline import loomctl
 from tests.conftest import LoomdProcess, free_port
 from tests.web.conftest import get_json
 
 pytestmark = pytest.mark.models
-
-
-async def feed(bus: Any, pcm: bytes) -> None:
-    """Publish `pcm` on `audio.in.local` at a microphone's pace."""
-    began = time.monotonic()
-    for i, frame in enumerate(split_frames(pcm)):
-        await asyncio.sleep(max(0.0, began + i * 0.02 - time.monotonic()))
-        await bus.publish("audio.in.local", frame, qos="realtime")
 
 
 async def muted_event(states: Any, want: bool) -> VoiceStateEvent:
@@ -72,7 +63,7 @@ def test_mute_silences_the_microphone_and_unmute_resumes(
                 await VoiceMute(True).publish(bus)
                 out["muted_event"] = await muted_event(states, True)
                 before = await voice()
-                await feed(bus, clip + tail)
+                await feed_mic(bus, clip + tail)
                 with pytest.raises(TimeoutError):
                     await wakes.get(timeout=1.0)  # the clip has been fed whole by now
                 with pytest.raises(TimeoutError):
@@ -86,7 +77,7 @@ def test_mute_silences_the_microphone_and_unmute_resumes(
                 # claimant takes the turn, so the microphone streams on `audio.frames`.
                 out["off"] = await bus.call("voice.mute", args=["off"], timeout=10)
                 out["unmuted_event"] = await muted_event(states, False)
-                feeder = asyncio.create_task(feed(bus, clip + tail * 3))
+                feeder = asyncio.create_task(feed_mic(bus, clip + tail * 3))
                 ask = await wakes.get(timeout=15)
                 await WakeClaim(WakeAction.STREAM, "test").respond(bus, ask)
                 first = await streamed.get(timeout=5)

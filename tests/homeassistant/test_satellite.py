@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from loomd.audio.io import read_wav, split_frames
+from loomd.audio.io import read_wav
 from loomd.audio.wer import wer
 from loomd.bus.local import LocalBus
 from loomd.host import Host
-from tests.audio.conftest import join_wavs, say_wav
+from tests.audio.conftest import feed_mic, join_wavs, say_wav
 from tests.audio.test_pipeline import transcribe
 from tests.homeassistant.conftest import (
     HaApi,
@@ -56,18 +56,6 @@ class Rig:
 
     async def mic(self, pcm: bytes, silence_s: float = 0.0) -> float:
         return await feed_mic(self.bus, pcm, silence_s)
-
-
-async def feed_mic(bus: LocalBus, pcm: bytes, silence_s: float = 0.0) -> float:
-    """Feed the board's microphone at real-time pace; returns when the audio ended."""
-    frames = split_frames(pcm + b"\0" * int(silence_s * 32000))
-    began = time.monotonic()
-    for i, frame in enumerate(frames):
-        delay = began + i * 0.02 - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await bus.publish("audio.in.local", frame, qos="realtime")
-    return time.monotonic()
 
 
 async def _speaker(bus: LocalBus, heard: bytearray) -> None:
