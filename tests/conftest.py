@@ -11,9 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import pytest
 
@@ -44,6 +44,24 @@ async def eventually(pred: Any, timeout: float = 10.0, what: str = "condition") 
         _late(deadline, timeout, what)
         await asyncio.sleep(0.01)
     return value
+
+
+class _FromEvent(Protocol):
+    @classmethod
+    def from_event(cls, ev: Any) -> Self: ...
+
+
+M = TypeVar("M", bound=_FromEvent)
+
+
+async def first_event(sub: Any, cls: type[M], pred: Callable[[M], bool], timeout: float) -> M:
+    """The first event on the subscription `sub` that, read as the message class `cls`,
+    passes `pred` (events before it are skipped); `TimeoutError` after `timeout` s."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = cls.from_event(await sub.get())
+            if pred(msg):
+                return msg
 
 
 def _late(deadline: float, timeout: float, what: str) -> None:

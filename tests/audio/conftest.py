@@ -17,7 +17,8 @@ import pytest
 
 from loomd.audio.io import split_frames
 from loomd.bus.api import Bus
-from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic
+from loomd.messages import ChatChunk, ChatDone, ChatRequest, EventType, Topic, VoiceStateEvent
+from tests.conftest import first_event
 
 
 async def feed_mic(bus: Bus, pcm: bytes, silence_s: float = 0.0) -> float:
@@ -29,6 +30,11 @@ async def feed_mic(bus: Bus, pcm: bytes, silence_s: float = 0.0) -> float:
         await asyncio.sleep(max(0.0, began + i * 0.02 - time.monotonic()))
         await bus.publish("audio.in.local", frame, qos="realtime")
     return time.monotonic()
+
+
+async def voice_state(states: Any, want: str, timeout: float) -> VoiceStateEvent:
+    """The next `voice.state` event on `states` whose state is `want`, within `timeout` s."""
+    return await first_event(states, VoiceStateEvent, lambda ev: ev.state == want, timeout)
 
 
 def say_wav(text: str, out: Path, *, pad: tuple[float, float] = (0.5, 0.5)) -> Path:

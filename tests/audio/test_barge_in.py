@@ -13,7 +13,7 @@ import pytest
 from loomd.audio.io import read_wav, split_frames
 from loomd.messages import SayRequest, Topic, VoiceStateEvent
 from loomd.sdk import Client
-from tests.audio.conftest import say_wav, voice_toml
+from tests.audio.conftest import say_wav, voice_state, voice_toml
 from tests.conftest import LoomdProcess
 
 pytestmark = pytest.mark.models
@@ -36,12 +36,7 @@ def test_wake_word_during_playback_stops_it(
                 await stops.ready()
                 long = " ".join(["This is a long announcement that keeps on going."] * 6)
                 await bus.publish(Topic.VOICE_SAY, SayRequest(long).to_payload())
-                async with asyncio.timeout(60):
-                    while (
-                        VoiceStateEvent.from_payload((await states.get()).payload).state
-                        != "speaking"
-                    ):
-                        pass
+                await voice_state(states, "speaking", 60)
                 began = time.monotonic()
                 wake_end = 0.0
                 stop_at: list[float] = []

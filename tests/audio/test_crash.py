@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 from loomd.audio.io import read_wav
-from loomd.messages import ErrorEvent, Topic, Transcript, VoiceStateEvent
+from loomd.messages import ErrorEvent, Topic, Transcript
 from loomd.sdk import Client
-from tests.audio.conftest import Responder, feed_mic, voice_toml
-from tests.conftest import LoomdProcess
+from tests.audio.conftest import Responder, feed_mic, voice_state, voice_toml
+from tests.conftest import LoomdProcess, first_event
 
 pytestmark = pytest.mark.models
 
@@ -29,18 +29,8 @@ async def voice_status(bus: Any) -> dict[str, Any]:
     return st["status"]  # type: ignore[no-any-return]
 
 
-async def state(states: Any, want: str) -> None:
-    async with asyncio.timeout(60):
-        while VoiceStateEvent.from_event(await states.get()).state != want:
-            pass
-
-
 async def error(errors: Any, code: str) -> ErrorEvent:
-    async with asyncio.timeout(30):
-        while True:
-            ev = ErrorEvent.from_event(await errors.get())
-            if ev.code == code:
-                return ev
+    return await first_event(errors, ErrorEvent, lambda ev: ev.code == code, 30)
 
 
 def test_wake_worker_killed_mid_turn(
@@ -68,7 +58,7 @@ def test_wake_worker_killed_mid_turn(
                 # pipeline drops stale frames, and the wake word only runs on frames).
                 feeder = asyncio.create_task(feed_mic(bus, clip + tail * 5))
                 step.append("thinking")
-                await state(states, "thinking")  # the turn runs; the wake word listens on
+                await voice_state(states, "thinking", 60)  # the turn runs; the wake word listens on
                 os.kill(out["pid"], signal.SIGSEGV)
                 step.append("error event")
                 out["error"] = await error(errors, "wake_failed")
@@ -76,7 +66,7 @@ def test_wake_worker_killed_mid_turn(
                 out["first"] = Transcript.from_event(await transcripts.get(timeout=30))
                 feeder.cancel()
                 step.append("idle")
-                await state(states, "idle")
+                await voice_state(states, "idle", 60)
                 step.append("restart")
                 async with asyncio.timeout(60):  # a fresh worker (a few seconds on a busy box)
                     while (await voice_status(bus))["wake_restarts"] < 1:  # noqa: ASYNC110

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from loomd.messages import Topic, VoiceStateEvent
+from loomd.messages import Topic
 from loomd.sdk import Client
-from tests.audio.conftest import voice_toml
+from tests.audio.conftest import voice_state, voice_toml
 from tests.audio.test_pipeline import loomctl
 from tests.conftest import LoomdProcess
 
@@ -39,12 +39,7 @@ def test_stt_worker_killed_mid_utterance(
                 run = asyncio.create_task(
                     bus.call("voice.test", args=[str(command_clip)], timeout=120)
                 )
-                async with asyncio.timeout(60):
-                    while (
-                        VoiceStateEvent.from_payload((await states.get()).payload).state
-                        != "thinking"
-                    ):
-                        pass
+                await voice_state(states, "thinking", 60)
                 os.kill(pid, signal.SIGKILL)  # whisper is transcribing now
                 first = await run
             second = await bus.call("voice.test", args=[str(command_clip)], timeout=120)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from loomd.audio.io import read_wav, split_frames
-from loomd.messages import Topic, Transcript, VoiceStateEvent
+from loomd.messages import Topic, Transcript
 from loomd.sdk import Client
-from tests.audio.conftest import say_wav, voice_toml
+from tests.audio.conftest import say_wav, voice_state, voice_toml
 from tests.conftest import LoomdProcess
 
 pytestmark = pytest.mark.models
@@ -49,19 +49,11 @@ def test_a_question_opens_listening_without_the_wake_word(
                 await states.ready()
                 await transcripts.ready()
                 await bus.call("voice.say", args=["Which room do you mean?"], timeout=60)
-                async with asyncio.timeout(10):
-                    while (
-                        VoiceStateEvent.from_payload((await states.get()).payload).state
-                        != "listening"
-                    ):
-                        pass
+                await voice_state(states, "listening", 10)
                 speech.extend(split_frames(answer))
                 tr = Transcript.from_payload((await transcripts.get(timeout=30)).payload)
-                async with asyncio.timeout(30):  # the turn ends (no router here) and is recorded
-                    while (
-                        VoiceStateEvent.from_payload((await states.get()).payload).state != "idle"
-                    ):
-                        pass
+                # the turn ends (no router here) and is recorded
+                await voice_state(states, "idle", 30)
             stop.set()
             await runner
             last = await bus.call("voice.last", args=[1])

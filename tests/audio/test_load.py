@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from loomd.audio.io import read_wav
-from loomd.messages import Topic, VoiceStateEvent
+from loomd.messages import Topic
 from loomd.sdk import Client
-from tests.audio.conftest import feed_mic, say_wav, voice_toml
+from tests.audio.conftest import feed_mic, say_wav, voice_state, voice_toml
 from tests.conftest import LoomdProcess
 
 pytestmark = pytest.mark.models
@@ -34,11 +34,7 @@ def test_flood_while_stt_runs_keeps_the_wake_word_fresh(
                 await states.ready()
 
                 async def next_state(want: str) -> float:
-                    async with asyncio.timeout(30):
-                        while (
-                            VoiceStateEvent.from_payload((await states.get()).payload).state != want
-                        ):
-                            pass
+                    await voice_state(states, want, 30)
                     return time.monotonic()
 
                 waiter = asyncio.create_task(next_state("thinking"))

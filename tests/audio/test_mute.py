@@ -17,18 +17,14 @@ from loomd.messages import Topic, VoiceMute, VoiceStateEvent, WakeAction, WakeCl
 from loomd.sdk import Client
 from tests.audio.conftest import feed_mic, voice_toml
 from tests.audio.test_pipeline import loomctl
-from tests.conftest import LoomdProcess, free_port
+from tests.conftest import LoomdProcess, first_event, free_port
 from tests.web.conftest import get_json
 
 pytestmark = pytest.mark.models
 
 
 async def muted_event(states: Any, want: bool) -> VoiceStateEvent:
-    async with asyncio.timeout(10):
-        while True:
-            ev = VoiceStateEvent.from_event(await states.get())
-            if ev.muted is want:
-                return ev
+    return await first_event(states, VoiceStateEvent, lambda ev: ev.muted is want, 10)
 
 
 def test_mute_silences_the_microphone_and_unmute_resumes(

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from loomd.audio.io import read_wav
-from loomd.messages import Topic, VoiceStateEvent
+from loomd.messages import Topic
 from loomd.sdk import Client
-from tests.audio.conftest import say_wav, voice_toml
+from tests.audio.conftest import say_wav, voice_state, voice_toml
 from tests.audio.room import FakeRoom
 from tests.conftest import LoomdProcess
 
@@ -26,10 +26,6 @@ async def voice_status(bus: Any) -> dict[str, int]:
     return st
 
 
-async def next_state(states: Any) -> str:
-    return VoiceStateEvent.from_payload((await states.get()).payload).state
-
-
 async def barge_in(room: FakeRoom, states: Any, person: bytes, tries: int = 3) -> None:
     """The person says the wake word over the board's voice, and says it again (as people
     do) while the board talks on: the wake score over the echo's residue depends on where
@@ -37,9 +33,7 @@ async def barge_in(room: FakeRoom, states: Any, person: bytes, tries: int = 3) -
     for _ in range(tries):
         room.speak(person)
         try:
-            async with asyncio.timeout(len(person) / 32000 + 1.5):
-                while await next_state(states) != "listening":
-                    pass
+            await voice_state(states, "listening", len(person) / 32000 + 1.5)
             return
         except TimeoutError:
             continue
@@ -63,9 +57,7 @@ def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[st
                 await asyncio.sleep(1.0)  # the room's noise floor before the board speaks
                 said = asyncio.create_task(bus.call("voice.say", args=[text], timeout=120))
                 if person is not None:
-                    async with asyncio.timeout(30):  # two seconds into the playback
-                        while await next_state(states) != "speaking":
-                            pass
+                    await voice_state(states, "speaking", 30)  # two seconds into the playback
                     await asyncio.sleep(2.0)
                     await barge_in(room, states, person)
                 result = await said

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from loomd.audio.io import read_wav
-from loomd.messages import Topic, VoiceStop
+from loomd.messages import Topic, VoiceStateEvent, VoiceStop
 from loomd.sdk import Client
-from tests.audio.conftest import say_wav, voice_toml
+from tests.audio.conftest import say_wav, voice_state, voice_toml
 from tests.audio.room import FakeRoom
-from tests.audio.test_room import next_state, voice_status
-from tests.conftest import LoomdProcess
+from tests.audio.test_room import voice_status
+from tests.conftest import LoomdProcess, first_event
 
 pytestmark = pytest.mark.models
 
@@ -51,9 +51,7 @@ def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[st
                 await stop_sub.ready()
                 await state_sub.ready()
                 said = asyncio.create_task(bus.call("voice.say", args=[text], timeout=120))
-                async with asyncio.timeout(30):
-                    while await next_state(state_sub) != "speaking":
-                        pass
+                await voice_state(state_sub, "speaking", 30)
                 if person is not None:
                     await asyncio.sleep(2.0)  # two seconds into the playback
                     for _ in range(3):
@@ -65,10 +63,11 @@ def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[st
                         except TimeoutError:
                             continue
                 result = await said
-                async with asyncio.timeout(10):  # speaking ends: idle, not listening
-                    while (st := await next_state(state_sub)) == "speaking":
-                        pass
-                    states.append(st)
+                # speaking ends: idle, not listening
+                spoke = await first_event(
+                    state_sub, VoiceStateEvent, lambda ev: ev.state != "speaking", 10
+                )
+                states.append(spoke.state)
                 # The echo tail and the stop model's last chunks.
                 try:
                     stops.append(VoiceStop.from_event(await stop_sub.get(timeout=1.5)))
