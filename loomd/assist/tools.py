@@ -125,6 +125,15 @@ def _question(assist: AssistComponent, description: str, args: dict[str, Any]) -
     return f"{description.split(' ')[0]} the {device.name}?"
 
 
+def _unanswered(
+    ask: AssistRequest, actions: list[ActionRecord], route: str, error: str
+) -> AssistTurn:
+    """The turn when the model gave no answer (it failed, or could not be reached)."""
+    no_intent = IntentInfo("", {}, IntentVia.NONE.value)
+    apology = "Sorry, I can't answer that right now"
+    return AssistTurn(ask.text, no_intent, tuple(actions), apology, route, error=error)
+
+
 async def llm_turn(
     assist: AssistComponent, ask: AssistRequest, conv: Conversation, mark: Any
 ) -> AssistTurn:
@@ -157,14 +166,7 @@ async def llm_turn(
                 if isinstance(piece, ChatDone):
                     done = piece
         except (TimeoutError, LoomdError) as exc:
-            return AssistTurn(
-                ask.text,
-                IntentInfo("", {}, IntentVia.NONE.value),
-                tuple(actions),
-                "Sorry, I can't answer that right now",
-                route,
-                error=str(exc),
-            )
+            return _unanswered(ask, actions, route, str(exc))
         if first_answer:
             first_answer = False
             mark("llm_first")
@@ -172,14 +174,7 @@ async def llm_turn(
             break
         route = done.route or route
         if done.error:
-            return AssistTurn(
-                ask.text,
-                IntentInfo("", {}, IntentVia.NONE.value),
-                tuple(actions),
-                "Sorry, I can't answer that right now",
-                route,
-                error=done.error,
-            )
+            return _unanswered(ask, actions, route, done.error)
         if not done.tool_calls:
             reply = done.text.strip()
             break
