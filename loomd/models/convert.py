@@ -162,31 +162,26 @@ def _tensors(r: _Reader, n_enc: int, n_dec: int) -> Iterator[_Tensor]:
         yield r.whole(f"{dst}.weight", f"{src}/gamma")
         yield r.whole(f"{dst}.bias", f"{src}/beta")
 
-    def fused_self_attention(dst: str, src: str) -> Iterator[_Tensor]:
-        # CT2 fuses query, key and value; Whisper's key projection has no bias.
-        w, b = f"{src}/weight", f"{src}/bias"
-        if any(r.values(r.part("", b, 1, 3))):
+    def fused(dst: str, src: str, names: tuple[str, ...]) -> Iterator[_Tensor]:
+        # CT2 fuses the projections `names` (query, key, value; or key, value) into one
+        # linear; Whisper's key projection has no bias, so the key's slice of it must be zero.
+        w, b, n = f"{src}/weight", f"{src}/bias", len(names)
+        if any(r.values(r.part("", b, names.index("key"), n))):
             raise ConvertError(f"{b}: the key bias is not zero; not a Whisper model")
-        yield r.part(f"{dst}.query.weight", w, 0, 3)
-        yield r.part(f"{dst}.query.bias", b, 0, 3)
-        yield r.part(f"{dst}.key.weight", w, 1, 3)
-        yield r.part(f"{dst}.value.weight", w, 2, 3)
-        yield r.part(f"{dst}.value.bias", b, 2, 3)
+        for i, name in enumerate(names):
+            yield r.part(f"{dst}.{name}.weight", w, i, n)
+            if name != "key":
+                yield r.part(f"{dst}.{name}.bias", b, i, n)
 
     def block(dst: str, src: str, cross: bool) -> Iterator[_Tensor]:
         yield from norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        yield from fused_self_attention(f"{dst}.attn", f"{src}/self_attention/linear_0")
+        yield from fused(f"{dst}.attn", f"{src}/self_attention/linear_0", ("query", "key", "value"))
         yield from linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
         if cross:
             att = f"{src}/attention"
             yield from norm(f"{dst}.cross_attn_ln", f"{att}/layer_norm")
             yield from linear(f"{dst}.cross_attn.query", f"{att}/linear_0")
-            kv_w, kv_b = f"{att}/linear_1/weight", f"{att}/linear_1/bias"
-            if any(r.values(r.part("", kv_b, 0, 2))):
-                raise ConvertError(f"{kv_b}: the key bias is not zero; not a Whisper model")
-            yield r.part(f"{dst}.cross_attn.key.weight", kv_w, 0, 2)
-            yield r.part(f"{dst}.cross_attn.value.weight", kv_w, 1, 2)
-            yield r.part(f"{dst}.cross_attn.value.bias", kv_b, 1, 2)
+            yield from fused(f"{dst}.cross_attn", f"{att}/linear_1", ("key", "value"))
             yield from linear(f"{dst}.cross_attn.out", f"{att}/linear_2")
         yield from norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
         yield from linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
