@@ -200,36 +200,29 @@ class StatusPage:
         view = (await self._op("status"))["status"]["components"][name]
         return state, str(view.get("reason") or "")
 
-    async def _voice(self, req: Request) -> dict[str, Any]:
-        state, reason = await self._component("voice")
-        out: dict[str, Any] = {
-            "state": state,
-            "reason": reason,
-            "stages": [list(s) for s in STAGES],
-            "turns": [],
-        }
+    async def _recent(self, component: str, op: str, n: int, key: str) -> dict[str, Any]:
+        """A component's (state, reason) and, while it runs, the last `n` records its `op`
+        returns under `key`, newest first."""
+        state, reason = await self._component(component)
+        out: dict[str, Any] = {"state": state, "reason": reason, key: []}
         if state == "running":
+            records = (await self._op(op, n))[key]
+            out[key] = [summarise(r) for r in reversed(records)]
+        return out
+
+    async def _voice(self, req: Request) -> dict[str, Any]:
+        out = await self._recent("voice", "voice.last", VOICE_TURNS, "turns")
+        out["stages"] = [list(s) for s in STAGES]
+        if out["state"] == "running":
             view = (await self._op("status"))["status"]["components"]["voice"]
             out["muted"] = bool((view.get("status") or {}).get("muted"))
-            turns = (await self._op("voice.last", VOICE_TURNS))["turns"]
-            out["turns"] = [summarise(t) for t in reversed(turns)]  # newest first
         return out
 
     async def _assist(self, req: Request) -> dict[str, Any]:
-        state, reason = await self._component("assist")
-        out: dict[str, Any] = {"state": state, "reason": reason, "turns": []}
-        if state == "running":
-            turns = (await self._op("assist.last", ASSIST_TURNS))["turns"]
-            out["turns"] = [summarise(t) for t in reversed(turns)]  # newest first
-        return out
+        return await self._recent("assist", "assist.last", ASSIST_TURNS, "turns")
 
     async def _routes(self, req: Request) -> dict[str, Any]:
-        state, reason = await self._component("llm")
-        out: dict[str, Any] = {"state": state, "reason": reason, "decisions": []}
-        if state == "running":
-            decisions = (await self._op("llm.recent", ROUTES))["decisions"]
-            out["decisions"] = [summarise(d) for d in reversed(decisions)]
-        return out
+        return await self._recent("llm", "llm.recent", ROUTES, "decisions")
 
     def _events(self, req: Request, head: bool) -> Response | Streamer:
         query = urllib.parse.parse_qs(req.query)
