@@ -154,7 +154,7 @@ function renderVoice(v) {
   const root = $("voice");
   root.replaceChildren();
   if (v.state !== "running") {
-    $("voice-note").textContent = "voice is " + v.state + (v.reason ? " (" + v.reason + ")" : "");
+    $("voice-note").textContent = notRunning("voice", v);
     return;
   }
   $("voice-note").textContent = (v.muted ? "microphone muted; " : "") +
@@ -173,42 +173,45 @@ function renderVoice(v) {
   }
 }
 
-// -- assist -----------------------------------------------------------------------------------
-function renderAssist(a) {
-  const body = $("assist").tBodies[0];
+// "the assist is disabled (...)": why a component's view is empty.
+function notRunning(what, view) {
+  return what + " is " + view.state + (view.reason ? " (" + view.reason + ")" : "");
+}
+
+// A component's table: a row per record, or a note saying why there is none.
+function renderTable(id, view, what, records, none, row) {
+  const body = $(id).tBodies[0];
   body.replaceChildren();
-  if (a.state !== "running") {
-    $("assist-note").textContent = "the assist is " + a.state + (a.reason ? " (" + a.reason + ")" : "");
+  if (view.state !== "running") {
+    $(id + "-note").textContent = notRunning(what, view);
     return;
   }
-  $("assist-note").textContent = a.turns.length ? "" : "no turns yet";
-  for (const t of a.turns) {
+  $(id + "-note").textContent = records.length ? "" : none;
+  for (const r of records) body.append(row(r));
+}
+
+// -- assist -----------------------------------------------------------------------------------
+function renderAssist(a) {
+  renderTable("assist", a, "the assist", a.turns, "no turns yet", (t) => {
     const intent = t.intent && t.intent.name ? t.intent.name + " (" + t.intent.via + ")" : "-";
     const acts = (t.actions || []).map((x) => x.capability + " " + x.code).join(", ") || "-";
     const tr = el("tr");
     tr.append(el("td", "", fmtTime(t.at)), el("td", "detail", t.transcript), el("td", "", intent),
       el("td", "detail", acts), el("td", "detail", t.reply || t.error || "-"),
       el("td", "", t.timings && t.timings.total !== undefined ? t.timings.total : "-"));
-    body.append(tr);
-  }
+    return tr;
+  });
 }
 
 // -- routes -----------------------------------------------------------------------------------
 function renderRoutes(r) {
-  const body = $("routes").tBodies[0];
-  body.replaceChildren();
-  if (r.state !== "running") {
-    $("routes-note").textContent = "the router (llm) is " + r.state + (r.reason ? " (" + r.reason + ")" : "");
-    return;
-  }
-  $("routes-note").textContent = r.decisions.length ? "" : "no decisions yet";
-  for (const d of r.decisions) {
+  renderTable("routes", r, "the router (llm)", r.decisions, "no decisions yet", (d) => {
     const tr = el("tr");
     tr.append(el("td", "", fmtTime(d.at)), el("td", "", d.route), el("td", "", d.rule),
       el("td", "detail", d.reason), el("td", "", d.est_latency_ms),
       el("td", "", d.confidence), el("td", "", d.agent || "-"));
-    body.append(tr);
-  }
+    return tr;
+  });
 }
 
 // -- polling ----------------------------------------------------------------------------------
