@@ -54,8 +54,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        _ensure_runtime_dir(self.settings.runtime_dir)
-        refuse_if_running(self.settings.bus_socket)  # before opening state: never touch a live one
+        paths = self.settings.resolved
+        _ensure_runtime_dir(paths.runtime_dir)
+        refuse_if_running(paths.bus_socket)  # before opening state: never touch a live one
         async with Host(self.settings) as host, asyncio.TaskGroup() as tg:
             self.host = host
             background = [tg.create_task(self._status_loop(), name="loomd.status")]
@@ -169,9 +170,10 @@ def check(settings: Settings, path: Path | None) -> int:
     Exit 1 when an enabled component reports a problem (a missing optional package is
     not one: the daemon runs on without that component and says how to get it)."""
     print(f"config OK: {path or 'embedded defaults'}")
-    print(f"  bus socket: {settings.bus_socket}")
-    print(f"  state dir:  {settings.state_dir}")
-    print(f"  models dir: {settings.resolved.models_dir}")
+    paths = settings.resolved
+    print(f"  bus socket: {paths.bus_socket}")
+    print(f"  state dir:  {paths.state_dir}")
+    print(f"  models dir: {paths.models_dir}")
     print("components:")
     reg = registry()
     problems = 0

@@ -113,7 +113,7 @@ class Host:
         self.reloads = 0
         self.lag = LoopLag()
         self.max_lag_ms = settings.daemon.max_loop_lag_s * 1000
-        self.services = Services(settings.bus_socket, control=self.control)
+        self.services = Services(settings.resolved.bus_socket, control=self.control)
         self.services.collect = self.collect
         self.slots: dict[str, Slot] = {}
         self._lag_task: asyncio.Task[None] | None = None
@@ -138,15 +138,16 @@ class Host:
 
     def _context(self, name: str) -> Context[Any]:
         s = self.settings
+        paths = s.resolved
         return Context(
             name,
             s.section(name),
             services=self.services,
-            state_dir=s.state_dir,
-            runtime_dir=s.runtime_dir,
-            cache_dir=s.cache_dir,
+            state_dir=paths.state_dir,
+            runtime_dir=paths.runtime_dir,
+            cache_dir=paths.cache_dir,
             device_id=device_id(s),
-            models_dir=s.resolved.models_dir,
+            models_dir=paths.models_dir,
             config_path=s.source,
         )
 

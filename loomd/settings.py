@@ -132,22 +132,6 @@ class Settings:
         """Where things are, by the one set of rules (`resolve_paths`)."""
         return resolve_paths(self)
 
-    @property
-    def runtime_dir(self) -> Path:
-        return self.resolved.runtime_dir
-
-    @property
-    def state_dir(self) -> Path:
-        return self.resolved.state_dir
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.resolved.cache_dir
-
-    @property
-    def bus_socket(self) -> Path:
-        return self.resolved.bus_socket
-
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: section.to_dict() for name, section in self._sections.items()}
 

@@ -308,7 +308,7 @@ def test_configured_paths_win(tmp_path: Path) -> None:
 
 def test_explicit_bus_socket() -> None:
     settings = Settings(bus=BusSettings(socket="/srv/loomd.sock"))
-    assert settings.bus_socket == Path("/srv/loomd.sock")
+    assert settings.resolved.bus_socket == Path("/srv/loomd.sock")
     assert resolve_paths(settings, env={}, euid=0).bus_socket == Path("/srv/loomd.sock")
     assert resolve_paths(Settings(), env={}, euid=0).bus_socket == Path("/run/loomd/bus.sock")
 
