@@ -37,7 +37,7 @@ from loomd.bridges.mqtt_transport import (
     MqttTransport,
     TransportParams,
 )
-from loomd.bridges.outbox import NAMESPACE, Entry, Outbox
+from loomd.bridges.outbox import NAMESPACE, Outbox
 from loomd.bridges.settings import MqttSettings
 from loomd.bridges.topics import CodecError, Translator, decode_payload, encode_payload
 from loomd.bus.api import BusSubscription
@@ -125,14 +125,6 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
     @property
     def connected(self) -> bool:
         return self.transport.connected
-
-    @property
-    def connected_at(self) -> float:
-        return self.transport.connected_at
-
-    @property
-    def inflight(self) -> dict[int, Entry]:
-        return self.pump.inflight
 
     @property
     def ha_entities(self) -> dict[str, Any]:
@@ -468,16 +460,17 @@ class MqttComponent(BusRequests, Component[MqttSettings]):
             outbox_oldest_s=round(self.outbox.oldest_age_s(), 3),
             outbox_overflow=self.outbox.overflow,
             outbox_expired=self.outbox.expired,
-            inflight=len(self.inflight),
-            connected_at=self.connected_at,
+            inflight=len(self.pump.inflight),
+            connected_at=self.transport.connected_at,
             outbox_emptied_at=self.outbox.emptied_at,
             errors=dict(self.errors),
             maps=[m.view() for m in self.maps],
         )
 
     def metrics(self) -> Iterable[Family]:
+        inflight = len(self.pump.inflight)
         return families(
-            self.connected, self.connects, self.outbox, len(self.inflight), self.maps, self.errors
+            self.connected, self.connects, self.outbox, inflight, self.maps, self.errors
         )
 
     def commands(self) -> Mapping[str, Command]:
