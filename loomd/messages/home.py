@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 from loomd.messages.base import _Payload
 
@@ -25,14 +25,19 @@ class Domain(StrEnum):
 
 
 @dataclass(frozen=True)
-class HomeArea(_Payload):
+class _Area(_Payload):
     id: str
     name: str
     aliases: tuple[str, ...] = ()
 
     @classmethod
-    def _build(cls, payload: dict[str, Any]) -> HomeArea:
+    def _build(cls, payload: dict[str, Any]) -> Self:
         return cls(**{**payload, "aliases": tuple(payload.get("aliases") or ())})
+
+
+@dataclass(frozen=True)
+class HomeArea(_Area):
+    """An area of the home, as the config and `home.d` declare it."""
 
 
 @dataclass(frozen=True)
@@ -99,14 +104,8 @@ class HaState(_Payload):
 
 # -- Home Assistant's registry, as its WebSocket API gives it --------------------------------------
 @dataclass(frozen=True)
-class HaArea(_Payload):
-    id: str
-    name: str
-    aliases: tuple[str, ...] = ()
-
-    @classmethod
-    def _build(cls, payload: dict[str, Any]) -> HaArea:
-        return cls(**{**payload, "aliases": tuple(payload.get("aliases") or ())})
+class HaArea(_Area):
+    """An area of Home Assistant's registry."""
 
 
 @dataclass(frozen=True)
