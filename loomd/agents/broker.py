@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cbor2
 
@@ -35,6 +35,7 @@ __all__ = [
     "Provider",
     "ProviderUnavailable",
     "Result",
+    "unless_gone",
 ]
 
 log = logging.getLogger("loomd.agents.broker")
@@ -64,6 +65,25 @@ class Provider:
 
     async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
         raise NotImplementedError
+
+
+T = TypeVar("T")
+
+
+async def unless_gone(call: asyncio.Future[T], dead: asyncio.Future[None], what: str) -> T:
+    """`call`'s result, unless its provider dies first (`dead` completes): then the call is
+    cancelled and awaited, and `ProviderUnavailable` says `what` went away during it.
+    Cancelling the caller cancels the call."""
+    try:
+        await asyncio.wait((call, dead), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        call.cancel()
+        raise
+    if not call.done():
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        raise ProviderUnavailable(f"{what} went away during the call")
+    return call.result()
 
 
 class LocalProvider(Provider):

@@ -21,6 +21,7 @@ from loomd.agents.broker import (
     Provider,
     ProviderUnavailable,
     Report,
+    unless_gone,
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
@@ -89,20 +90,11 @@ class RemoteProvider(Provider):
             )
         )
         try:
-            await asyncio.wait((req, self.dead), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            req.cancel()
-            raise
-        finally:
-            self.inflight -= 1
-        if not req.done():
-            req.cancel()
-            await asyncio.gather(req, return_exceptions=True)
-            raise ProviderUnavailable(f"provider {self.id} went away during the call")
-        try:
-            ev = req.result()
+            ev = await unless_gone(req, self.dead, f"provider {self.id}")
         except RequestTimeout:
             raise TimeoutError from None
+        finally:
+            self.inflight -= 1
         r = CapResult.from_payload(ev.payload)
         if r.code == CapCode.OK:
             return r.value

@@ -31,6 +31,7 @@ from loomd.agents.broker import (
     InvalidParams,
     Provider,
     ProviderUnavailable,
+    unless_gone,
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.config import Section, option
@@ -93,16 +94,7 @@ class McpProvider(Provider):
         limit = min(left, self.call_timeout_s)
         call = asyncio.ensure_future(session.call_tool(tool, params, read_timeout_seconds=limit))
         try:
-            await asyncio.wait((call, dead), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            call.cancel()
-            raise
-        if not call.done():
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
-            raise ProviderUnavailable(f"MCP server {self.id} went away during the call")
-        try:
-            result = call.result()
+            result = await unless_gone(call, dead, f"MCP server {self.id}")
         except MCPError as exc:
             code = exc.error.code
             if code == -32001:  # request timeout
