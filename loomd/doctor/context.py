@@ -7,7 +7,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,7 @@ class Result:
     fix: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {
-            "check": self.check,
-            "status": str(self.status),
-            "finding": self.finding,
-            "fix": self.fix,
-        }
+        return {**asdict(self), "status": str(self.status)}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -85,12 +85,7 @@ class TokenInfo:
     last_used: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "scopes": list(self.scopes),
-            "created": self.created,
-            "last_used": self.last_used,
-        }
+        return {**asdict(self), "scopes": list(self.scopes)}
 
 
 def parse_scopes(value: Any) -> tuple[str, ...]:
