@@ -88,6 +88,15 @@ def set_light(ha: HaTestbed, on: bool) -> None:
     asyncio.run(post())
 
 
+def switch_by_assist(d: LoomdProcess, ha: HaTestbed, word: str) -> None:
+    """A typed "turn on|off the kitchen lights" acts through HA: HA's light is then `word`,
+    and the board's device shows it."""
+    turn = assist(d, f"turn {word} the kitchen lights")
+    assert [a["code"] for a in turn["actions"]] == ["ok"], turn
+    assert light_state(ha) == word
+    until(f"HA's {word!r} back on the board", lambda: home(d)[DEVICE]["state"] == word)
+
+
 @pytest.fixture(scope="session")
 def piper_command(tmp_path_factory: pytest.TempPathFactory, models: Path) -> Path:
     """ "Hey jarvis, ... turn on the kitchen lights" spoken by Piper (joe), 16 kHz WAV."""
@@ -130,10 +139,7 @@ def test_a_spoken_command_in_local_mode_switches_has_light(
         assert light_state(ha) == "on"  # HA's own view
         until("HA's 'on' back on the board", lambda: home(d)[DEVICE]["state"] == "on")
 
-        typed = assist(d, "turn off the kitchen lights")
-        assert [a["code"] for a in typed["actions"]] == ["ok"], typed
-        assert light_state(ha) == "off"
-        until("HA's 'off' back on the board", lambda: home(d)[DEVICE]["state"] == "off")
+        switch_by_assist(d, ha, "off")
     finally:
         d.close()
 
@@ -178,8 +184,7 @@ def test_ha_killed_is_a_clear_failure_and_the_board_reconnects(
     try:
         d.start(timeout=60)
         ready(d)
-        assert [a["code"] for a in assist(d, "turn on the kitchen lights")["actions"]] == ["ok"]
-        assert light_state(ha) == "on"
+        switch_by_assist(d, ha, "on")
         until("HA's registry on disk", lambda: saved(run / "config"), timeout=30)
 
         os.killpg(int((run / "hass.pid").read_text()), signal.SIGKILL)
@@ -201,10 +206,7 @@ def test_ha_killed_is_a_clear_failure_and_the_board_reconnects(
                            capture_output=True, text=True, timeout=300)  # fmt: skip
         assert p.returncode == 0, p.stderr[-3000:]
         until("the board reconnected", lambda: ha_status(d)["ha_api"] == "connected")
-        turn = assist(d, "turn off the kitchen lights")
-        assert [a["code"] for a in turn["actions"]] == ["ok"], turn
-        assert light_state(ha) == "off"
-        until("HA's state on the board again", lambda: home(d)[DEVICE]["state"] == "off")
+        switch_by_assist(d, ha, "off")
     finally:
         d.close()
 
