@@ -36,6 +36,20 @@ def _oww(models: Path, name: str) -> bytes:
     return (models / "openwakeword" / f"{name}.onnx").read_bytes()
 
 
+def _fetched(cat: Path, mdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`loomctl models fetch ARGS` into `mdir`, which must succeed."""
+    r = loomctl_models("fetch", *args, catalogue=cat, models_dir=mdir)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _alexa_installed(mdir: Path, models: Path) -> bytes:
+    """alexa's bytes, which must be what `mdir` holds now."""
+    alexa = _oww(models, "alexa_v0.1")
+    assert (mdir / "openwakeword/alexa_v0.1.onnx").read_bytes() == alexa
+    return alexa
+
+
 def _catalogue(tmp: Path, server: ModelServer, models: Path, **serve: object) -> Path:
     """Two models: `feat` from a wheel (two members), `alexa` as a plain file."""
     mel, emb, alexa = (_oww(models, n) for n in ("melspectrogram", "embedding_model", "alexa_v0.1"))
@@ -71,8 +85,7 @@ def test_fetch_installs_verified_files_and_a_second_fetch_downloads_nothing(
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
     mdir = tmp_path / "m"
-    r = loomctl_models("fetch", catalogue=cat, models_dir=mdir)
-    assert r.returncode == 0, r.stderr
+    r = _fetched(cat, mdir)
     assert "feat: installed" in r.stdout and "alexa: installed" in r.stdout
     assert "systemctl reload loomd" in r.stdout
     for name in ("melspectrogram", "embedding_model", "alexa_v0.1"):
@@ -93,8 +106,7 @@ def test_fetch_installs_verified_files_and_a_second_fetch_downloads_nothing(
     assert {m["id"]: m["verified"] for m in listed["models"]} == {"feat": "ok", "alexa": "ok"}
 
     before = len(server.log)
-    again = loomctl_models("fetch", catalogue=cat, models_dir=mdir)
-    assert again.returncode == 0, again.stderr
+    again = _fetched(cat, mdir)
     assert "feat: already installed and verified" in again.stdout
     assert len(server.log) == before  # nothing downloaded
 
@@ -106,18 +118,12 @@ def test_kept_archives_stay_and_serve_the_next_fetch(
     models directory takes it from there; a wrong file there is replaced, not used."""
     cat = _catalogue(tmp_path, server, models)
     keep = tmp_path / "wheels"
-    r = loomctl_models(
-        "fetch", "--keep-archives", str(keep), catalogue=cat, models_dir=tmp_path / "a"
-    )
-    assert r.returncode == 0, r.stderr
+    r = _fetched(cat, tmp_path / "a", "--keep-archives", str(keep))
     wheel = keep / Path(WHEEL_PATH).name
     assert wheel.is_file() and sorted(p.name for p in keep.iterdir()) == [wheel.name]
     assert len(server.requests(WHEEL_PATH)) == 1
 
-    r = loomctl_models(
-        "fetch", "--keep-archives", str(keep), catalogue=cat, models_dir=tmp_path / "b"
-    )
-    assert r.returncode == 0, r.stderr
+    r = _fetched(cat, tmp_path / "b", "--keep-archives", str(keep))
     assert "feat: installed" in r.stdout
     assert len(server.requests(WHEEL_PATH)) == 1  # taken from the kept wheel
     assert (tmp_path / "b/openwakeword/melspectrogram.onnx").read_bytes() == _oww(
@@ -125,10 +131,7 @@ def test_kept_archives_stay_and_serve_the_next_fetch(
     )
 
     wheel.write_bytes(b"not the wheel")
-    r = loomctl_models(
-        "fetch", "--keep-archives", str(keep), catalogue=cat, models_dir=tmp_path / "c"
-    )
-    assert r.returncode == 0, r.stderr
+    r = _fetched(cat, tmp_path / "c", "--keep-archives", str(keep))
     assert "not the archive the catalogue names" in r.stderr
     assert len(server.requests(WHEEL_PATH)) == 2
     assert sha256(wheel.read_bytes()) == sha256(server.files[WHEEL_PATH].data)
@@ -140,10 +143,8 @@ def test_a_cut_transfer_is_resumed_with_a_range_request(
     cut = 300_000
     cat = _catalogue(tmp_path, server, models, cut_after=cut)
     mdir = tmp_path / "m"
-    r = loomctl_models("fetch", "alexa", catalogue=cat, models_dir=mdir)
-    assert r.returncode == 0, r.stderr
-    alexa = _oww(models, "alexa_v0.1")
-    assert (mdir / "openwakeword/alexa_v0.1.onnx").read_bytes() == alexa
+    r = _fetched(cat, mdir, "alexa")
+    alexa = _alexa_installed(mdir, models)
     reqs = server.requests("/files/alexa_v0.1.onnx")
     assert [(q.range, q.status) for q in reqs] == [(None, 200), (f"bytes={cut}-", 206)]
     assert reqs[0].sent == cut
@@ -178,10 +179,8 @@ def test_an_interrupted_fetch_resumes_in_the_next_run(
     assert not (mdir / "openwakeword/alexa_v0.1.onnx").exists()  # never a partial model in place
     assert partial.stat().st_size == held
 
-    r = loomctl_models("fetch", "alexa", catalogue=cat, models_dir=mdir)
-    assert r.returncode == 0, r.stderr
-    alexa = _oww(models, "alexa_v0.1")
-    assert (mdir / "openwakeword/alexa_v0.1.onnx").read_bytes() == alexa
+    _fetched(cat, mdir, "alexa")
+    alexa = _alexa_installed(mdir, models)
     last = server.requests("/files/alexa_v0.1.onnx")[-1]
     assert (last.range, last.status, last.sent) == (f"bytes={held}-", 206, len(alexa) - held)
     assert not partial.exists()
@@ -192,9 +191,8 @@ def test_a_server_without_ranges_restarts_the_file(
 ) -> None:
     cat = _catalogue(tmp_path, server, models, cut_after=100_000, ranges=False)
     mdir = tmp_path / "m"
-    r = loomctl_models("fetch", "alexa", catalogue=cat, models_dir=mdir)
-    assert r.returncode == 0, r.stderr
-    assert (mdir / "openwakeword/alexa_v0.1.onnx").read_bytes() == _oww(models, "alexa_v0.1")
+    _fetched(cat, mdir, "alexa")
+    _alexa_installed(mdir, models)
     statuses = [q.status for q in server.requests("/files/alexa_v0.1.onnx")]
     assert statuses == [200, 200]
 
@@ -259,7 +257,7 @@ def test_verify_names_a_corrupted_file_and_exits_1(
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
     mdir = tmp_path / "m"
-    assert loomctl_models("fetch", catalogue=cat, models_dir=mdir).returncode == 0
+    _fetched(cat, mdir)
     victim = mdir / "openwakeword/embedding_model.onnx"
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0x01
@@ -273,7 +271,7 @@ def test_verify_names_a_corrupted_file_and_exits_1(
     slow = loomctl_models("list", "--verify", catalogue=cat, models_dir=mdir)
     assert slow.returncode == 1 and "BAD" in slow.stdout
     # fetch repairs it: the bad file is replaced by a verified one
-    assert loomctl_models("fetch", "feat", catalogue=cat, models_dir=mdir).returncode == 0
+    _fetched(cat, mdir, "feat")
     assert loomctl_models("verify", catalogue=cat, models_dir=mdir).returncode == 0
 
 
@@ -282,7 +280,7 @@ def test_remove_deletes_the_files_of_the_named_model_only(
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
     mdir = tmp_path / "m"
-    assert loomctl_models("fetch", catalogue=cat, models_dir=mdir).returncode == 0
+    _fetched(cat, mdir)
     r = loomctl_models("remove", "alexa", catalogue=cat, models_dir=mdir)
     assert r.returncode == 0, r.stderr
     assert "alexa: removed openwakeword/alexa_v0.1.onnx" in r.stdout
@@ -302,8 +300,7 @@ def test_as_root_files_go_to_the_owner_of_the_state_dir(
     state = tmp_path / "state"
     state.mkdir()
     os.chown(state, 65534, 65534)  # stands for the `loomd` account
-    r = loomctl_models("fetch", "alexa", catalogue=cat, models_dir=state / "models")
-    assert r.returncode == 0, r.stderr
+    _fetched(cat, state / "models", "alexa")
     for p in [state / "models", *(state / "models").rglob("*")]:
         assert (p.stat().st_uid, p.stat().st_gid) == (65534, 65534), p
 
@@ -358,7 +355,7 @@ def test_a_second_writer_is_refused_while_one_works(
     assert r.returncode == 1
     assert f"another `loomctl models` is changing {mdir}" in r.stderr
     assert server.log == []
-    assert loomctl_models("fetch", catalogue=cat, models_dir=mdir).returncode == 0
+    _fetched(cat, mdir)
 
 
 def test_the_models_dir_follows_the_config_state_dir(tmp_path: Path) -> None:
