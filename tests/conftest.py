@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
@@ -62,6 +63,17 @@ async def first_event(sub: Any, cls: type[M], pred: Callable[[M], bool], timeout
             msg = cls.from_event(await sub.get())
             if pred(msg):
                 return msg
+
+
+@contextlib.asynccontextmanager
+async def subscribed(bus: Any, *patterns: str) -> AsyncIterator[tuple[Any, ...]]:
+    """A subscription per pattern (its topic's QoS), all ready before the body runs (what is
+    published from then on reaches them), all closed after it."""
+    async with contextlib.AsyncExitStack() as stack:
+        subs = [await stack.enter_async_context(bus.subscribe(p)) for p in patterns]
+        for sub in subs:
+            await sub.ready()
+        yield tuple(subs)
 
 
 def _late(deadline: float, timeout: float, what: str) -> None:

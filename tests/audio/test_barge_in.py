@@ -14,7 +14,7 @@ from loomd.audio.io import read_wav, split_frames
 from loomd.messages import SayRequest, Topic, VoiceStateEvent
 from loomd.sdk import Client
 from tests.audio.conftest import say_wav, voice_state, voice_toml
-from tests.conftest import LoomdProcess
+from tests.conftest import LoomdProcess, subscribed
 
 pytestmark = pytest.mark.models
 
@@ -28,12 +28,7 @@ def test_wake_word_during_playback_stops_it(
 
     async def scenario() -> tuple[float, float, list[str], dict[str, int]]:
         async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
-            async with (
-                bus.subscribe(Topic.VOICE_STATE) as states,
-                bus.subscribe(Topic.VOICE_STOP) as stops,
-            ):
-                await states.ready()
-                await stops.ready()
+            async with subscribed(bus, Topic.VOICE_STATE, Topic.VOICE_STOP) as (states, stops):
                 long = " ".join(["This is a long announcement that keeps on going."] * 6)
                 await bus.publish(Topic.VOICE_SAY, SayRequest(long).to_payload())
                 await voice_state(states, "speaking", 60)

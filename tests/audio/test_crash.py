@@ -19,7 +19,7 @@ from loomd.audio.io import read_wav
 from loomd.messages import ErrorEvent, Topic, Transcript
 from loomd.sdk import Client
 from tests.audio.conftest import Responder, feed_mic, voice_state, voice_toml
-from tests.conftest import LoomdProcess, first_event
+from tests.conftest import LoomdProcess, first_event, subscribed
 
 pytestmark = pytest.mark.models
 
@@ -47,13 +47,8 @@ def test_wake_worker_killed_mid_turn(
         out: dict[str, Any] = {}
         async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
             out["pid"] = (await voice_status(bus))["wake_pid"]
-            async with (
-                bus.subscribe(Topic.VOICE_STATE) as states,
-                bus.subscribe(Topic.VOICE_TRANSCRIPT) as transcripts,
-                bus.subscribe(Topic.ERROR) as errors,
-            ):
-                for sub in (states, transcripts, errors):
-                    await sub.ready()
+            subs = subscribed(bus, Topic.VOICE_STATE, Topic.VOICE_TRANSCRIPT, Topic.ERROR)
+            async with subs as (states, transcripts, errors):
                 # The mic goes on while the turn runs (until the crash is seen: a starved
                 # pipeline drops stale frames, and the wake word only runs on frames).
                 feeder = asyncio.create_task(feed_mic(bus, clip + tail * 5))
@@ -110,12 +105,8 @@ def test_tts_worker_killed_mid_turn(
                 await llm.ready.wait()
             pid = out["pid"] = (await voice_status(bus))["tts_pid"]
             worker = psutil.Process(pid)
-            async with (
-                bus.subscribe(Topic.ERROR) as errors,
-                bus.subscribe(Topic.VOICE_TRANSCRIPT) as transcripts,
-            ):
-                await errors.ready()
-                await transcripts.ready()
+            subs = subscribed(bus, Topic.ERROR, Topic.VOICE_TRANSCRIPT)
+            async with subs as (errors, transcripts):
                 run = asyncio.create_task(
                     bus.call("voice.test", args=[str(command_clip)], timeout=240)
                 )

@@ -14,7 +14,7 @@ from loomd.audio.io import read_wav, split_frames
 from loomd.messages import Topic, Transcript
 from loomd.sdk import Client
 from tests.audio.conftest import say_wav, voice_state, voice_toml
-from tests.conftest import LoomdProcess
+from tests.conftest import LoomdProcess, subscribed
 
 pytestmark = pytest.mark.models
 
@@ -42,12 +42,8 @@ def test_a_question_opens_listening_without_the_wake_word(
                     await bus.publish("audio.in.local", frame, qos="realtime")
 
             runner = asyncio.create_task(mic())
-            async with (
-                bus.subscribe(Topic.VOICE_STATE) as states,
-                bus.subscribe(Topic.VOICE_TRANSCRIPT) as transcripts,
-            ):
-                await states.ready()
-                await transcripts.ready()
+            subs = subscribed(bus, Topic.VOICE_STATE, Topic.VOICE_TRANSCRIPT)
+            async with subs as (states, transcripts):
                 await bus.call("voice.say", args=["Which room do you mean?"], timeout=60)
                 await voice_state(states, "listening", 10)
                 speech.extend(split_frames(answer))

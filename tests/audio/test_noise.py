@@ -25,7 +25,7 @@ from loomd.errors import LoomdError
 from loomd.messages import IgnoredWhy, Topic, Transcript, TurnIgnored
 from loomd.sdk import Client
 from tests.audio.conftest import voice_toml
-from tests.conftest import LoomdProcess, loomctl
+from tests.conftest import LoomdProcess, loomctl, subscribed
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
@@ -153,12 +153,8 @@ def test_a_turn_not_addressed_ends_quietly(
 
     async def run(clip: Path) -> tuple[dict[str, Any], list[Any], list[Any]]:
         async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
-            async with (
-                bus.subscribe(Topic.VOICE_IGNORED) as ignored,
-                bus.subscribe(Topic.VOICE_TRANSCRIPT) as heard,
-            ):
-                await ignored.ready()
-                await heard.ready()
+            subs = subscribed(bus, Topic.VOICE_IGNORED, Topic.VOICE_TRANSCRIPT)
+            async with subs as (ignored, heard):
                 r = await bus.call("voice.test", args=[str(clip)], timeout=240)
                 got, said = [], []
                 for sub, out in ((ignored, got), (heard, said)):

@@ -18,7 +18,7 @@ from loomd.audio.wer import wer
 from loomd.messages import Topic, Transcript, VoiceStateEvent
 from loomd.sdk import Client
 from tests.audio.conftest import Responder, say_wav, voice_toml
-from tests.conftest import LoomdProcess
+from tests.conftest import LoomdProcess, subscribed
 from tests.conftest import loomctl as run_loomctl
 
 pytestmark = pytest.mark.models
@@ -53,12 +53,8 @@ def test_wake_transcript_reply_and_spoken_answer(
         async with Client(loomd_proc.endpoint, name="test", timeout=10) as bus:
             llm.ready = asyncio.Event()
             server = asyncio.create_task(llm.serve(bus))
-            async with (
-                bus.subscribe(Topic.VOICE_STATE) as states,
-                bus.subscribe(Topic.VOICE_TRANSCRIPT) as transcripts,
-            ):
-                await states.ready()
-                await transcripts.ready()
+            subs = subscribed(bus, Topic.VOICE_STATE, Topic.VOICE_TRANSCRIPT)
+            async with subs as (states, transcripts):
                 async with asyncio.timeout(30):
                     await llm.ready.wait()
                 r = await bus.call("voice.test", args=[str(command_clip), str(out)], timeout=240)

@@ -14,7 +14,7 @@ from loomd.messages import Topic
 from loomd.sdk import Client
 from tests.audio.conftest import say_wav, voice_state, voice_toml
 from tests.audio.room import FakeRoom
-from tests.conftest import LoomdProcess
+from tests.conftest import LoomdProcess, subscribed
 
 pytestmark = pytest.mark.models
 
@@ -48,12 +48,7 @@ def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[st
             room = FakeRoom(bus)
             stop = asyncio.Event()
             runner = asyncio.create_task(room.run(stop))
-            async with (
-                bus.subscribe(Topic.VOICE_STOP) as stops,
-                bus.subscribe(Topic.VOICE_STATE) as states,
-            ):
-                await stops.ready()
-                await states.ready()
+            async with subscribed(bus, Topic.VOICE_STOP, Topic.VOICE_STATE) as (stops, states):
                 await asyncio.sleep(1.0)  # the room's noise floor before the board speaks
                 said = asyncio.create_task(bus.call("voice.say", args=[text], timeout=120))
                 if person is not None:

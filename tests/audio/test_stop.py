@@ -18,7 +18,7 @@ from loomd.sdk import Client
 from tests.audio.conftest import say_wav, voice_state, voice_toml
 from tests.audio.room import FakeRoom
 from tests.audio.test_room import voice_status
-from tests.conftest import LoomdProcess, first_event
+from tests.conftest import LoomdProcess, first_event, subscribed
 
 pytestmark = pytest.mark.models
 
@@ -44,12 +44,8 @@ def run_room(d: LoomdProcess, text: str, person: bytes | None = None) -> dict[st
             runner = asyncio.create_task(room.run(done))
             stops: list[VoiceStop] = []
             states: list[str] = []
-            async with (
-                bus.subscribe(Topic.VOICE_STOP) as stop_sub,
-                bus.subscribe(Topic.VOICE_STATE) as state_sub,
-            ):
-                await stop_sub.ready()
-                await state_sub.ready()
+            subs = subscribed(bus, Topic.VOICE_STOP, Topic.VOICE_STATE)
+            async with subs as (stop_sub, state_sub):
                 said = asyncio.create_task(bus.call("voice.say", args=[text], timeout=120))
                 await voice_state(state_sub, "speaking", 30)
                 if person is not None:
