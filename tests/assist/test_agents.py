@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.assist.conftest import EXAMPLE, home_config
-from tests.assist.test_daemon import assist
+from tests.assist.conftest import EXAMPLE, assist, home_config
 from tests.bridges.conftest import Mosquitto
 from tests.conftest import LoomdProcess, loomctl, loomctl_sub, wait_until
 

@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
+from tests.assist.conftest import assist
 from tests.bridges.conftest import Mosquitto
 from tests.conftest import LoomdProcess, loomctl, wait_until
-
-
-def assist(d: LoomdProcess, text: str, *extra: str) -> dict:
-    r = loomctl(d, "assist", text, "--json", *extra, timeout=60)
-    assert r.returncode == 0, r.stderr + r.stdout
-    return json.loads(r.stdout)
-
-
-def wait_ready(d: LoomdProcess) -> None:
-    """The assist sees the home once the home component offered its capabilities."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        r = loomctl(d, "caps", "--json")
-        if r.returncode == 0 and "home.turn_on" in r.stdout:
-            t = assist(d, "turn off the bedside lamp")
-            if t["actions"]:
-                return
-        time.sleep(0.3)
-    raise AssertionError("the home's capabilities never reached the assist")
 
 
 async def test_turn_on_the_kitchen_lights_reaches_the_broker(
     home_daemon: LoomdProcess, broker: Mosquitto
 ) -> None:
-    wait_ready(home_daemon)
     with broker.sub("home/kitchen/+/set") as sub:
         await sub.ready()
         turn = assist(home_daemon, "turn on the kitchen lights")
@@ -53,7 +33,6 @@ async def test_turn_on_the_kitchen_lights_reaches_the_broker(
 async def test_brightness_and_temperature_use_the_templates(
     home_daemon: LoomdProcess, broker: Mosquitto
 ) -> None:
-    wait_ready(home_daemon)
     with broker.sub("home/+/+/set") as sub:
         await sub.ready()
         assist(home_daemon, "set the sofa lamp to 40%")
@@ -66,18 +45,17 @@ async def test_brightness_and_temperature_use_the_templates(
 async def test_state_from_the_broker_shows_in_loomctl_home(
     home_daemon: LoomdProcess, broker: Mosquitto
 ) -> None:
-    wait_ready(home_daemon)
     broker.pub("home/hall/temperature", "21.5")
     broker.pub("home/living_room/thermostat/state", '{"target": 19.5, "mode": "heat"}')
-    deadline = time.monotonic() + 10
-    devices: dict = {}
-    while time.monotonic() < deadline:
+
+    def both_known() -> dict | None:
         r = loomctl(home_daemon, "home", "--json")
         assert r.returncode == 0, r.stderr
         devices = {d["id"]: d for d in json.loads(r.stdout)["devices"]}
-        if devices["hall_temperature"]["state"] and devices["thermostat"]["state"]:
-            break
-        time.sleep(0.1)  # noqa: ASYNC251 - loomctl is a subprocess; this test has no loop work
+        known = devices["hall_temperature"]["state"] and devices["thermostat"]["state"]
+        return devices if known else None
+
+    devices = wait_until(both_known, 10, "the broker's states in loomctl home")
     assert devices["hall_temperature"]["state"] == "21.5"
     assert devices["thermostat"]["state"] == "19.5"
     assert devices["thermostat"]["attributes"]["mode"] == "heat"
@@ -90,7 +68,6 @@ async def test_state_from_the_broker_shows_in_loomctl_home(
 async def test_unlock_is_asked_back_and_runs_only_after_yes(
     home_daemon: LoomdProcess, broker: Mosquitto
 ) -> None:
-    wait_ready(home_daemon)
     with broker.sub("home/hall/front_door/set") as sub:
         await sub.ready()
         asked = assist(home_daemon, "unlock the front door", "--conversation", "c1")
@@ -109,7 +86,6 @@ async def test_unlock_is_asked_back_and_runs_only_after_yes(
 
 
 async def test_distractors_do_not_act(home_daemon: LoomdProcess, broker: Mosquitto) -> None:
-    wait_ready(home_daemon)
     with broker.sub("home/#") as sub:
         await sub.ready()
         garage = assist(home_daemon, "turn on the garage light")
@@ -132,7 +108,6 @@ async def test_the_bus_contract_and_the_turn_event(home_daemon: LoomdProcess) ->
     from loomd.messages import AssistRequest, AssistTurn, Topic
     from loomd.sdk import Client
 
-    wait_ready(home_daemon)
     async with Client(home_daemon.endpoint, name="t") as bus:
         async with bus.subscribe(Topic.ASSIST_TURN) as turns:
             await turns.ready()

@@ -252,7 +252,7 @@ async def test_without_voice_a_rescoring_fails_once_and_the_turn_goes_on(
     said once (not on every turn), and nothing acts."""
     from loomd.messages import AssistRequest, AssistTurn, ErrorEvent, Topic
     from loomd.sdk import Client
-    from tests.assist.test_daemon import wait_ready
+    from tests.assist.conftest import wait_ready
 
     d = LoomdProcess(short_tmp, home_config(broker, "rescore = true\n"))
     (short_tmp / "home.d").mkdir()
