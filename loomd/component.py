@@ -26,6 +26,7 @@ import dataclasses
 import inspect
 import logging
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Self, TypeVar
@@ -324,7 +325,9 @@ class TaskCrash:
 
 class Component(Generic[S]):
     """Base class of every component. Subclasses set the class attributes and override
-    what they need; everything has a sensible default."""
+    what they need; everything has a sensible default. `Settings` is the class named in
+    `Component[LampSettings]` and `name` its section (`LampSettings.SECTION`), so neither
+    is written twice."""
 
     name: ClassVar[str]
     Settings: ClassVar[type[Section]]
@@ -341,6 +344,16 @@ class Component(Generic[S]):
     # Friendly `loomctl` commands are not an attribute: the registry names them
     # (`loomd.components.BUILTIN_CLI`), so `loomctl` builds its parser without importing
     # the component.
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            args = typing.get_args(base) if typing.get_origin(base) is Component else ()
+            if args and isinstance(args[0], type) and issubclass(args[0], Section):
+                if "Settings" not in cls.__dict__:
+                    cls.Settings = args[0]
+                if "name" not in cls.__dict__:
+                    cls.name = cls.Settings.SECTION
 
     @classmethod
     def check(cls, settings: Any, paths: ResolvedPaths) -> list[str]:

@@ -86,8 +86,6 @@ def _default_dirs(state_dir: Path) -> list[Path]:
 
 
 class AgentsComponent(Component[AgentsSettings]):
-    name = "agents"
-    Settings = AgentsSettings
     summary = "Python agent plugins, collaboration and the action broker"
 
     def __init__(self, ctx: Any) -> None:

@@ -73,8 +73,6 @@ class AssistStatus(StatusBlock):
 
 
 class AssistComponent(Component[AssistSettings]):
-    name = "assist"
-    Settings = AssistSettings
     requires = ("hassil", "home_assistant_intents", "rapidfuzz", "jinja2")
     extra = "assist"
     apt = "loomd-assist"

@@ -76,8 +76,6 @@ class VoiceStatus(StatusBlock):
 
 
 class VoiceComponent(Component[VoiceSettings]):
-    name = "voice"
-    Settings = VoiceSettings
     requires = ("numpy", "pywhispercpp", "openwakeword", "onnxruntime", "webrtcvad", "piper")
     # (`wyoming` is imported only when [voice.wyoming] is enabled.)
     extra = "voice"

@@ -60,8 +60,6 @@ def _jitter(delay: float) -> float:
 
 
 class MqttComponent(BusRequests, Component[MqttSettings]):
-    name = "mqtt"
-    Settings = MqttSettings
     requires = ("paho.mqtt",)
     extra = "mqtt"
     apt = "python3-paho-mqtt"

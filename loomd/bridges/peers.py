@@ -223,8 +223,6 @@ class _Pipe:
 
 
 class PeersComponent(Component[PeersSettings]):
-    name = "peers"
-    Settings = PeersSettings
     summary = "loomd-to-loomd links over ZeroMQ TCP with CurveZMQ"
 
     async def start(self) -> None:

@@ -89,8 +89,6 @@ def _pairs(counts: dict[str, Any]) -> str:
 
 
 class BusComponent(Component[BusSettings]):
-    name = "bus"
-    Settings = BusSettings
     summary = "the event bus: ipc socket (and TCP), QoS classes, durable journal"
 
     def __init__(self, ctx: Any) -> None:

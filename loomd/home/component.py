@@ -73,8 +73,6 @@ def _fill(template: str, value: float) -> str:
 
 
 class HomeComponent(HaDevices, Component[HomeSettings]):
-    name = "home"
-    Settings = HomeSettings
     summary = "the device registry: devices and areas, acted on through MQTT or capabilities"
 
     async def start(self) -> None:

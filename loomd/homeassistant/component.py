@@ -44,8 +44,6 @@ def _mac(device_id: str) -> str:
 
 
 class HomeAssistantComponent(Component[HomeAssistantSettings]):
-    name = "homeassistant"
-    Settings = HomeAssistantSettings
     requires = ("aioesphomeapi", "zeroconf", "aiohttp")
     extra = "homeassistant"
     apt = "loomd-homeassistant"

@@ -101,8 +101,6 @@ class McpStatus(StatusBlock):
 
 
 class McpComponent(Component[McpSettings]):
-    name = "mcp"
-    Settings = McpSettings
     requires = ("mcp",)
     extra = "mcp"
     apt = "loomd-mcp"

@@ -53,8 +53,6 @@ LISTENER_CHECK_S = 0.1
 
 
 class LlmComponent(Component[LlmSettings]):
-    name = "llm"
-    Settings = LlmSettings
     requires = ("llama_cpp",)
     extra = "llm"
     apt = "loomd-llm"

@@ -46,8 +46,6 @@ class StateStatus(StatusBlock):
 
 
 class StateComponent(Component[StateSettings]):
-    name = "state"
-    Settings = StateSettings
     summary = "LMDB key-value state and the durable journal"
 
     store: State | None = None

@@ -55,8 +55,6 @@ class MetricsStatus(StatusBlock):
 class MetricsComponent(Component[MetricsSettings]):
     """Serves every component's families (`ctx.services.collect`) as Prometheus text."""
 
-    name = "metrics"
-    Settings = MetricsSettings
     summary = "Prometheus metrics and the status page over HTTP on localhost"
 
     server: MetricsServer | None = None

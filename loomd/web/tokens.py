@@ -31,8 +31,6 @@ class TokensStatus(StatusBlock):
 
 
 class TokensComponent(Component[TokensSettings]):
-    name = "tokens"
-    Settings = TokensSettings
     summary = "bearer tokens for the HTTP surfaces beyond loopback"
 
     def store(self) -> TokenStore:

@@ -30,8 +30,6 @@ class FlakySettings(Section):
 class Flaky(Component[FlakySettings]):
     """Spawns a restartable task that fails `fails` times, then runs until cancelled."""
 
-    name = "flaky"
-    Settings = FlakySettings
     backoff_s = (0.01, 0.02)
     crash_limit = 4
 
@@ -174,9 +172,6 @@ class ModelUserSettings(Section):
 
 class ModelUser(Component[ModelUserSettings]):
     """Needs one model file under the models dir, as voice and llm do."""
-
-    name = "modeluser"
-    Settings = ModelUserSettings
 
     @classmethod
     def check(cls, settings: ModelUserSettings, paths: ResolvedPaths) -> list[str]:

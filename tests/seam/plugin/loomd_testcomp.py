@@ -30,8 +30,6 @@ class ProbeStatus(StatusBlock):
 
 
 class Probe(Component[ProbeSettings]):
-    name = "probe"
-    Settings = ProbeSettings
     summary = "a test component"
 
     calls = 0
@@ -93,8 +91,6 @@ class NeedySettings(Section):
 
 
 class Needy(Component[NeedySettings]):
-    name = "needy"
-    Settings = NeedySettings
     requires = ("loomd_test_no_such_module",)
     extra = "needy"
     apt = "loomd-needy"
