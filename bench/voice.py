@@ -293,7 +293,7 @@ async def crash_recovery(wake_clip: bytes) -> int:
 
     # As the daemon runs them: the wake word and TTS in one process.
     stages = Stages(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",),
-                    ("piper", "piper/en_US-joe-medium.onnx", 0))  # fmt: skip
+                    ("piper", "piper/en_US-joe-medium.onnx", 0, "en"))  # fmt: skip
     ok = []
     try:
         await stages.load_wake()
