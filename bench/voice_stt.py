@@ -37,6 +37,7 @@ from loomd.audio.wer import wer
 MODELS = small_models_dir()
 WHISPER = "whisper/ggml-tiny.en.bin"
 MOONSHINE = "moonshine/base-en"
+VOCAB = ("kitchen", "thermostat", "garage", "living room", "Lisbon", "jazz", "plants")
 
 
 def clips(quick: bool) -> tuple[list[str], list[bytes]]:
@@ -60,28 +61,25 @@ def p50(xs: list[float]) -> float:
     return round(statistics.median(xs), 1)
 
 
-def in_worker(engine: str, model: str, sets: dict[str, list[bytes]]) -> dict[str, Any]:
-    """Every clip through the engine's SttWorker: texts per condition, wall ms, peak RSS."""
-    w = SttWorker(str(MODELS), model, engine=engine)
+class InWorker:
+    """An engine's SttWorker as the component runs it (loaded, warmed up), called from
+    this thread: `__call__(pcm)` is one transcription, timed from the daemon's side."""
 
-    async def run() -> dict[str, Any]:
-        await w.load()
-        await w.transcribe(b"\0" * 16000)  # as the component warms it up
-        out: dict[str, Any] = {"ms": []}
-        for label, pcms in sets.items():
-            texts = []
-            for pcm in pcms:
-                t = time.perf_counter()
-                texts.append((await w.transcribe(pcm)).text)
-                out["ms"].append((time.perf_counter() - t) * 1000)
-            out[label] = texts
-        out["rss"] = peak_rss_mb(w.pid or 0)
-        return out
+    def __init__(self, engine: str, model: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.w = SttWorker(str(MODELS), model, engine=engine)
+        self.loop.run_until_complete(self.w.load())
+        self(b"\0" * 16000)  # as the component warms it up
 
-    try:
-        return asyncio.run(run())
-    finally:
-        w.close()
+    def __call__(self, pcm: bytes) -> str:
+        return self.loop.run_until_complete(self.w.transcribe(pcm)).text
+
+    def rss(self) -> float:
+        return round(peak_rss_mb(self.w.pid or 0) or 0.0, 1)
+
+    def close(self) -> None:
+        self.w.close()
+        self.loop.close()
 
 
 def raw_whisper() -> Callable[[bytes], str]:
@@ -135,18 +133,6 @@ def raw_moonshine() -> Callable[[bytes], str]:
     return run
 
 
-def raw_run(fn: Callable[[bytes], str], sets: dict[str, list[bytes]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"ms": []}
-    for label, pcms in sets.items():
-        texts = []
-        for pcm in pcms:
-            t = time.perf_counter()
-            texts.append(fn(pcm))
-            out["ms"].append((time.perf_counter() - t) * 1000)
-        out[label] = texts
-    return out
-
-
 def padding(refs: list[str], sets: dict[str, list[bytes]]) -> dict[str, Any]:
     """whisper on the clips as loomd's worker gives them, each padding rule, alternated."""
     from pywhispercpp.model import Model
@@ -173,6 +159,45 @@ def padding(refs: list[str], sets: dict[str, list[bytes]]) -> dict[str, Any]:
     return res
 
 
+def stt_row(model: Any, clip: bytes, rounds: int) -> dict[str, Any]:
+    """Issue 21's STT row: raw pywhispercpp with the audio_ctx loomd picks against loomd's
+    STT stage on the same clip, alternated call by call (the box is shared: load moves
+    between runs), plus what loomd's call spends outside whisper (the pipe, the thread
+    hop). loomd as configured by default (no vocabulary prompt: the raw call has none
+    either); the prompt's own cost is whisper's, measured beside it."""
+    audio = np.frombuffer(clip, np.int16).astype(np.float32) / 32768.0
+    ctx = audio_ctx_for(len(audio) / 16000)
+
+    def raw(**kw: Any) -> float:
+        t = time.perf_counter()
+        model.transcribe(audio, **kw)
+        return (time.perf_counter() - t) * 1000
+
+    res = {"raw_stt_ms": p50([raw() for _ in range(rounds)])}
+    plain = InWorker("whisper", WHISPER)
+    vocab = SttWorker(str(MODELS), WHISPER, vocabulary=VOCAB)
+    plain.loop.run_until_complete(vocab.load())
+    raw_ms, ours_ms, outside, vocab_ms = [], [], [], []
+    try:
+        for _ in range(rounds + 2):
+            raw_ms.append(raw(audio_ctx=ctx))
+            t = time.perf_counter()
+            r = plain.loop.run_until_complete(plain.w.transcribe(clip))
+            ours_ms.append((time.perf_counter() - t) * 1000)
+            outside.append(ours_ms[-1] - r.ms)
+            t = time.perf_counter()
+            plain.loop.run_until_complete(vocab.transcribe(clip))
+            vocab_ms.append((time.perf_counter() - t) * 1000)
+    finally:
+        vocab.close()
+        plain.close()
+    res["raw_stt_ctx_ms"] = p50(raw_ms)
+    res["loomd_stt_ms"] = p50(ours_ms)
+    res["loomd_stt_outside_ms"] = round(statistics.median(outside), 2)
+    res["loomd_stt_vocab_ms"] = p50(vocab_ms)
+    return res
+
+
 def stt_bench(quick: bool) -> dict[str, Any]:
     from bench.assist import noisy
 
@@ -182,20 +207,29 @@ def stt_bench(quick: bool) -> dict[str, Any]:
         snrs["20db"] = 20.0
     sets = {k: [noisy(p, snr, i) for i, p in enumerate(pcms)] for k, snr in snrs.items()}
     res: dict[str, Any] = {"stt_clips": len(pcms)}
-    runs = {"": (lambda: in_worker("whisper", WHISPER, sets)),
-            "raw_": (lambda: raw_run(raw_whisper(), sets))}  # fmt: skip
+    runs: dict[str, Callable[[bytes], str]] = {"": InWorker("whisper", WHISPER),
+                                               "raw_": raw_whisper()}  # fmt: skip
     if (MODELS / MOONSHINE).is_dir():
-        runs["moonshine_"] = lambda: in_worker("moonshine", MOONSHINE, sets)
-        runs["raw_moonshine_"] = lambda: raw_run(raw_moonshine(), sets)
+        runs["moonshine_"] = InWorker("moonshine", MOONSHINE)
+        runs["raw_moonshine_"] = raw_moonshine()
     else:
         res["moonshine"] = f"not measured: no {MODELS / MOONSHINE} (fetch moonshine-base-en)"
+    # Clip by clip, each engine in turn: the box is shared, its load moves during a run
+    hyps: dict[str, dict[str, list[str]]] = {k: {c: [] for c in sets} for k in runs}
+    ms: dict[str, list[float]] = {k: [] for k in runs}
+    for label, clips_ in sets.items():
+        for pcm in clips_:
+            for prefix, run in runs.items():
+                t = time.perf_counter()
+                hyps[prefix][label].append(clean_text(run(pcm)))
+                ms[prefix].append((time.perf_counter() - t) * 1000)
     for prefix, run in runs.items():
-        got = run()
         for label in sets:
-            res[f"{prefix}wer_{label}"] = round(wer(refs, got[label]), 3)
-        res[f"{prefix}stt_ms_p50"] = p50(got["ms"])
-        if "rss" in got:
-            res[f"{prefix}rss_stt_mb"] = round(got["rss"] or 0.0, 1)
+            res[f"{prefix}wer_{label}"] = round(wer(refs, hyps[prefix][label]), 3)
+        res[f"{prefix}stt_ms_p50"] = p50(ms[prefix])
+        if isinstance(run, InWorker):
+            res[f"{prefix}rss_stt_mb"] = run.rss()
+            run.close()
     res.update(padding(refs, sets))
     return res
 
@@ -203,5 +237,13 @@ def stt_bench(quick: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     import os
 
+    from bench.voice import raw_whisper as raw_model
+    from bench.voice import speak
+    from loomd.audio.io import read_wav
+
+    quick = "--quick" in sys.argv
     print(f"load: {os.getloadavg()}", file=sys.stderr)
-    print(json.dumps(stt_bench("--quick" in sys.argv)))
+    clip = read_wav(speak("turn on the kitchen lights", Path(tempfile.mkdtemp()) / "cmd.wav"))
+    row = stt_row(raw_model(), clip, 3 if quick else 7)
+    print(json.dumps(row), file=sys.stderr)
+    print(json.dumps({**row, **stt_bench(quick)}))
