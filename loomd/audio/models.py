@@ -11,7 +11,15 @@ from loomd.errors import LoomdError
 if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
 
-__all__ = ["ModelError", "lean_session", "missing_models", "model_path", "wake_models"]
+__all__ = [
+    "STT_FILES",
+    "ModelError",
+    "engine_files",
+    "lean_session",
+    "missing_models",
+    "model_path",
+    "wake_models",
+]
 
 HOW = {
     "whisper": "a whisper.cpp ggml model, e.g. ggml-tiny.en.bin from "
@@ -27,6 +35,17 @@ HOW = {
 
 
 FEATURE_MODELS = ("melspectrogram.onnx", "embedding_model.onnx")
+# The files each STT engine's model is made of ("": the model setting names the one file;
+# else the files in the folder it names)
+STT_FILES = {
+    "whisper": ("",),
+    "moonshine": ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin"),
+}
+
+
+def engine_files(engine: str, model: str) -> list[str]:
+    """The files (relative to the models dir, or absolute) `engine` loads for `model`."""
+    return [f"{model}/{f}" if f else model for f in STT_FILES[engine]]
 
 
 class ModelError(LoomdError):
@@ -56,8 +75,6 @@ def wake_models(settings: VoiceSettings, models_dir: Path) -> tuple[str, ...]:
 
 def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:
     """What the voice pipeline needs and does not find (one line), without loading."""
-    from loomd.audio.stt import engine_files
-
     wanted = [*engine_files(settings.stt.engine, settings.stt_model), *settings.wake.models]
     if settings.wake.models:  # the feature models sit beside the first wake word model
         folder = Path(settings.wake.models[0]).parent

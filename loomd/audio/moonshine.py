@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FILES", "MoonshineEngine", "read_tokenizer"]
+from loomd.audio.models import STT_FILES, ModelError, lean_session
 
-FILES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin")
+__all__ = ["MoonshineEngine", "read_tokenizer"]
+
+FILES = STT_FILES["moonshine"]
 _START, _END = 1, 2  # <s>, </s>; tokens 0-2 are never text
 _SPACE = "\u2581"  # SentencePiece's word boundary
 
@@ -41,8 +43,6 @@ class MoonshineEngine:
     encoder's length follows the audio)."""
 
     def __init__(self, path: str, threads: int, language: str) -> None:
-        from loomd.audio.models import ModelError, lean_session
-
         if language != "en":
             raise ModelError(f"Moonshine base-en is English-only, not {language!r}")
         folder = Path(path)

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loomd.audio.frames import RATE
-from loomd.audio.models import HOW, ModelError, model_path
-from loomd.audio.moonshine import FILES as MOONSHINE_FILES
+from loomd.audio.models import HOW, ModelError, engine_files, model_path
 from loomd.audio.worker import Worker
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ __all__ = [
     "SttWorker",
     "audio_ctx_for",
     "clean_text",
-    "engine_files",
     "max_tokens_for",
     "padded",
     "stt_server",
@@ -109,17 +107,11 @@ class Engine(Protocol):
     def transcribe(self, audio: Any, prompt: str, audio_ctx: int, max_tokens: int) -> str: ...
 
 
-# engine -> "module:class" (imported in the worker only) and the files its model is made of
-# ("" = the model setting names one file; else the files in the folder it names)
-ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "whisper": ("loomd.audio.stt:WhisperEngine", ("",)),
-    "moonshine": ("loomd.audio.moonshine:MoonshineEngine", MOONSHINE_FILES),
+# engine -> "module:class", imported in the worker only (its files: models.STT_FILES)
+ENGINES = {
+    "whisper": "loomd.audio.stt:WhisperEngine",
+    "moonshine": "loomd.audio.moonshine:MoonshineEngine",
 }
-
-
-def engine_files(engine: str, model: str) -> list[str]:
-    """The files (relative to the models dir, or absolute) `engine` loads for `model`."""
-    return [f"{model}/{f}" if f else model for f in ENGINES[engine][1]]
 
 
 class WhisperEngine:
@@ -182,7 +174,7 @@ class WhisperEngine:
 
 
 def load_engine(engine: str, path: str, threads: int, language: str) -> Engine:
-    module, name = ENGINES[engine][0].split(":")
+    module, name = ENGINES[engine].split(":")
     cls: Callable[..., Engine] = getattr(importlib.import_module(module), name)
     return cls(path, threads, language)
 

@@ -44,7 +44,7 @@ def configured_models(ctx: Context) -> list[ModelFile]:
     voice = ctx.section("voice")
     if voice is not None and component_on(ctx, "voice")[0]:
         base = Path(voice.models_dir) if voice.models_dir else ctx.models_dir
-        from loomd.audio.stt import engine_files
+        from loomd.audio.models import engine_files
 
         out += [ModelFile("stt", base / f, True)
                 for f in engine_files(voice.stt.engine, voice.stt_model)]  # fmt: skip

