@@ -77,7 +77,8 @@ def padded(samples: np.ndarray, fill: bool = True) -> np.ndarray:
         loud = np.flatnonzero(np.sqrt(np.mean(win * win, axis=1)) >= _QUIET)
         if loud.size:
             lead = max(0, _PAD - int(loud[0]) * _WIN)
-            trail = max(0, _PAD - (len(samples) - (int(loud[-1]) + 1) * _WIN))
+            # whole quiet windows only: the last partial one is not known to be quiet
+            trail = max(0, _PAD - (n - 1 - int(loud[-1])) * _WIN)
     audio = np.zeros(len(samples) + lead + trail, dtype=np.float32)
     audio[lead : lead + len(samples)] = samples
     audio /= 32768.0
