@@ -6,8 +6,9 @@ Raw: pywhispercpp transcribe (default call, and with the audio_ctx loomd picks),
 openWakeWord predict per 80 ms frame, Piper to the first chunk, llama.cpp (SmolLM2) to the
 first token. loomd: the same stages through their loomd classes and threads, the wake word's
 CPU share while fed 20 ms frames, and a whole turn on the real daemon (`voice.test` with a
-llama.cpp responder on `llm.chat`): VAD end -> first TTS audio. WER on espeak-ng clips,
-clean / 20 dB / 10 dB white noise, raw whisper vs loomd's STT stage (vocabulary prompt).
+llama.cpp responder on `llm.chat`): VAD end -> first TTS audio. Speech to text per engine
+(whisper, Moonshine) against its raw library: WER over 66 clips (40 with --quick) clean /
+20 dB / 10 dB white noise, p50, RSS (bench/voice_stt.py).
 Peers: with LOOMD_WYOMING_PEERS (a venv bin/ holding wyoming-bench, wyoming-faster-whisper
 and wyoming-piper) and LOOMD_CT2_TINY_EN (the CTranslate2 tiny.en folder), wyoming-bench
 measures loomd's Wyoming port next to them. Ends with one JSON line."""
@@ -34,11 +35,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import daemon_config, small_models_dir, spawn_daemon, wait_daemon_op
+from bench.voice_stt import stt_bench, stt_row
 from loomd.audio.io import read_wav
-from loomd.audio.stt import SttWorker, audio_ctx_for, clean_text
+from loomd.audio.stt import audio_ctx_for, clean_text
 from loomd.audio.tts import PiperTts
 from loomd.audio.wake import WakeDetector
-from loomd.audio.wer import wer as corpus_wer
 
 QUICK = "--quick" in sys.argv
 MODELS = small_models_dir()
@@ -50,7 +51,6 @@ SENTENCES = [
     "play some jazz in the living room",
     "remind me to water the plants at six",
 ]
-VOCAB = ("kitchen", "thermostat", "garage", "living room", "Lisbon", "jazz", "plants")
 
 
 def speak(text: str, out: Path, pad: tuple[float, float] = (0.5, 0.5)) -> Path:
@@ -59,20 +59,6 @@ def speak(text: str, out: Path, pad: tuple[float, float] = (0.5, 0.5)) -> Path:
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad",
                     *map(str, pad)], check=True)  # fmt: skip
     return out
-
-
-def noisy(pcm: bytes, snr_db: float | None, seed: int) -> bytes:
-    if snr_db is None:
-        return pcm
-    x = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
-    voiced = x[np.abs(x) > 100]
-    p_sig = float(np.mean(voiced**2)) if voiced.size else 1.0
-    noise = np.random.default_rng(seed).normal(0, np.sqrt(p_sig / 10 ** (snr_db / 10)), x.size)
-    return bytes(np.clip(x + noise, -32768, 32767).astype(np.int16).tobytes())
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    return round(corpus_wer(refs, hyps), 3)
 
 
 def f32(pcm: bytes) -> Any:
@@ -107,33 +93,9 @@ def main() -> None:
     clip = read_wav(speak(SENTENCES[0], tmp / "cmd.wav"))
     # STT
     model = raw_whisper()
-    res["raw_stt_ms"] = median_ms(lambda: raw_text(model, clip), rounds)
     ctx = audio_ctx_for(len(clip) / 32000)
 
-    async def loomd_stt(worker: SttWorker, pcm: bytes) -> str:
-        return (await worker.transcribe(pcm)).text
-
-    # Raw and loomd alternated call by call (the box is shared: load moves between runs),
-    # plus what loomd's call spends outside whisper (the pipe, the thread hop). loomd as
-    # configured by default (no vocabulary prompt: the raw call has none either); the
-    # prompt's own cost is whisper's, measured beside it.
-    plain = SttWorker(str(MODELS), "whisper/ggml-tiny.en.bin")
-    worker = SttWorker(str(MODELS), "whisper/ggml-tiny.en.bin", vocabulary=VOCAB)
-    asyncio.run(plain.load())
-    asyncio.run(worker.load())
-    raw_ms, ours_ms, outside, vocab_ms = [], [], [], []
-    for _ in range(rounds + 2):
-        raw_ms.append(median_ms(lambda: raw_text(model, clip, audio_ctx=ctx), 1))
-        t = time.perf_counter()
-        r = asyncio.run(plain.transcribe(clip))
-        ours_ms.append((time.perf_counter() - t) * 1000)
-        outside.append(ours_ms[-1] - r.ms)
-        vocab_ms.append(median_ms(lambda: asyncio.run(worker.transcribe(clip)), 1))
-    plain.close()
-    res["raw_stt_ctx_ms"] = round(statistics.median(raw_ms), 1)
-    res["loomd_stt_ms"] = round(statistics.median(ours_ms), 1)
-    res["loomd_stt_outside_ms"] = round(statistics.median(outside), 2)
-    res["loomd_stt_vocab_ms"] = round(statistics.median(vocab_ms), 1)
+    res.update(stt_row(model, clip, rounds))
     # wake
     from openwakeword.model import Model as Oww
 
@@ -215,14 +177,8 @@ def main() -> None:
     res["raw_stage_sum_ms"] = round(
         res["raw_stt_ctx_ms"] + res["raw_llm_sentence_ms"] + res["raw_tts_first_ms"], 1
     )
-    # WER
-    n = 3 if QUICK else len(SENTENCES)
-    clips = [read_wav(speak(s, tmp / f"s{i}.wav")) for i, s in enumerate(SENTENCES[:n])]
-    for label, snr in (("clean", None), ("20db", 20.0), ("10db", 10.0)):
-        pcms = [noisy(c, snr, i) for i, c in enumerate(clips)]
-        res[f"raw_wer_{label}"] = wer(SENTENCES[:n], [raw_text(model, p) for p in pcms])
-        res[f"wer_{label}"] = wer(SENTENCES[:n], [asyncio.run(loomd_stt(worker, p)) for p in pcms])
-    worker.close()
+    # WER of each engine and its raw library over >= 40 clips, whisper's padding rules
+    res.update(stt_bench(QUICK))
 
     # Whole turns on the daemon, each after one pass of the raw stages (alternated).
     def raw_pass() -> float:
@@ -293,7 +249,7 @@ async def crash_recovery(wake_clip: bytes) -> int:
 
     # As the daemon runs them: the wake word and TTS in one process.
     stages = Stages(str(MODELS), ("openwakeword/hey_jarvis_v0.1.onnx",),
-                    ("piper", "piper/en_US-joe-medium.onnx", 0))  # fmt: skip
+                    ("piper", "piper/en_US-joe-medium.onnx", 0, "en"))  # fmt: skip
     ok = []
     try:
         await stages.load_wake()
@@ -530,9 +486,14 @@ def table(r: dict[str, Any]) -> None:
     print(f"llama.cpp first token {r['raw_llm_first_ms']} ms, first sentence "
           f"{r['raw_llm_sentence_ms']} ms; speech end -> first audio "
           f"{r['eos_to_audio_ms']} ms incl. the VAD hangover")  # fmt: skip
-    raw = "/".join(str(r[f"raw_wer_{k}"]) for k in ("clean", "20db", "10db"))
-    ours = "/".join(str(r[f"wer_{k}"]) for k in ("clean", "20db", "10db"))
-    print(f"WER clean/20/10 dB: raw {raw}  loomd {ours}")
+    conds = [k for k in ("clean", "20db", "10db") if f"wer_{k}" in r]
+    for name, p in (("whisper", ""), ("moonshine", "moonshine_")):
+        if f"{p}wer_clean" in r:
+            raw = "/".join(str(r[f"raw_{p}wer_{k}"]) for k in conds)
+            ours = "/".join(str(r[f"{p}wer_{k}"]) for k in conds)
+            print(f"{name} over {r['stt_clips']} clips, WER {'/'.join(conds)}: raw {raw}  "
+                  f"loomd {ours}; p50 raw {r[f'raw_{p}stt_ms_p50']} ms, loomd "
+                  f"{r[f'{p}stt_ms_p50']} ms; RSS {r[f'{p}rss_stt_mb']} MB")  # fmt: skip
     print(
         f"wyoming-bench: STT mean loomd {r['loomd_wyoming_stt_ms']} ms vs "
         f"wyoming-faster-whisper {r['peer_stt_ms']} ms; TTS first audio loomd "

@@ -92,6 +92,9 @@ class AssistComponent(Component[AssistSettings]):
         self.counts = {"turns": 0, "local": 0, "llm": 0, "none": 0}
         self._seq = itertools.count(int(time.time() * 1000))
         self._key: Any = None
+        # Sentences and responses for languages other than `[assist] language`, built when a
+        # request first asks for one (a voice site's `[voice] language`); dropped on rebuild
+        self._languages: dict[str, tuple[Matcher, Responses]] = {}
         await self._rebuild()
         self.responses = Responses(self.matcher.responses)
         self.spawn(self._serve, "converse", restart=True)
@@ -125,8 +128,6 @@ class AssistComponent(Component[AssistSettings]):
             self.caps = []
 
     async def _rebuild(self) -> None:
-        from loomd.assist.matcher import Matcher
-
         await self._fetch()
         files = self._sentence_files()
         key = (
@@ -142,16 +143,10 @@ class AssistComponent(Component[AssistSettings]):
         if key == self._key:
             return
         s = self.settings
-
-        def build() -> Matcher:
-            m = Matcher(
-                s.language, self.home, self.caps, files, threshold=s.fuzzy_threshold, area=s.area
-            )
-            m.match("turn on the light")  # hassil builds its indexes on the first match
-            return m
+        self._files = files
 
         try:
-            self.matcher = await asyncio.to_thread(build)
+            self.matcher = await asyncio.to_thread(self._build, s.language)
         except LoomdError as exc:
             if not hasattr(self, "matcher"):
                 raise
@@ -160,8 +155,30 @@ class AssistComponent(Component[AssistSettings]):
             )
             return
         self._key = key
+        self._languages.clear()
         vocab = Vocabulary(tuple(self.matcher.vocabulary()), s.language)
         await self.ctx.bus.publish(Topic.ASSIST_VOCABULARY, vocab.to_payload(), wait=False)
+
+    def _build(self, language: str) -> Matcher:
+        from loomd.assist.matcher import Matcher
+
+        s = self.settings
+        m = Matcher(language, self.home, self.caps, self._files, threshold=s.fuzzy_threshold,
+                    area=s.area)  # fmt: skip
+        m.match("turn on the light")  # hassil builds its indexes on the first match
+        return m
+
+    async def _language(self, language: str) -> tuple[Matcher, Responses]:
+        """The sentences and responses of `language` ("" = `[assist] language`). Raises
+        LoomdError if home-assistant-intents has none for it."""
+        if not language or language == self.settings.language:
+            return self.matcher, self.responses
+        if language not in self._languages:
+            from loomd.assist.responses import Responses
+
+            m = await asyncio.to_thread(self._build, language)
+            self._languages[language] = (m, Responses(m.responses))
+        return self._languages[language]
 
     async def _refresh(self) -> None:
         """Rebuild when the home or the capability catalogue says it changed; every
@@ -283,24 +300,29 @@ class AssistComponent(Component[AssistSettings]):
                     IntentInfo("HassNevermind", {}, IntentVia.LOCAL.value),
                     reply="Okay, I won't.",
                 )
-        match = await asyncio.to_thread(self.matcher.match, text)
+        try:
+            matcher, responses = await self._language(ask.language)
+        except LoomdError as exc:
+            self.ctx.error(ErrorCode.ASSIST_SENTENCES, f"assist: {exc}")
+            return AssistTurn(text, reply=self.responses.refusal("no_intent", NOT_UNDERSTOOD))
+        match = await asyncio.to_thread(matcher.match, text)
         mark("matched")
         s = self.settings
         if s.rescore and ask.utterance_id and wants_rescore(text, match):
-            better, _ = await rescore_match(self.ctx, self.matcher, text, ask.utterance_id,
+            better, _ = await rescore_match(self.ctx, matcher, text, ask.utterance_id,
                                             s.rescore_candidates, s.rescore_margin,
                                             self._rescore_errors)  # fmt: skip
             mark("rescored")
             match = better or match
         if match is not None and not match.unknown:
-            turn = await local_turn(self, match, ask, conv)
+            turn = await local_turn(self, match, ask, conv, responses)
             if turn.actions:
                 mark("action_done")
             return turn
         if match is not None:  # a command for a device or area the home does not have
             word = next(iter(match.unknown.values()))
             key = "no_area" if "area" in match.unknown else "no_entity"
-            reply = self.responses.refusal(
+            reply = responses.refusal(
                 key, f"Sorry, I am not aware of any device called {word}", entity=word, area=word
             )
             return AssistTurn(
@@ -312,7 +334,7 @@ class AssistComponent(Component[AssistSettings]):
             from loomd.assist.tools import llm_turn
 
             return await llm_turn(self, ask, conv, mark)
-        return AssistTurn(text, reply=self.responses.refusal("no_intent", NOT_UNDERSTOOD))
+        return AssistTurn(text, reply=responses.refusal("no_intent", NOT_UNDERSTOOD))
 
     async def _run(self, plans: Iterable[ActionRecord]) -> list[ActionRecord]:
         from loomd.assist.tools import run_actions

@@ -27,6 +27,7 @@ from loomd.messages import (
 if TYPE_CHECKING:
     from loomd.assist.component import AssistComponent
     from loomd.assist.matcher import Match
+    from loomd.assist.responses import Responses
 
 __all__ = ["NOT_UNDERSTOOD", "local_turn", "outcome"]
 
@@ -34,11 +35,16 @@ NOT_UNDERSTOOD = "Sorry, I couldn't understand that"
 
 
 async def local_turn(
-    assist: AssistComponent, m: Match, ask: AssistRequest, conv: Conversation
+    assist: AssistComponent,
+    m: Match,
+    ask: AssistRequest,
+    conv: Conversation,
+    responses: Responses | None = None,
 ) -> AssistTurn:
+    """`responses`: the request's language's (default: the assist's own)."""
     intent = IntentInfo(m.intent, _plain(m.slots), IntentVia.LOCAL.value)
     text = ask.text
-    r = assist.responses
+    r = responses or assist.responses
     spoken = {**m.texts}
     if "name" in m.slots:
         spoken["name"] = m.texts.get("name", "")

@@ -247,7 +247,7 @@ class Agent:
         from loomd.audio.tts import SentenceSplitter
 
         s = self.ctx.settings
-        ask = AssistRequest(rec.transcript, f"voice-{s.site}", s.site,
+        ask = AssistRequest(rec.transcript, f"voice-{s.site}", s.site, s.language,
                             speech_end_ns=int(clock.speech_end * 1e9),
                             utterance_id=rec.utterance_id)  # fmt: skip
         try:

@@ -112,8 +112,8 @@ class VoiceComponent(Component[VoiceSettings]):
         if words[len(s.wake.models) :]:
             self.log.info("voice: wake words from the folder: %s",
                           ", ".join(Path(w).stem for w in words[len(s.wake.models) :]))  # fmt: skip
-        self.stages = stages = Stages(self.models_dir, words,
-                                      (s.tts.engine, s.tts.voice, s.tts.threads))  # fmt: skip
+        tts = (s.tts.engine, s.tts_voice, s.tts.threads, s.language)
+        self.stages = stages = Stages(self.models_dir, words, tts)
         try:
             stop = await self._load(stages)
         except BaseException:  # no worker process outlives a failed start
@@ -149,8 +149,8 @@ class VoiceComponent(Component[VoiceSettings]):
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
 
-            svc = WyomingServices(stages, s.tts.voice, self.wake.words, s.wake.limits()["*"],
-                                  self.ctx.error)  # fmt: skip
+            svc = WyomingServices(stages, s.tts_voice or "espeak-ng", s.language, self.wake.words,
+                                  s.wake.limits()["*"], self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
             if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way
                 self.spawn(self._announce_wyoming, "wyoming mdns", restart=False, critical=False)
@@ -195,7 +195,8 @@ class VoiceComponent(Component[VoiceSettings]):
         s = self.settings
         await stages.load_wake()
         self.wake = await stages.wake(s.wake.limits()["*"], s.wake.refractory_s)
-        await stages.load_stt(s.stt.model, s.stt.threads, s.stt.vocabulary)
+        await stages.load_stt(s.stt_model, s.stt.threads, s.stt.vocabulary, s.stt.engine,
+                              s.language)  # fmt: skip
         why = await stages.load_tts()
         if why:
             self.ctx.error(ErrorCode.TTS_FALLBACK, why)

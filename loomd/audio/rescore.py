@@ -145,7 +145,7 @@ class WhisperScorer:
     """A whisper.cpp context of its own: `encode()` a clip once, then `score()` any
     number of sentences against it. Not thread-safe (one per worker process)."""
 
-    def __init__(self, model: str, threads: int = 1) -> None:
+    def __init__(self, model: str, threads: int = 1, language: str = "en") -> None:
         importlib.import_module("_pywhispercpp")  # loads the library and its ggml with it
 
         lib = _c.CDLL(str(_library()))
@@ -183,6 +183,7 @@ class WhisperScorer:
         d = self.defaults  # what pywhispercpp's Model(n_threads=..., print_*=False) passes
         d.n_threads, d.print_progress, d.print_realtime = threads, False, False
         self._prompt = b""  # kept alive while whisper_full reads it
+        self._language = language.encode()  # the same
 
     def _check_layout(self) -> None:
         p = self.defaults
@@ -212,6 +213,7 @@ class WhisperScorer:
         p.audio_ctx, p.max_tokens, p.single_segment, p.no_context = audio_ctx, max_tokens, 1, 1
         self._prompt = prompt.encode()
         p.initial_prompt = self._prompt
+        p.language = self._language
         ptr = samples.ctypes.data_as(_c.POINTER(_F))
         if self.lib.whisper_full(self.ctx, p, ptr, len(samples)) != 0:
             raise RescoreError("whisper_full failed")

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from loomd.audio.addressed import ALWAYS_STRICTNESS, PRESETS, Preset, wake_phrase
+from loomd.audio.language import LANGUAGES, piper_voice, stt_model
+from loomd.audio.stt import ENGINES
 from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
+from loomd.errors import ConfigError
 
 __all__ = [
     "AecSettings",
@@ -146,7 +149,10 @@ class VadSettings(Section):
 
 @dataclass(frozen=True)
 class SttSettings(Section):
-    model: str = option("whisper/ggml-tiny.en.bin", max_len=4096)
+    # whisper.cpp, or Moonshine (docs/design/voice-stt.md: measured, not better here)
+    engine: str = option("whisper", choices=tuple(ENGINES))
+    # "" = the engine's model for [voice] language (loomd.audio.language)
+    model: str = option("", max_len=4096)
     threads: int = option(1, min=1, max=16)
     vocabulary: tuple[str, ...] = option(factory=tuple)
     # Add the assist's names (devices, areas) to whisper's prompt (off: with tiny.en a
@@ -157,7 +163,8 @@ class SttSettings(Section):
 @dataclass(frozen=True)
 class TtsSettings(Section):
     engine: str = option("piper", choices=("piper", "espeak"))
-    voice: str = option("piper/en_US-joe-medium.onnx", max_len=4096)
+    # "" = the Piper voice for [voice] language (espeak-ng's, if none is packaged)
+    voice: str = option("", max_len=4096)
     threads: int = option(0, min=0, max=16)  # 0: one per core (ONNX Runtime's default)
 
 
@@ -172,6 +179,9 @@ class VoiceSettings(Section):
 
     enabled: Switch = switch()
     site: str = option("local", max_len=64)
+    # What the board hears and speaks: STT's language, the assist's sentences (each request
+    # says it), the Piper voice; a code whisper knows ("en", "de", "fr", ...)
+    language: str = option("en", choices=LANGUAGES)
     source: str = option("auto", choices=SOURCES)
     source_path: str = option("", max_len=4096)
     sink: str = option("auto", choices=SINKS)
@@ -199,3 +209,20 @@ class VoiceSettings(Section):
     aec: AecSettings = option(factory=AecSettings)
     frontend: FrontendSettings = option(factory=FrontendSettings)
     wyoming: WyomingSettings = option(factory=WyomingSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.stt_model:
+            raise ConfigError("voice.stt.engine", self.stt.engine,
+                              f"an engine with a model for language {self.language!r} (whisper), "
+                              "or [voice.stt] model set")  # fmt: skip
+
+    @property
+    def stt_model(self) -> str:
+        """The STT model: `[voice.stt] model`, else the engine's for the language."""
+        return self.stt.model or stt_model(self.stt.engine, self.language)
+
+    @property
+    def tts_voice(self) -> str:
+        """The Piper voice: `[voice.tts] voice`, else the language's ("" if none)."""
+        return self.tts.voice or piper_voice(self.language)

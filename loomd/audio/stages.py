@@ -76,9 +76,12 @@ class Stages:
     stt: SttWorker
 
     def __init__(
-        self, models_dir: str, words: tuple[str, ...], tts: tuple[str, str, int] | None = None
+        self,
+        models_dir: str,
+        words: tuple[str, ...],
+        tts: tuple[str, str, int, str] | None = None,
     ) -> None:
-        """`tts` (engine, voice, threads): TTS in the wake word's process (one Python and
+        """`tts` (engine, voice, threads, language): TTS in the wake word's process (one Python and
         one ONNX Runtime for both; a crash in either restarts both), else its own."""
         self.models_dir, self.word_models = models_dir, words
         host = Host()
@@ -109,23 +112,35 @@ class Stages:
     async def load_wake(self) -> None:
         await self.wake_worker.start()
 
-    async def load_stt(self, model: str, threads: int, vocabulary: tuple[str, ...]) -> None:
+    async def load_stt(
+        self,
+        model: str,
+        threads: int,
+        vocabulary: tuple[str, ...],
+        engine: str = "whisper",
+        language: str = "en",
+    ) -> None:
         from loomd.audio.stt import SttWorker
 
-        self.stt = SttWorker(self.models_dir, model, threads=threads, vocabulary=vocabulary)
+        self.stt = SttWorker(self.models_dir, model, threads=threads, vocabulary=vocabulary,
+                             engine=engine, language=language)  # fmt: skip
         await self.stt.load()
 
-    def _tts_worker(self, engine: str, voice: str, threads: int, host: Host | None) -> Worker:
+    def _tts_worker(
+        self, engine: str, voice: str, threads: int, language: str = "en", host: Host | None = None
+    ) -> Worker:
         return Worker(
-            "tts", (engine, self.models_dir, voice, threads), stage="TTS", engine=engine,
-            load_hint="the TTS worker did not start ({detail})", host=host,
+            "tts", (engine, self.models_dir, voice, threads, language), stage="TTS",
+            engine=engine, load_hint="the TTS worker did not start ({detail})", host=host,
         )  # fmt: skip
 
-    async def load_tts(self, engine: str = "", voice: str = "", threads: int = 0) -> str:
+    async def load_tts(
+        self, engine: str = "", voice: str = "", threads: int = 0, language: str = "en"
+    ) -> str:
         """Start the TTS worker (the one given at construction, or one of its own for
-        `engine` and `voice`); the reason it fell back to espeak-ng, or ""."""
+        `engine`, `voice` and `language`); the reason it fell back to espeak-ng, or ""."""
         if self.tts_worker is None:
-            self.tts_worker = self._tts_worker(engine, voice, threads, None)
+            self.tts_worker = self._tts_worker(engine, voice, threads, language)
         await self.tts_worker.start()
         return str(self.tts_worker.info["why"])
 

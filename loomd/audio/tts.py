@@ -15,6 +15,7 @@ import wave
 from typing import Any, Protocol
 
 from loomd.audio.frames import RATE
+from loomd.audio.language import espeak_voice
 from loomd.audio.models import ModelError, lean_session, model_path
 
 __all__ = [
@@ -110,24 +111,30 @@ class EspeakTts:
             return resample(w.readframes(w.getnframes()), w.getframerate())
 
 
-def load_tts(engine: str, models_dir: str, voice: str, threads: int = 0) -> tuple[Tts, str]:
-    """The configured engine, or espeak-ng with the reason Piper was not used."""
+def load_tts(
+    engine: str, models_dir: str, voice: str, threads: int = 0, language: str = "en"
+) -> tuple[Tts, str]:
+    """The configured engine, or espeak-ng (speaking `language`) with the reason Piper was
+    not used; `voice` "" is no Piper voice for the language."""
+    espeak = espeak_voice(language)
     if engine == "piper":
         try:
+            if not voice:
+                raise ModelError(f"no packaged Piper voice speaks {language!r}")
             return PiperTts(models_dir, voice, threads), ""
         except (ModelError, ImportError) as exc:
             why = f"Piper unavailable ({exc}); speaking with espeak-ng"
             log.warning("%s", why)
-            return EspeakTts(), why
-    return EspeakTts(), ""
+            return EspeakTts(espeak), why
+    return EspeakTts(espeak), ""
 
 
 def tts_server(
-    engine: str, models_dir: str, voice: str, threads: int = 0
+    engine: str, models_dir: str, voice: str, threads: int = 0, language: str = "en"
 ) -> tuple[Any, dict[str, str]]:
     """In the worker process (loomd.audio.worker): the engine, and what answers a text
     with its audio. Says which engine it is and why Piper was not used, if it was not."""
-    tts, why = load_tts(engine, models_dir, voice, threads)
+    tts, why = load_tts(engine, models_dir, voice, threads, language)
 
     def handle(req: Any) -> bytes:
         text: str = req[0]

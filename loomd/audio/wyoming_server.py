@@ -29,6 +29,7 @@ class WyomingServices:
 
     stages: Stages
     voice: str  # the Piper voice's file name
+    language: str  # what the board hears and speaks ([voice] language)
     words: tuple[str, ...]  # the wake models' names
     threshold: float
     error: Callable[[ErrorCode, str], None]
@@ -61,16 +62,16 @@ async def serve(svc: WyomingServices, host: str, port: int) -> Any:
 
     def info() -> Info:
         return Info(
-            asr=[AsrProgram(name="loomd-whisper", attribution=who, installed=True,
-                            description="whisper.cpp in loomd", version=None,
+            asr=[AsrProgram(name=f"loomd-{stages.stt.engine}", attribution=who, installed=True,
+                            description=f"{stages.stt.engine} in loomd", version=None,
                             models=[AsrModel(name=str(stages.stt.path.stem), attribution=who,
                                              installed=True, description=None, version=None,
-                                             languages=["en"])])],
+                                             languages=[stages.stt.language])])],
             tts=[TtsProgram(name=f"loomd-{stages.tts_name}", attribution=who, installed=True,
                             description="Piper in loomd", version=None,
                             voices=[TtsVoice(name=svc.voice.rsplit("/", 1)[-1].removesuffix(
                                 ".onnx"), attribution=who, installed=True, description=None,
-                                version=None, languages=["en"])])],
+                                version=None, languages=[svc.language])])],
             wake=[WakeProgram(name="loomd-openwakeword", attribution=who, installed=True,
                               description="openWakeWord in loomd", version=None,
                               models=[WakeModel(name=w, attribution=who, installed=True,

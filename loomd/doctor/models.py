@@ -44,9 +44,12 @@ def configured_models(ctx: Context) -> list[ModelFile]:
     voice = ctx.section("voice")
     if voice is not None and component_on(ctx, "voice")[0]:
         base = Path(voice.models_dir) if voice.models_dir else ctx.models_dir
-        out.append(ModelFile("stt", base / voice.stt.model, True))
-        if voice.tts.engine == "piper":  # without its voice Piper falls back to espeak-ng
-            tts = base / voice.tts.voice
+        from loomd.audio.models import engine_files
+
+        out += [ModelFile("stt", base / f, True)
+                for f in engine_files(voice.stt.engine, voice.stt_model)]  # fmt: skip
+        if voice.tts.engine == "piper" and voice.tts_voice:  # else Piper falls back to espeak-ng
+            tts = base / voice.tts_voice
             out += [ModelFile("tts", tts, False), ModelFile("tts", Path(f"{tts}.json"), False)]
         wakes = [base / m for m in voice.wake.models]
         if wakes:

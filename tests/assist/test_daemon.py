@@ -122,6 +122,37 @@ async def test_the_bus_contract_and_the_turn_event(home_daemon: LoomdProcess) ->
     assert "unknown fields" in AssistTurn.from_payload(bad.payload).error
 
 
+async def test_a_request_in_another_language_uses_its_sentences(
+    home_daemon: LoomdProcess, broker: Mosquitto
+) -> None:
+    """A voice site's `[voice] language` travels in the request: German sentences and
+    replies from home-assistant-intents, the assist's own language untouched; a language
+    it has no sentences for is an error event and a refusal, and the assist runs on."""
+    from loomd.messages import AssistRequest, AssistTurn, ErrorEvent, Topic
+    from loomd.sdk import Client
+
+    wait_ready(home_daemon)
+    async with Client(home_daemon.endpoint, name="t") as bus, bus.subscribe(Topic.ERROR) as errors:
+        with broker.sub("home/+/+/set") as sub:
+            await errors.ready()
+            await sub.ready()
+            req = AssistRequest("schalte bedside lamp aus", conversation_id="de", language="de")
+            ev = await bus.request(Topic.ASSIST_CONVERSE, req.to_payload(), timeout=30)
+            german = AssistTurn.from_payload(ev.payload)
+            got = await sub.wait(1)
+            req = AssistRequest("turn off the bedside lamp", language="xx")
+            ev = await bus.request(Topic.ASSIST_CONVERSE, req.to_payload(), timeout=30)
+            unknown = AssistTurn.from_payload(ev.payload)
+            error = ErrorEvent.from_payload((await errors.get(timeout=10)).payload)
+    assert got == ["home/bedroom/bedside/set OFF"]
+    assert [(a.capability, a.code) for a in german.actions] == [("home.turn_off", "ok")]
+    assert german.intent.name == "HassTurnOff" and not german.reply.startswith("Turned")
+    assert unknown.actions == () and unknown.reply == "Sorry, I couldn't understand that"
+    assert "no sentences for 'xx'" in error.message, error
+    english = assist(home_daemon, "turn off the bedside lamp")
+    assert english["reply"].startswith("Turned off"), english
+
+
 def test_without_the_mqtt_bridge_an_mqtt_device_fails_at_once_and_says_why(
     short_tmp: Path,
 ) -> None:

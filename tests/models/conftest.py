@@ -34,6 +34,14 @@ DEFAULTS = {
 }
 
 
+def held(manifest: dict[str, object]) -> set[str]:
+    """The ids of the catalogue models whose every file the test models hold (the default
+    set, and what scripts/fetch-test-models fetches beyond it)."""
+    from loomd.models.catalogue import catalogue
+
+    return {m.id for m in catalogue() if all(f.path in manifest for f in m.files)}
+
+
 @dataclass
 class Served:
     """One URL path: its bytes and how to misbehave."""
