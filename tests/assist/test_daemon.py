@@ -131,7 +131,6 @@ async def test_a_request_in_another_language_uses_its_sentences(
     from loomd.messages import AssistRequest, AssistTurn, ErrorEvent, Topic
     from loomd.sdk import Client
 
-    wait_ready(home_daemon)
     async with Client(home_daemon.endpoint, name="t") as bus, bus.subscribe(Topic.ERROR) as errors:
         with broker.sub("home/+/+/set") as sub:
             await errors.ready()
