@@ -34,9 +34,9 @@ _topic = attrgetter("topic")
 
 
 class JournalLike(Protocol):
-    def append(
-        self, topic: bytes, header: bytes, body: bytes
-    ) -> tuple[int, asyncio.Future[int]]: ...
+    def append_then(
+        self, topic: bytes, header: bytes, body: bytes, then: Callable[[Any], None]
+    ) -> int: ...
 
     def read(self, after_seq: int, limit: int = 256) -> list[Any]: ...
 
@@ -282,12 +282,16 @@ class Broker:
         if durable is None:
             durable = self.is_durable(topic)
         if durable and self.journal is not None:
+            # routed and acked in the turn the commit lands in (not a future's turn later)
             try:
-                seq, fut = self.journal.append(ev.topic_bytes(), ev.header_bytes(), ev.body_bytes())
+                self.journal.append_then(
+                    ev.topic_bytes(),
+                    ev.header_bytes(),
+                    ev.body_bytes(),
+                    lambda outcome: self._committed(ev, outcome, on_ack),
+                )
             except LoomdError as exc:
                 self._journal_failed(ev, exc, on_ack)
-                return
-            fut.add_done_callback(lambda f: self._committed(ev, seq, f, on_ack))
             return
         self._route(ev, 0, on_ack)
 
@@ -305,13 +309,12 @@ class Broker:
             raise LoomdError(f"publish on {ev.topic} failed: {err}")
 
     def _committed(
-        self, ev: Event, seq: int, fut: asyncio.Future[int], on_ack: AckCallback | None
+        self, ev: Event, outcome: int | BaseException, on_ack: AckCallback | None
     ) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            self._journal_failed(ev, exc, on_ack)
+        if isinstance(outcome, BaseException):
+            self._journal_failed(ev, outcome, on_ack)
             return
-        self._route(ev, seq, on_ack)
+        self._route(ev, outcome, on_ack)
 
     def _journal_failed(self, ev: Event, exc: BaseException, on_ack: AckCallback | None) -> None:
         self.count_drop(ev.topic, "journal")
