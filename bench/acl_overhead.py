@@ -159,7 +159,12 @@ def _callgrind_once(bench: Any, with_acl: bool, events: int) -> dict[str, float]
     root: Path = bench._dir("cg-acl" if with_acl else "cg-noacl")
     os.chmod(root, 0o755)
     out = root / "callgrind.out"
-    wrap = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no")
+    # a fixed hash seed: str hashes, and with them dict and set probing, are the same in
+    # every run (with random seeds two runs of one configuration differed by ~3 %)
+    wrap = (
+        *("env", "PYTHONHASHSEED=0", "valgrind", "--tool=callgrind"),
+        *(f"--callgrind-out-file={out}", "--dump-line=no"),
+    )
     daemon = start_loomd(bench.kids, root, plan, wrap=wrap, timeout_s=CALLGRIND_TIMEOUT_S)
     try:
         os.chmod(root / "run", 0o755)
