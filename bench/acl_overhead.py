@@ -6,13 +6,26 @@ shared machine hits both; the figure compares the medians of the daemon's *CPU t
 event* (user + system of the daemon process over the run, divided by the events it took
 in): wall-clock throughput on two shared cores swung 2.4x between two runs of the same
 configuration, CPU per event is what the ACL adds and what other processes do not change.
-Throughput medians are reported beside it."""
+Throughput medians are reported beside it.
+
+CPU time per event still moved 15-26 % between runs of one configuration on the shared box,
+so `acl_overhead_pct` itself comes from *instructions*: the daemon runs under valgrind's
+callgrind (`apt-get install valgrind`), clients outside it publish a fixed number of
+realtime 64 B events in lockstep (a batch of 256, then wait until all 256 arrived: nothing
+dropped, the same work every run), the counters are zeroed after a warm-up and dumped after
+the events (`callgrind_control`), and instructions per event are compared. Counted
+instructions do not depend on what else runs on the machine (two runs of one configuration
+agree to well under 1 %). Without valgrind the figure falls back to CPU time per event."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import statistics
-from dataclasses import replace
+import subprocess
+import time
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -20,11 +33,20 @@ from typing import Any
 from bench.cases import Case, run_pair
 from bench.harness import BenchError, log
 from bench.services import start_loomd, stop_loomd
-from bench.transports.loomd import loomd_pub, loomd_sub
+from bench.transports.loomd import _wait_go_async, loomd_pub, loomd_sub
 from bench.workload import TOPIC, PubSpec, SubSpec
 
 NOBODY = 65534
 CASE = Case("loomd_realtime_64b_eps", "loomd realtime, 64 B", "loomd")
+# Under callgrind the daemon runs ~50x slower (~0.5 ms per event): 12k events and the
+# start take a minute or two per run.
+CALLGRIND_EVENTS = 12_288
+CALLGRIND_WARM = 2_048
+CALLGRIND_TIMEOUT_S = 600.0
+LOCKSTEP = 256  # events per burst: one batch frame, all delivered before the next
+# Only the bus under callgrind: the components that load models or run timers of their own
+# start slowly under valgrind and add instructions that are not the bus's.
+LEAN = tuple(f"{c}.enabled=false" for c in ("voice", "llm", "assist", "home", "agents", "metrics"))
 
 
 def rules(n: int = 50) -> str:
@@ -62,14 +84,158 @@ def nobody_sub(conn: Connection, spec: SubSpec) -> None:
     loomd_sub(conn, spec)
 
 
-def _once(bench: Any, with_acl: bool) -> tuple[float, float]:
-    """(subscriber events/s, daemon CPU microseconds per event taken in)."""
+@dataclass(frozen=True)
+class LockstepSpec:
+    endpoint: str
+    warm: int
+    events: int
+    nobody: bool
+
+
+def lockstep(conn: Connection, spec: LockstepSpec) -> None:
+    """A publisher and a subscriber (as `nobody` for the ACL case) in one process: bursts
+    of LOCKSTEP realtime events, each waited for at the subscriber. Says `warm` after the
+    warm-up, runs the measured events on `go`, then says `result`."""
+    if spec.nobody:
+        _drop()
+    import uvloop
+
+    uvloop.run(_lockstep(conn, spec))
+
+
+async def _lockstep(conn: Connection, spec: LockstepSpec) -> None:
+    import loomd.sdk
+
+    slow = CALLGRIND_TIMEOUT_S
+    async with (
+        loomd.sdk.connect(spec.endpoint, name="acl-pub", timeout=slow, heartbeat_s=5) as pub,
+        loomd.sdk.connect(spec.endpoint, name="acl-sub", timeout=slow, heartbeat_s=5) as sc,
+    ):
+        sub = sc.subscribe(TOPIC.rsplit(".", 1)[0] + ".#", "realtime")
+        async with asyncio.timeout(slow):
+            await sub.ready()
+
+        async def bursts(n: int) -> int:
+            got = 0
+            for start in range(0, n, LOCKSTEP):
+                k = min(LOCKSTEP, n - start)
+                for i in range(k):
+                    await pub.publish(TOPIC, b"%062d" % (start + i), qos="realtime")
+                for _ in range(k):
+                    await sub.get(timeout=slow)
+                    got += 1
+            if pub.dropped or sub.dropped:
+                raise BenchError(f"lockstep dropped {pub.dropped} / {sub.dropped} events")
+            return got
+
+        await bursts(spec.warm)
+        conn.send(("warm", {}))
+        await _wait_go_async(conn, slow)
+        t0 = time.perf_counter()
+        got = await bursts(spec.events)
+        conn.send(("result", {"events": got, "wall_s": time.perf_counter() - t0}))
+        await _wait_go_async(conn, slow)  # connected (heartbeats) through the idle window
+
+
+def _callgrind(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
+
+
+def _instructions(out: Path) -> int:
+    """The `summary:` (instructions, all threads) of the last dump callgrind wrote."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
+    for line in dumps[-1].read_text().splitlines() if dumps else ():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise BenchError(f"no callgrind summary in {dumps[-1] if dumps else out}")
+
+
+def _callgrind_once(bench: Any, with_acl: bool, events: int) -> dict[str, float]:
+    """Instructions the daemon (under callgrind) spends per realtime event, all threads:
+    those of the event window less those of an idle window as long (timers, heartbeats:
+    what depends on wall time, which valgrind and the machine's load stretch)."""
+    plan = _plan(bench, with_acl)
+    plan = replace(plan, loomd_set=(*LEAN, *plan.loomd_set))
+    root: Path = bench._dir("cg-acl" if with_acl else "cg-noacl")
+    os.chmod(root, 0o755)
+    out = root / "callgrind.out"
+    # a fixed hash seed: str hashes, and with them dict and set probing, are the same in
+    # every run (with random seeds two runs of one configuration differed by ~3 %)
+    wrap = (
+        *("env", "PYTHONHASHSEED=0", "valgrind", "--tool=callgrind"),
+        *(f"--callgrind-out-file={out}", "--dump-line=no"),
+    )
+    daemon = start_loomd(bench.kids, root, plan, wrap=wrap, timeout_s=CALLGRIND_TIMEOUT_S)
+    try:
+        os.chmod(root / "run", 0o755)
+        spec = LockstepSpec(daemon.socket, CALLGRIND_WARM, events, nobody=with_acl)
+        w = bench.kids.spawn("acl-lockstep", lockstep, spec)
+        try:
+            w.expect("warm", CALLGRIND_TIMEOUT_S)
+            _callgrind("-z", str(daemon.proc.pid))
+            w.send("go")
+            res = w.expect("result", CALLGRIND_TIMEOUT_S)
+            _callgrind("-d", str(daemon.proc.pid))
+            busy = _instructions(out)
+            _callgrind("-z", str(daemon.proc.pid))
+            time.sleep(res["wall_s"])
+            _callgrind("-d", str(daemon.proc.pid))
+            idle = _instructions(out)
+            w.send("done")
+        finally:
+            bench.kids.stop(w)
+        return {"instr_per_event": (busy - idle) / res["events"], "idle_instr": idle, **res}
+    finally:
+        stop_loomd(bench.kids, daemon)
+
+
+def _plan(bench: Any, with_acl: bool) -> Any:
     plan = bench.plan
     if with_acl:
         plan = replace(
             plan, loomd_set=(*plan.loomd_set, 'bus.socket_mode="0666"', f"bus.acl={rules()}")
         )
     os.chmod(bench.tmp, 0o755)  # nobody must reach the socket
+    return plan
+
+
+def acl_instructions(bench: Any, pairs: int = 2, events: int = CALLGRIND_EVENTS) -> dict[str, Any]:
+    """`acl_overhead_pct` from callgrind's instruction counts (none, rules, rules, none...)."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return {"acl_instr_error": "valgrind is not installed (apt-get install -y valgrind)"}
+    none: list[float] = []
+    acl: list[float] = []
+    try:
+        for i in range(pairs):
+            first, second = (False, True) if i % 2 == 0 else (True, False)
+            for with_acl in (first, second):
+                log(f"acl overhead under callgrind: pair {i + 1}/{pairs}, acl={with_acl}")
+                r = _callgrind_once(bench, with_acl, events)
+                log(
+                    f"  {r['instr_per_event']:,.0f} instructions per event "
+                    f"({r['wall_s']:.0f} s; {r['idle_instr']:,} idle in as long)"
+                )
+                (acl if with_acl else none).append(r["instr_per_event"])
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        log(f"acl overhead under callgrind FAILED: {exc}")
+        return {"acl_instr_error": str(exc)}
+    base, ruled = statistics.median(none), statistics.median(acl)
+    return {
+        "acl_overhead_pct": round((ruled - base) / base * 100, 2),
+        "acl_instructions": {
+            "measure": "daemon instructions per realtime 64 B event (callgrind, all threads)",
+            "events_per_run": events,
+            "instr_per_event_no_acl": [round(x) for x in none],
+            "instr_per_event_acl": [round(x) for x in acl],
+            "spread_no_acl": _spread(none),
+            "spread_acl": _spread(acl),
+        },
+    }
+
+
+def _once(bench: Any, with_acl: bool) -> tuple[float, float]:
+    """(subscriber events/s, daemon CPU microseconds per event taken in)."""
+    plan = _plan(bench, with_acl)
     root: Path = bench._dir("acl" if with_acl else "noacl")
     os.chmod(root, 0o755)
     daemon = start_loomd(bench.kids, root, plan)
@@ -93,7 +259,9 @@ def _spread(xs: list[float]) -> float:
     return round(max(xs) / min(xs), 2) if xs and min(xs) > 0 else float("nan")
 
 
-def acl_overhead(bench: Any, pairs: int) -> dict[str, Any]:
+def acl_overhead(bench: Any, pairs: int, counted_pairs: int = 1) -> dict[str, Any]:
+    """CPU time per event over `pairs` alternating pairs, then `acl_overhead_pct` from
+    instructions over `counted_pairs` pairs under callgrind (~3-8 min a pair)."""
     none: list[tuple[float, float]] = []
     acl: list[tuple[float, float]] = []
     try:
@@ -110,8 +278,12 @@ def acl_overhead(bench: Any, pairs: int) -> dict[str, Any]:
     cpu_acl = statistics.median(c for _, c in acl)
     eps_none = statistics.median(e for e, _ in none)
     eps_acl = statistics.median(e for e, _ in acl)
+    cpu_pct = round((cpu_acl - cpu_none) / cpu_none * 100, 1)
+    counted = acl_instructions(bench, counted_pairs)  # the figure, where valgrind is there
     return {
-        "acl_overhead_pct": round((cpu_acl - cpu_none) / cpu_none * 100, 1),
+        "acl_overhead_pct": counted.pop("acl_overhead_pct", cpu_pct),
+        **counted,
+        "acl_cpu_overhead_pct": cpu_pct,
         "acl_overhead": {
             "rules": 50,
             "measure": "daemon CPU per event, medians of alternating runs",

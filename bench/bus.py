@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(bench, machine, args.quick)
         summary.update(max_age_row(bench))
         if not args.only or "acl" in args.only:
-            summary.update(acl_overhead(bench, 3 if args.quick else 5))
+            summary.update(acl_overhead(bench, 3 if args.quick else 5, 1 if args.quick else 2))
         summary["cpu_during_run"] = witness.report()
         summary["bench_wall_s"] = round(time.perf_counter() - started, 1)
         if not args.json_only:

@@ -75,9 +75,11 @@ class Daemon:
         return peak_rss_mb(self.proc.pid)
 
 
-def loomd_argv(config: Path) -> list[str]:
+def loomd_argv(config: Path, module: bool = False) -> list[str]:
+    """The daemon's command: the installed entry point, or `python -m` (`module`: what a
+    wrapper such as valgrind needs, the entry point being a script)."""
     exe = Path(sys.executable).parent / "loomd"
-    if exe.exists():
+    if exe.exists() and not module:
         return [str(exe), "--config", str(config)]
     return [sys.executable, "-m", "loomd.daemon", "--config", str(config)]
 
@@ -105,7 +107,11 @@ def write_loomd_config(root: Path, overrides: tuple[str, ...] = ()) -> Path:
     return cfg
 
 
-def start_loomd(kids: Children, root: Path, plan: Plan) -> Daemon:
+def start_loomd(
+    kids: Children, root: Path, plan: Plan, wrap: tuple[str, ...] = (), timeout_s: float = 15.0
+) -> Daemon:
+    """`wrap`: a command the daemon runs under (valgrind, say: then `timeout_s` for READY
+    and the first answer must be long enough for a ~50x slower daemon)."""
     root.mkdir(parents=True, exist_ok=True)
     cfg = write_loomd_config(root, plan.loomd_set)
     sock_path = f"{root}/run/bus.sock"
@@ -116,18 +122,19 @@ def start_loomd(kids: Children, root: Path, plan: Plan) -> Daemon:
         env = {**os.environ, "NOTIFY_SOCKET": notify_path}
         env.pop("WATCHDOG_USEC", None)
         t0 = time.perf_counter()
-        proc = kids.popen(loomd_argv(cfg), env=env, stdout=logf, stderr=subprocess.STDOUT)
-        ready_s = _wait_ready(notify, proc, t0, log_path)
-    answer_s = _wait_answer(sock_path, t0)
+        argv = loomd_argv(cfg, module=bool(wrap))
+        proc = kids.popen([*wrap, *argv], env=env, stdout=logf, stderr=subprocess.STDOUT)
+        ready_s = _wait_ready(notify, proc, t0, log_path, timeout_s)
+    answer_s = _wait_answer(sock_path, t0, timeout_s)
     time.sleep(plan.idle_rss_wait_s)
     idle = psutil.Process(proc.pid).memory_info().rss / 2**20
     return Daemon(proc, sock_path, ready_s, answer_s, idle, log_path)
 
 
 def _wait_ready(
-    notify: socket.socket, proc: subprocess.Popen[bytes], t0: float, log: Path
+    notify: socket.socket, proc: subprocess.Popen[bytes], t0: float, log: Path, timeout_s: float
 ) -> float:
-    deadline = t0 + 15
+    deadline = t0 + timeout_s
     notify.settimeout(0.05)
     while time.perf_counter() < deadline:
         try:
@@ -140,16 +147,16 @@ def _wait_ready(
             continue
         if b"READY=1" in data.split(b"\n"):
             return time.perf_counter() - t0
-    raise BenchError(f"loomd sent no READY=1 within 15 s:\n{log.read_text()[-2000:]}")
+    raise BenchError(f"loomd sent no READY=1 within {timeout_s:g} s:\n{log.read_text()[-2000:]}")
 
 
-def _wait_answer(sock_path: str, t0: float) -> float:
+def _wait_answer(sock_path: str, t0: float, timeout_s: float) -> float:
     """Seconds from spawn until an SDK client got its hello and a ping answered."""
 
     async def ping() -> None:
         import loomd.sdk
 
-        async with loomd.sdk.connect(sock_path, name="bench-ready", timeout=10) as bus:
+        async with loomd.sdk.connect(sock_path, name="bench-ready", timeout=timeout_s) as bus:
             await bus.call("ping")
 
     try:

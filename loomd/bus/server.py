@@ -208,6 +208,10 @@ class BusServer(AccessOps, CoreOps):
 
     def _pump(self) -> None:
         self._scheduled = False
+        # acks and replies that became due since the last round (a journal commit landed)
+        # go out before this round's intake: they are cheap, and one client's flood must
+        # not add its slices to another client's durable ack
+        self._flush_control()
         # put-off work first (one slice), then what is new (another): every round reads
         # each socket, so a cheap ping behind an expensive client waits a slice or two
         self._slice_end = time.perf_counter() + PUMP_SLICE_S
@@ -466,13 +470,16 @@ class BusServer(AccessOps, CoreOps):
                 moved = len(session.ctl_backlog) < before
                 self._arm_retry(time.monotonic() + (RETRY_MIN_S if moved else RETRY_MAX_S))
 
-    def _flush(self) -> None:
+    def _flush_control(self) -> None:
         if self._ctl_held:
             self._flush_held()
         if self._ack_dirty:
             sessions, self._ack_dirty = self._ack_dirty, set()
             for s in sessions:
                 self._flush_acks(s)
+
+    def _flush(self) -> None:
+        self._flush_control()
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from loomd.errors import StateError
 from loomd.state.env import Env
 from loomd.state.records import SEQ, JournalEntry, decode_entry
-from loomd.state.writer import APPEND, Writer
+from loomd.state.writer import APPEND, Then, Writer
 
 
 class Journal:
@@ -33,6 +33,17 @@ class Journal:
         self._next_seq = seq + 1
         size = len(topic) + len(header) + len(body)
         return seq, self._submit(APPEND, seq, (self._clock(), topic, header, body), size)
+
+    def append_then(self, topic: bytes, header: bytes, body: bytes, then: Then) -> int:
+        """Like `append`, but `then(seq or exception)` is called in the writer's settle
+        callback, the loop turn the commit lands in (the bus acks and routes there)."""
+        if self._writer.closing:
+            raise StateError("state is closed")
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        size = len(topic) + len(header) + len(body)
+        self._writer.submit_then(APPEND, seq, (self._clock(), topic, header, body), size, then)
+        return seq
 
     def read(self, after_seq: int, limit: int = 256) -> list[JournalEntry]:
         """Committed entries with seq > after_seq, oldest first, at most `limit`."""

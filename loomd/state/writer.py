@@ -20,10 +20,13 @@ from loomd.state.records import SEQ, encode_entry
 log = logging.getLogger(__name__)
 
 # Op kinds. Ops are plain tuples (kind, key, value, future, size) because building one is
-# on the append hot path, where a tuple is several times cheaper than an object.
+# on the append hot path, where a tuple is several times cheaper than an object. In place
+# of the future an op may carry a callback (`submit_then`), called with the outcome in the
+# settle callback itself: a future's callbacks would run one loop turn later.
 PUT, DELETE, APPEND = 0, 1, 2
 _KIND_NAMES = ("put", "delete", "append")
-Op = tuple[int, Any, Any, "asyncio.Future[Any]", int]
+Then = Callable[[Any], None]  # called with the outcome: the op's result or its exception
+Op = tuple[int, Any, Any, "asyncio.Future[Any] | Then", int]
 
 # One txn stays well below LMDB's dirty-page limit (TxnFullError) and one batch's
 # latency stays bounded, whatever the commit window lets in.
@@ -87,11 +90,25 @@ class Writer:
         self.pending += 1
         return fut
 
+    def submit_then(self, kind: int, key: Any, value: Any, size: int, then: Then) -> None:
+        """Queue one op; `then(outcome)` runs on the loop once it is durable (or failed),
+        in queue order with the batch's other ops. Call from the event loop thread only."""
+        if self.closing:
+            raise StateError("state is closed")
+        self.enqueue((kind, key, value, then, size))
+        self.pending += 1
+
     def _settle(self, ops: Sequence[Op], outcomes: Sequence[Any]) -> None:
         """Runs on the event loop: settle a whole batch in one callback, in queue order."""
         self.pending -= len(ops)
         for op, outcome in zip(ops, outcomes, strict=True):
             fut = op[3]
+            if not isinstance(fut, asyncio.Future):
+                try:
+                    fut(outcome)
+                except Exception:  # one caller's bug must not leave the batch's others unsettled
+                    log.exception("state write callback failed")
+                continue
             if fut.done():  # the caller gave up (cancelled); the write happened anyway
                 continue
             if isinstance(outcome, BaseException):

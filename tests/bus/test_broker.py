@@ -605,22 +605,23 @@ class GatedJournal:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.committed: list[asyncio.Future[int]] = []
-        self._held: list[tuple[asyncio.Future[int], asyncio.Future[int]]] = []
+        self._held: list[tuple[Callable[[Any], None], asyncio.Future[int]]] = []
         self.open = True
 
-    def append(self, topic: bytes, header: bytes, body: bytes) -> tuple[int, asyncio.Future[int]]:
-        seq, fut = self.inner.append(topic, header, body)
+    def append_then(
+        self, topic: bytes, header: bytes, body: bytes, then: Callable[[Any], None]
+    ) -> int:
         if self.open:
-            return seq, fut
-        out: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.committed.append(fut)
-        self._held.append((fut, out))
-        return seq, out
+            return int(self.inner.append_then(topic, header, body, then))
+        landed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.committed.append(landed)
+        self._held.append((then, landed))
+        return int(self.inner.append_then(topic, header, body, landed.set_result))
 
     def release(self) -> None:
         self.open = True
-        for fut, out in self._held:
-            out.set_result(fut.result())
+        for then, landed in self._held:
+            then(landed.result())
         self._held.clear()
 
     def read(self, after_seq: int, limit: int = 256) -> list[Any]:
