@@ -7,7 +7,8 @@ The wake word model fires on sounds like its phrase ("hey travis", a TV line); w
 the same audio writes what was said. A wake counts when the transcript's first words are
 close to the phrase (a character similarity, so "Hey, Jarvis." and "hey jarvis" match and
 "hey travis" does not at the default strictness); its words are then cut off the command.
-The strictness and the wake threshold come in presets (`Sensitivity`); why these numbers:
+The wake check itself is whisper's decoder on the wake segment (loomd.audio.wakecheck);
+the threshold and its margin come in presets (`Preset`); why these numbers:
 docs/design/voice-noise.md (bench/noise.py)."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "ALWAYS_STRICTNESS",
+    "BARE_THRESHOLD",
+    "CHECK_MARGIN",
     "PRESETS",
     "Heard",
     "Preset",
@@ -40,22 +42,20 @@ _FILLER = {"you", "thank you", "thanks", "bye", "oh", "uh", "um", "hmm", "so", "
 @dataclass(frozen=True)
 class Preset:
     threshold: float  # the wake word score that counts as a wake
-    strictness: float  # the second check's similarity (0 = off)
-    trust: float  # a wake scoring this much skips the check (whisper hears noise worse)
+    margin: float | None  # the wake check's margin (loomd.audio.wakecheck); None = no check
 
 
-# From bench/noise.py (docs/design/voice-noise.md): "default" keeps openWakeWord's recall
-# at 0.5 (clean, 10 dB, 5 dB TV) with the fewest false wakes: no transcript check (with
-# whisper tiny.en every check measured cost recall in TV noise); "low" has the fewest false
-# wakes for 10 points of clean recall (and most of its recall in TV noise); "high" has the
-# best recall.
-# `second_check = "always"` on a preset without a check: the strictness that took the
-# bench's false wakes from 41 to 2 per hour (at openWakeWord's 0.5)
-ALWAYS_STRICTNESS = 0.85
+# From bench/noise.py (docs/design/voice-noise.md): openWakeWord fires at a low threshold
+# (it hears the phrase in TV noise) and the wake check refuses what whisper's decoder does
+# not hear as the phrase. "default": the best recall in TV noise at <= 0.5 false wakes an
+# hour; "low": the fewest false wakes; "high": the best recall.
+# `second_check = "always"` on a preset without a check uses `CHECK_MARGIN`.
+CHECK_MARGIN = 1.0
+BARE_THRESHOLD = 0.5  # openWakeWord's own, where no check follows a wake
 PRESETS = {
-    "low": Preset(0.8, 0.9, 1.01),  # wakes less: a TV, a busy room
-    "default": Preset(0.7, 0.0, 1.01),
-    "high": Preset(0.35, 0.0, 1.01),  # wakes more easily: a quiet voice, far away
+    "low": Preset(0.3, 0.75),  # wakes less: a TV, a busy room
+    "default": Preset(0.1, 1.0),
+    "high": Preset(0.05, 1.5),  # wakes more easily: a quiet voice, far away
 }
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.addressed import check_wake, not_addressed
+from loomd.audio.addressed import not_addressed
 from loomd.audio.recorder import TurnClock, TurnRecord
 from loomd.audio.worker import WorkerError
 from loomd.bus.acl import Manifest
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from loomd.audio.speaker import Speaker
     from loomd.audio.stt import SttWorker
     from loomd.audio.vad import Segment
+    from loomd.audio.wakecheck import PhraseHeard
     from loomd.component import Context
 
 __all__ = ["VOICE_MANIFEST", "Agent", "voice_identity"]
@@ -86,6 +87,7 @@ class Agent:
         self._assist_seen = False
         self._probed = -1e9
         self.current: TurnRecord | None = None  # the turn running now
+        self.checking: asyncio.Task[PhraseHeard | None] | None = None  # the wake check
 
     @property
     def turn_bus(self) -> Any:
@@ -111,9 +113,35 @@ class Agent:
             rec.fail(error)
             self.counts["failed"] += 1
 
-    def start(self, cut: Segment, rec: TurnRecord, frame: Frame, wake_pcm: bytes = b"") -> None:
-        """Run the turn for an utterance the segmenter cut at `frame`; `wake_pcm` is the
-        audio that woke the board (the second check hears it), b"" for a follow-up."""
+    def check_wake(self, pcm: bytes, word: str) -> None:
+        """Start the wake check on the wake segment `pcm` (loomd.audio.wakecheck) while the
+        command is being said; the turn waits for its verdict before it acts."""
+        self.cancel_check()
+        self.checking = asyncio.create_task(self._hear(pcm, self.ctx.settings.wake.phrase(word)))
+
+    def cancel_check(self) -> None:
+        if self.checking is not None:
+            self.checking.cancel()
+            self.checking = None
+
+    async def _hear(self, pcm: bytes, phrase: str) -> PhraseHeard | None:
+        try:
+            return await self.stt.hear_phrase(pcm, phrase)
+        except LoomdError as exc:  # the worker restarts; the turn's own STT call tells
+            self.ctx.error(ErrorCode.STT_FAILED, f"voice: the wake check failed: {exc}")
+            return None
+
+    def refused(self) -> PhraseHeard | None:
+        """The wake check's verdict when it is in and refuses the wake, else None."""
+        task, margin = self.checking, self.ctx.settings.wake.margin
+        if task is None or not task.done() or task.cancelled() or margin is None:
+            return None
+        heard = task.result()
+        return heard if heard is not None and not heard.accepts(margin) else None
+
+    def start(self, cut: Segment, rec: TurnRecord, frame: Frame, checked: bool = False) -> None:
+        """Run the turn for an utterance the segmenter cut at `frame`; with `checked`, it
+        acts only if the wake check started at the wake (`check_wake`) lets it."""
         # The segmenter decided `cut.end - cut.speech_end` of stream time after speech ended.
         speech_end = frame.at - (cut.end - cut.speech_end)
         clock = TurnClock(speech_end)
@@ -121,9 +149,32 @@ class Agent:
         rec.end_reason = cut.reason
         self.counts["utterances"] += 1
         self.current = rec
+        check, self.checking = (self.checking if checked else None), None
         self.board.turn = self._spawn(
-            lambda: self._turn(cut, rec, clock, wake_pcm), f"turn-{rec.utterance_id}"
+            lambda: self._turn(cut, rec, clock, check), f"turn-{rec.utterance_id}"
         )
+
+    def refuse(self, rec: TurnRecord, heard: PhraseHeard) -> asyncio.Task[None]:
+        """A wake the check refused while the command was still being said: the turn ends
+        now, quietly."""
+        self.checking = None
+        self.current = rec
+
+        async def quietly() -> None:
+            try:
+                await self._refuse(rec, heard)
+            finally:
+                await self.recorder.record(rec)
+                if self.current is rec:
+                    self.current = None
+
+        return self._spawn(quietly, f"refused-{rec.utterance_id}")
+
+    async def _refuse(self, rec: TurnRecord, heard: PhraseHeard) -> None:
+        phrase, margin = self.ctx.settings.wake.phrase(rec.wake), self.ctx.settings.wake.margin
+        await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
+                           f"heard {heard.text!r}: {phrase!r} scored {heard.gap} under it "
+                           f"(margin {margin})", heard.text)  # fmt: skip
 
     def _failed(self, rec: TurnRecord, code: ErrorCode, error: str) -> None:
         rec.fail(error)
@@ -138,7 +189,13 @@ class Agent:
         await TurnIgnored(rec.utterance_id, why, detail, heard, self.ctx.settings.site,
                           rec.wake, rec.wake_score).publish(self.ctx.bus)  # fmt: skip
 
-    async def _turn(self, cut: Segment, rec: TurnRecord, clock: TurnClock, wake_pcm: bytes) -> None:
+    async def _turn(
+        self,
+        cut: Segment,
+        rec: TurnRecord,
+        clock: TurnClock,
+        check: asyncio.Task[PhraseHeard | None] | None,
+    ) -> None:
         s = self.ctx.settings
         try:
             await self.board.set(VoiceState.THINKING, rec.utterance_id)
@@ -147,18 +204,17 @@ class Agent:
                 return
             if s.agent == "assist" and not self._assist_seen:
                 await self._probe_assist()
+            if check is not None:  # started at the wake: usually in by now
+                heard = await check
+                margin = s.wake.margin
+                rec.timings["wake_check"] = clock.ms()
+                if heard is not None and margin is not None and not heard.accepts(margin):
+                    await self._refuse(rec, heard)
+                    return
             rec.timings["stt_start"] = clock.ms()
-            # The second check: the wake segment and the command in one STT call
-            strict = s.wake.check_for(rec.wake_score) if wake_pcm and rec.wake else 0.0
             try:
                 extra = self._vocabulary if s.stt.assist_vocabulary else ""
-                # a clip with the wake segment before it is not the command's audio alone:
-                # it is not kept for rescoring (no tag)
-                res = await self.stt.transcribe(
-                    wake_pcm + cut.pcm if strict else cut.pcm,
-                    extra,
-                    "" if strict else rec.utterance_id,
-                )
+                res = await self.stt.transcribe(cut.pcm, extra, rec.utterance_id)
             except Exception as exc:
                 self._failed(rec, ErrorCode.STT_FAILED,
                              f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip
@@ -167,15 +223,6 @@ class Agent:
             self.stt_hist.append(res.ms)
             del self.stt_hist[:-200]
             text = res.text
-            if strict and text:
-                phrase = s.wake.phrase(rec.wake)
-                heard = check_wake(text, phrase, strict)
-                if not heard.ok:
-                    await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
-                                       f"heard {text!r}, not {phrase!r} at its start "
-                                       f"(similarity {heard.score} < {strict})", text)  # fmt: skip
-                    return
-                text = heard.command
             if not text:
                 why = "nothing was said after the wake word"
                 await self._ignore(rec, IgnoredWhy.NO_SPEECH, why, res.text)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from loomd.audio.addressed import ALWAYS_STRICTNESS, PRESETS, Preset, wake_phrase
+from loomd.audio.addressed import BARE_THRESHOLD, CHECK_MARGIN, PRESETS, Preset, wake_phrase
 from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
 
@@ -49,9 +49,12 @@ class WakeSettings(Section):
         factory=dict, valid=_scores_ok, expected="a table of model name = score from 0.01 to 1",
         reload=True,
     )  # fmt: skip
-    # The second check: whisper hears the wake phrase at the start of what was said;
-    # "auto": on wakes scoring under the sensitivity's trust level, "always", "off"
+    # The wake check: whisper's decoder hears the wake phrase in the wake segment
+    # (loomd.audio.wakecheck); "auto": the sensitivity's, "always", "off"
     second_check: str = option("auto", choices=("auto", "always", "off"), reload=True)
+    # How much less likely than whisper's own transcript the phrase may be (nats per
+    # token); 0 = the sensitivity's
+    check_margin: float = option(0.0, min=0.0, max=10.0, reload=True)
     # The phrase of a model whose file name does not say it (by file stem)
     phrases: Mapping[str, str] = option(factory=dict, reload=True)
     # While the board plays audio: echo cancellation leaves a residue for its first second.
@@ -63,21 +66,26 @@ class WakeSettings(Section):
         return PRESETS[self.sensitivity]
 
     def limits(self) -> dict[str, float]:
-        """The score that wakes, per word ("*": any other word)."""
+        """The score that wakes, per word ("*": any other word). A preset's threshold is
+        low because its check follows: with the check off, it is at least `BARE_THRESHOLD`."""
         base = self.threshold or self.preset.threshold
+        if not self.threshold and self.margin is None:
+            base = max(base, BARE_THRESHOLD)
         return {"*": base, **{k: float(v) for k, v in self.thresholds.items()}}
 
     @property
-    def strictness(self) -> float:
-        """The second check's similarity; 0 = off."""
-        if self.second_check == "always":
-            return self.preset.strictness or ALWAYS_STRICTNESS
-        return 0.0 if self.second_check == "off" else self.preset.strictness
+    def bare_limit(self) -> float:
+        """The score that wakes where no check follows (Wyoming's wake service: the
+        satellite acts on the detection): the configured threshold, else `BARE_THRESHOLD`."""
+        return self.threshold or max(self.preset.threshold, BARE_THRESHOLD)
 
-    def check_for(self, score: float) -> float:
-        """The second check's similarity for a wake that scored `score`; 0 = no check."""
-        trusted = self.second_check == "auto" and score >= self.preset.trust
-        return 0.0 if trusted else self.strictness
+    @property
+    def margin(self) -> float | None:
+        """The wake check's margin; None = no check."""
+        if self.second_check == "off":
+            return None
+        m = self.check_margin or self.preset.margin
+        return CHECK_MARGIN if m is None and self.second_check == "always" else m
 
     def phrase(self, word: str) -> str:
         return self.phrases.get(word) or wake_phrase(word)
@@ -137,6 +145,9 @@ class VadSettings(Section):
     # The near-field rule: voiced frames this many dB under the speaker's level are the
     # room (a TV), not the speaker; 0 = off
     level_drop_db: float = option(12.0, min=0.0, max=40.0)
+    # The room's rule: voiced frames must also be this many dB over the room's level before
+    # the wake (a TV as loud as the speaker's quiet syllables); 0 = off
+    floor_db: float = option(0.0, min=0.0, max=30.0)
     preroll_ms: int = option(300, min=0, max=2000)
     hangover_ms: int = option(500, min=100, max=5000)
     min_speech_ms: int = option(200, min=20, max=5000)

@@ -11,11 +11,14 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loomd.audio.frames import RATE
 from loomd.audio.models import ModelError, model_path
 from loomd.audio.worker import Worker
+
+if TYPE_CHECKING:
+    from loomd.audio.wakecheck import PhraseHeard
 
 __all__ = [
     "Rescored",
@@ -109,6 +112,13 @@ def stt_server(
     last: list[Any] = [None, 0, False]  # the last clip (float32), its audio_ctx, encoded?
 
     def handle(request: Any) -> Any:
+        if request[0] == "wake":  # the wake check (loomd.audio.wakecheck) on a wake segment
+            from loomd.audio.wakecheck import hear_phrase, segment_audio
+
+            audio, ctx = segment_audio(request[1])
+            last[2] = False  # the scorer's encoding is this segment's now, not the clip's
+            h = hear_phrase(load_scorer(), audio, ctx, request[2])
+            return h.text, h.free, h.phrase, h.ms
         if request[0] == "rescore":
             _, transcript, sentences, margin = request
             if last[0] is None:
@@ -219,6 +229,13 @@ class SttWorker:
         best, stops early (its score is then an upper bound)."""
         own, scores, ms = await self.worker.call("rescore", transcript, list(sentences), margin)
         return Rescored(float(own), tuple(float(x) for x in scores), float(ms))
+
+    async def hear_phrase(self, pcm: bytes, phrase: str) -> PhraseHeard:
+        """The wake check on a wake segment (loomd.audio.wakecheck)."""
+        from loomd.audio.wakecheck import PhraseHeard
+
+        text, free, forced, ms = await self.worker.call("wake", pcm, phrase)
+        return PhraseHeard(str(text), float(free), float(forced), float(ms))
 
     def close(self) -> None:
         self.worker.close()

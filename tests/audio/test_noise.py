@@ -133,10 +133,11 @@ def test_the_daemon_ends_a_turn_in_tv_noise(
 def test_a_turn_not_addressed_ends_quietly(
     loomd_proc: LoomdProcess, models: Path, tmp_path: Path
 ) -> None:
-    """The second check on the real daemon: "hey jarvis" wakes it, but the check listens for
-    another phrase (`phrases`), so the turn ends with `voice.ignored` (not_the_wake_word),
-    no transcript and no sound; "hey jarvis, thank you" with the right phrase ends quietly
-    as not addressed; "hey jarvis, close the garage door" acts (a transcript)."""
+    """The wake check on the real daemon: "hey jarvis" wakes it, but the check listens for
+    another phrase (`phrases`), so the turn ends with `voice.ignored` (not_the_wake_word:
+    what whisper heard in the wake segment), no transcript and no sound; "hey jarvis,
+    thank you" with the right phrase ends quietly as not addressed; "hey jarvis, close the
+    garage door" acts (a transcript)."""
     sink = tmp_path / "spoken"
     clips = {}
     for name, tail in (("other", "close the garage door"), ("thanks", "thank you"),
@@ -172,7 +173,7 @@ def test_a_turn_not_addressed_ends_quietly(
     (ev,) = got
     ign = TurnIgnored.from_payload(ev)
     assert ign.why == IgnoredWhy.NOT_THE_WAKE_WORD and "open sesame" in ign.detail
-    assert "garage" in ign.transcript.lower() and ign.utterance_id == turn["utterance_id"]
+    assert "jarvis" in ign.transcript.lower() and ign.utterance_id == turn["utterance_id"]
     assert said == [] and r["reply_seconds"] == 0.0 and not list(sink.glob("*.wav"))
 
     loomd_proc.stop()
