@@ -32,7 +32,8 @@ REFRACTORY_S = 2.0
 DEAF_S = 0.5  # a wake the check refused: the board listens for wakes again this much later
 
 THRESHOLDS = sorted({0.05, 0.1, 0.2, 0.3, 0.5, 0.7, *(p.threshold for p in PRESETS.values())})
-MARGINS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0]
+MARGINS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5]
+FLOORS = [1.5, 2.0, 2.5, 3.0]  # the alternative: the phrase's own score over -floor
 TEXT_STRICTNESS = 0.85  # the old check, on the segment's transcript: for comparison
 LINES = [
     "and now the weather for the weekend, with rain moving in from the west",
@@ -128,15 +129,18 @@ class Checks:
 
 def accepts(check: str, heard: PhraseHeard) -> bool:
     """Does the check named `check` let this wake through? "raw": no check; "text": the
-    transcript starts with the phrase; "m<margin>": the forced phrase within the margin."""
+    transcript starts with the phrase; "m<margin>": the forced phrase within the margin of
+    whisper's guess; "a<floor>": the forced phrase's score over -floor, whatever the guess."""
     if check == "raw":
         return True
     if check == "text":
         return check_wake(heard.text, PHRASE, TEXT_STRICTNESS).ok
+    if check.startswith("a"):
+        return heard.phrase >= -float(check[1:])
     return heard.accepts(float(check[1:]))
 
 
-CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS)]
+CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS), *(f"a{f:g}" for f in FLOORS)]
 
 
 def wakes(sc: list[float], threshold: float, ok: Any = None) -> list[int]:
@@ -200,7 +204,7 @@ def bench(models: Any, quick: bool) -> dict[str, Any]:
     clips = [(snr, mix(p, snr, seed=50 + i, tail_s=3.0)) for i, p in enumerate(said)
              for snr in snrs]  # fmt: skip
     hits: dict[str, Any] = {"raw": {}, "fe": {}}
-    true_gaps: list[float] = []
+    true_gaps: list[tuple[float, float]] = []
     for snr, (pcm, start, _end) in clips:
         name = "clean" if snr is None else f"{snr:g}db"
         chk = Checks(scorer, pcm)
@@ -210,7 +214,7 @@ def bench(models: Any, quick: bool) -> dict[str, Any]:
                 for c, ks in row.items():
                     cell = hits[front].setdefault(f"{t}/{name}", {}).setdefault(c, [])
                     cell.append(any(k >= first for k in ks))
-        true_gaps += [h.gap for k, h in chk.heard.items() if k >= first]
+        true_gaps += [(h.gap, round(h.phrase, 2)) for k, h in chk.heard.items() if k >= first]
     recall = {front: {key: {c: round(sum(v) / len(v), 3) for c, v in row.items()}
                       for key, row in by.items()} for front, by in hits.items()}  # fmt: skip
     heard = list(checks.heard.values())
@@ -221,8 +225,9 @@ def bench(models: Any, quick: bool) -> dict[str, Any]:
         "clips": len(clips),
         "stream_checks": stream_checks,
         "check_ms_p50": sorted(h.ms for h in heard)[len(heard) // 2] if heard else None,
-        "false_heard": sorted(((h.gap, h.text) for h in heard), reverse=False)[:12],
+        "false_heard": sorted((h.gap, round(h.phrase, 2), h.text) for h in heard)[:12],
         "false_gaps": sorted(h.gap for h in heard)[:40],
-        "true_gaps": sorted(true_gaps)[-40:],
+        "true_gaps": sorted(g for g, _ in true_gaps)[-40:],
+        "true_phrase": sorted(p for _, p in true_gaps)[:40],
         "cpu_s": round(__import__("time").process_time() - began, 1),
     }

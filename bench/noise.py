@@ -195,14 +195,14 @@ def presets(fw: dict[str, Any]) -> dict[str, Any]:
     at 0.5 on the microphone (its usual threshold): "default", the best recall at 10 and
     5 dB with at most `TARGET_FW` false wakes per hour and clean recall no worse than the
     baseline's; "low" (a TV room), the fewest false wakes, then the best recall; "high", the
-    best recall, then the fewest false wakes. Ties: the fewer false wakes, the higher
-    threshold, the tighter margin."""
+    best recall with no more false wakes than the baseline. Ties: the fewer false wakes, the
+    higher threshold, the tighter check."""
     base = {n: fw["recall"]["raw"][f"0.5/{n}"]["raw"] for n in ("clean", "10db", "5db")}
     cands = []
     for t, false in fw["false_per_hour"]["fe"].items():
         for check, per_hour in false.items():
             rec = {n: fw["recall"]["fe"][f"{t}/{n}"][check] for n in base}
-            margin = float(check[1:]) if check.startswith("m") else 99.0
+            margin = float(check[1:]) if check[0] in "ma" else 99.0
             cands.append({"threshold": float(t), "check": check, "margin": margin,
                           "false_per_hour": per_hour, "recall": rec})  # fmt: skip
 
@@ -217,7 +217,9 @@ def presets(fw: dict[str, Any]) -> dict[str, Any]:
           and c["recall"]["clean"] >= base["clean"]]  # fmt: skip
     out["default"] = min(ok or cands, key=lambda c: (noisy(c), *fewest(c)))
     out["low"] = min(cands, key=lambda c: (c["false_per_hour"], noisy(c), *fewest(c)[1:]))
-    out["high"] = min(cands, key=lambda c: (noisy(c), *fewest(c)))
+    raw_fw = fw["false_per_hour"]["raw"]["0.5"]["raw"]
+    high = [c for c in cands if c["false_per_hour"] <= raw_fw]
+    out["high"] = min(high or cands, key=lambda c: (noisy(c), *fewest(c)))
     return out
 
 
@@ -227,7 +229,8 @@ def shipped(fw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     raw = fw["false_per_hour"]["raw"]["0.5"]["raw"]
     for name, p in PRESETS.items():
-        t, k = f"{p.threshold:g}", "raw" if p.margin is None else f"m{p.margin:g}"
+        k = "raw" if not p.checked else f"a{p.floor:g}" if p.floor is not None else f"m{p.margin:g}"
+        t = f"{p.threshold:g}"
         if k not in fw["false_per_hour"]["fe"].get(t, {}):
             continue
         out[name] = {

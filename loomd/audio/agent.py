@@ -133,11 +133,11 @@ class Agent:
 
     def refused(self) -> PhraseHeard | None:
         """The wake check's verdict when it is in and refuses the wake, else None."""
-        task, margin = self.checking, self.ctx.settings.wake.margin
-        if task is None or not task.done() or task.cancelled() or margin is None:
+        task, rules = self.checking, self.ctx.settings.wake.check
+        if task is None or not task.done() or task.cancelled() or rules is None:
             return None
         heard = task.result()
-        return heard if heard is not None and not heard.accepts(margin) else None
+        return heard if heard is not None and not heard.accepts(rules.margin, rules.floor) else None
 
     def start(self, cut: Segment, rec: TurnRecord, frame: Frame, checked: bool = False) -> None:
         """Run the turn for an utterance the segmenter cut at `frame`; with `checked`, it
@@ -171,10 +171,11 @@ class Agent:
         return self._spawn(quietly, f"refused-{rec.utterance_id}")
 
     async def _refuse(self, rec: TurnRecord, heard: PhraseHeard) -> None:
-        phrase, margin = self.ctx.settings.wake.phrase(rec.wake), self.ctx.settings.wake.margin
+        phrase, rules = self.ctx.settings.wake.phrase(rec.wake), self.ctx.settings.wake.check
+        limits = "" if rules is None else f"floor {rules.floor}, margin {rules.margin}"
         await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
-                           f"heard {heard.text!r}: {phrase!r} scored {heard.gap} under it "
-                           f"(margin {margin})", heard.text)  # fmt: skip
+                           f"heard {heard.text!r}; {phrase!r} scored {heard.phrase:.2f}, "
+                           f"{heard.gap} under it ({limits})", heard.text)  # fmt: skip
 
     def _failed(self, rec: TurnRecord, code: ErrorCode, error: str) -> None:
         rec.fail(error)
@@ -206,9 +207,9 @@ class Agent:
                 await self._probe_assist()
             if check is not None:  # started at the wake: usually in by now
                 heard = await check
-                margin = s.wake.margin
+                rules = s.wake.check
                 rec.timings["wake_check"] = clock.ms()
-                if heard is not None and margin is not None and not heard.accepts(margin):
+                if heard is not None and rules and not heard.accepts(rules.margin, rules.floor):
                     await self._refuse(rec, heard)
                     return
             rec.timings["stt_start"] = clock.ms()

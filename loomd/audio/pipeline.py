@@ -125,7 +125,7 @@ class Pipeline:
                unchecked: bytes) -> None:  # fmt: skip
         """Run the turn; a wake segment whose check has not started yet (`unchecked`: the
         utterance ended within `POST_S` of the wake) is checked now."""
-        checked = detection is not None and self.ctx.settings.wake.margin is not None
+        checked = detection is not None and self.ctx.settings.wake.check is not None
         if unchecked and detection is not None:
             self.agent.check_wake(unchecked, detection.word)
         self.agent.start(cut, rec, frame, checked)
@@ -265,7 +265,7 @@ class Pipeline:
                 continue
             detection, post = hit, []
             self.agent.cancel_check()  # a check still out for an earlier wake is moot
-            wake_pcm = b"".join(heard) if s.wake.margin is not None else b""
+            wake_pcm = b"".join(heard) if s.wake.check is not None else b""
             heard.clear()
             self.counts["wakes"] += 1
             self.ctx.log.info(

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from loomd.audio.addressed import BARE_THRESHOLD, CHECK_MARGIN, PRESETS, Preset, wake_phrase
+from loomd.audio.addressed import BARE_THRESHOLD, CHECK_FLOOR, PRESETS, Preset, wake_phrase
 from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
 
@@ -52,9 +52,10 @@ class WakeSettings(Section):
     # The wake check: whisper's decoder hears the wake phrase in the wake segment
     # (loomd.audio.wakecheck); "auto": the sensitivity's, "always", "off"
     second_check: str = option("auto", choices=("auto", "always", "off"), reload=True)
-    # How much less likely than whisper's own transcript the phrase may be (nats per
-    # token); 0 = the sensitivity's
-    check_margin: float = option(0.0, min=0.0, max=10.0, reload=True)
+    # The check's rules, nats per token (0 = the sensitivity's): the phrase's own score
+    # must be at least -check_floor, and within check_margin of whisper's best guess
+    check_floor: float = option(0.0, min=0.0, max=20.0, reload=True)
+    check_margin: float = option(0.0, min=0.0, max=20.0, reload=True)
     # The phrase of a model whose file name does not say it (by file stem)
     phrases: Mapping[str, str] = option(factory=dict, reload=True)
     # While the board plays audio: echo cancellation leaves a residue for its first second.
@@ -69,7 +70,7 @@ class WakeSettings(Section):
         """The score that wakes, per word ("*": any other word). A preset's threshold is
         low because its check follows: with the check off, it is at least `BARE_THRESHOLD`."""
         base = self.threshold or self.preset.threshold
-        if not self.threshold and self.margin is None:
+        if not self.threshold and self.check is None:
             base = max(base, BARE_THRESHOLD)
         return {"*": base, **{k: float(v) for k, v in self.thresholds.items()}}
 
@@ -80,12 +81,15 @@ class WakeSettings(Section):
         return self.threshold or max(self.preset.threshold, BARE_THRESHOLD)
 
     @property
-    def margin(self) -> float | None:
-        """The wake check's margin; None = no check."""
+    def check(self) -> Preset | None:
+        """The wake check's rules (`floor`, `margin`); None = no check."""
         if self.second_check == "off":
             return None
-        m = self.check_margin or self.preset.margin
-        return CHECK_MARGIN if m is None and self.second_check == "always" else m
+        p = self.preset
+        rules = Preset(p.threshold, self.check_floor or p.floor, self.check_margin or p.margin)
+        if rules.checked:
+            return rules
+        return Preset(p.threshold, CHECK_FLOOR) if self.second_check == "always" else None
 
     def phrase(self, word: str) -> str:
         return self.phrases.get(word) or wake_phrase(word)

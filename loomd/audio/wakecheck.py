@@ -5,8 +5,10 @@ the TV: its score is as high on the near lines as on a wake in noise. whisper ti
 free transcript of the segment is no better in noise ("Hey, John."), but its decoder still
 gives the phrase a fair probability there, and a poor one where the audio says something
 else. So the segment (the audio up to the wake, a little after it) is encoded once and
-scored twice (loomd.audio.rescore): whisper's own transcript and the phrase, forced. The
-wake counts when the phrase scores within `margin` (nats per token) of the transcript.
+scored twice (loomd.audio.rescore): whisper's best guess, token by token (the reference:
+no spelling of its own, no retries at higher temperatures) and the phrase, forced, in the
+spellings whisper uses. The wake counts when the phrase scores within `margin` (nats per
+token) of the guess, or (the rule the bench chose) at least -`floor` on its own.
 Runs in the STT worker (a whisper.cpp context of its own), only on wakes. Why a forced
 decode and these numbers: docs/design/voice-noise.md (bench/falsewake.py)."""
 
@@ -20,11 +22,12 @@ if TYPE_CHECKING:
 
     from loomd.audio.rescore import WhisperScorer
 
-__all__ = ["POST_S", "PRE_S", "PhraseHeard", "hear_phrase", "segment_audio"]
+__all__ = ["POST_S", "PRE_S", "PhraseHeard", "hear_phrase", "segment_audio", "spellings"]
 
-PRE_S = 1.5  # the wake segment: this much audio up to the wake ("hey jarvis" takes ~0.8 s)
+PRE_S = 1.2  # the wake segment: this much audio up to the wake ("hey jarvis" takes ~0.8 s)
 POST_S = 0.3  # and this much after it: at a low threshold the model fires before the end
 _PAD = 4000  # silence before and after, in samples (as the STT stage pads an utterance)
+_MAX_TOKENS = 12  # whisper's guess for 1.5 s of speech: ~4 tokens a second, and a bound
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,11 @@ class PhraseHeard:
         likely, or whisper wrote the phrase)."""
         return round(self.free - self.phrase, 3)
 
-    def accepts(self, margin: float) -> bool:
-        return self.gap <= margin
+    def accepts(self, margin: float | None = None, floor: float | None = None) -> bool:
+        """Within `margin` of whisper's guess, and scoring at least -`floor` on its own
+        (each rule only when given)."""
+        near = margin is None or self.gap <= margin
+        return near and (floor is None or self.phrase >= -floor)
 
 
 def segment_audio(pcm: bytes) -> tuple[np.ndarray, int]:
@@ -64,6 +70,19 @@ def hear_phrase(
     import time
 
     began = time.perf_counter()
-    text = scorer.transcribe(audio, "", audio_ctx, 16)
-    own, forced = scorer.score([text, phrase])
-    return PhraseHeard(text, own.score, forced.score, (time.perf_counter() - began) * 1000)
+    scorer.encode(audio, audio_ctx)
+    own = scorer.greedy(_MAX_TOKENS)
+    best = max(f.score for f in scorer.score(spellings(phrase)))
+    return PhraseHeard(own.text, own.score, best, (time.perf_counter() - began) * 1000)
+
+
+def spellings(phrase: str) -> list[str]:
+    """The ways whisper writes a wake phrase: "hey jarvis" -> "hey jarvis", "Hey Jarvis",
+    "Hey, Jarvis" (a name is capitalised: the lower-case spelling alone scores ~1.5 nats
+    a token under what whisper wrote for the phrase said clean)."""
+    words = phrase.split()
+    titled = [w[:1].upper() + w[1:] for w in words]
+    out = [phrase, " ".join(titled)]
+    if len(words) > 1:
+        out.append(f"{titled[0]}, {' '.join(titled[1:])}")
+    return list(dict.fromkeys(out))

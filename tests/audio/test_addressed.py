@@ -7,8 +7,9 @@ import pytest
 
 from loomd.audio.addressed import (
     BARE_THRESHOLD,
-    CHECK_MARGIN,
+    CHECK_FLOOR,
     PRESETS,
+    Preset,
     check_wake,
     not_addressed,
     wake_phrase,
@@ -74,19 +75,21 @@ def test_an_answer_is_addressed(text: str) -> None:
 def test_sensitivity_presets_and_word_thresholds() -> None:
     low = build_section(WakeSettings, {"sensitivity": "low"}, "voice.wake")
     assert low.limits()["*"] == PRESETS["low"].threshold
-    assert low.margin == PRESETS["low"].margin
+    assert low.check == PRESETS["low"]
     own = build_section(
         WakeSettings, {"threshold": 0.42, "thresholds": {"alexa_v0.1": 0.8}}, "voice.wake"
     )
     assert own.limits() == {"*": 0.42, "alexa_v0.1": 0.8} and own.bare_limit == 0.42
     # A preset's low threshold is for wakes its check follows
     off = build_section(WakeSettings, {"second_check": "off"}, "voice.wake")
-    assert off.margin is None and off.limits()["*"] >= BARE_THRESHOLD
+    assert off.check is None and off.limits()["*"] >= BARE_THRESHOLD
     assert build_section(WakeSettings, {}, "voice.wake").bare_limit >= BARE_THRESHOLD
     always = build_section(WakeSettings, {"second_check": "always"}, "voice.wake")
-    assert always.margin == (PRESETS["default"].margin or CHECK_MARGIN)
-    mine = build_section(WakeSettings, {"check_margin": 0.3}, "voice.wake")
-    assert mine.margin == 0.3
+    assert always.check is not None and always.check.checked
+    mine = build_section(WakeSettings, {"check_margin": 0.3, "check_floor": 2.0}, "voice.wake")
+    assert mine.check is not None and (mine.check.margin, mine.check.floor) == (0.3, 2.0)
+    # A preset without a check gets one only with "always"
+    assert Preset(0.5).checked is False and Preset(0.5, floor=CHECK_FLOOR).checked
     with pytest.raises(ConfigError, match="sensitivity"):
         build_section(WakeSettings, {"sensitivity": "max"}, "voice.wake")
     with pytest.raises(ConfigError, match="thresholds"):

@@ -24,7 +24,7 @@ pytestmark = [
     ),
 ]
 RATE = 16000
-MARGIN = WakeSettings().margin
+RULES = WakeSettings().check
 
 
 def segment(said: bytes, snr: float | None = None, seed: int = 5) -> bytes:
@@ -44,33 +44,32 @@ def stt(models: Path) -> SttWorker:
 
 
 def test_the_default_has_a_check() -> None:
-    assert MARGIN is not None and MARGIN > 0
+    assert RULES is not None and RULES.checked
 
 
 @pytest.mark.parametrize(("voice", "snr"), [("en-us", None), ("en-gb", None), ("en-us", 10.0)])
 def test_the_phrase_said_passes(stt: SttWorker, voice: str, snr: float | None) -> None:
-    assert MARGIN is not None
+    assert RULES is not None
     heard = asyncio.run(
         stt.hear_phrase(segment(espeak_pcm("hey jarvis", voice), snr), "hey jarvis")
     )
-    assert heard.accepts(MARGIN), heard
+    assert heard.accepts(RULES.margin, RULES.floor), heard
 
 
 @pytest.mark.parametrize(
     "line", ["hey travis", "hey harvey", "and now the weather", "a jar of this honey"]
 )
 def test_other_speech_is_refused(stt: SttWorker, line: str) -> None:
-    assert MARGIN is not None
+    assert RULES is not None
     heard = asyncio.run(stt.hear_phrase(segment(espeak_pcm(line, "en-gb")), "hey jarvis"))
-    assert not heard.accepts(MARGIN), heard
-    assert heard.gap > MARGIN
+    assert not heard.accepts(RULES.margin, RULES.floor), heard
 
 
 def test_the_phrase_is_the_one_configured(stt: SttWorker) -> None:
     """The same audio against another phrase: refused (what `[voice.wake] phrases` does)."""
-    assert MARGIN is not None
+    assert RULES is not None
     heard = asyncio.run(stt.hear_phrase(segment(espeak_pcm("hey jarvis")), "open sesame"))
-    assert not heard.accepts(MARGIN), heard
+    assert not heard.accepts(RULES.margin, RULES.floor), heard
 
 
 def test_a_check_between_transcription_and_rescoring(stt: SttWorker) -> None:
