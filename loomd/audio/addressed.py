@@ -62,7 +62,7 @@ BARE_THRESHOLD = 0.5  # openWakeWord's own, where no check follows a wake
 PRESETS = {
     "low": Preset(0.3, floor=1.5),  # wakes less: a TV, a busy room
     "default": Preset(0.3, floor=1.5),
-    "high": Preset(0.2, floor=2.5),  # wakes more easily: a quiet voice, far away
+    "high": Preset(0.7, margin=2.0),  # wakes more easily: a quiet voice, far away
 }
 
 

@@ -147,13 +147,13 @@ class VadSettings(Section):
     mode: int = option(2, min=0, max=3)  # webrtcvad's aggressiveness
     threshold: float = option(0.5, min=0.05, max=0.95)  # silero / micro: speech probability
     # The near-field rule: voiced frames this many dB under the speaker's level are the
-    # room (a TV), not the speaker; 0 = off
-    level_drop_db: float = option(12.0, min=0.0, max=40.0)
-    # The room's rule: voiced frames must also be this many dB over the room's level before
-    # the wake (a TV as loud as the speaker's quiet syllables); 0 = off
-    floor_db: float = option(0.0, min=0.0, max=30.0)
+    # room (a TV), not the speaker; 0 = off (the room's rule replaced it)
+    level_drop_db: float = option(0.0, min=0.0, max=40.0)
+    # The room's rule: voiced frames must be this many dB over the room's level before the
+    # wake (a TV the VAD calls speech is not the speaker); 0 = off
+    floor_db: float = option(4.0, min=0.0, max=30.0)
     preroll_ms: int = option(300, min=0, max=2000)
-    hangover_ms: int = option(500, min=100, max=5000)
+    hangover_ms: int = option(300, min=100, max=5000)
     min_speech_ms: int = option(200, min=20, max=5000)
     max_utterance_s: float = option(15.0, min=1.0, max=60.0)
     no_speech_s: float = option(5.0, min=0.5, max=60.0)

@@ -20,7 +20,7 @@ import pytest
 from bench.tvnoise import espeak_pcm, mix
 from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.settings import VadSettings
-from loomd.audio.vad import VADS, Segment, Segmenter, make_vad
+from loomd.audio.vad import VADS, Background, Segment, Segmenter, make_vad
 from loomd.errors import LoomdError
 from loomd.messages import IgnoredWhy, Topic, Transcript, TurnIgnored
 from loomd.sdk import Client
@@ -34,7 +34,9 @@ pytestmark = pytest.mark.skipif(
 CAP_S = 8.0
 
 
-def cut(pcm: bytes, engine: str, level_drop_db: float) -> Segment | None:
+def cut(pcm: bytes, engine: str, level_drop_db: float, floor_db: float = 0.0) -> Segment | None:
+    """The segmenter with the default VAD settings from the stream's start, the room's level
+    taken over the first second (the TV before the command, as the pipeline takes it)."""
     v = VadSettings()
     try:
         vad = make_vad(engine, mode=v.mode, threshold=v.threshold)
@@ -42,8 +44,11 @@ def cut(pcm: bytes, engine: str, level_drop_db: float) -> Segment | None:
         pytest.skip(str(exc))
     seg = Segmenter(preroll_ms=v.preroll_ms, hangover_ms=v.hangover_ms,
                     min_speech_ms=v.min_speech_ms, max_utterance_s=CAP_S, no_speech_s=CAP_S,
-                    level_drop_db=level_drop_db)  # fmt: skip
-    seg.open(0.0)
+                    level_drop_db=level_drop_db, floor_db=floor_db)  # fmt: skip
+    room = Background()
+    for i in range(0, 16000 * 2 - FRAME_BYTES + 1, FRAME_BYTES):
+        room.push(pcm[i : i + FRAME_BYTES])
+    seg.open(0.0, background_db=room.db)
     for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
         frame = pcm[i : i + FRAME_BYTES]
         out = seg.push(frame, i / 2 / 16000, vad(frame))
@@ -71,7 +76,8 @@ def test_a_command_in_tv_noise_ends_on_the_hangover(
         assert p.returncode == 0 and "1 passed" in p.stdout, p.stdout[-3000:] + p.stderr
         return
     pcm, end = in_tv
-    got = cut(pcm, engine, VadSettings().level_drop_db)
+    v = VadSettings()
+    got = cut(pcm, engine, v.level_drop_db, v.floor_db)
     assert got is not None and got.reason == "hangover", got and got.reason
     # Not before the command is over, and within a second and a half of its end
     assert end <= got.end <= end + 1.5, (got.end, end)
@@ -84,6 +90,21 @@ def test_without_the_near_field_rule_the_tv_keeps_it_listening(
     pcm, _end = in_tv
     got = cut(pcm, "webrtc", 0.0)
     assert got is None or got.reason == "max_length", got.reason
+
+
+def test_the_rooms_rule_ends_a_command_in_loud_tv() -> None:
+    """At 5 dB the TV's loud syllables are within 12 dB of the speaker's peak: the near-field
+    rule (last round's default) keeps listening until the TV pauses; the room's rule (the default:
+    voiced frames must be `floor_db` over the TV's level before the command) finds the end
+    after the command."""
+    pcm, _start, end = mix(espeak_pcm("set the thermostat to twenty one degrees"), 5.0, seed=101)
+    v = VadSettings()
+    assert v.floor_db > 0
+    alone = cut(pcm, "webrtc", 12.0)  # the cap, or the TV's next pause seconds later
+    assert alone is None or alone.reason != "hangover" or alone.end > end + 2.0, alone.end
+    got = cut(pcm, "webrtc", v.level_drop_db, v.floor_db)
+    assert got is not None and got.reason == "hangover"
+    assert end <= got.end <= end + 1.0, (got.end, end)
 
 
 def test_a_missing_vad_library_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
