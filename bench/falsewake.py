@@ -23,6 +23,7 @@ from bench.tvnoise import RATE, espeak_pcm, mix, music, speech_power, trim
 from loomd.audio.addressed import PRESETS, check_wake
 from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.settings import NS_DEFAULT
+from loomd.audio.stt import audio_ctx_for
 from loomd.audio.wakecheck import POST_S, PRE_S, PhraseHeard, hear_phrase, segment_audio
 
 PHRASE = "hey jarvis"
@@ -122,8 +123,10 @@ class Checks:
         if k not in self.heard:
             end = (k + 1) * STEP * 2
             seg = self.pcm[max(0, end - int(PRE_S * RATE) * 2) : end + int(POST_S * RATE) * 2]
-            audio, ctx = segment_audio(seg)
-            self.heard[k] = hear_phrase(self.scorer, audio, ctx, PHRASE)
+            audio = segment_audio(seg)
+            self.heard[k] = hear_phrase(
+                self.scorer, audio, audio_ctx_for(len(audio) / RATE), PHRASE
+            )
         return self.heard[k]
 
 

@@ -115,9 +115,9 @@ def stt_server(
         if request[0] == "wake":  # the wake check (loomd.audio.wakecheck) on a wake segment
             from loomd.audio.wakecheck import hear_phrase, segment_audio
 
-            audio, ctx = segment_audio(request[1])
+            audio = segment_audio(request[1])
             last[2] = False  # the scorer's encoding is this segment's now, not the clip's
-            h = hear_phrase(load_scorer(), audio, ctx, request[2])
+            h = hear_phrase(load_scorer(), audio, audio_ctx_for(len(audio) / RATE), request[2])
             return h.text, h.free, h.phrase, h.ms
         if request[0] == "rescore":
             _, transcript, sentences, margin = request

@@ -50,16 +50,14 @@ class PhraseHeard:
         return near and (floor is None or self.phrase >= -floor)
 
 
-def segment_audio(pcm: bytes) -> tuple[np.ndarray, int]:
-    """A wake segment (s16le) as whisper takes it: float32, padded; and its encoder context."""
+def segment_audio(pcm: bytes) -> np.ndarray:
+    """A wake segment (s16le) as whisper takes it: float32, padded."""
     import numpy as np
-
-    from loomd.audio.stt import audio_ctx_for
 
     audio = np.zeros(len(pcm) // 2 + 2 * _PAD, dtype=np.float32)
     audio[_PAD:-_PAD] = np.frombuffer(pcm, dtype=np.int16)
     audio /= 32768.0
-    return audio, audio_ctx_for(len(audio) / 16000)
+    return audio
 
 
 def hear_phrase(
