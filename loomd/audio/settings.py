@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from loomd.audio.addressed import BARE_THRESHOLD, CHECK_FLOOR, PRESETS, Preset, wake_phrase
+from loomd.audio.addressed import BARE_THRESHOLD, CHECK_MARGIN, PRESETS, Preset, wake_phrase
 from loomd.audio.vad import VADS
 from loomd.config import Section, Switch, option, switch
 
@@ -89,7 +89,7 @@ class WakeSettings(Section):
         rules = Preset(p.threshold, self.check_floor or p.floor, self.check_margin or p.margin)
         if rules.checked:
             return rules
-        return Preset(p.threshold, CHECK_FLOOR) if self.second_check == "always" else None
+        return Preset(p.threshold, margin=CHECK_MARGIN) if self.second_check == "always" else None
 
     def phrase(self, word: str) -> str:
         return self.phrases.get(word) or wake_phrase(word)

@@ -7,7 +7,7 @@ import pytest
 
 from loomd.audio.addressed import (
     BARE_THRESHOLD,
-    CHECK_FLOOR,
+    CHECK_MARGIN,
     PRESETS,
     Preset,
     check_wake,
@@ -89,7 +89,7 @@ def test_sensitivity_presets_and_word_thresholds() -> None:
     mine = build_section(WakeSettings, {"check_margin": 0.3, "check_floor": 2.0}, "voice.wake")
     assert mine.check is not None and (mine.check.margin, mine.check.floor) == (0.3, 2.0)
     # A preset without a check gets one only with "always"
-    assert Preset(0.5).checked is False and Preset(0.5, floor=CHECK_FLOOR).checked
+    assert Preset(0.5).checked is False and Preset(0.5, margin=CHECK_MARGIN).checked
     with pytest.raises(ConfigError, match="sensitivity"):
         build_section(WakeSettings, {"sensitivity": "max"}, "voice.wake")
     with pytest.raises(ConfigError, match="thresholds"):
