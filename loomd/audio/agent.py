@@ -87,7 +87,7 @@ class Agent:
         self._assist_seen = False
         self._probed = -1e9
         self.current: TurnRecord | None = None  # the turn running now
-        self.checking: asyncio.Task[PhraseHeard | None] | None = None  # the wake check
+        self.checking: asyncio.Task[PhraseHeard] | None = None  # the wake check
 
     @property
     def turn_bus(self) -> Any:
@@ -117,27 +117,24 @@ class Agent:
         """Start the wake check on the wake segment `pcm` (loomd.audio.wakecheck) while the
         command is being said; the turn waits for its verdict before it acts."""
         self.cancel_check()
-        self.checking = asyncio.create_task(self._hear(pcm, self.ctx.settings.wake.phrase(word)))
+        # a failure (the STT worker died: it restarts) is the turn's to report
+        phrase = self.ctx.settings.wake.phrase(word)
+        self.checking = asyncio.create_task(self.stt.hear_phrase(pcm, phrase))
 
     def cancel_check(self) -> None:
         if self.checking is not None:
             self.checking.cancel()
             self.checking = None
 
-    async def _hear(self, pcm: bytes, phrase: str) -> PhraseHeard | None:
-        try:
-            return await self.stt.hear_phrase(pcm, phrase)
-        except LoomdError as exc:  # the worker restarts; the turn's own STT call tells
-            self.ctx.error(ErrorCode.STT_FAILED, f"voice: the wake check failed: {exc}")
-            return None
-
     def refused(self) -> PhraseHeard | None:
         """The wake check's verdict when it is in and refuses the wake, else None."""
         task, rules = self.checking, self.ctx.settings.wake.check
         if task is None or not task.done() or task.cancelled() or rules is None:
             return None
+        if task.exception() is not None:  # the turn reports it
+            return None
         heard = task.result()
-        return heard if heard is not None and not heard.accepts(rules.margin, rules.floor) else None
+        return None if heard.accepts(rules.margin, rules.floor) else heard
 
     def start(self, cut: Segment, rec: TurnRecord, frame: Frame, checked: bool = False) -> None:
         """Run the turn for an utterance the segmenter cut at `frame`; with `checked`, it
@@ -195,7 +192,7 @@ class Agent:
         cut: Segment,
         rec: TurnRecord,
         clock: TurnClock,
-        check: asyncio.Task[PhraseHeard | None] | None,
+        check: asyncio.Task[PhraseHeard] | None,
     ) -> None:
         s = self.ctx.settings
         try:
@@ -206,10 +203,15 @@ class Agent:
             if s.agent == "assist" and not self._assist_seen:
                 await self._probe_assist()
             if check is not None:  # started at the wake: usually in by now
-                heard = await check
+                try:
+                    heard = await check
+                except LoomdError as exc:  # the STT worker died during it: it restarts
+                    self._failed(rec, ErrorCode.STT_FAILED,
+                                 f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip
+                    return
                 rules = s.wake.check
                 rec.timings["wake_check"] = clock.ms()
-                if heard is not None and rules and not heard.accepts(rules.margin, rules.floor):
+                if rules is not None and not heard.accepts(rules.margin, rules.floor):
                     await self._refuse(rec, heard)
                     return
             rec.timings["stt_start"] = clock.ms()
