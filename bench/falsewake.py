@@ -1,39 +1,41 @@
-"""False wakes per hour and wake recall, with and without loomd's second check, for
-bench/noise.py. Raw baseline: openWakeWord alone (its score crossing the threshold, with
-the daemon's 2 s refractory period) on the same audio.
+"""False wakes per hour and wake recall, for bench/noise.py: openWakeWord at each threshold,
+with and without the front end before it and loomd's wake check after it
+(`loomd.audio.wakecheck`: whisper's decoder scores the wake phrase against its own
+transcript of the wake segment). Raw baseline: openWakeWord alone on the microphone audio
+(its score crossing the threshold, with the daemon's 2 s refractory period).
 
 The long stream: TV-like speech with no wake word in it (espeak-ng voices and Piper
 reading news lines and conversation, some of them near the phrase: "hey Travis", "and
-Jarvis said", over music-like chords now and then). Each raw wake on it goes through what
-the daemon does next: the segmenter (default VAD rule) cuts what follows, whisper (loomd's
-STT stage) hears the 1.5 s wake segment plus that, and the second check looks for the
-phrase at the start (`loomd.audio.addressed`); a wake that survives and has something
-addressed is a false wake. Recall: "hey jarvis, <command>" said by several espeak-ng
-voices and Piper, clean and in TV at 10 and 5 dB; a hit is a wake whose turn passes the
-check. The transcript does not depend on the strictness, so every preset is scored from
-the same STT calls."""
+Jarvis said", over music-like chords now and then). Recall: "hey jarvis, <command>" said
+by several espeak-ng voices and Piper, clean and in TV at 10 and 5 dB; a hit is a wake at
+or after the phrase's start that the check lets through. The wakes are found as the
+daemon finds them: one the check lets through starts the refractory period, one it
+refuses leaves the board deaf for `DEAF_S` (the check's time), then it hears again. Each
+wake segment is checked once and its figures serve every margin."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 
 from bench.tvnoise import RATE, espeak_pcm, mix, music, speech_power, trim
-from loomd.audio.addressed import PRESETS, check_wake, not_addressed
+from loomd.audio.addressed import PRESETS, check_wake
 from loomd.audio.frames import FRAME_BYTES
-from loomd.audio.settings import VadSettings
-from loomd.audio.vad import Segmenter, make_vad
+from loomd.audio.settings import NS_DEFAULT
+from loomd.audio.stt import audio_ctx_for
+from loomd.audio.wakecheck import POST_S, PRE_S, PhraseHeard, hear_phrase, segment_audio
 
 PHRASE = "hey jarvis"
 MODEL = "openwakeword/hey_jarvis_v0.1.onnx"
 STEP = 1280  # openWakeWord's 80 ms
-SEGMENT_S = 1.5
 REFRACTORY_S = 2.0
-THRESHOLDS = sorted({0.35, 0.5, 0.6, 0.7, 0.8, *(p.threshold for p in PRESETS.values())})
-STRICTNESS = [0.0, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]
-TRUST = [1.01, 0.99, 0.98, 0.95, 0.9]  # a wake scoring this much skips the check
+DEAF_S = 0.5  # a wake the check refused: the board listens for wakes again this much later
+
+THRESHOLDS = sorted({0.1, 0.2, 0.3, 0.5, 0.7, *(p.threshold for p in PRESETS.values())})
+MARGINS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5]
+FLOORS = [1.5, 2.0, 2.5, 3.0]  # the alternative: the phrase's own score over -floor
+TEXT_STRICTNESS = 0.85  # the old check, on the segment's transcript: for comparison
 LINES = [
     "and now the weather for the weekend, with rain moving in from the west",
     "the match ended two all after a late goal in the second half",
@@ -86,6 +88,15 @@ def stream(seconds: float, seed: int, piper: Any) -> bytes:
     return np.clip(out, -32768, 32767).astype(np.int16).tobytes()
 
 
+def frontend(pcm: bytes) -> bytes:
+    """`pcm` through the daemon's front end (one suppressor over the whole stream)."""
+    from loomd.audio.frontend import FrontEnd
+
+    fe = FrontEnd(NS_DEFAULT)
+    n = len(pcm) // FRAME_BYTES * FRAME_BYTES
+    return b"".join(fe.process(pcm[i : i + FRAME_BYTES]) for i in range(0, n, FRAME_BYTES))
+
+
 def scores(models: Any, pcm: bytes, model: str = MODEL) -> list[float]:
     """openWakeWord's score for each 80 ms of `pcm` (raw: the library alone)."""
     from openwakeword.model import Model  # type: ignore[import-untyped]
@@ -101,82 +112,89 @@ def scores(models: Any, pcm: bytes, model: str = MODEL) -> list[float]:
     return out
 
 
-def wakes(sc: list[float], threshold: float) -> list[int]:
-    """Chunks where a wake fires (the daemon's refractory period after each)."""
-    out, quiet = [], -1
-    for k, s in enumerate(sc):
-        if s >= threshold and k >= quiet:
+class Checks:
+    """The wake check on the segments of one recording, each computed once."""
+
+    def __init__(self, scorer: Any, pcm: bytes) -> None:
+        self.scorer, self.pcm = scorer, pcm
+        self.heard: dict[int, PhraseHeard] = {}
+
+    def __call__(self, k: int) -> PhraseHeard:
+        if k not in self.heard:
+            end = (k + 1) * STEP * 2
+            seg = self.pcm[max(0, end - int(PRE_S * RATE) * 2) : end + int(POST_S * RATE) * 2]
+            audio = segment_audio(seg)
+            self.heard[k] = hear_phrase(
+                self.scorer, audio, audio_ctx_for(len(audio) / RATE), PHRASE
+            )
+        return self.heard[k]
+
+
+def accepts(check: str, heard: PhraseHeard) -> bool:
+    """Does the check named `check` let this wake through? "raw": no check; "text": the
+    transcript starts with the phrase; "m<margin>": the forced phrase within the margin of
+    whisper's guess; "a<floor>": the forced phrase's score over -floor, whatever the guess."""
+    if check == "raw":
+        return True
+    if check == "text":
+        return check_wake(heard.text, PHRASE, TEXT_STRICTNESS).ok
+    if check.startswith("a"):
+        return heard.phrase >= -float(check[1:])
+    return heard.accepts(float(check[1:]))
+
+
+CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS), *(f"a{f:g}" for f in FLOORS)]
+
+
+def wakes(sc: list[float], threshold: float, ok: Any = None) -> list[int]:
+    """Chunks where a wake fires and `ok(k)` lets it through: the refractory period after
+    each, `DEAF_S` after a refused one."""
+    out, k, step_s = [], 0, STEP / RATE
+    while k < len(sc):
+        if sc[k] < threshold:
+            k += 1
+        elif ok is None or ok(k):
             out.append(k)
-            quiet = k + int(REFRACTORY_S * RATE / STEP)
+            k += int(REFRACTORY_S / step_s)
+        else:
+            k += max(1, int(DEAF_S / step_s))
     return out
 
 
-def peak(sc: list[float], k: int) -> float:
-    """The wake's score as the daemon has it: the chunk that crossed the threshold."""
-    return round(sc[k], 3)
+def grid(sc: list[float], checks: Checks) -> dict[str, dict[str, list[int]]]:
+    """Threshold -> check -> the wakes let through."""
+    return {
+        f"{t:g}": {
+            c: wakes(sc, t, None if c == "raw" else lambda k, c=c: accepts(c, checks(k)))
+            for c in CHECKS
+        }
+        for t in THRESHOLDS
+    }
 
 
-def turn_audio(pcm: bytes, k: int) -> bytes:
-    """What the daemon transcribes after a wake at chunk `k`: the 1.5 s wake segment, then
-    the utterance the segmenter cuts from there (default VAD rule, 8 s cap)."""
-    end = (k + 1) * STEP * 2
-    seg_pcm = pcm[max(0, end - int(SEGMENT_S * RATE) * 2) : end]
-    v = VadSettings()
-    vad = make_vad("webrtc", mode=v.mode)
-    seg = Segmenter(preroll_ms=v.preroll_ms, hangover_ms=v.hangover_ms,
-                    min_speech_ms=v.min_speech_ms, max_utterance_s=8.0, no_speech_s=v.no_speech_s,
-                    level_drop_db=v.level_drop_db)  # fmt: skip
-    seg.open(0.0)
-    for i, at in enumerate(range(end, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)):
-        f = pcm[at : at + FRAME_BYTES]
-        cut = seg.push(f, i * 0.02, vad(f))
-        if cut is not None:
-            return seg_pcm + (b"" if cut.reason == "no_speech" else cut.pcm)
-    return seg_pcm
+def bench(models: Any, quick: bool, stream_s: float = 0.0) -> dict[str, Any]:
+    """`stream_s`: the long stream's length (default 5 min quick, else an hour)."""
+    from loomd.audio.rescore import WhisperScorer
 
-
-async def transcripts(models: Any, clips: list[bytes]) -> list[str]:
-    from loomd.audio.stt import SttWorker
-
-    stt = SttWorker(str(models), "whisper/ggml-tiny.en.bin")
-    await stt.load()
-    try:
-        return [(await stt.transcribe(c)).text for c in clips]
-    finally:
-        await asyncio.to_thread(stt.close)
-
-
-def passes(text: str, strictness: float, score: float = 0.0, trust: float = 1.01) -> bool:
-    """The turn acts: the phrase heard at the start (when checked) and something asked."""
-    if strictness <= 0 or score >= trust:
-        return bool(text)
-    heard = check_wake(text, PHRASE, strictness)
-    return heard.ok and not not_addressed(heard.command)
-
-
-def bench(models: Any, quick: bool) -> dict[str, Any]:
     piper = None
     if (models / "piper/en_US-joe-medium.onnx").is_file():
         from loomd.audio.tts import PiperTts
 
         piper = PiperTts(str(models), "piper/en_US-joe-medium.onnx")
-    # -- false wakes on the long stream
-    seconds = 300.0 if quick else 3600.0
+    scorer = WhisperScorer(str(models / "whisper/ggml-tiny.en.bin"), 1)
+    began = __import__("time").process_time()
+    # -- false wakes on the long stream: openWakeWord on the mic (raw) and after the front end
+    seconds = stream_s or (300.0 if quick else 3600.0)
     long = stream(seconds, seed=11, piper=piper)
-    sc = scores(models, long)
-    hits = {t: wakes(sc, t) for t in THRESHOLDS}
-    ks = sorted({k for v in hits.values() for k in v})
-    heard = dict(zip(ks, asyncio.run(transcripts(models, [turn_audio(long, k) for k in ks])),
-                     strict=True))  # fmt: skip
     hours = seconds / 3600
+    checks = Checks(scorer, long)
     false: dict[str, Any] = {}
-    for t in THRESHOLDS:
-        false[f"{t:g}"] = {
-            f"{s:g}/{u:g}": round(sum(passes(heard[k], s, sc[k], u) for k in hits[t]) / hours, 2)
-            for s in STRICTNESS
-            for u in TRUST
+    for front, audio in (("raw", long), ("fe", frontend(long))):
+        g = grid(scores(models, audio), checks)
+        false[front] = {
+            t: {c: round(len(v) / hours, 2) for c, v in row.items()} for t, row in g.items()
         }
-        false[f"{t:g}"]["raw"] = round(len(hits[t]) / hours, 2)
+    stream_checks = len(checks.heard)
     # -- recall on wake clips
     said = []
     voices = WAKE_VOICES[:3] if quick else WAKE_VOICES
@@ -187,38 +205,33 @@ def bench(models: Any, quick: bool) -> dict[str, Any]:
         for cmd in COMMANDS[: 2 if quick else 4]:
             said.append(piper.synthesize(f"Hey Jarvis, {cmd}."))
     snrs: list[float | None] = [None, 10.0, 5.0]
-    clips = [(snr, mix(p, snr, seed=50 + i, tail_s=3.0)[0]) for i, p in enumerate(said)
+    clips = [(snr, mix(p, snr, seed=50 + i, tail_s=3.0)) for i, p in enumerate(said)
              for snr in snrs]  # fmt: skip
-    clip_scores = [scores(models, pcm) for _, pcm in clips]
-    first = {t: [next(iter(wakes(s, t)), None) for s in clip_scores] for t in THRESHOLDS}
-    need = sorted({(i, k) for t in THRESHOLDS for i, k in enumerate(first[t]) if k is not None})
-    texts = asyncio.run(transcripts(models, [turn_audio(clips[i][1], k) for i, k in need]))
-    said_text = dict(zip(need, texts, strict=True))
-    recall: dict[str, Any] = {}
-    for t in THRESHOLDS:
-        for snr in snrs:
-            name = "clean" if snr is None else f"{snr:g}db"
-            idx = [i for i, (s, _) in enumerate(clips) if s == snr]
-            row = {"raw": round(sum(first[t][i] is not None for i in idx) / len(idx), 3)}
-            for s in STRICTNESS:
-                for u in TRUST:
-                    ok = 0
-                    for i in idx:
-                        k = first[t][i]
-                        ok += k is not None and passes(said_text[(i, k)], s, clip_scores[i][k], u)
-                    row[f"{s:g}/{u:g}"] = round(ok / len(idx), 3)
-            recall[f"{t:g}/{name}"] = row
-    samples = [(heard[k], peak(sc, k)) for k in ks[:12]]
-    true_peaks = sorted(peak(clip_scores[i], k) for i, k in need)
-    missed = [t for t in texts if not passes(t, PRESETS["default"].strictness)][:12]
+    hits: dict[str, Any] = {"raw": {}, "fe": {}}
+    true_gaps: list[tuple[float, float]] = []
+    for snr, (pcm, start, _end) in clips:
+        name = "clean" if snr is None else f"{snr:g}db"
+        chk = Checks(scorer, pcm)
+        first = int(start * RATE / STEP)
+        for front, audio in (("raw", pcm), ("fe", frontend(pcm))):
+            for t, row in grid(scores(models, audio), chk).items():
+                for c, ks in row.items():
+                    cell = hits[front].setdefault(f"{t}/{name}", {}).setdefault(c, [])
+                    cell.append(any(k >= first for k in ks))
+        true_gaps += [(h.gap, round(h.phrase, 2)) for k, h in chk.heard.items() if k >= first]
+    recall = {front: {key: {c: round(sum(v) / len(v), 3) for c, v in row.items()}
+                      for key, row in by.items()} for front, by in hits.items()}  # fmt: skip
+    heard = list(checks.heard.values())
     return {
         "stream_s": seconds,
-        "raw_wakes": {f"{t:g}": len(v) for t, v in hits.items()},
         "false_per_hour": false,
         "recall": recall,
         "clips": len(clips),
-        "false_heard": samples,
-        "true_peaks": true_peaks,
-        "false_peaks": sorted(peak(sc, k) for k in ks),
-        "missed_heard": missed,
+        "stream_checks": stream_checks,
+        "check_ms_p50": sorted(h.ms for h in heard)[len(heard) // 2] if heard else None,
+        "false_heard": sorted((h.gap, round(h.phrase, 2), h.text) for h in heard)[:12],
+        "false_gaps": sorted(h.gap for h in heard)[:40],
+        "true_gaps": sorted(g for g, _ in true_gaps)[-40:],
+        "true_phrase": sorted(p for _, p in true_gaps)[:40],
+        "cpu_s": round(__import__("time").process_time() - began, 1),
     }

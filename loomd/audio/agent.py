@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.addressed import check_wake, not_addressed
+from loomd.audio.addressed import not_addressed
 from loomd.audio.recorder import TurnClock, TurnRecord
 from loomd.audio.worker import WorkerError
 from loomd.bus.acl import Manifest
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from loomd.audio.speaker import Speaker
     from loomd.audio.stt import SttWorker
     from loomd.audio.vad import Segment
+    from loomd.audio.wakecheck import PhraseHeard
     from loomd.component import Context
 
 __all__ = ["VOICE_MANIFEST", "Agent", "voice_identity"]
@@ -86,6 +87,7 @@ class Agent:
         self._assist_seen = False
         self._probed = -1e9
         self.current: TurnRecord | None = None  # the turn running now
+        self.checking: asyncio.Task[PhraseHeard] | None = None  # the wake check
 
     @property
     def turn_bus(self) -> Any:
@@ -111,9 +113,32 @@ class Agent:
             rec.fail(error)
             self.counts["failed"] += 1
 
-    def start(self, cut: Segment, rec: TurnRecord, frame: Frame, wake_pcm: bytes = b"") -> None:
-        """Run the turn for an utterance the segmenter cut at `frame`; `wake_pcm` is the
-        audio that woke the board (the second check hears it), b"" for a follow-up."""
+    def check_wake(self, pcm: bytes, word: str) -> None:
+        """Start the wake check on the wake segment `pcm` (loomd.audio.wakecheck) while the
+        command is being said; the turn waits for its verdict before it acts."""
+        self.cancel_check()
+        # a failure (the STT worker died: it restarts) is the turn's to report
+        phrase = self.ctx.settings.wake.phrase(word)
+        self.checking = asyncio.create_task(self.stt.hear_phrase(pcm, phrase))
+
+    def cancel_check(self) -> None:
+        if self.checking is not None:
+            self.checking.cancel()
+            self.checking = None
+
+    def refused(self) -> PhraseHeard | None:
+        """The wake check's verdict when it is in and refuses the wake, else None."""
+        task, rules = self.checking, self.ctx.settings.wake.check
+        if task is None or not task.done() or task.cancelled() or rules is None:
+            return None
+        if task.exception() is not None:  # the turn reports it
+            return None
+        heard = task.result()
+        return None if heard.accepts(rules.margin, rules.floor) else heard
+
+    def start(self, cut: Segment, rec: TurnRecord, frame: Frame, checked: bool = False) -> None:
+        """Run the turn for an utterance the segmenter cut at `frame`; with `checked`, it
+        acts only if the wake check started at the wake (`check_wake`) lets it."""
         # The segmenter decided `cut.end - cut.speech_end` of stream time after speech ended.
         speech_end = frame.at - (cut.end - cut.speech_end)
         clock = TurnClock(speech_end)
@@ -121,9 +146,33 @@ class Agent:
         rec.end_reason = cut.reason
         self.counts["utterances"] += 1
         self.current = rec
+        check, self.checking = (self.checking if checked else None), None
         self.board.turn = self._spawn(
-            lambda: self._turn(cut, rec, clock, wake_pcm), f"turn-{rec.utterance_id}"
+            lambda: self._turn(cut, rec, clock, check), f"turn-{rec.utterance_id}"
         )
+
+    def refuse(self, rec: TurnRecord, heard: PhraseHeard) -> asyncio.Task[None]:
+        """A wake the check refused while the command was still being said: the turn ends
+        now, quietly."""
+        self.checking = None
+        self.current = rec
+
+        async def quietly() -> None:
+            try:
+                await self._refuse(rec, heard)
+            finally:
+                await self.recorder.record(rec)
+                if self.current is rec:
+                    self.current = None
+
+        return self._spawn(quietly, f"refused-{rec.utterance_id}")
+
+    async def _refuse(self, rec: TurnRecord, heard: PhraseHeard) -> None:
+        phrase, rules = self.ctx.settings.wake.phrase(rec.wake), self.ctx.settings.wake.check
+        limits = "" if rules is None else f"floor {rules.floor}, margin {rules.margin}"
+        await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
+                           f"heard {heard.text!r}; {phrase!r} scored {heard.phrase:.2f}, "
+                           f"{heard.gap} under it ({limits})", heard.text)  # fmt: skip
 
     def _failed(self, rec: TurnRecord, code: ErrorCode, error: str) -> None:
         rec.fail(error)
@@ -138,7 +187,13 @@ class Agent:
         await TurnIgnored(rec.utterance_id, why, detail, heard, self.ctx.settings.site,
                           rec.wake, rec.wake_score).publish(self.ctx.bus)  # fmt: skip
 
-    async def _turn(self, cut: Segment, rec: TurnRecord, clock: TurnClock, wake_pcm: bytes) -> None:
+    async def _turn(
+        self,
+        cut: Segment,
+        rec: TurnRecord,
+        clock: TurnClock,
+        check: asyncio.Task[PhraseHeard] | None,
+    ) -> None:
         s = self.ctx.settings
         try:
             await self.board.set(VoiceState.THINKING, rec.utterance_id)
@@ -147,18 +202,22 @@ class Agent:
                 return
             if s.agent == "assist" and not self._assist_seen:
                 await self._probe_assist()
+            if check is not None:  # started at the wake: usually in by now
+                try:
+                    heard = await check
+                except LoomdError as exc:  # the STT worker died during it: it restarts
+                    self._failed(rec, ErrorCode.STT_FAILED,
+                                 f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip
+                    return
+                rules = s.wake.check
+                rec.timings["wake_check"] = clock.ms()
+                if rules is not None and not heard.accepts(rules.margin, rules.floor):
+                    await self._refuse(rec, heard)
+                    return
             rec.timings["stt_start"] = clock.ms()
-            # The second check: the wake segment and the command in one STT call
-            strict = s.wake.check_for(rec.wake_score) if wake_pcm and rec.wake else 0.0
             try:
                 extra = self._vocabulary if s.stt.assist_vocabulary else ""
-                # a clip with the wake segment before it is not the command's audio alone:
-                # it is not kept for rescoring (no tag)
-                res = await self.stt.transcribe(
-                    wake_pcm + cut.pcm if strict else cut.pcm,
-                    extra,
-                    "" if strict else rec.utterance_id,
-                )
+                res = await self.stt.transcribe(cut.pcm, extra, rec.utterance_id)
             except Exception as exc:
                 self._failed(rec, ErrorCode.STT_FAILED,
                              f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip
@@ -167,15 +226,6 @@ class Agent:
             self.stt_hist.append(res.ms)
             del self.stt_hist[:-200]
             text = res.text
-            if strict and text:
-                phrase = s.wake.phrase(rec.wake)
-                heard = check_wake(text, phrase, strict)
-                if not heard.ok:
-                    await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
-                                       f"heard {text!r}, not {phrase!r} at its start "
-                                       f"(similarity {heard.score} < {strict})", text)  # fmt: skip
-                    return
-                text = heard.command
             if not text:
                 why = "nothing was said after the wake word"
                 await self._ignore(rec, IgnoredWhy.NO_SPEECH, why, res.text)

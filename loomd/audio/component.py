@@ -150,7 +150,7 @@ class VoiceComponent(Component[VoiceSettings]):
             from loomd.audio.wyoming_server import WyomingServices, serve
 
             svc = WyomingServices(stages, s.tts_voice or "espeak-ng", s.language, self.wake.words,
-                                  s.wake.limits()["*"], self.ctx.error)  # fmt: skip
+                                  s.wake.bare_limit, self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
             if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way
                 self.spawn(self._announce_wyoming, "wyoming mdns", restart=False, critical=False)

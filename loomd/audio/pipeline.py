@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.recorder import TurnRecord
+from loomd.audio.wakecheck import POST_S, PRE_S
 from loomd.audio.worker import WorkerError
 from loomd.messages import ErrorCode, VoiceState, VoiceStop, WakeAction
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from loomd.audio.settings import VoiceSettings
     from loomd.audio.speaker import Speaker
     from loomd.audio.stages import Wake
-    from loomd.audio.vad import Vad
+    from loomd.audio.vad import Segment, Vad
     from loomd.audio.wake import Detection
     from loomd.component import Context
 
@@ -38,9 +39,10 @@ __all__ = ["Pipeline"]
 
 # Wake scoring runs on 80 ms; collecting 4 frames before each hop keeps it cheap.
 _WAKE_FRAMES = 4
-# The wake segment the second check transcribes: this much audio up to the wake's peak
-# (the model peaks at or just after the phrase's end; "hey jarvis" takes ~0.8 s).
-_WAKE_SEGMENT_FRAMES = 1500 // FRAME_MS
+# The wake segment the wake check hears (loomd.audio.wakecheck): this much audio up to the
+# wake, and this much after it (at a low threshold the model fires before the phrase ends).
+_WAKE_SEGMENT_FRAMES = int(PRE_S * 1000) // FRAME_MS
+_WAKE_POST_FRAMES = int(POST_S * 1000) // FRAME_MS
 
 
 class Pipeline:
@@ -119,9 +121,18 @@ class Pipeline:
         await self.stop.reset(clock=False)
         return True
 
+    def _start(self, cut: Segment, rec: TurnRecord, frame: Frame, detection: Detection | None,
+               unchecked: bytes) -> None:  # fmt: skip
+        """Run the turn; a wake segment whose check has not started yet (`unchecked`: the
+        utterance ended within `POST_S` of the wake) is checked now."""
+        checked = detection is not None and self.ctx.settings.wake.check is not None
+        if unchecked and detection is not None:
+            self.agent.check_wake(unchecked, detection.word)
+        self.agent.start(cut, rec, frame, checked)
+
     async def run(self, frames: AsyncIterator[Frame], *, wait_turns: bool) -> list[TurnRecord]:
         """Frames -> wake -> VAD -> turns. Returns the turns started (for `voice test`)."""
-        from loomd.audio.vad import Segmenter
+        from loomd.audio.vad import Background, Segmenter
 
         s = self.ctx.settings
         board, handoff, speaker = self.board, self.handoff, self.speaker
@@ -133,12 +144,15 @@ class Pipeline:
             max_utterance_s=s.vad.max_utterance_s,
             no_speech_s=s.vad.no_speech_s,
             level_drop_db=s.vad.level_drop_db,
+            floor_db=s.vad.floor_db,
         )
+        room = Background()  # the room's level before a wake (the room's rule)
         listening = False
         board.follow_up = False
         wake_buf: list[bytes] = []
         heard: collections.deque[bytes] = collections.deque(maxlen=_WAKE_SEGMENT_FRAMES)
-        wake_pcm = b""  # the wake segment of the turn being listened to
+        wake_pcm = b""  # the wake segment of the turn being listened to, until it is checked
+        post: list[bytes] = []  # the audio after the wake, for the check
         turns: list[TurnRecord] = []
         detection: Detection | None = None
         last: Frame | None = None
@@ -188,24 +202,43 @@ class Pipeline:
                         await board.set(VoiceState.IDLE)
                     continue
             if listening:
+                if wake_pcm and detection is not None:
+                    post.append(speech)
+                    if len(post) >= _WAKE_POST_FRAMES:
+                        self.agent.check_wake(wake_pcm + b"".join(post), detection.word)
+                        wake_pcm, post = b"", []
+                if (refused := self.agent.refused()) is not None:
+                    listening = False  # not the wake word: stop listening now, quietly
+                    handoff.cancel()
+                    rec = TurnRecord.new(s.site, detection)
+                    turns.append(rec)
+                    quiet = self.agent.refuse(rec, refused)
+                    await self.wake.reset()  # hear the next wake at once, not 2 s later
+                    await board.set(VoiceState.IDLE)
+                    if wait_turns:
+                        await asyncio.shield(quiet)
+                    continue
                 cut = seg.push(speech, frame.t, self.vad(frame.pcm))
                 if cut is not None:
                     listening = False
                     handoff.cancel()
                     rec = TurnRecord.new(s.site, detection)
                     turns.append(rec)
-                    self.agent.start(cut, rec, frame, wake_pcm)
+                    self._start(cut, rec, frame, detection, wake_pcm + b"".join(post))
                     if wait_turns and board.turn is not None:
                         await asyncio.shield(board.turn)
                 continue
             if board.follow_up:  # the board just asked a question: listen without the wake
                 board.follow_up = False
-                listening, detection, wake_buf, wake_pcm = True, None, [], b""
+                listening, detection, wake_buf, wake_pcm, post = True, None, [], b"", []
+                self.agent.cancel_check()
                 self.vad.reset()
-                seg.open(frame.t, no_speech_s=s.followup_s)
+                seg.open(frame.t, no_speech_s=s.followup_s, background_db=room.db)
                 await board.set(VoiceState.LISTENING)
                 continue
             wake_buf.append(frame.pcm)
+            if len(heard) == heard.maxlen:  # older than the wake segment: the room
+                room.push(heard[0])
             heard.append(speech)
             if len(wake_buf) < _WAKE_FRAMES:
                 continue
@@ -230,7 +263,9 @@ class Pipeline:
                 self.ctx.log.info("voice: ignored a wake (score %.2f): the board said it",
                                   hit.score)  # fmt: skip
                 continue
-            detection, wake_pcm = hit, b"".join(heard)
+            detection, post = hit, []
+            self.agent.cancel_check()  # a check still out for an earlier wake is moot
+            wake_pcm = b"".join(heard) if s.wake.check is not None else b""
             heard.clear()
             self.counts["wakes"] += 1
             self.ctx.log.info(
@@ -244,7 +279,7 @@ class Pipeline:
                 await self.barge_in()
             listening = True
             self.vad.reset()
-            seg.open(t_end)
+            seg.open(t_end, background_db=room.db)
             handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
             await board.set(VoiceState.LISTENING)
         if listening and last is not None:
@@ -260,7 +295,8 @@ class Pipeline:
                 handoff.cancel()
                 rec = TurnRecord.new(s.site, detection)
                 turns.append(rec)
-                self.agent.start(cut, rec, Frame(silence, t, time.monotonic()), wake_pcm)
+                end = Frame(silence, t, time.monotonic())
+                self._start(cut, rec, end, detection, wake_pcm + b"".join(post))
         if wait_turns and board.turn is not None:
             await asyncio.shield(board.turn)
         return turns

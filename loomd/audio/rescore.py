@@ -162,6 +162,8 @@ class WhisperScorer:
         lib.whisper_get_logits.restype = _c.POINTER(_F)
         lib.whisper_get_logits.argtypes = [_P]
         lib.whisper_tokenize.argtypes = [_P, _c.c_char_p, _c.POINTER(_I), _I]
+        lib.whisper_token_to_str.restype = _c.c_char_p
+        lib.whisper_token_to_str.argtypes = [_P, _I]
         lib.whisper_free.argtypes = [_P]
         for name in ("n_vocab", "token_sot", "token_eot", "token_not", "full_n_segments"):
             getattr(lib, "whisper_" + name).argtypes = [_P]
@@ -204,13 +206,18 @@ class WhisperScorer:
             raise RescoreError(f"cannot tokenize {text!r}")
         return list(buf[:n])
 
-    def transcribe(self, audio: np.ndarray, prompt: str, audio_ctx: int, max_tokens: int) -> str:
+    def transcribe(
+        self, audio: np.ndarray, prompt: str, audio_ctx: int, max_tokens: int, retry: bool = True
+    ) -> str:
         """whisper_full on `audio` (float32 mono 16 kHz) with the parameters loomd's STT
         stage gives pywhispercpp (the same library, model and parameters: the same text);
-        the clip's encoding stays in the context for `score()`."""
+        the clip's encoding stays in the context for `score()`. Without `retry`, one greedy
+        decode (no retries at higher temperatures when it looks like garbage)."""
         samples = np.ascontiguousarray(audio, dtype=np.float32)
         p = _FullParams.from_buffer_copy(self.defaults)
         p.audio_ctx, p.max_tokens, p.single_segment, p.no_context = audio_ctx, max_tokens, 1, 1
+        if not retry:
+            p.temperature_inc = 0.0
         self._prompt = prompt.encode()
         p.initial_prompt = self._prompt
         p.language = self._language
@@ -227,7 +234,29 @@ class WhisperScorer:
 
     def encode(self, audio: np.ndarray, audio_ctx: int) -> None:
         """Encode a clip for `score()` (whisper_full decoding one token only)."""
-        self.transcribe(audio, "", audio_ctx, 1)
+        self.transcribe(audio, "", audio_ctx, 1, retry=False)
+
+    def greedy(self, max_tokens: int) -> Scored:
+        """The most likely text of the last encoded clip, token by token (each step's best
+        text token or the end of text), scored as `score()` scores a sentence: whisper's
+        best guess, as a reference that needs no spelling of its own."""
+        toks: list[int] = []
+        total = 0.0
+        token, n_past = self.sot, 0
+        for seq_token in (self.sot, self.notimestamps):  # the prompt: its row is not scored
+            row = self._logprobs(seq_token, n_past)
+            n_past += 1
+        while True:
+            token = int(np.argmax(row))
+            total += float(row[token])
+            if token == self.eot or len(toks) >= max_tokens:
+                break
+            toks.append(token)
+            row = self._logprobs(token, n_past)
+            n_past += 1
+        text = b"".join(self.lib.whisper_token_to_str(self.ctx, t) or b"" for t in toks)
+        return Scored(text.decode("utf-8", errors="replace").strip(), total / (len(toks) + 1),
+                      len(toks) + 1)  # fmt: skip
 
     def _logprobs(self, token: int, n_past: int) -> np.ndarray:
         one = (_I * 1)(token)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from loomd.audio.addressed import ALWAYS_STRICTNESS, PRESETS, Preset, wake_phrase
+from loomd.audio.addressed import BARE_THRESHOLD, CHECK_MARGIN, PRESETS, Preset, wake_phrase
 from loomd.audio.language import LANGUAGES, piper_voice, stt_model
 from loomd.audio.stt import ENGINES
 from loomd.audio.vad import VADS
@@ -52,9 +52,13 @@ class WakeSettings(Section):
         factory=dict, valid=_scores_ok, expected="a table of model name = score from 0.01 to 1",
         reload=True,
     )  # fmt: skip
-    # The second check: whisper hears the wake phrase at the start of what was said;
-    # "auto": on wakes scoring under the sensitivity's trust level, "always", "off"
+    # The wake check: whisper's decoder hears the wake phrase in the wake segment
+    # (loomd.audio.wakecheck); "auto": the sensitivity's, "always", "off"
     second_check: str = option("auto", choices=("auto", "always", "off"), reload=True)
+    # The check's rules, nats per token (0 = the sensitivity's): the phrase's own score
+    # must be at least -check_floor, and within check_margin of whisper's best guess
+    check_floor: float = option(0.0, min=0.0, max=20.0, reload=True)
+    check_margin: float = option(0.0, min=0.0, max=20.0, reload=True)
     # The phrase of a model whose file name does not say it (by file stem)
     phrases: Mapping[str, str] = option(factory=dict, reload=True)
     # While the board plays audio: echo cancellation leaves a residue for its first second.
@@ -66,21 +70,29 @@ class WakeSettings(Section):
         return PRESETS[self.sensitivity]
 
     def limits(self) -> dict[str, float]:
-        """The score that wakes, per word ("*": any other word)."""
+        """The score that wakes, per word ("*": any other word). A preset's threshold is
+        low because its check follows: with the check off, it is at least `BARE_THRESHOLD`."""
         base = self.threshold or self.preset.threshold
+        if not self.threshold and self.check is None:
+            base = max(base, BARE_THRESHOLD)
         return {"*": base, **{k: float(v) for k, v in self.thresholds.items()}}
 
     @property
-    def strictness(self) -> float:
-        """The second check's similarity; 0 = off."""
-        if self.second_check == "always":
-            return self.preset.strictness or ALWAYS_STRICTNESS
-        return 0.0 if self.second_check == "off" else self.preset.strictness
+    def bare_limit(self) -> float:
+        """The score that wakes where no check follows (Wyoming's wake service: the
+        satellite acts on the detection): the configured threshold, else `BARE_THRESHOLD`."""
+        return self.threshold or max(self.preset.threshold, BARE_THRESHOLD)
 
-    def check_for(self, score: float) -> float:
-        """The second check's similarity for a wake that scored `score`; 0 = no check."""
-        trusted = self.second_check == "auto" and score >= self.preset.trust
-        return 0.0 if trusted else self.strictness
+    @property
+    def check(self) -> Preset | None:
+        """The wake check's rules (`floor`, `margin`); None = no check."""
+        if self.second_check == "off":
+            return None
+        p = self.preset
+        rules = Preset(p.threshold, self.check_floor or p.floor, self.check_margin or p.margin)
+        if rules.checked:
+            return rules
+        return Preset(p.threshold, margin=CHECK_MARGIN) if self.second_check == "always" else None
 
     def phrase(self, word: str) -> str:
         return self.phrases.get(word) or wake_phrase(word)
@@ -138,10 +150,13 @@ class VadSettings(Section):
     mode: int = option(2, min=0, max=3)  # webrtcvad's aggressiveness
     threshold: float = option(0.5, min=0.05, max=0.95)  # silero / micro: speech probability
     # The near-field rule: voiced frames this many dB under the speaker's level are the
-    # room (a TV), not the speaker; 0 = off
-    level_drop_db: float = option(12.0, min=0.0, max=40.0)
+    # room (a TV), not the speaker; 0 = off (the room's rule replaced it)
+    level_drop_db: float = option(0.0, min=0.0, max=40.0)
+    # The room's rule: voiced frames must be this many dB over the room's level before the
+    # wake (a TV the VAD calls speech is not the speaker); 0 = off
+    floor_db: float = option(4.0, min=0.0, max=30.0)
     preroll_ms: int = option(300, min=0, max=2000)
-    hangover_ms: int = option(500, min=100, max=5000)
+    hangover_ms: int = option(300, min=100, max=5000)
     min_speech_ms: int = option(200, min=20, max=5000)
     max_utterance_s: float = option(15.0, min=1.0, max=60.0)
     no_speech_s: float = option(5.0, min=0.5, max=60.0)
@@ -216,6 +231,12 @@ class VoiceSettings(Section):
             raise ConfigError("voice.stt.engine", self.stt.engine,
                               f"an engine with a model for language {self.language!r} (whisper), "
                               "or [voice.stt] model set")  # fmt: skip
+        if self.stt.engine != "whisper" and self.wake.second_check != "off":
+            # the wake check is whisper's decoder (loomd.audio.wakecheck); without it the
+            # presets' low thresholds would wake on the TV
+            raise ConfigError("voice.wake.second_check", self.wake.second_check,
+                              f'"off" with [voice.stt] engine = "{self.stt.engine}" (the wake '
+                              "check needs whisper)")  # fmt: skip
 
     @property
     def stt_model(self) -> str:

@@ -24,6 +24,8 @@ from loomd.audio.worker import Worker
 if TYPE_CHECKING:
     import numpy as np
 
+    from loomd.audio.wakecheck import PhraseHeard
+
 __all__ = [
     "ENGINES",
     "Engine",
@@ -204,6 +206,17 @@ def stt_server(
                 "engine": engine}  # fmt: skip
 
     def handle(request: Any) -> Any:
+        if request[0] == "wake":  # the wake check (loomd.audio.wakecheck) on a wake segment
+            from loomd.audio.wakecheck import hear_phrase, segment_audio
+
+            if not isinstance(model, WhisperEngine):
+                raise RuntimeError(f"the {engine} engine cannot check a wake")
+            audio = segment_audio(request[1])
+            if model.last is not None:  # the scorer's encoding is this segment's now
+                model.last = (*model.last[:2], False)
+            sc = model.load_scorer()
+            h = hear_phrase(sc, audio, audio_ctx_for(len(audio) / RATE), request[2])
+            return h.text, h.free, h.phrase, h.ms
         if request[0] == "rescore":
             _, transcript, sentences, margin = request
             if not isinstance(model, WhisperEngine):
@@ -314,6 +327,13 @@ class SttWorker:
         best, stops early (its score is then an upper bound)."""
         own, scores, ms = await self.worker.call("rescore", transcript, list(sentences), margin)
         return Rescored(float(own), tuple(float(x) for x in scores), float(ms))
+
+    async def hear_phrase(self, pcm: bytes, phrase: str) -> PhraseHeard:
+        """The wake check on a wake segment (loomd.audio.wakecheck)."""
+        from loomd.audio.wakecheck import PhraseHeard
+
+        text, free, forced, ms = await self.worker.call("wake", pcm, phrase)
+        return PhraseHeard(str(text), float(free), float(forced), float(ms))
 
     def close(self) -> None:
         self.worker.close()

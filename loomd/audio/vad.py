@@ -15,7 +15,18 @@ from typing import Protocol
 from loomd.audio.frames import FRAME_MS, RATE
 from loomd.errors import LoomdError
 
-__all__ = ["VADS", "MicroVad", "Segment", "Segmenter", "SileroVad", "Vad", "WebRtcVad", "make_vad"]
+__all__ = [
+    "VADS",
+    "Background",
+    "MicroVad",
+    "Segment",
+    "Segmenter",
+    "SileroVad",
+    "Vad",
+    "WebRtcVad",
+    "level_db",
+    "make_vad",
+]
 
 VADS = ("webrtc", "silero", "micro")
 
@@ -48,6 +59,7 @@ class Segmenter:
         max_utterance_s: float = 15.0,
         no_speech_s: float = 5.0,
         level_drop_db: float = 0.0,
+        floor_db: float = 0.0,
         frame_ms: int = FRAME_MS,
     ) -> None:
         self.frame_s = frame_ms / 1000
@@ -55,6 +67,11 @@ class Segmenter:
         # this many dB below the speaker's own level is the room (a TV), not the speaker.
         self.level_drop_db = level_drop_db
         self._level = -1e9  # the loudest 60 ms of the utterance so far, dB
+        # The room's rule (0 = off): a voiced frame must also be this many dB over the
+        # room's level before the utterance (`open(background_db=...)`): a TV as loud as
+        # the speaker's quiet syllables is still the TV.
+        self.floor_db = floor_db
+        self._floor: float | None = None
         self._recent: collections.deque[float] = collections.deque(maxlen=3)
         self.hangover_s = hangover_ms / 1000
         self.min_speech_s = min_speech_ms / 1000
@@ -75,10 +92,16 @@ class Segmenter:
         return self._start is not None
 
     def open(
-        self, t: float, preroll: list[bytes] | None = None, *, no_speech_s: float | None = None
+        self,
+        t: float,
+        preroll: list[bytes] | None = None,
+        *,
+        no_speech_s: float | None = None,
+        background_db: float | None = None,
     ) -> None:
         """Start waiting for speech at stream time `t`, with audio heard just before; give up
-        after `no_speech_s` (default: the constructor's) without speech."""
+        after `no_speech_s` (default: the constructor's) without speech. `background_db`:
+        the room's level before (`Background`), for the room's rule."""
         self._opened = t
         self._no_speech_s = self.no_speech_s if no_speech_s is None else no_speech_s
         self._preroll.clear()
@@ -87,6 +110,13 @@ class Segmenter:
         self._buf, self._start, self._voiced = [], None, 0.0
         self._level = -1e9
         self._recent.clear()
+        self._floor = None
+        if self.floor_db > 0 and background_db is not None:
+            self._floor = background_db + self.floor_db
+
+    @property
+    def _rules(self) -> bool:
+        return self.level_drop_db > 0 or self._floor is not None
 
     def _near(self, pcm: bytes) -> bool:
         """Is this voiced frame the speaker's (within `level_drop_db` of their level)?"""
@@ -96,7 +126,9 @@ class Segmenter:
         self._recent.append(float(np.mean(x * x)) if x.size else 0.0)
         db = 10 * math.log10(sum(self._recent) / len(self._recent) + 1.0)
         self._level = max(self._level, db)
-        return db >= self._level - self.level_drop_db
+        if self._floor is not None and db < self._floor:
+            return False
+        return self.level_drop_db <= 0 or db >= self._level - self.level_drop_db
 
     def push(self, pcm: bytes, t: float, speech: bool) -> Segment | None:
         if self._opened is None:
@@ -108,7 +140,7 @@ class Segmenter:
                 if t + self.frame_s - self._opened >= self._no_speech_s - _EPS:
                     return self._finish(t, "no_speech")
                 return None
-            if self.level_drop_db > 0:
+            if self._rules:
                 self._near(pcm)
             self._start = t
             self._buf = [*self._preroll, pcm]
@@ -116,7 +148,7 @@ class Segmenter:
             self._voiced = self.frame_s
             return None
         self._buf.append(pcm)
-        if speech and self.level_drop_db > 0:
+        if speech and self._rules:
             speech = self._near(pcm)
         if speech:
             self._last = t + self.frame_s
@@ -140,6 +172,34 @@ class Segmenter:
         self._opened, self._buf, self._start, self._voiced = None, [], None, 0.0
         self._preroll.clear()
         return seg
+
+
+def level_db(pcm: bytes) -> float:
+    """A frame's mean power in dB (s16le; 0 dB = 1 LSB squared)."""
+    import numpy as np
+
+    x = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+    return 10 * math.log10(float(np.mean(x * x)) + 1.0) if x.size else 0.0
+
+
+class Background:
+    """The room's level: the mean power of the frames heard over the last `window_s`
+    (an exponential average), fed with what the microphone heard before a wake."""
+
+    def __init__(self, window_s: float = 3.0, frame_ms: int = FRAME_MS) -> None:
+        self._alpha = min(1.0, frame_ms / 1000 / window_s)
+        self._power: float | None = None
+
+    def push(self, pcm: bytes) -> None:
+        p = 10 ** (level_db(pcm) / 10)
+        self._power = p if self._power is None else self._power + self._alpha * (p - self._power)
+
+    @property
+    def db(self) -> float | None:
+        return None if self._power is None else 10 * math.log10(self._power)
+
+    def reset(self) -> None:
+        self._power = None
 
 
 class Vad(Protocol):

@@ -1,13 +1,15 @@
-"""The second check and the quiet end, as text rules (the daemon's side is in
-tests/audio/test_noise.py): whisper's transcript of the wake segment plus the command."""
+"""The quiet end and the phrase as text rules, and the sensitivity presets (the wake check
+itself: tests/audio/test_wakecheck.py; the daemon's side: tests/audio/test_noise.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from loomd.audio.addressed import (
-    ALWAYS_STRICTNESS,
+    BARE_THRESHOLD,
+    CHECK_MARGIN,
     PRESETS,
+    Preset,
     check_wake,
     not_addressed,
     wake_phrase,
@@ -15,7 +17,7 @@ from loomd.audio.addressed import (
 from loomd.audio.settings import WakeSettings
 from loomd.config import ConfigError, build_section
 
-STRICT = ALWAYS_STRICTNESS
+STRICT = 0.85
 
 
 def test_the_phrase_comes_from_the_model_file() -> None:
@@ -73,19 +75,21 @@ def test_an_answer_is_addressed(text: str) -> None:
 def test_sensitivity_presets_and_word_thresholds() -> None:
     low = build_section(WakeSettings, {"sensitivity": "low"}, "voice.wake")
     assert low.limits()["*"] == PRESETS["low"].threshold
-    assert low.strictness == PRESETS["low"].strictness
+    assert low.check == PRESETS["low"]
     own = build_section(
         WakeSettings, {"threshold": 0.42, "thresholds": {"alexa_v0.1": 0.8}}, "voice.wake"
     )
-    assert own.limits() == {"*": 0.42, "alexa_v0.1": 0.8}
+    assert own.limits() == {"*": 0.42, "alexa_v0.1": 0.8} and own.bare_limit == 0.42
+    # A preset's low threshold is for wakes its check follows
     off = build_section(WakeSettings, {"second_check": "off"}, "voice.wake")
-    assert off.strictness == 0.0 and off.check_for(0.1) == 0.0
-    auto = build_section(WakeSettings, {"sensitivity": "low"}, "voice.wake")
-    low = PRESETS["low"]
-    assert auto.check_for(0.5) == low.strictness
-    assert auto.check_for(low.trust) == 0.0  # trusted: no check
+    assert off.check is None and off.limits()["*"] >= BARE_THRESHOLD
+    assert build_section(WakeSettings, {}, "voice.wake").bare_limit >= BARE_THRESHOLD
     always = build_section(WakeSettings, {"second_check": "always"}, "voice.wake")
-    assert always.check_for(1.0) == (PRESETS["default"].strictness or ALWAYS_STRICTNESS)
+    assert always.check is not None and always.check.checked
+    mine = build_section(WakeSettings, {"check_margin": 0.3, "check_floor": 2.0}, "voice.wake")
+    assert mine.check is not None and (mine.check.margin, mine.check.floor) == (0.3, 2.0)
+    # A preset without a check gets one only with "always"
+    assert Preset(0.5).checked is False and Preset(0.5, margin=CHECK_MARGIN).checked
     with pytest.raises(ConfigError, match="sensitivity"):
         build_section(WakeSettings, {"sensitivity": "max"}, "voice.wake")
     with pytest.raises(ConfigError, match="thresholds"):

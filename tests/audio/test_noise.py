@@ -20,7 +20,7 @@ import pytest
 from bench.tvnoise import espeak_pcm, mix
 from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.settings import VadSettings
-from loomd.audio.vad import VADS, Segment, Segmenter, make_vad
+from loomd.audio.vad import VADS, Background, Segment, Segmenter, make_vad
 from loomd.errors import LoomdError
 from loomd.messages import IgnoredWhy, Topic, Transcript, TurnIgnored
 from loomd.sdk import Client
@@ -34,7 +34,9 @@ pytestmark = pytest.mark.skipif(
 CAP_S = 8.0
 
 
-def cut(pcm: bytes, engine: str, level_drop_db: float) -> Segment | None:
+def cut(pcm: bytes, engine: str, level_drop_db: float, floor_db: float = 0.0) -> Segment | None:
+    """The segmenter with the default VAD settings from the stream's start, the room's level
+    taken over the first second (the TV before the command, as the pipeline takes it)."""
     v = VadSettings()
     try:
         vad = make_vad(engine, mode=v.mode, threshold=v.threshold)
@@ -42,8 +44,11 @@ def cut(pcm: bytes, engine: str, level_drop_db: float) -> Segment | None:
         pytest.skip(str(exc))
     seg = Segmenter(preroll_ms=v.preroll_ms, hangover_ms=v.hangover_ms,
                     min_speech_ms=v.min_speech_ms, max_utterance_s=CAP_S, no_speech_s=CAP_S,
-                    level_drop_db=level_drop_db)  # fmt: skip
-    seg.open(0.0)
+                    level_drop_db=level_drop_db, floor_db=floor_db)  # fmt: skip
+    room = Background()
+    for i in range(0, 16000 * 2 - FRAME_BYTES + 1, FRAME_BYTES):
+        room.push(pcm[i : i + FRAME_BYTES])
+    seg.open(0.0, background_db=room.db)
     for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
         frame = pcm[i : i + FRAME_BYTES]
         out = seg.push(frame, i / 2 / 16000, vad(frame))
@@ -71,7 +76,8 @@ def test_a_command_in_tv_noise_ends_on_the_hangover(
         assert p.returncode == 0 and "1 passed" in p.stdout, p.stdout[-3000:] + p.stderr
         return
     pcm, end = in_tv
-    got = cut(pcm, engine, VadSettings().level_drop_db)
+    v = VadSettings()
+    got = cut(pcm, engine, v.level_drop_db, v.floor_db)
     assert got is not None and got.reason == "hangover", got and got.reason
     # Not before the command is over, and within a second and a half of its end
     assert end <= got.end <= end + 1.5, (got.end, end)
@@ -84,6 +90,21 @@ def test_without_the_near_field_rule_the_tv_keeps_it_listening(
     pcm, _end = in_tv
     got = cut(pcm, "webrtc", 0.0)
     assert got is None or got.reason == "max_length", got.reason
+
+
+def test_the_rooms_rule_ends_a_command_in_loud_tv() -> None:
+    """At 5 dB the TV's loud syllables are within 12 dB of the speaker's peak: the near-field
+    rule (last round's default) keeps listening until the TV pauses; the room's rule (the default:
+    voiced frames must be `floor_db` over the TV's level before the command) finds the end
+    after the command."""
+    pcm, _start, end = mix(espeak_pcm("set the thermostat to twenty one degrees"), 5.0, seed=101)
+    v = VadSettings()
+    assert v.floor_db > 0
+    alone = cut(pcm, "webrtc", 12.0)  # the cap, or the TV's next pause seconds later
+    assert alone is None or alone.reason != "hangover" or alone.end > end + 2.0, alone.end
+    got = cut(pcm, "webrtc", v.level_drop_db, v.floor_db)
+    assert got is not None and got.reason == "hangover"
+    assert end <= got.end <= end + 1.0, (got.end, end)
 
 
 def test_a_missing_vad_library_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,12 +134,16 @@ def test_the_daemon_ends_a_turn_in_tv_noise(
     loomd_proc: LoomdProcess, models: Path, tmp_path: Path
 ) -> None:
     """ "hey jarvis, turn on the kitchen lights" over TV at 10 dB, 6 s of TV after it: the
-    turn ends on the hangover (not the 8 s cap) and whisper hears the command."""
+    turn ends on the hangover (not the 8 s cap) and whisper hears the command. (The wake
+    check is off: in TV noise it refuses some true wakes, this one among them; that is
+    bench/noise.py's recall, this test is about the end of speech.)"""
     said = espeak_pcm("hey jarvis") + b"\0" * 9600 + espeak_pcm("turn on the kitchen lights")
     pcm, _start, _end = mix(said, 10.0, seed=5)
     clip = write_wav(tmp_path / "tv.wav", pcm)
     loomd_proc.write_config(
-        voice_toml(models, agent='"none"') + "[voice.vad]\nmax_utterance_s = 8.0\n"
+        voice_toml(models, agent='"none"')
+        + "[voice.vad]\nmax_utterance_s = 8.0\n"
+        + '[voice.wake]\nsecond_check = "off"\n'
     )
     loomd_proc.start(timeout=60)
     p = loomctl(loomd_proc, "voice", "test", str(clip), "--json", timeout=300)
@@ -133,10 +158,11 @@ def test_the_daemon_ends_a_turn_in_tv_noise(
 def test_a_turn_not_addressed_ends_quietly(
     loomd_proc: LoomdProcess, models: Path, tmp_path: Path
 ) -> None:
-    """The second check on the real daemon: "hey jarvis" wakes it, but the check listens for
-    another phrase (`phrases`), so the turn ends with `voice.ignored` (not_the_wake_word),
-    no transcript and no sound; "hey jarvis, thank you" with the right phrase ends quietly
-    as not addressed; "hey jarvis, close the garage door" acts (a transcript)."""
+    """The wake check on the real daemon: "hey jarvis" wakes it, but the check listens for
+    another phrase (`phrases`), so the turn ends with `voice.ignored` (not_the_wake_word:
+    what whisper heard in the wake segment), no transcript and no sound; "hey jarvis,
+    thank you" with the right phrase ends quietly as not addressed; "hey jarvis, close the
+    garage door" acts (a transcript)."""
     sink = tmp_path / "spoken"
     clips = {}
     for name, tail in (("other", "close the garage door"), ("thanks", "thank you"),
@@ -168,7 +194,7 @@ def test_a_turn_not_addressed_ends_quietly(
     (ev,) = got
     ign = TurnIgnored.from_payload(ev)
     assert ign.why == IgnoredWhy.NOT_THE_WAKE_WORD and "open sesame" in ign.detail
-    assert "garage" in ign.transcript.lower() and ign.utterance_id == turn["utterance_id"]
+    assert "jarvis" in ign.transcript.lower() and ign.utterance_id == turn["utterance_id"]
     assert said == [] and r["reply_seconds"] == 0.0 and not list(sink.glob("*.wav"))
 
     loomd_proc.stop()

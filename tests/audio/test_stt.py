@@ -69,7 +69,8 @@ def test_language_picks_each_stage_model() -> None:
     de = voice(language="de")
     assert de.stt_model == "whisper/ggml-base.bin"  # multilingual
     assert de.tts_voice == ""  # no packaged Piper voice speaks German: espeak-ng's
-    assert voice(stt={"engine": "moonshine"}).stt_model == "moonshine/base-en"
+    moonshine = voice(stt={"engine": "moonshine"}, wake={"second_check": "off"})
+    assert moonshine.stt_model == "moonshine/base-en"
     assert voice(language="de", stt={"model": "whisper/mine.bin"}).stt_model == "whisper/mine.bin"
     assert engine_files("moonshine", "moonshine/base-en") == [
         "moonshine/base-en/encoder_model.ort",
@@ -84,6 +85,7 @@ def test_language_picks_each_stage_model() -> None:
         ({"language": "german"}, "voice.language", "one of"),
         ({"language": "de", "stt": {"engine": "moonshine"}}, "voice.stt.engine", "'de'"),
         ({"stt": {"engine": "vosk"}}, "voice.stt.engine", "moonshine"),
+        ({"stt": {"engine": "moonshine"}}, "voice.wake.second_check", "needs whisper"),
     ],
 )
 def test_a_wrong_language_or_engine_is_a_config_error(

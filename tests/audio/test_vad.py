@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loomd.audio.vad import Segmenter
+from loomd.audio.vad import Background, Segmenter, level_db
 
 F = b"\1\0" * 320  # one 20 ms frame (contents do not matter: the flag decides)
 
@@ -58,3 +58,45 @@ def test_no_speech_times_out() -> None:
     cuts, _ = feed(seg, "." * 30, t0=10.0)
     assert [c.reason for c in cuts] == ["no_speech"]
     assert abs(cuts[0].end - 10.48) < 1e-6
+
+
+def level(amplitude: int) -> bytes:
+    """A 20 ms frame of a square wave at `amplitude` (its power: amplitude squared)."""
+    return (amplitude.to_bytes(2, "little", signed=True) * 2
+            + (-amplitude).to_bytes(2, "little", signed=True) * 2) * 80  # fmt: skip
+
+
+def test_the_room_is_its_mean_level_before() -> None:
+    bg = Background(window_s=0.2)
+    assert bg.db is None
+    for _ in range(200):
+        bg.push(level(1000))
+    assert bg.db is not None and abs(bg.db - level_db(level(1000))) < 0.01
+    assert abs(level_db(level(1000)) - 60.0) < 0.01  # 1000 LSB: 60 dB
+    bg.reset()
+    assert bg.db is None
+
+
+def test_the_room_rule_ends_an_utterance_over_a_loud_room() -> None:
+    """Voiced frames as loud as the room (a TV the VAD calls speech) are silence for the
+    hangover once `floor_db` is set; without it, or with the room's level unknown, they
+    keep the utterance open."""
+    speaker, tv = level(4000), level(2000)  # the speaker 6 dB over the TV
+
+    def run(floor_db: float, background: float | None) -> str:
+        seg = Segmenter(hangover_ms=200, max_utterance_s=3.0, level_drop_db=12.0,
+                        floor_db=floor_db)  # fmt: skip
+        seg.open(0.0, background_db=background)
+        t = 0.0
+        for pcm in [speaker] * 40 + [tv] * 200:  # the speaker, then the TV talking on
+            cut = seg.push(pcm, t, True)
+            if cut is not None:
+                return f"{cut.reason} {cut.end:.2f}"
+            t += 0.02
+        return "none"
+
+    room = level_db(tv)
+    assert run(0.0, room) == "max_length 3.00"  # the level drop alone: 6 dB is near
+    assert run(3.0, None) == "max_length 3.00"
+    # 0.8 s of speech, two frames of the TV still in the 60 ms level, then 200 ms
+    assert run(3.0, room) == "hangover 1.04"
