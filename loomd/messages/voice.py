@@ -89,6 +89,7 @@ class TurnStage(StrEnum):
     """A voice turn's flight-recorder stages, in order: ms since the end of speech."""
 
     VAD_END = "vad_end"
+    WAKE_CHECK = "wake_check"  # the wake check's verdict was in (loomd.audio.wakecheck)
     STT_START = "stt_start"
     STT_END = "stt_end"
     MATCHED = "matched"  # the assist understood the transcript (local intent)
@@ -107,6 +108,7 @@ class TurnStage(StrEnum):
 
 _STAGE_LABELS = {
     TurnStage.VAD_END: "VAD end",
+    TurnStage.WAKE_CHECK: "wake checked",
     TurnStage.STT_START: "STT start",
     TurnStage.STT_END: "STT end",
     TurnStage.MATCHED: "intent matched",
