@@ -98,7 +98,7 @@ def test_history_samples_once_a_second(page_daemon: PageDaemon) -> None:
 def test_voice_disabled_says_so(page_daemon: PageDaemon) -> None:
     v = get_json(page_daemon.port, "/api/voice")
     assert v["state"] == "disabled" and v["turns"] == []
-    assert [s[0] for s in v["stages"]][:3] == ["vad_end", "stt_start", "stt_end"]
+    assert [s[0] for s in v["stages"]][:3] == ["vad_end", "wake_check", "stt_start"]
 
 
 def test_routes_show_decisions_with_reasons(page_daemon: PageDaemon) -> None:
