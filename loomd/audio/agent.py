@@ -128,13 +128,18 @@ class Agent:
 
     def refused(self) -> PhraseHeard | None:
         """The wake check's verdict when it is in and refuses the wake, else None."""
-        task, rules = self.checking, self.ctx.settings.wake.check
-        if task is None or not task.done() or task.cancelled() or rules is None:
+        task = self.checking
+        if task is None or not task.done() or task.cancelled():
             return None
         if task.exception() is not None:  # the turn reports it
             return None
         heard = task.result()
-        return None if heard.accepts(rules.margin, rules.floor) else heard
+        return heard if self._rejects(heard) else None
+
+    def _rejects(self, heard: PhraseHeard) -> bool:
+        """Does the wake check's rule (`[voice.wake]`, as it is now) refuse this verdict?"""
+        rules = self.ctx.settings.wake.check
+        return rules is not None and not heard.accepts(rules.margin, rules.floor)
 
     def start(self, cut: Segment, rec: TurnRecord, frame: Frame, checked: bool = False) -> None:
         """Run the turn for an utterance the segmenter cut at `frame`; with `checked`, it
@@ -209,9 +214,8 @@ class Agent:
                     self._failed(rec, ErrorCode.STT_FAILED,
                                  f"STT failed: {type(exc).__name__}: {exc}")  # fmt: skip
                     return
-                rules = s.wake.check
                 rec.timings["wake_check"] = clock.ms()
-                if rules is not None and not heard.accepts(rules.margin, rules.floor):
+                if self._rejects(heard):
                     await self._refuse(rec, heard)
                     return
             rec.timings["stt_start"] = clock.ms()
