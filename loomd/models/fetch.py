@@ -59,6 +59,27 @@ def _direct_size(mf: ModelFile) -> int | None:
     return next(iter(sizes)) if sizes and len(sizes) == 1 else None
 
 
+def _join_split_files(work: Path) -> None:
+    """Join every `NAME.part1`, `NAME.part2`, ... under `work` into `NAME`, in number order.
+    A gap in the numbers (a part missing from the catalogue's archives) is an error naming it."""
+    groups: dict[Path, dict[int, Path]] = {}
+    for p in work.rglob("*.part*"):
+        stem, _, number = p.name.rpartition(".part")
+        if stem and number.isdigit():
+            groups.setdefault(p.with_name(stem), {})[int(number)] = p
+    for whole, parts in groups.items():
+        missing = sorted(set(range(1, max(parts) + 1)) - set(parts))
+        if missing:
+            raise ModelsError(
+                f"{whole.name}: part {', '.join(map(str, missing))} of {max(parts)} is missing"
+            )
+        with open(whole, "wb") as out:
+            for n in sorted(parts):
+                with open(parts[n], "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                parts[n].unlink()
+
+
 class Fetcher:
     def __init__(
         self,
@@ -102,13 +123,15 @@ class Fetcher:
             if src is None:
                 continue
             if src.is_archive:
-                if src.url not in seen:
-                    seen.add(src.url)
-                    name = _archive_name(src.url)
+                for a in src.archives:
+                    if a.url in seen:
+                        continue
+                    seen.add(a.url)
+                    name = _archive_name(a.url)
                     have = self._partial_size(downloads / name) or self._partial_size(
                         downloads / (name + PARTIAL)
                     )
-                    need += max((src.archive_bytes or 0) - have, 0)
+                    need += max((a.archive_bytes or 0) - have, 0)
                 if src.convert:
                     need += mf.expected_bytes
             else:
@@ -273,18 +296,11 @@ class Fetcher:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         try:
-            with self._open(archive, src.url) as z:
-                names = [n for n in z.namelist() if n.startswith(src.member) and n != src.member]
-                if not names:
-                    raise ModelsError(f"{src.url} holds no folder {src.member}")
-                for name in names:
-                    rel = PurePosixPath(name[len(src.member) :])
-                    if ".." in rel.parts or rel.is_absolute() or name.endswith("/"):
-                        continue
-                    dest = work / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with z.open(name) as member, open(dest, "wb") as out:
-                        shutil.copyfileobj(member, out, 1 << 20)
+            self._unpack(archive, src, work)
+            for part in src.parts:
+                self._unpack(self._archive(part), part, work)
+            if src.parts:
+                _join_split_files(work)
             self.progress.note(f"converting {src.member} ({src.convert})")
             with open(staged, "wb") as out:
                 summary = convert(work, out)
@@ -294,6 +310,21 @@ class Fetcher:
             raise ModelsError(f"{src.url}: conversion failed: {exc}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _unpack(self, archive: Path, src: Source, work: Path) -> None:
+        """The folder `src.member` of `archive`, into `work`."""
+        with self._open(archive, src.url) as z:
+            names = [n for n in z.namelist() if n.startswith(src.member) and n != src.member]
+            if not names:
+                raise ModelsError(f"{src.url} holds no folder {src.member}")
+            for name in names:
+                rel = PurePosixPath(name[len(src.member) :])
+                if ".." in rel.parts or rel.is_absolute() or name.endswith("/"):
+                    continue
+                dest = work / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(name) as member, open(dest, "wb") as out:
+                    shutil.copyfileobj(member, out, 1 << 20)
 
     def _drop_archives(self) -> None:
         """Complete archives are not kept unless asked (they would double the disk used);

