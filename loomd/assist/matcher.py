@@ -118,6 +118,13 @@ class Matcher:
         self._names = {d.id: (d.domain, [d.name, *d.aliases]) for d in home.devices}
         self._areas = {a.id: [a.name, *a.aliases] for a in home.areas}
 
+    @property
+    def names(self) -> list[str]:
+        """The home's device and area names and aliases, as the home writes them."""
+        return [n for _, ns in self._names.values() for n in ns] + [
+            n for ns in self._areas.values() for n in ns
+        ]
+
     # -- building ---------------------------------------------------------------------------
     def _slot_lists(self, home: HomeSnapshot) -> dict[str, Any]:
         names = []

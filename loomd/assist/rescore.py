@@ -21,7 +21,16 @@ from loomd.assist.matcher import Match, Matcher, has_negation, numbers_out
 from loomd.errors import LoomdError
 from loomd.messages import ErrorCode, RescoreReply, RescoreRequest, Topic
 
-__all__ = ["NUMBER_GUESSES", "Choice", "candidates", "choose", "rescore_match", "wants_rescore"]
+__all__ = [
+    "NUMBER_GUESSES",
+    "Choice",
+    "candidates",
+    "choose",
+    "rescore_match",
+    "spelled",
+    "spellings",
+    "wants_rescore",
+]
 
 log = logging.getLogger("loomd.assist")
 
@@ -86,7 +95,28 @@ def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
                 out.append(sentence)
         if len({re.sub(r"\d+", "#", s) for s in out}) >= k:
             break
+    spelling = spellings(text, matcher.names)
+    return [spelled(s, spelling) for s in out]
+
+
+_WORD = re.compile(r"\w+")
+
+
+def spellings(transcript: str, names: list[str]) -> dict[str, str]:
+    """Each word's spelling (lower case -> as written): the transcript's (but its first
+    word, capitalised for the sentence), then the home's names. The phrases are lower case
+    (hassil matches without case), but whisper scores a word as it writes it: on a German
+    clip, "schalte das licht in der küche ein" scored -3.32 a token, "Schalte das Licht in
+    der Küche ein" -1.55."""
+    out: dict[str, str] = {}
+    for w in [*_WORD.findall(transcript)[1:], *(w for n in names for w in _WORD.findall(n))]:
+        out.setdefault(w.lower(), w)
     return out
+
+
+def spelled(sentence: str, spelling: dict[str, str]) -> str:
+    """`sentence` with each word written as `spelling` has it (other words untouched)."""
+    return _WORD.sub(lambda m: spelling.get(m.group(0), m.group(0)), sentence)
 
 
 def choose(

@@ -165,8 +165,11 @@ class WhisperScorer:
         lib.whisper_token_to_str.restype = _c.c_char_p
         lib.whisper_token_to_str.argtypes = [_P, _I]
         lib.whisper_free.argtypes = [_P]
-        for name in ("n_vocab", "token_sot", "token_eot", "token_not", "full_n_segments"):
+        for name in ("n_vocab", "token_sot", "token_eot", "token_not", "full_n_segments",
+                     "is_multilingual", "token_transcribe"):  # fmt: skip
             getattr(lib, "whisper_" + name).argtypes = [_P]
+        lib.whisper_lang_id.argtypes = [_c.c_char_p]
+        lib.whisper_token_lang.argtypes = [_P, _I]
         lib.whisper_full_get_segment_text.restype = _c.c_char_p
         lib.whisper_full_get_segment_text.argtypes = [_P, _I]
         ref = lib.whisper_full_default_params_by_ref(0)  # greedy
@@ -186,6 +189,21 @@ class WhisperScorer:
         d.n_threads, d.print_progress, d.print_realtime = threads, False, False
         self._prompt = b""  # kept alive while whisper_full reads it
         self._language = language.encode()  # the same
+        self.multilingual = bool(lib.whisper_is_multilingual(ctx))
+        self.language = language
+
+    def prefix(self, language: str | None = None) -> list[int]:
+        """The decoder's prompt before the text, as whisper_full builds it: start of
+        transcript, then for a multilingual model the language and the task, then no
+        timestamps. `language` (default: the scorer's) matters only to a multilingual model."""
+        if not self.multilingual:
+            return [self.sot, self.notimestamps]
+        lang = int(self.lib.whisper_lang_id((language or self.language).encode()))
+        if lang < 0:
+            raise RescoreError(f"whisper knows no language {language!r}")
+        lang_token = int(self.lib.whisper_token_lang(self.ctx, lang))
+        return [self.sot, lang_token, int(self.lib.whisper_token_transcribe(self.ctx)),
+                self.notimestamps]  # fmt: skip
 
     def _check_layout(self) -> None:
         p = self.defaults
@@ -236,14 +254,14 @@ class WhisperScorer:
         """Encode a clip for `score()` (whisper_full decoding one token only)."""
         self.transcribe(audio, "", audio_ctx, 1, retry=False)
 
-    def greedy(self, max_tokens: int) -> Scored:
+    def greedy(self, max_tokens: int, language: str | None = None) -> Scored:
         """The most likely text of the last encoded clip, token by token (each step's best
         text token or the end of text), scored as `score()` scores a sentence: whisper's
         best guess, as a reference that needs no spelling of its own."""
         toks: list[int] = []
         total = 0.0
-        token, n_past = self.sot, 0
-        for seq_token in (self.sot, self.notimestamps):  # the prompt: its row is not scored
+        n_past = 0
+        for seq_token in self.prefix(language):  # the prompt: its rows are not scored
             row = self._logprobs(seq_token, n_past)
             n_past += 1
         while True:
@@ -268,35 +286,40 @@ class WhisperScorer:
         top = row.max()
         return np.asarray(row - (top + math.log(float(np.exp(row - top).sum()))))
 
-    def score(self, sentences: list[str], margin: float | None = None) -> list[Scored]:
+    def score(
+        self, sentences: list[str], margin: float | None = None, language: str | None = None
+    ) -> list[Scored]:
         """Each sentence's mean token log-probability given the last encoded clip, in the
         order given, written the way whisper writes them. With `margin`, the first sentence
         is the reference (whisper's own transcript) and another one's decoding stops as soon
         as it can no longer reach the reference's score minus `margin` nor the best so far
         (each token's log-probability is <= 0): its score is then an upper bound, `pruned`.
         Which sentence is best, and whether it is within the margin, is the same."""
+        prefix = self.prefix(language)
+        fed = len(prefix) - 1  # fed before the first scored distribution: the prompt but its last
         seqs = []
         for s in sentences:
             styled = whisper_style(s)
             toks = self.tokens(styled) if styled else []
-            seqs.append([self.sot, self.notimestamps, *toks, self.eot])
+            seqs.append([*prefix, *toks, self.eot])
         first = [0] if margin is not None and seqs else []
         rest = sorted(range(len(first), len(seqs)), key=lambda i: seqs[i])
         out: dict[int, Scored] = {}
         prev: list[int] = []
-        dists: list[np.ndarray] = []  # dists[j - 2]: the distribution of seq[j]
+        dists: list[np.ndarray] = []  # dists[j - fed - 1]: the distribution of seq[j]
         floor = best = -math.inf
         for i in first + rest:
             seq = seqs[i]
             keep = 0  # shared prefix with the last decoded tokens (their KV is valid)
             while keep < min(len(seq), len(prev)) and seq[keep] == prev[keep]:
                 keep += 1
-            start = max(1, keep)  # the distributions of positions <= keep are reusable
+            start = max(fed, keep)  # the distributions of positions <= keep are reusable
             if keep == 0:
-                self._logprobs(seq[0], 0)  # <|startoftranscript|>
-            del dists[max(0, start - 1) :]
-            n = len(seq) - 2  # scored: the text's tokens and the end of text
-            total = sum(float(dists[j - 2][seq[j]]) for j in range(2, start + 1))
+                for j in range(fed):  # <|startoftranscript|> (language, task)
+                    self._logprobs(seq[j], j)
+            del dists[max(0, start - fed) :]
+            n = len(seq) - fed - 1  # scored: the text's tokens and the end of text
+            total = sum(float(dists[j - fed - 1][seq[j]]) for j in range(fed + 1, start + 1))
             bound = -math.inf if margin is None or i in first else max(floor, best)
             pruned = False
             for j in range(start, len(seq) - 1):
@@ -306,7 +329,7 @@ class WhisperScorer:
                 dists.append(self._logprobs(seq[j], j))
                 total += float(dists[-1][seq[j + 1]])
             out[i] = Scored(sentences[i], total / n, n, pruned)
-            prev = seq[: len(dists) + 1]
+            prev = seq[: len(dists) + fed]
             if i in first and margin is not None:
                 floor = total / n - margin
             elif not pruned:

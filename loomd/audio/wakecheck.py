@@ -60,6 +60,11 @@ def segment_audio(pcm: bytes) -> np.ndarray:
     return audio
 
 
+# The wake phrases are English (openWakeWord's models), whatever `[voice] language` the
+# commands are in: a multilingual model is asked for English on the wake segment.
+WAKE_LANGUAGE = "en"
+
+
 def hear_phrase(
     scorer: WhisperScorer, audio: np.ndarray, audio_ctx: int, phrase: str
 ) -> PhraseHeard:
@@ -69,8 +74,8 @@ def hear_phrase(
 
     began = time.perf_counter()
     scorer.encode(audio, audio_ctx)
-    own = scorer.greedy(_MAX_TOKENS)
-    best = max(f.score for f in scorer.score(spellings(phrase)))
+    own = scorer.greedy(_MAX_TOKENS, WAKE_LANGUAGE)
+    best = max(f.score for f in scorer.score(spellings(phrase), language=WAKE_LANGUAGE))
     return PhraseHeard(own.text, own.score, best, (time.perf_counter() - began) * 1000)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,3 +158,47 @@ def test_the_language_reaches_whisper(models: Path, speech_dir: Path) -> None:
     english = transcribe(models, "whisper/ggml-base.bin", pcm, language="en").lower()
     assert "licht" in german and "küche" in german, german
     assert "küche" not in english, english
+
+
+@pytest.mark.models
+def test_a_german_board_checks_the_english_wake_word_and_rescores_in_german(
+    models: Path, speech_dir: Path
+) -> None:
+    """On a multilingual model the decoder's prompt names a language: the wake check asks
+    for English (the wake phrases are), the rescoring for the board's language. Asked with
+    no language token, whisper base heard "Jar Jar Jar ..." for "hey jarvis" and refused
+    every wake of a German board."""
+    require(models / "whisper" / "ggml-base.bin")
+    wake = read_wav(say_wav("hey jarvis", speech_dir / "wake-de.wav", pad=(0.3, 0.3)))
+    command = read_wav(_german("Schalte das Licht in der Küche ein", speech_dir / "cmd-de.wav"))
+    from loomd.audio.settings import WakeSettings
+
+    rules = WakeSettings().check
+    assert rules is not None
+
+    async def run() -> tuple[Any, str, Any]:
+        w = SttWorker(str(models), "whisper/ggml-base.bin", language="de")
+        try:
+            heard = await w.hear_phrase(wake, "hey jarvis")
+            text = (await w.transcribe(command)).text
+            right, wrong = "Schalte das Licht in der Küche ein", "Schalte das Licht im Bad aus"
+            return heard, text, await w.rescore(text, [right, wrong])
+        finally:
+            w.close()
+
+    heard, text, scored = asyncio.run(run())
+    assert heard.accepts(rules.margin, rules.floor), heard
+    assert "licht" in text.lower(), text
+    right, wrong = scored.scores
+    assert right > wrong + 1.0, (text, scored)
+    assert right > scored.transcript - 1.0, (text, scored)  # within the assist's margin
+
+
+def _german(text: str, out: Path) -> Path:
+    import subprocess
+
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad",
+                    "0.3", "0.3"], check=True)  # fmt: skip
+    return out
