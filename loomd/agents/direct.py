@@ -1,0 +1,272 @@
+"""One-hop capability calls: the broker grants, the caller calls the provider straight.
+
+    caller --caps.grant--> broker          (once per capability per grant TTL: the ACL check)
+    caller --CapDirectCall--> provider     (every call: one socket hop each way)
+
+The broker (`CapabilityService`) answers a `CapGrantAsk` after the same checks a call
+through it gets (the capability resolves, the caller may call it: `allowed_callers`, the
+ACL, `sensitive`) with a grant: the capability, the provider, the caller's identity, an
+expiry, and an HMAC-SHA256 over those with a key only the broker and that provider hold
+(made at registration, sent in the provider's `CapsRegistered`). The provider runs a
+`CapDirectCall` only if the HMAC checks out, the grant names this capability and has not
+expired (`GrantCheck`): talking to the provider's socket without the broker gets
+`forbidden`. Deadlines: the caller's, and the provider runs the call under the same timeout.
+A provider that disconnects mid-call, or that the broker drops (its lease ran out:
+`caps.gone.<provider>`), ends the caller's calls `provider_unavailable`. Calls with an
+idempotency key, and every call the broker did not grant, go through the broker as before.
+The provider reports what it served in its lease renewals (`CapsLease`), so the broker's
+counts stay whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import cbor2
+
+from loomd.agents.broker import ActionBroker
+from loomd.bus import cbor
+from loomd.bus.envelope import QoS
+from loomd.errors import LoomdError, RequestTimeout
+from loomd.messages import (
+    CapCode,
+    CapDirectCall,
+    CapGrant,
+    CapGrantAsk,
+    CapResult,
+    CapsGone,
+    Topic,
+)
+from loomd.sdk.direct import DirectLink, DirectServer, Gone
+
+__all__ = ["DirectCaller", "GrantCheck", "ProviderServer", "grant_mac"]
+
+log = logging.getLogger("loomd.agents.direct")
+
+GRANT_ASK_S = 5.0  # how long a caller waits for the broker's grant
+GRANT_MARGIN_S = 0.05  # a grant this close to its expiry is asked again, not used
+
+
+def grant_mac(key: bytes, cap: str, provider: str, caller: str, expires: float) -> str:
+    """The grant's HMAC: what the broker signs and the provider checks."""
+    msg = "\0".join((cap, provider, caller, f"{expires:.6f}")).encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+class GrantCheck:
+    """The provider's side of a grant: is this call one the broker allowed?"""
+
+    def __init__(self, provider: str, key: bytes) -> None:
+        self.provider = provider
+        self.key = key
+
+    def refusal(self, call: CapDirectCall, now: float | None = None) -> str | None:
+        """Why `call` may not run, or None if its grant checks out."""
+        if not self.key:
+            return "this provider takes no one-hop calls"
+        if not call.mac:
+            return "no grant"
+        want = grant_mac(self.key, call.cap, self.provider, call.caller, float(call.expires))
+        if not hmac.compare_digest(want, call.mac):
+            return "the grant does not check out"
+        if call.expires <= (time.time() if now is None else now):
+            return "the grant has expired"
+        return None
+
+
+class ProviderServer:
+    """A provider's one-hop endpoint: runs granted `CapDirectCall`s on its local broker and
+    counts them by capability and code for the lease renewals."""
+
+    def __init__(self, provider: str, broker: ActionBroker) -> None:
+        self.provider = provider
+        self.broker = broker
+        self.check = GrantCheck(provider, b"")
+        self.refused = 0
+        self._counts: defaultdict[str, defaultdict[str, int]] = defaultdict(
+            lambda: defaultdict(int)
+        )
+        self.server = DirectServer(self._handle, self._busy, name=provider)
+
+    async def start(self) -> str:
+        return await self.server.start()
+
+    def set_key(self, key_hex: str) -> None:
+        """The key of the registration in force (a new registration makes a new key, and
+        the grants of the old one stop checking out)."""
+        self.check = GrantCheck(self.provider, bytes.fromhex(key_hex) if key_hex else b"")
+
+    def take_counts(self) -> dict[str, dict[str, int]]:
+        """What was served since the last call, for `CapsLease`."""
+        out = {cap: dict(codes) for cap, codes in self._counts.items()}
+        self._counts.clear()
+        return out
+
+    async def close(self) -> None:
+        await self.server.close()
+
+    def _answer(self, r: CapResult) -> bytes:
+        return cbor2.dumps(r.to_payload())
+
+    def _busy(self, body: bytes) -> bytes:
+        return self._answer(
+            CapResult(CapCode.PROVIDER_UNAVAILABLE, error="provider busy", provider=self.provider)
+        )
+
+    async def _handle(self, body: bytes) -> bytes:
+        try:
+            call = CapDirectCall.from_payload(cbor.loads(body, cbor.BODY, "one-hop call"))
+        except LoomdError as exc:
+            self.refused += 1
+            return self._answer(CapResult(CapCode.INVALID_PARAMS, error=f"malformed call: {exc}"))
+        why = self.check.refusal(call)
+        if why is None and self.broker.resolve(call.cap) is None:
+            why = f"no capability {call.cap!r} here"
+        if why is not None:
+            self.refused += 1
+            error = f"{call.caller or '?'} may not call {call.cap} here: {why}"
+            return self._answer(CapResult(CapCode.FORBIDDEN, error=error, provider=self.provider))
+        r = await self.broker.call(call.cap, call.params, timeout=call.timeout or 10.0)
+        self._counts[call.cap][r.code] += 1
+        return self._answer(CapResult(r.code, r.value, r.error, self.provider))
+
+
+class DirectCaller:
+    """A caller's one-hop calls: grants cached per capability name until they expire,
+    one `DirectLink` per provider endpoint, and the broker's `caps.gone.*` watched while
+    links are open. `call` returns None when the call is to go through the broker."""
+
+    def __init__(self, bus: Any, mux: Any) -> None:
+        self._bus = bus
+        self._mux = mux  # the backend's ReplyMux: the grant request shares its subscription
+        self._grants: dict[str, tuple[CapGrant | None, float]] = {}  # name -> (grant, until)
+        self._links: dict[str, DirectLink] = {}  # endpoint -> link
+        self._by_provider: dict[str, set[str]] = defaultdict(set)  # provider -> endpoints
+        self._gone_sub: Any = None
+        self._gone_task: asyncio.Task[None] | None = None
+        self.inflight = 0
+
+    async def call(self, name: str, params: dict[str, Any], timeout: float) -> CapResult | None:
+        grant = await self._grant(name)
+        if grant is None:
+            return None
+        link = self._link(grant)
+        body = cbor2.dumps(
+            CapDirectCall(grant.cap, params, timeout, grant.caller, grant.expires, grant.mac)
+            .to_payload()
+        )  # fmt: skip
+        self.inflight += 1
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await link.request(body)
+        except TimeoutError:
+            return CapResult(
+                CapCode.TIMEOUT, error=f"{grant.cap} gave no result within {timeout:g} s",
+                provider=grant.provider,
+            )  # fmt: skip
+        except Gone:
+            self._forget(grant.provider)
+            return CapResult(
+                CapCode.PROVIDER_UNAVAILABLE,
+                error=f"provider {grant.provider} went away during the call",
+                provider=grant.provider,
+            )
+        finally:
+            self.inflight -= 1
+        try:
+            r = CapResult.from_payload(cbor.loads(raw, cbor.BODY, "one-hop answer"))
+        except LoomdError:
+            r = CapResult(CapCode.ERROR, error=f"malformed answer from {grant.provider}")
+        if r.code == CapCode.FORBIDDEN:
+            # The provider no longer takes this grant (it registered again, with a new key):
+            # the broker decides, and the next call asks for a new grant.
+            self._grants.pop(name, None)
+            return None
+        return r
+
+    async def _grant(self, name: str) -> CapGrant | None:
+        now = time.monotonic()
+        kept = self._grants.get(name)
+        if kept is not None and now < kept[1]:
+            return kept[0]
+        try:
+            reply = await self._mux.request(
+                Topic.CAPS_GRANT, CapGrantAsk(name).to_payload(), GRANT_ASK_S, CapGrantAsk.TYPE
+            )
+            grant = CapGrant.from_payload(reply.payload)
+        except (RequestTimeout, LoomdError):
+            return None  # an older daemon, or none: the broker path answers
+        if grant.code != CapCode.OK:
+            return None  # refused: the broker path refuses (and reports) it again
+        if not grant.direct:  # through the broker; asked again after ttl_s
+            if grant.ttl_s > 0:
+                self._grants[name] = (None, now + grant.ttl_s)
+            return None
+        ttl = min(grant.ttl_s, grant.expires - time.time()) - GRANT_MARGIN_S
+        if ttl <= 0:
+            return None
+        self._grants[name] = (grant, now + ttl)
+        await self._watch_gone()
+        return grant
+
+    def _link(self, grant: CapGrant) -> DirectLink:
+        link = self._links.get(grant.endpoint)
+        if link is None or link.closed:
+            link = self._links[grant.endpoint] = DirectLink(grant.endpoint)
+            self._by_provider[grant.provider].add(grant.endpoint)
+        return link
+
+    def _forget(self, provider: str) -> None:
+        """`provider` is gone: its links close (their calls end `provider_unavailable`)
+        and its grants are dropped."""
+        for ep in self._by_provider.pop(provider, ()):
+            link = self._links.pop(ep, None)
+            if link is not None:
+                link.close(f"provider {provider} is gone")
+        for name, (g, _) in list(self._grants.items()):
+            if g is not None and g.provider == provider:
+                del self._grants[name]
+
+    async def _watch_gone(self) -> None:
+        if self._gone_sub is not None:
+            return
+        sub = self._bus.subscribe(f"{Topic.CAPS_GONE}.*", QoS.REALTIME)
+        self._gone_sub = sub
+        with contextlib.suppress(LoomdError, TimeoutError):
+            async with asyncio.timeout(GRANT_ASK_S):
+                await sub.ready()
+        self._gone_task = asyncio.ensure_future(self._gone(sub))
+
+    async def _gone(self, sub: Any) -> None:
+        try:
+            async for ev in sub:
+                try:
+                    gone = CapsGone.from_event(ev)
+                except LoomdError:
+                    continue
+                self._forget(gone.provider)
+        finally:  # the client closed (its subscriptions end), or we did: so do the links
+            self._close_links()
+
+    def _close_links(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        self._by_provider.clear()
+        self._grants.clear()
+
+    async def close(self) -> None:
+        if self._gone_task is not None:
+            self._gone_task.cancel()
+            await asyncio.gather(self._gone_task, return_exceptions=True)
+        if self._gone_sub is not None:
+            await self._gone_sub.close()
+        self._gone_sub = self._gone_task = None
+        self._close_links()
