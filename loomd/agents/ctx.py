@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loomd.agents.broker import ActionBroker, CallError, Result
-from loomd.agents.direct import DirectCaller
+from loomd.agents.direct import DirectCaller, end_reader
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
@@ -225,11 +225,7 @@ class ReplyMux:
         return len(self._waiting)
 
     async def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
-        if self._sub is not None:
-            await self._sub.close()
+        await end_reader(self._pump, self._sub)
         self._sub = self._pump = None
 
 

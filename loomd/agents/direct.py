@@ -46,7 +46,7 @@ from loomd.messages import (
 )
 from loomd.sdk.direct import DirectLink, DirectServer, Gone
 
-__all__ = ["DirectCaller", "GrantCheck", "ProviderServer", "grant_mac"]
+__all__ = ["DirectCaller", "GrantCheck", "ProviderServer", "end_reader", "grant_mac"]
 
 log = logging.getLogger("loomd.agents.direct")
 
@@ -263,10 +263,15 @@ class DirectCaller:
         self._grants.clear()
 
     async def close(self) -> None:
-        if self._gone_task is not None:
-            self._gone_task.cancel()
-            await asyncio.gather(self._gone_task, return_exceptions=True)
-        if self._gone_sub is not None:
-            await self._gone_sub.close()
+        await end_reader(self._gone_task, self._gone_sub)
         self._gone_sub = self._gone_task = None
         self._close_links()
+
+
+async def end_reader(task: asyncio.Task[None] | None, sub: Any) -> None:
+    """Stop a task that reads subscription `sub`, then close the subscription."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if sub is not None:
+        await sub.close()

@@ -25,6 +25,15 @@ class CapCode(StrEnum):
     FORBIDDEN = "forbidden"  # the caller's identity may not call it (ACL, allowed_callers)
 
 
+def _check_call(what: str, cap: Any, params: Any, timeout: Any) -> None:
+    if not isinstance(cap, str) or not cap:
+        raise LoomdError(f"{what}: cap must be a capability name")
+    if not isinstance(params, dict):
+        raise LoomdError(f"{what} {cap}: params must be an object")
+    if not isinstance(timeout, int | float) or timeout < 0:
+        raise LoomdError(f"{what} {cap}: timeout must be a number of seconds >= 0")
+
+
 @dataclass(frozen=True)
 class CapInvoke(_Payload, topic=Topic.CAPS_INVOKE):
     """Call a capability: on `caps.invoke` to the action broker, and from the broker on
@@ -36,12 +45,7 @@ class CapInvoke(_Payload, topic=Topic.CAPS_INVOKE):
     key: str | None = None  # idempotency key
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cap, str) or not self.cap:
-            raise LoomdError("CapInvoke: cap must be a capability name")
-        if not isinstance(self.params, dict):
-            raise LoomdError(f"CapInvoke {self.cap}: params must be an object")
-        if not isinstance(self.timeout, int | float) or self.timeout < 0:
-            raise LoomdError(f"CapInvoke {self.cap}: timeout must be a number of seconds >= 0")
+        _check_call("CapInvoke", self.cap, self.params, self.timeout)
         if self.key is not None and not isinstance(self.key, str):
             raise LoomdError(f"CapInvoke {self.cap}: key must be a string")
 
@@ -268,12 +272,7 @@ class CapDirectCall(_Payload, type="caps.direct"):
     mac: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cap, str) or not self.cap:
-            raise LoomdError("CapDirectCall: cap must be a capability name")
-        if not isinstance(self.params, dict):
-            raise LoomdError(f"CapDirectCall {self.cap}: params must be an object")
-        if not isinstance(self.timeout, int | float) or self.timeout < 0:
-            raise LoomdError(f"CapDirectCall {self.cap}: timeout must be seconds >= 0")
+        _check_call("CapDirectCall", self.cap, self.params, self.timeout)
         if not isinstance(self.expires, int | float) or not isinstance(self.mac, str):
             raise LoomdError(f"CapDirectCall {self.cap}: malformed grant")
         if not isinstance(self.caller, str):

@@ -7,14 +7,15 @@ answering mid-call (lease gone) ends the call `provider_unavailable` as before."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import cbor2
 import pytest
@@ -27,6 +28,7 @@ from loomd.agents.sdk import sdk_ctx, serve_capabilities, spec_list
 from loomd.messages import CapCode, CapDirectCall, CapGrant, CapGrantAsk, CapResult
 from loomd.sdk import Client
 from loomd.sdk.direct import DirectLink
+from tests.agents.test_daemon import _caps, _wait_cap, slow_call_started
 from tests.conftest import LoomdProcess
 
 HERE = Path(__file__).parent
@@ -56,15 +58,26 @@ def _provider() -> ActionBroker:
     return spec_list(specs_of(sys.modules[__name__]))
 
 
-async def _caps(c: Client) -> dict[str, Any]:
-    r = await c.call("agents.caps")
-    return {f"{x['name']}@{x['version']}": x for x in r["capabilities"]}
+@contextlib.asynccontextmanager
+async def _served(d: LoomdProcess) -> AsyncIterator[Client]:
+    """The hop.* capabilities served by an SDK provider (in this process), and a caller."""
+    RUNS.update(open=0, secret=0)
+    async with (
+        Client(d.endpoint, name="prov") as p,
+        serve_capabilities(p, "hopprov", _provider()),
+        Client(d.endpoint, name="caller") as c,
+    ):
+        await _wait_cap(c, "hop.secret@1")
+        yield c
 
 
-async def _wait_cap(c: Client, name: str, timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while name not in await _caps(c):  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.05)
+def _run(root: Path, main: Callable[[LoomdProcess], Awaitable[None]], extra: str = "") -> None:
+    d = _daemon(root, extra)
+    d.start()
+    try:
+        uvloop.run(main(d))
+    finally:
+        d.close()
 
 
 async def _grant(c: Client, cap: str) -> CapGrant:
@@ -90,99 +103,71 @@ def _daemon(root: Path, extra: str = "") -> LoomdProcess:
 
 
 def test_a_granted_call_goes_straight_to_the_provider_and_is_counted(short_tmp: Path) -> None:
-    d = _daemon(short_tmp)
-    d.start()
-    try:
+    async def main(d: LoomdProcess) -> None:
+        async with _served(d) as c:
+            g = await _grant(c, "hop.open")
+            assert g.direct and g.cap == "hop.open@1" and g.provider == "hopprov"
+            assert g.endpoint.startswith("ipc://@") and g.expires > time.time()
+            ctx = sdk_ctx(c, "caller")
+            for i in range(20):
+                assert await ctx.call("hop.open", n=i) == i + 1
+            assert RUNS["open"] == 20
+            # none of them went through the broker's provider topic...
+            stats = await c.stats()
+            via_broker = [s for s in stats.subscriptions if s.pattern == "caps.call.hopprov"]
+            assert via_broker and all(s.delivered == 0 for s in via_broker), via_broker
+            # ...and the broker counts them (the provider's lease renewals report them)
+            async with asyncio.timeout(5):
+                while (await _caps(c))["hop.open@1"]["calls"] < 20:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            # the params are still checked (by the provider, against the schema)
+            bad = await ctx.try_call("hop.open", {"n": "x"})
+            assert bad.code == CapCode.INVALID_PARAMS, bad
+            # an idempotency key goes through the broker, as before
+            assert await ctx.call("hop.open", n=1, idempotency_key="k1") == 2
 
-        async def main() -> None:
-            RUNS.update(open=0, secret=0)
-            async with (
-                Client(d.endpoint, name="prov") as p,
-                serve_capabilities(p, "hopprov", _provider()),
-                Client(d.endpoint, name="caller") as c,
-            ):
-                await _wait_cap(c, "hop.open@1")
-                g = await _grant(c, "hop.open")
-                assert g.direct and g.cap == "hop.open@1" and g.provider == "hopprov"
-                assert g.endpoint.startswith("ipc://@") and g.expires > time.time()
-                ctx = sdk_ctx(c, "caller")
-                for i in range(20):
-                    assert await ctx.call("hop.open", n=i) == i + 1
-                assert RUNS["open"] == 20
-                # none of them went through the broker's provider topic...
-                stats = await c.stats()
-                via_broker = [s for s in stats.subscriptions if s.pattern == "caps.call.hopprov"]
-                assert via_broker and all(s.delivered == 0 for s in via_broker), via_broker
-                # ...and the broker counts them (the provider's lease renewals report them)
-                async with asyncio.timeout(5):
-                    while (await _caps(c))["hop.open@1"]["calls"] < 20:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-                # the params are still checked (by the provider, against the schema)
-                bad = await ctx.try_call("hop.open", {"n": "x"})
-                assert bad.code == CapCode.INVALID_PARAMS, bad
-                # an idempotency key goes through the broker, as before
-                assert await ctx.call("hop.open", n=1, idempotency_key="k1") == 2
-
-        uvloop.run(main())
-    finally:
-        d.close()
+    _run(short_tmp, main)
 
 
 def test_the_provider_refuses_a_call_without_a_valid_grant(short_tmp: Path) -> None:
-    d = _daemon(short_tmp)
-    d.start()
-    try:
+    async def main(d: LoomdProcess) -> None:
+        async with _served(d) as c:
+            g = await _grant(c, "hop.open")
+            assert g.direct
+            good = CapDirectCall(g.cap, {"n": 1}, 5.0, g.caller, g.expires, g.mac)
+            assert (await _raw(g.endpoint, good)).value == 2
+            tries = {
+                "no grant": CapDirectCall("hop.secret@1", {}, 5.0),
+                "forged": CapDirectCall("hop.secret@1", {}, 5.0, g.caller, g.expires, "00" * 32),
+                "other cap": CapDirectCall("hop.secret@1", {}, 5.0, g.caller, g.expires, g.mac),
+                "other caller": CapDirectCall(g.cap, {}, 5.0, "uid:0", g.expires, g.mac),
+                "longer": CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires + 60, g.mac),
+                "expired": CapDirectCall(g.cap, {}, 5.0, g.caller, time.time() - 1, g.mac),
+            }
+            for what, call in tries.items():
+                r = await _raw(g.endpoint, call)
+                assert r.code == CapCode.FORBIDDEN, (what, r)
+            # a well-signed grant that has run out (the broker's own, a TTL later)
+            await asyncio.sleep(max(0.0, g.expires - time.time()) + 0.05)
+            late = await _raw(g.endpoint, good)
+            assert late.code == CapCode.FORBIDDEN and "expired" in late.error, late
+            # garbage is answered, not fatal
+            link = DirectLink(g.endpoint)
+            junk = CapResult.from_payload(cbor2.loads(await link.request(b"\xff\x00junk")))
+            link.close()
+            assert junk.code == CapCode.INVALID_PARAMS
+            assert RUNS == {"open": 1, "secret": 0}
+            # a caller that uses the SDK still gets there: new grant, one hop
+            assert await sdk_ctx(c, "caller").call("hop.open", n=5) == 6
 
-        async def main() -> None:
-            RUNS.update(open=0, secret=0)
-            async with (
-                Client(d.endpoint, name="prov") as p,
-                serve_capabilities(p, "hopprov", _provider()),
-                Client(d.endpoint, name="caller") as c,
-            ):
-                await _wait_cap(c, "hop.secret@1")
-                g = await _grant(c, "hop.open")
-                assert g.direct
-                good = CapDirectCall(g.cap, {"n": 1}, 5.0, g.caller, g.expires, g.mac)
-                assert (await _raw(g.endpoint, good)).value == 2
-                tries = {
-                    "no grant": CapDirectCall("hop.secret@1", {}, 5.0),
-                    "forged": CapDirectCall(
-                        "hop.secret@1", {}, 5.0, g.caller, g.expires, "00" * 32
-                    ),
-                    "other cap": CapDirectCall("hop.secret@1", {}, 5.0, g.caller, g.expires, g.mac),
-                    "other caller": CapDirectCall(g.cap, {}, 5.0, "uid:0", g.expires, g.mac),
-                    "longer": CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires + 60, g.mac),
-                    "expired": CapDirectCall(g.cap, {}, 5.0, g.caller, time.time() - 1, g.mac),
-                }
-                for what, call in tries.items():
-                    r = await _raw(g.endpoint, call)
-                    assert r.code == CapCode.FORBIDDEN, (what, r)
-                # a well-signed grant that has run out (the broker's own, a TTL later)
-                await asyncio.sleep(max(0.0, g.expires - time.time()) + 0.05)
-                late = await _raw(g.endpoint, good)
-                assert late.code == CapCode.FORBIDDEN and "expired" in late.error, late
-                # garbage is answered, not fatal
-                link = DirectLink(g.endpoint)
-                junk = CapResult.from_payload(cbor2.loads(await link.request(b"\xff\x00junk")))
-                link.close()
-                assert junk.code == CapCode.INVALID_PARAMS
-                assert RUNS == {"open": 1, "secret": 0}
-                # a caller that uses the SDK still gets there: new grant, one hop
-                assert await sdk_ctx(c, "caller").call("hop.open", n=5) == 6
-
-        uvloop.run(main())
-    finally:
-        d.close()
+    _run(short_tmp, main)
 
 
 def test_the_deadline_holds_and_a_provider_gone_silent_ends_the_call(short_tmp: Path) -> None:
-    d = _daemon(short_tmp)
-    d.start()
-    child = subprocess.Popen([sys.executable, str(HERE / "sdk_provider.py"), d.endpoint])
-    try:
-
-        async def main() -> None:
+    async def main(d: LoomdProcess) -> None:
+        script = str(HERE / "sdk_provider.py")
+        child = subprocess.Popen([sys.executable, script, d.endpoint])  # noqa: ASYNC220
+        try:
             async with Client(d.endpoint, name="caller") as c:
                 await _wait_cap(c, "slow.sleep@1")
                 assert (await _grant(c, "slow.sleep")).direct
@@ -194,12 +179,7 @@ def test_the_deadline_holds_and_a_provider_gone_silent_ends_the_call(short_tmp: 
                 assert 0.29 <= took < 2.0, took
                 # the provider stops (no disconnect, no lease renewals): the broker drops it
                 # when its lease runs out and the one-hop call ends then, not at its deadline
-                async with c.subscribe("test.provider.started") as started:
-                    await started.ready()
-                    call = asyncio.ensure_future(
-                        ctx.try_call("slow.sleep", {"secs": 30}, timeout=20)
-                    )
-                    await started.get(timeout=10)
+                call = await slow_call_started(c, ctx)
                 began = time.monotonic()
                 os.kill(child.pid, signal.SIGSTOP)
                 r = await call
@@ -208,13 +188,12 @@ def test_the_deadline_holds_and_a_provider_gone_silent_ends_the_call(short_tmp: 
                 assert took < 3.0, f"took {took:.2f} s (lease 0.3 s, call timeout 20 s)"
                 r2 = await ctx.try_call("sdk.echo", {"text": "x"})
                 assert r2.code == CapCode.PROVIDER_UNAVAILABLE, r2
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+            child.kill()
+            child.wait(10)
 
-        uvloop.run(main())
-    finally:
-        os.kill(child.pid, signal.SIGCONT)
-        child.kill()
-        child.wait(10)
-        d.close()
+    _run(short_tmp, main)
 
 
 GUEST = """
@@ -256,36 +235,25 @@ asyncio.run(main())
 def test_a_caller_the_acl_does_not_allow_is_refused_and_nothing_runs(short_tmp: Path) -> None:
     os.chmod(short_tmp, 0o755)
     rules = '[bus]\nsocket_mode = "0666"\n[[acl]]\nidentity = ["uid:65534"]\ncall = ["hop.open"]\n'
-    d = _daemon(short_tmp, rules)
-    d.start()
-    try:
 
-        async def main() -> None:
-            RUNS.update(open=0, secret=0)
-            async with (
-                Client(d.endpoint, name="prov") as p,
-                serve_capabilities(p, "hopprov", _provider()),
-                Client(d.endpoint, name="root") as c,
-            ):
-                await _wait_cap(c, "hop.secret@1")
-                os.chmod(d.root / "run", 0o755)
-                script = d.root / "guest.py"
-                script.write_text(GUEST)
-                r = await asyncio.to_thread(
+    async def main(d: LoomdProcess) -> None:
+        async with _served(d) as c:
+            os.chmod(d.root / "run", 0o755)
+            script = d.root / "guest.py"
+            script.write_text(GUEST)
+            r = await asyncio.to_thread(
                     subprocess.run, [sys.executable, str(script), d.endpoint],
                     capture_output=True, text=True, timeout=60, cwd=str(REPO),
                     env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
                 )  # fmt: skip
-                assert r.returncode == 0, r.stderr
-                out = json.loads(r.stdout.strip().splitlines()[-1])
-                assert out["grant hop.open"] == "ok" and out["call hop.open"] == "ok", out
-                assert out["grant hop.secret"] == "forbidden", out
-                assert out["call hop.secret"] == "forbidden", out
-                assert out["direct hop.secret"] == "forbidden", out
-                assert RUNS == {"open": 1, "secret": 0}
-                # the broker's refusal is still counted and reported as before
-                assert (await _caps(c))["hop.secret@1"]["calls"] == 0
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout.strip().splitlines()[-1])
+            assert out["grant hop.open"] == "ok" and out["call hop.open"] == "ok", out
+            assert out["grant hop.secret"] == "forbidden", out
+            assert out["call hop.secret"] == "forbidden", out
+            assert out["direct hop.secret"] == "forbidden", out
+            assert RUNS == {"open": 1, "secret": 0}
+            # the broker's refusal is still counted and reported as before
+            assert (await _caps(c))["hop.secret@1"]["calls"] == 0
 
-        uvloop.run(main())
-    finally:
-        d.close()
+    _run(short_tmp, main, rules)
