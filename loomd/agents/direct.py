@@ -52,11 +52,12 @@ log = logging.getLogger("loomd.agents.direct")
 
 GRANT_ASK_S = 5.0  # how long a caller waits for the broker's grant
 GRANT_MARGIN_S = 0.05  # a grant this close to its expiry is asked again, not used
+GOOD_GRANTS = 1024  # grants a provider remembers as checked (then it forgets them all)
 
 
-def grant_mac(key: bytes, cap: str, provider: str, caller: str, expires: float) -> str:
+def grant_mac(key: bytes, cap: str, provider: str, caller: str, uid: int, expires: float) -> str:
     """The grant's HMAC: what the broker signs and the provider checks."""
-    msg = "\0".join((cap, provider, caller, f"{expires:.6f}")).encode()
+    msg = "\0".join((cap, provider, caller, str(uid), f"{expires:.6f}")).encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
@@ -66,18 +67,29 @@ class GrantCheck:
     def __init__(self, provider: str, key: bytes) -> None:
         self.provider = provider
         self.key = key
+        # grants that checked out: a caller sends one grant with every call until it expires
+        self._good: dict[str, tuple[str, str, int, float]] = {}  # mac -> what it signed
 
-    def refusal(self, call: CapDirectCall, now: float | None = None) -> str | None:
-        """Why `call` may not run, or None if its grant checks out."""
+    def refusal(self, call: CapDirectCall, uid: int = -1, now: float | None = None) -> str | None:
+        """Why `call` (from a process of `uid`) may not run, or None if its grant checks out."""
         if not self.key:
             return "this provider takes no one-hop calls"
         if not call.mac:
             return "no grant"
-        want = grant_mac(self.key, call.cap, self.provider, call.caller, float(call.expires))
-        if not hmac.compare_digest(want, call.mac):
-            return "the grant does not check out"
+        signed = (call.cap, call.caller, call.uid, float(call.expires))
+        if self._good.get(call.mac) != signed:
+            want = grant_mac(
+                self.key, call.cap, self.provider, call.caller, call.uid, float(call.expires)
+            )
+            if not hmac.compare_digest(want, call.mac):
+                return "the grant does not check out"
+            if len(self._good) >= GOOD_GRANTS:
+                self._good.clear()
+            self._good[call.mac] = signed
         if call.expires <= (time.time() if now is None else now):
             return "the grant has expired"
+        if call.uid >= 0 and uid != call.uid:
+            return f"the grant is uid {call.uid}'s, the caller is uid {uid}"
         return None
 
 
@@ -120,13 +132,13 @@ class ProviderServer:
             CapResult(CapCode.PROVIDER_UNAVAILABLE, error="provider busy", provider=self.provider)
         )
 
-    async def _handle(self, body: bytes) -> bytes:
+    async def _handle(self, body: bytes, uid: int) -> bytes:
         try:
             call = CapDirectCall.from_payload(cbor.loads(body, cbor.BODY, "one-hop call"))
         except LoomdError as exc:
             self.refused += 1
             return self._answer(CapResult(CapCode.INVALID_PARAMS, error=f"malformed call: {exc}"))
-        why = self.check.refusal(call)
+        why = self.check.refusal(call, uid)
         if why is None and self.broker.resolve(call.cap) is None:
             why = f"no capability {call.cap!r} here"
         if why is not None:
@@ -159,8 +171,9 @@ class DirectCaller:
             return None
         link = self._link(grant)
         body = cbor2.dumps(
-            CapDirectCall(grant.cap, params, timeout, grant.caller, grant.expires, grant.mac)
-            .to_payload()
+            CapDirectCall(
+                grant.cap, params, timeout, grant.caller, grant.expires, grant.mac, grant.uid
+            ).to_payload()
         )  # fmt: skip
         self.inflight += 1
         try:

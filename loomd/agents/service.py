@@ -249,10 +249,13 @@ class CapabilityService:
         ):
             # no one-hop path: through the broker, and the caller asks again this much later
             return CapGrant(CapCode.OK, entry.spec.full, prov.id, ttl_s=ttl or NO_GRANT_RECHECK_S)
-        who = (req.caller or UNKNOWN_CALLER).label
+        ident = (req.caller or UNKNOWN_CALLER).identity
+        who = ident.label
+        uid = ident.uid if ident.kind is IdentityKind.UNIX else -1  # the kernel's word on it
         expires = round(time.time() + ttl, 6)
-        mac = grant_mac(prov.grant_key, entry.spec.full, prov.id, who, expires)
-        return CapGrant(CapCode.OK, entry.spec.full, prov.id, prov.endpoint, who, expires, mac, ttl)
+        mac = grant_mac(prov.grant_key, entry.spec.full, prov.id, who, uid, expires)
+        full = entry.spec.full
+        return CapGrant(CapCode.OK, full, prov.id, prov.endpoint, who, expires, mac, ttl, uid=uid)
 
     async def _serve_list(self) -> None:
         async with self.bus.subscribe(Topic.CAPS_LIST, QoS.RELIABLE) as sub:

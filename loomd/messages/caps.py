@@ -249,9 +249,10 @@ class CapGrant(_Payload, type="caps.grant.reply"):
     endpoint: str = ""
     caller: str = ""  # the caller's identity, as the broker knows it
     expires: float = 0.0  # unix time
-    mac: str = ""  # hex HMAC-SHA256 of (cap, provider, caller, expires), the provider's key
+    mac: str = ""  # hex HMAC-SHA256 of (cap, provider, caller, uid, expires), provider's key
     ttl_s: float = 0.0
     error: str = ""
+    uid: int = -1  # a local caller's uid: the provider takes the grant only from that uid
 
     @property
     def direct(self) -> bool:
@@ -262,7 +263,8 @@ class CapGrant(_Payload, type="caps.grant.reply"):
 class CapDirectCall(_Payload, type="caps.direct"):
     """A one-hop call, caller -> provider: `CapInvoke`'s fields plus the broker's grant. The
     provider runs it only if the grant's HMAC checks out with its key, the grant names this
-    capability and has not expired; its answer is a `CapResult`."""
+    capability, has not expired and (`uid` >= 0) comes from a process of that uid; its
+    answer is a `CapResult`."""
 
     cap: str  # full name, as granted
     params: dict[str, Any] = field(default_factory=dict)
@@ -270,13 +272,24 @@ class CapDirectCall(_Payload, type="caps.direct"):
     caller: str = ""
     expires: float = 0.0
     mac: str = ""
+    uid: int = -1
 
     def __post_init__(self) -> None:
         _check_call("CapDirectCall", self.cap, self.params, self.timeout)
-        if not isinstance(self.expires, int | float) or not isinstance(self.mac, str):
+        if (
+            not isinstance(self.expires, int | float)
+            or not isinstance(self.mac, str)
+            or type(self.uid) is not int
+        ):
             raise LoomdError(f"CapDirectCall {self.cap}: malformed grant")
         if not isinstance(self.caller, str):
             raise LoomdError(f"CapDirectCall {self.cap}: caller must be a string")
+
+    def to_payload(self) -> dict[str, Any]:
+        # every call: not `asdict`, which deep-copies the params (a third of a call's encode)
+        return {"cap": self.cap, "params": self.params, "timeout": self.timeout,
+                "caller": self.caller, "expires": self.expires, "mac": self.mac,
+                "uid": self.uid}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ caller's request id; the provider answers each request once, in any order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -38,6 +39,7 @@ MAX_REPLY_BYTES = 1 << 26  # a caller takes answers up to this (a result is not 
 MAX_INFLIGHT = 1024  # requests a server runs at once; more are answered `busy`
 MAX_UNSENT = 16 << 20  # replies queued to a caller that does not read: then it is cut off
 _HEAD = struct.Struct("!IQ")
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class Gone(LoomdError):
@@ -102,14 +104,14 @@ class _Frames(asyncio.Protocol):
         raise NotImplementedError
 
 
-Handler = Callable[[bytes], Awaitable[bytes]]
+Handler = Callable[[bytes, int], Awaitable[bytes]]  # (body, the caller's uid) -> answer
 
 
 class DirectServer:
-    """Serves requests: `handler(body)` runs as a task per request and its bytes go back to
-    the connection that asked. `busy(body)` answers a request over `MAX_INFLIGHT`. A frame
-    over `MAX_REQUEST_BYTES`, or a caller that lets `MAX_UNSENT` of replies pile up,
-    loses its connection."""
+    """Serves requests: `handler(body, uid)` runs as a task per request (`uid`: the calling
+    process's, from the kernel) and its bytes go back to the connection that asked.
+    `busy(body)` answers a request over `MAX_INFLIGHT`. A frame over `MAX_REQUEST_BYTES`,
+    or a caller that lets `MAX_UNSENT` of replies pile up, loses its connection."""
 
     def __init__(self, handler: Handler, busy: Callable[[bytes], bytes], *, name: str = "") -> None:
         self.handler = handler
@@ -157,7 +159,7 @@ class DirectServer:
 
     async def _run(self, conn: _ServerConn, rid: int, body: bytes) -> None:
         try:
-            reply = await self.handler(body)
+            reply = await self.handler(body, conn.uid)
         except Exception:
             log.exception("direct request handler failed")
             return
@@ -168,10 +170,15 @@ class _ServerConn(_Frames):
     def __init__(self, server: DirectServer) -> None:
         super().__init__(MAX_REQUEST_BYTES)
         self.server = server
+        self.uid = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server._conns.add(self)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+            self.uid = _CRED.unpack(cred)[1]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._conns.discard(self)

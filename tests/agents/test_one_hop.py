@@ -134,15 +134,21 @@ def test_the_provider_refuses_a_call_without_a_valid_grant(short_tmp: Path) -> N
         async with _served(d) as c:
             g = await _grant(c, "hop.open")
             assert g.direct
-            good = CapDirectCall(g.cap, {"n": 1}, 5.0, g.caller, g.expires, g.mac)
+            good = CapDirectCall(g.cap, {"n": 1}, 5.0, g.caller, g.expires, g.mac, g.uid)
             assert (await _raw(g.endpoint, good)).value == 2
             tries = {
                 "no grant": CapDirectCall("hop.secret@1", {}, 5.0),
-                "forged": CapDirectCall("hop.secret@1", {}, 5.0, g.caller, g.expires, "00" * 32),
-                "other cap": CapDirectCall("hop.secret@1", {}, 5.0, g.caller, g.expires, g.mac),
-                "other caller": CapDirectCall(g.cap, {}, 5.0, "uid:0", g.expires, g.mac),
-                "longer": CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires + 60, g.mac),
-                "expired": CapDirectCall(g.cap, {}, 5.0, g.caller, time.time() - 1, g.mac),
+                "forged": CapDirectCall(
+                    "hop.secret@1", {}, 5.0, g.caller, g.expires, "00" * 32, g.uid
+                ),
+                "other cap": CapDirectCall(
+                    "hop.secret@1", {}, 5.0, g.caller, g.expires, g.mac, g.uid
+                ),
+                "other caller": CapDirectCall(g.cap, {}, 5.0, "uid:0", g.expires, g.mac, g.uid),
+                "other uid": CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires, g.mac, g.uid + 1),
+                "any uid": CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires, g.mac, -1),
+                "longer": CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires + 60, g.mac, g.uid),
+                "expired": CapDirectCall(g.cap, {}, 5.0, g.caller, time.time() - 1, g.mac, g.uid),
             }
             for what, call in tries.items():
                 r = await _raw(g.endpoint, call)
@@ -221,9 +227,16 @@ async def main():
                 opened = g
         # the endpoint and grant of hop.open, used for hop.secret: the provider says no
         link = DirectLink(opened.endpoint)
-        call = CapDirectCall("hop.secret@1", {}, 5.0, opened.caller, opened.expires, opened.mac)
+        g = opened
+        call = CapDirectCall("hop.secret@1", {}, 5.0, g.caller, g.expires, g.mac, g.uid)
         raw = await link.request(cbor2.dumps(call.to_payload()))
         out["direct hop.secret"] = CapResult.from_payload(cbor2.loads(raw)).code
+        # root's own grant for hop.secret (valid, signed), used from this uid: no
+        g = CapGrant.from_payload(json.loads(sys.argv[2]))
+        call = CapDirectCall(g.cap, {}, 5.0, g.caller, g.expires, g.mac, g.uid)
+        raw = await link.request(cbor2.dumps(call.to_payload()))
+        answer = CapResult.from_payload(cbor2.loads(raw))
+        out["root's grant"] = [answer.code, answer.error]
         link.close()
     print(json.dumps(out))
 
@@ -241,17 +254,22 @@ def test_a_caller_the_acl_does_not_allow_is_refused_and_nothing_runs(short_tmp: 
             os.chmod(d.root / "run", 0o755)
             script = d.root / "guest.py"
             script.write_text(GUEST)
+            rootgrant = await _grant(c, "hop.secret")  # root may: a valid grant, uid 0
+            assert rootgrant.direct and rootgrant.uid == 0
             r = await asyncio.to_thread(
-                    subprocess.run, [sys.executable, str(script), d.endpoint],
-                    capture_output=True, text=True, timeout=60, cwd=str(REPO),
-                    env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
-                )  # fmt: skip
+                subprocess.run,
+                [sys.executable, str(script), d.endpoint, json.dumps(rootgrant.to_payload())],
+                capture_output=True, text=True, timeout=60, cwd=str(REPO),
+                env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+            )  # fmt: skip
             assert r.returncode == 0, r.stderr
             out = json.loads(r.stdout.strip().splitlines()[-1])
             assert out["grant hop.open"] == "ok" and out["call hop.open"] == "ok", out
             assert out["grant hop.secret"] == "forbidden", out
             assert out["call hop.secret"] == "forbidden", out
             assert out["direct hop.secret"] == "forbidden", out
+            code, error = out["root's grant"]  # a valid grant, from another uid
+            assert code == "forbidden" and "uid 0's, the caller is uid 65534" in error, out
             assert RUNS == {"open": 1, "secret": 0}
             # the broker's refusal is still counted and reported as before
             assert (await _caps(c))["hop.secret@1"]["calls"] == 0
