@@ -38,6 +38,7 @@ MAX_REQUEST_BYTES = 1 << 20  # a larger request frame closes the caller's connec
 MAX_REPLY_BYTES = 1 << 26  # a caller takes answers up to this (a result is not a stream)
 MAX_INFLIGHT = 1024  # requests a server runs at once; more are answered `busy`
 MAX_UNSENT = 16 << 20  # replies queued to a caller that does not read: then it is cut off
+MAX_CONNECTIONS = 256  # callers connected at once; one more is closed at once
 _HEAD = struct.Struct("!IQ")
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -174,6 +175,9 @@ class _ServerConn(_Frames):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if len(self.server._conns) >= MAX_CONNECTIONS:
+            self.bad("one connection too many")
+            return
         self.server._conns.add(self)
         sock = transport.get_extra_info("socket")
         with contextlib.suppress(OSError, AttributeError):
@@ -185,8 +189,11 @@ class _ServerConn(_Frames):
         self.transport = None
 
     def bad(self, why: str) -> None:
-        self.server.cut_off += 1
-        log.warning("one-hop server %s: %s from a caller: connection closed", self.server.name, why)
+        n = self.server.cut_off = self.server.cut_off + 1
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a flood of them does not flood the log
+            log.warning(
+                "one-hop server %s: %s: connection closed (%d so far)", self.server.name, why, n
+            )
         super().bad(why)
 
     def on_frame(self, rid: int, body: bytes) -> None:
