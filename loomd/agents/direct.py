@@ -52,6 +52,7 @@ log = logging.getLogger("loomd.agents.direct")
 
 GRANT_ASK_S = 5.0  # how long a caller waits for the broker's grant
 GRANT_MARGIN_S = 0.05  # a grant this close to its expiry is asked again, not used
+NO_GRANTS_S = 60.0  # a daemon that does not answer caps.grant is asked again this much later
 GOOD_GRANTS = 1024  # grants a provider remembers as checked (then it forgets them all)
 
 
@@ -163,10 +164,13 @@ class DirectCaller:
         self._by_provider: dict[str, set[str]] = defaultdict(set)  # provider -> endpoints
         self._gone_sub: Any = None
         self._gone_task: asyncio.Task[None] | None = None
+        self._asking: dict[str, asyncio.Future[CapGrant | None]] = {}
+        self._checked = False  # whether the daemon answers caps.grant at all
+        self._no_grants_until = 0.0
         self.inflight = 0
 
     async def call(self, name: str, params: dict[str, Any], timeout: float) -> CapResult | None:
-        grant = await self._grant(name)
+        grant = await self._grant(name, timeout)
         if grant is None:
             return None
         link = self._link(grant)
@@ -204,18 +208,36 @@ class DirectCaller:
             return None
         return r
 
-    async def _grant(self, name: str) -> CapGrant | None:
+    async def _grant(self, name: str, timeout: float) -> CapGrant | None:
         now = time.monotonic()
         kept = self._grants.get(name)
         if kept is not None and now < kept[1]:
             return kept[0]
+        asking = self._asking.get(name)
+        if asking is None:  # concurrent first calls share one ask
+            asking = self._asking[name] = asyncio.ensure_future(self._ask(name, timeout))
+            asking.add_done_callback(lambda _: self._asking.pop(name, None))
+        return await asyncio.shield(asking)
+
+    async def _ask(self, name: str, timeout: float) -> CapGrant | None:
+        now = time.monotonic()
+        if now < self._no_grants_until:
+            return None
+        if not self._checked:  # a daemon without one-hop grants: never wait for one
+            self._checked = True
+            with contextlib.suppress(LoomdError, AttributeError):
+                if not await self._bus.listeners(Topic.CAPS_GRANT):
+                    self._no_grants_until = now + NO_GRANTS_S
+                    self._checked = False
+                    return None
         try:
             reply = await self._mux.request(
-                Topic.CAPS_GRANT, CapGrantAsk(name).to_payload(), GRANT_ASK_S, CapGrantAsk.TYPE
-            )
+                Topic.CAPS_GRANT, CapGrantAsk(name).to_payload(), min(GRANT_ASK_S, timeout),
+                CapGrantAsk.TYPE,
+            )  # fmt: skip
             grant = CapGrant.from_payload(reply.payload)
         except (RequestTimeout, LoomdError):
-            return None  # an older daemon, or none: the broker path answers
+            return None  # the broker path answers (and its deadline is the call's)
         if grant.code != CapCode.OK:
             return None  # refused: the broker path refuses (and reports) it again
         if not grant.direct:  # through the broker; asked again after ttl_s

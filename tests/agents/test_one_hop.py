@@ -71,8 +71,10 @@ async def _served(d: LoomdProcess) -> AsyncIterator[Client]:
         yield c
 
 
-def _run(root: Path, main: Callable[[LoomdProcess], Awaitable[None]], extra: str = "") -> None:
-    d = _daemon(root, extra)
+def _run(
+    root: Path, main: Callable[[LoomdProcess], Awaitable[None]], extra: str = "", ttl: float = 2.0
+) -> None:
+    d = _daemon(root, extra, ttl)
     d.start()
     try:
         uvloop.run(main(d))
@@ -95,9 +97,10 @@ async def _raw(endpoint: str, call: CapDirectCall) -> CapResult:
         link.close()
 
 
-def _daemon(root: Path, extra: str = "") -> LoomdProcess:
+def _daemon(root: Path, extra: str = "", ttl: float = 2.0) -> LoomdProcess:
     toml = (
-        f"[agents]\nentry_points = false\nprovider_lease_s = 0.3\n[home]\nenabled = false\n{extra}"
+        f"[agents]\nentry_points = false\nprovider_lease_s = 0.3\ngrant_ttl_s = {ttl}\n"
+        f"[home]\nenabled = false\n{extra}"
     )
     return LoomdProcess(root, toml)
 
@@ -120,6 +123,9 @@ def test_a_granted_call_goes_straight_to_the_provider_and_is_counted(short_tmp: 
             async with asyncio.timeout(5):
                 while (await _caps(c))["hop.open@1"]["calls"] < 20:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
+            # many at once, over the one link, each answered to its own caller
+            many = await asyncio.gather(*(ctx.call("hop.open", n=i) for i in range(100)))
+            assert many == [i + 1 for i in range(100)]
             # the params are still checked (by the provider, against the schema)
             bad = await ctx.try_call("hop.open", {"n": "x"})
             assert bad.code == CapCode.INVALID_PARAMS, bad
@@ -127,6 +133,21 @@ def test_a_granted_call_goes_straight_to_the_provider_and_is_counted(short_tmp: 
             assert await ctx.call("hop.open", n=1, idempotency_key="k1") == 2
 
     _run(short_tmp, main)
+
+
+def test_with_grants_off_every_call_goes_through_the_broker(short_tmp: Path) -> None:
+    async def main(d: LoomdProcess) -> None:
+        async with _served(d) as c:
+            g = await _grant(c, "hop.open")
+            assert g.code == CapCode.OK and not g.direct and g.ttl_s > 0
+            ctx = sdk_ctx(c, "caller")
+            calls = await asyncio.gather(*(ctx.call("hop.open", n=i) for i in range(10)))
+            assert calls == [i + 1 for i in range(10)]
+            stats = await c.stats()
+            via_broker = [s for s in stats.subscriptions if s.pattern == "caps.call.hopprov"]
+            assert sum(s.delivered for s in via_broker) == 10, via_broker
+
+    _run(short_tmp, main, ttl=0.0)
 
 
 def test_the_provider_refuses_a_call_without_a_valid_grant(short_tmp: Path) -> None:
