@@ -44,7 +44,7 @@ from loomd.messages import (
     CapsGone,
     Topic,
 )
-from loomd.sdk.direct import DirectLink, DirectServer, Gone
+from loomd.sdk.direct import DirectLink, DirectServer, Gone, Unreachable
 
 __all__ = ["DirectCaller", "GrantCheck", "ProviderServer", "end_reader", "grant_mac"]
 
@@ -188,6 +188,9 @@ class DirectCaller:
                 CapCode.TIMEOUT, error=f"{grant.cap} gave no result within {timeout:g} s",
                 provider=grant.provider,
             )  # fmt: skip
+        except Unreachable:  # nothing was sent (a stale endpoint): the broker decides
+            self._forget(grant.provider)
+            return None
         except Gone:
             self._forget(grant.provider)
             return CapResult(

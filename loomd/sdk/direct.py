@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 
 from loomd.errors import LoomdError
 
-__all__ = ["DirectLink", "DirectServer", "Gone", "local_endpoint"]
+__all__ = ["DirectLink", "DirectServer", "Gone", "Unreachable", "local_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 class Gone(LoomdError):
     """The peer went away (disconnected, or never accepted the connection)."""
+
+
+class Unreachable(Gone):
+    """The peer could not be reached at all: nothing was sent."""
 
 
 def local_endpoint(name: str) -> str:
@@ -228,9 +232,11 @@ class DirectLink(_Frames):
             await loop.create_unix_connection(lambda: self, sock=sock)
         except (OSError, Gone) as exc:
             sock.close()
-            raise Gone(f"cannot connect: {exc}") from None
+            raise Unreachable(f"cannot connect: {exc}") from None
 
     async def request(self, body: bytes) -> bytes:
+        """The answer to `body`. `Unreachable` if the server could not be reached (nothing
+        was sent), `Gone` if the connection ended before the answer."""
         if self.closed:
             raise Gone(f"{self.endpoint}: {self._why}")
         if self.transport is None:
@@ -240,7 +246,7 @@ class DirectLink(_Frames):
                 await asyncio.shield(self._opening)
             except Gone as exc:
                 self.close(str(exc))
-                raise Gone(f"{self.endpoint}: {exc}") from None
+                raise Unreachable(f"{self.endpoint}: {exc}") from None
         rid = next(self._rids)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut

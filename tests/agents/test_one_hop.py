@@ -27,7 +27,7 @@ from loomd.agents.capability import specs_of
 from loomd.agents.sdk import sdk_ctx, serve_capabilities, spec_list
 from loomd.messages import CapCode, CapDirectCall, CapGrant, CapGrantAsk, CapResult
 from loomd.sdk import Client
-from loomd.sdk.direct import MAX_REQUEST_BYTES, DirectLink, Gone
+from loomd.sdk.direct import MAX_REQUEST_BYTES, DirectLink, Gone, Unreachable
 from tests.agents.test_daemon import _caps, _wait_cap, slow_call_started
 from tests.conftest import LoomdProcess
 
@@ -183,6 +183,9 @@ def test_the_provider_refuses_a_call_without_a_valid_grant(short_tmp: Path) -> N
             junk = CapResult.from_payload(cbor2.loads(await link.request(b"\xff\x00junk")))
             link.close()
             assert junk.code == CapCode.INVALID_PARAMS
+            # nobody there: unreachable (nothing sent; the caller goes through the broker)
+            with pytest.raises(Unreachable):
+                await DirectLink(g.endpoint + "-none").request(b"x")
             # a frame over the limit: that connection is cut, the provider serves on
             big = DirectLink(g.endpoint)
             with pytest.raises(Gone):
@@ -233,7 +236,7 @@ import cbor2
 from loomd.agents.sdk import sdk_ctx
 from loomd.messages import CapDirectCall, CapGrant, CapGrantAsk, CapResult
 from loomd.sdk import connect
-from loomd.sdk.direct import MAX_REQUEST_BYTES, DirectLink, Gone
+from loomd.sdk.direct import MAX_REQUEST_BYTES, DirectLink, Gone, Unreachable
 from tests.bus.test_acl_identities import drop_to_nobody
 
 drop_to_nobody()
