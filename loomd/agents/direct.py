@@ -52,6 +52,7 @@ log = logging.getLogger("loomd.agents.direct")
 
 GRANT_ASK_S = 5.0  # how long a caller waits for the broker's grant
 GRANT_MARGIN_S = 0.05  # a grant this close to its expiry is asked again, not used
+RENEW_AHEAD = 0.25  # in the last quarter of its life a grant in use is renewed in the background
 NO_GRANTS_S = 60.0  # a daemon that does not answer caps.grant is asked again this much later
 GOOD_GRANTS = 1024  # grants a provider remembers as checked (then it forgets them all)
 
@@ -215,12 +216,23 @@ class DirectCaller:
         now = time.monotonic()
         kept = self._grants.get(name)
         if kept is not None and now < kept[1]:
+            if kept[0] is not None and now > kept[1] - kept[0].ttl_s * RENEW_AHEAD:
+                self._asking_for(name, GRANT_ASK_S)  # renewed beside the calls, not before one
             return kept[0]
+        return await asyncio.shield(self._asking_for(name, timeout))
+
+    def _asking_for(self, name: str, timeout: float) -> asyncio.Future[CapGrant | None]:
+        """The ask in flight for `name`, or a new one: concurrent calls share one ask."""
         asking = self._asking.get(name)
-        if asking is None:  # concurrent first calls share one ask
+        if asking is None:
             asking = self._asking[name] = asyncio.ensure_future(self._ask(name, timeout))
-            asking.add_done_callback(lambda _: self._asking.pop(name, None))
-        return await asyncio.shield(asking)
+            asking.add_done_callback(lambda f: self._asked(name, f))
+        return asking
+
+    def _asked(self, name: str, f: asyncio.Future[CapGrant | None]) -> None:
+        self._asking.pop(name, None)
+        if not f.cancelled() and f.exception() is not None:  # retrieved: a renewal's own
+            log.warning("one-hop grant for %s: %s", name, f.exception())
 
     async def _ask(self, name: str, timeout: float) -> CapGrant | None:
         now = time.monotonic()
@@ -241,8 +253,9 @@ class DirectCaller:
             grant = CapGrant.from_payload(reply.payload)
         except (RequestTimeout, LoomdError):
             return None  # the broker path answers (and its deadline is the call's)
-        if grant.code != CapCode.OK:
-            return None  # refused: the broker path refuses (and reports) it again
+        if grant.code != CapCode.OK:  # refused (a renewal too: the ACL changed, say):
+            self._grants.pop(name, None)  # the broker path refuses (and reports) it again
+            return None
         if not grant.direct:  # through the broker; asked again after ttl_s
             if grant.ttl_s > 0:
                 self._grants[name] = (None, now + grant.ttl_s)

@@ -135,6 +135,28 @@ def test_a_granted_call_goes_straight_to_the_provider_and_is_counted(short_tmp: 
     _run(short_tmp, main)
 
 
+def test_a_grant_in_use_is_renewed_and_the_calls_stay_one_hop(short_tmp: Path) -> None:
+    async def main(d: LoomdProcess) -> None:
+        async with _served(d) as c:
+            ctx = sdk_ctx(c, "caller")
+            assert await ctx.call("hop.open", n=0) == 1
+            first = await c.stats()
+            asks0 = sum(s.delivered for s in first.subscriptions if s.pattern == "caps.grant")
+            ends = time.monotonic() + 1.5  # grants of 0.6 s: at least two renewals
+            n = 0
+            while time.monotonic() < ends:
+                assert await ctx.call("hop.open", n=n) == n + 1
+                n += 1
+                await asyncio.sleep(0.005)
+            stats = await c.stats()
+            asks = sum(s.delivered for s in stats.subscriptions if s.pattern == "caps.grant")
+            assert asks - asks0 >= 2, (asks0, asks)
+            via_broker = [s for s in stats.subscriptions if s.pattern == "caps.call.hopprov"]
+            assert sum(s.delivered for s in via_broker) == 0, via_broker  # all one-hop
+
+    _run(short_tmp, main, ttl=0.6)
+
+
 def test_with_grants_off_every_call_goes_through_the_broker(short_tmp: Path) -> None:
     async def main(d: LoomdProcess) -> None:
         async with _served(d) as c:
