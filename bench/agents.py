@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -208,7 +209,7 @@ class Daemon:
         self.proc.wait(15)
 
 
-async def over_sdk(root: Path, n: int) -> dict[str, float]:
+async def over_sdk(root: Path, n: int, provider_only: bool = False) -> dict[str, float]:
     d = Daemon(root / "sdk", 0)
     prov = None
     try:
@@ -223,13 +224,16 @@ async def over_sdk(root: Path, n: int) -> dict[str, float]:
                 ):
                     await asyncio.sleep(0.05)
             ctx = sdk_ctx(c, "bench")
-            rtt = await timed(n, lambda: ctx.request("bench.echo", 1, timeout=5))
-            local = await timed(n, lambda: ctx.call("bench.add", a=1, b=2))
+            out = {}
+            if not provider_only:
+                rtt = await timed(n, lambda: ctx.request("bench.echo", 1, timeout=5))
+                local = await timed(n, lambda: ctx.call("bench.add", a=1, b=2))
+                out["request_rtt_sdk_p50_ms"] = pct(rtt, 0.5)
+                out["sdk_to_plugin_call_p50_ms"] = pct(local, 0.5)
             sdk = await timed(n, lambda: ctx.call("sdk.add", a=1, b=2))
-        return {
-            "request_rtt_sdk_p50_ms": pct(rtt, 0.5),
-            "sdk_to_plugin_call_p50_ms": pct(local, 0.5),
+        return out | {
             "sdk_call_p50_ms": pct(sdk, 0.5),
+            "sdk_call_p90_ms": pct(sdk, 0.9),
             "sdk_call_p99_ms": pct(sdk, 0.99),
         }
     finally:
@@ -273,7 +277,7 @@ async def mcp_calls(root: Path, n: int) -> dict[str, float | None]:
     }
     # The same tool through the daemon's path: agents broker -> bus -> mcp component -> stdio.
     settings = _settings(root / "mcp", root / "plugins-mcp")
-    (root / "plugins-mcp").mkdir(exist_ok=True)
+    (root / "plugins-mcp").mkdir(parents=True, exist_ok=True)
     server = {"name": "time", "command": sys.executable, "args": ["-m", "mcp_server_time"],
               "init_timeout_s": 60}  # fmt: skip
     settings = load_config(
@@ -295,6 +299,25 @@ async def mcp_calls(root: Path, n: int) -> dict[str, float | None]:
     return out
 
 
+async def mcp_rounds(root: Path, n: int, rounds: int) -> dict[str, Any]:
+    """`mcp_calls` `rounds` times (raw, then via the broker, alternately): medians and
+    each round's ratio, since the raw client's own p50 swings between runs."""
+    runs = []
+    for i in range(rounds):
+        runs.append(await mcp_calls(root / f"r{i}", n))
+    if any(r.get("mcp_call_p50_ms") is None for r in runs):
+        return {"mcp_call_p50_ms": None, "raw_mcp_call_p50_ms": None}
+    ratios = [r["mcp_call_p50_ms"] / r["raw_mcp_call_p50_ms"] for r in runs]
+    return {
+        "mcp_call_p50_ms": statistics.median(r["mcp_call_p50_ms"] for r in runs),
+        "raw_mcp_call_p50_ms": statistics.median(r["raw_mcp_call_p50_ms"] for r in runs),
+        "mcp_ratio_per_round": [round(x, 3) for x in ratios],
+        "mcp_ratio_median": statistics.median(ratios),
+        "mcp_rounds": rounds,
+        "mcp_calls_per_round": n,
+    }
+
+
 def _importable(mod: str) -> bool:
     import importlib.util
 
@@ -304,12 +327,33 @@ def _importable(mod: str) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma list of: sdk, mcp (default: everything)")
+    ap.add_argument("--n", type=int, default=0, help="calls per measure (default 500/3000)")
+    ap.add_argument(
+        "--mcp-rounds",
+        type=int,
+        default=1,
+        help="mcp: raw and via the broker alternately this many times (medians)",
+    )
     a = ap.parse_args()
-    n = 500 if a.quick else 3000
+    n = a.n or (500 if a.quick else 3000)
+    only = set(filter(None, a.only.split(",")))
     root = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
     t0 = time.monotonic()
+    res: dict[str, Any] = {}
+    if only:
+        try:
+            if "sdk" in only:
+                res.update(uvloop.run(over_sdk(root, n, provider_only=True)))
+            if "mcp" in only:
+                res.update(uvloop.run(mcp_rounds(root, max(100, n // 3), a.mcp_rounds)))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        res["seconds"] = time.monotonic() - t0
+        res["loadavg"] = os.getloadavg()
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
+        return
     try:
-        res: dict[str, Any] = {}
         raw = raw_zmq_rtt(root, n)
         res["raw_zmq_rtt_p50_ms"] = pct(raw, 0.5)
         res.update(uvloop.run(in_process(root, n)))

@@ -4,6 +4,7 @@
     .venv/bin/python bench/profile_case.py loomd_realtime_64b_eps
     .venv/bin/python bench/profile_case.py loomd_reliable_eps --seconds 6 --out /tmp/prof
     .venv/bin/python bench/profile_case.py --bench bridges qos0      # or rtt, peers
+    .venv/bin/python bench/profile_case.py --bench agents sdk        # SDK provider calls
 
 Runs `bench/bus.py --quick --only CASE` with longer runs, samples the loomd daemon and
 the bench's publisher and subscriber processes while events flow, writes a raw
@@ -26,6 +27,7 @@ import psutil  # type: ignore[import-untyped]
 
 BENCH = Path(__file__).resolve().parent / "bus.py"
 BRIDGES = Path(__file__).resolve().parent / "bridges.py"
+AGENTS = Path(__file__).resolve().parent / "agents.py"
 TARGET_NAMES = ("loomd", "mosquitto")  # brokers, by process name
 WORKER_SUFFIXES = ("-pub", "-sub", "-proxy", "inproc")  # bench workers name themselves
 
@@ -49,16 +51,27 @@ def find_targets(bench: psutil.Process) -> dict[str, int]:
             continue
         if "loomd.daemon" in cmd:  # bench/bridges.py's daemons: named by their config dir
             name = "loomd-" + Path(cmd[cmd.index("--config") + 1]).parent.name
-        if name in TARGET_NAMES or name.endswith(WORKER_SUFFIXES) or name.startswith("loomd-"):
+        elif any(c.endswith("provider.py") for c in cmd):  # bench/agents.py's SDK provider
+            name = "provider"
+        if (
+            name in TARGET_NAMES
+            or name.endswith(WORKER_SUFFIXES)
+            or name.startswith("loomd-")
+            or name == "provider"
+        ):
             out[name] = p.pid
     return out
 
 
-def wait_for_daemons(bench: psutil.Process, timeout: float, warmup: float) -> dict[str, int]:
-    """bench/bridges.py: wait for its daemon(s), then for the flow to start (`warmup` s)."""
+def wait_for_daemons(
+    bench: psutil.Process, timeout: float, warmup: float, also: str = ""
+) -> dict[str, int]:
+    """bench/bridges.py (and agents.py): wait for its daemon(s) (and the process `also`),
+    then for the flow to start (`warmup` s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(n.startswith("loomd-") for n in find_targets(bench)):
+        found = find_targets(bench)
+        if any(n.startswith("loomd-") for n in found) and (not also or also in found):
             time.sleep(warmup)
             targets = find_targets(bench)
             targets["bench"] = bench.pid  # the paho clients (or SDK clients) live here
@@ -142,7 +155,7 @@ def main() -> int:
         help="a bench/bus.py case key, e.g. loomd_realtime_64b_eps; with "
         "--bench bridges a part of bench/bridges.py: rtt, qos0, outbox, peers",
     )
-    p.add_argument("--bench", choices=("bus", "bridges"), default="bus")
+    p.add_argument("--bench", choices=("bus", "bridges", "agents"), default="bus")
     p.add_argument("--warmup", type=float, default=3.0, help="bridges: s from start to flow")
     p.add_argument("--scale", type=float, default=4.0, help="bridges: --scale of the bench")
     p.add_argument("--seconds", type=float, default=5.0, help="sampling time per process")
@@ -166,15 +179,19 @@ def main() -> int:
     if args.bench == "bridges":
         argv = [sys.executable, str(BRIDGES), "--quick", "--only", args.case,
                 "--scale", str(args.scale)]  # fmt: skip
+    if args.bench == "agents":  # enough calls to outlast the sampling
+        argv = [sys.executable, str(AGENTS), "--only", args.case,
+                "--n", str(int(4000 * args.scale))]  # fmt: skip
     with open(out / "bench.json", "wb") as js, open(out / "bench.log", "wb") as log:
         bench = subprocess.Popen(argv, stdout=js, stderr=log)
         try:
             proc = psutil.Process(bench.pid)
-            targets = (
-                wait_for_daemons(proc, 60, args.warmup)
-                if args.bench == "bridges"
-                else wait_for_flow(proc, 60)
-            )
+            if args.bench == "bridges":
+                targets = wait_for_daemons(proc, 60, args.warmup)
+            elif args.bench == "agents":
+                targets = wait_for_daemons(proc, 60, args.warmup, also="provider")
+            else:
+                targets = wait_for_flow(proc, 60)
             print(f"profiling {args.case}: {targets}", file=sys.stderr)
             raws = record(spy, targets, args.seconds, args.rate, out)
             bench.wait(120)

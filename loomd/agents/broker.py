@@ -217,6 +217,23 @@ class ActionBroker:
         key: str | None,
         caller: Caller | None,
     ) -> Result:
+        entry = self.admit(name, caller)
+        if isinstance(entry, Result):
+            if entry.code == Code.FORBIDDEN:
+                self.stats.forbidden += 1
+            return entry
+        bad = check_params(entry.spec.schema, params)
+        if bad is not None:
+            return Result(Code.INVALID_PARAMS, error=f"{entry.spec.full}: {bad[0]}: {bad[1]}")
+        if timeout <= 0:
+            return Result(Code.TIMEOUT, error="no time left (deadline already passed)")
+        if key is None:
+            return await self._run(entry, params, timeout)
+        return await self._idempotent(entry, params, timeout, key)
+
+    def admit(self, name: str, caller: Caller | None) -> Entry | Result:
+        """The capability `name` resolves to, if `caller` may call it; else why not. What a
+        call checks before its params, and what a one-hop grant is given on."""
         try:
             entry = self.resolve(name)
         except ValueError as exc:
@@ -228,16 +245,23 @@ class ActionBroker:
             spec.name, sensitive=spec.sensitive, allowed_callers=spec.allowed_callers
         ):
             why = " (sensitive)" if spec.sensitive else ""
-            self.stats.forbidden += 1
             return Result(Code.FORBIDDEN, error=f"{caller.label} may not call {spec.full}{why}")
-        bad = check_params(entry.spec.schema, params)
-        if bad is not None:
-            return Result(Code.INVALID_PARAMS, error=f"{entry.spec.full}: {bad[0]}: {bad[1]}")
-        if timeout <= 0:
-            return Result(Code.TIMEOUT, error="no time left (deadline already passed)")
-        if key is None:
-            return await self._run(entry, params, timeout)
-        return await self._idempotent(entry, params, timeout, key)
+        return entry
+
+    def account(self, full: str, code: str, n: int, provider: Provider) -> None:
+        """Count `n` calls of capability `full` that ended `code`, served by `provider`
+        without the broker in the path (one-hop calls, reported in its lease renewals)."""
+        try:
+            entry = self.resolve(full) if "@" in full else None
+        except ValueError:
+            return
+        if entry is None or entry.provider is not provider:
+            return  # not (or no longer) this provider's: not ours to count
+        entry.calls += n
+        if code in (Code.TIMEOUT, Code.PROVIDER_UNAVAILABLE, Code.ERROR):
+            entry.failures += n
+        self.stats.calls += n
+        self.stats.by_code[code] = self.stats.by_code.get(code, 0) + n
 
     async def _idempotent(
         self, entry: Entry, params: dict[str, Any], timeout: float, key: str

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loomd.agents.broker import ActionBroker, CallError, Result
+from loomd.agents.direct import DirectCaller, end_reader
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import (
@@ -224,11 +225,7 @@ class ReplyMux:
         return len(self._waiting)
 
     async def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
-        if self._sub is not None:
-            await self._sub.close()
+        await end_reader(self._pump, self._sub)
         self._sub = self._pump = None
 
 
@@ -239,10 +236,15 @@ class SdkBackend:
     def __init__(self, client: Any) -> None:
         self._c = client
         self._mux = ReplyMux(client)
+        self._direct = DirectCaller(client, self._mux)
 
     async def call(
         self, name: str, params: dict[str, Any], timeout: float, key: str | None
     ) -> Result:
+        if key is None:  # one hop, if the broker grants it (loomd/agents/direct.py)
+            r = await self._direct.call(name, params, timeout)
+            if r is not None:
+                return r
         body = CapInvoke(name, params, timeout, key).to_payload()
         try:
             # a little longer than the broker's own deadline, which answers `timeout`
@@ -252,9 +254,10 @@ class SdkBackend:
         return Result.from_payload(reply.payload)
 
     def pending(self) -> int:
-        return self._mux.pending()
+        return self._mux.pending() + self._direct.inflight
 
     async def close(self) -> None:
+        await self._direct.close()
         await self._mux.close()
 
     def state(self, namespace: str) -> AgentState:

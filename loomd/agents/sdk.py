@@ -21,12 +21,14 @@ from typing import Any
 from loomd.agents.broker import ActionBroker, LocalProvider, Report, Result
 from loomd.agents.capability import CapabilitySpec, specs_of
 from loomd.agents.ctx import AgentCtx, SdkBackend
+from loomd.agents.direct import ProviderServer
 from loomd.agents.runtime import AgentRunner, Policy
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError
 from loomd.messages import (
     CapCode,
     CapInvoke,
+    CapsLease,
     CapsRegister,
     CapsRegistered,
     CapsUnregister,
@@ -56,8 +58,16 @@ async def serve_capabilities(
     # The token ties an unregister to this registration: a late `caps.unregister` of an
     # earlier registration (another topic, so no ordering) must not drop this one.
     token = os.urandom(8).hex()
-    body = CapsRegister(provider_id, tuple(caps), token).to_payload()
+    # One-hop calls (loomd/agents/direct.py): a client of a local daemon serves them on its
+    # own socket too; the broker decides who may (its grants), this end checks the grant.
+    direct = ProviderServer(provider_id, broker) if _local(client) else None
+    endpoint = await direct.start() if direct is not None else ""
+    body = CapsRegister(provider_id, tuple(caps), token, endpoint).to_payload()
     stop = asyncio.Event()
+
+    def registered(answer: CapsRegistered) -> None:
+        if direct is not None:
+            direct.set_key(answer.grant_key)
 
     async def handle(req: Event) -> None:
         try:
@@ -69,44 +79,62 @@ async def serve_capabilities(
         await client.reply(req, r.to_payload(), wait=False, type=r.TYPE)
 
     tasks: set[asyncio.Task[None]] = set()
-    async with (
-        client.subscribe(f"caps.call.{provider_id}", QoS.RELIABLE) as calls,
-        client.subscribe(f"caps.reregister.{provider_id}", QoS.REALTIME) as again,
-    ):
-        await calls.ready()
-        await again.ready()
-        reply = await client.request(Topic.CAPS_REGISTER, body, timeout=10.0)
-        answer = CapsRegistered.from_event(reply)
-        if not answer.ok:
-            raise LoomdError(f"the daemon refused provider {provider_id}: {answer.error:.200}")
-        lease = answer.lease_s or 0.5
+    try:
+        async with (
+            client.subscribe(f"caps.call.{provider_id}", QoS.RELIABLE) as calls,
+            client.subscribe(f"caps.reregister.{provider_id}", QoS.REALTIME) as again,
+        ):
+            await calls.ready()
+            await again.ready()
+            reply = await client.request(Topic.CAPS_REGISTER, body, timeout=10.0)
+            answer = CapsRegistered.from_event(reply)
+            if not answer.ok:
+                raise LoomdError(f"the daemon refused provider {provider_id}: {answer.error:.200}")
+            registered(answer)
+            lease = answer.lease_s or 0.5
 
-        async def serve() -> None:
-            async for req in calls:
-                t = asyncio.ensure_future(handle(req))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
+            async def serve() -> None:
+                async for req in calls:
+                    t = asyncio.ensure_future(handle(req))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
 
-        async def renew() -> None:
-            while not stop.is_set():
-                await client.publish(f"caps.lease.{provider_id}", None, qos=QoS.REALTIME)
-                await asyncio.sleep(lease / 5)
+            async def renew() -> None:
+                while not stop.is_set():
+                    served = direct.take_counts() if direct is not None else {}
+                    renewal = CapsLease(served).to_payload() if served else None
+                    await client.publish(
+                        f"caps.lease.{provider_id}", renewal, qos=QoS.REALTIME, type=CapsLease.TYPE
+                    )
+                    await asyncio.sleep(lease / 5)
 
-        async def reregister() -> None:
-            async for _ in again:
-                log.info("daemon asked provider %s to register again", provider_id)
-                await client.request(Topic.CAPS_REGISTER, body, timeout=10.0)
+            async def reregister() -> None:
+                async for _ in again:
+                    log.info("daemon asked provider %s to register again", provider_id)
+                    again_reply = await client.request(Topic.CAPS_REGISTER, body, timeout=10.0)
+                    with contextlib.suppress(LoomdError):
+                        registered(CapsRegistered.from_event(again_reply))
 
-        workers = [asyncio.ensure_future(w()) for w in (serve, renew, reregister)]
-        try:
-            yield answer.to_payload()
-        finally:
-            stop.set()
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, *tasks, return_exceptions=True)
-            with contextlib.suppress(LoomdError):
-                await CapsUnregister(provider_id, token).publish(client, wait=False)
+            workers = [asyncio.ensure_future(w()) for w in (serve, renew, reregister)]
+            try:
+                yield answer.to_payload()
+            finally:
+                stop.set()
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, *tasks, return_exceptions=True)
+                with contextlib.suppress(LoomdError):
+                    await CapsUnregister(provider_id, token).publish(client, wait=False)
+
+    finally:
+        if direct is not None:
+            await direct.close()
+
+
+def _local(client: Any) -> bool:
+    """A client of a daemon on this box (an ipc endpoint): its callers can reach it."""
+    endpoint = getattr(client, "endpoint", None)
+    return isinstance(endpoint, str) and endpoint.startswith("ipc://")
 
 
 def _local_broker(agent: Any, agent_id: str) -> ActionBroker:

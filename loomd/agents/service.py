@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from loomd.agents.broker import (
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
+from loomd.agents.direct import grant_mac
 from loomd.agents.settings import AgentsSettings
 from loomd.bus.acl import UNKNOWN_CALLER
 from loomd.bus.api import Bus
@@ -36,9 +38,13 @@ from loomd.messages import (
     BarrierReply,
     BarrierRequest,
     CapCode,
+    CapGrant,
+    CapGrantAsk,
     CapInfo,
     CapInvoke,
     CapResult,
+    CapsGone,
+    CapsLease,
     CapsList,
     CapsRegister,
     CapsRegistered,
@@ -51,6 +57,7 @@ from loomd.messages.base import _Payload
 __all__ = ["CapabilityService", "RemoteProvider"]
 
 LEASE_PATTERN = "caps.lease.*"
+NO_GRANT_RECHECK_S = 10.0  # one-hop calls off: a caller asks for a grant again this often
 IN_PROCESS_LEASE_S = 30.0  # the lease of providers inside the daemon (home, mcp servers)
 
 P = TypeVar("P", bound=_Payload)
@@ -72,6 +79,8 @@ class RemoteProvider(Provider):
         self.inflight = 0
         self.token: Any = None
         self.owner: Identity | None = None  # who registered it (None: the daemon itself)
+        self.endpoint = ""  # where it takes one-hop calls ("" : only through the broker)
+        self.grant_key = b""  # the HMAC key of its grants (loomd/agents/direct.py)
 
     def die(self) -> None:
         if not self.dead.done():
@@ -144,6 +153,7 @@ class CapabilityService:
     def workers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         return [
             ("invoke", self._serve_invoke),
+            ("grant", self._serve_grant),
             ("barrier", self._serve_barrier),
             ("list", self._serve_list),
             ("register", self._serve_register),
@@ -213,6 +223,39 @@ class CapabilityService:
                 self.forbidden(r.error, call.cap)
         if req.reply_to:
             await self.bus.reply(req, r.to_payload(), wait=False, type=r.TYPE)
+
+    async def _serve_grant(self) -> None:
+        asks = self._receive(CapGrantAsk, lambda exc, ev: CapGrant(CapCode.INVALID_PARAMS))
+        async for ask, req in asks:
+            if req.reply_to:
+                self.serve(self._grant(ask, req).respond(self.bus, req))
+
+    def _grant(self, ask: CapGrantAsk, req: Event) -> CapGrant:
+        """A one-hop grant: given on the checks a call through the broker gets (the call's
+        own params and deadline are the provider's to check), for an SDK provider with an
+        endpoint. A refusal is not reported here: the caller then calls through the broker,
+        which refuses, counts and reports it as before."""
+        ttl = self.settings().grant_ttl_s
+        entry = self.broker.admit(ask.cap, req.caller or UNKNOWN_CALLER)
+        if isinstance(entry, CapResult):
+            return CapGrant(entry.code, error=entry.error)
+        prov = entry.provider
+        if (
+            not self.intake
+            or not ttl
+            or not isinstance(prov, RemoteProvider)
+            or not prov.endpoint
+            or prov.dead.done()
+        ):
+            # no one-hop path: through the broker, and the caller asks again this much later
+            return CapGrant(CapCode.OK, entry.spec.full, prov.id, ttl_s=ttl or NO_GRANT_RECHECK_S)
+        ident = (req.caller or UNKNOWN_CALLER).identity
+        who = ident.label
+        uid = ident.uid if ident.kind is IdentityKind.UNIX else -1  # the kernel's word on it
+        expires = round(time.time() + ttl, 6)
+        mac = grant_mac(prov.grant_key, entry.spec.full, prov.id, who, uid, expires)
+        full = entry.spec.full
+        return CapGrant(CapCode.OK, full, prov.id, prov.endpoint, who, expires, mac, ttl, uid=uid)
 
     async def _serve_list(self) -> None:
         async with self.bus.subscribe(Topic.CAPS_LIST, QoS.RELIABLE) as sub:
@@ -288,6 +331,9 @@ class CapabilityService:
         prov = RemoteProvider(pid, self._mux, lease)
         prov.owner = who
         prov.token = p.token
+        if p.endpoint and self.settings().grant_ttl_s:
+            prov.endpoint = p.endpoint
+            prov.grant_key = os.urandom(32)
         self.providers[pid] = prov
         done, refused = [], {}
         for d in p.caps:
@@ -301,12 +347,18 @@ class CapabilityService:
                     ErrorCode.CAPABILITY_REFUSED, f"provider {pid}: {exc}", {"provider": pid}
                 )
         self.log.info("SDK provider %s registered %s", pid, ", ".join(done) or "nothing")
-        return CapsRegistered(True, tuple(done), refused, prov.lease_s)
+        return CapsRegistered(
+            True, tuple(done), refused, prov.lease_s, grant_key=prov.grant_key.hex()
+        )
 
     def _drop(self, prov: RemoteProvider, why: str) -> None:
         prov.die()
         gone = self.broker.unregister_provider(prov)
         self.log.info("SDK provider %s dropped (%s): %s", prov.id, why, ", ".join(gone) or "-")
+        if prov.endpoint:  # callers holding grants: their one-hop calls to it end now
+            self.serve(CapsGone(prov.id, why).publish(
+                self.bus, f"{Topic.CAPS_GONE}.{prov.id}", qos=QoS.REALTIME, wait=False
+            ))  # fmt: skip
 
     async def _watch_leases(self) -> None:
         async with self.bus.subscribe(LEASE_PATTERN, QoS.REALTIME) as sub:
@@ -315,10 +367,23 @@ class CapabilityService:
                 prov = self.providers.get(pid)
                 if prov is not None:
                     prov.seen = time.monotonic()
+                    if CapsLease.is_type(ev.type) and ev.payload is not None:
+                        self._account(prov, ev)
                 else:  # a provider we do not know (the daemon restarted): ask it again
                     await self.bus.publish(
                         f"caps.reregister.{pid}", None, qos=QoS.REALTIME, wait=False
                     )
+
+    def _account(self, prov: RemoteProvider, ev: Event) -> None:
+        """The one-hop calls `prov` served since its last renewal, into the broker's counts."""
+        try:
+            lease = CapsLease.from_event(ev)
+        except LoomdError:
+            return
+        for cap, codes in lease.calls.items():
+            for code, n in codes.items():
+                if code in CapCode.__members__.values():
+                    self.broker.account(cap, code, n, prov)
 
     async def _expire_leases(self) -> None:
         while True:

@@ -29,5 +29,9 @@ class AgentsSettings(Section):
     call_timeout_s: float = option(10.0, min=0.01, max=3600.0, reload=True)
     idempotency_ttl_s: float = option(86400.0, min=1.0, max=31536000.0, reload=True)
     provider_lease_s: float = option(0.5, min=0.05, max=60.0, reload=True)
+    # One-hop calls: how long a caller may call an SDK provider straight on the broker's
+    # grant (also how long a changed ACL takes to reach a caller holding one); 0: every
+    # call goes through the broker.
+    grant_ttl_s: float = option(2.0, min=0.0, max=3600.0, reload=True)
     # Per agent: [agents.<id>], `enabled` plus the keys of the plugin's Settings.
     agent: Mapping[str, Any] = option(factory=dict)

@@ -10,9 +10,9 @@ every matching rule add up; nothing is denied by a rule, only not granted.
 No rule at all: every identity may do what it could before (publish, subscribe, state,
 control, call), except call capabilities marked `sensitive`. Once a rule exists, an
 identity that no rule names may do nothing but the implicit minimum (answer a request on
-its `thread.<id>.reply`, read its own reply topic, ask `caps.list` and `caps.invoke`:
-the capability itself is checked by the action broker). Root, the daemon's own user and
-its components are never limited.
+its `thread.<id>.reply`, read its own reply topic, ask `caps.list`, `caps.invoke` and
+`caps.grant`: the capability itself is checked by the action broker; hear `caps.gone.*`).
+Root, the daemon's own user and its components are never limited.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ __all__ = [
     "read_acl_dir",
 ]
 
-IMPLICIT_PUBLISH = ("thread.*.reply", "caps.invoke", "caps.list")
+IMPLICIT_PUBLISH = ("thread.*.reply", "caps.invoke", "caps.list", "caps.grant")
 _REPLY = re.compile(r"thread\.[^.*#]+\.reply")
+# which providers the broker dropped: a holder of one-hop grants ends its calls to them
+_GONE = re.compile(r"caps\.gone\.(\*|[^.*#]+)")
 CACHE = 4096
 
 
@@ -219,7 +221,11 @@ class Grants:
 
     def may_subscribe(self, pattern: str) -> bool:
         # its own reply topic (the id is random and only the requester knows it)
-        return self.everything or self._sub.subscribe(pattern) or bool(_REPLY.fullmatch(pattern))
+        return (
+            self.everything
+            or self._sub.subscribe(pattern)
+            or bool(_REPLY.fullmatch(pattern) or _GONE.fullmatch(pattern))
+        )
 
     def may_call(self, name: str, *, sensitive: bool = False) -> bool:
         if self.everything:

@@ -18,6 +18,8 @@ class Topic(StrEnum):
     CAPS_REGISTER = "caps.register"  # CapsRegister (request/reply: CapsRegistered)
     CAPS_CHANGED = "caps.changed"  # CapsChanged: the broker's catalogue changed
     CAPS_UNREGISTER = "caps.unregister"  # CapsUnregister
+    CAPS_GRANT = "caps.grant"  # CapGrantAsk (request/reply: CapGrant): a one-hop call's grant
+    CAPS_GONE = "caps.gone"  # caps.gone.<provider>: CapsGone, the broker dropped a provider
     COLLAB_BARRIER = "collab.barrier"  # BarrierRequest (request/reply: BarrierReply)
     VOICE_MUTE = "voice.mute"  # VoiceMute
     ROUTE_DECISION = "loomd.route.decision"

@@ -25,6 +25,15 @@ class CapCode(StrEnum):
     FORBIDDEN = "forbidden"  # the caller's identity may not call it (ACL, allowed_callers)
 
 
+def _check_call(what: str, cap: Any, params: Any, timeout: Any) -> None:
+    if not isinstance(cap, str) or not cap:
+        raise LoomdError(f"{what}: cap must be a capability name")
+    if not isinstance(params, dict):
+        raise LoomdError(f"{what} {cap}: params must be an object")
+    if not isinstance(timeout, int | float) or timeout < 0:
+        raise LoomdError(f"{what} {cap}: timeout must be a number of seconds >= 0")
+
+
 @dataclass(frozen=True)
 class CapInvoke(_Payload, topic=Topic.CAPS_INVOKE):
     """Call a capability: on `caps.invoke` to the action broker, and from the broker on
@@ -36,12 +45,7 @@ class CapInvoke(_Payload, topic=Topic.CAPS_INVOKE):
     key: str | None = None  # idempotency key
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cap, str) or not self.cap:
-            raise LoomdError("CapInvoke: cap must be a capability name")
-        if not isinstance(self.params, dict):
-            raise LoomdError(f"CapInvoke {self.cap}: params must be an object")
-        if not isinstance(self.timeout, int | float) or self.timeout < 0:
-            raise LoomdError(f"CapInvoke {self.cap}: timeout must be a number of seconds >= 0")
+        _check_call("CapInvoke", self.cap, self.params, self.timeout)
         if self.key is not None and not isinstance(self.key, str):
             raise LoomdError(f"CapInvoke {self.cap}: key must be a string")
 
@@ -142,13 +146,23 @@ class CapsRegister(_Payload, topic=Topic.CAPS_REGISTER):
     provider: str
     caps: tuple[dict[str, Any], ...] = ()
     token: str = ""
+    # where the provider takes one-hop calls (`CapDirectCall`), "" for none: a local
+    # ZeroMQ endpoint the callers' grants name
+    endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.provider, str) or not self.provider:
             raise LoomdError("CapsRegister: provider must be a non-empty string")
+        if not isinstance(self.endpoint, str) or (
+            self.endpoint and not self.endpoint.startswith("ipc://")
+        ):
+            raise LoomdError("CapsRegister: endpoint must be an ipc:// endpoint or empty")
 
     def to_payload(self) -> dict[str, Any]:
-        return {"provider": self.provider, "caps": list(self.caps), "token": self.token}
+        out = {"provider": self.provider, "caps": list(self.caps), "token": self.token}
+        if self.endpoint:
+            out["endpoint"] = self.endpoint
+        return out
 
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> CapsRegister:
@@ -165,6 +179,9 @@ class CapsRegistered(_Payload, type="caps.registered"):
     refused: dict[str, str] = field(default_factory=dict)  # name -> why
     lease_s: float = 0.0  # renew on caps.lease.<provider> every lease_s / 5
     error: str = ""
+    # the key (hex) of the HMAC on the grants the broker gives callers for one-hop calls
+    # to this provider's `endpoint` ("" when it has none)
+    grant_key: str = ""
 
     def to_payload(self) -> dict[str, Any]:
         return {**super().to_payload(), "registered": list(self.registered)}
@@ -178,6 +195,101 @@ class CapsRegistered(_Payload, type="caps.registered"):
 class CapsUnregister(_Payload, topic=Topic.CAPS_UNREGISTER):
     provider: str
     token: str = ""
+
+
+@dataclass(frozen=True)
+class CapsLease(_Payload, type="caps.lease"):
+    """A provider's lease renewal (`caps.lease.<provider>`, realtime), carrying what the
+    broker accounts for it: the one-hop calls served since the last renewal, by capability
+    (full name) and result code."""
+
+    calls: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> CapsLease:
+        calls = payload.get("calls") or {}
+        if not isinstance(calls, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in calls.items()
+        ):
+            raise ValueError("calls must map a capability to {code: count}")
+        return cls({k: {str(c): n for c, n in v.items() if type(n) is int and n > 0}
+                    for k, v in calls.items()})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CapsGone(_Payload, type=Topic.CAPS_GONE):
+    """The broker dropped provider `provider` (`caps.gone.<provider>`, realtime): its lease
+    ran out or it unregistered. A caller's one-hop calls to it end `provider_unavailable`."""
+
+    provider: str
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class CapGrantAsk(_Payload, topic=Topic.CAPS_GRANT):
+    """May I call `cap` straight at its provider? (request/reply: `CapGrant`)."""
+
+    cap: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cap, str) or not self.cap:
+            raise LoomdError("CapGrantAsk: cap must be a capability name")
+
+
+@dataclass(frozen=True)
+class CapGrant(_Payload, type="caps.grant.reply"):
+    """The broker's answer to `CapGrantAsk`. `code` ok with an `endpoint`: call the provider
+    there with `CapDirectCall`s carrying `caller`, `expires` and `mac` until `expires`
+    (`ttl_s` from now). Anything else (a refusal, a provider without an endpoint, an
+    in-daemon one): call through the broker (`caps.invoke`), which decides and reports."""
+
+    code: str  # a CapCode
+    cap: str = ""  # the full name (name@version) the grant is for
+    provider: str = ""
+    endpoint: str = ""
+    caller: str = ""  # the caller's identity, as the broker knows it
+    expires: float = 0.0  # unix time
+    mac: str = ""  # hex HMAC-SHA256 of (cap, provider, caller, uid, expires), provider's key
+    ttl_s: float = 0.0
+    error: str = ""
+    uid: int = -1  # a local caller's uid: the provider takes the grant only from that uid
+
+    @property
+    def direct(self) -> bool:
+        return self.code == CapCode.OK and bool(self.endpoint) and bool(self.mac)
+
+
+@dataclass(frozen=True)
+class CapDirectCall(_Payload, type="caps.direct"):
+    """A one-hop call, caller -> provider: `CapInvoke`'s fields plus the broker's grant. The
+    provider runs it only if the grant's HMAC checks out with its key, the grant names this
+    capability, has not expired and (`uid` >= 0) comes from a process of that uid; its
+    answer is a `CapResult`."""
+
+    cap: str  # full name, as granted
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 0.0
+    caller: str = ""
+    expires: float = 0.0
+    mac: str = ""
+    uid: int = -1
+
+    def __post_init__(self) -> None:
+        _check_call("CapDirectCall", self.cap, self.params, self.timeout)
+        if (
+            not isinstance(self.expires, int | float)
+            or not isinstance(self.mac, str)
+            or type(self.uid) is not int
+        ):
+            raise LoomdError(f"CapDirectCall {self.cap}: malformed grant")
+        if not isinstance(self.caller, str):
+            raise LoomdError(f"CapDirectCall {self.cap}: caller must be a string")
+
+    def to_payload(self) -> dict[str, Any]:
+        # every call: not `asdict`, which deep-copies the params (a third of a call's encode)
+        return {"cap": self.cap, "params": self.params, "timeout": self.timeout,
+                "caller": self.caller, "expires": self.expires, "mac": self.mac,
+                "uid": self.uid}  # fmt: skip
 
 
 @dataclass(frozen=True)

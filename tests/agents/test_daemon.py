@@ -77,6 +77,15 @@ async def _wait_cap(c: Client, name: str, present: bool = True, timeout: float =
             await asyncio.sleep(0.05)
 
 
+async def slow_call_started(c: Client, ctx: Any) -> asyncio.Future[Any]:
+    """`slow.sleep` of 30 s (deadline 20 s) called on `sdk_provider.py`, once it runs."""
+    async with c.subscribe("test.provider.started") as started:
+        await started.ready()
+        call = asyncio.ensure_future(ctx.try_call("slow.sleep", {"secs": 30}, timeout=20))
+        await started.get(timeout=10)
+    return call
+
+
 def test_sdk_provider_killed_mid_call_fails_at_once(short_tmp: Path) -> None:
     d, _ = _setup(short_tmp)
     d.start()
@@ -91,12 +100,7 @@ def test_sdk_provider_killed_mid_call_fails_at_once(short_tmp: Path) -> None:
                 assert (await c.request("test.sdkprov", None, timeout=5)).payload == (
                     "sdk agent here"
                 )
-                async with c.subscribe("test.provider.started") as started:
-                    await started.ready()
-                    call = asyncio.ensure_future(
-                        ctx.try_call("slow.sleep", {"secs": 30}, timeout=20)
-                    )
-                    await started.get(timeout=10)
+                call = await slow_call_started(c, ctx)
                 began = time.monotonic()
                 child.kill()  # SIGKILL: no goodbye
                 r = await call
