@@ -579,18 +579,8 @@ class BusServer(AccessOps, CoreOps):
         return True
 
     def _flush_acks(self, session: Session) -> None:
-        fifo = session.pub_fifo
-        n0 = session.pub_acked
-        while fifo and fifo[0][1]:
-            err = fifo.popleft()[0]
-            session.pub_acked += 1
-            if err is not None:
-                session.pub_errors.append((session.pub_acked, err))
-        if session.pub_acked != n0 and session.alive:
-            msg: dict[str, Any] = {"op": "ack", "n": session.pub_acked}
-            if session.pub_errors:
-                msg["errors"] = session.pub_errors
-                session.pub_errors = []
+        msg = session.settled_ack()
+        if msg is not None and session.alive:
             self._reply(session, msg)
 
     # -- housekeeping -------------------------------------------------------------------------

@@ -157,6 +157,22 @@ class Session:
 
         return done
 
+    def settled_ack(self) -> dict[str, Any] | None:
+        """The `ack` control message for the reliable publishes settled, in order, since the
+        last one (with the errors among them); None when no more are settled."""
+        fifo, n0 = self.pub_fifo, self.pub_acked
+        while fifo and fifo[0][1]:
+            err = fifo.popleft()[0]
+            self.pub_acked += 1
+            if err is not None:
+                self.pub_errors.append((self.pub_acked, err))
+        if self.pub_acked == n0:
+            return None
+        msg: dict[str, Any] = {"op": "ack", "n": self.pub_acked}
+        if self.pub_errors:
+            msg["errors"], self.pub_errors = self.pub_errors, []
+        return msg
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
