@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol, Self, runtime_checkable
 
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, check_outgoing, plain_event
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import BusStats
 
@@ -72,19 +72,24 @@ class Bus(Protocol):
         ttl or qos) raises here, before anything is sent.
 
         Written once, here, for both implementations (they subclass `Bus`): the event is
-        built and checked by `outgoing`, then handed to the implementation's `_deliver`."""
-        ev = outgoing(
-            topic,
-            payload,
-            sender=self.name,
-            qos=qos,
-            type=type,
-            thread_id=thread_id,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            ttl=ttl,
-            meta=meta,
-        )
+        checked (`check_outgoing`) and built, then handed to the implementation's
+        `_deliver`."""
+        check_outgoing(topic, qos, ttl)
+        if thread_id is None and correlation_id is None and reply_to is None and not meta:
+            ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
+        else:
+            ev = Event.create(
+                topic,
+                payload,
+                type=type,
+                sender=self.name,
+                qos=qos,
+                thread_id=thread_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                ttl=ttl,
+                meta=meta,
+            )
         pending = self._deliver(ev, qos == QoS.RELIABLE, wait)
         if pending is not None:
             await pending
