@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check-layers"
 
@@ -30,37 +32,44 @@ def test_this_checkout_has_no_import_up_and_no_cycle() -> None:
     assert "no import up, no cycle" in r.stdout
 
 
-def test_an_import_from_a_higher_floor_fails(tmp_path: Path) -> None:
-    root = tree(tmp_path, {
-        "loomd/errors.py": "def f():\n    from loomd.ctl import main  # lazy still counts\n",
-        "loomd/ctl.py": "from loomd.errors import f\nmain = f\n",
-    })  # fmt: skip
-    r = run("--root", str(root))
+FAILING = {
+    "an import from a higher floor": (
+        {
+            "loomd/errors.py": "def f():\n    from loomd.ctl import main  # lazy still counts\n",
+            "loomd/ctl.py": "from loomd.errors import f\nmain = f\n",
+        },
+        ["loomd/errors.py:2: loomd.errors (base) imports loomd.ctl (ctl), a higher floor"],
+        [],
+    ),
+    "a cycle even on one floor": (
+        {
+            "loomd/agents/__init__.py": "",
+            "loomd/agents/a.py": "from loomd.agents import b\n",
+            "loomd/agents/b.py": "import loomd.agents.a\n",
+        },
+        ["import cycle of 2 modules: loomd.agents.a -> loomd.agents.b"],
+        [],
+    ),
+    "type-only imports pass, an unplaced module fails": (
+        {
+            "loomd/errors.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from loomd.ctl import main\n",
+            "loomd/ctl.py": "import loomd.errors\n",
+            "loomd/newthing.py": "",
+        },
+        ["loomd.newthing is on no floor"],
+        ["higher floor", "cycle"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("files", "said", "unsaid"), FAILING.values(), ids=FAILING.keys())
+def test_a_bad_tree_fails_and_says_why(
+    tmp_path: Path, files: dict[str, str], said: list[str], unsaid: list[str]
+) -> None:
+    r = run("--root", str(tree(tmp_path, files)))
     assert r.returncode == 1
-    assert "loomd/errors.py:2: loomd.errors (base) imports loomd.ctl (ctl), a higher floor" in (
-        r.stdout
-    )
-
-
-def test_a_cycle_fails_even_on_one_floor(tmp_path: Path) -> None:
-    root = tree(tmp_path, {
-        "loomd/agents/__init__.py": "",
-        "loomd/agents/a.py": "from loomd.agents import b\n",
-        "loomd/agents/b.py": "import loomd.agents.a\n",
-    })  # fmt: skip
-    r = run("--root", str(root))
-    assert r.returncode == 1
-    assert "import cycle of 2 modules: loomd.agents.a -> loomd.agents.b" in r.stdout
-
-
-def test_type_only_imports_and_unplaced_modules(tmp_path: Path) -> None:
-    root = tree(tmp_path, {
-        "loomd/errors.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                           "    from loomd.ctl import main\n",
-        "loomd/ctl.py": "import loomd.errors\n",
-        "loomd/newthing.py": "",
-    })  # fmt: skip
-    r = run("--root", str(root))
-    assert r.returncode == 1
-    assert "loomd.newthing is on no floor" in r.stdout
-    assert "higher floor" not in r.stdout and "cycle" not in r.stdout
+    for text in said:
+        assert text in r.stdout
+    for text in unsaid:
+        assert text not in r.stdout

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol, Self, runtime_checkable
 
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, check_outgoing, plain_event
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import BusStats
 
@@ -63,12 +63,41 @@ class Bus(Protocol):
         thread_id: bytes | None = None,
         correlation_id: bytes | None = None,
         reply_to: str | None = None,
-        ttl: int = ...,
+        ttl: int = DEFAULT_TTL,
         meta: dict[str, Any] | None = None,
     ) -> Event:
         """Publish one event. Realtime and batched never wait. Reliable waits for credit and,
         with `wait=True`, for the durable ack (journaled first on durable topics); a refused
-        publish raises `LoomdError` naming why."""
+        publish raises `LoomdError` naming why. What the daemon would refuse (a bad topic,
+        ttl or qos) raises here, before anything is sent.
+
+        Written once, here, for both implementations (they subclass `Bus`): the event is
+        checked (`check_outgoing`) and built, then handed to the implementation's
+        `_deliver`."""
+        check_outgoing(topic, qos, ttl)
+        if thread_id is None and correlation_id is None and reply_to is None and not meta:
+            ev = plain_event(topic, payload, type or topic, self.name, str(qos), ttl)
+        else:
+            ev = Event.create(
+                topic,
+                payload,
+                type=type,
+                sender=self.name,
+                qos=qos,
+                thread_id=thread_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                ttl=ttl,
+                meta=meta,
+            )
+        pending = self._deliver(ev, qos == QoS.RELIABLE, wait)
+        if pending is not None:
+            await pending
+        return ev
+
+    def _deliver(self, ev: Event, reliable: bool, wait: bool) -> Awaitable[None] | None:
+        """Send a checked event: None once it is on its way, or what to await first (a
+        reliable publish's credit and, with `wait`, its durable ack)."""
         ...
 
     def subscribe(

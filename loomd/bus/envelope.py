@@ -527,37 +527,12 @@ def peek_qos(data: bytes) -> str | None:
     return qos if type(qos) is str else None
 
 
-def outgoing(
-    topic: str,
-    payload: Any,
-    *,
-    sender: str,
-    qos: QoS | str = QoS.RELIABLE,
-    type: str | None = None,
-    thread_id: bytes | None = None,
-    correlation_id: bytes | None = None,
-    reply_to: str | None = None,
-    ttl: int = DEFAULT_TTL,
-    meta: dict[str, Any] | None = None,
-) -> Event:
-    """An event a part is about to publish, checked as the daemon would check it (topic,
-    ttl, qos): what both `Bus` implementations build, in process and over the socket."""
+def check_outgoing(topic: str, qos: QoS | str, ttl: int) -> None:
+    """What the daemon would refuse in an event a part is about to publish (its topic, ttl
+    and qos), raised before anything is sent: `Bus.publish` checks with it, in process and
+    over the socket."""
     validate_topic(topic)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not -1 <= ttl <= MAX_TTL:
         raise ProtocolError("invalid ttl", f"{ttl!r}: expected an int in -1..{MAX_TTL}")
     if str(qos) not in QOS_VALUES:
         raise ProtocolError("invalid qos", f"{qos!r}: expected realtime, batched or reliable")
-    if thread_id is None and correlation_id is None and reply_to is None and not meta:
-        return plain_event(topic, payload, type or topic, sender, str(qos), ttl)
-    return Event.create(
-        topic,
-        payload,
-        type=type,
-        sender=sender,
-        qos=qos,
-        thread_id=thread_id,
-        correlation_id=correlation_id,
-        reply_to=reply_to,
-        ttl=ttl,
-        meta=meta,
-    )

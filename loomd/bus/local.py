@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from loomd.bus.acl import EVERYTHING, Caller, Forbidden, Manifest
-from loomd.bus.api import reply_to, request_reply
+from loomd.bus.api import Bus, reply_to, request_reply
 from loomd.bus.broker import Broker
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
+from loomd.bus.envelope import Event, QoS
 from loomd.bus.identity import Identity
 from loomd.bus.subscriber import Subscriber
 from loomd.messages import BusStats, ErrorCode
@@ -15,7 +16,7 @@ from loomd.messages import BusStats, ErrorCode
 __all__ = ["LocalBus"]
 
 
-class LocalBus:
+class LocalBus(Bus):
     """One part's handle on the in-process broker; `name` is the sender of what it publishes."""
 
     def __init__(
@@ -52,41 +53,15 @@ class LocalBus:
         self.broker.error(ErrorCode.FORBIDDEN, text, client=self.identity.label)
         raise Forbidden(text)
 
-    async def publish(
-        self,
-        topic: str,
-        payload: Any = None,
-        *,
-        qos: QoS | str = QoS.RELIABLE,
-        wait: bool = True,
-        type: str | None = None,
-        thread_id: bytes | None = None,
-        correlation_id: bytes | None = None,
-        reply_to: str | None = None,
-        ttl: int = DEFAULT_TTL,
-        meta: dict[str, Any] | None = None,
-    ) -> Event:
-        ev = outgoing(
-            topic,
-            payload,
-            sender=self.name,
-            qos=qos,
-            type=type,
-            thread_id=thread_id,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            ttl=ttl,
-            meta=meta,
-        )
+    def _deliver(self, ev: Event, reliable: bool, wait: bool) -> Awaitable[None] | None:
         caller = self.caller
-        if not self._trusted and not caller.grants.may_publish(topic):
-            self._forbid(f"publish on {topic!r}")
+        if not self._trusted and not caller.grants.may_publish(ev.topic):
+            self._forbid(f"publish on {ev.topic!r}")
         ev.caller = caller
-        if qos == QoS.RELIABLE and wait:
-            await self.broker.publish_wait(ev)
-        else:
-            self.broker.publish(ev)
-        return ev
+        if reliable and wait:
+            return self.broker.publish_wait(ev)
+        self.broker.publish(ev)
+        return None
 
     def subscribe(
         self,

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from loomd.models.catalogue import Model, ModelFile, Source
@@ -80,21 +80,15 @@ def _join_split_files(work: Path) -> None:
                 parts[n].unlink()
 
 
+@dataclass(eq=False)
 class Fetcher:
-    def __init__(
-        self,
-        store: Store,
-        progress: Progress,
-        policy: Policy | None = None,
-        *,
-        keep_archives: Path | None = None,
-    ) -> None:
-        self.store = store
-        self.progress = progress
-        self.policy = policy or Policy()
-        self.keep_archives = keep_archives
-        self.report = FetchReport()
-        self._archives: dict[str, Path] = {}
+    store: Store
+    progress: Progress
+    policy: Policy = field(default_factory=Policy)
+    _: KW_ONLY
+    keep_archives: Path | None = None
+    report: FetchReport = field(default_factory=FetchReport, init=False)
+    _archives: dict[str, Path] = field(default_factory=dict, init=False)
 
     # --- planning ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 from collections import deque
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 
@@ -22,8 +23,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from loomd.bus import cbor, wire
-from loomd.bus.api import reply_to, request_reply
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, outgoing
+from loomd.bus.api import Bus, reply_to, request_reply
+from loomd.bus.envelope import Event, QoS
 from loomd.bus.topics import validate_pattern
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
 from loomd.errors import LoomdError, NotRunning, ProtocolError, RemoteError, RequestTimeout
@@ -39,7 +40,7 @@ OUTBOX_BYTES = 64 * 1024
 CTL_RETRY_S = 0.005  # a control message that found the pipe full is retried this often
 
 
-class Client:
+class Client(Bus):
     def __init__(
         self,
         endpoint: str | None = None,
@@ -212,45 +213,22 @@ class Client:
             self.max_frame_bytes = size
 
     # -- publishing ---------------------------------------------------------------------------
-    async def publish(
-        self,
-        topic: str,
-        payload: Any = None,
-        *,
-        qos: QoS | str = QoS.RELIABLE,
-        wait: bool = True,
-        type: str | None = None,
-        thread_id: bytes | None = None,
-        correlation_id: bytes | None = None,
-        reply_to: str | None = None,
-        ttl: int = DEFAULT_TTL,
-        meta: dict[str, Any] | None = None,
-    ) -> Event:
-        """Publish one event. Realtime/batched: never waits (dropped and counted if the daemon
-        is away). Reliable: waits for a credit, then (wait=True) for the daemon's durable ack.
-        What the daemon would refuse (a bad topic, ttl or qos, a frame over its size limit)
-        raises here, before anything is sent."""
-        ev = outgoing(
-            topic,
-            payload,
-            sender=self.name,
-            qos=qos,
-            type=type,
-            thread_id=thread_id,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            ttl=ttl,
-            meta=meta,
-        )
+    def _deliver(self, ev: Event, reliable: bool, wait: bool) -> Awaitable[None] | None:
+        """Realtime/batched: never waits (dropped and counted if the daemon is away).
+        Reliable: waits for a credit, then (wait=True) for the daemon's durable ack. A frame
+        over the daemon's size limit raises here, before anything is sent."""
         frame = ev.to_wire()
         if len(frame) > self.max_frame_bytes:
             raise ProtocolError(
                 "frame too large",
                 f"{len(frame)} bytes > the daemon's max_frame_bytes {self.max_frame_bytes}",
             )
-        if qos != QoS.RELIABLE:
+        if not reliable:
             self._queue_frame(frame, reliable=False)
-            return ev
+            return None
+        return self._send_reliable(frame, wait)
+
+    async def _send_reliable(self, frame: bytes, wait: bool) -> None:
         while len(self._unacked) >= self.credit_window:
             self._credit.clear()
             await self._credit.wait()
@@ -262,7 +240,6 @@ class Client:
             self._queue_frame(frame, reliable=True)
         if wait:
             await fut
-        return ev
 
     def _queue_frame(self, frame: bytes, reliable: bool) -> None:
         """Events leave in batches: everything published in one loop turn goes in one frame."""

@@ -67,8 +67,7 @@ def test_decoder_bombs_in_control_header_and_body(daemon: LoomdProcess) -> None:
     async def main() -> None:
         async with witness(daemon) as w, connect(daemon.endpoint, name="reader") as reader:
             sub = await reader.subscribe("bomb.#", "realtime").ready()
-            bad = raw_dealer(daemon.endpoint)
-            try:
+            with raw_dealer(daemon.endpoint) as bad:
                 for name, bomb in BOMBS.items():
                     # as a control message, before any hello
                     bad.send(bytes((wire.CONTROL,)) + bomb)
@@ -90,8 +89,6 @@ def test_decoder_bombs_in_control_header_and_body(daemon: LoomdProcess) -> None:
                     with pytest.raises(ProtocolError, match="malformed body"):
                         _ = ev.payload
                     assert ev.topic == "bomb.body"
-            finally:
-                bad.close()
             st = await w.check()
             assert st["rejected"].get("malformed control message", 0) >= len(BOMBS)
             assert st["rejected"].get("malformed header", 0) >= len(BOMBS)
@@ -103,8 +100,7 @@ def test_decoder_bombs_in_control_header_and_body(daemon: LoomdProcess) -> None:
 def test_oversized_control_frame_before_hello_is_refused_by_size(daemon: LoomdProcess) -> None:
     async def main() -> None:
         async with witness(daemon) as w:
-            bad = raw_dealer(daemon.endpoint)
-            try:
+            with raw_dealer(daemon.endpoint) as bad:
                 # 2 MiB (over max_frame_bytes, under libzmq's hard cap): a map of 1-byte items
                 bad.send(
                     bytes((wire.CONTROL,))
@@ -117,8 +113,6 @@ def test_oversized_control_frame_before_hello_is_refused_by_size(daemon: LoomdPr
                 # and a batch frame over the limit
                 bad.send(b"\x04" + b"\0" * (1 << 20))
                 assert "frame too large" in (await recv_control(bad))["error"]
-            finally:
-                bad.close()
             st = await w.check()
             assert st["rejected"]["frame too large"] == 2
 
@@ -129,14 +123,11 @@ def test_oversized_control_frame_before_hello_is_refused_by_size(daemon: LoomdPr
 def test_pattern_complexity_is_bounded(daemon: LoomdProcess) -> None:
     async def main() -> None:
         async with witness(daemon) as w, connect(daemon.endpoint, name="greedy") as greedy:
-            bad = raw_dealer(daemon.endpoint)
-            try:
+            with raw_dealer(daemon.endpoint) as bad:
                 reply = await call(
                     bad, {"op": "sub", "rid": 1, "sid": 1, "pattern": ".".join(["#"] * 16)}
                 )
                 assert reply["ok"] is False and "'#' segments" in reply["error"]
-            finally:
-                bad.close()
             # the most a pattern may hold, against the deepest topic: still cheap
             sub = await greedy.subscribe("#.#.#.#.z", "realtime").ready()
             topic = ".".join(["a"] * 31)
@@ -154,8 +145,7 @@ def test_out_of_range_ids_are_refused_and_others_keep_their_events(daemon: Loomd
     async def main() -> None:
         async with witness(daemon) as w, connect(daemon.endpoint, name="healthy") as good:
             sub = await good.subscribe("ids.#", "reliable").ready()
-            bad = raw_dealer(daemon.endpoint)
-            try:
+            with raw_dealer(daemon.endpoint) as bad:
                 for msg in (
                     {"op": "sub", "rid": 1, "sid": 1 << 40, "pattern": "ids.#"},
                     {"op": "sub", "rid": 2, "sid": -1, "pattern": "ids.#"},
@@ -167,8 +157,6 @@ def test_out_of_range_ids_are_refused_and_others_keep_their_events(daemon: Loomd
                     assert reply["ok"] is False and reply["code"] == "protocol", msg
                 bad.send(wire.pack_control({"op": "ping", "rid": (1 << 63) + 5}))
                 assert "'rid'" in (await recv_control(bad))["error"]
-            finally:
-                bad.close()
             for i in range(20):
                 await w.bus.publish("ids.x", i)
             assert [(await sub.get(5)).payload for _ in range(20)] == list(range(20))
@@ -233,8 +221,7 @@ def test_subscription_quota_and_small_status(daemon: LoomdProcess) -> None:
 
     async def main() -> None:
         async with witness(daemon) as w:
-            bad = raw_dealer(daemon.endpoint)
-            try:
+            with raw_dealer(daemon.endpoint) as bad:
                 refused = 0
                 for start in range(1, 2001, 50):  # 2000 `#` subscriptions asked for
                     for i in range(start, start + 50):
@@ -247,8 +234,6 @@ def test_subscription_quota_and_small_status(daemon: LoomdProcess) -> None:
                 for _ in range(200):  # every one of these fans out to 300 subscriptions
                     await w.bus.publish("fan.out", b"x", qos="realtime")
                 st = await w.check()
-            finally:
-                bad.close()
             assert st["quotas"]["max_subscriptions"] == 300
             assert st["refused"]["subscriptions"] == 1700
             assert st["subscriptions_total"] >= 300 and len(st["subscriptions"]) <= 100
@@ -283,8 +268,7 @@ def test_state_quota_keeps_durable_publishes_working(daemon: LoomdProcess) -> No
 def test_deaf_realtime_subscriber_costs_no_busy_loop(daemon: LoomdProcess) -> None:
     async def main() -> None:
         async with witness(daemon) as w:
-            deaf = raw_dealer(daemon.endpoint, RCVHWM=1, RCVBUF=4096)
-            try:
+            with raw_dealer(daemon.endpoint, RCVHWM=1, RCVBUF=4096) as deaf:
                 await call(deaf, {"op": "hello", "rid": 1, "name": "deaf"})
                 await call(deaf, {"op": "sub", "rid": 2, "sid": 1, "pattern": "deaf.#"})
                 for _ in range(3000):  # fill its pipe and its queue
@@ -298,8 +282,6 @@ def test_deaf_realtime_subscriber_costs_no_busy_loop(daemon: LoomdProcess) -> No
                 used = cpu_s(daemon.pid()) - c0
                 assert used < 0.3, f"idle daemon used {used:.2f} CPU-s in 2 s"
                 await w.check()
-            finally:
-                deaf.close()
 
     arun(main)
 
@@ -342,12 +324,9 @@ def test_client_chosen_ids_are_refused_and_sessions_stay_owned(daemon: LoomdProc
             st = await bus_status(w.bus)
             for label in st["clients"]:  # status names sessions, never routing ids
                 assert label.startswith(("witness#", "client#"))
-            squatter = raw_dealer(daemon.endpoint, IDENTITY=b"victim-id")
-            try:
+            with raw_dealer(daemon.endpoint, IDENTITY=b"victim-id") as squatter:
                 reply = await call(squatter, {"op": "hello", "rid": 1, "name": "witness"})
                 assert reply["ok"] is False and "routing ids" in reply["error"]
-            finally:
-                squatter.close()
             # a second hello on the same session with another secret is refused
             with pytest.raises(RemoteError, match="another client"):
                 await w.bus.call("hello", name="x", secret=b"\x01" * 16)

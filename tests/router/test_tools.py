@@ -3,12 +3,15 @@ SmolLM2 under the grammar (every call valid), the tiny model for the stream's st
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loomd.bus.api import Bus
 from loomd.messages import ChatDone, ChatMessage, ChatRequest, ToolCall, ToolSpec
 from loomd.router.cli import ask
 from loomd.router.tools import OutputReader, grammar_schema, parse_output, render
@@ -207,12 +210,18 @@ def chat(
     )
 
 
+@contextlib.asynccontextmanager
+async def smol_bus(llm_host: HostFactory, smol: Path) -> AsyncIterator[Bus]:
+    """A host running SmolLM2 on two threads: its llm component's bus."""
+    async with llm_host(model=smol, threads=2) as host:
+        yield llm_of(host).ctx.bus
+
+
 @pytest.mark.models
 @pytest.mark.timeout(1200)
 def test_smollm2_calls_are_always_valid(llm_host: HostFactory, smol: Path) -> None:
     async def body() -> None:
-        async with llm_host(model=smol, threads=2) as host:
-            bus = llm_of(host).ctx.bus
+        async with smol_bus(llm_host, smol) as bus:
             called = answered = 0
             for text in PROMPTS:
                 # answers are cut short (a call still gets its own budget to finish)
@@ -230,8 +239,7 @@ def test_smollm2_calls_are_always_valid(llm_host: HostFactory, smol: Path) -> No
 @pytest.mark.timeout(1200)
 def test_smollm2_tool_choice_variants(llm_host: HostFactory, smol: Path) -> None:
     async def body() -> None:
-        async with llm_host(model=smol, threads=2) as host:
-            bus = llm_of(host).ctx.bus
+        async with smol_bus(llm_host, smol) as bus:
             for text in PROMPTS[:8]:
                 done = await ask(bus, chat(text, "required"), timeout=120, out=Sink())
                 assert _check(done, TOOLS), text  # required: always a call
@@ -259,8 +267,7 @@ def test_smollm2_tool_result_fed_back_gives_an_answer(llm_host: HostFactory, smo
     )
 
     async def body() -> None:
-        async with llm_host(model=smol, threads=2) as host:
-            bus = llm_of(host).ctx.bus
+        async with smol_bus(llm_host, smol) as bus:
             final = ChatRequest(history, tools=TOOLS, tool_choice="none", max_tokens=32)
             sink = Sink()
             done = await ask(bus, final, timeout=120, out=sink)
