@@ -179,15 +179,14 @@ def test_the_daemon_hears_a_command_in_white_noise_through_its_front_end(
     """ "hey jarvis, turn on the kitchen lights" with white noise at 10 dB (and 1 s of it
     before), through `voice.test` on the real daemon with the default front end (wake word
     and VAD on its output, whisper on the microphone's): the wake word fires and whisper
-    hears the command."""
+    hears the command. The default wake check runs after it: the score crosses 0.3 while
+    "jarvis" is still being said, and the check's segment ends after the score's peak (cut
+    at the crossing, whisper heard "Hey, Jot Are B-" and refused it)."""
     x = np.frombuffer(read_wav(command_clip), dtype=np.int16)
     x = np.concatenate([np.zeros(RATE, dtype=np.int16), x])
     clip = tmp_path / "noisy.wav"
     write_wav(clip, with_noise(x, 10.0).tobytes())
-    # the front end's path only: the wake check after it refuses some true wakes in noise
-    # (this one: whisper hears "Hey, Jot Are B-"), a trade measured in bench/noise.py
-    wake = '[voice.wake]\nsecond_check = "off"\n'
-    loomd_proc.write_config(voice_toml(models, agent='"none"', sink='"buffer"') + wake)
+    loomd_proc.write_config(voice_toml(models, agent='"none"', sink='"buffer"'))
     loomd_proc.start(timeout=60)
 
     async def scenario() -> dict[str, Any]:
@@ -198,4 +197,5 @@ def test_the_daemon_hears_a_command_in_white_noise_through_its_front_end(
     r = asyncio.run(scenario())
     assert r["wake"] is True, r
     (turn,) = r["turns"]
+    assert turn["outcome"] != "not_the_wake_word", repr(turn)
     assert "kitchen lights" in turn["transcript"].lower(), repr(turn)
