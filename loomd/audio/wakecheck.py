@@ -33,17 +33,17 @@ __all__ = [
     "spellings",
 ]
 
-PRE_S = 1.2  # the wake segment: this much audio up to the score's peak ("hey jarvis": ~0.8 s)
-# and this much after it: the score peaks 0-0.45 s after the phrase's end, and a command that
-# follows at once (Piper's "Hey Jarvis, turn on...") gets into a longer tail: whisper then
-# writes "Hey Jarvis, turn on" and the phrase, scored with the end of text after it, falls
-# far under that (bench/falsewake.py: 0.3 s after the peak refused 6 of 10 clean wakes)
+PRE_S = 1.2  # the wake segment: this much audio before the crossing ("hey jarvis": ~0.8 s)
+# and this much after the score's peak: it peaks 0-0.45 s after the phrase's end, and a
+# command that follows at once (Piper's "Hey Jarvis, turn on...") gets into a longer tail:
+# whisper then writes "Hey Jarvis, turn on" and the phrase, scored with the end of text
+# after it, falls far under that (a probe: 0.3 s after the peak refused 6 of 10 clean wakes)
 POST_S = 0.1
 # After the threshold crossing the score is followed this long and the segment ends after its
-# highest chunk: at a low threshold the model crosses it while the phrase is still being said
-# ("Hey, Jot Are B-" when the segment ended 0.3 s after the crossing) and peaks once the
-# phrase is over, not always at once (0.48, then 0.01, 0.08, 0.99 on that clip: a hold that
-# stopped at the first fall would have kept the crossing).
+# highest chunk: at a low threshold the model crosses while the phrase is still being said
+# and peaks once it is over, not always at once (0.48, then 0.01, 0.08, 0.99 on the
+# front-end test's clip: a hold that stopped at the first fall would keep the crossing).
+# Why these: docs/design/voice-noise.md, "Session 9".
 HOLD_S = 0.48
 _PAD = 4000  # silence before and after, in samples (as the STT stage pads an utterance)
 _MAX_TOKENS = 12  # whisper's guess for 1.5 s of speech: ~4 tokens a second, and a bound
@@ -74,8 +74,9 @@ class WakeSegment:
     and the bench feed it). Given the audio up to the threshold crossing, then every frame
     after it (`push`) and the score of each wake chunk after it (`score`, once the chunk's
     frames are pushed): the peak is the highest chunk from the crossing to `HOLD_S` after
-    it; the segment is `PRE_S` of audio up to the peak and `POST_S` after it (`ready`), or
-    what there is when the utterance ends first (`now`)."""
+    it; the segment starts `PRE_S` before the crossing and ends `POST_S` after the peak
+    (`ready`), or where the audio ends when the utterance ends first (`now`). Not `PRE_S`
+    before the peak: a peak 0.4 s after the phrase's end (espeak-ng) cut off its "hey"."""
 
     def __init__(self, before: list[bytes], score: float, frame_ms: int = 20) -> None:
         self.frames = list(before)
@@ -117,7 +118,7 @@ class WakeSegment:
     def now(self) -> bytes:
         """The segment as far as it goes now."""
         end = min(len(self.frames), self.peak_at + self._post)
-        return b"".join(self.frames[max(0, self.peak_at - self._pre) : end])
+        return b"".join(self.frames[max(0, self.crossing - self._pre) : end])
 
 
 def segment_audio(pcm: bytes) -> np.ndarray:

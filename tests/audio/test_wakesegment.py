@@ -38,11 +38,11 @@ def follow(scores: list[float], extra: int = 100) -> tuple[WakeSegment, bytes, i
 
 def test_the_segment_ends_after_the_peak_not_after_the_crossing() -> None:
     """The score rises for three chunks after the 0.3 crossing (the phrase is still being
-    said), then falls: the segment is PRE_S up to the third and POST_S after it."""
+    said), then falls: the segment is PRE_S before the crossing to POST_S after the third."""
     seg, out, _ = follow([0.6, 0.9, 0.97, 0.5, 0.2, 0.1])
     peak = 100 + 3 * CHUNK
     assert seg.held and seg.peak == 0.97 and seg.peak_ms == 3 * CHUNK * FRAME_MS
-    assert numbers(out) == list(range(peak - PRE, peak + POST))
+    assert numbers(out) == list(range(100 - PRE, peak + POST))
 
 
 def test_a_dip_before_the_peak_does_not_end_the_hold() -> None:
@@ -67,14 +67,14 @@ def test_the_hold_is_bounded() -> None:
 
 
 def test_a_short_utterance_takes_what_there_is() -> None:
-    """The utterance ends before the peak is known: `now()` has the audio so far, up to
-    PRE_S before the highest score."""
+    """The utterance ends before the peak is known: `now()` has the audio so far, from
+    PRE_S before the crossing."""
     seg = WakeSegment(frames(0, 100), 0.31)
     for f in frames(100, CHUNK):
         seg.push(f)
     seg.score(0.8)
     assert not seg.held and seg.ready() is None
-    assert numbers(seg.now()) == list(range(104 - PRE, 104))
+    assert numbers(seg.now()) == list(range(100 - PRE, 104))
 
 
 def test_a_failed_detector_stops_the_hold() -> None:
