@@ -1,30 +1,33 @@
 """False wakes per hour and wake recall, for bench/noise.py: openWakeWord at each threshold,
 with and without the front end before it and loomd's wake check after it
 (`loomd.audio.wakecheck`: whisper's decoder scores the wake phrase against its own
-transcript of the wake segment). Raw baseline: openWakeWord alone on the microphone audio
-(its score crossing the threshold, with the daemon's 2 s refractory period).
+transcript of the wake segment, cut around the wake score's peak as the pipeline cuts it);
+microWakeWord's hey_jarvis (pymicro-wakeword) on the same audio when it is installed. Raw
+baseline: openWakeWord alone on the microphone audio (its score crossing the threshold, with
+the daemon's 2 s refractory period).
 
-The long stream: TV-like speech with no wake word in it (espeak-ng voices and Piper
-reading news lines and conversation, some of them near the phrase: "hey Travis", "and
-Jarvis said", over music-like chords now and then). Recall: "hey jarvis, <command>" said
-by several espeak-ng voices and Piper, clean and in TV at 10 and 5 dB; a hit is a wake at
-or after the phrase's start that the check lets through. The wakes are found as the
-daemon finds them: one the check lets through starts the refractory period, one it
-refuses leaves the board deaf for `DEAF_S` (the check's time), then it hears again. Each
-wake segment is checked once and its figures serve every margin."""
+The long stream: an hour (or `--stream-s`) of talk with no wake word in it
+(bench/chatter.py: espeak-ng voices and Piper reading varied text, lines near the phrase,
+the board's own replies, music now and then; made once and cached in ~/.cache/loomd-bench).
+Recall: "hey jarvis, <command>" said by several espeak-ng voices and Piper, clean and in TV
+at 10 and 5 dB; a hit is a wake at or after the phrase's start that the check lets through.
+The wakes are found as the daemon finds them: one the check lets through starts the
+refractory period, one it refuses leaves the board deaf for `DEAF_S` (the check's time),
+then it hears again. Each wake segment is checked once and its figures serve every margin."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
-from bench.tvnoise import RATE, espeak_pcm, mix, music, speech_power, trim
+from bench.tvnoise import RATE, espeak_pcm, mix
 from loomd.audio.addressed import PRESETS, check_wake
 from loomd.audio.frames import FRAME_BYTES
 from loomd.audio.settings import NS_DEFAULT
 from loomd.audio.stt import audio_ctx_for
-from loomd.audio.wakecheck import POST_S, PRE_S, PhraseHeard, hear_phrase, segment_audio
+from loomd.audio.wakecheck import PRE_S, PhraseHeard, WakeSegment, hear_phrase, segment_audio
 
 PHRASE = "hey jarvis"
 MODEL = "openwakeword/hey_jarvis_v0.1.onnx"
@@ -35,26 +38,8 @@ DEAF_S = 0.5  # a wake the check refused: the board listens for wakes again this
 THRESHOLDS = sorted({0.1, 0.2, 0.3, 0.5, 0.7, *(p.threshold for p in PRESETS.values())})
 MARGINS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5]
 FLOORS = [1.5, 2.0, 2.5, 3.0]  # the alternative: the phrase's own score over -floor
+CROSSING_MARGINS = [0.75]  # the old segment (cut at the crossing), for comparison
 TEXT_STRICTNESS = 0.85  # the old check, on the segment's transcript: for comparison
-LINES = [
-    "and now the weather for the weekend, with rain moving in from the west",
-    "the match ended two all after a late goal in the second half",
-    "stay with us, after the break we talk to the mayor about the budget",
-    "did you remember to buy milk on the way home",
-    "I think the film starts at eight, we should leave soon",
-    "can you pass me the remote, there is nothing on tonight",
-    "the museum reopens on Saturday with a new exhibition",
-    "traffic is heavy on the ring road this morning because of roadworks",
-    "hey Travis, are you coming to the game on Sunday",
-    "and then Jarvis said he would fix the car himself",
-    "hey, Jar, this is the last of the jam",
-    "hey Harvey, turn that music down a bit",
-    "the service was slow but the food was worth it",
-    "a jar of this honey costs more than the whole lunch",
-    "Jeremy said hey to the neighbours and went inside",
-    "hey there, welcome back to the show, tonight we have three guests",
-]
-VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-x-rp", "en-us+m4", "en-029"]
 WAKE_VOICES = ["en-us", "en-gb", "en-us+f3", "en-us+m4", "en-gb-x-rp", "en-029"]
 COMMANDS = [
     "turn on the kitchen lights",
@@ -62,30 +47,6 @@ COMMANDS = [
     "close the garage door",
     "play some jazz",
 ]
-
-
-def stream(seconds: float, seed: int, piper: Any) -> bytes:
-    """Speech with no wake word: lines back to back, music under a third of them."""
-    rng = np.random.default_rng(seed)
-    cache: dict[tuple[str, str], np.ndarray] = {}
-    n = int(seconds * RATE)
-    out = np.zeros(n)
-    at = 0
-    while at < n:
-        line = LINES[int(rng.integers(len(LINES)))]
-        voice = "piper" if piper is not None and rng.random() < 0.3 else VOICES[
-            int(rng.integers(len(VOICES)))]  # fmt: skip
-        if (line, voice) not in cache:
-            pcm = piper.synthesize(line) if voice == "piper" else espeak_pcm(line, voice)
-            x = np.frombuffer(trim(pcm), np.int16).astype(np.float64)
-            cache[(line, voice)] = x / np.sqrt(speech_power(trim(pcm)))
-        x = cache[(line, voice)] * 3000.0
-        take = min(len(x), n - at)
-        out[at : at + take] += x[:take]
-        if rng.random() < 0.33:
-            out[at : at + take] += music(take / RATE, int(rng.integers(1 << 30)))[:take] * 600
-        at += take + int(rng.uniform(0.2, 1.0) * RATE)
-    return np.clip(out, -32768, 32767).astype(np.int16).tobytes()
 
 
 def frontend(pcm: bytes) -> bytes:
@@ -112,38 +73,66 @@ def scores(models: Any, pcm: bytes, model: str = MODEL) -> list[float]:
     return out
 
 
+def cut(pcm: bytes, sc: list[float], k: int, hold: bool = True) -> tuple[int, bytes]:
+    """The wake segment the daemon checks for a wake that crossed the threshold at chunk `k`
+    of `pcm` (scores `sc`), cut as the pipeline cuts it (`WakeSegment`: around the score's
+    peak; without `hold`, 0.3 s after the crossing, as before the peak-hold): (the peak's
+    frame in the recording, the segment)."""
+    fb = FRAME_BYTES
+    end = (k + 1) * STEP * 2
+    before = [pcm[i : i + fb] for i in range(max(0, end - int(PRE_S * RATE) * 2), end, fb)]
+    seg = WakeSegment(before, sc[k])
+    if not hold:
+        seg.stop()
+    at, j = end, k + 1
+    while (out := seg.ready()) is None and at < len(pcm):
+        for _ in range(STEP * 2 // fb):
+            seg.push(pcm[at : at + fb])
+            at += fb
+        if not seg.held:
+            seg.score(sc[j] if j < len(sc) else 0.0)
+            j += 1
+    return end // fb + seg.peak_at - seg.crossing, out if out is not None else seg.now()
+
+
 class Checks:
-    """The wake check on the segments of one recording, each computed once."""
+    """The wake check on the segments of one recording, each computed once (keyed by the
+    frame the segment's peak is at)."""
 
     def __init__(self, scorer: Any, pcm: bytes) -> None:
         self.scorer, self.pcm = scorer, pcm
         self.heard: dict[int, PhraseHeard] = {}
+        self.held_ms: list[float] = []  # how far after the crossing each peak was
 
-    def __call__(self, k: int) -> PhraseHeard:
-        if k not in self.heard:
-            end = (k + 1) * STEP * 2
-            seg = self.pcm[max(0, end - int(PRE_S * RATE) * 2) : end + int(POST_S * RATE) * 2]
+    def __call__(self, k: int, sc: list[float], hold: bool = True) -> PhraseHeard:
+        peak, seg = cut(self.pcm, sc, k, hold)
+        if peak not in self.heard:
             audio = segment_audio(seg)
-            self.heard[k] = hear_phrase(
+            self.heard[peak] = hear_phrase(
                 self.scorer, audio, audio_ctx_for(len(audio) / RATE), PHRASE
             )
-        return self.heard[k]
+        if hold:
+            self.held_ms.append((peak - (k + 1) * STEP // 320) * 20.0)
+        return self.heard[peak]
 
 
 def accepts(check: str, heard: PhraseHeard) -> bool:
     """Does the check named `check` let this wake through? "raw": no check; "text": the
     transcript starts with the phrase; "m<margin>": the forced phrase within the margin of
-    whisper's guess; "a<floor>": the forced phrase's score over -floor, whatever the guess."""
+    whisper's guess; "a<floor>": the forced phrase's score over -floor, whatever the guess;
+    "x<margin>": as "m", on the segment cut at the crossing (before the peak-hold)."""
     if check == "raw":
         return True
     if check == "text":
         return check_wake(heard.text, PHRASE, TEXT_STRICTNESS).ok
     if check.startswith("a"):
         return heard.phrase >= -float(check[1:])
+    # "m" and "x": the same rule (the segment differs: `Checks`)
     return heard.accepts(float(check[1:]))
 
 
-CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS), *(f"a{f:g}" for f in FLOORS)]
+CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS), *(f"a{f:g}" for f in FLOORS),
+          *(f"x{m:g}" for m in CROSSING_MARGINS)]  # fmt: skip
 
 
 def wakes(sc: list[float], threshold: float, ok: Any = None) -> list[int]:
@@ -161,77 +150,141 @@ def wakes(sc: list[float], threshold: float, ok: Any = None) -> list[int]:
     return out
 
 
-def grid(sc: list[float], checks: Checks) -> dict[str, dict[str, list[int]]]:
+def grid(sc: list[float], checks: Checks, thresholds: list[float] = THRESHOLDS,
+         names: list[str] = CHECKS) -> dict[str, dict[str, list[int]]]:  # fmt: skip
     """Threshold -> check -> the wakes let through."""
-    return {
-        f"{t:g}": {
-            c: wakes(sc, t, None if c == "raw" else lambda k, c=c: accepts(c, checks(k)))
-            for c in CHECKS
-        }
-        for t in THRESHOLDS
-    }
+
+    def check(c: str) -> Any:
+        return None if c == "raw" else lambda k: accepts(c, checks(k, sc, hold=c[0] != "x"))
+
+    return {f"{t:g}": {c: wakes(sc, t, check(c)) for c in names} for t in thresholds}
+
+
+def micro_scores(pcm: bytes) -> list[float] | None:
+    """microWakeWord's hey_jarvis (pymicro-wakeword, its own TFLite runtime and model) on
+    `pcm`: its probability (the mean of its sliding window, as the library decides) at its
+    best in each 80 ms; None when the package is not installed."""
+    try:
+        from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
+    except ImportError:
+        return None
+    mww = MicroWakeWord.from_builtin(Model.HEY_JARVIS)
+    feats = MicroWakeWordFeatures()
+    out = []
+    for i in range(0, len(pcm) - STEP * 2 + 1, STEP * 2):
+        best = 0.0
+        for f in feats.process_streaming(pcm[i : i + STEP * 2]):
+            best = max(best, mww.process_streaming_prob(f) or 0.0)
+        out.append(best)
+    mww.close()
+    return out
+
+
+# The engines on the same audio: openWakeWord on the microphone ("raw", the baseline) and
+# after the front end ("fe", the daemon's path); microWakeWord on each ("micro", "micro_fe").
+MICRO_THRESHOLDS = [0.5, 0.7, 0.9, 0.97]  # 0.97: the model's own cutoff (its .json)
+MICRO_CHECKS = ["raw", "m0.75", "m1", "m1.25"]
+# The long stream: the checks at the thresholds the presets use and above (0.1 makes the most
+# checks and no preset uses it; its raw count is kept).
+STREAM_CHECKED = 0.2
+
+
+def engines(models: Any, pcm: bytes) -> dict[str, tuple[list[float], list[float], list[str]]]:
+    """Engine -> (scores per 80 ms, thresholds, checks) on `pcm`."""
+    fe = frontend(pcm)
+    # the checks run on the daemon's path (after the front end); on the microphone each
+    # engine is measured alone (the baselines)
+    out = {"raw": (scores(models, pcm), THRESHOLDS, ["raw"]),
+           "fe": (scores(models, fe), THRESHOLDS, CHECKS)}  # fmt: skip
+    for name, audio, names in (("micro", pcm, ["raw"]), ("micro_fe", fe, MICRO_CHECKS)):
+        sc = None if os.environ.get("LOOMD_BENCH_NO_MICRO") else micro_scores(audio)
+        if sc is not None:
+            out[name] = (sc, MICRO_THRESHOLDS, names)
+    return out
+
+
+def pipers(models: Any) -> dict[str, Any]:
+    """The Piper voices among the models (the board's voice first)."""
+    from loomd.audio.tts import PiperTts
+
+    found = sorted((models / "piper").glob("*.onnx")) if (models / "piper").is_dir() else []
+    found.sort(key=lambda p: p.name != "en_US-joe-medium.onnx")
+    return {p.stem: PiperTts(str(models), f"piper/{p.name}") for p in found}
 
 
 def bench(models: Any, quick: bool, stream_s: float = 0.0) -> dict[str, Any]:
     """`stream_s`: the long stream's length (default 5 min quick, else an hour)."""
+    import time
+
+    from bench.chatter import chatter
     from loomd.audio.rescore import WhisperScorer
 
-    piper = None
-    if (models / "piper/en_US-joe-medium.onnx").is_file():
-        from loomd.audio.tts import PiperTts
-
-        piper = PiperTts(str(models), "piper/en_US-joe-medium.onnx")
+    voices_p = pipers(models)
+    piper = voices_p.get("en_US-joe-medium")
     scorer = WhisperScorer(str(models / "whisper/ggml-tiny.en.bin"), 1)
-    began = __import__("time").process_time()
-    # -- false wakes on the long stream: openWakeWord on the mic (raw) and after the front end
+    began = time.process_time()
+    # -- false wakes on the long stream (no wake word in it), every engine on the same audio
     seconds = stream_s or (300.0 if quick else 3600.0)
-    long = stream(seconds, seed=11, piper=piper)
+    long, made = chatter(seconds, seed=11, pipers=voices_p)
+    made["synth_cpu_s"] = round(time.process_time() - began, 1)
     hours = seconds / 3600
     checks = Checks(scorer, long)
     false: dict[str, Any] = {}
-    for front, audio in (("raw", long), ("fe", frontend(long))):
-        g = grid(scores(models, audio), checks)
-        false[front] = {
-            t: {c: round(len(v) / hours, 2) for c, v in row.items()} for t, row in g.items()
-        }
+    for name, (sc, thresholds, names) in engines(models, long).items():
+        row = {}
+        for t in thresholds:
+            g = grid(sc, checks, [t], names if t >= STREAM_CHECKED else ["raw"])
+            row |= {k: {c: round(len(v) / hours, 2) for c, v in r.items()} for k, r in g.items()}
+        false[name] = row
     stream_checks = len(checks.heard)
     # -- recall on wake clips
-    said = []
+    said, who = [], []
     voices = WAKE_VOICES[:3] if quick else WAKE_VOICES
     for i, voice in enumerate(voices):
         cmd = COMMANDS[i % len(COMMANDS)]
         said.append(espeak_pcm(PHRASE, voice) + b"\0" * 6400 + espeak_pcm(cmd, voice))
+        who.append(voice)
     if piper is not None:
         for cmd in COMMANDS[: 2 if quick else 4]:
             said.append(piper.synthesize(f"Hey Jarvis, {cmd}."))
+            who.append("piper")
     snrs: list[float | None] = [None, 10.0, 5.0]
-    clips = [(snr, mix(p, snr, seed=50 + i, tail_s=3.0)) for i, p in enumerate(said)
+    clips = [(snr, who[i], mix(p, snr, seed=50 + i, tail_s=3.0)) for i, p in enumerate(said)
              for snr in snrs]  # fmt: skip
-    hits: dict[str, Any] = {"raw": {}, "fe": {}}
+    hits: dict[str, Any] = {}
+    by_voice: dict[str, Any] = {}
     true_gaps: list[tuple[float, float]] = []
-    for snr, (pcm, start, _end) in clips:
+    held: list[float] = []
+    for snr, voice, (pcm, start, _end) in clips:
         name = "clean" if snr is None else f"{snr:g}db"
         chk = Checks(scorer, pcm)
         first = int(start * RATE / STEP)
-        for front, audio in (("raw", pcm), ("fe", frontend(pcm))):
-            for t, row in grid(scores(models, audio), chk).items():
+        for eng, (sc, thresholds, names) in engines(models, pcm).items():
+            for t, row in grid(sc, chk, thresholds, names).items():
                 for c, ks in row.items():
-                    cell = hits[front].setdefault(f"{t}/{name}", {}).setdefault(c, [])
+                    cell = hits.setdefault(eng, {}).setdefault(f"{t}/{name}", {}).setdefault(c, [])
                     cell.append(any(k >= first for k in ks))
-        true_gaps += [(h.gap, round(h.phrase, 2)) for k, h in chk.heard.items() if k >= first]
-    recall = {front: {key: {c: round(sum(v) / len(v), 3) for c, v in row.items()}
-                      for key, row in by.items()} for front, by in hits.items()}  # fmt: skip
+            peak = max(sc[first:], default=0.0)
+            by_voice.setdefault(eng, {}).setdefault(f"{voice}/{name}", []).append(round(peak, 2))
+        true_gaps += [(h.gap, round(h.phrase, 2)) for k, h in chk.heard.items()
+                      if k >= first * STEP // 320]  # fmt: skip
+        held += chk.held_ms
+    recall = {eng: {key: {c: round(sum(v) / len(v), 3) for c, v in row.items()}
+                    for key, row in by.items()} for eng, by in hits.items()}  # fmt: skip
     heard = list(checks.heard.values())
     return {
         "stream_s": seconds,
+        "stream": made,
         "false_per_hour": false,
         "recall": recall,
+        "peak_score_by_voice": by_voice,
         "clips": len(clips),
         "stream_checks": stream_checks,
+        "held_ms_p50": sorted(held)[len(held) // 2] if held else None,
         "check_ms_p50": sorted(h.ms for h in heard)[len(heard) // 2] if heard else None,
         "false_heard": sorted((h.gap, round(h.phrase, 2), h.text) for h in heard)[:12],
         "false_gaps": sorted(h.gap for h in heard)[:40],
         "true_gaps": sorted(g for g, _ in true_gaps)[-40:],
         "true_phrase": sorted(p for _, p in true_gaps)[:40],
-        "cpu_s": round(__import__("time").process_time() - began, 1),
+        "cpu_s": round(time.process_time() - began, 1),
     }

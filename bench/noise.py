@@ -202,6 +202,8 @@ def presets(fw: dict[str, Any]) -> dict[str, Any]:
     cands = []
     for t, false in fw["false_per_hour"]["fe"].items():
         for check, per_hour in false.items():
+            if check[0] == "x":  # the segment before the peak-hold: for comparison only
+                continue
             rec = {n: fw["recall"]["fe"][f"{t}/{n}"][check] for n in base}
             margin = float(check[1:]) if check[0] in "ma" else 99.0
             cands.append({"threshold": float(t), "check": check, "margin": margin,
@@ -286,6 +288,18 @@ def wake_keys(fw: dict[str, Any]) -> dict[str, Any]:
             "raw"
         ],
     }
+    out["wake_held_ms_p50"] = fw.get("held_ms_p50")
+    # microWakeWord (pymicro-wakeword) on the same audio: alone at its own cutoff (0.97) on
+    # the microphone, and after the front end at 0.5 and 0.97, alone and with the check
+    cells = [("micro", "0.97", "raw"), *(("micro_fe", t, c) for t in ("0.5", "0.97")
+                                         for c in ("raw", "m0.75"))]  # fmt: skip
+    for eng, t, c in cells:
+        if eng not in fw["false_per_hour"]:
+            continue
+        tag = eng if eng == "micro" else f"{eng}_{t}" + ("" if c == "raw" else f"_{c}")
+        out[f"{tag}_false_wakes_per_hour"] = fw["false_per_hour"][eng][t][c]
+        for n in ("clean", "10db", "5db"):
+            out[f"{tag}_wake_recall_{n}"] = fw["recall"][eng][f"{t}/{n}"][c]
     for name in ("default", "low", "high"):
         c = fw_best[name]
         out[f"suggested_{name}"] = f"{c['threshold']:g}/{c['check']}"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.recorder import TurnRecord
-from loomd.audio.wakecheck import POST_S, PRE_S
+from loomd.audio.wakecheck import PRE_S, WakeSegment
 from loomd.audio.worker import WorkerError
 from loomd.messages import ErrorCode, VoiceState, VoiceStop, WakeAction
 
@@ -39,10 +39,9 @@ __all__ = ["Pipeline"]
 
 # Wake scoring runs on 80 ms; collecting 4 frames before each hop keeps it cheap.
 _WAKE_FRAMES = 4
-# The wake segment the wake check hears (loomd.audio.wakecheck): this much audio up to the
-# wake, and this much after it (at a low threshold the model fires before the phrase ends).
+# The audio kept before a wake for the wake check's segment (loomd.audio.wakecheck.WakeSegment:
+# cut around the score's peak, followed after the crossing) and for the room's level.
 _WAKE_SEGMENT_FRAMES = int(PRE_S * 1000) // FRAME_MS
-_WAKE_POST_FRAMES = int(POST_S * 1000) // FRAME_MS
 
 
 class Pipeline:
@@ -122,13 +121,27 @@ class Pipeline:
         return True
 
     def _start(self, cut: Segment, rec: TurnRecord, frame: Frame, detection: Detection | None,
-               unchecked: bytes) -> None:  # fmt: skip
+               unchecked: WakeSegment | None) -> None:  # fmt: skip
         """Run the turn; a wake segment whose check has not started yet (`unchecked`: the
-        utterance ended within `POST_S` of the wake) is checked now."""
+        utterance ended before the segment was complete) is checked now, as far as it goes."""
         checked = detection is not None and self.ctx.settings.wake.check is not None
-        if unchecked and detection is not None:
-            self.agent.check_wake(unchecked, detection.word)
+        if unchecked is not None and detection is not None:
+            self.agent.check_wake(unchecked.now(), detection.word)
         self.agent.start(cut, rec, frame, checked)
+
+    async def _hold(self, segment: WakeSegment, pcm: bytes, t_end: float) -> None:
+        """One wake chunk after the crossing: its score goes to the segment; once the peak is
+        known the detector forgets the wake word (its feature window still holds it: it would
+        fire again on it once the refractory period is over)."""
+        try:
+            await self.wake.process(pcm, t_end, self.ctx.settings.wake.limits())
+            segment.score(self.wake.last)
+        except WorkerError as exc:  # its worker restarts with a clean history
+            self.agent.stage_failed(ErrorCode.WAKE_FAILED, f"wake word failed: {exc}")
+            segment.stop()
+            return
+        if segment.held:
+            await self.wake.reset(clock=False)
 
     async def run(self, frames: AsyncIterator[Frame], *, wait_turns: bool) -> list[TurnRecord]:
         """Frames -> wake -> VAD -> turns. Returns the turns started (for `voice test`)."""
@@ -151,8 +164,10 @@ class Pipeline:
         board.follow_up = False
         wake_buf: list[bytes] = []
         heard: collections.deque[bytes] = collections.deque(maxlen=_WAKE_SEGMENT_FRAMES)
-        wake_pcm = b""  # the wake segment of the turn being listened to, until it is checked
-        post: list[bytes] = []  # the audio after the wake, for the check
+        # the wake segment of the turn being listened to, until it is checked, and the wake
+        # frames (the front end's) whose score it waits for
+        segment: WakeSegment | None = None
+        hold: list[bytes] = []
         turns: list[TurnRecord] = []
         detection: Detection | None = None
         last: Frame | None = None
@@ -195,6 +210,9 @@ class Pipeline:
             if listening and (action := handoff.pending(speech)) is not None:
                 if action != WakeAction.LOCAL:
                     listening = False
+                    if segment is not None and not segment.held:
+                        await self.wake.reset(clock=False)  # it still holds the wake word
+                    segment = None
                     if action == WakeAction.STREAM:
                         await handoff.start(handoff.asked)
                         await handoff.feed(speech)
@@ -202,17 +220,23 @@ class Pipeline:
                         await board.set(VoiceState.IDLE)
                     continue
             if listening:
-                if wake_pcm and detection is not None:
-                    post.append(speech)
-                    if len(post) >= _WAKE_POST_FRAMES:
-                        self.agent.check_wake(wake_pcm + b"".join(post), detection.word)
-                        wake_pcm, post = b"", []
+                if segment is not None and detection is not None:
+                    segment.push(speech)
+                    if not segment.held:
+                        hold.append(frame.pcm)
+                        if len(hold) == _WAKE_FRAMES:
+                            chunk, hold = b"".join(hold), []
+                            await self._hold(segment, chunk, frame.t + FRAME_MS / 1000)
+                    if (ready := segment.ready()) is not None:
+                        self.agent.check_wake(ready, detection.word)
+                        segment = None
                 if (refused := self.agent.refused()) is not None:
                     listening = False  # not the wake word: stop listening now, quietly
                     handoff.cancel()
                     rec = TurnRecord.new(s.site, detection)
                     turns.append(rec)
                     quiet = self.agent.refuse(rec, refused)
+                    segment = None
                     await self.wake.reset()  # hear the next wake at once, not 2 s later
                     await board.set(VoiceState.IDLE)
                     if wait_turns:
@@ -224,13 +248,16 @@ class Pipeline:
                     handoff.cancel()
                     rec = TurnRecord.new(s.site, detection)
                     turns.append(rec)
-                    self._start(cut, rec, frame, detection, wake_pcm + b"".join(post))
+                    self._start(cut, rec, frame, detection, segment)
+                    if segment is not None and not segment.held:
+                        await self.wake.reset(clock=False)  # it still holds the wake word
+                    segment = None
                     if wait_turns and board.turn is not None:
                         await asyncio.shield(board.turn)
                 continue
             if board.follow_up:  # the board just asked a question: listen without the wake
                 board.follow_up = False
-                listening, detection, wake_buf, wake_pcm, post = True, None, [], b"", []
+                listening, detection, wake_buf, segment, hold = True, None, [], None, []
                 self.agent.cancel_check()
                 self.vad.reset()
                 seg.open(frame.t, no_speech_s=s.followup_s, background_db=room.db)
@@ -263,9 +290,9 @@ class Pipeline:
                 self.ctx.log.info("voice: ignored a wake (score %.2f): the board said it",
                                   hit.score)  # fmt: skip
                 continue
-            detection, post = hit, []
+            detection, hold = hit, []
             self.agent.cancel_check()  # a check still out for an earlier wake is moot
-            wake_pcm = b"".join(heard) if s.wake.check is not None else b""
+            segment = WakeSegment(list(heard), hit.score) if s.wake.check is not None else None
             heard.clear()
             self.counts["wakes"] += 1
             self.ctx.log.info(
@@ -273,8 +300,10 @@ class Pipeline:
                 f" {ref.playing_ms(frame.t):.0f} ms into playback" if echo else "",
             )  # fmt: skip
             # Its feature window still holds the wake word: it would fire again on it once
-            # the refractory period is over (it hears no new audio while the VAD listens).
-            await self.wake.reset(clock=False)
+            # the refractory period is over. With a check, it hears on until the score's
+            # peak (the check's segment ends after it), then forgets (`_hold`).
+            if segment is None:
+                await self.wake.reset(clock=False)
             if board.state == VoiceState.SPEAKING or board.busy():
                 await self.barge_in()
             listening = True
@@ -296,7 +325,7 @@ class Pipeline:
                 rec = TurnRecord.new(s.site, detection)
                 turns.append(rec)
                 end = Frame(silence, t, time.monotonic())
-                self._start(cut, rec, end, detection, wake_pcm + b"".join(post))
+                self._start(cut, rec, end, detection, segment)
         if wait_turns and board.turn is not None:
             await asyncio.shield(board.turn)
         return turns
