@@ -34,7 +34,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import daemon_config, spawn_daemon  # noqa: E402
+from bench.harness import daemon_config, spawn_daemon, wait_settled  # noqa: E402
 from loomd.agents.ctx import AgentCtx, LocalBackend  # noqa: E402
 from loomd.agents.sdk import sdk_ctx  # noqa: E402
 from loomd.host import Host  # noqa: E402
@@ -198,8 +198,9 @@ class Daemon:
                 while True:
                     r = await c.call("agents.list")
                     if sum(a["state"] == "running" for a in r["agents"]) >= agents:
-                        return
+                        break
                     await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_settled, self.proc.pid)  # the rest of the start
 
     def rss_mb(self) -> float:
         return float(psutil.Process(self.proc.pid).memory_info().rss / 2**20)

@@ -295,6 +295,7 @@ class Bench:
             "ready_s": daemon.ready_s,
             "answer_s": daemon.answer_s,
             "idle_rss_mb": daemon.idle_rss_mb,
+            "settle_s": daemon.settle_s,
         }
         try:
             reliable = case.qos == "reliable"

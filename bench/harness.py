@@ -387,6 +387,28 @@ def daemon_config(root: Path, body: str, daemon: str = 'device_id = "bench"') ->
     return cfg
 
 
+def wait_settled(pid: int, timeout_s: float = 60.0, window_s: float = 0.5) -> float:
+    """Seconds until the process `pid` is idle: under 5 % of a core over `window_s`. A
+    daemon on its defaults goes on starting after READY (the assist builds its sentences
+    in a thread for seconds): measured then, its CPU per event and a call's tail are the
+    start's, not the bus's. Past `timeout_s`, a BenchError."""
+    proc = psutil.Process(pid)
+    t0 = time.perf_counter()
+
+    def used() -> float:
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+
+    last = used()
+    while time.perf_counter() - t0 < timeout_s:
+        time.sleep(window_s)
+        now = used()
+        if now - last < 0.05 * window_s:
+            return time.perf_counter() - t0
+        last = now
+    raise BenchError(f"process {pid} still busy {timeout_s:g} s after it was ready")
+
+
 def spawn_daemon(cfg: Path, **popen: Any) -> subprocess.Popen[bytes]:
     """`python -m loomd.daemon --config cfg`, its output dropped unless `popen` says where."""
     popen.setdefault("stdout", subprocess.DEVNULL)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from bench.harness import BenchError, Children, Plan, free_port, peak_rss_mb
+from bench.harness import BenchError, Children, Plan, free_port, peak_rss_mb, wait_settled
 
 
 class Notifications:
@@ -69,6 +69,7 @@ class Daemon:
     answer_s: float  # spawn -> first ping answered on the bus socket
     idle_rss_mb: float
     log_path: Path
+    settle_s: float = 0.0  # answer -> idle (harness.wait_settled); not waited for under `wrap`
 
     @property
     def peak_rss_mb(self) -> float | None:
@@ -126,9 +127,10 @@ def start_loomd(
         proc = kids.popen([*wrap, *argv], env=env, stdout=logf, stderr=subprocess.STDOUT)
         ready_s = _wait_ready(notify, proc, t0, log_path, timeout_s)
     answer_s = _wait_answer(sock_path, t0, timeout_s)
+    settle_s = 0.0 if wrap else wait_settled(proc.pid)
     time.sleep(plan.idle_rss_wait_s)
     idle = psutil.Process(proc.pid).memory_info().rss / 2**20
-    return Daemon(proc, sock_path, ready_s, answer_s, idle, log_path)
+    return Daemon(proc, sock_path, ready_s, answer_s, idle, log_path, settle_s)
 
 
 def _wait_ready(
