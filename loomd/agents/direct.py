@@ -126,6 +126,15 @@ class ProviderServer:
     async def close(self) -> None:
         await self.server.close()
 
+    def _refuse(self, code: CapCode, error: str, uid: int) -> bytes:
+        """A refused one-hop call, logged (the first, then every 1000th: a caller looping on
+        a stale grant must not flood the log)."""
+        self.refused += 1
+        if self.refused == 1 or self.refused % 1000 == 0:
+            log.warning("one-hop call from uid %d refused: %s (%d refused so far)",
+                        uid, error, self.refused)  # fmt: skip
+        return self._answer(CapResult(code, error=error, provider=self.provider))
+
     def _answer(self, r: CapResult) -> bytes:
         return cbor2.dumps(r.to_payload())
 
@@ -138,15 +147,14 @@ class ProviderServer:
         try:
             call = CapDirectCall.from_payload(cbor.loads(body, cbor.BODY, "one-hop call"))
         except LoomdError as exc:
-            self.refused += 1
-            return self._answer(CapResult(CapCode.INVALID_PARAMS, error=f"malformed call: {exc}"))
+            return self._refuse(CapCode.INVALID_PARAMS, f"malformed call: {exc}", uid)
         why = self.check.refusal(call, uid)
         if why is None and self.broker.resolve(call.cap) is None:
             why = f"no capability {call.cap!r} here"
         if why is not None:
-            self.refused += 1
-            error = f"{call.caller or '?'} may not call {call.cap} here: {why}"
-            return self._answer(CapResult(CapCode.FORBIDDEN, error=error, provider=self.provider))
+            return self._refuse(
+                CapCode.FORBIDDEN, f"{call.caller or '?'} may not call {call.cap} here: {why}", uid
+            )
         r = await self.broker.call(call.cap, call.params, timeout=call.timeout or 10.0)
         self._counts[call.cap][r.code] += 1
         return self._answer(CapResult(r.code, r.value, r.error, self.provider))

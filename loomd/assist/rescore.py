@@ -25,11 +25,11 @@ __all__ = [
     "NUMBER_GUESSES",
     "Choice",
     "candidates",
+    "cased",
     "choose",
     "rescore_match",
-    "spelled",
-    "spellings",
     "wants_rescore",
+    "word_cases",
 ]
 
 log = logging.getLogger("loomd.assist")
@@ -95,14 +95,14 @@ def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
                 out.append(sentence)
         if len({re.sub(r"\d+", "#", s) for s in out}) >= k:
             break
-    spelling = spellings(text, matcher.names)
-    return [spelled(s, spelling) for s in out]
+    cases = word_cases(text, matcher.names)
+    return [cased(s, cases) for s in out]
 
 
 _WORD = re.compile(r"\w+")
 
 
-def spellings(transcript: str, names: list[str]) -> dict[str, str]:
+def word_cases(transcript: str, names: list[str]) -> dict[str, str]:
     """Each word's spelling (lower case -> as written): the transcript's (but its first
     word, capitalised for the sentence), then the home's names. The phrases are lower case
     (hassil matches without case), but whisper scores a word as it writes it: on a German
@@ -114,9 +114,9 @@ def spellings(transcript: str, names: list[str]) -> dict[str, str]:
     return out
 
 
-def spelled(sentence: str, spelling: dict[str, str]) -> str:
-    """`sentence` with each word written as `spelling` has it (other words untouched)."""
-    return _WORD.sub(lambda m: spelling.get(m.group(0), m.group(0)), sentence)
+def cased(sentence: str, cases: dict[str, str]) -> str:
+    """`sentence` with each word written as `cases` has it (other words untouched)."""
+    return _WORD.sub(lambda m: cases.get(m.group(0), m.group(0)), sentence)
 
 
 def choose(

@@ -147,7 +147,7 @@ class CapsRegister(_Payload, topic=Topic.CAPS_REGISTER):
     caps: tuple[dict[str, Any], ...] = ()
     token: str = ""
     # where the provider takes one-hop calls (`CapDirectCall`), "" for none: a local
-    # ZeroMQ endpoint the callers' grants name
+    # unix socket (`ipc://@name`, loomd.sdk.direct) the callers' grants name
     endpoint: str = ""
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from loomd.assist.intents import ACTING, plan_actions
 from loomd.assist.matcher import Match, Matcher
-from loomd.assist.rescore import candidates, choose, spelled, spellings, wants_rescore
+from loomd.assist.rescore import candidates, cased, choose, wants_rescore, word_cases
 from loomd.assist.settings import AssistSettings
 from loomd.audio.io import read_wav, write_wav
 from loomd.audio.stt import SttWorker
@@ -186,12 +186,12 @@ def test_a_statement_about_a_person_gets_no_command_candidates(matcher: Matcher)
 def test_candidates_are_spelled_as_whisper_and_the_home_write_the_words() -> None:
     """The phrases are lower case; a candidate takes each word's case from the transcript
     (not its first word: that is the sentence's capital) and from the home's names."""
-    spelling = spellings("Schalternas Licht in Berküche ein.", ["Küche", "Deckenlicht"])
-    assert spelled("schalte das licht in der küche ein", spelling) == (
+    cases = word_cases("Schalternas Licht in Berküche ein.", ["Küche", "Deckenlicht"])
+    assert cased("schalte das licht in der küche ein", cases) == (
         "schalte das Licht in der Küche ein"
     )
-    assert "turn" not in spellings("Turn on the lamp.", [])  # a sentence capital is no spelling
-    assert spelled("turn on the sofa lamp", spellings("Turn on the sofa lump.", ["sofa lamp"])) == (
+    assert "turn" not in word_cases("Turn on the lamp.", [])  # a sentence capital is no spelling
+    assert cased("turn on the sofa lamp", word_cases("Turn on the sofa lump.", ["sofa lamp"])) == (
         "turn on the sofa lamp"
     )
 

@@ -144,16 +144,7 @@ def test_the_language_reaches_whisper(models: Path, speech_dir: Path) -> None:
     German words in German, other words when the stage is told English. The model is the
     catalogue's `whisper-base`, joined from two wheels by fetch-test-models."""
     require(models / "whisper" / "ggml-base.bin")
-    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        pytest.skip("espeak-ng and sox are needed to make German speech")
-    import subprocess
-
-    raw, out = speech_dir / "de.raw.wav", speech_dir / "de.wav"
-    said = "Schalte bitte das Licht in der Küche ein"
-    subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(raw), said], check=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad",
-                    "0.3", "0.3"], check=True)  # fmt: skip
-    pcm = read_wav(out)
+    pcm = read_wav(_german("Schalte bitte das Licht in der Küche ein", speech_dir / "de.wav"))
     german = transcribe(models, "whisper/ggml-base.bin", pcm, language="de").lower()
     english = transcribe(models, "whisper/ggml-base.bin", pcm, language="en").lower()
     assert "licht" in german and "küche" in german, german
@@ -195,8 +186,11 @@ def test_a_german_board_checks_the_english_wake_word_and_rescores_in_german(
 
 
 def _german(text: str, out: Path) -> Path:
+    """German speech (espeak-ng, then sox) as 16 kHz mono s16 WAV."""
     import subprocess
 
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are needed to make German speech")
     raw = out.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(raw), text], check=True)
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad",
