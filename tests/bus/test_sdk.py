@@ -444,3 +444,38 @@ def test_max_age_holds_to_the_application(daemon: LoomdProcess) -> None:
             assert sub.too_old == 20 and sub.dropped == 20
 
     arun(main)
+
+
+FREEZE_PROBE = """
+import gc, sys, uvloop
+from loomd.sdk import Client
+
+async def main():
+    async with Client(sys.argv[1], name="freeze", freeze_gc=sys.argv[2] == "1"):
+        print(gc.get_freeze_count())
+    async with Client(sys.argv[1], name="again", freeze_gc=sys.argv[2] == "1"):
+        print(gc.get_freeze_count())
+
+uvloop.run(main())
+"""
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_connected_client_freezes_the_start_once_unless_told_not_to(
+    daemon: LoomdProcess, freeze: bool
+) -> None:
+    """What a process's start left alive leaves the collector's generations once, at its
+    first connect (a long call loop must not walk it: docs/design/fast-hops-calls.md);
+    loomctl's short-lived client (freeze_gc=False) leaves the collector alone."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE_PROBE, daemon.endpoint, "1" if freeze else "0"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    first, second = int(out[0]), int(out[1])
+    if freeze:
+        assert first > 1000 and second <= first  # the start's objects, frozen once only
+    else:
+        assert first == second == 0
