@@ -91,7 +91,7 @@ def parse_op_args(tokens: list[str]) -> tuple[list[Any], dict[str, Any]]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with Client(args.socket, name="loomctl", timeout=args.timeout, freeze_gc=False) as bus:
+    async with Client(args.socket, name="loomctl", timeout=args.timeout) as bus:
         result: int = await args.func(bus, args)
         return result
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -46,7 +47,17 @@ from loomd.messages import (
 )
 from loomd.sdk.direct import DirectLink, DirectServer, Gone, Unreachable
 
-__all__ = ["DirectCaller", "GrantCheck", "ProviderServer", "end_reader", "grant_mac"]
+__all__ = [
+    "IN_PROCESS",
+    "DirectCaller",
+    "GrantCheck",
+    "ProviderServer",
+    "end_reader",
+    "grant_mac",
+    "in_process_broker",
+    "offer_in_process",
+    "withdraw_in_process",
+]
 
 log = logging.getLogger("loomd.agents.direct")
 
@@ -55,6 +66,27 @@ GRANT_MARGIN_S = 0.05  # a grant this close to its expiry is asked again, not us
 RENEW_AHEAD = 0.25  # in the last quarter of its life a grant in use is renewed in the background
 NO_GRANTS_S = 60.0  # a daemon that does not answer caps.grant is asked again this much later
 GOOD_GRANTS = 1024  # grants a provider remembers as checked (then it forgets them all)
+IN_PROCESS = "inproc://loomd-direct-"  # the endpoint of a provider inside the daemon
+
+_in_process: dict[str, ActionBroker] = {}  # endpoint -> that provider's own broker
+
+
+def offer_in_process(broker: ActionBroker) -> str:
+    """An endpoint for a provider inside the daemon (a component or an MCP server over
+    `LocalBus`): the agents' broker then runs its calls on `broker` straight, in process,
+    instead of a bus request and a bus reply each way. The endpoint is unguessable and the
+    agents honour it only in a registration from inside the daemon (its identity)."""
+    endpoint = IN_PROCESS + os.urandom(16).hex()
+    _in_process[endpoint] = broker
+    return endpoint
+
+
+def withdraw_in_process(endpoint: str) -> None:
+    _in_process.pop(endpoint, None)
+
+
+def in_process_broker(endpoint: str) -> ActionBroker | None:
+    return _in_process.get(endpoint)
 
 
 def grant_mac(key: bytes, cap: str, provider: str, caller: str, uid: int, expires: float) -> str:

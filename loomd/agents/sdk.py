@@ -21,7 +21,12 @@ from typing import Any
 from loomd.agents.broker import ActionBroker, LocalProvider, Report, Result
 from loomd.agents.capability import CapabilitySpec, specs_of
 from loomd.agents.ctx import AgentCtx, SdkBackend
-from loomd.agents.direct import ProviderServer
+from loomd.agents.direct import (
+    IN_PROCESS,
+    ProviderServer,
+    offer_in_process,
+    withdraw_in_process,
+)
 from loomd.agents.runtime import AgentRunner, Policy
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError
@@ -35,6 +40,7 @@ from loomd.messages import (
     ErrorCode,
     Topic,
 )
+from loomd.sdk.client import freeze_gc
 
 __all__ = ["run_agent", "sdk_ctx", "serve_capabilities"]
 
@@ -62,6 +68,8 @@ async def serve_capabilities(
     # own socket too; the broker decides who may (its grants), this end checks the grant.
     direct = ProviderServer(provider_id, broker) if _local(client) else None
     endpoint = await direct.start() if direct is not None else ""
+    if direct is None and _in_daemon(client):  # the agents' broker calls `broker` straight
+        endpoint = offer_in_process(broker)
     body = CapsRegister(provider_id, tuple(caps), token, endpoint).to_payload()
     stop = asyncio.Event()
 
@@ -129,12 +137,21 @@ async def serve_capabilities(
     finally:
         if direct is not None:
             await direct.close()
+        if endpoint.startswith(IN_PROCESS):
+            withdraw_in_process(endpoint)
 
 
 def _local(client: Any) -> bool:
     """A client of a daemon on this box (an ipc endpoint): its callers can reach it."""
     endpoint = getattr(client, "endpoint", None)
     return isinstance(endpoint, str) and endpoint.startswith("ipc://")
+
+
+def _in_daemon(client: Any) -> bool:
+    """A part of the daemon (its `LocalBus` handle): the agents' broker is in this process."""
+    from loomd.bus.local import LocalBus
+
+    return isinstance(client, LocalBus)
 
 
 def _local_broker(agent: Any, agent_id: str) -> ActionBroker:
@@ -180,6 +197,7 @@ async def run_agent(
         report=report or publish_error,
     )  # fmt: skip
     async with serve_capabilities(client, aid, broker):
+        freeze_gc()  # this process is the agent now: its start stays out of the collector's way
         try:
             await runner.run()
         finally:

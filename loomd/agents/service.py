@@ -26,7 +26,7 @@ from loomd.agents.broker import (
 )
 from loomd.agents.capability import CapabilitySpec
 from loomd.agents.ctx import ReplyMux
-from loomd.agents.direct import grant_mac
+from loomd.agents.direct import IN_PROCESS, grant_mac, in_process_broker
 from loomd.agents.settings import AgentsSettings
 from loomd.bus.acl import UNKNOWN_CALLER
 from loomd.bus.api import Bus
@@ -81,6 +81,7 @@ class RemoteProvider(Provider):
         self.owner: Identity | None = None  # who registered it (None: the daemon itself)
         self.endpoint = ""  # where it takes one-hop calls ("" : only through the broker)
         self.grant_key = b""  # the HMAC key of its grants (loomd/agents/direct.py)
+        self.local: ActionBroker | None = None  # in the daemon: its broker, called straight
 
     def die(self) -> None:
         if not self.dead.done():
@@ -89,6 +90,13 @@ class RemoteProvider(Provider):
     async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
         if self.dead.done():
             raise ProviderUnavailable(f"provider {self.id} is gone")
+        if self.local is not None:  # inside the daemon: no bus request and reply
+            self.inflight += 1
+            try:
+                r = await self.local.call(spec.full, params, timeout=left)
+            finally:
+                self.inflight -= 1
+            return _outcome(r.code, r.value, r.error)
         self.inflight += 1
         req = asyncio.ensure_future(
             self.mux.request(
@@ -105,17 +113,23 @@ class RemoteProvider(Provider):
         finally:
             self.inflight -= 1
         r = CapResult.from_payload(ev.payload)
-        if r.code == CapCode.OK:
-            return r.value
-        if r.code == CapCode.CAPABILITY_ERROR:
-            raise CapabilityError(r.error)
-        if r.code == CapCode.TIMEOUT:
-            raise TimeoutError
-        if r.code == CapCode.PROVIDER_UNAVAILABLE:
-            raise ProviderUnavailable(r.error)
-        if r.code == CapCode.INVALID_PARAMS:
-            raise InvalidParams(r.error)
-        raise RuntimeError(r.error or f"provider answered {ev.payload!r:.80}")
+        return _outcome(r.code, r.value, r.error, f"provider answered {ev.payload!r:.80}")
+
+
+def _outcome(code: str, value: Any, error: str, answered: str = "") -> Any:
+    """A provider's answer as the broker takes it: the value, or the exception its code
+    stands for."""
+    if code == CapCode.OK:
+        return value
+    if code == CapCode.CAPABILITY_ERROR:
+        raise CapabilityError(error)
+    if code == CapCode.TIMEOUT:
+        raise TimeoutError
+    if code == CapCode.PROVIDER_UNAVAILABLE:
+        raise ProviderUnavailable(error)
+    if code == CapCode.INVALID_PARAMS:
+        raise InvalidParams(error)
+    raise RuntimeError(error or answered)
 
 
 @dataclass
@@ -331,7 +345,9 @@ class CapabilityService:
         prov = RemoteProvider(pid, self._mux, lease)
         prov.owner = who
         prov.token = p.token
-        if p.endpoint and self.settings().grant_ttl_s:
+        if p.endpoint.startswith(IN_PROCESS):  # honoured from inside the daemon only
+            prov.local = in_process_broker(p.endpoint) if local else None
+        elif p.endpoint and self.settings().grant_ttl_s:
             prov.endpoint = p.endpoint
             prov.grant_key = os.urandom(32)
         self.providers[pid] = prov

@@ -155,9 +155,7 @@ class Context:
         t = self.daemon_timeout_s
         try:
             async with asyncio.timeout(t):  # the whole exchange, connect included
-                async with Client(
-                    self.endpoint, name="loomctl-doctor", timeout=t, freeze_gc=False
-                ) as c:
+                async with Client(self.endpoint, name="loomctl-doctor", timeout=t) as c:
                     st: dict[str, Any] = (await c.status())["status"]
                     return st
         except TimeoutError:

@@ -147,16 +147,19 @@ class CapsRegister(_Payload, topic=Topic.CAPS_REGISTER):
     caps: tuple[dict[str, Any], ...] = ()
     token: str = ""
     # where the provider takes one-hop calls (`CapDirectCall`), "" for none: a local
-    # unix socket (`ipc://@name`, loomd.sdk.direct) the callers' grants name
+    # unix socket (`ipc://@name`, loomd.sdk.direct) the callers' grants name; or, for a
+    # provider inside the daemon, `inproc://...` (loomd.agents.direct.offer_in_process)
     endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.provider, str) or not self.provider:
             raise LoomdError("CapsRegister: provider must be a non-empty string")
         if not isinstance(self.endpoint, str) or (
-            self.endpoint and not self.endpoint.startswith("ipc://")
+            self.endpoint and not self.endpoint.startswith(("ipc://", "inproc://"))
         ):
-            raise LoomdError("CapsRegister: endpoint must be an ipc:// endpoint or empty")
+            raise LoomdError(
+                "CapsRegister: endpoint must be an ipc:// or inproc:// endpoint or empty"
+            )
 
     def to_payload(self) -> dict[str, Any]:
         out = {"provider": self.provider, "caps": list(self.caps), "token": self.token}

@@ -50,7 +50,9 @@ def freeze_gc() -> None:
     thousands of objects its start left in the young generations (1.5-3.5 ms in an SDK
     caller, 26-83 ms for the oldest: the p99 of a 0.3 ms one-hop call; docs/design/
     fast-hops-calls.md, "hops3"). Frozen objects are never collected: what the start left
-    as cyclic garbage is collected first; garbage made later is collected as usual."""
+    as cyclic garbage is collected first; garbage made later is collected as usual. Not by
+    default in a library: `gc.get_referrers`/`get_objects` no longer see frozen objects
+    (hypothesis' `register_random` check, in a test process, then warns)."""
     global _frozen
     if not _frozen:
         _frozen = True
@@ -70,14 +72,14 @@ class Client(Bus):
         local_queue: int = 10000,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: tuple[bytes, bytes, bytes] | None = None,
-        freeze_gc: bool = True,
+        freeze_gc: bool = False,
     ) -> None:
         """`curve`: (server public key, client public key, client secret key), Z85 as
         `zmq.auth.load_certificate` returns them, for a TCP endpoint with CurveZMQ; the
         client's public key must be in the daemon's authorized keys folder.
-        `freeze_gc`: once connected, the first client of the process moves what is alive
-        then (imports, the start's objects) out of the cyclic collector's way (`freeze_gc`
-        below); short-lived tools (loomctl) pass False."""
+        `freeze_gc`: once connected, move what is alive then (imports, the start's objects)
+        out of the cyclic collector's way, once per process (`freeze_gc` below): for a
+        process that is one long-running agent (`run_agent` does it)."""
         self.endpoint = to_endpoint(endpoint or default_endpoint())
         self.name = name or f"sdk-{os.getpid()}"
         self.timeout = timeout
