@@ -90,13 +90,18 @@ class RemoteProvider(Provider):
     async def invoke(self, spec: CapabilitySpec, params: dict[str, Any], left: float) -> Any:
         if self.dead.done():
             raise ProviderUnavailable(f"provider {self.id} is gone")
-        if self.local is not None:  # inside the daemon: no bus request and reply
+        if self.local is not None:  # inside the daemon: its own provider, straight
+            # The agents' broker has admitted the call, checked the params against this
+            # very spec and runs the deadline; what the provider raises it maps to codes.
+            entry = self.local.resolve(spec.full)
+            if entry is None:
+                raise ProviderUnavailable(f"provider {self.id} no longer offers {spec.full}")
+            entry.calls += 1
             self.inflight += 1
             try:
-                r = await self.local.call(spec.full, params, timeout=left)
+                return await entry.provider.invoke(entry.spec, params, left)
             finally:
                 self.inflight -= 1
-            return _outcome(r.code, r.value, r.error)
         self.inflight += 1
         req = asyncio.ensure_future(
             self.mux.request(
