@@ -479,3 +479,45 @@ def test_a_connected_client_freezes_the_start_once_unless_told_not_to(
         assert first > 1000 and second <= first  # the start's objects, frozen once only
     else:
         assert first == second == 0
+
+
+def test_requests_share_one_reply_subscription_answered_out_of_order_and_after_its_loss(
+    daemon: LoomdProcess,
+) -> None:
+    """A client's requests share one standing reply subscription: concurrent ones get their
+    own answers whatever the order of the replies; a request after that subscription ended
+    (closed here, as an eviction or a refusal would) opens it again and gets its answer."""
+
+    async def main() -> None:
+        async with (
+            connect(daemon.endpoint, name="agent") as agent,
+            connect(daemon.endpoint, name="caller") as caller,
+        ):
+            inbox = await agent.subscribe("agent.rev.inbox", "reliable").ready()
+
+            async def serve() -> None:
+                held: list[Event] = []
+                async for req in inbox:
+                    held.append(req)
+                    if len(held) == 3 or req.payload == "alone":
+                        for r in reversed(held):  # the last asked is answered first
+                            await agent.reply(r, {"echo": r.payload})
+                        held.clear()
+
+            task = asyncio.create_task(serve())
+            try:
+                got = await asyncio.gather(
+                    *(caller.request("agent.rev.inbox", i, timeout=5) for i in range(3))
+                )
+                assert [g.payload for g in got] == [{"echo": 0}, {"echo": 1}, {"echo": 2}]
+                replies = [s for s in caller._subs.values() if s.pattern.startswith("thread.")]
+                assert len(replies) == 1  # one standing subscription, not one per request
+                await replies[0].close()  # lost
+                again = await caller.request("agent.rev.inbox", "alone", timeout=5)
+                assert again.payload == {"echo": "alone"}
+                after = [s for s in caller._subs.values() if s.pattern.startswith("thread.")]
+                assert len(after) == 1 and after[0] is not replies[0]
+            finally:
+                task.cancel()
+
+    arun(main)
