@@ -75,9 +75,12 @@ def counts(comp: AgentsComponent) -> tuple[int, int, int]:
 
 
 async def contract(ctx: AgentCtx, comp: AgentsComponent, peers: list[AgentCtx]) -> None:
-    # A ctx keeps one reply subscription for its capability calls, opened on first use:
-    # count after that, so what is measured is what each primitive leaves behind.
+    # A ctx keeps one reply subscription for its capability calls, and an SDK client one
+    # for its requests, opened on first use: count after those, so what is measured is
+    # what each primitive leaves behind.
     assert await ctx.call("math.add@1", a=0, b=0) == 0
+    for c in (ctx, *peers):
+        assert (await c.request("team.a", "warm", timeout=5)).payload == "a"
     before = counts(comp)
     assert before[1] == 0, "an idle component has nothing pending (or the drain would wait)"
 
