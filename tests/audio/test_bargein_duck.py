@@ -95,14 +95,22 @@ def run_room(d: LoomdProcess, person: bytes, *, verdict_s: float = 30.0) -> dict
     return asyncio.run(scenario())
 
 
+def over_a_reply(
+    d: LoomdProcess, models: Path, speech_dir: Path, phrase: str
+) -> tuple[dict[str, Any], list[str]]:
+    """A default daemon in the room; the person says `phrase` over its reply (`run_room`).
+    Returns what happened and the daemon's last voice log lines."""
+    wav = say_wav(phrase, speech_dir / f"duck-{phrase.replace(' ', '-')}.wav", pad=(0.0, 0.3))
+    d.write_config(voice_toml(models, source='"bus"', sink='"bus"'))
+    d.start(timeout=60)
+    got = run_room(d, read_wav(wav))
+    return got, [ln for ln in d.log.read_text().splitlines() if "voice" in ln][-12:]
+
+
 def test_a_wake_over_a_reply_ducks_then_stops_and_opens_a_turn(
     loomd_proc: LoomdProcess, models: Path, speech_dir: Path
 ) -> None:
-    person = read_wav(say_wav("hey jarvis", speech_dir / "duck-wake.wav", pad=(0.0, 0.3)))
-    loomd_proc.write_config(voice_toml(models, source='"bus"', sink='"bus"'))
-    loomd_proc.start(timeout=60)
-    got = run_room(loomd_proc, person)
-    log = [ln for ln in loomd_proc.log.read_text().splitlines() if "voice" in ln][-12:]
+    got, log = over_a_reply(loomd_proc, models, speech_dir, "hey jarvis")
     (t_duck, ducked), (t_verdict, verdict) = got["steps"]
     assert ducked.step == BargeInStep.DUCKED and "jarvis" in ducked.wake, got["steps"]
     assert verdict.step == BargeInStep.CONFIRMED, (got["steps"], log)
@@ -125,11 +133,7 @@ def test_a_near_miss_over_a_reply_ducks_then_the_reply_plays_on(
     """ "hey charles" scores 0.94 on openWakeWord's hey_jarvis alone (over the code this
     replaced's 0.6: it stopped the reply); whisper's decoder puts "hey jarvis" 2.8 nats per
     token under what it hears, past the barge-in margin (2.0)."""
-    person = read_wav(say_wav("hey charles", speech_dir / "duck-miss.wav", pad=(0.0, 0.3)))
-    loomd_proc.write_config(voice_toml(models, source='"bus"', sink='"bus"'))
-    loomd_proc.start(timeout=60)
-    got = run_room(loomd_proc, person)
-    log = [ln for ln in loomd_proc.log.read_text().splitlines() if "voice" in ln][-12:]
+    got, log = over_a_reply(loomd_proc, models, speech_dir, "hey charles")
     (t_duck, ducked), (t_verdict, verdict) = got["steps"]
     assert ducked.step == BargeInStep.DUCKED, got["steps"]
     assert verdict.step == BargeInStep.REFUSED and verdict.heard, (got["steps"], log)
@@ -152,7 +156,7 @@ def test_control_without_the_check_the_near_miss_stops_the_reply(
     """The code this replaced: with the check off, a score over `speaking_threshold` stops
     playback at once; the same near miss cuts the reply (what makes the test above able to
     fail)."""
-    person = read_wav(say_wav("hey charles", speech_dir / "duck-miss.wav", pad=(0.0, 0.3)))
+    person = read_wav(say_wav("hey charles", speech_dir / "duck-hey-charles.wav", pad=(0.0, 0.3)))
     loomd_proc.write_config(
         voice_toml(models, source='"bus"', sink='"bus"') + '[voice.wake]\nsecond_check = "off"\n'
     )
