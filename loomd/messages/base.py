@@ -29,6 +29,7 @@ class Topic(StrEnum):
     VOICE_STATE = "voice.state"  # VoiceStateEvent
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
     VOICE_IGNORED = "voice.ignored"  # TurnIgnored: a turn that ended quietly, and why
+    VOICE_BARGEIN = "voice.bargein"  # BargeIn: a wake heard while the board plays, and after
     ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
     ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
     ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
