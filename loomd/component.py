@@ -157,33 +157,25 @@ class Services:
         return await self.control(None, ControlOp(op, args, kwargs).to_payload())
 
 
+@dataclasses.dataclass(eq=False)
 class Context(Generic[S]):
     """What a component gets: settings, the Bus API, state, paths, and a way to report."""
 
-    def __init__(
-        self,
-        name: str,
-        settings: S,
-        *,
-        services: Services,
-        state_dir: Path,
-        runtime_dir: Path,
-        cache_dir: Path,
-        device_id: str,
-        models_dir: Path | None = None,
-        config_path: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.config_path = config_path  # the file the settings came from (None: built in code)
-        self.settings = settings
-        self.services = services
-        self.state_dir = state_dir
-        self.runtime_dir = runtime_dir
-        self.cache_dir = cache_dir
-        self.models_dir = models_dir if models_dir is not None else state_dir / "models"
-        self.device_id = device_id
-        self.log = logging.getLogger(f"loomd.{name}")
-        self._bus: Bus | None = None
+    name: str
+    settings: S
+    _: dataclasses.KW_ONLY
+    services: Services
+    state_dir: Path
+    runtime_dir: Path
+    cache_dir: Path
+    device_id: str
+    models_dir: Path
+    config_path: Path | None = None  # the file the settings came from (None: built in code)
+    log: logging.Logger = dataclasses.field(init=False)
+    _bus: Bus | None = dataclasses.field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.log = logging.getLogger(f"loomd.{self.name}")
 
     @property
     def bus(self) -> Bus:

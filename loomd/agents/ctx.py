@@ -288,13 +288,11 @@ class AgentCtx:
         bus: Bus,
         backend: Backend,
         *,
-        executor: Any = None,
         settings: Any = None,
     ) -> None:
         self.id = agent_id
         self.bus = bus
         self._backend = backend
-        self._executor = executor
         self.settings = settings
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"loomd.agent.{agent_id}"), {"agent": agent_id}
@@ -453,7 +451,7 @@ class AgentCtx:
         """Run blocking code in a worker thread so the event loop (and every other agent)
         keeps going."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kw))
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kw))
 
 
 def _bid(ev: Event) -> Bid | None:

@@ -126,6 +126,35 @@ class Agent:
             self.checking.cancel()
             self.checking = None
 
+    def verdict(self) -> tuple[bool, PhraseHeard | None] | None:
+        """The wake check's verdict on a barge-in candidate once it is in, by the playback
+        rule (`[voice.wake] bargein_margin`): (accepted, what it heard), (False, None) if
+        the check failed; None while it runs (or none runs)."""
+        task = self.checking
+        if task is None or not task.done() or task.cancelled():
+            return None
+        if task.exception() is not None:
+            return False, None
+        heard = task.result()
+        margin, floor = self.ctx.settings.wake.bargein_check()
+        return heard.accepts(margin, floor), heard
+
+    def confirmed(self) -> None:
+        """The check confirmed a barge-in by the playback rule: the turn needs no other."""
+        self.checking = None
+
+    async def wait_verdict(self, timeout: float) -> tuple[bool, PhraseHeard | None]:
+        """Wait for the wake check's verdict (at most `timeout` s: then it failed)."""
+        task = self.checking
+        if task is None:
+            return False, None
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait({task})
+        except TimeoutError:
+            return False, None
+        return self.verdict() or (False, None)
+
     def refused(self) -> PhraseHeard | None:
         """The wake check's verdict when it is in and refuses the wake, else None."""
         task = self.checking

@@ -62,6 +62,8 @@ class VoiceStatus(StatusBlock):
     utterances: int
     failed: int
     barge_ins: int
+    bargein_ducks: int  # barge-in candidates: playback ducked while the wake check ran
+    bargein_refused: int  # candidates the check refused: the volume came back
     self_wakes_blocked: int
     said: int
     stops: int
@@ -393,6 +395,8 @@ class VoiceComponent(Component[VoiceSettings]):
             utterances=self.counts["utterances"],
             failed=self.counts["failed"],
             barge_ins=self.counts["barge_ins"],
+            bargein_ducks=self.counts["bargein_ducks"],
+            bargein_refused=self.counts["bargein_refused"],
             self_wakes_blocked=self.counts["self_wakes_blocked"],
             said=self.counts["said"],
             stops=self.counts["stops"],
@@ -409,7 +413,8 @@ class VoiceComponent(Component[VoiceSettings]):
     def metrics(self) -> Iterable[Family]:
         if not hasattr(self, "pipeline"):
             return
-        for key in ("wakes", "utterances", "failed", "barge_ins", "said", "ignored"):
+        for key in ("wakes", "utterances", "failed", "barge_ins", "bargein_ducks",
+                    "bargein_refused", "said", "ignored"):  # fmt: skip
             yield Family(
                 f"loomd_voice_{key}_total", "counter", f"Voice {key}.", [({}, self.counts[key])]
             )

@@ -19,7 +19,7 @@ from loomd.audio.frames import FRAME_BYTES, RATE
 if TYPE_CHECKING:
     from loomd.audio.io import Sink
 
-__all__ = ["Media", "duck_mix"]
+__all__ = ["Media", "Volume", "duck_mix"]
 
 RAMP_MS = 50
 
@@ -45,6 +45,42 @@ def duck_mix(voice: bytes, media: bytes, duck_db: float, ramp_ms: int = RAMP_MS)
     out[: len(m)] += m * gain
     out[: len(v)] += v
     return bytes(np.clip(out, -32768, 32767).astype(np.int16).tobytes())
+
+
+class Volume:
+    """The level a sink plays at, changed while it plays: a barge-in candidate ducks the
+    board's voice at once and the wake check's verdict restores it (loomd.audio.pipeline).
+    The sink scales each 20 ms chunk as it plays it (`apply`), ramped from the last chunk's
+    level to the new one across the chunk (no click), before its listeners see it: the echo
+    reference is what really played."""
+
+    def __init__(self) -> None:
+        self.level = 1.0
+        self._last = 1.0
+
+    def set(self, level: float) -> None:
+        self.level = min(1.0, max(0.0, level))
+
+    def duck(self, db: float) -> None:
+        self.set(10 ** (-db / 20))
+
+    def restore(self) -> None:
+        self.set(1.0)
+
+    @property
+    def ducked(self) -> bool:
+        return self.level < 1.0
+
+    def apply(self, chunk: bytes) -> bytes:
+        a, b = self._last, self.level
+        self._last = b
+        if a == 1.0 and b == 1.0:
+            return chunk
+        import numpy as np
+
+        x = np.frombuffer(chunk, dtype=np.int16).astype(np.float32)
+        gain = np.linspace(a, b, len(x), dtype=np.float32) if a != b else np.float32(b)
+        return bytes(np.clip(x * gain, -32768, 32767).astype(np.int16).tobytes())
 
 
 class Media:

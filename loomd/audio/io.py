@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from loomd.audio.ducking import Volume
 from loomd.audio.frames import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, RATE, Frame
 from loomd.errors import LoomdError
 
@@ -48,6 +49,7 @@ PlayListener = Callable[[bytes, float, int], None]
 
 class Sink(Protocol):
     listeners: list[PlayListener]
+    volume: Volume  # each chunk is scaled by it as it plays (ducking a barge-in candidate)
 
     async def play(self, pcm: bytes) -> bool:
         """Play 16 kHz s16 audio; True if it played to the end, False if stopped."""
@@ -225,6 +227,7 @@ class BufferSink:
         self.clips: list[bytes] = []
         self._stop = asyncio.Event()
         self.listeners: list[PlayListener] = []
+        self.volume = Volume()
 
     async def play(self, pcm: bytes) -> bool:
         self._stop.clear()
@@ -241,6 +244,7 @@ class BufferSink:
                             await self._stop.wait()
                     if self._stop.is_set():
                         break
+            chunk = self.volume.apply(chunk)
             played += chunk
             for listen in self.listeners:
                 listen(chunk, began, i * FRAME_SAMPLES)
@@ -294,6 +298,7 @@ class PyAudioSpeaker:
         self.device = device
         self._stop = False
         self.listeners: list[PlayListener] = []  # each frame as it is written (the echo reference)
+        self.volume = Volume()
 
     async def play(self, pcm: bytes) -> bool:
         import pyaudio
@@ -312,6 +317,7 @@ class PyAudioSpeaker:
                 for i, chunk in enumerate(split_frames(pcm)):
                     if self._stop:
                         return False
+                    chunk = self.volume.apply(chunk)
                     stream.write(chunk)
                     for listen in self.listeners:
                         listen(chunk, began, i * FRAME_SAMPLES)

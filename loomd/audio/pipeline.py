@@ -2,9 +2,12 @@
 
 Per frame: the wake word (scored every 80 ms) while idle or speaking; after a wake, the
 hand-off asks whether another part takes the turn while the VAD segmenter cuts the
-utterance, which the agent then runs (STT, reply). The wake word during playback stops it
-(barge-in) and publishes `voice.stop`. A device is realtime: frames go through a queue
-bounded by age and count, so a stage that fell behind resumes on fresh audio."""
+utterance, which the agent then runs (STT, reply). The wake word during playback is a
+barge-in candidate: with the wake check on it ducks playback at once, the check runs on its
+segment, and only a confirmed wake stops playback (`voice.stop`) and opens the turn; a
+refused one brings the volume back (docs/design/voice-bargein.md). A device is realtime:
+frames go through a queue bounded by age and count, so a stage that fell behind resumes on
+fresh audio."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from loomd.audio.frames import FRAME_MS, Frame, FreshQueue
 from loomd.audio.recorder import TurnRecord
 from loomd.audio.wakecheck import PRE_S, WakeSegment
 from loomd.audio.worker import WorkerError
-from loomd.messages import ErrorCode, VoiceState, VoiceStop, WakeAction
+from loomd.messages import BargeIn, BargeInStep, ErrorCode, VoiceState, VoiceStop, WakeAction
 
 if TYPE_CHECKING:
     from loomd.audio.aec import EchoCanceller
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from loomd.audio.stages import Wake
     from loomd.audio.vad import Segment, Vad
     from loomd.audio.wake import Detection
+    from loomd.audio.wakecheck import PhraseHeard
     from loomd.component import Context
 
 __all__ = ["Pipeline"]
@@ -42,6 +46,9 @@ _WAKE_FRAMES = 4
 # The audio kept before a wake for the wake check's segment (loomd.audio.wakecheck.WakeSegment:
 # cut around the score's peak, followed after the crossing) and for the room's level.
 _WAKE_SEGMENT_FRAMES = int(PRE_S * 1000) // FRAME_MS
+# A barge-in candidate whose utterance ended before the check's verdict: the frame loop waits
+# this long for it (the check takes ~0.5 s on a board); then playback goes on, unconfirmed.
+_VERDICT_WAIT_S = 5.0
 
 
 class Pipeline:
@@ -65,6 +72,10 @@ class Pipeline:
         self.stop: Wake | None = None  # the stop word's detector, when there is one
         self.fresh: FreshQueue | None = None
         self._live_lock = asyncio.Lock()
+        # a barge-in candidate's verdict, acted on as soon as the check is in (not at the
+        # next frame: a satellite may send none until it hears back)
+        self._acting: asyncio.Future[None] | None = None
+        self._decided: bool | None = None
 
     async def listen(self, source: Source) -> None:
         """Run on a live source until it ends."""
@@ -97,6 +108,69 @@ class Pipeline:
         if self.board.busy():
             self.board.cancel_turn()
         await VoiceStop(self.ctx.settings.site, "barge-in").publish(self.ctx.bus)
+
+    async def _duck(self, hit: Detection) -> None:
+        """A barge-in candidate: lower the playback now, the check decides."""
+        self.counts["bargein_ducks"] += 1
+        self.speaker.duck(self.ctx.settings.wake.bargein_duck_db)
+        await BargeIn(BargeInStep.DUCKED, hit.word, round(hit.score, 3),
+                      self.ctx.settings.site).publish(self.ctx.bus)  # fmt: skip
+
+    def _arm(self, hit: Detection) -> None:
+        """The check on a barge-in candidate's segment just started: act on its verdict the
+        moment it is in (`_decided` tells the frame loop)."""
+        task = self.agent.checking
+        if task is None:
+            return
+
+        def done(_: object) -> None:
+            if self.agent.checking is task:  # not cancelled as moot meanwhile
+                self._acting = asyncio.ensure_future(self._act(hit))
+
+        task.add_done_callback(done)
+
+    async def _act(self, hit: Detection) -> None:
+        ok, heard = self.agent.verdict() or (False, None)
+        await self._verdict(hit, ok, heard)
+        self._decided = ok
+
+    async def _settle(self, hit: Detection) -> bool:
+        """The utterance ended before the verdict: wait for it (a refused candidate must not
+        cut the reply, nor start a turn); no verdict in `_VERDICT_WAIT_S`: refused."""
+        await self.agent.wait_verdict(_VERDICT_WAIT_S)
+        await asyncio.sleep(0)  # the check's done callback has run
+        if self._acting is not None:
+            await self._acting
+        if self._decided is None:
+            self.agent.cancel_check()
+            await self._verdict(hit, False, None)
+            self._decided = False
+        return self._decided
+
+    async def _verdict(self, hit: Detection, ok: bool, heard: PhraseHeard | None) -> None:
+        """The check's verdict on a barge-in candidate: a confirmed one stops playback and
+        cancels the turn (then listens, as after any wake); a refused one (or a failed
+        check) brings the volume back and playback goes on."""
+        s = self.ctx.settings
+        text, gap, ms = ("", 0.0, 0.0) if heard is None else (heard.text, heard.gap, heard.ms)
+        step = BargeInStep.CONFIRMED if ok else BargeInStep.REFUSED
+        if ok:
+            self.counts["wakes"] += 1
+            self.agent.confirmed()
+            if self.board.state == VoiceState.SPEAKING or self.board.busy():
+                await self.barge_in()
+            else:  # playback ended while the check ran: a wake like any other
+                self.speaker.restore()
+            self.handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
+            await self.board.set(VoiceState.LISTENING)
+        else:
+            self.counts["bargein_refused"] += 1
+            self.speaker.restore()
+            why = "the check failed" if heard is None else f"heard {text!r}, {gap} under it"
+            self.ctx.log.info("voice: barge-in refused (wake %s, score %.2f): %s; playback "
+                              "goes on", hit.word, hit.score, why)  # fmt: skip
+        await BargeIn(step, hit.word, round(hit.score, 3), s.site, text, gap,
+                      round(ms, 1)).publish(self.ctx.bus)  # fmt: skip
 
     async def _stop_word(self, pcm: bytes, t_end: float) -> bool:
         """While the board plays: the stop word ends playback and the turn (no wake word,
@@ -170,6 +244,8 @@ class Pipeline:
         hold: list[bytes] = []
         turns: list[TurnRecord] = []
         detection: Detection | None = None
+        # a barge-in candidate: playback ducked, listening, its check out; not yet the turn
+        pending = False
         last: Frame | None = None
         was_muted = False
         async for frame in frames:
@@ -181,6 +257,10 @@ class Pipeline:
             echo = ref.active(frame.t)
             played = ref.read(frame.t)
             if board.muted:  # the frame goes no further: no wake, no turn, no stream
+                if pending:  # the candidate is moot: playback at its level again
+                    pending = False
+                    self.agent.cancel_check()
+                    speaker.restore()
                 if listening or handoff.streaming or handoff.listen_now:
                     listening = False
                     handoff.drop()
@@ -229,8 +309,17 @@ class Pipeline:
                             await self._hold(segment, chunk, frame.t + FRAME_MS / 1000)
                     if (ready := segment.ready()) is not None:
                         self.agent.check_wake(ready, detection.word)
+                        if pending:
+                            self._arm(detection)
                         segment = None
-                if (refused := self.agent.refused()) is not None:
+                if pending and self._decided is not None:  # acted on by `_act`
+                    pending = False
+                    if not self._decided:  # not a wake: stop listening; playback goes on
+                        listening, segment = False, None
+                        self.agent.cancel_check()
+                        await self.wake.reset()  # hear the next candidate at once
+                        continue
+                if not pending and (refused := self.agent.refused()) is not None:
                     listening = False  # not the wake word: stop listening now, quietly
                     handoff.cancel()
                     rec = TurnRecord.new(s.site, detection)
@@ -243,6 +332,21 @@ class Pipeline:
                         await asyncio.shield(quiet)
                     continue
                 cut = seg.push(speech, frame.t, self.vad(frame.pcm))
+                if cut is not None and pending and detection is not None:
+                    # The utterance ended before the verdict: wait for it here (a refused
+                    # candidate must not cut the reply, nor start a turn).
+                    pending = False
+                    if segment is not None:
+                        self.agent.check_wake(segment.now(), detection.word)
+                        self._arm(detection)
+                        if not segment.held:
+                            await self.wake.reset(clock=False)
+                        segment = None
+                    if not await self._settle(detection):
+                        listening = False
+                        self.agent.cancel_check()
+                        await self.wake.reset()
+                        continue
                 if cut is not None:
                     listening = False
                     handoff.cancel()
@@ -277,7 +381,7 @@ class Pipeline:
                 continue  # the canceller has not converged yet: its residue can wake it
             if echo and self.stop is not None and await self._stop_word(pcm, t_end):
                 continue
-            limit = s.wake.speaking_threshold if echo else s.wake.limits()
+            limit = s.wake.playback_limits() if echo else s.wake.limits()
             try:
                 hit = await self.wake.process(pcm, t_end, limit)
             except WorkerError as exc:  # its worker restarts; the next frames go to it
@@ -294,9 +398,11 @@ class Pipeline:
             self.agent.cancel_check()  # a check still out for an earlier wake is moot
             segment = WakeSegment(list(heard), hit.score) if s.wake.check is not None else None
             heard.clear()
-            self.counts["wakes"] += 1
+            candidate = segment is not None and (board.state == VoiceState.SPEAKING or board.busy())
+            self.counts["wakes"] += not candidate  # a barge-in candidate counts once confirmed
             self.ctx.log.info(
-                "voice: wake %s (score %.2f)%s", hit.word, hit.score,
+                "voice: %s %s (score %.2f)%s", "barge-in candidate" if candidate else "wake",
+                hit.word, hit.score,
                 f" {ref.playing_ms(frame.t):.0f} ms into playback" if echo else "",
             )  # fmt: skip
             # Its feature window still holds the wake word: it would fire again on it once
@@ -304,11 +410,15 @@ class Pipeline:
             # peak (the check's segment ends after it), then forgets (`_hold`).
             if segment is None:
                 await self.wake.reset(clock=False)
-            if board.state == VoiceState.SPEAKING or board.busy():
-                await self.barge_in()
             listening = True
             self.vad.reset()
             seg.open(t_end, background_db=room.db)
+            if candidate:  # duck now; the check decides (the verdict above)
+                pending, self._decided, self._acting = True, None, None
+                await self._duck(hit)
+                continue
+            if board.state == VoiceState.SPEAKING or board.busy():
+                await self.barge_in()  # no check: at once, over `speaking_threshold`
             handoff.ask(hit.word, hit.score, uuid.uuid4().hex[:12])
             await board.set(VoiceState.LISTENING)
         if listening and last is not None:
@@ -320,6 +430,14 @@ class Pipeline:
             while cut is None and t - last.t < limit:
                 t += FRAME_MS / 1000
                 cut = seg.push(silence, t, False)
+            if cut is not None and pending and detection is not None:  # as in the loop
+                if segment is not None:
+                    self.agent.check_wake(segment.now(), detection.word)
+                    self._arm(detection)
+                    segment = None
+                if not await self._settle(detection):
+                    cut = None
+                    self.agent.cancel_check()
             if cut is not None:
                 handoff.cancel()
                 rec = TurnRecord.new(s.site, detection)

@@ -61,8 +61,19 @@ class WakeSettings(Section):
     check_margin: float = option(0.0, min=0.0, max=20.0, reload=True)
     # The phrase of a model whose file name does not say it (by file stem)
     phrases: Mapping[str, str] = option(factory=dict, reload=True)
-    # While the board plays audio: echo cancellation leaves a residue for its first second.
+    # While the board plays audio with no wake check: a score over it stops playback at once
+    # (echo cancellation leaves a residue for its first second).
     speaking_threshold: float = option(0.6, min=0.01, max=1.0, reload=True)
+    # While the board plays audio with the wake check on (docs/design/voice-bargein.md): a
+    # score over it is a barge-in candidate, which ducks playback by `bargein_duck_db` at
+    # once; the check confirms it (playback stops, the turn opens) or refuses it (the volume
+    # comes back). 0 = the wake threshold (`limits`).
+    bargein_threshold: float = option(0.0, min=0.0, max=1.0, reload=True)
+    bargein_duck_db: float = option(20.0, min=0.0, max=60.0, reload=True)
+    # The check's margin for a barge-in candidate (nats per token; 0 = the check's own):
+    # the board's voice under the person's, even cancelled, pulls whisper's guess away from
+    # the phrase (bench/bargein_check.py: real wakes over the board scored gaps up to 1.9)
+    bargein_margin: float = option(2.0, min=0.0, max=20.0, reload=True)
     refractory_s: float = option(2.0, min=0.0, max=60.0, reload=True)
 
     @property
@@ -76,6 +87,20 @@ class WakeSettings(Section):
         if not self.threshold and self.check is None:
             base = max(base, BARE_THRESHOLD)
         return {"*": base, **{k: float(v) for k, v in self.thresholds.items()}}
+
+    def playback_limits(self) -> float | dict[str, float]:
+        """The score that acts while the board plays: with the check, a barge-in candidate
+        (ducked, then checked); without it, `speaking_threshold` (stops at once)."""
+        if self.check is None:
+            return self.speaking_threshold
+        if self.bargein_threshold:
+            return self.bargein_threshold
+        return self.limits()
+
+    def bargein_check(self) -> tuple[float | None, float | None]:
+        """The check's rule (margin, floor) for a barge-in candidate."""
+        rules = self.check or Preset(0.0, margin=CHECK_MARGIN)
+        return self.bargein_margin or rules.margin, rules.floor
 
     @property
     def bare_limit(self) -> float:

@@ -51,6 +51,14 @@ class Speaker:
 
     def stop(self) -> None:
         self.sink.stop()
+        self.sink.volume.restore()  # the next clip plays at its own level
+
+    def duck(self, db: float) -> None:
+        """Lower what plays by `db` from the next chunk on (a barge-in candidate)."""
+        self.sink.volume.duck(db)
+
+    def restore(self) -> None:
+        self.sink.volume.restore()
 
     # -- the self-wake guard ------------------------------------------------------------------
     def tick(self) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, check_outgoing, plain_event
 from loomd.errors import LoomdError, RequestTimeout
 from loomd.messages import BusStats
 
-__all__ = ["Bus", "BusSubscription", "reply_to", "request_reply"]
+__all__ = ["Bus", "BusSubscription", "SubSpec", "reply_to", "request_reply"]
 
 
 @runtime_checkable
@@ -46,8 +46,30 @@ class BusSubscription(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
 
+class SubSpec(NamedTuple):
+    """What `Bus.subscribe` was asked, handed to the implementation's `_open`."""
+
+    pattern: str
+    qos: QoS | str | None
+    window: int | None
+    since: int | None
+    max_age_ms: int | None
+
+
+# The subscription class an implementation returns (`LocalBus`: the broker's `Subscriber`,
+# the SDK `Client`: its `Subscription`); a plain `Bus` gives a `BusSubscription`.
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    Sub_co = TypeVar("Sub_co", bound=BusSubscription, covariant=True, default=BusSubscription)
+else:
+    from typing import TypeVar
+
+    Sub_co = TypeVar("Sub_co", bound=BusSubscription, covariant=True)
+
+
 @runtime_checkable
-class Bus(Protocol):
+class Bus(Protocol[Sub_co]):
     """Publish, subscribe, request and reply: the whole of what a part may do with the bus."""
 
     name: str
@@ -105,13 +127,23 @@ class Bus(Protocol):
         pattern: str,
         qos: QoS | str | None = None,
         *,
-        window: int | None = ...,
-        since: int | None = ...,
-        max_age_ms: int | None = ...,
-    ) -> BusSubscription:
-        """Subscribe to an AMQP-style pattern (`*` one segment, `#` zero or more).
+        window: int | None = None,
+        since: int | None = None,
+        max_age_ms: int | None = None,
+    ) -> Sub_co:
+        """Subscribe to an AMQP-style pattern (`*` one segment, `#` zero or more); iterate
+        the result with `async for`. Reliable subscriptions resume from the journal after a
+        daemon restart; `since` replays durable events after that seq. `window`: over the
+        socket, unacknowledged reliable deliveries (default: the daemon's credit window).
         `max_age_ms` (realtime only): events older than this when they would be delivered
-        are dropped and counted as `too_old` (a consumer that wants fresh data)."""
+        are dropped and counted as `too_old` (a consumer that wants fresh data).
+
+        Written once, here, for both implementations: the options go to their `_open`."""
+        return self._open(SubSpec(pattern, qos, window, since, max_age_ms))
+
+    def _open(self, spec: SubSpec) -> Sub_co:
+        """Open the subscription `spec` asks for (in process: on the broker; over the
+        socket: a `Subscription` the daemon confirms)."""
         ...
 
     async def request(

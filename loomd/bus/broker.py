@@ -116,6 +116,7 @@ class Broker:
             raise LoomdError(f"replay (after={after_seq}) needs a reliable subscription, not {q}")
         if max_age_ms is not None and q is not QoS.REALTIME:
             raise LoomdError(f"max_age_ms applies to realtime subscriptions, not {q}")
+        budget = budget or Budget(self.limits.pending_bytes)  # in process: its own
         sub = Subscriber(self, self._next_sid, pattern, q, sink, owner, budget, max_age_ms, holds)
         self._next_sid += 1
         self._subs[sub.sid] = sub

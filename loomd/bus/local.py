@@ -6,9 +6,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from loomd.bus.acl import EVERYTHING, Caller, Forbidden, Manifest
-from loomd.bus.api import Bus, reply_to, request_reply
+from loomd.bus.api import Bus, SubSpec, reply_to, request_reply
 from loomd.bus.broker import Broker
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import Event
 from loomd.bus.identity import Identity
 from loomd.bus.subscriber import Subscriber
 from loomd.messages import BusStats, ErrorCode
@@ -16,7 +16,7 @@ from loomd.messages import BusStats, ErrorCode
 __all__ = ["LocalBus"]
 
 
-class LocalBus(Bus):
+class LocalBus(Bus[Subscriber]):
     """One part's handle on the in-process broker; `name` is the sender of what it publishes."""
 
     def __init__(
@@ -63,21 +63,13 @@ class LocalBus(Bus):
         self.broker.publish(ev)
         return None
 
-    def subscribe(
-        self,
-        pattern: str,
-        qos: QoS | str | None = None,
-        *,
-        window: int | None = None,
-        since: int | None = None,
-        max_age_ms: int | None = None,
-    ) -> Subscriber:
+    def _open(self, spec: SubSpec) -> Subscriber:
         # `window` is the socket's flow-control window: in process the queue bound applies.
-        del window
+        pattern = spec.pattern
         if not self._trusted and not self.caller.grants.may_subscribe(pattern):
             self._forbid(f"subscribe to {pattern!r}")
         return self.broker.subscribe(
-            pattern, qos, owner=self.name, after_seq=since, max_age_ms=max_age_ms
+            pattern, spec.qos, owner=self.name, after_seq=spec.since, max_age_ms=spec.max_age_ms
         )
 
     async def request(

@@ -61,53 +61,45 @@ class SubStats:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
 class Subscriber:
     """One pattern, one QoS class, one queue. In-process subscriptions are async iterators."""
 
-    def __init__(
-        self,
-        broker: Broker,
-        sid: int,
-        pattern: str,
-        qos: QoS,
-        sink: Sink | None,
-        owner: str,
-        budget: Budget | None = None,
-        max_age_ms: int | None = None,
-        holds: bool = True,
-    ) -> None:
-        self.broker = broker
-        self.sid = sid
-        self.pattern = pattern
-        self.qos = qos
-        self.sink = sink
-        self.owner = owner
+    broker: Broker
+    sid: int
+    pattern: str
+    qos: QoS
+    sink: Sink | None
+    owner: str
+    budget: Budget  # its client's bytes: a socket session's, shared; in process its own
+    max_age_ms: int | None = None
+    # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
+    # Not for a client that was just evicted: it gets the hard bounds only.
+    holds: bool = True
+
+    def __post_init__(self) -> None:
         self.stats = SubStats()
         self.closed = False
         self.evicted: str | None = None  # why the broker shed it, if it did
         self.seq = 0  # per-subscription counter for reliable, non-durable deliveries
         self.last_journal_seq = 0  # highest durable seq handed to this subscription
         self.catching_up = False
-        lim = broker.limits
-        self.budget = budget or Budget(lim.pending_bytes)
+        lim = self.broker.limits
         self.bytes = 0  # queued here (also counted in the shared budget)
         # when its consumer last showed progress: a take (in process; for a socket client
         # a send, which its credit window bounds, so a client that acks nothing stops
         # taking a window later) or an ack from a socket client
-        self.progress_at = broker.clock()
-        self.max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
-        # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
-        # Not for a client that was just evicted: it gets the hard bounds only.
-        self.holds = holds
+        self.progress_at = self.broker.clock()
+        self.max_age_ns = self.max_age_ms * 1_000_000 if self.max_age_ms else 0
         self.realtime: RealtimeQueue[Event] | None = None
         self.batched: BatchedQueue[tuple[int, Event]] | None = None
         self.reliable: ReliableQueue[tuple[int, Event]] | None = None
         self._ready: deque[tuple[int, Event]] = deque()  # released batches
         self._batch_timer: asyncio.TimerHandle | None = None
         self._oldest = lim.realtime_policy == "drop_oldest"
-        if qos is QoS.REALTIME:
+        if self.qos is QoS.REALTIME:
             self.realtime = RealtimeQueue(lim.realtime_queue, lim.realtime_policy)
-        elif qos is QoS.BATCHED:
+        elif self.qos is QoS.BATCHED:
             self.batched = BatchedQueue(
                 lim.batch_max, lim.batch_interval_ms / 1000, lim.batch_budget
             )

@@ -88,6 +88,8 @@ from loomd.messages.mqtt import (
     MqttPublish,
 )
 from loomd.messages.voice import (
+    BargeIn,
+    BargeInStep,
     IgnoredWhy,
     PlayAudio,
     PlayDone,
@@ -112,6 +114,8 @@ __all__ = [
     "ActionRecord",
     "AssistRequest",
     "AssistTurn",
+    "BargeIn",
+    "BargeInStep",
     "BarrierReply",
     "BarrierRequest",
     "Bid",

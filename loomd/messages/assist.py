@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from loomd.messages.base import Topic, _Payload
@@ -65,18 +66,12 @@ class AssistTurn(_Payload, topic=Topic.ASSIST_TURN):
     utterance_id: str = ""
     continue_conversation: bool = False  # the reply asks back: listen again without a wake word
     error: str = ""
-
-    def to_payload(self) -> dict[str, Any]:
-        data = super().to_payload()
-        data["actions"] = [a.to_payload() for a in self.actions]
-        return data
+    NESTED = MappingProxyType({"actions": ActionRecord})
 
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> AssistTurn:
-        data = dict(payload)
-        data["intent"] = IntentInfo.from_payload(data.get("intent") or {})
-        data["actions"] = tuple(ActionRecord.from_payload(a) for a in data.get("actions") or ())
-        return cls(**data)
+        intent = IntentInfo.from_payload(payload.get("intent") or {})
+        return super()._build({**payload, "intent": intent})
 
 
 @dataclass(frozen=True)

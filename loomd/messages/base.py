@@ -4,8 +4,9 @@ enum, and the bus protocols `publish()`/`respond()` need."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
 from loomd.errors import LoomdError
@@ -28,6 +29,7 @@ class Topic(StrEnum):
     VOICE_STATE = "voice.state"  # VoiceStateEvent
     VOICE_STOP = "voice.stop"  # barge-in / cancel playback and generation
     VOICE_IGNORED = "voice.ignored"  # TurnIgnored: a turn that ended quietly, and why
+    VOICE_BARGEIN = "voice.bargein"  # BargeIn: a wake heard while the board plays, and after
     ASSIST_CONVERSE = "assist.converse"  # AssistRequest (request/reply: AssistTurn)
     ASSIST_TURN = "assist.turn"  # AssistTurn, one per finished turn
     ASSIST_VOCABULARY = "assist.vocabulary"  # request/reply and event: Vocabulary
@@ -111,6 +113,9 @@ class _Payload:
     TOPIC: ClassVar[str] = ""
     TYPE: ClassVar[str] = ""
     QOS: ClassVar[str] = "reliable"  # the class a publish() uses unless told
+    # The fields that hold a tuple of payloads (`{"actions": ActionRecord}`): each is sent
+    # as a list of its items' `to_payload()` and rebuilt with their `from_payload`.
+    NESTED: ClassVar[Mapping[str, type[_Payload]]] = MappingProxyType({})
 
     def __init_subclass__(
         cls, *, topic: str = "", type: str = "", qos: str = "", **kw: Any
@@ -124,7 +129,10 @@ class _Payload:
             cls.QOS = str(qos)
 
     def to_payload(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        data: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for name in self.NESTED:
+            data[name] = [item.to_payload() for item in getattr(self, name)]
+        return data
 
     @classmethod
     def from_payload(cls, payload: Any) -> Self:
@@ -141,6 +149,10 @@ class _Payload:
 
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> Self:
+        if cls.NESTED:
+            payload = dict(payload)
+            for name, kind in cls.NESTED.items():
+                payload[name] = tuple(kind.from_payload(item) for item in payload.get(name) or ())
         return cls(**payload)
 
     # -- the binding -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from loomd.errors import LoomdError
@@ -166,14 +167,4 @@ class BusStats(_Payload, type="bus.stats"):
     events_out: int = 0
     drops: dict[str, int] = field(default_factory=dict)  # reason -> events
     subscriptions: tuple[SubscriptionStats, ...] = ()
-
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            **super().to_payload(),
-            "subscriptions": [s.to_payload() for s in self.subscriptions],
-        }
-
-    @classmethod
-    def _build(cls, payload: dict[str, Any]) -> BusStats:
-        subs = tuple(SubscriptionStats.from_payload(s) for s in payload.get("subscriptions") or ())
-        return cls(**{**payload, "subscriptions": subs})
+    NESTED = MappingProxyType({"subscriptions": SubscriptionStats})

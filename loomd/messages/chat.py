@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from loomd.errors import LoomdError
@@ -81,16 +82,13 @@ class ToolCall(_Payload):
             raise LoomdError(f"tool call {self.name}: arguments must be an object")
 
 
-def _tool_calls(items: Any) -> tuple[ToolCall, ...]:
-    return tuple(ToolCall.from_payload(c) for c in (items or ()))
-
-
 @dataclass(frozen=True)
 class ChatMessage(_Payload):
     role: str  # a Role
     content: str
     tool_calls: tuple[ToolCall, ...] = ()  # role assistant: the calls it made
     tool_call_id: str = ""  # role tool: the call this answers
+    NESTED = MappingProxyType({"tool_calls": ToolCall})
 
     def __post_init__(self) -> None:
         if self.role not in Role.__members__.values():
@@ -106,10 +104,6 @@ class ChatMessage(_Payload):
             data["tool_call_id"] = self.tool_call_id
         return data
 
-    @classmethod
-    def _build(cls, payload: dict[str, Any]) -> ChatMessage:
-        return cls(**{**payload, "tool_calls": _tool_calls(payload.get("tool_calls"))})
-
 
 @dataclass(frozen=True)
 class ChatRequest(_Payload, topic=Topic.LLM_CHAT):
@@ -123,6 +117,7 @@ class ChatRequest(_Payload, topic=Topic.LLM_CHAT):
     agent: str = ""  # who asks (per-agent policy defaults)
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = ToolChoice.AUTO.value  # a ToolChoice, or one tool's name
+    NESTED = MappingProxyType({"messages": ChatMessage, "tools": ToolSpec})
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -134,21 +129,13 @@ class ChatRequest(_Payload, topic=Topic.LLM_CHAT):
         if self.tools and self.json_schema is not None:
             raise LoomdError("a request has tools or a json_schema, not both")
 
-    def to_payload(self) -> dict[str, Any]:
-        data = super().to_payload()
-        data["messages"] = [m.to_payload() for m in self.messages]
-        data["tools"] = [t.to_payload() for t in self.tools]
-        return data
-
     @classmethod
     def _build(cls, payload: dict[str, Any]) -> ChatRequest:
-        data = dict(payload)
-        data["messages"] = tuple(ChatMessage.from_payload(m) for m in data.get("messages", ()))
-        if not data["messages"]:
+        if not payload.get("messages"):
             raise ValueError("messages is empty")
-        data["policy"] = Policy.from_payload(data.get("policy") or {})
-        data["tools"] = tuple(ToolSpec.from_payload(t) for t in data.get("tools") or ())
-        return cls(**data)
+        return super()._build(
+            {**payload, "policy": Policy.from_payload(payload.get("policy") or {})}
+        )
 
 
 @dataclass(frozen=True)
@@ -166,15 +153,7 @@ class ChatDone(_Payload, type=EventType.LLM_DONE):
     tokens: int = 0
     error: str = ""  # set when the turn failed or was denied; text is then empty
     tool_calls: tuple[ToolCall, ...] = ()  # the model called tools instead of answering
-
-    def to_payload(self) -> dict[str, Any]:
-        data = super().to_payload()
-        data["tool_calls"] = [c.to_payload() for c in self.tool_calls]
-        return data
-
-    @classmethod
-    def _build(cls, payload: dict[str, Any]) -> ChatDone:
-        return cls(**{**payload, "tool_calls": _tool_calls(payload.get("tool_calls"))})
+    NESTED = MappingProxyType({"tool_calls": ToolCall})
 
 
 @dataclass(frozen=True)

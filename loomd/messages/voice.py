@@ -77,6 +77,30 @@ class VoiceStop(_Payload, topic=Topic.VOICE_STOP, qos="realtime"):
     reason: str = ""
 
 
+class BargeInStep(StrEnum):
+    DUCKED = "ducked"  # a candidate: playback lowered, the wake check runs on its segment
+    CONFIRMED = "confirmed"  # the check heard the wake phrase: playback stopped, a turn opens
+    REFUSED = "refused"  # the check did not (or failed): the volume is back, playback goes on
+
+
+@dataclass(frozen=True)
+class BargeIn(_Payload, topic=Topic.VOICE_BARGEIN, qos="realtime"):
+    """A wake word heard while the board plays (docs/design/voice-bargein.md): each step of
+    one candidate, with its wake score and, once checked, what whisper heard."""
+
+    step: BargeInStep
+    wake: str
+    score: float
+    site: str = "local"
+    heard: str = ""  # whisper's transcript of the wake segment (confirmed / refused)
+    gap: float = 0.0  # how far under whisper's guess the phrase scored (nats per token)
+    check_ms: float = 0.0  # the check's own time (whisper's encode and decodes)
+
+    @classmethod
+    def _build(cls, payload: dict[str, Any]) -> BargeIn:
+        return cls(**{**payload, "step": BargeInStep(str(payload.get("step")))})
+
+
 @dataclass(frozen=True)
 class VoiceMute(_Payload, topic=Topic.VOICE_MUTE):
     """Mute the microphone (Home Assistant's "Mute" switch, `loomctl voice mute on`): no

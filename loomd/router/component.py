@@ -102,13 +102,7 @@ class LlmComponent(Component[LlmSettings]):
         self._refresh_system()
         path = model_file(s.model, self.ctx.models_dir)
         if path is not None:
-            self.engine = Engine(
-                path,
-                context=s.context,
-                threads=s.threads,
-                gpu_layers=s.gpu_layers,
-                queue_max=s.queue_max,
-            )
+            self.engine = Engine(path, s)
             try:
                 self.engine.check_fit()
                 if s.load_at_start:
@@ -444,7 +438,7 @@ class LlmComponent(Component[LlmSettings]):
         """Policy defaults, prices, caps, timeouts and limits apply to the next request."""
         self.ctx.settings = new
         if self.engine is not None:
-            self.engine.queue_max = new.queue_max
+            self.engine.settings = new
         if self.cloud is not None:
             self.cloud.settings = new.cloud
             self.cloud.breaker.limit = new.cloud.breaker_failures

@@ -27,6 +27,7 @@ from typing import Any
 
 from loomd.errors import LoomdError
 from loomd.router.facts import Ema, fit_problem, mem_available_mb
+from loomd.router.settings import LlmSettings
 
 __all__ = ["Engine", "GenResult", "Job", "QueueFull", "ThreadChooser"]
 
@@ -122,20 +123,10 @@ class ThreadChooser:
 class Engine:
     """One model. `generate(job)` queues it; `serve()` (a component task) runs the queue."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        context: int = 2048,
-        threads: int = 0,
-        gpu_layers: int = 0,
-        queue_max: int = 16,
-    ) -> None:
+    def __init__(self, path: Path, settings: LlmSettings) -> None:
         self.path = path
-        self.context = context
-        self.gpu_layers = gpu_layers
-        self.queue_max = queue_max
-        self.chooser = ThreadChooser(threads)
+        self.settings = settings  # the running `[llm]` (a reload sets it: queue_max applies)
+        self.chooser = ThreadChooser(settings.threads)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loomd-llm")
         self._llm: Any = None
         self._heap: list[tuple[int, int, Job]] = []
@@ -161,7 +152,7 @@ class Engine:
 
     def check_fit(self) -> None:
         """Raise LoomdError with a clear message when the model cannot fit (or is not GGUF)."""
-        problem, self.need_mb = fit_problem(self.path, self.context, mem_available_mb())
+        problem, self.need_mb = fit_problem(self.path, self.settings.context, mem_available_mb())
         if problem:
             raise LoomdError(problem)
 
@@ -177,7 +168,7 @@ class Engine:
         import llama_cpp
 
         began = time.perf_counter()
-        gpu_layers = self.gpu_layers
+        gpu_layers = self.settings.gpu_layers
         if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
             log.warning(
                 "llm: gpu_layers = %d but this llama-cpp-python has no GPU offload; "
@@ -189,7 +180,7 @@ class Engine:
         try:
             self._llm = llama_cpp.Llama(
                 str(self.path),
-                n_ctx=self.context,
+                n_ctx=self.settings.context,
                 n_threads=self.chooser.fixed or self.chooser.cores,
                 n_gpu_layers=gpu_layers,
                 verbose=False,
@@ -225,9 +216,9 @@ class Engine:
 
     # -- the queue ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        if len(self._heap) >= self.queue_max:
+        if len(self._heap) >= self.settings.queue_max:
             self.counts["refused"] += 1
-            raise QueueFull(f"the local model's queue is full ({self.queue_max} waiting)")
+            raise QueueFull(f"the local model's queue is full ({self.settings.queue_max} waiting)")
         prio = PRIORITIES.get(job.priority, PRIORITIES["background"])
         heapq.heappush(self._heap, (prio, next(self._seq), job))
         self._wake.set()

@@ -24,7 +24,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from loomd.bus import cbor, wire
-from loomd.bus.api import Bus, reply_to
+from loomd.bus.api import Bus, SubSpec, reply_to
 from loomd.bus.envelope import Event, QoS
 from loomd.bus.topics import validate_pattern
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
@@ -60,7 +60,7 @@ def freeze_gc() -> None:
         gc.freeze()
 
 
-class Client(Bus):
+class Client(Bus[Subscription]):
     def __init__(
         self,
         endpoint: str | None = None,
@@ -313,30 +313,18 @@ class Client(Bus):
                 await asyncio.gather(*futs)
 
     # -- subscribing --------------------------------------------------------------------------
-    def subscribe(
-        self,
-        pattern: str,
-        qos: QoS | str | None = None,
-        *,
-        window: int | None = None,
-        since: int | None = None,
-        max_age_ms: int | None = None,
-    ) -> Subscription:
-        """Subscribe; iterate the result with `async for`. Reliable subscriptions resume from
-        the journal after a daemon restart; `since` replays durable events after that seq.
-        `window`: unacknowledged reliable deliveries (default: the daemon's credit window).
-        `max_age_ms` (realtime): events older than this when they would be delivered are
-        dropped by the daemon (counted `too_old`): fresh frames, not a backlog."""
-        validate_pattern(pattern)
+    def _open(self, spec: SubSpec) -> Subscription:
+        validate_pattern(spec.pattern)
+        max_age_ms = spec.max_age_ms
         if max_age_ms is not None and (type(max_age_ms) is not int or max_age_ms < 1):
             raise ProtocolError("invalid max_age_ms", f"{max_age_ms!r}: expected an int >= 1")
         sub = Subscription(
             self,
             next(self._sids),
-            pattern,
-            QoS(qos) if qos else None,
-            window or self.credit_window,
-            since,
+            spec.pattern,
+            QoS(spec.qos) if spec.qos else None,
+            spec.window or self.credit_window,
+            spec.since,
             max_age_ms,
         )
         self._subs[sub.sid] = sub

@@ -8,6 +8,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loomd.bus.envelope import Event, QoS
@@ -21,29 +22,22 @@ __all__ = ["Subscription"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Subscription:
     """An async iterator of events for one pattern, created by `Client.subscribe`."""
 
-    def __init__(
-        self,
-        client: Client,
-        sid: int,
-        pattern: str,
-        qos: QoS | None,
-        window: int,
-        after: int | None,
-        max_age_ms: int | None = None,
-    ) -> None:
-        self.client = client
-        self.sid = sid
-        self.pattern = pattern
-        self.qos = qos
-        self.window = window
-        self.max_age_ms = max_age_ms
-        self._max_age_ns = max_age_ms * 1_000_000 if max_age_ms else 0
+    client: Client
+    sid: int
+    pattern: str
+    qos: QoS | None  # None: the daemon's default for the pattern (its reply names it)
+    window: int
+    last_seq: int | None  # highest durable journal seq consumed (resume point): `since` first
+    max_age_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        self._max_age_ns = self.max_age_ms * 1_000_000 if self.max_age_ms else 0
         self.too_old = 0  # dropped here for max_age_ms (also counted in `dropped`)
         self.evictions = 0  # times the daemon shed it as a slow consumer (then resubscribed)
-        self.last_seq = after  # highest durable journal seq consumed (resume point)
         self.gen = 0  # bumped at every (re)subscribe: acks count only this generation
         self.received = 0
         self.consumed = 0
@@ -52,7 +46,7 @@ class Subscription:
         self.closed = False
         self._queue: deque[tuple[int, int, Event]] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._ready: asyncio.Future[dict[str, Any]] = client.loop.create_future()
+        self._ready: asyncio.Future[dict[str, Any]] = self.client.loop.create_future()
 
     def _sub_msg(self) -> dict[str, Any]:
         msg: dict[str, Any] = {

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from loomd.audio.ducking import Volume
 from loomd.audio.frames import FRAME_BYTES
 
 
@@ -157,6 +158,7 @@ class _RoomSpeaker:
         self.room = room
         self.listeners: list[Any] = []
         self.clips: list[bytes] = []
+        self.volume = Volume()
         self._clip: dict[str, Any] | None = None
 
     async def play(self, pcm: bytes) -> bool:
@@ -177,7 +179,7 @@ class _RoomSpeaker:
         chunks, start = clip["chunks"], clip["start"]
         while clip["next"] < len(chunks) and start + clip["next"] * 320 < room.now + 320:
             i = clip["next"]
-            chunk = chunks[i]
+            chunk = chunks[i] = self.volume.apply(chunks[i])
             a = start + i * 320
             x = np.frombuffer(chunk, np.int16)[: max(0, room.n - a)]
             room.out[a : a + len(x)] += x
@@ -243,6 +245,8 @@ async def wake_over_reply(
     fifo: bool = False,
     power: list[tuple[float, float]] | None = None,
     lead_s: float = 1.0,
+    tap: list[bytes] | None = None,
+    on_hop: Any = None,
 ) -> list[tuple[float, float]]:
     """The board says `clips` one after another (a reply, sentence by sentence) into the
     room while the pipeline's echo path runs on the microphone as loomd's pipeline runs it:
@@ -250,7 +254,9 @@ async def wake_over_reply(
     from `lead_s` on (the room's noise before the board speaks), libspeexdsp's
     canceller while the board's audio may echo, the wake word (a `WakeDetector`) on 80 ms
     hops. Returns (stream time, peak score) per hop; `power` gets (microphone, after the
-    canceller) mean square per frame, for the echo reduction."""
+    canceller) mean square per frame, for the echo reduction; `tap` every frame after the
+    canceller; `on_hop(t_end, score)` is called after each hop (it may duck or stop the
+    room's speaker: the board stops speaking once a clip is stopped)."""
     from loomd.audio.aec import EchoCanceller, Timeline
 
     ref: Any = FifoReference() if fifo else Timeline()
@@ -260,7 +266,8 @@ async def wake_over_reply(
 
     async def speak() -> None:
         for clip in clips:
-            await room.speaker.play(clip)
+            if not await room.speaker.play(clip):
+                return
 
     board: asyncio.Task[None] | None = None
     out: list[tuple[float, float]] = []
@@ -274,12 +281,16 @@ async def wake_over_reply(
             pcm = aec.process(frame.pcm, played) if echo else frame.pcm
             if power is not None:
                 power.append((_ms(frame.pcm), _ms(pcm)))
+            if tap is not None:
+                tap.append(pcm)
             buf.append(pcm)
             if len(buf) == 4:
                 t_end = frame.t + 0.02
                 wake.process(b"".join(buf), t_end, threshold=1.01)
                 out.append((t_end, float(wake.last)))
                 buf = []
+                if on_hop is not None:
+                    on_hop(t_end, float(wake.last))
     finally:
         if board is not None:
             board.cancel()

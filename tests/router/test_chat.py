@@ -366,6 +366,6 @@ def test_reload_applies_policy_defaults_live(llm_host: HostFactory, tiny: Path) 
             assert await llm.reload(new) == []
             after = await llm.commands()["test"].call(["hi"], {})
             assert after["policy"]["privacy"] == "local-only" and after["rule"] == "privacy"
-            assert llm.engine is not None and llm.engine.queue_max == 3
+            assert llm.engine is not None and llm.engine.settings.queue_max == 3
 
     run(body())

@@ -30,7 +30,7 @@ def run(root: Path, body: Any) -> None:
             services.broker = Broker(BusSettings(), state.journal)
             ctx: Context[Section] = Context(
                 "voice", Section(), services=services, state_dir=root, runtime_dir=root,
-                cache_dir=root, device_id="box",
+                cache_dir=root, device_id="box", models_dir=root / "models",
             )  # fmt: skip
             async with asyncio.timeout(10):
                 await body(ctx, LocalBus(services.broker, "sender"))
