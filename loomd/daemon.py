@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from loomd.bus import wire
 from loomd.components import auto_off_reason, install_hint, missing_modules, registry
 from loomd.config import AUTO
 from loomd.errors import ConfigError, LoomdError
+from loomd.heap import freeze_heap
 from loomd.host import Host
 from loomd.logs import setup_logging
 from loomd.messages import ErrorCode
@@ -65,7 +65,7 @@ class Daemon:
             if interval:
                 watchdog = watchdog_loop(self.notifier, interval, host.healthy, host.unhealthy)
                 background.append(tg.create_task(watchdog, name="loomd.watchdog"))
-            freeze_startup_heap()
+            freeze_heap()
             self.notifier.ready(host.summary())
             bus = host.status()["components"]["bus"]["status"]
             log.info("loomd %s ready: bus at %s", __version__, ", ".join(bus["endpoints"]))
@@ -226,16 +226,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--version", action="version", version=f"loomd {__version__}")
     return p.parse_args(argv)
-
-
-def freeze_startup_heap() -> None:
-    """Move what starting built (modules, settings, components: ~50k objects) out of the
-    cyclic GC's reach. Each full collection walked all of it: 40-140 ms pauses of the
-    loop under a publish flood (`bench/hostile.py` stalled_reliable), now only the live,
-    dynamic objects (gc.freeze: they are never collected, and they live as long as the
-    daemon anyway)."""
-    gc.collect()
-    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from loomd.agents.direct import (
 from loomd.agents.runtime import AgentRunner, Policy
 from loomd.bus.envelope import Event, QoS
 from loomd.errors import LoomdError
+from loomd.heap import freeze_heap
 from loomd.messages import (
     CapCode,
     CapInvoke,
@@ -40,7 +41,6 @@ from loomd.messages import (
     ErrorCode,
     Topic,
 )
-from loomd.sdk.client import freeze_gc
 
 __all__ = ["run_agent", "sdk_ctx", "serve_capabilities"]
 
@@ -197,7 +197,7 @@ async def run_agent(
         report=report or publish_error,
     )  # fmt: skip
     async with serve_capabilities(client, aid, broker):
-        freeze_gc()  # this process is the agent now: its start stays out of the collector's way
+        freeze_heap()  # this process is the agent now: its start stays out of the collector's way
         try:
             await runner.run()
         finally:

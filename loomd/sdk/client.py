@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -29,8 +28,10 @@ from loomd.bus.envelope import Event, QoS
 from loomd.bus.topics import validate_pattern
 from loomd.bus.zmqio import readable, recv_frame, send_frame, socket_fd, writable
 from loomd.errors import LoomdError, NotRunning, ProtocolError, RemoteError, RequestTimeout
+from loomd.heap import freeze_heap
 from loomd.messages import BusStats
 from loomd.sdk.endpoint import check_reachable, default_endpoint, to_endpoint
+from loomd.sdk.replies import Replies
 from loomd.sdk.subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -39,25 +40,6 @@ RECV_BATCH = 1024
 OUTBOX_MAX = 256  # events per outgoing batch frame
 OUTBOX_BYTES = 64 * 1024
 CTL_RETRY_S = 0.005  # a control message that found the pipe full is retried this often
-
-
-_frozen = False
-
-
-def freeze_gc() -> None:
-    """Once per process: collect, then `gc.freeze()` what is left. A process that serves
-    or makes calls in a loop otherwise pays, every so often, a collection that walks the
-    thousands of objects its start left in the young generations (1.5-3.5 ms in an SDK
-    caller, 26-83 ms for the oldest: the p99 of a 0.3 ms one-hop call; docs/design/
-    fast-hops-calls.md, "hops3"). Frozen objects are never collected: what the start left
-    as cyclic garbage is collected first; garbage made later is collected as usual. Not by
-    default in a library: `gc.get_referrers`/`get_objects` no longer see frozen objects
-    (hypothesis' `register_random` check, in a test process, then warns)."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
 
 
 class Client(Bus[Subscription]):
@@ -78,7 +60,7 @@ class Client(Bus[Subscription]):
         `zmq.auth.load_certificate` returns them, for a TCP endpoint with CurveZMQ; the
         client's public key must be in the daemon's authorized keys folder.
         `freeze_gc`: once connected, move what is alive then (imports, the start's objects)
-        out of the cyclic collector's way, once per process (`freeze_gc` below): for a
+        out of the cyclic collector's way, once per process (`loomd.heap.freeze_heap`): for a
         process that is one long-running agent (`run_agent` does it)."""
         self.endpoint = to_endpoint(endpoint or default_endpoint())
         self.name = name or f"sdk-{os.getpid()}"
@@ -121,7 +103,7 @@ class Client(Bus[Subscription]):
         self._monitor: zmq.Socket[bytes] | None = None
         self._ctl_pending: deque[bytes] = deque(maxlen=1024)
         self._ctl_retry: asyncio.TimerHandle | None = None
-        self._replies: _Replies | None = None
+        self._replies: Replies | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Client:
@@ -160,7 +142,7 @@ class Client(Bus[Subscription]):
         self.connected = True
         self._on_hello(hello)
         if self.freeze_gc:
-            freeze_gc()
+            freeze_heap()
         task = asyncio.create_task(self._heartbeat(), name="loomd.sdk.heartbeat")
         self._tasks.add(task)
         return self
@@ -336,10 +318,10 @@ class Client(Bus[Subscription]):
         self, topic: str, payload: Any = None, *, timeout: float = 5.0, **kw: Any
     ) -> Event:
         """The first reply to a publish on `topic`, on this client's standing reply topic
-        (`_Replies`): no subscribe and unsubscribe per request."""
+        (`Replies`): no subscribe and unsubscribe per request."""
         replies = self._replies
         if replies is None:
-            replies = self._replies = _Replies(self)
+            replies = self._replies = Replies(self)
         replies.open()  # a subscribe goes out before the publish, on the same socket
         ev = await self.publish(
             topic, payload, thread_id=os.urandom(16), reply_to=replies.topic, wait=False, **kw
@@ -600,70 +582,3 @@ class Client(Bus[Subscription]):
         self.reconnects += 1
         self.reconnected.set()
         log.info("reconnected to loomd at %s (boot %s)", self.endpoint, self.boot_id)
-
-
-class _Replies:
-    """`Client.request`'s replies: one reliable subscription to a `thread.<random>.reply` of
-    this client's, opened on the first request and kept, replies matched to their request by
-    correlation id. A subscription per request cost a subscribe and an unsubscribe, and their
-    control replies, on top of every request: p50 1.05-1.43 ms against 0.68-0.80 with this
-    (docs/design/fast-hops-calls.md, "hops3"). A reply nobody waits for is dropped."""
-
-    EARLY = 256  # replies kept that beat their waiter's registration (then the oldest go)
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.topic = f"thread.{os.urandom(16).hex()}.reply"
-        self.sub: Subscription | None = None
-        self._waiting: dict[bytes, asyncio.Future[Event]] = {}
-        self._early: dict[bytes, Event] = {}
-
-    def open(self) -> None:
-        """Subscribe, unless subscribed: again after the subscription ended (it was
-        refused, or closed); an evicted one the client resubscribes by itself."""
-        if self.sub is not None and not self.sub.closed:
-            return
-        sub = self.sub = self.client.subscribe(self.topic, QoS.RELIABLE)
-        task = self.client.loop.create_task(self._run(sub), name="loomd.sdk.replies")
-        self.client._tasks.add(task)
-        task.add_done_callback(self.client._tasks.discard)
-
-    async def _run(self, sub: Subscription) -> None:
-        why: BaseException = LoomdError("the bus closed while waiting for a reply")
-        try:
-            async for ev in sub:
-                cid = ev.correlation_id
-                if cid is None:
-                    continue
-                fut = self._waiting.pop(cid, None)
-                if fut is not None:
-                    if not fut.done():
-                        fut.set_result(ev)
-                    continue
-                self._early[cid] = ev
-                while len(self._early) > self.EARLY:
-                    self._early.pop(next(iter(self._early)))
-        except LoomdError as exc:  # the subscription was refused: say why to whoever waits
-            why = exc
-        finally:
-            # a newer subscription (same topic) takes over the waiting requests' replies
-            if self.sub is sub or self.sub is None:
-                self.sub = None
-                for fut in self._waiting.values():
-                    if not fut.done():
-                        fut.set_exception(why)
-                self._waiting.clear()
-
-    async def wait(self, eid: bytes, topic: str, timeout: float) -> Event:
-        reply = self._early.pop(eid, None)
-        if reply is not None:
-            return reply
-        fut: asyncio.Future[Event] = self.client.loop.create_future()
-        self._waiting[eid] = fut
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            raise RequestTimeout(f"no reply on {topic} within {timeout:g} s") from None
-        finally:
-            self._waiting.pop(eid, None)
