@@ -134,17 +134,23 @@ class Pipeline:
         await self._verdict(hit, ok, heard)
         self._decided = ok
 
-    async def _settle(self, hit: Detection) -> bool:
-        """The utterance ended before the verdict: wait for it (a refused candidate must not
-        cut the reply, nor start a turn); no verdict in `_VERDICT_WAIT_S`: refused."""
+    async def _settle(self, hit: Detection, segment: WakeSegment | None) -> bool:
+        """The candidate's utterance ended before the verdict: check what its segment holds
+        now (when its check had not started yet) and wait for the verdict (a refused
+        candidate must not cut the reply, nor start a turn); no verdict in
+        `_VERDICT_WAIT_S`: refused. A refused candidate's check is cancelled."""
+        if segment is not None:
+            self.agent.check_wake(segment.now(), hit.word)
+            self._arm(hit)
         await self.agent.wait_verdict(_VERDICT_WAIT_S)
         await asyncio.sleep(0)  # the check's done callback has run
         if self._acting is not None:
             await self._acting
         if self._decided is None:
-            self.agent.cancel_check()
             await self._verdict(hit, False, None)
             self._decided = False
+        if not self._decided:
+            self.agent.cancel_check()
         return self._decided
 
     async def _verdict(self, hit: Detection, ok: bool, heard: PhraseHeard | None) -> None:
@@ -336,15 +342,12 @@ class Pipeline:
                     # The utterance ended before the verdict: wait for it here (a refused
                     # candidate must not cut the reply, nor start a turn).
                     pending = False
-                    if segment is not None:
-                        self.agent.check_wake(segment.now(), detection.word)
-                        self._arm(detection)
-                        if not segment.held:
-                            await self.wake.reset(clock=False)
-                        segment = None
-                    if not await self._settle(detection):
+                    if segment is not None and not segment.held:
+                        await self.wake.reset(clock=False)
+                    decided = await self._settle(detection, segment)
+                    segment = None
+                    if not decided:
                         listening = False
-                        self.agent.cancel_check()
                         await self.wake.reset()
                         continue
                 if cut is not None:
@@ -431,13 +434,9 @@ class Pipeline:
                 t += FRAME_MS / 1000
                 cut = seg.push(silence, t, False)
             if cut is not None and pending and detection is not None:  # as in the loop
-                if segment is not None:
-                    self.agent.check_wake(segment.now(), detection.word)
-                    self._arm(detection)
-                    segment = None
-                if not await self._settle(detection):
+                if not await self._settle(detection, segment):
                     cut = None
-                    self.agent.cancel_check()
+                segment = None
             if cut is not None:
                 handoff.cancel()
                 rec = TurnRecord.new(s.site, detection)
