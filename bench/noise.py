@@ -197,15 +197,15 @@ def presets(fw: dict[str, Any]) -> dict[str, Any]:
     recall (clean, 10 dB, 5 dB) no worse than the baseline's, then the best recall in noise;
     "low" (a TV room), the fewest false wakes, then the best recall; "high", the
     best recall with no more false wakes than the baseline. Ties: the fewer false wakes, the
-    higher threshold, the tighter check."""
+    higher threshold, the tighter check. Only the daemon's rule ("o") is a candidate."""
     base = {n: fw["recall"]["raw"][f"0.5/{n}"]["raw"] for n in ("clean", "10db", "5db")}
     cands = []
     for t, false in fw["false_per_hour"]["fe"].items():
         for check, per_hour in false.items():
-            if check[0] == "x":  # the segment before the peak-hold: for comparison only
+            if check[0] != "o":  # only the daemon's rule; the others are for comparison
                 continue
             rec = {n: fw["recall"]["fe"][f"{t}/{n}"][check] for n in base}
-            margin = float(check[1:]) if check[0] in "mao" else 99.0
+            margin = float(check[1:])
             cands.append({"threshold": float(t), "check": check, "margin": margin,
                           "false_per_hour": per_hour, "recall": rec})  # fmt: skip
 

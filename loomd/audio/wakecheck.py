@@ -7,8 +7,11 @@ gives the phrase a fair probability there, and a poor one where the audio says s
 else. So the segment (the audio up to the wake, a little after it) is encoded once and
 scored twice (loomd.audio.rescore): whisper's best guess, token by token (the reference:
 no spelling of its own, no retries at higher temperatures) and the phrase, forced, in the
-spellings whisper uses. The wake counts when the phrase scores within `margin` (nats per
-token) of the guess, or (the rule the bench chose) at least -`floor` on its own.
+spellings whisper uses, both as said alone (a full stop and the end of text after it) and as
+the opening of what was said (its own tokens only: "Hey Jarvis, turn off" is how the
+segment sounds when the command follows at once). The wake counts when the phrase, at its
+best of the two, scores within `margin` (nats per token) of the guess, or at least
+-`floor` on its own.
 Runs in the STT worker (a whisper.cpp context of its own), only on wakes. Why a forced
 decode and these numbers: docs/design/voice-noise.md (bench/falsewake.py)."""
 
