@@ -9,8 +9,12 @@ the daemon's 2 s refractory period).
 The long stream: an hour (or `--stream-s`) of talk with no wake word in it
 (bench/chatter.py: espeak-ng voices and Piper reading varied text, lines near the phrase,
 the board's own replies, music now and then; made once and cached in ~/.cache/loomd-bench).
-Recall: "hey jarvis, <command>" said by several espeak-ng voices and Piper, clean and in TV
-at 10 and 5 dB; a hit is a wake at or after the phrase's start that the check lets through.
+Recall: "hey jarvis, <command>" said by six espeak-ng voices and by Piper rendered many ways
+(`wake_clips`: 48 clips a condition), clean and in TV at 10 and 5 dB, reported per voice
+family; a hit is a wake at or after the phrase's start that the check lets through. Each
+clip's fate on the daemon's path is kept (`diagnose`: the model never crossed, or the check
+refused, and what whisper heard). microWakeWord OR-ed with openWakeWord is measured too
+(`either`).
 The wakes are found as the daemon finds them: one the check lets through starts the
 refractory period, one it refuses leaves the board deaf for `DEAF_S` (the check's time),
 then it hears again. Each wake segment is checked once and its figures serve every margin."""
