@@ -88,7 +88,7 @@ class Peer:
     outq: list[bytes] = field(default_factory=list)
     ackq: list[int] = field(default_factory=list)
     flush_due: bool = False
-    inq: deque[tuple[Event, dict[str, Any], int]] = field(default_factory=deque)
+    inq: deque[tuple[Event, int, dict[str, Any], int]] = field(default_factory=deque)
     deliverer: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
@@ -383,7 +383,7 @@ class PeersComponent(Component[PeersSettings]):
             pid = meta.get("peer_id") or h.get("id") or b""
         if origin == self.device or pid in self.seen:
             peer.looped += 1
-        elif h.get("ttl", DEFAULT_TTL) <= 1:
+        elif (ttl := h.get("ttl", DEFAULT_TTL)) <= 1:
             self._count("ttl")
         elif not self._accepts(peer, ev.topic):
             self._count("not_accepted")
@@ -392,7 +392,9 @@ class PeersComponent(Component[PeersSettings]):
             seen[pid] = None
             if len(seen) > SEEN_MAX:
                 seen.popitem(last=False)
-            peer.inq.append((ev, {"origin": origin, "peer_id": pid, "via": peer.name}, seq))
+            peer.inq.append(
+                (ev, ttl - 1, {"origin": origin, "peer_id": pid, "via": peer.name}, seq)
+            )
             if peer.deliverer is None or peer.deliverer.done():
                 peer.deliverer = self.loop.create_task(self._deliver(peer))
             return
@@ -406,9 +408,9 @@ class PeersComponent(Component[PeersSettings]):
         encode). The ack goes back once the bus accepted it (journaled first when durable)."""
         bus = self.ctx.bus
         while peer.inq:
-            ev, meta, seq = peer.inq.popleft()
+            ev, ttl, meta, seq = peer.inq.popleft()
             try:
-                await bus.forward(ev, ttl=ev.header.get("ttl", DEFAULT_TTL) - 1, meta=meta)
+                await bus.forward(ev, ttl=ttl, meta=meta)
             except LoomdError as exc:
                 self.seen.pop(meta["peer_id"], None)
                 self._count("bus_refused")

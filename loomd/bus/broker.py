@@ -354,7 +354,8 @@ class Broker:
                 sub.last_journal_seq = seq
             if sub.classes is not None:  # it takes some publish classes only
                 if qos is None:
-                    qos = ev.qos
+                    hdr = ev._hdr  # decoded already for anything that came off a socket
+                    qos = hdr.get("qos", QoS.RELIABLE) if hdr is not None else ev.qos
                 if qos not in sub.classes:
                     continue
             if sub.push(ev, seq):

@@ -162,11 +162,11 @@ class Event:
         and time, `ttl`, `meta` over its own meta; its topic, type, qos and body as they
         are (the body is never decoded). The header bytes are cut from a template of the
         new header's shape (`loomd.bus.hop`), not encoded per event."""
-        h = self.header
+        h = self._hdr or self.header  # checked: type, qos and enc are strings
         old = h.get("meta")
         eid = new_id()
         hdr = _header(
-            str(h.get("type") or self.topic),
+            h.get("type") or self.topic,
             eid,
             eid,
             None,
@@ -175,13 +175,18 @@ class Event:
             ttl,
             0,
             time.time_ns(),
-            str(h.get("qos", QoS.RELIABLE)),
-            str(h.get("enc", "cbor")),
-            {**old, **meta} if isinstance(old, dict) and old else dict(meta),
+            h.get("qos") or "reliable",
+            h.get("enc") or "cbor",
+            {**old, **meta} if old else dict(meta),
         )
-        topic_b = self.topic_bytes()
         return Event._raw(
-            self.topic, topic_b, hdr, hop_header(hdr), self._payload, self.body_bytes(), None
+            self.topic,
+            self._topic_b or self.topic_bytes(),
+            hdr,
+            hop_header(hdr),
+            self._payload,
+            self._body if self._body is not None else self.body_bytes(),
+            None,
         )
 
     # -- wire ---------------------------------------------------------------------------------
