@@ -141,9 +141,9 @@ class Bus(Protocol[Sub_co]):
         Refused as `publish` refuses (a bad topic or ttl); waits as `publish` does.
 
         Written once, here, for both implementations: handed to their `_deliver`."""
-        qos = ev.qos
-        check_outgoing(ev.topic, qos, ttl)
         out = ev.forwarded(self.name, ttl, meta)
+        qos = out.header["qos"]  # the new event's header map: no decode
+        check_outgoing(out.topic, qos, ttl)
         pending = self._deliver(out, qos == QoS.RELIABLE, wait)
         if pending is not None:
             await pending
