@@ -74,9 +74,13 @@ def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
     phrases = matcher.phrases
     if not phrases:
         return []
-    hits = process.extract(norm, phrases, scorer=fuzz.ratio, limit=k * 3)
+    hits = process.extract(norm, phrases, scorer=fuzz.ratio, limit=k * 10)
     out: list[str] = []
+    templates: set[str] = set()
     for phrase, _score, _i in hits:
+        template = matcher.template_of(phrase)
+        if template in templates:  # one sentence of each HA template: the closest
+            continue
         holes = phrase.count("#")
         if holes > len(numbers) + 1:
             continue
@@ -93,6 +97,8 @@ def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
                 and matcher.recognize(sentence) is not None
             ):
                 out.append(sentence)
+                if template:
+                    templates.add(template)
         if len({re.sub(r"\d+", "#", s) for s in out}) >= k:
             break
     cases = word_cases(text, matcher.names)
