@@ -118,6 +118,7 @@ class Matcher:
         if area:
             self.context["area"] = area
         self.phrase_threshold = phrase_threshold
+        self._templates: dict[str, str] = {}  # phrase -> its HA template (template_of)
         self._phrases = self._sample_phrases(language, caps)
         self._names = {d.id: (d.domain, [d.name, *d.aliases]) for d in home.devices}
         self._areas = {a.id: [a.name, *a.aliases] for a in home.areas}
@@ -239,7 +240,6 @@ class Matcher:
         data["intents"] = {k: v for k, v in data["intents"].items() if k in HANDLED}
         merge_dict(data, self._custom)
         phrases: set[str] = set()
-        self._templates: dict[str, str] = {}
         import logging
 
         logging.getLogger("hassil.sample").setLevel(logging.ERROR)  # "no values for floor"

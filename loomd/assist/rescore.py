@@ -65,10 +65,11 @@ def wants_rescore(text: str, m: Match | None) -> bool:
 
 def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
     """The `k` phrases of the home closest to the transcript (rapidfuzz ratio, numbers as
-    `#`), their numbers filled from the transcript (or, for one it did not hear, each of
-    `NUMBER_GUESSES`); each one hassil matches exactly, and none that leaves out a person
-    the transcript names ("I turned on the desk lamp" is not "turn on the desk lamp",
-    however close whisper scores them: the nearest wrong action on the bench)."""
+    `#`; of each home-assistant-intents template only its closest), their numbers filled
+    from the transcript (or, for one it did not hear, each of `NUMBER_GUESSES`); each one
+    hassil matches exactly, and none that leaves out a person the transcript names ("I
+    turned on the desk lamp" is not "turn on the desk lamp", however close whisper scores
+    them: the nearest wrong action on the bench)."""
     people = set(_PEOPLE.findall(text.lower()))
     norm, numbers = numbers_out(text)
     phrases = matcher.phrases
