@@ -337,6 +337,48 @@ def pctl(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
 
 
+# A German home for the phrase set's figures (tests/assist/test_voice.py's)
+HOME_DE_TOML = """
+[[areas]]
+id = "kueche"
+name = "Küche"
+[[areas]]
+id = "bad"
+name = "Bad"
+[[devices]]
+id = "kuechenlicht"
+name = "Deckenlicht"
+area = "kueche"
+domain = "light"
+command_topic = "bench/kueche/set"
+[[devices]]
+id = "badlicht"
+name = "Spiegellicht"
+area = "bad"
+domain = "light"
+command_topic = "bench/bad/set"
+"""
+
+
+def phrase_set(home: Any) -> dict[str, Any]:
+    """The closed set phrase repair and rescoring choose from: its size and build time (best
+    of 3), for this home in English and a two-room home in German."""
+    import tomllib
+
+    reg = Registry()
+    reg.set_source(source_from_tables("bench-de", tomllib.loads(HOME_DE_TOML)))
+    out: dict[str, Any] = {}
+    for lang, h, caps in (("en", home, CAPS), ("de", reg.snapshot(), [])):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            m = Matcher(lang, h, caps)
+            times.append(time.perf_counter() - t0)
+        out[f"phrases_{lang}"] = len(m.phrases)
+        out[f"phrase_build_ms_{lang}"] = round(1000 * min(times), 1)
+    return out
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ba-"))
     began = time.monotonic()
@@ -345,6 +387,7 @@ def main() -> None:
     matcher = Matcher("en", home, CAPS)
     cases = [COMMANDS[i] for i in QUICK_PICK] if QUICK else COMMANDS
     res: dict[str, Any] = {"bench": "assist", "quick": QUICK, "cases": len(cases)}
+    res.update(phrase_set(home))
 
     # -- text: accuracy, false actions, matching time vs raw hassil
     right = sum(outcome(matcher.match(t), home) == expected(k, w) for t, k, w in cases)

@@ -330,8 +330,10 @@ def peers_bench(root: Path, n: int) -> tuple[float, float]:
         async def run() -> tuple[float, float]:
             async with Client(str(sat.socket), name="bench") as c:
                 deadline = time.monotonic() + 20
-                while (
-                    not (await c.call("status"))["status"]["components"]["peers"]["status"]["peers"]
+                # the component's status is None until it has started
+                while not (
+                    ((await c.call("status"))["status"]["components"]["peers"]["status"] or {})
+                    .get("peers", {})
                     .get("hub", {})
                     .get("connected")
                 ):

@@ -28,6 +28,7 @@ from hassil.models import UnmatchedTextEntity
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
+from loomd.assist.phrases import intent_sentences
 from loomd.errors import LoomdError
 from loomd.messages import Domain, HomeSnapshot
 
@@ -48,6 +49,9 @@ HANDLED = frozenset({
     "HassSetPosition", "HassNevermind", "HassGetCurrentTime", "HassStartTimer",
     "HassCancelTimer", "HassCancelAllTimers", "HassTimerStatus",
 })  # fmt: skip
+# Sentences taken from each home-assistant-intents template for the phrase set (loomd.assist.
+# phrases; docs/design/voice-stt.md: phrase count and build time against it)
+PER_TEMPLATE = 100
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _SMALL = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -114,6 +118,7 @@ class Matcher:
         if area:
             self.context["area"] = area
         self.phrase_threshold = phrase_threshold
+        self._templates: dict[str, str] = {}  # phrase -> its HA template (template_of)
         self._phrases = self._sample_phrases(language, caps)
         self._names = {d.id: (d.domain, [d.name, *d.aliases]) for d in home.devices}
         self._areas = {a.id: [a.name, *a.aliases] for a in home.areas}
@@ -219,9 +224,15 @@ class Matcher:
         """The home's sentences (numbers as `#`): phrase repair's and rescoring's set."""
         return self._phrases
 
+    def template_of(self, phrase: str) -> str:
+        """The home-assistant-intents template a phrase was sampled from ("" for the
+        speech-to-phrase and capability sentences, which are expanded whole)."""
+        return self._templates.get(phrase, "")
+
     def _sample_phrases(self, language: str, caps: Iterable[Mapping[str, Any]]) -> list[str]:
         """Every sentence speech-to-phrase's templates make with this home's names (numbers
-        left as `#`), plus the capabilities' sentences: a few thousand."""
+        left as `#`), the capabilities' sentences, and up to `PER_TEMPLATE` sentences of
+        each of home-assistant-intents' templates: some ten thousand."""
         from hassil.sample import sample_intents
         from home_assistant_intents import get_speech_to_phrase_intents
 
@@ -235,14 +246,20 @@ class Matcher:
         try:
             base = Intents.from_dict(data)
             lists = {**base.slot_lists, **self.lists}
-            samples = list(sample_intents(base, lists, language=language, expand_ranges=False))
-            # Handled intents speech-to-phrase has no templates for (setting a temperature):
-            # HA's own, numbers as `#`, a bounded number from each template (a bound per
-            # intent took the first templates only: no "set the temperature to # degrees").
-            missing = set(HANDLED) - set(data["intents"])
-            samples += _each_template(self.intents, self.lists, missing, language, 300)
-            for _intent, text in samples:
-                phrases.add(numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0])
+            for _intent, text in sample_intents(base, lists, language=language,
+                                                expand_ranges=False):  # fmt: skip
+                phrases.add(_phrase_of(text))
+            # HA's own templates of every handled intent, sampled by shape (loomd.assist.
+            # phrases): speech-to-phrase has none for some (setting a temperature) and says
+            # others only one way (German "im {area} an", never "in der {area} ein"). Each
+            # phrase remembers its template, so that rescoring's few candidates are not all
+            # one template's ("set the color temperature of all of the light in ...").
+            for template, text in intent_sentences(self.intents, self.lists, set(HANDLED),
+                                                   PER_TEMPLATE):  # fmt: skip
+                phrase = _phrase_of(text)
+                if phrase not in phrases:
+                    phrases.add(phrase)
+                    self._templates[phrase] = template
         except Exception as exc:  # a template this hassil cannot sample: exact matching only
             logging.getLogger("loomd.assist").warning("no phrase repair: %s", exc)
         return sorted(p for p in phrases if p)
@@ -408,6 +425,11 @@ def _only_misheard(phrase: str, heard: str) -> bool:
     return True
 
 
+def _phrase_of(text: str) -> str:
+    """A sampled sentence as a phrase: a number slot and every number as `#`, lower case."""
+    return numbers_out(re.sub(r"\{[^}]*\}", "#", text))[0]
+
+
 def has_negation(text: str) -> bool:
     return _NEGATION.search(text) is not None
 
@@ -437,29 +459,6 @@ def numbers_out(text: str) -> tuple[str, list[str]]:
 def _strip(words: str) -> str:
     words = words.strip()
     return words[4:] if words.lower().startswith("the ") else words
-
-
-def _each_template(
-    intents: Intents, lists: dict[str, Any], names: set[str], language: str, per: int
-) -> list[tuple[str, str]]:
-    """Up to `per` sentences of every template of the intents `names` (ranges as `#`,
-    wildcard templates left out), so each sentence shape is in the phrase set."""
-    import itertools
-
-    from hassil.sample import sample_sentence
-
-    rules = intents.expansion_rules
-    out: list[tuple[str, str]] = []
-    for name in sorted(names & set(intents.intents)):
-        for block in intents.intents[name].data:
-            local = {**rules, **block.expansion_rules} if block.expansion_rules else rules
-            for template in block.sentences:
-                if any(n in block.wildcard_list_names for n in template.list_names(local)):
-                    continue
-                texts = sample_sentence(template, {**intents.slot_lists, **lists}, local,
-                                        language=language, expand_ranges=False)  # fmt: skip
-                out += [(name, t) for t in itertools.islice(texts, per)]
-    return out
 
 
 def _list_for(schema: Mapping[str, Any]) -> Any:

@@ -65,18 +65,23 @@ def wants_rescore(text: str, m: Match | None) -> bool:
 
 def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
     """The `k` phrases of the home closest to the transcript (rapidfuzz ratio, numbers as
-    `#`), their numbers filled from the transcript (or, for one it did not hear, each of
-    `NUMBER_GUESSES`); each one hassil matches exactly, and none that leaves out a person
-    the transcript names ("I turned on the desk lamp" is not "turn on the desk lamp",
-    however close whisper scores them: the nearest wrong action on the bench)."""
+    `#`; of each home-assistant-intents template only its closest), their numbers filled
+    from the transcript (or, for one it did not hear, each of `NUMBER_GUESSES`); each one
+    hassil matches exactly, and none that leaves out a person the transcript names ("I
+    turned on the desk lamp" is not "turn on the desk lamp", however close whisper scores
+    them: the nearest wrong action on the bench)."""
     people = set(_PEOPLE.findall(text.lower()))
     norm, numbers = numbers_out(text)
     phrases = matcher.phrases
     if not phrases:
         return []
-    hits = process.extract(norm, phrases, scorer=fuzz.ratio, limit=k * 3)
+    hits = process.extract(norm, phrases, scorer=fuzz.ratio, limit=k * 10)
     out: list[str] = []
+    templates: set[str] = set()
     for phrase, _score, _i in hits:
+        template = matcher.template_of(phrase)
+        if template in templates:  # one sentence of each HA template: the closest
+            continue
         holes = phrase.count("#")
         if holes > len(numbers) + 1:
             continue
@@ -93,6 +98,8 @@ def candidates(matcher: Matcher, text: str, k: int = 10) -> list[str]:
                 and matcher.recognize(sentence) is not None
             ):
                 out.append(sentence)
+                if template:
+                    templates.add(template)
         if len({re.sub(r"\d+", "#", s) for s in out}) >= k:
             break
     cases = word_cases(text, matcher.names)

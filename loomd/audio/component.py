@@ -151,7 +151,8 @@ class VoiceComponent(Component[VoiceSettings]):
         if s.wyoming.enabled:
             from loomd.audio.wyoming_server import WyomingServices, serve
 
-            svc = WyomingServices(stages, s.tts_voice or "espeak-ng", s.language, self.wake.words,
+            voice = s.tts_voice if stages.tts_name == "piper" else "espeak-ng"  # what speaks
+            svc = WyomingServices(stages, voice, s.language, self.wake.words,
                                   s.wake.bare_limit, self.ctx.error)  # fmt: skip
             self._wyoming = await serve(svc, s.wyoming.host, s.wyoming.port)
             if s.wyoming.mdns:  # mDNS probing takes a second or two: not in start's way

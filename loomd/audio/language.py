@@ -3,7 +3,9 @@ own setting is left empty (docs/design/voice-stt.md)."""
 
 from __future__ import annotations
 
-__all__ = ["LANGUAGES", "espeak_voice", "piper_voice", "stt_model"]
+from pathlib import PurePosixPath
+
+__all__ = ["LANGUAGES", "espeak_voice", "piper_model_id", "piper_voice", "stt_model"]
 
 # whisper's language codes (its tokenizer's), the set STT can be asked for
 LANGUAGES = (
@@ -19,7 +21,8 @@ LANGUAGES = (
 # The models `loomctl models fetch` installs for a language (loomd/models/catalogue.toml)
 _STT = {("whisper", "en"): "whisper/ggml-tiny.en.bin", ("moonshine", "en"): "moonshine/base-en"}
 _STT_MULTILINGUAL = {"whisper": "whisper/ggml-base.bin"}
-_PIPER = {"en": "piper/en_US-joe-medium.onnx"}
+# the catalogue's id of each is "piper-" + the file's stem (tests/audio/test_stt.py checks)
+_PIPER = {"en": "piper/en_US-joe-medium.onnx", "de": "piper/de_DE-thorsten-medium.onnx"}
 _ESPEAK = {"en": "en-us", "pt": "pt-br", "zh": "cmn", "no": "nb", "jw": "jv"}
 
 
@@ -29,8 +32,13 @@ def stt_model(engine: str, language: str) -> str:
 
 
 def piper_voice(language: str) -> str:
-    """The Piper voice for `language`; "" if no packaged voice speaks it."""
+    """The Piper voice for `language` (installed or not); "" if the catalogue has none."""
     return _PIPER.get(language, "")
+
+
+def piper_model_id(voice: str) -> str:
+    """The catalogue model that installs the Piper voice file `voice`; "" if none does."""
+    return f"piper-{PurePosixPath(voice).stem}" if voice in _PIPER.values() else ""
 
 
 def espeak_voice(language: str) -> str:

@@ -203,7 +203,8 @@ class SttSettings(Section):
 @dataclass(frozen=True)
 class TtsSettings(Section):
     engine: str = option("piper", choices=("piper", "espeak"))
-    # "" = the Piper voice for [voice] language (espeak-ng's, if none is packaged)
+    # "" = the catalogue's Piper voice for [voice] language (espeak-ng's, if it has none or
+    # it is not installed)
     voice: str = option("", max_len=4096)
     threads: int = option(0, min=0, max=16)  # 0: one per core (ONNX Runtime's default)
 

@@ -12,10 +12,11 @@ import re
 import shutil
 import subprocess
 import wave
+from pathlib import Path
 from typing import Any, Protocol
 
 from loomd.audio.frames import RATE
-from loomd.audio.language import espeak_voice
+from loomd.audio.language import espeak_voice, piper_model_id
 from loomd.audio.models import ModelError, lean_session, model_path
 
 __all__ = [
@@ -120,7 +121,13 @@ def load_tts(
     if engine == "piper":
         try:
             if not voice:
-                raise ModelError(f"no packaged Piper voice speaks {language!r}")
+                raise ModelError(f"the catalogue has no Piper voice for {language!r}")
+            model_id = piper_model_id(voice)
+            path = Path(models_dir) / voice
+            if model_id and not path.is_file():  # the language's voice, not fetched
+                raise ModelError(
+                    f"Piper voice {voice} is not installed: `loomctl models fetch {model_id}`"
+                )
             return PiperTts(models_dir, voice, threads), ""
         except (ModelError, ImportError) as exc:
             why = f"Piper unavailable ({exc}); speaking with espeak-ng"

@@ -19,14 +19,16 @@ def guards(origin: str, peer_id: bytes) -> bytes:
     return bytes((len(o),)) + o + bytes((len(peer_id[:255]),)) + peer_id[:255]
 
 
-def read_guards(frame: bytes, at: int) -> tuple[bytes, bytes, int]:
-    """(origin, peer_id, where the event frame starts); ValueError when cut short."""
+def read_guards(frame: bytes, at: int, end: int | None = None) -> tuple[bytes, bytes, int]:
+    """(origin, peer_id, where the event frame starts) of the forwarded event at
+    `frame[..:end]`, its guards from `at`; ValueError when cut short."""
+    stop = len(frame) if end is None else end
     n = frame[at]
     origin = frame[at + 1 : at + 1 + n]
     at += 1 + n
-    m = frame[at]
+    m = frame[at] if at < stop else 0
     peer_id = frame[at + 1 : at + 1 + m]
     at += 1 + m
-    if len(origin) != n or len(peer_id) != m or not peer_id or at > len(frame):
+    if len(origin) != n or len(peer_id) != m or not peer_id or at > stop:
         raise ValueError("forwarded event: guard fields cut short")
     return origin, peer_id, at

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import struct
 import time
 from collections import OrderedDict, deque
@@ -39,10 +37,11 @@ import zmq
 from zmq.utils import z85
 
 from loomd.bridges.peer_frames import guards, read_guards
+from loomd.bridges.peer_keys import load_or_make_keys, read_authorized
 from loomd.bridges.settings import PeersSettings
 from loomd.bus import wire, zmqio
 from loomd.bus.api import BusSubscription
-from loomd.bus.envelope import Event, QoS
+from loomd.bus.envelope import DEFAULT_TTL, Event, QoS
 from loomd.bus.subscriber import SlowConsumer
 from loomd.bus.topics import matches
 from loomd.component import Command, Component, StatusBlock
@@ -63,45 +62,6 @@ RESEND_S = 2.0
 SEEN_MAX = 65536
 HWM = 10000
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-_Z85_KEY = re.compile(r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
-
-
-def load_or_make_keys(d: Path) -> tuple[bytes, bytes]:
-    """This board's Curve key pair (public, secret), made on first use, files mode 0600."""
-    secret_file, public_file = d / "curve.secret", d / "curve.key"
-    if secret_file.exists():
-        secret = secret_file.read_bytes().strip()
-        public = zmq.curve_public(secret)
-        return public, secret
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    public, secret = zmq.curve_keypair()
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret + b"\n")
-    public_file.write_bytes(public + b"\n")
-    return public, secret
-
-
-def read_authorized(d: Path) -> dict[bytes, str]:
-    """public key (z85) -> name, from `<name>.key` files holding the key (a bare z85 line,
-    or pyzmq's certificate format `public-key = "..."`)."""
-    out: dict[bytes, str] = {}
-    if not d.is_dir():
-        return out
-    for f in sorted(d.glob("*.key")):
-        try:
-            text = f.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "secret" in line:
-                continue
-            m = _Z85_KEY.search(line)
-            if m:
-                out[m.group(0).encode()] = f.stem
-                break
-    return out
 
 
 @dataclass
@@ -128,7 +88,7 @@ class Peer:
     outq: list[bytes] = field(default_factory=list)
     ackq: list[int] = field(default_factory=list)
     flush_due: bool = False
-    inq: deque[tuple[Event, dict[str, Any], int]] = field(default_factory=deque)
+    inq: deque[tuple[Event, int, dict[str, Any], int]] = field(default_factory=deque)
     deliverer: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
@@ -366,16 +326,21 @@ class PeersComponent(Component[PeersSettings]):
 
     def _on_frame(self, peer: Peer, frame: bytes) -> None:
         kind = frame[:1]
-        if kind == b"B":
-            view, at = memoryview(frame), 1
-            while at + 4 <= len(frame):
+        if kind == b"B":  # several frames: events read in place, anything else copied out
+            at, size = 1, len(frame)
+            while at + 4 <= size:
                 (n,) = LEN.unpack_from(frame, at)
-                self._on_frame(peer, bytes(view[at + 4 : at + 4 + n]))
-                at += 4 + n
-            if at != len(frame):
+                start, at = at + 4, at + 4 + n
+                if at > size:
+                    break
+                if n and frame[start] == 0x46:  # b"F"
+                    self._on_event(peer, frame, start, at)
+                else:
+                    self._on_frame(peer, frame[start:at])
+            if at != size:
                 self._count("malformed")
         elif kind == b"F" or kind == b"E":
-            self._on_event(peer, frame)
+            self._on_event(peer, frame, 0, len(frame))
         elif kind == b"A":
             for (seq,) in ACKS.iter_unpack(frame[1:]):
                 peer.unacked.pop(seq, None)
@@ -395,60 +360,57 @@ class PeersComponent(Component[PeersSettings]):
             self.log.info("peers: %s (%s) is up", peer.name, peer.device)
 
     # -- events in ----------------------------------------------------------------------------
-    def _on_event(self, peer: Peer, frame: bytes) -> None:
-        seq = SEQ.unpack_from(frame, 1)[0]
+    def _on_event(self, peer: Peer, frame: bytes, start: int, end: int) -> None:
+        """The event frame at `frame[start:end]`: checked, then published unless a loop
+        guard, its TTL or what this board accepts from the peer stops it."""
         try:
-            if frame[:1] == b"F":  # [F, seq, origin, peer_id, event frame]
-                origin_b, pid_b, at = read_guards(frame, 9)
-                origin, pid_g = origin_b.decode(), pid_b
+            (seq,) = SEQ.unpack_from(frame, start + 1)
+            if frame[start] == 0x46:  # [F, seq, origin, peer_id, event frame]
+                origin_b, pid, at = read_guards(frame, start + 9, end)
+                origin = origin_b.decode()
             else:  # [E, seq, event frame]: the loop guards are in the event's meta
-                origin, pid_g, at = "", b"", 9
-            topic, header, body = wire.unpack_event(frame[at:])
+                origin, pid, at = "", b"", start + 9
+            topic, header, body = wire.unpack_event(frame, at, end)
             ev = Event.from_frames(topic, header, body)
-            ev.header  # noqa: B018 - decode and check it now, not in the middle of routing
-        except (ProtocolError, ValueError, IndexError) as exc:
+            h = ev.header  # decoded and checked now, not in the middle of routing
+        except (ProtocolError, ValueError, IndexError, struct.error) as exc:
             self._count("malformed")
             self.log.warning("peers: malformed event from %s: %s", peer.name, exc)
             return
-        meta = ev.meta
-        if not pid_g:
+        if not pid:
+            meta = h.get("meta") or {}
             origin = str(meta.get("origin", ""))
-        pid = pid_g or meta.get("peer_id") or ev.id
-        deliver = True
-        if origin == self.device:
+            pid = meta.get("peer_id") or h.get("id") or b""
+        if origin == self.device or pid in self.seen:
             peer.looped += 1
-            deliver = False
-        elif pid in self.seen:
-            peer.looped += 1
-            deliver = False
-        elif ev.ttl <= 1:
+        elif (ttl := h.get("ttl", DEFAULT_TTL)) <= 1:
             self._count("ttl")
-            deliver = False
         elif not self._accepts(peer, ev.topic):
             self._count("not_accepted")
-            deliver = False
-        if not deliver:
-            if seq:
-                self._ack(peer, seq)  # a duplicate is acked again: the first ack was lost
+        else:
+            seen = self.seen
+            seen[pid] = None
+            if len(seen) > SEEN_MAX:
+                seen.popitem(last=False)
+            peer.inq.append(
+                (ev, ttl - 1, {"origin": origin, "peer_id": pid, "via": peer.name}, seq)
+            )
+            if peer.deliverer is None or peer.deliverer.done():
+                peer.deliverer = self.loop.create_task(self._deliver(peer))
             return
-        self.seen[pid] = None
-        if len(self.seen) > SEEN_MAX:
-            self.seen.popitem(last=False)
-        peer.inq.append((ev, {**meta, "origin": origin, "peer_id": pid, "via": peer.name}, seq))
-        if peer.deliverer is None or peer.deliverer.done():
-            peer.deliverer = self.loop.create_task(self._deliver(peer))
+        if seq:
+            self._ack(peer, seq)  # a duplicate is acked again: the first ack was lost
 
     async def _deliver(self, peer: Peer) -> None:
         """Publish what arrived, in order, one task per burst (not per event): a publish
-        the broker accepts at once completes without suspending. The ack goes back once
-        the bus accepted the event (journaled first when durable)."""
+        the broker accepts at once completes without suspending. The event goes on as it
+        came, the hop's guards patched into its header (`Bus.forward`: no decode, no
+        encode). The ack goes back once the bus accepted it (journaled first when durable)."""
         bus = self.ctx.bus
         while peer.inq:
-            ev, meta, seq = peer.inq.popleft()
+            ev, ttl, meta, seq = peer.inq.popleft()
             try:
-                await bus.publish(
-                    ev.topic, ev.payload, qos=ev.qos, type=ev.type, ttl=ev.ttl - 1, meta=meta
-                )
+                await bus.forward(ev, ttl=ttl, meta=meta)
             except LoomdError as exc:
                 self.seen.pop(meta["peer_id"], None)
                 self._count("bus_refused")
@@ -471,7 +433,7 @@ class PeersComponent(Component[PeersSettings]):
     def _start_forwarding(self, peer: Peer, patterns: tuple[str, ...]) -> None:
         for pattern in patterns:
             for qos in (QoS.RELIABLE, QoS.REALTIME):
-                sub = self.ctx.bus.subscribe(pattern, qos)
+                sub = self._subscribe(pattern, qos)
                 peer.subs.append(sub)
                 task = self.spawn(
                     lambda sub=sub, qos=qos: self._forward(peer, sub, qos),  # type: ignore[misc]
@@ -492,41 +454,60 @@ class PeersComponent(Component[PeersSettings]):
                 self._count("evicted")
                 self.log.warning("peers: %s: %s; subscribing again", peer.name, exc)
                 peer.subs.remove(sub)
-                sub = self.ctx.bus.subscribe(sub.pattern, qos)
+                sub = self._subscribe(sub.pattern, qos)
                 peer.subs.append(sub)
 
+    def _subscribe(self, pattern: str, qos: QoS) -> BusSubscription:
+        """Each class is carried by its own subscription, which takes that class only: the
+        reliable one reliable events, the realtime one realtime and batched events."""
+        only = (QoS.RELIABLE,) if qos is QoS.RELIABLE else (QoS.REALTIME, QoS.BATCHED)
+        return self.ctx.bus.subscribe(pattern, qos, classes=only)
+
     async def _forward_from(self, peer: Peer, sub: BusSubscription, qos: QoS) -> None:
+        """Take what the subscription has, a batch at a time (a reliable one: no more than
+        the peer's window has room for), and send each event's own frame (kept from the
+        socket it came in on, or encoded once) as it is; the hop's fields travel beside it,
+        not in a re-encoded header."""
         reliable = qos == QoS.RELIABLE
-        async for ev in sub:
-            if (ev.qos == QoS.RELIABLE) != reliable:
-                continue  # each class is carried by its own subscription
-            meta = ev.meta
-            if meta.get("via") == peer.name or (peer.device and meta.get("origin") == peer.device):
-                continue  # never back where it came from
-            if ev.ttl <= 1:
-                self._count("ttl")
+        here = self.device
+        while True:
+            room = WINDOW - len(peer.unacked) if reliable else BATCH
+            if room <= 0:
+                peer.credit.clear()
+                await peer.credit.wait()
                 continue
-            # The event's own frame (kept from the socket it came in on, or encoded once)
-            # goes as it is; the hop's fields travel beside it, not in a re-encoded header.
-            hop = guards(str(meta.get("origin") or self.device), meta.get("peer_id") or ev.id)
-            if reliable:
-                while len(peer.unacked) >= WINDOW:
-                    peer.credit.clear()
-                    await peer.credit.wait()
-                seq = peer.next_seq
-                peer.next_seq += 1
-                frame = b"F" + SEQ.pack(seq) + hop + ev.to_wire()
-                peer.unacked[seq] = (frame, time.monotonic())
-                self._enqueue(peer, frame)
-            else:
-                self._enqueue(peer, b"F" + NO_SEQ + hop + ev.to_wire())
+            evs = await sub.batch(min(room, BATCH))
+            if not evs:
+                return  # closed
+            for ev in evs:
+                h = ev.header
+                meta = h.get("meta")
+                if meta:
+                    origin = meta.get("origin")
+                    if meta.get("via") == peer.name or (peer.device and origin == peer.device):
+                        continue  # never back where it came from
+                    hop = guards(str(origin or here), meta.get("peer_id") or h.get("id") or b"")
+                else:
+                    hop = guards(here, h.get("id") or b"")
+                if h.get("ttl", DEFAULT_TTL) <= 1:
+                    self._count("ttl")
+                    continue
+                if reliable:
+                    while len(peer.unacked) >= WINDOW:  # other patterns share the window
+                        self._flush_soon(peer)  # what is taken so far goes meanwhile
+                        peer.credit.clear()
+                        await peer.credit.wait()
+                    seq = peer.next_seq
+                    peer.next_seq = seq + 1
+                    frame = b"".join((b"F", SEQ.pack(seq), hop, ev.to_wire()))
+                    peer.unacked[seq] = (frame, time.monotonic())
+                else:
+                    frame = b"".join((b"F", NO_SEQ, hop, ev.to_wire()))
+                peer.outq.append(frame)
+            self._flush_soon(peer)
 
     # Frames leave once per loop iteration, many per ZeroMQ message: each message costs a
     # Curve encryption and a syscall (~50 us here), so batching is what makes a link fast.
-    def _enqueue(self, peer: Peer, frame: bytes) -> None:
-        peer.outq.append(frame)
-        self._flush_soon(peer)
-
     def _ack(self, peer: Peer, seq: int) -> None:
         peer.ackq.append(seq)
         self._flush_soon(peer)
@@ -540,15 +521,17 @@ class PeersComponent(Component[PeersSettings]):
         peer.flush_due = False
         acks, peer.ackq = peer.ackq, []
         if acks:
-            peer.try_send(b"A" + b"".join(SEQ.pack(seq) for seq in acks))
+            peer.try_send(b"A" + struct.pack(f">{len(acks)}Q", *acks))
         q, peer.outq = peer.outq, []
         for i in range(0, len(q), BATCH):
             chunk = q[i : i + BATCH]
-            frame = (
-                chunk[0]
-                if len(chunk) == 1
-                else b"B" + b"".join(LEN.pack(len(f)) + f for f in chunk)
-            )
+            if len(chunk) == 1:
+                frame = chunk[0]
+            else:
+                parts = [b"B"]
+                for f in chunk:
+                    parts += (LEN.pack(len(f)), f)
+                frame = b"".join(parts)
             if peer.try_send(frame):
                 peer.sent += len(chunk)
             else:

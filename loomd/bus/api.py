@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, runtime_checkable
 
-from loomd.bus.envelope import DEFAULT_TTL, Event, QoS, check_outgoing, plain_event
-from loomd.errors import LoomdError, RequestTimeout
+from loomd.bus.envelope import (
+    DEFAULT_TTL,
+    QOS_VALUES,
+    Event,
+    QoS,
+    check_outgoing,
+    plain_event,
+)
+from loomd.errors import LoomdError, ProtocolError, RequestTimeout
 from loomd.messages import BusStats
 
-__all__ = ["Bus", "BusSubscription", "SubSpec", "reply_to", "request_reply"]
+__all__ = ["Bus", "BusSubscription", "SubSpec", "qos_classes", "reply_to", "request_reply"]
 
 
 @runtime_checkable
@@ -34,6 +41,12 @@ class BusSubscription(Protocol):
     async def __anext__(self) -> Event: ...
 
     async def get(self, timeout: float | None = None) -> Event: ...
+
+    async def batch(self, n: int = 256) -> list[Event]:
+        """Wait for an event, then return it with those queued behind it, up to `n`, in
+        order (a forwarder's per-event cost of the iterator paid once per batch); [] once
+        closed. Each counts as consumed, as one taken by iteration."""
+        ...
 
     async def ready(self) -> Self:
         """Return once events published from now on will reach this subscription."""
@@ -54,6 +67,7 @@ class SubSpec(NamedTuple):
     window: int | None
     since: int | None
     max_age_ms: int | None
+    classes: frozenset[str] | None = None  # the publish classes it takes (None: every one)
 
 
 # The subscription class an implementation returns (`LocalBus`: the broker's `Subscriber`,
@@ -117,6 +131,24 @@ class Bus(Protocol[Sub_co]):
             await pending
         return ev
 
+    async def forward(
+        self, ev: Event, *, ttl: int, meta: Mapping[str, Any], wait: bool = True
+    ) -> Event:
+        """Publish `ev`, an event received from elsewhere (a peer board's frame), again on
+        this bus as this part: its topic, type, qos and body as they are (the body is never
+        decoded), a fresh id and time, `ttl`, and its meta with `meta` set over it. Its
+        header is cut from a template of its shape, not encoded per event (`Event.forwarded`).
+        Refused as `publish` refuses (a bad topic or ttl); waits as `publish` does.
+
+        Written once, here, for both implementations: handed to their `_deliver`."""
+        out = ev.forwarded(self.name, ttl, meta)
+        qos = out.header["qos"]  # the new event's header map: no decode
+        check_outgoing(out.topic, qos, ttl)
+        pending = self._deliver(out, qos == QoS.RELIABLE, wait)
+        if pending is not None:
+            await pending
+        return out
+
     def _deliver(self, ev: Event, reliable: bool, wait: bool) -> Awaitable[None] | None:
         """Send a checked event: None once it is on its way, or what to await first (a
         reliable publish's credit and, with `wait`, its durable ack)."""
@@ -130,6 +162,7 @@ class Bus(Protocol[Sub_co]):
         window: int | None = None,
         since: int | None = None,
         max_age_ms: int | None = None,
+        classes: Iterable[QoS | str] | None = None,
     ) -> Sub_co:
         """Subscribe to an AMQP-style pattern (`*` one segment, `#` zero or more); iterate
         the result with `async for`. Reliable subscriptions resume from the journal after a
@@ -137,9 +170,12 @@ class Bus(Protocol[Sub_co]):
         socket, unacknowledged reliable deliveries (default: the daemon's credit window).
         `max_age_ms` (realtime only): events older than this when they would be delivered
         are dropped and counted as `too_old` (a consumer that wants fresh data).
+        `classes`: take only events published in these QoS classes (default: every class,
+        each queued in the subscription's own): a peer link's reliable forwarder takes
+        reliable events only, its realtime one the rest.
 
         Written once, here, for both implementations: the options go to their `_open`."""
-        return self._open(SubSpec(pattern, qos, window, since, max_age_ms))
+        return self._open(SubSpec(pattern, qos, window, since, max_age_ms, qos_classes(classes)))
 
     def _open(self, spec: SubSpec) -> Sub_co:
         """Open the subscription `spec` asks for (in process: on the broker; over the
@@ -166,6 +202,21 @@ class Bus(Protocol[Sub_co]):
         """The bus's counters (events in and out, drops by reason) and every subscription
         with its owner, depth, deliveries and drops."""
         ...
+
+
+def qos_classes(classes: Iterable[QoS | str] | None) -> frozenset[str] | None:
+    """A subscription's `classes` option, checked: None (every class) or a non-empty set of
+    QoS class names; ProtocolError otherwise (the daemon checks the same, `_op_sub`)."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        classes = (classes,)
+    out = frozenset(str(c) for c in classes)
+    if not out or not out <= QOS_VALUES:
+        raise ProtocolError(
+            "invalid classes", f"{sorted(out)!r}: expected some of realtime, batched, reliable"
+        )
+    return out
 
 
 # -- request and reply, written once for every implementation ----------------------------------

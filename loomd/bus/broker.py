@@ -109,6 +109,7 @@ class Broker:
         budget: Budget | None = None,
         max_age_ms: int | None = None,
         holds: bool = True,
+        classes: frozenset[str] | None = None,
     ) -> Subscriber:
         validate_pattern(pattern)
         q = QoS(qos) if qos else self.default_qos(pattern)
@@ -117,7 +118,9 @@ class Broker:
         if max_age_ms is not None and q is not QoS.REALTIME:
             raise LoomdError(f"max_age_ms applies to realtime subscriptions, not {q}")
         budget = budget or Budget(self.limits.pending_bytes)  # in process: its own
-        sub = Subscriber(self, self._next_sid, pattern, q, sink, owner, budget, max_age_ms, holds)
+        sub = Subscriber(
+            self, self._next_sid, pattern, q, sink, owner, budget, max_age_ms, holds, classes
+        )
         self._next_sid += 1
         self._subs[sub.sid] = sub
         self._trie.add(pattern, sub)
@@ -298,16 +301,33 @@ class Broker:
 
     async def publish_wait(self, ev: Event) -> None:
         """Publish and wait for the ack (durable + credit); raise on error."""
-        fut: asyncio.Future[str | None] = self.loop.create_future()
+        pending = self.publish_acked(ev)
+        if pending is not None:
+            await pending
+
+    def publish_acked(self, ev: Event) -> asyncio.Future[None] | None:
+        """Publish; None when the ack came at once (routed, no queue holding it back: no
+        future, no suspension), else a future the ack settles. Raises or fails with
+        `LoomdError` when the publish is refused."""
+        fut: asyncio.Future[None] | None = None
+        now: list[str | None] = []
 
         def done(err: str | None) -> None:
-            if not fut.done():
-                fut.set_result(err)
+            if fut is None:
+                now.append(err)
+            elif not fut.done():
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(LoomdError(f"publish on {ev.topic} failed: {err}"))
 
         self.publish(ev, done)
-        err = await fut
-        if err is not None:
-            raise LoomdError(f"publish on {ev.topic} failed: {err}")
+        if now:
+            if now[0] is not None:
+                raise LoomdError(f"publish on {ev.topic} failed: {now[0]}")
+            return None
+        fut = self.loop.create_future()
+        return fut
 
     def _committed(
         self, ev: Event, outcome: int | BaseException, on_ack: AckCallback | None
@@ -326,11 +346,18 @@ class Broker:
 
     def _route(self, ev: Event, seq: int, on_ack: AckCallback | None) -> None:
         blocked: list[Subscriber] | None = None
+        qos: str | None = None
         for sub in self._trie.match(ev.topic):
             if seq:
                 if sub.catching_up or seq <= sub.last_journal_seq:
                     continue  # the replay reads it from the journal
                 sub.last_journal_seq = seq
+            if sub.classes is not None:  # it takes some publish classes only
+                if qos is None:
+                    hdr = ev._hdr  # decoded already for anything that came off a socket
+                    qos = hdr.get("qos", QoS.RELIABLE) if hdr is not None else ev.qos
+                if qos not in sub.classes:
+                    continue
             if sub.push(ev, seq):
                 if sub.overflowing():
                     self.shed(sub, "over_budget")
@@ -357,9 +384,16 @@ class Broker:
         still: list[tuple[list[Subscriber], AckCallback]] = []
         ready: list[AckCallback] = []
         now = self.clock()
+        # each queue asked once per call: thousands of parked publishes wait on one or two
+        holding: dict[Subscriber, bool] = {}
         for subs, cb in self._parked:
-            if any(self.holds_back(s, now) for s in subs):
-                still.append((subs, cb))
+            for s in subs:
+                held = holding.get(s)
+                if held is None:
+                    held = holding[s] = self.holds_back(s, now)
+                if held:
+                    still.append((subs, cb))
+                    break
             else:
                 ready.append(cb)
         self._parked = still
@@ -390,7 +424,9 @@ class Broker:
                 sub.last_journal_seq = entry.seq
                 topic = entry.topic.decode()
                 if matches(sub.pattern, topic):
-                    sub.push(Event.from_frames(entry.topic, entry.header, entry.body), entry.seq)
+                    ev = Event.from_frames(entry.topic, entry.header, entry.body)
+                    if sub.classes is None or ev.qos in sub.classes:
+                        sub.push(ev, entry.seq)
             if len(entries) == REPLAY_CHUNK and len(sub.reliable) < sub.reliable.limit:
                 self.continue_replay(sub)
                 return

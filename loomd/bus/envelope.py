@@ -11,6 +11,7 @@ import itertools
 import os
 import struct
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -154,6 +155,37 @@ class Event:
     ) -> Event:
         """An event the daemon took off a socket: checked header, the frame kept to forward."""
         return cls._raw(topic, topic_b, hdr, header, _MISSING, body, wire)
+
+    def forwarded(self, sender: str, ttl: int, meta: Mapping[str, Any]) -> Event:
+        """This event as `sender` publishes it again (a peer hop, `Bus.forward`): a fresh id
+        and time, `ttl`, `meta` over its own meta; its topic, type, qos and body as they
+        are (the body is never decoded). The header is encoded when a socket needs it."""
+        h = self._hdr or self.header  # checked: type, qos and enc are strings
+        old = h.get("meta")
+        eid = new_id()
+        hdr = _header(
+            h.get("type") or self.topic,
+            eid,
+            eid,
+            None,
+            sender,
+            None,
+            ttl,
+            0,
+            time.time_ns(),
+            h.get("qos") or "reliable",
+            h.get("enc") or "cbor",
+            {**old, **meta} if old else dict(meta),
+        )
+        return Event._raw(
+            self.topic,
+            self._topic_b or self.topic_bytes(),
+            hdr,
+            None,
+            self._payload,
+            self._body if self._body is not None else self.body_bytes(),
+            None,
+        )
 
     # -- wire ---------------------------------------------------------------------------------
     @property

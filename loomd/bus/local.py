@@ -59,7 +59,7 @@ class LocalBus(Bus[Subscriber]):
             self._forbid(f"publish on {ev.topic!r}")
         ev.caller = caller
         if reliable and wait:
-            return self.broker.publish_wait(ev)
+            return self.broker.publish_acked(ev)
         self.broker.publish(ev)
         return None
 
@@ -69,7 +69,12 @@ class LocalBus(Bus[Subscriber]):
         if not self._trusted and not self.caller.grants.may_subscribe(pattern):
             self._forbid(f"subscribe to {pattern!r}")
         return self.broker.subscribe(
-            pattern, spec.qos, owner=self.name, after_seq=spec.since, max_age_ms=spec.max_age_ms
+            pattern,
+            spec.qos,
+            owner=self.name,
+            after_seq=spec.since,
+            max_age_ms=spec.max_age_ms,
+            classes=spec.classes,
         )
 
     async def request(

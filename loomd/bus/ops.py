@@ -13,7 +13,7 @@ from loomd.bus import wire
 from loomd.bus.access import IdentityQuota
 from loomd.bus.broker import Broker
 from loomd.bus.conns import QuotaError
-from loomd.bus.envelope import QoS
+from loomd.bus.envelope import QOS_VALUES, QoS
 from loomd.bus.session import Session
 from loomd.bus.subscriber import Subscriber
 from loomd.bus.topics import match_cost
@@ -101,6 +101,16 @@ class CoreOps:
             raise ProtocolError(
                 "malformed control message", f"'max_age_ms' must be an int in 1..{MAX_AGE_MS}"
             )
+        classes = msg.get("classes")
+        if classes is not None and (
+            type(classes) is not list
+            or not 1 <= len(classes) <= len(QoS)
+            or any(type(c) is not str or c not in QOS_VALUES for c in classes)
+        ):
+            raise ProtocolError(
+                "malformed control message",
+                "'classes' must be a list of realtime, batched, reliable",
+            )
         self.check_subscribe(session, pattern)
         old = session.subs.pop(csid, None)
         if old is not None:
@@ -131,6 +141,7 @@ class CoreOps:
             after_seq=after,
             budget=session.budget,
             max_age_ms=max_age,
+            classes=None if classes is None else frozenset(classes),
             # a client evicted lately does not get to hold publishers back again
             holds=time.monotonic() - session.evicted_at > EVICTED_MEMORY_S,
         )

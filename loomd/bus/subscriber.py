@@ -76,6 +76,8 @@ class Subscriber:
     # May its full queue hold back reliable publishers (for up to slow_consumer_ms)?
     # Not for a client that was just evicted: it gets the hard bounds only.
     holds: bool = True
+    # The publish classes it takes (None: every one); the broker skips the others.
+    classes: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         self.stats = SubStats()
@@ -320,6 +322,15 @@ class Subscriber:
     async def get(self, timeout: float | None = None) -> Event:
         async with asyncio.timeout(timeout):
             return await self.__anext__()
+
+    async def batch(self, n: int = 256) -> list[Event]:
+        try:
+            first = await self.__anext__()
+        except StopAsyncIteration:
+            return []
+        if n <= 1:
+            return [first]
+        return [first, *(ev for _, ev in self.take(n - 1))]
 
     async def ready(self) -> Subscriber:
         """In process a subscription is live as soon as it exists (the SDK's waits for the

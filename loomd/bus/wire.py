@@ -79,8 +79,8 @@ def pack_control(msg: dict[str, Any]) -> bytes:
     return bytes((CONTROL,)) + cbor2.dumps(msg)
 
 
-def _split(data: bytes, at: int) -> tuple[bytes, bytes, bytes]:
-    """topic, header, body from `data[at:]` (topic_len u8 | topic | header_len u32 | ...)."""
+def _split(data: bytes, at: int, end: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """topic, header, body from `data[at:end]` (topic_len u8 | topic | header_len u32 | ...)."""
     try:
         tl = data[at]
         t_end = at + 1 + tl
@@ -89,13 +89,15 @@ def _split(data: bytes, at: int) -> tuple[bytes, bytes, bytes]:
         raise ProtocolError("truncated frame", f"{len(data)} bytes") from None
     h_start = t_end + 4
     h_end = h_start + hl
-    if tl == 0 or h_end > len(data):
-        raise ProtocolError("truncated frame", f"{len(data)} bytes, header says {h_end}")
-    return data[at + 1 : t_end], data[h_start:h_end], data[h_end:]
+    stop = len(data) if end is None else end
+    if tl == 0 or h_end > stop:
+        raise ProtocolError("truncated frame", f"{stop - at + 1} bytes, header says {h_end}")
+    return data[at + 1 : t_end], data[h_start:h_end], data[h_end:stop]
 
 
-def unpack_event(data: bytes) -> tuple[bytes, bytes, bytes]:
-    return _split(data, 1)
+def unpack_event(data: bytes, at: int = 0, end: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """topic, header, body of the event frame `data[at:end]` (sliced out, no other copy)."""
+    return _split(data, at + 1, end)
 
 
 def unpack_control(data: bytes, limits: cbor.Limits = cbor.CONTROL_IN) -> dict[str, Any]:

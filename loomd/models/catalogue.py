@@ -7,6 +7,7 @@ The shipped catalogue is `catalogue.toml` beside this module; `$LOOMD_MODELS_CAT
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,10 +29,10 @@ class CatalogueError(LoomdError):
 
 @dataclass(frozen=True)
 class Digest:
-    """One accepted content of a file: a hash (sha256, or sha1 where that is all upstream
-    publishes), the size when known, and where such a file comes from."""
+    """One accepted content of a file: a hash (sha256, or sha1 or md5 where that is all
+    upstream publishes), the size when known, and where such a file comes from."""
 
-    algo: Literal["sha256", "sha1"]
+    algo: Literal["sha256", "sha1", "md5"]
     hexdigest: str
     bytes: int | None = None
     origin: str = ""
@@ -98,6 +99,7 @@ class Model:
     default: bool = False
     licence: str = ""
     description: str = ""
+    language: str = ""  # what it hears or speaks (a whisper language code); "" = not bound to one
     requires: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
     min_ram_mb: int = 0  # recommended for boards with at least this much RAM (loomctl doctor)
@@ -141,7 +143,11 @@ def _digest(table: dict[str, Any], where: str) -> Digest:
         return Digest("sha256", _hex(_need(table, "sha256", str, where), 64, where), size, origin)
     if "sha1" in table:
         return Digest("sha1", _hex(_need(table, "sha1", str, where), 40, where), size, origin)
-    raise CatalogueError(f"{where}: needs `sha256` (or `sha1`)")
+    if "md5" in table:  # only with the size: an md5 alone is too weak to name a file
+        if size is None:
+            raise CatalogueError(f"{where}: an `md5` needs the file's `bytes` beside it")
+        return Digest("md5", _hex(_need(table, "md5", str, where), 32, where), size, origin)
+    raise CatalogueError(f"{where}: needs `sha256` (or `sha1`, or `md5` with `bytes`)")
 
 
 def _source(table: dict[str, Any], where: str, *, part: bool = False) -> Source:
@@ -190,6 +196,12 @@ def _file(table: dict[str, Any], where: str) -> ModelFile:
     return ModelFile(path, tuple(accepts), sources, _opt(table, "size_hint", int, where, None))
 
 
+def _language(value: str, where: str) -> str:
+    if value and not re.fullmatch(r"[a-z]{2,3}", value):
+        raise CatalogueError(f"{where}: language {value!r} is not a language code (en, de, ...)")
+    return value
+
+
 def _model(table: dict[str, Any], index: int) -> Model:
     mid = _need(table, "id", str, f"model #{index + 1}")
     where = f"model {mid!r}"
@@ -206,6 +218,7 @@ def _model(table: dict[str, Any], index: int) -> Model:
         default=_opt(table, "default", bool, where, False),
         licence=_opt(table, "licence", str, where, ""),
         description=_opt(table, "description", str, where, ""),
+        language=_language(_opt(table, "language", str, where, ""), where),
         requires=tuple(_opt(table, "requires", list, where, [])),
         notes=tuple(_opt(table, "notes", list, where, [])),
         min_ram_mb=_opt(table, "min_ram_mb", int, where, 0),

@@ -65,6 +65,7 @@ def _list(args: argparse.Namespace) -> int:
                 {
                     "id": m.id,
                     "kind": m.kind,
+                    "language": m.language,
                     "bytes": m.bytes,
                     "default": m.default,
                     "licence": m.licence,
@@ -91,11 +92,12 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps({"models_dir": str(root), "models": out}, indent=2))
         return 1 if any(s.verified == "bad" for s in states.values()) else 0
     print(f"models in {root}" + ("" if args.verify else " (sizes checked; --verify hashes)"))
-    print(f"  {'ID':26} {'KIND':5} {'SIZE':>9} {'DEFAULT':7} STATE")
+    print(f"  {'ID':28} {'KIND':5} {'LANG':4} {'SIZE':>9} {'DEFAULT':7} STATE")
     for m in models:
         st = states[m.id]
         size = mb(m.bytes) if all(f.bytes for f in m.files) else f"~{mb(m.bytes)}"
-        print(f"  {m.id:26} {m.kind:5} {size:>9} {'yes' if m.default else '':7} {_state_word(st)}")
+        lang, default = m.language or "-", "yes" if m.default else ""
+        print(f"  {m.id:28} {m.kind:5} {lang:4} {size:>9} {default:7} {_state_word(st)}")
         if st.problem:
             print(f"      problem: {st.problem}")
         for n in m.notes:

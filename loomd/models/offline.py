@@ -8,7 +8,6 @@ and moved into place; files the catalogue does not know are reported, not copied
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from loomd.models.store import (
     algos_of,
     check_file,
     match,
+    new_hash,
 )
 
 _CHUNK = 1 << 20
@@ -156,7 +156,7 @@ def _take(
 ) -> None:
     """Copy one entry beside its destination while hashing it; keep it only if it checks."""
     staged = store.staging(target) if target else store.downloads() / ("incoming" + PARTIAL)
-    hs = {a: hashlib.new(a) for a in algos}
+    hs = {a: new_hash(a) for a in algos}
     with reader.open(e) as src, open(staged, "wb") as out:
         while chunk := src.read(_CHUNK):
             out.write(chunk)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from loomd.errors import LoomdError
 from loomd.models.catalogue import Digest, Model, ModelFile
@@ -61,8 +61,15 @@ class ModelState:
     files: tuple[FileState, ...] = field(default=())
 
 
+def new_hash(algo: str) -> Any:
+    """A hashlib object for a catalogue digest kind. md5 and sha1 name a file (what upstream
+    publishes, checked with its size), they secure nothing: `usedforsecurity=False` keeps
+    them working where a FIPS build of OpenSSL refuses them otherwise."""
+    return hashlib.new(algo, usedforsecurity=False)
+
+
 def hash_file(path: Path, algos: Iterable[str] = ("sha256",)) -> dict[str, str]:
-    hs = {a: hashlib.new(a) for a in set(algos)}
+    hs = {a: new_hash(a) for a in set(algos)}
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             for h in hs.values():

@@ -308,6 +308,7 @@ class Client(Bus[Subscription]):
             spec.window or self.credit_window,
             spec.since,
             max_age_ms,
+            spec.classes,
         )
         self._subs[sub.sid] = sub
         self._call_nowait(sub._sub_msg(), sub._on_reply)

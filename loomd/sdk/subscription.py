@@ -33,6 +33,7 @@ class Subscription:
     window: int
     last_seq: int | None  # highest durable journal seq consumed (resume point): `since` first
     max_age_ms: int | None = None
+    classes: frozenset[str] | None = None  # the publish classes it takes (None: all)
 
     def __post_init__(self) -> None:
         self._max_age_ns = self.max_age_ms * 1_000_000 if self.max_age_ms else 0
@@ -61,6 +62,8 @@ class Subscription:
             msg["after"] = self.last_seq
         if self.max_age_ms is not None:
             msg["max_age_ms"] = self.max_age_ms
+        if self.classes is not None:
+            msg["classes"] = sorted(self.classes)
         return msg
 
     def _resubscribed(self) -> None:
@@ -115,13 +118,19 @@ class Subscription:
                 self._waiter = self.client.loop.create_future()
                 await self._waiter
                 self._waiter = None
-            gen, seq, ev = self._queue.popleft()
-            if not self._max_age_ns or time.time_ns() - ev.ts <= self._max_age_ns:
-                break
+            ev = self._pop()
+            if ev is not None:
+                return ev
+
+    def _pop(self) -> Event | None:
+        """Consume the first queued event; None if it was too old (dropped, counted)."""
+        gen, seq, ev = self._queue.popleft()
+        if self._max_age_ns and time.time_ns() - ev.ts > self._max_age_ns:
             # max_age_ms holds to the application: an event that grew too old in the pipes
             # after the daemon let it go is dropped here too, and counted
             self.dropped += 1
             self.too_old += 1
+            return None
         if seq > 0:
             self.last_seq = seq
         if gen == self.gen:
@@ -136,6 +145,18 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Event:
         async with asyncio.timeout(timeout):
             return await self.__anext__()
+
+    async def batch(self, n: int = 256) -> list[Event]:
+        """Wait for an event, then return it with those queued behind it, up to `n`."""
+        try:
+            out = [await self.__anext__()]
+        except StopAsyncIteration:
+            return []
+        while len(out) < n and self._queue:
+            ev = self._pop()
+            if ev is not None:
+                out.append(ev)
+        return out
 
     async def close(self) -> None:
         if self.closed:

@@ -15,6 +15,7 @@ from tests.assist.conftest import EXAMPLE, home_config
 from tests.audio.conftest import command_clip, speech_dir, voice_toml  # noqa: F401 - fixtures
 from tests.bridges.conftest import Mosquitto
 from tests.conftest import LoomdProcess, loomctl
+from tests.testmodels import require
 
 pytestmark = pytest.mark.models
 
@@ -65,5 +66,68 @@ async def test_spoken_command_reaches_the_broker_and_is_answered(
         # Piper samples its voice and whisper tiny.en reads a four-word answer one or two
         # words wrong now and then: half must come back; silence or another sentence is 1.0
         assert wer(turn["reply"], heard) <= 0.5, heard
+    finally:
+        d.close()
+
+
+GERMAN_HOME = """
+[[areas]]
+id = "kueche"
+name = "Küche"
+
+[[areas]]
+id = "bad"
+name = "Bad"
+
+[[devices]]
+id = "kuechenlicht"
+name = "Deckenlicht"
+area = "kueche"
+domain = "light"
+command_topic = "home/kueche/licht/set"
+
+[[devices]]
+id = "badlicht"
+name = "Spiegellicht"
+area = "bad"
+domain = "light"
+command_topic = "home/bad/licht/set"
+"""
+
+
+async def test_a_german_board_turns_on_the_kitchen_light(
+    short_tmp: Path,
+    broker: Mosquitto,
+    models: Path,
+    speech_dir: Path,  # noqa: F811
+) -> None:
+    """`[voice] language = "de"` end to end: "hey jarvis" (English, the wake model's) and
+    espeak-ng's German "Schalte das Licht in der Küche ein" through the pipeline with the
+    multilingual whisper base; the assist, in German, turns on the kitchen's light. whisper
+    base writes espeak-ng's German as it hears it ("Schalternas Licht in Berküche ein."):
+    the turn stands on rescoring against the home's German sentences."""
+    from tests.audio.conftest import join_wavs, say_wav
+    from tests.audio.test_stt import _german
+
+    require(models / "whisper" / "ggml-base.bin")
+    wake = say_wav("hey jarvis", speech_dir / "wake-de-board.wav", pad=(0.5, 0.6))
+    cmd = _german("Schalte das Licht in der Küche ein", speech_dir / "cmd-de-board.wav")
+    clip = join_wavs([wake, cmd], speech_dir / "command-de-board.wav")
+    root = short_tmp / "d"
+    (root / "home.d").mkdir(parents=True)
+    (root / "home.d" / "home.toml").write_text(GERMAN_HOME)
+    voice = voice_toml(models, agent='"assist"', sink='"buffer"', language='"de"')
+    d = LoomdProcess(root, home_config(broker) + voice)
+    try:
+        d.start(timeout=90)
+        with broker.sub("home/+/licht/set") as sub:
+            await sub.ready()
+            p = loomctl(d, "voice", "test", str(clip), "--json", timeout=300)
+            assert p.returncode == 0, p.stdout + p.stderr + d.log.read_text()[-3000:]
+            turn = json.loads(p.stdout)["turns"][0]
+            got = await sub.wait(1, timeout=5) if turn.get("actions") else []
+        assert got == ["home/kueche/licht/set ON"], (turn, d.log.read_text()[-3000:])
+        assert turn["intent"]["name"] == "HassTurnOn", turn
+        assert [a["code"] for a in turn["actions"]] == ["ok"], turn
     finally:
         d.close()

@@ -69,7 +69,8 @@ def test_language_picks_each_stage_model() -> None:
     )  # fmt: skip
     de = voice(language="de")
     assert de.stt_model == "whisper/ggml-base.bin"  # multilingual
-    assert de.tts_voice == ""  # no packaged Piper voice speaks German: espeak-ng's
+    assert de.tts_voice == "piper/de_DE-thorsten-medium.onnx"  # the catalogue's, if fetched
+    assert voice(language="fr").tts_voice == ""  # no Piper voice in the catalogue: espeak-ng
     moonshine = voice(stt={"engine": "moonshine"}, wake={"second_check": "off"})
     assert moonshine.stt_model == "moonshine/base-en"
     assert voice(language="de", stt={"model": "whisper/mine.bin"}).stt_model == "whisper/mine.bin"

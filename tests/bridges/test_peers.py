@@ -12,6 +12,7 @@ import pytest
 
 from loomd.bridges.peers import PeersComponent, load_or_make_keys
 from loomd.host import Host
+from loomd.sdk import connect
 from tests.bridges.conftest import running, wait_for
 from tests.conftest import free_port
 
@@ -100,6 +101,36 @@ async def test_two_boards_share_topics_both_ways(short_tmp: Path) -> None:
             await hb.publish("voice.say", {"text": "again"})
             assert (await at_sat.get(10)).payload == {"text": "again"}
         await wait_for(lambda: not peers_of(s).peers["hub"].unacked)
+
+
+async def test_a_forwarded_event_reaches_a_socket_subscriber_with_the_hop_in_its_meta(
+    short_tmp: Path,
+) -> None:
+    """The hub publishes what the satellite forwards as it came, its header patched
+    (`Bus.forward`): a client on the hub's socket gets the payload, the type, one TTL
+    less and the loop guards in the meta; each class over its own subscription."""
+    hub, sat = Board(short_tmp, "hub"), Board(short_tmp, "sat")
+    hub.listen, hub.receive = True, ["fw.#"]
+    hub.authorize(sat)
+    sat.link(hub, send=["fw.#"], receive=[])
+    async with boards(hub, sat) as (_, s):
+        await up(s, "hub")
+        async with connect(f"ipc://{hub.root}/run/bus.sock", name="watcher") as client:
+            rel = await client.subscribe("fw.#", "reliable").ready()
+            rt = await client.subscribe("fw.rt", "realtime").ready()
+            sb = peers_of(s).ctx.bus
+            sent = [await sb.publish("fw.x", {"i": i}, type="fw.kind", ttl=9) for i in range(20)]
+            for ev in sent:
+                got = await rel.get(10)
+                assert (got.payload, got.type, got.ttl) == (ev.payload, "fw.kind", 8)
+                assert got.meta == {"origin": "sat", "peer_id": ev.id, "via": "sat"}
+                assert got.sender == "peers" and got.id != ev.id
+            one = await sb.publish("fw.rt", b"now", qos="realtime")
+            got = await rt.get(10)
+            assert (got.payload, got.qos, got.meta["peer_id"]) == (b"now", "realtime", one.id)
+        links = [x for x in (await sb.stats()).subscriptions if x.owner == "peers"]
+        # the realtime forwarder took no reliable event (its class only): nothing dropped
+        assert all(x.delivered <= 1 and not x.dropped for x in links if x.qos == "realtime")
 
 
 async def test_an_unknown_key_is_refused_counted_and_logged(

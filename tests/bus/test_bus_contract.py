@@ -14,11 +14,13 @@ from typing import Any, Protocol
 import pytest
 import uvloop
 
+from loomd.bus import wire
 from loomd.bus.api import Bus, BusSubscription
 from loomd.bus.broker import Broker
+from loomd.bus.envelope import Event
 from loomd.bus.local import LocalBus
 from loomd.bus.settings import BusSettings
-from loomd.errors import LoomdError, RequestTimeout
+from loomd.errors import LoomdError, ProtocolError, RequestTimeout
 from loomd.sdk import connect
 from loomd.state import State
 from tests.conftest import LoomdProcess
@@ -193,5 +195,83 @@ def test_listeners_and_stats_see_every_part(pair: Callable[[], Any]) -> None:
             assert stats.events_in >= before.events_in + 3
         assert await p.a.listeners("ls.x") == 0
         assert not [s for s in (await p.a.stats()).subscriptions if s.pattern.startswith("ls.")]
+
+    run(pair, body)
+
+
+def received(ev: Event) -> Event:
+    """`ev` as a peer link receives it: its frame, decoded as the daemon decodes one."""
+    topic, header, body = wire.unpack_event(ev.to_wire())
+    out = Event.from_frames(topic, header, body)
+    out.header  # noqa: B018 - checked as on receipt
+    return out
+
+
+def test_forward_publishes_a_received_frame_with_its_meta_patched(pair: Callable[[], Any]) -> None:
+    """A peer hop: the event of another board published again here as it came (topic,
+    type, qos, body), with a fresh id, the given TTL and the hop's fields in its meta."""
+
+    async def body(p: Pair) -> None:
+        far = Event.create("fw.x", {"n": 1}, type="fw.kind", sender="far", ttl=9,
+                           meta={"keep": "me"})  # fmt: skip
+        far_rt = Event.create("fw.rt", b"\x00raw%b", sender="far", qos="realtime")
+        async with p.b.subscribe("fw.#", "reliable") as sub:
+            await sub.ready()
+            for i in range(3):  # the same shape again: the header comes from its template
+                hop = {"origin": "far-board", "peer_id": far.id, "via": "link", "i": i}
+                out = await p.a.forward(received(far), ttl=8, meta=hop)
+                assert out.id != far.id
+                ev = await sub.get(5)
+                assert ev.id == out.id and ev.payload == {"n": 1} and ev.type == "fw.kind"
+                assert ev.meta == {"keep": "me", **hop}
+                assert (ev.ttl, ev.sender, ev.qos) == (8, "part-a", "reliable")
+            await p.a.forward(received(far_rt), ttl=3, meta={"via": "link"})
+            ev = await sub.get(5)
+            assert (ev.topic, ev.payload, ev.qos) == ("fw.rt", b"\x00raw%b", "realtime")
+            assert ev.meta == {"via": "link"} and ev.ttl == 3
+        with pytest.raises(ProtocolError, match="invalid ttl"):
+            await p.a.forward(received(far), ttl=300, meta={})
+
+    run(pair, body)
+
+
+def test_a_subscription_takes_only_its_classes(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        async with (
+            p.b.subscribe("cls.#", "reliable", classes=["reliable"]) as rel,
+            p.b.subscribe("cls.#", "realtime", classes=("realtime", "batched")) as rest,
+            p.b.subscribe("cls.#", "reliable") as every,
+        ):
+            for s in (rel, rest, every):
+                await s.ready()
+            sent = [("realtime", 0), ("reliable", 1), ("batched", 2), ("reliable", 3)]
+            for qos, i in sent:
+                await p.a.publish(f"cls.{qos}", i, qos=qos)
+            assert [(await every.get(5)).payload for _ in sent] == [0, 1, 2, 3]
+            assert [(await rel.get(5)).payload for _ in range(2)] == [1, 3]
+            assert sorted([(await rest.get(5)).payload for _ in range(2)]) == [0, 2]
+            await p.a.publish("cls.reliable", "last")  # nothing else is queued before it
+            assert (await rel.get(5)).payload == "last"
+            with pytest.raises(TimeoutError):
+                await rest.get(0.3)
+        with pytest.raises(ProtocolError, match="invalid classes"):
+            p.b.subscribe("cls.#", "reliable", classes=["sometimes"])
+
+    run(pair, body)
+
+
+def test_batch_takes_what_is_queued_in_order(pair: Callable[[], Any]) -> None:
+    async def body(p: Pair) -> None:
+        sub = await p.b.subscribe("bt.#", "reliable").ready()
+        for i in range(50):
+            await p.a.publish("bt.x", i, wait=False)
+        got: list[int] = []
+        while len(got) < 50:
+            evs = await sub.batch(16)
+            assert 1 <= len(evs) <= 16
+            got += [e.payload for e in evs]
+        assert got == list(range(50))
+        await sub.close()
+        assert await sub.batch(16) == []
 
     run(pair, body)

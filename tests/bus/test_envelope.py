@@ -320,3 +320,27 @@ def test_plain_event_matches_create_on_the_wire() -> None:
         assert fast.payload == payload and fast.body_bytes() == slow.body_bytes()
         back = Event.from_frames(*fast.frames())
         assert back.payload == payload and back.type == "kind" and back.ttl == 7
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {},
+        {"origin": "sat", "peer_id": b"\x07" * 16, "via": "sat"},
+        {"origin": "100%b %s", "peer_id": b"%" * 16, "via": "x%"},  # `%` in the template
+        {"a": 1, "b": True, "c": None, "d": b"x" * 16, "e": b"y" * 16, "f": -5},
+        {"short": b"x" * 15, "list": [1, 2], "map": {"k": 1}, "f": -0.0},  # encoded
+        {1: "int key", "1": "str key"},
+    ],
+)
+@pytest.mark.parametrize("kind", ["hop.kind", "\x01" * 16])  # a type the placeholder is in
+def test_a_forwarded_header_is_exactly_its_cbor_encoding(meta: dict[Any, Any], kind: str) -> None:
+    """`Event.forwarded`'s header bytes are the encoding of its header, for a shape seen
+    the first time and the times after, and decode to the event's own fields."""
+    src = Event.create("hop.x", {"n": 1}, type=kind, sender="s", meta={"k": 0})
+    for _ in range(3):
+        out = src.forwarded("peers", 7, meta)
+        assert out.header_bytes() == cbor2.dumps(out.header)
+        assert decode_header(out.header_bytes()) == out.header
+        assert out.meta == {"k": 0, **meta} and out.ttl == 7 and out.sender == "peers"
+        assert out.body_bytes() == src.body_bytes() and out.id != src.id

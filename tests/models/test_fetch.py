@@ -479,3 +479,63 @@ def test_a_part_the_wheels_do_not_hold_is_named(
     assert r.returncode == 1
     assert "model.bin: part 2 of 3 is missing" in r.stderr
     assert [p for p in mdir.rglob("*") if p.is_file()] == []
+
+
+def _voice_catalogue(tmp: Path, server: ModelServer, good: bytes, served: bytes) -> Path:
+    """A voice listed the way the German Piper voice is: size and MD5 only (a voice list's),
+    from a plain URL that serves `served`."""
+    url = server.add("/voices/de/x-medium.onnx", served)
+    md5 = hashlib.md5(good, usedforsecurity=False).hexdigest()
+    text = '[[model]]\nid = "v"\nkind = "tts"\nlanguage = "de"\n[[model.file]]\n'
+    text += f'path = "piper/x-medium.onnx"\nbytes = {len(good)}\nmd5 = "{md5}"\n'
+    text += f'origin = "a voice list"\n[[model.file.source]]\nurl = "{url}"\n'
+    cat = tmp / "voices.toml"
+    cat.write_text(text)
+    return cat
+
+
+def _voice_bytes() -> bytes:
+    return hashlib.shake_256(b"a voice").digest(300_000)  # made here, not a real model
+
+
+def test_a_file_listed_by_md5_and_size_installs_and_verifies(
+    tmp_path: Path, server: ModelServer, mdir: Path
+) -> None:
+    good = _voice_bytes()
+    cat = _voice_catalogue(tmp_path, server, good, good)
+    r = _fetched(cat, mdir, "v")
+    assert "v: installed" in r.stdout
+    assert (mdir / "piper/x-medium.onnx").read_bytes() == good
+    v = loomctl_models("verify", catalogue=cat, models_dir=mdir)
+    assert v.returncode == 0 and "v: ok" in v.stdout, v.stdout + v.stderr
+    (listed,) = json.loads(
+        loomctl_models("list", "--verify", "--json", catalogue=cat, models_dir=mdir).stdout
+    )["models"]
+    assert (listed["language"], listed["verified"]) == ("de", "ok")
+    assert [a["algo"] for a in listed["files"][0]["accepts"]] == ["md5"]
+    (mdir / "piper/x-medium.onnx").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    bad = loomctl_models("verify", catalogue=cat, models_dir=mdir)
+    assert bad.returncode == 1 and "checksum mismatch" in bad.stdout + bad.stderr
+
+
+def test_wrong_bytes_of_an_md5_listed_file_are_refused_and_nothing_installed(
+    tmp_path: Path, server: ModelServer, mdir: Path
+) -> None:
+    good = _voice_bytes()
+    wrong = bytearray(good)
+    wrong[1000] ^= 0xFF  # the size the list gives: only the MD5 can tell
+    cat = _voice_catalogue(tmp_path, server, good, bytes(wrong))
+    r = loomctl_models("fetch", "v", catalogue=cat, models_dir=mdir)
+    assert r.returncode == 1
+    md5 = hashlib.md5(good, usedforsecurity=False).hexdigest()
+    got = hashlib.md5(bytes(wrong), usedforsecurity=False).hexdigest()
+    assert "checksum mismatch" in r.stderr and "v: FAILED" in r.stderr
+    assert f"md5 {md5}" in r.stderr and got in r.stderr, r.stderr
+    assert f"{server.base}/voices/de/x-medium.onnx" in r.stderr
+    assert not (mdir / "piper/x-medium.onnx").exists()
+    assert [p.name for p in mdir.rglob("*") if p.is_file()] == []  # no partial left either
+    # another size than the list's is refused before the body is read
+    server.add("/voices/de/x-medium.onnx", good + b"!")
+    r = loomctl_models("fetch", "v", catalogue=cat, models_dir=mdir)
+    assert r.returncode == 1 and not (mdir / "piper/x-medium.onnx").exists()
+    assert str(len(good)) in r.stderr, r.stderr
