@@ -9,8 +9,12 @@ the daemon's 2 s refractory period).
 The long stream: an hour (or `--stream-s`) of talk with no wake word in it
 (bench/chatter.py: espeak-ng voices and Piper reading varied text, lines near the phrase,
 the board's own replies, music now and then; made once and cached in ~/.cache/loomd-bench).
-Recall: "hey jarvis, <command>" said by several espeak-ng voices and Piper, clean and in TV
-at 10 and 5 dB; a hit is a wake at or after the phrase's start that the check lets through.
+Recall: "hey jarvis, <command>" said by six espeak-ng voices and by Piper rendered many ways
+(`wake_clips`: 48 clips a condition), clean and in TV at 10 and 5 dB, reported per voice
+family; a hit is a wake at or after the phrase's start that the check lets through. Each
+clip's fate on the daemon's path is kept (`diagnose`: the model never crossed, or the check
+refused, and what whisper heard). microWakeWord OR-ed with openWakeWord is measured too
+(`either`).
 The wakes are found as the daemon finds them: one the check lets through starts the
 refractory period, one it refuses leaves the board deaf for `DEAF_S` (the check's time),
 then it hears again. Each wake segment is checked once and its figures serve every margin."""
@@ -18,6 +22,7 @@ then it hears again. Each wake segment is checked once and its figures serve eve
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -97,41 +102,49 @@ def cut(pcm: bytes, sc: list[float], k: int, hold: bool = True) -> tuple[int, by
 
 class Checks:
     """The wake check on the segments of one recording, each computed once (keyed by the
-    frame the segment's peak is at)."""
+    segment: its first frame and its peak's; engines and thresholds share them)."""
 
     def __init__(self, scorer: Any, pcm: bytes) -> None:
         self.scorer, self.pcm = scorer, pcm
-        self.heard: dict[int, PhraseHeard] = {}
+        self.heard: dict[tuple[int, int], PhraseHeard] = {}
         self.held_ms: list[float] = []  # how far after the crossing each peak was
 
     def __call__(self, k: int, sc: list[float], hold: bool = True) -> PhraseHeard:
         peak, seg = cut(self.pcm, sc, k, hold)
-        if peak not in self.heard:
-            audio = segment_audio(seg)
-            self.heard[peak] = hear_phrase(
-                self.scorer, audio, audio_ctx_for(len(audio) / RATE), PHRASE
-            )
+        key = ((k + 1) * STEP // 320 - round(PRE_S * 50), peak)
+        if key not in self.heard:
+            self.heard[key] = self.hear(seg)
         if hold:
             self.held_ms.append((peak - (k + 1) * STEP // 320) * 20.0)
-        return self.heard[peak]
+        return self.heard[key]
+
+    def hear(self, seg: bytes) -> PhraseHeard:
+        audio = segment_audio(seg)
+        return hear_phrase(self.scorer, audio, audio_ctx_for(len(audio) / RATE), PHRASE)
 
 
 def accepts(check: str, heard: PhraseHeard) -> bool:
     """Does the check named `check` let this wake through? "raw": no check; "text": the
-    transcript starts with the phrase; "m<margin>": the forced phrase within the margin of
-    whisper's guess; "a<floor>": the forced phrase's score over -floor, whatever the guess;
-    "x<margin>": as "m", on the segment cut at the crossing (before the peak-hold)."""
+    transcript starts with the phrase; "o<margin>": the daemon's rule, the forced phrase
+    (said alone, or as the opening of what was said) within the margin of whisper's guess;
+    "m<margin>": the phrase said alone only (the rule before session 11); "a<floor>": the
+    forced phrase's score over -floor, whatever the guess; "x<margin>": as "m", on the
+    segment cut at the crossing (before the peak-hold)."""
     if check == "raw":
         return True
     if check == "text":
         return check_wake(heard.text, PHRASE, TEXT_STRICTNESS).ok
     if check.startswith("a"):
         return heard.phrase >= -float(check[1:])
-    # "m" and "x": the same rule (the segment differs: `Checks`)
-    return heard.accepts(float(check[1:]))
+    if check.startswith("o"):  # the daemon's: the phrase alone or as an opening
+        return heard.accepts(float(check[1:]))
+    # "m" and "x": the phrase alone (before session 11); the segment differs (`Checks`)
+    return heard.gap <= float(check[1:])
 
 
-CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS), *(f"a{f:g}" for f in FLOORS),
+Scored = list[float] | Callable[[float], list[float]]
+CHECKS = ["raw", "text", *(f"m{m:g}" for m in MARGINS), *(f"o{m:g}" for m in MARGINS),
+          *(f"a{f:g}" for f in FLOORS),
           *(f"x{m:g}" for m in CROSSING_MARGINS)]  # fmt: skip
 
 
@@ -150,14 +163,30 @@ def wakes(sc: list[float], threshold: float, ok: Any = None) -> list[int]:
     return out
 
 
-def grid(sc: list[float], checks: Checks, thresholds: list[float] = THRESHOLDS,
+def grid(scored: Scored, checks: Checks, thresholds: list[float] = THRESHOLDS,
          names: list[str] = CHECKS) -> dict[str, dict[str, list[int]]]:  # fmt: skip
-    """Threshold -> check -> the wakes let through."""
+    """Threshold -> check -> the wakes let through. `scored`: the scores per 80 ms, or a
+    function of the threshold that gives them (`either`)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for t in thresholds:
+        sc = scored(t) if callable(scored) else scored
 
-    def check(c: str) -> Any:
-        return None if c == "raw" else lambda k: accepts(c, checks(k, sc, hold=c[0] != "x"))
+        def check(c: str, sc: list[float] = sc) -> Any:
+            return None if c == "raw" else lambda k: accepts(c, checks(k, sc, hold=c[0] != "x"))
 
-    return {f"{t:g}": {c: wakes(sc, t, check(c)) for c in names} for t in thresholds}
+        out[f"{t:g}"] = {c: wakes(sc, t, check(c)) for c in names}
+    return out
+
+
+def either(
+    first: list[float], second: list[float], cutoff: float
+) -> Callable[[float], list[float]]:
+    """Two engines OR-ed: at threshold t a chunk fires when the first scores t or more, or
+    the second `cutoff` or more. The second's score is moved onto the first's scale (by
+    t - cutoff) so that the wake segment follows whichever peaks."""
+    n = len(first)
+    second = (second + [0.0] * n)[:n]
+    return lambda t: [max(a, b + t - cutoff) for a, b in zip(first, second, strict=True)]
 
 
 def micro_scores(pcm: bytes) -> list[float] | None:
@@ -181,25 +210,39 @@ def micro_scores(pcm: bytes) -> list[float] | None:
 
 
 # The engines on the same audio: openWakeWord on the microphone ("raw", the baseline) and
-# after the front end ("fe", the daemon's path); microWakeWord on each ("micro", "micro_fe").
+# after the front end ("fe", the daemon's path); microWakeWord on each ("micro", "micro_fe");
+# the two OR-ed after the front end ("or<cutoff>_fe": openWakeWord at the threshold, or
+# microWakeWord at its cutoff), the check after either.
 MICRO_THRESHOLDS = [0.5, 0.7, 0.9, 0.97]  # 0.97: the model's own cutoff (its .json)
 MICRO_CHECKS = ["raw", "m0.75", "m1", "m1.25"]
+OR_CUTOFFS = [0.5, 0.9, 0.97]
+OR_THRESHOLDS = [0.3, 0.5]
+OR_CHECKS = ["raw", "m0.5", "m0.75", "m1", "o0.5", "o0.75", "o1"]
 # The long stream: the checks at the thresholds the presets use and above (0.1 makes the most
 # checks and no preset uses it; its raw count is kept).
 STREAM_CHECKED = 0.2
 
 
-def engines(models: Any, pcm: bytes) -> dict[str, tuple[list[float], list[float], list[str]]]:
-    """Engine -> (scores per 80 ms, thresholds, checks) on `pcm`."""
+def engines(models: Any, pcm: bytes) -> dict[str, tuple[Scored, list[float], list[str]]]:
+    """Engine -> (scores per 80 ms or a function of the threshold, thresholds, checks) on
+    `pcm`."""
     fe = frontend(pcm)
     # the checks run on the daemon's path (after the front end); on the microphone each
     # engine is measured alone (the baselines)
-    out = {"raw": (scores(models, pcm), THRESHOLDS, ["raw"]),
-           "fe": (scores(models, fe), THRESHOLDS, CHECKS)}  # fmt: skip
+    fe_sc = scores(models, fe)
+    out: dict[str, tuple[Scored, list[float], list[str]]] = {
+        "raw": (scores(models, pcm), THRESHOLDS, ["raw"]),
+        "fe": (fe_sc, THRESHOLDS, CHECKS),
+    }
     for name, audio, names in (("micro", pcm, ["raw"]), ("micro_fe", fe, MICRO_CHECKS)):
         sc = None if os.environ.get("LOOMD_BENCH_NO_MICRO") else micro_scores(audio)
         if sc is not None:
             out[name] = (sc, MICRO_THRESHOLDS, names)
+    if "micro_fe" in out:
+        micro_fe = out["micro_fe"][0]
+        assert isinstance(micro_fe, list)
+        for cutoff in OR_CUTOFFS:
+            out[f"or{cutoff:g}_fe"] = (either(fe_sc, micro_fe, cutoff), OR_THRESHOLDS, OR_CHECKS)
     return out
 
 
@@ -212,6 +255,103 @@ def pipers(models: Any) -> dict[str, Any]:
     return {p.stem: PiperTts(str(models), f"piper/{p.name}") for p in found}
 
 
+# The recall clips: "hey jarvis, <command>" by every espeak-ng voice (two commands each,
+# the phrase and the command synthesized apart with 0.2 s between them) and by Piper's voice,
+# rendered many ways: its length, noise and duration-noise scales drawn per clip (from a
+# seed; Piper's synthesis is itself random, so its clips differ between runs), the command
+# and the punctuation after the phrase varied. Each clip has a TV of its own (seed).
+PIPER_COMMANDS = [*COMMANDS, "set a timer for ten minutes", "turn off the bedroom lights",
+                  "what is the weather tomorrow", "lock the front door",
+                  "turn the volume down", "start the vacuum", "open the blinds",
+                  "how warm is it outside"]  # fmt: skip
+PIPER_FORMS = ["Hey Jarvis, {}.", "Hey Jarvis, {}.", "Hey Jarvis. {}.", "Hey Jarvis! {}."]
+PIPER_LENGTHS = [0.8, 0.9, 1.0, 1.1, 1.25]  # length_scale: faster to slower speech
+PIPER_NOISES = [0.33, 0.5, 0.667, 0.8, 1.0]  # noise_scale (the voice's default: 0.667)
+PIPER_NOISE_WS = [0.4, 0.6, 0.8, 1.0, 1.2]  # noise_w (the voice's default: 0.8)
+PIPER_CLIPS = 36  # with 12 espeak-ng clips: 48 a condition
+ESPEAK_PER_VOICE = 2
+SNRS: list[float | None] = [None, 10.0, 5.0]
+
+
+def piper_styled(models: Any) -> Callable[[str, tuple[float, float, float]], bytes] | None:
+    """Piper's voice (the board's) saying a text with (length, noise, noise_w) scales, 16 kHz;
+    None without the model."""
+    onnx = models / "piper/en_US-joe-medium.onnx"
+    if not onnx.is_file():
+        return None
+    from piper import PiperVoice, SynthesisConfig  # type: ignore[import-untyped]
+
+    from loomd.audio.tts import resample
+
+    voice = PiperVoice.load(str(onnx), config_path=str(onnx) + ".json")
+    gap = b"\0" * int(0.2 * RATE) * 2  # between sentences ("Hey Jarvis. Turn on ...")
+
+    def say(text: str, style: tuple[float, float, float]) -> bytes:
+        cfg = SynthesisConfig(length_scale=style[0], noise_scale=style[1], noise_w_scale=style[2])
+        return gap.join(resample(c.audio_int16_bytes, c.sample_rate)
+                        for c in voice.synthesize(text, syn_config=cfg))  # fmt: skip
+
+    return say
+
+
+def wake_clips(models: Any, quick: bool) -> list[tuple[str, str, bytes]]:
+    """(family, label, pcm) of each wake clip: "espeak" (the voice) and "piper" (its
+    scales and text)."""
+    out = []
+    voices = WAKE_VOICES[:3] if quick else WAKE_VOICES
+    for i, voice in enumerate(voices):
+        for j in range(1 if quick else ESPEAK_PER_VOICE):
+            cmd = COMMANDS[(i + 2 * j) % len(COMMANDS)]
+            pcm = espeak_pcm(PHRASE, voice) + b"\0" * 6400 + espeak_pcm(cmd, voice)
+            out.append(("espeak", voice, pcm))
+    say = piper_styled(models)
+    if say is None:
+        return out
+    rng = np.random.default_rng(7)
+    for j in range(4 if quick else PIPER_CLIPS):
+        if j < 4:  # the first four as before: the voice's own scales, the comma
+            style, form = (1.0, 0.667, 0.8), PIPER_FORMS[0]
+        else:
+            style = (float(rng.choice(PIPER_LENGTHS)), float(rng.choice(PIPER_NOISES)),
+                     float(rng.choice(PIPER_NOISE_WS)))  # fmt: skip
+            form = str(rng.choice(PIPER_FORMS))
+        text = form.format(PIPER_COMMANDS[j % len(PIPER_COMMANDS)])
+        label = f"ls{style[0]:g}/ns{style[1]:g}/nw{style[2]:g} {text}"
+        out.append(("piper", label, say(text, style)))
+    return out
+
+
+def diagnose(pcm: bytes, first: int, chk: Checks, sc: list[float], threshold: float,
+             margin: float | None) -> dict[str, Any]:  # fmt: skip
+    """Where a wake clip is lost on the daemon's path at `threshold` with the check's
+    `margin`: "model" (the wake word never crossed the threshold after the phrase began),
+    "check" (it did; the check refused every crossing), or "ok"; each crossing's verdict
+    (what whisper heard); for a refused first crossing, the check on the segment cut from the
+    phrase's true start (0.3 s before it) to the same end, to tell a bad cut from a
+    mishearing."""
+    tried: list[tuple[int, PhraseHeard]] = []
+
+    def ok(k: int) -> bool:
+        heard = chk(k, sc)
+        if k >= first:
+            tried.append((k, heard))
+        return margin is None or heard.accepts(margin)
+
+    passed = [k for k in wakes(sc, threshold, ok) if k >= first]
+    out: dict[str, Any] = {"lost": "ok" if passed else "check" if tried else "model"}
+    out["crossings"] = [
+        {"s": round((k + 1) * STEP / RATE, 2), "gap": h.gap, "open_gap": h.open_gap,
+         "text": h.text} for k, h in tried
+    ]  # fmt: skip
+    if not passed and tried:
+        k = tried[0][0]
+        _peak, seg = cut(pcm, sc, k)
+        end = max(0, (k + 1) * STEP * 2 - int(PRE_S * RATE) * 2) + len(seg)
+        h = chk.hear(pcm[max(0, first * STEP * 2 - int(0.3 * RATE) * 2) : end])
+        out["true_start_gap"], out["true_start_text"] = h.gap, h.text
+    return out
+
+
 def bench(models: Any, quick: bool, stream_s: float = 0.0) -> dict[str, Any]:
     """`stream_s`: the long stream's length (default 5 min quick, else an hour)."""
     import time
@@ -220,7 +360,6 @@ def bench(models: Any, quick: bool, stream_s: float = 0.0) -> dict[str, Any]:
     from loomd.audio.rescore import WhisperScorer
 
     voices_p = pipers(models)
-    piper = voices_p.get("en_US-joe-medium")
     scorer = WhisperScorer(str(models / "whisper/ggml-tiny.en.bin"), 1)
     began = time.process_time()
     # -- false wakes on the long stream (no wake word in it), every engine on the same audio
@@ -237,48 +376,67 @@ def bench(models: Any, quick: bool, stream_s: float = 0.0) -> dict[str, Any]:
             row |= {k: {c: round(len(v) / hours, 2) for c, v in r.items()} for k, r in g.items()}
         false[name] = row
     stream_checks = len(checks.heard)
+    stream_cpu_s = round(time.process_time() - began, 1)
     # -- recall on wake clips
-    said, who = [], []
-    voices = WAKE_VOICES[:3] if quick else WAKE_VOICES
-    for i, voice in enumerate(voices):
-        cmd = COMMANDS[i % len(COMMANDS)]
-        said.append(espeak_pcm(PHRASE, voice) + b"\0" * 6400 + espeak_pcm(cmd, voice))
-        who.append(voice)
-    if piper is not None:
-        for cmd in COMMANDS[: 2 if quick else 4]:
-            said.append(piper.synthesize(f"Hey Jarvis, {cmd}."))
-            who.append("piper")
-    snrs: list[float | None] = [None, 10.0, 5.0]
-    clips = [(snr, who[i], mix(p, snr, seed=50 + i, tail_s=3.0)) for i, p in enumerate(said)
-             for snr in snrs]  # fmt: skip
+    said = wake_clips(models, quick)
+    default = PRESETS["default"]
     hits: dict[str, Any] = {}
     by_voice: dict[str, Any] = {}
+    per_clip: list[dict[str, Any]] = []
     true_gaps: list[tuple[float, float]] = []
     held: list[float] = []
-    for snr, voice, (pcm, start, _end) in clips:
-        name = "clean" if snr is None else f"{snr:g}db"
-        chk = Checks(scorer, pcm)
-        first = int(start * RATE / STEP)
-        for eng, (sc, thresholds, names) in engines(models, pcm).items():
-            for t, row in grid(sc, chk, thresholds, names).items():
-                for c, ks in row.items():
-                    cell = hits.setdefault(eng, {}).setdefault(f"{t}/{name}", {}).setdefault(c, [])
-                    cell.append(any(k >= first for k in ks))
-            peak = max(sc[first:], default=0.0)
-            by_voice.setdefault(eng, {}).setdefault(f"{voice}/{name}", []).append(round(peak, 2))
-        true_gaps += [(h.gap, round(h.phrase, 2)) for k, h in chk.heard.items()
-                      if k >= first * STEP // 320]  # fmt: skip
-        held += chk.held_ms
-    recall = {eng: {key: {c: round(sum(v) / len(v), 3) for c, v in row.items()}
-                    for key, row in by.items()} for eng, by in hits.items()}  # fmt: skip
+    for i, (family, label, p) in enumerate(said):
+        for snr in SNRS:
+            pcm, start, _end = mix(p, snr, seed=50 + i, tail_s=3.0)
+            name = "clean" if snr is None else f"{snr:g}db"
+            chk = Checks(scorer, pcm)
+            first = int(start * RATE / STEP)
+            row: dict[str, Any] = {"family": family, "label": label, "snr": name}
+            engs = engines(models, pcm)
+            for eng, (scored, thresholds, names) in engs.items():
+                for t, cells in grid(scored, chk, thresholds, names).items():
+                    for c, ks in cells.items():
+                        cell = hits.setdefault(eng, {}).setdefault(f"{t}/{name}", {})
+                        cell.setdefault(c, []).append((family, any(k >= first for k in ks)))
+                if callable(scored):
+                    continue
+                peak = max(scored[first:], default=0.0)
+                row[eng] = round(peak, 2)
+                key = family if family == "piper" else label
+                by_voice.setdefault(eng, {}).setdefault(f"{key}/{name}", []).append(round(peak, 2))
+            fe_sc = engs["fe"][0]
+            assert isinstance(fe_sc, list)
+            row |= diagnose(pcm, first, chk, fe_sc, default.threshold, default.margin)
+            per_clip.append(row)
+            true_gaps += [(h.gap, round(h.phrase, 2)) for (_s, k), h in chk.heard.items()
+                          if k >= first * STEP // 320]  # fmt: skip
+            held += chk.held_ms
+    recall: dict[str, Any] = {}
+    by_family: dict[str, Any] = {}
+    for eng, by in hits.items():
+        for key, cells in by.items():
+            for c, v in cells.items():
+                recall.setdefault(eng, {}).setdefault(key, {})[c] = round(
+                    sum(h for _, h in v) / len(v), 3
+                )
+                for fam in sorted({f for f, _ in v}):
+                    mine = [h for f, h in v if f == fam]
+                    by_family.setdefault(eng, {}).setdefault(key, {}).setdefault(c, {})[fam] = (
+                        round(sum(mine) / len(mine), 3)
+                    )
     heard = list(checks.heard.values())
+    families = {f: sum(1 for g, _, _ in said if g == f) for f in ("espeak", "piper")}
     return {
         "stream_s": seconds,
         "stream": made,
+        "stream_cpu_s": stream_cpu_s,
         "false_per_hour": false,
         "recall": recall,
+        "recall_by_family": by_family,
         "peak_score_by_voice": by_voice,
-        "clips": len(clips),
+        "per_clip": per_clip,
+        "clips": len(said) * len(SNRS),
+        "clips_by_family": families,
         "stream_checks": stream_checks,
         "held_ms_p50": sorted(held)[len(held) // 2] if held else None,
         "check_ms_p50": sorted(h.ms for h in heard)[len(heard) // 2] if heard else None,

@@ -197,15 +197,15 @@ def presets(fw: dict[str, Any]) -> dict[str, Any]:
     recall (clean, 10 dB, 5 dB) no worse than the baseline's, then the best recall in noise;
     "low" (a TV room), the fewest false wakes, then the best recall; "high", the
     best recall with no more false wakes than the baseline. Ties: the fewer false wakes, the
-    higher threshold, the tighter check."""
+    higher threshold, the tighter check. Only the daemon's rule ("o") is a candidate."""
     base = {n: fw["recall"]["raw"][f"0.5/{n}"]["raw"] for n in ("clean", "10db", "5db")}
     cands = []
     for t, false in fw["false_per_hour"]["fe"].items():
         for check, per_hour in false.items():
-            if check[0] == "x":  # the segment before the peak-hold: for comparison only
+            if check[0] != "o":  # only the daemon's rule; the others are for comparison
                 continue
             rec = {n: fw["recall"]["fe"][f"{t}/{n}"][check] for n in base}
-            margin = float(check[1:]) if check[0] in "ma" else 99.0
+            margin = float(check[1:])
             cands.append({"threshold": float(t), "check": check, "margin": margin,
                           "false_per_hour": per_hour, "recall": rec})  # fmt: skip
 
@@ -231,11 +231,13 @@ def shipped(fw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     raw = fw["false_per_hour"]["raw"]["0.5"]["raw"]
     for name, p in PRESETS.items():
-        k = "raw" if not p.checked else f"a{p.floor:g}" if p.floor is not None else f"m{p.margin:g}"
+        # the daemon's rule: the phrase (alone or as an opening) within the margin ("o")
+        k = "raw" if not p.checked else f"a{p.floor:g}" if p.floor is not None else f"o{p.margin:g}"
         t = f"{p.threshold:g}"
         if k not in fw["false_per_hour"]["fe"].get(t, {}):
             continue
         out[name] = {
+            "key": f"{t}/{k}",
             "false_per_hour": fw["false_per_hour"]["fe"][t][k],
             "raw_false_per_hour": raw,
             **{f"recall_{n}": fw["recall"]["fe"][f"{t}/{n}"][k] for n in ("clean", "10db", "5db")},
@@ -244,6 +246,12 @@ def shipped(fw: dict[str, Any]) -> dict[str, Any]:
                 for n in ("clean", "10db", "5db")
             },
         }
+        fam = fw.get("recall_by_family", {})
+        for n in ("clean", "10db", "5db") if fam else ():
+            for f, r in fam["fe"][f"{t}/{n}"][k].items():
+                out[name][f"recall_{n}_{f}"] = r
+            for f, r in fam["raw"][f"0.5/{n}"]["raw"].items():
+                out[name][f"raw_recall_{n}_{f}"] = r
     return out
 
 
@@ -281,7 +289,14 @@ def wake_keys(fw: dict[str, Any]) -> dict[str, Any]:
         "raw_wake_recall_clean": d.get("raw_recall_clean"),
         "raw_wake_recall_10db": d.get("raw_recall_10db"),
         "raw_wake_recall_5db": d.get("raw_recall_5db"),
+        **{
+            f"{raw}wake_recall_{n}_{f}": d.get(f"{raw}recall_{n}_{f}")
+            for raw in ("", "raw_")
+            for n in ("clean", "10db", "5db")
+            for f in ("espeak", "piper")
+        },
         "wake_clips": fw["clips"],
+        **{f"wake_clips_{f}": n for f, n in fw.get("clips_by_family", {}).items()},
         "wake_check_ms_p50": round(fw["check_ms_p50"] or 0, 1),
         # the default's wakes before its check: each one is a whisper call
         "wake_checks_per_hour": fw["false_per_hour"]["fe"][f"{PRESETS['default'].threshold:g}"][
@@ -300,6 +315,19 @@ def wake_keys(fw: dict[str, Any]) -> dict[str, Any]:
         out[f"{tag}_false_wakes_per_hour"] = fw["false_per_hour"][eng][t][c]
         for n in ("clean", "10db", "5db"):
             out[f"{tag}_wake_recall_{n}"] = fw["recall"][eng][f"{t}/{n}"][c]
+    # microWakeWord OR-ed with openWakeWord after the front end, at the default's threshold
+    # and check (`or<cutoff>_fe`: microWakeWord's own score over the cutoff wakes too)
+    t, k = d.get("key", "/").split("/")
+    for eng in sorted(e for e in fw["false_per_hour"] if e.startswith("or")):
+        if k not in fw["false_per_hour"][eng].get(t, {}):
+            continue
+        out[f"{eng}_{t}_{k}_false_wakes_per_hour"] = fw["false_per_hour"][eng][t][k]
+        for n in ("clean", "10db", "5db"):
+            out[f"{eng}_{t}_{k}_wake_recall_{n}"] = fw["recall"][eng][f"{t}/{n}"][k]
+        for f, r in (
+            fw.get("recall_by_family", {}).get(eng, {}).get(f"{t}/10db", {}).get(k, {}).items()
+        ):
+            out[f"{eng}_{t}_{k}_wake_recall_10db_{f}"] = r
     for name in ("default", "low", "high"):
         c = fw_best[name]
         out[f"suggested_{name}"] = f"{c['threshold']:g}/{c['check']}"
@@ -312,11 +340,19 @@ def wake_keys(fw: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     """`--only wake` or `--only eos` runs one half; `--stream-s N` sets the length of the
-    false wakes' stream."""
+    false wakes' stream; `--from FILE` reports the wake half of a run again from its detail
+    (what the run printed on stderr), with the presets as loomd ships them now."""
     began = time.monotonic()
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     out: dict[str, Any] = {"bench": "noise", "quick": QUICK}
     detail: dict[str, Any] = {}
+    if "--from" in sys.argv:  # a run's detail (its stderr) again, with the presets as they are
+        fw = json.loads(Path(sys.argv[sys.argv.index("--from") + 1]).read_text())["wake"]
+        out |= {"from": sys.argv[sys.argv.index("--from") + 1], **wake_keys(fw)}
+        print(json.dumps({"wake_suggested": presets(fw), "wake_shipped": shipped(fw)}, indent=1),
+              file=sys.stderr)  # fmt: skip
+        print(json.dumps(out))
+        return
     if only in ("", "wake"):
         n = float(sys.argv[sys.argv.index("--stream-s") + 1]) if "--stream-s" in sys.argv else 0
         fw = falsewake.bench(MODELS, QUICK, n)

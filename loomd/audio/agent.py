@@ -205,8 +205,9 @@ class Agent:
         phrase, rules = self.ctx.settings.wake.phrase(rec.wake), self.ctx.settings.wake.check
         limits = "" if rules is None else f"floor {rules.floor}, margin {rules.margin}"
         await self._ignore(rec, IgnoredWhy.NOT_THE_WAKE_WORD,
-                           f"heard {heard.text!r}; {phrase!r} scored {heard.phrase:.2f}, "
-                           f"{heard.gap} under it ({limits})", heard.text)  # fmt: skip
+                           f"heard {heard.text!r}; {phrase!r} scored "
+                           f"{heard.free - heard.open_gap:.2f}, {heard.open_gap} under it "
+                           f"({limits})", heard.text)  # fmt: skip
 
     def _failed(self, rec: TurnRecord, code: ErrorCode, error: str) -> None:
         rec.fail(error)

@@ -158,7 +158,7 @@ class Pipeline:
         cancels the turn (then listens, as after any wake); a refused one (or a failed
         check) brings the volume back and playback goes on."""
         s = self.ctx.settings
-        text, gap, ms = ("", 0.0, 0.0) if heard is None else (heard.text, heard.gap, heard.ms)
+        text, gap, ms = ("", 0.0, 0.0) if heard is None else (heard.text, heard.open_gap, heard.ms)
         step = BargeInStep.CONFIRMED if ok else BargeInStep.REFUSED
         if ok:
             self.counts["wakes"] += 1

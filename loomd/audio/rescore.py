@@ -287,10 +287,17 @@ class WhisperScorer:
         return np.asarray(row - (top + math.log(float(np.exp(row - top).sum()))))
 
     def score(
-        self, sentences: list[str], margin: float | None = None, language: str | None = None
+        self,
+        sentences: list[str],
+        margin: float | None = None,
+        language: str | None = None,
+        *,
+        end: bool = True,
     ) -> list[Scored]:
         """Each sentence's mean token log-probability given the last encoded clip, in the
-        order given, written the way whisper writes them. With `margin`, the first sentence
+        order given, written the way whisper writes them. Without `end`, each is scored as the
+        opening of what was said: its tokens exactly as given (" Hey Jarvis,"), with no full
+        stop and no end of text after them. With `margin`, the first sentence
         is the reference (whisper's own transcript) and another one's decoding stops as soon
         as it can no longer reach the reference's score minus `margin` nor the best so far
         (each token's log-probability is <= 0): its score is then an upper bound, `pruned`.
@@ -299,9 +306,9 @@ class WhisperScorer:
         fed = len(prefix) - 1  # fed before the first scored distribution: the prompt but its last
         seqs = []
         for s in sentences:
-            styled = whisper_style(s)
+            styled = whisper_style(s) if end else s
             toks = self.tokens(styled) if styled else []
-            seqs.append([*prefix, *toks, self.eot])
+            seqs.append([*prefix, *toks, self.eot] if end else [*prefix, *toks])
         first = [0] if margin is not None and seqs else []
         rest = sorted(range(len(first), len(seqs)), key=lambda i: seqs[i])
         out: dict[int, Scored] = {}
@@ -313,12 +320,14 @@ class WhisperScorer:
             keep = 0  # shared prefix with the last decoded tokens (their KV is valid)
             while keep < min(len(seq), len(prev)) and seq[keep] == prev[keep]:
                 keep += 1
-            start = max(fed, keep)  # the distributions of positions <= keep are reusable
+            # the distributions of positions <= keep are reusable (all of them for a sequence
+            # that is the start of the last one: openings without an end of text)
+            start = max(fed, min(keep, len(seq) - 1))
             if keep == 0:
                 for j in range(fed):  # <|startoftranscript|> (language, task)
                     self._logprobs(seq[j], j)
             del dists[max(0, start - fed) :]
-            n = len(seq) - fed - 1  # scored: the text's tokens and the end of text
+            n = len(seq) - fed - 1  # scored: the text's tokens (and the end of text)
             total = sum(float(dists[j - fed - 1][seq[j]]) for j in range(fed + 1, start + 1))
             bound = -math.inf if margin is None or i in first else max(floor, best)
             pruned = False

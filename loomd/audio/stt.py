@@ -216,7 +216,7 @@ def stt_server(
                 model.last = (*model.last[:2], False)
             sc = model.load_scorer()
             h = hear_phrase(sc, audio, audio_ctx_for(len(audio) / RATE), request[2])
-            return h.text, h.free, h.phrase, h.ms
+            return h.text, h.free, h.phrase, h.ms, h.opening
         if request[0] == "rescore":
             _, transcript, sentences, margin = request
             if not isinstance(model, WhisperEngine):
@@ -332,8 +332,8 @@ class SttWorker:
         """The wake check on a wake segment (loomd.audio.wakecheck)."""
         from loomd.audio.wakecheck import PhraseHeard
 
-        text, free, forced, ms = await self.worker.call("wake", pcm, phrase)
-        return PhraseHeard(str(text), float(free), float(forced), float(ms))
+        text, free, forced, ms, opening = await self.worker.call("wake", pcm, phrase)
+        return PhraseHeard(str(text), float(free), float(forced), float(ms), float(opening))
 
     def close(self) -> None:
         self.worker.close()

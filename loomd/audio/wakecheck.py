@@ -7,8 +7,11 @@ gives the phrase a fair probability there, and a poor one where the audio says s
 else. So the segment (the audio up to the wake, a little after it) is encoded once and
 scored twice (loomd.audio.rescore): whisper's best guess, token by token (the reference:
 no spelling of its own, no retries at higher temperatures) and the phrase, forced, in the
-spellings whisper uses. The wake counts when the phrase scores within `margin` (nats per
-token) of the guess, or (the rule the bench chose) at least -`floor` on its own.
+spellings whisper uses, both as said alone (a full stop and the end of text after it) and as
+the opening of what was said (its own tokens only: "Hey Jarvis, turn off" is how the
+segment sounds when the command follows at once). The wake counts when the phrase, at its
+best of the two, scores within `margin` (nats per token) of the guess, or at least
+-`floor` on its own.
 Runs in the STT worker (a whisper.cpp context of its own), only on wakes. Why a forced
 decode and these numbers: docs/design/voice-noise.md (bench/falsewake.py)."""
 
@@ -53,8 +56,11 @@ _MAX_TOKENS = 12  # whisper's guess for 1.5 s of speech: ~4 tokens a second, and
 class PhraseHeard:
     text: str  # whisper's own transcript of the segment
     free: float  # its mean token log-probability (with the end of text)
-    phrase: float  # the wake phrase's, forced
+    phrase: float  # the wake phrase's, forced (with a full stop and the end of text)
     ms: float = 0.0
+    # the phrase's as the opening of what was said (its own tokens only: a command that
+    # follows at once is not held against it)
+    opening: float | None = None
 
     @property
     def gap(self) -> float:
@@ -62,11 +68,18 @@ class PhraseHeard:
         likely, or whisper wrote the phrase)."""
         return round(self.free - self.phrase, 3)
 
+    @property
+    def open_gap(self) -> float:
+        """The gap, the phrase scored at its best: said alone, or as an opening."""
+        best = self.phrase if self.opening is None else max(self.phrase, self.opening)
+        return round(self.free - best, 3)
+
     def accepts(self, margin: float | None = None, floor: float | None = None) -> bool:
         """Within `margin` of whisper's guess, and scoring at least -`floor` on its own
-        (each rule only when given)."""
-        near = margin is None or self.gap <= margin
-        return near and (floor is None or self.phrase >= -floor)
+        (each rule only when given), the phrase scored at its best: said alone or as the
+        opening of what was said."""
+        near = margin is None or self.open_gap <= margin
+        return near and (floor is None or self.free - self.open_gap >= -floor)
 
 
 class WakeSegment:
@@ -146,8 +159,12 @@ def hear_phrase(
     began = time.perf_counter()
     scorer.encode(audio, audio_ctx)
     own = scorer.greedy(_MAX_TOKENS, WAKE_LANGUAGE)
-    best = max(f.score for f in scorer.score(spellings(phrase), language=WAKE_LANGUAGE))
-    return PhraseHeard(own.text, own.score, best, (time.perf_counter() - began) * 1000)
+    said = spellings(phrase)
+    best = max(f.score for f in scorer.score(said, language=WAKE_LANGUAGE))
+    openings = [f" {s}{end}" for s in said for end in ("", ",")]
+    opening = max(f.score for f in scorer.score(openings, language=WAKE_LANGUAGE, end=False))
+    ms = (time.perf_counter() - began) * 1000
+    return PhraseHeard(own.text, own.score, best, ms, opening)
 
 
 def spellings(phrase: str) -> list[str]:
