@@ -18,6 +18,7 @@ from typing import Any
 import cbor2
 
 from loomd.bus import cbor
+from loomd.bus.hop import hop_header
 from loomd.bus.topics import validate_topic
 from loomd.bus.wire import pack_event
 from loomd.errors import ProtocolError
@@ -159,7 +160,8 @@ class Event:
     def forwarded(self, sender: str, ttl: int, meta: Mapping[str, Any]) -> Event:
         """This event as `sender` publishes it again (a peer hop, `Bus.forward`): a fresh id
         and time, `ttl`, `meta` over its own meta; its topic, type, qos and body as they
-        are (the body is never decoded). The header is encoded when a socket needs it."""
+        are (the body is never decoded). The header bytes are cut from a template of the
+        new header's shape (`loomd.bus.hop`), not encoded per event."""
         h = self._hdr or self.header  # checked: type, qos and enc are strings
         old = h.get("meta")
         eid = new_id()
@@ -181,7 +183,7 @@ class Event:
             self.topic,
             self._topic_b or self.topic_bytes(),
             hdr,
-            None,
+            hop_header(hdr),
             self._payload,
             self._body if self._body is not None else self.body_bytes(),
             None,

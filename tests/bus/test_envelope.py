@@ -335,8 +335,9 @@ def test_plain_event_matches_create_on_the_wire() -> None:
 )
 @pytest.mark.parametrize("kind", ["hop.kind", "\x01" * 16])  # a type the placeholder is in
 def test_a_forwarded_header_is_exactly_its_cbor_encoding(meta: dict[Any, Any], kind: str) -> None:
-    """`Event.forwarded`'s header bytes are the encoding of its header, for a shape seen
-    the first time and the times after, and decode to the event's own fields."""
+    """`Event.forwarded` cuts the header from a template of its shape: the bytes must be
+    what encoding the header gives, for a shape seen the first time and the times after,
+    and must decode to the event's own fields."""
     src = Event.create("hop.x", {"n": 1}, type=kind, sender="s", meta={"k": 0})
     for _ in range(3):
         out = src.forwarded("peers", 7, meta)
