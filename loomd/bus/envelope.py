@@ -18,7 +18,7 @@ from typing import Any
 import cbor2
 
 from loomd.bus import cbor
-from loomd.bus.hop import hop_header
+from loomd.bus.hop import _ID_MARK, _THREAD_MARK, _TS_MARK, hop_header
 from loomd.bus.topics import validate_topic
 from loomd.bus.wire import pack_event
 from loomd.errors import ProtocolError
@@ -345,9 +345,7 @@ class Event:
 # Encoding a 13-key CBOR map costs more than everything else on the publish path, and
 # a plain event differs from the previous one only in id, thread_id and ts. So the
 # header is encoded once per shape with placeholders, and later events patch bytes.
-_ID_MARK = b"\x01" * 16
-_THREAD_MARK = b"\x02" * 16
-_TS_MARK = 0x7FEEDDCCBBAA9988  # >= 2**32, so CBOR uses the 8-byte form, as for any real ts
+# (The placeholders are loomd.bus.hop's: one set for both kinds of template.)
 
 
 def _header(

@@ -8,7 +8,9 @@ Events on a link differ from each other only in those fixed-width fields (16-byt
 an 8-byte time) and in 16-byte byte strings of the meta (the first id), so the header
 is encoded once per shape with placeholders and each event's header is the template's
 bytes with its own values put in: a join, no encode. Anything else in the meta (a map, a
-list, an id of another length) goes through CBOR as before.
+list, an id of another length) goes through CBOR as before. (loomd.bus.envelope's plain
+template is the special case with no meta, kept as slices because the SDK's publish joins
+them with a new id and time without building a header map at all.)
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import cbor2
 
 __all__ = ["hop_header"]
 
+# The placeholders of every header template (loomd.bus.envelope's plain ones too): an id,
+# a thread id, a ts >= 2**32 (CBOR's 8-byte form, as for any real ts)
 _ID_MARK = b"\x01" * 16
 _THREAD_MARK = b"\x02" * 16
-_TS_MARK = 0x7FEEDDCCBBAA9988  # >= 2**32: CBOR's 8-byte form, as for any real ts
+_TS_MARK = 0x7FEEDDCCBBAA9988
 _MAX_VAR = 8  # 16-byte values of the meta put in per event; more: encoded
 
 
