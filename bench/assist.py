@@ -337,7 +337,7 @@ def pctl(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
 
 
-# A German home for the phrase set's figures (tests/assist/test_voice.py's)
+# A German home: the phrase set's figures here, the German board's tests (tests/assist/)
 HOME_DE_TOML = """
 [[areas]]
 id = "kueche"
@@ -350,13 +350,13 @@ id = "kuechenlicht"
 name = "Deckenlicht"
 area = "kueche"
 domain = "light"
-command_topic = "bench/kueche/set"
+command_topic = "home/kueche/licht/set"
 [[devices]]
 id = "badlicht"
 name = "Spiegellicht"
 area = "bad"
 domain = "light"
-command_topic = "bench/bad/set"
+command_topic = "home/bad/licht/set"
 """
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.assist import HOME_DE_TOML
 from loomd.audio.io import read_wav
 from loomd.audio.wer import wer
 from tests.assist.conftest import EXAMPLE, home_config
@@ -70,29 +71,7 @@ async def test_spoken_command_reaches_the_broker_and_is_answered(
         d.close()
 
 
-GERMAN_HOME = """
-[[areas]]
-id = "kueche"
-name = "Küche"
-
-[[areas]]
-id = "bad"
-name = "Bad"
-
-[[devices]]
-id = "kuechenlicht"
-name = "Deckenlicht"
-area = "kueche"
-domain = "light"
-command_topic = "home/kueche/licht/set"
-
-[[devices]]
-id = "badlicht"
-name = "Spiegellicht"
-area = "bad"
-domain = "light"
-command_topic = "home/bad/licht/set"
-"""
+GERMAN_HOME = HOME_DE_TOML  # bench/assist.py's, for its phrase-set figures too
 
 
 async def test_a_german_board_turns_on_the_kitchen_light(
