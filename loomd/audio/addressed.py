@@ -21,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "BARE_THRESHOLD",
     "CHECK_MARGIN",
+    "LEAD_STRICTNESS",
     "PRESETS",
     "Heard",
     "Preset",
@@ -63,6 +64,11 @@ class Preset:
 # `second_check = "always"` on a preset without a check uses `CHECK_MARGIN`.
 CHECK_MARGIN = 0.5
 BARE_THRESHOLD = 0.5  # openWakeWord's own, where no check follows a wake
+# The phrase cut off the transcript of a command said straight on from it (the utterance
+# opens with the wake's audio: loomd.audio.pipeline): the wake is already decided, so the
+# text rule only finds where the phrase ends, leniently ("Hey, Travis.", "Jarvis,"), but
+# not so leniently that a command's own words pass for it ("Play the harvest album": 0.67)
+LEAD_STRICTNESS = 0.7
 PRESETS = {
     "low": Preset(0.3, margin=0.5),  # wakes less: a TV, a busy room
     "default": Preset(0.3, margin=0.75),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from loomd.audio.addressed import not_addressed
+from loomd.audio.addressed import LEAD_STRICTNESS, check_wake, not_addressed
 from loomd.audio.recorder import TurnClock, TurnRecord
 from loomd.audio.worker import WorkerError
 from loomd.bus.acl import Manifest
@@ -260,6 +260,8 @@ class Agent:
             self.stt_hist.append(res.ms)
             del self.stt_hist[:-200]
             text = res.text
+            if cut.lead:  # the utterance opens with the wake phrase: cut it off
+                text = self._after_phrase(text, rec.wake)
             if not text:
                 why = "nothing was said after the wake word"
                 await self._ignore(rec, IgnoredWhy.NO_SPEECH, why, res.text)
@@ -290,6 +292,14 @@ class Agent:
                 self.current = None
             if self.board.turn is asyncio.current_task():
                 await self.board.set(VoiceState.IDLE, rec.utterance_id)
+
+    def _after_phrase(self, text: str, word: str) -> str:
+        """The command in the transcript of an utterance that opens with the wake phrase
+        (a command said straight on from it): what follows the phrase as whisper wrote it
+        ("Hey Jarvis, what time is it?" -> "What time is it?"); all of it when the phrase
+        is not found at its start."""
+        heard = check_wake(text, self.ctx.settings.wake.phrase(word), LEAD_STRICTNESS)
+        return heard.command if heard.ok else text
 
     # -- the assist ---------------------------------------------------------------------------
     async def follow_vocabulary(self) -> None:

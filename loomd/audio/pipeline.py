@@ -44,7 +44,8 @@ __all__ = ["Pipeline"]
 # Wake scoring runs on 80 ms; collecting 4 frames before each hop keeps it cheap.
 _WAKE_FRAMES = 4
 # The audio kept before a wake for the wake check's segment (loomd.audio.wakecheck.WakeSegment:
-# cut around the score's peak, followed after the crossing) and for the room's level.
+# cut around the score's peak, followed after the crossing), for the lead of a command said
+# straight on from the wake word (`Segmenter.open(lead=...)`) and for the room's level.
 _WAKE_SEGMENT_FRAMES = int(PRE_S * 1000) // FRAME_MS
 # A barge-in candidate whose utterance ended before the check's verdict: the frame loop waits
 # this long for it (the check takes ~0.5 s on a board); then playback goes on, unconfirmed.
@@ -399,7 +400,8 @@ class Pipeline:
                 continue
             detection, hold = hit, []
             self.agent.cancel_check()  # a check still out for an earlier wake is moot
-            segment = WakeSegment(list(heard), hit.score) if s.wake.check is not None else None
+            lead = list(heard)  # the wake phrase: the command may have begun in it
+            segment = WakeSegment(lead, hit.score) if s.wake.check is not None else None
             heard.clear()
             candidate = segment is not None and (board.state == VoiceState.SPEAKING or board.busy())
             self.counts["wakes"] += not candidate  # a barge-in candidate counts once confirmed
@@ -415,7 +417,10 @@ class Pipeline:
                 await self.wake.reset(clock=False)
             listening = True
             self.vad.reset()
-            seg.open(t_end, background_db=room.db)
+            # Said straight on ("hey jarvis what time is it"), the command's first word began
+            # before the score crossed: the utterance opens with the audio before the
+            # crossing (the phrase is cut off its transcript: Agent); after a pause, not.
+            seg.open(t_end, lead=lead, background_db=room.db)
             if candidate:  # duck now; the check decides (the verdict above)
                 pending, self._decided, self._acting = True, None, None
                 await self._duck(hit)

@@ -40,6 +40,9 @@ class Segment:
     speech_end: float  # stream time of the end of the last voiced frame
     end: float  # stream time when the segmenter decided
     reason: str  # "hangover" | "max_length" | "no_speech"
+    # It opens with the audio before the wake (`Segmenter.open(lead=...)`): the wake phrase
+    # is in it, to be cut off the transcript
+    lead: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -82,6 +85,9 @@ class Segmenter:
         )
         self._opened: float | None = None
         self._no_speech_s = no_speech_s
+        self._lead: list[bytes] = []
+        self._quiet = 0  # unvoiced frames since `open`, while the lead is kept
+        self._led = False
         self._buf: list[bytes] = []
         self._start: float | None = None
         self._last: float = 0.0
@@ -96,13 +102,18 @@ class Segmenter:
         t: float,
         preroll: list[bytes] | None = None,
         *,
+        lead: list[bytes] | None = None,
         no_speech_s: float | None = None,
         background_db: float | None = None,
     ) -> None:
         """Start waiting for speech at stream time `t`, with audio heard just before; give up
         after `no_speech_s` (default: the constructor's) without speech. `background_db`:
-        the room's level before (`Background`), for the room's rule."""
+        the room's level before (`Background`), for the room's rule. `lead`: the audio up to
+        `t` (the wake phrase), which opens the utterance only when speech starts within the
+        pre-roll of `t` (said straight on from the wake word: its first word began before
+        `t`); after that much silence it is dropped (a pause: the utterance as without)."""
         self._opened = t
+        self._lead, self._quiet, self._led = list(lead or ()), 0, False
         self._no_speech_s = self.no_speech_s if no_speech_s is None else no_speech_s
         self._preroll.clear()
         for pcm in preroll or ():
@@ -137,13 +148,17 @@ class Segmenter:
         if self._start is None:
             if not speech:
                 self._preroll.append(pcm)
+                self._quiet += 1
+                if self._quiet >= (self._preroll.maxlen or 1):
+                    self._lead = []  # a pause after the wake word (and kept contiguous)
                 if t + self.frame_s - self._opened >= self._no_speech_s - _EPS:
                     return self._finish(t, "no_speech")
                 return None
             if self._rules:
                 self._near(pcm)
             self._start = t
-            self._buf = [*self._preroll, pcm]
+            self._buf = [*self._lead, *self._preroll, pcm]
+            self._led, self._lead = self._led or bool(self._lead), []
             self._last = t + self.frame_s
             self._voiced = self.frame_s
             return None
@@ -168,8 +183,10 @@ class Segmenter:
 
     def _finish(self, end: float, reason: str) -> Segment:
         start = self._start if self._start is not None else end
-        seg = Segment(b"".join(self._buf), start, self._last if self._start else end, end, reason)
+        seg = Segment(b"".join(self._buf), start, self._last if self._start else end, end, reason,
+                      self._led and self._start is not None)  # fmt: skip
         self._opened, self._buf, self._start, self._voiced = None, [], None, 0.0
+        self._lead, self._led = [], False
         self._preroll.clear()
         return seg
 

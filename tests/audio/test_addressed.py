@@ -8,6 +8,7 @@ import pytest
 from loomd.audio.addressed import (
     BARE_THRESHOLD,
     CHECK_MARGIN,
+    LEAD_STRICTNESS,
     PRESETS,
     Preset,
     check_wake,
@@ -39,6 +40,28 @@ def test_the_wake_phrase_is_heard_and_cut_off(said: str, command: str) -> None:
     heard = check_wake(said, "hey jarvis", STRICT)
     assert heard.ok, heard
     assert heard.command == command
+
+
+@pytest.mark.parametrize(
+    ("said", "command"),
+    [
+        ("Hey Jarvis, what time is it?", "What time is it?"),
+        ("Hey, Travis. What time is it?", "What time is it?"),
+        ("Jarvis, play some jazz.", "Play some jazz."),
+        ("So hey Jarvis turn off the lights.", "Turn off the lights."),
+        ("Play the harvest album.", ""),
+        ("What time is it?", ""),
+    ],
+)
+def test_the_phrase_before_a_command_said_straight_on_is_cut_leniently(
+    said: str, command: str
+) -> None:
+    """An utterance that opens with the wake's audio (a command said straight on): the
+    phrase, as whisper wrote it, is cut off; a transcript that does not open with it is
+    left whole ("" = not found)."""
+    heard = check_wake(said, "hey jarvis", LEAD_STRICTNESS)
+    assert heard.ok == bool(command), heard
+    assert heard.command == (command or said)
 
 
 @pytest.mark.parametrize(

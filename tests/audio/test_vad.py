@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loomd.audio.vad import Background, Segmenter, level_db
+from loomd.audio.vad import Background, Segment, Segmenter, level_db
 
 F = b"\1\0" * 320  # one 20 ms frame (contents do not matter: the flag decides)
 
@@ -58,6 +58,29 @@ def test_no_speech_times_out() -> None:
     cuts, _ = feed(seg, "." * 30, t0=10.0)
     assert [c.reason for c in cuts] == ["no_speech"]
     assert abs(cuts[0].end - 10.48) < 1e-6
+
+
+def test_the_lead_opens_an_utterance_said_straight_on() -> None:
+    """The wake phrase's audio (`lead`) opens the utterance when speech starts within the
+    pre-roll of the crossing (the command's first word began before it), the frames after
+    the crossing following it; after a pause as long as the pre-roll it is dropped and the
+    utterance is what it is without one."""
+    lead = [b"\2\0" * 320] * 10
+
+    def cut(pattern: str, with_lead: bool = True) -> Segment:
+        seg = Segmenter(preroll_ms=100, hangover_ms=100, min_speech_ms=100)
+        seg.open(0.0, lead=lead if with_lead else None)
+        (got,), _ = feed(seg, pattern)
+        assert isinstance(got, Segment)
+        return got
+
+    at_once = cut("s" * 20 + "." * 5)
+    assert at_once.lead and at_once.pcm == b"".join(lead) + F * 25
+    closure = cut("..." + "s" * 20 + "." * 5)  # a stop's closure: still straight on
+    assert closure.lead and closure.pcm == b"".join(lead) + F * 28
+    paused = cut("." * 30 + "s" * 20 + "." * 5)
+    assert not paused.lead and paused.pcm == F * 30  # 5 of pre-roll, 20, 5 of hangover
+    assert paused == cut("." * 30 + "s" * 20 + "." * 5, with_lead=False)
 
 
 def level(amplitude: int) -> bytes:
