@@ -263,14 +263,21 @@ def test_a_subscription_takes_only_its_classes(pair: Callable[[], Any]) -> None:
 def test_batch_takes_what_is_queued_in_order(pair: Callable[[], Any]) -> None:
     async def body(p: Pair) -> None:
         sub = await p.b.subscribe("bt.#", "reliable").ready()
+        end = await p.b.subscribe("bt_end", "reliable").ready()
         for i in range(50):
             await p.a.publish("bt.x", i, wait=False)
+        await p.a.publish("bt_end", "end")
+        # the marker came after the 50, on the same connection: all 50 are queued by now,
+        # so each batch is as full as `n` allows
+        assert (await end.get(5)).payload == "end"
+        sizes: list[int] = []
         got: list[int] = []
         while len(got) < 50:
             evs = await sub.batch(16)
-            assert 1 <= len(evs) <= 16
+            sizes.append(len(evs))
             got += [e.payload for e in evs]
         assert got == list(range(50))
+        assert sizes == [16, 16, 16, 2]
         await sub.close()
         assert await sub.batch(16) == []
 
